@@ -1,0 +1,205 @@
+//! `cryopod inspect`: the tree, memory maps, fds and threads of an image.
+
+use cryopod_image::{FileKind, Manifest, Process, Vma, VmaKind, PAGE};
+use serde_json::{json, Value};
+use std::fmt::Write;
+use std::path::Path;
+
+fn prot(v: &Vma) -> String {
+    let p = v.prot as i32;
+    format!(
+        "{}{}{}{}",
+        if p & libc_prot::READ != 0 { 'r' } else { '-' },
+        if p & libc_prot::WRITE != 0 { 'w' } else { '-' },
+        if p & libc_prot::EXEC != 0 { 'x' } else { '-' },
+        if v.shared { 's' } else { 'p' }
+    )
+}
+
+mod libc_prot {
+    pub const READ: i32 = 1;
+    pub const WRITE: i32 = 2;
+    pub const EXEC: i32 = 4;
+}
+
+fn kind(v: &Vma) -> &'static str {
+    match v.kind {
+        VmaKind::Anon => "anon",
+        VmaKind::SharedAnon { .. } => "shared-anon",
+        VmaKind::File { .. } => "file",
+        VmaKind::Vvar => "vvar",
+        VmaKind::VvarVclock => "vvar_vclock",
+        VmaKind::Vdso => "vdso",
+        VmaKind::Vsyscall => "vsyscall",
+    }
+}
+
+fn saved(v: &Vma) -> u64 {
+    v.runs
+        .iter()
+        .filter(|r| r.chunk.is_some())
+        .map(|r| u64::from(r.pages) * PAGE)
+        .sum()
+}
+
+fn zero(v: &Vma) -> u64 {
+    v.runs
+        .iter()
+        .filter(|r| r.chunk.is_none())
+        .map(|r| u64::from(r.pages) * PAGE)
+        .sum()
+}
+
+fn file_desc(m: &Manifest, i: u32) -> String {
+    match m.files.get(i as usize).map(|f| &f.kind) {
+        Some(FileKind::Path { path, .. }) => path.clone(),
+        Some(FileKind::Deleted { path, .. }) => format!("{path} (deleted)"),
+        Some(FileKind::CharDev { path, .. }) => path.clone(),
+        Some(FileKind::Terminal { path }) => format!("{path} (terminal)"),
+        Some(FileKind::Pipe {
+            pipe,
+            write,
+            queued,
+            ..
+        }) => {
+            format!(
+                "pipe:[{pipe}] {} end, {} bytes queued",
+                if *write { "write" } else { "read" },
+                queued.len()
+            )
+        }
+        Some(FileKind::Fifo { path, queued, .. }) => {
+            format!("fifo {path}, {} bytes queued", queued.len())
+        }
+        None => "?".into(),
+    }
+}
+
+/// Total size of the image directory's files.
+pub fn image_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn children<'a>(m: &'a Manifest, pid: i32) -> Vec<&'a Process> {
+    m.processes
+        .iter()
+        .filter(|p| p.ppid == pid && p.pid != m.root_pid)
+        .collect()
+}
+
+pub fn text(m: &Manifest, dir: &Path) -> String {
+    let mut s = String::new();
+    let (refd, stored) = m.memory_bytes();
+    let _ = writeln!(
+        s,
+        "image {} (format 1, cryopod {}, kernel {}), {} processes, memory {} bytes referenced, {} stored, image {} bytes",
+        dir.display(),
+        m.tool_version,
+        m.kernel,
+        m.processes.len(),
+        refd,
+        stored,
+        image_size(dir)
+    );
+    let _ = writeln!(s, "\ntree:");
+    fn walk(m: &Manifest, p: &Process, depth: usize, s: &mut String) {
+        let comm = p.threads.first().map(|t| t.comm.as_str()).unwrap_or("");
+        let state = if p.zombie_status.is_some() {
+            " zombie"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "{:indent$}{} {comm} (pgid {}, sid {}, {} threads){state}",
+            "",
+            p.pid,
+            p.pgid,
+            p.sid,
+            p.threads.len(),
+            indent = depth * 2 + 2
+        );
+        for c in children(m, p.pid) {
+            walk(m, c, depth + 1, s);
+        }
+    }
+    if let Some(root) = m.processes.iter().find(|p| p.pid == m.root_pid) {
+        walk(m, root, 0, &mut s);
+    }
+    for p in &m.processes {
+        if p.zombie_status.is_some() {
+            continue;
+        }
+        let _ = writeln!(s, "\nprocess {} ({}):", p.pid, p.mm.exe);
+        let tids: Vec<String> = p
+            .threads
+            .iter()
+            .map(|t| format!("{} {}", t.tid, t.comm))
+            .collect();
+        let _ = writeln!(s, "  threads: {}", tids.join(", "));
+        let _ = writeln!(s, "  memory:");
+        for v in &p.vmas {
+            let _ = writeln!(
+                s,
+                "    {:012x}-{:012x} {} {:11} saved {:>10} zero {:>9}  {}",
+                v.start,
+                v.end,
+                prot(v),
+                kind(v),
+                saved(v),
+                zero(v),
+                v.name
+            );
+        }
+        let _ = writeln!(s, "  fds:");
+        for f in &p.fds {
+            let _ = writeln!(
+                s,
+                "    {:>4}{} {}",
+                f.fd,
+                if f.cloexec { " (cloexec)" } else { "" },
+                file_desc(m, f.file)
+            );
+        }
+    }
+    s
+}
+
+pub fn json(m: &Manifest, dir: &Path) -> Value {
+    let (refd, stored) = m.memory_bytes();
+    let procs: Vec<Value> = m
+        .processes
+        .iter()
+        .map(|p| {
+            json!({
+                "pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "sid": p.sid,
+                "zombie_status": p.zombie_status,
+                "exe": p.mm.exe,
+                "threads": p.threads.iter().map(|t| json!({"tid": t.tid, "comm": t.comm})).collect::<Vec<_>>(),
+                "vmas": p.vmas.iter().map(|v| json!({
+                    "start": v.start, "end": v.end, "prot": prot(v), "kind": kind(v), "name": v.name,
+                    "saved_bytes": saved(v), "zero_bytes": zero(v),
+                })).collect::<Vec<_>>(),
+                "fds": p.fds.iter().map(|f| json!({"fd": f.fd, "cloexec": f.cloexec, "file": file_desc(m, f.file)})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "format_version": 1,
+        "tool_version": m.tool_version,
+        "kernel": m.kernel,
+        "root_pid": m.root_pid,
+        "memory_referenced_bytes": refd,
+        "memory_stored_bytes": stored,
+        "image_bytes": image_size(dir),
+        "processes": procs,
+    })
+}

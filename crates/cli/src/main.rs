@@ -1,0 +1,203 @@
+//! The `cryopod` command: argument parsing, progress display and summaries.
+//! All the work is in cryopod-engine.
+
+mod inspect;
+mod progress;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "cryopod",
+    version,
+    about = "Checkpoint, restore and migrate running Linux process trees"
+)]
+struct Cli {
+    /// More log output (also RUST_LOG).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checkpoint the process tree rooted at PID into DIR.
+    Checkpoint {
+        /// Root of the tree (all descendants and threads are included).
+        #[arg(long)]
+        pid: i32,
+        /// Image directory (created; must not already hold an image).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Resume the tree afterwards instead of killing it.
+        #[arg(long)]
+        leave_running: bool,
+        /// Worker threads for page data (default: number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Restore the tree saved in DIR, with its original PIDs.
+    Restore {
+        dir: PathBuf,
+        /// Return once the tree runs, instead of waiting for its root.
+        #[arg(long)]
+        detach: bool,
+        /// Print the restored root's PID on stdout (scripts).
+        #[arg(long)]
+        print_pid: bool,
+    },
+    /// Show what an image holds.
+    Inspect {
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check whether this kernel and CPU can restore an image, and why not.
+    Check {
+        #[arg(long)]
+        image: PathBuf,
+    },
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+fn human(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run(cli.cmd) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("cryopod: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<i32> {
+    match cmd {
+        Cmd::Checkpoint {
+            pid,
+            output,
+            leave_running,
+            threads,
+        } => {
+            let opts = cryopod_engine::CheckpointOptions {
+                pid,
+                dir: output.clone(),
+                leave_running,
+                threads: threads.unwrap_or_else(cpus),
+            };
+            let bar = progress::Bar::new("checkpoint");
+            let s = cryopod_engine::checkpoint(&opts, &|phase, d, t| bar.update(phase, d, t))
+                .with_context(|| {
+                    format!("checkpoint of pid {pid} failed; the tree was left running")
+                })?;
+            bar.finish();
+            let frozen = if leave_running {
+                format!(", frozen {:.1} ms", s.frozen.as_secs_f64() * 1e3)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "checkpointed {} processes ({} threads), {} of memory, image {} in {:.1} ms{} → {}",
+                s.processes,
+                s.threads,
+                human(s.memory_bytes),
+                human(s.image_bytes),
+                s.elapsed.as_secs_f64() * 1e3,
+                frozen,
+                output.display()
+            );
+            Ok(0)
+        }
+        Cmd::Restore {
+            dir,
+            detach,
+            print_pid,
+        } => {
+            let opts = cryopod_engine::RestoreOptions {
+                dir: dir.clone(),
+                threads: cpus(),
+            };
+            let bar = progress::Bar::new("restore");
+            let o = cryopod_engine::restore(&opts, &|phase, d, t| bar.update(phase, d, t))
+                .with_context(|| {
+                    format!(
+                        "restore of {} failed; nothing was left running",
+                        dir.display()
+                    )
+                })?;
+            bar.finish();
+            eprintln!(
+                "restored {} processes ({} threads), {} of memory in {:.1} ms; root pid {}",
+                o.processes,
+                o.threads,
+                human(o.memory_bytes),
+                o.elapsed.as_secs_f64() * 1e3,
+                o.root_pid
+            );
+            if print_pid {
+                println!("{}", o.root_pid);
+            }
+            if detach {
+                return Ok(0);
+            }
+            Ok(cryopod_engine::restore::wait_root(o.root_pid)?)
+        }
+        Cmd::Inspect { dir, json } => {
+            let m = cryopod_image::read_manifest(&dir)
+                .with_context(|| format!("cannot read image {}", dir.display()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&inspect::json(&m, &dir))?
+                );
+            } else {
+                print!("{}", inspect::text(&m, &dir));
+            }
+            Ok(0)
+        }
+        Cmd::Check { image } => {
+            let m = cryopod_image::read_manifest(&image)
+                .with_context(|| format!("cannot read image {}", image.display()))?;
+            cryopod_engine::restore::preflight(&m)
+                .context("this machine cannot restore the image")?;
+            println!("ok: this kernel and CPU can restore {}", image.display());
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Checkpoint orchestration: freeze → collect every process → write pages
+//! → write manifest → kill or resume. Any failure before the end resumes
+//! and detaches every task, leaving the tree as it was.
+
+use crate::files::FileTable;
+use crate::freeze::{self, Frozen};
+use crate::mm::MemCollector;
+use crate::remote::{nr, Remote, SCRATCH_DATA};
+use crate::{fault, ident, pages, procfs, signals, threads, EngineError, Progress, Result};
+use cryopod_image::{Manifest, Process, VmaKind};
+use cryopod_sys::inject::{find_syscall_insn, Injector};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct CheckpointOptions {
+    pub pid: i32,
+    pub dir: PathBuf,
+    pub leave_running: bool,
+    /// Worker threads for reading, hashing and writing pages.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckpointSummary {
+    pub processes: usize,
+    pub threads: usize,
+    pub memory_bytes: u64,
+    pub image_bytes: u64,
+    pub elapsed: Duration,
+    pub frozen: Duration,
+}
+
+pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
+    let t0 = Instant::now();
+    prepare_dir(&o.dir)?;
+    let mut fr = freeze::freeze(o.pid)?;
+    let res = collect_and_write(o, &fr, progress);
+    let frozen = t0.elapsed();
+    match res {
+        Ok(m) => {
+            if o.leave_running {
+                fr.thaw();
+            } else {
+                fr.kill();
+            }
+            let (mem, stored) = m.memory_bytes();
+            let meta_len = std::fs::metadata(o.dir.join(cryopod_image::MANIFEST_FILE))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            Ok(CheckpointSummary {
+                processes: m.processes.len(),
+                threads: m.processes.iter().map(|p| p.threads.len()).sum(),
+                memory_bytes: mem,
+                image_bytes: stored + meta_len,
+                elapsed: t0.elapsed(),
+                frozen,
+            })
+        }
+        Err(e) => {
+            fr.thaw();
+            cleanup_dir(&o.dir);
+            Err(e)
+        }
+    }
+}
+
+fn prepare_dir(dir: &std::path::Path) -> Result<()> {
+    if dir.join(cryopod_image::MANIFEST_FILE).exists() {
+        return Err(EngineError::Other(format!(
+            "{} already holds an image; choose an empty directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| EngineError::Other(format!("cannot create {}: {e}", dir.display())))
+}
+
+/// Remove what a failed checkpoint wrote (never the user's other files).
+fn cleanup_dir(dir: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("pages-") && n.ends_with(".pack") || n == ".manifest.tmp" {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> Result<Manifest> {
+    fault::check("after-freeze")?;
+    let t_collect = Instant::now();
+    let mut files = FileTable::default();
+    let mut mem = MemCollector::default();
+    let mut procs = Vec::new();
+    for pid in bfs(o.pid, fr)? {
+        let idx = procs.len();
+        let p = if fr.zombies.contains(&pid) {
+            zombie(pid)?
+        } else {
+            let tids = fr.procs.get(&pid).cloned().unwrap_or_default();
+            collect_process(pid, &tids, idx, &mut files, &mut mem)
+                .map_err(|e| EngineError::Other(format!("checkpoint of pid {pid}: {e}")))?
+        };
+        procs.push(p);
+    }
+    fault::check("after-collect")?;
+    let out = pages::dump(&o.dir, &mem.pieces, o.threads, progress)?;
+    fault::check("after-pages")?;
+    let mut m = Manifest {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        kernel: cryopod_sys::util::kernel_release(),
+        xcr0: cryopod_sys::util::xcr0(),
+        vdso_hash: mem.vdso_hash.unwrap_or([0; 32]),
+        root_pid: o.pid,
+        processes: procs,
+        files: files.files,
+        shmem: std::mem::take(&mut mem.shmem),
+        packs: out.packs,
+        chunks: out.chunks,
+        frozen_us: 0,
+    };
+    crate::mm::attach_runs(&mut m, &mem, &out.chunk_of);
+    m.frozen_us = t_collect.elapsed().as_micros() as u64;
+    m.validate()?;
+    fault::check("before-manifest")?;
+    cryopod_image::write_manifest(&o.dir, &m)?;
+    Ok(m)
+}
+
+/// Processes in tree order from the root (parents first).
+fn bfs(root: i32, fr: &Frozen) -> Result<Vec<i32>> {
+    let mut out = Vec::new();
+    let mut q = std::collections::VecDeque::from([root]);
+    while let Some(p) = q.pop_front() {
+        if !fr.procs.contains_key(&p) && !fr.zombies.contains(&p) {
+            continue;
+        }
+        out.push(p);
+        if !fr.zombies.contains(&p) {
+            q.extend(procfs::children(p)?);
+        }
+    }
+    Ok(out)
+}
+
+fn zombie(pid: i32) -> Result<Process> {
+    let st = procfs::stat(pid)?;
+    let mut p = empty_process(pid, &st);
+    p.zombie_status = Some(st.field(52) as i32);
+    Ok(p)
+}
+
+fn empty_process(pid: i32, st: &procfs::Stat) -> Process {
+    Process {
+        pid,
+        ppid: st.ppid,
+        pgid: st.pgid,
+        sid: st.sid,
+        threads: Vec::new(),
+        vmas: Vec::new(),
+        mm: Default::default(),
+        fds: Vec::new(),
+        sigactions: Vec::new(),
+        shared_pending: Vec::new(),
+        creds: Default::default(),
+        cwd: String::new(),
+        root: String::new(),
+        umask: 0,
+        personality: 0,
+        rlimits: Vec::new(),
+        itimers: Vec::new(),
+        posix_timers: Vec::new(),
+        zombie_status: None,
+    }
+}
+
+fn collect_process(
+    pid: i32,
+    tids: &[i32],
+    idx: usize,
+    files: &mut FileTable,
+    mem: &mut MemCollector,
+) -> Result<Process> {
+    let st = procfs::stat(pid)?;
+    let mut p = empty_process(pid, &st);
+    p.vmas = mem.collect(pid, idx, files)?;
+    p.fds = files.collect_fds(pid)?;
+    ident::collect_process_env(pid, &mut p)?;
+    p.shared_pending = cryopod_sys::ptrace::peek_siginfo(pid, true)?
+        .into_iter()
+        .map(|s| s.to_vec())
+        .collect();
+    // Injection site: a `syscall` instruction in the task's vDSO.
+    let vdso = p
+        .vmas
+        .iter()
+        .find(|v| v.kind == VmaKind::Vdso)
+        .ok_or_else(|| EngineError::Unsupported {
+            pid,
+            what: "a process without a vDSO".into(),
+        })?;
+    let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
+    cryopod_sys::mem::read(pid, vdso.start, &mut code)?;
+    let site = vdso.start
+        + find_syscall_insn(&code)
+            .ok_or_else(|| EngineError::Other("no syscall instruction in the vDSO".into()))?
+            as u64;
+
+    let mut leader = Remote {
+        inj: Injector::new(pid, site)?,
+        pid,
+        data: 0,
+    };
+    let res = (|| -> Result<()> {
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        leader.data = leader.call(
+            "mmap(scratch)",
+            nr::MMAP,
+            &[0, SCRATCH_DATA, rw, 0x22, u64::MAX, 0],
+        )?;
+        fault::check("during-injection")?;
+        p.sigactions = signals::collect_actions(&mut leader)?;
+        p.itimers = signals::collect_itimers(&mut leader)?;
+        p.posix_timers = signals::collect_timers(&mut leader)?;
+        p.creds = ident::collect_creds(&mut leader)?;
+        p.mm = ident::collect_mm(&mut leader)?;
+        for &tid in tids {
+            if tid == pid {
+                p.threads.push(threads::collect(&mut leader)?);
+            } else {
+                let mut r = Remote {
+                    inj: Injector::new(tid, site)?,
+                    pid,
+                    data: leader.data,
+                };
+                let t = threads::collect(&mut r);
+                r.inj.restore_and_park()?;
+                p.threads.push(t?);
+            }
+        }
+        Ok(())
+    })();
+    // Always put the task back as it was, even after a failure.
+    if leader.data != 0 {
+        let _ = leader.call("munmap(scratch)", nr::MUNMAP, &[leader.data, SCRATCH_DATA]);
+    }
+    leader.inj.restore_and_park()?;
+    res?;
+    if !leader.inj.deferred.is_empty() {
+        return Err(EngineError::Other(format!(
+            "pid {pid} received a signal while being checkpointed; try again"
+        )));
+    }
+    Ok(p)
+}

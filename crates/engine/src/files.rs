@@ -1,0 +1,421 @@
+//! Open files: which file each fd refers to, which fds (in one process or
+//! several) share one open file description, offsets and flags, pipe and
+//! FIFO contents (copied without consuming them), deleted files' contents.
+//! Restore opens every description in the restorer before the stubs fork,
+//! so descriptions shared between processes stay shared; each stub then puts
+//! its fds at their numbers (see `tree`).
+
+use crate::procfs;
+use crate::{EngineError, Result};
+use cryopod_image::{Fd, FileKind, Manifest, OpenFile};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+
+/// Largest deleted-file content saved inside an image.
+pub const MAX_DELETED: u64 = 64 << 20;
+/// fdinfo flag bits that describe the open file, kept on restore.
+const KEEP_FLAGS: u32 = (libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DIRECT
+    | libc::O_NOATIME
+    | libc::O_DSYNC
+    | libc::O_SYNC
+    | libc::O_DIRECTORY
+    | libc::O_PATH) as u32;
+
+pub fn data_segments(f: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
+    cryopod_sys::util::data_segments(f.as_raw_fd(), size)
+}
+
+/// All open file descriptions of a checkpoint.
+#[derive(Default)]
+pub struct FileTable {
+    pub files: Vec<OpenFile>,
+    mapped: HashMap<String, u32>,
+    /// (pid, fd, file index, dev, ino) of every description seen so far.
+    seen: Vec<(i32, i32, u32, u64, u64)>,
+    pipes_with_data: std::collections::HashSet<u64>,
+}
+
+fn path_kind(path: &str) -> Result<FileKind> {
+    let md = std::fs::metadata(path).map_err(|e| EngineError::Proc {
+        path: path.into(),
+        msg: e.to_string(),
+    })?;
+    let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+    Ok(FileKind::Path {
+        path: path.into(),
+        size: md.len(),
+        mtime_ns: mtime,
+        ino: md.ino(),
+        dev: md.dev(),
+        mode: md.mode(),
+    })
+}
+
+impl FileTable {
+    /// The file behind a memory mapping (re-mapped by path on restore).
+    pub fn mapped_file(&mut self, _pid: i32, path: &str) -> Result<u32> {
+        if let Some(&i) = self.mapped.get(path) {
+            return Ok(i);
+        }
+        let i = self.files.len() as u32;
+        self.files.push(OpenFile {
+            flags: libc::O_RDONLY as u32,
+            pos: 0,
+            kind: path_kind(path)?,
+        });
+        self.mapped.insert(path.to_string(), i);
+        Ok(i)
+    }
+
+    /// Every fd of `pid`.
+    pub fn collect_fds(&mut self, pid: i32) -> Result<Vec<Fd>> {
+        let mut out = Vec::new();
+        for fd in procfs::fds(pid)? {
+            let link = format!("/proc/{pid}/fd/{fd}");
+            let target = procfs::readlink(&link)?;
+            let (pos, flags) = procfs::fdinfo(pid, fd)?;
+            let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
+            let md = std::fs::metadata(&link).map_err(|e| EngineError::Proc {
+                path: link.clone(),
+                msg: e.to_string(),
+            })?;
+            // Same open file description as one seen before?
+            let mut found = None;
+            for &(p2, fd2, idx, dev, ino) in &self.seen {
+                if dev == md.dev()
+                    && ino == md.ino()
+                    && cryopod_sys::util::same_open_file(pid, fd, p2, fd2)?
+                {
+                    found = Some(idx);
+                    break;
+                }
+            }
+            let idx = match found {
+                Some(i) => i,
+                None => {
+                    let kind = self.kind_of(pid, fd, &target, &md, flags)?;
+                    let i = self.files.len() as u32;
+                    self.files.push(OpenFile {
+                        flags: flags & KEEP_FLAGS,
+                        pos,
+                        kind,
+                    });
+                    self.seen.push((pid, fd, i, md.dev(), md.ino()));
+                    i
+                }
+            };
+            out.push(Fd {
+                fd,
+                file: idx,
+                cloexec,
+            });
+        }
+        Ok(out)
+    }
+
+    fn kind_of(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        target: &str,
+        md: &std::fs::Metadata,
+        flags: u32,
+    ) -> Result<FileKind> {
+        let ft = md.mode() & libc::S_IFMT;
+        let unsupported = |what: &str| EngineError::Unsupported {
+            pid,
+            what: format!("fd {fd} ({target}, {what})"),
+        };
+        match ft {
+            libc::S_IFREG | libc::S_IFDIR => {
+                if let Some(p) = target.strip_suffix(" (deleted)") {
+                    if ft == libc::S_IFDIR {
+                        return Err(unsupported("deleted directory"));
+                    }
+                    if md.len() > MAX_DELETED {
+                        return Err(unsupported("deleted file larger than 64 MiB"));
+                    }
+                    let contents = std::fs::read(format!("/proc/{pid}/fd/{fd}")).map_err(|e| {
+                        EngineError::Proc {
+                            path: format!("/proc/{pid}/fd/{fd}"),
+                            msg: e.to_string(),
+                        }
+                    })?;
+                    return Ok(FileKind::Deleted {
+                        path: p.to_string(),
+                        mode: md.mode() & 0o7777,
+                        contents,
+                    });
+                }
+                if !target.starts_with('/') {
+                    return Err(unsupported("not reachable by path"));
+                }
+                path_kind(target)
+            }
+            libc::S_IFCHR => {
+                let major = cryopod_sys::util::major(md.rdev());
+                if (136..=143).contains(&major)
+                    || major == 4
+                    || (major == 5 && md.rdev() & 0xff != 2)
+                {
+                    Ok(FileKind::Terminal {
+                        path: target.to_string(),
+                    })
+                } else {
+                    Ok(FileKind::CharDev {
+                        path: target.to_string(),
+                        rdev: md.rdev(),
+                    })
+                }
+            }
+            libc::S_IFIFO => {
+                let ino = md.ino();
+                // Contents once per pipe, copied without consuming them.
+                let queued = if self.pipes_with_data.insert(ino) {
+                    peek_pipe(pid, fd)?
+                } else {
+                    Vec::new()
+                };
+                if target.starts_with("pipe:") {
+                    let capacity = pipe_capacity(pid, fd)?;
+                    let write = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+                    Ok(FileKind::Pipe {
+                        pipe: ino,
+                        write,
+                        capacity,
+                        queued,
+                    })
+                } else {
+                    Ok(FileKind::Fifo {
+                        path: target.to_string(),
+                        pipe: ino,
+                        queued,
+                    })
+                }
+            }
+            _ => Err(unsupported("this kind of file")),
+        }
+    }
+}
+
+fn open_proc_fd(pid: i32, fd: i32) -> Result<std::fs::File> {
+    let p = format!("/proc/{pid}/fd/{fd}");
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&p)
+        .map_err(|e| EngineError::Proc {
+            path: p,
+            msg: e.to_string(),
+        })
+}
+
+fn peek_pipe(pid: i32, fd: i32) -> Result<Vec<u8>> {
+    let f: OwnedFd = open_proc_fd(pid, fd)?.into();
+    Ok(cryopod_sys::pidfd::peek_pipe(&f, pid)?)
+}
+
+fn pipe_capacity(pid: i32, fd: i32) -> Result<i32> {
+    let f: OwnedFd = open_proc_fd(pid, fd)?.into();
+    Ok(cryopod_sys::pidfd::pipe_capacity(&f))
+}
+
+/// The path a file mapping is re-created from.
+pub fn mapping_path(f: &OpenFile) -> String {
+    match &f.kind {
+        FileKind::Path { path, .. } => path.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Refuse a restore if a mapped file changed since the checkpoint.
+pub fn check_mapped_files(m: &Manifest) -> Result<()> {
+    for p in &m.processes {
+        for v in &p.vmas {
+            if let cryopod_image::VmaKind::File { file, .. } = v.kind {
+                if let FileKind::Path {
+                    path,
+                    size,
+                    mtime_ns,
+                    ..
+                } = &m.files[file as usize].kind
+                {
+                    let md = std::fs::metadata(path).map_err(|e| {
+                        EngineError::Other(format!("mapped file {path} cannot be opened: {e}"))
+                    })?;
+                    let mt = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+                    if md.len() != *size || mt != *mtime_ns {
+                        return Err(EngineError::Other(format!(
+                            "mapped file {path} changed since the checkpoint (size or modification time differs)"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_err(path: &str) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |e| EngineError::Other(format!("cannot open {path}: {e}"))
+}
+
+fn open_with(path: &str, flags: u32) -> Result<OwnedFd> {
+    let acc = flags & libc::O_ACCMODE as u32;
+    let f = std::fs::OpenOptions::new()
+        .read(acc == libc::O_RDONLY as u32 || acc == libc::O_RDWR as u32)
+        .write(acc == libc::O_WRONLY as u32 || acc == libc::O_RDWR as u32)
+        .custom_flags((flags & !(libc::O_ACCMODE as u32)) as i32)
+        .open(path)
+        .map_err(open_err(path))?;
+    Ok(f.into())
+}
+
+/// Open, in the restorer, every description that some fd refers to. Returns
+/// one fd per `m.files` entry (None for mapping-only entries), each moved to
+/// a number >= `base`.
+pub fn open_all(m: &Manifest, base: i32) -> Result<Vec<Option<OwnedFd>>> {
+    let mut used = vec![false; m.files.len()];
+    for p in &m.processes {
+        for f in &p.fds {
+            used[f.file as usize] = true;
+        }
+    }
+    let mut pipes: HashMap<u64, (OwnedFd, OwnedFd)> = HashMap::new();
+    let mut fifo_holders = Vec::new();
+    let mut out = Vec::new();
+    for (i, f) in m.files.iter().enumerate() {
+        if !used[i] {
+            out.push(None);
+            continue;
+        }
+        let fd = open_one(f, &mut pipes, &mut fifo_holders)
+            .map_err(EngineError::during(format!("file {}", describe(f))))?;
+        out.push(Some(cryopod_sys::util::dup_at_least(fd.as_raw_fd(), base)?));
+    }
+    drop(fifo_holders);
+    Ok(out)
+}
+
+/// A short description of a file for error messages and inspect.
+pub fn describe(f: &OpenFile) -> String {
+    match &f.kind {
+        FileKind::Path { path, .. } => path.clone(),
+        FileKind::Deleted { path, .. } => format!("{path} (deleted)"),
+        FileKind::CharDev { path, .. } => path.clone(),
+        FileKind::Terminal { path } => format!("terminal {path}"),
+        FileKind::Pipe { pipe, write, .. } => format!(
+            "pipe:[{pipe}] ({} end)",
+            if *write { "write" } else { "read" }
+        ),
+        FileKind::Fifo { path, .. } => format!("fifo {path}"),
+    }
+}
+
+fn open_one(
+    f: &OpenFile,
+    pipes: &mut HashMap<u64, (OwnedFd, OwnedFd)>,
+    holders: &mut Vec<OwnedFd>,
+) -> Result<OwnedFd> {
+    let flags = f.flags;
+    let status = (flags & !(libc::O_ACCMODE as u32)) as i32;
+    let fd = match &f.kind {
+        FileKind::Path { path, mode, .. } => {
+            let fd = if mode & libc::S_IFMT == libc::S_IFDIR {
+                open_with(path, libc::O_RDONLY as u32 | libc::O_DIRECTORY as u32)?
+            } else {
+                open_with(path, flags)?
+            };
+            cryopod_sys::util::seek_to(fd.as_raw_fd(), f.pos)?;
+            fd
+        }
+        FileKind::Deleted {
+            path,
+            mode,
+            contents,
+        } => {
+            // Re-create the file under its old name if free (so the fd's
+            // link reads "<path> (deleted)" again), else beside it.
+            let p = std::path::Path::new(path);
+            let tmp = if p.exists() {
+                format!("{path}.cryopod-restore-{}", std::process::id())
+            } else {
+                path.clone()
+            };
+            std::fs::write(&tmp, contents).map_err(open_err(&tmp))?;
+            let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode));
+            let fd = open_with(&tmp, flags);
+            let _ = std::fs::remove_file(&tmp);
+            let fd = fd?;
+            cryopod_sys::util::seek_to(fd.as_raw_fd(), f.pos)?;
+            fd
+        }
+        FileKind::CharDev { path, .. } => open_with(path, flags | libc::O_NOCTTY as u32)?,
+        FileKind::Terminal { path } => {
+            // Attach to the terminal the restorer runs in, if any.
+            let mine = (0..3).find_map(|i| {
+                let l = std::fs::read_link(format!("/proc/self/fd/{i}")).ok()?;
+                let md = std::fs::metadata(&l).ok()?;
+                let major = cryopod_sys::util::major(md.rdev());
+                ((136..=143).contains(&major) || major == 4)
+                    .then(|| l.to_string_lossy().into_owned())
+            });
+            let p = mine.unwrap_or_else(|| path.clone());
+            open_with(&p, flags | libc::O_NOCTTY as u32)?
+        }
+        FileKind::Pipe {
+            pipe,
+            write,
+            capacity,
+            queued,
+        } => {
+            let (r, w) = match pipes.get(pipe) {
+                Some(e) => (
+                    e.0.try_clone().map_err(open_err("pipe"))?,
+                    e.1.try_clone().map_err(open_err("pipe"))?,
+                ),
+                None => {
+                    let (r, w) = cryopod_sys::util::pipe()?;
+                    fill_pipe(&w, *capacity, queued)?;
+                    let c = (
+                        r.try_clone().map_err(open_err("pipe"))?,
+                        w.try_clone().map_err(open_err("pipe"))?,
+                    );
+                    pipes.insert(*pipe, c);
+                    (r, w)
+                }
+            };
+            let fd = if *write { w } else { r };
+            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fd
+        }
+        FileKind::Fifo { path, pipe, queued } => {
+            if !pipes.contains_key(pipe) {
+                let holder = open_with(path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
+                fill_pipe(&holder, 0, queued)?;
+                let c = holder.try_clone().map_err(open_err(path))?;
+                pipes.insert(*pipe, (c, holder.try_clone().map_err(open_err(path))?));
+                holders.push(holder);
+            }
+            let fd = open_with(path, flags | libc::O_NONBLOCK as u32)?;
+            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fd
+        }
+    };
+    Ok(fd)
+}
+
+fn fill_pipe(w: &OwnedFd, capacity: i32, data: &[u8]) -> Result<()> {
+    if capacity > 0 {
+        cryopod_sys::pidfd::set_pipe_capacity(w, capacity.max(data.len() as i32));
+    }
+    if !data.is_empty() {
+        cryopod_sys::util::set_status_flags(w.as_raw_fd(), libc::O_NONBLOCK)?;
+        cryopod_sys::util::write_fd(w.as_raw_fd(), data)?;
+    }
+    Ok(())
+}

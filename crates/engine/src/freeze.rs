@@ -1,0 +1,111 @@
+//! Freezing a process tree: seize and interrupt every thread of every
+//! process, re-reading the tree until no new task appears (a task may fork
+//! or clone while we freeze). Thawing detaches everything, resuming it.
+
+use crate::{procfs, Result};
+use cryopod_sys::ptrace::{self, Stop};
+use std::collections::BTreeMap;
+
+/// A frozen tree: pid → its threads (leader first), plus zombies.
+#[derive(Default)]
+pub struct Frozen {
+    pub procs: BTreeMap<i32, Vec<i32>>,
+    pub zombies: Vec<i32>,
+    /// Every tid we seized, so that thaw can detach exactly these.
+    seized: Vec<i32>,
+}
+
+impl Frozen {
+    /// Resume every seized thread (used on success with --leave-running and
+    /// on any failure).
+    pub fn thaw(&mut self) {
+        for &t in self.seized.iter().rev() {
+            let _ = ptrace::detach(t, 0);
+        }
+        self.seized.clear();
+    }
+
+    /// Kill the tree (default end of a checkpoint).
+    pub fn kill(&mut self) {
+        for &p in self.procs.keys() {
+            let _ = cryopod_sys::util::kill(p, libc::SIGKILL);
+        }
+        self.thaw();
+    }
+}
+
+fn seize_one(tid: i32) -> Result<bool> {
+    match ptrace::seize(tid, ptrace::OPTS_DUMP) {
+        Ok(()) => {}
+        // The thread exited meanwhile.
+        Err(e) if e.errno.0 == libc::ESRCH => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    ptrace::interrupt(tid)?;
+    loop {
+        match ptrace::wait(tid)? {
+            Stop::Event(_, _) => return Ok(true),
+            // A signal arrived first: let it be delivered, keep waiting.
+            Stop::Signal(sig) => ptrace::cont(tid, sig)?,
+            Stop::Syscall => ptrace::cont(tid, 0)?,
+            Stop::Exited(_) | Stop::Killed(_) => return Ok(false),
+        }
+    }
+}
+
+/// Freeze the tree rooted at `root`. On error everything seized so far is
+/// released again.
+pub fn freeze(root: i32) -> Result<Frozen> {
+    let mut fr = Frozen::default();
+    match freeze_into(root, &mut fr) {
+        Ok(()) => Ok(fr),
+        Err(e) => {
+            fr.thaw();
+            Err(e)
+        }
+    }
+}
+
+fn freeze_into(root: i32, fr: &mut Frozen) -> Result<()> {
+    let st = procfs::stat(root)?;
+    if st.state == 'Z' {
+        return Err(crate::EngineError::Other(format!(
+            "pid {root} is a zombie; nothing to checkpoint"
+        )));
+    }
+    loop {
+        let mut changed = false;
+        let mut queue = vec![root];
+        let mut seen = Vec::new();
+        while let Some(pid) = queue.pop() {
+            seen.push(pid);
+            let st = procfs::stat(pid)?;
+            if st.state == 'Z' {
+                if !fr.zombies.contains(&pid) {
+                    fr.zombies.push(pid);
+                    changed = true;
+                }
+                continue;
+            }
+            let tids = procfs::tids(pid)?;
+            let known = fr.procs.entry(pid).or_default();
+            for t in tids {
+                if !known.contains(&t) {
+                    if seize_one(t)? {
+                        fr.seized.push(t);
+                        known.push(t);
+                    }
+                    changed = true;
+                }
+            }
+            // Keep the leader first.
+            known.sort_by_key(|&t| (t != pid, t));
+            queue.extend(procfs::children(pid)?);
+        }
+        // Forget processes that vanished.
+        fr.procs.retain(|p, _| seen.contains(p));
+        if !changed {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Identity and limits: credentials (uids, gids, groups, capabilities,
+//! securebits, no_new_privs), resource limits, umask, cwd, root,
+//! personality, and the mm fields behind /proc/pid/{cmdline,environ,exe}
+//! (restored with PR_SET_MM_MAP).
+
+use crate::procfs;
+use crate::remote::{nr, words, Remote};
+use crate::Result;
+use cryopod_image::{Creds, MmInfo, Process};
+
+const PR_GET_SECUREBITS: u64 = 27;
+const PR_SET_SECUREBITS: u64 = 28;
+const PR_SET_KEEPCAPS: u64 = 8;
+const PR_CAPBSET_DROP: u64 = 24;
+const PR_CAP_AMBIENT: u64 = 47;
+const PR_CAP_AMBIENT_RAISE: u64 = 2;
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+pub fn collect_creds(r: &mut Remote) -> Result<Creds> {
+    let st = procfs::read(r.pid, "status")?;
+    let groups = procfs::status_field(&st, "Groups")
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let securebits = r.call("prctl(PR_GET_SECUREBITS)", nr::PRCTL, &[PR_GET_SECUREBITS])? as u32;
+    Ok(Creds {
+        uids: procfs::status_ids(&st, "Uid"),
+        gids: procfs::status_ids(&st, "Gid"),
+        groups,
+        cap_inh: procfs::status_hex(&st, "CapInh"),
+        cap_prm: procfs::status_hex(&st, "CapPrm"),
+        cap_eff: procfs::status_hex(&st, "CapEff"),
+        cap_bnd: procfs::status_hex(&st, "CapBnd"),
+        cap_amb: procfs::status_hex(&st, "CapAmb"),
+        securebits,
+        no_new_privs: procfs::status_field(&st, "NoNewPrivs").as_deref() == Some("1"),
+    })
+}
+
+/// Set the credentials of one thread (creds are per thread in Linux). Done
+/// last, since dropping privilege ends what we may inject.
+pub fn restore_creds(r: &mut Remote, c: &Creds) -> Result<()> {
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(40);
+    for cap in 0..=last_cap {
+        if c.cap_bnd & (1 << cap) == 0 {
+            r.call("prctl(PR_CAPBSET_DROP)", nr::PRCTL, &[PR_CAPBSET_DROP, cap])?;
+        }
+    }
+    if !c.groups.is_empty() || c.uids[0] != 0 {
+        let g: Vec<u8> = c.groups.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        let a = if g.is_empty() { r.data } else { r.put(0, &g)? };
+        r.call("setgroups", nr::SETGROUPS, &[c.groups.len() as u64, a])?;
+    }
+    r.call(
+        "setresgid",
+        nr::SETRESGID,
+        &[
+            u64::from(c.gids[0]),
+            u64::from(c.gids[1]),
+            u64::from(c.gids[2]),
+        ],
+    )?;
+    r.call("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, &[PR_SET_KEEPCAPS, 1])?;
+    r.call(
+        "setresuid",
+        nr::SETRESUID,
+        &[
+            u64::from(c.uids[0]),
+            u64::from(c.uids[1]),
+            u64::from(c.uids[2]),
+        ],
+    )?;
+    let mut b = Vec::new();
+    b.extend_from_slice(&CAP_VERSION_3.to_ne_bytes());
+    b.extend_from_slice(&0i32.to_ne_bytes());
+    for half in 0..2 {
+        let sh = half * 32;
+        for v in [c.cap_eff, c.cap_prm, c.cap_inh] {
+            b.extend_from_slice(&((v >> sh) as u32).to_ne_bytes());
+        }
+    }
+    let a = r.put(0, &b)?;
+    r.call("capset", nr::CAPSET, &[a, a + 8])?;
+    for cap in 0..=last_cap {
+        if c.cap_amb & (1 << cap) != 0 {
+            r.call(
+                "prctl(PR_CAP_AMBIENT_RAISE)",
+                nr::PRCTL,
+                &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0],
+            )?;
+        }
+    }
+    let cur = r.call("prctl(PR_GET_SECUREBITS)", nr::PRCTL, &[PR_GET_SECUREBITS])? as u32;
+    if cur != c.securebits {
+        r.call(
+            "prctl(PR_SET_SECUREBITS)",
+            nr::PRCTL,
+            &[PR_SET_SECUREBITS, u64::from(c.securebits)],
+        )?;
+    }
+    if c.no_new_privs {
+        r.call(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            nr::PRCTL,
+            &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// mm fields from /proc/pid/stat, brk (injected), auxv and the exe link.
+pub fn collect_mm(r: &mut Remote) -> Result<MmInfo> {
+    let st = procfs::stat(r.pid)?;
+    let brk = r.call("brk(0)", nr::BRK, &[0])?;
+    Ok(MmInfo {
+        start_code: st.field(26),
+        end_code: st.field(27),
+        start_stack: st.field(28),
+        start_data: st.field(45),
+        end_data: st.field(46),
+        start_brk: st.field(47),
+        brk,
+        arg_start: st.field(48),
+        arg_end: st.field(49),
+        env_start: st.field(50),
+        env_end: st.field(51),
+        auxv: procfs::auxv(r.pid)?,
+        exe: procfs::readlink(&format!("/proc/{}/exe", r.pid)).unwrap_or_default(),
+    })
+}
+
+/// PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv and exe file.
+pub fn restore_mm(r: &mut Remote, mm: &MmInfo) -> Result<()> {
+    let auxv: Vec<u8> = words(&mm.auxv);
+    let auxv_addr = r.put(1024, &auxv)?;
+    let exe_fd = if mm.exe.is_empty() || mm.exe.ends_with(" (deleted)") {
+        None
+    } else {
+        Some(crate::mm::open_in_task(r, &mm.exe, libc::O_RDONLY)?)
+    };
+    let mut b = words(&[
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_addr,
+    ]);
+    b.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
+    b.extend_from_slice(&(exe_fd.map(|f| f as u32).unwrap_or(u32::MAX)).to_ne_bytes());
+    let a = r.put(512, &b)?;
+    let res = r.call(
+        "prctl(PR_SET_MM_MAP)",
+        nr::PRCTL,
+        &[PR_SET_MM, PR_SET_MM_MAP, a, b.len() as u64, 0],
+    );
+    if let Some(fd) = exe_fd {
+        r.call("close", nr::CLOSE, &[fd])?;
+    }
+    res?;
+    Ok(())
+}
+
+/// cwd, root, umask, personality and rlimits of a process.
+pub fn collect_process_env(pid: i32, p: &mut Process) -> Result<()> {
+    p.cwd = procfs::readlink(&format!("/proc/{pid}/cwd"))?;
+    p.root = procfs::readlink(&format!("/proc/{pid}/root"))?;
+    let st = procfs::read(pid, "status")?;
+    p.umask = procfs::status_field(&st, "Umask")
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022);
+    p.personality = u32::from_str_radix(procfs::read(pid, "personality")?.trim(), 16).unwrap_or(0);
+    p.rlimits = cryopod_sys::util::get_rlimits(pid)?;
+    Ok(())
+}
+
+pub fn restore_process_env(r: &mut Remote, p: &Process) -> Result<()> {
+    r.call("umask", nr::UMASK, &[u64::from(p.umask)])?;
+    r.call("personality", nr::PERSONALITY, &[u64::from(p.personality)])?;
+    if p.root != "/" {
+        let a = r.put_str(0, &p.root)?;
+        r.call(&format!("chroot({})", p.root), nr::CHROOT, &[a])?;
+    }
+    let a = r.put_str(0, &p.cwd)?;
+    r.call(&format!("chdir({})", p.cwd), nr::CHDIR, &[a])?;
+    for (res, &(soft, hard)) in p.rlimits.iter().enumerate() {
+        cryopod_sys::util::set_rlimit(r.pid, res as i32, soft, hard)
+            .map_err(|e| crate::EngineError::Other(format!("resource limit {res}: {e}")))?;
+    }
+    Ok(())
+}

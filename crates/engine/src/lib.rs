@@ -1,0 +1,69 @@
+//! cryopod-engine: checkpoint and restore of unmodified process trees.
+//!
+//! A checkpoint freezes every thread of the tree with ptrace, collects each
+//! kind of state in its own module (tree, memory, threads, signals, files,
+//! identity), writes page packs and then the manifest, and finally kills or
+//! resumes the tree. A restore validates the image, forks stubs with the
+//! original PIDs, and turns each stub into its task by syscalls injected from
+//! outside. Each state module keeps its collect and restore side together.
+#![forbid(unsafe_code)]
+
+pub mod checkpoint;
+pub mod fault;
+pub mod files;
+pub mod freeze;
+pub mod ident;
+pub mod mm;
+pub mod pages;
+pub mod procfs;
+pub mod remote;
+pub mod restore;
+pub mod signals;
+pub mod threads;
+pub mod tree;
+
+pub use checkpoint::{checkpoint, CheckpointOptions, CheckpointSummary};
+pub use restore::{restore, RestoreOptions, RestoreOutcome};
+
+use cryopod_image::ImageError;
+use cryopod_sys::SysError;
+
+/// Everything that can go wrong in the engine, each naming its object.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{path}: {msg}")]
+    Proc { path: String, msg: String },
+    #[error("pid {pid}: {what} is not supported yet")]
+    Unsupported { pid: i32, what: String },
+    #[error("pid {0} is already in use on this system; free it or restore elsewhere")]
+    PidTaken(i32),
+    #[error("restoring {object}")]
+    Restore {
+        object: String,
+        source: Box<EngineError>,
+    },
+    #[error("fault injected at '{0}' (CRYOPOD_FAULT)")]
+    Fault(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl EngineError {
+    /// Wrap an error with the object being restored when it failed.
+    pub fn during(object: impl Into<String>) -> impl FnOnce(EngineError) -> EngineError {
+        let object = object.into();
+        move |e| EngineError::Restore {
+            object,
+            source: Box::new(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// Progress reports: (phase, bytes done, bytes total).
+pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);

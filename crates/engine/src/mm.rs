@@ -1,0 +1,626 @@
+//! Memory: which areas a process has and which pages must be saved
+//! (collect), and how to rebuild the same address space inside a stub
+//! (restore). Saved: present pages of private anonymous memory, CoW'd pages
+//! of private file mappings, and the contents of shared anonymous objects.
+//! Clean file pages are mapped again from the file; the shared zero page and
+//! all-zero pages are recorded, not stored.
+
+use crate::files::FileTable;
+use crate::pages::{split_aligned, Piece, Src};
+use crate::procfs::{self, MapEntry};
+use crate::remote::{nr, words, Remote};
+use crate::{EngineError, Result};
+use cryopod_image::{vma_flags, Manifest, Process, Run, SharedMem, Vma, VmaKind, PAGE};
+use cryopod_sys::pagemap::{self, Pagemap};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const REPORT: u64 = pagemap::PAGE_IS_PRESENT
+    | pagemap::PAGE_IS_SWAPPED
+    | pagemap::PAGE_IS_FILE
+    | pagemap::PAGE_IS_PFNZERO;
+
+/// Where the data of a piece belongs once stored.
+#[derive(Clone, Copy)]
+pub enum Dest {
+    Vma { proc: usize, vma: usize, addr: u64 },
+    Shmem { id: u32, off: u64 },
+}
+
+/// Collection state shared by all processes of one checkpoint.
+#[derive(Default)]
+pub struct MemCollector {
+    pub shmem: Vec<SharedMem>,
+    shmem_ids: HashMap<(String, u64), u32>,
+    pub pieces: Vec<Piece>,
+    pub dests: Vec<Dest>,
+    /// Runs of zero pages: (where, pages).
+    pub zero: Vec<(Dest, u32)>,
+    pub vdso_hash: Option<[u8; 32]>,
+}
+
+fn madv_of(m: &MapEntry) -> u32 {
+    let mut f = 0;
+    for (flag, bit) in [
+        ("hg", vma_flags::HUGEPAGE),
+        ("nh", vma_flags::NOHUGEPAGE),
+        ("dc", vma_flags::DONTFORK),
+        ("wf", vma_flags::WIPEONFORK),
+        ("dd", vma_flags::DONTDUMP),
+        ("gd", vma_flags::GROWSDOWN),
+        ("lo", vma_flags::LOCKED),
+    ] {
+        if m.has_flag(flag) {
+            f |= bit;
+        }
+    }
+    f
+}
+
+impl MemCollector {
+    /// Record the areas of process `pid` (index `proc` in the manifest) and
+    /// queue the pages to save.
+    pub fn collect(&mut self, pid: i32, proc: usize, files: &mut FileTable) -> Result<Vec<Vma>> {
+        let maps = procfs::smaps(pid)?;
+        let pm = Pagemap::open(pid)?;
+        let mut vmas = Vec::new();
+        for m in &maps {
+            let name = m.path.clone();
+            let kind = match name.as_str() {
+                "[vvar]" => VmaKind::Vvar,
+                "[vvar_vclock]" => VmaKind::VvarVclock,
+                "[vdso]" => {
+                    let mut code = vec![0u8; (m.end - m.start) as usize];
+                    cryopod_sys::mem::read(pid, m.start, &mut code)?;
+                    self.vdso_hash = Some(*blake3::hash(&code).as_bytes());
+                    VmaKind::Vdso
+                }
+                "[vsyscall]" => VmaKind::Vsyscall,
+                "" | "[heap]" | "[stack]" => {
+                    if m.shared() {
+                        return Err(unsupported(
+                            pid,
+                            m,
+                            "shared memory without a backing object",
+                        ));
+                    }
+                    VmaKind::Anon
+                }
+                n if n.starts_with("[anon:") => VmaKind::Anon,
+                n if n.starts_with('[') => return Err(unsupported(pid, m, "special mapping")),
+                n if m.shared()
+                    && (n.starts_with("/dev/zero") || n.starts_with("/SYSV"))
+                    && m.dev.starts_with("00:") =>
+                {
+                    let id = self.shared_object(pid, m)?;
+                    VmaKind::SharedAnon {
+                        shmem: id,
+                        pgoff: m.offset / PAGE,
+                    }
+                }
+                "/dev/zero" if !m.shared() => VmaKind::Anon,
+                n if n.ends_with(" (deleted)") => {
+                    return Err(unsupported(pid, m, "mapping of a deleted file"))
+                }
+                n if n.starts_with("/dev/") && m.dev.starts_with("00:") => {
+                    return Err(unsupported(pid, m, "device mapping"))
+                }
+                n => VmaKind::File {
+                    file: files.mapped_file(pid, n)?,
+                    pgoff: m.offset / PAGE,
+                },
+            };
+            let vi = vmas.len();
+            // Queue the pages to save.
+            match kind {
+                VmaKind::Anon => {
+                    for r in pm.scan(
+                        m.start,
+                        m.end,
+                        pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
+                        REPORT,
+                    )? {
+                        let zero = r.categories & pagemap::PAGE_IS_PFNZERO != 0;
+                        self.queue(pid, proc, vi, r.start, r.end, zero);
+                    }
+                }
+                VmaKind::File { .. } if !m.shared() => {
+                    for r in pm.scan(
+                        m.start,
+                        m.end,
+                        pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
+                        REPORT,
+                    )? {
+                        let anon = r.categories & pagemap::PAGE_IS_FILE == 0;
+                        if anon && r.categories & pagemap::PAGE_IS_PFNZERO == 0 {
+                            self.queue(pid, proc, vi, r.start, r.end, false);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            vmas.push(Vma {
+                start: m.start,
+                end: m.end,
+                prot: m.prot(),
+                shared: m.shared(),
+                kind,
+                name,
+                madv: madv_of(m),
+                runs: Vec::new(),
+            });
+        }
+        Ok(vmas)
+    }
+
+    fn queue(&mut self, pid: i32, proc: usize, vma: usize, start: u64, end: u64, zero: bool) {
+        split_aligned(start, end, |a, n| {
+            let d = Dest::Vma { proc, vma, addr: a };
+            if zero {
+                // The shared zero page: recorded, nothing to read or store.
+                self.zero.push((d, n));
+            } else {
+                self.dests.push(d);
+                self.pieces.push(Piece {
+                    src: Src::Mem { pid, addr: a },
+                    pages: n,
+                });
+            }
+        });
+    }
+
+    /// A shared anonymous object, saved once however many areas map it: its
+    /// allocated pages are found with SEEK_DATA/SEEK_HOLE on the object itself.
+    fn shared_object(&mut self, pid: i32, m: &MapEntry) -> Result<u32> {
+        let key = (m.dev.clone(), m.inode);
+        if let Some(&id) = self.shmem_ids.get(&key) {
+            return Ok(id);
+        }
+        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let f = std::fs::File::open(&path).map_err(|e| EngineError::Proc {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        let size = f
+            .metadata()
+            .map_err(|e| EngineError::Proc {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?
+            .len();
+        let size = size.div_ceil(PAGE) * PAGE;
+        let id = self.shmem.len() as u32;
+        let f = Arc::new(f);
+        for (a, b) in crate::files::data_segments(&f, size) {
+            split_aligned(a, b, |o, n| {
+                self.dests.push(Dest::Shmem { id, off: o });
+                self.pieces.push(Piece {
+                    src: Src::File {
+                        file: f.clone(),
+                        off: o,
+                    },
+                    pages: n,
+                });
+            });
+        }
+        self.shmem.push(SharedMem {
+            size,
+            runs: Vec::new(),
+        });
+        self.shmem_ids.insert(key, id);
+        Ok(id)
+    }
+}
+
+fn unsupported(pid: i32, m: &MapEntry, what: &str) -> EngineError {
+    EngineError::Unsupported {
+        pid,
+        what: format!(
+            "memory area {:#x}-{:#x} {} ({what})",
+            m.start, m.end, m.path
+        ),
+    }
+}
+
+/// Attach stored chunks (and recorded zero pages) to their areas as runs,
+/// sorted by address, adjacent zero runs merged.
+pub fn attach_runs(m: &mut Manifest, mc: &MemCollector, chunk_of: &[Option<u32>]) {
+    let zero = mc.zero.iter().map(|(d, n)| (*d, *n, None));
+    let data = mc
+        .dests
+        .iter()
+        .zip(&mc.pieces)
+        .zip(chunk_of)
+        .map(|((d, p), c)| (*d, p.pages, *c));
+    for (d, pages, chunk) in data.chain(zero) {
+        let (runs, addr) = match d {
+            Dest::Vma { proc, vma, addr } => (&mut m.processes[proc].vmas[vma].runs, addr),
+            Dest::Shmem { id, off } => (&mut m.shmem[id as usize].runs, off),
+        };
+        runs.push(Run { addr, pages, chunk });
+    }
+    let tidy = |runs: &mut Vec<Run>| {
+        runs.sort_by_key(|r| r.addr);
+        let mut out: Vec<Run> = Vec::with_capacity(runs.len());
+        for r in runs.drain(..) {
+            if let Some(last) = out.last_mut() {
+                if r.chunk.is_none()
+                    && last.chunk.is_none()
+                    && last.addr + u64::from(last.pages) * PAGE == r.addr
+                {
+                    last.pages += r.pages;
+                    continue;
+                }
+            }
+            out.push(r);
+        }
+        *runs = out;
+    };
+    for p in &mut m.processes {
+        for v in &mut p.vmas {
+            tidy(&mut v.runs);
+        }
+    }
+    for s in &mut m.shmem {
+        tidy(&mut s.runs);
+    }
+}
+
+// ---------------------------------------------------------------- restore
+
+const MAP_SHARED: u64 = 0x01;
+const MAP_PRIVATE: u64 = 0x02;
+const MAP_FIXED: u64 = 0x10;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_GROWSDOWN: u64 = 0x100;
+const MAP_FIXED_NOREPLACE: u64 = 0x100000;
+const MREMAP_MAYMOVE: u64 = 1;
+const MREMAP_FIXED: u64 = 2;
+const TASK_TOP: u64 = 0x7fff_ffff_f000;
+
+/// Lowest free gap of `len` bytes above 1 MiB that overlaps none of `used`.
+pub fn find_hole(used: &[(u64, u64)], len: u64) -> Option<u64> {
+    let mut v = used.to_vec();
+    v.sort_unstable();
+    let mut cand = 1u64 << 20;
+    for (s, e) in v {
+        if e <= cand {
+            continue;
+        }
+        if s >= cand + len {
+            return Some(cand);
+        }
+        cand = cand.max(e.div_ceil(PAGE) * PAGE);
+    }
+    (cand + len <= TASK_TOP).then_some(cand)
+}
+
+/// Everything the stub has that must go before the target layout is built.
+pub struct StubLayout {
+    pub vdso_trio: Vec<(u64, u64)>,
+    pub others: Vec<(u64, u64)>,
+}
+
+pub fn stub_layout(pid: i32) -> Result<StubLayout> {
+    let mut vdso_trio = Vec::new();
+    let mut others = Vec::new();
+    for m in procfs::maps(pid)? {
+        match m.path.as_str() {
+            "[vvar]" | "[vvar_vclock]" | "[vdso]" => vdso_trio.push((m.start, m.end)),
+            "[vsyscall]" => {}
+            _ => others.push((m.start, m.end)),
+        }
+    }
+    Ok(StubLayout { vdso_trio, others })
+}
+
+/// Map the scratch area (one code page holding `syscall`, then data) at a
+/// hole that neither the stub nor the target layout uses; returns its start.
+pub fn map_scratch(r: &mut Remote, stub: &StubLayout, p: &Process) -> Result<u64> {
+    let mut used: Vec<(u64, u64)> = stub
+        .others
+        .iter()
+        .chain(stub.vdso_trio.iter())
+        .copied()
+        .collect();
+    used.extend(p.vmas.iter().map(|v| (v.start, v.end)));
+    let len = PAGE + crate::remote::SCRATCH_DATA;
+    let at = find_hole(&used, len)
+        .ok_or_else(|| EngineError::Other("no room for the scratch area".into()))?;
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let got = r.call(
+        "mmap(scratch)",
+        nr::MMAP,
+        &[
+            at,
+            len,
+            rw,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+            u64::MAX,
+            0,
+        ],
+    )?;
+    // syscall; ud2
+    cryopod_sys::mem::write(r.pid, got, &[0x0f, 0x05, 0x0f, 0x0b])?;
+    r.call(
+        "mprotect(scratch code)",
+        nr::MPROTECT,
+        &[got, PAGE, (libc::PROT_READ | libc::PROT_EXEC) as u64],
+    )?;
+    r.inj.site = got;
+    r.data = got + PAGE;
+    Ok(got)
+}
+
+/// Remove the stub's own memory (all but scratch and the vDSO) and move the
+/// vDSO trio to where the image had it.
+pub fn clear_stub(
+    r: &mut Remote,
+    stub: &StubLayout,
+    scratch: (u64, u64),
+    p: &Process,
+    used_target: &[(u64, u64)],
+) -> Result<()> {
+    let mut keep: Vec<(u64, u64)> = vec![scratch];
+    keep.extend(stub.vdso_trio.iter().copied());
+    keep.sort_unstable();
+    let mut lo = 0u64;
+    for (s, e) in keep
+        .iter()
+        .copied()
+        .chain(std::iter::once((TASK_TOP, TASK_TOP)))
+    {
+        if s > lo {
+            r.call("munmap(stub memory)", nr::MUNMAP, &[lo, s - lo])?;
+        }
+        lo = lo.max(e);
+    }
+    // vDSO: the three areas move together, one by one, by the same delta.
+    let want: Vec<(u64, u64)> = p
+        .vmas
+        .iter()
+        .filter(|v| matches!(v.kind, VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso))
+        .map(|v| (v.start, v.end))
+        .collect();
+    if want.is_empty() {
+        return Ok(());
+    }
+    let sizes = |v: &[(u64, u64)]| v.iter().map(|(a, b)| b - a).collect::<Vec<_>>();
+    if sizes(&want) != sizes(&stub.vdso_trio) {
+        return Err(EngineError::Other(format!(
+            "the vDSO of this kernel has a different layout ({:?}) than the image's ({:?})",
+            sizes(&stub.vdso_trio),
+            sizes(&want)
+        )));
+    }
+    let (cur_lo, cur_hi) = (
+        stub.vdso_trio[0].0,
+        stub.vdso_trio[stub.vdso_trio.len() - 1].1,
+    );
+    let (want_lo, want_hi) = (want[0].0, want[want.len() - 1].1);
+    if cur_lo == want_lo {
+        return Ok(());
+    }
+    let mut cur = stub.vdso_trio.clone();
+    if want_lo < cur_hi && cur_lo < want_hi {
+        // Overlap: move to a temporary hole first.
+        let mut used = used_target.to_vec();
+        used.extend(keep.iter().copied());
+        let tmp = find_hole(&used, cur_hi - cur_lo)
+            .ok_or_else(|| EngineError::Other("no room to move the vDSO".into()))?;
+        cur = move_trio(r, &cur, tmp)?;
+    }
+    move_trio(r, &cur, want_lo)?;
+    Ok(())
+}
+
+fn move_trio(r: &mut Remote, cur: &[(u64, u64)], to: u64) -> Result<Vec<(u64, u64)>> {
+    let base = cur[0].0;
+    let mut out = Vec::new();
+    for &(s, e) in cur {
+        let dst = to + (s - base);
+        r.call(
+            "mremap(vDSO)",
+            nr::MREMAP,
+            &[s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, dst],
+        )?;
+        out.push((dst, dst + (e - s)));
+    }
+    Ok(out)
+}
+
+/// Restore context for areas: the pack fds in the stub, and where shared
+/// objects were first mapped (pid, start, end).
+pub struct AreaCtx<'a> {
+    pub m: &'a Manifest,
+    pub pack_fds: &'a [i32],
+    pub reader: &'a cryopod_image::store::PackReader,
+    pub shmem_home: &'a mut HashMap<u32, (i32, u64, u64)>,
+}
+
+/// Map every area of `p` into the stub and fill its pages.
+pub fn restore_areas(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()> {
+    for v in &p.vmas {
+        restore_area(r, v, cx).map_err(EngineError::during(format!(
+            "pid {} memory area {:#x}-{:#x} {}",
+            p.pid, v.start, v.end, v.name
+        )))?;
+    }
+    Ok(())
+}
+
+fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx) -> Result<()> {
+    let len = v.end - v.start;
+    let prot = u64::from(v.prot);
+    let w = libc::PROT_WRITE as u64;
+    match v.kind {
+        VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall => return Ok(()),
+        VmaKind::Anon => {
+            let mut flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+            if v.madv & vma_flags::GROWSDOWN != 0 {
+                flags |= MAP_GROWSDOWN;
+            }
+            r.call(
+                "mmap",
+                nr::MMAP,
+                &[v.start, len, prot | w, flags, u64::MAX, 0],
+            )?;
+            apply_madvise(r, v)?;
+            fill_runs(r, &v.runs, 0, cx)?;
+        }
+        VmaKind::SharedAnon { shmem, pgoff } => {
+            if let Some(&(hp, hs, he)) = cx.shmem_home.get(&shmem) {
+                let path = format!("/proc/{hp}/map_files/{hs:x}-{he:x}");
+                let fd = open_in_task(
+                    r,
+                    &path,
+                    if v.prot & libc::PROT_WRITE as u32 != 0 {
+                        libc::O_RDWR
+                    } else {
+                        libc::O_RDONLY
+                    },
+                )?;
+                let res = r.call(
+                    "mmap(shared)",
+                    nr::MMAP,
+                    &[v.start, len, prot, MAP_SHARED | MAP_FIXED, fd, pgoff * PAGE],
+                );
+                r.call("close", nr::CLOSE, &[fd])?;
+                res?;
+                apply_madvise(r, v)?;
+            } else {
+                let obj = &cx.m.shmem[shmem as usize];
+                if pgoff != 0 || len != obj.size {
+                    return Err(EngineError::Unsupported {
+                        pid: r.pid,
+                        what: "a shared anonymous object first mapped only in part".into(),
+                    });
+                }
+                r.call(
+                    "mmap(shared)",
+                    nr::MMAP,
+                    &[
+                        v.start,
+                        len,
+                        prot | w,
+                        MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
+                        u64::MAX,
+                        0,
+                    ],
+                )?;
+                apply_madvise(r, v)?;
+                fill_runs(r, &obj.runs, v.start, cx)?;
+                cx.shmem_home.insert(shmem, (r.pid, v.start, v.end));
+            }
+        }
+        VmaKind::File { file, pgoff } => {
+            let path = crate::files::mapping_path(&cx.m.files[file as usize]);
+            let mode = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            let fd = open_in_task(r, &path, mode)?;
+            let share = if v.shared { MAP_SHARED } else { MAP_PRIVATE };
+            let res = r.call(
+                "mmap(file)",
+                nr::MMAP,
+                &[v.start, len, prot, share | MAP_FIXED, fd, pgoff * PAGE],
+            );
+            r.call("close", nr::CLOSE, &[fd])?;
+            res?;
+            apply_madvise(r, v)?;
+            // CoW'd pages: forced writes (the mapping may be read-only).
+            let mut buf = vec![0u8; (cryopod_image::CHUNK_PAGES * PAGE) as usize];
+            for run in &v.runs {
+                if let Some(c) = run.chunk {
+                    let ch = &cx.m.chunks[c as usize];
+                    cx.reader.read_chunk(ch, &mut buf)?;
+                    cryopod_sys::mem::write_forced(r.pid, run.addr, &buf[..ch.len as usize])?;
+                }
+            }
+            return Ok(());
+        }
+    }
+    if prot & w == 0 {
+        r.call("mprotect", nr::MPROTECT, &[v.start, len, prot])?;
+    }
+    Ok(())
+}
+
+fn apply_madvise(r: &mut Remote, v: &Vma) -> Result<()> {
+    for (bit, advice) in [
+        (vma_flags::HUGEPAGE, libc::MADV_HUGEPAGE),
+        (vma_flags::NOHUGEPAGE, libc::MADV_NOHUGEPAGE),
+        (vma_flags::DONTFORK, libc::MADV_DONTFORK),
+        (vma_flags::WIPEONFORK, libc::MADV_WIPEONFORK),
+        (vma_flags::DONTDUMP, libc::MADV_DONTDUMP),
+    ] {
+        if v.madv & bit != 0 {
+            r.call(
+                "madvise",
+                nr::MADVISE,
+                &[v.start, v.end - v.start, advice as u64],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Open `path` inside the task; returns the fd number there.
+pub fn open_in_task(r: &mut Remote, path: &str, flags: i32) -> Result<u64> {
+    let a = r.put_str(0, path)?;
+    let at_fdcwd = libc::AT_FDCWD as i64 as u64;
+    r.call(
+        &format!("open({path})"),
+        nr::OPENAT,
+        &[at_fdcwd, a, (flags | libc::O_CLOEXEC) as u64, 0],
+    )
+}
+
+/// Fill runs (addresses relative to `base`) by preadv from the pack files,
+/// executed by the task itself: the kernel copies from the page cache
+/// straight into the task's memory.
+fn fill_runs(r: &mut Remote, runs: &[Run], base: u64, cx: &AreaCtx) -> Result<()> {
+    const MAX_IOV: usize = 1024;
+    let mut iov: Vec<u64> = Vec::new();
+    let mut cur: Option<(u32, u64, u64)> = None; // pack, start offset, next offset
+    let flush =
+        |r: &mut Remote, iov: &mut Vec<u64>, cur: &mut Option<(u32, u64, u64)>| -> Result<()> {
+            if let Some((pack, start, next)) = cur.take() {
+                let fd = *cx
+                    .pack_fds
+                    .get(pack as usize)
+                    .ok_or_else(|| EngineError::Other("pack fd missing".into()))?;
+                let a = r.put(8192, &words(iov))?;
+                let n = r.call(
+                    "preadv(pages)",
+                    nr::PREADV,
+                    &[fd as u64, a, (iov.len() / 2) as u64, start, 0],
+                )?;
+                if n != next - start {
+                    return Err(EngineError::Other(format!(
+                        "short page read: {n} of {} bytes",
+                        next - start
+                    )));
+                }
+                iov.clear();
+            }
+            Ok(())
+        };
+    for run in runs {
+        let Some(c) = run.chunk else { continue };
+        let ch = &cx.m.chunks[c as usize];
+        let contiguous = matches!(cur, Some((p, _, next)) if p == ch.pack && next == ch.offset);
+        if !contiguous || iov.len() / 2 >= MAX_IOV {
+            flush(r, &mut iov, &mut cur)?;
+            cur = Some((ch.pack, ch.offset, ch.offset));
+        }
+        iov.push(base + run.addr);
+        iov.push(u64::from(ch.len));
+        if let Some(c) = cur.as_mut() {
+            c.2 += u64::from(ch.len);
+        }
+    }
+    flush(r, &mut iov, &mut cur)
+}

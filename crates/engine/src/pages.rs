@@ -1,0 +1,227 @@
+//! Writing page contents: pieces of memory (at most one 64 KiB-aligned
+//! window each) are read in large batches straight into worker buffers with
+//! process_vm_readv, hashed with BLAKE3, deduplicated by hash across the
+//! whole checkpoint, and appended to one pack per worker. All-zero pieces are
+//! recorded as zero and never stored.
+
+use crate::{EngineError, Progress, Result};
+use cryopod_image::store::{ChunkTable, PackWriter};
+use cryopod_image::{Chunk, Pack, CHUNK_PAGES, PAGE};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Where a piece's bytes come from.
+#[derive(Clone)]
+pub enum Src {
+    /// Memory of a frozen process.
+    Mem { pid: i32, addr: u64 },
+    /// A file (a shared memory object opened through map_files).
+    File { file: Arc<File>, off: u64 },
+}
+
+#[derive(Clone)]
+pub struct Piece {
+    pub src: Src,
+    pub pages: u32,
+}
+
+pub struct PagesOut {
+    /// Per piece: its chunk id, or None for an all-zero piece.
+    pub chunk_of: Vec<Option<u32>>,
+    pub packs: Vec<Pack>,
+    pub chunks: Vec<Chunk>,
+}
+
+const BATCH_BYTES: u64 = 4 << 20;
+static ZERO: [u8; (CHUNK_PAGES * PAGE) as usize] = [0; (CHUNK_PAGES * PAGE) as usize];
+
+/// Split `[start, end)` into pieces that never cross a 64 KiB boundary.
+pub fn split_aligned(start: u64, end: u64, mut f: impl FnMut(u64, u32)) {
+    let win = CHUNK_PAGES * PAGE;
+    let mut a = start;
+    while a < end {
+        let next = ((a / win) + 1) * win;
+        let e = next.min(end);
+        f(a, ((e - a) / PAGE) as u32);
+        a = e;
+    }
+}
+
+/// Read, hash, dedupe and store every piece, with `threads` workers.
+pub fn dump(dir: &Path, pieces: &[Piece], threads: usize, progress: Progress) -> Result<PagesOut> {
+    // Batches: consecutive pieces up to BATCH_BYTES.
+    let mut batches: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, p) in pieces.iter().enumerate() {
+        let b = u64::from(p.pages) * PAGE;
+        if bytes + b > BATCH_BYTES && i > start {
+            batches.push((start, i));
+            start = i;
+            bytes = 0;
+        }
+        bytes += b;
+    }
+    if start < pieces.len() {
+        batches.push((start, pieces.len()));
+    }
+    let total: u64 = pieces.iter().map(|p| u64::from(p.pages) * PAGE).sum();
+    let done = AtomicU64::new(0);
+    let next = AtomicUsize::new(0);
+    let table = ChunkTable::default();
+    let workers = threads.clamp(1, 16).min(batches.len().max(1));
+    let results: Vec<Result<(Pack, Vec<(usize, Option<u32>)>)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..workers)
+            .map(|w| {
+                let (table, next, done, batches) = (&table, &next, &done, &batches);
+                s.spawn(move || -> Result<(Pack, Vec<(usize, Option<u32>)>)> {
+                    let mut pack = PackWriter::create(dir, w as u32)?;
+                    let mut buf = vec![0u8; BATCH_BYTES as usize];
+                    let mut out = Vec::new();
+                    loop {
+                        let b = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(lo, hi)) = batches.get(b) else {
+                            break;
+                        };
+                        let n =
+                            run_batch(&pieces[lo..hi], lo, &mut buf, &mut pack, table, &mut out)?;
+                        let d = done.fetch_add(n, Ordering::Relaxed) + n;
+                        progress("memory", d, total);
+                    }
+                    Ok((pack.finish()?, out))
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(EngineError::Other("page writer thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let mut chunk_of = vec![None; pieces.len()];
+    let mut packs = Vec::new();
+    for r in results {
+        let (pack, out) = r?;
+        packs.push(pack);
+        for (i, c) in out {
+            chunk_of[i] = c;
+        }
+    }
+    Ok(PagesOut {
+        chunk_of,
+        packs,
+        chunks: table.into_chunks(),
+    })
+}
+
+fn run_batch(
+    pieces: &[Piece],
+    base: usize,
+    buf: &mut [u8],
+    pack: &mut PackWriter,
+    table: &ChunkTable,
+    out: &mut Vec<(usize, Option<u32>)>,
+) -> Result<u64> {
+    // Read: consecutive Mem pieces of one pid in one process_vm_readv.
+    let mut off = 0usize;
+    let mut i = 0;
+    while i < pieces.len() {
+        match &pieces[i].src {
+            Src::Mem { pid, .. } => {
+                let pid = *pid;
+                let mut ranges = Vec::new();
+                let mut j = i;
+                while j < pieces.len() {
+                    match &pieces[j].src {
+                        Src::Mem { pid: p, addr } if *p == pid => {
+                            ranges.push((*addr, pieces[j].pages as usize * PAGE as usize))
+                        }
+                        _ => break,
+                    }
+                    j += 1;
+                }
+                let want: usize = ranges.iter().map(|r| r.1).sum();
+                let got = cryopod_sys::mem::read_ranges(pid, &ranges, &mut buf[off..off + want])?;
+                if got < want {
+                    // Some area refused process_vm_readv (e.g. PROT_NONE):
+                    // read those ranges through /proc/pid/mem.
+                    let mut o = off;
+                    for &(a, l) in &ranges {
+                        if o + l > off + got {
+                            cryopod_sys::mem::read(pid, a, &mut buf[o..o + l])?;
+                        }
+                        o += l;
+                    }
+                }
+                off += want;
+                i = j;
+            }
+            Src::File { file, off: foff } => {
+                let l = pieces[i].pages as usize * PAGE as usize;
+                file.read_exact_at(&mut buf[off..off + l], *foff)
+                    .map_err(|e| {
+                        EngineError::Other(format!("reading shared memory object: {e}"))
+                    })?;
+                off += l;
+                i += 1;
+            }
+        }
+    }
+    // Hash, dedupe, write the new ones in one vectored append.
+    let mut o = 0usize;
+    let mut new: Vec<(usize, [u8; 32], usize, usize)> = Vec::new();
+    for (k, p) in pieces.iter().enumerate() {
+        let l = p.pages as usize * PAGE as usize;
+        let data = &buf[o..o + l];
+        if data == &ZERO[..l] {
+            out.push((base + k, None));
+        } else {
+            let h = *blake3::hash(data).as_bytes();
+            match table.lookup(&h) {
+                Some(id) => out.push((base + k, Some(id))),
+                None => {
+                    if let Some(prev) = new.iter().find(|n| n.1 == h) {
+                        // Same content twice in this batch: reference the first.
+                        let first = prev.0;
+                        new.push((base + k, h, usize::MAX, first));
+                    } else {
+                        new.push((base + k, h, o, l));
+                    }
+                }
+            }
+        }
+        o += l;
+    }
+    let slices: Vec<&[u8]> = new
+        .iter()
+        .filter(|n| n.2 != usize::MAX)
+        .map(|n| &buf[n.2..n.2 + n.3])
+        .collect();
+    let mut at = pack.append(&slices)?;
+    let mut ids = std::collections::HashMap::new();
+    for n in &new {
+        if n.2 == usize::MAX {
+            continue;
+        }
+        let id = table.insert(Chunk {
+            hash: n.1,
+            pack: pack.index,
+            offset: at,
+            len: n.3 as u32,
+        });
+        at += n.3 as u64;
+        ids.insert(n.1, id);
+        out.push((n.0, Some(id)));
+    }
+    for n in &new {
+        if n.2 == usize::MAX {
+            out.push((n.0, ids.get(&n.1).copied()));
+        }
+    }
+    Ok(o as u64)
+}

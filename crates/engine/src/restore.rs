@@ -1,0 +1,364 @@
+//! Restore orchestration: validate the whole image before touching the
+//! system, open files, fork the stub tree with the original PIDs, turn each
+//! stub into its process by injected syscalls, then resume everything
+//! together. A failure after the first fork kills every process created and
+//! names the object that failed.
+
+use crate::mm::{self, AreaCtx};
+use crate::remote::{nr, Remote, SCRATCH_DATA};
+use crate::tree::{self, StubPlan};
+use crate::{fault, files, ident, signals, threads, EngineError, Progress, Result};
+use cryopod_image::store::PackReader;
+use cryopod_image::{Manifest, Process};
+use cryopod_sys::inject::{own_syscall_site, Injector};
+use cryopod_sys::ptrace::{self, Stop};
+use cryopod_sys::{util, PAGE_SIZE};
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tracing::debug;
+
+pub struct RestoreOptions {
+    pub dir: PathBuf,
+    /// Threads used to verify page hashes.
+    pub threads: usize,
+}
+
+#[derive(Debug)]
+pub struct RestoreOutcome {
+    pub root_pid: i32,
+    pub processes: usize,
+    pub threads: usize,
+    pub memory_bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Check that this machine can run the image at all (no process created).
+pub fn preflight(m: &Manifest) -> Result<()> {
+    let ours = util::xcr0();
+    if m.xcr0 & !ours != 0 {
+        return Err(EngineError::Other(format!(
+            "this CPU lacks extended-state features the image uses (image XCR0 {:#x}, this CPU {:#x})",
+            m.xcr0, ours
+        )));
+    }
+    let vdso = own_vdso_hash()?;
+    if vdso != m.vdso_hash {
+        return Err(EngineError::Other(format!(
+            "this kernel's vDSO differs from the one in the image (image taken on {}, this is {})",
+            m.kernel,
+            util::kernel_release()
+        )));
+    }
+    for p in &m.processes {
+        let ids = std::iter::once(p.pid).chain(p.threads.iter().map(|t| t.tid));
+        for id in ids {
+            if std::path::Path::new(&format!("/proc/{id}")).exists() {
+                return Err(EngineError::PidTaken(id));
+            }
+        }
+    }
+    files::check_mapped_files(m)
+}
+
+fn own_vdso_hash() -> Result<[u8; 32]> {
+    let me = std::process::id() as i32;
+    for m in crate::procfs::maps(me)? {
+        if m.path == "[vdso]" {
+            let mut code = vec![0u8; (m.end - m.start) as usize];
+            cryopod_sys::mem::read(me, m.start, &mut code)?;
+            return Ok(*blake3::hash(&code).as_bytes());
+        }
+    }
+    Err(EngineError::Other("this process has no vDSO".into()))
+}
+
+/// Restore the image in `o.dir`. Returns once every task runs.
+pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome> {
+    let t0 = Instant::now();
+    let m = cryopod_image::read_manifest(&o.dir)?;
+    let reader = PackReader::open(&o.dir, &m)?;
+    progress("verify", 0, 1);
+    reader.verify_all(&m, o.threads)?;
+    preflight(&m)?;
+    fault::check("restore-before-fork")?;
+
+    // Open every file description and the packs at high fd numbers.
+    util::raise_nofile();
+    let max_target = m
+        .processes
+        .iter()
+        .flat_map(|p| p.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2);
+    let base = (max_target + 1).max(16);
+    let srcs = files::open_all(&m, base)?;
+    let mut pack_fds: Vec<OwnedFd> = Vec::new();
+    for i in 0..m.packs.len() {
+        let f = reader
+            .file(i as u32)
+            .ok_or_else(|| EngineError::Other("pack missing".into()))?;
+        pack_fds.push(util::dup_at_least(f.as_raw_fd(), base)?);
+    }
+    let (ready_r, ready_w) = util::pipe()?;
+    let ready_w = util::dup_at_least(ready_w.as_raw_fd(), base)?;
+    let mut fd_plan: BTreeMap<i32, Vec<(i32, i32, bool)>> = BTreeMap::new();
+    for p in &m.processes {
+        let v = p
+            .fds
+            .iter()
+            .filter_map(|f| {
+                srcs[f.file as usize]
+                    .as_ref()
+                    .map(|s| (f.fd, s.as_raw_fd(), f.cloexec))
+            })
+            .collect();
+        fd_plan.insert(p.pid, v);
+    }
+    let plan = StubPlan {
+        m: &m,
+        children: tree::children_map(&m),
+        fds: fd_plan,
+        keep: pack_fds.iter().map(|f| f.as_raw_fd()).collect(),
+        ready_w: ready_w.as_raw_fd(),
+    };
+    debug!("forking the stub tree");
+    let root = tree::spawn(&plan)?;
+    drop(ready_w);
+    drop(srcs);
+    let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
+    let res = wait_ready(&m, &ready_r).and_then(|_| {
+        let pfds: Vec<i32> = pack_fds.iter().map(|f| f.as_raw_fd()).collect();
+        build_all(&m, &reader, &pfds, progress)
+    });
+    match res {
+        Ok(()) => {
+            let (mem, _) = m.memory_bytes();
+            Ok(RestoreOutcome {
+                root_pid: root,
+                processes: m.processes.len(),
+                threads: m.processes.iter().map(|p| p.threads.len()).sum(),
+                memory_bytes: mem,
+                elapsed: t0.elapsed(),
+            })
+        }
+        Err(e) => {
+            for &p in created.iter().rev() {
+                let _ = util::kill(p, libc::SIGKILL);
+            }
+            let _ = util::waitpid(root, 0);
+            Err(e)
+        }
+    }
+}
+
+/// Read readiness lines until every process reported.
+fn wait_ready(m: &Manifest, r: &OwnedFd) -> Result<()> {
+    let mut pending: std::collections::HashSet<i32> = m.processes.iter().map(|p| p.pid).collect();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !pending.is_empty() {
+        util::read_fd_exact(r.as_raw_fd(), &mut byte).map_err(|_| {
+            EngineError::Other("a restored process died before it was ready".into())
+        })?;
+        if byte[0] != b'\n' {
+            buf.push(byte[0]);
+            continue;
+        }
+        let line = String::from_utf8_lossy(&buf).into_owned();
+        buf.clear();
+        let mut it = line.splitn(3, ' ');
+        let kind = it.next().unwrap_or("");
+        let pid: i32 = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        match kind {
+            "R" | "Z" => {
+                pending.remove(&pid);
+            }
+            _ => {
+                return Err(EngineError::Restore {
+                    object: format!("process {pid}"),
+                    source: Box::new(EngineError::Other(
+                        it.next().unwrap_or("failed").to_string(),
+                    )),
+                })
+            }
+        }
+    }
+    // Zombies must be dead before their parents are seized.
+    for p in m.processes.iter().filter(|p| p.zombie_status.is_some()) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while crate::procfs::stat(p.pid)
+            .map(|s| s.state != 'Z')
+            .unwrap_or(false)
+        {
+            if Instant::now() > deadline {
+                return Err(EngineError::Other(format!("zombie {} did not exit", p.pid)));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    Ok(())
+}
+
+fn seize_stub(pid: i32) -> Result<()> {
+    ptrace::seize(pid, ptrace::OPTS_RESTORE)?;
+    ptrace::interrupt(pid)?;
+    loop {
+        match ptrace::wait(pid)? {
+            Stop::Event(..) => return Ok(()),
+            Stop::Signal(s) => ptrace::cont(pid, s)?,
+            Stop::Syscall => ptrace::cont(pid, 0)?,
+            Stop::Exited(_) | Stop::Killed(_) => {
+                return Err(EngineError::Other(format!("stub {pid} died")))
+            }
+        }
+    }
+}
+
+fn build_all(
+    m: &Manifest,
+    reader: &PackReader,
+    pack_fds: &[i32],
+    progress: Progress,
+) -> Result<()> {
+    let order: Vec<&Process> = tree::tree_order(m)
+        .into_iter()
+        .filter(|p| p.zombie_status.is_none())
+        .collect();
+    let mut remotes: BTreeMap<i32, Remote> = BTreeMap::new();
+    for p in &order {
+        seize_stub(p.pid).map_err(EngineError::during(format!("process {}", p.pid)))?;
+        remotes.insert(
+            p.pid,
+            Remote {
+                inj: Injector::new(p.pid, own_syscall_site())?,
+                pid: p.pid,
+                data: 0,
+            },
+        );
+    }
+    debug!("all stubs seized");
+    tree::join_groups(m, &mut remotes)?;
+    let mut shmem_home = HashMap::new();
+    let total: u64 = m.memory_bytes().0;
+    let mut done = 0u64;
+    let mut all_threads: Vec<i32> = Vec::new();
+    for p in &order {
+        let r = remotes
+            .get_mut(&p.pid)
+            .ok_or_else(|| EngineError::Other("lost a stub".into()))?;
+        let mut cx = AreaCtx {
+            m,
+            pack_fds,
+            reader,
+            shmem_home: &mut shmem_home,
+        };
+        build_process(r, p, &mut cx).map_err(EngineError::during(format!("process {}", p.pid)))?;
+        all_threads.extend(p.threads.iter().map(|t| t.tid));
+        done += p
+            .vmas
+            .iter()
+            .flat_map(|v| &v.runs)
+            .filter(|r| r.chunk.is_some())
+            .map(|r| u64::from(r.pages) * PAGE_SIZE)
+            .sum::<u64>();
+        progress("restore", done, total);
+    }
+    fault::check("restore-before-resume")?;
+    for t in all_threads {
+        ptrace::detach(t, 0)?;
+    }
+    Ok(())
+}
+
+fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()> {
+    // The stub inherited glibc's rseq registration; the kernel would fault
+    // writing to it once the stub's memory is gone.
+    if let Some((ptr, len, sig)) = ptrace::get_rseq(p.pid)? {
+        r.call(
+            "rseq(unregister stub)",
+            nr::RSEQ,
+            &[ptr, u64::from(len), 1, u64::from(sig)],
+        )?;
+    }
+    let stub = mm::stub_layout(p.pid)?;
+    let scratch = mm::map_scratch(r, &stub, p)?;
+    let scratch_len = PAGE_SIZE + SCRATCH_DATA;
+    let target: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
+    debug!(pid = p.pid, "{}", "mm::clear_stub");
+    mm::clear_stub(r, &stub, (scratch, scratch + scratch_len), p, &target)?;
+    debug!(pid = p.pid, "{}", "mm::restore_areas");
+    mm::restore_areas(r, p, cx)?;
+    fault::check("restore-after-memory")?;
+    for &fd in cx.pack_fds {
+        r.call("close(pack)", nr::CLOSE, &[fd as u64])?;
+    }
+    debug!(pid = p.pid, "{}", "ident::restore_mm");
+    ident::restore_mm(r, &p.mm).map_err(EngineError::during("mm fields (PR_SET_MM_MAP)"))?;
+    debug!(pid = p.pid, "{}", "signals::restore_actions");
+    signals::restore_actions(r, &p.sigactions)?;
+    signals::restore_itimers(r, &p.itimers)?;
+    signals::restore_timers(r, &p.posix_timers)?;
+    debug!(pid = p.pid, "{}", "ident::restore_process_env");
+    ident::restore_process_env(r, p)?;
+    // Threads: create the others with their TIDs, then per-thread state.
+    let leader = p
+        .threads
+        .first()
+        .ok_or_else(|| EngineError::Other("no leader thread".into()))?;
+    let mut others: Vec<Remote> = Vec::new();
+    for t in &p.threads[1..] {
+        threads::create(r, t.tid).map_err(EngineError::during(format!("thread {}", t.tid)))?;
+        others.push(Remote {
+            inj: Injector::new(t.tid, r.inj.site)?,
+            pid: p.pid,
+            data: r.data,
+        });
+    }
+    debug!(pid = p.pid, "{}", "threads::restore_state");
+    threads::restore_state(r, leader)?;
+    for (o, t) in others.iter_mut().zip(&p.threads[1..]) {
+        threads::restore_state(o, t).map_err(EngineError::during(format!("thread {}", t.tid)))?;
+    }
+    for (o, t) in others.iter_mut().zip(&p.threads[1..]) {
+        ident::restore_creds(o, &p.creds).map_err(EngineError::during(format!(
+            "credentials of thread {}",
+            t.tid
+        )))?;
+    }
+    debug!(pid = p.pid, "{}", "ident::restore_creds");
+    ident::restore_creds(r, &p.creds).map_err(EngineError::during("credentials"))?;
+    // Pending signals, while every signal is still blocked in the stub.
+    for info in &p.shared_pending {
+        signals::queue(r, None, info)?;
+    }
+    for t in &p.threads {
+        for info in &t.pending {
+            signals::queue(r, Some(t.tid), info)?;
+        }
+    }
+    debug!(pid = p.pid, "{}", "r.call");
+    r.call("munmap(scratch)", nr::MUNMAP, &[scratch, scratch_len])?;
+    for t in &p.threads {
+        threads::set_final(t.tid, t).map_err(EngineError::during(format!(
+            "registers of thread {}",
+            t.tid
+        )))?;
+    }
+    Ok(())
+}
+
+/// Wait for the restored root (our child) and turn its end into an exit
+/// code: its exit status, or 128 + the signal that killed it.
+pub fn wait_root(root: i32) -> Result<i32> {
+    loop {
+        let (_, status) = util::waitpid(root, 0)?;
+        if libc::WIFEXITED(status) {
+            return Ok(libc::WEXITSTATUS(status));
+        }
+        if libc::WIFSIGNALED(status) {
+            return Ok(128 + libc::WTERMSIG(status));
+        }
+    }
+}

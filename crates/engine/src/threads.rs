@@ -1,0 +1,202 @@
+//! Threads: registers (general, FS/GS base, full xstate), signal masks,
+//! TLS-related kernel state (clear_child_tid, robust futex list, rseq),
+//! sigaltstack, names and pending signals. Restore creates every thread
+//! with its TID (clone3 + set_tid) and sets its registers last, rewinding
+//! interrupted syscalls so that they restart.
+
+use crate::remote::{nr, words, Remote};
+use crate::Result;
+use cryopod_image::Thread;
+use cryopod_sys::ptrace::{self, Regs, Stop};
+use cryopod_sys::Pid;
+
+const PR_GET_TID_ADDRESS: u64 = 40;
+
+pub fn regs_to_vec(r: &Regs) -> Vec<u64> {
+    vec![
+        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
+        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss, r.fs_base, r.gs_base, r.ds,
+        r.es, r.fs, r.gs,
+    ]
+}
+
+pub fn vec_to_regs(v: &[u64], base: &Regs) -> Regs {
+    let mut r = *base;
+    let g = |i: usize| v.get(i).copied().unwrap_or(0);
+    r.r15 = g(0);
+    r.r14 = g(1);
+    r.r13 = g(2);
+    r.r12 = g(3);
+    r.rbp = g(4);
+    r.rbx = g(5);
+    r.r11 = g(6);
+    r.r10 = g(7);
+    r.r9 = g(8);
+    r.r8 = g(9);
+    r.rax = g(10);
+    r.rcx = g(11);
+    r.rdx = g(12);
+    r.rsi = g(13);
+    r.rdi = g(14);
+    r.orig_rax = g(15);
+    r.rip = g(16);
+    r.cs = g(17);
+    r.eflags = g(18);
+    r.rsp = g(19);
+    r.ss = g(20);
+    r.fs_base = g(21);
+    r.gs_base = g(22);
+    r.ds = g(23);
+    r.es = g(24);
+    r.fs = g(25);
+    r.gs = g(26);
+    r
+}
+
+/// Collect one thread; `r` injects into that thread (its registers before
+/// injection are the ones saved).
+pub fn collect(r: &mut Remote) -> Result<Thread> {
+    let tid = r.tid();
+    let regs = regs_to_vec(r.inj.saved_regs());
+    let xstate = ptrace::get_xstate(tid)?;
+    let sigmask = ptrace::get_sigmask(tid)?;
+    let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", r.pid))
+        .unwrap_or_default()
+        .trim_end()
+        .to_string();
+    r.call(
+        "prctl(PR_GET_TID_ADDRESS)",
+        nr::PRCTL,
+        &[PR_GET_TID_ADDRESS, r.data],
+    )?;
+    let clear_child_tid = r.get_u64s(0, 1)?[0];
+    let robust_list = ptrace::get_robust_list(tid)?;
+    let rseq = ptrace::get_rseq(tid)?;
+    r.call("sigaltstack", nr::SIGALTSTACK, &[0, r.data])?;
+    let ss = r.get(0, 24)?;
+    let le = |a: usize| u64::from_ne_bytes(ss[a..a + 8].try_into().unwrap_or_default());
+    let sigaltstack = (le(0), le(8) as u32 as i32, le(16));
+    let pending = ptrace::peek_siginfo(tid, false)?
+        .into_iter()
+        .map(|s| s.to_vec())
+        .collect();
+    Ok(Thread {
+        tid,
+        regs,
+        xstate,
+        sigmask,
+        comm,
+        clear_child_tid,
+        robust_list,
+        rseq,
+        sigaltstack,
+        pending,
+    })
+}
+
+/// Create thread `tid` from the stopped leader `r`; returns once the new
+/// thread is stopped and traced.
+pub fn create(r: &mut Remote, tid: Pid) -> Result<()> {
+    let tid_addr = r.put(4096, &tid.to_ne_bytes())?;
+    let args = cryopod_sys::clone::thread_clone_args(tid_addr);
+    let a = r.put(4096 + 64, &args)?;
+    r.inj.new_threads.clear();
+    let got = r.call(
+        &format!("clone3(thread {tid})"),
+        nr::CLONE3,
+        &[a, cryopod_sys::clone::CLONE_ARGS_SIZE as u64],
+    )?;
+    if got as Pid != tid {
+        return Err(crate::EngineError::Other(format!(
+            "thread created with tid {got} instead of {tid}"
+        )));
+    }
+    loop {
+        match ptrace::wait(tid)? {
+            Stop::Event(..) | Stop::Signal(libc::SIGSTOP) => return Ok(()),
+            Stop::Signal(_) | Stop::Syscall => ptrace::cont(tid, 0)?,
+            Stop::Exited(_) | Stop::Killed(_) => {
+                return Err(crate::EngineError::Other(format!(
+                    "new thread {tid} died at birth"
+                )))
+            }
+        }
+    }
+}
+
+/// Per-thread kernel state that must be set from inside the thread.
+pub fn restore_state(r: &mut Remote, t: &Thread) -> Result<()> {
+    r.call(
+        "set_robust_list",
+        nr::SET_ROBUST_LIST,
+        &[t.robust_list.0, t.robust_list.1],
+    )?;
+    if let Some((ptr, len, sig)) = t.rseq {
+        r.call("rseq", nr::RSEQ, &[ptr, u64::from(len), 0, u64::from(sig)])?;
+    }
+    r.call("set_tid_address", nr::SET_TID_ADDRESS, &[t.clear_child_tid])?;
+    let (sp, flags, size) = t.sigaltstack;
+    if flags & libc::SS_DISABLE == 0 {
+        let a = r.put(
+            0,
+            &words(&[sp, (flags & !libc::SS_ONSTACK) as u32 as u64, size]),
+        )?;
+        r.call("sigaltstack", nr::SIGALTSTACK, &[a, 0])?;
+    }
+    let mut name = t.comm.as_bytes().to_vec();
+    name.truncate(15);
+    name.push(0);
+    let a = r.put(0, &name)?;
+    r.call(
+        "prctl(PR_SET_NAME)",
+        nr::PRCTL,
+        &[libc::PR_SET_NAME as u64, a],
+    )?;
+    Ok(())
+}
+
+const ERESTARTSYS: i64 = -512;
+const ERESTARTNOINTR: i64 = -513;
+const ERESTARTNOHAND: i64 = -514;
+const ERESTART_RESTARTBLOCK: i64 = -516;
+
+/// Registers to resume with: a syscall that was interrupted by the
+/// checkpoint is rewound so that it runs again (nanosleep continues with the
+/// remaining time the kernel stored in `rem`).
+pub fn resume_regs(t: &Thread, base: &Regs) -> Regs {
+    let mut r = vec_to_regs(&t.regs, base);
+    let orig = r.orig_rax as i64;
+    let ret = r.rax as i64;
+    if orig >= 0 {
+        match ret {
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            }
+            ERESTART_RESTARTBLOCK => {
+                if orig == libc::SYS_nanosleep && r.rsi != 0 {
+                    r.rdi = r.rsi;
+                } else if orig == libc::SYS_clock_nanosleep
+                    && r.r10 != 0
+                    && r.rsi & libc::TIMER_ABSTIME as u64 == 0
+                {
+                    r.rdx = r.r10;
+                }
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            }
+            _ => {}
+        }
+    }
+    r.orig_rax = u64::MAX;
+    r
+}
+
+/// Final step for a thread: xstate, registers, signal mask.
+pub fn set_final(tid: Pid, t: &Thread) -> Result<()> {
+    ptrace::set_xstate(tid, &t.xstate)?;
+    let base = ptrace::get_regs(tid)?;
+    ptrace::set_regs(tid, &resume_regs(t, &base))?;
+    ptrace::set_sigmask(tid, t.sigmask)?;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The process tree: parent/child links, sessions, process groups and
+//! zombies. On restore, the restorer forks the root stub with its PID; each
+//! stub (a copy of the restorer, so it holds the whole plan) starts its
+//! session, forks its own children with their PIDs, moves its fds into
+//! place, reports ready and waits to be seized. Process groups are joined
+//! afterwards by injected setpgid, once every group leader exists.
+
+use crate::remote::{nr, Remote};
+use crate::Result;
+use cryopod_image::{Manifest, Process};
+use cryopod_sys::clone::{fork_with_pid, Forked};
+use cryopod_sys::util;
+use std::collections::BTreeMap;
+
+/// What every stub needs to know, built by the restorer before forking.
+pub struct StubPlan<'a> {
+    pub m: &'a Manifest,
+    pub children: BTreeMap<i32, Vec<i32>>,
+    /// Per pid: (target fd, source fd in the restorer, close-on-exec).
+    pub fds: BTreeMap<i32, Vec<(i32, i32, bool)>>,
+    /// Restorer fds every stub keeps until told otherwise (page packs).
+    pub keep: Vec<i32>,
+    /// Write end of the readiness pipe.
+    pub ready_w: i32,
+}
+
+/// Children of each process, from ppid links.
+pub fn children_map(m: &Manifest) -> BTreeMap<i32, Vec<i32>> {
+    let mut map: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for p in &m.processes {
+        if p.pid != m.root_pid {
+            map.entry(p.ppid).or_default().push(p.pid);
+        }
+    }
+    map
+}
+
+/// Processes in creation order (parents before children).
+pub fn tree_order(m: &Manifest) -> Vec<&Process> {
+    let ch = children_map(m);
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([m.root_pid]);
+    while let Some(pid) = queue.pop_front() {
+        if let Some(p) = m.processes.iter().find(|p| p.pid == pid) {
+            out.push(p);
+        }
+        if let Some(c) = ch.get(&pid) {
+            queue.extend(c.iter().copied());
+        }
+    }
+    out
+}
+
+/// Fork the root stub (and, through it, the whole tree). Returns its pid.
+pub fn spawn(plan: &StubPlan) -> Result<i32> {
+    match fork_with_pid(plan.m.root_pid)? {
+        Forked::Child => stub_main(plan, plan.m.root_pid),
+        Forked::Parent(p) => Ok(p),
+    }
+}
+
+fn report(plan: &StubPlan, line: &str) {
+    let _ = util::write_fd(plan.ready_w, line.as_bytes());
+}
+
+fn stub_main(plan: &StubPlan, pid: i32) -> ! {
+    match stub_setup(plan, pid) {
+        Ok(()) => {}
+        Err(e) => {
+            report(
+                plan,
+                &format!("E {pid} {}\n", e.to_string().replace('\n', " ")),
+            );
+            util::exit_now(1);
+        }
+    }
+    util::pause_forever()
+}
+
+fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
+    // Everything blocked but SIGCHLD (an ignored SIGCHLD from a zombie child
+    // is then discarded instead of staying pending).
+    util::set_signal_mask(!(1u64 << (libc::SIGCHLD - 1)));
+    let p = plan
+        .m
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .ok_or_else(|| crate::EngineError::Other(format!("no record for pid {pid}")))?;
+    if p.sid == pid {
+        util::new_session()?;
+    }
+    for &c in plan.children.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
+        if let Forked::Child = fork_with_pid(c)? {
+            stub_main(plan, c);
+        }
+    }
+    if let Some(status) = p.zombie_status {
+        if p.pgid == pid && p.sid != pid {
+            util::set_process_group(0, 0)?;
+        }
+        report(plan, &format!("Z {pid}\n"));
+        util::die_with_status(status);
+    }
+    let mut keep: Vec<i32> = plan.keep.clone();
+    keep.push(plan.ready_w);
+    for &(target, src, cloexec) in plan.fds.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
+        util::dup_to(src, target, cloexec)?;
+        keep.push(target);
+    }
+    util::close_all_but(&keep);
+    report(plan, &format!("R {pid}\n"));
+    util::close(plan.ready_w);
+    Ok(())
+}
+
+/// Put every process in its process group. Leaders first, then members.
+pub fn join_groups(m: &Manifest, remotes: &mut BTreeMap<i32, Remote>) -> Result<()> {
+    let in_tree = |pid: i32| {
+        m.processes
+            .iter()
+            .any(|p| p.pid == pid && p.zombie_status.is_none())
+    };
+    for leaders_pass in [true, false] {
+        for p in tree_order(m) {
+            if p.zombie_status.is_some() || p.sid == p.pid {
+                continue;
+            }
+            let is_leader = p.pgid == p.pid;
+            if is_leader != leaders_pass || !(is_leader || in_tree(p.pgid)) {
+                continue;
+            }
+            if let Some(r) = remotes.get_mut(&p.pid) {
+                let target = if is_leader { 0 } else { p.pgid as u64 };
+                r.call(&format!("setpgid({})", p.pgid), nr::SETPGID, &[0, target])?;
+            }
+        }
+    }
+    Ok(())
+}

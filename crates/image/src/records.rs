@@ -1,0 +1,460 @@
+//! The records of an image: one per process, thread, memory area, open file
+//! and page chunk. Plain data; `Manifest::validate` checks every cross
+//! reference and bound so that restore code can index without panicking.
+
+use crate::{ImageError, Result};
+use serde::{Deserialize, Serialize};
+
+pub const PAGE: u64 = 4096;
+/// Pages per chunk at most: chunks cover aligned 64 KiB windows.
+pub const CHUNK_PAGES: u64 = 16;
+/// Number of x86_64 general registers in `user_regs_struct`.
+pub const NREGS: usize = 27;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub tool_version: String,
+    pub created_unix: u64,
+    /// `uname -r` of the checkpointing kernel.
+    pub kernel: String,
+    /// XCR0 of the checkpointing CPU: restore needs every bit it has.
+    pub xcr0: u64,
+    /// BLAKE3 of the vDSO text; a restored task keeps its vDSO address and
+    /// relies on the same code being there.
+    pub vdso_hash: [u8; 32],
+    pub root_pid: i32,
+    pub processes: Vec<Process>,
+    /// Open file descriptions, referenced by fds (shared ones appear once).
+    pub files: Vec<OpenFile>,
+    /// Shared anonymous memory objects, referenced by VMAs.
+    pub shmem: Vec<SharedMem>,
+    /// Page packs (files in the image directory).
+    pub packs: Vec<Pack>,
+    /// Content-addressed page chunks.
+    pub chunks: Vec<Chunk>,
+    /// Total wall time the tree was frozen during the checkpoint, µs.
+    pub frozen_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Pack {
+    pub name: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Chunk {
+    pub hash: [u8; 32],
+    pub pack: u32,
+    pub offset: u64,
+    /// Bytes of page data (a whole number of pages).
+    pub len: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Threads; the first one is the thread-group leader (tid == pid).
+    pub threads: Vec<Thread>,
+    pub vmas: Vec<Vma>,
+    pub mm: MmInfo,
+    pub fds: Vec<Fd>,
+    /// Signal dispositions for signals 1..=64 (index 0 is signal 1).
+    pub sigactions: Vec<SigAction>,
+    /// Process-wide pending signals (raw siginfo).
+    pub shared_pending: Vec<Vec<u8>>,
+    pub creds: Creds,
+    pub cwd: String,
+    pub root: String,
+    pub umask: u32,
+    pub personality: u32,
+    pub rlimits: Vec<(u64, u64)>,
+    pub itimers: Vec<ItimerVal>,
+    pub posix_timers: Vec<PosixTimer>,
+    /// Set for a zombie: its exit status as seen by wait.
+    pub zombie_status: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Thread {
+    pub tid: i32,
+    pub regs: Vec<u64>,
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    pub comm: String,
+    pub clear_child_tid: u64,
+    pub robust_list: (u64, u64),
+    pub rseq: Option<(u64, u32, u32)>,
+    /// (ss_sp, ss_flags, ss_size)
+    pub sigaltstack: (u64, i32, u64),
+    pub pending: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ItimerVal {
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    pub notify: i32,
+    pub signo: i32,
+    pub sigval: u64,
+    pub notify_tid: i32,
+    pub interval_ns: u64,
+    pub value_ns: u64,
+    pub overrun: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Creds {
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub securebits: u32,
+    pub no_new_privs: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct MmInfo {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: Vec<u64>,
+    pub exe: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum VmaKind {
+    /// Private anonymous memory (heap, stacks, anonymous mmaps).
+    Anon,
+    /// Shared anonymous memory: an object in `Manifest::shmem`.
+    SharedAnon {
+        shmem: u32,
+        pgoff: u64,
+    },
+    /// A file mapping; `file` indexes `Manifest::files`.
+    File {
+        file: u32,
+        pgoff: u64,
+    },
+    Vvar,
+    VvarVclock,
+    Vdso,
+    Vsyscall,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    pub shared: bool,
+    pub kind: VmaKind,
+    /// Name as shown in maps ("[heap]", "[stack]", a path, "").
+    pub name: String,
+    /// madvise-relevant flags (`MADV_*` behaviour bits, see `vma_flags`).
+    pub madv: u32,
+    /// Pages saved for this area (private anon, or CoW'd file pages).
+    pub runs: Vec<Run>,
+}
+
+/// madvise behaviours recorded per VMA.
+pub mod vma_flags {
+    pub const HUGEPAGE: u32 = 1;
+    pub const NOHUGEPAGE: u32 = 2;
+    pub const DONTFORK: u32 = 4;
+    pub const WIPEONFORK: u32 = 8;
+    pub const DONTDUMP: u32 = 16;
+    pub const GROWSDOWN: u32 = 32;
+    pub const LOCKED: u32 = 64;
+}
+
+/// A run of pages: zero pages (nothing stored) or one chunk of data.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Run {
+    pub addr: u64,
+    pub pages: u32,
+    pub chunk: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SharedMem {
+    pub size: u64,
+    /// Runs with addresses relative to the object's start.
+    pub runs: Vec<Run>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Fd {
+    pub fd: i32,
+    pub file: u32,
+    pub cloexec: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OpenFile {
+    /// open(2) flags (access mode, O_APPEND, O_NONBLOCK, ...).
+    pub flags: u32,
+    pub pos: u64,
+    pub kind: FileKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum FileKind {
+    /// A regular file or directory by path; `size`/`mtime_ns`/`ino` detect
+    /// changes between checkpoint and restore.
+    Path {
+        path: String,
+        size: u64,
+        mtime_ns: i128,
+        ino: u64,
+        dev: u64,
+        mode: u32,
+    },
+    /// A regular file unlinked while open: its contents are saved.
+    Deleted {
+        path: String,
+        mode: u32,
+        contents: Vec<u8>,
+    },
+    /// A character device (by path, e.g. /dev/null, /dev/urandom, a tty).
+    CharDev { path: String, rdev: u64 },
+    /// The restoring shell's terminal: attach to whatever terminal `cryopod
+    /// restore` runs in.
+    Terminal { path: String },
+    /// One end of a pipe (`pipe` groups both ends; `write` says which).
+    Pipe {
+        pipe: u64,
+        write: bool,
+        capacity: i32,
+        queued: Vec<u8>,
+    },
+    /// A FIFO opened by path.
+    Fifo {
+        path: String,
+        pipe: u64,
+        queued: Vec<u8>,
+    },
+}
+
+fn bad(what: String) -> ImageError {
+    ImageError::Corrupt(what)
+}
+
+impl Manifest {
+    /// Check every cross-reference and bound. After this, any index in the
+    /// manifest is valid and every address range well formed.
+    pub fn validate(&self) -> Result<()> {
+        if self.processes.is_empty() {
+            return Err(bad("no processes".into()));
+        }
+        if !self.processes.iter().any(|p| p.pid == self.root_pid) {
+            return Err(bad(format!(
+                "root pid {} has no process record",
+                self.root_pid
+            )));
+        }
+        for (i, c) in self.chunks.iter().enumerate() {
+            let pack = self
+                .packs
+                .get(c.pack as usize)
+                .ok_or_else(|| bad(format!("chunk {i}: pack {} missing", c.pack)))?;
+            if c.len == 0 || u64::from(c.len) % PAGE != 0 || u64::from(c.len) > CHUNK_PAGES * PAGE {
+                return Err(bad(format!(
+                    "chunk {i}: length {} is not 1..=16 pages",
+                    c.len
+                )));
+            }
+            if c.offset
+                .checked_add(u64::from(c.len))
+                .is_none_or(|e| e > pack.size)
+            {
+                return Err(bad(format!(
+                    "chunk {i}: beyond the end of pack {}",
+                    pack.name
+                )));
+            }
+        }
+        for p in &self.packs {
+            if p.name.contains('/') || p.name.starts_with('.') || p.name.is_empty() {
+                return Err(bad(format!(
+                    "pack name {:?} is not a plain file name",
+                    p.name
+                )));
+            }
+        }
+        let mut pids = std::collections::HashSet::new();
+        for p in &self.processes {
+            if p.pid <= 0 || !pids.insert(p.pid) {
+                return Err(bad(format!("pid {} is invalid or repeated", p.pid)));
+            }
+            self.validate_process(p)?;
+        }
+        for (i, s) in self.shmem.iter().enumerate() {
+            if s.size % PAGE != 0 {
+                return Err(bad(format!("shared memory {i}: size not page aligned")));
+            }
+            self.validate_runs(&s.runs, 0, s.size, &format!("shared memory {i}"))?;
+        }
+        Ok(())
+    }
+
+    fn validate_process(&self, p: &Process) -> Result<()> {
+        let who = format!("process {}", p.pid);
+        if p.zombie_status.is_none() {
+            if p.threads.is_empty() || p.threads[0].tid != p.pid {
+                return Err(bad(format!("{who}: first thread must be the leader")));
+            }
+        }
+        let mut tids = std::collections::HashSet::new();
+        for t in &p.threads {
+            if t.tid <= 0 || !tids.insert(t.tid) {
+                return Err(bad(format!(
+                    "{who}: thread id {} invalid or repeated",
+                    t.tid
+                )));
+            }
+            if t.regs.len() != NREGS {
+                return Err(bad(format!(
+                    "{who}: thread {} has {} registers",
+                    t.tid,
+                    t.regs.len()
+                )));
+            }
+            if t.xstate.len() > 16 * 1024 || t.xstate.len() < 576 {
+                return Err(bad(format!(
+                    "{who}: thread {} xstate of {} bytes",
+                    t.tid,
+                    t.xstate.len()
+                )));
+            }
+        }
+        if p.zombie_status.is_none() && p.sigactions.len() != 64 {
+            return Err(bad(format!(
+                "{who}: {} signal actions instead of 64",
+                p.sigactions.len()
+            )));
+        }
+        let mut prev_end = 0u64;
+        for v in &p.vmas {
+            if v.start % PAGE != 0 || v.end % PAGE != 0 || v.start >= v.end || v.start < prev_end {
+                return Err(bad(format!(
+                    "{who}: memory area {:#x}-{:#x} malformed or overlapping",
+                    v.start, v.end
+                )));
+            }
+            prev_end = v.end;
+            match v.kind {
+                VmaKind::SharedAnon { shmem, pgoff } => {
+                    let s = self
+                        .shmem
+                        .get(shmem as usize)
+                        .ok_or_else(|| bad(format!("{who}: shmem {shmem} missing")))?;
+                    if pgoff
+                        .checked_mul(PAGE)
+                        .and_then(|o| o.checked_add(v.end - v.start))
+                        .is_none_or(|e| e > s.size)
+                    {
+                        return Err(bad(format!(
+                            "{who}: area {:#x} exceeds its shared object",
+                            v.start
+                        )));
+                    }
+                }
+                VmaKind::File { file, .. } => {
+                    if file as usize >= self.files.len() {
+                        return Err(bad(format!("{who}: area {:#x} names file {file}", v.start)));
+                    }
+                }
+                _ => {}
+            }
+            self.validate_runs(
+                &v.runs,
+                v.start,
+                v.end,
+                &format!("{who} area {:#x}", v.start),
+            )?;
+        }
+        for f in &p.fds {
+            if f.fd < 0 || f.file as usize >= self.files.len() {
+                return Err(bad(format!("{who}: fd {} names file {}", f.fd, f.file)));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_runs(&self, runs: &[Run], start: u64, end: u64, who: &str) -> Result<()> {
+        let mut prev = start;
+        for r in runs {
+            let len = u64::from(r.pages) * PAGE;
+            if r.addr % PAGE != 0
+                || r.addr < prev
+                || r.addr.checked_add(len).is_none_or(|e| e > end)
+                || r.pages == 0
+            {
+                return Err(bad(format!(
+                    "{who}: page run at {:#x} out of bounds",
+                    r.addr
+                )));
+            }
+            prev = r.addr + len;
+            if let Some(c) = r.chunk {
+                let ch = self
+                    .chunks
+                    .get(c as usize)
+                    .ok_or_else(|| bad(format!("{who}: chunk {c} missing")))?;
+                if u64::from(ch.len) != len {
+                    return Err(bad(format!(
+                        "{who}: run of {} pages names a chunk of {} bytes",
+                        r.pages, ch.len
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of page data referenced (with repeats), and stored (unique).
+    pub fn memory_bytes(&self) -> (u64, u64) {
+        let refd: u64 = self
+            .processes
+            .iter()
+            .flat_map(|p| p.vmas.iter())
+            .flat_map(|v| v.runs.iter())
+            .chain(self.shmem.iter().flat_map(|s| s.runs.iter()))
+            .filter(|r| r.chunk.is_some())
+            .map(|r| u64::from(r.pages) * PAGE)
+            .sum();
+        let stored = self.chunks.iter().map(|c| u64::from(c.len)).sum();
+        (refd, stored)
+    }
+}

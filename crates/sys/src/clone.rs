@@ -1,0 +1,84 @@
+//! Creating processes with chosen PIDs: clone3 with `set_tid`.
+
+use crate::{Errno, Pid, SysError, SysResult};
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Result of [`fork_with_pid`] as seen by each side.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// Fork the calling process so that the child gets PID `pid` (0 = any).
+/// Refuses when the caller has more than one thread: a forked copy of a
+/// multi-threaded process may hold locks owned by threads that no longer
+/// exist.
+pub fn fork_with_pid(pid: Pid) -> SysResult<Forked> {
+    if crate::util::own_thread_count() != 1 {
+        return Err(SysError::new(
+            "fork (caller has several threads)",
+            pid,
+            Errno(libc::EDEADLK),
+        ));
+    }
+    let tids = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if pid > 0 { tids.as_ptr() as u64 } else { 0 },
+        set_tid_size: if pid > 0 { 1 } else { 0 },
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM duplicates the address space like
+    // fork(); the caller is single-threaded (checked above), so the child
+    // owns a consistent copy of every lock and buffer. `args` and `tids`
+    // outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        let e = Errno::last();
+        return Err(SysError::new(format!("clone3(set_tid={pid})"), pid, e));
+    }
+    if r == 0 {
+        Ok(Forked::Child)
+    } else {
+        Ok(Forked::Parent(r as Pid))
+    }
+}
+
+/// Size of the clone_args structure the kernel expects from injected clone3.
+pub const CLONE_ARGS_SIZE: usize = std::mem::size_of::<CloneArgs>();
+
+/// Encode clone3 arguments for a thread with TID `tid` (CLONE_VM, FS, FILES,
+/// SIGHAND, THREAD, SYSVSEM) whose set_tid array lives at `set_tid_addr` in
+/// the target; used to build the struct in a remote task's scratch memory.
+pub fn thread_clone_args(set_tid_addr: u64) -> Vec<u8> {
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    let vals = [flags, 0, 0, 0, 0, 0, 0, 0, set_tid_addr, 1, 0];
+    vals.iter().flat_map(|v| v.to_ne_bytes()).collect()
+}

@@ -1,0 +1,186 @@
+//! Running a syscall inside another task: the task is stopped under ptrace,
+//! its registers are pointed at a `syscall` instruction with the arguments
+//! loaded, and it runs exactly that one syscall between a syscall-entry and a
+//! syscall-exit stop. `orig_rax = -1` keeps the kernel's restart logic away
+//! from the injected call (see KERNEL-NOTES.md).
+
+use crate::ptrace::{self, Regs, Stop};
+use crate::{Errno, Pid, SysError, SysResult};
+
+/// Injects syscalls into one stopped, seized thread.
+pub struct Injector {
+    pub tid: Pid,
+    /// Address of a `syscall` instruction mapped executable in the task.
+    pub site: u64,
+    /// Register values used for everything but the syscall registers.
+    base: Regs,
+    /// Signals that arrived while injecting (dequeued by the kernel; the
+    /// caller re-queues them), as raw siginfo.
+    pub deferred: Vec<[u8; 128]>,
+    /// Threads created by an injected clone that reported while we waited.
+    pub new_threads: Vec<Pid>,
+}
+
+impl Injector {
+    /// Start injecting into `tid`, remembering its current registers.
+    pub fn new(tid: Pid, site: u64) -> SysResult<Self> {
+        let base = ptrace::get_regs(tid)?;
+        Ok(Injector {
+            tid,
+            site,
+            base,
+            deferred: Vec::new(),
+            new_threads: Vec::new(),
+        })
+    }
+
+    /// The registers the task had when injection started.
+    pub fn saved_regs(&self) -> &Regs {
+        &self.base
+    }
+
+    /// Run `nr(args...)` in the task; returns the raw result (negative errno
+    /// on failure).
+    pub fn raw(&mut self, nr: i64, args: &[u64]) -> SysResult<i64> {
+        let mut r = self.base;
+        r.rip = self.site;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        let slots: [&mut u64; 6] = [
+            &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.r10, &mut r.r8, &mut r.r9,
+        ];
+        for (slot, v) in slots
+            .into_iter()
+            .zip(args.iter().copied().chain(std::iter::repeat(0)))
+        {
+            *slot = v;
+        }
+        ptrace::set_regs(self.tid, &r)?;
+        // Entry stop, then exit stop.
+        for _ in 0..2 {
+            ptrace::cont_syscall(self.tid)?;
+            self.wait_syscall_stop(nr)?;
+        }
+        let out = ptrace::get_regs(self.tid)?;
+        Ok(out.rax as i64)
+    }
+
+    fn wait_syscall_stop(&mut self, nr: i64) -> SysResult<()> {
+        loop {
+            match ptrace::wait(self.tid)? {
+                Stop::Syscall => return Ok(()),
+                Stop::Event(_, ev) => {
+                    if ev == libc::PTRACE_EVENT_CLONE {
+                        let mut child: libc::c_ulong = 0;
+                        // SAFETY: GETEVENTMSG writes one unsigned long.
+                        unsafe {
+                            libc::ptrace(
+                                libc::PTRACE_GETEVENTMSG,
+                                self.tid,
+                                0,
+                                &mut child as *mut libc::c_ulong,
+                            )
+                        };
+                        self.new_threads.push(child as Pid);
+                    }
+                    ptrace::cont_syscall(self.tid)?;
+                }
+                Stop::Signal(
+                    sig @ (libc::SIGSEGV
+                    | libc::SIGBUS
+                    | libc::SIGILL
+                    | libc::SIGFPE
+                    | libc::SIGTRAP),
+                ) => {
+                    return Err(SysError::new(
+                        format!("injected syscall {nr} (task got fatal signal {sig})"),
+                        self.tid,
+                        Errno(libc::EFAULT),
+                    ));
+                }
+                Stop::Signal(_sig) => {
+                    let mut info = [0u8; 128];
+                    // SAFETY: GETSIGINFO writes a 128-byte siginfo.
+                    unsafe {
+                        libc::ptrace(libc::PTRACE_GETSIGINFO, self.tid, 0, info.as_mut_ptr())
+                    };
+                    self.deferred.push(info);
+                    ptrace::cont_syscall(self.tid)?;
+                }
+                Stop::Exited(c) | Stop::Killed(c) => {
+                    return Err(SysError::new(
+                        format!("injected syscall {nr} (task ended with {c})"),
+                        self.tid,
+                        Errno(libc::ESRCH),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Run a syscall that must succeed; a negative result becomes an error
+    /// naming `what`.
+    pub fn call(&mut self, what: &str, nr: i64, args: &[u64]) -> SysResult<u64> {
+        let r = self.raw(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(SysError::new(
+                format!("{what} in task"),
+                self.tid,
+                Errno(-r as i32),
+            ));
+        }
+        Ok(r as u64)
+    }
+
+    /// Put the task's registers back to `regs` (it stays stopped).
+    pub fn set_final_regs(&self, regs: &Regs) -> SysResult<()> {
+        ptrace::set_regs(self.tid, regs)
+    }
+
+    /// Put back the registers the task had when injection started, and move
+    /// it into an interrupt stop so that, when it is resumed, the kernel's
+    /// own syscall-restart logic runs on those registers.
+    pub fn restore_and_park(&self) -> SysResult<()> {
+        ptrace::set_regs(self.tid, &self.base)?;
+        ptrace::interrupt(self.tid)?;
+        ptrace::cont(self.tid, 0)?;
+        loop {
+            match ptrace::wait(self.tid)? {
+                Stop::Event(_, _) => return Ok(()),
+                Stop::Syscall => ptrace::cont(self.tid, 0)?,
+                Stop::Signal(sig) => ptrace::cont(self.tid, sig)?,
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    return Err(SysError::new(
+                        "park after injection",
+                        self.tid,
+                        Errno(libc::ESRCH),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Find the offset of a `syscall` instruction (0f 05) in a code blob.
+pub fn find_syscall_insn(code: &[u8]) -> Option<usize> {
+    code.windows(2).position(|w| w == [0x0f, 0x05])
+}
+
+std::arch::global_asm!(
+    ".globl cryopod_syscall_gadget",
+    ".type cryopod_syscall_gadget,@function",
+    "cryopod_syscall_gadget:",
+    "syscall",
+    "ud2",
+);
+
+extern "C" {
+    fn cryopod_syscall_gadget();
+}
+
+/// Address of a `syscall` instruction in our own text. A forked stub has it
+/// at the same address, so the restorer can inject into a stub before the
+/// stub's memory is replaced.
+pub fn own_syscall_site() -> u64 {
+    cryopod_syscall_gadget as *const () as usize as u64
+}

@@ -1,0 +1,421 @@
+//! Small process-wide calls used by the engine that need `unsafe` (signal
+//! masks, session ids, terminal ownership, kill by pid) under intent names.
+
+use crate::{Errno, Pid, SysError, SysResult};
+
+/// Send `sig` to one process we started or restored.
+pub fn kill(pid: Pid, sig: i32) -> SysResult<()> {
+    // SAFETY: kill has no memory arguments.
+    if unsafe { libc::kill(pid, sig) } < 0 {
+        return Err(SysError::last(format!("kill({sig})"), pid));
+    }
+    Ok(())
+}
+
+/// Whether a pid exists (kill with signal 0; EPERM still means it exists).
+pub fn pid_exists(pid: Pid) -> bool {
+    // SAFETY: kill with signal 0 only checks existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || Errno::last().0 == libc::EPERM
+}
+
+/// Wait for a child (any state change with `__WALL`), returning the raw status.
+pub fn waitpid(pid: Pid, flags: i32) -> SysResult<(Pid, i32)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags | libc::__WALL) };
+        if r < 0 {
+            let e = Errno::last();
+            if e.0 == libc::EINTR {
+                continue;
+            }
+            return Err(SysError::new("waitpid", pid, e));
+        }
+        return Ok((r, status));
+    }
+}
+
+/// Number of threads of the calling process.
+pub fn own_thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Block every catchable signal in the calling thread; returns the old mask.
+pub fn block_all_signals() -> u64 {
+    // SAFETY: sigset_t values are plain data initialised by sigfillset.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let mut bits = 0u64;
+        for s in 1..=64 {
+            if libc::sigismember(&old, s) == 1 {
+                bits |= 1 << (s - 1);
+            }
+        }
+        bits
+    }
+}
+
+/// Set the calling thread's signal mask from a bit set (bit n-1 = signal n).
+pub fn set_signal_mask(bits: u64) {
+    // SAFETY: sigset_t is built by sigemptyset/sigaddset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in 1..=64 {
+            if bits & (1 << (s - 1)) != 0 {
+                libc::sigaddset(&mut set, s);
+            }
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// setsid() for the calling process.
+pub fn new_session() -> SysResult<()> {
+    // SAFETY: no arguments.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(SysError::last("setsid", 0));
+    }
+    Ok(())
+}
+
+/// setpgid(pid, pgid).
+pub fn set_process_group(pid: Pid, pgid: Pid) -> SysResult<()> {
+    // SAFETY: no memory arguments.
+    if unsafe { libc::setpgid(pid, pgid) } < 0 {
+        return Err(SysError::last(format!("setpgid({pgid})"), pid));
+    }
+    Ok(())
+}
+
+/// getsid / getpgid of another process.
+pub fn session_of(pid: Pid) -> SysResult<Pid> {
+    // SAFETY: no memory arguments.
+    let r = unsafe { libc::getsid(pid) };
+    if r < 0 {
+        return Err(SysError::last("getsid", pid));
+    }
+    Ok(r)
+}
+
+/// Exit the calling process at once, without running destructors or atexit
+/// handlers (used by forked stubs, which share the parent's buffers).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// Block in pause() forever (a stub waiting to be seized).
+pub fn pause_forever() -> ! {
+    loop {
+        // SAFETY: pause has no arguments.
+        unsafe { libc::pause() };
+    }
+}
+
+/// Write all of `buf` to a raw fd (used by stubs to report readiness).
+pub fn write_fd(fd: i32, buf: &[u8]) -> SysResult<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        // SAFETY: the pointer and length come from a live slice.
+        let r = unsafe { libc::write(fd, buf[off..].as_ptr().cast(), buf.len() - off) };
+        if r < 0 {
+            let e = Errno::last();
+            if e.0 == libc::EINTR {
+                continue;
+            }
+            return Err(SysError::new("write", 0, e));
+        }
+        off += r as usize;
+    }
+    Ok(())
+}
+
+/// Read exactly `buf.len()` bytes from a raw fd (EOF is an error).
+pub fn read_fd_exact(fd: i32, buf: &mut [u8]) -> SysResult<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        // SAFETY: the pointer and length come from a live slice.
+        let r = unsafe { libc::read(fd, buf[off..].as_mut_ptr().cast(), buf.len() - off) };
+        if r < 0 {
+            let e = Errno::last();
+            if e.0 == libc::EINTR {
+                continue;
+            }
+            return Err(SysError::new("read", 0, e));
+        }
+        if r == 0 {
+            return Err(SysError::new("read (end of file)", 0, Errno(libc::EPIPE)));
+        }
+        off += r as usize;
+    }
+    Ok(())
+}
+
+/// pipe2 with O_CLOEXEC: (read end, write end).
+pub fn pipe() -> SysResult<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(SysError::last("pipe2", 0));
+    }
+    // SAFETY: pipe2 returned two new fds that nothing else owns.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// close(fd), ignoring errors.
+pub fn close(fd: i32) {
+    // SAFETY: closing an fd we own.
+    unsafe { libc::close(fd) };
+}
+
+/// Make the calling process a child subreaper (orphans of restored trees are
+/// reparented to us, not to init, while we run).
+pub fn set_child_subreaper() -> SysResult<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(SysError::last("prctl(PR_SET_CHILD_SUBREAPER)", 0));
+    }
+    Ok(())
+}
+
+/// The uname release string of the running kernel.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// XCR0: the xstate feature mask enabled by the OS on this CPU.
+pub fn xcr0() -> u64 {
+    // SAFETY: xgetbv with ecx=0 is available whenever OSXSAVE is set, which
+    // is checked through cpuid first.
+    unsafe {
+        let c = core::arch::x86_64::__cpuid(1);
+        if c.ecx & (1 << 27) == 0 {
+            return 0;
+        }
+        core::arch::x86_64::_xgetbv(0)
+    }
+}
+
+/// dup3(old, new, flags): put a copy of `old` at number `new`.
+pub fn dup_to(old: i32, new: i32, cloexec: bool) -> SysResult<()> {
+    if old == new {
+        return set_cloexec(new, cloexec);
+    }
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: dup3 has no memory arguments.
+    if unsafe { libc::dup3(old, new, flags) } < 0 {
+        return Err(SysError::last(format!("dup3({old}, {new})"), 0));
+    }
+    Ok(())
+}
+
+/// Set or clear FD_CLOEXEC.
+pub fn set_cloexec(fd: i32, on: bool) -> SysResult<()> {
+    let v = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: fcntl with integer arguments.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, v) } < 0 {
+        return Err(SysError::last(format!("fcntl(F_SETFD) on fd {fd}"), 0));
+    }
+    Ok(())
+}
+
+/// Duplicate `fd` to the lowest free number >= `min`, close-on-exec.
+pub fn dup_at_least(fd: i32, min: i32) -> SysResult<std::os::fd::OwnedFd> {
+    // SAFETY: fcntl with integer arguments.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if r < 0 {
+        return Err(SysError::last(format!("fcntl(F_DUPFD) of fd {fd}"), 0));
+    }
+    // SAFETY: F_DUPFD returned a new fd that nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) })
+}
+
+/// Set an fd's status flags (O_NONBLOCK, O_APPEND, ...).
+pub fn set_status_flags(fd: i32, flags: i32) -> SysResult<()> {
+    // SAFETY: fcntl with integer arguments.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        return Err(SysError::last(format!("fcntl(F_SETFL) on fd {fd}"), 0));
+    }
+    Ok(())
+}
+
+/// lseek(fd, pos, SEEK_SET).
+pub fn seek_to(fd: i32, pos: u64) -> SysResult<()> {
+    // SAFETY: lseek with integer arguments.
+    if unsafe { libc::lseek(fd, pos as i64, libc::SEEK_SET) } < 0 {
+        return Err(SysError::last(format!("lseek on fd {fd}"), 0));
+    }
+    Ok(())
+}
+
+/// Close every fd of the calling process not listed in `keep`.
+pub fn close_all_but(keep: &[i32]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&f| f >= 0)
+        .map(|&f| f as u32)
+        .collect();
+    keep.sort_unstable();
+    let mut lo = 0u32;
+    for k in keep {
+        if k > lo {
+            // SAFETY: close_range only closes fds of the calling process.
+            unsafe { libc::syscall(libc::SYS_close_range, lo, k - 1, 0) };
+        }
+        lo = k + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0) };
+}
+
+/// kcmp(KCMP_FILE): do two fds (of two processes) share one open file description?
+pub fn same_open_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> SysResult<bool> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: kcmp with integer arguments.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1,
+            pid2,
+            KCMP_FILE,
+            fd1 as u64,
+            fd2 as u64,
+        )
+    };
+    if r < 0 {
+        return Err(SysError::last("kcmp(KCMP_FILE)", pid1));
+    }
+    Ok(r == 0)
+}
+
+/// All resource limits of a process: (soft, hard) for resources 0..16.
+pub fn get_rlimits(pid: Pid) -> SysResult<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for res in 0..16 {
+        let mut old = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `old` is a valid out pointer; new limit is null (read only).
+        if unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) } < 0 {
+            return Err(SysError::last(format!("prlimit(resource {res})"), pid));
+        }
+        out.push((old.rlim_cur, old.rlim_max));
+    }
+    Ok(out)
+}
+
+/// Set one resource limit of another process.
+pub fn set_rlimit(pid: Pid, res: i32, soft: u64, hard: u64) -> SysResult<()> {
+    let new = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `new` is a valid rlimit64; old is null.
+    if unsafe { libc::prlimit64(pid, res as _, &new, std::ptr::null_mut()) } < 0 {
+        return Err(SysError::last(
+            format!("prlimit(resource {res}, {soft}/{hard})"),
+            pid,
+        ));
+    }
+    Ok(())
+}
+
+/// fstat of an fd: (mode, rdev, size, ino, dev, mtime_ns).
+pub fn fstat(fd: i32) -> SysResult<(u32, u64, u64, u64, u64, i128)> {
+    // SAFETY: stat is plain old data and a valid out pointer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid out pointer.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(SysError::last(format!("fstat fd {fd}"), 0));
+    }
+    let mtime = st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128;
+    Ok((
+        st.st_mode,
+        st.st_rdev,
+        st.st_size as u64,
+        st.st_ino,
+        st.st_dev,
+        mtime,
+    ))
+}
+
+/// Allocated (data) segments of a file, by SEEK_DATA/SEEK_HOLE, in [0, size).
+pub fn data_segments(fd: i32, size: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut off = 0i64;
+    while (off as u64) < size {
+        // SAFETY: lseek with integer arguments.
+        let d = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+        if d < 0 {
+            break;
+        }
+        // SAFETY: as above.
+        let h = unsafe { libc::lseek(fd, d, libc::SEEK_HOLE) };
+        let h = if h < 0 {
+            size as i64
+        } else {
+            h.min(size as i64)
+        };
+        if h <= d {
+            break;
+        }
+        out.push((d as u64 & !4095, (h as u64).div_ceil(4096) * 4096));
+        off = h;
+    }
+    out
+}
+
+/// Raise our soft RLIMIT_NOFILE to the hard limit (no privilege needed).
+pub fn raise_nofile() {
+    let mut r = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to rlimit64 structs.
+    unsafe {
+        if libc::getrlimit64(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit64(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// The major number of a device number.
+pub fn major(rdev: u64) -> u32 {
+    libc::major(rdev)
+}
+
+/// End the calling process so that its parent's wait() sees `status` (a
+/// wait status: an exit code or a terminating signal).
+pub fn die_with_status(status: i32) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: resetting a disposition to default and raising the signal
+        // in the calling process; no memory is shared with anyone.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+    exit_now(libc::WEXITSTATUS(status))
+}
