@@ -24,3 +24,8 @@ fn roundtrip(name: &str, bin: &str) -> String {
 fn memory() {
     roundtrip("memory", env!("CARGO_BIN_EXE_tp-memory"));
 }
+
+#[test]
+fn cpu() {
+    roundtrip("cpu", env!("CARGO_BIN_EXE_tp-cpu"));
+}

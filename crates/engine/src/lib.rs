@@ -39,8 +39,8 @@ pub enum EngineError {
     Proc { path: String, msg: String },
     #[error("pid {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
-    #[error("pid {0} is already in use on this system; free it or restore elsewhere")]
-    PidTaken(i32),
+    #[error("pid {0} is already in use on this system (by {1}); free it or restore elsewhere")]
+    PidTaken(i32, String),
     #[error("restoring {object}")]
     Restore {
         object: String,

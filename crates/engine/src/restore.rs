@@ -54,8 +54,15 @@ pub fn preflight(m: &Manifest) -> Result<()> {
     for p in &m.processes {
         let ids = std::iter::once(p.pid).chain(p.threads.iter().map(|t| t.tid));
         for id in ids {
-            if std::path::Path::new(&format!("/proc/{id}")).exists() {
-                return Err(EngineError::PidTaken(id));
+            if let Ok(st) = std::fs::read_to_string(format!("/proc/{id}/stat")) {
+                let who = st.split(") ").next().unwrap_or("").replace(" (", " ");
+                let state = st
+                    .rsplit(") ")
+                    .next()
+                    .and_then(|r| r.split(' ').next())
+                    .unwrap_or("?")
+                    .to_string();
+                return Err(EngineError::PidTaken(id, format!("{who}, state {state}")));
             }
         }
     }
@@ -125,12 +132,12 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     };
     debug!("forking the stub tree");
     let root = tree::spawn(&plan)?;
-    drop(ready_w);
     drop(srcs);
+    drop(ready_w);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
     let res = wait_ready(&m, &ready_r).and_then(|_| {
         let pfds: Vec<i32> = pack_fds.iter().map(|f| f.as_raw_fd()).collect();
-        build_all(&m, &reader, &pfds, progress)
+        build_all(&m, &reader, &pfds, plan.ready_w, progress)
     });
     match res {
         Ok(()) => {
@@ -220,6 +227,7 @@ fn build_all(
     m: &Manifest,
     reader: &PackReader,
     pack_fds: &[i32],
+    ready_w: i32,
     progress: Progress,
 ) -> Result<()> {
     let order: Vec<&Process> = tree::tree_order(m)
@@ -254,7 +262,8 @@ fn build_all(
             reader,
             shmem_home: &mut shmem_home,
         };
-        build_process(r, p, &mut cx).map_err(EngineError::during(format!("process {}", p.pid)))?;
+        build_process(r, p, &mut cx, ready_w)
+            .map_err(EngineError::during(format!("process {}", p.pid)))?;
         all_threads.extend(p.threads.iter().map(|t| t.tid));
         done += p
             .vmas
@@ -272,7 +281,7 @@ fn build_all(
     Ok(())
 }
 
-fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()> {
+fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx, ready_w: i32) -> Result<()> {
     // The stub inherited glibc's rseq registration; the kernel would fault
     // writing to it once the stub's memory is gone.
     if let Some((ptr, len, sig)) = ptrace::get_rseq(p.pid)? {
@@ -294,6 +303,9 @@ fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()> {
     for &fd in cx.pack_fds {
         r.call("close(pack)", nr::CLOSE, &[fd as u64])?;
     }
+    // The stub closes the readiness pipe itself right after reporting, but
+    // may have been seized just before doing so.
+    r.raw(nr::CLOSE, &[ready_w as u64])?;
     debug!(pid = p.pid, "{}", "ident::restore_mm");
     ident::restore_mm(r, &p.mm).map_err(EngineError::during("mm fields (PR_SET_MM_MAP)"))?;
     debug!(pid = p.pid, "{}", "signals::restore_actions");

@@ -144,14 +144,43 @@ impl Run {
             if let Some(mut c) = self.child.take() {
                 let _ = c.wait();
             }
-            reap_all();
-            assert!(
-                !Path::new(&format!("/proc/{}", self.pid)).exists(),
-                "pid {} still exists after checkpoint",
-                self.pid
-            );
+            // Wait until every process of the image is gone and reaped (we
+            // are a subreaper: orphaned grandchildren end up with us).
+            let pids = self.image_pids();
+            let t = Instant::now();
+            while let Some(p) = pids
+                .iter()
+                .find(|p| Path::new(&format!("/proc/{p}")).exists())
+            {
+                reap_all();
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "pid {p} still exists after checkpoint"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         o.2
+    }
+
+    /// Every pid in the image (from `cryopod inspect --json`); all become
+    /// ours to end once restored.
+    pub fn image_pids(&mut self) -> Vec<i32> {
+        let o = cryopod(&["inspect", "--json", self.image.to_str().unwrap()], &[]);
+        assert!(o.0 == 0, "inspect failed: {}", o.2);
+        let v: serde_json::Value = serde_json::from_str(&o.1).expect("inspect json");
+        let pids: Vec<i32> = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_i64().unwrap() as i32)
+            .collect();
+        for &p in &pids {
+            if !self.owned.contains(&p) {
+                self.owned.push(p);
+            }
+        }
+        pids
     }
 
     /// Restore (detached), let the program go, wait for it to exit with
