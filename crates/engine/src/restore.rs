@@ -54,6 +54,12 @@ pub fn preflight(m: &Manifest) -> Result<()> {
     for p in &m.processes {
         let ids = std::iter::once(p.pid).chain(p.threads.iter().map(|t| t.tid));
         for id in ids {
+            // A zombie (e.g. of the checkpointed tree, orphaned to init) is
+            // normally reaped at once; give a slow init a few seconds.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while crate::procfs::stat(id).map(|s| s.state == 'Z').unwrap_or(false) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             if let Ok(st) = std::fs::read_to_string(format!("/proc/{id}/stat")) {
                 let who = st.split(") ").next().unwrap_or("").replace(" (", " ");
                 let state = st
