@@ -23,10 +23,7 @@ impl Default for Checks {
 
 impl Checks {
     pub fn new() -> Self {
-        Checks {
-            failed: 0,
-            total: 0,
-        }
+        Checks { failed: 0, total: 0 }
     }
 
     pub fn check(&mut self, name: &str, ok: bool, detail: impl std::fmt::Display) {
@@ -72,12 +69,8 @@ pub fn ready_and_wait(dir: &Path) {
 /// Poll for `dir/go`, sleeping 5 ms in nanosleep between polls. The loop
 /// allocates nothing, so the heap is as the checkpoint left it on return.
 pub fn wait_go(dir: &Path) {
-    let go =
-        std::ffi::CString::new(dir.join("go").as_os_str().as_encoded_bytes()).unwrap_or_default();
-    let ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 5_000_000,
-    };
+    let go = std::ffi::CString::new(dir.join("go").as_os_str().as_encoded_bytes()).unwrap_or_default();
+    let ts = libc::timespec { tv_sec: 0, tv_nsec: 5_000_000 };
     // SAFETY: access and nanosleep get valid pointers.
     while unsafe { libc::access(go.as_ptr(), libc::F_OK) } != 0 {
         unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
@@ -92,13 +85,7 @@ pub fn maps() -> Vec<String> {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            format!(
-                "{} {} {} {}",
-                f[0],
-                f[1],
-                f[2],
-                f.get(5..).map(|x| x.join(" ")).unwrap_or_default()
-            )
+            format!("{} {} {} {}", f[0], f[1], f[2], f.get(5..).map(|x| x.join(" ")).unwrap_or_default())
         })
         .collect()
 }
@@ -108,11 +95,7 @@ pub fn status(key: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)
-                .and_then(|v| v.strip_prefix(':'))
-                .map(|v| v.trim().to_string())
-        })
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
         .unwrap_or_default()
 }
 

@@ -12,10 +12,7 @@ fn roundtrip(name: &str, bin: &str) -> String {
         assert_eq!(before.2, after.2, "thread count differs");
         assert_eq!(before.1, after.1, "fd list differs");
         let missing: Vec<&String> = before.0.iter().filter(|l| !after.0.contains(l)).collect();
-        assert!(
-            missing.is_empty(),
-            "areas missing after restore: {missing:#?}"
-        );
+        assert!(missing.is_empty(), "areas missing after restore: {missing:#?}");
     });
     out
 }

@@ -35,19 +35,11 @@ fn kind(v: &Vma) -> &'static str {
 }
 
 fn saved(v: &Vma) -> u64 {
-    v.runs
-        .iter()
-        .filter(|r| r.chunk.is_some())
-        .map(|r| u64::from(r.pages) * PAGE)
-        .sum()
+    v.runs.iter().filter(|r| r.chunk.is_some()).map(|r| u64::from(r.pages) * PAGE).sum()
 }
 
 fn zero(v: &Vma) -> u64 {
-    v.runs
-        .iter()
-        .filter(|r| r.chunk.is_none())
-        .map(|r| u64::from(r.pages) * PAGE)
-        .sum()
+    v.runs.iter().filter(|r| r.chunk.is_none()).map(|r| u64::from(r.pages) * PAGE).sum()
 }
 
 fn file_desc(m: &Manifest, i: u32) -> String {
@@ -56,17 +48,8 @@ fn file_desc(m: &Manifest, i: u32) -> String {
         Some(FileKind::Deleted { path, .. }) => format!("{path} (deleted)"),
         Some(FileKind::CharDev { path, .. }) => path.clone(),
         Some(FileKind::Terminal { path }) => format!("{path} (terminal)"),
-        Some(FileKind::Pipe {
-            pipe,
-            write,
-            queued,
-            ..
-        }) => {
-            format!(
-                "pipe:[{pipe}] {} end, {} bytes queued",
-                if *write { "write" } else { "read" },
-                queued.len()
-            )
+        Some(FileKind::Pipe { pipe, write, queued, .. }) => {
+            format!("pipe:[{pipe}] {} end, {} bytes queued", if *write { "write" } else { "read" }, queued.len())
         }
         Some(FileKind::Fifo { path, queued, .. }) => {
             format!("fifo {path}, {} bytes queued", queued.len())
@@ -78,21 +61,12 @@ fn file_desc(m: &Manifest, i: u32) -> String {
 /// Total size of the image directory's files.
 pub fn image_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
+        .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
         .unwrap_or(0)
 }
 
-fn children<'a>(m: &'a Manifest, pid: i32) -> Vec<&'a Process> {
-    m.processes
-        .iter()
-        .filter(|p| p.ppid == pid && p.pid != m.root_pid)
-        .collect()
+fn children(m: &Manifest, pid: i32) -> Vec<&Process> {
+    m.processes.iter().filter(|p| p.ppid == pid && p.pid != m.root_pid).collect()
 }
 
 pub fn text(m: &Manifest, dir: &Path) -> String {
@@ -112,11 +86,7 @@ pub fn text(m: &Manifest, dir: &Path) -> String {
     let _ = writeln!(s, "\ntree:");
     fn walk(m: &Manifest, p: &Process, depth: usize, s: &mut String) {
         let comm = p.threads.first().map(|t| t.comm.as_str()).unwrap_or("");
-        let state = if p.zombie_status.is_some() {
-            " zombie"
-        } else {
-            ""
-        };
+        let state = if p.zombie_status.is_some() { " zombie" } else { "" };
         let _ = writeln!(
             s,
             "{:indent$}{} {comm} (pgid {}, sid {}, {} threads){state}",
@@ -139,11 +109,7 @@ pub fn text(m: &Manifest, dir: &Path) -> String {
             continue;
         }
         let _ = writeln!(s, "\nprocess {} ({}):", p.pid, p.mm.exe);
-        let tids: Vec<String> = p
-            .threads
-            .iter()
-            .map(|t| format!("{} {}", t.tid, t.comm))
-            .collect();
+        let tids: Vec<String> = p.threads.iter().map(|t| format!("{} {}", t.tid, t.comm)).collect();
         let _ = writeln!(s, "  threads: {}", tids.join(", "));
         let _ = writeln!(s, "  memory:");
         for v in &p.vmas {
@@ -161,13 +127,8 @@ pub fn text(m: &Manifest, dir: &Path) -> String {
         }
         let _ = writeln!(s, "  fds:");
         for f in &p.fds {
-            let _ = writeln!(
-                s,
-                "    {:>4}{} {}",
-                f.fd,
-                if f.cloexec { " (cloexec)" } else { "" },
-                file_desc(m, f.file)
-            );
+            let _ =
+                writeln!(s, "    {:>4}{} {}", f.fd, if f.cloexec { " (cloexec)" } else { "" }, file_desc(m, f.file));
         }
     }
     s

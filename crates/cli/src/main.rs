@@ -9,11 +9,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "cryopod",
-    version,
-    about = "Checkpoint, restore and migrate running Linux process trees"
-)]
+#[command(name = "cryopod", version, about = "Checkpoint, restore and migrate running Linux process trees")]
 struct Cli {
     /// More log output (also RUST_LOG).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -64,9 +60,7 @@ enum Cmd {
 }
 
 fn cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
 fn human(b: u64) -> String {
@@ -109,12 +103,7 @@ fn main() {
 
 fn run(cmd: Cmd) -> Result<i32> {
     match cmd {
-        Cmd::Checkpoint {
-            pid,
-            output,
-            leave_running,
-            threads,
-        } => {
+        Cmd::Checkpoint { pid, output, leave_running, threads } => {
             let opts = cryopod_engine::CheckpointOptions {
                 pid,
                 dir: output.clone(),
@@ -123,15 +112,10 @@ fn run(cmd: Cmd) -> Result<i32> {
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_engine::checkpoint(&opts, &|phase, d, t| bar.update(phase, d, t))
-                .with_context(|| {
-                    format!("checkpoint of pid {pid} failed; the tree was left running")
-                })?;
+                .with_context(|| format!("checkpoint of pid {pid} failed; the tree was left running"))?;
             bar.finish();
-            let frozen = if leave_running {
-                format!(", frozen {:.1} ms", s.frozen.as_secs_f64() * 1e3)
-            } else {
-                String::new()
-            };
+            let frozen =
+                if leave_running { format!(", frozen {:.1} ms", s.frozen.as_secs_f64() * 1e3) } else { String::new() };
             eprintln!(
                 "checkpointed {} processes ({} threads), {} of memory, image {} in {:.1} ms{} → {}",
                 s.processes,
@@ -144,23 +128,11 @@ fn run(cmd: Cmd) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore {
-            dir,
-            detach,
-            print_pid,
-        } => {
-            let opts = cryopod_engine::RestoreOptions {
-                dir: dir.clone(),
-                threads: cpus(),
-            };
+        Cmd::Restore { dir, detach, print_pid } => {
+            let opts = cryopod_engine::RestoreOptions { dir: dir.clone(), threads: cpus() };
             let bar = progress::Bar::new("restore");
             let o = cryopod_engine::restore(&opts, &|phase, d, t| bar.update(phase, d, t))
-                .with_context(|| {
-                    format!(
-                        "restore of {} failed; nothing was left running",
-                        dir.display()
-                    )
-                })?;
+                .with_context(|| format!("restore of {} failed; nothing was left running", dir.display()))?;
             bar.finish();
             eprintln!(
                 "restored {} processes ({} threads), {} of memory in {:.1} ms; root pid {}",
@@ -179,13 +151,10 @@ fn run(cmd: Cmd) -> Result<i32> {
             Ok(cryopod_engine::restore::wait_root(o.root_pid)?)
         }
         Cmd::Inspect { dir, json } => {
-            let m = cryopod_image::read_manifest(&dir)
-                .with_context(|| format!("cannot read image {}", dir.display()))?;
+            let m =
+                cryopod_image::read_manifest(&dir).with_context(|| format!("cannot read image {}", dir.display()))?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&inspect::json(&m, &dir))?
-                );
+                println!("{}", serde_json::to_string_pretty(&inspect::json(&m, &dir))?);
             } else {
                 print!("{}", inspect::text(&m, &dir));
             }
@@ -194,8 +163,7 @@ fn run(cmd: Cmd) -> Result<i32> {
         Cmd::Check { image } => {
             let m = cryopod_image::read_manifest(&image)
                 .with_context(|| format!("cannot read image {}", image.display()))?;
-            cryopod_engine::restore::preflight(&m)
-                .context("this machine cannot restore the image")?;
+            cryopod_engine::restore::preflight(&m).context("this machine cannot restore the image")?;
             println!("ok: this kernel and CPU can restore {}", image.display());
             Ok(0)
         }

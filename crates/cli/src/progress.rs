@@ -12,11 +12,7 @@ pub struct Bar {
 
 impl Bar {
     pub fn new(what: &'static str) -> Self {
-        Bar {
-            start: Instant::now(),
-            bar: Mutex::new(None),
-            what,
-        }
+        Bar { start: Instant::now(), bar: Mutex::new(None), what }
     }
 
     pub fn update(&self, phase: &str, done: u64, total: u64) {
@@ -27,11 +23,9 @@ impl Bar {
         let b = g.get_or_insert_with(|| {
             let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} {msg:8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{prefix} {msg:8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             b.set_prefix(self.what);
             b

@@ -44,9 +44,7 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
                 fr.kill();
             }
             let (mem, stored) = m.memory_bytes();
-            let meta_len = std::fs::metadata(o.dir.join(cryopod_image::MANIFEST_FILE))
-                .map(|m| m.len())
-                .unwrap_or(0);
+            let meta_len = std::fs::metadata(o.dir.join(cryopod_image::MANIFEST_FILE)).map(|m| m.len()).unwrap_or(0);
             Ok(CheckpointSummary {
                 processes: m.processes.len(),
                 threads: m.processes.iter().map(|p| p.threads.len()).sum(),
@@ -66,13 +64,9 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
 
 fn prepare_dir(dir: &std::path::Path) -> Result<()> {
     if dir.join(cryopod_image::MANIFEST_FILE).exists() {
-        return Err(EngineError::Other(format!(
-            "{} already holds an image; choose an empty directory",
-            dir.display()
-        )));
+        return Err(EngineError::Other(format!("{} already holds an image; choose an empty directory", dir.display())));
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| EngineError::Other(format!("cannot create {}: {e}", dir.display())))
+    std::fs::create_dir_all(dir).map_err(|e| EngineError::Other(format!("cannot create {}: {e}", dir.display())))
 }
 
 /// Remove what a failed checkpoint wrote (never the user's other files).
@@ -191,38 +185,23 @@ fn collect_process(
     p.vmas = mem.collect(pid, idx, files)?;
     p.fds = files.collect_fds(pid)?;
     ident::collect_process_env(pid, &mut p)?;
-    p.shared_pending = cryopod_sys::ptrace::peek_siginfo(pid, true)?
-        .into_iter()
-        .map(|s| s.to_vec())
-        .collect();
+    p.shared_pending = cryopod_sys::ptrace::peek_siginfo(pid, true)?.into_iter().map(|s| s.to_vec()).collect();
     // Injection site: a `syscall` instruction in the task's vDSO.
     let vdso = p
         .vmas
         .iter()
         .find(|v| v.kind == VmaKind::Vdso)
-        .ok_or_else(|| EngineError::Unsupported {
-            pid,
-            what: "a process without a vDSO".into(),
-        })?;
+        .ok_or_else(|| EngineError::Unsupported { pid, what: "a process without a vDSO".into() })?;
     let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
     cryopod_sys::mem::read(pid, vdso.start, &mut code)?;
     let site = vdso.start
-        + find_syscall_insn(&code)
-            .ok_or_else(|| EngineError::Other("no syscall instruction in the vDSO".into()))?
+        + find_syscall_insn(&code).ok_or_else(|| EngineError::Other("no syscall instruction in the vDSO".into()))?
             as u64;
 
-    let mut leader = Remote {
-        inj: Injector::new(pid, site)?,
-        pid,
-        data: 0,
-    };
+    let mut leader = Remote { inj: Injector::new(pid, site)?, pid, data: 0 };
     let res = (|| -> Result<()> {
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        leader.data = leader.call(
-            "mmap(scratch)",
-            nr::MMAP,
-            &[0, SCRATCH_DATA, rw, 0x22, u64::MAX, 0],
-        )?;
+        leader.data = leader.call("mmap(scratch)", nr::MMAP, &[0, SCRATCH_DATA, rw, 0x22, u64::MAX, 0])?;
         fault::check("during-injection")?;
         p.sigactions = signals::collect_actions(&mut leader)?;
         p.itimers = signals::collect_itimers(&mut leader)?;
@@ -233,11 +212,7 @@ fn collect_process(
             if tid == pid {
                 p.threads.push(threads::collect(&mut leader)?);
             } else {
-                let mut r = Remote {
-                    inj: Injector::new(tid, site)?,
-                    pid,
-                    data: leader.data,
-                };
+                let mut r = Remote { inj: Injector::new(tid, site)?, pid, data: leader.data };
                 let t = threads::collect(&mut r);
                 r.inj.restore_and_park()?;
                 p.threads.push(t?);
@@ -252,9 +227,7 @@ fn collect_process(
     leader.inj.restore_and_park()?;
     res?;
     if !leader.inj.deferred.is_empty() {
-        return Err(EngineError::Other(format!(
-            "pid {pid} received a signal while being checkpointed; try again"
-        )));
+        return Err(EngineError::Other(format!("pid {pid} received a signal while being checkpointed; try again")));
     }
     Ok(p)
 }

@@ -40,10 +40,7 @@ pub struct FileTable {
 }
 
 fn path_kind(path: &str) -> Result<FileKind> {
-    let md = std::fs::metadata(path).map_err(|e| EngineError::Proc {
-        path: path.into(),
-        msg: e.to_string(),
-    })?;
+    let md = std::fs::metadata(path).map_err(|e| EngineError::Proc { path: path.into(), msg: e.to_string() })?;
     let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
     Ok(FileKind::Path {
         path: path.into(),
@@ -62,11 +59,7 @@ impl FileTable {
             return Ok(i);
         }
         let i = self.files.len() as u32;
-        self.files.push(OpenFile {
-            flags: libc::O_RDONLY as u32,
-            pos: 0,
-            kind: path_kind(path)?,
-        });
+        self.files.push(OpenFile { flags: libc::O_RDONLY as u32, pos: 0, kind: path_kind(path)? });
         self.mapped.insert(path.to_string(), i);
         Ok(i)
     }
@@ -79,17 +72,12 @@ impl FileTable {
             let target = procfs::readlink(&link)?;
             let (pos, flags) = procfs::fdinfo(pid, fd)?;
             let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
-            let md = std::fs::metadata(&link).map_err(|e| EngineError::Proc {
-                path: link.clone(),
-                msg: e.to_string(),
-            })?;
+            let md =
+                std::fs::metadata(&link).map_err(|e| EngineError::Proc { path: link.clone(), msg: e.to_string() })?;
             // Same open file description as one seen before?
             let mut found = None;
             for &(p2, fd2, idx, dev, ino) in &self.seen {
-                if dev == md.dev()
-                    && ino == md.ino()
-                    && cryopod_sys::util::same_open_file(pid, fd, p2, fd2)?
-                {
+                if dev == md.dev() && ino == md.ino() && cryopod_sys::util::same_open_file(pid, fd, p2, fd2)? {
                     found = Some(idx);
                     break;
                 }
@@ -99,37 +87,19 @@ impl FileTable {
                 None => {
                     let kind = self.kind_of(pid, fd, &target, &md, flags)?;
                     let i = self.files.len() as u32;
-                    self.files.push(OpenFile {
-                        flags: flags & KEEP_FLAGS,
-                        pos,
-                        kind,
-                    });
+                    self.files.push(OpenFile { flags: flags & KEEP_FLAGS, pos, kind });
                     self.seen.push((pid, fd, i, md.dev(), md.ino()));
                     i
                 }
             };
-            out.push(Fd {
-                fd,
-                file: idx,
-                cloexec,
-            });
+            out.push(Fd { fd, file: idx, cloexec });
         }
         Ok(out)
     }
 
-    fn kind_of(
-        &mut self,
-        pid: i32,
-        fd: i32,
-        target: &str,
-        md: &std::fs::Metadata,
-        flags: u32,
-    ) -> Result<FileKind> {
+    fn kind_of(&mut self, pid: i32, fd: i32, target: &str, md: &std::fs::Metadata, flags: u32) -> Result<FileKind> {
         let ft = md.mode() & libc::S_IFMT;
-        let unsupported = |what: &str| EngineError::Unsupported {
-            pid,
-            what: format!("fd {fd} ({target}, {what})"),
-        };
+        let unsupported = |what: &str| EngineError::Unsupported { pid, what: format!("fd {fd} ({target}, {what})") };
         match ft {
             libc::S_IFREG | libc::S_IFDIR => {
                 if let Some(p) = target.strip_suffix(" (deleted)") {
@@ -139,17 +109,9 @@ impl FileTable {
                     if md.len() > MAX_DELETED {
                         return Err(unsupported("deleted file larger than 64 MiB"));
                     }
-                    let contents = std::fs::read(format!("/proc/{pid}/fd/{fd}")).map_err(|e| {
-                        EngineError::Proc {
-                            path: format!("/proc/{pid}/fd/{fd}"),
-                            msg: e.to_string(),
-                        }
-                    })?;
-                    return Ok(FileKind::Deleted {
-                        path: p.to_string(),
-                        mode: md.mode() & 0o7777,
-                        contents,
-                    });
+                    let contents = std::fs::read(format!("/proc/{pid}/fd/{fd}"))
+                        .map_err(|e| EngineError::Proc { path: format!("/proc/{pid}/fd/{fd}"), msg: e.to_string() })?;
+                    return Ok(FileKind::Deleted { path: p.to_string(), mode: md.mode() & 0o7777, contents });
                 }
                 if !target.starts_with('/') {
                     return Err(unsupported("not reachable by path"));
@@ -158,43 +120,22 @@ impl FileTable {
             }
             libc::S_IFCHR => {
                 let major = cryopod_sys::util::major(md.rdev());
-                if (136..=143).contains(&major)
-                    || major == 4
-                    || (major == 5 && md.rdev() & 0xff != 2)
-                {
-                    Ok(FileKind::Terminal {
-                        path: target.to_string(),
-                    })
+                if (136..=143).contains(&major) || major == 4 || (major == 5 && md.rdev() & 0xff != 2) {
+                    Ok(FileKind::Terminal { path: target.to_string() })
                 } else {
-                    Ok(FileKind::CharDev {
-                        path: target.to_string(),
-                        rdev: md.rdev(),
-                    })
+                    Ok(FileKind::CharDev { path: target.to_string(), rdev: md.rdev() })
                 }
             }
             libc::S_IFIFO => {
                 let ino = md.ino();
                 // Contents once per pipe, copied without consuming them.
-                let queued = if self.pipes_with_data.insert(ino) {
-                    peek_pipe(pid, fd)?
-                } else {
-                    Vec::new()
-                };
+                let queued = if self.pipes_with_data.insert(ino) { peek_pipe(pid, fd)? } else { Vec::new() };
                 if target.starts_with("pipe:") {
                     let capacity = pipe_capacity(pid, fd)?;
                     let write = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
-                    Ok(FileKind::Pipe {
-                        pipe: ino,
-                        write,
-                        capacity,
-                        queued,
-                    })
+                    Ok(FileKind::Pipe { pipe: ino, write, capacity, queued })
                 } else {
-                    Ok(FileKind::Fifo {
-                        path: target.to_string(),
-                        pipe: ino,
-                        queued,
-                    })
+                    Ok(FileKind::Fifo { path: target.to_string(), pipe: ino, queued })
                 }
             }
             _ => Err(unsupported("this kind of file")),
@@ -208,10 +149,7 @@ fn open_proc_fd(pid: i32, fd: i32) -> Result<std::fs::File> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(&p)
-        .map_err(|e| EngineError::Proc {
-            path: p,
-            msg: e.to_string(),
-        })
+        .map_err(|e| EngineError::Proc { path: p, msg: e.to_string() })
 }
 
 fn peek_pipe(pid: i32, fd: i32) -> Result<Vec<u8>> {
@@ -237,16 +175,9 @@ pub fn check_mapped_files(m: &Manifest) -> Result<()> {
     for p in &m.processes {
         for v in &p.vmas {
             if let cryopod_image::VmaKind::File { file, .. } = v.kind {
-                if let FileKind::Path {
-                    path,
-                    size,
-                    mtime_ns,
-                    ..
-                } = &m.files[file as usize].kind
-                {
-                    let md = std::fs::metadata(path).map_err(|e| {
-                        EngineError::Other(format!("mapped file {path} cannot be opened: {e}"))
-                    })?;
+                if let FileKind::Path { path, size, mtime_ns, .. } = &m.files[file as usize].kind {
+                    let md = std::fs::metadata(path)
+                        .map_err(|e| EngineError::Other(format!("mapped file {path} cannot be opened: {e}")))?;
                     let mt = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
                     if md.len() != *size || mt != *mtime_ns {
                         return Err(EngineError::Other(format!(
@@ -293,8 +224,8 @@ pub fn open_all(m: &Manifest, base: i32) -> Result<Vec<Option<OwnedFd>>> {
             out.push(None);
             continue;
         }
-        let fd = open_one(f, &mut pipes, &mut fifo_holders)
-            .map_err(EngineError::during(format!("file {}", describe(f))))?;
+        let fd =
+            open_one(f, &mut pipes, &mut fifo_holders).map_err(EngineError::during(format!("file {}", describe(f))))?;
         out.push(Some(cryopod_sys::util::dup_at_least(fd.as_raw_fd(), base)?));
     }
     drop(fifo_holders);
@@ -308,19 +239,12 @@ pub fn describe(f: &OpenFile) -> String {
         FileKind::Deleted { path, .. } => format!("{path} (deleted)"),
         FileKind::CharDev { path, .. } => path.clone(),
         FileKind::Terminal { path } => format!("terminal {path}"),
-        FileKind::Pipe { pipe, write, .. } => format!(
-            "pipe:[{pipe}] ({} end)",
-            if *write { "write" } else { "read" }
-        ),
+        FileKind::Pipe { pipe, write, .. } => format!("pipe:[{pipe}] ({} end)", if *write { "write" } else { "read" }),
         FileKind::Fifo { path, .. } => format!("fifo {path}"),
     }
 }
 
-fn open_one(
-    f: &OpenFile,
-    pipes: &mut HashMap<u64, (OwnedFd, OwnedFd)>,
-    holders: &mut Vec<OwnedFd>,
-) -> Result<OwnedFd> {
+fn open_one(f: &OpenFile, pipes: &mut HashMap<u64, (OwnedFd, OwnedFd)>, holders: &mut Vec<OwnedFd>) -> Result<OwnedFd> {
     let flags = f.flags;
     let status = (flags & !(libc::O_ACCMODE as u32)) as i32;
     let fd = match &f.kind {
@@ -333,19 +257,11 @@ fn open_one(
             cryopod_sys::util::seek_to(fd.as_raw_fd(), f.pos)?;
             fd
         }
-        FileKind::Deleted {
-            path,
-            mode,
-            contents,
-        } => {
+        FileKind::Deleted { path, mode, contents } => {
             // Re-create the file under its old name if free (so the fd's
             // link reads "<path> (deleted)" again), else beside it.
             let p = std::path::Path::new(path);
-            let tmp = if p.exists() {
-                format!("{path}.cryopod-restore-{}", std::process::id())
-            } else {
-                path.clone()
-            };
+            let tmp = if p.exists() { format!("{path}.cryopod-restore-{}", std::process::id()) } else { path.clone() };
             std::fs::write(&tmp, contents).map_err(open_err(&tmp))?;
             let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode));
             let fd = open_with(&tmp, flags);
@@ -361,30 +277,18 @@ fn open_one(
                 let l = std::fs::read_link(format!("/proc/self/fd/{i}")).ok()?;
                 let md = std::fs::metadata(&l).ok()?;
                 let major = cryopod_sys::util::major(md.rdev());
-                ((136..=143).contains(&major) || major == 4)
-                    .then(|| l.to_string_lossy().into_owned())
+                ((136..=143).contains(&major) || major == 4).then(|| l.to_string_lossy().into_owned())
             });
             let p = mine.unwrap_or_else(|| path.clone());
             open_with(&p, flags | libc::O_NOCTTY as u32)?
         }
-        FileKind::Pipe {
-            pipe,
-            write,
-            capacity,
-            queued,
-        } => {
+        FileKind::Pipe { pipe, write, capacity, queued } => {
             let (r, w) = match pipes.get(pipe) {
-                Some(e) => (
-                    e.0.try_clone().map_err(open_err("pipe"))?,
-                    e.1.try_clone().map_err(open_err("pipe"))?,
-                ),
+                Some(e) => (e.0.try_clone().map_err(open_err("pipe"))?, e.1.try_clone().map_err(open_err("pipe"))?),
                 None => {
                     let (r, w) = cryopod_sys::util::pipe()?;
                     fill_pipe(&w, *capacity, queued)?;
-                    let c = (
-                        r.try_clone().map_err(open_err("pipe"))?,
-                        w.try_clone().map_err(open_err("pipe"))?,
-                    );
+                    let c = (r.try_clone().map_err(open_err("pipe"))?, w.try_clone().map_err(open_err("pipe"))?);
                     pipes.insert(*pipe, c);
                     (r, w)
                 }

@@ -69,9 +69,7 @@ pub fn freeze(root: i32) -> Result<Frozen> {
 fn freeze_into(root: i32, fr: &mut Frozen) -> Result<()> {
     let st = procfs::stat(root)?;
     if st.state == 'Z' {
-        return Err(crate::EngineError::Other(format!(
-            "pid {root} is a zombie; nothing to checkpoint"
-        )));
+        return Err(crate::EngineError::Other(format!("pid {root} is a zombie; nothing to checkpoint")));
     }
     loop {
         let mut changed = false;

@@ -22,11 +22,7 @@ const CAP_VERSION_3: u32 = 0x2008_0522;
 pub fn collect_creds(r: &mut Remote) -> Result<Creds> {
     let st = procfs::read(r.pid, "status")?;
     let groups = procfs::status_field(&st, "Groups")
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
+        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_default();
     let securebits = r.call("prctl(PR_GET_SECUREBITS)", nr::PRCTL, &[PR_GET_SECUREBITS])? as u32;
     Ok(Creds {
@@ -60,25 +56,9 @@ pub fn restore_creds(r: &mut Remote, c: &Creds) -> Result<()> {
         let a = if g.is_empty() { r.data } else { r.put(0, &g)? };
         r.call("setgroups", nr::SETGROUPS, &[c.groups.len() as u64, a])?;
     }
-    r.call(
-        "setresgid",
-        nr::SETRESGID,
-        &[
-            u64::from(c.gids[0]),
-            u64::from(c.gids[1]),
-            u64::from(c.gids[2]),
-        ],
-    )?;
+    r.call("setresgid", nr::SETRESGID, &[u64::from(c.gids[0]), u64::from(c.gids[1]), u64::from(c.gids[2])])?;
     r.call("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, &[PR_SET_KEEPCAPS, 1])?;
-    r.call(
-        "setresuid",
-        nr::SETRESUID,
-        &[
-            u64::from(c.uids[0]),
-            u64::from(c.uids[1]),
-            u64::from(c.uids[2]),
-        ],
-    )?;
+    r.call("setresuid", nr::SETRESUID, &[u64::from(c.uids[0]), u64::from(c.uids[1]), u64::from(c.uids[2])])?;
     let mut b = Vec::new();
     b.extend_from_slice(&CAP_VERSION_3.to_ne_bytes());
     b.extend_from_slice(&0i32.to_ne_bytes());
@@ -92,27 +72,15 @@ pub fn restore_creds(r: &mut Remote, c: &Creds) -> Result<()> {
     r.call("capset", nr::CAPSET, &[a, a + 8])?;
     for cap in 0..=last_cap {
         if c.cap_amb & (1 << cap) != 0 {
-            r.call(
-                "prctl(PR_CAP_AMBIENT_RAISE)",
-                nr::PRCTL,
-                &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0],
-            )?;
+            r.call("prctl(PR_CAP_AMBIENT_RAISE)", nr::PRCTL, &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0])?;
         }
     }
     let cur = r.call("prctl(PR_GET_SECUREBITS)", nr::PRCTL, &[PR_GET_SECUREBITS])? as u32;
     if cur != c.securebits {
-        r.call(
-            "prctl(PR_SET_SECUREBITS)",
-            nr::PRCTL,
-            &[PR_SET_SECUREBITS, u64::from(c.securebits)],
-        )?;
+        r.call("prctl(PR_SET_SECUREBITS)", nr::PRCTL, &[PR_SET_SECUREBITS, u64::from(c.securebits)])?;
     }
     if c.no_new_privs {
-        r.call(
-            "prctl(PR_SET_NO_NEW_PRIVS)",
-            nr::PRCTL,
-            &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0],
-        )?;
+        r.call("prctl(PR_SET_NO_NEW_PRIVS)", nr::PRCTL, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0])?;
     }
     Ok(())
 }
@@ -164,11 +132,7 @@ pub fn restore_mm(r: &mut Remote, mm: &MmInfo) -> Result<()> {
     b.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
     b.extend_from_slice(&(exe_fd.map(|f| f as u32).unwrap_or(u32::MAX)).to_ne_bytes());
     let a = r.put(512, &b)?;
-    let res = r.call(
-        "prctl(PR_SET_MM_MAP)",
-        nr::PRCTL,
-        &[PR_SET_MM, PR_SET_MM_MAP, a, b.len() as u64, 0],
-    );
+    let res = r.call("prctl(PR_SET_MM_MAP)", nr::PRCTL, &[PR_SET_MM, PR_SET_MM_MAP, a, b.len() as u64, 0]);
     if let Some(fd) = exe_fd {
         r.call("close", nr::CLOSE, &[fd])?;
     }
@@ -181,9 +145,7 @@ pub fn collect_process_env(pid: i32, p: &mut Process) -> Result<()> {
     p.cwd = procfs::readlink(&format!("/proc/{pid}/cwd"))?;
     p.root = procfs::readlink(&format!("/proc/{pid}/root"))?;
     let st = procfs::read(pid, "status")?;
-    p.umask = procfs::status_field(&st, "Umask")
-        .and_then(|v| u32::from_str_radix(&v, 8).ok())
-        .unwrap_or(0o022);
+    p.umask = procfs::status_field(&st, "Umask").and_then(|v| u32::from_str_radix(&v, 8).ok()).unwrap_or(0o022);
     p.personality = u32::from_str_radix(procfs::read(pid, "personality")?.trim(), 16).unwrap_or(0);
     p.rlimits = cryopod_sys::util::get_rlimits(pid)?;
     Ok(())

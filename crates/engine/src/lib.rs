@@ -42,10 +42,7 @@ pub enum EngineError {
     #[error("pid {0} is already in use on this system (by {1}); free it or restore elsewhere")]
     PidTaken(i32, String),
     #[error("restoring {object}")]
-    Restore {
-        object: String,
-        source: Box<EngineError>,
-    },
+    Restore { object: String, source: Box<EngineError> },
     #[error("fault injected at '{0}' (CRYOPOD_FAULT)")]
     Fault(String),
     #[error("{0}")]
@@ -56,10 +53,7 @@ impl EngineError {
     /// Wrap an error with the object being restored when it failed.
     pub fn during(object: impl Into<String>) -> impl FnOnce(EngineError) -> EngineError {
         let object = object.into();
-        move |e| EngineError::Restore {
-            object,
-            source: Box::new(e),
-        }
+        move |e| EngineError::Restore { object, source: Box::new(e) }
     }
 }
 

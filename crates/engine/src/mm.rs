@@ -15,10 +15,8 @@ use cryopod_sys::pagemap::{self, Pagemap};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-const REPORT: u64 = pagemap::PAGE_IS_PRESENT
-    | pagemap::PAGE_IS_SWAPPED
-    | pagemap::PAGE_IS_FILE
-    | pagemap::PAGE_IS_PFNZERO;
+const REPORT: u64 =
+    pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED | pagemap::PAGE_IS_FILE | pagemap::PAGE_IS_PFNZERO;
 
 /// Where the data of a piece belongs once stored.
 #[derive(Clone, Copy)]
@@ -78,11 +76,7 @@ impl MemCollector {
                 "[vsyscall]" => VmaKind::Vsyscall,
                 "" | "[heap]" | "[stack]" => {
                     if m.shared() {
-                        return Err(unsupported(
-                            pid,
-                            m,
-                            "shared memory without a backing object",
-                        ));
+                        return Err(unsupported(pid, m, "shared memory without a backing object"));
                     }
                     VmaKind::Anon
                 }
@@ -93,44 +87,26 @@ impl MemCollector {
                     && m.dev.starts_with("00:") =>
                 {
                     let id = self.shared_object(pid, m)?;
-                    VmaKind::SharedAnon {
-                        shmem: id,
-                        pgoff: m.offset / PAGE,
-                    }
+                    VmaKind::SharedAnon { shmem: id, pgoff: m.offset / PAGE }
                 }
                 "/dev/zero" if !m.shared() => VmaKind::Anon,
-                n if n.ends_with(" (deleted)") => {
-                    return Err(unsupported(pid, m, "mapping of a deleted file"))
-                }
+                n if n.ends_with(" (deleted)") => return Err(unsupported(pid, m, "mapping of a deleted file")),
                 n if n.starts_with("/dev/") && m.dev.starts_with("00:") => {
                     return Err(unsupported(pid, m, "device mapping"))
                 }
-                n => VmaKind::File {
-                    file: files.mapped_file(pid, n)?,
-                    pgoff: m.offset / PAGE,
-                },
+                n => VmaKind::File { file: files.mapped_file(pid, n)?, pgoff: m.offset / PAGE },
             };
             let vi = vmas.len();
             // Queue the pages to save.
             match kind {
                 VmaKind::Anon => {
-                    for r in pm.scan(
-                        m.start,
-                        m.end,
-                        pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
-                        REPORT,
-                    )? {
+                    for r in pm.scan(m.start, m.end, pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED, REPORT)? {
                         let zero = r.categories & pagemap::PAGE_IS_PFNZERO != 0;
                         self.queue(pid, proc, vi, r.start, r.end, zero);
                     }
                 }
                 VmaKind::File { .. } if !m.shared() => {
-                    for r in pm.scan(
-                        m.start,
-                        m.end,
-                        pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
-                        REPORT,
-                    )? {
+                    for r in pm.scan(m.start, m.end, pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED, REPORT)? {
                         let anon = r.categories & pagemap::PAGE_IS_FILE == 0;
                         if anon && r.categories & pagemap::PAGE_IS_PFNZERO == 0 {
                             self.queue(pid, proc, vi, r.start, r.end, false);
@@ -161,10 +137,7 @@ impl MemCollector {
                 self.zero.push((d, n));
             } else {
                 self.dests.push(d);
-                self.pieces.push(Piece {
-                    src: Src::Mem { pid, addr: a },
-                    pages: n,
-                });
+                self.pieces.push(Piece { src: Src::Mem { pid, addr: a }, pages: n });
             }
         });
     }
@@ -177,61 +150,32 @@ impl MemCollector {
             return Ok(id);
         }
         let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-        let f = std::fs::File::open(&path).map_err(|e| EngineError::Proc {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
-        let size = f
-            .metadata()
-            .map_err(|e| EngineError::Proc {
-                path: path.clone(),
-                msg: e.to_string(),
-            })?
-            .len();
+        let f = std::fs::File::open(&path).map_err(|e| EngineError::Proc { path: path.clone(), msg: e.to_string() })?;
+        let size = f.metadata().map_err(|e| EngineError::Proc { path: path.clone(), msg: e.to_string() })?.len();
         let size = size.div_ceil(PAGE) * PAGE;
         let id = self.shmem.len() as u32;
         let f = Arc::new(f);
         for (a, b) in crate::files::data_segments(&f, size) {
             split_aligned(a, b, |o, n| {
                 self.dests.push(Dest::Shmem { id, off: o });
-                self.pieces.push(Piece {
-                    src: Src::File {
-                        file: f.clone(),
-                        off: o,
-                    },
-                    pages: n,
-                });
+                self.pieces.push(Piece { src: Src::File { file: f.clone(), off: o }, pages: n });
             });
         }
-        self.shmem.push(SharedMem {
-            size,
-            runs: Vec::new(),
-        });
+        self.shmem.push(SharedMem { size, runs: Vec::new() });
         self.shmem_ids.insert(key, id);
         Ok(id)
     }
 }
 
 fn unsupported(pid: i32, m: &MapEntry, what: &str) -> EngineError {
-    EngineError::Unsupported {
-        pid,
-        what: format!(
-            "memory area {:#x}-{:#x} {} ({what})",
-            m.start, m.end, m.path
-        ),
-    }
+    EngineError::Unsupported { pid, what: format!("memory area {:#x}-{:#x} {} ({what})", m.start, m.end, m.path) }
 }
 
 /// Attach stored chunks (and recorded zero pages) to their areas as runs,
 /// sorted by address, adjacent zero runs merged.
 pub fn attach_runs(m: &mut Manifest, mc: &MemCollector, chunk_of: &[Option<u32>]) {
     let zero = mc.zero.iter().map(|(d, n)| (*d, *n, None));
-    let data = mc
-        .dests
-        .iter()
-        .zip(&mc.pieces)
-        .zip(chunk_of)
-        .map(|((d, p), c)| (*d, p.pages, *c));
+    let data = mc.dests.iter().zip(&mc.pieces).zip(chunk_of).map(|((d, p), c)| (*d, p.pages, *c));
     for (d, pages, chunk) in data.chain(zero) {
         let (runs, addr) = match d {
             Dest::Vma { proc, vma, addr } => (&mut m.processes[proc].vmas[vma].runs, addr),
@@ -244,10 +188,7 @@ pub fn attach_runs(m: &mut Manifest, mc: &MemCollector, chunk_of: &[Option<u32>]
         let mut out: Vec<Run> = Vec::with_capacity(runs.len());
         for r in runs.drain(..) {
             if let Some(last) = out.last_mut() {
-                if r.chunk.is_none()
-                    && last.chunk.is_none()
-                    && last.addr + u64::from(last.pages) * PAGE == r.addr
-                {
+                if r.chunk.is_none() && last.chunk.is_none() && last.addr + u64::from(last.pages) * PAGE == r.addr {
                     last.pages += r.pages;
                     continue;
                 }
@@ -317,36 +258,19 @@ pub fn stub_layout(pid: i32) -> Result<StubLayout> {
 /// Map the scratch area (one code page holding `syscall`, then data) at a
 /// hole that neither the stub nor the target layout uses; returns its start.
 pub fn map_scratch(r: &mut Remote, stub: &StubLayout, p: &Process) -> Result<u64> {
-    let mut used: Vec<(u64, u64)> = stub
-        .others
-        .iter()
-        .chain(stub.vdso_trio.iter())
-        .copied()
-        .collect();
+    let mut used: Vec<(u64, u64)> = stub.others.iter().chain(stub.vdso_trio.iter()).copied().collect();
     used.extend(p.vmas.iter().map(|v| (v.start, v.end)));
     let len = PAGE + crate::remote::SCRATCH_DATA;
-    let at = find_hole(&used, len)
-        .ok_or_else(|| EngineError::Other("no room for the scratch area".into()))?;
+    let at = find_hole(&used, len).ok_or_else(|| EngineError::Other("no room for the scratch area".into()))?;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let got = r.call(
         "mmap(scratch)",
         nr::MMAP,
-        &[
-            at,
-            len,
-            rw,
-            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-            u64::MAX,
-            0,
-        ],
+        &[at, len, rw, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, u64::MAX, 0],
     )?;
     // syscall; ud2
     cryopod_sys::mem::write(r.pid, got, &[0x0f, 0x05, 0x0f, 0x0b])?;
-    r.call(
-        "mprotect(scratch code)",
-        nr::MPROTECT,
-        &[got, PAGE, (libc::PROT_READ | libc::PROT_EXEC) as u64],
-    )?;
+    r.call("mprotect(scratch code)", nr::MPROTECT, &[got, PAGE, (libc::PROT_READ | libc::PROT_EXEC) as u64])?;
     r.inj.site = got;
     r.data = got + PAGE;
     Ok(got)
@@ -365,11 +289,7 @@ pub fn clear_stub(
     keep.extend(stub.vdso_trio.iter().copied());
     keep.sort_unstable();
     let mut lo = 0u64;
-    for (s, e) in keep
-        .iter()
-        .copied()
-        .chain(std::iter::once((TASK_TOP, TASK_TOP)))
-    {
+    for (s, e) in keep.iter().copied().chain(std::iter::once((TASK_TOP, TASK_TOP))) {
         if s > lo {
             r.call("munmap(stub memory)", nr::MUNMAP, &[lo, s - lo])?;
         }
@@ -393,10 +313,7 @@ pub fn clear_stub(
             sizes(&want)
         )));
     }
-    let (cur_lo, cur_hi) = (
-        stub.vdso_trio[0].0,
-        stub.vdso_trio[stub.vdso_trio.len() - 1].1,
-    );
+    let (cur_lo, cur_hi) = (stub.vdso_trio[0].0, stub.vdso_trio[stub.vdso_trio.len() - 1].1);
     let (want_lo, want_hi) = (want[0].0, want[want.len() - 1].1);
     if cur_lo == want_lo {
         return Ok(());
@@ -406,8 +323,8 @@ pub fn clear_stub(
         // Overlap: move to a temporary hole first.
         let mut used = used_target.to_vec();
         used.extend(keep.iter().copied());
-        let tmp = find_hole(&used, cur_hi - cur_lo)
-            .ok_or_else(|| EngineError::Other("no room to move the vDSO".into()))?;
+        let tmp =
+            find_hole(&used, cur_hi - cur_lo).ok_or_else(|| EngineError::Other("no room to move the vDSO".into()))?;
         cur = move_trio(r, &cur, tmp)?;
     }
     move_trio(r, &cur, want_lo)?;
@@ -419,11 +336,7 @@ fn move_trio(r: &mut Remote, cur: &[(u64, u64)], to: u64) -> Result<Vec<(u64, u6
     let mut out = Vec::new();
     for &(s, e) in cur {
         let dst = to + (s - base);
-        r.call(
-            "mremap(vDSO)",
-            nr::MREMAP,
-            &[s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, dst],
-        )?;
+        r.call("mremap(vDSO)", nr::MREMAP, &[s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, dst])?;
         out.push((dst, dst + (e - s)));
     }
     Ok(out)
@@ -460,11 +373,7 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx) -> Result<()> {
             if v.madv & vma_flags::GROWSDOWN != 0 {
                 flags |= MAP_GROWSDOWN;
             }
-            r.call(
-                "mmap",
-                nr::MMAP,
-                &[v.start, len, prot | w, flags, u64::MAX, 0],
-            )?;
+            r.call("mmap", nr::MMAP, &[v.start, len, prot | w, flags, u64::MAX, 0])?;
             apply_madvise(r, v)?;
             fill_runs(r, &v.runs, 0, cx)?;
         }
@@ -474,17 +383,10 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx) -> Result<()> {
                 let fd = open_in_task(
                     r,
                     &path,
-                    if v.prot & libc::PROT_WRITE as u32 != 0 {
-                        libc::O_RDWR
-                    } else {
-                        libc::O_RDONLY
-                    },
+                    if v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY },
                 )?;
-                let res = r.call(
-                    "mmap(shared)",
-                    nr::MMAP,
-                    &[v.start, len, prot, MAP_SHARED | MAP_FIXED, fd, pgoff * PAGE],
-                );
+                let res =
+                    r.call("mmap(shared)", nr::MMAP, &[v.start, len, prot, MAP_SHARED | MAP_FIXED, fd, pgoff * PAGE]);
                 r.call("close", nr::CLOSE, &[fd])?;
                 res?;
                 apply_madvise(r, v)?;
@@ -499,14 +401,7 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx) -> Result<()> {
                 r.call(
                     "mmap(shared)",
                     nr::MMAP,
-                    &[
-                        v.start,
-                        len,
-                        prot | w,
-                        MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
-                        u64::MAX,
-                        0,
-                    ],
+                    &[v.start, len, prot | w, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, u64::MAX, 0],
                 )?;
                 apply_madvise(r, v)?;
                 fill_runs(r, &obj.runs, v.start, cx)?;
@@ -515,18 +410,10 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx) -> Result<()> {
         }
         VmaKind::File { file, pgoff } => {
             let path = crate::files::mapping_path(&cx.m.files[file as usize]);
-            let mode = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
-                libc::O_RDWR
-            } else {
-                libc::O_RDONLY
-            };
+            let mode = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
             let fd = open_in_task(r, &path, mode)?;
             let share = if v.shared { MAP_SHARED } else { MAP_PRIVATE };
-            let res = r.call(
-                "mmap(file)",
-                nr::MMAP,
-                &[v.start, len, prot, share | MAP_FIXED, fd, pgoff * PAGE],
-            );
+            let res = r.call("mmap(file)", nr::MMAP, &[v.start, len, prot, share | MAP_FIXED, fd, pgoff * PAGE]);
             r.call("close", nr::CLOSE, &[fd])?;
             res?;
             apply_madvise(r, v)?;
@@ -557,11 +444,7 @@ fn apply_madvise(r: &mut Remote, v: &Vma) -> Result<()> {
         (vma_flags::DONTDUMP, libc::MADV_DONTDUMP),
     ] {
         if v.madv & bit != 0 {
-            r.call(
-                "madvise",
-                nr::MADVISE,
-                &[v.start, v.end - v.start, advice as u64],
-            )?;
+            r.call("madvise", nr::MADVISE, &[v.start, v.end - v.start, advice as u64])?;
         }
     }
     Ok(())
@@ -571,11 +454,7 @@ fn apply_madvise(r: &mut Remote, v: &Vma) -> Result<()> {
 pub fn open_in_task(r: &mut Remote, path: &str, flags: i32) -> Result<u64> {
     let a = r.put_str(0, path)?;
     let at_fdcwd = libc::AT_FDCWD as i64 as u64;
-    r.call(
-        &format!("open({path})"),
-        nr::OPENAT,
-        &[at_fdcwd, a, (flags | libc::O_CLOEXEC) as u64, 0],
-    )
+    r.call(&format!("open({path})"), nr::OPENAT, &[at_fdcwd, a, (flags | libc::O_CLOEXEC) as u64, 0])
 }
 
 /// Fill runs (addresses relative to `base`) by preadv from the pack files,
@@ -585,29 +464,18 @@ fn fill_runs(r: &mut Remote, runs: &[Run], base: u64, cx: &AreaCtx) -> Result<()
     const MAX_IOV: usize = 1024;
     let mut iov: Vec<u64> = Vec::new();
     let mut cur: Option<(u32, u64, u64)> = None; // pack, start offset, next offset
-    let flush =
-        |r: &mut Remote, iov: &mut Vec<u64>, cur: &mut Option<(u32, u64, u64)>| -> Result<()> {
-            if let Some((pack, start, next)) = cur.take() {
-                let fd = *cx
-                    .pack_fds
-                    .get(pack as usize)
-                    .ok_or_else(|| EngineError::Other("pack fd missing".into()))?;
-                let a = r.put(8192, &words(iov))?;
-                let n = r.call(
-                    "preadv(pages)",
-                    nr::PREADV,
-                    &[fd as u64, a, (iov.len() / 2) as u64, start, 0],
-                )?;
-                if n != next - start {
-                    return Err(EngineError::Other(format!(
-                        "short page read: {n} of {} bytes",
-                        next - start
-                    )));
-                }
-                iov.clear();
+    let flush = |r: &mut Remote, iov: &mut Vec<u64>, cur: &mut Option<(u32, u64, u64)>| -> Result<()> {
+        if let Some((pack, start, next)) = cur.take() {
+            let fd = *cx.pack_fds.get(pack as usize).ok_or_else(|| EngineError::Other("pack fd missing".into()))?;
+            let a = r.put(8192, &words(iov))?;
+            let n = r.call("preadv(pages)", nr::PREADV, &[fd as u64, a, (iov.len() / 2) as u64, start, 0])?;
+            if n != next - start {
+                return Err(EngineError::Other(format!("short page read: {n} of {} bytes", next - start)));
             }
-            Ok(())
-        };
+            iov.clear();
+        }
+        Ok(())
+    };
     for run in runs {
         let Some(c) = run.chunk else { continue };
         let ch = &cx.m.chunks[c as usize];

@@ -35,6 +35,9 @@ pub struct PagesOut {
     pub chunks: Vec<Chunk>,
 }
 
+/// What one writer thread produced: its pack, and (piece, chunk) pairs.
+type WorkerOut = (Pack, Vec<(usize, Option<u32>)>);
+
 const BATCH_BYTES: u64 = 4 << 20;
 static ZERO: [u8; (CHUNK_PAGES * PAGE) as usize] = [0; (CHUNK_PAGES * PAGE) as usize];
 
@@ -73,11 +76,11 @@ pub fn dump(dir: &Path, pieces: &[Piece], threads: usize, progress: Progress) ->
     let next = AtomicUsize::new(0);
     let table = ChunkTable::default();
     let workers = threads.clamp(1, 16).min(batches.len().max(1));
-    let results: Vec<Result<(Pack, Vec<(usize, Option<u32>)>)>> = std::thread::scope(|s| {
+    let results: Vec<Result<WorkerOut>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..workers)
             .map(|w| {
                 let (table, next, done, batches) = (&table, &next, &done, &batches);
-                s.spawn(move || -> Result<(Pack, Vec<(usize, Option<u32>)>)> {
+                s.spawn(move || -> Result<WorkerOut> {
                     let mut pack = PackWriter::create(dir, w as u32)?;
                     let mut buf = vec![0u8; BATCH_BYTES as usize];
                     let mut out = Vec::new();
@@ -86,8 +89,7 @@ pub fn dump(dir: &Path, pieces: &[Piece], threads: usize, progress: Progress) ->
                         let Some(&(lo, hi)) = batches.get(b) else {
                             break;
                         };
-                        let n =
-                            run_batch(&pieces[lo..hi], lo, &mut buf, &mut pack, table, &mut out)?;
+                        let n = run_batch(&pieces[lo..hi], lo, &mut buf, &mut pack, table, &mut out)?;
                         let d = done.fetch_add(n, Ordering::Relaxed) + n;
                         progress("memory", d, total);
                     }
@@ -96,11 +98,7 @@ pub fn dump(dir: &Path, pieces: &[Piece], threads: usize, progress: Progress) ->
             })
             .collect();
         hs.into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(EngineError::Other("page writer thread panicked".into()))
-                })
-            })
+            .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Other("page writer thread panicked".into()))))
             .collect()
     });
     let mut chunk_of = vec![None; pieces.len()];
@@ -112,11 +110,7 @@ pub fn dump(dir: &Path, pieces: &[Piece], threads: usize, progress: Progress) ->
             chunk_of[i] = c;
         }
     }
-    Ok(PagesOut {
-        chunk_of,
-        packs,
-        chunks: table.into_chunks(),
-    })
+    Ok(PagesOut { chunk_of, packs, chunks: table.into_chunks() })
 }
 
 fn run_batch(
@@ -164,9 +158,7 @@ fn run_batch(
             Src::File { file, off: foff } => {
                 let l = pieces[i].pages as usize * PAGE as usize;
                 file.read_exact_at(&mut buf[off..off + l], *foff)
-                    .map_err(|e| {
-                        EngineError::Other(format!("reading shared memory object: {e}"))
-                    })?;
+                    .map_err(|e| EngineError::Other(format!("reading shared memory object: {e}")))?;
                 off += l;
                 i += 1;
             }
@@ -197,23 +189,14 @@ fn run_batch(
         }
         o += l;
     }
-    let slices: Vec<&[u8]> = new
-        .iter()
-        .filter(|n| n.2 != usize::MAX)
-        .map(|n| &buf[n.2..n.2 + n.3])
-        .collect();
+    let slices: Vec<&[u8]> = new.iter().filter(|n| n.2 != usize::MAX).map(|n| &buf[n.2..n.2 + n.3]).collect();
     let mut at = pack.append(&slices)?;
     let mut ids = std::collections::HashMap::new();
     for n in &new {
         if n.2 == usize::MAX {
             continue;
         }
-        let id = table.insert(Chunk {
-            hash: n.1,
-            pack: pack.index,
-            offset: at,
-            len: n.3 as u32,
-        });
+        let id = table.insert(Chunk { hash: n.1, pack: pack.index, offset: at, len: n.3 as u32 });
         at += n.3 as u64;
         ids.insert(n.1, id);
         out.push((n.0, Some(id)));

@@ -7,27 +7,18 @@ use std::collections::BTreeSet;
 
 pub fn read(pid: i32, what: &str) -> Result<String> {
     let p = format!("/proc/{pid}/{what}");
-    std::fs::read_to_string(&p).map_err(|e| EngineError::Proc {
-        path: p,
-        msg: e.to_string(),
-    })
+    std::fs::read_to_string(&p).map_err(|e| EngineError::Proc { path: p, msg: e.to_string() })
 }
 
 fn perr(pid: i32, what: &str, msg: impl Into<String>) -> EngineError {
-    EngineError::Proc {
-        path: format!("/proc/{pid}/{what}"),
-        msg: msg.into(),
-    }
+    EngineError::Proc { path: format!("/proc/{pid}/{what}"), msg: msg.into() }
 }
 
 /// Thread ids of a process.
 pub fn tids(pid: i32) -> Result<Vec<i32>> {
     let p = format!("/proc/{pid}/task");
     let mut v: Vec<i32> = std::fs::read_dir(&p)
-        .map_err(|e| EngineError::Proc {
-            path: p.clone(),
-            msg: e.to_string(),
-        })?
+        .map_err(|e| EngineError::Proc { path: p.clone(), msg: e.to_string() })?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     v.sort_unstable();
@@ -68,38 +59,22 @@ impl Stat {
 
 pub fn stat(pid: i32) -> Result<Stat> {
     let s = read(pid, "stat")?;
-    let rest = s
-        .rsplit_once(") ")
-        .map(|x| x.1)
-        .ok_or_else(|| perr(pid, "stat", "no command field"))?;
+    let rest = s.rsplit_once(") ").map(|x| x.1).ok_or_else(|| perr(pid, "stat", "no command field"))?;
     let mut it = rest.split_whitespace();
     let state = it.next().and_then(|x| x.chars().next()).unwrap_or('?');
-    let fields: Vec<u64> = std::iter::once(0)
-        .chain(it.map(|x| x.parse::<i64>().map(|v| v as u64).unwrap_or(0)))
-        .collect();
+    let fields: Vec<u64> =
+        std::iter::once(0).chain(it.map(|x| x.parse::<i64>().map(|v| v as u64).unwrap_or(0))).collect();
     let f = |n: usize| fields.get(n - 3).copied().unwrap_or(0) as i32;
-    Ok(Stat {
-        state,
-        ppid: f(4),
-        pgid: f(5),
-        sid: f(6),
-        fields,
-    })
+    Ok(Stat { state, ppid: f(4), pgid: f(5), sid: f(6), fields })
 }
 
 /// A `key:\tvalue` line of /proc/pid/status.
 pub fn status_field(status: &str, key: &str) -> Option<String> {
-    status.lines().find_map(|l| {
-        l.strip_prefix(key)?
-            .strip_prefix(':')
-            .map(|v| v.trim().to_string())
-    })
+    status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(|v| v.trim().to_string()))
 }
 
 pub fn status_hex(status: &str, key: &str) -> u64 {
-    status_field(status, key)
-        .and_then(|v| u64::from_str_radix(&v, 16).ok())
-        .unwrap_or(0)
+    status_field(status, key).and_then(|v| u64::from_str_radix(&v, 16).ok()).unwrap_or(0)
 }
 
 pub fn status_ids(status: &str, key: &str) -> [u32; 4] {
@@ -155,10 +130,7 @@ fn parse_map_line(line: &str) -> Option<MapEntry> {
     let offset = u64::from_str_radix(it.next()?, 16).ok()?;
     let dev = it.next()?.to_string();
     let inode = it.next()?.parse().ok()?;
-    let path = it
-        .next()
-        .map(|p| p.trim_start().to_string())
-        .unwrap_or_default();
+    let path = it.next().map(|p| p.trim_start().to_string()).unwrap_or_default();
     let (s, e) = range.split_once('-')?;
     Some(MapEntry {
         start: u64::from_str_radix(s, 16).ok()?,
@@ -196,22 +168,15 @@ pub fn smaps(pid: i32) -> Result<Vec<MapEntry>> {
 
 /// Plain /proc/pid/maps (no flags), cheap.
 pub fn maps(pid: i32) -> Result<Vec<MapEntry>> {
-    Ok(read(pid, "maps")?
-        .lines()
-        .filter_map(parse_map_line)
-        .collect())
+    Ok(read(pid, "maps")?.lines().filter_map(parse_map_line).collect())
 }
 
 /// `pos:` and `flags:` of /proc/pid/fdinfo/N.
 pub fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32)> {
     let what = format!("fdinfo/{fd}");
     let s = read(pid, &what)?;
-    let pos = status_field(&s, "pos")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let flags = status_field(&s, "flags")
-        .and_then(|v| u32::from_str_radix(&v, 8).ok())
-        .unwrap_or(0);
+    let pos = status_field(&s, "pos").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let flags = status_field(&s, "flags").and_then(|v| u32::from_str_radix(&v, 8).ok()).unwrap_or(0);
     Ok((pos, flags))
 }
 
@@ -219,10 +184,7 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32)> {
 pub fn fds(pid: i32) -> Result<Vec<i32>> {
     let p = format!("/proc/{pid}/fd");
     let mut v: Vec<i32> = std::fs::read_dir(&p)
-        .map_err(|e| EngineError::Proc {
-            path: p.clone(),
-            msg: e.to_string(),
-        })?
+        .map_err(|e| EngineError::Proc { path: p.clone(), msg: e.to_string() })?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     v.sort_unstable();
@@ -232,20 +194,12 @@ pub fn fds(pid: i32) -> Result<Vec<i32>> {
 pub fn readlink(path: &str) -> Result<String> {
     std::fs::read_link(path)
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|e| EngineError::Proc {
-            path: path.to_string(),
-            msg: e.to_string(),
-        })
+        .map_err(|e| EngineError::Proc { path: path.to_string(), msg: e.to_string() })
 }
 
 /// /proc/pid/auxv as u64 words.
 pub fn auxv(pid: i32) -> Result<Vec<u64>> {
     let p = format!("/proc/{pid}/auxv");
-    let b = std::fs::read(&p).map_err(|e| EngineError::Proc {
-        path: p,
-        msg: e.to_string(),
-    })?;
-    Ok(b.chunks_exact(8)
-        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
-        .collect())
+    let b = std::fs::read(&p).map_err(|e| EngineError::Proc { path: p, msg: e.to_string() })?;
+    Ok(b.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default())).collect())
 }

@@ -62,12 +62,7 @@ pub fn preflight(m: &Manifest) -> Result<()> {
             }
             if let Ok(st) = std::fs::read_to_string(format!("/proc/{id}/stat")) {
                 let who = st.split(") ").next().unwrap_or("").replace(" (", " ");
-                let state = st
-                    .rsplit(") ")
-                    .next()
-                    .and_then(|r| r.split(' ').next())
-                    .unwrap_or("?")
-                    .to_string();
+                let state = st.rsplit(") ").next().and_then(|r| r.split(' ').next()).unwrap_or("?").to_string();
                 return Err(EngineError::PidTaken(id, format!("{who}, state {state}")));
             }
         }
@@ -99,19 +94,12 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
 
     // Open every file description and the packs at high fd numbers.
     util::raise_nofile();
-    let max_target = m
-        .processes
-        .iter()
-        .flat_map(|p| p.fds.iter().map(|f| f.fd))
-        .max()
-        .unwrap_or(2);
+    let max_target = m.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
     let base = (max_target + 1).max(16);
     let srcs = files::open_all(&m, base)?;
     let mut pack_fds: Vec<OwnedFd> = Vec::new();
     for i in 0..m.packs.len() {
-        let f = reader
-            .file(i as u32)
-            .ok_or_else(|| EngineError::Other("pack missing".into()))?;
+        let f = reader.file(i as u32).ok_or_else(|| EngineError::Other("pack missing".into()))?;
         pack_fds.push(util::dup_at_least(f.as_raw_fd(), base)?);
     }
     let (ready_r, ready_w) = util::pipe()?;
@@ -121,11 +109,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         let v = p
             .fds
             .iter()
-            .filter_map(|f| {
-                srcs[f.file as usize]
-                    .as_ref()
-                    .map(|s| (f.fd, s.as_raw_fd(), f.cloexec))
-            })
+            .filter_map(|f| srcs[f.file as usize].as_ref().map(|s| (f.fd, s.as_raw_fd(), f.cloexec)))
             .collect();
         fd_plan.insert(p.pid, v);
     }
@@ -172,9 +156,8 @@ fn wait_ready(m: &Manifest, r: &OwnedFd) -> Result<()> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !pending.is_empty() {
-        util::read_fd_exact(r.as_raw_fd(), &mut byte).map_err(|_| {
-            EngineError::Other("a restored process died before it was ready".into())
-        })?;
+        util::read_fd_exact(r.as_raw_fd(), &mut byte)
+            .map_err(|_| EngineError::Other("a restored process died before it was ready".into()))?;
         if byte[0] != b'\n' {
             buf.push(byte[0]);
             continue;
@@ -191,9 +174,7 @@ fn wait_ready(m: &Manifest, r: &OwnedFd) -> Result<()> {
             _ => {
                 return Err(EngineError::Restore {
                     object: format!("process {pid}"),
-                    source: Box::new(EngineError::Other(
-                        it.next().unwrap_or("failed").to_string(),
-                    )),
+                    source: Box::new(EngineError::Other(it.next().unwrap_or("failed").to_string())),
                 })
             }
         }
@@ -201,10 +182,7 @@ fn wait_ready(m: &Manifest, r: &OwnedFd) -> Result<()> {
     // Zombies must be dead before their parents are seized.
     for p in m.processes.iter().filter(|p| p.zombie_status.is_some()) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while crate::procfs::stat(p.pid)
-            .map(|s| s.state != 'Z')
-            .unwrap_or(false)
-        {
+        while crate::procfs::stat(p.pid).map(|s| s.state != 'Z').unwrap_or(false) {
             if Instant::now() > deadline {
                 return Err(EngineError::Other(format!("zombie {} did not exit", p.pid)));
             }
@@ -222,35 +200,17 @@ fn seize_stub(pid: i32) -> Result<()> {
             Stop::Event(..) => return Ok(()),
             Stop::Signal(s) => ptrace::cont(pid, s)?,
             Stop::Syscall => ptrace::cont(pid, 0)?,
-            Stop::Exited(_) | Stop::Killed(_) => {
-                return Err(EngineError::Other(format!("stub {pid} died")))
-            }
+            Stop::Exited(_) | Stop::Killed(_) => return Err(EngineError::Other(format!("stub {pid} died"))),
         }
     }
 }
 
-fn build_all(
-    m: &Manifest,
-    reader: &PackReader,
-    pack_fds: &[i32],
-    ready_w: i32,
-    progress: Progress,
-) -> Result<()> {
-    let order: Vec<&Process> = tree::tree_order(m)
-        .into_iter()
-        .filter(|p| p.zombie_status.is_none())
-        .collect();
+fn build_all(m: &Manifest, reader: &PackReader, pack_fds: &[i32], ready_w: i32, progress: Progress) -> Result<()> {
+    let order: Vec<&Process> = tree::tree_order(m).into_iter().filter(|p| p.zombie_status.is_none()).collect();
     let mut remotes: BTreeMap<i32, Remote> = BTreeMap::new();
     for p in &order {
         seize_stub(p.pid).map_err(EngineError::during(format!("process {}", p.pid)))?;
-        remotes.insert(
-            p.pid,
-            Remote {
-                inj: Injector::new(p.pid, own_syscall_site())?,
-                pid: p.pid,
-                data: 0,
-            },
-        );
+        remotes.insert(p.pid, Remote { inj: Injector::new(p.pid, own_syscall_site())?, pid: p.pid, data: 0 });
     }
     debug!("all stubs seized");
     tree::join_groups(m, &mut remotes)?;
@@ -259,17 +219,9 @@ fn build_all(
     let mut done = 0u64;
     let mut all_threads: Vec<i32> = Vec::new();
     for p in &order {
-        let r = remotes
-            .get_mut(&p.pid)
-            .ok_or_else(|| EngineError::Other("lost a stub".into()))?;
-        let mut cx = AreaCtx {
-            m,
-            pack_fds,
-            reader,
-            shmem_home: &mut shmem_home,
-        };
-        build_process(r, p, &mut cx, ready_w)
-            .map_err(EngineError::during(format!("process {}", p.pid)))?;
+        let r = remotes.get_mut(&p.pid).ok_or_else(|| EngineError::Other("lost a stub".into()))?;
+        let mut cx = AreaCtx { m, pack_fds, reader, shmem_home: &mut shmem_home };
+        build_process(r, p, &mut cx, ready_w).map_err(EngineError::during(format!("process {}", p.pid)))?;
         all_threads.extend(p.threads.iter().map(|t| t.tid));
         done += p
             .vmas
@@ -291,11 +243,7 @@ fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx, ready_w: i32) ->
     // The stub inherited glibc's rseq registration; the kernel would fault
     // writing to it once the stub's memory is gone.
     if let Some((ptr, len, sig)) = ptrace::get_rseq(p.pid)? {
-        r.call(
-            "rseq(unregister stub)",
-            nr::RSEQ,
-            &[ptr, u64::from(len), 1, u64::from(sig)],
-        )?;
+        r.call("rseq(unregister stub)", nr::RSEQ, &[ptr, u64::from(len), 1, u64::from(sig)])?;
     }
     let stub = mm::stub_layout(p.pid)?;
     let scratch = mm::map_scratch(r, &stub, p)?;
@@ -321,18 +269,11 @@ fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx, ready_w: i32) ->
     debug!(pid = p.pid, "{}", "ident::restore_process_env");
     ident::restore_process_env(r, p)?;
     // Threads: create the others with their TIDs, then per-thread state.
-    let leader = p
-        .threads
-        .first()
-        .ok_or_else(|| EngineError::Other("no leader thread".into()))?;
+    let leader = p.threads.first().ok_or_else(|| EngineError::Other("no leader thread".into()))?;
     let mut others: Vec<Remote> = Vec::new();
     for t in &p.threads[1..] {
         threads::create(r, t.tid).map_err(EngineError::during(format!("thread {}", t.tid)))?;
-        others.push(Remote {
-            inj: Injector::new(t.tid, r.inj.site)?,
-            pid: p.pid,
-            data: r.data,
-        });
+        others.push(Remote { inj: Injector::new(t.tid, r.inj.site)?, pid: p.pid, data: r.data });
     }
     debug!(pid = p.pid, "{}", "threads::restore_state");
     threads::restore_state(r, leader)?;
@@ -340,10 +281,7 @@ fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx, ready_w: i32) ->
         threads::restore_state(o, t).map_err(EngineError::during(format!("thread {}", t.tid)))?;
     }
     for (o, t) in others.iter_mut().zip(&p.threads[1..]) {
-        ident::restore_creds(o, &p.creds).map_err(EngineError::during(format!(
-            "credentials of thread {}",
-            t.tid
-        )))?;
+        ident::restore_creds(o, &p.creds).map_err(EngineError::during(format!("credentials of thread {}", t.tid)))?;
     }
     debug!(pid = p.pid, "{}", "ident::restore_creds");
     ident::restore_creds(r, &p.creds).map_err(EngineError::during("credentials"))?;
@@ -359,10 +297,7 @@ fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx, ready_w: i32) ->
     debug!(pid = p.pid, "{}", "r.call");
     r.call("munmap(scratch)", nr::MUNMAP, &[scratch, scratch_len])?;
     for t in &p.threads {
-        threads::set_final(t.tid, t).map_err(EngineError::during(format!(
-            "registers of thread {}",
-            t.tid
-        )))?;
+        threads::set_final(t.tid, t).map_err(EngineError::during(format!("registers of thread {}", t.tid)))?;
     }
     Ok(())
 }

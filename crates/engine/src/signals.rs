@@ -22,12 +22,7 @@ pub fn collect_actions(r: &mut Remote) -> Result<Vec<SigAction>> {
             continue;
         }
         let v = r.get_u64s(0, 4)?;
-        out.push(SigAction {
-            handler: v[0],
-            flags: v[1],
-            restorer: v[2],
-            mask: v[3],
-        });
+        out.push(SigAction { handler: v[0], flags: v[1], restorer: v[2], mask: v[3] });
     }
     Ok(out)
 }
@@ -39,11 +34,7 @@ pub fn restore_actions(r: &mut Remote, acts: &[SigAction]) -> Result<()> {
             continue;
         }
         let addr = r.put(0, &words(&[a.handler, a.flags, a.restorer, a.mask]))?;
-        r.call(
-            &format!("rt_sigaction({sig})"),
-            nr::RT_SIGACTION,
-            &[sig, addr, 0, 8],
-        )?;
+        r.call(&format!("rt_sigaction({sig})"), nr::RT_SIGACTION, &[sig, addr, 0, 8])?;
     }
     Ok(())
 }
@@ -53,10 +44,7 @@ pub fn collect_itimers(r: &mut Remote) -> Result<Vec<ItimerVal>> {
     for which in 0..3u64 {
         r.call("getitimer", nr::GETITIMER, &[which, r.data])?;
         let v = r.get_u64s(0, 4)?;
-        out.push(ItimerVal {
-            interval_us: v[0] * 1_000_000 + v[1],
-            value_us: v[2] * 1_000_000 + v[3],
-        });
+        out.push(ItimerVal { interval_us: v[0] * 1_000_000 + v[1], value_us: v[2] * 1_000_000 + v[3] });
     }
     Ok(out)
 }
@@ -66,12 +54,8 @@ pub fn restore_itimers(r: &mut Remote, its: &[ItimerVal]) -> Result<()> {
         if it.value_us == 0 {
             continue;
         }
-        let v = [
-            it.interval_us / 1_000_000,
-            it.interval_us % 1_000_000,
-            it.value_us / 1_000_000,
-            it.value_us % 1_000_000,
-        ];
+        let v =
+            [it.interval_us / 1_000_000, it.interval_us % 1_000_000, it.value_us / 1_000_000, it.value_us % 1_000_000];
         let a = r.put(0, &words(&v))?;
         r.call("setitimer", nr::SETITIMER, &[which as u64, a, 0])?;
     }
@@ -113,11 +97,7 @@ pub fn collect_timers(r: &mut Remote) -> Result<Vec<PosixTimer>> {
                         "thread" => libc::SIGEV_THREAD_ID,
                         _ => libc::SIGEV_SIGNAL,
                     };
-                    t.notify_tid = who
-                        .rsplit('.')
-                        .next()
-                        .and_then(|x| x.parse().ok())
-                        .unwrap_or(0);
+                    t.notify_tid = who.rsplit('.').next().and_then(|x| x.parse().ok()).unwrap_or(0);
                 }
             }
             "ClockID" => {
@@ -145,11 +125,7 @@ pub fn restore_timers(r: &mut Remote, timers: &[PosixTimer]) -> Result<()> {
     if timers.is_empty() {
         return Ok(());
     }
-    r.call(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
-        nr::PRCTL,
-        &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0],
-    )?;
+    r.call("prctl(PR_TIMER_CREATE_RESTORE_IDS)", nr::PRCTL, &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0])?;
     for t in timers {
         // struct sigevent: sigval, signo, notify, tid, padding to 64 bytes.
         let mut ev = vec![0u8; 64];
@@ -159,11 +135,7 @@ pub fn restore_timers(r: &mut Remote, timers: &[PosixTimer]) -> Result<()> {
         ev[16..20].copy_from_slice(&t.notify_tid.to_ne_bytes());
         let eva = r.put(0, &ev)?;
         let ida = r.put(128, &t.id.to_ne_bytes())?;
-        r.call(
-            &format!("timer_create(id {})", t.id),
-            nr::TIMER_CREATE,
-            &[t.clock as u64, eva, ida],
-        )?;
+        r.call(&format!("timer_create(id {})", t.id), nr::TIMER_CREATE, &[t.clock as u64, eva, ida])?;
         if t.value_ns != 0 {
             let spec = [
                 t.interval_ns / 1_000_000_000,
@@ -175,11 +147,7 @@ pub fn restore_timers(r: &mut Remote, timers: &[PosixTimer]) -> Result<()> {
             r.call("timer_settime", nr::TIMER_SETTIME, &[t.id as u64, 0, sa, 0])?;
         }
     }
-    r.call(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS off)",
-        nr::PRCTL,
-        &[PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0],
-    )?;
+    r.call("prctl(PR_TIMER_CREATE_RESTORE_IDS off)", nr::PRCTL, &[PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0])?;
     Ok(())
 }
 
@@ -196,11 +164,7 @@ pub fn queue(r: &mut Remote, tid: Option<i32>, info: &[u8]) -> Result<()> {
             nr::RT_TGSIGQUEUEINFO,
             &[r.pid as u64, t as u64, sig as u64, a],
         )?,
-        None => r.call(
-            &format!("rt_sigqueueinfo({sig})"),
-            nr::RT_SIGQUEUEINFO,
-            &[r.pid as u64, sig as u64, a],
-        )?,
+        None => r.call(&format!("rt_sigqueueinfo({sig})"), nr::RT_SIGQUEUEINFO, &[r.pid as u64, sig as u64, a])?,
     };
     Ok(())
 }

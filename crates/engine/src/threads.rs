@@ -14,9 +14,8 @@ const PR_GET_TID_ADDRESS: u64 = 40;
 
 pub fn regs_to_vec(r: &Regs) -> Vec<u64> {
     vec![
-        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
-        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss, r.fs_base, r.gs_base, r.ds,
-        r.es, r.fs, r.gs,
+        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx, r.rsi, r.rdi,
+        r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss, r.fs_base, r.gs_base, r.ds, r.es, r.fs, r.gs,
     ]
 }
 
@@ -60,15 +59,9 @@ pub fn collect(r: &mut Remote) -> Result<Thread> {
     let regs = regs_to_vec(r.inj.saved_regs());
     let xstate = ptrace::get_xstate(tid)?;
     let sigmask = ptrace::get_sigmask(tid)?;
-    let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", r.pid))
-        .unwrap_or_default()
-        .trim_end()
-        .to_string();
-    r.call(
-        "prctl(PR_GET_TID_ADDRESS)",
-        nr::PRCTL,
-        &[PR_GET_TID_ADDRESS, r.data],
-    )?;
+    let comm =
+        std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", r.pid)).unwrap_or_default().trim_end().to_string();
+    r.call("prctl(PR_GET_TID_ADDRESS)", nr::PRCTL, &[PR_GET_TID_ADDRESS, r.data])?;
     let clear_child_tid = r.get_u64s(0, 1)?[0];
     let robust_list = ptrace::get_robust_list(tid)?;
     let rseq = ptrace::get_rseq(tid)?;
@@ -76,22 +69,8 @@ pub fn collect(r: &mut Remote) -> Result<Thread> {
     let ss = r.get(0, 24)?;
     let le = |a: usize| u64::from_ne_bytes(ss[a..a + 8].try_into().unwrap_or_default());
     let sigaltstack = (le(0), le(8) as u32 as i32, le(16));
-    let pending = ptrace::peek_siginfo(tid, false)?
-        .into_iter()
-        .map(|s| s.to_vec())
-        .collect();
-    Ok(Thread {
-        tid,
-        regs,
-        xstate,
-        sigmask,
-        comm,
-        clear_child_tid,
-        robust_list,
-        rseq,
-        sigaltstack,
-        pending,
-    })
+    let pending = ptrace::peek_siginfo(tid, false)?.into_iter().map(|s| s.to_vec()).collect();
+    Ok(Thread { tid, regs, xstate, sigmask, comm, clear_child_tid, robust_list, rseq, sigaltstack, pending })
 }
 
 /// Create thread `tid` from the stopped leader `r`; returns once the new
@@ -101,24 +80,16 @@ pub fn create(r: &mut Remote, tid: Pid) -> Result<()> {
     let args = cryopod_sys::clone::thread_clone_args(tid_addr);
     let a = r.put(4096 + 64, &args)?;
     r.inj.new_threads.clear();
-    let got = r.call(
-        &format!("clone3(thread {tid})"),
-        nr::CLONE3,
-        &[a, cryopod_sys::clone::CLONE_ARGS_SIZE as u64],
-    )?;
+    let got = r.call(&format!("clone3(thread {tid})"), nr::CLONE3, &[a, cryopod_sys::clone::CLONE_ARGS_SIZE as u64])?;
     if got as Pid != tid {
-        return Err(crate::EngineError::Other(format!(
-            "thread created with tid {got} instead of {tid}"
-        )));
+        return Err(crate::EngineError::Other(format!("thread created with tid {got} instead of {tid}")));
     }
     loop {
         match ptrace::wait(tid)? {
             Stop::Event(..) | Stop::Signal(libc::SIGSTOP) => return Ok(()),
             Stop::Signal(_) | Stop::Syscall => ptrace::cont(tid, 0)?,
             Stop::Exited(_) | Stop::Killed(_) => {
-                return Err(crate::EngineError::Other(format!(
-                    "new thread {tid} died at birth"
-                )))
+                return Err(crate::EngineError::Other(format!("new thread {tid} died at birth")))
             }
         }
     }
@@ -126,32 +97,21 @@ pub fn create(r: &mut Remote, tid: Pid) -> Result<()> {
 
 /// Per-thread kernel state that must be set from inside the thread.
 pub fn restore_state(r: &mut Remote, t: &Thread) -> Result<()> {
-    r.call(
-        "set_robust_list",
-        nr::SET_ROBUST_LIST,
-        &[t.robust_list.0, t.robust_list.1],
-    )?;
+    r.call("set_robust_list", nr::SET_ROBUST_LIST, &[t.robust_list.0, t.robust_list.1])?;
     if let Some((ptr, len, sig)) = t.rseq {
         r.call("rseq", nr::RSEQ, &[ptr, u64::from(len), 0, u64::from(sig)])?;
     }
     r.call("set_tid_address", nr::SET_TID_ADDRESS, &[t.clear_child_tid])?;
     let (sp, flags, size) = t.sigaltstack;
     if flags & libc::SS_DISABLE == 0 {
-        let a = r.put(
-            0,
-            &words(&[sp, (flags & !libc::SS_ONSTACK) as u32 as u64, size]),
-        )?;
+        let a = r.put(0, &words(&[sp, (flags & !libc::SS_ONSTACK) as u32 as u64, size]))?;
         r.call("sigaltstack", nr::SIGALTSTACK, &[a, 0])?;
     }
     let mut name = t.comm.as_bytes().to_vec();
     name.truncate(15);
     name.push(0);
     let a = r.put(0, &name)?;
-    r.call(
-        "prctl(PR_SET_NAME)",
-        nr::PRCTL,
-        &[libc::PR_SET_NAME as u64, a],
-    )?;
+    r.call("prctl(PR_SET_NAME)", nr::PRCTL, &[libc::PR_SET_NAME as u64, a])?;
     Ok(())
 }
 
@@ -176,10 +136,7 @@ pub fn resume_regs(t: &Thread, base: &Regs) -> Regs {
             ERESTART_RESTARTBLOCK => {
                 if orig == libc::SYS_nanosleep && r.rsi != 0 {
                     r.rdi = r.rsi;
-                } else if orig == libc::SYS_clock_nanosleep
-                    && r.r10 != 0
-                    && r.rsi & libc::TIMER_ABSTIME as u64 == 0
-                {
+                } else if orig == libc::SYS_clock_nanosleep && r.r10 != 0 && r.rsi & libc::TIMER_ABSTIME as u64 == 0 {
                     r.rdx = r.r10;
                 }
                 r.rax = r.orig_rax;

@@ -67,10 +67,7 @@ fn stub_main(plan: &StubPlan, pid: i32) -> ! {
     match stub_setup(plan, pid) {
         Ok(()) => {}
         Err(e) => {
-            report(
-                plan,
-                &format!("E {pid} {}\n", e.to_string().replace('\n', " ")),
-            );
+            report(plan, &format!("E {pid} {}\n", e.to_string().replace('\n', " ")));
             util::exit_now(1);
         }
     }
@@ -116,11 +113,7 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
 
 /// Put every process in its process group. Leaders first, then members.
 pub fn join_groups(m: &Manifest, remotes: &mut BTreeMap<i32, Remote>) -> Result<()> {
-    let in_tree = |pid: i32| {
-        m.processes
-            .iter()
-            .any(|p| p.pid == pid && p.zombie_status.is_none())
-    };
+    let in_tree = |pid: i32| m.processes.iter().any(|p| p.pid == pid && p.zombie_status.is_none());
     for leaders_pass in [true, false] {
         for p in tree_order(m) {
             if p.zombie_status.is_some() || p.sid == p.pid {

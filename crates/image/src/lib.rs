@@ -15,24 +15,17 @@ pub mod manifest;
 pub mod records;
 pub mod store;
 
-pub use manifest::{
-    decode_manifest, encode_manifest, read_manifest, write_manifest, MANIFEST_FILE,
-};
+pub use manifest::{decode_manifest, encode_manifest, read_manifest, write_manifest, MANIFEST_FILE};
 pub use records::*;
 
 /// Anything wrong with an image, with the object or file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("not a cryopod image: {0}")]
     NotAnImage(String),
-    #[error(
-        "image format version {found} is not supported (this cryopod reads version {supported})"
-    )]
+    #[error("image format version {found} is not supported (this cryopod reads version {supported})")]
     Version { found: u32, supported: u32 },
     #[error("image is truncated: {0}")]
     Truncated(String),
@@ -42,10 +35,7 @@ pub enum ImageError {
 
 impl ImageError {
     pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
-        ImageError::Io {
-            path: path.to_string(),
-            source,
-        }
+        ImageError::Io { path: path.to_string(), source }
     }
 }
 

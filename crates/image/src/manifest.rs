@@ -15,17 +15,12 @@ pub const MAX_BODY: u64 = 256 << 20;
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 32;
 
 fn codec() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_little_endian()
-        .with_limit(MAX_BODY)
+    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian().with_limit(MAX_BODY)
 }
 
 /// Serialize a manifest with its header.
 pub fn encode_manifest(m: &Manifest) -> Result<Vec<u8>> {
-    let body = codec()
-        .serialize(m)
-        .map_err(|e| ImageError::Corrupt(format!("cannot encode manifest: {e}")))?;
+    let body = codec().serialize(m).map_err(|e| ImageError::Corrupt(format!("cannot encode manifest: {e}")))?;
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -42,45 +37,30 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest> {
         if bytes.len() >= 8 && bytes[..8] != MAGIC {
             return Err(ImageError::NotAnImage("bad magic".into()));
         }
-        return Err(ImageError::Truncated(format!(
-            "manifest has {} bytes, header needs {HEADER_LEN}",
-            bytes.len()
-        )));
+        return Err(ImageError::Truncated(format!("manifest has {} bytes, header needs {HEADER_LEN}", bytes.len())));
     }
     if bytes[..8] != MAGIC {
         return Err(ImageError::NotAnImage("bad magic".into()));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
     if version != FORMAT_VERSION {
-        return Err(ImageError::Version {
-            found: version,
-            supported: FORMAT_VERSION,
-        });
+        return Err(ImageError::Version { found: version, supported: FORMAT_VERSION });
     }
     let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap_or_default());
     if len > MAX_BODY {
-        return Err(ImageError::Corrupt(format!(
-            "manifest body of {len} bytes exceeds the {MAX_BODY}-byte limit"
-        )));
+        return Err(ImageError::Corrupt(format!("manifest body of {len} bytes exceeds the {MAX_BODY}-byte limit")));
     }
     let body = &bytes[HEADER_LEN..];
     if (body.len() as u64) < len {
-        return Err(ImageError::Truncated(format!(
-            "manifest body has {} of {len} bytes",
-            body.len()
-        )));
+        return Err(ImageError::Truncated(format!("manifest body has {} of {len} bytes", body.len())));
     }
     if body.len() as u64 > len {
-        return Err(ImageError::Corrupt(
-            "trailing bytes after the manifest body".into(),
-        ));
+        return Err(ImageError::Corrupt("trailing bytes after the manifest body".into()));
     }
     if blake3::hash(body).as_bytes() != &bytes[24..56] {
         return Err(ImageError::Corrupt("manifest checksum mismatch".into()));
     }
-    let m: Manifest = codec()
-        .deserialize(body)
-        .map_err(|e| ImageError::Corrupt(format!("manifest body: {e}")))?;
+    let m: Manifest = codec().deserialize(body).map_err(|e| ImageError::Corrupt(format!("manifest body: {e}")))?;
     m.validate()?;
     Ok(m)
 }
@@ -91,8 +71,7 @@ pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     let tmp = dir.join(".manifest.tmp");
     let fin = dir.join(MANIFEST_FILE);
     let mut f = std::fs::File::create(&tmp).map_err(|e| ImageError::io(tmp.display(), e))?;
-    f.write_all(&bytes)
-        .map_err(|e| ImageError::io(tmp.display(), e))?;
+    f.write_all(&bytes).map_err(|e| ImageError::io(tmp.display(), e))?;
     f.sync_all().map_err(|e| ImageError::io(tmp.display(), e))?;
     std::fs::rename(&tmp, &fin).map_err(|e| ImageError::io(fin.display(), e))?;
     if let Ok(d) = std::fs::File::open(dir) {
@@ -106,19 +85,13 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let p = dir.join(MANIFEST_FILE);
     let meta = std::fs::metadata(&p).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            ImageError::NotAnImage(format!(
-                "{} has no manifest (an incomplete or foreign directory)",
-                dir.display()
-            ))
+            ImageError::NotAnImage(format!("{} has no manifest (an incomplete or foreign directory)", dir.display()))
         } else {
             ImageError::io(p.display(), e)
         }
     })?;
     if meta.len() > MAX_BODY + HEADER_LEN as u64 {
-        return Err(ImageError::Corrupt(format!(
-            "manifest is {} bytes, over the limit",
-            meta.len()
-        )));
+        return Err(ImageError::Corrupt(format!("manifest is {} bytes, over the limit", meta.len())));
     }
     let bytes = std::fs::read(&p).map_err(|e| ImageError::io(p.display(), e))?;
     decode_manifest(&bytes)

@@ -232,38 +232,18 @@ pub struct OpenFile {
 pub enum FileKind {
     /// A regular file or directory by path; `size`/`mtime_ns`/`ino` detect
     /// changes between checkpoint and restore.
-    Path {
-        path: String,
-        size: u64,
-        mtime_ns: i128,
-        ino: u64,
-        dev: u64,
-        mode: u32,
-    },
+    Path { path: String, size: u64, mtime_ns: i128, ino: u64, dev: u64, mode: u32 },
     /// A regular file unlinked while open: its contents are saved.
-    Deleted {
-        path: String,
-        mode: u32,
-        contents: Vec<u8>,
-    },
+    Deleted { path: String, mode: u32, contents: Vec<u8> },
     /// A character device (by path, e.g. /dev/null, /dev/urandom, a tty).
     CharDev { path: String, rdev: u64 },
     /// The restoring shell's terminal: attach to whatever terminal `cryopod
     /// restore` runs in.
     Terminal { path: String },
     /// One end of a pipe (`pipe` groups both ends; `write` says which).
-    Pipe {
-        pipe: u64,
-        write: bool,
-        capacity: i32,
-        queued: Vec<u8>,
-    },
+    Pipe { pipe: u64, write: bool, capacity: i32, queued: Vec<u8> },
     /// A FIFO opened by path.
-    Fifo {
-        path: String,
-        pipe: u64,
-        queued: Vec<u8>,
-    },
+    Fifo { path: String, pipe: u64, queued: Vec<u8> },
 }
 
 fn bad(what: String) -> ImageError {
@@ -278,38 +258,21 @@ impl Manifest {
             return Err(bad("no processes".into()));
         }
         if !self.processes.iter().any(|p| p.pid == self.root_pid) {
-            return Err(bad(format!(
-                "root pid {} has no process record",
-                self.root_pid
-            )));
+            return Err(bad(format!("root pid {} has no process record", self.root_pid)));
         }
         for (i, c) in self.chunks.iter().enumerate() {
-            let pack = self
-                .packs
-                .get(c.pack as usize)
-                .ok_or_else(|| bad(format!("chunk {i}: pack {} missing", c.pack)))?;
+            let pack =
+                self.packs.get(c.pack as usize).ok_or_else(|| bad(format!("chunk {i}: pack {} missing", c.pack)))?;
             if c.len == 0 || u64::from(c.len) % PAGE != 0 || u64::from(c.len) > CHUNK_PAGES * PAGE {
-                return Err(bad(format!(
-                    "chunk {i}: length {} is not 1..=16 pages",
-                    c.len
-                )));
+                return Err(bad(format!("chunk {i}: length {} is not 1..=16 pages", c.len)));
             }
-            if c.offset
-                .checked_add(u64::from(c.len))
-                .is_none_or(|e| e > pack.size)
-            {
-                return Err(bad(format!(
-                    "chunk {i}: beyond the end of pack {}",
-                    pack.name
-                )));
+            if c.offset.checked_add(u64::from(c.len)).is_none_or(|e| e > pack.size) {
+                return Err(bad(format!("chunk {i}: beyond the end of pack {}", pack.name)));
             }
         }
         for p in &self.packs {
             if p.name.contains('/') || p.name.starts_with('.') || p.name.is_empty() {
-                return Err(bad(format!(
-                    "pack name {:?} is not a plain file name",
-                    p.name
-                )));
+                return Err(bad(format!("pack name {:?} is not a plain file name", p.name)));
             }
         }
         let mut pids = std::collections::HashSet::new();
@@ -330,79 +293,44 @@ impl Manifest {
 
     fn validate_process(&self, p: &Process) -> Result<()> {
         let who = format!("process {}", p.pid);
-        if p.zombie_status.is_none() {
-            if p.threads.is_empty() || p.threads[0].tid != p.pid {
-                return Err(bad(format!("{who}: first thread must be the leader")));
-            }
+        if p.zombie_status.is_none() && (p.threads.is_empty() || p.threads[0].tid != p.pid) {
+            return Err(bad(format!("{who}: first thread must be the leader")));
         }
         let mut tids = std::collections::HashSet::new();
         for t in &p.threads {
             if t.tid <= 0 || !tids.insert(t.tid) {
-                return Err(bad(format!(
-                    "{who}: thread id {} invalid or repeated",
-                    t.tid
-                )));
+                return Err(bad(format!("{who}: thread id {} invalid or repeated", t.tid)));
             }
             if t.regs.len() != NREGS {
-                return Err(bad(format!(
-                    "{who}: thread {} has {} registers",
-                    t.tid,
-                    t.regs.len()
-                )));
+                return Err(bad(format!("{who}: thread {} has {} registers", t.tid, t.regs.len())));
             }
             if t.xstate.len() > 16 * 1024 || t.xstate.len() < 576 {
-                return Err(bad(format!(
-                    "{who}: thread {} xstate of {} bytes",
-                    t.tid,
-                    t.xstate.len()
-                )));
+                return Err(bad(format!("{who}: thread {} xstate of {} bytes", t.tid, t.xstate.len())));
             }
         }
         if p.zombie_status.is_none() && p.sigactions.len() != 64 {
-            return Err(bad(format!(
-                "{who}: {} signal actions instead of 64",
-                p.sigactions.len()
-            )));
+            return Err(bad(format!("{who}: {} signal actions instead of 64", p.sigactions.len())));
         }
         let mut prev_end = 0u64;
         for v in &p.vmas {
             if v.start % PAGE != 0 || v.end % PAGE != 0 || v.start >= v.end || v.start < prev_end {
-                return Err(bad(format!(
-                    "{who}: memory area {:#x}-{:#x} malformed or overlapping",
-                    v.start, v.end
-                )));
+                return Err(bad(format!("{who}: memory area {:#x}-{:#x} malformed or overlapping", v.start, v.end)));
             }
             prev_end = v.end;
             match v.kind {
                 VmaKind::SharedAnon { shmem, pgoff } => {
-                    let s = self
-                        .shmem
-                        .get(shmem as usize)
-                        .ok_or_else(|| bad(format!("{who}: shmem {shmem} missing")))?;
-                    if pgoff
-                        .checked_mul(PAGE)
-                        .and_then(|o| o.checked_add(v.end - v.start))
-                        .is_none_or(|e| e > s.size)
-                    {
-                        return Err(bad(format!(
-                            "{who}: area {:#x} exceeds its shared object",
-                            v.start
-                        )));
+                    let s =
+                        self.shmem.get(shmem as usize).ok_or_else(|| bad(format!("{who}: shmem {shmem} missing")))?;
+                    if pgoff.checked_mul(PAGE).and_then(|o| o.checked_add(v.end - v.start)).is_none_or(|e| e > s.size) {
+                        return Err(bad(format!("{who}: area {:#x} exceeds its shared object", v.start)));
                     }
                 }
-                VmaKind::File { file, .. } => {
-                    if file as usize >= self.files.len() {
-                        return Err(bad(format!("{who}: area {:#x} names file {file}", v.start)));
-                    }
+                VmaKind::File { file, .. } if file as usize >= self.files.len() => {
+                    return Err(bad(format!("{who}: area {:#x} names file {file}", v.start)));
                 }
                 _ => {}
             }
-            self.validate_runs(
-                &v.runs,
-                v.start,
-                v.end,
-                &format!("{who} area {:#x}", v.start),
-            )?;
+            self.validate_runs(&v.runs, v.start, v.end, &format!("{who} area {:#x}", v.start))?;
         }
         for f in &p.fds {
             if f.fd < 0 || f.file as usize >= self.files.len() {
@@ -416,27 +344,14 @@ impl Manifest {
         let mut prev = start;
         for r in runs {
             let len = u64::from(r.pages) * PAGE;
-            if r.addr % PAGE != 0
-                || r.addr < prev
-                || r.addr.checked_add(len).is_none_or(|e| e > end)
-                || r.pages == 0
-            {
-                return Err(bad(format!(
-                    "{who}: page run at {:#x} out of bounds",
-                    r.addr
-                )));
+            if r.addr % PAGE != 0 || r.addr < prev || r.addr.checked_add(len).is_none_or(|e| e > end) || r.pages == 0 {
+                return Err(bad(format!("{who}: page run at {:#x} out of bounds", r.addr)));
             }
             prev = r.addr + len;
             if let Some(c) = r.chunk {
-                let ch = self
-                    .chunks
-                    .get(c as usize)
-                    .ok_or_else(|| bad(format!("{who}: chunk {c} missing")))?;
+                let ch = self.chunks.get(c as usize).ok_or_else(|| bad(format!("{who}: chunk {c} missing")))?;
                 if u64::from(ch.len) != len {
-                    return Err(bad(format!(
-                        "{who}: run of {} pages names a chunk of {} bytes",
-                        r.pages, ch.len
-                    )));
+                    return Err(bad(format!("{who}: run of {} pages names a chunk of {} bytes", r.pages, ch.len)));
                 }
             }
         }

@@ -27,30 +27,18 @@ impl PackWriter {
     pub fn create(dir: &Path, index: u32) -> Result<Self> {
         let path = dir.join(pack_name(index as usize));
         let file = File::create(&path).map_err(|e| ImageError::io(path.display(), e))?;
-        Ok(PackWriter {
-            file,
-            path,
-            index,
-            offset: 0,
-        })
+        Ok(PackWriter { file, path, index, offset: 0 })
     }
 
     /// Append several buffers in one go; returns the offset of the first.
     pub fn append(&mut self, bufs: &[&[u8]]) -> Result<u64> {
         let start = self.offset;
-        let mut slices: Vec<std::io::IoSlice> =
-            bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
+        let mut slices: Vec<std::io::IoSlice> = bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
         let mut rest: &mut [std::io::IoSlice] = &mut slices;
         while !rest.is_empty() {
-            let n = self
-                .file
-                .write_vectored(rest)
-                .map_err(|e| ImageError::io(self.path.display(), e))?;
+            let n = self.file.write_vectored(rest).map_err(|e| ImageError::io(self.path.display(), e))?;
             if n == 0 {
-                return Err(ImageError::io(
-                    self.path.display(),
-                    std::io::ErrorKind::WriteZero.into(),
-                ));
+                return Err(ImageError::io(self.path.display(), std::io::ErrorKind::WriteZero.into()));
             }
             self.offset += n as u64;
             std::io::IoSlice::advance_slices(&mut rest, n);
@@ -59,20 +47,18 @@ impl PackWriter {
     }
 
     pub fn finish(self) -> Result<Pack> {
-        self.file
-            .sync_data()
-            .map_err(|e| ImageError::io(self.path.display(), e))?;
-        Ok(Pack {
-            name: pack_name(self.index as usize),
-            size: self.offset,
-        })
+        self.file.sync_data().map_err(|e| ImageError::io(self.path.display(), e))?;
+        Ok(Pack { name: pack_name(self.index as usize), size: self.offset })
     }
 }
+
+/// Chunk ids by hash, and the chunks in id order.
+type ChunkIndex = (HashMap<[u8; 32], u32>, Vec<Chunk>);
 
 /// The set of chunks written so far, shared by writer threads: hash → id.
 #[derive(Default)]
 pub struct ChunkTable {
-    inner: Mutex<(HashMap<[u8; 32], u32>, Vec<Chunk>)>,
+    inner: Mutex<ChunkIndex>,
 }
 
 impl ChunkTable {
@@ -119,15 +105,9 @@ impl PackReader {
         for p in &m.packs {
             let path = dir.join(&p.name);
             let f = File::open(&path).map_err(|e| ImageError::io(path.display(), e))?;
-            let len = f
-                .metadata()
-                .map_err(|e| ImageError::io(path.display(), e))?
-                .len();
+            let len = f.metadata().map_err(|e| ImageError::io(path.display(), e))?.len();
             if len < p.size {
-                return Err(ImageError::Truncated(format!(
-                    "{} has {len} of {} bytes",
-                    p.name, p.size
-                )));
+                return Err(ImageError::Truncated(format!("{} has {len} of {} bytes", p.name, p.size)));
             }
             files.push(f);
             names.push(p.name.clone());
@@ -141,15 +121,11 @@ impl PackReader {
     }
 
     pub fn read_chunk(&self, c: &Chunk, out: &mut [u8]) -> Result<()> {
-        let f = self
-            .file(c.pack)
-            .ok_or_else(|| ImageError::Corrupt(format!("pack {} missing", c.pack)))?;
+        let f = self.file(c.pack).ok_or_else(|| ImageError::Corrupt(format!("pack {} missing", c.pack)))?;
         let name = &self.names[c.pack as usize];
-        let out = out
-            .get_mut(..c.len as usize)
-            .ok_or_else(|| ImageError::Corrupt("chunk larger than the buffer".into()))?;
-        f.read_exact_at(out, c.offset)
-            .map_err(|e| ImageError::io(name, e))
+        let out =
+            out.get_mut(..c.len as usize).ok_or_else(|| ImageError::Corrupt("chunk larger than the buffer".into()))?;
+        f.read_exact_at(out, c.offset).map_err(|e| ImageError::io(name, e))
     }
 
     /// Check the hash of every chunk, using `threads` threads.
@@ -158,13 +134,9 @@ impl PackReader {
         order.sort_by_key(|&i| (m.chunks[i].pack, m.chunks[i].offset));
         let per = order.len().div_ceil(threads.max(1)).max(1);
         std::thread::scope(|s| {
-            let handles: Vec<_> = order
-                .chunks(per)
-                .map(|part| s.spawn(move || self.verify_part(m, part)))
-                .collect();
+            let handles: Vec<_> = order.chunks(per).map(|part| s.spawn(move || self.verify_part(m, part))).collect();
             for h in handles {
-                h.join()
-                    .map_err(|_| ImageError::Corrupt("verifier thread failed".into()))??;
+                h.join().map_err(|_| ImageError::Corrupt("verifier thread failed".into()))??;
             }
             Ok(())
         })
@@ -180,21 +152,15 @@ impl PackReader {
             let mut end = first.offset + u64::from(first.len);
             while j < ids.len() {
                 let c = &m.chunks[ids[j]];
-                if c.pack != first.pack
-                    || c.offset != end
-                    || end + u64::from(c.len) - first.offset > BLOCK
-                {
+                if c.pack != first.pack || c.offset != end || end + u64::from(c.len) - first.offset > BLOCK {
                     break;
                 }
                 end += u64::from(c.len);
                 j += 1;
             }
-            let f = self
-                .file(first.pack)
-                .ok_or_else(|| ImageError::Corrupt("pack missing".into()))?;
+            let f = self.file(first.pack).ok_or_else(|| ImageError::Corrupt("pack missing".into()))?;
             let span = &mut buf[..(end - first.offset) as usize];
-            f.read_exact_at(span, first.offset)
-                .map_err(|e| ImageError::io(&self.names[first.pack as usize], e))?;
+            f.read_exact_at(span, first.offset).map_err(|e| ImageError::io(&self.names[first.pack as usize], e))?;
             for &id in &ids[i..j] {
                 let c = &m.chunks[id];
                 let o = (c.offset - first.offset) as usize;

@@ -31,11 +31,7 @@ pub enum Forked {
 /// exist.
 pub fn fork_with_pid(pid: Pid) -> SysResult<Forked> {
     if crate::util::own_thread_count() != 1 {
-        return Err(SysError::new(
-            "fork (caller has several threads)",
-            pid,
-            Errno(libc::EDEADLK),
-        ));
+        return Err(SysError::new("fork (caller has several threads)", pid, Errno(libc::EDEADLK)));
     }
     let tids = [pid];
     let args = CloneArgs {
@@ -48,13 +44,7 @@ pub fn fork_with_pid(pid: Pid) -> SysResult<Forked> {
     // fork(); the caller is single-threaded (checked above), so the child
     // owns a consistent copy of every lock and buffer. `args` and `tids`
     // outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
     if r < 0 {
         let e = Errno::last();
         return Err(SysError::new(format!("clone3(set_tid={pid})"), pid, e));

@@ -37,11 +37,7 @@ pub struct SysError {
 
 impl SysError {
     pub fn new(op: impl Into<String>, pid: i32, errno: Errno) -> Self {
-        SysError {
-            op: op.into(),
-            pid,
-            errno,
-        }
+        SysError { op: op.into(), pid, errno }
     }
     pub fn last(op: impl Into<String>, pid: i32) -> Self {
         Self::new(op, pid, Errno::last())

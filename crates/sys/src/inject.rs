@@ -25,13 +25,7 @@ impl Injector {
     /// Start injecting into `tid`, remembering its current registers.
     pub fn new(tid: Pid, site: u64) -> SysResult<Self> {
         let base = ptrace::get_regs(tid)?;
-        Ok(Injector {
-            tid,
-            site,
-            base,
-            deferred: Vec::new(),
-            new_threads: Vec::new(),
-        })
+        Ok(Injector { tid, site, base, deferred: Vec::new(), new_threads: Vec::new() })
     }
 
     /// The registers the task had when injection started.
@@ -46,13 +40,8 @@ impl Injector {
         r.rip = self.site;
         r.rax = nr as u64;
         r.orig_rax = u64::MAX;
-        let slots: [&mut u64; 6] = [
-            &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.r10, &mut r.r8, &mut r.r9,
-        ];
-        for (slot, v) in slots
-            .into_iter()
-            .zip(args.iter().copied().chain(std::iter::repeat(0)))
-        {
+        let slots: [&mut u64; 6] = [&mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.r10, &mut r.r8, &mut r.r9];
+        for (slot, v) in slots.into_iter().zip(args.iter().copied().chain(std::iter::repeat(0))) {
             *slot = v;
         }
         ptrace::set_regs(self.tid, &r)?;
@@ -74,24 +63,13 @@ impl Injector {
                         let mut child: libc::c_ulong = 0;
                         // SAFETY: GETEVENTMSG writes one unsigned long.
                         unsafe {
-                            libc::ptrace(
-                                libc::PTRACE_GETEVENTMSG,
-                                self.tid,
-                                0,
-                                &mut child as *mut libc::c_ulong,
-                            )
+                            libc::ptrace(libc::PTRACE_GETEVENTMSG, self.tid, 0, &mut child as *mut libc::c_ulong)
                         };
                         self.new_threads.push(child as Pid);
                     }
                     ptrace::cont_syscall(self.tid)?;
                 }
-                Stop::Signal(
-                    sig @ (libc::SIGSEGV
-                    | libc::SIGBUS
-                    | libc::SIGILL
-                    | libc::SIGFPE
-                    | libc::SIGTRAP),
-                ) => {
+                Stop::Signal(sig @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP)) => {
                     return Err(SysError::new(
                         format!("injected syscall {nr} (task got fatal signal {sig})"),
                         self.tid,
@@ -101,9 +79,7 @@ impl Injector {
                 Stop::Signal(_sig) => {
                     let mut info = [0u8; 128];
                     // SAFETY: GETSIGINFO writes a 128-byte siginfo.
-                    unsafe {
-                        libc::ptrace(libc::PTRACE_GETSIGINFO, self.tid, 0, info.as_mut_ptr())
-                    };
+                    unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, self.tid, 0, info.as_mut_ptr()) };
                     self.deferred.push(info);
                     ptrace::cont_syscall(self.tid)?;
                 }
@@ -123,11 +99,7 @@ impl Injector {
     pub fn call(&mut self, what: &str, nr: i64, args: &[u64]) -> SysResult<u64> {
         let r = self.raw(nr, args)?;
         if (-4095..0).contains(&r) {
-            return Err(SysError::new(
-                format!("{what} in task"),
-                self.tid,
-                Errno(-r as i32),
-            ));
+            return Err(SysError::new(format!("{what} in task"), self.tid, Errno(-r as i32)));
         }
         Ok(r as u64)
     }
@@ -150,11 +122,7 @@ impl Injector {
                 Stop::Syscall => ptrace::cont(self.tid, 0)?,
                 Stop::Signal(sig) => ptrace::cont(self.tid, sig)?,
                 Stop::Exited(_) | Stop::Killed(_) => {
-                    return Err(SysError::new(
-                        "park after injection",
-                        self.tid,
-                        Errno(libc::ESRCH),
-                    ))
+                    return Err(SysError::new("park after injection", self.tid, Errno(libc::ESRCH)))
                 }
             }
         }

@@ -16,28 +16,14 @@ pub fn read_ranges(pid: Pid, ranges: &[(u64, usize)], out: &mut [u8]) -> SysResu
     for batch in ranges.chunks(IOV_MAX) {
         let total: usize = batch.iter().map(|r| r.1).sum();
         if off + total > out.len() {
-            return Err(SysError::new(
-                "process_vm_readv (buffer too small)",
-                pid,
-                Errno(libc::EINVAL),
-            ));
+            return Err(SysError::new("process_vm_readv (buffer too small)", pid, Errno(libc::EINVAL)));
         }
-        let remote: Vec<libc::iovec> = batch
-            .iter()
-            .map(|&(a, l)| libc::iovec {
-                iov_base: a as *mut libc::c_void,
-                iov_len: l,
-            })
-            .collect();
-        let local = libc::iovec {
-            iov_base: out[off..].as_mut_ptr().cast(),
-            iov_len: total,
-        };
+        let remote: Vec<libc::iovec> =
+            batch.iter().map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l }).collect();
+        let local = libc::iovec { iov_base: out[off..].as_mut_ptr().cast(), iov_len: total };
         // SAFETY: the local iovec covers a live, exclusively borrowed slice of
         // `out`; remote iovecs are only addresses in the other process.
-        let n = unsafe {
-            libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0)
-        };
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
         if n < 0 {
             return Err(SysError::last("process_vm_readv", pid));
         }
@@ -54,21 +40,12 @@ pub fn read_ranges(pid: Pid, ranges: &[(u64, usize)], out: &mut [u8]) -> SysResu
 pub fn write(pid: Pid, addr: u64, data: &[u8]) -> SysResult<()> {
     let mut off = 0usize;
     while off < data.len() {
-        let local = libc::iovec {
-            iov_base: data[off..].as_ptr() as *mut libc::c_void,
-            iov_len: data.len() - off,
-        };
-        let remote = libc::iovec {
-            iov_base: (addr + off as u64) as *mut libc::c_void,
-            iov_len: data.len() - off,
-        };
+        let local = libc::iovec { iov_base: data[off..].as_ptr() as *mut libc::c_void, iov_len: data.len() - off };
+        let remote = libc::iovec { iov_base: (addr + off as u64) as *mut libc::c_void, iov_len: data.len() - off };
         // SAFETY: the local iovec points into a live slice that the kernel only reads.
         let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
         if n <= 0 {
-            return Err(SysError::last(
-                format!("process_vm_writev at {addr:#x}"),
-                pid,
-            ));
+            return Err(SysError::last(format!("process_vm_writev at {addr:#x}"), pid));
         }
         off += n as usize;
     }
@@ -77,20 +54,10 @@ pub fn write(pid: Pid, addr: u64, data: &[u8]) -> SysResult<()> {
 
 /// Read from another process's memory through `/proc/<pid>/mem`.
 pub fn read(pid: Pid, addr: u64, out: &mut [u8]) -> SysResult<()> {
-    let f = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|e| {
-        SysError::new(
-            "open /proc/pid/mem",
-            pid,
-            Errno(e.raw_os_error().unwrap_or(0)),
-        )
-    })?;
-    f.read_exact_at(out, addr).map_err(|e| {
-        SysError::new(
-            format!("read mem at {addr:#x}"),
-            pid,
-            Errno(e.raw_os_error().unwrap_or(libc::EIO)),
-        )
-    })
+    let f = std::fs::File::open(format!("/proc/{pid}/mem"))
+        .map_err(|e| SysError::new("open /proc/pid/mem", pid, Errno(e.raw_os_error().unwrap_or(0))))?;
+    f.read_exact_at(out, addr)
+        .map_err(|e| SysError::new(format!("read mem at {addr:#x}"), pid, Errno(e.raw_os_error().unwrap_or(libc::EIO))))
 }
 
 /// Write through `/proc/<pid>/mem`, which works on read-only and executable
@@ -99,18 +66,8 @@ pub fn write_forced(pid: Pid, addr: u64, data: &[u8]) -> SysResult<()> {
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(format!("/proc/{pid}/mem"))
-        .map_err(|e| {
-            SysError::new(
-                "open /proc/pid/mem",
-                pid,
-                Errno(e.raw_os_error().unwrap_or(0)),
-            )
-        })?;
+        .map_err(|e| SysError::new("open /proc/pid/mem", pid, Errno(e.raw_os_error().unwrap_or(0))))?;
     f.write_all_at(data, addr).map_err(|e| {
-        SysError::new(
-            format!("write mem at {addr:#x}"),
-            pid,
-            Errno(e.raw_os_error().unwrap_or(libc::EIO)),
-        )
+        SysError::new(format!("write mem at {addr:#x}"), pid, Errno(e.raw_os_error().unwrap_or(libc::EIO)))
     })
 }

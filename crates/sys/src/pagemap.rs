@@ -50,9 +50,8 @@ pub struct Pagemap {
 
 impl Pagemap {
     pub fn open(pid: Pid) -> SysResult<Self> {
-        let file = std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(|e| {
-            SysError::new("open pagemap", pid, Errno(e.raw_os_error().unwrap_or(0)))
-        })?;
+        let file = std::fs::File::open(format!("/proc/{pid}/pagemap"))
+            .map_err(|e| SysError::new("open pagemap", pid, Errno(e.raw_os_error().unwrap_or(0))))?;
         Ok(Pagemap { file, pid })
     }
 
@@ -77,10 +76,7 @@ impl Pagemap {
             // with vec_len entries; the kernel writes at most that many.
             let n = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
             if n < 0 {
-                return Err(SysError::last(
-                    format!("PAGEMAP_SCAN {pos:#x}-{end:#x}"),
-                    self.pid,
-                ));
+                return Err(SysError::last(format!("PAGEMAP_SCAN {pos:#x}-{end:#x}"), self.pid));
             }
             out.extend_from_slice(&buf[..n as usize]);
             if arg.walk_end <= pos {

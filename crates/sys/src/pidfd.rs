@@ -19,11 +19,7 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, pid: Pid, target_fd: i32) -> SysResult<Owned
     // SAFETY: no memory arguments.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
     if r < 0 {
-        return Err(SysError::new(
-            format!("pidfd_getfd(fd {target_fd})"),
-            pid,
-            Errno::last(),
-        ));
+        return Err(SysError::new(format!("pidfd_getfd(fd {target_fd})"), pid, Errno::last()));
     }
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
@@ -37,14 +33,7 @@ pub fn peek_pipe(pipe_read_end: &OwnedFd, pid: Pid) -> SysResult<Vec<u8>> {
     // SAFETY: fcntl with integer args on an fd we own.
     unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
     // SAFETY: tee with two pipe fds and no memory arguments.
-    let n = unsafe {
-        libc::tee(
-            pipe_read_end.as_raw_fd(),
-            w.as_raw_fd(),
-            usize::MAX >> 1,
-            libc::SPLICE_F_NONBLOCK,
-        )
-    };
+    let n = unsafe { libc::tee(pipe_read_end.as_raw_fd(), w.as_raw_fd(), usize::MAX >> 1, libc::SPLICE_F_NONBLOCK) };
     if n < 0 {
         let e = Errno::last();
         if e.0 == libc::EAGAIN {

@@ -33,14 +33,7 @@ pub enum Stop {
 fn ptrace_raw(req: u32, tid: Pid, addr: usize, data: usize) -> Result<i64, Errno> {
     // SAFETY: every caller passes addr/data that are valid for the request
     // (null, an integer, or a pointer to a live buffer of the right size).
-    let r = unsafe {
-        libc::ptrace(
-            req as _,
-            tid,
-            addr as *mut libc::c_void,
-            data as *mut libc::c_void,
-        )
-    };
+    let r = unsafe { libc::ptrace(req as _, tid, addr as *mut libc::c_void, data as *mut libc::c_void) };
     if r < 0 {
         let e = Errno::last();
         if e.0 != 0 {
@@ -104,83 +97,38 @@ pub fn decode_status(status: i32) -> Stop {
 pub fn get_regs(tid: Pid) -> SysResult<Regs> {
     // SAFETY: Regs is plain old data; zeroed is a valid value.
     let mut regs: Regs = unsafe { std::mem::zeroed() };
-    pt(
-        libc::PTRACE_GETREGS,
-        "GETREGS",
-        tid,
-        0,
-        &mut regs as *mut Regs as usize,
-    )?;
+    pt(libc::PTRACE_GETREGS, "GETREGS", tid, 0, &mut regs as *mut Regs as usize)?;
     Ok(regs)
 }
 
 pub fn set_regs(tid: Pid, regs: &Regs) -> SysResult<()> {
-    pt(
-        libc::PTRACE_SETREGS,
-        "SETREGS",
-        tid,
-        0,
-        regs as *const Regs as usize,
-    )
-    .map(|_| ())
+    pt(libc::PTRACE_SETREGS, "SETREGS", tid, 0, regs as *const Regs as usize).map(|_| ())
 }
 
 /// The full XSAVE area (x87, SSE, AVX, AVX-512, ...), as the kernel lays it out.
 pub fn get_xstate(tid: Pid) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; XSTATE_MAX];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    pt(
-        libc::PTRACE_GETREGSET,
-        "GETREGSET(XSTATE)",
-        tid,
-        NT_X86_XSTATE,
-        &mut iov as *mut _ as usize,
-    )?;
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    pt(libc::PTRACE_GETREGSET, "GETREGSET(XSTATE)", tid, NT_X86_XSTATE, &mut iov as *mut _ as usize)?;
     buf.truncate(iov.iov_len);
     Ok(buf)
 }
 
 pub fn set_xstate(tid: Pid, xstate: &[u8]) -> SysResult<()> {
     let mut copy = xstate.to_vec();
-    let mut iov = libc::iovec {
-        iov_base: copy.as_mut_ptr().cast(),
-        iov_len: copy.len(),
-    };
-    pt(
-        libc::PTRACE_SETREGSET,
-        "SETREGSET(XSTATE)",
-        tid,
-        NT_X86_XSTATE,
-        &mut iov as *mut _ as usize,
-    )
-    .map(|_| ())
+    let mut iov = libc::iovec { iov_base: copy.as_mut_ptr().cast(), iov_len: copy.len() };
+    pt(libc::PTRACE_SETREGSET, "SETREGSET(XSTATE)", tid, NT_X86_XSTATE, &mut iov as *mut _ as usize).map(|_| ())
 }
 
 /// Blocked signal mask of one thread (bit n-1 = signal n).
 pub fn get_sigmask(tid: Pid) -> SysResult<u64> {
     let mut mask = 0u64;
-    pt(
-        libc::PTRACE_GETSIGMASK,
-        "GETSIGMASK",
-        tid,
-        8,
-        &mut mask as *mut u64 as usize,
-    )?;
+    pt(libc::PTRACE_GETSIGMASK, "GETSIGMASK", tid, 8, &mut mask as *mut u64 as usize)?;
     Ok(mask)
 }
 
 pub fn set_sigmask(tid: Pid, mask: u64) -> SysResult<()> {
-    pt(
-        libc::PTRACE_SETSIGMASK,
-        "SETSIGMASK",
-        tid,
-        8,
-        &mask as *const u64 as usize,
-    )
-    .map(|_| ())
+    pt(libc::PTRACE_SETSIGMASK, "SETSIGMASK", tid, 8, &mask as *const u64 as usize).map(|_| ())
 }
 
 /// Pending signals, as raw 128-byte siginfo records, without dequeuing them.
@@ -195,11 +143,7 @@ pub fn peek_siginfo(tid: Pid, shared: bool) -> SysResult<Vec<[u8; 128]>> {
     let mut out = Vec::new();
     let mut buf = vec![[0u8; 128]; 32];
     loop {
-        let args = PeekArgs {
-            off: out.len() as u64,
-            flags: shared as u32,
-            nr: buf.len() as i32,
-        };
+        let args = PeekArgs { off: out.len() as u64, flags: shared as u32, nr: buf.len() as i32 };
         let n = pt(
             libc::PTRACE_PEEKSIGINFO,
             "PEEKSIGINFO",
@@ -248,14 +192,7 @@ pub fn get_robust_list(tid: Pid) -> SysResult<(u64, u64)> {
     let mut head: u64 = 0;
     let mut len: u64 = 0;
     // SAFETY: both out pointers are valid for a u64 write.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_get_robust_list,
-            tid,
-            &mut head as *mut u64,
-            &mut len as *mut u64,
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head as *mut u64, &mut len as *mut u64) };
     if r < 0 {
         return Err(SysError::last("get_robust_list", tid));
     }

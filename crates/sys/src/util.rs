@@ -38,9 +38,7 @@ pub fn waitpid(pid: Pid, flags: i32) -> SysResult<(Pid, i32)> {
 
 /// Number of threads of the calling process.
 pub fn own_thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
 }
 
 /// Block every catchable signal in the calling thread; returns the old mask.
@@ -167,12 +165,7 @@ pub fn pipe() -> SysResult<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
         return Err(SysError::last("pipe2", 0));
     }
     // SAFETY: pipe2 returned two new fds that nothing else owns.
-    Ok(unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    })
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// close(fd), ignoring errors.
@@ -193,9 +186,7 @@ pub fn set_child_subreaper() -> SysResult<()> {
 
 /// The uname release string of the running kernel.
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// XCR0: the xstate feature mask enabled by the OS on this CPU.
@@ -265,11 +256,7 @@ pub fn seek_to(fd: i32, pos: u64) -> SysResult<()> {
 
 /// Close every fd of the calling process not listed in `keep`.
 pub fn close_all_but(keep: &[i32]) {
-    let mut keep: Vec<u32> = keep
-        .iter()
-        .filter(|&&f| f >= 0)
-        .map(|&f| f as u32)
-        .collect();
+    let mut keep: Vec<u32> = keep.iter().filter(|&&f| f >= 0).map(|&f| f as u32).collect();
     keep.sort_unstable();
     let mut lo = 0u32;
     for k in keep {
@@ -287,16 +274,7 @@ pub fn close_all_but(keep: &[i32]) {
 pub fn same_open_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> SysResult<bool> {
     const KCMP_FILE: i32 = 0;
     // SAFETY: kcmp with integer arguments.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            pid1,
-            pid2,
-            KCMP_FILE,
-            fd1 as u64,
-            fd2 as u64,
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1 as u64, fd2 as u64) };
     if r < 0 {
         return Err(SysError::last("kcmp(KCMP_FILE)", pid1));
     }
@@ -307,10 +285,7 @@ pub fn same_open_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> SysResult<boo
 pub fn get_rlimits(pid: Pid) -> SysResult<Vec<(u64, u64)>> {
     let mut out = Vec::new();
     for res in 0..16 {
-        let mut old = libc::rlimit64 {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: `old` is a valid out pointer; new limit is null (read only).
         if unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) } < 0 {
             return Err(SysError::last(format!("prlimit(resource {res})"), pid));
@@ -322,16 +297,10 @@ pub fn get_rlimits(pid: Pid) -> SysResult<Vec<(u64, u64)>> {
 
 /// Set one resource limit of another process.
 pub fn set_rlimit(pid: Pid, res: i32, soft: u64, hard: u64) -> SysResult<()> {
-    let new = libc::rlimit64 {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
+    let new = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };
     // SAFETY: `new` is a valid rlimit64; old is null.
     if unsafe { libc::prlimit64(pid, res as _, &new, std::ptr::null_mut()) } < 0 {
-        return Err(SysError::last(
-            format!("prlimit(resource {res}, {soft}/{hard})"),
-            pid,
-        ));
+        return Err(SysError::last(format!("prlimit(resource {res}, {soft}/{hard})"), pid));
     }
     Ok(())
 }
@@ -345,14 +314,7 @@ pub fn fstat(fd: i32) -> SysResult<(u32, u64, u64, u64, u64, i128)> {
         return Err(SysError::last(format!("fstat fd {fd}"), 0));
     }
     let mtime = st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128;
-    Ok((
-        st.st_mode,
-        st.st_rdev,
-        st.st_size as u64,
-        st.st_ino,
-        st.st_dev,
-        mtime,
-    ))
+    Ok((st.st_mode, st.st_rdev, st.st_size as u64, st.st_ino, st.st_dev, mtime))
 }
 
 /// Allocated (data) segments of a file, by SEEK_DATA/SEEK_HOLE, in [0, size).
@@ -367,11 +329,7 @@ pub fn data_segments(fd: i32, size: u64) -> Vec<(u64, u64)> {
         }
         // SAFETY: as above.
         let h = unsafe { libc::lseek(fd, d, libc::SEEK_HOLE) };
-        let h = if h < 0 {
-            size as i64
-        } else {
-            h.min(size as i64)
-        };
+        let h = if h < 0 { size as i64 } else { h.min(size as i64) };
         if h <= d {
             break;
         }
@@ -383,10 +341,7 @@ pub fn data_segments(fd: i32, size: u64) -> Vec<(u64, u64)> {
 
 /// Raise our soft RLIMIT_NOFILE to the hard limit (no privilege needed).
 pub fn raise_nofile() {
-    let mut r = libc::rlimit64 {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut r = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: valid pointers to rlimit64 structs.
     unsafe {
         if libc::getrlimit64(libc::RLIMIT_NOFILE, &mut r) == 0 {

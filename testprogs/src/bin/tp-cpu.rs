@@ -27,31 +27,19 @@ fn main() {
     for (i, ch) in bytes.chunks(8).enumerate() {
         pat.0[i] = u64::from_le_bytes(ch.try_into().unwrap());
     }
-    let kvals: [u64; 8] =
-        std::array::from_fn(|i| 0x0101_0101_0101_0101u64.wrapping_mul(i as u64 + 3));
+    let kvals: [u64; 8] = std::array::from_fn(|i| 0x0101_0101_0101_0101u64.wrapping_mul(i as u64 + 3));
     let mut out = Area([0; 8 * 32 + 16]);
     let gs_value: u64 = 0x1357_9bdf_0000;
     // SAFETY: arch_prctl on our own thread.
     unsafe {
-        libc::syscall(
-            libc::SYS_arch_prctl,
-            0x1001, /* ARCH_SET_GS */
-            gs_value,
-        )
+        libc::syscall(libc::SYS_arch_prctl, 0x1001 /* ARCH_SET_GS */, gs_value)
     };
     let mut fs_before: u64 = 0;
     unsafe {
-        libc::syscall(
-            libc::SYS_arch_prctl,
-            0x1003, /* ARCH_GET_FS */
-            &mut fs_before as *mut u64,
-        )
+        libc::syscall(libc::SYS_arch_prctl, 0x1003 /* ARCH_GET_FS */, &mut fs_before as *mut u64)
     };
     let go = std::ffi::CString::new(dir.join("go").as_os_str().as_encoded_bytes()).unwrap();
-    let ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 5_000_000,
-    };
+    let ts = libc::timespec { tv_sec: 0, tv_nsec: 5_000_000 };
     let mxcsr_in: u32 = 0x1f80 | (0b11 << 13); // round toward zero
     let mut mxcsr_out: u32 = 0;
     let mut r15_out: u64;
@@ -185,11 +173,7 @@ fn main() {
             bad.push(r);
         }
     }
-    c.check(
-        "zmm0-31 survive",
-        bad.is_empty(),
-        format!("registers differ: {bad:?}"),
-    );
+    c.check("zmm0-31 survive", bad.is_empty(), format!("registers differ: {bad:?}"));
     let kout: Vec<u64> = (1..8).map(|i| out.0[256 + i]).collect();
     c.eq("opmask k1-k7 survive", kout, kvals[1..8].to_vec());
     c.eq("mxcsr survives", mxcsr_out, mxcsr_in);
@@ -198,11 +182,7 @@ fn main() {
     let mut gs: u64 = 0;
     let mut fs: u64 = 0;
     unsafe {
-        libc::syscall(
-            libc::SYS_arch_prctl,
-            0x1004, /* ARCH_GET_GS */
-            &mut gs as *mut u64,
-        );
+        libc::syscall(libc::SYS_arch_prctl, 0x1004 /* ARCH_GET_GS */, &mut gs as *mut u64);
         libc::syscall(libc::SYS_arch_prctl, 0x1003, &mut fs as *mut u64);
     }
     c.eq("gs base survives", gs, gs_value);

@@ -19,8 +19,7 @@ fn smaps_flags(addr: usize) -> String {
     for l in s.lines() {
         if let Some((range, _)) = l.split_once(' ') {
             if let Some((a, b)) = range.split_once('-') {
-                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
                     hit = a <= addr && addr < b;
                     continue;
                 }
@@ -40,10 +39,7 @@ fn maps_line(addr: usize) -> String {
         .into_iter()
         .find(|l| {
             let (a, b) = l.split_once(' ').unwrap().0.split_once('-').unwrap();
-            let (a, b) = (
-                usize::from_str_radix(a, 16).unwrap(),
-                usize::from_str_radix(b, 16).unwrap(),
-            );
+            let (a, b) = (usize::from_str_radix(a, 16).unwrap(), usize::from_str_radix(b, 16).unwrap());
             a <= addr && addr < b
         })
         .unwrap_or_default()
@@ -78,10 +74,7 @@ fn main() {
         let fpath = dir.join("private.dat");
         let fdata = pattern(3, 64 * 1024);
         std::fs::write(&fpath, &fdata).unwrap();
-        let ffd = libc::open(
-            format!("{}\0", fpath.display()).as_ptr() as _,
-            libc::O_RDONLY,
-        );
+        let ffd = libc::open(format!("{}\0", fpath.display()).as_ptr() as _, libc::O_RDONLY);
         let pf = map(64 * 1024, rw, libc::MAP_PRIVATE, ffd);
         libc::close(ffd);
         ptr::write_bytes(pf.add(8192), 0xAB, 4096);
@@ -95,8 +88,7 @@ fn main() {
         let heap: Vec<u8> = pattern(4, 3 * MB);
         let small: Box<[u64; 16]> = Box::new([0x1234_5678_9abc_def0; 16]);
         let brk_before = libc::sbrk(0) as usize;
-        let stack_arr: [u64; 512] =
-            std::array::from_fn(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let stack_arr: [u64; 512] = std::array::from_fn(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         // Guard gap, read-only and executable areas.
         let guard = map(64 * 1024, libc::PROT_NONE, anon, -1);
         let ro = map(64 * 1024, rw, anon, -1);
@@ -139,41 +131,21 @@ fn main() {
         let brk_after = libc::sbrk(0) as usize;
 
         let got = std::slice::from_raw_parts(pa, priv_len);
-        c.check(
-            "private anon pattern",
-            got[..MB] == pat[..MB] && got[2 * MB..] == pat[2 * MB..],
-            "contents differ",
-        );
-        c.check(
-            "private anon hole stays zero",
-            got[MB..2 * MB].iter().all(|&b| b == 0),
-            "hole not zero",
-        );
+        c.check("private anon pattern", got[..MB] == pat[..MB] && got[2 * MB..] == pat[2 * MB..], "contents differ");
+        c.check("private anon hole stays zero", got[MB..2 * MB].iter().all(|&b| b == 0), "hole not zero");
         let mut sum2 = sum;
         for i in (0..MB).step_by(4096) {
             sum2 += ptr::read_volatile(zr.add(i)) as u64;
         }
         c.eq("zero-page area reads zero", sum2, 0);
-        c.check(
-            "written zeros",
-            std::slice::from_raw_parts(zw, MB).iter().all(|&b| b == 0),
-            "not zero",
-        );
-        c.check(
-            "shared anon contents",
-            std::slice::from_raw_parts(sh, sh_len - 1) == &shpat[..sh_len - 1],
-            "differ",
-        );
+        c.check("written zeros", std::slice::from_raw_parts(zw, MB).iter().all(|&b| b == 0), "not zero");
+        c.check("shared anon contents", std::slice::from_raw_parts(sh, sh_len - 1) == &shpat[..sh_len - 1], "differ");
         // Wait for the child's write through the shared mapping.
         let t = std::time::Instant::now();
         while ptr::read_volatile(sh.add(sh_len - 1)) != 0xC1 && t.elapsed().as_secs() < 10 {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        c.eq(
-            "shared anon still shared with child",
-            ptr::read_volatile(sh.add(sh_len - 1)),
-            0xC1,
-        );
+        c.eq("shared anon still shared with child", ptr::read_volatile(sh.add(sh_len - 1)), 0xC1);
         let mut st = 0;
         let r = libc::waitpid(child, &mut st, 0);
         c.check(
@@ -182,21 +154,13 @@ fn main() {
             format!("r={r} st={st:#x}"),
         );
         let pfv = std::slice::from_raw_parts(pf, 64 * 1024);
-        c.check(
-            "private file: CoW page kept",
-            pfv[8192..12288].iter().all(|&b| b == 0xAB),
-            "CoW page lost",
-        );
+        c.check("private file: CoW page kept", pfv[8192..12288].iter().all(|&b| b == 0xAB), "CoW page lost");
         c.check(
             "private file: clean pages from file",
             pfv[..8192] == fdata[..8192] && pfv[12288..] == fdata[12288..],
             "differ",
         );
-        c.check(
-            "private file: file untouched",
-            std::fs::read(&fpath).unwrap() == fdata,
-            "file changed",
-        );
+        c.check("private file: file untouched", std::fs::read(&fpath).unwrap() == fdata, "file changed");
         ptr::copy_nonoverlapping(b"+after-restore".as_ptr(), sf.add(17), 14);
         libc::msync(sf as _, 16384, libc::MS_SYNC);
         let filed = std::fs::read(&spath).unwrap();
@@ -206,25 +170,14 @@ fn main() {
             String::from_utf8_lossy(&filed[..31]),
         );
         c.check("heap vector", heap == pattern(4, 3 * MB), "differs");
-        c.check(
-            "heap box",
-            small.iter().all(|&x| x == 0x1234_5678_9abc_def0),
-            "differs",
-        );
+        c.check("heap box", small.iter().all(|&x| x == 0x1234_5678_9abc_def0), "differs");
         c.eq("brk unchanged", brk_after, brk_before);
         c.check(
             "stack array",
-            stack_arr
-                .iter()
-                .enumerate()
-                .all(|(i, &v)| v == (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            stack_arr.iter().enumerate().all(|(i, &v)| v == (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             "differs",
         );
-        c.check(
-            "guard gap is PROT_NONE",
-            maps_line(guard as usize).contains(" ---p "),
-            maps_line(guard as usize),
-        );
+        c.check("guard gap is PROT_NONE", maps_line(guard as usize).contains(" ---p "), maps_line(guard as usize));
         c.check(
             "read-only area",
             maps_line(ro as usize).contains(" r--p ") && *ro.add(1000) == 0x5A,
@@ -244,9 +197,7 @@ fn main() {
         );
         c.check(
             "madvise dontfork",
-            smaps_flags(m_dontfork as usize)
-                .split(' ')
-                .any(|x| x == "dc"),
+            smaps_flags(m_dontfork as usize).split(' ').any(|x| x == "dc"),
             smaps_flags(m_dontfork as usize),
         );
         c.check(
@@ -256,63 +207,35 @@ fn main() {
         );
         c.check(
             "madvise dontdump",
-            smaps_flags(m_dontdump as usize)
-                .split(' ')
-                .any(|x| x == "dd"),
+            smaps_flags(m_dontdump as usize).split(' ').any(|x| x == "dd"),
             smaps_flags(m_dontdump as usize),
         );
         c.check(
             "hugepage area contents",
-            std::slice::from_raw_parts(m_huge, 4 * MB)
-                .iter()
-                .all(|&b| b == 0x66),
+            std::slice::from_raw_parts(m_huge, 4 * MB).iter().all(|&b| b == 0x66),
             "differ",
         );
         // wipeonfork: a child sees zeros there; the parent keeps its data.
         let ch = libc::fork();
         if ch == 0 {
-            libc::_exit(if *m_wipe == 0 && *m_dontfork.cast::<u8>() == 0x77 {
-                1
-            } else {
-                0
-            });
+            libc::_exit(if *m_wipe == 0 && *m_dontfork.cast::<u8>() == 0x77 { 1 } else { 0 });
         }
         let mut st2 = 0;
         libc::waitpid(ch, &mut st2, 0);
-        c.check(
-            "wipeonfork behaves",
-            libc::WEXITSTATUS(st2) == 0 && *m_wipe == 0x77,
-            format!("status {st2:#x}"),
-        );
+        c.check("wipeonfork behaves", libc::WEXITSTATUS(st2) == 0 && *m_wipe == 0x77, format!("status {st2:#x}"));
         c.eq("vDSO at its address", maps_line(vdso), vdso_line);
         let mut t1: libc::timespec = std::mem::zeroed();
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t1);
-        c.check(
-            "clock_gettime through the vDSO",
-            (t1.tv_sec, t1.tv_nsec) > (t0.tv_sec, t0.tv_nsec),
-            "time went back",
-        );
+        c.check("clock_gettime through the vDSO", (t1.tv_sec, t1.tv_nsec) > (t0.tv_sec, t0.tv_nsec), "time went back");
         let after = maps();
         // The heap may have grown since (this check allocates): compare its start.
         let heap_start = |v: &[String]| {
-            v.iter()
-                .find(|l| l.ends_with("[heap]"))
-                .map(|l| l.split('-').next().unwrap_or("").to_string())
+            v.iter().find(|l| l.ends_with("[heap]")).map(|l| l.split('-').next().unwrap_or("").to_string())
         };
-        c.eq(
-            "heap starts where it did",
-            heap_start(&after),
-            heap_start(&maps_before),
-        );
-        let missing: Vec<&String> = maps_before
-            .iter()
-            .filter(|l| !l.ends_with("[heap]") && !after.contains(l))
-            .collect();
-        c.check(
-            "every area of the maps is back",
-            missing.is_empty(),
-            format!("{missing:#?}"),
-        );
+        c.eq("heap starts where it did", heap_start(&after), heap_start(&maps_before));
+        let missing: Vec<&String> =
+            maps_before.iter().filter(|l| !l.ends_with("[heap]") && !after.contains(l)).collect();
+        c.check("every area of the maps is back", missing.is_empty(), format!("{missing:#?}"));
     }
     c.finish();
 }

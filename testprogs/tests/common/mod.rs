@@ -12,11 +12,7 @@ pub fn cryopod_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("cryopod");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` first", bin.display());
     bin
 }
 
@@ -81,23 +77,10 @@ impl Run {
         let out = std::fs::File::create(dir.join("out")).unwrap();
         let err = std::fs::File::create(dir.join("err")).unwrap();
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .current_dir(&dir);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).current_dir(&dir);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         let pid = child.id() as i32;
-        let mut run = Run {
-            dir,
-            image,
-            child: Some(child),
-            pid,
-            owned: vec![pid],
-            _lock: lock,
-        };
+        let run = Run { dir, image, child: Some(child), pid, owned: vec![pid], _lock: lock };
         run.wait_output("READY", Duration::from_secs(20));
         run
     }
@@ -128,16 +111,7 @@ impl Run {
 
     /// `cryopod checkpoint --pid PID -o image [extra]`; returns its stderr.
     pub fn checkpoint(&mut self, extra: &[&str]) -> String {
-        let o = cryopod(
-            &[
-                "checkpoint",
-                "--pid",
-                &self.pid.to_string(),
-                "-o",
-                self.image.to_str().unwrap(),
-            ],
-            extra,
-        );
+        let o = cryopod(&["checkpoint", "--pid", &self.pid.to_string(), "-o", self.image.to_str().unwrap()], extra);
         assert!(o.0 == 0, "checkpoint failed: {}", o.2);
         if !extra.contains(&"--leave-running") {
             // The tree is gone: reap our child so its PID is free again.
@@ -148,15 +122,9 @@ impl Run {
             // are a subreaper: orphaned grandchildren end up with us).
             let pids = self.image_pids();
             let t = Instant::now();
-            while let Some(p) = pids
-                .iter()
-                .find(|p| Path::new(&format!("/proc/{p}")).exists())
-            {
+            while let Some(p) = pids.iter().find(|p| Path::new(&format!("/proc/{p}")).exists()) {
                 reap_all();
-                assert!(
-                    t.elapsed() < Duration::from_secs(10),
-                    "pid {p} still exists after checkpoint"
-                );
+                assert!(t.elapsed() < Duration::from_secs(10), "pid {p} still exists after checkpoint");
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -169,12 +137,8 @@ impl Run {
         let o = cryopod(&["inspect", "--json", self.image.to_str().unwrap()], &[]);
         assert!(o.0 == 0, "inspect failed: {}", o.2);
         let v: serde_json::Value = serde_json::from_str(&o.1).expect("inspect json");
-        let pids: Vec<i32> = v["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["pid"].as_i64().unwrap() as i32)
-            .collect();
+        let pids: Vec<i32> =
+            v["processes"].as_array().unwrap().iter().map(|p| p["pid"].as_i64().unwrap() as i32).collect();
         for &p in &pids {
             if !self.owned.contains(&p) {
                 self.owned.push(p);
@@ -222,12 +186,7 @@ impl Run {
 
 /// Run cryopod with args; returns (exit code, stdout, stderr).
 pub fn cryopod(args: &[&str], extra: &[&str]) -> (i32, String, String) {
-    let o = Command::new(cryopod_bin())
-        .args(args)
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cryopod");
+    let o = Command::new(cryopod_bin()).args(args).args(extra).stdin(Stdio::null()).output().expect("run cryopod");
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -243,36 +202,22 @@ pub fn outside_view(pid: i32) -> (Vec<String>, Vec<String>, usize) {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            format!(
-                "{} {} {} {}",
-                f[0],
-                f[1],
-                f[2],
-                f.get(5..).map(|x| x.join(" ")).unwrap_or_default()
-            )
+            format!("{} {} {} {}", f[0], f[1], f[2], f.get(5..).map(|x| x.join(" ")).unwrap_or_default())
         })
         .collect();
     let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|rd| {
             rd.flatten()
                 .map(|e| {
-                    let t = std::fs::read_link(e.path())
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
+                    let t = std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
                     // Pipe inode numbers are new after a restore.
-                    let t = if t.starts_with("pipe:[") {
-                        "pipe".to_string()
-                    } else {
-                        t
-                    };
+                    let t = if t.starts_with("pipe:[") { "pipe".to_string() } else { t };
                     format!("{} -> {}", e.file_name().to_string_lossy(), t)
                 })
                 .collect()
         })
         .unwrap_or_default();
     fds.sort();
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
     (maps, fds, threads)
 }
