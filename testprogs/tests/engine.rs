@@ -26,3 +26,13 @@ fn memory() {
 fn cpu() {
     roundtrip("cpu", env!("CARGO_BIN_EXE_tp-cpu"));
 }
+
+#[test]
+fn threads() {
+    roundtrip("threads", env!("CARGO_BIN_EXE_tp-threads"));
+}
+
+#[test]
+fn tree() {
+    roundtrip("tree", env!("CARGO_BIN_EXE_tp-tree"));
+}

@@ -1,0 +1,180 @@
+//! The image format as untrusted input: round trips, truncation, corruption,
+//! hostile lengths and random mutations never panic and always give a clear
+//! error.
+
+use cryopod_image::*;
+
+fn sample() -> Manifest {
+    let thread = Thread {
+        tid: 100,
+        regs: vec![7; NREGS],
+        xstate: vec![1; 2432],
+        sigmask: 0,
+        comm: "t".into(),
+        clear_child_tid: 0,
+        robust_list: (0, 24),
+        rseq: None,
+        sigaltstack: (0, 2, 0),
+        pending: vec![],
+    };
+    let vma = Vma {
+        start: 0x10000,
+        end: 0x30000,
+        prot: 3,
+        shared: false,
+        kind: VmaKind::Anon,
+        name: String::new(),
+        madv: 0,
+        runs: vec![Run { addr: 0x10000, pages: 16, chunk: Some(0) }, Run { addr: 0x20000, pages: 2, chunk: None }],
+    };
+    Manifest {
+        tool_version: "0".into(),
+        created_unix: 1,
+        kernel: "k".into(),
+        xcr0: 0xe7,
+        vdso_hash: [0; 32],
+        root_pid: 100,
+        processes: vec![Process {
+            pid: 100,
+            ppid: 1,
+            pgid: 100,
+            sid: 100,
+            threads: vec![thread],
+            vmas: vec![vma],
+            mm: MmInfo::default(),
+            fds: vec![Fd { fd: 0, file: 0, cloexec: false }],
+            sigactions: vec![SigAction::default(); 64],
+            shared_pending: vec![],
+            creds: Creds::default(),
+            cwd: "/".into(),
+            root: "/".into(),
+            umask: 0o22,
+            personality: 0,
+            rlimits: vec![],
+            itimers: vec![],
+            posix_timers: vec![],
+            zombie_status: None,
+        }],
+        files: vec![OpenFile { flags: 0, pos: 0, kind: FileKind::CharDev { path: "/dev/null".into(), rdev: 0x103 } }],
+        shmem: vec![],
+        packs: vec![Pack { name: "pages-0.pack".into(), size: 65536 }],
+        chunks: vec![Chunk { hash: [9; 32], pack: 0, offset: 0, len: 65536 }],
+        frozen_us: 0,
+    }
+}
+
+#[test]
+fn round_trip() {
+    let m = sample();
+    let bytes = encode_manifest(&m).unwrap();
+    assert_eq!(decode_manifest(&bytes).unwrap(), m);
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let bytes = encode_manifest(&sample()).unwrap();
+    for n in 0..bytes.len() {
+        let e = decode_manifest(&bytes[..n]).unwrap_err();
+        let msg = e.to_string();
+        assert!(!msg.is_empty());
+    }
+}
+
+#[test]
+fn wrong_magic_and_version() {
+    let mut bytes = encode_manifest(&sample()).unwrap();
+    bytes[0] = b'X';
+    assert!(matches!(decode_manifest(&bytes), Err(ImageError::NotAnImage(_))));
+    let mut bytes = encode_manifest(&sample()).unwrap();
+    bytes[8] = 99;
+    assert!(matches!(decode_manifest(&bytes), Err(ImageError::Version { found: 99, .. })));
+}
+
+#[test]
+fn flipped_body_byte_fails_checksum() {
+    let bytes = encode_manifest(&sample()).unwrap();
+    for i in (56..bytes.len()).step_by(7) {
+        let mut b = bytes.clone();
+        b[i] ^= 0x40;
+        let e = decode_manifest(&b).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "byte {i}: {e}");
+    }
+}
+
+/// Re-encode with a valid checksum, so that structural checks are reached.
+fn reseal(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"CRYOPOD\0");
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(blake3::hash(body).as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn hostile_lengths_do_not_allocate() {
+    // A body that claims a vector of 2^60 elements right away.
+    let mut body = Vec::new();
+    body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    body.extend_from_slice(&[0u8; 64]);
+    let e = decode_manifest(&reseal(&body)).unwrap_err();
+    assert!(matches!(e, ImageError::Corrupt(_)), "{e}");
+    // A header claiming a body larger than the limit.
+    let mut b = encode_manifest(&sample()).unwrap();
+    b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(decode_manifest(&b).unwrap_err().to_string().contains("limit"));
+}
+
+#[test]
+fn structural_errors_are_caught() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+        ("chunk beyond pack", Box::new(|m| m.chunks[0].offset = 4096)),
+        ("missing pack", Box::new(|m| m.chunks[0].pack = 3)),
+        ("run beyond area", Box::new(|m| m.processes[0].vmas[0].runs[1].pages = 100)),
+        ("dangling chunk", Box::new(|m| m.processes[0].vmas[0].runs[0].chunk = Some(5))),
+        ("bad fd file", Box::new(|m| m.processes[0].fds[0].file = 9)),
+        ("no root", Box::new(|m| m.root_pid = 5)),
+        ("pack path", Box::new(|m| m.packs[0].name = "../x".into())),
+        ("register count", Box::new(|m| m.processes[0].threads[0].regs.pop().map(|_| ()).unwrap_or(()))),
+        ("unaligned area", Box::new(|m| m.processes[0].vmas[0].start = 0x10001)),
+    ];
+    for (what, f) in cases {
+        let mut m = sample();
+        f(&mut m);
+        let e = m.validate().unwrap_err();
+        assert!(matches!(e, ImageError::Corrupt(_)), "{what}: {e}");
+        // And through the full decoder.
+        let body = bincode_body(&m);
+        assert!(decode_manifest(&reseal(&body)).is_err(), "{what}");
+    }
+}
+
+fn bincode_body(m: &Manifest) -> Vec<u8> {
+    encode_manifest(m).unwrap()[56..].to_vec()
+}
+
+#[test]
+fn random_mutations_never_panic() {
+    let body = bincode_body(&sample());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..20_000 {
+        let mut b = body.clone();
+        for _ in 0..(next() % 8 + 1) {
+            let i = (next() as usize) % b.len();
+            b[i] = next() as u8;
+        }
+        if next() % 4 == 0 {
+            let n = (next() as usize) % b.len();
+            b.truncate(n);
+        }
+        let _ = decode_manifest(&reseal(&b));
+    }
+}
