@@ -36,3 +36,13 @@ fn threads() {
 fn tree() {
     roundtrip("tree", env!("CARGO_BIN_EXE_tp-tree"));
 }
+
+#[test]
+fn signals() {
+    roundtrip("signals", env!("CARGO_BIN_EXE_tp-signals"));
+}
+
+#[test]
+fn ident() {
+    roundtrip("ident", env!("CARGO_BIN_EXE_tp-ident"));
+}

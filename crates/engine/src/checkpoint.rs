@@ -207,6 +207,7 @@ fn collect_process(
         p.itimers = signals::collect_itimers(&mut leader)?;
         p.posix_timers = signals::collect_timers(&mut leader)?;
         p.creds = ident::collect_creds(&mut leader)?;
+        p.rlimits = ident::collect_rlimits(&mut leader)?;
         p.mm = ident::collect_mm(&mut leader)?;
         for &tid in tids {
             if tid == pid {

@@ -18,6 +18,7 @@ const PR_SET_NO_NEW_PRIVS: u64 = 38;
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 const CAP_VERSION_3: u32 = 0x2008_0522;
+const SECBIT_KEEP_CAPS: u32 = 1 << 4;
 
 pub fn collect_creds(r: &mut Remote) -> Result<Creds> {
     let st = procfs::read(r.pid, "status")?;
@@ -75,6 +76,9 @@ pub fn restore_creds(r: &mut Remote, c: &Creds) -> Result<()> {
             r.call("prctl(PR_CAP_AMBIENT_RAISE)", nr::PRCTL, &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0])?;
         }
     }
+    // KEEP_CAPS alone is unprivileged; other securebits need CAP_SETPCAP.
+    let keep = u64::from(c.securebits & SECBIT_KEEP_CAPS != 0);
+    r.call("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, &[PR_SET_KEEPCAPS, keep])?;
     let cur = r.call("prctl(PR_GET_SECUREBITS)", nr::PRCTL, &[PR_GET_SECUREBITS])? as u32;
     if cur != c.securebits {
         r.call("prctl(PR_SET_SECUREBITS)", nr::PRCTL, &[PR_SET_SECUREBITS, u64::from(c.securebits)])?;
@@ -147,8 +151,19 @@ pub fn collect_process_env(pid: i32, p: &mut Process) -> Result<()> {
     let st = procfs::read(pid, "status")?;
     p.umask = procfs::status_field(&st, "Umask").and_then(|v| u32::from_str_radix(&v, 8).ok()).unwrap_or(0o022);
     p.personality = u32::from_str_radix(procfs::read(pid, "personality")?.trim(), 16).unwrap_or(0);
-    p.rlimits = cryopod_sys::util::get_rlimits(pid)?;
     Ok(())
+}
+
+/// Resource limits, read from inside the task: prlimit on another process
+/// needs matching uids or CAP_SYS_RESOURCE.
+pub fn collect_rlimits(r: &mut Remote) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for res in 0..16u64 {
+        r.call("prlimit64", nr::PRLIMIT64, &[0, res, 0, r.data])?;
+        let v = r.get_u64s(0, 2)?;
+        out.push((v[0], v[1]));
+    }
+    Ok(out)
 }
 
 pub fn restore_process_env(r: &mut Remote, p: &Process) -> Result<()> {

@@ -43,6 +43,7 @@ pub mod nr {
     pub const SETPGID: i64 = 109;
     pub const RSEQ: i64 = 334;
     pub const CLONE3: i64 = 435;
+    pub const PRLIMIT64: i64 = 302;
 }
 
 /// Size of the scratch data area.

@@ -281,20 +281,6 @@ pub fn same_open_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> SysResult<boo
     Ok(r == 0)
 }
 
-/// All resource limits of a process: (soft, hard) for resources 0..16.
-pub fn get_rlimits(pid: Pid) -> SysResult<Vec<(u64, u64)>> {
-    let mut out = Vec::new();
-    for res in 0..16 {
-        let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: `old` is a valid out pointer; new limit is null (read only).
-        if unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) } < 0 {
-            return Err(SysError::last(format!("prlimit(resource {res})"), pid));
-        }
-        out.push((old.rlim_cur, old.rlim_max));
-    }
-    Ok(out)
-}
-
 /// Set one resource limit of another process.
 pub fn set_rlimit(pid: Pid, res: i32, soft: u64, hard: u64) -> SysResult<()> {
     let new = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };
