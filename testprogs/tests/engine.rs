@@ -46,3 +46,8 @@ fn signals() {
 fn ident() {
     roundtrip("ident", env!("CARGO_BIN_EXE_tp-ident"));
 }
+
+#[test]
+fn timers() {
+    roundtrip("timers", env!("CARGO_BIN_EXE_tp-timers"));
+}
