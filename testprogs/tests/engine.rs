@@ -51,3 +51,8 @@ fn ident() {
 fn timers() {
     roundtrip("timers", env!("CARGO_BIN_EXE_tp-timers"));
 }
+
+#[test]
+fn files() {
+    roundtrip("files", env!("CARGO_BIN_EXE_tp-files"));
+}
