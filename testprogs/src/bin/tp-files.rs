@@ -76,7 +76,8 @@ fn main() {
             let got = read_n(fd_sh, 100);
             libc::_exit(if got == pattern(9, 1000)[10..110] { 0 } else { 1 });
         }
-        let links: Vec<(i32, String)> = [fd_reg, fd_app, fd_dir, fd_null, fd_rand, fd_fifo_r].iter().map(|&f| (f, link(f))).collect();
+        let links: Vec<(i32, String)> =
+            [fd_reg, fd_app, fd_dir, fd_null, fd_rand, fd_fifo_r].iter().map(|&f| (f, link(f))).collect();
 
         ready_and_wait(&dir);
 
@@ -112,7 +113,11 @@ fn main() {
         c.check("fifo link", link(fd_fifo_r) == fifo.display().to_string(), link(fd_fifo_r));
         let mut wst = 0;
         libc::waitpid(child, &mut wst, 0);
-        c.check("child read through the shared description", libc::WIFEXITED(wst) && libc::WEXITSTATUS(wst) == 0, format!("{wst:#x}"));
+        c.check(
+            "child read through the shared description",
+            libc::WIFEXITED(wst) && libc::WEXITSTATUS(wst) == 0,
+            format!("{wst:#x}"),
+        );
         c.eq("shared offset moved by the child", pos(fd_sh), 110);
     }
     c.finish();

@@ -1,0 +1,72 @@
+//! Real software checkpointed and restored for real: a bash loop with a
+//! child, python3 in the middle of a computation, a multi-threaded Rust
+//! program.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn bash_loop_with_child_sleep() {
+    let mut run = Run::start(
+        "bash",
+        "bash",
+        &["-c", "echo READY; i=0; while [ ! -e go ]; do i=$((i+1)); echo \"n $i\"; sleep 0.02; done; echo PASS"],
+    );
+    run.wait_output("n 5", Duration::from_secs(10));
+    run.checkpoint(&[]);
+    let frozen_at = run.output();
+    let last = frozen_at.lines().rev().find_map(|l| l.strip_prefix("n ")).unwrap().parse::<u64>().unwrap();
+    let pids = run.image_pids();
+    assert!(pids.len() >= 2, "expected bash and its child sleep in the image, got {pids:?}");
+    let o = cryopod(&["restore", run.image.to_str().unwrap(), "--detach"], &[]);
+    assert_eq!(o.0, 0, "restore failed: {}", o.2);
+    run.wait_output(&format!("n {}", last + 10), Duration::from_secs(10));
+    let out = run.go_and_expect_pass();
+    // The counter went on from where it was: no restart, gap or repeat.
+    let nums: Vec<u64> = out.lines().filter_map(|l| l.strip_prefix("n ")?.parse().ok()).collect();
+    for (i, n) in nums.iter().enumerate() {
+        assert_eq!(*n, i as u64 + 1, "sequence broken: {nums:?}");
+    }
+    assert!(nums.len() as u64 >= last + 10, "only {} numbers", nums.len());
+}
+
+#[test]
+fn python_dict_computation() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dict_compute.py");
+    let d = format!("/tmp/cryopod-test-python-{}", std::process::id());
+    let mut run = Run::start("python", "python3", &[script, &d]);
+    std::thread::sleep(Duration::from_millis(300));
+    run.checkpoint(&[]);
+    let out = run.restore_and_verify();
+    assert!(out.contains("PASS"), "{out}");
+}
+
+#[test]
+fn rust_multithreaded_program() {
+    let mut run = Run::testprog("rust-mt", env!("CARGO_BIN_EXE_tp-rust-mt"));
+    let before = outside_view(run.pid);
+    assert!(before.2 >= 5, "expected the workers to be running, threads: {}", before.2);
+    run.checkpoint(&[]);
+    let out = run.restore_and_verify();
+    assert!(out.contains("PASS"), "{out}");
+}
+
+#[test]
+fn leave_running_keeps_the_program_going() {
+    let mut run = Run::start(
+        "leave-running",
+        "bash",
+        &["-c", "echo READY; i=0; while [ ! -e go ]; do i=$((i+1)); echo \"n $i\"; sleep 0.02; done; echo PASS"],
+    );
+    run.wait_output("n 3", Duration::from_secs(10));
+    let summary = run.checkpoint(&["--leave-running"]);
+    assert!(summary.contains("frozen"), "summary lacks the frozen time: {summary}");
+    let n = run.output().lines().count();
+    run.wait_output(&format!("n {}", n + 5), Duration::from_secs(10));
+    run.go_and_expect_pass();
+    // The image is complete and restorable elsewhere in time: inspect it.
+    let o = cryopod(&["inspect", run.image.to_str().unwrap()], &[]);
+    assert_eq!(o.0, 0, "{}", o.2);
+    assert!(o.1.contains("bash"), "{}", o.1);
+}
