@@ -129,7 +129,8 @@ fn hostile_lengths_do_not_allocate() {
 
 #[test]
 fn structural_errors_are_caught() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+    type Damage = Box<dyn Fn(&mut Manifest)>;
+    let cases: Vec<(&str, Damage)> = vec![
         ("chunk beyond pack", Box::new(|m| m.chunks[0].offset = 4096)),
         ("missing pack", Box::new(|m| m.chunks[0].pack = 3)),
         ("run beyond area", Box::new(|m| m.processes[0].vmas[0].runs[1].pages = 100)),

@@ -1,0 +1,138 @@
+//! Safety: a checkpoint that fails at any step leaves the tree running and
+//! unharmed; a restore that fails kills everything it created and names the
+//! object; damaged images and taken PIDs are refused before anything is
+//! created.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn status_field(pid: i32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn failed_checkpoints_leave_the_tree_unharmed() {
+    // tp-threads has threads blocked in futex, nanosleep and read, and one
+    // spinning: the most fragile state to resume after injection.
+    let run = Run::testprog("fault-ckpt", env!("CARGO_BIN_EXE_tp-threads"));
+    let before = outside_view(run.pid);
+    let points = ["after-freeze", "during-injection", "after-collect", "after-pages", "before-manifest"];
+    for point in points {
+        let image = run.dir.join(format!("img-{point}"));
+        let out = std::process::Command::new(cryopod_bin())
+            .args(["checkpoint", "--pid", &run.pid.to_string(), "-o", image.to_str().unwrap()])
+            .env("CRYOPOD_FAULT", point)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{point}: checkpoint should fail");
+        assert!(err.contains("left running") && err.contains(point), "{point}: {err}");
+        assert!(!image.join("manifest").exists(), "{point}: a manifest was written");
+        let leftovers: Vec<_> =
+            std::fs::read_dir(&image).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(leftovers.is_empty(), "{point}: files left behind: {leftovers:?}");
+        for t in std::fs::read_dir(format!("/proc/{}/task", run.pid)).unwrap().flatten() {
+            let tid = t.file_name().to_string_lossy().into_owned();
+            let st = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", run.pid)).unwrap();
+            assert!(st.contains("TracerPid:\t0"), "{point}: thread {tid} still traced");
+            assert!(!st.contains("State:\tt"), "{point}: thread {tid} still stopped");
+        }
+        let now = outside_view(run.pid);
+        assert_eq!(before.2, now.2, "{point}: thread count changed");
+        assert_eq!(before.1, now.1, "{point}: fds changed");
+        assert_eq!(before.0, now.0, "{point}: memory map changed");
+    }
+    assert_eq!(status_field(run.pid, "TracerPid"), "0");
+    // Unharmed: the program verifies all of its state and passes.
+    let mut run = run;
+    run.go_and_expect_pass();
+}
+
+#[test]
+fn failed_restore_kills_what_it_created() {
+    let mut run = Run::testprog("fault-restore", env!("CARGO_BIN_EXE_tp-tree"));
+    run.checkpoint(&[]);
+    let pids = run.image_pids();
+    for point in ["restore-after-memory", "restore-before-resume"] {
+        let out = std::process::Command::new(cryopod_bin())
+            .args(["restore", run.image.to_str().unwrap(), "--detach"])
+            .env("CRYOPOD_FAULT", point)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{point}: restore should fail");
+        assert!(err.contains("nothing was left running") && err.contains(point), "{point}: {err}");
+        let t = std::time::Instant::now();
+        while let Some(p) = pids.iter().find(|p| Path::new(&format!("/proc/{p}")).exists()) {
+            reap_all();
+            assert!(t.elapsed().as_secs() < 10, "{point}: pid {p} left behind");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    // And the image still restores properly afterwards.
+    run.restore_and_verify();
+}
+
+#[test]
+fn damaged_images_are_refused_before_anything_runs() {
+    let mut run = Run::testprog("damaged", env!("CARGO_BIN_EXE_tp-memory"));
+    run.checkpoint(&[]);
+    let pids = run.image_pids();
+    let img = run.image.clone();
+    let pack = img.join("pages-0.pack");
+    let good = std::fs::read(&pack).unwrap();
+    let restore = || cryopod(&["restore", img.to_str().unwrap(), "--detach"], &[]);
+    let none_created = || pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists());
+    // Flipped byte in the page data.
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 1;
+    std::fs::write(&pack, &bad).unwrap();
+    let o = restore();
+    assert_ne!(o.0, 0);
+    assert!(o.2.contains("checksum"), "{}", o.2);
+    assert!(none_created());
+    // Truncated pack.
+    std::fs::write(&pack, &good[..good.len() - 4096]).unwrap();
+    let o = restore();
+    assert_ne!(o.0, 0);
+    assert!(o.2.contains("truncated"), "{}", o.2);
+    assert!(none_created());
+    // Corrupted manifest.
+    std::fs::write(&pack, &good).unwrap();
+    let man = img.join("manifest");
+    let m = std::fs::read(&man).unwrap();
+    let mut bad = m.clone();
+    bad[m.len() - 10] ^= 0xff;
+    std::fs::write(&man, &bad).unwrap();
+    let o = restore();
+    assert_ne!(o.0, 0);
+    assert!(o.2.contains("checksum"), "{}", o.2);
+    std::fs::write(&man, &m[..100]).unwrap();
+    let o = restore();
+    assert!(o.0 != 0 && o.2.contains("truncated"), "{}", o.2);
+    let o = cryopod(&["inspect", img.to_str().unwrap()], &[]);
+    assert!(o.0 != 0 && o.2.contains("truncated"), "{}", o.2);
+    assert!(none_created());
+    // Intact again: it restores.
+    std::fs::write(&man, &m).unwrap();
+    run.restore_and_verify();
+}
+
+#[test]
+fn taken_pid_is_named_and_nothing_is_created() {
+    let mut run = Run::testprog("pid-taken", env!("CARGO_BIN_EXE_tp-tree"));
+    run.checkpoint(&["--leave-running"]);
+    let o = cryopod(&["restore", run.image.to_str().unwrap(), "--detach"], &[]);
+    assert_ne!(o.0, 0);
+    assert!(o.2.contains(&format!("pid {} is already in use", run.pid)), "{}", o.2);
+    assert!(o.2.contains("tp-tree"), "should name who holds it: {}", o.2);
+    let c = cryopod(&["check", "--image", run.image.to_str().unwrap()], &[]);
+    assert_ne!(c.0, 0);
+    assert!(c.2.contains("already in use"), "{}", c.2);
+    run.go_and_expect_pass();
+}
