@@ -99,7 +99,10 @@ fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> 
         procs.push(p);
     }
     fault::check("after-collect")?;
+    tracing::info!(ms = t_collect.elapsed().as_secs_f64() * 1e3, pieces = mem.pieces.len(), "state collected");
+    let t_pages = Instant::now();
     let out = pages::dump(&o.dir, &mem.pieces, o.threads, progress)?;
+    tracing::info!(ms = t_pages.elapsed().as_secs_f64() * 1e3, chunks = out.chunks.len(), "pages written");
     fault::check("after-pages")?;
     let mut m = Manifest {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),

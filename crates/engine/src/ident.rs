@@ -114,7 +114,10 @@ pub fn collect_mm(r: &mut Remote) -> Result<MmInfo> {
 pub fn restore_mm(r: &mut Remote, mm: &MmInfo) -> Result<()> {
     let auxv: Vec<u8> = words(&mm.auxv);
     let auxv_addr = r.put(1024, &auxv)?;
-    let exe_fd = if mm.exe.is_empty() || mm.exe.ends_with(" (deleted)") {
+    // Same file as the stub's own executable: nothing to change (and the
+    // kernel refuses to swap an exe that is still mapped).
+    let current = procfs::readlink(&format!("/proc/{}/exe", r.pid)).unwrap_or_default();
+    let exe_fd = if mm.exe.is_empty() || mm.exe.ends_with(" (deleted)") || mm.exe == current {
         None
     } else {
         Some(crate::mm::open_in_task(r, &mm.exe, libc::O_RDONLY)?)

@@ -268,8 +268,8 @@ pub fn map_scratch(r: &mut Remote, stub: &StubLayout, p: &Process) -> Result<u64
         nr::MMAP,
         &[at, len, rw, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, u64::MAX, 0],
     )?;
-    // syscall; ud2
-    cryopod_sys::mem::write(r.pid, got, &[0x0f, 0x05, 0x0f, 0x0b])?;
+    // syscall; int3 (the injection gadget)
+    cryopod_sys::mem::write(r.pid, got, &[0x0f, 0x05, 0xcc])?;
     r.call("mprotect(scratch code)", nr::MPROTECT, &[got, PAGE, (libc::PROT_READ | libc::PROT_EXEC) as u64])?;
     r.inj.site = got;
     r.data = got + PAGE;

@@ -88,7 +88,9 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     let m = cryopod_image::read_manifest(&o.dir)?;
     let reader = PackReader::open(&o.dir, &m)?;
     progress("verify", 0, 1);
+    let t_verify = Instant::now();
     reader.verify_all(&m, o.threads)?;
+    debug!(ms = t_verify.elapsed().as_secs_f64() * 1e3, "page hashes verified");
     preflight(&m)?;
     fault::check("restore-before-fork")?;
 
@@ -210,7 +212,7 @@ fn build_all(m: &Manifest, reader: &PackReader, pack_fds: &[i32], ready_w: i32, 
     let mut remotes: BTreeMap<i32, Remote> = BTreeMap::new();
     for p in &order {
         seize_stub(p.pid).map_err(EngineError::during(format!("process {}", p.pid)))?;
-        remotes.insert(p.pid, Remote { inj: Injector::new(p.pid, own_syscall_site())?, pid: p.pid, data: 0 });
+        remotes.insert(p.pid, Remote { inj: Injector::with_gadget(p.pid, own_syscall_site())?, pid: p.pid, data: 0 });
     }
     debug!("all stubs seized");
     tree::join_groups(m, &mut remotes)?;
@@ -273,7 +275,7 @@ fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx, ready_w: i32) ->
     let mut others: Vec<Remote> = Vec::new();
     for t in &p.threads[1..] {
         threads::create(r, t.tid).map_err(EngineError::during(format!("thread {}", t.tid)))?;
-        others.push(Remote { inj: Injector::new(t.tid, r.inj.site)?, pid: p.pid, data: r.data });
+        others.push(Remote { inj: Injector::with_gadget(t.tid, r.inj.site)?, pid: p.pid, data: r.data });
     }
     debug!(pid = p.pid, "{}", "threads::restore_state");
     threads::restore_state(r, leader)?;
@@ -285,6 +287,13 @@ fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx, ready_w: i32) ->
     }
     debug!(pid = p.pid, "{}", "ident::restore_creds");
     ident::restore_creds(r, &p.creds).map_err(EngineError::during("credentials"))?;
+    // From here on, no more int3: SIGTRAP's own disposition is set last, and
+    // the scratch page (holding the gadget) goes away.
+    r.inj.gadget = false;
+    for o in others.iter_mut() {
+        o.inj.gadget = false;
+    }
+    signals::restore_actions_only(r, &p.sigactions, &[libc::SIGTRAP])?;
     // Pending signals, while every signal is still blocked in the stub.
     for info in &p.shared_pending {
         signals::queue(r, None, info)?;

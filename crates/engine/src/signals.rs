@@ -39,6 +39,17 @@ pub fn restore_actions(r: &mut Remote, acts: &[SigAction]) -> Result<()> {
     Ok(())
 }
 
+/// Set the dispositions of just `sigs`.
+pub fn restore_actions_only(r: &mut Remote, acts: &[SigAction], sigs: &[i32]) -> Result<()> {
+    for &s in sigs {
+        if let Some(a) = acts.get(s as usize - 1) {
+            let addr = r.put(0, &words(&[a.handler, a.flags, a.restorer, a.mask]))?;
+            r.call(&format!("rt_sigaction({s})"), nr::RT_SIGACTION, &[s as u64, addr, 0, 8])?;
+        }
+    }
+    Ok(())
+}
+
 pub fn collect_itimers(r: &mut Remote) -> Result<Vec<ItimerVal>> {
     let mut out = Vec::new();
     for which in 0..3u64 {

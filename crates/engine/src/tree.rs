@@ -76,8 +76,10 @@ fn stub_main(plan: &StubPlan, pid: i32) -> ! {
 
 fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
     // Everything blocked but SIGCHLD (an ignored SIGCHLD from a zombie child
-    // is then discarded instead of staying pending).
-    util::set_signal_mask(!(1u64 << (libc::SIGCHLD - 1)));
+    // is then discarded instead of staying pending) and SIGTRAP (raised by
+    // the injection gadget; a forced signal that is blocked would have its
+    // handler reset).
+    util::set_signal_mask(!((1u64 << (libc::SIGCHLD - 1)) | (1u64 << (libc::SIGTRAP - 1))));
     let p = plan
         .m
         .processes

@@ -1,8 +1,13 @@
 //! Running a syscall inside another task: the task is stopped under ptrace,
 //! its registers are pointed at a `syscall` instruction with the arguments
-//! loaded, and it runs exactly that one syscall between a syscall-entry and a
-//! syscall-exit stop. `orig_rax = -1` keeps the kernel's restart logic away
-//! from the injected call (see KERNEL-NOTES.md).
+//! loaded, and it runs exactly that one syscall. Two kinds of site:
+//! - a bare `syscall` (e.g. in the vDSO of a task being checkpointed): the
+//!   task runs between a syscall-entry and a syscall-exit stop;
+//! - a gadget `syscall; int3` (in the restorer's text, or the scratch page of
+//!   a task being restored): one PTRACE_CONT and one SIGTRAP stop, half the
+//!   round trips.
+//! `orig_rax = -1` keeps the kernel's restart logic away from the injected
+//! call (see KERNEL-NOTES.md).
 
 use crate::ptrace::{self, Regs, Stop};
 use crate::{Errno, Pid, SysError, SysResult};
@@ -12,6 +17,8 @@ pub struct Injector {
     pub tid: Pid,
     /// Address of a `syscall` instruction mapped executable in the task.
     pub site: u64,
+    /// The site is followed by `int3` (gadget mode).
+    pub gadget: bool,
     /// Register values used for everything but the syscall registers.
     base: Regs,
     /// Signals that arrived while injecting (dequeued by the kernel; the
@@ -25,7 +32,14 @@ impl Injector {
     /// Start injecting into `tid`, remembering its current registers.
     pub fn new(tid: Pid, site: u64) -> SysResult<Self> {
         let base = ptrace::get_regs(tid)?;
-        Ok(Injector { tid, site, base, deferred: Vec::new(), new_threads: Vec::new() })
+        Ok(Injector { tid, site, gadget: false, base, deferred: Vec::new(), new_threads: Vec::new() })
+    }
+
+    /// Like [`Injector::new`], for a site that is a `syscall; int3` gadget.
+    pub fn with_gadget(tid: Pid, site: u64) -> SysResult<Self> {
+        let mut i = Self::new(tid, site)?;
+        i.gadget = true;
+        Ok(i)
     }
 
     /// The registers the task had when injection started.
@@ -45,13 +59,66 @@ impl Injector {
             *slot = v;
         }
         ptrace::set_regs(self.tid, &r)?;
-        // Entry stop, then exit stop.
-        for _ in 0..2 {
-            ptrace::cont_syscall(self.tid)?;
-            self.wait_syscall_stop(nr)?;
+        if self.gadget {
+            ptrace::cont(self.tid, 0)?;
+            self.wait_gadget_trap(nr)?;
+        } else {
+            // Entry stop, then exit stop.
+            for _ in 0..2 {
+                ptrace::cont_syscall(self.tid)?;
+                self.wait_syscall_stop(nr)?;
+            }
         }
         let out = ptrace::get_regs(self.tid)?;
         Ok(out.rax as i64)
+    }
+
+    /// Gadget mode: the `int3` after the syscall stops the task with SIGTRAP.
+    fn wait_gadget_trap(&mut self, nr: i64) -> SysResult<()> {
+        loop {
+            match ptrace::wait(self.tid)? {
+                Stop::Signal(libc::SIGTRAP) => return Ok(()),
+                Stop::Event(_, ev) => {
+                    if ev == libc::PTRACE_EVENT_CLONE {
+                        self.note_clone();
+                    }
+                    ptrace::cont(self.tid, 0)?;
+                }
+                Stop::Signal(sig @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE)) => {
+                    return Err(SysError::new(
+                        format!("injected syscall {nr} (task got fatal signal {sig})"),
+                        self.tid,
+                        Errno(libc::EFAULT),
+                    ));
+                }
+                Stop::Signal(_) => {
+                    self.defer_signal();
+                    ptrace::cont(self.tid, 0)?;
+                }
+                Stop::Syscall => ptrace::cont(self.tid, 0)?,
+                Stop::Exited(c) | Stop::Killed(c) => {
+                    return Err(SysError::new(
+                        format!("injected syscall {nr} (task ended with {c})"),
+                        self.tid,
+                        Errno(libc::ESRCH),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn note_clone(&mut self) {
+        let mut child: libc::c_ulong = 0;
+        // SAFETY: GETEVENTMSG writes one unsigned long.
+        unsafe { libc::ptrace(libc::PTRACE_GETEVENTMSG, self.tid, 0, &mut child as *mut libc::c_ulong) };
+        self.new_threads.push(child as Pid);
+    }
+
+    fn defer_signal(&mut self) {
+        let mut info = [0u8; 128];
+        // SAFETY: GETSIGINFO writes a 128-byte siginfo.
+        unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, self.tid, 0, info.as_mut_ptr()) };
+        self.deferred.push(info);
     }
 
     fn wait_syscall_stop(&mut self, nr: i64) -> SysResult<()> {
@@ -60,12 +127,7 @@ impl Injector {
                 Stop::Syscall => return Ok(()),
                 Stop::Event(_, ev) => {
                     if ev == libc::PTRACE_EVENT_CLONE {
-                        let mut child: libc::c_ulong = 0;
-                        // SAFETY: GETEVENTMSG writes one unsigned long.
-                        unsafe {
-                            libc::ptrace(libc::PTRACE_GETEVENTMSG, self.tid, 0, &mut child as *mut libc::c_ulong)
-                        };
-                        self.new_threads.push(child as Pid);
+                        self.note_clone();
                     }
                     ptrace::cont_syscall(self.tid)?;
                 }
@@ -77,10 +139,7 @@ impl Injector {
                     ));
                 }
                 Stop::Signal(_sig) => {
-                    let mut info = [0u8; 128];
-                    // SAFETY: GETSIGINFO writes a 128-byte siginfo.
-                    unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, self.tid, 0, info.as_mut_ptr()) };
-                    self.deferred.push(info);
+                    self.defer_signal();
                     ptrace::cont_syscall(self.tid)?;
                 }
                 Stop::Exited(c) | Stop::Killed(c) => {
@@ -139,15 +198,15 @@ std::arch::global_asm!(
     ".type cryopod_syscall_gadget,@function",
     "cryopod_syscall_gadget:",
     "syscall",
-    "ud2",
+    "int3",
 );
 
 extern "C" {
     fn cryopod_syscall_gadget();
 }
 
-/// Address of a `syscall` instruction in our own text. A forked stub has it
-/// at the same address, so the restorer can inject into a stub before the
+/// Address of a `syscall; int3` gadget in our own text. A forked stub has
+/// it at the same address, so the restorer can inject into a stub before the
 /// stub's memory is replaced.
 pub fn own_syscall_site() -> u64 {
     cryopod_syscall_gadget as *const () as usize as u64

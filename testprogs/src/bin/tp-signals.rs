@@ -84,6 +84,10 @@ fn main() {
         let rt = install(rt2, on_rt as *const () as usize, libc::SA_SIGINFO, 0);
         let rt3a = install(rt3, on_rt as *const () as usize, libc::SA_SIGINFO | libc::SA_ONSTACK, 0);
         let ign = install(libc::SIGUSR2, libc::SIG_IGN, 0, 0);
+        // The restorer's injection gadget raises SIGTRAP: the program's own
+        // SIGTRAP handler must survive it.
+        let trap =
+            install(libc::SIGTRAP, on_usr1 as *const () as usize, libc::SA_SIGINFO | libc::SA_NODEFER, libc::SIGHUP);
         let dfl_hup = get(libc::SIGHUP);
         // Alternate signal stack.
         let stack = vec![0u8; 64 * 1024].leak();
@@ -115,6 +119,7 @@ fn main() {
         c.check("SIGUSR1 handler, flags and mask", same(&get(libc::SIGUSR1), &usr1), "differs");
         c.check("RT handler", same(&get(rt2), &rt), "differs");
         c.check("RT+3 handler with SA_ONSTACK", same(&get(rt3), &rt3a), "differs");
+        c.check("SIGTRAP handler", same(&get(libc::SIGTRAP), &trap), "differs");
         c.check("SIGUSR2 ignored", get(libc::SIGUSR2).sa_sigaction == ign.sa_sigaction, "not ignored");
         c.check("SIGHUP default", same(&get(libc::SIGHUP), &dfl_hup), "differs");
         let mut old: libc::stack_t = std::mem::zeroed();

@@ -1,0 +1,229 @@
+//! Checkpoint/restore speed against this machine's own limits, measured in
+//! the same run:
+//! - checkpoint of a process with 4 GiB of touched, incompressible anonymous
+//!   memory into tmpfs, against tmpfs write bandwidth;
+//! - restore of that image, against first-touch anonymous memory bandwidth;
+//! - checkpoint and restore of a small process (a bash loop), in ms.
+//!
+//! `CRYOPOD_BENCH_GIB` changes the size (default 4).
+
+use cryopod_engine::{checkpoint, restore, CheckpointOptions, RestoreOptions};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+const SHM: &str = "/dev/shm/cryopod-bench";
+
+fn gbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+fn xorshift_fill(buf: &mut [u64], seed: u64) {
+    let mut x = seed | 1;
+    for w in buf.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *w = x;
+    }
+}
+
+/// tmpfs write bandwidth: a warm 4 MiB buffer written `bytes` times over.
+fn tmpfs_write_bw(bytes: u64) -> f64 {
+    let path = format!("{SHM}/bw-probe");
+    let mut buf = vec![0u64; 512 * 1024];
+    xorshift_fill(&mut buf, 7);
+    let raw: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut f = std::fs::File::create(&path).unwrap();
+    let t = Instant::now();
+    let mut done = 0;
+    while done < bytes {
+        f.write_all(&raw).unwrap();
+        done += raw.len() as u64;
+    }
+    f.sync_data().unwrap();
+    let bw = gbps(done, t.elapsed());
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
+    bw
+}
+
+/// First-touch bandwidth of fresh anonymous memory (as the restored process
+/// has it: no MADV_HUGEPAGE), writing every byte.
+fn first_touch_bw(bytes: u64) -> f64 {
+    // SAFETY: a private anonymous mapping we own and unmap below.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            bytes as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert!(p != libc::MAP_FAILED);
+        let t = Instant::now();
+        std::ptr::write_bytes(p as *mut u8, 0x5a, bytes as usize);
+        let bw = gbps(bytes, t.elapsed());
+        libc::munmap(p, bytes as usize);
+        bw
+    }
+}
+
+/// Fork a child holding `bytes` of incompressible memory; it exits 0 on
+/// SIGUSR1 if its memory still matches its checksum, else 1.
+fn spawn_big(bytes: u64) -> i32 {
+    let (r, w) = {
+        let mut p = [0; 2];
+        unsafe { libc::pipe(p.as_mut_ptr()) };
+        (p[0], p[1])
+    };
+    // SAFETY: the bench is single-threaded here; the child only computes and
+    // makes raw syscalls.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let words = (bytes / 8) as usize;
+        let mut mem = vec![0u64; words];
+        xorshift_fill(&mut mem, 99);
+        let sum = mem.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            libc::write(w, b"r".as_ptr().cast(), 1);
+            libc::close(w);
+            libc::close(r);
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            let again = mem.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+            libc::_exit(if again == sum { 0 } else { 1 });
+        }
+    }
+    let mut b = [0u8; 1];
+    unsafe {
+        libc::close(w);
+        libc::read(r, b.as_mut_ptr().cast(), 1);
+        libc::close(r);
+    }
+    pid
+}
+
+fn reap(pid: i32) -> i32 {
+    let mut st = 0;
+    unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+    st
+}
+
+fn wait_gone(pid: i32) {
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let mut st = 0;
+        unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG | libc::__WALL) };
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn quiet(_: &str, _: u64, _: u64) {}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` probing: nothing to list.
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let gib: u64 = std::env::var("CRYOPOD_BENCH_GIB").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let bytes = gib << 30;
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let _ = std::fs::remove_dir_all(SHM);
+    std::fs::create_dir_all(SHM).unwrap();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+
+    println!(
+        "cryopod benchmark: {gib} GiB process, {threads} CPUs, kernel {}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+    );
+    let tmpfs = tmpfs_write_bw(bytes);
+    let touch = first_touch_bw(bytes);
+    println!("machine limits: tmpfs write {tmpfs:.2} GB/s, first-touch anonymous memory {touch:.2} GB/s");
+
+    // Large checkpoint.
+    let pid = spawn_big(bytes);
+    let img = std::path::PathBuf::from(format!("{SHM}/big"));
+    let t = Instant::now();
+    let s = checkpoint(&CheckpointOptions { pid, dir: img.clone(), leave_running: false, threads }, &quiet)
+        .expect("checkpoint");
+    let ck = t.elapsed();
+    reap(pid);
+    wait_gone(pid);
+    let ck_bw = gbps(s.memory_bytes, ck);
+    println!(
+        "checkpoint {gib} GiB: {:.3} s, {ck_bw:.2} GB/s = {:.0}% of tmpfs write bandwidth (target >= 80%); image {:.2} GiB",
+        ck.as_secs_f64(),
+        100.0 * ck_bw / tmpfs,
+        s.image_bytes as f64 / (1u64 << 30) as f64
+    );
+    // Large restore.
+    let t = Instant::now();
+    let o = restore(&RestoreOptions { dir: img.clone(), threads }, &quiet).expect("restore");
+    let rs = t.elapsed();
+    let rs_bw = gbps(o.memory_bytes, rs);
+    println!(
+        "restore {gib} GiB: {:.3} s, {rs_bw:.2} GB/s = {:.0}% of first-touch bandwidth (target >= 80%), hash verification included",
+        rs.as_secs_f64(),
+        100.0 * rs_bw / touch
+    );
+    unsafe { libc::kill(o.root_pid, libc::SIGUSR1) };
+    let st = reap(o.root_pid);
+    println!(
+        "restored process verified its 4 GiB checksum: {}",
+        if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 { "ok" } else { "FAILED" }
+    );
+    std::fs::remove_dir_all(&img).unwrap();
+
+    // Small process: a bash loop with a child sleep.
+    let mut cks = Vec::new();
+    let mut rss = Vec::new();
+    for i in 0..7 {
+        let child = std::process::Command::new("bash")
+            .args(["-c", "i=0; while :; do i=$((i+1)); sleep 0.05; done"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("bash");
+        let pid = child.id() as i32;
+        std::thread::sleep(Duration::from_millis(120));
+        let dir = std::path::PathBuf::from(format!("{SHM}/small-{i}"));
+        let t = Instant::now();
+        checkpoint(&CheckpointOptions { pid, dir: dir.clone(), leave_running: false, threads }, &quiet)
+            .expect("small checkpoint");
+        cks.push(t.elapsed());
+        reap(pid);
+        // Its child sleep is orphaned to us (subreaper): wait for every pid.
+        let m = cryopod_image::read_manifest(&dir).unwrap();
+        for p in &m.processes {
+            wait_gone(p.pid);
+        }
+        let t = Instant::now();
+        let o = restore(&RestoreOptions { dir: dir.clone(), threads }, &quiet).expect("small restore");
+        rss.push(t.elapsed());
+        for p in &m.processes {
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+        reap(o.root_pid);
+        for p in &m.processes {
+            wait_gone(p.pid);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    cks.sort();
+    rss.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "small process (bash loop + child sleep), median of 7: checkpoint {:.2} ms ({:.0}% of the 10 ms target), restore {:.2} ms ({:.0}% of the 10 ms target)",
+        ms(cks[3]),
+        ms(cks[3]) * 10.0,
+        ms(rss[3]),
+        ms(rss[3]) * 10.0
+    );
+    let _ = std::fs::remove_dir_all(SHM);
+}
