@@ -8,7 +8,7 @@
 use crate::files::FileTable;
 use crate::pages::{split_aligned, Piece, Src};
 use crate::procfs::{self, MapEntry};
-use crate::remote::{nr, words, Remote};
+use crate::remote::{nr, Remote};
 use crate::{EngineError, Result};
 use cryopod_image::{vma_flags, Manifest, Process, Run, SharedMem, Vma, VmaKind, PAGE};
 use cryopod_sys::pagemap::{self, Pagemap};
@@ -342,30 +342,63 @@ fn move_trio(r: &mut Remote, cur: &[(u64, u64)], to: u64) -> Result<Vec<(u64, u6
     Ok(out)
 }
 
-/// Restore context for areas: the pack fds in the stub, and where shared
-/// objects were first mapped (pid, start, end).
+/// Restore context for areas: the pack reader, the worker count for
+/// filling, and where shared objects were first mapped (pid, start, end).
 pub struct AreaCtx<'a> {
     pub m: &'a Manifest,
-    pub pack_fds: &'a [i32],
     pub reader: &'a cryopod_image::store::PackReader,
+    pub threads: usize,
     pub shmem_home: &'a mut HashMap<u32, (i32, u64, u64)>,
 }
 
-/// Map every area of `p` into the stub and fill its pages.
+/// Files opened in the task for mappings, reused across its areas: by
+/// (path, mode) the fd and where its last mapping ended (address, offset).
+#[derive(Default)]
+struct OpenFiles {
+    by_path: HashMap<(String, i32), (u64, u64, u64)>,
+    all: Vec<u64>,
+}
+
+/// Work left after the areas are mapped: pages to copy in (address, chunk)
+/// and protections to set once they are filled.
+#[derive(Default)]
+struct Pending {
+    fill: Vec<(u64, u32)>,
+    protect: Vec<(u64, u64, u64)>,
+}
+
+/// Map every area of `p` into the stub, then fill all their pages at once
+/// (in parallel, from the restorer), then set final protections.
 pub fn restore_areas(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()> {
+    let mut files = OpenFiles::default();
+    let mut pending = Pending::default();
+    let mut res = Ok(());
     for v in &p.vmas {
-        restore_area(r, v, cx).map_err(EngineError::during(format!(
-            "pid {} memory area {:#x}-{:#x} {}",
-            p.pid, v.start, v.end, v.name
-        )))?;
+        res = restore_area(r, v, cx, &mut files, &mut pending)
+            .map_err(EngineError::during(format!("pid {} memory area {:#x}-{:#x} {}", p.pid, v.start, v.end, v.name)));
+        if res.is_err() {
+            break;
+        }
+    }
+    for fd in files.all {
+        r.call("close", nr::CLOSE, &[fd])?;
+    }
+    res?;
+    crate::pages::fill(r.pid, &pending.fill, cx.m, cx.reader, cx.threads)
+        .map_err(EngineError::during(format!("pid {} memory contents", p.pid)))?;
+    for (start, len, prot) in pending.protect {
+        r.call("mprotect", nr::MPROTECT, &[start, len, prot])?;
     }
     Ok(())
 }
 
-fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx) -> Result<()> {
+fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles, pending: &mut Pending) -> Result<()> {
     let len = v.end - v.start;
     let prot = u64::from(v.prot);
     let w = libc::PROT_WRITE as u64;
+    let queue = |pending: &mut Pending, runs: &[Run], base: u64| {
+        pending.fill.extend(runs.iter().filter_map(|run| run.chunk.map(|c| (base + run.addr, c))));
+    };
     match v.kind {
         VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall => return Ok(()),
         VmaKind::Anon => {
@@ -375,47 +408,51 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx) -> Result<()> {
             }
             r.call("mmap", nr::MMAP, &[v.start, len, prot | w, flags, u64::MAX, 0])?;
             apply_madvise(r, v)?;
-            fill_runs(r, &v.runs, 0, cx)?;
+            queue(pending, &v.runs, 0);
         }
         VmaKind::SharedAnon { shmem, pgoff } => {
             if let Some(&(hp, hs, he)) = cx.shmem_home.get(&shmem) {
                 let path = format!("/proc/{hp}/map_files/{hs:x}-{he:x}");
-                let fd = open_in_task(
-                    r,
-                    &path,
-                    if v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY },
-                )?;
+                let mode = if v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
+                let fd = open_in_task(r, &path, mode)?;
                 let res =
                     r.call("mmap(shared)", nr::MMAP, &[v.start, len, prot, MAP_SHARED | MAP_FIXED, fd, pgoff * PAGE]);
                 r.call("close", nr::CLOSE, &[fd])?;
                 res?;
                 apply_madvise(r, v)?;
-            } else {
-                let obj = &cx.m.shmem[shmem as usize];
-                if pgoff != 0 || len != obj.size {
-                    return Err(EngineError::Unsupported {
-                        pid: r.pid,
-                        what: "a shared anonymous object first mapped only in part".into(),
-                    });
-                }
-                r.call(
-                    "mmap(shared)",
-                    nr::MMAP,
-                    &[v.start, len, prot | w, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, u64::MAX, 0],
-                )?;
-                apply_madvise(r, v)?;
-                fill_runs(r, &obj.runs, v.start, cx)?;
-                cx.shmem_home.insert(shmem, (r.pid, v.start, v.end));
+                return Ok(());
             }
+            let obj = &cx.m.shmem[shmem as usize];
+            if pgoff != 0 || len != obj.size {
+                return Err(EngineError::Unsupported {
+                    pid: r.pid,
+                    what: "a shared anonymous object first mapped only in part".into(),
+                });
+            }
+            let flags = MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED;
+            r.call("mmap(shared)", nr::MMAP, &[v.start, len, prot | w, flags, u64::MAX, 0])?;
+            apply_madvise(r, v)?;
+            queue(pending, &obj.runs, v.start);
+            cx.shmem_home.insert(shmem, (r.pid, v.start, v.end));
         }
         VmaKind::File { file, pgoff } => {
             let path = crate::files::mapping_path(&cx.m.files[file as usize]);
             let mode = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
-            let fd = open_in_task(r, &path, mode)?;
+            // Reuse the fd, unless this area directly continues the last one
+            // mapped through it: the kernel would merge the two areas (one
+            // file, contiguous offsets), which the original did not have.
+            let key = (path.clone(), mode);
+            let fd = match files.by_path.get(&key) {
+                Some(&(fd, end, end_off)) if !(end == v.start && end_off == pgoff * PAGE) => fd,
+                _ => {
+                    let fd = open_in_task(r, &path, mode)?;
+                    files.all.push(fd);
+                    fd
+                }
+            };
+            files.by_path.insert(key, (fd, v.end, pgoff * PAGE + len));
             let share = if v.shared { MAP_SHARED } else { MAP_PRIVATE };
-            let res = r.call("mmap(file)", nr::MMAP, &[v.start, len, prot, share | MAP_FIXED, fd, pgoff * PAGE]);
-            r.call("close", nr::CLOSE, &[fd])?;
-            res?;
+            r.call("mmap(file)", nr::MMAP, &[v.start, len, prot, share | MAP_FIXED, fd, pgoff * PAGE])?;
             apply_madvise(r, v)?;
             // CoW'd pages: forced writes (the mapping may be read-only).
             let mut buf = vec![0u8; (cryopod_image::CHUNK_PAGES * PAGE) as usize];
@@ -430,7 +467,7 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx) -> Result<()> {
         }
     }
     if prot & w == 0 {
-        r.call("mprotect", nr::MPROTECT, &[v.start, len, prot])?;
+        pending.protect.push((v.start, len, prot));
     }
     Ok(())
 }
@@ -455,40 +492,4 @@ pub fn open_in_task(r: &mut Remote, path: &str, flags: i32) -> Result<u64> {
     let a = r.put_str(0, path)?;
     let at_fdcwd = libc::AT_FDCWD as i64 as u64;
     r.call(&format!("open({path})"), nr::OPENAT, &[at_fdcwd, a, (flags | libc::O_CLOEXEC) as u64, 0])
-}
-
-/// Fill runs (addresses relative to `base`) by preadv from the pack files,
-/// executed by the task itself: the kernel copies from the page cache
-/// straight into the task's memory.
-fn fill_runs(r: &mut Remote, runs: &[Run], base: u64, cx: &AreaCtx) -> Result<()> {
-    const MAX_IOV: usize = 1024;
-    let mut iov: Vec<u64> = Vec::new();
-    let mut cur: Option<(u32, u64, u64)> = None; // pack, start offset, next offset
-    let flush = |r: &mut Remote, iov: &mut Vec<u64>, cur: &mut Option<(u32, u64, u64)>| -> Result<()> {
-        if let Some((pack, start, next)) = cur.take() {
-            let fd = *cx.pack_fds.get(pack as usize).ok_or_else(|| EngineError::Other("pack fd missing".into()))?;
-            let a = r.put(8192, &words(iov))?;
-            let n = r.call("preadv(pages)", nr::PREADV, &[fd as u64, a, (iov.len() / 2) as u64, start, 0])?;
-            if n != next - start {
-                return Err(EngineError::Other(format!("short page read: {n} of {} bytes", next - start)));
-            }
-            iov.clear();
-        }
-        Ok(())
-    };
-    for run in runs {
-        let Some(c) = run.chunk else { continue };
-        let ch = &cx.m.chunks[c as usize];
-        let contiguous = matches!(cur, Some((p, _, next)) if p == ch.pack && next == ch.offset);
-        if !contiguous || iov.len() / 2 >= MAX_IOV {
-            flush(r, &mut iov, &mut cur)?;
-            cur = Some((ch.pack, ch.offset, ch.offset));
-        }
-        iov.push(base + run.addr);
-        iov.push(u64::from(ch.len));
-        if let Some(c) = cur.as_mut() {
-            c.2 += u64::from(ch.len);
-        }
-    }
-    flush(r, &mut iov, &mut cur)
 }

@@ -208,3 +208,68 @@ fn run_batch(
     }
     Ok(o as u64)
 }
+
+/// Copy stored pages into a stopped task: `jobs` are (address, chunk),
+/// sorted by address. Workers read runs of chunks that are contiguous in a
+/// pack with one pread, then write them into the task with one
+/// process_vm_writev; several workers fault the task's pages in parallel.
+pub fn fill(
+    pid: i32,
+    jobs: &[(u64, u32)],
+    m: &cryopod_image::Manifest,
+    reader: &cryopod_image::store::PackReader,
+    threads: usize,
+) -> Result<()> {
+    // Group into batches: consecutive jobs contiguous in one pack, <= 4 MiB.
+    let mut batches: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < jobs.len() {
+        let first = &m.chunks[jobs[i].1 as usize];
+        let mut end = first.offset + u64::from(first.len);
+        let mut j = i + 1;
+        while j < jobs.len() {
+            let c = &m.chunks[jobs[j].1 as usize];
+            if c.pack != first.pack || c.offset != end || end - first.offset + u64::from(c.len) > BATCH_BYTES {
+                break;
+            }
+            end += u64::from(c.len);
+            j += 1;
+        }
+        batches.push((i, j));
+        i = j;
+    }
+    let next = AtomicUsize::new(0);
+    let workers = threads.clamp(1, 16).min(batches.len().max(1));
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    // Filling is parallel work: run on every CPU even if the
+                    // restorer's main thread is pinned.
+                    let _ = cryopod_sys::util::set_affinity(0, &[u64::MAX; 16]);
+                    let mut buf = vec![0u8; BATCH_BYTES as usize];
+                    loop {
+                        let b = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(lo, hi)) = batches.get(b) else { return Ok(()) };
+                        let first = &m.chunks[jobs[lo].1 as usize];
+                        let f = reader.file(first.pack).ok_or_else(|| EngineError::Other("pack missing".into()))?;
+                        let mut off = 0usize;
+                        let mut iov = Vec::with_capacity(hi - lo);
+                        for &(addr, c) in &jobs[lo..hi] {
+                            let l = m.chunks[c as usize].len as usize;
+                            iov.push((addr, off, l));
+                            off += l;
+                        }
+                        f.read_exact_at(&mut buf[..off], first.offset)
+                            .map_err(|e| EngineError::Other(format!("reading page data: {e}")))?;
+                        cryopod_sys::mem::write_ranges(pid, &iov, &buf[..off])?;
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().map_err(|_| EngineError::Other("page filler thread panicked".into()))??;
+        }
+        Ok(())
+    })
+}

@@ -99,11 +99,6 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     let max_target = m.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
     let base = (max_target + 1).max(16);
     let srcs = files::open_all(&m, base)?;
-    let mut pack_fds: Vec<OwnedFd> = Vec::new();
-    for i in 0..m.packs.len() {
-        let f = reader.file(i as u32).ok_or_else(|| EngineError::Other("pack missing".into()))?;
-        pack_fds.push(util::dup_at_least(f.as_raw_fd(), base)?);
-    }
     let (ready_r, ready_w) = util::pipe()?;
     let ready_w = util::dup_at_least(ready_w.as_raw_fd(), base)?;
     let mut fd_plan: BTreeMap<i32, Vec<(i32, i32, bool)>> = BTreeMap::new();
@@ -115,22 +110,13 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             .collect();
         fd_plan.insert(p.pid, v);
     }
-    let plan = StubPlan {
-        m: &m,
-        children: tree::children_map(&m),
-        fds: fd_plan,
-        keep: pack_fds.iter().map(|f| f.as_raw_fd()).collect(),
-        ready_w: ready_w.as_raw_fd(),
-    };
+    let plan = StubPlan { m: &m, children: tree::children_map(&m), fds: fd_plan, ready_w: ready_w.as_raw_fd() };
     debug!("forking the stub tree");
     let root = tree::spawn(&plan)?;
     drop(srcs);
     drop(ready_w);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
-    let res = wait_ready(&m, &ready_r).and_then(|_| {
-        let pfds: Vec<i32> = pack_fds.iter().map(|f| f.as_raw_fd()).collect();
-        build_all(&m, &reader, &pfds, plan.ready_w, progress)
-    });
+    let res = wait_ready(&m, &ready_r).and_then(|_| build_all(&m, &reader, o.threads, plan.ready_w, progress));
     match res {
         Ok(()) => {
             let (mem, _) = m.memory_bytes();
@@ -207,10 +193,32 @@ fn seize_stub(pid: i32) -> Result<()> {
     }
 }
 
-fn build_all(m: &Manifest, reader: &PackReader, pack_fds: &[i32], ready_w: i32, progress: Progress) -> Result<()> {
+fn build_all(m: &Manifest, reader: &PackReader, threads: usize, ready_w: i32, progress: Progress) -> Result<()> {
     let order: Vec<&Process> = tree::tree_order(m).into_iter().filter(|p| p.zombie_status.is_none()).collect();
+    // Injection is a ptrace round trip per syscall; across CPUs each wakeup
+    // costs ~40 us in this VM, on one CPU ~10 us. Keep the restorer's main
+    // thread and every stub on one CPU until the threads get their own
+    // affinity back (page fill workers unpin themselves).
+    let own_affinity = util::get_affinity(0)?;
+    let cpu = util::one_cpu(util::current_cpu());
+    util::set_affinity(0, &cpu)?;
+    let res = build_all_pinned(m, reader, threads, ready_w, progress, &order, &cpu);
+    let _ = util::set_affinity(0, &own_affinity);
+    res
+}
+
+fn build_all_pinned(
+    m: &Manifest,
+    reader: &PackReader,
+    threads: usize,
+    ready_w: i32,
+    progress: Progress,
+    order: &[&Process],
+    cpu: &[u64],
+) -> Result<()> {
     let mut remotes: BTreeMap<i32, Remote> = BTreeMap::new();
-    for p in &order {
+    for p in order {
+        util::set_affinity(p.pid, cpu)?;
         seize_stub(p.pid).map_err(EngineError::during(format!("process {}", p.pid)))?;
         remotes.insert(p.pid, Remote { inj: Injector::with_gadget(p.pid, own_syscall_site())?, pid: p.pid, data: 0 });
     }
@@ -220,9 +228,9 @@ fn build_all(m: &Manifest, reader: &PackReader, pack_fds: &[i32], ready_w: i32, 
     let total: u64 = m.memory_bytes().0;
     let mut done = 0u64;
     let mut all_threads: Vec<i32> = Vec::new();
-    for p in &order {
+    for p in order {
         let r = remotes.get_mut(&p.pid).ok_or_else(|| EngineError::Other("lost a stub".into()))?;
-        let mut cx = AreaCtx { m, pack_fds, reader, shmem_home: &mut shmem_home };
+        let mut cx = AreaCtx { m, reader, threads, shmem_home: &mut shmem_home };
         build_process(r, p, &mut cx, ready_w).map_err(EngineError::during(format!("process {}", p.pid)))?;
         all_threads.extend(p.threads.iter().map(|t| t.tid));
         done += p
@@ -256,9 +264,6 @@ fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx, ready_w: i32) ->
     debug!(pid = p.pid, "{}", "mm::restore_areas");
     mm::restore_areas(r, p, cx)?;
     fault::check("restore-after-memory")?;
-    for &fd in cx.pack_fds {
-        r.call("close(pack)", nr::CLOSE, &[fd as u64])?;
-    }
     // The stub closes the readiness pipe itself right after reporting, but
     // may have been seized just before doing so.
     r.raw(nr::CLOSE, &[ready_w as u64])?;

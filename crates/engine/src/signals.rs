@@ -8,11 +8,20 @@ use crate::remote::{nr, words, Remote};
 use crate::Result;
 use cryopod_image::{ItimerVal, PosixTimer, SigAction};
 
-/// rt_sigaction for every signal 1..=64.
+/// Signals whose disposition is not SIG_DFL (caught or ignored), from
+/// /proc/pid/status, plus SIGCHLD (its flags matter even at SIG_DFL).
+pub fn non_default(pid: i32) -> Result<u64> {
+    let st = procfs::read(pid, "status")?;
+    Ok(procfs::status_hex(&st, "SigIgn") | procfs::status_hex(&st, "SigCgt") | (1 << (libc::SIGCHLD - 1)))
+}
+
+/// Dispositions of signals 1..=64; only non-default ones need an injected
+/// rt_sigaction, the rest are SIG_DFL with no flags.
 pub fn collect_actions(r: &mut Remote) -> Result<Vec<SigAction>> {
+    let nd = non_default(r.pid)?;
     let mut out = Vec::with_capacity(64);
     for sig in 1..=64u64 {
-        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 || nd & (1 << (sig - 1)) == 0 {
             out.push(SigAction::default());
             continue;
         }
@@ -27,10 +36,16 @@ pub fn collect_actions(r: &mut Remote) -> Result<Vec<SigAction>> {
     Ok(out)
 }
 
+/// Set every disposition that differs from what the stub has: the stub's
+/// non-default ones (inherited from the restorer) and the image's.
 pub fn restore_actions(r: &mut Remote, acts: &[SigAction]) -> Result<()> {
+    let stub_nd = non_default(r.pid)?;
     for (i, a) in acts.iter().enumerate() {
         let sig = i as u64 + 1;
         if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            continue;
+        }
+        if *a == SigAction::default() && stub_nd & (1 << (sig - 1)) == 0 {
             continue;
         }
         let addr = r.put(0, &words(&[a.handler, a.flags, a.restorer, a.mask]))?;

@@ -70,7 +70,8 @@ pub fn collect(r: &mut Remote) -> Result<Thread> {
     let le = |a: usize| u64::from_ne_bytes(ss[a..a + 8].try_into().unwrap_or_default());
     let sigaltstack = (le(0), le(8) as u32 as i32, le(16));
     let pending = ptrace::peek_siginfo(tid, false)?.into_iter().map(|s| s.to_vec()).collect();
-    Ok(Thread { tid, regs, xstate, sigmask, comm, clear_child_tid, robust_list, rseq, sigaltstack, pending })
+    let affinity = cryopod_sys::util::get_affinity(tid)?;
+    Ok(Thread { tid, regs, xstate, sigmask, comm, clear_child_tid, robust_list, rseq, sigaltstack, pending, affinity })
 }
 
 /// Create thread `tid` from the stopped leader `r`; returns once the new
@@ -149,9 +150,16 @@ pub fn resume_regs(t: &Thread, base: &Regs) -> Regs {
     r
 }
 
-/// Final step for a thread: xstate, registers, signal mask.
+/// Final step for a thread: xstate, registers, signal mask, CPU affinity.
 pub fn set_final(tid: Pid, t: &Thread) -> Result<()> {
     ptrace::set_xstate(tid, &t.xstate)?;
+    if !t.affinity.is_empty() {
+        // CPUs that no longer exist are the kernel's to refuse; the thread
+        // then keeps the restorer's CPU rather than failing the restore.
+        if cryopod_sys::util::set_affinity(tid, &t.affinity).is_err() {
+            tracing::warn!(tid, "cannot restore CPU affinity {:?}", t.affinity);
+        }
+    }
     let base = ptrace::get_regs(tid)?;
     ptrace::set_regs(tid, &resume_regs(t, &base))?;
     ptrace::set_sigmask(tid, t.sigmask)?;

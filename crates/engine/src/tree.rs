@@ -18,8 +18,6 @@ pub struct StubPlan<'a> {
     pub children: BTreeMap<i32, Vec<i32>>,
     /// Per pid: (target fd, source fd in the restorer, close-on-exec).
     pub fds: BTreeMap<i32, Vec<(i32, i32, bool)>>,
-    /// Restorer fds every stub keeps until told otherwise (page packs).
-    pub keep: Vec<i32>,
     /// Write end of the readiness pipe.
     pub ready_w: i32,
 }
@@ -101,8 +99,7 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
         report(plan, &format!("Z {pid}\n"));
         util::die_with_status(status);
     }
-    let mut keep: Vec<i32> = plan.keep.clone();
-    keep.push(plan.ready_w);
+    let mut keep: Vec<i32> = vec![plan.ready_w];
     for &(target, src, cloexec) in plan.fds.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
         util::dup_to(src, target, cloexec)?;
         keep.push(target);

@@ -91,6 +91,8 @@ pub struct Thread {
     /// (ss_sp, ss_flags, ss_size)
     pub sigaltstack: (u64, i32, u64),
     pub pending: Vec<Vec<u8>>,
+    /// CPU affinity mask words (empty: leave as is).
+    pub affinity: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]

@@ -16,6 +16,7 @@ fn sample() -> Manifest {
         rseq: None,
         sigaltstack: (0, 2, 0),
         pending: vec![],
+        affinity: vec![3],
     };
     let vma = Vma {
         start: 0x10000,

@@ -6,6 +6,7 @@
 //! - a gadget `syscall; int3` (in the restorer's text, or the scratch page of
 //!   a task being restored): one PTRACE_CONT and one SIGTRAP stop, half the
 //!   round trips.
+//!
 //! `orig_rax = -1` keeps the kernel's restart logic away from the injected
 //! call (see KERNEL-NOTES.md).
 

@@ -71,3 +71,35 @@ pub fn write_forced(pid: Pid, addr: u64, data: &[u8]) -> SysResult<()> {
         SysError::new(format!("write mem at {addr:#x}"), pid, Errno(e.raw_os_error().unwrap_or(libc::EIO)))
     })
 }
+
+/// Write slices of `data` to several places of another process in one
+/// process_vm_writev per IOV_MAX ranges: `ranges` are (remote address,
+/// offset in data, length).
+pub fn write_ranges(pid: Pid, ranges: &[(u64, usize, usize)], data: &[u8]) -> SysResult<()> {
+    for batch in ranges.chunks(IOV_MAX) {
+        let (lo, hi) = match (batch.first(), batch.last()) {
+            (Some(a), Some(b)) => (a.1, b.1 + b.2),
+            _ => continue,
+        };
+        if hi > data.len() || batch.windows(2).any(|w| w[0].1 + w[0].2 != w[1].1) {
+            return Err(SysError::new("process_vm_writev (ranges not contiguous in data)", pid, Errno(libc::EINVAL)));
+        }
+        let remote: Vec<libc::iovec> =
+            batch.iter().map(|&(a, _, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l }).collect();
+        let local = libc::iovec { iov_base: data[lo..].as_ptr() as *mut libc::c_void, iov_len: hi - lo };
+        // SAFETY: the local iovec covers a live slice of `data` that the
+        // kernel only reads; remote iovecs are addresses in the other process.
+        let n = unsafe { libc::process_vm_writev(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
+        if n < 0 {
+            return Err(SysError::last(format!("process_vm_writev at {:#x}", batch[0].0), pid));
+        }
+        if (n as usize) < hi - lo {
+            return Err(SysError::new(
+                format!("process_vm_writev at {:#x}: short write ({n} of {} bytes)", batch[0].0, hi - lo),
+                pid,
+                Errno(libc::EFAULT),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -360,3 +360,39 @@ pub fn die_with_status(status: i32) -> ! {
     }
     exit_now(libc::WEXITSTATUS(status))
 }
+
+/// CPU affinity of a thread (0 = the calling thread), as 64-bit mask words.
+pub fn get_affinity(tid: Pid) -> SysResult<Vec<u64>> {
+    let mut words = vec![0u64; 16];
+    // SAFETY: the kernel writes at most the given size into `words`.
+    let r = unsafe { libc::syscall(libc::SYS_sched_getaffinity, tid, words.len() * 8, words.as_mut_ptr()) };
+    if r < 0 {
+        return Err(SysError::last("sched_getaffinity", tid));
+    }
+    words.truncate((r as usize).div_ceil(8));
+    Ok(words)
+}
+
+/// Set the CPU affinity of a thread (0 = the calling thread).
+pub fn set_affinity(tid: Pid, mask: &[u64]) -> SysResult<()> {
+    // SAFETY: the kernel reads mask.len() * 8 bytes from a live slice.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setaffinity, tid, mask.len() * 8, mask.as_ptr()) };
+    if r < 0 {
+        return Err(SysError::last("sched_setaffinity", tid));
+    }
+    Ok(())
+}
+
+/// The CPU the calling thread runs on.
+pub fn current_cpu() -> usize {
+    // SAFETY: no arguments.
+    let c = unsafe { libc::sched_getcpu() };
+    c.max(0) as usize
+}
+
+/// A mask with just `cpu` set.
+pub fn one_cpu(cpu: usize) -> Vec<u64> {
+    let mut m = vec![0u64; cpu / 64 + 1];
+    m[cpu / 64] |= 1 << (cpu % 64);
+    m
+}

@@ -21,6 +21,15 @@ struct Before {
     robust: u64,
 }
 
+/// This thread's Cpus_allowed_list (/proc/self is the leader's).
+fn own_affinity() -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{}/status", gettid()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:").map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
 fn sigmask() -> u64 {
     unsafe {
         let mut old: libc::sigset_t = std::mem::zeroed();
@@ -77,6 +86,16 @@ fn main() {
                 libc::sigaddset(&mut set, libc::SIGRTMIN() + i as i32);
                 libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             }
+            // Worker 1 is pinned to the last CPU: the affinity must survive.
+            let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            if i == 1 && ncpu > 1 {
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(ncpu - 1, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
+            }
+            let affinity = own_affinity();
             let me = Before { tid: gettid(), mask: sigmask(), robust: robust_head() };
             let tid0 = me.tid;
             let (mask0, robust0) = (me.mask, me.robust);
@@ -114,6 +133,8 @@ fn main() {
             res.push((format!("sigmask of worker {i}"), sigmask() == mask0, format!("{:#x} vs {mask0:#x}", sigmask())));
             res.push((format!("robust list of worker {i}"), robust_head() == robust0, String::new()));
             res.push((format!("TLS of worker {i}"), MINE.with(|m| m.get()) == 1000 + i, String::new()));
+            let now = own_affinity();
+            res.push((format!("CPU affinity of worker {i}"), now == affinity, format!("{now} vs {affinity}")));
             let comm = std::fs::read_to_string(format!("/proc/self/task/{}/comm", gettid())).unwrap_or_default();
             res.push((format!("name of worker {i}"), comm.trim() == format!("worker-{i}"), comm.trim().to_string()));
             if let Some(reg) = rseq_registered() {
