@@ -249,6 +249,8 @@ fn main() {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+    let list = |v: &[Duration]| v.iter().map(|d| format!("{:.1}", d.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(" ");
+    println!("small process samples (ms): checkpoint {}; restore {}", list(&cks), list(&rss));
     cks.sort();
     rss.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

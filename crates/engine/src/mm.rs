@@ -359,10 +359,12 @@ struct OpenFiles {
     all: Vec<u64>,
 }
 
-/// Work left after the areas are mapped: pages to copy in (address, chunk)
-/// and protections to set once they are filled.
+/// Work left after the areas are mapped: pages to copy in (address, chunk),
+/// CoW'd pages of file mappings to write in by force, and protections to
+/// set once they are filled.
 #[derive(Default)]
 struct Pending {
+    forced: Vec<(u64, u32)>,
     fill: Vec<(u64, u32)>,
     protect: Vec<(u64, u64, u64)>,
 }
@@ -384,8 +386,22 @@ pub fn restore_areas(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()
         r.call("close", nr::CLOSE, &[fd])?;
     }
     res?;
+    let t = std::time::Instant::now();
     crate::pages::fill(r.pid, &pending.fill, cx.m, cx.reader, cx.threads)
         .map_err(EngineError::during(format!("pid {} memory contents", p.pid)))?;
+    tracing::debug!(us = t.elapsed().as_micros() as u64, runs = pending.fill.len(), "filled");
+    let t = std::time::Instant::now();
+    if !pending.forced.is_empty() {
+        // CoW'd pages of file mappings, which may be read-only: forced writes.
+        let mem = cryopod_sys::mem::ProcMem::open(r.pid)?;
+        let mut buf = vec![0u8; (cryopod_image::CHUNK_PAGES * PAGE) as usize];
+        for &(addr, c) in &pending.forced {
+            let ch = &cx.m.chunks[c as usize];
+            cx.reader.read_chunk(ch, &mut buf)?;
+            mem.write_forced(addr, &buf[..ch.len as usize])?;
+        }
+    }
+    tracing::debug!(us = t.elapsed().as_micros() as u64, runs = pending.forced.len(), "forced writes");
     for (start, len, prot) in pending.protect {
         r.call("mprotect", nr::MPROTECT, &[start, len, prot])?;
     }
@@ -454,15 +470,7 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
             let share = if v.shared { MAP_SHARED } else { MAP_PRIVATE };
             r.call("mmap(file)", nr::MMAP, &[v.start, len, prot, share | MAP_FIXED, fd, pgoff * PAGE])?;
             apply_madvise(r, v)?;
-            // CoW'd pages: forced writes (the mapping may be read-only).
-            let mut buf = vec![0u8; (cryopod_image::CHUNK_PAGES * PAGE) as usize];
-            for run in &v.runs {
-                if let Some(c) = run.chunk {
-                    let ch = &cx.m.chunks[c as usize];
-                    cx.reader.read_chunk(ch, &mut buf)?;
-                    cryopod_sys::mem::write_forced(r.pid, run.addr, &buf[..ch.len as usize])?;
-                }
-            }
+            pending.forced.extend(v.runs.iter().filter_map(|run| run.chunk.map(|c| (run.addr, c))));
             return Ok(());
         }
     }

@@ -238,35 +238,45 @@ pub fn fill(
         batches.push((i, j));
         i = j;
     }
+    let largest = batches
+        .iter()
+        .map(|&(lo, hi)| jobs[lo..hi].iter().map(|&(_, c)| m.chunks[c as usize].len as usize).sum::<usize>())
+        .max()
+        .unwrap_or(0);
     let next = AtomicUsize::new(0);
+    let worker = |pinned: bool| -> Result<()> {
+        if !pinned {
+            // Filling is parallel work: run on every CPU even if the
+            // restorer's main thread is pinned.
+            let _ = cryopod_sys::util::set_affinity(0, &[u64::MAX; 16]);
+        }
+        // Sized to the largest batch: zeroing and faulting in a 4 MiB buffer
+        // would cost more than filling a small process.
+        let mut buf = vec![0u8; largest];
+        loop {
+            let b = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(lo, hi)) = batches.get(b) else { return Ok(()) };
+            let first = &m.chunks[jobs[lo].1 as usize];
+            let f = reader.file(first.pack).ok_or_else(|| EngineError::Other("pack missing".into()))?;
+            let mut off = 0usize;
+            let mut iov = Vec::with_capacity(hi - lo);
+            for &(addr, c) in &jobs[lo..hi] {
+                let l = m.chunks[c as usize].len as usize;
+                iov.push((addr, off, l));
+                off += l;
+            }
+            f.read_exact_at(&mut buf[..off], first.offset)
+                .map_err(|e| EngineError::Other(format!("reading page data: {e}")))?;
+            cryopod_sys::mem::write_ranges(pid, &iov, &buf[..off])?;
+        }
+    };
+    // Threads pay off only for more than a few batches.
     let workers = threads.clamp(1, 16).min(batches.len().max(1));
+    if workers == 1 || batches.len() < 4 {
+        return worker(true);
+    }
     std::thread::scope(|s| {
-        let hs: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    // Filling is parallel work: run on every CPU even if the
-                    // restorer's main thread is pinned.
-                    let _ = cryopod_sys::util::set_affinity(0, &[u64::MAX; 16]);
-                    let mut buf = vec![0u8; BATCH_BYTES as usize];
-                    loop {
-                        let b = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(lo, hi)) = batches.get(b) else { return Ok(()) };
-                        let first = &m.chunks[jobs[lo].1 as usize];
-                        let f = reader.file(first.pack).ok_or_else(|| EngineError::Other("pack missing".into()))?;
-                        let mut off = 0usize;
-                        let mut iov = Vec::with_capacity(hi - lo);
-                        for &(addr, c) in &jobs[lo..hi] {
-                            let l = m.chunks[c as usize].len as usize;
-                            iov.push((addr, off, l));
-                            off += l;
-                        }
-                        f.read_exact_at(&mut buf[..off], first.offset)
-                            .map_err(|e| EngineError::Other(format!("reading page data: {e}")))?;
-                        cryopod_sys::mem::write_ranges(pid, &iov, &buf[..off])?;
-                    }
-                })
-            })
-            .collect();
+        let hs: Vec<_> = (0..workers).map(|_| s.spawn(|| worker(false))).collect();
         for h in hs {
             h.join().map_err(|_| EngineError::Other("page filler thread panicked".into()))??;
         }

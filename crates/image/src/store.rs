@@ -132,7 +132,13 @@ impl PackReader {
     pub fn verify_all(&self, m: &Manifest, threads: usize) -> Result<()> {
         let mut order: Vec<usize> = (0..m.chunks.len()).collect();
         order.sort_by_key(|&i| (m.chunks[i].pack, m.chunks[i].offset));
-        let per = order.len().div_ceil(threads.max(1)).max(1);
+        // Threads pay off only for more than a few MiB.
+        let total: u64 = m.chunks.iter().map(|c| u64::from(c.len)).sum();
+        let threads = if total < 16 << 20 { 1 } else { threads.max(1) };
+        if threads == 1 {
+            return self.verify_part(m, &order);
+        }
+        let per = order.len().div_ceil(threads).max(1);
         std::thread::scope(|s| {
             let handles: Vec<_> = order.chunks(per).map(|part| s.spawn(move || self.verify_part(m, part))).collect();
             for h in handles {
@@ -144,7 +150,8 @@ impl PackReader {
 
     fn verify_part(&self, m: &Manifest, ids: &[usize]) -> Result<()> {
         const BLOCK: u64 = 8 << 20;
-        let mut buf = vec![0u8; BLOCK as usize];
+        let total: u64 = ids.iter().map(|&i| u64::from(m.chunks[i].len)).sum();
+        let mut buf = vec![0u8; total.min(BLOCK) as usize];
         let mut i = 0;
         while i < ids.len() {
             let first = &m.chunks[ids[i]];

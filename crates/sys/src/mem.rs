@@ -103,3 +103,27 @@ pub fn write_ranges(pid: Pid, ranges: &[(u64, usize, usize)], data: &[u8]) -> Sy
     }
     Ok(())
 }
+
+/// `/proc/<pid>/mem` kept open for many forced writes into one process.
+pub struct ProcMem {
+    file: std::fs::File,
+    pid: Pid,
+}
+
+impl ProcMem {
+    pub fn open(pid: Pid) -> SysResult<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|e| SysError::new("open /proc/pid/mem", pid, Errno(e.raw_os_error().unwrap_or(0))))?;
+        Ok(ProcMem { file, pid })
+    }
+
+    /// Write even into read-only or executable mappings (forced).
+    pub fn write_forced(&self, addr: u64, data: &[u8]) -> SysResult<()> {
+        self.file.write_all_at(data, addr).map_err(|e| {
+            SysError::new(format!("write mem at {addr:#x}"), self.pid, Errno(e.raw_os_error().unwrap_or(libc::EIO)))
+        })
+    }
+}
