@@ -19,7 +19,31 @@ fn roundtrip(name: &str, bin: &str) -> String {
 
 #[test]
 fn memory() {
-    roundtrip("memory", env!("CARGO_BIN_EXE_tp-memory"));
+    let mut run = Run::testprog("memory", env!("CARGO_BIN_EXE_tp-memory"));
+    let before = outside_view(run.pid);
+    run.checkpoint(&[]);
+    // What the image holds: only what matters.
+    let o = cryopod(&["inspect", "--json", run.image.to_str().unwrap()], &[]);
+    assert_eq!(o.0, 0, "{}", o.2);
+    let v: serde_json::Value = serde_json::from_str(&o.1).unwrap();
+    let root = &v["processes"][0];
+    let vmas = root["vmas"].as_array().unwrap();
+    let by_name = |suffix: &str| vmas.iter().find(|m| m["name"].as_str().unwrap_or("").ends_with(suffix)).unwrap();
+    assert_eq!(by_name("private.dat")["saved_bytes"], 4096, "only the CoW'd page of a private file mapping is saved");
+    assert_eq!(by_name("shared.dat")["saved_bytes"], 0, "a shared file mapping's pages live in the file");
+    let zero: u64 = vmas.iter().map(|m| m["zero_bytes"].as_u64().unwrap()).sum();
+    assert!(zero >= 2 << 20, "zero pages (read-only touched, written zeros) must be recorded, not stored: {zero}");
+    let refd = v["memory_referenced_bytes"].as_u64().unwrap();
+    let stored = v["memory_stored_bytes"].as_u64().unwrap();
+    assert!(stored + (1 << 20) < refd, "parent and child pages must be stored once: {stored} of {refd}");
+    assert!(v["image_bytes"].as_u64().unwrap() < stored + (1 << 20));
+    run.restore_and_verify_keep(|pid| {
+        let after = outside_view(pid);
+        assert_eq!(before.2, after.2, "thread count differs");
+        assert_eq!(before.1, after.1, "fd list differs");
+        let missing: Vec<&String> = before.0.iter().filter(|l| !after.0.contains(l)).collect();
+        assert!(missing.is_empty(), "areas missing after restore: {missing:#?}");
+    });
 }
 
 #[test]

@@ -173,15 +173,15 @@ fn unsupported(pid: i32, m: &MapEntry, what: &str) -> EngineError {
 
 /// Attach stored chunks (and recorded zero pages) to their areas as runs,
 /// sorted by address, adjacent zero runs merged.
-pub fn attach_runs(m: &mut Manifest, mc: &MemCollector, chunk_of: &[Option<u32>]) {
-    let zero = mc.zero.iter().map(|(d, n)| (*d, *n, None));
-    let data = mc.dests.iter().zip(&mc.pieces).zip(chunk_of).map(|((d, p), c)| (*d, p.pages, *c));
-    for (d, pages, chunk) in data.chain(zero) {
+pub fn attach_runs(m: &mut Manifest, mc: &MemCollector, segments: &[Vec<crate::pages::Segment>]) {
+    let zero = mc.zero.iter().map(|(d, n)| (*d, 0, *n, None));
+    let data = mc.dests.iter().zip(segments).flat_map(|(d, segs)| segs.iter().map(move |&(off, n, c)| (*d, off, n, c)));
+    for (d, first, pages, chunk) in data.chain(zero) {
         let (runs, addr) = match d {
             Dest::Vma { proc, vma, addr } => (&mut m.processes[proc].vmas[vma].runs, addr),
             Dest::Shmem { id, off } => (&mut m.shmem[id as usize].runs, off),
         };
-        runs.push(Run { addr, pages, chunk });
+        runs.push(Run { addr: addr + u64::from(first) * PAGE, pages, chunk });
     }
     let tidy = |runs: &mut Vec<Run>| {
         runs.sort_by_key(|r| r.addr);

@@ -1,8 +1,9 @@
 //! Writing page contents: pieces of memory (at most one 64 KiB-aligned
 //! window each) are read in large batches straight into worker buffers with
-//! process_vm_readv, hashed with BLAKE3, deduplicated by hash across the
-//! whole checkpoint, and appended to one pack per worker. All-zero pieces are
-//! recorded as zero and never stored.
+//! process_vm_readv; each piece is split at its zero pages (recorded, never
+//! stored), and each non-zero segment is hashed with BLAKE3, deduplicated by
+//! hash across the whole checkpoint, and appended to one pack per worker.
+//! Reading pages back into a restored task is here too ([`fill`]).
 
 use crate::{EngineError, Progress, Result};
 use cryopod_image::store::{ChunkTable, PackWriter};
@@ -28,15 +29,18 @@ pub struct Piece {
     pub pages: u32,
 }
 
+/// Part of a piece: (first page in the piece, pages, chunk or None for zero).
+pub type Segment = (u32, u32, Option<u32>);
+
 pub struct PagesOut {
-    /// Per piece: its chunk id, or None for an all-zero piece.
-    pub chunk_of: Vec<Option<u32>>,
+    /// Per piece: its segments.
+    pub chunk_of: Vec<Vec<Segment>>,
     pub packs: Vec<Pack>,
     pub chunks: Vec<Chunk>,
 }
 
-/// What one writer thread produced: its pack, and (piece, chunk) pairs.
-type WorkerOut = (Pack, Vec<(usize, Option<u32>)>);
+/// What one writer thread produced: its pack, and each piece's segments.
+type WorkerOut = (Pack, Vec<(usize, Vec<Segment>)>);
 
 const BATCH_BYTES: u64 = 4 << 20;
 static ZERO: [u8; (CHUNK_PAGES * PAGE) as usize] = [0; (CHUNK_PAGES * PAGE) as usize];
@@ -101,7 +105,7 @@ pub fn dump(dir: &Path, pieces: &[Piece], threads: usize, progress: Progress) ->
             .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Other("page writer thread panicked".into()))))
             .collect()
     });
-    let mut chunk_of = vec![None; pieces.len()];
+    let mut chunk_of = vec![Vec::new(); pieces.len()];
     let mut packs = Vec::new();
     for r in results {
         let (pack, out) = r?;
@@ -119,9 +123,60 @@ fn run_batch(
     buf: &mut [u8],
     pack: &mut PackWriter,
     table: &ChunkTable,
-    out: &mut Vec<(usize, Option<u32>)>,
+    out: &mut Vec<(usize, Vec<Segment>)>,
 ) -> Result<u64> {
-    // Read: consecutive Mem pieces of one pid in one process_vm_readv.
+    let total = read_batch(pieces, buf)?;
+    // Split every piece at its zero pages; store each non-zero segment once.
+    let page = PAGE as usize;
+    let mut o = 0usize;
+    let mut writes: Vec<(usize, usize)> = Vec::new();
+    let mut pending = 0u64;
+    for (k, p) in pieces.iter().enumerate() {
+        let l = p.pages as usize * page;
+        let data = &buf[o..o + l];
+        let mut segs = Vec::new();
+        if data == &ZERO[..l] {
+            segs.push((0, p.pages, None));
+        } else {
+            let mut pg = 0usize;
+            while pg < p.pages as usize {
+                let zero = data[pg * page..(pg + 1) * page] == ZERO[..page];
+                let mut end = pg + 1;
+                while end < p.pages as usize && (data[end * page..(end + 1) * page] == ZERO[..page]) == zero {
+                    end += 1;
+                }
+                let chunk = if zero {
+                    None
+                } else {
+                    let bytes = &data[pg * page..end * page];
+                    let c = Chunk {
+                        hash: *blake3::hash(bytes).as_bytes(),
+                        pack: pack.index,
+                        offset: pack.offset + pending,
+                        len: bytes.len() as u32,
+                    };
+                    let (id, new) = table.get_or_insert(c);
+                    if new {
+                        writes.push((o + pg * page, bytes.len()));
+                        pending += bytes.len() as u64;
+                    }
+                    Some(id)
+                };
+                segs.push((pg as u32, (end - pg) as u32, chunk));
+                pg = end;
+            }
+        }
+        out.push((base + k, segs));
+        o += l;
+    }
+    let slices: Vec<&[u8]> = writes.iter().map(|&(a, l)| &buf[a..a + l]).collect();
+    pack.append(&slices)?;
+    Ok(total as u64)
+}
+
+/// Read the bytes of `pieces` into `buf`, back to back. Consecutive memory
+/// pieces of one process go in one process_vm_readv.
+fn read_batch(pieces: &[Piece], buf: &mut [u8]) -> Result<usize> {
     let mut off = 0usize;
     let mut i = 0;
     while i < pieces.len() {
@@ -164,49 +219,7 @@ fn run_batch(
             }
         }
     }
-    // Hash, dedupe, write the new ones in one vectored append.
-    let mut o = 0usize;
-    let mut new: Vec<(usize, [u8; 32], usize, usize)> = Vec::new();
-    for (k, p) in pieces.iter().enumerate() {
-        let l = p.pages as usize * PAGE as usize;
-        let data = &buf[o..o + l];
-        if data == &ZERO[..l] {
-            out.push((base + k, None));
-        } else {
-            let h = *blake3::hash(data).as_bytes();
-            match table.lookup(&h) {
-                Some(id) => out.push((base + k, Some(id))),
-                None => {
-                    if let Some(prev) = new.iter().find(|n| n.1 == h) {
-                        // Same content twice in this batch: reference the first.
-                        let first = prev.0;
-                        new.push((base + k, h, usize::MAX, first));
-                    } else {
-                        new.push((base + k, h, o, l));
-                    }
-                }
-            }
-        }
-        o += l;
-    }
-    let slices: Vec<&[u8]> = new.iter().filter(|n| n.2 != usize::MAX).map(|n| &buf[n.2..n.2 + n.3]).collect();
-    let mut at = pack.append(&slices)?;
-    let mut ids = std::collections::HashMap::new();
-    for n in &new {
-        if n.2 == usize::MAX {
-            continue;
-        }
-        let id = table.insert(Chunk { hash: n.1, pack: pack.index, offset: at, len: n.3 as u32 });
-        at += n.3 as u64;
-        ids.insert(n.1, id);
-        out.push((n.0, Some(id)));
-    }
-    for n in &new {
-        if n.2 == usize::MAX {
-            out.push((n.0, ids.get(&n.1).copied()));
-        }
-    }
-    Ok(o as u64)
+    Ok(off)
 }
 
 /// Copy stored pages into a stopped task: `jobs` are (address, chunk),

@@ -67,20 +67,21 @@ impl ChunkTable {
         self.inner.lock().ok()?.0.get(hash).copied()
     }
 
-    /// Record a stored chunk; if another writer stored the same hash first,
-    /// its id is returned (the duplicate bytes stay unreferenced in a pack).
-    pub fn insert(&self, chunk: Chunk) -> u32 {
+    /// The id of the chunk with this hash: an existing one (false), or
+    /// `chunk` itself, newly recorded (true), which the caller must then
+    /// write where `chunk` says before the manifest is written.
+    pub fn get_or_insert(&self, chunk: Chunk) -> (u32, bool) {
         let mut g = match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         if let Some(&id) = g.0.get(&chunk.hash) {
-            return id;
+            return (id, false);
         }
         let id = g.1.len() as u32;
         g.0.insert(chunk.hash, id);
         g.1.push(chunk);
-        id
+        (id, true)
     }
 
     pub fn into_chunks(self) -> Vec<Chunk> {
