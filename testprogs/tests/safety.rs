@@ -136,3 +136,89 @@ fn taken_pid_is_named_and_nothing_is_created() {
     assert!(c.2.contains("already in use"), "{}", c.2);
     run.go_and_expect_pass();
 }
+
+#[test]
+fn seccomp_is_refused_not_dropped() {
+    // A program under a seccomp filter would lose it on restore: refused,
+    // and left running.
+    let mut run = Run::start(
+        "seccomp",
+        "python3",
+        &[
+            "-c",
+            "import ctypes, os, time; libc = ctypes.CDLL(None); \
+             libc.prctl(38, 1, 0, 0, 0); \
+             prog = (ctypes.c_ubyte * 8)(6, 0, 0, 0, 0, 0, 0xff, 0x7f); \
+             fprog = (ctypes.c_ubyte * 16)(); \
+             ctypes.memmove(fprog, ctypes.byref(ctypes.c_ushort(1)), 2); \
+             ctypes.memmove(ctypes.addressof(fprog) + 8, ctypes.byref(ctypes.c_void_p(ctypes.addressof(prog))), 8); \
+             assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0; \
+             print('READY', flush=True); \
+             [time.sleep(0.02) for _ in iter(lambda: os.path.exists('go'), True)]; print('PASS', flush=True)",
+        ],
+    );
+    let out = std::process::Command::new(cryopod_bin())
+        .args(["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("seccomp"), "{err}");
+    run.go_and_expect_pass();
+}
+
+fn chown_tree(dir: &Path, uid: u32, gid: u32) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        std::os::unix::fs::chown(e.path(), Some(uid), Some(gid)).unwrap();
+    }
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+}
+
+#[test]
+fn user_owned_images_grant_nothing_more() {
+    // A process that opened a root-only file, then dropped to uid 1000.
+    let d = format!("/tmp/cryopod-test-owned-{}", std::process::id());
+    let secret = format!("{d}/secret");
+    let mut run = Run::start(
+        "owned",
+        "python3",
+        &[
+            "-c",
+            &format!(
+                "import os, time; open('{secret}', 'w').write('s3cret'); os.chmod('{secret}', 0o600); \
+                 f = open('{secret}'); os.setgroups([]); os.setresgid(1000, 1000, 1000); os.setresuid(1000, 1000, 1000); \
+                 print('READY', flush=True); \
+                 [time.sleep(0.02) for _ in iter(lambda: os.path.exists('{d}/go'), True)]; \
+                 print('PASS' if f.read() == 's3cret' else 'FAIL (read)', flush=True)"
+            ),
+        ],
+    );
+    // Its output files are the user's own; only the secret is root's.
+    for f in ["out", "err"] {
+        std::os::unix::fs::chown(run.dir.join(f), Some(1000), Some(1000)).unwrap();
+    }
+    run.checkpoint(&[]);
+    let img = run.image.clone();
+    // Owned by uid 1000, the image cannot hand that user a root-only file.
+    chown_tree(&img, 1000, 1000);
+    let o = cryopod(&["restore", img.to_str().unwrap(), "--detach"], &[]);
+    assert_ne!(o.0, 0, "a user-owned image must not open root-only files");
+    assert!(o.2.contains("secret") && o.2.contains("ermission denied"), "{}", o.2);
+    // Root's own image: restored, and the program reads its file.
+    chown_tree(&img, 0, 0);
+    run.restore_and_verify();
+}
+
+#[test]
+fn user_owned_images_cannot_ask_for_privilege() {
+    // tp-ident runs as uid 1000 but keeps capabilities and groups 10,20,30.
+    let mut run = Run::testprog("owned-caps", env!("CARGO_BIN_EXE_tp-ident"));
+    run.checkpoint(&[]);
+    let img = run.image.clone();
+    chown_tree(&img, 1000, 1000);
+    let o = cryopod(&["restore", img.to_str().unwrap(), "--detach"], &[]);
+    assert_ne!(o.0, 0);
+    assert!(o.2.contains("owned by uid 1000") && o.2.contains("only root-owned images"), "{}", o.2);
+    chown_tree(&img, 0, 0);
+    run.restore_and_verify();
+}

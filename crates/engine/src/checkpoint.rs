@@ -183,6 +183,18 @@ fn collect_process(
     files: &mut FileTable,
     mem: &mut MemCollector,
 ) -> Result<Process> {
+    // Seccomp filters are not saved yet: a restored process would lose them,
+    // i.e. gain privilege. Refuse instead.
+    for &tid in tids {
+        let status = procfs::read(pid, &format!("task/{tid}/status"))?;
+        let mode = procfs::status_field(&status, "Seccomp").unwrap_or_default();
+        if mode != "0" && !mode.is_empty() {
+            return Err(EngineError::Unsupported {
+                pid,
+                what: format!("thread {tid} runs under seccomp (mode {mode}); its filters cannot be saved yet"),
+            });
+        }
+    }
     let st = procfs::stat(pid)?;
     let mut p = empty_process(pid, &st);
     p.vmas = mem.collect(pid, idx, files)?;

@@ -21,6 +21,7 @@ pub mod restore;
 pub mod signals;
 pub mod threads;
 pub mod tree;
+pub mod trust;
 
 pub use checkpoint::{checkpoint, CheckpointOptions, CheckpointSummary};
 pub use restore::{restore, RestoreOptions, RestoreOutcome};

@@ -44,6 +44,8 @@ pub mod nr {
     pub const RSEQ: i64 = 334;
     pub const CLONE3: i64 = 435;
     pub const PRLIMIT64: i64 = 302;
+    pub const SETFSUID: i64 = 122;
+    pub const SETFSGID: i64 = 123;
 }
 
 /// Size of the scratch data area.

@@ -90,6 +90,10 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     progress("verify", 0, 1);
     let t_verify = Instant::now();
     reader.verify_all(&m, o.threads)?;
+    let owner = crate::trust::image_owner(&o.dir)?;
+    if let Some(owner) = &owner {
+        crate::trust::check_creds(&m, owner)?;
+    }
     debug!(ms = t_verify.elapsed().as_secs_f64() * 1e3, "page hashes verified");
     preflight(&m)?;
     fault::check("restore-before-fork")?;
@@ -98,7 +102,13 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     util::raise_nofile();
     let max_target = m.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
     let base = (max_target + 1).max(16);
-    let srcs = files::open_all(&m, base)?;
+    // Files are opened with the image owner's file permissions.
+    let old_fs = owner.as_ref().map(|o| util::set_fs_ids(o.uid, o.gid));
+    let srcs = files::open_all(&m, base);
+    if let Some((u, g)) = old_fs {
+        util::set_fs_ids(u, g);
+    }
+    let srcs = srcs?;
     let (ready_r, ready_w) = util::pipe()?;
     let ready_w = util::dup_at_least(ready_w.as_raw_fd(), base)?;
     let mut fd_plan: BTreeMap<i32, Vec<(i32, i32, bool)>> = BTreeMap::new();
@@ -116,7 +126,17 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     drop(srcs);
     drop(ready_w);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
-    let res = wait_ready(&m, &ready_r).and_then(|_| build_all(&m, &reader, o.threads, plan.ready_w, progress));
+    let res = wait_ready(&m, &ready_r).and_then(|_| {
+        let b = Build {
+            m: &m,
+            reader: &reader,
+            threads: o.threads,
+            ready_w: plan.ready_w,
+            owner: owner.as_ref(),
+            progress,
+        };
+        build_all(&b)
+    });
     match res {
         Ok(()) => {
             let (mem, _) = m.memory_bytes();
@@ -193,7 +213,21 @@ fn seize_stub(pid: i32) -> Result<()> {
     }
 }
 
-fn build_all(m: &Manifest, reader: &PackReader, threads: usize, ready_w: i32, progress: Progress) -> Result<()> {
+/// What turning stubs into processes needs.
+struct Build<'a> {
+    m: &'a Manifest,
+    reader: &'a PackReader,
+    /// Threads for filling memory.
+    threads: usize,
+    /// The stubs' end of the readiness pipe (closed in each by injection).
+    ready_w: i32,
+    /// Owner of a non-root image: files are opened with their permissions.
+    owner: Option<&'a crate::trust::Owner>,
+    progress: Progress<'a>,
+}
+
+fn build_all(b: &Build) -> Result<()> {
+    let m = b.m;
     let order: Vec<&Process> = tree::tree_order(m).into_iter().filter(|p| p.zombie_status.is_none()).collect();
     // Injection is a ptrace round trip per syscall; across CPUs each wakeup
     // costs ~40 us in this VM, on one CPU ~10 us. Keep the restorer's main
@@ -202,20 +236,13 @@ fn build_all(m: &Manifest, reader: &PackReader, threads: usize, ready_w: i32, pr
     let own_affinity = util::get_affinity(0)?;
     let cpu = util::one_cpu(util::current_cpu());
     util::set_affinity(0, &cpu)?;
-    let res = build_all_pinned(m, reader, threads, ready_w, progress, &order, &cpu);
+    let res = build_all_pinned(b, &order, &cpu);
     let _ = util::set_affinity(0, &own_affinity);
     res
 }
 
-fn build_all_pinned(
-    m: &Manifest,
-    reader: &PackReader,
-    threads: usize,
-    ready_w: i32,
-    progress: Progress,
-    order: &[&Process],
-    cpu: &[u64],
-) -> Result<()> {
+fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64]) -> Result<()> {
+    let (m, reader, threads) = (b.m, b.reader, b.threads);
     let mut remotes: BTreeMap<i32, Remote> = BTreeMap::new();
     for p in order {
         util::set_affinity(p.pid, cpu)?;
@@ -231,7 +258,7 @@ fn build_all_pinned(
     for p in order {
         let r = remotes.get_mut(&p.pid).ok_or_else(|| EngineError::Other("lost a stub".into()))?;
         let mut cx = AreaCtx { m, reader, threads, shmem_home: &mut shmem_home };
-        build_process(r, p, &mut cx, ready_w).map_err(EngineError::during(format!("process {}", p.pid)))?;
+        build_process(b, r, p, &mut cx).map_err(EngineError::during(format!("process {}", p.pid)))?;
         all_threads.extend(p.threads.iter().map(|t| t.tid));
         done += p
             .vmas
@@ -240,7 +267,7 @@ fn build_all_pinned(
             .filter(|r| r.chunk.is_some())
             .map(|r| u64::from(r.pages) * PAGE_SIZE)
             .sum::<u64>();
-        progress("restore", done, total);
+        (b.progress)("restore", done, total);
     }
     fault::check("restore-before-resume")?;
     for t in all_threads {
@@ -249,11 +276,17 @@ fn build_all_pinned(
     Ok(())
 }
 
-fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx, ready_w: i32) -> Result<()> {
+fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()> {
     // The stub inherited glibc's rseq registration; the kernel would fault
     // writing to it once the stub's memory is gone.
     if let Some((ptr, len, sig)) = ptrace::get_rseq(p.pid)? {
         r.call("rseq(unregister stub)", nr::RSEQ, &[ptr, u64::from(len), 1, u64::from(sig)])?;
+    }
+    // Everything the stub opens by path (mapped files, exe, cwd) is checked
+    // with the image owner's file permissions.
+    if let Some(o) = b.owner {
+        r.call("setfsgid", nr::SETFSGID, &[u64::from(o.gid)])?;
+        r.call("setfsuid", nr::SETFSUID, &[u64::from(o.uid)])?;
     }
     let stub = mm::stub_layout(p.pid)?;
     let scratch = mm::map_scratch(r, &stub, p)?;
@@ -266,7 +299,7 @@ fn build_process(r: &mut Remote, p: &Process, cx: &mut AreaCtx, ready_w: i32) ->
     fault::check("restore-after-memory")?;
     // The stub closes the readiness pipe itself right after reporting, but
     // may have been seized just before doing so.
-    r.raw(nr::CLOSE, &[ready_w as u64])?;
+    r.raw(nr::CLOSE, &[b.ready_w as u64])?;
     debug!(pid = p.pid, "{}", "ident::restore_mm");
     ident::restore_mm(r, &p.mm).map_err(EngineError::during("mm fields (PR_SET_MM_MAP)"))?;
     debug!(pid = p.pid, "{}", "signals::restore_actions");

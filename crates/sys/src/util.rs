@@ -396,3 +396,20 @@ pub fn one_cpu(cpu: usize) -> Vec<u64> {
     m[cpu / 64] |= 1 << (cpu % 64);
     m
 }
+
+/// setfsuid + setfsgid for the calling thread: file permission checks are
+/// then made as that user. Returns the previous (fsuid, fsgid).
+pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
+    // SAFETY: integer arguments; setfsgid first, while we may still change it.
+    unsafe {
+        let old_gid = libc::setfsgid(gid) as u32;
+        let old_uid = libc::setfsuid(uid) as u32;
+        (old_uid, old_gid)
+    }
+}
+
+/// The effective uid of the calling process.
+pub fn euid() -> u32 {
+    // SAFETY: no arguments.
+    unsafe { libc::geteuid() }
+}
