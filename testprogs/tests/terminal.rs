@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,9 +44,13 @@ fn shell_job_attaches_to_the_restoring_terminal() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (mut ma, sa, name_a) = openpty();
-    let script = "echo started on $(tty); echo READY > state; while [ ! -e go ]; do sleep 0.02; done; echo now on $(tty); exit 3";
+    // A job in its own process group, as a shell starts it.
+    let script = "echo started on $(tty); echo READY > state; while [ ! -e go ]; do sleep 0.02; done; \
+                  read -ra s < /proc/$$/stat; [ \"${s[4]}\" = \"${s[7]}\" ] && echo in the foreground; \
+                  echo now on $(tty); exit 3";
     let mut child = Command::new("bash")
         .args(["-c", script])
+        .process_group(0)
         .current_dir(&dir)
         .stdin(Stdio::from(sa.try_clone().unwrap()))
         .stdout(Stdio::from(sa.try_clone().unwrap()))
@@ -73,7 +78,18 @@ fn shell_job_attaches_to_the_restoring_terminal() {
     }
     // Restore from another terminal, waiting for the job like a shell would.
     let (mut mb, sb, name_b) = openpty();
-    let mut restorer = Command::new(cryopod_bin())
+    // The restorer runs like an interactive shell: its own session, with
+    // the pty as its controlling terminal.
+    let mut restorer = Command::new(cryopod_bin());
+    // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe.
+    unsafe {
+        restorer.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut restorer = restorer
         .args(["restore", image.to_str().unwrap()])
         .stdin(Stdio::from(sb.try_clone().unwrap()))
         .stdout(Stdio::from(sb.try_clone().unwrap()))
@@ -84,6 +100,7 @@ fn shell_job_attaches_to_the_restoring_terminal() {
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(dir.join("go"), b"").unwrap();
     let seen = read_until(&mut mb, &format!("now on {name_b}"), Duration::from_secs(10));
+    assert!(seen.contains("in the foreground"), "the restored job should own the terminal: {seen:?}");
     let status = restorer.wait().unwrap();
     assert_eq!(status.code(), Some(3), "restorer should exit with the job's status; terminal showed {seen:?}");
     drop(ma);

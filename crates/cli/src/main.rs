@@ -148,7 +148,7 @@ fn run(cmd: Cmd) -> Result<i32> {
             if detach {
                 return Ok(0);
             }
-            Ok(cryopod_engine::restore::wait_root(o.root_pid)?)
+            Ok(cryopod_engine::restore::wait_root(o.root_pid, o.root_group)?)
         }
         Cmd::Inspect { dir, json } => {
             let m =

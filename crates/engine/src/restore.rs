@@ -28,6 +28,8 @@ pub struct RestoreOptions {
 #[derive(Debug)]
 pub struct RestoreOutcome {
     pub root_pid: i32,
+    /// The root's process group, if it leads one of its own (a shell job).
+    pub root_group: Option<i32>,
     pub processes: usize,
     pub threads: usize,
     pub memory_bytes: u64,
@@ -140,8 +142,10 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     match res {
         Ok(()) => {
             let (mem, _) = m.memory_bytes();
+            let root_rec = m.processes.iter().find(|p| p.pid == root);
             Ok(RestoreOutcome {
                 root_pid: root,
+                root_group: root_rec.filter(|p| p.pgid == p.pid).map(|p| p.pgid),
                 processes: m.processes.len(),
                 threads: m.processes.iter().map(|p| p.threads.len()).sum(),
                 memory_bytes: mem,
@@ -267,7 +271,7 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64]) -> Result<()> {
             .filter(|r| r.chunk.is_some())
             .map(|r| u64::from(r.pages) * PAGE_SIZE)
             .sum::<u64>();
-        (b.progress)("restore", done, total);
+        (b.progress)("memory", done, total);
     }
     fault::check("restore-before-resume")?;
     for t in all_threads {
@@ -350,8 +354,24 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
 }
 
 /// Wait for the restored root (our child) and turn its end into an exit
-/// code: its exit status, or 128 + the signal that killed it.
-pub fn wait_root(root: i32) -> Result<i32> {
+/// code: its exit status, or 128 + the signal that killed it. Like a shell
+/// running a job in the foreground: if we own the terminal on stdin and the
+/// job has its own process group, the job gets the terminal while it runs,
+/// and we take it back afterwards.
+pub fn wait_root(root: i32, job_group: Option<i32>) -> Result<i32> {
+    let ours = util::own_group();
+    let handed = match job_group {
+        Some(g) if g != ours && util::foreground_group(0) == Some(ours) => util::set_foreground_group(0, g).is_ok(),
+        _ => false,
+    };
+    let res = wait_exit(root);
+    if handed {
+        let _ = util::set_foreground_group(0, ours);
+    }
+    res
+}
+
+fn wait_exit(root: i32) -> Result<i32> {
     loop {
         let (_, status) = util::waitpid(root, 0)?;
         if libc::WIFEXITED(status) {

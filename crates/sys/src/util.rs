@@ -413,3 +413,35 @@ pub fn euid() -> u32 {
     // SAFETY: no arguments.
     unsafe { libc::geteuid() }
 }
+
+/// The foreground process group of the terminal on `fd`, if it is our
+/// controlling terminal.
+pub fn foreground_group(fd: i32) -> Option<Pid> {
+    // SAFETY: tcgetpgrp has no memory arguments.
+    let r = unsafe { libc::tcgetpgrp(fd) };
+    (r > 0).then_some(r)
+}
+
+/// Make `pgid` the foreground process group of the terminal on `fd`
+/// (SIGTTOU is ignored meanwhile, as a shell does when it is in the
+/// background itself).
+pub fn set_foreground_group(fd: i32, pgid: Pid) -> SysResult<()> {
+    // SAFETY: signal() swaps a disposition of our own process and is undone
+    // right after; tcsetpgrp has no memory arguments.
+    let r = unsafe {
+        let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        let r = libc::tcsetpgrp(fd, pgid);
+        libc::signal(libc::SIGTTOU, old);
+        r
+    };
+    if r < 0 {
+        return Err(SysError::last("tcsetpgrp", pgid));
+    }
+    Ok(())
+}
+
+/// Our own process group.
+pub fn own_group() -> Pid {
+    // SAFETY: no arguments.
+    unsafe { libc::getpgrp() }
+}
