@@ -70,3 +70,27 @@ fn leave_running_keeps_the_program_going() {
     assert_eq!(o.0, 0, "{}", o.2);
     assert!(o.1.contains("bash"), "{}", o.1);
 }
+
+#[test]
+fn shell_pipeline_standard_streams_are_pipes() {
+    // bash's loop writes into a pipe that `cat` reads: stdout of one and
+    // stdin of the other are the two ends of one pipe inside the tree.
+    let mut run = Run::start(
+        "pipeline",
+        "bash",
+        &["-c", "echo READY; i=0; while [ ! -e go ]; do i=$((i+1)); echo \"n $i\"; sleep 0.01; done | cat; echo PASS"],
+    );
+    run.wait_output("n 5", Duration::from_secs(10));
+    run.checkpoint(&[]);
+    let i = cryopod(&["inspect", run.image.to_str().unwrap()], &[]);
+    assert!(i.1.contains("pipe:["), "the pipeline's pipe should be in the image: {}", i.1);
+    let last = run.output().lines().rev().find_map(|l| l.strip_prefix("n ")?.parse::<u64>().ok()).unwrap();
+    let o = cryopod(&["restore", run.image.to_str().unwrap(), "--detach"], &[]);
+    assert_eq!(o.0, 0, "restore failed: {}", o.2);
+    run.wait_output(&format!("n {}", last + 10), Duration::from_secs(10));
+    let out = run.go_and_expect_pass();
+    let nums: Vec<u64> = out.lines().filter_map(|l| l.strip_prefix("n ")?.parse().ok()).collect();
+    for (i, n) in nums.iter().enumerate() {
+        assert_eq!(*n, i as u64 + 1, "lost or repeated line through the pipe: {nums:?}");
+    }
+}
