@@ -80,3 +80,8 @@ fn timers() {
 fn files() {
     roundtrip("files", env!("CARGO_BIN_EXE_tp-files"));
 }
+
+#[test]
+fn objects() {
+    roundtrip("objects", env!("CARGO_BIN_EXE_tp-objects"));
+}

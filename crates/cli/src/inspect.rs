@@ -1,6 +1,6 @@
 //! `cryopod inspect`: the tree, memory maps, fds and threads of an image.
 
-use cryopod_image::{FileKind, Manifest, Process, Vma, VmaKind, PAGE};
+use cryopod_image::{FileKind, Manifest, ObjectOrigin, Process, Vma, VmaKind, PAGE};
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::path::Path;
@@ -22,10 +22,14 @@ mod libc_prot {
     pub const EXEC: i32 = 4;
 }
 
-fn kind(v: &Vma) -> &'static str {
+fn kind(m: &Manifest, v: &Vma) -> &'static str {
     match v.kind {
         VmaKind::Anon => "anon",
-        VmaKind::SharedAnon { .. } => "shared-anon",
+        VmaKind::Object { object, .. } => match m.objects.get(object as usize).map(|o| &o.origin) {
+            Some(ObjectOrigin::Memfd { .. }) => "memfd",
+            Some(ObjectOrigin::Deleted { .. }) => "deleted",
+            _ => "shared-anon",
+        },
         VmaKind::File { .. } => "file",
         VmaKind::Vvar => "vvar",
         VmaKind::VvarVclock => "vvar_vclock",
@@ -45,7 +49,11 @@ fn zero(v: &Vma) -> u64 {
 fn file_desc(m: &Manifest, i: u32) -> String {
     match m.files.get(i as usize).map(|f| &f.kind) {
         Some(FileKind::Path { path, .. }) => path.clone(),
-        Some(FileKind::Deleted { path, .. }) => format!("{path} (deleted)"),
+        Some(FileKind::Object { object }) => match m.objects.get(*object as usize).map(|o| &o.origin) {
+            Some(ObjectOrigin::Memfd { name }) => format!("/memfd:{name} (deleted)"),
+            Some(ObjectOrigin::Deleted { path, .. }) => format!("{path} (deleted)"),
+            _ => format!("object {object}"),
+        },
         Some(FileKind::CharDev { path, .. }) => path.clone(),
         Some(FileKind::Terminal { path }) => format!("{path} (terminal)"),
         Some(FileKind::Pipe { pipe, write, queued, .. }) => {
@@ -119,7 +127,7 @@ pub fn text(m: &Manifest, dir: &Path) -> String {
                 v.start,
                 v.end,
                 prot(v),
-                kind(v),
+                kind(m, v),
                 saved(v),
                 zero(v),
                 v.name
@@ -146,7 +154,7 @@ pub fn json(m: &Manifest, dir: &Path) -> Value {
                 "exe": p.mm.exe,
                 "threads": p.threads.iter().map(|t| json!({"tid": t.tid, "comm": t.comm})).collect::<Vec<_>>(),
                 "vmas": p.vmas.iter().map(|v| json!({
-                    "start": v.start, "end": v.end, "prot": prot(v), "kind": kind(v), "name": v.name,
+                    "start": v.start, "end": v.end, "prot": prot(v), "kind": kind(m, v), "name": v.name,
                     "saved_bytes": saved(v), "zero_bytes": zero(v),
                 })).collect::<Vec<_>>(),
                 "fds": p.fds.iter().map(|f| json!({"fd": f.fd, "cloexec": f.cloexec, "file": file_desc(m, f.file)})).collect::<Vec<_>>(),

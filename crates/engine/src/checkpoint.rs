@@ -116,7 +116,7 @@ fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> 
         root_pid: o.pid,
         processes: procs,
         files: files.files,
-        shmem: std::mem::take(&mut mem.shmem),
+        objects: std::mem::take(&mut mem.objects),
         packs: out.packs,
         chunks: out.chunks,
         frozen_us: 0,
@@ -198,7 +198,7 @@ fn collect_process(
     let st = procfs::stat(pid)?;
     let mut p = empty_process(pid, &st);
     p.vmas = mem.collect(pid, idx, files)?;
-    p.fds = files.collect_fds(pid)?;
+    p.fds = files.collect_fds(pid, mem)?;
     ident::collect_process_env(pid, &mut p)?;
     p.shared_pending = cryopod_sys::ptrace::peek_siginfo(pid, true)?.into_iter().map(|s| s.to_vec()).collect();
     // Injection site: a `syscall` instruction in the task's vDSO.

@@ -7,13 +7,11 @@
 
 use crate::procfs;
 use crate::{EngineError, Result};
-use cryopod_image::{Fd, FileKind, Manifest, OpenFile};
+use cryopod_image::{Fd, FileKind, Manifest, ObjectOrigin, OpenFile};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 
-/// Largest deleted-file content saved inside an image.
-pub const MAX_DELETED: u64 = 64 << 20;
 /// fdinfo flag bits that describe the open file, kept on restore.
 const KEEP_FLAGS: u32 = (libc::O_ACCMODE
     | libc::O_APPEND
@@ -64,8 +62,9 @@ impl FileTable {
         Ok(i)
     }
 
-    /// Every fd of `pid`.
-    pub fn collect_fds(&mut self, pid: i32) -> Result<Vec<Fd>> {
+    /// Every fd of `pid`. Memfds and deleted files become memory objects of
+    /// `mem` (shared with the areas that map them).
+    pub fn collect_fds(&mut self, pid: i32, mem: &mut crate::mm::MemCollector) -> Result<Vec<Fd>> {
         let mut out = Vec::new();
         for fd in procfs::fds(pid)? {
             let link = format!("/proc/{pid}/fd/{fd}");
@@ -85,7 +84,7 @@ impl FileTable {
             let idx = match found {
                 Some(i) => i,
                 None => {
-                    let kind = self.kind_of(pid, fd, &target, &md, flags)?;
+                    let kind = self.kind_of(pid, fd, &target, &md, flags, mem)?;
                     let i = self.files.len() as u32;
                     self.files.push(OpenFile { flags: flags & KEEP_FLAGS, pos, kind });
                     self.seen.push((pid, fd, i, md.dev(), md.ino()));
@@ -97,21 +96,26 @@ impl FileTable {
         Ok(out)
     }
 
-    fn kind_of(&mut self, pid: i32, fd: i32, target: &str, md: &std::fs::Metadata, flags: u32) -> Result<FileKind> {
+    fn kind_of(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        target: &str,
+        md: &std::fs::Metadata,
+        flags: u32,
+        mem: &mut crate::mm::MemCollector,
+    ) -> Result<FileKind> {
         let ft = md.mode() & libc::S_IFMT;
         let unsupported = |what: &str| EngineError::Unsupported { pid, what: format!("fd {fd} ({target}, {what})") };
         match ft {
             libc::S_IFREG | libc::S_IFDIR => {
-                if let Some(p) = target.strip_suffix(" (deleted)") {
+                if target.ends_with(" (deleted)") || target.starts_with("/memfd:") {
                     if ft == libc::S_IFDIR {
                         return Err(unsupported("deleted directory"));
                     }
-                    if md.len() > MAX_DELETED {
-                        return Err(unsupported("deleted file larger than 64 MiB"));
-                    }
-                    let contents = std::fs::read(format!("/proc/{pid}/fd/{fd}"))
-                        .map_err(|e| EngineError::Proc { path: format!("/proc/{pid}/fd/{fd}"), msg: e.to_string() })?;
-                    return Ok(FileKind::Deleted { path: p.to_string(), mode: md.mode() & 0o7777, contents });
+                    let link = format!("/proc/{pid}/fd/{fd}");
+                    let origin = crate::mm::object_origin(target, &link)?;
+                    return Ok(FileKind::Object { object: mem.object(&link, origin)? });
                 }
                 if !target.starts_with('/') {
                     return Err(unsupported("not reachable by path"));
@@ -209,7 +213,7 @@ fn open_with(path: &str, flags: u32) -> Result<OwnedFd> {
 /// Open, in the restorer, every description that some fd refers to. Returns
 /// one fd per `m.files` entry (None for mapping-only entries), each moved to
 /// a number >= `base`.
-pub fn open_all(m: &Manifest, base: i32) -> Result<Vec<Option<OwnedFd>>> {
+pub fn open_all(m: &Manifest, base: i32, objects: &HashMap<u32, OwnedFd>) -> Result<Vec<Option<OwnedFd>>> {
     let mut used = vec![false; m.files.len()];
     for p in &m.processes {
         for f in &p.fds {
@@ -224,8 +228,8 @@ pub fn open_all(m: &Manifest, base: i32) -> Result<Vec<Option<OwnedFd>>> {
             out.push(None);
             continue;
         }
-        let fd =
-            open_one(f, &mut pipes, &mut fifo_holders).map_err(EngineError::during(format!("file {}", describe(f))))?;
+        let fd = open_one(f, &mut pipes, &mut fifo_holders, objects)
+            .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
         out.push(Some(cryopod_sys::util::dup_at_least(fd.as_raw_fd(), base)?));
     }
     drop(fifo_holders);
@@ -233,10 +237,14 @@ pub fn open_all(m: &Manifest, base: i32) -> Result<Vec<Option<OwnedFd>>> {
 }
 
 /// A short description of a file for error messages and inspect.
-pub fn describe(f: &OpenFile) -> String {
+pub fn describe(m: &Manifest, f: &OpenFile) -> String {
     match &f.kind {
         FileKind::Path { path, .. } => path.clone(),
-        FileKind::Deleted { path, .. } => format!("{path} (deleted)"),
+        FileKind::Object { object } => match m.objects.get(*object as usize).map(|o| &o.origin) {
+            Some(ObjectOrigin::Memfd { name }) => format!("/memfd:{name} (deleted)"),
+            Some(ObjectOrigin::Deleted { path, .. }) => format!("{path} (deleted)"),
+            _ => format!("object {object}"),
+        },
         FileKind::CharDev { path, .. } => path.clone(),
         FileKind::Terminal { path } => format!("terminal {path}"),
         FileKind::Pipe { pipe, write, .. } => format!("pipe:[{pipe}] ({} end)", if *write { "write" } else { "read" }),
@@ -244,7 +252,12 @@ pub fn describe(f: &OpenFile) -> String {
     }
 }
 
-fn open_one(f: &OpenFile, pipes: &mut HashMap<u64, (OwnedFd, OwnedFd)>, holders: &mut Vec<OwnedFd>) -> Result<OwnedFd> {
+fn open_one(
+    f: &OpenFile,
+    pipes: &mut HashMap<u64, (OwnedFd, OwnedFd)>,
+    holders: &mut Vec<OwnedFd>,
+    objects: &HashMap<u32, OwnedFd>,
+) -> Result<OwnedFd> {
     let flags = f.flags;
     let status = (flags & !(libc::O_ACCMODE as u32)) as i32;
     let fd = match &f.kind {
@@ -257,16 +270,11 @@ fn open_one(f: &OpenFile, pipes: &mut HashMap<u64, (OwnedFd, OwnedFd)>, holders:
             cryopod_sys::util::seek_to(fd.as_raw_fd(), f.pos)?;
             fd
         }
-        FileKind::Deleted { path, mode, contents } => {
-            // Re-create the file under its old name if free (so the fd's
-            // link reads "<path> (deleted)" again), else beside it.
-            let p = std::path::Path::new(path);
-            let tmp = if p.exists() { format!("{path}.cryopod-restore-{}", std::process::id()) } else { path.clone() };
-            std::fs::write(&tmp, contents).map_err(open_err(&tmp))?;
-            let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode));
-            let fd = open_with(&tmp, flags);
-            let _ = std::fs::remove_file(&tmp);
-            let fd = fd?;
+        FileKind::Object { object } => {
+            // A new description of the object created by `create_objects`.
+            let obj =
+                objects.get(object).ok_or_else(|| EngineError::Other(format!("object {object} was not created")))?;
+            let fd = open_with(&format!("/proc/self/fd/{}", obj.as_raw_fd()), flags)?;
             cryopod_sys::util::seek_to(fd.as_raw_fd(), f.pos)?;
             fd
         }
@@ -322,4 +330,54 @@ fn fill_pipe(w: &OwnedFd, capacity: i32, data: &[u8]) -> Result<()> {
         cryopod_sys::util::write_fd(w.as_raw_fd(), data)?;
     }
     Ok(())
+}
+
+/// Re-create, in the restorer, every memfd and deleted file of the image
+/// with its contents, at fd numbers >= `base` (stubs inherit them: areas map
+/// them, fds reopen them). A deleted file is created under its old name when
+/// that is free (so links read "<path> (deleted)" again), else beside it,
+/// and unlinked at once.
+pub fn create_objects(
+    m: &Manifest,
+    reader: &cryopod_image::store::PackReader,
+    base: i32,
+) -> Result<HashMap<u32, OwnedFd>> {
+    let mut out = HashMap::new();
+    for (i, o) in m.objects.iter().enumerate() {
+        let file: std::fs::File = match &o.origin {
+            ObjectOrigin::SharedAnon => continue,
+            ObjectOrigin::Memfd { name } => cryopod_sys::util::memfd_create(name)?.into(),
+            ObjectOrigin::Deleted { path, mode } => {
+                let p = std::path::Path::new(path);
+                let at = if p.exists() {
+                    format!("{path}.cryopod-restore-{}-{i}", std::process::id())
+                } else {
+                    path.clone()
+                };
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(*mode)
+                    .open(&at)
+                    .map_err(open_err(&at))?;
+                let _ = std::fs::remove_file(&at);
+                f
+            }
+        };
+        let what = format!("memory object {i}");
+        file.set_len(o.size).map_err(|e| EngineError::Other(format!("{what}: {e}")))?;
+        let mut buf = vec![0u8; (cryopod_image::CHUNK_PAGES * cryopod_image::PAGE) as usize];
+        for run in &o.runs {
+            if let Some(c) = run.chunk {
+                let ch = &m.chunks[c as usize];
+                reader.read_chunk(ch, &mut buf)?;
+                // Never past the object's size: its last page may be partial.
+                let n = u64::from(ch.len).min(o.size.saturating_sub(run.addr)) as usize;
+                file.write_all_at(&buf[..n], run.addr).map_err(|e| EngineError::Other(format!("{what}: {e}")))?;
+            }
+        }
+        out.insert(i as u32, cryopod_sys::util::dup_at_least(file.as_raw_fd(), base)?);
+    }
+    Ok(out)
 }

@@ -10,9 +10,10 @@ use crate::pages::{split_aligned, Piece, Src};
 use crate::procfs::{self, MapEntry};
 use crate::remote::{nr, Remote};
 use crate::{EngineError, Result};
-use cryopod_image::{vma_flags, Manifest, Process, Run, SharedMem, Vma, VmaKind, PAGE};
+use cryopod_image::{vma_flags, Manifest, MemObject, ObjectOrigin, Process, Run, Vma, VmaKind, PAGE};
 use cryopod_sys::pagemap::{self, Pagemap};
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 const REPORT: u64 =
@@ -22,14 +23,15 @@ const REPORT: u64 =
 #[derive(Clone, Copy)]
 pub enum Dest {
     Vma { proc: usize, vma: usize, addr: u64 },
-    Shmem { id: u32, off: u64 },
+    Object { id: u32, off: u64 },
 }
 
 /// Collection state shared by all processes of one checkpoint.
 #[derive(Default)]
 pub struct MemCollector {
-    pub shmem: Vec<SharedMem>,
-    shmem_ids: HashMap<(String, u64), u32>,
+    /// Memory objects saved with their contents, by (device, inode).
+    pub objects: Vec<MemObject>,
+    object_ids: HashMap<(u64, u64), u32>,
     pub pieces: Vec<Piece>,
     pub dests: Vec<Dest>,
     /// Runs of zero pages: (where, pages).
@@ -82,15 +84,18 @@ impl MemCollector {
                 }
                 n if n.starts_with("[anon:") => VmaKind::Anon,
                 n if n.starts_with('[') => return Err(unsupported(pid, m, "special mapping")),
-                n if m.shared()
-                    && (n.starts_with("/dev/zero") || n.starts_with("/SYSV"))
-                    && m.dev.starts_with("00:") =>
-                {
-                    let id = self.shared_object(pid, m)?;
-                    VmaKind::SharedAnon { shmem: id, pgoff: m.offset / PAGE }
+                n if n.starts_with("/SYSV") => return Err(unsupported(pid, m, "SysV shared memory")),
+                n if m.shared() && n.starts_with("/dev/zero") && m.dev.starts_with("00:") => {
+                    let path = map_files(pid, m);
+                    let id = self.object(&path, ObjectOrigin::SharedAnon)?;
+                    VmaKind::Object { object: id, pgoff: m.offset / PAGE }
                 }
                 "/dev/zero" if !m.shared() => VmaKind::Anon,
-                n if n.ends_with(" (deleted)") => return Err(unsupported(pid, m, "mapping of a deleted file")),
+                n if n.starts_with("/memfd:") || n.ends_with(" (deleted)") => {
+                    let path = map_files(pid, m);
+                    let origin = object_origin(n, &path)?;
+                    VmaKind::Object { object: self.object(&path, origin)?, pgoff: m.offset / PAGE }
+                }
                 n if n.starts_with("/dev/") && m.dev.starts_with("00:") => {
                     return Err(unsupported(pid, m, "device mapping"))
                 }
@@ -105,7 +110,7 @@ impl MemCollector {
                         self.queue(pid, proc, vi, r.start, r.end, zero);
                     }
                 }
-                VmaKind::File { .. } if !m.shared() => {
+                VmaKind::File { .. } | VmaKind::Object { .. } if !m.shared() => {
                     for r in pm.scan(m.start, m.end, pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED, REPORT)? {
                         let anon = r.categories & pagemap::PAGE_IS_FILE == 0;
                         if anon && r.categories & pagemap::PAGE_IS_PFNZERO == 0 {
@@ -142,29 +147,46 @@ impl MemCollector {
         });
     }
 
-    /// A shared anonymous object, saved once however many areas map it: its
-    /// allocated pages are found with SEEK_DATA/SEEK_HOLE on the object itself.
-    fn shared_object(&mut self, pid: i32, m: &MapEntry) -> Result<u32> {
-        let key = (m.dev.clone(), m.inode);
-        if let Some(&id) = self.shmem_ids.get(&key) {
+    /// A memory object (shared anonymous memory, memfd, deleted file) opened
+    /// through `path` (a map_files or fd link in /proc), saved once however
+    /// many areas and fds refer to it: its allocated pages are found with
+    /// SEEK_DATA/SEEK_HOLE on the object itself.
+    pub fn object(&mut self, path: &str, origin: ObjectOrigin) -> Result<u32> {
+        let err = |e: std::io::Error| EngineError::Proc { path: path.to_string(), msg: e.to_string() };
+        let f = std::fs::File::open(path).map_err(err)?;
+        let md = f.metadata().map_err(err)?;
+        let key = (md.dev(), md.ino());
+        if let Some(&id) = self.object_ids.get(&key) {
             return Ok(id);
         }
-        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-        let f = std::fs::File::open(&path).map_err(|e| EngineError::Proc { path: path.clone(), msg: e.to_string() })?;
-        let size = f.metadata().map_err(|e| EngineError::Proc { path: path.clone(), msg: e.to_string() })?.len();
-        let size = size.div_ceil(PAGE) * PAGE;
-        let id = self.shmem.len() as u32;
+        let size = md.len();
+        let id = self.objects.len() as u32;
         let f = Arc::new(f);
         for (a, b) in crate::files::data_segments(&f, size) {
             split_aligned(a, b, |o, n| {
-                self.dests.push(Dest::Shmem { id, off: o });
+                self.dests.push(Dest::Object { id, off: o });
                 self.pieces.push(Piece { src: Src::File { file: f.clone(), off: o }, pages: n });
             });
         }
-        self.shmem.push(SharedMem { size, runs: Vec::new() });
-        self.shmem_ids.insert(key, id);
+        self.objects.push(MemObject { size, origin, runs: Vec::new() });
+        self.object_ids.insert(key, id);
         Ok(id)
     }
+}
+
+fn map_files(pid: i32, m: &MapEntry) -> String {
+    format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)
+}
+
+/// What a memfd or deleted file is, from its name in maps or fd links and
+/// the object itself (reached through `path`).
+pub fn object_origin(name: &str, path: &str) -> Result<ObjectOrigin> {
+    let base = name.strip_suffix(" (deleted)").unwrap_or(name);
+    if let Some(n) = base.strip_prefix("/memfd:") {
+        return Ok(ObjectOrigin::Memfd { name: n.to_string() });
+    }
+    let md = std::fs::metadata(path).map_err(|e| EngineError::Proc { path: path.to_string(), msg: e.to_string() })?;
+    Ok(ObjectOrigin::Deleted { path: base.to_string(), mode: md.mode() & 0o7777 })
 }
 
 fn unsupported(pid: i32, m: &MapEntry, what: &str) -> EngineError {
@@ -179,7 +201,7 @@ pub fn attach_runs(m: &mut Manifest, mc: &MemCollector, segments: &[Vec<crate::p
     for (d, first, pages, chunk) in data.chain(zero) {
         let (runs, addr) = match d {
             Dest::Vma { proc, vma, addr } => (&mut m.processes[proc].vmas[vma].runs, addr),
-            Dest::Shmem { id, off } => (&mut m.shmem[id as usize].runs, off),
+            Dest::Object { id, off } => (&mut m.objects[id as usize].runs, off),
         };
         runs.push(Run { addr: addr + u64::from(first) * PAGE, pages, chunk });
     }
@@ -202,7 +224,7 @@ pub fn attach_runs(m: &mut Manifest, mc: &MemCollector, segments: &[Vec<crate::p
             tidy(&mut v.runs);
         }
     }
-    for s in &mut m.shmem {
+    for s in &mut m.objects {
         tidy(&mut s.runs);
     }
 }
@@ -348,7 +370,10 @@ pub struct AreaCtx<'a> {
     pub m: &'a Manifest,
     pub reader: &'a cryopod_image::store::PackReader,
     pub threads: usize,
+    /// Where shared anonymous objects were first mapped (pid, start, end).
     pub shmem_home: &'a mut HashMap<u32, (i32, u64, u64)>,
+    /// memfds and deleted files, by object: fd numbers every stub inherited.
+    pub object_fds: &'a HashMap<u32, i32>,
 }
 
 /// Files opened in the task for mappings, reused across its areas: by
@@ -426,7 +451,17 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
             apply_madvise(r, v)?;
             queue(pending, &v.runs, 0);
         }
-        VmaKind::SharedAnon { shmem, pgoff } => {
+        VmaKind::Object { object, pgoff } if cx.object_fds.contains_key(&object) => {
+            // A memfd or deleted file, re-created by the restorer.
+            let fd = cx.object_fds[&object] as u64;
+            let share = if v.shared { MAP_SHARED } else { MAP_PRIVATE };
+            r.call("mmap(object)", nr::MMAP, &[v.start, len, prot, share | MAP_FIXED, fd, pgoff * PAGE])?;
+            apply_madvise(r, v)?;
+            // A private mapping's CoW'd pages: forced writes (may be read-only).
+            pending.forced.extend(v.runs.iter().filter_map(|run| run.chunk.map(|c| (run.addr, c))));
+            return Ok(());
+        }
+        VmaKind::Object { object: shmem, pgoff } => {
             if let Some(&(hp, hs, he)) = cx.shmem_home.get(&shmem) {
                 let path = format!("/proc/{hp}/map_files/{hs:x}-{he:x}");
                 let mode = if v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
@@ -438,7 +473,7 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
                 apply_madvise(r, v)?;
                 return Ok(());
             }
-            let obj = &cx.m.shmem[shmem as usize];
+            let obj = &cx.m.objects[shmem as usize];
             if pgoff != 0 || len != obj.size {
                 return Err(EngineError::Unsupported {
                     pid: r.pid,

@@ -212,8 +212,18 @@ fn read_batch(pieces: &[Piece], buf: &mut [u8]) -> Result<usize> {
             }
             Src::File { file, off: foff } => {
                 let l = pieces[i].pages as usize * PAGE as usize;
-                file.read_exact_at(&mut buf[off..off + l], *foff)
-                    .map_err(|e| EngineError::Other(format!("reading shared memory object: {e}")))?;
+                // The object's last page may extend past its end: zeros.
+                let dst = &mut buf[off..off + l];
+                let mut got = 0;
+                while got < l {
+                    match file.read_at(&mut dst[got..], *foff + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(EngineError::Other(format!("reading memory object: {e}"))),
+                    }
+                }
+                dst[got..].fill(0);
                 off += l;
                 i += 1;
             }

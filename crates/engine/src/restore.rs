@@ -106,11 +106,13 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     let base = (max_target + 1).max(16);
     // Files are opened with the image owner's file permissions.
     let old_fs = owner.as_ref().map(|o| util::set_fs_ids(o.uid, o.gid));
-    let srcs = files::open_all(&m, base);
+    let opened = files::create_objects(&m, &reader, base)
+        .and_then(|objects| files::open_all(&m, base, &objects).map(|srcs| (objects, srcs)));
     if let Some((u, g)) = old_fs {
         util::set_fs_ids(u, g);
     }
-    let srcs = srcs?;
+    let (objects, srcs) = opened?;
+    let object_fds: HashMap<u32, i32> = objects.iter().map(|(&k, v)| (k, v.as_raw_fd())).collect();
     let (ready_r, ready_w) = util::pipe()?;
     let ready_w = util::dup_at_least(ready_w.as_raw_fd(), base)?;
     let mut fd_plan: BTreeMap<i32, Vec<(i32, i32, bool)>> = BTreeMap::new();
@@ -122,10 +124,17 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             .collect();
         fd_plan.insert(p.pid, v);
     }
-    let plan = StubPlan { m: &m, children: tree::children_map(&m), fds: fd_plan, ready_w: ready_w.as_raw_fd() };
+    let plan = StubPlan {
+        m: &m,
+        children: tree::children_map(&m),
+        fds: fd_plan,
+        keep: object_fds.values().copied().collect(),
+        ready_w: ready_w.as_raw_fd(),
+    };
     debug!("forking the stub tree");
     let root = tree::spawn(&plan)?;
     drop(srcs);
+    drop(objects);
     drop(ready_w);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
     let res = wait_ready(&m, &ready_r).and_then(|_| {
@@ -133,6 +142,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             m: &m,
             reader: &reader,
             threads: o.threads,
+            object_fds: &object_fds,
             ready_w: plan.ready_w,
             owner: owner.as_ref(),
             progress,
@@ -225,6 +235,9 @@ struct Build<'a> {
     threads: usize,
     /// The stubs' end of the readiness pipe (closed in each by injection).
     ready_w: i32,
+    /// memfds and deleted files re-created by the restorer, inherited by
+    /// every stub at these fd numbers.
+    object_fds: &'a HashMap<u32, i32>,
     /// Owner of a non-root image: files are opened with their permissions.
     owner: Option<&'a crate::trust::Owner>,
     progress: Progress<'a>,
@@ -261,7 +274,7 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64]) -> Result<()> {
     let mut all_threads: Vec<i32> = Vec::new();
     for p in order {
         let r = remotes.get_mut(&p.pid).ok_or_else(|| EngineError::Other("lost a stub".into()))?;
-        let mut cx = AreaCtx { m, reader, threads, shmem_home: &mut shmem_home };
+        let mut cx = AreaCtx { m, reader, threads, shmem_home: &mut shmem_home, object_fds: b.object_fds };
         build_process(b, r, p, &mut cx).map_err(EngineError::during(format!("process {}", p.pid)))?;
         all_threads.extend(p.threads.iter().map(|t| t.tid));
         done += p
@@ -300,6 +313,11 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
     mm::clear_stub(r, &stub, (scratch, scratch + scratch_len), p, &target)?;
     debug!(pid = p.pid, "{}", "mm::restore_areas");
     mm::restore_areas(r, p, cx)?;
+    // The inherited object fds: mapped now; the process's own fds to them
+    // were reopened separately.
+    for &fd in cx.object_fds.values() {
+        r.raw(nr::CLOSE, &[fd as u64])?;
+    }
     fault::check("restore-after-memory")?;
     // The stub closes the readiness pipe itself right after reporting, but
     // may have been seized just before doing so.

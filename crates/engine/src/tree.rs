@@ -18,6 +18,9 @@ pub struct StubPlan<'a> {
     pub children: BTreeMap<i32, Vec<i32>>,
     /// Per pid: (target fd, source fd in the restorer, close-on-exec).
     pub fds: BTreeMap<i32, Vec<(i32, i32, bool)>>,
+    /// Restorer fds every stub keeps until the restorer closes them in it
+    /// (re-created memfds and deleted files, mapped by injected mmap).
+    pub keep: Vec<i32>,
     /// Write end of the readiness pipe.
     pub ready_w: i32,
 }
@@ -99,7 +102,8 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
         report(plan, &format!("Z {pid}\n"));
         util::die_with_status(status);
     }
-    let mut keep: Vec<i32> = vec![plan.ready_w];
+    let mut keep: Vec<i32> = plan.keep.clone();
+    keep.push(plan.ready_w);
     for &(target, src, cloexec) in plan.fds.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
         util::dup_to(src, target, cloexec)?;
         keep.push(target);

@@ -26,8 +26,9 @@ pub struct Manifest {
     pub processes: Vec<Process>,
     /// Open file descriptions, referenced by fds (shared ones appear once).
     pub files: Vec<OpenFile>,
-    /// Shared anonymous memory objects, referenced by VMAs.
-    pub shmem: Vec<SharedMem>,
+    /// Memory objects saved with their contents (shared anonymous memory,
+    /// memfds, deleted files), referenced by areas and fds.
+    pub objects: Vec<MemObject>,
     /// Page packs (files in the image directory).
     pub packs: Vec<Pack>,
     /// Content-addressed page chunks.
@@ -157,9 +158,10 @@ pub struct MmInfo {
 pub enum VmaKind {
     /// Private anonymous memory (heap, stacks, anonymous mmaps).
     Anon,
-    /// Shared anonymous memory: an object in `Manifest::shmem`.
-    SharedAnon {
-        shmem: u32,
+    /// A mapping of an object saved in the image (`Manifest::objects`):
+    /// shared anonymous memory, a memfd or a deleted file, shared or private.
+    Object {
+        object: u32,
         pgoff: u64,
     },
     /// A file mapping; `file` indexes `Manifest::files`.
@@ -208,11 +210,24 @@ pub struct Run {
     pub chunk: Option<u32>,
 }
 
+/// A memory object whose contents the image holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SharedMem {
+pub struct MemObject {
+    /// Size in bytes (a file's size need not be a whole number of pages).
     pub size: u64,
+    pub origin: ObjectOrigin,
     /// Runs with addresses relative to the object's start.
     pub runs: Vec<Run>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum ObjectOrigin {
+    /// MAP_SHARED|MAP_ANONYMOUS memory ("/dev/zero (deleted)").
+    SharedAnon,
+    /// memfd_create(name).
+    Memfd { name: String },
+    /// A regular file unlinked while mapped or open.
+    Deleted { path: String, mode: u32 },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -235,8 +250,9 @@ pub enum FileKind {
     /// A regular file or directory by path; `size`/`mtime_ns`/`ino` detect
     /// changes between checkpoint and restore.
     Path { path: String, size: u64, mtime_ns: i128, ino: u64, dev: u64, mode: u32 },
-    /// A regular file unlinked while open: its contents are saved.
-    Deleted { path: String, mode: u32, contents: Vec<u8> },
+    /// A memfd, or a regular file unlinked while open: its contents are a
+    /// memory object of the image.
+    Object { object: u32 },
     /// A character device (by path, e.g. /dev/null, /dev/urandom, a tty).
     CharDev { path: String, rdev: u64 },
     /// The restoring shell's terminal: attach to whatever terminal `cryopod
@@ -284,11 +300,29 @@ impl Manifest {
             }
             self.validate_process(p)?;
         }
-        for (i, s) in self.shmem.iter().enumerate() {
-            if s.size % PAGE != 0 {
-                return Err(bad(format!("shared memory {i}: size not page aligned")));
+        for (i, s) in self.objects.iter().enumerate() {
+            if s.origin == ObjectOrigin::SharedAnon && s.size % PAGE != 0 {
+                return Err(bad(format!("memory object {i}: size not page aligned")));
             }
-            self.validate_runs(&s.runs, 0, s.size, &format!("shared memory {i}"))?;
+            let pages_end =
+                s.size.checked_next_multiple_of(PAGE).ok_or_else(|| bad(format!("memory object {i}: size")))?;
+            self.validate_runs(&s.runs, 0, pages_end, &format!("memory object {i}"))?;
+            match &s.origin {
+                ObjectOrigin::Memfd { name } if name.len() > 249 || name.contains('\0') => {
+                    return Err(bad(format!("memory object {i}: bad memfd name")));
+                }
+                ObjectOrigin::Deleted { path, .. } if !path.starts_with('/') || path.contains('\0') => {
+                    return Err(bad(format!("memory object {i}: bad path")));
+                }
+                _ => {}
+            }
+        }
+        for (i, f) in self.files.iter().enumerate() {
+            if let FileKind::Object { object } = f.kind {
+                if object as usize >= self.objects.len() {
+                    return Err(bad(format!("file {i} names object {object}")));
+                }
+            }
         }
         Ok(())
     }
@@ -320,10 +354,19 @@ impl Manifest {
             }
             prev_end = v.end;
             match v.kind {
-                VmaKind::SharedAnon { shmem, pgoff } => {
-                    let s =
-                        self.shmem.get(shmem as usize).ok_or_else(|| bad(format!("{who}: shmem {shmem} missing")))?;
-                    if pgoff.checked_mul(PAGE).and_then(|o| o.checked_add(v.end - v.start)).is_none_or(|e| e > s.size) {
+                VmaKind::Object { object, pgoff } => {
+                    let s = self
+                        .objects
+                        .get(object as usize)
+                        .ok_or_else(|| bad(format!("{who}: object {object} missing")))?;
+                    // A mapping may extend past the end of a file (SIGBUS
+                    // there), but not of shared anonymous memory.
+                    if s.origin == ObjectOrigin::SharedAnon
+                        && pgoff
+                            .checked_mul(PAGE)
+                            .and_then(|o| o.checked_add(v.end - v.start))
+                            .is_none_or(|e| e > s.size)
+                    {
                         return Err(bad(format!("{who}: area {:#x} exceeds its shared object", v.start)));
                     }
                 }
@@ -367,7 +410,7 @@ impl Manifest {
             .iter()
             .flat_map(|p| p.vmas.iter())
             .flat_map(|v| v.runs.iter())
-            .chain(self.shmem.iter().flat_map(|s| s.runs.iter()))
+            .chain(self.objects.iter().flat_map(|s| s.runs.iter()))
             .filter(|r| r.chunk.is_some())
             .map(|r| u64::from(r.pages) * PAGE)
             .sum();

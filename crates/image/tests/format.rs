@@ -57,7 +57,7 @@ fn sample() -> Manifest {
             zombie_status: None,
         }],
         files: vec![OpenFile { flags: 0, pos: 0, kind: FileKind::CharDev { path: "/dev/null".into(), rdev: 0x103 } }],
-        shmem: vec![],
+        objects: vec![],
         packs: vec![Pack { name: "pages-0.pack".into(), size: 65536 }],
         chunks: vec![Chunk { hash: [9; 32], pack: 0, offset: 0, len: 65536 }],
         frozen_us: 0,

@@ -445,3 +445,16 @@ pub fn own_group() -> Pid {
     // SAFETY: no arguments.
     unsafe { libc::getpgrp() }
 }
+
+/// memfd_create(name, MFD_CLOEXEC).
+pub fn memfd_create(name: &str) -> SysResult<std::os::fd::OwnedFd> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| SysError::new("memfd_create (NUL in name)", 0, Errno(libc::EINVAL)))?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let r = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    if r < 0 {
+        return Err(SysError::last(format!("memfd_create({name})"), 0));
+    }
+    // SAFETY: memfd_create returned a new fd that nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) })
+}

@@ -92,6 +92,7 @@ fn main() {
         libc::fstat(fd_del, &mut st);
         c.eq("deleted file is still deleted", st.st_nlink, 0);
         c.eq("deleted file mode", st.st_mode & 0o777, 0o640);
+        c.eq("deleted file size (not rounded to pages)", st.st_size, 10_000);
         c.check("deleted file link", link(fd_del).ends_with("deleted.dat (deleted)"), link(fd_del));
         libc::lseek(fd_del, 0, libc::SEEK_SET);
         c.check("deleted file contents", read_n(fd_del, 10_000) == del_data, "differ");
