@@ -7,14 +7,7 @@ fn roundtrip(name: &str, bin: &str) -> String {
     let mut run = Run::testprog(name, bin);
     let before = outside_view(run.pid);
     run.checkpoint(&[]);
-    let out = run.restore_and_verify_keep(|pid| {
-        let after = outside_view(pid);
-        assert_eq!(before.2, after.2, "thread count differs");
-        assert_eq!(before.1, after.1, "fd list differs");
-        let missing: Vec<&String> = before.0.iter().filter(|l| !after.0.contains(l)).collect();
-        assert!(missing.is_empty(), "areas missing after restore: {missing:#?}");
-    });
-    out
+    run.restore_and_verify_keep(|pid| assert_same_outside(&before, pid))
 }
 
 #[test]
@@ -37,13 +30,7 @@ fn memory() {
     let stored = v["memory_stored_bytes"].as_u64().unwrap();
     assert!(stored + (1 << 20) < refd, "parent and child pages must be stored once: {stored} of {refd}");
     assert!(v["image_bytes"].as_u64().unwrap() < stored + (1 << 20));
-    run.restore_and_verify_keep(|pid| {
-        let after = outside_view(pid);
-        assert_eq!(before.2, after.2, "thread count differs");
-        assert_eq!(before.1, after.1, "fd list differs");
-        let missing: Vec<&String> = before.0.iter().filter(|l| !after.0.contains(l)).collect();
-        assert!(missing.is_empty(), "areas missing after restore: {missing:#?}");
-    });
+    run.restore_and_verify_keep(|pid| assert_same_outside(&before, pid));
 }
 
 #[test]

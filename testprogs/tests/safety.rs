@@ -24,13 +24,9 @@ fn failed_checkpoints_leave_the_tree_unharmed() {
     let points = ["after-freeze", "during-injection", "after-collect", "after-pages", "before-manifest"];
     for point in points {
         let image = run.dir.join(format!("img-{point}"));
-        let out = std::process::Command::new(cryopod_bin())
-            .args(["checkpoint", "--pid", &run.pid.to_string(), "-o", image.to_str().unwrap()])
-            .env("CRYOPOD_FAULT", point)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{point}: checkpoint should fail");
+        let (ok, err) =
+            cryopod_with_fault(&["checkpoint", "--pid", &run.pid.to_string(), "-o", image.to_str().unwrap()], point);
+        assert!(!ok, "{point}: checkpoint should fail");
         assert!(err.contains("left running") && err.contains(point), "{point}: {err}");
         assert!(!image.join("manifest").exists(), "{point}: a manifest was written");
         let leftovers: Vec<_> =
@@ -59,13 +55,8 @@ fn failed_restore_kills_what_it_created() {
     run.checkpoint(&[]);
     let pids = run.image_pids();
     for point in ["restore-after-memory", "restore-before-resume"] {
-        let out = std::process::Command::new(cryopod_bin())
-            .args(["restore", run.image.to_str().unwrap(), "--detach"])
-            .env("CRYOPOD_FAULT", point)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{point}: restore should fail");
+        let (ok, err) = cryopod_with_fault(&["restore", run.image.to_str().unwrap(), "--detach"], point);
+        assert!(!ok, "{point}: restore should fail");
         assert!(err.contains("nothing was left running") && err.contains(point), "{point}: {err}");
         let t = std::time::Instant::now();
         while let Some(p) = pids.iter().find(|p| Path::new(&format!("/proc/{p}")).exists()) {
@@ -157,12 +148,9 @@ fn seccomp_is_refused_not_dropped() {
              [time.sleep(0.02) for _ in iter(lambda: os.path.exists('go'), True)]; print('PASS', flush=True)",
         ],
     );
-    let out = std::process::Command::new(cryopod_bin())
-        .args(["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (code, _, err) =
+        cryopod(&["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
     assert!(err.contains("seccomp"), "{err}");
     run.go_and_expect_pass();
 }

@@ -15,18 +15,22 @@ fn bash_loop_with_child_sleep() {
     );
     run.wait_output("n 5", Duration::from_secs(10));
     run.checkpoint(&[]);
-    let frozen_at = run.output();
-    let last = frozen_at.lines().rev().find_map(|l| l.strip_prefix("n ")).unwrap().parse::<u64>().unwrap();
     let pids = run.image_pids();
     assert!(pids.len() >= 2, "expected bash and its child sleep in the image, got {pids:?}");
+    restore_and_check_count(&mut run);
+}
+
+/// Restore a program printing "n 1", "n 2", ...: the count must go on from
+/// where it was, with no restart, gap or repeat.
+fn restore_and_check_count(run: &mut Run) {
+    let last = run.output().lines().rev().find_map(|l| l.strip_prefix("n ")?.parse::<u64>().ok()).unwrap();
     let o = cryopod(&["restore", run.image.to_str().unwrap(), "--detach"], &[]);
     assert_eq!(o.0, 0, "restore failed: {}", o.2);
     run.wait_output(&format!("n {}", last + 10), Duration::from_secs(10));
     let out = run.go_and_expect_pass();
-    // The counter went on from where it was: no restart, gap or repeat.
     let nums: Vec<u64> = out.lines().filter_map(|l| l.strip_prefix("n ")?.parse().ok()).collect();
     for (i, n) in nums.iter().enumerate() {
-        assert_eq!(*n, i as u64 + 1, "sequence broken: {nums:?}");
+        assert_eq!(*n, i as u64 + 1, "sequence broken (lost, repeated or restarted): {nums:?}");
     }
     assert!(nums.len() as u64 >= last + 10, "only {} numbers", nums.len());
 }
@@ -84,13 +88,5 @@ fn shell_pipeline_standard_streams_are_pipes() {
     run.checkpoint(&[]);
     let i = cryopod(&["inspect", run.image.to_str().unwrap()], &[]);
     assert!(i.1.contains("pipe:["), "the pipeline's pipe should be in the image: {}", i.1);
-    let last = run.output().lines().rev().find_map(|l| l.strip_prefix("n ")?.parse::<u64>().ok()).unwrap();
-    let o = cryopod(&["restore", run.image.to_str().unwrap(), "--detach"], &[]);
-    assert_eq!(o.0, 0, "restore failed: {}", o.2);
-    run.wait_output(&format!("n {}", last + 10), Duration::from_secs(10));
-    let out = run.go_and_expect_pass();
-    let nums: Vec<u64> = out.lines().filter_map(|l| l.strip_prefix("n ")?.parse().ok()).collect();
-    for (i, n) in nums.iter().enumerate() {
-        assert_eq!(*n, i as u64 + 1, "lost or repeated line through the pipe: {nums:?}");
-    }
+    restore_and_check_count(&mut run);
 }

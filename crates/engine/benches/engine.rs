@@ -27,6 +27,23 @@ fn xorshift_fill(buf: &mut [u64], seed: u64) {
     }
 }
 
+/// A private anonymous mapping of `bytes` (unmapped by the caller).
+fn anon_map(bytes: u64) -> *mut u8 {
+    // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED, "mmap of {bytes} bytes failed");
+    p as *mut u8
+}
+
 /// This machine is a VM whose host backs guest memory on first use: the
 /// first touch of a never-used guest page is several times slower than any
 /// later one. Touch the memory the run will use once, so that neither the
@@ -40,21 +57,13 @@ fn warm_guest_memory(bytes: u64) {
         .map(|kib| kib << 10)
         .unwrap_or(bytes);
     let bytes = bytes.min(avail / 10 * 8);
-    // SAFETY: a private anonymous mapping we own and unmap below.
+    let p = anon_map(bytes);
+    // SAFETY: every offset is inside the mapping, which we unmap afterwards.
     unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            bytes as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert!(p != libc::MAP_FAILED);
         for off in (0..bytes as usize).step_by(4096) {
-            std::ptr::write_volatile((p as *mut u8).add(off), 1);
+            std::ptr::write_volatile(p.add(off), 1);
         }
-        libc::munmap(p, bytes as usize);
+        libc::munmap(p.cast(), bytes as usize);
     }
 }
 
@@ -81,23 +90,13 @@ fn tmpfs_write_bw(bytes: u64) -> f64 {
 /// First-touch bandwidth of fresh anonymous memory (as the restored process
 /// has it: no MADV_HUGEPAGE), writing every byte.
 fn first_touch_bw(bytes: u64) -> f64 {
-    // SAFETY: a private anonymous mapping we own and unmap below.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            bytes as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert!(p != libc::MAP_FAILED);
-        let t = Instant::now();
-        std::ptr::write_bytes(p as *mut u8, 0x5a, bytes as usize);
-        let bw = gbps(bytes, t.elapsed());
-        libc::munmap(p, bytes as usize);
-        bw
-    }
+    let p = anon_map(bytes);
+    let t = Instant::now();
+    // SAFETY: the whole range is inside the mapping, unmapped right after.
+    unsafe { std::ptr::write_bytes(p, 0x5a, bytes as usize) };
+    let bw = gbps(bytes, t.elapsed());
+    unsafe { libc::munmap(p.cast(), bytes as usize) };
+    bw
 }
 
 /// Fork a child holding `bytes` of incompressible memory; it exits 0 on

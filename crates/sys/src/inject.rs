@@ -62,30 +62,34 @@ impl Injector {
         ptrace::set_regs(self.tid, &r)?;
         if self.gadget {
             ptrace::cont(self.tid, 0)?;
-            self.wait_gadget_trap(nr)?;
         } else {
-            // Entry stop, then exit stop.
-            for _ in 0..2 {
-                ptrace::cont_syscall(self.tid)?;
-                self.wait_syscall_stop(nr)?;
-            }
+            // Entry stop first; wait_done then waits for the exit stop.
+            ptrace::cont_syscall(self.tid)?;
+            self.wait_done(nr)?;
+            ptrace::cont_syscall(self.tid)?;
         }
+        self.wait_done(nr)?;
         let out = ptrace::get_regs(self.tid)?;
         Ok(out.rax as i64)
     }
 
-    /// Gadget mode: the `int3` after the syscall stops the task with SIGTRAP.
-    fn wait_gadget_trap(&mut self, nr: i64) -> SysResult<()> {
+    /// Wait until the injected syscall is done: the SIGTRAP of the gadget's
+    /// `int3`, or the syscall-exit stop (the entry stop is the first call).
+    /// Clones are noted, other signals deferred, fatal ones are errors.
+    fn wait_done(&mut self, nr: i64) -> SysResult<()> {
+        let resume = |tid: Pid, gadget: bool| if gadget { ptrace::cont(tid, 0) } else { ptrace::cont_syscall(tid) };
         loop {
             match ptrace::wait(self.tid)? {
-                Stop::Signal(libc::SIGTRAP) => return Ok(()),
+                Stop::Signal(libc::SIGTRAP) if self.gadget => return Ok(()),
+                Stop::Syscall if !self.gadget => return Ok(()),
+                Stop::Syscall => resume(self.tid, self.gadget)?,
                 Stop::Event(_, ev) => {
                     if ev == libc::PTRACE_EVENT_CLONE {
                         self.note_clone();
                     }
-                    ptrace::cont(self.tid, 0)?;
+                    resume(self.tid, self.gadget)?;
                 }
-                Stop::Signal(sig @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE)) => {
+                Stop::Signal(sig @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP)) => {
                     return Err(SysError::new(
                         format!("injected syscall {nr} (task got fatal signal {sig})"),
                         self.tid,
@@ -94,9 +98,8 @@ impl Injector {
                 }
                 Stop::Signal(_) => {
                     self.defer_signal();
-                    ptrace::cont(self.tid, 0)?;
+                    resume(self.tid, self.gadget)?;
                 }
-                Stop::Syscall => ptrace::cont(self.tid, 0)?,
                 Stop::Exited(c) | Stop::Killed(c) => {
                     return Err(SysError::new(
                         format!("injected syscall {nr} (task ended with {c})"),
@@ -120,38 +123,6 @@ impl Injector {
         // SAFETY: GETSIGINFO writes a 128-byte siginfo.
         unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, self.tid, 0, info.as_mut_ptr()) };
         self.deferred.push(info);
-    }
-
-    fn wait_syscall_stop(&mut self, nr: i64) -> SysResult<()> {
-        loop {
-            match ptrace::wait(self.tid)? {
-                Stop::Syscall => return Ok(()),
-                Stop::Event(_, ev) => {
-                    if ev == libc::PTRACE_EVENT_CLONE {
-                        self.note_clone();
-                    }
-                    ptrace::cont_syscall(self.tid)?;
-                }
-                Stop::Signal(sig @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP)) => {
-                    return Err(SysError::new(
-                        format!("injected syscall {nr} (task got fatal signal {sig})"),
-                        self.tid,
-                        Errno(libc::EFAULT),
-                    ));
-                }
-                Stop::Signal(_sig) => {
-                    self.defer_signal();
-                    ptrace::cont_syscall(self.tid)?;
-                }
-                Stop::Exited(c) | Stop::Killed(c) => {
-                    return Err(SysError::new(
-                        format!("injected syscall {nr} (task ended with {c})"),
-                        self.tid,
-                        Errno(libc::ESRCH),
-                    ))
-                }
-            }
-        }
     }
 
     /// Run a syscall that must succeed; a negative result becomes an error

@@ -194,6 +194,22 @@ pub fn cryopod(args: &[&str], extra: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Assert that what is visible from outside `pid` matches `before` (taken
+/// with [`outside_view`] before the checkpoint).
+pub fn assert_same_outside(before: &(Vec<String>, Vec<String>, usize), pid: i32) {
+    let after = outside_view(pid);
+    assert_eq!(before.2, after.2, "thread count differs");
+    assert_eq!(before.1, after.1, "fd list differs");
+    let missing: Vec<&String> = before.0.iter().filter(|l| !after.0.contains(l)).collect();
+    assert!(missing.is_empty(), "areas missing after restore: {missing:#?}");
+}
+
+/// Run cryopod with `CRYOPOD_FAULT=point`; returns (success, stderr).
+pub fn cryopod_with_fault(args: &[&str], point: &str) -> (bool, String) {
+    let out = Command::new(cryopod_bin()).args(args).env("CRYOPOD_FAULT", point).output().expect("run cryopod");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// What is visible from outside: maps (address, perms, offset, path), fd
 /// list with targets, thread count.
 pub fn outside_view(pid: i32) -> (Vec<String>, Vec<String>, usize) {
