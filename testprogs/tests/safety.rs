@@ -129,29 +129,27 @@ fn taken_pid_is_named_and_nothing_is_created() {
 }
 
 #[test]
-fn seccomp_is_refused_not_dropped() {
-    // A program under a seccomp filter would lose it on restore: refused,
-    // and left running.
-    let mut run = Run::start(
-        "seccomp",
-        "python3",
-        &[
-            "-c",
-            "import ctypes, os, time; libc = ctypes.CDLL(None); \
-             libc.prctl(38, 1, 0, 0, 0); \
-             prog = (ctypes.c_ubyte * 8)(6, 0, 0, 0, 0, 0, 0xff, 0x7f); \
-             fprog = (ctypes.c_ubyte * 16)(); \
-             ctypes.memmove(fprog, ctypes.byref(ctypes.c_ushort(1)), 2); \
-             ctypes.memmove(ctypes.addressof(fprog) + 8, ctypes.byref(ctypes.c_void_p(ctypes.addressof(prog))), 8); \
-             assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0; \
-             print('READY', flush=True); \
-             [time.sleep(0.02) for _ in iter(lambda: os.path.exists('go'), True)]; print('PASS', flush=True)",
-        ],
-    );
+fn seccomp_filters_come_back() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/seccomp_filter.py");
+    let d = format!("/tmp/cryopod-test-seccomp-{}", std::process::id());
+    let mut run = Run::start("seccomp", "python3", &[script, &d, "nnp"]);
+    run.checkpoint(&[]);
+    // The program checks that getppid() is still denied by its filter.
+    run.restore_and_verify();
+}
+
+#[test]
+fn seccomp_filters_that_cannot_come_back_are_refused() {
+    // Installed by root without no_new_privs, then every capability dropped:
+    // the filter could not be installed again, and losing it would grant
+    // privilege. Refused, and the program is left running with its filter.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/seccomp_filter.py");
+    let d = format!("/tmp/cryopod-test-seccomp-dropped-{}", std::process::id());
+    let mut run = Run::start("seccomp-dropped", "python3", &[script, &d, "dropped"]);
     let (code, _, err) =
         cryopod(&["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()], &[]);
     assert_ne!(code, 0);
-    assert!(err.contains("seccomp"), "{err}");
+    assert!(err.contains("seccomp") && err.contains("could not be installed again"), "{err}");
     run.go_and_expect_pass();
 }
 

@@ -183,17 +183,10 @@ fn collect_process(
     files: &mut FileTable,
     mem: &mut MemCollector,
 ) -> Result<Process> {
-    // Seccomp filters are not saved yet: a restored process would lose them,
-    // i.e. gain privilege. Refuse instead.
+    // Seccomp: a process that could not get its filters back must not be
+    // checkpointed (restoring it without them would grant privilege).
     for &tid in tids {
-        let status = procfs::read(pid, &format!("task/{tid}/status"))?;
-        let mode = procfs::status_field(&status, "Seccomp").unwrap_or_default();
-        if mode != "0" && !mode.is_empty() {
-            return Err(EngineError::Unsupported {
-                pid,
-                what: format!("thread {tid} runs under seccomp (mode {mode}); its filters cannot be saved yet"),
-            });
-        }
+        crate::threads::check_seccomp_restorable(pid, tid)?;
     }
     let st = procfs::stat(pid)?;
     let mut p = empty_process(pid, &st);

@@ -71,7 +71,21 @@ pub fn collect(r: &mut Remote) -> Result<Thread> {
     let sigaltstack = (le(0), le(8) as u32 as i32, le(16));
     let pending = ptrace::peek_siginfo(tid, false)?.into_iter().map(|s| s.to_vec()).collect();
     let affinity = cryopod_sys::util::get_affinity(tid)?;
-    Ok(Thread { tid, regs, xstate, sigmask, comm, clear_child_tid, robust_list, rseq, sigaltstack, pending, affinity })
+    let seccomp = ptrace::get_seccomp_filters(tid)?;
+    Ok(Thread {
+        tid,
+        regs,
+        xstate,
+        sigmask,
+        comm,
+        clear_child_tid,
+        robust_list,
+        rseq,
+        sigaltstack,
+        pending,
+        affinity,
+        seccomp,
+    })
 }
 
 /// Create thread `tid` from the stopped leader `r`; returns once the new
@@ -164,4 +178,79 @@ pub fn set_final(tid: Pid, t: &Thread) -> Result<()> {
     ptrace::set_regs(tid, &resume_regs(t, &base))?;
     ptrace::set_sigmask(tid, t.sigmask)?;
     Ok(())
+}
+
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
+const SECCOMP_FILTER_FLAG_LOG: u64 = 2;
+const SECCOMP_FILTER_FLAG_SPEC_ALLOW: u64 = 4;
+const CAP_SYS_ADMIN: u64 = 21;
+const NR_SECCOMP: i64 = 317;
+
+/// Refuse a thread whose seccomp state cannot be restored exactly: strict
+/// mode, filters with a user-space listener, or filters in a thread that
+/// could not install them again (neither no_new_privs nor CAP_SYS_ADMIN).
+pub fn check_seccomp_restorable(pid: Pid, tid: Pid) -> Result<()> {
+    let status = crate::procfs::read(pid, &format!("task/{tid}/status"))?;
+    let mode = crate::procfs::status_field(&status, "Seccomp").unwrap_or_default();
+    let refuse =
+        |why: &str| Err(crate::EngineError::Unsupported { pid, what: format!("thread {tid} under seccomp: {why}") });
+    match mode.as_str() {
+        "" | "0" => Ok(()),
+        "1" => refuse("strict mode cannot be entered again"),
+        _ => {
+            let nnp = crate::procfs::status_field(&status, "NoNewPrivs").as_deref() == Some("1");
+            let admin = crate::procfs::status_hex(&status, "CapEff") & (1 << CAP_SYS_ADMIN) != 0;
+            if !nnp && !admin {
+                return refuse("its filters could not be installed again (no no_new_privs, no CAP_SYS_ADMIN)");
+            }
+            for (flags, _) in ptrace::get_seccomp_filters(tid)? {
+                if flags & !(SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW) != 0 {
+                    return refuse(&format!("filter flags {flags:#x} (a user-space listener) are not supported"));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Install a thread's seccomp filters, oldest first, as its very last
+/// injected syscalls (nothing of ours goes through them afterwards). The
+/// program is written just below the red zone under the thread's stack
+/// pointer, and those bytes are put back afterwards. `site` is a `syscall`
+/// instruction in the task (its vDSO), `vmas` its memory map.
+pub fn install_seccomp(pid: Pid, t: &Thread, site: u64, vmas: &[cryopod_image::Vma]) -> Result<()> {
+    if t.seccomp.is_empty() {
+        return Ok(());
+    }
+    let rsp = t.regs.get(19).copied().unwrap_or(0);
+    let largest = t.seccomp.iter().map(|(_, p)| p.len()).max().unwrap_or(0) as u64 + 16;
+    let at = rsp.saturating_sub(128 + largest) & !15;
+    let writable = vmas.iter().any(|v| v.start <= at && at + largest <= v.end && v.prot & libc::PROT_WRITE as u32 != 0);
+    if !writable {
+        return Err(crate::EngineError::Other(format!(
+            "thread {}: no room below its stack for its seccomp filters",
+            t.tid
+        )));
+    }
+    let mut saved = vec![0u8; largest as usize];
+    cryopod_sys::mem::read(pid, at, &mut saved)?;
+    let mut inj = cryopod_sys::inject::Injector::new(t.tid, site)?;
+    let mut res = Ok(());
+    for (flags, prog) in &t.seccomp {
+        // struct sock_fprog { u16 len; u64 filter } followed by the program.
+        let mut blob = Vec::with_capacity(16 + prog.len());
+        blob.extend_from_slice(&((prog.len() / 8) as u16).to_ne_bytes());
+        blob.extend_from_slice(&[0u8; 6]);
+        blob.extend_from_slice(&(at + 16).to_ne_bytes());
+        blob.extend_from_slice(prog);
+        res = cryopod_sys::mem::write(pid, at, &blob)
+            .and_then(|_| inj.call("seccomp(SET_MODE_FILTER)", NR_SECCOMP, &[SECCOMP_SET_MODE_FILTER, *flags, at]))
+            .map(|_| ())
+            .map_err(crate::EngineError::from);
+        if res.is_err() {
+            break;
+        }
+    }
+    cryopod_sys::mem::write(pid, at, &saved)?;
+    res.map(|_| ())
 }

@@ -94,6 +94,9 @@ pub struct Thread {
     pub pending: Vec<Vec<u8>>,
     /// CPU affinity mask words (empty: leave as is).
     pub affinity: Vec<u64>,
+    /// Seccomp filters, oldest first: (flags, BPF program, 8 bytes per
+    /// instruction).
+    pub seccomp: Vec<(u64, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -339,6 +342,9 @@ impl Manifest {
             }
             if t.regs.len() != NREGS {
                 return Err(bad(format!("{who}: thread {} has {} registers", t.tid, t.regs.len())));
+            }
+            if t.seccomp.iter().any(|(_, p)| p.is_empty() || p.len() % 8 != 0 || p.len() > 4096 * 8) {
+                return Err(bad(format!("{who}: thread {} has a malformed seccomp filter", t.tid)));
             }
             if t.xstate.len() > 16 * 1024 || t.xstate.len() < 576 {
                 return Err(bad(format!("{who}: thread {} xstate of {} bytes", t.tid, t.xstate.len())));

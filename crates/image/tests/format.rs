@@ -17,6 +17,7 @@ fn sample() -> Manifest {
         sigaltstack: (0, 2, 0),
         pending: vec![],
         affinity: vec![3],
+        seccomp: vec![],
     };
     let vma = Vma {
         start: 0x10000,

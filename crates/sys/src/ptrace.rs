@@ -198,3 +198,36 @@ pub fn get_robust_list(tid: Pid) -> SysResult<(u64, u64)> {
     }
     Ok((head, len))
 }
+
+const PTRACE_SECCOMP_GET_FILTER: u32 = 0x420c;
+const PTRACE_GET_SECCOMP_METADATA: u32 = 0x420d;
+/// Most BPF instructions in one filter (BPF_MAXINSNS).
+pub const SECCOMP_MAX_INSNS: usize = 4096;
+
+/// The seccomp filters of a thread, oldest first, each as (flags, BPF
+/// program bytes: 8 bytes per instruction).
+pub fn get_seccomp_filters(tid: Pid) -> SysResult<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for index in 0usize.. {
+        let n = match ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, index, 0) {
+            Ok(n) => n as usize,
+            Err(e) if e.0 == libc::ENOENT => break,
+            // Not in filter mode: no filters.
+            Err(e) if e.0 == libc::EINVAL && index == 0 => break,
+            Err(e) => return Err(SysError::new("ptrace(SECCOMP_GET_FILTER)", tid, e)),
+        };
+        if n > SECCOMP_MAX_INSNS {
+            return Err(SysError::new("ptrace(SECCOMP_GET_FILTER): filter too long", tid, Errno(libc::E2BIG)));
+        }
+        let mut prog = vec![0u8; n * 8];
+        pt(PTRACE_SECCOMP_GET_FILTER, "SECCOMP_GET_FILTER", tid, index, prog.as_mut_ptr() as usize)?;
+        let mut meta = [index as u64, 0u64];
+        pt(PTRACE_GET_SECCOMP_METADATA, "GET_SECCOMP_METADATA", tid, 16, meta.as_mut_ptr() as usize)?;
+        out.push((meta[1], prog));
+        if index > 4096 {
+            break;
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
