@@ -93,8 +93,10 @@ fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> 
             zombie(pid)?
         } else {
             let tids = fr.procs.get(&pid).cloned().unwrap_or_default();
-            collect_process(pid, &tids, idx, &mut files, &mut mem)
-                .map_err(|e| EngineError::Other(format!("checkpoint of pid {pid}: {e}")))?
+            let mut p = collect_process(pid, &tids, idx, &mut files, &mut mem)
+                .map_err(|e| EngineError::Other(format!("checkpoint of pid {pid}: {e}")))?;
+            p.stopped = fr.stopped.contains(&pid);
+            p
         };
         procs.push(p);
     }
@@ -173,6 +175,7 @@ fn empty_process(pid: i32, st: &procfs::Stat) -> Process {
         itimers: Vec::new(),
         posix_timers: Vec::new(),
         zombie_status: None,
+        stopped: false,
     }
 }
 

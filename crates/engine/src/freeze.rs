@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 pub struct Frozen {
     pub procs: BTreeMap<i32, Vec<i32>>,
     pub zombies: Vec<i32>,
+    /// Processes that were stopped by a signal (job control) before we came.
+    pub stopped: Vec<i32>,
     /// Every tid we seized, so that thaw can detach exactly these.
     seized: Vec<i32>,
 }
@@ -84,6 +86,9 @@ fn freeze_into(root: i32, fr: &mut Frozen) -> Result<()> {
                     changed = true;
                 }
                 continue;
+            }
+            if st.state == 'T' && !fr.procs.contains_key(&pid) && !fr.stopped.contains(&pid) {
+                fr.stopped.push(pid);
             }
             let tids = procfs::tids(pid)?;
             let known = fr.procs.entry(pid).or_default();

@@ -287,8 +287,10 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64]) -> Result<()> {
         (b.progress)("memory", done, total);
     }
     fault::check("restore-before-resume")?;
+    // Processes stopped by job control go back to being stopped.
     for t in all_threads {
-        ptrace::detach(t, 0)?;
+        let stopped = m.processes.iter().any(|p| p.stopped && p.pid == t);
+        ptrace::detach(t, if stopped { libc::SIGSTOP } else { 0 })?;
     }
     Ok(())
 }

@@ -77,6 +77,8 @@ pub struct Process {
     pub posix_timers: Vec<PosixTimer>,
     /// Set for a zombie: its exit status as seen by wait.
     pub zombie_status: Option<i32>,
+    /// Stopped by a signal (job control) when checkpointed.
+    pub stopped: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

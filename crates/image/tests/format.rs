@@ -56,6 +56,7 @@ fn sample() -> Manifest {
             itimers: vec![],
             posix_timers: vec![],
             zombie_status: None,
+            stopped: false,
         }],
         files: vec![OpenFile { flags: 0, pos: 0, kind: FileKind::CharDev { path: "/dev/null".into(), rdev: 0x103 } }],
         objects: vec![],

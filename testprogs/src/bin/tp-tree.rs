@@ -77,6 +77,16 @@ fn main() {
             libc::_exit(3);
         }
     }
+    // T: stopped by SIGSTOP (a suspended job); after SIGCONT it exits 5.
+    let t = fork();
+    if t == 0 {
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+            libc::_exit(5);
+        }
+    }
+    let mut st = 0;
+    unsafe { libc::waitpid(t, &mut st, libc::WUNTRACED) };
     // Let the zombies die and A/B settle.
     let zombie =
         |p: i32| std::fs::read_to_string(format!("/proc/{p}/stat")).map(|s| s.contains(") Z ")).unwrap_or(false);
@@ -97,6 +107,15 @@ fn main() {
     c.check(
         "zombie reaped as killed by SIGTERM",
         libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGTERM,
+        format!("{st:#x}"),
+    );
+    let state = std::fs::read_to_string(format!("/proc/{t}/stat")).unwrap_or_default();
+    c.check("stopped child is still stopped", state.contains(") T "), state.clone());
+    unsafe { libc::kill(t, libc::SIGCONT) };
+    let st = wait_status(t);
+    c.check(
+        "stopped child continues and exits 5",
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 5,
         format!("{st:#x}"),
     );
     let st = wait_status(a);
