@@ -72,3 +72,8 @@ fn files() {
 fn objects() {
     roundtrip("objects", env!("CARGO_BIN_EXE_tp-objects"));
 }
+
+#[test]
+fn events() {
+    roundtrip("events", env!("CARGO_BIN_EXE_tp-events"));
+}

@@ -1,6 +1,6 @@
 //! `cryopod inspect`: the tree, memory maps, fds and threads of an image.
 
-use cryopod_image::{FileKind, Manifest, ObjectOrigin, Process, Vma, VmaKind, PAGE};
+use cryopod_image::{Manifest, ObjectOrigin, Process, Vma, VmaKind, PAGE};
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::path::Path;
@@ -47,23 +47,7 @@ fn zero(v: &Vma) -> u64 {
 }
 
 fn file_desc(m: &Manifest, i: u32) -> String {
-    match m.files.get(i as usize).map(|f| &f.kind) {
-        Some(FileKind::Path { path, .. }) => path.clone(),
-        Some(FileKind::Object { object }) => match m.objects.get(*object as usize).map(|o| &o.origin) {
-            Some(ObjectOrigin::Memfd { name }) => format!("/memfd:{name} (deleted)"),
-            Some(ObjectOrigin::Deleted { path, .. }) => format!("{path} (deleted)"),
-            _ => format!("object {object}"),
-        },
-        Some(FileKind::CharDev { path, .. }) => path.clone(),
-        Some(FileKind::Terminal { path }) => format!("{path} (terminal)"),
-        Some(FileKind::Pipe { pipe, write, queued, .. }) => {
-            format!("pipe:[{pipe}] {} end, {} bytes queued", if *write { "write" } else { "read" }, queued.len())
-        }
-        Some(FileKind::Fifo { path, queued, .. }) => {
-            format!("fifo {path}, {} bytes queued", queued.len())
-        }
-        None => "?".into(),
-    }
+    m.files.get(i as usize).map(|f| cryopod_engine::files::describe(m, f)).unwrap_or_else(|| "?".into())
 }
 
 /// Total size of the image directory's files.

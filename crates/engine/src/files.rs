@@ -142,6 +142,10 @@ impl FileTable {
                     Ok(FileKind::Fifo { path: target.to_string(), pipe: ino, queued })
                 }
             }
+            _ if target.starts_with("anon_inode:") => anon_inode_kind(pid, fd, target).map_err(|e| match e {
+                EngineError::Other(why) => unsupported(&why),
+                e => e,
+            }),
             _ => Err(unsupported("this kind of file")),
         }
     }
@@ -246,9 +250,17 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
             _ => format!("object {object}"),
         },
         FileKind::CharDev { path, .. } => path.clone(),
-        FileKind::Terminal { path } => format!("terminal {path}"),
-        FileKind::Pipe { pipe, write, .. } => format!("pipe:[{pipe}] ({} end)", if *write { "write" } else { "read" }),
-        FileKind::Fifo { path, .. } => format!("fifo {path}"),
+        FileKind::Terminal { path } => format!("{path} (terminal)"),
+        FileKind::Pipe { pipe, write, queued, .. } => {
+            format!("pipe:[{pipe}] {} end, {} bytes queued", if *write { "write" } else { "read" }, queued.len())
+        }
+        FileKind::Fifo { path, queued, .. } => format!("fifo {path}, {} bytes queued", queued.len()),
+        FileKind::EventFd { count, .. } => format!("eventfd (count {count})"),
+        FileKind::SignalFd { mask } => format!("signalfd (mask {mask:#x})"),
+        FileKind::TimerFd { interval_ns, value_ns, ticks, .. } => {
+            format!("timerfd (next in {value_ns} ns, every {interval_ns} ns, {ticks} unread)")
+        }
+        FileKind::Epoll { entries, .. } => format!("epoll ({} watched)", entries.len()),
     }
 }
 
@@ -304,6 +316,30 @@ fn open_one(
             let fd = if *write { w } else { r };
             cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
             fd
+        }
+        FileKind::EventFd { count, semaphore } => {
+            let fd = cryopod_sys::util::eventfd(0, if *semaphore { libc::EFD_SEMAPHORE } else { 0 })?;
+            if *count > 0 {
+                cryopod_sys::util::write_fd(fd.as_raw_fd(), &count.to_ne_bytes())?;
+            }
+            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fd
+        }
+        FileKind::SignalFd { mask } => {
+            let fd = cryopod_sys::util::signalfd(*mask, 0)?;
+            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fd
+        }
+        FileKind::TimerFd { clock, interval_ns, value_ns, ticks } => {
+            let fd = cryopod_sys::util::timerfd(*clock, 0)?;
+            restore_timerfd(fd.as_raw_fd(), *clock, *interval_ns, *value_ns, *ticks)?;
+            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fd
+        }
+        FileKind::Epoll { .. } => {
+            // The interest list is registered by the owning stub, under its
+            // own fd numbers (see tree.rs).
+            cryopod_sys::util::epoll_create(0)?
         }
         FileKind::Fifo { path, pipe, queued } => {
             if !pipes.contains_key(pipe) {
@@ -380,4 +416,74 @@ pub fn create_objects(
         out.insert(i as u32, cryopod_sys::util::dup_at_least(file.as_raw_fd(), base)?);
     }
     Ok(out)
+}
+
+/// eventfd, signalfd, timerfd and epoll, from the target's own fdinfo.
+fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
+    let info = || procfs::read(pid, &format!("fdinfo/{fd}"));
+    let field = |s: &str, k: &str| procfs::status_field(s, k).unwrap_or_default();
+    match target {
+        "anon_inode:[eventfd]" => {
+            let s = info()?;
+            let count = u64::from_str_radix(field(&s, "eventfd-count").trim(), 16).unwrap_or(0);
+            Ok(FileKind::EventFd { count, semaphore: field(&s, "eventfd-semaphore") == "1" })
+        }
+        "anon_inode:[signalfd]" => {
+            Ok(FileKind::SignalFd { mask: u64::from_str_radix(field(&info()?, "sigmask").trim(), 16).unwrap_or(0) })
+        }
+        "anon_inode:[timerfd]" => {
+            // timerfd_gettime on a copy brings the unread expirations in
+            // fdinfo up to date (KERNEL-NOTES), and gives the times.
+            let pidfd = cryopod_sys::pidfd::pidfd_open(pid)?;
+            let copy = cryopod_sys::pidfd::pidfd_getfd(&pidfd, pid, fd)?;
+            let (interval_ns, value_ns) = cryopod_sys::util::timerfd_gettime(copy.as_raw_fd())?;
+            let s = info()?;
+            Ok(FileKind::TimerFd {
+                clock: field(&s, "clockid").parse().unwrap_or(libc::CLOCK_MONOTONIC),
+                interval_ns,
+                value_ns,
+                ticks: field(&s, "ticks").parse().unwrap_or(0),
+            })
+        }
+        "anon_inode:[eventpoll]" => {
+            let mut entries = Vec::new();
+            for line in info()?.lines() {
+                let Some(rest) = line.strip_prefix("tfd:") else { continue };
+                let w: Vec<&str> = rest.split_whitespace().collect();
+                // "<fd> events: <hex> data: <hex> pos:.. ino:.. sdev:.."
+                if w.len() >= 5 && w[1] == "events:" && w[3] == "data:" {
+                    let tfd = w[0].parse().unwrap_or(-1);
+                    let events = u32::from_str_radix(w[2], 16).unwrap_or(0);
+                    let data = u64::from_str_radix(w[4], 16).unwrap_or(0);
+                    entries.push((tfd, events, data));
+                }
+            }
+            Ok(FileKind::Epoll { owner: pid, entries })
+        }
+        other => Err(EngineError::Other(format!("{other} is not supported yet"))),
+    }
+}
+
+/// Arm a timerfd so that `ticks` expirations are waiting to be read, the
+/// next one comes in `value_ns` and the following every `interval_ns`: the
+/// first expiration is set in the past (absolute time), so the kernel counts
+/// the ones already due.
+fn restore_timerfd(fd: i32, clock: i32, interval_ns: u64, value_ns: u64, ticks: u64) -> Result<()> {
+    use cryopod_sys::util::timerfd_settime;
+    if ticks == 0 {
+        if value_ns > 0 {
+            timerfd_settime(fd, 0, interval_ns, value_ns)?;
+        }
+        return Ok(());
+    }
+    let now = cryopod_sys::util::clock_ns(clock);
+    if interval_ns == 0 {
+        // A one-shot timer that fired and was not read: one expiration due.
+        timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, 0, 1)?;
+        return Ok(());
+    }
+    let back = ticks.saturating_mul(interval_ns);
+    let first = (now + value_ns).saturating_sub(back).max(1);
+    timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, interval_ns, first)?;
+    Ok(())
 }

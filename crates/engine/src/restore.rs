@@ -124,8 +124,21 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             .collect();
         fd_plan.insert(p.pid, v);
     }
+    // Each epoll instance is filled in by its owner, through one of its fds.
+    let mut epolls: BTreeMap<i32, Vec<tree::EpollSetup>> = BTreeMap::new();
+    let mut seen_epolls = std::collections::HashSet::new();
+    for p in &m.processes {
+        for f in &p.fds {
+            if let cryopod_image::FileKind::Epoll { owner, entries } = &m.files[f.file as usize].kind {
+                if *owner == p.pid && seen_epolls.insert(f.file) {
+                    epolls.entry(p.pid).or_default().push((f.fd, entries.clone()));
+                }
+            }
+        }
+    }
     let plan = StubPlan {
         m: &m,
+        epolls,
         children: tree::children_map(&m),
         fds: fd_plan,
         keep: object_fds.values().copied().collect(),

@@ -12,6 +12,10 @@ use cryopod_sys::clone::{fork_with_pid, Forked};
 use cryopod_sys::util;
 use std::collections::BTreeMap;
 
+/// An epoll instance to fill: its fd number in the owner, and the interest
+/// list as (fd, events, data).
+pub type EpollSetup = (i32, Vec<(i32, u32, u64)>);
+
 /// What every stub needs to know, built by the restorer before forking.
 pub struct StubPlan<'a> {
     pub m: &'a Manifest,
@@ -21,6 +25,9 @@ pub struct StubPlan<'a> {
     /// Restorer fds every stub keeps until the restorer closes them in it
     /// (re-created memfds and deleted files, mapped by injected mmap).
     pub keep: Vec<i32>,
+    /// Per pid: epoll instances it owns (its fd number for the instance, and
+    /// the interest list to register under its own fd numbers).
+    pub epolls: BTreeMap<i32, Vec<EpollSetup>>,
     /// Write end of the readiness pipe.
     pub ready_w: i32,
 }
@@ -109,6 +116,14 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
         keep.push(target);
     }
     util::close_all_but(&keep);
+    // epoll entries are keyed by (file, fd number): register them here, with
+    // the fds already at the numbers the process knows them by.
+    for (epfd, entries) in plan.epolls.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
+        for &(fd, events, data) in entries {
+            util::epoll_add(*epfd, fd, events, data)
+                .map_err(|e| crate::EngineError::Other(format!("epoll fd {epfd}: {e}")))?;
+        }
+    }
     report(plan, &format!("R {pid}\n"));
     util::close(plan.ready_w);
     Ok(())

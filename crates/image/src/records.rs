@@ -267,6 +267,16 @@ pub enum FileKind {
     Pipe { pipe: u64, write: bool, capacity: i32, queued: Vec<u8> },
     /// A FIFO opened by path.
     Fifo { path: String, pipe: u64, queued: Vec<u8> },
+    /// An eventfd and its counter.
+    EventFd { count: u64, semaphore: bool },
+    /// A signalfd and its signal mask (bit n-1 = signal n).
+    SignalFd { mask: u64 },
+    /// A timerfd: clock, interval and remaining time (ns), and expirations
+    /// not yet read.
+    TimerFd { clock: i32, interval_ns: u64, value_ns: u64, ticks: u64 },
+    /// An epoll instance and its interest list, registered by process
+    /// `owner` under its fd numbers: (fd, events, data).
+    Epoll { owner: i32, entries: Vec<(i32, u32, u64)> },
 }
 
 fn bad(what: String) -> ImageError {

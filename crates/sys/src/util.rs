@@ -458,3 +458,79 @@ pub fn memfd_create(name: &str) -> SysResult<std::os::fd::OwnedFd> {
     // SAFETY: memfd_create returned a new fd that nothing else owns.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) })
 }
+
+fn new_fd(r: i32, what: &str) -> SysResult<std::os::fd::OwnedFd> {
+    if r < 0 {
+        return Err(SysError::last(what, 0));
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) })
+}
+
+/// eventfd(count, flags).
+pub fn eventfd(count: u32, flags: i32) -> SysResult<std::os::fd::OwnedFd> {
+    // SAFETY: integer arguments.
+    new_fd(unsafe { libc::eventfd(count, flags) }, "eventfd")
+}
+
+/// signalfd for the signals in `mask` (bit n-1 = signal n).
+pub fn signalfd(mask: u64, flags: i32) -> SysResult<std::os::fd::OwnedFd> {
+    // SAFETY: the kernel reads an 8-byte mask from a live local.
+    let r = unsafe { libc::syscall(libc::SYS_signalfd4, -1, &mask as *const u64, 8usize, flags) };
+    new_fd(r as i32, "signalfd")
+}
+
+/// timerfd_create(clock, flags).
+pub fn timerfd(clock: i32, flags: i32) -> SysResult<std::os::fd::OwnedFd> {
+    // SAFETY: integer arguments.
+    new_fd(unsafe { libc::timerfd_create(clock, flags) }, "timerfd_create")
+}
+
+/// timerfd_settime(fd, flags, {interval, value}) with times in ns.
+pub fn timerfd_settime(fd: i32, flags: i32, interval_ns: u64, value_ns: u64) -> SysResult<()> {
+    let ts = |ns: u64| libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 };
+    let spec = libc::itimerspec { it_interval: ts(interval_ns), it_value: ts(value_ns) };
+    // SAFETY: `spec` is a valid itimerspec; old value not requested.
+    if unsafe { libc::timerfd_settime(fd, flags, &spec, std::ptr::null_mut()) } < 0 {
+        return Err(SysError::last("timerfd_settime", 0));
+    }
+    Ok(())
+}
+
+/// timerfd_gettime: (interval ns, value ns). Also brings the kernel's count
+/// of expirations up to date.
+pub fn timerfd_gettime(fd: i32) -> SysResult<(u64, u64)> {
+    // SAFETY: itimerspec is plain data; the kernel writes it.
+    let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    if unsafe { libc::timerfd_gettime(fd, &mut spec) } < 0 {
+        return Err(SysError::last("timerfd_gettime", 0));
+    }
+    let ns = |t: libc::timespec| t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64;
+    Ok((ns(spec.it_interval), ns(spec.it_value)))
+}
+
+/// clock_gettime(clock) in ns.
+pub fn clock_ns(clock: i32) -> u64 {
+    // SAFETY: timespec is plain data; the kernel writes it.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(clock, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// epoll_create1(flags).
+pub fn epoll_create(flags: i32) -> SysResult<std::os::fd::OwnedFd> {
+    // SAFETY: integer arguments.
+    new_fd(unsafe { libc::epoll_create1(flags) }, "epoll_create1")
+}
+
+/// epoll_ctl(epfd, EPOLL_CTL_ADD, fd, {events, data}).
+pub fn epoll_add(epfd: i32, fd: i32, events: u32, data: u64) -> SysResult<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` is a valid epoll_event.
+    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(SysError::last(format!("epoll_ctl(ADD fd {fd})"), 0));
+    }
+    Ok(())
+}
