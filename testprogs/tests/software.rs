@@ -90,3 +90,29 @@ fn shell_pipeline_standard_streams_are_pipes() {
     assert!(i.1.contains("pipe:["), "the pipeline's pipe should be in the image: {}", i.1);
     restore_and_check_count(&mut run);
 }
+
+#[test]
+fn restore_forwards_signals_to_the_job() {
+    // A supervisor stops `cryopod restore` (which stands in for the job)
+    // with SIGTERM: the restored program gets it, and the restorer exits
+    // with the program's status.
+    let mut run = Run::start(
+        "forward",
+        "bash",
+        &["-c", "trap 'echo got-term; exit 7' TERM; echo READY; while :; do sleep 0.02; done"],
+    );
+    run.checkpoint(&[]);
+    let mut restorer = std::process::Command::new(cryopod_bin())
+        .args(["restore", run.image.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    run.owned.push(restorer.id() as i32);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill by pid of the restorer this test started.
+    unsafe { libc::kill(restorer.id() as i32, libc::SIGTERM) };
+    let status = restorer.wait().unwrap();
+    run.wait_output("got-term", Duration::from_secs(10));
+    assert_eq!(status.code(), Some(7), "the restorer should exit with the job's status");
+}

@@ -398,13 +398,18 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
 /// code: its exit status, or 128 + the signal that killed it. Like a shell
 /// running a job in the foreground: if we own the terminal on stdin and the
 /// job has its own process group, the job gets the terminal while it runs,
-/// and we take it back afterwards.
+/// and we take it back afterwards. Termination and user signals sent to us
+/// meanwhile are passed on to the job.
 pub fn wait_root(root: i32, job_group: Option<i32>) -> Result<i32> {
     let ours = util::own_group();
     let handed = match job_group {
         Some(g) if g != ours && util::foreground_group(0) == Some(ours) => util::set_foreground_group(0, g).is_ok(),
         _ => false,
     };
+    // Signals sent to us (a supervisor stopping the job) go to the job.
+    let forwarded =
+        [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCONT];
+    util::forward_signals(root, &forwarded)?;
     let res = wait_exit(root);
     if handed {
         let _ = util::set_foreground_group(0, ours);

@@ -534,3 +534,32 @@ pub fn epoll_add(epfd: i32, fd: i32, events: u32, data: u64) -> SysResult<()> {
     }
     Ok(())
 }
+
+/// Forward `sigs`, when they are sent to this process, to process `target`:
+/// they are blocked in the calling thread (and so in threads it creates
+/// later), and a new thread takes them with sigwait and passes them on.
+pub fn forward_signals(target: Pid, sigs: &[i32]) -> SysResult<()> {
+    // SAFETY: sigset_t is plain data built with sigemptyset/sigaddset; the
+    // mask change affects only the calling thread.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::Builder::new()
+        .name("signal-forwarder".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: `set` is a valid signal set; `sig` a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                // SAFETY: kill has no memory arguments.
+                unsafe { libc::kill(target, sig) };
+            }
+        })
+        .map_err(|e| SysError::new(format!("spawn signal forwarder: {e}"), target, Errno(libc::EAGAIN)))?;
+    Ok(())
+}
