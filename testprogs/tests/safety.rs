@@ -208,3 +208,43 @@ fn user_owned_images_cannot_ask_for_privilege() {
     chown_tree(&img, 0, 0);
     run.restore_and_verify();
 }
+
+#[test]
+fn signals_arriving_during_a_checkpoint_are_not_lost() {
+    let mut run = Run::testprog("sigflood", env!("CARGO_BIN_EXE_tp-sigflood"));
+    let pid = run.pid;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let sender = std::thread::spawn(move || {
+        let (mut n, mut sum) = (0u64, 0u64);
+        while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+            for _ in 0..5 {
+                n += 1;
+                sum += n;
+                // SAFETY: sigqueue to the test program this test started.
+                let r = unsafe { libc::sigqueue(pid, libc::SIGRTMIN() + 5, libc::sigval { sival_ptr: n as *mut _ }) };
+                assert_eq!(r, 0, "sigqueue: {}", std::io::Error::last_os_error());
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+        (n, sum)
+    });
+    for i in 0..8 {
+        let img = run.dir.join(format!("img-{i}"));
+        let o = cryopod(
+            &["checkpoint", "-v", "--pid", &pid.to_string(), "-o", img.to_str().unwrap(), "--leave-running"],
+            &[],
+        );
+        let sigq = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("SigQ") || l.starts_with("ShdPnd"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(o.0, 0, "checkpoint {i} failed: {} ({sigq})", o.2);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (n, sum) = sender.join().unwrap();
+    std::fs::write(run.dir.join("sent"), format!("{n} {sum}")).unwrap();
+    run.go_and_expect_pass();
+}

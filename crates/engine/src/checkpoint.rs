@@ -210,6 +210,9 @@ fn collect_process(
             as u64;
 
     let mut leader = Remote { inj: Injector::new(pid, site)?, pid, data: 0 };
+    // Signals that arrived while we injected were dequeued by ptrace: they
+    // are put back before the task goes on (tid, siginfo).
+    let mut deferred: Vec<(i32, [u8; 128])> = Vec::new();
     let res = (|| -> Result<()> {
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         leader.data = leader.call("mmap(scratch)", nr::MMAP, &[0, SCRATCH_DATA, rw, 0x22, u64::MAX, 0])?;
@@ -226,20 +229,35 @@ fn collect_process(
             } else {
                 let mut r = Remote { inj: Injector::new(tid, site)?, pid, data: leader.data };
                 let t = threads::collect(&mut r);
+                deferred.extend(r.inj.deferred.drain(..).map(|i| (tid, i)));
                 r.inj.restore_and_park()?;
                 p.threads.push(t?);
             }
         }
         Ok(())
     })();
-    // Always put the task back as it was, even after a failure.
+    // Always put the task back as it was, even after a failure: every
+    // signal blocked meanwhile (so that re-queued signals stay pending instead
+    // of stopping the next injected call), deferred signals queued again, the
+    // scratch area gone, the signal mask and registers as they were.
+    let mask = cryopod_sys::ptrace::get_sigmask(pid);
+    let blocked = mask.is_ok() && cryopod_sys::ptrace::set_sigmask(pid, !0).is_ok();
+    let mut requeue = Ok(());
     if leader.data != 0 {
+        deferred.extend(leader.inj.deferred.drain(..).map(|i| (pid, i)));
+        if !deferred.is_empty() {
+            tracing::info!(pid, signals = deferred.len(), "signals arrived during the checkpoint; queued again");
+        }
+        for (tid, info) in &deferred {
+            requeue = requeue.and(signals::queue(&mut leader, Some(*tid), info));
+        }
         let _ = leader.call("munmap(scratch)", nr::MUNMAP, &[leader.data, SCRATCH_DATA]);
+    }
+    if let (true, Ok(m)) = (blocked, mask) {
+        cryopod_sys::ptrace::set_sigmask(pid, m)?;
     }
     leader.inj.restore_and_park()?;
     res?;
-    if !leader.inj.deferred.is_empty() {
-        return Err(EngineError::Other(format!("pid {pid} received a signal while being checkpointed; try again")));
-    }
+    requeue.map_err(|e| EngineError::Other(format!("pid {pid}: a signal that arrived during the checkpoint: {e}")))?;
     Ok(p)
 }

@@ -32,9 +32,31 @@ pub struct Run {
     _lock: std::sync::MutexGuard<'static, ()>,
 }
 
+/// A process and all its descendants (read from /proc before killing).
+pub fn tree_of(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let f = t.path().join("children");
+                if let Ok(s) = std::fs::read_to_string(f) {
+                    out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
 impl Drop for Run {
     fn drop(&mut self) {
-        for &p in &self.owned {
+        // Every process this test started or restored, with all their
+        // descendants, even when a checkpoint failed half-way.
+        let all: Vec<i32> = self.owned.iter().flat_map(|&p| tree_of(p)).collect();
+        for p in all {
             // SAFETY: kill by pid of processes this test started or restored.
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
