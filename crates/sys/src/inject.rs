@@ -135,11 +135,6 @@ impl Injector {
         Ok(r as u64)
     }
 
-    /// Put the task's registers back to `regs` (it stays stopped).
-    pub fn set_final_regs(&self, regs: &Regs) -> SysResult<()> {
-        ptrace::set_regs(self.tid, regs)
-    }
-
     /// Put back the registers the task had when injection started, and move
     /// it into an interrupt stop so that, when it is resumed, the kernel's
     /// own syscall-restart logic runs on those registers.

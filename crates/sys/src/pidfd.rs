@@ -47,14 +47,6 @@ pub fn peek_pipe(pipe_read_end: &OwnedFd, pid: Pid) -> SysResult<Vec<u8>> {
     Ok(out)
 }
 
-/// FIONREAD on an fd: bytes queued for reading.
-pub fn bytes_queued(fd: &OwnedFd) -> usize {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
-    unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
-    n.max(0) as usize
-}
-
 /// Capacity of a pipe (F_GETPIPE_SZ).
 pub fn pipe_capacity(fd: &OwnedFd) -> i32 {
     // SAFETY: fcntl with integer args.

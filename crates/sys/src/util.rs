@@ -12,13 +12,6 @@ pub fn kill(pid: Pid, sig: i32) -> SysResult<()> {
     Ok(())
 }
 
-/// Whether a pid exists (kill with signal 0; EPERM still means it exists).
-pub fn pid_exists(pid: Pid) -> bool {
-    // SAFETY: kill with signal 0 only checks existence.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || Errno::last().0 == libc::EPERM
-}
-
 /// Wait for a child (any state change with `__WALL`), returning the raw status.
 pub fn waitpid(pid: Pid, flags: i32) -> SysResult<(Pid, i32)> {
     let mut status = 0;
@@ -39,24 +32,6 @@ pub fn waitpid(pid: Pid, flags: i32) -> SysResult<(Pid, i32)> {
 /// Number of threads of the calling process.
 pub fn own_thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
-}
-
-/// Block every catchable signal in the calling thread; returns the old mask.
-pub fn block_all_signals() -> u64 {
-    // SAFETY: sigset_t values are plain data initialised by sigfillset.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let mut bits = 0u64;
-        for s in 1..=64 {
-            if libc::sigismember(&old, s) == 1 {
-                bits |= 1 << (s - 1);
-            }
-        }
-        bits
-    }
 }
 
 /// Set the calling thread's signal mask from a bit set (bit n-1 = signal n).
@@ -90,16 +65,6 @@ pub fn set_process_group(pid: Pid, pgid: Pid) -> SysResult<()> {
         return Err(SysError::last(format!("setpgid({pgid})"), pid));
     }
     Ok(())
-}
-
-/// getsid / getpgid of another process.
-pub fn session_of(pid: Pid) -> SysResult<Pid> {
-    // SAFETY: no memory arguments.
-    let r = unsafe { libc::getsid(pid) };
-    if r < 0 {
-        return Err(SysError::last("getsid", pid));
-    }
-    Ok(r)
 }
 
 /// Exit the calling process at once, without running destructors or atexit
@@ -172,16 +137,6 @@ pub fn pipe() -> SysResult<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 pub fn close(fd: i32) {
     // SAFETY: closing an fd we own.
     unsafe { libc::close(fd) };
-}
-
-/// Make the calling process a child subreaper (orphans of restored trees are
-/// reparented to us, not to init, while we run).
-pub fn set_child_subreaper() -> SysResult<()> {
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-        return Err(SysError::last("prctl(PR_SET_CHILD_SUBREAPER)", 0));
-    }
-    Ok(())
 }
 
 /// The uname release string of the running kernel.
@@ -406,12 +361,6 @@ pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
         let old_uid = libc::setfsuid(uid) as u32;
         (old_uid, old_gid)
     }
-}
-
-/// The effective uid of the calling process.
-pub fn euid() -> u32 {
-    // SAFETY: no arguments.
-    unsafe { libc::geteuid() }
 }
 
 /// The foreground process group of the terminal on `fd`, if it is our
