@@ -5,7 +5,9 @@
 //! - restore of that image, against first-touch anonymous memory bandwidth;
 //! - checkpoint and restore of a small process (a bash loop), in ms.
 //!
-//! `CRYOPOD_BENCH_GIB` changes the size (default 4).
+//! `CRYOPOD_BENCH_GIB` changes the size (default 4), `CRYOPOD_BENCH_ROUNDS`
+//! the rounds of the large checkpoint/restore (default 3; the median is
+//! reported), `CRYOPOD_BENCH_THREADS` the worker threads (default: CPUs).
 
 use cryopod_engine::{checkpoint, restore, CheckpointOptions, RestoreOptions};
 use std::io::Write;
@@ -167,7 +169,10 @@ fn main() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let _ = std::fs::remove_dir_all(SHM);
     std::fs::create_dir_all(SHM).unwrap();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = std::env::var("CRYOPOD_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
 
     println!(
         "cryopod benchmark: {gib} GiB process, {threads} CPUs, kernel {}",
@@ -180,39 +185,57 @@ fn main() {
     let touch = first_touch_bw(bytes);
     println!("machine limits: tmpfs write {tmpfs:.2} GB/s, first-touch anonymous memory {touch:.2} GB/s");
 
-    // Large checkpoint.
-    let pid = spawn_big(bytes);
-    let img = std::path::PathBuf::from(format!("{SHM}/big"));
-    let t = Instant::now();
-    let s = checkpoint(&CheckpointOptions { pid, dir: img.clone(), leave_running: false, threads }, &quiet)
-        .expect("checkpoint");
-    let ck = t.elapsed();
-    reap(pid);
-    wait_gone(pid);
-    let ck_bw = gbps(s.memory_bytes, ck);
+    // Large checkpoint and restore, three rounds: this VM's memory speed
+    // varies from run to run, so the median is reported with the range.
+    let rounds: usize = std::env::var("CRYOPOD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let (mut ck_bws, mut rs_bws) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let pid = spawn_big(bytes);
+        let img = std::path::PathBuf::from(format!("{SHM}/big"));
+        let t = Instant::now();
+        let s = checkpoint(&CheckpointOptions { pid, dir: img.clone(), leave_running: false, threads }, &quiet)
+            .expect("checkpoint");
+        let ck = t.elapsed();
+        reap(pid);
+        wait_gone(pid);
+        let t = Instant::now();
+        let o = restore(&RestoreOptions { dir: img.clone(), threads }, &quiet).expect("restore");
+        let rs = t.elapsed();
+        unsafe { libc::kill(o.root_pid, libc::SIGUSR1) };
+        let st = reap(o.root_pid);
+        let verified = libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0;
+        println!(
+            "round {}: checkpoint {:.3} s ({:.2} GB/s, image {:.2} GiB), restore {:.3} s ({:.2} GB/s), restored process verified its memory: {}",
+            round + 1,
+            ck.as_secs_f64(),
+            gbps(s.memory_bytes, ck),
+            s.image_bytes as f64 / (1u64 << 30) as f64,
+            rs.as_secs_f64(),
+            gbps(o.memory_bytes, rs),
+            if verified { "ok" } else { "FAILED" }
+        );
+        ck_bws.push(gbps(s.memory_bytes, ck));
+        rs_bws.push(gbps(o.memory_bytes, rs));
+        std::fs::remove_dir_all(&img).unwrap();
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let (ck_med, ck_min, ck_max) = median(&mut ck_bws);
+    let (rs_med, rs_min, rs_max) = median(&mut rs_bws);
     println!(
-        "checkpoint {gib} GiB: {:.3} s, {ck_bw:.2} GB/s = {:.0}% of tmpfs write bandwidth (target >= 80%); image {:.2} GiB",
-        ck.as_secs_f64(),
-        100.0 * ck_bw / tmpfs,
-        s.image_bytes as f64 / (1u64 << 30) as f64
+        "checkpoint {gib} GiB, median of {rounds}: {ck_med:.2} GB/s = {:.0}% of tmpfs write bandwidth (target >= 80%; range {:.0}-{:.0}%)",
+        100.0 * ck_med / tmpfs,
+        100.0 * ck_min / tmpfs,
+        100.0 * ck_max / tmpfs
     );
-    // Large restore.
-    let t = Instant::now();
-    let o = restore(&RestoreOptions { dir: img.clone(), threads }, &quiet).expect("restore");
-    let rs = t.elapsed();
-    let rs_bw = gbps(o.memory_bytes, rs);
     println!(
-        "restore {gib} GiB: {:.3} s, {rs_bw:.2} GB/s = {:.0}% of first-touch bandwidth (target >= 80%), hash verification included",
-        rs.as_secs_f64(),
-        100.0 * rs_bw / touch
+        "restore {gib} GiB, median of {rounds}: {rs_med:.2} GB/s = {:.0}% of first-touch bandwidth (target >= 80%; range {:.0}-{:.0}%), hash verification included",
+        100.0 * rs_med / touch,
+        100.0 * rs_min / touch,
+        100.0 * rs_max / touch
     );
-    unsafe { libc::kill(o.root_pid, libc::SIGUSR1) };
-    let st = reap(o.root_pid);
-    println!(
-        "restored process verified its 4 GiB checksum: {}",
-        if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 { "ok" } else { "FAILED" }
-    );
-    std::fs::remove_dir_all(&img).unwrap();
 
     // Small process: a bash loop with a child sleep.
     let mut cks = Vec::new();
