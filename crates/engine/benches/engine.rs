@@ -48,17 +48,19 @@ fn anon_map(bytes: u64) -> *mut u8 {
 
 /// This machine is a VM whose host backs guest memory on first use: the
 /// first touch of a never-used guest page is several times slower than any
-/// later one. Touch the memory the run will use once, so that neither the
-/// machine limits nor cryopod's figures land on cold pages by chance.
-fn warm_guest_memory(bytes: u64) {
+/// later one, and the kernel hands out free pages in no particular order.
+/// Touch (nearly) all available memory once, so that neither the machine
+/// limits nor cryopod's figures land on cold pages by chance. Returns the
+/// bytes touched.
+fn warm_guest_memory() -> u64 {
     let avail = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| l.strip_prefix("MemAvailable:")?.trim().split(' ').next()?.parse::<u64>().ok())
         })
         .map(|kib| kib << 10)
-        .unwrap_or(bytes);
-    let bytes = bytes.min(avail / 10 * 8);
+        .unwrap_or(1 << 30);
+    let bytes = avail / 100 * 90;
     let p = anon_map(bytes);
     // SAFETY: every offset is inside the mapping, which we unmap afterwards.
     unsafe {
@@ -67,6 +69,7 @@ fn warm_guest_memory(bytes: u64) {
         }
         libc::munmap(p.cast(), bytes as usize);
     }
+    bytes
 }
 
 /// tmpfs write bandwidth: a warm 4 MiB buffer written `bytes` times over.
@@ -179,8 +182,12 @@ fn main() {
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
     let t = Instant::now();
-    warm_guest_memory(3 * bytes + (2 << 30));
-    println!("warmed {} GiB of guest memory in {:.1} s", 3 * gib + 2, t.elapsed().as_secs_f64());
+    let warmed = warm_guest_memory();
+    println!(
+        "warmed {:.1} GiB of guest memory in {:.1} s",
+        warmed as f64 / (1u64 << 30) as f64,
+        t.elapsed().as_secs_f64()
+    );
     let tmpfs = tmpfs_write_bw(bytes);
     let touch = first_touch_bw(bytes);
     println!("machine limits: tmpfs write {tmpfs:.2} GB/s, first-touch anonymous memory {touch:.2} GB/s");
