@@ -7,8 +7,8 @@ use crate::freeze::{self, Frozen};
 use crate::mm::MemCollector;
 use crate::remote::{nr, Remote, SCRATCH_DATA};
 use crate::{fault, ident, pages, procfs, signals, threads, EngineError, Progress, Result};
-use cryopod_image::{Manifest, Process, VmaKind};
-use cryopod_sys::inject::{find_syscall_insn, Injector};
+use cryopod_image::{Manifest, Process};
+use cryopod_sys::inject::Injector;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -198,16 +198,7 @@ fn collect_process(
     ident::collect_process_env(pid, &mut p)?;
     p.shared_pending = cryopod_sys::ptrace::peek_siginfo(pid, true)?.into_iter().map(|s| s.to_vec()).collect();
     // Injection site: a `syscall` instruction in the task's vDSO.
-    let vdso = p
-        .vmas
-        .iter()
-        .find(|v| v.kind == VmaKind::Vdso)
-        .ok_or_else(|| EngineError::Unsupported { pid, what: "a process without a vDSO".into() })?;
-    let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
-    cryopod_sys::mem::read(pid, vdso.start, &mut code)?;
-    let site = vdso.start
-        + find_syscall_insn(&code).ok_or_else(|| EngineError::Other("no syscall instruction in the vDSO".into()))?
-            as u64;
+    let site = crate::mm::vdso_syscall_site(pid, &p.vmas)?;
 
     let mut leader = Remote { inj: Injector::new(pid, site)?, pid, data: 0 };
     // Signals that arrived while we injected were dequeued by ptrace: they

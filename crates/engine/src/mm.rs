@@ -536,3 +536,18 @@ pub fn open_in_task(r: &mut Remote, path: &str, flags: i32) -> Result<u64> {
     let at_fdcwd = libc::AT_FDCWD as i64 as u64;
     r.call(&format!("open({path})"), nr::OPENAT, &[at_fdcwd, a, (flags | libc::O_CLOEXEC) as u64, 0])
 }
+
+/// Address of a `syscall` instruction in the vDSO of task `pid` (whose
+/// areas are `vmas`): where syscalls are injected into a task being
+/// checkpointed, and the last ones (seccomp) into a restored task.
+pub fn vdso_syscall_site(pid: i32, vmas: &[Vma]) -> Result<u64> {
+    let v = vmas
+        .iter()
+        .find(|v| v.kind == VmaKind::Vdso)
+        .ok_or_else(|| EngineError::Unsupported { pid, what: "a process without a vDSO".into() })?;
+    let mut code = vec![0u8; (v.end - v.start) as usize];
+    cryopod_sys::mem::read(pid, v.start, &mut code)?;
+    let off = cryopod_sys::inject::find_syscall_insn(&code)
+        .ok_or_else(|| EngineError::Other("no syscall instruction in the vDSO".into()))?;
+    Ok(v.start + off as u64)
+}

@@ -382,7 +382,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
     r.call("munmap(scratch)", nr::MUNMAP, &[scratch, scratch_len])?;
     // Seccomp filters last of all, through the vDSO's syscall instruction.
     if p.threads.iter().any(|t| !t.seccomp.is_empty()) {
-        let site = vdso_syscall_site(p)?;
+        let site = mm::vdso_syscall_site(p.pid, &p.vmas)?;
         for t in &p.threads {
             threads::install_seccomp(p.pid, t, site, &p.vmas)
                 .map_err(EngineError::during(format!("seccomp filters of thread {}", t.tid)))?;
@@ -427,19 +427,4 @@ fn wait_exit(root: i32) -> Result<i32> {
             return Ok(128 + libc::WTERMSIG(status));
         }
     }
-}
-
-/// Address of a `syscall` instruction in a restored task's vDSO (at the
-/// image's vDSO address, with this kernel's code, checked identical).
-fn vdso_syscall_site(p: &Process) -> Result<u64> {
-    let v = p
-        .vmas
-        .iter()
-        .find(|v| v.kind == cryopod_image::VmaKind::Vdso)
-        .ok_or_else(|| EngineError::Other("no vDSO to inject through".into()))?;
-    let mut code = vec![0u8; (v.end - v.start) as usize];
-    cryopod_sys::mem::read(p.pid, v.start, &mut code)?;
-    let off = cryopod_sys::inject::find_syscall_insn(&code)
-        .ok_or_else(|| EngineError::Other("no syscall instruction in the vDSO".into()))?;
-    Ok(v.start + off as u64)
 }
