@@ -368,7 +368,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
     for o in others.iter_mut() {
         o.inj.gadget = false;
     }
-    signals::restore_actions_only(r, &p.sigactions, &[libc::SIGTRAP])?;
+    signals::restore_trap_action(r, &p.sigactions)?;
     // Pending signals, while every signal is still blocked in the stub.
     for info in &p.shared_pending {
         signals::queue(r, None, info)?;

@@ -36,32 +36,38 @@ pub fn collect_actions(r: &mut Remote) -> Result<Vec<SigAction>> {
     Ok(out)
 }
 
-/// Set every disposition that differs from what the stub has: the stub's
-/// non-default ones (inherited from the restorer) and the image's.
+/// Set every disposition that differs from what the stub has (the stub's
+/// non-default ones, inherited from the restorer, and the image's), except
+/// SIGTRAP's: see [`restore_trap_action`].
 pub fn restore_actions(r: &mut Remote, acts: &[SigAction]) -> Result<()> {
     let stub_nd = non_default(r.pid)?;
     for (i, a) in acts.iter().enumerate() {
         let sig = i as u64 + 1;
-        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 || sig == libc::SIGTRAP as u64 {
             continue;
         }
         if *a == SigAction::default() && stub_nd & (1 << (sig - 1)) == 0 {
             continue;
         }
-        let addr = r.put(0, &words(&[a.handler, a.flags, a.restorer, a.mask]))?;
-        r.call(&format!("rt_sigaction({sig})"), nr::RT_SIGACTION, &[sig, addr, 0, 8])?;
+        set_action(r, sig, a)?;
     }
     Ok(())
 }
 
-/// Set the dispositions of just `sigs`.
-pub fn restore_actions_only(r: &mut Remote, acts: &[SigAction], sigs: &[i32]) -> Result<()> {
-    for &s in sigs {
-        if let Some(a) = acts.get(s as usize - 1) {
-            let addr = r.put(0, &words(&[a.handler, a.flags, a.restorer, a.mask]))?;
-            r.call(&format!("rt_sigaction({s})"), nr::RT_SIGACTION, &[s as u64, addr, 0, 8])?;
-        }
+/// SIGTRAP's disposition, set once the injection gadget's `int3` will not
+/// raise SIGTRAP any more (a forced SIGTRAP resets a blocked or ignored
+/// handler to SIG_DFL).
+pub fn restore_trap_action(r: &mut Remote, acts: &[SigAction]) -> Result<()> {
+    let sig = libc::SIGTRAP as u64;
+    match acts.get(sig as usize - 1) {
+        Some(a) => set_action(r, sig, a),
+        None => Ok(()),
     }
+}
+
+fn set_action(r: &mut Remote, sig: u64, a: &SigAction) -> Result<()> {
+    let addr = r.put(0, &words(&[a.handler, a.flags, a.restorer, a.mask]))?;
+    r.call(&format!("rt_sigaction({sig})"), nr::RT_SIGACTION, &[sig, addr, 0, 8])?;
     Ok(())
 }
 
