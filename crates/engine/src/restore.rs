@@ -21,7 +21,7 @@ use tracing::debug;
 
 pub struct RestoreOptions {
     pub dir: PathBuf,
-    /// Threads used to verify page hashes.
+    /// Threads used to verify page hashes and to fill memory.
     pub threads: usize,
 }
 
@@ -92,15 +92,16 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     progress("verify", 0, 1);
     let t_verify = Instant::now();
     reader.verify_all(&m, o.threads)?;
+    debug!(ms = t_verify.elapsed().as_secs_f64() * 1e3, "page hashes verified");
     let owner = crate::trust::image_owner(&o.dir)?;
     if let Some(owner) = &owner {
         crate::trust::check_creds(&m, owner)?;
     }
-    debug!(ms = t_verify.elapsed().as_secs_f64() * 1e3, "page hashes verified");
     preflight(&m)?;
     fault::check("restore-before-fork")?;
 
-    // Open every file description and the packs at high fd numbers.
+    // Re-create memfds and deleted files, and open every file description,
+    // at fd numbers above any the tree uses.
     util::raise_nofile();
     let max_target = m.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
     let base = (max_target + 1).max(16);
@@ -324,9 +325,9 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
     let scratch = mm::map_scratch(r, &stub, p)?;
     let scratch_len = PAGE_SIZE + SCRATCH_DATA;
     let target: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
-    debug!(pid = p.pid, "{}", "mm::clear_stub");
+    debug!(pid = p.pid, "clearing the stub's memory");
     mm::clear_stub(r, &stub, (scratch, scratch + scratch_len), p, &target)?;
-    debug!(pid = p.pid, "{}", "mm::restore_areas");
+    debug!(pid = p.pid, "mapping and filling memory");
     mm::restore_areas(r, p, cx)?;
     // The inherited object fds: mapped now; the process's own fds to them
     // were reopened separately.
@@ -337,13 +338,13 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
     // The stub closes the readiness pipe itself right after reporting, but
     // may have been seized just before doing so.
     r.raw(nr::CLOSE, &[b.ready_w as u64])?;
-    debug!(pid = p.pid, "{}", "ident::restore_mm");
+    debug!(pid = p.pid, "mm fields");
     ident::restore_mm(r, &p.mm).map_err(EngineError::during("mm fields (PR_SET_MM_MAP)"))?;
-    debug!(pid = p.pid, "{}", "signals::restore_actions");
+    debug!(pid = p.pid, "signals and timers");
     signals::restore_actions(r, &p.sigactions)?;
     signals::restore_itimers(r, &p.itimers)?;
     signals::restore_timers(r, &p.posix_timers)?;
-    debug!(pid = p.pid, "{}", "ident::restore_process_env");
+    debug!(pid = p.pid, "process environment");
     ident::restore_process_env(r, p)?;
     // Threads: create the others with their TIDs, then per-thread state.
     let leader = p.threads.first().ok_or_else(|| EngineError::Other("no leader thread".into()))?;
@@ -352,7 +353,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
         threads::create(r, t.tid).map_err(EngineError::during(format!("thread {}", t.tid)))?;
         others.push(Remote { inj: Injector::with_gadget(t.tid, r.inj.site)?, pid: p.pid, data: r.data });
     }
-    debug!(pid = p.pid, "{}", "threads::restore_state");
+    debug!(pid = p.pid, "threads");
     threads::restore_state(r, leader)?;
     for (o, t) in others.iter_mut().zip(&p.threads[1..]) {
         threads::restore_state(o, t).map_err(EngineError::during(format!("thread {}", t.tid)))?;
@@ -360,7 +361,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
     for (o, t) in others.iter_mut().zip(&p.threads[1..]) {
         ident::restore_creds(o, &p.creds).map_err(EngineError::during(format!("credentials of thread {}", t.tid)))?;
     }
-    debug!(pid = p.pid, "{}", "ident::restore_creds");
+    debug!(pid = p.pid, "credentials");
     ident::restore_creds(r, &p.creds).map_err(EngineError::during("credentials"))?;
     // From here on, no more int3: SIGTRAP's own disposition is set last, and
     // the scratch page (holding the gadget) goes away.
@@ -378,7 +379,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
             signals::queue(r, Some(t.tid), info)?;
         }
     }
-    debug!(pid = p.pid, "{}", "r.call");
+    debug!(pid = p.pid, "pending signals queued; unmapping the scratch area");
     r.call("munmap(scratch)", nr::MUNMAP, &[scratch, scratch_len])?;
     // Seccomp filters last of all, through the vDSO's syscall instruction.
     if p.threads.iter().any(|t| !t.seccomp.is_empty()) {
