@@ -121,10 +121,8 @@ fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> 
         objects: std::mem::take(&mut mem.objects),
         packs: out.packs,
         chunks: out.chunks,
-        frozen_us: 0,
     };
     crate::mm::attach_runs(&mut m, &mem, &out.chunk_of);
-    m.frozen_us = t_collect.elapsed().as_micros() as u64;
     m.validate()?;
     fault::check("before-manifest")?;
     cryopod_image::write_manifest(&o.dir, &m)?;

@@ -33,8 +33,6 @@ pub struct Manifest {
     pub packs: Vec<Pack>,
     /// Content-addressed page chunks.
     pub chunks: Vec<Chunk>,
-    /// Total wall time the tree was frozen during the checkpoint, µs.
-    pub frozen_us: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

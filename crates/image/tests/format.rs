@@ -62,7 +62,6 @@ fn sample() -> Manifest {
         objects: vec![],
         packs: vec![Pack { name: "pages-0.pack".into(), size: 65536 }],
         chunks: vec![Chunk { hash: [9; 32], pack: 0, offset: 0, len: 65536 }],
-        frozen_us: 0,
     }
 }
 
