@@ -15,7 +15,7 @@ pub mod manifest;
 pub mod records;
 pub mod store;
 
-pub use manifest::{decode_manifest, encode_manifest, read_manifest, write_manifest, MANIFEST_FILE};
+pub use manifest::{decode_manifest, encode_manifest, read_manifest, seal, write_manifest, MANIFEST_FILE};
 pub use records::*;
 
 /// Anything wrong with an image, with the object or file it concerns.

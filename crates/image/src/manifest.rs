@@ -21,14 +21,21 @@ fn codec() -> impl Options {
 /// Serialize a manifest with its header.
 pub fn encode_manifest(m: &Manifest) -> Result<Vec<u8>> {
     let body = codec().serialize(m).map_err(|e| ImageError::Corrupt(format!("cannot encode manifest: {e}")))?;
+    Ok(seal(&body))
+}
+
+/// Put the header (magic, version, length, checksum) in front of a body.
+/// Public so that tests and fuzz targets can reach the body decoder with
+/// arbitrary bodies.
+pub fn seal(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(blake3::hash(&body).as_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    out.extend_from_slice(blake3::hash(body).as_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 /// Parse and check a manifest (header, checksum, then structure).

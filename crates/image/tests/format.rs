@@ -105,14 +105,7 @@ fn flipped_body_byte_fails_checksum() {
 
 /// Re-encode with a valid checksum, so that structural checks are reached.
 fn reseal(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(b"CRYOPOD\0");
-    out.extend_from_slice(&1u32.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(blake3::hash(body).as_bytes());
-    out.extend_from_slice(body);
-    out
+    cryopod_image::seal(body)
 }
 
 #[test]
