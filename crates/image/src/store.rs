@@ -62,11 +62,6 @@ pub struct ChunkTable {
 }
 
 impl ChunkTable {
-    /// The id of a chunk with this hash, if one was already stored.
-    pub fn lookup(&self, hash: &[u8; 32]) -> Option<u32> {
-        self.inner.lock().ok()?.0.get(hash).copied()
-    }
-
     /// The id of the chunk with this hash: an existing one (false), or
     /// `chunk` itself, newly recorded (true), which the caller must then
     /// write where `chunk` says before the manifest is written.

@@ -60,18 +60,6 @@ pub fn read(pid: Pid, addr: u64, out: &mut [u8]) -> SysResult<()> {
         .map_err(|e| SysError::new(format!("read mem at {addr:#x}"), pid, Errno(e.raw_os_error().unwrap_or(libc::EIO))))
 }
 
-/// Write through `/proc/<pid>/mem`, which works on read-only and executable
-/// mappings too (the kernel forces the write).
-pub fn write_forced(pid: Pid, addr: u64, data: &[u8]) -> SysResult<()> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/{pid}/mem"))
-        .map_err(|e| SysError::new("open /proc/pid/mem", pid, Errno(e.raw_os_error().unwrap_or(0))))?;
-    f.write_all_at(data, addr).map_err(|e| {
-        SysError::new(format!("write mem at {addr:#x}"), pid, Errno(e.raw_os_error().unwrap_or(libc::EIO)))
-    })
-}
-
 /// Write slices of `data` to several places of another process in one
 /// process_vm_writev per IOV_MAX ranges: `ranges` are (remote address,
 /// offset in data, length).
