@@ -58,7 +58,7 @@ fn shell_job_attaches_to_the_restoring_terminal() {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
-    let guard = Killer::default();
+    let guard = Killer { pids: Default::default(), dir: dir.clone() };
     guard.push(pid);
     read_until(&mut ma, &format!("started on {name_a}"), Duration::from_secs(10));
     while !dir.join("state").exists() {
@@ -104,23 +104,34 @@ fn shell_job_attaches_to_the_restoring_terminal() {
     let status = restorer.wait().unwrap();
     assert_eq!(status.code(), Some(3), "restorer should exit with the job's status; terminal showed {seen:?}");
     drop(ma);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Kills the listed pids when the test ends, however it ends.
+/// Kills the listed pids (with their descendants) and removes the test's
+/// directory when the test ends, however it ends.
 #[derive(Default)]
-struct Killer(std::cell::RefCell<Vec<i32>>);
+struct Killer {
+    pids: std::cell::RefCell<Vec<i32>>,
+    dir: std::path::PathBuf,
+}
 impl Killer {
     fn push(&self, p: i32) {
-        self.0.borrow_mut().push(p);
+        self.pids.borrow_mut().push(p);
     }
 }
 impl Drop for Killer {
     fn drop(&mut self) {
-        for &p in self.0.borrow().iter() {
+        let all: Vec<i32> = self.pids.borrow().iter().flat_map(|&p| tree_of(p)).collect();
+        for &p in &all {
             // SAFETY: kill by pid of a process this test started.
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
-        reap_all();
+        let t = Instant::now();
+        while all.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) && t.elapsed().as_secs() < 5 {
+            reap_all();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

@@ -56,9 +56,16 @@ impl Drop for Run {
         // Every process this test started or restored, with all their
         // descendants, even when a checkpoint failed half-way.
         let all: Vec<i32> = self.owned.iter().flat_map(|&p| tree_of(p)).collect();
-        for p in all {
+        for &p in &all {
             // SAFETY: kill by pid of processes this test started or restored.
             unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        // Wait (bounded) until they are gone, so nothing writes into the
+        // directory while it is removed.
+        let t = Instant::now();
+        while all.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) && t.elapsed() < Duration::from_secs(5) {
+            reap_all();
+            std::thread::sleep(Duration::from_millis(1));
         }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
