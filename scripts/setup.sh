@@ -5,13 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in python3 bash sleep gcc; do
+for tool in python3 bash sleep gcc busybox ip; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ "${#need[@]}" -gt 0 ] || [ "${CRYOPOD_APT:-}" = 1 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 bash coreutils gcc procps >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 bash coreutils gcc procps busybox-static iproute2 >/dev/null
     else
         echo "setup: missing ${need[*]} and no apt-get to install them" >&2
         exit 1

@@ -2,6 +2,7 @@
 //! All the work is in cryopod-engine.
 
 mod inspect;
+mod pods;
 mod progress;
 
 use anyhow::{Context, Result};
@@ -14,12 +15,38 @@ struct Cli {
     /// More log output (also RUST_LOG).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Where pod records live (default /run/cryopod, or $CRYOPOD_STATE_DIR).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a command in a new pod (its own namespaces and cgroup).
+    Run(pods::RunArgs),
+    /// List pods.
+    Ps {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a running pod.
+    Exec {
+        name: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop a pod (SIGTERM, then SIGKILL) and remove everything it had.
+    Stop {
+        name: String,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Show the output of a detached pod.
+    Logs { name: String },
     /// Checkpoint the process tree rooted at PID into DIR.
     Checkpoint {
         /// Root of the tree (all descendants and threads are included).
@@ -79,6 +106,7 @@ fn human(b: u64) -> String {
 }
 
 fn main() {
+    cryopod_sys::ns::default_sigpipe();
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",
@@ -92,7 +120,8 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    match run(cli.cmd) {
+    let state = cryopod_pod::StateDir::new(cli.state_dir.unwrap_or_else(cryopod_pod::state::default_root));
+    match run(cli.cmd, &state) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("cryopod: {e:#}");
@@ -101,8 +130,13 @@ fn main() {
     }
 }
 
-fn run(cmd: Cmd) -> Result<i32> {
+fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
     match cmd {
+        Cmd::Run(a) => pods::run(state, a),
+        Cmd::Ps { json } => pods::ps(state, json),
+        Cmd::Exec { name, cmd } => pods::exec(state, &name, &cmd),
+        Cmd::Stop { name, timeout } => pods::stop(state, &name, timeout),
+        Cmd::Logs { name } => pods::logs(state, &name),
         Cmd::Checkpoint { pid, output, leave_running, threads } => {
             let opts = cryopod_engine::CheckpointOptions {
                 pid,

@@ -30,11 +30,20 @@ pub enum Forked {
 /// multi-threaded process may hold locks owned by threads that no longer
 /// exist.
 pub fn fork_with_pid(pid: Pid) -> SysResult<Forked> {
+    fork_with(0, pid)
+}
+
+/// Fork into new namespaces (`CLONE_NEW*` flags, e.g. a new PID namespace
+/// whose first process the child becomes), with PID `pid` in the child's
+/// innermost PID namespace (0 = any). Same single-thread rule as
+/// [`fork_with_pid`].
+pub fn fork_with(flags: u64, pid: Pid) -> SysResult<Forked> {
     if crate::util::own_thread_count() != 1 {
         return Err(SysError::new("fork (caller has several threads)", pid, Errno(libc::EDEADLK)));
     }
     let tids = [pid];
     let args = CloneArgs {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: if pid > 0 { tids.as_ptr() as u64 } else { 0 },
         set_tid_size: if pid > 0 { 1 } else { 0 },
@@ -47,7 +56,7 @@ pub fn fork_with_pid(pid: Pid) -> SysResult<Forked> {
     let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
     if r < 0 {
         let e = Errno::last();
-        return Err(SysError::new(format!("clone3(set_tid={pid})"), pid, e));
+        return Err(SysError::new(format!("clone3(flags={flags:#x}, set_tid={pid})"), pid, e));
     }
     if r == 0 {
         Ok(Forked::Child)

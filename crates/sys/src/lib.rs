@@ -8,6 +8,7 @@ pub mod clone;
 pub mod error;
 pub mod inject;
 pub mod mem;
+pub mod ns;
 pub mod pagemap;
 pub mod pidfd;
 pub mod ptrace;

@@ -1,0 +1,168 @@
+//! The pod's cgroup on this host's cgroup v1 hierarchies: `cryopod/<name>`
+//! under the memory, pids, cpu and freezer controllers. Limits are written
+//! when the pod is created (and read back for a checkpoint); the freezer
+//! stops every task of the pod at once for a consistent checkpoint.
+
+use crate::{PodError, Result};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const ROOT: &str = "/sys/fs/cgroup";
+const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+/// cpu.cfs_period_us used for `--cpus`.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The limits a pod's cgroup enforces (None: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    pub name: String,
+}
+
+fn write(path: &PathBuf, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(|e| PodError::Io { path: path.display().to_string(), msg: e.to_string() })
+}
+
+fn read(path: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| PodError::Io { path: path.display().to_string(), msg: e.to_string() })
+}
+
+impl Cgroup {
+    pub fn of(pod: &str) -> Cgroup {
+        Cgroup { name: pod.to_string() }
+    }
+
+    fn dir(&self, controller: &str) -> PathBuf {
+        PathBuf::from(ROOT).join(controller).join("cryopod").join(&self.name)
+    }
+
+    /// Check that the controllers exist (a clear sentence otherwise).
+    pub fn check_host() -> Result<()> {
+        for c in CONTROLLERS {
+            let p = PathBuf::from(ROOT).join(c).join("cgroup.procs");
+            if !p.exists() {
+                return Err(PodError::Invalid(format!(
+                    "the cgroup v1 '{c}' controller is not mounted at {ROOT}/{c}; pods need memory, pids, cpu and freezer"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Create the cgroup in every controller and set its limits.
+    pub fn create(&self, limits: &Limits) -> Result<()> {
+        Self::check_host()?;
+        for c in CONTROLLERS {
+            let d = self.dir(c);
+            std::fs::create_dir_all(&d).map_err(PodError::io(&d))?;
+        }
+        if let Some(m) = limits.memory {
+            write(&self.dir("memory").join("memory.limit_in_bytes"), &m.to_string())?;
+        }
+        if let Some(p) = limits.pids {
+            write(&self.dir("pids").join("pids.max"), &p.to_string())?;
+        }
+        if let Some(c) = limits.cpus {
+            let quota = (c * CPU_PERIOD_US as f64).round() as u64;
+            write(&self.dir("cpu").join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            write(&self.dir("cpu").join("cpu.cfs_quota_us"), &quota.max(1000).to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The limits in force (for a checkpoint).
+    pub fn limits(&self) -> Result<Limits> {
+        let num = |c: &str, f: &str| -> Result<String> { read(&self.dir(c).join(f)) };
+        let mem: u64 = num("memory", "memory.limit_in_bytes")?.parse().unwrap_or(u64::MAX);
+        let pids = num("pids", "pids.max")?;
+        let quota: i64 = num("cpu", "cpu.cfs_quota_us")?.parse().unwrap_or(-1);
+        let period: i64 = num("cpu", "cpu.cfs_period_us")?.parse().unwrap_or(CPU_PERIOD_US as i64);
+        Ok(Limits {
+            // The unlimited value is the largest page multiple.
+            memory: (mem < (i64::MAX as u64 & !4095)).then_some(mem),
+            pids: pids.parse().ok(),
+            cpus: (quota > 0 && period > 0).then(|| quota as f64 / period as f64),
+        })
+    }
+
+    /// Memory in use by the pod, in bytes.
+    pub fn memory_usage(&self) -> Option<u64> {
+        read(&self.dir("memory").join("memory.usage_in_bytes")).ok()?.parse().ok()
+    }
+
+    /// Move process `pid` (0: the caller) into the cgroup, in every controller.
+    pub fn join(&self, pid: i32) -> Result<()> {
+        for c in CONTROLLERS {
+            write(&self.dir(c).join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Processes in the pod (host PIDs).
+    pub fn procs(&self) -> Result<Vec<i32>> {
+        let s = read(&self.dir("freezer").join("cgroup.procs"))?;
+        Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir("freezer").exists()
+    }
+
+    pub fn freezer_state(&self) -> Result<String> {
+        read(&self.dir("freezer").join("freezer.state"))
+    }
+
+    /// Freeze every task of the pod and wait until the kernel says FROZEN.
+    pub fn freeze(&self, timeout: Duration) -> Result<()> {
+        let state = self.dir("freezer").join("freezer.state");
+        write(&state, "FROZEN")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if read(&state)? == "FROZEN" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.thaw();
+                return Err(PodError::Invalid(format!(
+                    "pod {} did not freeze within {timeout:?} (a task stuck in the kernel?); it was thawed again",
+                    self.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub fn thaw(&self) -> Result<()> {
+        write(&self.dir("freezer").join("freezer.state"), "THAWED")
+    }
+
+    /// Remove the cgroup from every controller; waits (up to `timeout`) for
+    /// exiting tasks to leave it. The shared `cryopod` parent goes too once
+    /// no pod uses it.
+    pub fn remove(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for c in CONTROLLERS {
+            let d = self.dir(c);
+            loop {
+                match std::fs::remove_dir(&d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if Instant::now() > deadline => return Err(PodError::io(&d)(e)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            if let Some(parent) = d.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! Creating a pod: cgroup, a holder process that builds the namespaces
+//! (all but PID), the host half of the network, then the pod's PID 1 forked
+//! into a new PID namespace, joining the holder's namespaces and its cgroup.
+//! `run` starts `cryopod-init` as PID 1; a restore forks its own stub there
+//! with the same [`Holder::enter`] step. Any failure undoes what was made.
+
+use crate::cgroup::{Cgroup, Limits};
+use crate::state::{IpConfig, PodRecord, PodSpec, StateDir};
+use crate::{fs, net, PodError, Result};
+use cryopod_sys::clone::{fork_with, fork_with_pid, Forked};
+use cryopod_sys::{ns, pidfd, util};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Namespaces a pod's processes share with the holder (PID is separate).
+pub const POD_NS: i32 =
+    libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP;
+
+/// A process holding a pod's new namespaces until its PID 1 has joined them.
+pub struct Holder {
+    pub pid: i32,
+    pidfd: OwnedFd,
+    cmd_w: Option<OwnedFd>,
+    pub cgroup: Cgroup,
+    /// Host end of the veth, if the pod has an address.
+    pub veth: Option<String>,
+}
+
+fn read_line(fd: &OwnedFd) -> Option<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while util::read_fd_exact(fd.as_raw_fd(), &mut b).is_ok() {
+        if b[0] == b'\n' {
+            return Some(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(b[0]);
+    }
+    None
+}
+
+fn expect_ready(status: &OwnedFd, what: &str) -> Result<()> {
+    match read_line(status) {
+        Some(l) if l == "R" => Ok(()),
+        Some(l) => Err(PodError::Invalid(format!("{what}: {}", l.strip_prefix("E ").unwrap_or(&l)))),
+        None => Err(PodError::Invalid(format!("{what}: the namespace holder died"))),
+    }
+}
+
+impl Holder {
+    /// Create the cgroup, the namespaces and the network of pod `name`.
+    pub fn create(name: &str, spec: &PodSpec) -> Result<Holder> {
+        let cgroup = Cgroup::of(name);
+        cgroup.create(&Limits { memory: spec.memory, pids: spec.pids, cpus: spec.cpus })?;
+        let (status_r, status_w) = util::pipe()?;
+        let (cmd_r, cmd_w) = util::pipe()?;
+        let pid = match fork_with_pid(0) {
+            Ok(Forked::Child) => {
+                drop((status_r, cmd_w));
+                let r = holder_main(name, spec, &cgroup, &cmd_r, &status_w);
+                if let Err(e) = r {
+                    let _ = util::write_fd(status_w.as_raw_fd(), format!("E {e}\n").as_bytes());
+                }
+                util::exit_now(0)
+            }
+            Ok(Forked::Parent(p)) => p,
+            Err(e) => {
+                let _ = cgroup.remove(Duration::from_secs(1));
+                return Err(e.into());
+            }
+        };
+        drop((status_w, cmd_r));
+        let pidfd = pidfd::pidfd_open(pid);
+        let mut h = Holder { pid, pidfd: pidfd?, cmd_w: Some(cmd_w), cgroup, veth: None };
+        let res = (|| {
+            expect_ready(&status_r, "creating the pod's namespaces")?;
+            if let Some(ip) = &spec.ip {
+                h.veth = Some(net::host_setup(name, ip, pid)?);
+                let w = h.cmd_w.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+                util::write_fd(w, b"N\n")?;
+                expect_ready(&status_r, "configuring the pod's network")?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            h.undo();
+            return Err(e);
+        }
+        Ok(h)
+    }
+
+    /// In the pod's freshly forked PID 1: join the cgroup and the holder's
+    /// namespaces, then mount the pod's own /proc.
+    pub fn enter(&self) -> Result<()> {
+        self.cgroup.join(0)?;
+        ns::enter(self.pidfd.as_fd(), self.pid, POD_NS)?;
+        fs::mount_proc()?;
+        ns::chdir("/")?;
+        Ok(())
+    }
+
+    /// The holder's view of the pod's root (open pod files from the host).
+    pub fn root(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid))
+    }
+
+    /// The pod's PID 1 has joined: let the holder go.
+    pub fn release(mut self) {
+        self.cmd_w = None;
+        let _ = util::waitpid(self.pid, 0);
+    }
+
+    /// Undo everything: holder gone (its namespaces with it), veth, cgroup.
+    pub fn undo(&mut self) {
+        self.cmd_w = None;
+        let _ = util::kill(self.pid, libc::SIGKILL);
+        let _ = util::waitpid(self.pid, 0);
+        if let Some(v) = self.veth.take() {
+            let _ = net::remove_veth(&v);
+        }
+        let _ = self.cgroup.remove(Duration::from_secs(2));
+    }
+}
+
+fn holder_main(name: &str, spec: &PodSpec, cg: &Cgroup, cmd: &OwnedFd, status: &OwnedFd) -> Result<()> {
+    cg.join(0)?;
+    ns::unshare(POD_NS)?;
+    if !spec.hostname.is_empty() {
+        ns::set_hostname(&spec.hostname)?;
+    }
+    if !spec.domainname.is_empty() {
+        ns::set_domainname(&spec.domainname)?;
+    }
+    fs::setup(spec.rootfs.as_deref())?;
+    net::pod_setup(name, None)?;
+    util::write_fd(status.as_raw_fd(), b"R\n")?;
+    // Commands until the parent lets go (end of file).
+    while let Some(c) = read_line(cmd) {
+        if c == "N" {
+            net::pod_setup(name, spec.ip.as_ref())?;
+            util::write_fd(status.as_raw_fd(), b"R\n")?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuse an address another pod or this host already uses.
+pub fn check_ip_free(state: &StateDir, ip: &IpConfig) -> Result<()> {
+    for p in state.list()? {
+        if p.spec.ip.map(|i| i.addr) == Some(ip.addr) {
+            return Err(PodError::Invalid(format!("address {} is already used by pod {}", ip.addr, p.name)));
+        }
+    }
+    if net::addresses()?.contains(&ip.addr) {
+        return Err(PodError::Invalid(format!("address {} is already in use on this host", ip.addr)));
+    }
+    Ok(())
+}
+
+/// What `cryopod run` asks for.
+pub struct RunOptions {
+    pub name: String,
+    pub spec: PodSpec,
+    pub cmd: Vec<String>,
+    pub detached: bool,
+}
+
+/// Start a pod running `o.cmd` under `cryopod-init` (the program's bytes in
+/// `init_program`). Returns its record once PID 1 runs.
+pub fn run(state: &StateDir, o: &RunOptions, init_program: &[u8]) -> Result<PodRecord> {
+    if o.cmd.is_empty() {
+        return Err(PodError::Invalid("no command given to run in the pod".into()));
+    }
+    if let Some(r) = &o.spec.rootfs {
+        fs::check_rootfs(r)?;
+    }
+    Cgroup::check_host()?;
+    let dir = state.reserve(&o.name)?;
+    if Cgroup::of(&o.name).exists() {
+        state.release(&o.name);
+        return Err(PodError::Invalid(format!("a cgroup for pod {} is left over; remove it first", o.name)));
+    }
+    let res = (|| {
+        if let Some(ip) = &o.spec.ip {
+            check_ip_free(state, ip)?;
+        }
+        start(state, o, init_program, &dir)
+    })();
+    if res.is_err() {
+        state.release(&o.name);
+    }
+    res
+}
+
+fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path::Path) -> Result<PodRecord> {
+    let memfd = util::memfd_create("cryopod-init")?;
+    std::fs::write(format!("/proc/self/fd/{}", memfd.as_raw_fd()), init_program)
+        .map_err(PodError::io("the cryopod-init memfd"))?;
+    let log = if o.detached {
+        let p = dir.join("log");
+        Some(std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(PodError::io(&p))?)
+    } else {
+        None
+    };
+    let mut holder = Holder::create(&o.name, &o.spec)?;
+    let (err_r, err_w) = util::pipe()?;
+    let forked = fork_with(libc::CLONE_NEWPID as u64, 0);
+    match forked {
+        Ok(Forked::Child) => {
+            drop(err_r);
+            let e = (|| -> Result<()> {
+                holder.enter()?;
+                if let Some(l) = &log {
+                    util::dup_to(l.as_raw_fd(), 1, false)?;
+                    util::dup_to(l.as_raw_fd(), 2, false)?;
+                    let null = std::fs::File::open("/dev/null").map_err(PodError::io("/dev/null"))?;
+                    util::dup_to(null.as_raw_fd(), 0, false)?;
+                }
+                let mut argv = vec!["cryopod-init".to_string()];
+                argv.extend(o.cmd.iter().cloned());
+                Err(ns::exec_fd(memfd.as_fd(), &argv).into())
+            })();
+            if let Err(e) = e {
+                let _ = util::write_fd(err_w.as_raw_fd(), e.to_string().as_bytes());
+            }
+            util::exit_now(127)
+        }
+        Ok(Forked::Parent(init)) => {
+            drop(err_w);
+            // The exec closes our pipe; a message means it failed.
+            let mut msg = Vec::new();
+            let mut b = [0u8; 1];
+            while util::read_fd_exact(err_r.as_raw_fd(), &mut b).is_ok() {
+                msg.push(b[0]);
+            }
+            if !msg.is_empty() {
+                let _ = util::waitpid(init, 0);
+                holder.undo();
+                return Err(PodError::Invalid(format!("starting the pod: {}", String::from_utf8_lossy(&msg))));
+            }
+            let veth = holder.veth.clone();
+            holder.release();
+            let rec = PodRecord {
+                name: o.name.clone(),
+                init_pid: init,
+                init_start: crate::state::start_time(init).unwrap_or(0),
+                created_unix: crate::state::now_unix(),
+                spec: o.spec.clone(),
+                cmd: o.cmd.clone(),
+                veth,
+                detached: o.detached,
+            };
+            state.save(&rec)?;
+            Ok(rec)
+        }
+        Err(e) => {
+            holder.undo();
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! A running pod's life: its status for `ps`, running a command inside it
+//! (`exec`), and stopping it so that nothing of it remains (processes,
+//! cgroup, veth, mounts, state).
+
+use crate::cgroup::Cgroup;
+use crate::create::POD_NS;
+use crate::state::{now_unix, PodRecord, StateDir};
+use crate::{net, PodError, Result};
+use cryopod_sys::clone::{fork_with_pid, Forked};
+use cryopod_sys::{ns, pidfd, util};
+use serde::Serialize;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+/// One line of `cryopod ps`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodStatus {
+    pub name: String,
+    /// running, frozen or exited.
+    pub state: String,
+    pub init_pid: i32,
+    pub ip: Option<String>,
+    pub memory_bytes: Option<u64>,
+    pub uptime_s: u64,
+    pub cmd: Vec<String>,
+}
+
+pub fn status(rec: &PodRecord) -> PodStatus {
+    let cg = Cgroup::of(&rec.name);
+    let state = if !rec.alive() {
+        "exited"
+    } else if cg.freezer_state().map(|s| s != "THAWED").unwrap_or(false) {
+        "frozen"
+    } else {
+        "running"
+    };
+    PodStatus {
+        name: rec.name.clone(),
+        state: state.into(),
+        init_pid: rec.init_pid,
+        ip: rec.spec.ip.map(|i| i.to_string()),
+        memory_bytes: cg.memory_usage(),
+        uptime_s: now_unix().saturating_sub(rec.created_unix),
+        cmd: rec.cmd.clone(),
+    }
+}
+
+fn running(state: &StateDir, name: &str) -> Result<PodRecord> {
+    let rec = state.load(name)?;
+    if !rec.alive() {
+        return Err(PodError::Invalid(format!(
+            "pod {name} is not running (its command ended); `cryopod stop {name}` removes it"
+        )));
+    }
+    Ok(rec)
+}
+
+/// Run `cmd` inside pod `name` (all its namespaces and its cgroup); returns
+/// the command's exit code.
+pub fn exec(state: &StateDir, name: &str, cmd: &[String]) -> Result<i32> {
+    if cmd.is_empty() {
+        return Err(PodError::Invalid("no command given to run in the pod".into()));
+    }
+    let rec = running(state, name)?;
+    if Cgroup::of(name).freezer_state()? != "THAWED" {
+        return Err(PodError::Invalid(format!("pod {name} is frozen (a checkpoint is running?)")));
+    }
+    let pfd = pidfd::pidfd_open(rec.init_pid)?;
+    match fork_with_pid(0)? {
+        Forked::Child => {
+            let r = (|| -> Result<i32> {
+                Cgroup::of(name).join(0)?;
+                ns::enter(pfd.as_fd(), rec.init_pid, POD_NS | libc::CLONE_NEWPID)?;
+                let st = std::process::Command::new(&cmd[0])
+                    .args(&cmd[1..])
+                    .status()
+                    .map_err(|e| PodError::Invalid(format!("cannot run {} in pod {name}: {e}", cmd[0])))?;
+                use std::os::unix::process::ExitStatusExt;
+                Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
+            })();
+            match r {
+                Ok(code) => util::exit_now(code),
+                Err(e) => {
+                    eprintln!("cryopod: {e}");
+                    util::exit_now(127)
+                }
+            }
+        }
+        Forked::Parent(child) => {
+            util::forward_signals(child, &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT])?;
+            let (_, st) = util::waitpid(child, 0)?;
+            Ok(if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) })
+        }
+    }
+}
+
+fn wait_gone(rec: &PodRecord, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while rec.alive() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Stop pod `name`: SIGTERM to its PID 1 (passed on to the command), then
+/// SIGKILL after `timeout`; then remove its cgroup, veth and record. Mounts
+/// live in the pod's mount namespace and go with its last process.
+pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<()> {
+    let rec = state.load(name)?;
+    let cg = Cgroup::of(name);
+    if cg.exists() {
+        // A frozen task cannot act on a signal.
+        cg.thaw()?;
+    }
+    if rec.alive() {
+        util::kill(rec.init_pid, libc::SIGTERM)?;
+        if !wait_gone(&rec, timeout) {
+            tracing::info!(pod = name, "did not stop after SIGTERM; sending SIGKILL");
+            let _ = util::kill(rec.init_pid, libc::SIGKILL);
+            wait_gone(&rec, Duration::from_secs(10));
+        }
+    }
+    cleanup(state, &rec)
+}
+
+/// Remove what is left of a pod whose processes are gone (or going).
+pub fn cleanup(state: &StateDir, rec: &PodRecord) -> Result<()> {
+    let cg = Cgroup::of(&rec.name);
+    if cg.exists() {
+        // PID 1 is gone, so the kernel kills the rest of the PID namespace;
+        // anything still listed is on its way out.
+        for p in cg.procs().unwrap_or_default() {
+            let _ = util::kill(p, libc::SIGKILL);
+        }
+        cg.remove(Duration::from_secs(10))?;
+    }
+    if let Some(v) = &rec.veth {
+        net::remove_veth(v)?;
+    }
+    state.release(&rec.name);
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! Pod networking over rtnetlink. Host side: the `cryopod0` bridge (holding
+//! the first address of each pod network, so the host reaches pods) and one
+//! veth per pod. Pod side: loopback up, the veth renamed `eth0` with the
+//! pod's one address and a default route through the bridge. Also reads a
+//! network namespace's configuration (interfaces, addresses, routes) for a
+//! checkpoint.
+
+use crate::state::IpConfig;
+use crate::{PodError, Result};
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The host bridge every pod veth is attached to.
+pub const BRIDGE: &str = "cryopod0";
+
+/// A network namespace's configuration as a checkpoint records it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NetConfig {
+    pub links: Vec<Link>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Link {
+    pub name: String,
+    pub up: bool,
+    pub mtu: u32,
+    /// IPv4 addresses with their prefix.
+    pub addrs: Vec<(Ipv4Addr, u8)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub dev: String,
+}
+
+fn nerr(what: &str) -> impl FnOnce(rtnetlink::Error) -> PodError + '_ {
+    move |e| PodError::Net(format!("{what}: {e}"))
+}
+
+/// Run netlink requests in the calling thread's network namespace.
+fn with_handle<T>(f: impl AsyncFnOnce(Handle) -> Result<T>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| PodError::Net(format!("netlink runtime: {e}")))?;
+    rt.block_on(async {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| PodError::Net(format!("netlink socket: {e}")))?;
+        let task = tokio::spawn(conn);
+        let r = f(handle).await;
+        task.abort();
+        r
+    })
+}
+
+async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(Some(l.header.index)),
+        Ok(None) => Ok(None),
+        // No such device.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(PodError::Net(format!("looking up {name}: {e}"))),
+    }
+}
+
+async fn must_index(h: &Handle, name: &str) -> Result<u32> {
+    index_of(h, name).await?.ok_or_else(|| PodError::Net(format!("interface {name} vanished")))
+}
+
+async fn set_up(h: &Handle, index: u32) -> Result<()> {
+    h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(nerr("link up"))
+}
+
+/// Host and pod-side names of a pod's veth (at most 15 bytes each).
+pub fn veth_names(pod: &str) -> (String, String) {
+    // FNV-1a: short, stable names that do not collide in practice.
+    let h = pod.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let tag = (h ^ (h >> 32)) as u32;
+    (format!("cpv{tag:08x}"), format!("cpp{tag:08x}"))
+}
+
+/// Every IPv4 address configured in the calling thread's network namespace.
+pub fn addresses() -> Result<Vec<Ipv4Addr>> {
+    with_handle(async |h| {
+        let mut out = Vec::new();
+        let mut s = h.address().get().execute();
+        while let Some(m) = s.try_next().await.map_err(nerr("listing addresses"))? {
+            for a in &m.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(v4)) | AddressAttribute::Local(IpAddr::V4(v4)) = a {
+                    out.push(*v4);
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    })
+}
+
+/// Host side: make sure the bridge exists, is up and holds the network's
+/// first address; create the pod's veth, move its peer into the network
+/// namespace of process `ns_pid`, attach the host end to the bridge.
+pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32) -> Result<String> {
+    let (host, peer) = veth_names(pod);
+    with_handle(async |h| {
+        let br = match index_of(&h, BRIDGE).await? {
+            Some(i) => i,
+            None => {
+                h.link().add(LinkBridge::new(BRIDGE).build()).execute().await.map_err(nerr("creating the bridge"))?;
+                must_index(&h, BRIDGE).await?
+            }
+        };
+        set_up(&h, br).await?;
+        let gw = ip.gateway();
+        let mut has = false;
+        let mut s = h.address().get().set_link_index_filter(br).execute();
+        while let Some(m) = s.try_next().await.map_err(nerr("bridge addresses"))? {
+            has |= m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(v)) if *v == gw));
+        }
+        if !has {
+            h.address()
+                .add(br, IpAddr::V4(gw), ip.prefix)
+                .execute()
+                .await
+                .map_err(nerr("giving the bridge its address"))?;
+        }
+        if index_of(&h, &host).await?.is_some() {
+            return Err(PodError::Net(format!("interface {host} already exists (left over by a pod named {pod}?)")));
+        }
+        h.link().add(LinkVeth::new(&host, &peer).build()).execute().await.map_err(nerr("creating the veth pair"))?;
+        let res = async {
+            let pi = must_index(&h, &peer).await?;
+            h.link()
+                .set(LinkUnspec::new_with_index(pi).setns_by_pid(ns_pid as u32).build())
+                .execute()
+                .await
+                .map_err(nerr("moving the veth into the pod"))?;
+            let hi = must_index(&h, &host).await?;
+            h.link()
+                .set(LinkUnspec::new_with_index(hi).controller(br).up().build())
+                .execute()
+                .await
+                .map_err(nerr("attaching the veth to the bridge"))
+        }
+        .await;
+        if res.is_err() {
+            if let Ok(Some(i)) = index_of(&h, &host).await {
+                let _ = h.link().del(i).execute().await;
+            }
+        }
+        res
+    })?;
+    Ok(host)
+}
+
+/// Pod side (in the pod's network namespace): loopback up, and with an
+/// address, the veth peer becomes `eth0` with that address and a default
+/// route through the host bridge.
+pub fn pod_setup(pod: &str, ip: Option<&IpConfig>) -> Result<()> {
+    with_handle(async |h| {
+        let lo = must_index(&h, "lo").await?;
+        set_up(&h, lo).await?;
+        let Some(ip) = ip else { return Ok(()) };
+        let (_, peer) = veth_names(pod);
+        let i = must_index(&h, &peer).await?;
+        h.link()
+            .set(LinkUnspec::new_with_index(i).name("eth0".to_string()).build())
+            .execute()
+            .await
+            .map_err(nerr("renaming the veth to eth0"))?;
+        h.address().add(i, IpAddr::V4(ip.addr), ip.prefix).execute().await.map_err(nerr("adding the address"))?;
+        set_up(&h, i).await?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(ip.gateway()).output_interface(i).build();
+        h.route().add(route).execute().await.map_err(nerr("adding the default route"))
+    })
+}
+
+/// Remove a pod's veth (host end; the peer goes with it), and the bridge
+/// once no veth is attached to it any more.
+pub fn remove_veth(host: &str) -> Result<()> {
+    with_handle(async |h| {
+        if let Some(i) = index_of(&h, host).await? {
+            h.link().del(i).execute().await.map_err(nerr("removing the veth"))?;
+        }
+        let Some(br) = index_of(&h, BRIDGE).await? else { return Ok(()) };
+        let mut ports = 0;
+        let mut s = h.link().get().execute();
+        while let Some(l) = s.try_next().await.map_err(nerr("listing links"))? {
+            ports += l.attributes.iter().filter(|a| matches!(a, LinkAttribute::Controller(c) if *c == br)).count();
+        }
+        if ports == 0 {
+            h.link().del(br).execute().await.map_err(nerr("removing the bridge"))?;
+        }
+        Ok(())
+    })
+}
+
+/// Does an interface of this name exist in the calling thread's namespace?
+pub fn link_exists(name: &str) -> Result<bool> {
+    with_handle(async |h| Ok(index_of(&h, name).await?.is_some()))
+}
+
+/// The calling thread's network namespace: links, IPv4 addresses, routes
+/// of the main table.
+pub fn dump() -> Result<NetConfig> {
+    with_handle(async |h| {
+        let mut cfg = NetConfig::default();
+        let mut names = std::collections::BTreeMap::new();
+        let mut s = h.link().get().execute();
+        while let Some(l) = s.try_next().await.map_err(nerr("listing links"))? {
+            let mut link =
+                Link { name: String::new(), up: l.header.flags.contains(LinkFlags::Up), mtu: 0, addrs: Vec::new() };
+            for a in &l.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => link.name = n.clone(),
+                    LinkAttribute::Mtu(m) => link.mtu = *m,
+                    _ => {}
+                }
+            }
+            names.insert(l.header.index, cfg.links.len());
+            cfg.links.push(link);
+        }
+        let mut s = h.address().get().execute();
+        while let Some(m) = s.try_next().await.map_err(nerr("listing addresses"))? {
+            for a in &m.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(v)) = a {
+                    if let Some(&li) = names.get(&m.header.index) {
+                        cfg.links[li].addrs.push((*v, m.header.prefix_len));
+                    }
+                }
+            }
+        }
+        let mut s = h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(r) = s.try_next().await.map_err(nerr("listing routes"))? {
+            if r.header.table != 254 {
+                continue;
+            }
+            let mut route = Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: r.header.destination_prefix_length,
+                gateway: None,
+                dev: String::new(),
+            };
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => route.dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(*g),
+                    RouteAttribute::Oif(i) => {
+                        route.dev = names.get(i).map(|&li| cfg.links[li].name.clone()).unwrap_or_default()
+                    }
+                    _ => {}
+                }
+            }
+            cfg.routes.push(route);
+        }
+        Ok(cfg)
+    })
+}

@@ -1,0 +1,210 @@
+//! The pod state directory (default `/run/cryopod`): one directory per pod
+//! holding its record (`pod.json`) and, for detached pods, its output
+//! (`log`). Creating the directory is what reserves a name, atomically.
+
+use crate::{PodError, Result};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// What the user asked for when starting the pod (kept for restore too).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodSpec {
+    pub hostname: String,
+    pub domainname: String,
+    pub rootfs: Option<PathBuf>,
+    pub ip: Option<IpConfig>,
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+    pub userns: bool,
+}
+
+/// The pod's one address.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IpConfig {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl IpConfig {
+    /// Parse `ADDR/PREFIX` (IPv4).
+    pub fn parse(s: &str) -> Result<IpConfig> {
+        let bad = || PodError::Invalid(format!("{s:?} is not an IPv4 address with a prefix, like 10.77.0.2/24"));
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(PodError::Invalid(format!("prefix /{prefix} of {s}: use /8 to /30")));
+        }
+        let ip = IpConfig { addr, prefix };
+        if addr == ip.gateway() || addr == ip.broadcast() || u32::from(addr) & !ip.mask() == 0 {
+            return Err(PodError::Invalid(format!(
+                "{addr} is the network, broadcast or host-bridge address ({}) of {s}; choose another",
+                ip.gateway()
+            )));
+        }
+        Ok(ip)
+    }
+
+    pub fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    /// The host bridge's address in this network: the first one.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from((u32::from(self.addr) & self.mask()) + 1)
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+}
+
+impl std::fmt::Display for IpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A pod as the state directory knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub name: String,
+    /// Host PID of the pod's PID 1.
+    pub init_pid: i32,
+    /// Its start time (clock ticks after boot, /proc/PID/stat field 22):
+    /// tells the pod's init from a later process that reused the PID.
+    pub init_start: u64,
+    pub created_unix: u64,
+    pub spec: PodSpec,
+    pub cmd: Vec<String>,
+    /// Host side of the pod's veth, if it has an IP.
+    pub veth: Option<String>,
+    pub detached: bool,
+}
+
+/// Where pod records live.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+/// Pod names: what a directory name, a cgroup name and a hostname accept.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !name.starts_with('-');
+    if !ok {
+        return Err(PodError::Invalid(format!(
+            "pod name {name:?}: use 1 to 64 letters, digits, '-' or '_' (not starting with '-')"
+        )));
+    }
+    Ok(())
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> StateDir {
+        StateDir { root: root.into() }
+    }
+
+    fn pods(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.pods().join(name)
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("log")
+    }
+
+    /// Reserve `name` (fails if a pod of that name exists).
+    pub fn reserve(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        let pods = self.pods();
+        std::fs::create_dir_all(&pods).map_err(PodError::io(&pods))?;
+        let d = self.dir(name);
+        match std::fs::create_dir(&d) {
+            Ok(()) => Ok(d),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(PodError::Exists(name.to_string())),
+            Err(e) => Err(PodError::io(&d)(e)),
+        }
+    }
+
+    /// Release a name reserved or used before (its whole directory).
+    pub fn release(&self, name: &str) {
+        let _ = std::fs::remove_dir_all(self.dir(name));
+    }
+
+    pub fn save(&self, rec: &PodRecord) -> Result<()> {
+        let d = self.dir(&rec.name);
+        let tmp = d.join(".pod.json.tmp");
+        let text = serde_json::to_vec_pretty(rec).map_err(|e| PodError::Invalid(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(PodError::io(&tmp))?;
+        let path = d.join("pod.json");
+        std::fs::rename(&tmp, &path).map_err(PodError::io(&path))
+    }
+
+    pub fn load(&self, name: &str) -> Result<PodRecord> {
+        check_name(name)?;
+        let path = self.dir(name).join("pod.json");
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PodError::Unknown(name.to_string())),
+            Err(e) => return Err(PodError::io(&path)(e)),
+        };
+        serde_json::from_slice(&text).map_err(|e| PodError::Io { path: path.display().to_string(), msg: e.to_string() })
+    }
+
+    /// Every pod with a record, by name.
+    pub fn list(&self) -> Result<Vec<PodRecord>> {
+        let pods = self.pods();
+        let rd = match std::fs::read_dir(&pods) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(PodError::io(&pods)(e)),
+        };
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            if let Some(name) = e.file_name().to_str() {
+                // A name being reserved has no record yet.
+                if let Ok(r) = self.load(name) {
+                    out.push(r);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+/// Start time of a process (stat field 22), if it exists and is not a zombie.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+impl PodRecord {
+    /// Is the pod's init (the same process, not a PID reuse) still alive?
+    pub fn alive(&self) -> bool {
+        start_time(self.init_pid) == Some(self.init_start)
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Default state directory, overridable with `CRYOPOD_STATE_DIR`.
+pub fn default_root() -> PathBuf {
+    std::env::var_os("CRYOPOD_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new("/run/cryopod").into())
+}
