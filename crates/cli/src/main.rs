@@ -143,6 +143,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 dir: output.clone(),
                 leave_running,
                 threads: threads.unwrap_or_else(cpus),
+                pod: None,
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_engine::checkpoint(&opts, &|phase, d, t| bar.update(phase, d, t))
@@ -163,7 +164,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             Ok(0)
         }
         Cmd::Restore { dir, detach, print_pid } => {
-            let opts = cryopod_engine::RestoreOptions { dir: dir.clone(), threads: cpus() };
+            let opts = cryopod_engine::RestoreOptions { dir: dir.clone(), threads: cpus(), pod: None };
             let bar = progress::Bar::new("restore");
             let o = cryopod_engine::restore(&opts, &|phase, d, t| bar.update(phase, d, t))
                 .with_context(|| format!("restore of {} failed; nothing was left running", dir.display()))?;
@@ -197,7 +198,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
         Cmd::Check { image } => {
             let m = cryopod_image::read_manifest(&image)
                 .with_context(|| format!("cannot read image {}", image.display()))?;
-            cryopod_engine::restore::preflight(&m).context("this machine cannot restore the image")?;
+            cryopod_engine::restore::preflight(&m, "").context("this machine cannot restore the image")?;
             println!("ok: this kernel and CPU can restore {}", image.display());
             Ok(0)
         }

@@ -7,17 +7,35 @@ use crate::freeze::{self, Frozen};
 use crate::mm::MemCollector;
 use crate::remote::{nr, Remote, SCRATCH_DATA};
 use crate::{fault, ident, pages, procfs, signals, threads, EngineError, Progress, Result};
-use cryopod_image::{Manifest, Process};
+use cryopod_image::{Manifest, PodImage, Process};
 use cryopod_sys::inject::Injector;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub struct CheckpointOptions {
+pub struct CheckpointOptions<'a> {
+    /// Root of the tree (host PID); for a pod, its first process.
     pub pid: i32,
     pub dir: PathBuf,
     pub leave_running: bool,
     /// Worker threads for reading, hashing and writing pages.
     pub threads: usize,
+    /// Set for the checkpoint of a pod.
+    pub pod: Option<PodCheckpoint<'a>>,
+}
+
+/// What the checkpoint of a pod adds to that of a tree.
+pub struct PodCheckpoint<'a> {
+    /// The pod's root directory as seen from here (`/proc/<init>/root`):
+    /// the pod's paths are relative to it.
+    pub root: String,
+    /// Files outside the pod's root that the restorer supplies by name
+    /// (dev, inode, name), like the pod's log.
+    pub external: Vec<(u64, u64, String)>,
+    /// Called once every task is seized while the pod's cgroup is frozen:
+    /// thaws the cgroup so that the tasks stop for us.
+    pub thaw: &'a (dyn Fn() -> Result<()> + Sync),
+    /// The pod's own state, stored with its processes.
+    pub image: PodImage,
 }
 
 #[derive(Debug, Clone)]
@@ -33,7 +51,10 @@ pub struct CheckpointSummary {
 pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
     let t0 = Instant::now();
     prepare_dir(&o.dir)?;
-    let mut fr = freeze::freeze(o.pid)?;
+    let mut fr = match &o.pod {
+        Some(pod) => freeze::freeze_pod(o.pid, pod.thaw)?,
+        None => freeze::freeze(o.pid)?,
+    };
     let res = collect_and_write(o, &fr, progress);
     let frozen = t0.elapsed();
     match res {
@@ -85,6 +106,10 @@ fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> 
     fault::check("after-freeze")?;
     let t_collect = Instant::now();
     let mut files = FileTable::default();
+    if let Some(pod) = &o.pod {
+        files.root = pod.root.clone();
+        files.external = pod.external.clone();
+    }
     let mut mem = MemCollector::default();
     let mut procs = Vec::new();
     for pid in bfs(o.pid, fr)? {
@@ -121,8 +146,14 @@ fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> 
         objects: std::mem::take(&mut mem.objects),
         packs: out.packs,
         chunks: out.chunks,
+        pod: o.pod.as_ref().map(|p| p.image.clone()),
     };
     crate::mm::attach_runs(&mut m, &mem, &out.chunk_of);
+    if o.pod.is_some() {
+        let tasks = fr.procs.iter().map(|(p, t)| (*p, t.clone())).chain(fr.zombies.iter().map(|&z| (z, Vec::new())));
+        let map = crate::pidns::pod_pids(tasks)?;
+        crate::pidns::to_pod(&mut m, &map)?;
+    }
     m.validate()?;
     fault::check("before-manifest")?;
     cryopod_image::write_manifest(&o.dir, &m)?;
@@ -198,7 +229,7 @@ fn collect_process(
     // Injection site: a `syscall` instruction in the task's vDSO.
     let site = crate::mm::vdso_syscall_site(pid, &p.vmas)?;
 
-    let mut leader = Remote { inj: Injector::new(pid, site)?, pid, data: 0 };
+    let mut leader = Remote { inj: Injector::new(pid, site)?, pid, vpid: crate::pidns::ns_pid(pid, pid)?, data: 0 };
     // Signals that arrived while we injected were dequeued by ptrace: they
     // are put back before the task goes on (tid, siginfo).
     let mut deferred: Vec<(i32, [u8; 128])> = Vec::new();
@@ -216,7 +247,7 @@ fn collect_process(
             if tid == pid {
                 p.threads.push(threads::collect(&mut leader)?);
             } else {
-                let mut r = Remote { inj: Injector::new(tid, site)?, pid, data: leader.data };
+                let mut r = Remote { inj: Injector::new(tid, site)?, pid, vpid: leader.vpid, data: leader.data };
                 let t = threads::collect(&mut r);
                 deferred.extend(r.inj.deferred.drain(..).map(|i| (tid, i)));
                 r.inj.restore_and_park()?;
@@ -238,7 +269,9 @@ fn collect_process(
             tracing::info!(pid, signals = deferred.len(), "signals arrived during the checkpoint; queued again");
         }
         for (tid, info) in &deferred {
-            requeue = requeue.and(signals::queue(&mut leader, Some(*tid), info));
+            // The task names its threads in its own PID namespace.
+            let vtid = crate::pidns::ns_pid(pid, *tid).unwrap_or(*tid);
+            requeue = requeue.and(signals::queue(&mut leader, Some(vtid), info));
         }
         let _ = leader.call("munmap(scratch)", nr::MUNMAP, &[leader.data, SCRATCH_DATA]);
     }

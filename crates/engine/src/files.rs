@@ -35,10 +35,23 @@ pub struct FileTable {
     /// (pid, fd, file index, dev, ino) of every description seen so far.
     seen: Vec<(i32, i32, u32, u64, u64)>,
     pipes_with_data: std::collections::HashSet<u64>,
+    /// Where the tree's root directory is seen from here: "" for a plain
+    /// tree, `/proc/<pod init>/root` for a pod (its paths are relative to
+    /// its own root).
+    pub root: String,
+    /// Files outside the tree's root that the restorer will supply by name:
+    /// (dev, inode, name).
+    pub external: Vec<(u64, u64, String)>,
 }
 
-fn path_kind(path: &str) -> Result<FileKind> {
-    let md = std::fs::metadata(path).map_err(|e| EngineError::Proc { path: path.into(), msg: e.to_string() })?;
+/// Prefix a path of the tree with where its root is seen from here.
+pub fn under(root: &str, path: &str) -> String {
+    format!("{root}{path}")
+}
+
+fn path_kind(root: &str, path: &str) -> Result<FileKind> {
+    let host = under(root, path);
+    let md = std::fs::metadata(&host).map_err(|e| EngineError::Proc { path: path.into(), msg: e.to_string() })?;
     let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
     Ok(FileKind::Path {
         path: path.into(),
@@ -52,12 +65,19 @@ fn path_kind(path: &str) -> Result<FileKind> {
 
 impl FileTable {
     /// The file behind a memory mapping (re-mapped by path on restore).
-    pub fn mapped_file(&mut self, _pid: i32, path: &str) -> Result<u32> {
+    pub fn mapped_file(&mut self, pid: i32, path: &str, inode: u64) -> Result<u32> {
         if let Some(&i) = self.mapped.get(path) {
             return Ok(i);
         }
         let i = self.files.len() as u32;
-        self.files.push(OpenFile { flags: libc::O_RDONLY as u32, pos: 0, kind: path_kind(path)? });
+        let kind = path_kind(&self.root, path)?;
+        if matches!(kind, FileKind::Path { ino, .. } if ino != inode) {
+            return Err(EngineError::Unsupported {
+                pid,
+                what: format!("mapping of {path}, a file outside the pod's root file system"),
+            });
+        }
+        self.files.push(OpenFile { flags: libc::O_RDONLY as u32, pos: 0, kind });
         self.mapped.insert(path.to_string(), i);
         Ok(i)
     }
@@ -120,7 +140,16 @@ impl FileTable {
                 if !target.starts_with('/') {
                     return Err(unsupported("not reachable by path"));
                 }
-                path_kind(target)
+                if let Some((_, _, key)) = self.external.iter().find(|e| (e.0, e.1) == (md.dev(), md.ino())) {
+                    return Ok(FileKind::External { key: key.clone() });
+                }
+                let kind = path_kind(&self.root, target)?;
+                match kind {
+                    FileKind::Path { ino, dev, .. } if (ino, dev) != (md.ino(), md.dev()) => {
+                        Err(unsupported("a file outside the pod's root file system"))
+                    }
+                    k => Ok(k),
+                }
             }
             libc::S_IFCHR => {
                 let major = cryopod_sys::util::major(md.rdev());
@@ -179,12 +208,12 @@ pub fn mapping_path(f: &OpenFile) -> String {
 }
 
 /// Refuse a restore if a mapped file changed since the checkpoint.
-pub fn check_mapped_files(m: &Manifest) -> Result<()> {
+pub fn check_mapped_files(m: &Manifest, root: &str) -> Result<()> {
     for p in &m.processes {
         for v in &p.vmas {
             if let cryopod_image::VmaKind::File { file, .. } = v.kind {
                 if let FileKind::Path { path, size, mtime_ns, .. } = &m.files[file as usize].kind {
-                    let md = std::fs::metadata(path)
+                    let md = std::fs::metadata(under(root, path))
                         .map_err(|e| EngineError::Other(format!("mapped file {path} cannot be opened: {e}")))?;
                     let mt = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
                     if md.len() != *size || mt != *mtime_ns {
@@ -217,7 +246,15 @@ fn open_with(path: &str, flags: u32) -> Result<OwnedFd> {
 /// Open, in the restorer, every description that some fd refers to. Returns
 /// one fd per `m.files` entry (None for mapping-only entries), each moved to
 /// a number >= `base`.
-pub fn open_all(m: &Manifest, base: i32, objects: &HashMap<u32, OwnedFd>) -> Result<Vec<Option<OwnedFd>>> {
+/// Paths are opened under `root` (see [`under`]); external files come from
+/// `inherit` (name, fd of ours).
+pub fn open_all(
+    m: &Manifest,
+    base: i32,
+    objects: &HashMap<u32, OwnedFd>,
+    root: &str,
+    inherit: &[(String, i32)],
+) -> Result<Vec<Option<OwnedFd>>> {
     let mut used = vec![false; m.files.len()];
     for p in &m.processes {
         for f in &p.fds {
@@ -232,7 +269,7 @@ pub fn open_all(m: &Manifest, base: i32, objects: &HashMap<u32, OwnedFd>) -> Res
             out.push(None);
             continue;
         }
-        let fd = open_one(f, &mut pipes, &mut fifo_holders, objects)
+        let fd = open_one(f, &mut pipes, &mut fifo_holders, objects, root, inherit)
             .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
         out.push(Some(cryopod_sys::util::dup_at_least(fd.as_raw_fd(), base)?));
     }
@@ -250,6 +287,7 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
             _ => format!("object {object}"),
         },
         FileKind::CharDev { path, .. } => path.clone(),
+        FileKind::External { key } => format!("external file {key:?}"),
         FileKind::Terminal { path } => format!("{path} (terminal)"),
         FileKind::Pipe { pipe, write, queued, .. } => {
             format!("pipe:[{pipe}] {} end, {} bytes queued", if *write { "write" } else { "read" }, queued.len())
@@ -269,11 +307,14 @@ fn open_one(
     pipes: &mut HashMap<u64, (OwnedFd, OwnedFd)>,
     holders: &mut Vec<OwnedFd>,
     objects: &HashMap<u32, OwnedFd>,
+    root: &str,
+    inherit: &[(String, i32)],
 ) -> Result<OwnedFd> {
     let flags = f.flags;
     let status = (flags & !(libc::O_ACCMODE as u32)) as i32;
     let fd = match &f.kind {
         FileKind::Path { path, mode, .. } => {
+            let path = &under(root, path);
             let fd = if mode & libc::S_IFMT == libc::S_IFDIR {
                 open_with(path, libc::O_RDONLY as u32 | libc::O_DIRECTORY as u32)?
             } else {
@@ -290,7 +331,13 @@ fn open_one(
             cryopod_sys::util::seek_to(fd.as_raw_fd(), f.pos)?;
             fd
         }
-        FileKind::CharDev { path, .. } => open_with(path, flags | libc::O_NOCTTY as u32)?,
+        FileKind::CharDev { path, .. } => open_with(&under(root, path), flags | libc::O_NOCTTY as u32)?,
+        FileKind::External { key } => {
+            let (_, fd) = inherit.iter().find(|(k, _)| k == key).ok_or_else(|| {
+                EngineError::Other(format!("the image needs the external file {key:?}, which was not supplied"))
+            })?;
+            cryopod_sys::util::dup_at_least(*fd, 3)?
+        }
         FileKind::Terminal { path } => {
             // Attach to the terminal the restorer runs in, if any.
             let mine = (0..3).find_map(|i| {
@@ -342,6 +389,7 @@ fn open_one(
             cryopod_sys::util::epoll_create(0)?
         }
         FileKind::Fifo { path, pipe, queued } => {
+            let path = &under(root, path);
             if !pipes.contains_key(pipe) {
                 let holder = open_with(path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
                 fill_pipe(&holder, 0, queued)?;
@@ -377,6 +425,7 @@ pub fn create_objects(
     m: &Manifest,
     reader: &cryopod_image::store::PackReader,
     base: i32,
+    root: &str,
 ) -> Result<HashMap<u32, OwnedFd>> {
     let mut out = HashMap::new();
     for (i, o) in m.objects.iter().enumerate() {
@@ -384,8 +433,8 @@ pub fn create_objects(
             ObjectOrigin::SharedAnon => continue,
             ObjectOrigin::Memfd { name } => cryopod_sys::util::memfd_create(name)?.into(),
             ObjectOrigin::Deleted { path, mode } => {
-                let p = std::path::Path::new(path);
-                let at = if p.exists() {
+                let path = under(root, path);
+                let at = if std::path::Path::new(&path).exists() {
                     format!("{path}.cryopod-restore-{}-{i}", std::process::id())
                 } else {
                     path.clone()

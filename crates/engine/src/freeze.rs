@@ -44,6 +44,11 @@ fn seize_one(tid: i32) -> Result<bool> {
         Err(e) => return Err(e.into()),
     }
     ptrace::interrupt(tid)?;
+    wait_stop(tid)
+}
+
+/// Wait for a seized and interrupted thread to stop (false: it exited).
+fn wait_stop(tid: i32) -> Result<bool> {
     loop {
         match ptrace::wait(tid)? {
             Stop::Event(_, _) => return Ok(true),
@@ -51,6 +56,51 @@ fn seize_one(tid: i32) -> Result<bool> {
             Stop::Signal(sig) => ptrace::cont(tid, sig)?,
             Stop::Syscall => ptrace::cont(tid, 0)?,
             Stop::Exited(_) | Stop::Killed(_) => return Ok(false),
+        }
+    }
+}
+
+/// Freeze a pod whose cgroup is frozen: every task is seized and asked to
+/// stop while the freezer holds it (the tree cannot change meanwhile), then
+/// `thaw` lets the tasks go, straight into their ptrace stop.
+pub fn freeze_pod(root: i32, thaw: &dyn Fn() -> Result<()>) -> Result<Frozen> {
+    let mut fr = Frozen::default();
+    let res = (|| {
+        let mut asked = Vec::new();
+        let mut queue = vec![root];
+        while let Some(pid) = queue.pop() {
+            match procfs::stat(pid)?.state {
+                'Z' => continue,
+                'T' => fr.stopped.push(pid),
+                _ => {}
+            }
+            for t in procfs::tids(pid)? {
+                match ptrace::seize(t, ptrace::OPTS_DUMP) {
+                    Ok(()) => {}
+                    Err(e) if e.errno.0 == libc::ESRCH => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                fr.seized.push(t);
+                ptrace::interrupt(t)?;
+                asked.push((pid, t));
+            }
+            queue.extend(procfs::children(pid)?);
+        }
+        thaw()?;
+        for (pid, t) in asked {
+            if wait_stop(t)? {
+                fr.procs.entry(pid).or_default().push(t);
+            }
+        }
+        // Anything that appeared anyway (nothing should) is frozen too.
+        freeze_into(root, &mut fr)
+    })();
+    match res {
+        Ok(()) => Ok(fr),
+        Err(e) => {
+            fr.thaw();
+            let _ = thaw();
+            Err(e)
         }
     }
 }

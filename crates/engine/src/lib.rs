@@ -15,6 +15,7 @@ pub mod freeze;
 pub mod ident;
 pub mod mm;
 pub mod pages;
+pub mod pidns;
 pub mod procfs;
 pub mod remote;
 pub mod restore;

@@ -99,7 +99,7 @@ impl MemCollector {
                 n if n.starts_with("/dev/") && m.dev.starts_with("00:") => {
                     return Err(unsupported(pid, m, "device mapping"))
                 }
-                n => VmaKind::File { file: files.mapped_file(pid, n)?, pgoff: m.offset / PAGE },
+                n => VmaKind::File { file: files.mapped_file(pid, n, m.inode)?, pgoff: m.offset / PAGE },
             };
             let vi = vmas.len();
             // Queue the pages to save.

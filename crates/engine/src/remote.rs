@@ -53,7 +53,11 @@ pub const SCRATCH_DATA: u64 = 64 * 1024;
 
 pub struct Remote {
     pub inj: Injector,
+    /// The process (host PID: /proc, memory, ptrace).
     pub pid: Pid,
+    /// The same process as it numbers itself (its PID namespace's PID), for
+    /// syscall arguments inside it.
+    pub vpid: Pid,
     /// Start of the scratch data area in the task.
     pub data: u64,
 }

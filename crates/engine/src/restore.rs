@@ -5,6 +5,7 @@
 //! names the object that failed.
 
 use crate::mm::{self, AreaCtx};
+use crate::pidns::HostPids;
 use crate::remote::{nr, Remote, SCRATCH_DATA};
 use crate::tree::{self, StubPlan};
 use crate::{fault, files, ident, signals, threads, EngineError, Progress, Result};
@@ -19,14 +20,29 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracing::debug;
 
-pub struct RestoreOptions {
+pub struct RestoreOptions<'a> {
     pub dir: PathBuf,
     /// Threads used to verify page hashes and to fill memory.
     pub threads: usize,
+    /// Set to restore a pod (the image must hold one).
+    pub pod: Option<PodRestore<'a>>,
+}
+
+/// What restoring a pod adds: the namespaces were made by the caller.
+pub struct PodRestore<'a> {
+    /// The new pod's root directory as seen from here: the image's paths
+    /// are opened under it.
+    pub root: String,
+    /// Runs in the pod's first process right after it is forked into a new
+    /// PID namespace (joins the pod's other namespaces and cgroup).
+    pub enter: &'a (dyn Fn() -> std::result::Result<(), String> + Sync),
+    /// Files the image names as external, supplied as fds of ours.
+    pub inherit: Vec<(String, i32)>,
 }
 
 #[derive(Debug)]
 pub struct RestoreOutcome {
+    /// Host PID of the root (of the pod's first process).
     pub root_pid: i32,
     /// The root's process group, if it leads one of its own (a shell job).
     pub root_group: Option<i32>,
@@ -37,7 +53,8 @@ pub struct RestoreOutcome {
 }
 
 /// Check that this machine can run the image at all (no process created).
-pub fn preflight(m: &Manifest) -> Result<()> {
+/// `root` is where the image's paths are found ("" for a plain tree).
+pub fn preflight(m: &Manifest, root: &str) -> Result<()> {
     let ours = util::xcr0();
     if m.xcr0 & !ours != 0 {
         return Err(EngineError::Other(format!(
@@ -53,7 +70,9 @@ pub fn preflight(m: &Manifest) -> Result<()> {
             util::kernel_release()
         )));
     }
-    for p in &m.processes {
+    // A pod gets a PID namespace of its own: its PIDs cannot be taken.
+    let pids_to_check = if m.pod.is_some() { &[][..] } else { &m.processes[..] };
+    for p in pids_to_check {
         let ids = std::iter::once(p.pid).chain(p.threads.iter().map(|t| t.tid));
         for id in ids {
             // A zombie (e.g. of the checkpointed tree, orphaned to init) is
@@ -69,7 +88,7 @@ pub fn preflight(m: &Manifest) -> Result<()> {
             }
         }
     }
-    files::check_mapped_files(m)
+    files::check_mapped_files(m, root)
 }
 
 fn own_vdso_hash() -> Result<[u8; 32]> {
@@ -97,7 +116,15 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     if let Some(owner) = &owner {
         crate::trust::check_creds(&m, owner)?;
     }
-    preflight(&m)?;
+    match (&o.pod, &m.pod) {
+        (Some(_), None) => return Err(EngineError::Other("the image holds a process tree, not a pod".into())),
+        (None, Some(p)) => {
+            return Err(EngineError::Other(format!("the image holds pod {}: restore it as a pod", p.name)));
+        }
+        _ => {}
+    }
+    let fs_root = o.pod.as_ref().map(|p| p.root.clone()).unwrap_or_default();
+    preflight(&m, &fs_root)?;
     fault::check("restore-before-fork")?;
 
     // Re-create memfds and deleted files, and open every file description,
@@ -107,8 +134,9 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     let base = (max_target + 1).max(16);
     // Files are opened with the image owner's file permissions.
     let old_fs = owner.as_ref().map(|o| util::set_fs_ids(o.uid, o.gid));
-    let opened = files::create_objects(&m, &reader, base)
-        .and_then(|objects| files::open_all(&m, base, &objects).map(|srcs| (objects, srcs)));
+    let inherit = o.pod.as_ref().map(|p| p.inherit.clone()).unwrap_or_default();
+    let opened = files::create_objects(&m, &reader, base, &fs_root)
+        .and_then(|objects| files::open_all(&m, base, &objects, &fs_root, &inherit).map(|srcs| (objects, srcs)));
     if let Some((u, g)) = old_fs {
         util::set_fs_ids(u, g);
     }
@@ -144,6 +172,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         fds: fd_plan,
         keep: object_fds.values().copied().collect(),
         ready_w: ready_w.as_raw_fd(),
+        enter: o.pod.as_ref().map(|p| p.enter),
     };
     debug!("forking the stub tree");
     let root = tree::spawn(&plan)?;
@@ -152,6 +181,8 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     drop(ready_w);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
     let res = wait_ready(&m, &ready_r).and_then(|_| {
+        let mut pids = if m.pod.is_some() { HostPids::of_tree(root)? } else { HostPids::plain() };
+        wait_zombies(&m, &pids)?;
         let b = Build {
             m: &m,
             reader: &reader,
@@ -161,12 +192,12 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             owner: owner.as_ref(),
             progress,
         };
-        build_all(&b)
+        build_all(&b, &mut pids)
     });
     match res {
         Ok(()) => {
             let (mem, _) = m.memory_bytes();
-            let root_rec = m.processes.iter().find(|p| p.pid == root);
+            let root_rec = m.processes.iter().find(|p| p.pid == m.root_pid);
             Ok(RestoreOutcome {
                 root_pid: root,
                 root_group: root_rec.filter(|p| p.pgid == p.pid).map(|p| p.pgid),
@@ -177,7 +208,11 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             })
         }
         Err(e) => {
-            for &p in created.iter().rev() {
+            // A pod's processes all die with its first one.
+            if m.pod.is_some() {
+                let _ = util::kill(root, libc::SIGKILL);
+            }
+            for &p in created.iter().rev().filter(|_| m.pod.is_none()) {
                 let _ = util::kill(p, libc::SIGKILL);
             }
             let _ = util::waitpid(root, 0);
@@ -215,10 +250,15 @@ fn wait_ready(m: &Manifest, r: &OwnedFd) -> Result<()> {
             }
         }
     }
-    // Zombies must be dead before their parents are seized.
+    Ok(())
+}
+
+/// Zombies must be dead before their parents are seized.
+fn wait_zombies(m: &Manifest, pids: &HostPids) -> Result<()> {
     for p in m.processes.iter().filter(|p| p.zombie_status.is_some()) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while crate::procfs::stat(p.pid).map(|s| s.state != 'Z').unwrap_or(false) {
+        let host = pids.host(p.pid)?;
+        while crate::procfs::stat(host).map(|s| s.state != 'Z').unwrap_or(false) {
             if Instant::now() > deadline {
                 return Err(EngineError::Other(format!("zombie {} did not exit", p.pid)));
             }
@@ -257,7 +297,7 @@ struct Build<'a> {
     progress: Progress<'a>,
 }
 
-fn build_all(b: &Build) -> Result<()> {
+fn build_all(b: &Build, pids: &mut HostPids) -> Result<()> {
     let m = b.m;
     let order: Vec<&Process> = tree::tree_order(m).into_iter().filter(|p| p.zombie_status.is_none()).collect();
     // Injection is a ptrace round trip per syscall; across CPUs each wakeup
@@ -267,30 +307,34 @@ fn build_all(b: &Build) -> Result<()> {
     let own_affinity = util::get_affinity(0)?;
     let cpu = util::one_cpu(util::current_cpu());
     util::set_affinity(0, &cpu)?;
-    let res = build_all_pinned(b, &order, &cpu);
+    let res = build_all_pinned(b, &order, &cpu, pids);
     let _ = util::set_affinity(0, &own_affinity);
     res
 }
 
-fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64]) -> Result<()> {
+fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64], pids: &mut HostPids) -> Result<()> {
     let (m, reader, threads) = (b.m, b.reader, b.threads);
     let mut remotes: BTreeMap<i32, Remote> = BTreeMap::new();
     for p in order {
-        util::set_affinity(p.pid, cpu)?;
-        seize_stub(p.pid).map_err(EngineError::during(format!("process {}", p.pid)))?;
-        remotes.insert(p.pid, Remote { inj: Injector::with_gadget(p.pid, own_syscall_site())?, pid: p.pid, data: 0 });
+        let host = pids.host(p.pid)?;
+        util::set_affinity(host, cpu)?;
+        seize_stub(host).map_err(EngineError::during(format!("process {}", p.pid)))?;
+        let inj = Injector::with_gadget(host, own_syscall_site())?;
+        remotes.insert(p.pid, Remote { inj, pid: host, vpid: p.pid, data: 0 });
     }
     debug!("all stubs seized");
     tree::join_groups(m, &mut remotes)?;
     let mut shmem_home = HashMap::new();
     let total: u64 = m.memory_bytes().0;
     let mut done = 0u64;
-    let mut all_threads: Vec<i32> = Vec::new();
+    let mut all_threads: Vec<(i32, bool)> = Vec::new();
     for p in order {
         let r = remotes.get_mut(&p.pid).ok_or_else(|| EngineError::Other("lost a stub".into()))?;
         let mut cx = AreaCtx { m, reader, threads, shmem_home: &mut shmem_home, object_fds: b.object_fds };
-        build_process(b, r, p, &mut cx).map_err(EngineError::during(format!("process {}", p.pid)))?;
-        all_threads.extend(p.threads.iter().map(|t| t.tid));
+        build_process(b, r, p, &mut cx, pids).map_err(EngineError::during(format!("process {}", p.pid)))?;
+        for t in &p.threads {
+            all_threads.push((pids.host(t.tid)?, p.stopped && t.tid == p.pid));
+        }
         done += p
             .vmas
             .iter()
@@ -302,17 +346,17 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64]) -> Result<()> {
     }
     fault::check("restore-before-resume")?;
     // Processes stopped by job control go back to being stopped.
-    for t in all_threads {
-        let stopped = m.processes.iter().any(|p| p.stopped && p.pid == t);
+    for (t, stopped) in all_threads {
         ptrace::detach(t, if stopped { libc::SIGSTOP } else { 0 })?;
     }
     Ok(())
 }
 
-fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()> {
+fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids: &mut HostPids) -> Result<()> {
+    let host = r.pid;
     // The stub inherited glibc's rseq registration; the kernel would fault
     // writing to it once the stub's memory is gone.
-    if let Some((ptr, len, sig)) = ptrace::get_rseq(p.pid)? {
+    if let Some((ptr, len, sig)) = ptrace::get_rseq(host)? {
         r.call("rseq(unregister stub)", nr::RSEQ, &[ptr, u64::from(len), 1, u64::from(sig)])?;
     }
     // Everything the stub opens by path (mapped files, exe, cwd) is checked
@@ -321,7 +365,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
         r.call("setfsgid", nr::SETFSGID, &[u64::from(o.gid)])?;
         r.call("setfsuid", nr::SETFSUID, &[u64::from(o.uid)])?;
     }
-    let stub = mm::stub_layout(p.pid)?;
+    let stub = mm::stub_layout(host)?;
     let scratch = mm::map_scratch(r, &stub, p)?;
     let scratch_len = PAGE_SIZE + SCRATCH_DATA;
     let target: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
@@ -350,9 +394,10 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
     let leader = p.threads.first().ok_or_else(|| EngineError::Other("no leader thread".into()))?;
     let mut others: Vec<Remote> = Vec::new();
     for t in &p.threads[1..] {
-        threads::create(r, t.tid).map_err(EngineError::during(format!("thread {}", t.tid)))?;
-        others.push(Remote { inj: Injector::with_gadget(t.tid, r.inj.site)?, pid: p.pid, data: r.data });
+        let tid = threads::create(r, t.tid).map_err(EngineError::during(format!("thread {}", t.tid)))?;
+        others.push(Remote { inj: Injector::with_gadget(tid, r.inj.site)?, pid: host, vpid: p.pid, data: r.data });
     }
+    pids.add_threads(host)?;
     debug!(pid = p.pid, "threads");
     threads::restore_state(r, leader)?;
     for (o, t) in others.iter_mut().zip(&p.threads[1..]) {
@@ -383,14 +428,15 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Re
     r.call("munmap(scratch)", nr::MUNMAP, &[scratch, scratch_len])?;
     // Seccomp filters last of all, through the vDSO's syscall instruction.
     if p.threads.iter().any(|t| !t.seccomp.is_empty()) {
-        let site = mm::vdso_syscall_site(p.pid, &p.vmas)?;
+        let site = mm::vdso_syscall_site(host, &p.vmas)?;
         for t in &p.threads {
-            threads::install_seccomp(p.pid, t, site, &p.vmas)
+            threads::install_seccomp(host, pids.host(t.tid)?, t, site, &p.vmas)
                 .map_err(EngineError::during(format!("seccomp filters of thread {}", t.tid)))?;
         }
     }
     for t in &p.threads {
-        threads::set_final(t.tid, t).map_err(EngineError::during(format!("registers of thread {}", t.tid)))?;
+        threads::set_final(pids.host(t.tid)?, t)
+            .map_err(EngineError::during(format!("registers of thread {}", t.tid)))?;
     }
     Ok(())
 }

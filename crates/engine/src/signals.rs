@@ -194,9 +194,9 @@ pub fn queue(r: &mut Remote, tid: Option<i32>, info: &[u8]) -> Result<()> {
         Some(t) => r.call(
             &format!("rt_tgsigqueueinfo({sig})"),
             nr::RT_TGSIGQUEUEINFO,
-            &[r.pid as u64, t as u64, sig as u64, a],
+            &[r.vpid as u64, t as u64, sig as u64, a],
         )?,
-        None => r.call(&format!("rt_sigqueueinfo({sig})"), nr::RT_SIGQUEUEINFO, &[r.pid as u64, sig as u64, a])?,
+        None => r.call(&format!("rt_sigqueueinfo({sig})"), nr::RT_SIGQUEUEINFO, &[r.vpid as u64, sig as u64, a])?,
     };
     Ok(())
 }

@@ -90,7 +90,9 @@ pub fn collect(r: &mut Remote) -> Result<Thread> {
 
 /// Create thread `tid` from the stopped leader `r`; returns once the new
 /// thread is stopped and traced.
-pub fn create(r: &mut Remote, tid: Pid) -> Result<()> {
+/// Create thread `tid` (as the process numbers it) by an injected clone3;
+/// returns its host TID.
+pub fn create(r: &mut Remote, tid: Pid) -> Result<Pid> {
     let tid_addr = r.put(4096, &tid.to_ne_bytes())?;
     let args = cryopod_sys::clone::thread_clone_args(tid_addr);
     let a = r.put(4096 + 64, &args)?;
@@ -99,10 +101,12 @@ pub fn create(r: &mut Remote, tid: Pid) -> Result<()> {
     if got as Pid != tid {
         return Err(crate::EngineError::Other(format!("thread created with tid {got} instead of {tid}")));
     }
+    // The clone event names the thread as we number it.
+    let host = r.inj.new_threads.first().copied().unwrap_or(tid);
     loop {
-        match ptrace::wait(tid)? {
-            Stop::Event(..) | Stop::Signal(libc::SIGSTOP) => return Ok(()),
-            Stop::Signal(_) | Stop::Syscall => ptrace::cont(tid, 0)?,
+        match ptrace::wait(host)? {
+            Stop::Event(..) | Stop::Signal(libc::SIGSTOP) => return Ok(host),
+            Stop::Signal(_) | Stop::Syscall => ptrace::cont(host, 0)?,
             Stop::Exited(_) | Stop::Killed(_) => {
                 return Err(crate::EngineError::Other(format!("new thread {tid} died at birth")))
             }
@@ -218,7 +222,7 @@ pub fn check_seccomp_restorable(pid: Pid, tid: Pid) -> Result<()> {
 /// program is written just below the red zone under the thread's stack
 /// pointer, and those bytes are put back afterwards. `site` is a `syscall`
 /// instruction in the task (its vDSO), `vmas` its memory map.
-pub fn install_seccomp(pid: Pid, t: &Thread, site: u64, vmas: &[cryopod_image::Vma]) -> Result<()> {
+pub fn install_seccomp(pid: Pid, tid: Pid, t: &Thread, site: u64, vmas: &[cryopod_image::Vma]) -> Result<()> {
     if t.seccomp.is_empty() {
         return Ok(());
     }
@@ -234,7 +238,7 @@ pub fn install_seccomp(pid: Pid, t: &Thread, site: u64, vmas: &[cryopod_image::V
     }
     let mut saved = vec![0u8; largest as usize];
     cryopod_sys::mem::read(pid, at, &mut saved)?;
-    let mut inj = cryopod_sys::inject::Injector::new(t.tid, site)?;
+    let mut inj = cryopod_sys::inject::Injector::new(tid, site)?;
     let mut res = Ok(());
     for (flags, prog) in &t.seccomp {
         // struct sock_fprog { u16 len; u64 filter } followed by the program.

@@ -8,7 +8,7 @@
 use crate::remote::{nr, Remote};
 use crate::Result;
 use cryopod_image::{Manifest, Process};
-use cryopod_sys::clone::{fork_with_pid, Forked};
+use cryopod_sys::clone::{fork_with, fork_with_pid, Forked};
 use cryopod_sys::util;
 use std::collections::BTreeMap;
 
@@ -30,6 +30,9 @@ pub struct StubPlan<'a> {
     pub epolls: BTreeMap<i32, Vec<EpollSetup>>,
     /// Write end of the readiness pipe.
     pub ready_w: i32,
+    /// For a pod: the root is forked into a new PID namespace (becoming its
+    /// PID 1) and first runs this to join the pod's other namespaces.
+    pub enter: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
 }
 
 /// Children of each process, from ppid links.
@@ -61,8 +64,21 @@ pub fn tree_order(m: &Manifest) -> Vec<&Process> {
 
 /// Fork the root stub (and, through it, the whole tree). Returns its pid.
 pub fn spawn(plan: &StubPlan) -> Result<i32> {
-    match fork_with_pid(plan.m.root_pid)? {
-        Forked::Child => stub_main(plan, plan.m.root_pid),
+    let root = plan.m.root_pid;
+    let forked = match plan.enter {
+        Some(_) => fork_with(libc::CLONE_NEWPID as u64, 0)?,
+        None => fork_with_pid(root)?,
+    };
+    match forked {
+        Forked::Child => {
+            if let Some(enter) = plan.enter {
+                if let Err(e) = enter() {
+                    report(plan, &format!("E {root} entering the pod: {}\n", e.replace('\n', " ")));
+                    util::exit_now(1);
+                }
+            }
+            stub_main(plan, root)
+        }
         Forked::Parent(p) => Ok(p),
     }
 }

@@ -12,10 +12,12 @@
 #![forbid(unsafe_code)]
 
 pub mod manifest;
+pub mod pod;
 pub mod records;
 pub mod store;
 
 pub use manifest::{decode_manifest, encode_manifest, read_manifest, seal, write_manifest, MANIFEST_FILE};
+pub use pod::PodImage;
 pub use records::*;
 
 /// Anything wrong with an image, with the object or file it concerns.

@@ -33,6 +33,9 @@ pub struct Manifest {
     pub packs: Vec<Pack>,
     /// Content-addressed page chunks.
     pub chunks: Vec<Chunk>,
+    /// The pod's own state, for the checkpoint of a pod (PIDs in the
+    /// records are then the pod's own, its PID 1 being the root).
+    pub pod: Option<crate::pod::PodImage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -258,6 +261,9 @@ pub enum FileKind {
     Object { object: u32 },
     /// A character device (by path, e.g. /dev/null, /dev/urandom, a tty).
     CharDev { path: String, rdev: u64 },
+    /// A file outside the checkpointed tree's reach that the restorer
+    /// supplies under this name (a pod's log, for instance).
+    External { key: String },
     /// The restoring shell's terminal: attach to whatever terminal `cryopod
     /// restore` runs in.
     Terminal { path: String },

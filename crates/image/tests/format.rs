@@ -62,6 +62,21 @@ fn sample() -> Manifest {
         objects: vec![],
         packs: vec![Pack { name: "pages-0.pack".into(), size: 65536 }],
         chunks: vec![Chunk { hash: [9; 32], pack: 0, offset: 0, len: 65536 }],
+        pod: Some(cryopod_image::PodImage {
+            name: "web".into(),
+            hostname: "box".into(),
+            ip: Some((0x0a4d_0002, 24)),
+            memory: Some(1 << 28),
+            cpus: Some(0.5),
+            links: vec![cryopod_image::pod::PodLink { name: "lo".into(), up: true, mtu: 65536, addrs: vec![] }],
+            mounts: vec![cryopod_image::pod::PodMount {
+                target: "/mnt".into(),
+                kind: cryopod_image::pod::PodMountKind::Tmpfs { index: 0 },
+                flags: 0,
+                data: "size=1m".into(),
+            }],
+            ..Default::default()
+        }),
     }
 }
 

@@ -1,0 +1,69 @@
+//! The pod's own state in an image, beside its processes: names, limits,
+//! network configuration, the mounts the pod made, and the files of its
+//! tmpfs mounts (an archive next to the manifest, checked by hash).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodImage {
+    /// Name of the pod when it was checkpointed (restore may choose another).
+    pub name: String,
+    pub hostname: String,
+    pub domainname: String,
+    /// Root file system (host path), if the pod had one.
+    pub rootfs: Option<String>,
+    /// The pod's address: (IPv4 as a number, prefix length).
+    pub ip: Option<(u32, u8)>,
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+    pub cmd: Vec<String>,
+    /// Output went to the pod's log (a detached pod).
+    pub detached: bool,
+    /// Interfaces of the pod's network namespace with their IPv4 addresses.
+    pub links: Vec<PodLink>,
+    /// IPv4 routes of the main table.
+    pub routes: Vec<PodRoute>,
+    /// Mounts the pod made beyond the standard ones, parents first.
+    pub mounts: Vec<PodMount>,
+    /// Archive (tar) of every tmpfs mount's files, if any: file name in the
+    /// image directory, its size and BLAKE3.
+    pub tmpfs_archive: Option<(String, u64, [u8; 32])>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PodLink {
+    pub name: String,
+    pub up: bool,
+    pub mtu: u32,
+    pub addrs: Vec<(u32, u8)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PodRoute {
+    pub dst: u32,
+    pub prefix: u8,
+    pub gateway: Option<u32>,
+    pub dev: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PodMount {
+    /// Where it is mounted, inside the pod.
+    pub target: String,
+    pub kind: PodMountKind,
+    /// MS_* flags (read-only, nosuid, ...).
+    pub flags: u64,
+    /// File-system options (e.g. "size=1m,mode=755").
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum PodMountKind {
+    /// A tmpfs; its files are in the archive under `tmpfs/<index>/`.
+    Tmpfs { index: u32 },
+    /// A bind mount of a path inside the pod.
+    Bind { source: String },
+    /// proc, sysfs, devpts, mqueue: a fresh instance of that file system.
+    Fresh { fstype: String },
+}
