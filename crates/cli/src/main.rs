@@ -47,11 +47,14 @@ enum Cmd {
     },
     /// Show the output of a detached pod.
     Logs { name: String },
-    /// Checkpoint the process tree rooted at PID into DIR.
+    /// Checkpoint a pod (by name) or the process tree rooted at --pid into DIR.
     Checkpoint {
-        /// Root of the tree (all descendants and threads are included).
+        /// The pod to checkpoint.
+        #[arg(required_unless_present = "pid", conflicts_with = "pid")]
+        name: Option<String>,
+        /// Root of a process tree (all descendants and threads are included).
         #[arg(long)]
-        pid: i32,
+        pid: Option<i32>,
         /// Image directory (created; must not already hold an image).
         #[arg(short, long)]
         output: PathBuf,
@@ -62,9 +65,15 @@ enum Cmd {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Restore the tree saved in DIR, with its original PIDs.
+    /// Restore the pod or tree saved in DIR, with its original PIDs.
     Restore {
         dir: PathBuf,
+        /// Name of the restored pod (default: the name it had).
+        #[arg(long)]
+        name: Option<String>,
+        /// New address of the restored pod (default: the one it had).
+        #[arg(long)]
+        ip: Option<String>,
         /// Return once the tree runs, instead of waiting for its root.
         #[arg(long)]
         detach: bool,
@@ -105,6 +114,20 @@ fn human(b: u64) -> String {
     }
 }
 
+fn print_checkpoint(s: &cryopod_engine::CheckpointSummary, leave_running: bool, output: &std::path::Path) {
+    let frozen = if leave_running { format!(", frozen {:.1} ms", s.frozen.as_secs_f64() * 1e3) } else { String::new() };
+    eprintln!(
+        "checkpointed {} processes ({} threads), {} of memory, image {} in {:.1} ms{} → {}",
+        s.processes,
+        s.threads,
+        human(s.memory_bytes),
+        human(s.image_bytes),
+        s.elapsed.as_secs_f64() * 1e3,
+        frozen,
+        output.display()
+    );
+}
+
 fn main() {
     cryopod_sys::ns::default_sigpipe();
     let cli = Cli::parse();
@@ -137,7 +160,22 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
         Cmd::Exec { name, cmd } => pods::exec(state, &name, &cmd),
         Cmd::Stop { name, timeout } => pods::stop(state, &name, timeout),
         Cmd::Logs { name } => pods::logs(state, &name),
-        Cmd::Checkpoint { pid, output, leave_running, threads } => {
+        Cmd::Checkpoint { name: Some(name), output, leave_running, threads, .. } => {
+            let opts = cryopod_pod::snapshot::PodCheckpointOptions {
+                name: name.clone(),
+                dir: output.clone(),
+                leave_running,
+                threads: threads.unwrap_or_else(cpus),
+            };
+            let bar = progress::Bar::new("checkpoint");
+            let s = cryopod_pod::snapshot::checkpoint(state, &opts, &|phase, d, t| bar.update(phase, d, t))
+                .with_context(|| format!("checkpoint of pod {name} failed; the pod was left running"))?;
+            bar.finish();
+            print_checkpoint(&s, leave_running, &output);
+            Ok(0)
+        }
+        Cmd::Checkpoint { pid, output, leave_running, threads, .. } => {
+            let pid = pid.context("give a pod name or --pid")?;
             let opts = cryopod_engine::CheckpointOptions {
                 pid,
                 dir: output.clone(),
@@ -149,21 +187,20 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             let s = cryopod_engine::checkpoint(&opts, &|phase, d, t| bar.update(phase, d, t))
                 .with_context(|| format!("checkpoint of pid {pid} failed; the tree was left running"))?;
             bar.finish();
-            let frozen =
-                if leave_running { format!(", frozen {:.1} ms", s.frozen.as_secs_f64() * 1e3) } else { String::new() };
-            eprintln!(
-                "checkpointed {} processes ({} threads), {} of memory, image {} in {:.1} ms{} → {}",
-                s.processes,
-                s.threads,
-                human(s.memory_bytes),
-                human(s.image_bytes),
-                s.elapsed.as_secs_f64() * 1e3,
-                frozen,
-                output.display()
-            );
+            print_checkpoint(&s, leave_running, &output);
             Ok(0)
         }
-        Cmd::Restore { dir, detach, print_pid } => {
+        Cmd::Restore { dir, name, ip, detach, print_pid } => {
+            let m =
+                cryopod_image::read_manifest(&dir).with_context(|| format!("cannot read image {}", dir.display()))?;
+            if m.pod.is_some() {
+                return pods::restore(state, &dir, name, ip, detach, print_pid);
+            }
+            anyhow::ensure!(
+                name.is_none() && ip.is_none(),
+                "--name and --ip are for pods; {} holds a process tree",
+                dir.display()
+            );
             let opts = cryopod_engine::RestoreOptions { dir: dir.clone(), threads: cpus(), pod: None };
             let bar = progress::Bar::new("restore");
             let o = cryopod_engine::restore(&opts, &|phase, d, t| bar.update(phase, d, t))

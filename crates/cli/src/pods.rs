@@ -85,16 +85,62 @@ pub fn run(state: &StateDir, a: RunArgs) -> Result<i32> {
         rec.init_pid,
         &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2],
     )?;
+    wait_and_remove(state, &rec)
+}
+
+/// A pod in the foreground: wait for its PID 1 (our child), then remove
+/// the pod, and return its exit code.
+fn wait_and_remove(state: &StateDir, rec: &cryopod_pod::PodRecord) -> Result<i32> {
     let (_, st) = cryopod_sys::util::waitpid(rec.init_pid, 0)?;
     let code = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) };
-    // A checkpoint may have taken the pod over meanwhile (it is restored
-    // elsewhere under this name); only remove what is still ours.
-    if let Ok(now) = state.load(&name) {
+    // A checkpoint may have ended the pod and a restore made a new one of
+    // that name meanwhile: only remove what is still ours.
+    if let Ok(now) = state.load(&rec.name) {
         if now.init_pid == rec.init_pid && now.init_start == rec.init_start {
             lifecycle::cleanup(state, &now)?;
         }
     }
     Ok(code)
+}
+
+pub fn restore(
+    state: &StateDir,
+    dir: &std::path::Path,
+    name: Option<String>,
+    ip: Option<String>,
+    detach: bool,
+    print_pid: bool,
+) -> Result<i32> {
+    let o = cryopod_pod::snapshot::PodRestoreOptions {
+        dir: dir.to_path_buf(),
+        name,
+        ip: ip.as_deref().map(IpConfig::parse).transpose()?,
+        threads: crate::cpus(),
+    };
+    let bar = crate::progress::Bar::new("restore");
+    let (rec, o) = cryopod_pod::snapshot::restore(state, &o, &|phase, d, t| bar.update(phase, d, t))
+        .with_context(|| format!("restore of {} failed; nothing was left running", dir.display()))?;
+    bar.finish();
+    eprintln!(
+        "restored pod {} ({} processes, {} threads, {} of memory) in {:.1} ms; its PID 1 is host pid {}",
+        rec.name,
+        o.processes,
+        o.threads,
+        crate::human(o.memory_bytes),
+        o.elapsed.as_secs_f64() * 1e3,
+        rec.init_pid
+    );
+    if print_pid {
+        println!("{}", rec.init_pid);
+    }
+    if detach {
+        return Ok(0);
+    }
+    cryopod_sys::util::forward_signals(
+        rec.init_pid,
+        &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2],
+    )?;
+    wait_and_remove(state, &rec)
 }
 
 pub fn ps(state: &StateDir, json: bool) -> Result<i32> {

@@ -17,6 +17,14 @@ use std::time::Duration;
 pub const POD_NS: i32 =
     libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP;
 
+/// What a restored pod gets beyond the standard setup: the mounts it had
+/// made, and the files of its tmpfs mounts.
+#[derive(Default)]
+pub struct Extra {
+    pub mounts: Vec<cryopod_image::pod::PodMount>,
+    pub archive: Option<std::fs::File>,
+}
+
 /// A process holding a pod's new namespaces until its PID 1 has joined them.
 pub struct Holder {
     pub pid: i32,
@@ -25,6 +33,8 @@ pub struct Holder {
     pub cgroup: Cgroup,
     /// Host end of the veth, if the pod has an address.
     pub veth: Option<String>,
+    /// proc mounts of the pod's own, made by its PID 1 (in its PID namespace).
+    proc_mounts: Vec<cryopod_image::pod::PodMount>,
 }
 
 fn read_line(fd: &OwnedFd) -> Option<String> {
@@ -49,7 +59,7 @@ fn expect_ready(status: &OwnedFd, what: &str) -> Result<()> {
 
 impl Holder {
     /// Create the cgroup, the namespaces and the network of pod `name`.
-    pub fn create(name: &str, spec: &PodSpec) -> Result<Holder> {
+    pub fn create(name: &str, spec: &PodSpec, extra: &Extra) -> Result<Holder> {
         let cgroup = Cgroup::of(name);
         cgroup.create(&Limits { memory: spec.memory, pids: spec.pids, cpus: spec.cpus })?;
         let (status_r, status_w) = util::pipe()?;
@@ -57,7 +67,7 @@ impl Holder {
         let pid = match fork_with_pid(0) {
             Ok(Forked::Child) => {
                 drop((status_r, cmd_w));
-                let r = holder_main(name, spec, &cgroup, &cmd_r, &status_w);
+                let r = holder_main(name, spec, extra, &cgroup, &cmd_r, &status_w);
                 if let Err(e) = r {
                     let _ = util::write_fd(status_w.as_raw_fd(), format!("E {e}\n").as_bytes());
                 }
@@ -71,7 +81,8 @@ impl Holder {
         };
         drop((status_w, cmd_r));
         let pidfd = pidfd::pidfd_open(pid);
-        let mut h = Holder { pid, pidfd: pidfd?, cmd_w: Some(cmd_w), cgroup, veth: None };
+        let proc_mounts = extra.mounts.iter().filter(|m| is_proc(m)).cloned().collect();
+        let mut h = Holder { pid, pidfd: pidfd?, cmd_w: Some(cmd_w), cgroup, veth: None, proc_mounts };
         let res = (|| {
             expect_ready(&status_r, "creating the pod's namespaces")?;
             if let Some(ip) = &spec.ip {
@@ -95,6 +106,9 @@ impl Holder {
         self.cgroup.join(0)?;
         ns::enter(self.pidfd.as_fd(), self.pid, POD_NS)?;
         fs::mount_proc()?;
+        for m in &self.proc_mounts {
+            crate::mounts::apply(m)?;
+        }
         ns::chdir("/")?;
         Ok(())
     }
@@ -122,7 +136,11 @@ impl Holder {
     }
 }
 
-fn holder_main(name: &str, spec: &PodSpec, cg: &Cgroup, cmd: &OwnedFd, status: &OwnedFd) -> Result<()> {
+fn is_proc(m: &cryopod_image::pod::PodMount) -> bool {
+    matches!(&m.kind, cryopod_image::pod::PodMountKind::Fresh { fstype } if fstype == "proc")
+}
+
+fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &OwnedFd, status: &OwnedFd) -> Result<()> {
     cg.join(0)?;
     ns::unshare(POD_NS)?;
     if !spec.hostname.is_empty() {
@@ -132,6 +150,14 @@ fn holder_main(name: &str, spec: &PodSpec, cg: &Cgroup, cmd: &OwnedFd, status: &
         ns::set_domainname(&spec.domainname)?;
     }
     fs::setup(spec.rootfs.as_deref())?;
+    let standard = crate::mounts::standard(spec.rootfs.is_some());
+    for m in extra.mounts.iter().filter(|m| !is_proc(m) && !standard.contains(&m.target.as_str())) {
+        crate::mounts::apply(m)?;
+    }
+    if let Some(a) = &extra.archive {
+        let a = a.try_clone().map_err(PodError::io("tmpfs archive"))?;
+        crate::mounts::unpack(a, &extra.mounts)?;
+    }
     net::pod_setup(name, None)?;
     util::write_fd(status.as_raw_fd(), b"R\n")?;
     // Commands until the parent lets go (end of file).
@@ -202,7 +228,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
     } else {
         None
     };
-    let mut holder = Holder::create(&o.name, &o.spec)?;
+    let mut holder = Holder::create(&o.name, &o.spec, &Extra::default())?;
     let (err_r, err_w) = util::pipe()?;
     let forked = fork_with(libc::CLONE_NEWPID as u64, 0);
     match forked {

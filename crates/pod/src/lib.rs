@@ -15,7 +15,9 @@ pub mod cgroup;
 pub mod create;
 pub mod fs;
 pub mod lifecycle;
+pub mod mounts;
 pub mod net;
+pub mod snapshot;
 pub mod state;
 
 pub use cgroup::Cgroup;

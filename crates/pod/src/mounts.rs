@@ -1,0 +1,232 @@
+//! The pod's mount table in a checkpoint. The mounts every pod gets (see
+//! [`crate::fs`]) are made again by the holder at restore; what the pod
+//! mounted itself is recorded: tmpfs mounts (their files go to an archive,
+//! as do those of the standard /tmp and /dev/shm), fresh proc, sysfs,
+//! devpts and mqueue instances, and bind mounts of paths inside the pod.
+//! Anything else is refused with the mount named.
+
+use crate::{PodError, Result};
+use cryopod_image::pod::{PodMount, PodMountKind};
+use std::path::Path;
+
+/// One line of /proc/PID/mountinfo.
+#[derive(Debug, Clone)]
+pub struct MountInfo {
+    pub root: String,
+    pub target: String,
+    pub options: String,
+    pub fstype: String,
+    pub source: String,
+    pub super_options: String,
+}
+
+/// Undo mountinfo's octal escapes (\040 for a space, ...).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        if l.len() < 6 || r.len() < 3 {
+            continue;
+        }
+        out.push(MountInfo {
+            root: unescape(l[3]),
+            target: unescape(l[4]),
+            options: l[5].to_string(),
+            fstype: r[0].to_string(),
+            source: unescape(r[1]),
+            super_options: r[2].to_string(),
+        });
+    }
+    out
+}
+
+/// Mount points every pod gets from the holder (and its /proc).
+pub fn standard(rootfs: bool) -> Vec<&'static str> {
+    if rootfs {
+        vec![
+            "/",
+            "/dev",
+            "/dev/null",
+            "/dev/zero",
+            "/dev/full",
+            "/dev/random",
+            "/dev/urandom",
+            "/dev/tty",
+            "/dev/pts",
+            "/dev/shm",
+            "/tmp",
+            "/sys",
+            "/proc",
+        ]
+    } else {
+        vec!["/proc"]
+    }
+}
+
+fn flags_of(options: &str) -> u64 {
+    let mut f = 0;
+    for o in options.split(',') {
+        f |= match o {
+            "ro" => libc::MS_RDONLY,
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "nodiratime" => libc::MS_NODIRATIME,
+            _ => 0,
+        };
+    }
+    f
+}
+
+/// tmpfs options worth keeping (size, inodes, mode, owner).
+fn tmpfs_data(super_options: &str) -> String {
+    super_options
+        .split(',')
+        .filter(|o| ["size=", "nr_inodes=", "mode=", "uid=", "gid="].iter().any(|k| o.starts_with(k)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What to record of the pod's mount table: its own mounts, and every
+/// tmpfs whose files must be saved (standard ones included). `host` is the
+/// host's own mount table: without a rootfs, mounts the pod shares with
+/// the host (same place, same file system) are not the pod's.
+pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo]) -> Result<Vec<PodMount>> {
+    let std_targets = standard(rootfs);
+    let root_mount = pod.iter().find(|m| m.target == "/");
+    let mut out = Vec::new();
+    let mut tmpfs = 0u32;
+    for m in pod {
+        let is_std = std_targets.contains(&m.target.as_str());
+        let from_host = !rootfs && host.iter().any(|h| h.target == m.target && h.fstype == m.fstype);
+        if from_host && !is_std {
+            continue;
+        }
+        let flags = flags_of(&m.options);
+        let kind = match m.fstype.as_str() {
+            "tmpfs" => {
+                // Only the standard tmpfs mounts with files in them matter.
+                if is_std && !matches!(m.target.as_str(), "/tmp" | "/dev/shm") {
+                    continue;
+                }
+                tmpfs += 1;
+                PodMountKind::Tmpfs { index: tmpfs - 1 }
+            }
+            _ if is_std => continue,
+            "proc" | "sysfs" | "devpts" | "mqueue" => PodMountKind::Fresh { fstype: m.fstype.clone() },
+            _ => match root_mount {
+                // A bind mount of a directory of the pod's own root fs.
+                Some(r) if r.source == m.source && r.fstype == m.fstype && m.root.starts_with(&r.root) => {
+                    let rel = m.root[r.root.len()..].trim_start_matches('/');
+                    PodMountKind::Bind { source: format!("/{rel}") }
+                }
+                _ => {
+                    return Err(PodError::Invalid(format!(
+                        "the pod's mount of {} ({} from {}) cannot be checkpointed yet",
+                        m.target, m.fstype, m.source
+                    )))
+                }
+            },
+        };
+        let data = if m.fstype == "tmpfs" { tmpfs_data(&m.super_options) } else { String::new() };
+        out.push(PodMount { target: m.target.clone(), kind, flags, data });
+    }
+    Ok(out)
+}
+
+/// Make one recorded mount again (in the pod's mount namespace).
+pub fn apply(m: &PodMount) -> Result<()> {
+    use cryopod_sys::ns::mount;
+    std::fs::create_dir_all(&m.target).map_err(PodError::io(&m.target))?;
+    match &m.kind {
+        PodMountKind::Tmpfs { .. } => mount("tmpfs", &m.target, "tmpfs", m.flags, &m.data)?,
+        PodMountKind::Fresh { fstype } => mount(fstype, &m.target, fstype, m.flags, "")?,
+        PodMountKind::Bind { source } => {
+            mount(source, &m.target, "", libc::MS_BIND | libc::MS_REC, "")?;
+            if m.flags != 0 {
+                mount("", &m.target, "", libc::MS_BIND | libc::MS_REMOUNT | m.flags, "")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Archive the files of every tmpfs mount of `mounts` (read under
+/// `root`, the pod's root seen from here) into `out`, as `tmpfs/<index>/`.
+pub fn archive(root: &str, mounts: &[PodMount], out: &Path) -> Result<()> {
+    let f = std::fs::File::create(out).map_err(PodError::io(out))?;
+    let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Complete);
+    for m in mounts {
+        if let PodMountKind::Tmpfs { index } = m.kind {
+            let src = format!("{root}{}", m.target);
+            b.append_dir_all(format!("tmpfs/{index}"), &src).map_err(PodError::io(&src))?;
+        }
+    }
+    b.into_inner().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(PodError::io(out))?;
+    Ok(())
+}
+
+/// In the pod's mount namespace: unpack the archive's `tmpfs/<index>/`
+/// entries into the matching mount points. Entry paths cannot leave their
+/// mount point (`..` and absolute paths are refused by `unpack_in`).
+pub fn unpack(archive: std::fs::File, mounts: &[PodMount]) -> Result<()> {
+    let mut a = tar::Archive::new(std::io::BufReader::new(archive));
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_preserve_mtime(true);
+    let entries = a.entries().map_err(PodError::io("tmpfs archive"))?;
+    for e in entries {
+        let mut e = e.map_err(PodError::io("tmpfs archive"))?;
+        let path = e.path().map_err(PodError::io("tmpfs archive"))?.into_owned();
+        let mut parts = path.components();
+        let (Some(top), Some(idx)) = (parts.next(), parts.next()) else { continue };
+        if top.as_os_str() != "tmpfs" {
+            continue;
+        }
+        let idx: u32 = idx.as_os_str().to_str().and_then(|s| s.parse().ok()).unwrap_or(u32::MAX);
+        let Some(m) = mounts.iter().find(|m| m.kind == PodMountKind::Tmpfs { index: idx }) else {
+            return Err(PodError::Invalid(format!("tmpfs archive entry {} names no mount", path.display())));
+        };
+        let rest = parts.as_path();
+        if rest.as_os_str().is_empty() {
+            continue;
+        }
+        // Untrusted input: plain names only, nothing that climbs out.
+        if !rest.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return Err(PodError::Invalid(format!("tmpfs archive entry {} leaves its mount", path.display())));
+        }
+        let dest = Path::new(&m.target).join(rest);
+        // Nor through a symbolic link unpacked before.
+        let mut at = std::path::PathBuf::from(&m.target);
+        for c in rest.parent().map(|p| p.components().collect::<Vec<_>>()).unwrap_or_default() {
+            at.push(c);
+            if std::fs::symlink_metadata(&at).map(|md| md.file_type().is_symlink()).unwrap_or(false) {
+                return Err(PodError::Invalid(format!("tmpfs archive entry {} goes through a link", path.display())));
+            }
+        }
+        e.unpack(&dest).map_err(PodError::io(&dest))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! Checkpoint and restore of whole pods. A checkpoint freezes the pod's
+//! cgroup, records the pod's own state (names, limits, network, mounts and
+//! tmpfs files) and hands the frozen tree to the engine, which stores the
+//! pod's processes with their in-pod PIDs. A restore builds a new pod from
+//! that record (holder, cgroup, network), lets the engine fork the tree
+//! into a fresh PID namespace, and records the pod under its (new) name.
+
+use crate::cgroup::Cgroup;
+use crate::create::{check_ip_free, Extra, Holder};
+use crate::mounts;
+use crate::state::{IpConfig, PodRecord, PodSpec, StateDir};
+use crate::{net, PodError, Result};
+use cryopod_engine::checkpoint::PodCheckpoint;
+use cryopod_engine::restore::PodRestore;
+use cryopod_engine::{CheckpointOptions, CheckpointSummary, EngineError, Progress, RestoreOptions, RestoreOutcome};
+use cryopod_image::pod::{PodLink, PodRoute};
+use cryopod_image::PodImage;
+use cryopod_sys::clone::{fork_with_pid, Forked};
+use cryopod_sys::{ns, pidfd, util};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The tmpfs archive's file name in an image.
+const ARCHIVE: &str = "tmpfs.tar";
+/// A copy of a detached pod's log, so the restored pod's log goes on.
+const LOG_COPY: &str = "pod.log";
+
+fn engine_err(e: EngineError) -> PodError {
+    PodError::Invalid(e.to_string())
+}
+
+/// What only a process inside the pod's UTS and network namespaces sees.
+#[derive(Serialize, Deserialize)]
+struct Inside {
+    hostname: String,
+    domainname: String,
+    net: net::NetConfig,
+}
+
+fn read_inside() -> Result<Inside> {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).map_err(PodError::io(p));
+    Ok(Inside {
+        hostname: read("/proc/sys/kernel/hostname")?,
+        domainname: read("/proc/sys/kernel/domainname").map(|d| if d == "(none)" { String::new() } else { d })?,
+        net: net::dump()?,
+    })
+}
+
+/// Run `read_inside` in a child that joined the namespaces of `init`.
+fn inside(init: i32) -> Result<Inside> {
+    let pfd = pidfd::pidfd_open(init)?;
+    let (r, w) = util::pipe()?;
+    match fork_with_pid(0)? {
+        Forked::Child => {
+            drop(r);
+            let res = ns::enter(pfd.as_fd(), init, libc::CLONE_NEWUTS | libc::CLONE_NEWNET)
+                .map_err(PodError::from)
+                .and_then(|_| read_inside())
+                .map_err(|e| e.to_string());
+            let bytes = serde_json::to_vec(&res).unwrap_or_default();
+            let _ = util::write_fd(w.as_raw_fd(), &bytes);
+            util::exit_now(0)
+        }
+        Forked::Parent(child) => {
+            drop(w);
+            let mut buf = Vec::new();
+            let _ = std::fs::File::from(r).read_to_end(&mut buf);
+            let _ = util::waitpid(child, 0);
+            let res: std::result::Result<Inside, String> = serde_json::from_slice(&buf)
+                .map_err(|_| PodError::Invalid("reading the pod's host name and network failed".into()))?;
+            res.map_err(PodError::Invalid)
+        }
+    }
+}
+
+pub struct PodCheckpointOptions {
+    pub name: String,
+    pub dir: PathBuf,
+    pub leave_running: bool,
+    pub threads: usize,
+}
+
+/// Checkpoint pod `o.name` into `o.dir`; unless `leave_running`, the pod
+/// is then stopped and removed (it lives on in the image).
+pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
+    let rec = state.load(&o.name)?;
+    if !rec.alive() {
+        return Err(PodError::Invalid(format!("pod {} is not running: there is nothing to checkpoint", o.name)));
+    }
+    let cg = Cgroup::of(&o.name);
+    if cg.freezer_state()? != "THAWED" {
+        return Err(PodError::Invalid(format!("pod {} is frozen already (is another checkpoint running?)", o.name)));
+    }
+    if o.dir.join(cryopod_image::MANIFEST_FILE).exists() {
+        return Err(PodError::Invalid(format!(
+            "{} already holds an image; choose an empty directory",
+            o.dir.display()
+        )));
+    }
+    std::fs::create_dir_all(&o.dir).map_err(PodError::io(&o.dir))?;
+    cg.freeze(Duration::from_secs(10))?;
+    let res = checkpoint_frozen(state, &rec, &cg, o, progress);
+    let _ = cg.thaw();
+    let summary = match res {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(o.dir.join(ARCHIVE));
+            return Err(e);
+        }
+    };
+    if rec.detached {
+        let _ = std::fs::copy(state.log_path(&o.name), o.dir.join(LOG_COPY));
+    }
+    if !o.leave_running {
+        // The engine killed every process of the pod.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rec.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        crate::lifecycle::cleanup(state, &rec)?;
+    }
+    Ok(summary)
+}
+
+fn checkpoint_frozen(
+    state: &StateDir,
+    rec: &PodRecord,
+    cg: &Cgroup,
+    o: &PodCheckpointOptions,
+    progress: Progress,
+) -> Result<CheckpointSummary> {
+    let init = rec.init_pid;
+    let root = format!("/proc/{init}/root");
+    let info = inside(init)?;
+    let read = |p: &str| std::fs::read_to_string(p).map_err(PodError::io(p));
+    let pod_mounts = mounts::parse_mountinfo(&read(&format!("/proc/{init}/mountinfo"))?);
+    let host_mounts = mounts::parse_mountinfo(&read("/proc/self/mountinfo")?);
+    let pod_mounts = mounts::classify(&pod_mounts, rec.spec.rootfs.is_some(), &host_mounts)?;
+    let tmpfs_archive = if pod_mounts.iter().any(|m| matches!(m.kind, cryopod_image::pod::PodMountKind::Tmpfs { .. })) {
+        let path = o.dir.join(ARCHIVE);
+        mounts::archive(&root, &pod_mounts, &path)?;
+        let (size, hash) = hash_file(&path)?;
+        Some((ARCHIVE.to_string(), size, hash))
+    } else {
+        None
+    };
+    let limits = cg.limits()?;
+    let image = PodImage {
+        name: rec.name.clone(),
+        hostname: info.hostname,
+        domainname: info.domainname,
+        rootfs: rec.spec.rootfs.as_ref().map(|p| p.display().to_string()),
+        ip: rec.spec.ip.map(|i| (u32::from(i.addr), i.prefix)),
+        memory: limits.memory,
+        pids: limits.pids,
+        cpus: limits.cpus,
+        cmd: rec.cmd.clone(),
+        detached: rec.detached,
+        links: info
+            .net
+            .links
+            .iter()
+            .map(|l| PodLink {
+                name: l.name.clone(),
+                up: l.up,
+                mtu: l.mtu,
+                addrs: l.addrs.iter().map(|(a, p)| (u32::from(*a), *p)).collect(),
+            })
+            .collect(),
+        routes: info
+            .net
+            .routes
+            .iter()
+            .map(|r| PodRoute {
+                dst: u32::from(r.dst),
+                prefix: r.prefix,
+                gateway: r.gateway.map(u32::from),
+                dev: r.dev.clone(),
+            })
+            .collect(),
+        mounts: pod_mounts,
+        tmpfs_archive,
+    };
+    // The log a detached pod writes to lives outside it: supplied again by
+    // the restore.
+    let mut external = Vec::new();
+    if rec.detached {
+        let log = state.log_path(&rec.name);
+        let md = std::fs::metadata(&log).map_err(PodError::io(&log))?;
+        external.push((md.dev(), md.ino(), "log".to_string()));
+    }
+    let thaw = || cg.thaw().map_err(engine_err_back);
+    let opts = CheckpointOptions {
+        pid: init,
+        dir: o.dir.clone(),
+        leave_running: o.leave_running,
+        threads: o.threads,
+        pod: Some(PodCheckpoint { root, external, thaw: &thaw, image }),
+    };
+    cryopod_engine::checkpoint(&opts, progress).map_err(engine_err)
+}
+
+fn engine_err_back(e: PodError) -> EngineError {
+    EngineError::Other(e.to_string())
+}
+
+fn hash_file(path: &Path) -> Result<(u64, [u8; 32])> {
+    let mut f = std::fs::File::open(path).map_err(PodError::io(path))?;
+    let mut h = blake3::Hasher::new();
+    let size = std::io::copy(&mut f, &mut h).map_err(PodError::io(path))?;
+    Ok((size, *h.finalize().as_bytes()))
+}
+
+pub struct PodRestoreOptions {
+    pub dir: PathBuf,
+    /// A new name (default: the pod's name in the image).
+    pub name: Option<String>,
+    /// A new address (default: the one in the image).
+    pub ip: Option<IpConfig>,
+    pub threads: usize,
+}
+
+/// Restore the pod in `o.dir` as a new pod; returns its record.
+pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> Result<(PodRecord, RestoreOutcome)> {
+    let m = cryopod_image::read_manifest(&o.dir).map_err(|e| PodError::Invalid(e.to_string()))?;
+    let pod = m.pod.clone().ok_or_else(|| PodError::Invalid("the image holds a process tree, not a pod".into()))?;
+    let name = o.name.clone().unwrap_or_else(|| pod.name.clone());
+    let ip = match o.ip {
+        Some(ip) => Some(ip),
+        None => pod.ip.map(|(a, p)| IpConfig::parse(&format!("{}/{p}", std::net::Ipv4Addr::from(a)))).transpose()?,
+    };
+    let spec = PodSpec {
+        hostname: pod.hostname.clone(),
+        domainname: pod.domainname.clone(),
+        rootfs: pod.rootfs.as_ref().map(PathBuf::from),
+        ip,
+        memory: pod.memory,
+        pids: pod.pids,
+        cpus: pod.cpus,
+        userns: false,
+    };
+    if let Some(r) = &spec.rootfs {
+        crate::fs::check_rootfs(r)?;
+    }
+    Cgroup::check_host()?;
+    state.reserve(&name)?;
+    let res = restore_reserved(state, o, &name, &pod, spec, progress);
+    if res.is_err() {
+        state.release(&name);
+    }
+    res
+}
+
+fn restore_reserved(
+    state: &StateDir,
+    o: &PodRestoreOptions,
+    name: &str,
+    pod: &PodImage,
+    spec: PodSpec,
+    progress: Progress,
+) -> Result<(PodRecord, RestoreOutcome)> {
+    if let Some(ip) = &spec.ip {
+        check_ip_free(state, ip)?;
+    }
+    if Cgroup::of(name).exists() {
+        return Err(PodError::Invalid(format!("a cgroup for pod {name} is left over; remove it first")));
+    }
+    let archive = match &pod.tmpfs_archive {
+        None => None,
+        Some((file, size, hash)) => {
+            if file.contains('/') || file.starts_with('.') {
+                return Err(PodError::Invalid(format!("image: tmpfs archive name {file:?} is not a plain file name")));
+            }
+            let path = o.dir.join(file);
+            if hash_file(&path)? != (*size, *hash) {
+                return Err(PodError::Invalid(format!("image: {} is damaged (size or hash differs)", path.display())));
+            }
+            Some(std::fs::File::open(&path).map_err(PodError::io(&path))?)
+        }
+    };
+    let mut log = None;
+    if pod.detached {
+        let p = state.log_path(name);
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(PodError::io(&p))?;
+        if let Ok(old) = std::fs::read(o.dir.join(LOG_COPY)) {
+            f.write_all(&old).map_err(PodError::io(&p))?;
+        }
+        log = Some(f);
+    }
+    let inherit: Vec<(String, i32)> = log.iter().map(|f| ("log".to_string(), f.as_raw_fd())).collect();
+    let mut holder = Holder::create(name, &spec, &Extra { mounts: pod.mounts.clone(), archive })?;
+    let enter = || holder.enter().map_err(|e| e.to_string());
+    let opts = RestoreOptions {
+        dir: o.dir.clone(),
+        threads: o.threads,
+        pod: Some(PodRestore { root: holder.root().display().to_string(), enter: &enter, inherit }),
+    };
+    let outcome = match cryopod_engine::restore(&opts, progress) {
+        Ok(out) => out,
+        Err(e) => {
+            holder.undo();
+            return Err(engine_err(e));
+        }
+    };
+    let veth = holder.veth.clone();
+    holder.release();
+    let rec = PodRecord {
+        name: name.to_string(),
+        init_pid: outcome.root_pid,
+        init_start: crate::state::start_time(outcome.root_pid).unwrap_or(0),
+        created_unix: crate::state::now_unix(),
+        spec,
+        cmd: pod.cmd.clone(),
+        veth,
+        detached: pod.detached,
+    };
+    state.save(&rec)?;
+    Ok((rec, outcome))
+}
