@@ -51,6 +51,8 @@ pub struct PodRoute {
 pub struct PodMount {
     /// Where it is mounted, inside the pod.
     pub target: String,
+    /// The source as the mount table shows it (tmpfs and fresh mounts).
+    pub source: String,
     pub kind: PodMountKind,
     /// MS_* flags (read-only, nosuid, ...).
     pub flags: u64,

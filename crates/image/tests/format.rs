@@ -71,6 +71,7 @@ fn sample() -> Manifest {
             links: vec![cryopod_image::pod::PodLink { name: "lo".into(), up: true, mtu: 65536, addrs: vec![] }],
             mounts: vec![cryopod_image::pod::PodMount {
                 target: "/mnt".into(),
+                source: "none".into(),
                 kind: cryopod_image::pod::PodMountKind::Tmpfs { index: 0 },
                 flags: 0,
                 data: "size=1m".into(),

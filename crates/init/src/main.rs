@@ -25,9 +25,9 @@ fn main() {
     let mut all = PASSED_ON.to_vec();
     all.push(libc::SIGCHLD);
     block_signals(&all);
-    // std resets the signal mask of the child it spawns.
-    let child = match std::process::Command::new(cmd).args(&args[1..]).spawn() {
-        Ok(c) => c.id() as i32,
+    // The command starts with nothing blocked.
+    let child = match cryopod_sys::ns::spawn_clean(&args) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("cryopod-init: cannot start {cmd}: {e}");
             std::process::exit(127);

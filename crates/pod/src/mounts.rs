@@ -149,7 +149,7 @@ pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo]) -> Result<V
             },
         };
         let data = if m.fstype == "tmpfs" { tmpfs_data(&m.super_options) } else { String::new() };
-        out.push(PodMount { target: m.target.clone(), kind, flags, data });
+        out.push(PodMount { target: m.target.clone(), source: m.source.clone(), kind, flags, data });
     }
     Ok(out)
 }
@@ -159,8 +159,8 @@ pub fn apply(m: &PodMount) -> Result<()> {
     use cryopod_sys::ns::mount;
     std::fs::create_dir_all(&m.target).map_err(PodError::io(&m.target))?;
     match &m.kind {
-        PodMountKind::Tmpfs { .. } => mount("tmpfs", &m.target, "tmpfs", m.flags, &m.data)?,
-        PodMountKind::Fresh { fstype } => mount(fstype, &m.target, fstype, m.flags, "")?,
+        PodMountKind::Tmpfs { .. } => mount(&m.source, &m.target, "tmpfs", m.flags, &m.data)?,
+        PodMountKind::Fresh { fstype } => mount(&m.source, &m.target, fstype, m.flags, "")?,
         PodMountKind::Bind { source } => {
             mount(source, &m.target, "", libc::MS_BIND | libc::MS_REC, "")?;
             if m.flags != 0 {

@@ -147,3 +147,31 @@ pub fn default_sigpipe() {
     // SAFETY: setting a signal's disposition to SIG_DFL touches no memory.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
+
+/// Start `argv` (looked up in PATH) as a child with an empty signal mask
+/// and default dispositions for the signals a caller may have blocked
+/// (a process like the pod's init blocks them to take them synchronously).
+/// Returns the child's PID; if the program cannot be started, the child
+/// says so on stderr and exits with status 127.
+pub fn spawn_clean(argv: &[String]) -> SysResult<Pid> {
+    let args: Vec<CString> = argv.iter().map(|a| cstr(a, "execvp")).collect::<SysResult<_>>()?;
+    let Some(prog) = args.first() else {
+        return Err(SysError::new("execvp (no program)", 0, Errno(libc::EINVAL)));
+    };
+    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let msg = format!("cryopod-init: cannot start {}\n", argv[0]);
+    match crate::clone::fork_with_pid(0)? {
+        crate::clone::Forked::Parent(p) => Ok(p),
+        crate::clone::Forked::Child => {
+            crate::util::set_signal_mask(0);
+            // SAFETY: `ptrs` is a NULL-terminated array of live strings;
+            // after a failed exec we only write a prepared message and _exit.
+            unsafe {
+                libc::execvp(prog.as_ptr(), ptrs.as_ptr());
+                libc::write(2, msg.as_ptr().cast(), msg.len());
+                libc::_exit(127)
+            }
+        }
+    }
+}

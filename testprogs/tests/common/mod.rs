@@ -3,6 +3,8 @@
 //! every process it started even when an assertion fails.
 #![allow(dead_code)]
 
+pub mod pod;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,160 @@
+//! Pod test harness: a private state directory, a busybox root file
+//! system, `cryopod` run against that state, and a guard that stops every
+//! pod of the test (and checks for leftovers) even when an assertion fails.
+
+use super::{cryopod_bin, reap_all, serial};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct PodEnv {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+/// (exit code, stdout, stderr)
+pub type Out = (i32, String, String);
+
+impl PodEnv {
+    pub fn new(tag: &str) -> PodEnv {
+        let lock = serial();
+        // SAFETY: prctl with integer arguments (restored pods' first
+        // processes are re-parented to us, and we reap them).
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let dir = PathBuf::from(format!("/tmp/cryopod-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("state");
+        PodEnv { dir, state, _lock: lock }
+    }
+
+    pub fn cryopod(&self, args: &[&str]) -> Out {
+        let o = Command::new(cryopod_bin())
+            .args(args)
+            .env("CRYOPOD_STATE_DIR", &self.state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cryopod");
+        reap_all();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// Run cryopod and insist on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cryopod(args);
+        assert_eq!(o.0, 0, "cryopod {args:?} failed:\n{}{}", o.1, o.2);
+        o.1
+    }
+
+    /// Run cryopod and insist on failure with one clear line; returns it.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.cryopod(args);
+        assert_ne!(o.0, 0, "cryopod {args:?} should have failed:\n{}{}", o.1, o.2);
+        let lines: Vec<&str> = o.2.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "cryopod {args:?}: expected one sentence, got:\n{}", o.2);
+        lines[0].to_string()
+    }
+
+    /// A busybox root file system (a copy of the static busybox, links for
+    /// its applets, and the directories a pod mounts on).
+    pub fn rootfs(&self) -> PathBuf {
+        let r = self.dir.join("rootfs");
+        for d in ["bin", "proc", "dev", "tmp", "sys", "etc", "data"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        let bb = ["/usr/bin/busybox", "/bin/busybox"].iter().find(|p| Path::new(p).exists()).copied();
+        let bb = bb.expect("busybox is missing: run scripts/setup.sh (it installs busybox-static)");
+        std::fs::copy(bb, r.join("bin/busybox")).unwrap();
+        for app in [
+            "sh", "ls", "ps", "cat", "echo", "sleep", "hostname", "mount", "ip", "nc", "mkdir", "grep", "wc", "seq",
+            "kill", "true", "ipcs",
+        ] {
+            let _ = std::os::unix::fs::symlink("busybox", r.join("bin").join(app));
+        }
+        r
+    }
+
+    /// Output of `cryopod exec POD -- sh -c SCRIPT` (must succeed).
+    pub fn exec(&self, pod: &str, script: &str) -> String {
+        self.ok(&["exec", pod, "--", "sh", "-c", script])
+    }
+
+    pub fn logs(&self, pod: &str) -> String {
+        self.ok(&["logs", pod])
+    }
+
+    /// Wait until the pod's log has a line satisfying `pred`.
+    pub fn wait_log(&self, pod: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let t = Instant::now();
+        loop {
+            let log = self.cryopod(&["logs", pod]).1;
+            if log.lines().any(&pred) {
+                return log;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "pod {pod}: no {what} in its log:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything a pod may leave behind on the host: cgroups, veths and
+    /// the bridge, mounts, its state directory.
+    pub fn leftovers(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in ["memory", "pids", "cpu", "freezer"] {
+            let p = format!("/sys/fs/cgroup/{c}/cryopod/{name}");
+            if Path::new(&p).exists() {
+                out.push(p);
+            }
+        }
+        // The pod's veth (named as cryopod names it), and the bridge once
+        // no pod is left.
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let veth = format!("cpv{:08x}", (h ^ (h >> 32)) as u32);
+        let mut ifs = vec![veth];
+        if self.pods().is_empty() {
+            ifs.push("cryopod0".into());
+        }
+        for i in ifs {
+            if std::path::Path::new("/sys/class/net").join(&i).exists() {
+                out.push(format!("interface {i}"));
+            }
+        }
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for l in mi.lines().filter(|l| l.contains(self.dir.to_str().unwrap())) {
+            out.push(format!("mount {l}"));
+        }
+        let sd = self.state.join("pods").join(name);
+        if sd.exists() {
+            out.push(sd.display().to_string());
+        }
+        out
+    }
+
+    /// Names of the pods in the state directory.
+    pub fn pods(&self) -> Vec<String> {
+        std::fs::read_dir(self.state.join("pods"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// `cryopod ps --json` parsed.
+    pub fn ps(&self) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["ps", "--json"])).expect("ps json");
+        v.as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for PodEnv {
+    fn drop(&mut self) {
+        for p in self.pods() {
+            let _ = self.cryopod(&["stop", "--timeout", "1", &p]);
+        }
+        reap_all();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

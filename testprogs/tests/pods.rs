@@ -1,0 +1,215 @@
+//! Pods: isolation, limits, network, exec/logs/stop leaving nothing behind,
+//! checkpoint and restore (twice, side by side), and clear refusals.
+
+mod common;
+
+use common::pod::PodEnv;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn cgroup_value(ctl: &str, pod: &str, file: &str) -> String {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/{ctl}/cryopod/{pod}/{file}")).unwrap_or_default().trim().into()
+}
+
+/// Lines "n=<i> ..." of a log, as numbers.
+fn counts(log: &str) -> Vec<u64> {
+    log.lines().filter_map(|l| l.strip_prefix("n=")?.split(' ').next()?.parse().ok()).collect()
+}
+
+/// PIDs and commands inside a pod, without the `exec` that asks.
+fn pod_processes(env: &PodEnv, pod: &str) -> Vec<String> {
+    let out = env.exec(pod, "ps -o pid,comm");
+    let mut v: Vec<String> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        // Not the asking `exec`, nor the short-lived sleeps of loops.
+        .filter(|l| !l.ends_with(" ps") && !l.ends_with(" sleep"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn pod_is_isolated_limited_reachable_and_stop_leaves_nothing() {
+    let env = PodEnv::new("pod-run");
+    let rootfs = env.rootfs();
+    let name = "iso";
+    let script = "(sleep 0.2 &); nc -l -p 7777 > /tmp/got & \
+                  i=0; while true; do i=$((i+1)); echo n=$i; sleep 0.2; done";
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--hostname",
+        "isohost",
+        "--ip",
+        "10.77.7.2/24",
+        "--memory",
+        "64M",
+        "--pids",
+        "32",
+        "--cpus",
+        "0.5",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    env.wait_log(name, "second tick", |l| l == "n=2");
+    // PID 1 is cryopod-init, the pod sees only its own processes, and the
+    // orphaned `sleep 0.2` was reaped (no zombie).
+    std::thread::sleep(Duration::from_millis(400));
+    let ps = env.exec(name, "ps -o pid,stat,args");
+    assert!(ps.lines().any(|l| l.trim_start().starts_with("1 ") && l.contains("cryopod-init")), "{ps}");
+    assert!(!ps.lines().skip(1).any(|l| l.split_whitespace().nth(1).is_some_and(|s| s.starts_with('Z'))), "{ps}");
+    assert!(ps.lines().count() < 8, "the pod sees processes that are not its own:\n{ps}");
+    assert_eq!(env.exec(name, "hostname").trim(), "isohost");
+    // Its own root file system, /tmp a tmpfs, its own /proc.
+    let ls = env.exec(name, "ls /");
+    assert!(ls.contains("data") && !ls.contains("usr"), "{ls}");
+    let mounts = env.exec(name, "cat /proc/mounts");
+    assert!(mounts.contains(" /tmp tmpfs") && mounts.contains(" /proc proc"), "{mounts}");
+    // One address only, besides loopback.
+    let addrs = env.exec(name, "ip -o -4 addr");
+    let v4: Vec<&str> = addrs.lines().filter_map(|l| l.split_whitespace().nth(3)).collect();
+    assert_eq!(v4, ["127.0.0.1/8", "10.77.7.2/24"], "{addrs}");
+    let links = env.exec(name, "ls /sys/class/net");
+    assert_eq!(links.split_whitespace().collect::<Vec<_>>(), ["eth0", "lo"]);
+    // Limits in the pod's cgroup.
+    assert_eq!(cgroup_value("memory", name, "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    assert_eq!(cgroup_value("pids", name, "pids.max"), "32");
+    assert_eq!(cgroup_value("cpu", name, "cpu.cfs_quota_us"), "50000");
+    // The host reaches the pod at its address.
+    let mut s = std::net::TcpStream::connect_timeout(&"10.77.7.2:7777".parse().unwrap(), Duration::from_secs(5))
+        .expect("connect to the pod from the host");
+    s.write_all(b"from-host\n").unwrap();
+    drop(s);
+    let t = Instant::now();
+    while !env.exec(name, "cat /tmp/got").contains("from-host") {
+        assert!(t.elapsed() < Duration::from_secs(10), "the pod did not receive the host's message");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ps knows it.
+    let ps = env.ps();
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0]["state"], "running");
+    assert_eq!(ps[0]["ip"], "10.77.7.2/24");
+    assert!(ps[0]["memory_bytes"].as_u64().unwrap_or(0) > 0);
+    // exec returns the command's status.
+    assert_eq!(env.cryopod(&["exec", name, "--", "sh", "-c", "exit 7"]).0, 7);
+    env.ok(&["stop", name]);
+    assert_eq!(env.leftovers(name), Vec::<String>::new());
+    assert!(env.ps().is_empty());
+}
+
+#[test]
+fn pod_checkpoint_restores_twice_side_by_side() {
+    let env = PodEnv::new("pod-ckpt");
+    let rootfs = env.rootfs();
+    let script = "echo hello > /tmp/greeting; mount -t tmpfs -o size=1m,mode=750 none /data; echo inmnt > /data/f; \
+                  (while true; do sleep 1; done) & \
+                  i=0; while true; do i=$((i+1)); echo \"n=$i $(cat /tmp/greeting) $(cat /data/f) $(hostname)\"; \
+                  sleep 0.1; done";
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ck",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--hostname",
+        "ckhost",
+        "--ip",
+        "10.77.8.2/24",
+        "--memory",
+        "96M",
+        "--pids",
+        "40",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    env.wait_log("ck", "fifth line", |l| l.starts_with("n=5 "));
+    let before = pod_processes(&env, "ck");
+    let image = env.dir.join("image");
+    let image_s = image.to_str().unwrap();
+    env.ok(&["checkpoint", "ck", "-o", image_s]);
+    // The pod is gone, nothing of it left; the image holds it.
+    assert_eq!(env.leftovers("ck"), Vec::<String>::new());
+    let last = *counts(&std::fs::read_to_string(image.join("pod.log")).unwrap()).last().unwrap();
+    // Restore it twice: under its own name and address, and as ck2.
+    env.ok(&["restore", image_s, "--detach"]);
+    env.ok(&["restore", image_s, "--name", "ck2", "--ip", "10.77.8.3/24", "--detach"]);
+    for (pod, ip) in [("ck", "10.77.8.2/24"), ("ck2", "10.77.8.3/24")] {
+        let log = env.wait_log(pod, "progress", |l| counts(l).first().is_some_and(|&n| n >= last + 3));
+        // Counting went on from where it was: no number lost or repeated.
+        let n = counts(&log);
+        assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "{pod}: count not continuous: {n:?}");
+        let tail = log.lines().last().unwrap();
+        assert!(tail.ends_with(" hello inmnt ckhost"), "{pod}: {tail}");
+        // Same processes with the same in-pod PIDs.
+        assert_eq!(pod_processes(&env, pod), before, "{pod}: processes differ");
+        assert_eq!(env.exec(pod, "hostname").trim(), "ckhost");
+        let mounts = env.exec(pod, "cat /proc/mounts");
+        assert!(mounts.contains("none /data tmpfs rw,relatime,size=1024k,mode=750"), "{pod}: {mounts}");
+        assert!(env.exec(pod, "ip -o -4 addr show eth0").contains(ip), "{pod}: address");
+        assert_eq!(cgroup_value("memory", pod, "memory.limit_in_bytes"), (96u64 << 20).to_string());
+        assert_eq!(cgroup_value("pids", pod, "pids.max"), "40");
+    }
+    // Restoring under a name in use is refused, changing nothing.
+    let e = env.fails(&["restore", image_s, "--ip", "10.77.8.4/24", "--detach"]);
+    assert!(e.contains("already exists"), "{e}");
+    assert_eq!(env.ps().len(), 2);
+    for pod in ["ck", "ck2"] {
+        env.ok(&["stop", pod]);
+        assert_eq!(env.leftovers(pod), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn pod_bad_input_gets_one_sentence_and_changes_nothing() {
+    let env = PodEnv::new("pod-bad");
+    for args in [
+        &["exec", "nope", "--", "true"][..],
+        &["stop", "nope"],
+        &["logs", "nope"],
+        &["checkpoint", "nope", "-o", "/tmp/cryopod-test-never"],
+    ] {
+        let e = env.fails(args);
+        assert!(e.contains("no pod named \"nope\""), "{args:?}: {e}");
+    }
+    assert!(!std::path::Path::new("/tmp/cryopod-test-never").exists());
+    let e = env.fails(&["run", "--rootfs", "/nonexistent/rootfs", "--", "true"]);
+    assert!(e.contains("does not exist"), "{e}");
+    env.ok(&["run", "-d", "--name", "a", "--ip", "10.77.9.2/24", "--", "sleep", "100"]);
+    let e = env.fails(&["run", "-d", "--name", "a", "--", "true"]);
+    assert!(e.contains("already exists"), "{e}");
+    let e = env.fails(&["run", "-d", "--name", "b", "--ip", "10.77.9.2/24", "--", "true"]);
+    assert!(e.contains("already used by pod a"), "{e}");
+    assert_eq!(env.leftovers("b"), Vec::<String>::new());
+    let e = env.fails(&["run", "-d", "--name", "c", "--ip", "10.77.9.1/24", "--", "true"]);
+    assert!(e.contains("host-bridge address"), "{e}");
+    assert_eq!(env.pods(), ["a"]);
+    assert_eq!(env.ps()[0]["state"], "running");
+    // A pod whose command ended cannot be checkpointed.
+    env.ok(&["run", "-d", "--name", "ended", "--", "true"]);
+    let t = Instant::now();
+    while env.ps().iter().any(|p| p["name"] == "ended" && p["state"] != "exited") {
+        assert!(t.elapsed() < Duration::from_secs(10), "pod 'ended' did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let img = env.dir.join("img");
+    let e = env.fails(&["checkpoint", "ended", "-o", img.to_str().unwrap()]);
+    assert!(e.contains("not running"), "{e}");
+    assert!(!img.join("manifest").exists());
+    let e = env.fails(&["exec", "ended", "--", "true"]);
+    assert!(e.contains("not running"), "{e}");
+    env.ok(&["stop", "ended"]);
+    env.ok(&["stop", "a"]);
+    assert_eq!(env.leftovers("a"), Vec::<String>::new());
+}
