@@ -1,34 +1,45 @@
 #!/usr/bin/env bash
-# A short demo: start a counting program, checkpoint it (it stops), restore
-# it, and show that it continued from where it was.
+# A short demo of a pod: start a counting service in a pod (its own PIDs,
+# host name, network with one address, cgroup, busybox root file system),
+# show it working, checkpoint it (the pod is gone), restore it, and show
+# that it went on counting from where it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-bin=target/debug/cryopod
+bin=$PWD/target/debug/cryopod
 work=$(mktemp -d /tmp/cryopod-demo.XXXXXX)
-pid=""
+export CRYOPOD_STATE_DIR=$work/state
+pod=demo
 cleanup() {
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+    "$bin" stop --timeout 1 "$pod" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-# A bash loop that counts once per 0.2 s into a file.
-bash -c 'n=0; while :; do n=$((n+1)); echo "count $n"; sleep 0.2; done' >"$work/log" 2>&1 </dev/null &
-pid=$!
+# A tiny root file system: a static busybox and the directories a pod uses.
+mkdir -p "$work/rootfs"/{bin,proc,dev,tmp,sys}
+cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
+for a in sh sleep echo cat hostname ps ip; do ln -s busybox "$work/rootfs/bin/$a"; done
+
+"$bin" run -d --name "$pod" --rootfs "$work/rootfs" --hostname counter --ip 10.77.99.2/24 --memory 64M -- \
+    sh -c 'n=0; while :; do n=$((n+1)); echo "count $n on $(hostname)"; echo $n > /tmp/last; sleep 0.2; done'
 sleep 1.2
-echo "== running as pid $pid; last line: $(tail -n1 "$work/log")"
-$bin checkpoint --pid "$pid" -o "$work/image"
-wait "$pid" 2>/dev/null || true
-before=$(tail -n1 "$work/log")
-echo "== checkpointed; the program is gone (kill -0: $(kill -0 "$pid" 2>&1 || true))"
-$bin inspect "$work/image" | head -n 4
+echo "== pod running:"
+"$bin" ps
+echo "== inside it:"
+"$bin" exec "$pod" -- sh -c 'ps -o pid,args; ip -o -4 addr show eth0'
+echo "== its log ends with: $("$bin" logs "$pod" | tail -n1)"
+"$bin" checkpoint "$pod" -o "$work/image"
+before=$("$bin" inspect "$work/image" >/dev/null && tail -n1 "$work/image/pod.log")
+echo "== checkpointed; the pod is gone: $("$bin" ps | tail -n +2 | wc -l) pods running"
 sleep 1
 echo "== one second later, still: $before"
-$bin restore "$work/image" --detach
+"$bin" restore "$work/image" --detach
 sleep 1.2
-echo "== restored as pid $pid; it went on counting:"
-tail -n 4 "$work/log"
-n1=${before#count }
-n2=$(tail -n1 "$work/log"); n2=${n2#count }
+echo "== restored; it went on counting:"
+"$bin" logs "$pod" | tail -n 4
+echo "== /tmp/last in the pod: $("$bin" exec "$pod" -- cat /tmp/last)"
+n1=$(echo "$before" | awk '{print $2}')
+n2=$("$bin" logs "$pod" | tail -n1 | awk '{print $2}')
+"$bin" stop "$pod"
 if [ "$n2" -gt "$n1" ]; then echo "== demo OK: count went from $n1 to $n2 without starting over"; else echo "== demo FAILED"; exit 1; fi

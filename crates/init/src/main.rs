@@ -20,6 +20,8 @@ fn main() {
         eprintln!("cryopod-init: usage: cryopod-init CMD [ARGS...]");
         std::process::exit(2);
     };
+    // Run from a memfd, the kernel names us after it.
+    let _ = std::fs::write("/proc/self/comm", "cryopod-init");
     // The pod is a session of its own; every process in it belongs to it.
     let _ = util::new_session();
     let mut all = PASSED_ON.to_vec();
