@@ -77,3 +77,10 @@ fn objects() {
 fn events() {
     roundtrip("events", env!("CARGO_BIN_EXE_tp-events"));
 }
+
+#[test]
+fn unix_sockets() {
+    let out = roundtrip("unix", env!("CARGO_BIN_EXE_tp-unix"));
+    assert!(out.contains("ok pending connection accepted"), "{out}");
+    assert!(out.contains("ok a2 answer") && out.contains("ok orphan then EOF"), "{out}");
+}

@@ -125,6 +125,7 @@ fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> 
         };
         procs.push(p);
     }
+    files.unix.check_links(&files.files)?;
     fault::check("after-collect")?;
     tracing::info!(ms = t_collect.elapsed().as_secs_f64() * 1e3, pieces = mem.pieces.len(), "state collected");
     let t_pages = Instant::now();

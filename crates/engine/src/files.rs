@@ -42,6 +42,8 @@ pub struct FileTable {
     /// Files outside the tree's root that the restorer will supply by name:
     /// (dev, inode, name).
     pub external: Vec<(u64, u64, String)>,
+    /// Unix sockets seen through sock_diag.
+    pub unix: crate::unix::UnixTable,
 }
 
 /// Prefix a path of the tree with where its root is seen from here.
@@ -171,6 +173,7 @@ impl FileTable {
                     Ok(FileKind::Fifo { path: target.to_string(), pipe: ino, queued })
                 }
             }
+            libc::S_IFSOCK => self.unix.collect(pid, fd, md.ino()),
             _ if target.starts_with("anon_inode:") => anon_inode_kind(pid, fd, target).map_err(|e| match e {
                 EngineError::Other(why) => unsupported(&why),
                 e => e,
@@ -265,7 +268,8 @@ pub fn open_all(
     let mut fifo_holders = Vec::new();
     let mut out = Vec::new();
     for (i, f) in m.files.iter().enumerate() {
-        if !used[i] {
+        // Sockets are made by the stubs themselves (see unix::plan).
+        if !used[i] || matches!(f.kind, FileKind::Unix(_)) {
             out.push(None);
             continue;
         }
@@ -288,6 +292,17 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         },
         FileKind::CharDev { path, .. } => path.clone(),
         FileKind::External { key } => format!("external file {key:?}"),
+        FileKind::Unix(u) => format!(
+            "unix socket:[{}] {} {}, {} messages queued",
+            u.ino,
+            match u.kind {
+                libc::SOCK_STREAM => "stream",
+                libc::SOCK_DGRAM => "dgram",
+                _ => "seqpacket",
+            },
+            crate::unix::plan::show_name(&u.name),
+            u.queued.len()
+        ),
         FileKind::Terminal { path } => format!("{path} (terminal)"),
         FileKind::Pipe { pipe, write, queued, .. } => {
             format!("pipe:[{pipe}] {} end, {} bytes queued", if *write { "write" } else { "read" }, queued.len())
@@ -332,6 +347,7 @@ fn open_one(
             fd
         }
         FileKind::CharDev { path, .. } => open_with(&under(root, path), flags | libc::O_NOCTTY as u32)?,
+        FileKind::Unix(_) => return Err(EngineError::Other("unix sockets are made by the stubs".into())),
         FileKind::External { key } => {
             let (_, fd) = inherit.iter().find(|(k, _)| k == key).ok_or_else(|| {
                 EngineError::Other(format!("the image needs the external file {key:?}, which was not supplied"))

@@ -27,10 +27,27 @@ impl Frozen {
         self.seized.clear();
     }
 
-    /// Kill the tree (default end of a checkpoint).
+    /// Kill the tree (default end of a checkpoint). As their tracer we
+    /// collect each task's end ourselves: until a tracer does, a dead tracee
+    /// stays a zombie, and a PID namespace's init would wait for it.
     pub fn kill(&mut self) {
         for &p in self.procs.keys() {
             let _ = cryopod_sys::util::kill(p, libc::SIGKILL);
+        }
+        // In any order: a PID namespace's init finishes only after the
+        // others are collected.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut left = self.seized.clone();
+        while !left.is_empty() && std::time::Instant::now() < deadline {
+            left.retain(|&t| match cryopod_sys::util::waitpid(t, libc::WNOHANG) {
+                Ok((0, _)) => true,
+                // A stop reported on the way out: the end comes next.
+                Ok((_, st)) => !libc::WIFEXITED(st) && !libc::WIFSIGNALED(st),
+                Err(_) => false,
+            });
+            if !left.is_empty() {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
         }
         self.thaw();
     }

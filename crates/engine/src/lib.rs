@@ -23,6 +23,7 @@ pub mod signals;
 pub mod threads;
 pub mod tree;
 pub mod trust;
+pub mod unix;
 
 pub use checkpoint::{checkpoint, CheckpointOptions, CheckpointSummary};
 pub use restore::{restore, RestoreOptions, RestoreOutcome};

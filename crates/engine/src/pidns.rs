@@ -53,8 +53,11 @@ pub fn to_pod(m: &mut Manifest, map: &HashMap<i32, i32>) -> Result<()> {
         }
     }
     for f in &mut m.files {
-        if let FileKind::Epoll { owner, .. } = &mut f.kind {
-            *owner = tr("epoll owner", *owner, *owner)?;
+        match &mut f.kind {
+            FileKind::Epoll { owner, .. } => *owner = tr("epoll owner", *owner, *owner)?,
+            // A peer that is not in the pod (or gone) shows as PID 0 there.
+            FileKind::Unix(u) => u.peer_cred.0 = map.get(&u.peer_cred.0).copied().unwrap_or(0),
+            _ => {}
         }
     }
     m.root_pid = tr("pid", root, root)?;

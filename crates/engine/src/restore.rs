@@ -165,6 +165,19 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             }
         }
     }
+    // Unix sockets: made by the stubs, on request, at staging fds above
+    // every fd they keep.
+    let mut unix = crate::unix::plan::Plan::build(&m, 0)?;
+    let mut cmd_r: BTreeMap<i32, OwnedFd> = BTreeMap::new();
+    let mut cmd_w: BTreeMap<i32, OwnedFd> = BTreeMap::new();
+    if !unix.steps.is_empty() {
+        for p in m.processes.iter().filter(|p| p.zombie_status.is_none()) {
+            let (r, w) = util::pipe()?;
+            cmd_r.insert(p.pid, util::dup_at_least(r.as_raw_fd(), base)?);
+            cmd_w.insert(p.pid, w);
+        }
+        unix.stage = util::highest_open_fd() + 1;
+    }
     let plan = StubPlan {
         m: &m,
         epolls,
@@ -173,14 +186,18 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         keep: object_fds.values().copied().collect(),
         ready_w: ready_w.as_raw_fd(),
         enter: o.pod.as_ref().map(|p| p.enter),
+        unix: (!unix.steps.is_empty()).then_some(&unix),
+        cmd: cmd_r.iter().map(|(&p, f)| (p, f.as_raw_fd())).collect(),
     };
     debug!("forking the stub tree");
     let root = tree::spawn(&plan)?;
     drop(srcs);
     drop(objects);
     drop(ready_w);
+    let cmd_fds: BTreeMap<i32, i32> = plan.cmd.clone();
+    drop(cmd_r);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
-    let res = wait_ready(&m, &ready_r).and_then(|_| {
+    let res = wait_ready(&m, &ready_r).and_then(|_| run_unix_steps(&unix, &cmd_w, &ready_r)).and_then(|_| {
         let mut pids = if m.pod.is_some() { HostPids::of_tree(root)? } else { HostPids::plain() };
         wait_zombies(&m, &pids)?;
         let b = Build {
@@ -189,6 +206,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             threads: o.threads,
             object_fds: &object_fds,
             ready_w: plan.ready_w,
+            cmd_fds: &cmd_fds,
             owner: owner.as_ref(),
             progress,
         };
@@ -219,6 +237,40 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             Err(e)
         }
     }
+}
+
+/// One line from the readiness pipe.
+fn read_report(r: &OwnedFd) -> Result<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        util::read_fd_exact(r.as_raw_fd(), &mut byte)
+            .map_err(|_| EngineError::Other("a restored process died before it was ready".into()))?;
+        if byte[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&buf).into_owned());
+        }
+        buf.push(byte[0]);
+    }
+}
+
+/// Have the stubs run the unix socket steps, one at a time, in order.
+fn run_unix_steps(unix: &crate::unix::plan::Plan, cmd_w: &BTreeMap<i32, OwnedFd>, ready_r: &OwnedFd) -> Result<()> {
+    for (i, s) in unix.steps.iter().enumerate() {
+        let w = cmd_w.get(&s.pid).ok_or_else(|| EngineError::Other(format!("no stub for process {}", s.pid)))?;
+        util::write_fd(w.as_raw_fd(), format!("{i}\n").as_bytes())?;
+        let line = read_report(ready_r)?;
+        if line != format!("K {i}") {
+            let msg = line.splitn(3, ' ').nth(2).unwrap_or(&line).to_string();
+            return Err(EngineError::Restore {
+                object: format!("unix sockets (process {}, step {:?})", s.pid, s.op),
+                source: Box::new(EngineError::Other(msg)),
+            });
+        }
+    }
+    for w in cmd_w.values() {
+        util::write_fd(w.as_raw_fd(), b"Q\n")?;
+    }
+    Ok(())
 }
 
 /// Read readiness lines until every process reported.
@@ -289,6 +341,8 @@ struct Build<'a> {
     threads: usize,
     /// The stubs' end of the readiness pipe (closed in each by injection).
     ready_w: i32,
+    /// Each stub's end of its socket request pipe (closed the same way).
+    cmd_fds: &'a BTreeMap<i32, i32>,
     /// memfds and deleted files re-created by the restorer, inherited by
     /// every stub at these fd numbers.
     object_fds: &'a HashMap<u32, i32>,
@@ -382,6 +436,9 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     // The stub closes the readiness pipe itself right after reporting, but
     // may have been seized just before doing so.
     r.raw(nr::CLOSE, &[b.ready_w as u64])?;
+    if let Some(&c) = b.cmd_fds.get(&p.pid) {
+        r.raw(nr::CLOSE, &[c as u64])?;
+    }
     debug!(pid = p.pid, "mm fields");
     ident::restore_mm(r, &p.mm).map_err(EngineError::during("mm fields (PR_SET_MM_MAP)"))?;
     debug!(pid = p.pid, "signals and timers");

@@ -33,6 +33,10 @@ pub struct StubPlan<'a> {
     /// For a pod: the root is forked into a new PID namespace (becoming its
     /// PID 1) and first runs this to join the pod's other namespaces.
     pub enter: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
+    /// Unix socket steps the stubs run on request, and per pid the read end
+    /// of the pipe that brings the requests (step numbers, then "Q").
+    pub unix: Option<&'a crate::unix::plan::Plan>,
+    pub cmd: BTreeMap<i32, i32>,
 }
 
 /// Children of each process, from ppid links.
@@ -127,6 +131,8 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
     }
     let mut keep: Vec<i32> = plan.keep.clone();
     keep.push(plan.ready_w);
+    let cmd = plan.cmd.get(&pid).copied();
+    keep.extend(cmd);
     for &(target, src, cloexec) in plan.fds.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
         util::dup_to(src, target, cloexec)?;
         keep.push(target);
@@ -141,8 +147,30 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
         }
     }
     report(plan, &format!("R {pid}\n"));
+    if let (Some(unix), Some(cmd)) = (plan.unix, cmd) {
+        serve_steps(plan, unix, p, cmd);
+        util::close(cmd);
+    }
     util::close(plan.ready_w);
     Ok(())
+}
+
+/// Run the socket steps the restorer asks this stub for, one line each,
+/// until "Q" (or the restorer is gone).
+fn serve_steps(plan: &StubPlan, unix: &crate::unix::plan::Plan, p: &Process, cmd: i32) {
+    let pid = p.pid;
+    loop {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while util::read_fd_exact(cmd, &mut b).is_ok() && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        let Some(i) = std::str::from_utf8(&line).ok().and_then(|s| s.parse::<usize>().ok()) else { return };
+        match unix.run(plan.m, p, i) {
+            Ok(()) => report(plan, &format!("K {i}\n")),
+            Err(e) => report(plan, &format!("E {pid} {}\n", e.to_string().replace('\n', " "))),
+        }
+    }
 }
 
 /// Put every process in its process group. Leaders first, then members.

@@ -261,6 +261,8 @@ pub enum FileKind {
     Object { object: u32 },
     /// A character device (by path, e.g. /dev/null, /dev/urandom, a tty).
     CharDev { path: String, rdev: u64 },
+    /// A unix domain socket.
+    Unix(UnixSock),
     /// A file outside the checkpointed tree's reach that the restorer
     /// supplies under this name (a pod's log, for instance).
     External { key: String },
@@ -340,6 +342,11 @@ impl Manifest {
             if let FileKind::Object { object } = f.kind {
                 if object as usize >= self.objects.len() {
                     return Err(bad(format!("file {i} names object {object}")));
+                }
+            }
+            if let FileKind::Unix(u) = &f.kind {
+                if u.name.len() > 108 || ![1, 2, 5].contains(&u.kind) {
+                    return Err(bad(format!("file {i}: unix socket with a bad name or type")));
                 }
             }
         }
@@ -439,4 +446,33 @@ impl Manifest {
         let stored = self.chunks.iter().map(|c| u64::from(c.len)).sum();
         (refd, stored)
     }
+}
+
+/// A unix domain socket, as sock_diag and the socket itself describe it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct UnixSock {
+    /// Inode number (how peers and pending connections refer to it).
+    pub ino: u32,
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    pub kind: i32,
+    /// Kernel state: 10 listening, 1 connected, 7 unconnected.
+    pub state: u8,
+    /// Bound address: path bytes, or a NUL then an abstract name; empty if
+    /// unbound. An accepted socket carries its listener's address.
+    pub name: Vec<u8>,
+    /// Inode of the peer (0: none).
+    pub peer: u32,
+    /// A listener's backlog.
+    pub backlog: u32,
+    /// A listener's not yet accepted connections: inodes of their clients,
+    /// in queue order.
+    pub pending: Vec<u32>,
+    /// Unread messages (for a stream socket, unread bytes in chunks).
+    pub queued: Vec<Vec<u8>>,
+    /// RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2) bits.
+    pub shutdown: u8,
+    /// SO_PEERCRED: the process that connected or listened, (pid, uid, gid);
+    /// pid 0 when it is outside the checkpoint.
+    pub peer_cred: (i32, u32, u32),
+    pub passcred: bool,
 }

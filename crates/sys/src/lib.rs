@@ -12,6 +12,7 @@ pub mod ns;
 pub mod pagemap;
 pub mod pidfd;
 pub mod ptrace;
+pub mod sock;
 pub mod util;
 
 pub use error::{Errno, SysError, SysResult};

@@ -512,3 +512,10 @@ pub fn forward_signals(target: Pid, sigs: &[i32]) -> SysResult<()> {
         .map_err(|e| SysError::new(format!("spawn signal forwarder: {e}"), target, Errno(libc::EAGAIN)))?;
     Ok(())
 }
+
+/// The highest file descriptor number open in the calling process.
+pub fn highest_open_fd() -> i32 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).max().unwrap_or(2))
+        .unwrap_or(2)
+}

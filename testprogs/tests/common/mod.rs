@@ -257,8 +257,14 @@ pub fn outside_view(pid: i32) -> (Vec<String>, Vec<String>, usize) {
             rd.flatten()
                 .map(|e| {
                     let t = std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
-                    // Pipe inode numbers are new after a restore.
-                    let t = if t.starts_with("pipe:[") { "pipe".to_string() } else { t };
+                    // Pipe and socket inode numbers are new after a restore.
+                    let t = if t.starts_with("pipe:[") {
+                        "pipe".to_string()
+                    } else if t.starts_with("socket:[") {
+                        "socket".to_string()
+                    } else {
+                        t
+                    };
                     format!("{} -> {}", e.file_name().to_string_lossy(), t)
                 })
                 .collect()

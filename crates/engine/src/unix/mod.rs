@@ -1,0 +1,133 @@
+//! Unix domain sockets. Checkpoint: sock_diag (read from a thread inside
+//! the tree's network namespace) gives each socket's type, state, name,
+//! peer and a listener's pending connections; a copy of the fd taken with
+//! pidfd_getfd gives peer credentials and the queued messages (peeked, not
+//! consumed). Every connection must stay inside the checkpoint. Restore
+//! (see [`plan`]): the stubs themselves listen, connect, accept and create
+//! pairs, in an order the restorer drives, so that names, backlogs, queues
+//! and the PIDs in peer credentials come back as they were.
+
+mod diag;
+pub mod plan;
+
+use crate::{EngineError, Result};
+use cryopod_image::{FileKind, OpenFile, UnixSock};
+use cryopod_sys::pidfd;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
+
+/// TCP_LISTEN and TCP_ESTABLISHED, as unix sockets use them.
+pub const LISTEN: u8 = 10;
+pub const CONNECTED: u8 = 1;
+
+/// sock_diag tables, one per network namespace (by its inode).
+#[derive(Default)]
+pub struct UnixTable {
+    tables: HashMap<u64, HashMap<u32, diag::Diag>>,
+    /// Bytes each socket sent that its peer has not read yet.
+    outq: HashMap<u32, u32>,
+}
+
+fn netns_of(pid: i32) -> Result<u64> {
+    let p = format!("/proc/{pid}/ns/net");
+    std::fs::metadata(&p).map(|m| m.ino()).map_err(|e| EngineError::Proc { path: p, msg: e.to_string() })
+}
+
+impl UnixTable {
+    fn lookup(&mut self, pid: i32, ino: u32) -> Result<Option<diag::Diag>> {
+        let ns = netns_of(pid)?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.tables.entry(ns) {
+            let pfd = pidfd::pidfd_open(pid)?;
+            // Only the calling thread changes network namespace.
+            let t = std::thread::spawn(move || -> Result<HashMap<u32, diag::Diag>> {
+                cryopod_sys::ns::enter(pfd.as_fd(), pid, libc::CLONE_NEWNET)?;
+                diag::dump()
+            });
+            let table = t.join().map_err(|_| EngineError::Other("sock_diag thread panicked".into()))??;
+            slot.insert(table);
+        }
+        Ok(self.tables.get(&ns).and_then(|t| t.get(&ino)).cloned())
+    }
+
+    /// Describe the socket behind fd `fd` of `pid` (inode `ino`).
+    pub fn collect(&mut self, pid: i32, fd: i32, ino: u64) -> Result<FileKind> {
+        let unsupported =
+            |what: String| EngineError::Unsupported { pid, what: format!("fd {fd} (socket:[{ino}]) {what}") };
+        let ino32 = u32::try_from(ino).map_err(|_| unsupported("has an inode beyond 32 bits".into()))?;
+        let Some(d) = self.lookup(pid, ino32)? else {
+            return Err(unsupported("is not a unix socket (other socket families are not supported yet)".into()));
+        };
+        let pfd = pidfd::pidfd_open(pid)?;
+        let copy = pidfd::pidfd_getfd(&pfd, pid, fd)?;
+        let queued = if d.state != LISTEN && d.rqlen.0 > 0 {
+            cryopod_sys::sock::peek_queue(copy.as_raw_fd(), d.rqlen.0 as usize)
+                .map_err(|e| unsupported(format!("has unread data that cannot be saved: {}", e.op)))?
+        } else {
+            Vec::new()
+        };
+        if d.state != LISTEN {
+            self.outq.insert(ino32, d.rqlen.1);
+        }
+        Ok(FileKind::Unix(UnixSock {
+            ino: ino32,
+            kind: d.kind,
+            state: d.state,
+            name: d.name,
+            peer: d.peer,
+            backlog: if d.state == LISTEN { d.rqlen.1 } else { 0 },
+            pending: d.pending,
+            queued,
+            shutdown: d.shutdown,
+            peer_cred: cryopod_sys::sock::peer_cred(copy.as_raw_fd()).unwrap_or((0, 0, 0)),
+            passcred: cryopod_sys::sock::passcred(copy.as_raw_fd()).unwrap_or(false),
+        }))
+    }
+
+    /// Every connection must be restorable from what the checkpoint holds:
+    /// peers and pending clients inside it, no data waiting in a connection
+    /// not yet accepted (it sits where no fd reaches).
+    pub fn check_links(&self, files: &[OpenFile]) -> Result<()> {
+        let socks: HashMap<u32, &UnixSock> = files
+            .iter()
+            .filter_map(|f| match &f.kind {
+                FileKind::Unix(u) => Some((u.ino, u)),
+                _ => None,
+            })
+            .collect();
+        let bad = |what: String| EngineError::Unsupported { pid: 0, what };
+        for u in socks.values() {
+            let show = plan::show_name(&u.name);
+            if u.state == LISTEN {
+                for c in &u.pending {
+                    if !socks.contains_key(c) {
+                        return Err(bad(format!(
+                            "listener {show} has a pending connection from socket:[{c}] outside the checkpoint"
+                        )));
+                    }
+                    if self.outq.get(c).copied().unwrap_or(0) > 0 {
+                        return Err(bad(format!(
+                            "listener {show} has a pending connection (socket:[{c}]) with data sent before accept; \
+                             let the server accept it first"
+                        )));
+                    }
+                }
+                continue;
+            }
+            let pending = socks.values().any(|l| l.pending.contains(&u.ino));
+            if u.state == CONNECTED && !socks.contains_key(&u.peer) && !pending {
+                let orphan = u.kind != libc::SOCK_DGRAM && u.shutdown == 3;
+                if !orphan {
+                    return Err(bad(format!(
+                        "socket:[{}] is connected to socket:[{}] outside the checkpoint",
+                        u.ino, u.peer
+                    )));
+                }
+            }
+            if u.kind == libc::SOCK_DGRAM && u.peer == 0 && !u.queued.is_empty() && u.name.is_empty() {
+                return Err(bad(format!("socket:[{}] has datagrams queued but no name to receive them again", u.ino)));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,381 @@
+//! Restoring unix sockets: a list of steps, each run by one stub in its
+//! own process (so that SO_PEERCRED names the right PID and credentials,
+//! and names resolve in the tree's own mount and network namespaces), in
+//! the order the restorer sends them. A socket is made at a staging fd of
+//! its creator; once all exist, are connected, hold their queued data and
+//! their shutdown state, every holder puts it at its fd numbers (taking it
+//! from the creator with pidfd_getfd when it is another process).
+//!
+//! Order: listeners; for each listener its accepted connections (connect
+//! by the connecting process, then accept), then its pending ones (connect
+//! only, in queue order); socket pairs (by their creator); datagram sockets
+//! bound and connected; queued data sent from the peer; shutdown and flags;
+//! fds placed; staging fds closed.
+
+use crate::unix::{CONNECTED, LISTEN};
+use crate::{EngineError, Result};
+use cryopod_image::{FileKind, Manifest, Process, UnixSock};
+use cryopod_sys::{sock, util};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// A socket's name for messages: a path, or @name for an abstract one.
+pub fn show_name(name: &[u8]) -> String {
+    match name.split_first() {
+        None => "(unnamed)".into(),
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        _ => String::from_utf8_lossy(name).into_owned(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// socket, bind, listen.
+    Listen { file: u32 },
+    /// socket, connect to a listener's name.
+    Connect { file: u32, listener: u32 },
+    /// accept on the listener's staging fd.
+    Accept { file: u32, listener: u32 },
+    /// socketpair; `b` None: the other end is gone (kept at a spare fd until
+    /// the data is sent, then closed).
+    Pair { a: u32, b: Option<u32> },
+    /// A datagram socket, bound if it had a name.
+    Datagram { file: u32 },
+    /// Connect a datagram socket to its peer's name.
+    ConnectDatagram { file: u32, peer: u32 },
+    /// Send `to`'s queued messages from `from`'s staging fd (`spare`: from
+    /// the spare end of an orphan pair).
+    Send { to: u32, from: u32, spare: bool },
+    /// Send `to`'s queued messages to its name from a fresh socket.
+    SendTo { to: u32 },
+    /// Shutdown, SO_PASSCRED, status flags; close a spare end.
+    Finish { file: u32 },
+    /// Put sockets at their fd numbers: (fd, file, creator pid, cloexec).
+    Place { fds: Vec<(i32, u32, i32, bool)> },
+    /// Close the staging fds of these files.
+    Close { files: Vec<u32> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The process (as the image numbers it) that runs the step.
+    pub pid: i32,
+    pub op: Op,
+}
+
+/// The steps and where staging fds live.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// Staging fd of file f in its creator: `stage + f`; spare ends at
+    /// `stage + files + f`.
+    pub stage: i32,
+    pub nfiles: i32,
+}
+
+fn sock_of(m: &Manifest, f: u32) -> Option<&UnixSock> {
+    match &m.files.get(f as usize)?.kind {
+        FileKind::Unix(u) => Some(u),
+        _ => None,
+    }
+}
+
+impl Plan {
+    pub fn staging(&self, f: u32) -> i32 {
+        self.stage + f as i32
+    }
+
+    pub fn spare(&self, f: u32) -> i32 {
+        self.stage + self.nfiles + f as i32
+    }
+
+    /// The steps for every unix socket of `m` (empty if there are none).
+    /// `stage`: first staging fd, above every fd the tree uses.
+    pub fn build(m: &Manifest, stage: i32) -> Result<Plan> {
+        let mut p = Plan { steps: Vec::new(), stage, nfiles: m.files.len() as i32 };
+        let live: Vec<&Process> = m.processes.iter().filter(|p| p.zombie_status.is_none()).collect();
+        // Holders of each file, in tree order, and socket files by inode.
+        let mut holders: HashMap<u32, Vec<i32>> = HashMap::new();
+        for pr in &live {
+            for fd in &pr.fds {
+                let h = holders.entry(fd.file).or_default();
+                if !h.contains(&pr.pid) {
+                    h.push(pr.pid);
+                }
+            }
+        }
+        let by_ino: HashMap<u32, u32> = (0..m.files.len() as u32)
+            .filter_map(|f| sock_of(m, f).map(|u| (u.ino, f)))
+            .filter(|(_, f)| holders.contains_key(f))
+            .collect();
+        if by_ino.is_empty() {
+            return Ok(p);
+        }
+        let is_live = |pid: i32| pid > 0 && live.iter().any(|pr| pr.pid == pid);
+        let first_holder = |f: u32| holders.get(&f).and_then(|h| h.first().copied()).unwrap_or(0);
+        let mut creator: HashMap<u32, i32> = HashMap::new();
+        let mut done: std::collections::HashSet<u32> = Default::default();
+        let mut files: Vec<u32> = by_ino.values().copied().collect();
+        files.sort_unstable();
+        let u = |f: u32| sock_of(m, f).cloned().unwrap_or_default();
+
+        // Listeners, then their accepted and pending connections.
+        for &l in files.iter().filter(|&&f| u(f).state == LISTEN) {
+            let lu = u(l);
+            let c = if is_live(lu.peer_cred.0) { lu.peer_cred.0 } else { first_holder(l) };
+            creator.insert(l, c);
+            done.insert(l);
+            p.steps.push(Step { pid: c, op: Op::Listen { file: l } });
+        }
+        for &l in files.iter().filter(|&&f| u(f).state == LISTEN) {
+            let lu = u(l);
+            let pending: Vec<u32> = lu.pending.iter().filter_map(|i| by_ino.get(i).copied()).collect();
+            for &a in &files {
+                let au = u(a);
+                let accepted = au.state == CONNECTED && au.kind == lu.kind && au.name == lu.name && !done.contains(&a);
+                let Some(&c) = by_ino.get(&au.peer) else { continue };
+                if !accepted || pending.contains(&c) || done.contains(&c) {
+                    continue;
+                }
+                // The client is connected by the process that connected it.
+                let who = if is_live(au.peer_cred.0) { au.peer_cred.0 } else { first_holder(c) };
+                creator.insert(c, who);
+                creator.insert(a, creator[&l]);
+                done.insert(a);
+                done.insert(c);
+                p.steps.push(Step { pid: who, op: Op::Connect { file: c, listener: l } });
+                p.steps.push(Step { pid: creator[&l], op: Op::Accept { file: a, listener: l } });
+            }
+            for c in pending {
+                let who = first_holder(c);
+                creator.insert(c, who);
+                done.insert(c);
+                p.steps.push(Step { pid: who, op: Op::Connect { file: c, listener: l } });
+            }
+        }
+        // Pairs (and orphans whose peer is gone).
+        for &a in &files {
+            if done.contains(&a) {
+                continue;
+            }
+            let au = u(a);
+            let peer = by_ino.get(&au.peer).copied().filter(|&b| u(b).peer == au.ino && !done.contains(&b));
+            // A connection whose other end was closed (the kernel may not
+            // even name the dead peer any more).
+            let orphan = au.kind != libc::SOCK_DGRAM && au.state == CONNECTED && !by_ino.contains_key(&au.peer);
+            if peer.is_none() && !orphan {
+                continue;
+            }
+            let who = if is_live(au.peer_cred.0) { au.peer_cred.0 } else { first_holder(a) };
+            creator.insert(a, who);
+            done.insert(a);
+            if let Some(b) = peer {
+                creator.insert(b, who);
+                done.insert(b);
+            }
+            p.steps.push(Step { pid: who, op: Op::Pair { a, b: peer } });
+        }
+        // Datagram sockets: bound first, then connected to their peers.
+        let dgrams: Vec<u32> = files.iter().copied().filter(|f| !done.contains(f)).collect();
+        for &f in &dgrams {
+            creator.insert(f, first_holder(f));
+            p.steps.push(Step { pid: first_holder(f), op: Op::Datagram { file: f } });
+        }
+        for &f in &dgrams {
+            if let Some(&peer) = by_ino.get(&u(f).peer) {
+                if u(peer).name.is_empty() {
+                    return Err(EngineError::Other(format!(
+                        "datagram socket:[{}] is connected to an unnamed socket",
+                        u(f).ino
+                    )));
+                }
+                p.steps.push(Step { pid: creator[&f], op: Op::ConnectDatagram { file: f, peer } });
+            }
+        }
+        // Queued data, from the peer's end (or by name).
+        for &f in &files {
+            let fu = u(f);
+            if fu.queued.is_empty() || fu.state == LISTEN {
+                continue;
+            }
+            match by_ino.get(&fu.peer) {
+                Some(&from) if u(from).peer == fu.ino => {
+                    p.steps.push(Step { pid: creator[&from], op: Op::Send { to: f, from, spare: false } })
+                }
+                None if fu.kind != libc::SOCK_DGRAM && fu.state == CONNECTED => {
+                    p.steps.push(Step { pid: creator[&f], op: Op::Send { to: f, from: f, spare: true } })
+                }
+                _ => p.steps.push(Step { pid: creator[&f], op: Op::SendTo { to: f } }),
+            }
+        }
+        for &f in &files {
+            p.steps.push(Step { pid: creator[&f], op: Op::Finish { file: f } });
+        }
+        // Every holder takes its sockets; then creators drop staging fds.
+        for pr in &live {
+            let fds: Vec<(i32, u32, i32, bool)> = pr
+                .fds
+                .iter()
+                .filter(|fd| creator.contains_key(&fd.file))
+                .map(|fd| (fd.fd, fd.file, creator[&fd.file], fd.cloexec))
+                .collect();
+            if !fds.is_empty() {
+                p.steps.push(Step { pid: pr.pid, op: Op::Place { fds } });
+            }
+        }
+        let mut by_creator: HashMap<i32, Vec<u32>> = HashMap::new();
+        for (&f, &c) in &creator {
+            by_creator.entry(c).or_default().push(f);
+        }
+        let mut cs: Vec<_> = by_creator.into_iter().collect();
+        cs.sort();
+        for (c, files) in cs {
+            p.steps.push(Step { pid: c, op: Op::Close { files } });
+        }
+        Ok(p)
+    }
+}
+
+fn err(op: &str, f: u32, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Other(format!("unix socket (file {f}) {op}: {e}"))
+}
+
+/// Keep `fd` at exactly number `at` (closing the original).
+fn park(fd: OwnedFd, at: i32) -> Result<()> {
+    util::dup_to(fd.as_raw_fd(), at, true)?;
+    Ok(())
+}
+
+/// Bind `fd` to `name`; a path still holding a dead socket's file is
+/// unlinked first (its socket was checkpointed and is gone).
+fn bind_name(fd: i32, name: &[u8]) -> Result<()> {
+    match sock::bind(fd, name) {
+        Err(e) if e.errno.0 == libc::EADDRINUSE && name.first() != Some(&0) => {
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(name));
+            let is_sock = std::fs::symlink_metadata(path).map(|m| m.file_type().is_socket()).unwrap_or(false);
+            if is_sock {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(sock::bind(fd, name)?)
+        }
+        r => Ok(r?),
+    }
+}
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+
+impl Plan {
+    /// Run step `i` in the calling stub (process `p` of `m`).
+    pub fn run(&self, m: &Manifest, p: &Process, i: usize) -> Result<()> {
+        let step = self.steps.get(i).ok_or_else(|| EngineError::Other(format!("no socket step {i}")))?;
+        let euid = p.creds.uids[1];
+        let egid = p.creds.gids[1];
+        let switch = (euid, egid) != (0, 0) && !matches!(step.op, Op::Place { .. } | Op::Close { .. });
+        if switch {
+            sock::set_effective_ids(euid, egid)?;
+        }
+        let r = self.run_op(m, &step.op);
+        if switch {
+            sock::set_effective_ids(0, 0)?;
+        }
+        r
+    }
+
+    fn run_op(&self, m: &Manifest, op: &Op) -> Result<()> {
+        let s = |f: u32| sock_of(m, f).ok_or_else(|| EngineError::Other(format!("file {f} is not a unix socket")));
+        match op {
+            Op::Listen { file } => {
+                let u = s(*file)?;
+                let fd = sock::socket(u.kind)?;
+                bind_name(fd.as_raw_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
+                sock::listen(fd.as_raw_fd(), u.backlog as i32).map_err(|e| err("listen", *file, e))?;
+                park(fd, self.staging(*file))
+            }
+            Op::Connect { file, listener } => {
+                let (u, l) = (s(*file)?, s(*listener)?);
+                let fd = sock::socket(u.kind)?;
+                if !u.name.is_empty() && u.name != l.name {
+                    bind_name(fd.as_raw_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
+                }
+                sock::connect(fd.as_raw_fd(), &l.name).map_err(|e| err("connect", *file, e))?;
+                park(fd, self.staging(*file))
+            }
+            Op::Accept { file, listener } => {
+                let fd = sock::accept(self.staging(*listener)).map_err(|e| err("accept", *file, e))?;
+                park(fd, self.staging(*file))
+            }
+            Op::Pair { a, b } => {
+                let (x, y) = sock::socketpair(s(*a)?.kind)?;
+                park(x, self.staging(*a))?;
+                match b {
+                    Some(b) => park(y, self.staging(*b)),
+                    None => park(y, self.spare(*a)),
+                }
+            }
+            Op::Datagram { file } => {
+                let u = s(*file)?;
+                let fd = sock::socket(u.kind)?;
+                if !u.name.is_empty() {
+                    bind_name(fd.as_raw_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
+                }
+                park(fd, self.staging(*file))
+            }
+            Op::ConnectDatagram { file, peer } => {
+                sock::connect(self.staging(*file), &s(*peer)?.name).map_err(|e| err("connect", *file, e))?;
+                Ok(())
+            }
+            Op::Send { to, from, spare } => {
+                let fd = if *spare { self.spare(*from) } else { self.staging(*from) };
+                for msg in &s(*to)?.queued {
+                    sock::send(fd, msg, None).map_err(|e| err("refill", *to, e))?;
+                }
+                Ok(())
+            }
+            Op::SendTo { to } => {
+                let u = s(*to)?;
+                let tmp = sock::socket(libc::SOCK_DGRAM)?;
+                for msg in &u.queued {
+                    sock::send(tmp.as_raw_fd(), msg, Some(&u.name)).map_err(|e| err("refill", *to, e))?;
+                }
+                Ok(())
+            }
+            Op::Finish { file } => {
+                let u = s(*file)?;
+                let fd = self.staging(*file);
+                if u.passcred {
+                    sock::set_passcred(fd, true)?;
+                }
+                if u.shutdown & 2 != 0 {
+                    sock::shutdown(fd, libc::SHUT_WR).map_err(|e| err("shutdown", *file, e))?;
+                }
+                if u.shutdown & 1 != 0 && u.state != LISTEN {
+                    sock::shutdown(fd, libc::SHUT_RD).map_err(|e| err("shutdown", *file, e))?;
+                }
+                let flags = m.files[*file as usize].flags & libc::O_NONBLOCK as u32;
+                util::set_status_flags(fd, flags as i32)?;
+                util::close(self.spare(*file));
+                Ok(())
+            }
+            Op::Place { fds } => {
+                let me = std::process::id() as i32;
+                for &(fd, file, creator, cloexec) in fds {
+                    if creator == me {
+                        util::dup_to(self.staging(file), fd, cloexec)?;
+                    } else {
+                        let pfd = cryopod_sys::pidfd::pidfd_open(creator)?;
+                        let got = cryopod_sys::pidfd::pidfd_getfd(&pfd, creator, self.staging(file))?;
+                        util::dup_to(got.as_raw_fd(), fd, cloexec)?;
+                    }
+                }
+                Ok(())
+            }
+            Op::Close { files } => {
+                for &f in files {
+                    util::close(self.staging(f));
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Unix domain sockets: creating, binding, listening, connecting and
+//! accepting with raw addresses (path or abstract), socket pairs, sending
+//! without blocking, shutdown, peer credentials, and copying a socket's
+//! queued messages without consuming them (SO_PEEK_OFF).
+
+use crate::{Errno, Pid, SysError, SysResult};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+fn new_fd(r: i32, what: &str) -> SysResult<OwnedFd> {
+    if r < 0 {
+        return Err(SysError::last(what, 0));
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+fn check(r: isize, what: impl Into<String>) -> SysResult<usize> {
+    if r < 0 {
+        return Err(SysError::last(what, 0));
+    }
+    Ok(r as usize)
+}
+
+/// A sockaddr_un for `name` (path bytes, or a leading NUL for an abstract
+/// name), and its length.
+fn sockaddr(name: &[u8]) -> SysResult<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if name.len() > a.sun_path.len() {
+        return Err(SysError::new("unix socket name too long", 0, Errno(libc::ENAMETOOLONG)));
+    }
+    for (d, s) in a.sun_path.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // Path names are NUL-terminated when there is room; abstract names
+    // are exactly their bytes.
+    let extra = usize::from(name.first() != Some(&0) && name.len() < a.sun_path.len());
+    let len = std::mem::size_of::<libc::sa_family_t>() + name.len() + extra;
+    Ok((a, len as libc::socklen_t))
+}
+
+fn show(name: &[u8]) -> String {
+    match name.split_first() {
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        _ => String::from_utf8_lossy(name).into_owned(),
+    }
+}
+
+/// socket(AF_UNIX, kind | SOCK_CLOEXEC).
+pub fn socket(kind: i32) -> SysResult<OwnedFd> {
+    // SAFETY: integer arguments.
+    new_fd(unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0) }, "socket(AF_UNIX)")
+}
+
+/// socketpair(AF_UNIX, kind | SOCK_CLOEXEC).
+pub fn socketpair(kind: i32) -> SysResult<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for two ints.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    if r < 0 {
+        return Err(SysError::last("socketpair(AF_UNIX)", 0));
+    }
+    // SAFETY: two new fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn bind(fd: i32, name: &[u8]) -> SysResult<()> {
+    let (a, len) = sockaddr(name)?;
+    // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
+    let r = unsafe { libc::bind(fd, (&a as *const libc::sockaddr_un).cast(), len) };
+    check(r as isize, format!("bind({})", show(name))).map(|_| ())
+}
+
+pub fn listen(fd: i32, backlog: i32) -> SysResult<()> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::listen(fd, backlog) } as isize, "listen").map(|_| ())
+}
+
+pub fn connect(fd: i32, name: &[u8]) -> SysResult<()> {
+    let (a, len) = sockaddr(name)?;
+    // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
+    let r = unsafe { libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), len) };
+    check(r as isize, format!("connect({})", show(name))).map(|_| ())
+}
+
+pub fn accept(fd: i32) -> SysResult<OwnedFd> {
+    // SAFETY: no address requested.
+    let r = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    new_fd(r, "accept")
+}
+
+/// Send one message without blocking (to `name` if given).
+pub fn send(fd: i32, data: &[u8], name: Option<&[u8]>) -> SysResult<()> {
+    let r = match name {
+        None => {
+            // SAFETY: pointer and length of a live slice.
+            unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT) }
+        }
+        Some(n) => {
+            let (a, len) = sockaddr(n)?;
+            // SAFETY: live slice; `a` is a valid sockaddr_un of `len` bytes.
+            unsafe {
+                libc::sendto(
+                    fd,
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_DONTWAIT,
+                    (&a as *const libc::sockaddr_un).cast(),
+                    len,
+                )
+            }
+        }
+    };
+    let n = check(r, format!("send of {} queued bytes", data.len()))?;
+    if n != data.len() {
+        return Err(SysError::new(
+            format!("send of {} queued bytes (only {n} fit)", data.len()),
+            0,
+            Errno(libc::EAGAIN),
+        ));
+    }
+    Ok(())
+}
+
+pub fn shutdown(fd: i32, how: i32) -> SysResult<()> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::shutdown(fd, how) } as isize, "shutdown").map(|_| ())
+}
+
+fn getsockopt_int(fd: i32, opt: i32) -> SysResult<i32> {
+    let mut v: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid out pointers for an int option.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut i32).cast(), &mut len) };
+    check(r as isize, format!("getsockopt({opt})"))?;
+    Ok(v)
+}
+
+fn setsockopt_int(fd: i32, opt: i32, v: i32) -> SysResult<()> {
+    // SAFETY: `v` is a live int.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    check(r as isize, format!("setsockopt({opt})")).map(|_| ())
+}
+
+/// SO_PASSCRED.
+pub fn passcred(fd: i32) -> SysResult<bool> {
+    getsockopt_int(fd, libc::SO_PASSCRED).map(|v| v != 0)
+}
+
+pub fn set_passcred(fd: i32, on: bool) -> SysResult<()> {
+    setsockopt_int(fd, libc::SO_PASSCRED, i32::from(on))
+}
+
+/// SO_PEERCRED: (pid in our PID namespace, uid, gid).
+pub fn peer_cred(fd: i32) -> SysResult<(Pid, u32, u32)> {
+    let mut c = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `c` and `len` are valid out pointers for SO_PEERCRED.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut c as *mut libc::ucred).cast(), &mut len)
+    };
+    check(r as isize, "getsockopt(SO_PEERCRED)")?;
+    Ok((c.pid, c.uid, c.gid))
+}
+
+/// Every message queued for reading on `fd`, copied without consuming
+/// them (for a stream socket, possibly several chunks). Refuses when a
+/// message carries file descriptors or other control data.
+pub fn peek_queue(fd: i32, bytes_hint: usize) -> SysResult<Vec<Vec<u8>>> {
+    let old = getsockopt_int(fd, libc::SO_PEEK_OFF)?;
+    setsockopt_int(fd, libc::SO_PEEK_OFF, 0)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; bytes_hint.clamp(4096, 16 << 20) + 1];
+    let res = loop {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: msghdr is plain data; only the iovec is set.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: `msg` points at a live iovec over `buf`.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if r < 0 {
+            let e = Errno::last();
+            if e.0 == libc::EAGAIN {
+                break Ok(());
+            }
+            break Err(SysError::new("recvmsg(MSG_PEEK)", 0, e));
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            break Err(SysError::new(
+                "queued message carries file descriptors or credentials",
+                0,
+                Errno(libc::ENOTSUP),
+            ));
+        }
+        if msg.msg_flags & libc::MSG_TRUNC != 0 {
+            break Err(SysError::new("queued message larger than the peek buffer", 0, Errno(libc::EMSGSIZE)));
+        }
+        if out.len() >= 1 << 20 {
+            break Err(SysError::new("too many queued messages", 0, Errno(libc::E2BIG)));
+        }
+        let n = r as usize;
+        if n == 0 {
+            // An empty datagram is a message too; a stream at its end is not.
+            let mut t = 0i32;
+            let mut tl = std::mem::size_of::<i32>() as libc::socklen_t;
+            // SAFETY: valid out pointers for SO_TYPE.
+            unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut t as *mut i32).cast(), &mut tl) };
+            if t == libc::SOCK_STREAM {
+                break Ok(());
+            }
+        }
+        out.push(buf[..n].to_vec());
+    };
+    let restored = setsockopt_int(fd, libc::SO_PEEK_OFF, old);
+    res?;
+    restored?;
+    Ok(out)
+}
+
+/// Switch the calling process's effective uid and gid (the saved ids stay,
+/// so a root caller can switch back). Used so that sockets connected or
+/// listening record the right peer credentials.
+pub fn set_effective_ids(uid: u32, gid: u32) -> SysResult<()> {
+    // SAFETY: integer arguments; -1 leaves an id unchanged.
+    if unsafe { libc::setresgid(u32::MAX, gid, u32::MAX) } < 0 {
+        return Err(SysError::last(format!("setresgid(-, {gid}, -)"), 0));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setresuid(u32::MAX, uid, u32::MAX) } < 0 {
+        return Err(SysError::last(format!("setresuid(-, {uid}, -)"), 0));
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Unix domain sockets across checkpoint/restore, between a server process
+//! and its child client: a stream listener on a path (backlog 7, shared
+//! with the child) with one accepted connection (data queued both ways)
+//! and one connection not yet accepted; a seqpacket listener on an abstract
+//! name with an accepted connection (message boundaries kept); a stream
+//! socketpair split between the two processes; a datagram socketpair with
+//! three queued messages (one empty) and O_NONBLOCK; a bound datagram
+//! socket with datagrams from the child queued; a pair whose other end shut
+//! down writing, and one whose other end was closed (data, then EOF); peer
+//! credentials naming the right processes. After restore every connection
+//! is used again in both directions.
+
+use cryopod_testprogs::*;
+use std::time::Duration;
+
+unsafe fn sock(kind: i32) -> i32 {
+    libc::socket(libc::AF_UNIX, kind, 0)
+}
+
+fn addr(name: &[u8]) -> (libc::sockaddr_un, u32) {
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as u16;
+    for (d, s) in a.sun_path.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    (a, (2 + name.len() + usize::from(name[0] != 0)) as u32)
+}
+
+unsafe fn bind(fd: i32, name: &[u8]) -> i32 {
+    let (a, l) = addr(name);
+    libc::bind(fd, (&a as *const libc::sockaddr_un).cast(), l)
+}
+
+unsafe fn connect(fd: i32, name: &[u8]) -> i32 {
+    let (a, l) = addr(name);
+    libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), l)
+}
+
+unsafe fn send(fd: i32, b: &[u8]) -> isize {
+    libc::send(fd, b.as_ptr().cast(), b.len(), 0)
+}
+
+unsafe fn sendto(fd: i32, b: &[u8], name: &[u8]) -> isize {
+    let (a, l) = addr(name);
+    libc::sendto(fd, b.as_ptr().cast(), b.len(), 0, (&a as *const libc::sockaddr_un).cast(), l)
+}
+
+/// One receive, waiting up to 5 s; None on timeout or error.
+unsafe fn recv(fd: i32) -> Option<Vec<u8>> {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    if libc::poll(&mut p, 1, 5000) != 1 {
+        return None;
+    }
+    let mut b = vec![0u8; 4096];
+    let n = libc::recv(fd, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT);
+    if n < 0 {
+        return None;
+    }
+    b.truncate(n as usize);
+    Some(b)
+}
+
+unsafe fn peer_pid(fd: i32) -> i32 {
+    let mut c = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut l = std::mem::size_of::<libc::ucred>() as u32;
+    libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut c as *mut libc::ucred).cast(), &mut l);
+    c.pid
+}
+
+unsafe fn sockname(fd: i32) -> Vec<u8> {
+    let mut a: libc::sockaddr_un = std::mem::zeroed();
+    let mut l = std::mem::size_of::<libc::sockaddr_un>() as u32;
+    libc::getsockname(fd, (&mut a as *mut libc::sockaddr_un).cast(), &mut l);
+    let n = (l as usize).saturating_sub(2);
+    let mut v: Vec<u8> = a.sun_path[..n].iter().map(|&c| c as u8).collect();
+    if v.first() != Some(&0) {
+        while v.last() == Some(&0) {
+            v.pop();
+        }
+    }
+    v
+}
+
+unsafe fn sync_write(fd: i32) {
+    libc::write(fd, b"x".as_ptr().cast(), 1);
+}
+
+unsafe fn sync_read(fd: i32) {
+    let mut b = [0u8; 1];
+    libc::read(fd, b.as_mut_ptr().cast(), 1);
+}
+
+fn s(v: &Option<Vec<u8>>) -> String {
+    v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_else(|| "(nothing)".into())
+}
+
+fn main() {
+    let dir = work_dir();
+    let mut c = Checks::new();
+    let me = std::process::id();
+    let path = dir.join("srv.sock").as_os_str().as_encoded_bytes().to_vec();
+    let seq_name = [b"\0cryopod-tp-seq-".as_slice(), me.to_string().as_bytes()].concat();
+    let dg_name = [b"\0cryopod-tp-dg-".as_slice(), me.to_string().as_bytes()].concat();
+    unsafe {
+        let l1 = sock(libc::SOCK_STREAM);
+        assert_eq!(bind(l1, &path), 0, "bind {}", std::io::Error::last_os_error());
+        libc::listen(l1, 7);
+        let l2 = sock(libc::SOCK_SEQPACKET);
+        assert_eq!(bind(l2, &seq_name), 0);
+        libc::listen(l2, 5);
+        let mut sp = [0i32; 2];
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sp.as_mut_ptr());
+        let mut dp = [0i32; 2];
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, dp.as_mut_ptr());
+        let mut sh = [0i32; 2];
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sh.as_mut_ptr());
+        send(sh[1], b"last words");
+        libc::shutdown(sh[1], libc::SHUT_WR);
+        let mut orph = [0i32; 2];
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, orph.as_mut_ptr());
+        send(orph[1], b"orphan data");
+        libc::close(orph[1]);
+        let d = sock(libc::SOCK_DGRAM);
+        assert_eq!(bind(d, &dg_name), 0);
+        let mut to_p = [0i32; 2];
+        let mut to_c = [0i32; 2];
+        libc::pipe(to_p.as_mut_ptr());
+        libc::pipe(to_c.as_mut_ptr());
+        let parent = libc::getpid();
+        let child = libc::fork();
+        if child == 0 {
+            libc::close(sp[0]);
+            let c1 = sock(libc::SOCK_STREAM);
+            connect(c1, &path);
+            sync_write(to_p[1]);
+            sync_read(to_c[0]);
+            send(c1, b"hello from client");
+            let c2 = sock(libc::SOCK_STREAM);
+            connect(c2, &path);
+            let c3 = sock(libc::SOCK_SEQPACKET);
+            connect(c3, &seq_name);
+            sync_write(to_p[1]);
+            sync_read(to_c[0]);
+            send(c3, b"m1");
+            send(c3, b"m2");
+            let u = sock(libc::SOCK_DGRAM);
+            sendto(u, b"dg1", &dg_name);
+            sendto(u, b"dg2", &dg_name);
+            sync_write(to_p[1]);
+            wait_go(&dir);
+            // The parent prints the verdict; the child's checks decide its
+            // exit status.
+            let mut bad = 0;
+            let mut k = |name: &str, got: String, want: String| {
+                if got != want {
+                    bad += 1;
+                    println!("FAIL child: {name}: got {got:?}, want {want:?}");
+                }
+            };
+            k("c1 queued", s(&recv(c1)), "hello from server".into());
+            k("c1 peer is the listening process", peer_pid(c1).to_string(), parent.to_string());
+            k("seqpacket queued", s(&recv(c3)), "r1".into());
+            k("socketpair queued", s(&recv(sp[1])), "pair-data".into());
+            k("pending connection accepted after restore", s(&recv(c2)), "welcome".into());
+            send(c2, b"thanks");
+            send(c1, b"after restore");
+            send(c3, b"m3");
+            libc::_exit(i32::from(bad > 0));
+        }
+        sync_read(to_p[0]);
+        let a1 = libc::accept(l1, std::ptr::null_mut(), std::ptr::null_mut());
+        send(a1, b"hello from server");
+        sync_write(to_c[1]);
+        sync_read(to_p[0]);
+        let a3 = libc::accept(l2, std::ptr::null_mut(), std::ptr::null_mut());
+        send(a3, b"r1");
+        sync_write(to_c[1]);
+        send(sp[0], b"pair-data");
+        send(dp[0], b"d1");
+        send(dp[0], b"d2");
+        send(dp[0], b"");
+        libc::fcntl(dp[1], libc::F_SETFL, libc::O_NONBLOCK);
+        sync_read(to_p[0]);
+        // Let the datagrams land.
+        std::thread::sleep(Duration::from_millis(50));
+        ready_and_wait(&dir);
+
+        c.eq("a1 peer is the child", peer_pid(a1), child);
+        c.eq("a1 queued", s(&recv(a1)), "hello from client".into());
+        c.eq("listener path", sockname(l1), path.clone());
+        c.eq("seqpacket listener abstract name", sockname(l2), seq_name.clone());
+        c.eq("accepted socket has the listener's name", sockname(a1), path.clone());
+        c.eq("seqpacket message 1", s(&recv(a3)), "m1".into());
+        c.eq("seqpacket message 2", s(&recv(a3)), "m2".into());
+        c.eq("dgram pair message 1", s(&recv(dp[1])), "d1".into());
+        c.eq("dgram pair message 2", s(&recv(dp[1])), "d2".into());
+        c.eq("dgram pair empty message", s(&recv(dp[1])), "".into());
+        c.check("dgram pair O_NONBLOCK", libc::fcntl(dp[1], libc::F_GETFL) & libc::O_NONBLOCK != 0, "flag lost");
+        let mut b = [0u8; 8];
+        let r = libc::recv(dp[1], b.as_mut_ptr().cast(), 8, 0);
+        c.check("dgram pair then empty", r < 0, format!("read {r}"));
+        c.eq("bound dgram 1", s(&recv(d)), "dg1".into());
+        c.eq("bound dgram 2", s(&recv(d)), "dg2".into());
+        c.eq("bound dgram name", sockname(d), dg_name.clone());
+        c.eq("shut down pair data", s(&recv(sh[0])), "last words".into());
+        c.eq("shut down pair then EOF", s(&recv(sh[0])), "".into());
+        c.eq("orphan data", s(&recv(orph[0])), "orphan data".into());
+        c.eq("orphan then EOF", s(&recv(orph[0])), "".into());
+        // The pending connection is accepted now.
+        let a2 = libc::accept(l1, std::ptr::null_mut(), std::ptr::null_mut());
+        c.check("pending connection accepted", a2 >= 0, std::io::Error::last_os_error());
+        c.eq("a2 peer is the child", peer_pid(a2), child);
+        send(a2, b"welcome");
+        c.eq("a2 answer", s(&recv(a2)), "thanks".into());
+        c.eq("a1 after restore", s(&recv(a1)), "after restore".into());
+        c.eq("seqpacket after restore", s(&recv(a3)), "m3".into());
+        let mut st = 0;
+        libc::waitpid(child, &mut st, 0);
+        c.check("child passed", libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, format!("status {st:#x}"));
+    }
+    c.finish()
+}
