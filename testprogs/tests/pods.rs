@@ -279,3 +279,25 @@ while True:
         assert_eq!(env.leftovers(pod), Vec::<String>::new());
     }
 }
+
+/// SysV shared memory (attached, shared with a child), semaphores, message
+/// queues and POSIX message queues of a pod come back with their ids,
+/// contents and owners; the host's IPC namespace never sees them.
+#[test]
+fn pod_ipc_namespace_survives_checkpoint() {
+    let env = PodEnv::new("pod-ipc");
+    let work = env.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    env.ok(&["run", "-d", "--name", "ipc", "--", env!("CARGO_BIN_EXE_tp-ipc"), work.to_str().unwrap()]);
+    env.wait_log("ipc", "READY", |l| l == "READY");
+    let host_shm = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    assert!(!host_shm.lines().any(|l| l.split_whitespace().next() == Some("4660")), "pod segment seen on the host");
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "ipc", "-o", image.to_str().unwrap()]);
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    std::fs::write(work.join("go"), b"go").unwrap();
+    let log = env.wait_log("ipc", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
+    assert!(log.contains("PASS"), "{log}");
+    env.ok(&["stop", "ipc"]);
+    assert_eq!(env.leftovers("ipc"), Vec::<String>::new());
+}

@@ -35,6 +35,7 @@ fn kind(m: &Manifest, v: &Vma) -> &'static str {
         VmaKind::VvarVclock => "vvar_vclock",
         VmaKind::Vdso => "vdso",
         VmaKind::Vsyscall => "vsyscall",
+        VmaKind::SysvShm { .. } => "sysv-shm",
     }
 }
 

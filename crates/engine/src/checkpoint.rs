@@ -111,6 +111,7 @@ fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> 
         files.external = pod.external.clone();
     }
     let mut mem = MemCollector::default();
+    mem.sysv = o.pod.is_some();
     let mut procs = Vec::new();
     for pid in bfs(o.pid, fr)? {
         let idx = procs.len();

@@ -37,6 +37,9 @@ pub struct MemCollector {
     /// Runs of zero pages: (where, pages).
     pub zero: Vec<(Dest, u32)>,
     pub vdso_hash: Option<[u8; 32]>,
+    /// SysV shared memory may be attached (a pod: its IPC namespace is
+    /// saved with it).
+    pub sysv: bool,
 }
 
 fn madv_of(m: &MapEntry) -> u32 {
@@ -84,7 +87,18 @@ impl MemCollector {
                 }
                 n if n.starts_with("[anon:") => VmaKind::Anon,
                 n if n.starts_with('[') => return Err(unsupported(pid, m, "special mapping")),
-                n if n.starts_with("/SYSV") => return Err(unsupported(pid, m, "SysV shared memory")),
+                n if n.starts_with("/SYSV") => {
+                    if !self.sysv || m.offset != 0 {
+                        let why = if self.sysv {
+                            "SysV shared memory attached in part"
+                        } else {
+                            "SysV shared memory (supported in pods)"
+                        };
+                        return Err(unsupported(pid, m, why));
+                    }
+                    // The inode of a SysV segment's file is its id.
+                    VmaKind::SysvShm { id: m.inode as i32 }
+                }
                 n if m.shared() && n.starts_with("/dev/zero") && m.dev.starts_with("00:") => {
                     let path = map_files(pid, m);
                     let id = self.object(&path, ObjectOrigin::SharedAnon)?;
@@ -442,6 +456,30 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
     };
     match v.kind {
         VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall => return Ok(()),
+        VmaKind::SysvShm { id } => {
+            const SHM_RDONLY: u64 = 0o10000;
+            const SHM_REMAP: u64 = 0o40000;
+            const SHM_EXEC: u64 = 0o100000;
+            let mut flags = SHM_REMAP;
+            if prot & w == 0 {
+                flags |= SHM_RDONLY;
+            }
+            if prot & libc::PROT_EXEC as u64 != 0 {
+                flags |= SHM_EXEC;
+            }
+            let got = r.call("shmat", nr::SHMAT, &[id as u64, v.start, flags])?;
+            if got != v.start {
+                return Err(EngineError::Other(format!("SysV segment {id} attached at {got:#x}, not {:#x}", v.start)));
+            }
+            // Attached in part before (the rest unmapped): again.
+            if let Some(m) = procfs::maps(r.pid)?.iter().find(|m| m.start == v.start) {
+                if m.end > v.end {
+                    r.call("munmap(rest of segment)", nr::MUNMAP, &[v.end, m.end - v.end])?;
+                }
+            }
+            apply_madvise(r, v)?;
+            return Ok(());
+        }
         VmaKind::Anon => {
             let mut flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
             if v.madv & vma_flags::GROWSDOWN != 0 {

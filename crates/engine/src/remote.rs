@@ -12,6 +12,7 @@ pub mod nr {
     pub const MMAP: i64 = 9;
     pub const MPROTECT: i64 = 10;
     pub const MUNMAP: i64 = 11;
+    pub const SHMAT: i64 = 30;
     pub const BRK: i64 = 12;
     pub const RT_SIGACTION: i64 = 13;
     pub const MREMAP: i64 = 25;

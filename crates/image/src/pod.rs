@@ -29,6 +29,57 @@ pub struct PodImage {
     /// Archive (tar) of every tmpfs mount's files, if any: file name in the
     /// image directory, its size and BLAKE3.
     pub tmpfs_archive: Option<(String, u64, [u8; 32])>,
+    /// The pod's IPC namespace.
+    pub ipc: PodIpc,
+}
+
+/// SysV objects keep their ids (processes use them); owner and mode are
+/// (uid, gid, mode).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodIpc {
+    pub shm: Vec<ShmSegment>,
+    pub sem: Vec<SemSet>,
+    pub msg: Vec<MsgQueue>,
+    pub mqueue: Vec<PosixMqueue>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShmSegment {
+    pub key: i32,
+    pub id: i32,
+    pub perm: (u32, u32, u32),
+    pub size: u64,
+    /// Contents: a file in the image directory, its size and BLAKE3.
+    pub data: (String, u64, [u8; 32]),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SemSet {
+    pub key: i32,
+    pub id: i32,
+    pub perm: (u32, u32, u32),
+    pub values: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MsgQueue {
+    pub key: i32,
+    pub id: i32,
+    pub perm: (u32, u32, u32),
+    pub qbytes: u64,
+    /// (type, text) in queue order.
+    pub msgs: Vec<(i64, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PosixMqueue {
+    /// Name without the leading '/'.
+    pub name: String,
+    pub perm: (u32, u32, u32),
+    pub maxmsg: i64,
+    pub msgsize: i64,
+    /// (priority, bytes) in the order they would be received.
+    pub msgs: Vec<(u32, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

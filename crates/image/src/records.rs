@@ -179,6 +179,11 @@ pub enum VmaKind {
     VvarVclock,
     Vdso,
     Vsyscall,
+    /// A SysV shared memory attachment (segment id); the segment and its
+    /// contents belong to the pod's IPC namespace record.
+    SysvShm {
+        id: i32,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -23,6 +23,8 @@ pub const POD_NS: i32 =
 pub struct Extra {
     pub mounts: Vec<cryopod_image::pod::PodMount>,
     pub archive: Option<std::fs::File>,
+    /// IPC objects, with the image directory holding segment contents.
+    pub ipc: Option<(cryopod_image::pod::PodIpc, std::path::PathBuf)>,
 }
 
 /// A process holding a pod's new namespaces until its PID 1 has joined them.
@@ -143,6 +145,10 @@ fn is_proc(m: &cryopod_image::pod::PodMount) -> bool {
 fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &OwnedFd, status: &OwnedFd) -> Result<()> {
     cg.join(0)?;
     ns::unshare(POD_NS)?;
+    // While the host's /proc (and the image) are still in view.
+    if let Some((ipc, dir)) = &extra.ipc {
+        crate::ipc::restore(ipc, dir)?;
+    }
     if !spec.hostname.is_empty() {
         ns::set_hostname(&spec.hostname)?;
     }

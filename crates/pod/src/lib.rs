@@ -14,6 +14,7 @@
 pub mod cgroup;
 pub mod create;
 pub mod fs;
+pub mod ipc;
 pub mod lifecycle;
 pub mod mounts;
 pub mod net;

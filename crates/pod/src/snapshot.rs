@@ -108,7 +108,15 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
     let summary = match res {
         Ok(s) => s,
         Err(e) => {
-            let _ = std::fs::remove_file(o.dir.join(ARCHIVE));
+            // What we wrote beside the engine's files.
+            if let Ok(rd) = std::fs::read_dir(&o.dir) {
+                for e in rd.flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if n == ARCHIVE || n.starts_with("ipc-shm-") {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
             return Err(e);
         }
     };
@@ -149,6 +157,7 @@ fn checkpoint_frozen(
         None
     };
     let limits = cg.limits()?;
+    let ipc = crate::ipc::collect(init, &o.dir)?;
     let image = PodImage {
         name: rec.name.clone(),
         hostname: info.hostname,
@@ -184,6 +193,7 @@ fn checkpoint_frozen(
             .collect(),
         mounts: pod_mounts,
         tmpfs_archive,
+        ipc,
     };
     // The log a detached pod writes to lives outside it: supplied again by
     // the restore.
@@ -292,7 +302,9 @@ fn restore_reserved(
         log = Some(f);
     }
     let inherit: Vec<(String, i32)> = log.iter().map(|f| ("log".to_string(), f.as_raw_fd())).collect();
-    let mut holder = Holder::create(name, &spec, &Extra { mounts: pod.mounts.clone(), archive })?;
+    crate::ipc::check_files(&pod.ipc, &o.dir)?;
+    let extra = Extra { mounts: pod.mounts.clone(), archive, ipc: Some((pod.ipc.clone(), o.dir.clone())) };
+    let mut holder = Holder::create(name, &spec, &extra)?;
     let enter = || holder.enter().map_err(|e| e.to_string());
     let opts = RestoreOptions {
         dir: o.dir.clone(),

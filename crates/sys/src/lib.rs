@@ -7,6 +7,7 @@
 pub mod clone;
 pub mod error;
 pub mod inject;
+pub mod ipc;
 pub mod mem;
 pub mod ns;
 pub mod pagemap;

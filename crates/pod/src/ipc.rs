@@ -1,0 +1,172 @@
+//! The pod's IPC namespace in a checkpoint: SysV shared memory segments
+//! (contents in files of the image, checked by hash), semaphore sets with
+//! their values, message queues with their messages (copied with MSG_COPY,
+//! not removed), and POSIX message queues (received and sent back in the
+//! same order). Read by a helper that joins the pod's IPC namespace;
+//! re-created by the holder in the new pod's, with the same SysV ids
+//! (`kernel/*_next_id`), owners and modes.
+
+use crate::{PodError, Result};
+use cryopod_image::pod::{MsgQueue, PodIpc, PosixMqueue, SemSet, ShmSegment};
+use cryopod_sys::clone::{fork_with_pid, Forked};
+use cryopod_sys::{ipc, ns, pidfd, util};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+/// Rows of /proc/sysvipc/<what> (of the caller's IPC namespace).
+fn rows(what: &str) -> Result<Vec<Vec<i64>>> {
+    let p = format!("/proc/sysvipc/{what}");
+    let text = std::fs::read_to_string(&p).map_err(PodError::io(&p))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split_whitespace()
+                .enumerate()
+                // perms (column 2) is octal.
+                .map(|(i, f)| if i == 2 { i64::from_str_radix(f, 8).unwrap_or(0) } else { f.parse().unwrap_or(0) })
+                .collect()
+        })
+        .collect())
+}
+
+fn col(r: &[i64], i: usize) -> i64 {
+    r.get(i).copied().unwrap_or(0)
+}
+
+/// In the helper: read everything, writing segment contents into `dir`.
+fn read_all(dir: &Path) -> Result<PodIpc> {
+    let mut out = PodIpc::default();
+    // key shmid perms size cpid lpid nattch uid gid ...
+    for r in rows("shm")? {
+        let (key, id, mode, size) = (col(&r, 0) as i32, col(&r, 1) as i32, col(&r, 2) as u32, col(&r, 3) as u64);
+        if mode & 0o1000 != 0 {
+            return Err(PodError::Invalid(format!("SysV segment {id} is marked for removal; not supported yet")));
+        }
+        let data = ipc::shm_read(id, size as usize)?;
+        let name = format!("ipc-shm-{id}");
+        let path = dir.join(&name);
+        std::fs::write(&path, &data).map_err(PodError::io(&path))?;
+        let hash = *blake3::hash(&data).as_bytes();
+        let perm = (col(&r, 7) as u32, col(&r, 8) as u32, mode & 0o777);
+        out.shm.push(ShmSegment { key, id, perm, size, data: (name, data.len() as u64, hash) });
+    }
+    // key semid perms nsems uid gid ...
+    for r in rows("sem")? {
+        let (key, id, mode, n) = (col(&r, 0) as i32, col(&r, 1) as i32, col(&r, 2) as u32, col(&r, 3) as usize);
+        let values = ipc::sem_values(id, n)?;
+        out.sem.push(SemSet { key, id, perm: (col(&r, 4) as u32, col(&r, 5) as u32, mode & 0o777), values });
+    }
+    // key msqid perms cbytes qnum lspid lrpid uid gid ...
+    for r in rows("msg")? {
+        let (key, id, mode) = (col(&r, 0) as i32, col(&r, 1) as i32, col(&r, 2) as u32);
+        let (cbytes, qnum) = (col(&r, 3) as usize, col(&r, 4) as usize);
+        let max = std::fs::read_to_string("/proc/sys/kernel/msgmax")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(8192usize)
+            .max(cbytes);
+        let msgs = ipc::msg_copy_all(id, qnum, max)?;
+        let qbytes = ipc::msg_qbytes(id)?;
+        out.msg.push(MsgQueue { key, id, perm: (col(&r, 7) as u32, col(&r, 8) as u32, mode & 0o777), qbytes, msgs });
+    }
+    // POSIX queues: list them through a private mqueue mount.
+    ns::unshare(libc::CLONE_NEWNS)?;
+    ns::mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
+    ns::mount("mqueue", "/tmp", "mqueue", 0, "")?;
+    let rd = std::fs::read_dir("/tmp").map_err(PodError::io("mqueue"))?;
+    let mut names: Vec<(String, std::fs::Metadata)> =
+        rd.flatten().filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.metadata().ok()?))).collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, md) in names {
+        use std::os::unix::fs::MetadataExt;
+        let q = ipc::mq_read(&name)?;
+        out.mqueue.push(PosixMqueue {
+            name,
+            perm: (md.uid(), md.gid(), md.mode() & 0o777),
+            maxmsg: q.maxmsg,
+            msgsize: q.msgsize,
+            msgs: q.msgs,
+        });
+    }
+    Ok(out)
+}
+
+/// Read the IPC namespace of the pod whose first process is `init`
+/// (frozen), writing shared memory contents into the image directory.
+pub fn collect(init: i32, dir: &Path) -> Result<PodIpc> {
+    let pfd = pidfd::pidfd_open(init)?;
+    let (r, w) = util::pipe()?;
+    match fork_with_pid(0)? {
+        Forked::Child => {
+            drop(r);
+            let res = ns::enter(pfd.as_fd(), init, libc::CLONE_NEWIPC)
+                .map_err(PodError::from)
+                .and_then(|_| read_all(dir))
+                .map_err(|e| e.to_string());
+            let _ = util::write_fd(w.as_raw_fd(), &serde_json::to_vec(&res).unwrap_or_default());
+            util::exit_now(0)
+        }
+        Forked::Parent(child) => {
+            drop(w);
+            let mut buf = Vec::new();
+            let _ = std::fs::File::from(r).read_to_end(&mut buf);
+            let _ = util::waitpid(child, 0);
+            let res: std::result::Result<PodIpc, String> = serde_json::from_slice(&buf)
+                .map_err(|_| PodError::Invalid("reading the pod's IPC namespace failed".into()))?;
+            res.map_err(|e| PodError::Invalid(format!("the pod's IPC namespace: {e}")))
+        }
+    }
+}
+
+/// Check the image's shared memory files before anything is created.
+pub fn check_files(ipc: &PodIpc, dir: &Path) -> Result<()> {
+    for s in &ipc.shm {
+        let (name, size, hash) = &s.data;
+        if name.contains('/') || name.starts_with('.') || *size > s.size {
+            return Err(PodError::Invalid(format!("image: bad contents record for SysV segment {}", s.id)));
+        }
+        let data = std::fs::read(dir.join(name)).map_err(PodError::io(dir.join(name)))?;
+        if data.len() as u64 != *size || blake3::hash(&data).as_bytes() != hash {
+            return Err(PodError::Invalid(format!("image: {name} is damaged (size or hash differs)")));
+        }
+    }
+    Ok(())
+}
+
+fn next_id(what: &str, id: i32) -> Result<()> {
+    let p = format!("/proc/sys/kernel/{what}_next_id");
+    std::fs::write(&p, id.to_string()).map_err(PodError::io(&p))
+}
+
+fn same_id(what: &str, want: i32, got: i32) -> Result<()> {
+    if got != want {
+        return Err(PodError::Invalid(format!("SysV {what} {want} came back with id {got}")));
+    }
+    Ok(())
+}
+
+/// In the holder, in the new IPC namespace (with the host's /proc still
+/// mounted): create everything again, each SysV object at its id.
+pub fn restore(ipc: &PodIpc, dir: &Path) -> Result<()> {
+    for s in &ipc.shm {
+        let data = std::fs::read(dir.join(&s.data.0)).map_err(PodError::io(dir.join(&s.data.0)))?;
+        next_id("shm", s.id)?;
+        same_id("segment", s.id, ipc::shm_create(s.key, s.size as usize, s.perm, &data)?)?;
+    }
+    for s in &ipc.sem {
+        next_id("sem", s.id)?;
+        same_id("semaphore set", s.id, ipc::sem_create(s.key, &s.values, s.perm)?)?;
+    }
+    for q in &ipc.msg {
+        next_id("msg", q.id)?;
+        same_id("message queue", q.id, ipc::msg_create(q.key, &q.msgs, q.qbytes, q.perm)?)?;
+    }
+    // (The kernel forgets each *_next_id once it has used it.)
+    for q in &ipc.mqueue {
+        let pq = ipc::PosixQueue { maxmsg: q.maxmsg, msgsize: q.msgsize, msgs: q.msgs.clone() };
+        ipc::mq_create(&q.name, &pq, q.perm)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! SysV IPC and POSIX message queues, as a pod's IPC namespace holds them:
+//! reading a shared memory segment, semaphore values and queued messages
+//! (MSG_COPY, without removing them), and creating them again with their
+//! ids, owners and contents.
+
+use crate::{Errno, SysError, SysResult};
+use std::ffi::CString;
+
+fn check(r: i64, what: impl Into<String>) -> SysResult<i64> {
+    if r < 0 {
+        return Err(SysError::last(what, 0));
+    }
+    Ok(r)
+}
+
+/// Owner and mode of an IPC object: (uid, gid, mode).
+pub type Perm = (u32, u32, u32);
+
+/// A shared memory segment's contents (attached read-only, copied, detached).
+pub fn shm_read(id: i32, size: usize) -> SysResult<Vec<u8>> {
+    // SAFETY: shmat maps the segment at an address of the kernel's choice.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
+    if p as isize == -1 {
+        return Err(SysError::last(format!("shmat({id})"), 0));
+    }
+    // SAFETY: the mapping is at least `size` bytes long (the segment size).
+    let data = unsafe { std::slice::from_raw_parts(p as *const u8, size) }.to_vec();
+    // SAFETY: `p` came from shmat.
+    unsafe { libc::shmdt(p) };
+    Ok(data)
+}
+
+/// Create segment (key, size) — the id is whatever the namespace's
+/// `shm_next_id` says — fill it and set its owner.
+pub fn shm_create(key: i32, size: usize, perm: Perm, data: &[u8]) -> SysResult<i32> {
+    // SAFETY: integer arguments.
+    let id =
+        check(unsafe { libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) } as i64, "shmget")? as i32;
+    // SAFETY: as in shm_read, writable this time.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    if p as isize == -1 {
+        return Err(SysError::last(format!("shmat({id})"), 0));
+    }
+    let n = data.len().min(size);
+    // SAFETY: the segment is `size` bytes long and `n <= size`.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p as *mut u8, n) };
+    // SAFETY: `p` came from shmat.
+    unsafe { libc::shmdt(p) };
+    // SAFETY: shmid_ds is plain data filled by IPC_STAT.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    check(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } as i64, "shmctl(IPC_STAT)")?;
+    ds.shm_perm.uid = perm.0;
+    ds.shm_perm.gid = perm.1;
+    ds.shm_perm.mode = perm.2 as _;
+    // SAFETY: valid in pointer.
+    check(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) } as i64, "shmctl(IPC_SET)")?;
+    Ok(id)
+}
+
+#[repr(C)]
+union Semun {
+    val: i32,
+    array: *mut u16,
+    buf: *mut libc::semid_ds,
+}
+
+/// Values of every semaphore of set `id`.
+pub fn sem_values(id: i32, nsems: usize) -> SysResult<Vec<u16>> {
+    let mut v = vec![0u16; nsems];
+    let arg = Semun { array: v.as_mut_ptr() };
+    // SAFETY: GETALL writes nsems u16 values into `v`.
+    check(unsafe { libc::semctl(id, 0, libc::GETALL, arg) } as i64, format!("semctl({id}, GETALL)"))?;
+    Ok(v)
+}
+
+/// Create semaphore set (key, values), set values and owner.
+pub fn sem_create(key: i32, values: &[u16], perm: Perm) -> SysResult<i32> {
+    // SAFETY: integer arguments.
+    let id = check(
+        unsafe { libc::semget(key, values.len() as i32, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) } as i64,
+        "semget",
+    )? as i32;
+    let mut v = values.to_vec();
+    let arg = Semun { array: v.as_mut_ptr() };
+    // SAFETY: SETALL reads nsems u16 values from `v`.
+    check(unsafe { libc::semctl(id, 0, libc::SETALL, arg) } as i64, "semctl(SETALL)")?;
+    // SAFETY: semid_ds is plain data.
+    let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+    let arg = Semun { buf: &mut ds };
+    // SAFETY: IPC_STAT fills `ds`.
+    check(unsafe { libc::semctl(id, 0, libc::IPC_STAT, arg) } as i64, "semctl(IPC_STAT)")?;
+    ds.sem_perm.uid = perm.0;
+    ds.sem_perm.gid = perm.1;
+    ds.sem_perm.mode = perm.2 as _;
+    let arg = Semun { buf: &mut ds };
+    // SAFETY: IPC_SET reads `ds`.
+    check(unsafe { libc::semctl(id, 0, libc::IPC_SET, arg) } as i64, "semctl(IPC_SET)")?;
+    Ok(id)
+}
+
+/// MSG_COPY: copy a message by position, without removing it.
+const MSG_COPY: i32 = 0o40000;
+
+/// Every message of queue `id`, in order: (type, bytes).
+pub fn msg_copy_all(id: i32, count: usize, max_bytes: usize) -> SysResult<Vec<(i64, Vec<u8>)>> {
+    let mut out = Vec::with_capacity(count.min(1 << 16));
+    let mut buf = vec![0u8; 8 + max_bytes.max(1)];
+    for i in 0..count {
+        // SAFETY: `buf` holds a long (mtype) followed by max_bytes of text.
+        let r = unsafe {
+            libc::msgrcv(
+                id,
+                buf.as_mut_ptr().cast(),
+                max_bytes,
+                i as i64,
+                MSG_COPY | libc::IPC_NOWAIT | libc::MSG_NOERROR,
+            )
+        };
+        let n = check(r as i64, format!("msgrcv({id}, MSG_COPY {i})"))? as usize;
+        let mtype = i64::from_ne_bytes(buf[..8].try_into().unwrap_or_default());
+        out.push((mtype, buf[8..8 + n].to_vec()));
+    }
+    Ok(out)
+}
+
+/// The byte limit of message queue `id`.
+pub fn msg_qbytes(id: i32) -> SysResult<u64> {
+    // SAFETY: msqid_ds is plain data.
+    let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT fills `ds`.
+    check(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) } as i64, format!("msgctl({id}, IPC_STAT)"))?;
+    Ok(ds.msg_qbytes as u64)
+}
+
+/// Create message queue `key` with its messages, byte limit and owner.
+pub fn msg_create(key: i32, msgs: &[(i64, Vec<u8>)], qbytes: u64, perm: Perm) -> SysResult<i32> {
+    // SAFETY: integer arguments.
+    let id = check(unsafe { libc::msgget(key, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) } as i64, "msgget")? as i32;
+    // SAFETY: msqid_ds is plain data.
+    let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT fills `ds`.
+    check(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) } as i64, "msgctl(IPC_STAT)")?;
+    ds.msg_perm.uid = perm.0;
+    ds.msg_perm.gid = perm.1;
+    ds.msg_perm.mode = perm.2 as _;
+    ds.msg_qbytes = qbytes as _;
+    // SAFETY: IPC_SET reads `ds`.
+    check(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) } as i64, "msgctl(IPC_SET)")?;
+    for (t, text) in msgs {
+        let mut b = t.to_ne_bytes().to_vec();
+        b.extend_from_slice(text);
+        // SAFETY: `b` is a long type followed by text.len() bytes.
+        let r = unsafe { libc::msgsnd(id, b.as_ptr().cast(), text.len(), libc::IPC_NOWAIT) };
+        check(r as i64, "msgsnd")?;
+    }
+    Ok(id)
+}
+
+/// A POSIX message queue: attributes and messages (priority, bytes).
+pub struct PosixQueue {
+    pub maxmsg: i64,
+    pub msgsize: i64,
+    pub msgs: Vec<(u32, Vec<u8>)>,
+}
+
+fn mq_name(name: &str) -> SysResult<CString> {
+    CString::new(format!("/{name}")).map_err(|_| SysError::new("mq_open (NUL in name)", 0, Errno(libc::EINVAL)))
+}
+
+/// Read queue `name`'s messages by receiving them all, then send them back
+/// in the same order: afterwards the queue holds what it held.
+pub fn mq_read(name: &str) -> SysResult<PosixQueue> {
+    let n = mq_name(name)?;
+    // SAFETY: `n` is a valid name.
+    let q = unsafe { libc::mq_open(n.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if q < 0 {
+        return Err(SysError::last(format!("mq_open({name})"), 0));
+    }
+    // SAFETY: mq_attr is plain data.
+    let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    unsafe { libc::mq_getattr(q, &mut attr) };
+    let mut msgs = Vec::new();
+    let mut buf = vec![0u8; attr.mq_msgsize.max(1) as usize];
+    loop {
+        let mut prio = 0u32;
+        // SAFETY: `buf` holds mq_msgsize bytes.
+        let r = unsafe { libc::mq_receive(q, buf.as_mut_ptr().cast(), buf.len(), &mut prio) };
+        if r < 0 {
+            break;
+        }
+        msgs.push((prio, buf[..r as usize].to_vec()));
+    }
+    let mut res = Ok(());
+    for (p, m) in &msgs {
+        // SAFETY: pointer and length of a live slice.
+        if unsafe { libc::mq_send(q, m.as_ptr().cast(), m.len(), *p) } < 0 {
+            res = Err(SysError::last(format!("mq_send({name}) putting a message back"), 0));
+        }
+    }
+    // SAFETY: closing the descriptor we opened.
+    unsafe { libc::mq_close(q) };
+    res?;
+    Ok(PosixQueue { maxmsg: attr.mq_maxmsg, msgsize: attr.mq_msgsize, msgs })
+}
+
+/// Create queue `name` with its attributes, owner, mode and messages.
+pub fn mq_create(name: &str, q: &PosixQueue, perm: Perm) -> SysResult<()> {
+    let n = mq_name(name)?;
+    // SAFETY: mq_attr is plain data.
+    let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
+    attr.mq_maxmsg = q.maxmsg;
+    attr.mq_msgsize = q.msgsize;
+    // SAFETY: valid name and attributes.
+    let fd = unsafe {
+        libc::mq_open(n.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, perm.2 & 0o777, &attr)
+    };
+    if fd < 0 {
+        return Err(SysError::last(format!("mq_open({name}, O_CREAT)"), 0));
+    }
+    let mut res = Ok(());
+    for (p, m) in &q.msgs {
+        // SAFETY: pointer and length of a live slice.
+        if unsafe { libc::mq_send(fd, m.as_ptr().cast(), m.len(), *p) } < 0 {
+            res = Err(SysError::last(format!("mq_send({name})"), 0));
+            break;
+        }
+    }
+    // SAFETY: a valid fd; owner ids and mode (not the creation umask's).
+    if res.is_ok() && unsafe { libc::fchown(fd, perm.0, perm.1) | libc::fchmod(fd, perm.2 & 0o777) } < 0 {
+        res = Err(SysError::last(format!("fchown/fchmod(mqueue {name})"), 0));
+    }
+    // SAFETY: closing the descriptor we opened.
+    unsafe { libc::mq_close(fd) };
+    res
+}
