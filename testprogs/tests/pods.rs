@@ -301,3 +301,53 @@ fn pod_ipc_namespace_survives_checkpoint() {
     env.ok(&["stop", "ipc"]);
     assert_eq!(env.leftovers("ipc"), Vec::<String>::new());
 }
+
+/// `--userns`: root in the pod is uid 100000 on the host, with no power
+/// over host files; the pod still gets its rootfs, /proc and address.
+#[test]
+fn pod_userns_root_is_unprivileged_on_the_host() {
+    let env = PodEnv::new("pod-userns");
+    let rootfs = env.rootfs();
+    let secret = env.dir.join("secret");
+    std::fs::write(&secret, b"host only").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "un",
+        "--userns",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--ip",
+        "10.77.6.2/24",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    let ps = env.ps();
+    let init = ps[0]["init_pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(2), Some("100000"), "{uid}");
+    assert_eq!(env.exec("un", "id -u").trim(), "0");
+    assert_eq!(
+        env.exec("un", "cat /proc/self/uid_map").split_whitespace().collect::<Vec<_>>(),
+        ["0", "100000", "65536"]
+    );
+    assert!(env.exec("un", "ip -o -4 addr show eth0").contains("10.77.6.2/24"));
+    assert!(env.exec("un", "ps -o pid,args").lines().any(|l| l.trim_start().starts_with("1 ")));
+    // Without a rootfs the host tree is in view, but a host root's file
+    // (mode 600) stays out of reach of the pod's root.
+    env.ok(&["run", "-d", "--name", "un2", "--userns", "--", "sleep", "1000"]);
+    let o = env.cryopod(&["exec", "un2", "--", "cat", secret.to_str().unwrap()]);
+    assert_ne!(o.0, 0, "the pod's root read a host root's file: {}", o.1);
+    assert!(o.2.contains("Permission denied"), "{}", o.2);
+    env.ok(&["stop", "un2"]);
+    // Checkpointing such a pod is refused in one sentence, and it goes on.
+    let e = env.fails(&["checkpoint", "un", "-o", env.dir.join("img").to_str().unwrap()]);
+    assert!(e.contains("user namespace"), "{e}");
+    assert!(env.ps().iter().any(|p| p["name"] == "un" && p["state"] == "running"));
+    env.ok(&["stop", "un"]);
+    assert_eq!(env.leftovers("un"), Vec::<String>::new());
+}

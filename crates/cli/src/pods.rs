@@ -57,9 +57,6 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
 }
 
 pub fn run(state: &StateDir, a: RunArgs) -> Result<i32> {
-    if a.userns {
-        anyhow::bail!("--userns is not supported yet: pods run with the host's root user for now");
-    }
     let name = a.name.unwrap_or_else(|| format!("pod-{}", std::process::id()));
     let spec = PodSpec {
         hostname: a.hostname.unwrap_or_else(|| name.clone()),
@@ -75,6 +72,8 @@ pub fn run(state: &StateDir, a: RunArgs) -> Result<i32> {
         anyhow::ensure!(c > 0.0 && c.is_finite(), "--cpus must be a positive number of CPUs");
     }
     let o = RunOptions { name: name.clone(), spec, cmd: a.cmd, detached: a.detach };
+    // A --userns pod's PID 1 is forked by a go-between: it comes back to us.
+    cryopod_sys::util::become_subreaper()?;
     let rec = cryopod_pod::create::run(state, &o, INIT_PROGRAM).with_context(|| format!("cannot start pod {name}"))?;
     if a.detach {
         println!("{name}");

@@ -13,6 +13,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Host uids and gids that a `--userns` pod's 0..65535 map to.
+pub const USERNS_BASE: u32 = 100_000;
+pub const USERNS_SIZE: u32 = 65_536;
+
 /// Namespaces a pod's processes share with the holder (PID is separate).
 pub const POD_NS: i32 =
     libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP;
@@ -37,6 +41,8 @@ pub struct Holder {
     pub veth: Option<String>,
     /// proc mounts of the pod's own, made by its PID 1 (in its PID namespace).
     proc_mounts: Vec<cryopod_image::pod::PodMount>,
+    /// The rootfs PID 1 pivots into itself (`--userns` pods).
+    pivot_later: Option<PathBuf>,
 }
 
 fn read_line(fd: &OwnedFd) -> Option<String> {
@@ -84,8 +90,20 @@ impl Holder {
         drop((status_w, cmd_r));
         let pidfd = pidfd::pidfd_open(pid);
         let proc_mounts = extra.mounts.iter().filter(|m| is_proc(m)).cloned().collect();
-        let mut h = Holder { pid, pidfd: pidfd?, cmd_w: Some(cmd_w), cgroup, veth: None, proc_mounts };
+        let pivot_later = spec.rootfs.clone().filter(|_| spec.userns);
+        let mut h = Holder { pid, pidfd: pidfd?, cmd_w: Some(cmd_w), cgroup, veth: None, proc_mounts, pivot_later };
         let res = (|| {
+            if spec.userns {
+                // The holder made its user namespace: map the pod's ids.
+                expect_ready(&status_r, "creating the pod's user namespace")?;
+                for (file, what) in [("uid_map", "uid"), ("gid_map", "gid")] {
+                    let p = format!("/proc/{pid}/{file}");
+                    std::fs::write(&p, format!("0 {USERNS_BASE} {USERNS_SIZE}\n"))
+                        .map_err(|e| PodError::Invalid(format!("mapping the pod's {what}s ({p}): {e}")))?;
+                }
+                let w = h.cmd_w.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+                util::write_fd(w, b"M\n")?;
+            }
             expect_ready(&status_r, "creating the pod's namespaces")?;
             if let Some(ip) = &spec.ip {
                 h.veth = Some(net::host_setup(name, ip, pid)?);
@@ -105,9 +123,26 @@ impl Holder {
     /// In the pod's freshly forked PID 1: join the cgroup and the holder's
     /// namespaces, then mount the pod's own /proc.
     pub fn enter(&self) -> Result<()> {
+        self.join(0)?;
+        self.settle()
+    }
+
+    /// Join the cgroup and the holder's namespaces (and `extra` ones).
+    fn join(&self, extra: i32) -> Result<()> {
         self.cgroup.join(0)?;
-        ns::enter(self.pidfd.as_fd(), self.pid, POD_NS)?;
-        fs::mount_proc()?;
+        ns::enter(self.pidfd.as_fd(), self.pid, POD_NS | extra)?;
+        Ok(())
+    }
+
+    /// As the pod's PID 1: its own /proc (and proc mounts), cwd /.
+    fn settle(&self) -> Result<()> {
+        match &self.pivot_later {
+            Some(root) => {
+                fs::mount_proc(&root.display().to_string())?;
+                fs::pivot_into(root)?;
+            }
+            None => fs::mount_proc("")?,
+        }
         for m in &self.proc_mounts {
             crate::mounts::apply(m)?;
         }
@@ -144,6 +179,16 @@ fn is_proc(m: &cryopod_image::pod::PodMount) -> bool {
 
 fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &OwnedFd, status: &OwnedFd) -> Result<()> {
     cg.join(0)?;
+    if spec.userns {
+        // Everything else is then owned by the pod's user namespace; the
+        // parent maps its ids before we go on.
+        ns::unshare(libc::CLONE_NEWUSER)?;
+        util::write_fd(status.as_raw_fd(), b"R\n")?;
+        if read_line(cmd).as_deref() != Some("M") {
+            return Err(PodError::Invalid("the pod's ids were not mapped".into()));
+        }
+        ns::become_root()?;
+    }
     ns::unshare(POD_NS)?;
     // While the host's /proc (and the image) are still in view.
     if let Some((ipc, dir)) = &extra.ipc {
@@ -155,7 +200,7 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
     if !spec.domainname.is_empty() {
         ns::set_domainname(&spec.domainname)?;
     }
-    fs::setup(spec.rootfs.as_deref())?;
+    fs::setup(spec.rootfs.as_deref(), !spec.userns)?;
     let standard = crate::mounts::standard(spec.rootfs.is_some());
     for m in extra.mounts.iter().filter(|m| !is_proc(m) && !standard.contains(&m.target.as_str())) {
         crate::mounts::apply(m)?;
@@ -236,25 +281,32 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
     };
     let mut holder = Holder::create(&o.name, &o.spec, &Extra::default())?;
     let (err_r, err_w) = util::pipe()?;
-    let forked = fork_with(libc::CLONE_NEWPID as u64, 0);
+    let exec_init = || -> Result<()> {
+        if let Some(l) = &log {
+            util::dup_to(l.as_raw_fd(), 1, false)?;
+            util::dup_to(l.as_raw_fd(), 2, false)?;
+            let null = std::fs::File::open("/dev/null").map_err(PodError::io("/dev/null"))?;
+            util::dup_to(null.as_raw_fd(), 0, false)?;
+        }
+        let mut argv = vec!["cryopod-init".to_string()];
+        argv.extend(o.cmd.iter().cloned());
+        Err(ns::exec_fd(memfd.as_fd(), &argv).into())
+    };
+    // In PID 1: only returns on failure, which it reports.
+    let first = |enter: &dyn Fn() -> Result<()>| {
+        if let Err(e) = enter().and_then(|_| exec_init()) {
+            let _ = util::write_fd(err_w.as_raw_fd(), e.to_string().as_bytes());
+        }
+        util::exit_now(127)
+    };
+    let forked = if o.spec.userns {
+        fork_in_userns(&holder, &|| first(&|| holder.settle()))
+    } else {
+        fork_with(libc::CLONE_NEWPID as u64, 0).map_err(PodError::from)
+    };
     match forked {
         Ok(Forked::Child) => {
-            drop(err_r);
-            let e = (|| -> Result<()> {
-                holder.enter()?;
-                if let Some(l) = &log {
-                    util::dup_to(l.as_raw_fd(), 1, false)?;
-                    util::dup_to(l.as_raw_fd(), 2, false)?;
-                    let null = std::fs::File::open("/dev/null").map_err(PodError::io("/dev/null"))?;
-                    util::dup_to(null.as_raw_fd(), 0, false)?;
-                }
-                let mut argv = vec!["cryopod-init".to_string()];
-                argv.extend(o.cmd.iter().cloned());
-                Err(ns::exec_fd(memfd.as_fd(), &argv).into())
-            })();
-            if let Err(e) = e {
-                let _ = util::write_fd(err_w.as_raw_fd(), e.to_string().as_bytes());
-            }
+            first(&|| holder.enter());
             util::exit_now(127)
         }
         Ok(Forked::Parent(init)) => {
@@ -287,7 +339,45 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
         }
         Err(e) => {
             holder.undo();
-            Err(e.into())
+            Err(e)
+        }
+    }
+}
+
+/// The PID namespace of a `--userns` pod must belong to its user
+/// namespace (or its /proc cannot be mounted): a go-between joins the
+/// holder's namespaces, unshares the PID namespace and forks PID 1, which
+/// runs `first`; the go-between reports PID 1's host PID and exits (PID 1
+/// is then re-parented to us: callers are subreapers). Returns like a fork,
+/// but only the parent side comes back.
+fn fork_in_userns(holder: &Holder, first: &dyn Fn()) -> Result<Forked> {
+    let (pid_r, pid_w) = util::pipe()?;
+    match fork_with_pid(0)? {
+        Forked::Child => {
+            drop(pid_r);
+            let r = holder
+                .join(libc::CLONE_NEWUSER)
+                .and_then(|_| Ok(ns::become_root()?))
+                .and_then(|_| Ok(ns::unshare(libc::CLONE_NEWPID)?));
+            if r.is_ok() {
+                match fork_with_pid(0) {
+                    Ok(Forked::Child) => first(),
+                    // Our PID namespace is still the host's: a host PID.
+                    Ok(Forked::Parent(init)) => {
+                        let _ = util::write_fd(pid_w.as_raw_fd(), &init.to_ne_bytes());
+                    }
+                    Err(_) => {}
+                }
+            }
+            util::exit_now(0)
+        }
+        Forked::Parent(x) => {
+            drop(pid_w);
+            let _ = util::waitpid(x, 0);
+            let mut b = [0u8; 4];
+            util::read_fd_exact(pid_r.as_raw_fd(), &mut b)
+                .map_err(|_| PodError::Invalid("starting the pod in its user namespace failed".into()))?;
+            Ok(Forked::Parent(i32::from_ne_bytes(b)))
         }
     }
 }

@@ -35,8 +35,10 @@ pub fn check_rootfs(root: &Path) -> Result<()> {
     path_str(root).map(|_| ())
 }
 
-/// In the holder, right after unsharing the mount namespace.
-pub fn setup(rootfs: Option<&Path>) -> Result<()> {
+/// In the holder, right after unsharing the mount namespace. With `pivot`
+/// false the root change is left to the pod's PID 1 (a pod in its own user
+/// namespace may mount its /proc only while the host's is still in view).
+pub fn setup(rootfs: Option<&Path>, pivot: bool) -> Result<()> {
     // Nothing we mount propagates back to the host.
     ns::mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
     let Some(root) = rootfs else { return Ok(()) };
@@ -51,6 +53,15 @@ pub fn setup(rootfs: Option<&Path>) -> Result<()> {
     if root.join("sys").is_dir() {
         ns::mount("sysfs", &format!("{r}/sys"), "sysfs", libc::MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "")?;
     }
+    if pivot {
+        pivot_into(root)?;
+    }
+    Ok(())
+}
+
+/// Make `root` the root of the calling process's mount namespace.
+pub fn pivot_into(root: &Path) -> Result<()> {
+    let r = path_str(root)?;
     ns::chdir(r)?;
     ns::pivot_root(".", ".")?;
     ns::umount(".", libc::MNT_DETACH)?;
@@ -83,8 +94,9 @@ fn setup_dev(dev: &str) -> Result<()> {
     Ok(())
 }
 
-/// In the pod's PID 1, once it is in the pod's namespaces.
-pub fn mount_proc() -> Result<()> {
-    ns::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "")?;
+/// In the pod's PID 1, once it is in the pod's namespaces: its /proc
+/// (under `root`, the rootfs not pivoted into yet, or "").
+pub fn mount_proc(root: &str) -> Result<()> {
+    ns::mount("proc", &format!("{root}/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "")?;
     Ok(())
 }

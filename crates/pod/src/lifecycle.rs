@@ -70,7 +70,11 @@ pub fn exec(state: &StateDir, name: &str, cmd: &[String]) -> Result<i32> {
         Forked::Child => {
             let r = (|| -> Result<i32> {
                 Cgroup::of(name).join(0)?;
-                ns::enter(pfd.as_fd(), rec.init_pid, POD_NS | libc::CLONE_NEWPID)?;
+                let user = if rec.spec.userns { libc::CLONE_NEWUSER } else { 0 };
+                ns::enter(pfd.as_fd(), rec.init_pid, POD_NS | libc::CLONE_NEWPID | user)?;
+                if rec.spec.userns {
+                    ns::become_root()?;
+                }
                 let st = std::process::Command::new(&cmd[0])
                     .args(&cmd[1..])
                     .status()

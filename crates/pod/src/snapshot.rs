@@ -91,6 +91,12 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
     if !rec.alive() {
         return Err(PodError::Invalid(format!("pod {} is not running: there is nothing to checkpoint", o.name)));
     }
+    if rec.spec.userns {
+        return Err(PodError::Invalid(format!(
+            "pod {} runs in its own user namespace (--userns): its checkpoint is not supported yet",
+            o.name
+        )));
+    }
     let cg = Cgroup::of(&o.name);
     if cg.freezer_state()? != "THAWED" {
         return Err(PodError::Invalid(format!("pod {} is frozen already (is another checkpoint running?)", o.name)));

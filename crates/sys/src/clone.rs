@@ -38,7 +38,7 @@ pub fn fork_with_pid(pid: Pid) -> SysResult<Forked> {
 /// innermost PID namespace (0 = any). Same single-thread rule as
 /// [`fork_with_pid`].
 pub fn fork_with(flags: u64, pid: Pid) -> SysResult<Forked> {
-    if crate::util::own_thread_count() != 1 {
+    if crate::util::own_thread_count().is_some_and(|n| n != 1) {
         return Err(SysError::new("fork (caller has several threads)", pid, Errno(libc::EDEADLK)));
     }
     let tids = [pid];

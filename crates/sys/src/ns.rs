@@ -175,3 +175,21 @@ pub fn spawn_clean(argv: &[String]) -> SysResult<Pid> {
         }
     }
 }
+
+/// Become uid and gid 0 of the user namespace just entered (whose maps
+/// are written), with no supplementary groups.
+pub fn become_root() -> SysResult<()> {
+    // SAFETY: integer arguments; an empty group list.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) < 0 && Errno::last().0 != libc::EPERM {
+            return Err(SysError::last("setgroups([])", 0));
+        }
+        if libc::setresgid(0, 0, 0) < 0 {
+            return Err(SysError::last("setresgid(0)", 0));
+        }
+        if libc::setresuid(0, 0, 0) < 0 {
+            return Err(SysError::last("setresuid(0)", 0));
+        }
+    }
+    Ok(())
+}

@@ -29,9 +29,10 @@ pub fn waitpid(pid: Pid, flags: i32) -> SysResult<(Pid, i32)> {
     }
 }
 
-/// Number of threads of the calling process.
-pub fn own_thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+/// Number of threads of the calling process, if /proc tells (a process
+/// that just entered a pod's mount namespace may have no /proc yet).
+pub fn own_thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").map(|d| d.count()).ok()
 }
 
 /// Set the calling thread's signal mask from a bit set (bit n-1 = signal n).
@@ -518,4 +519,14 @@ pub fn highest_open_fd() -> i32 {
     std::fs::read_dir("/proc/self/fd")
         .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).max().unwrap_or(2))
         .unwrap_or(2)
+}
+
+/// Become a subreaper: orphaned descendants are re-parented to us (and we
+/// can wait for them).
+pub fn become_subreaper() -> SysResult<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(SysError::last("prctl(PR_SET_CHILD_SUBREAPER)", 0));
+    }
+    Ok(())
 }
