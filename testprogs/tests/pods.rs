@@ -110,7 +110,8 @@ fn pod_is_isolated_limited_reachable_and_stop_leaves_nothing() {
 fn pod_checkpoint_restores_twice_side_by_side() {
     let env = PodEnv::new("pod-ckpt");
     let rootfs = env.rootfs();
-    let script = "echo hello > /tmp/greeting; mount -t tmpfs -o size=1m,mode=750 none /data; echo inmnt > /data/f; \
+    let script = "ip addr add 10.99.0.1/24 dev lo; ip route add 10.98.0.0/16 via 10.77.8.1; \
+                  echo hello > /tmp/greeting; mount -t tmpfs -o size=1m,mode=750 none /data; echo inmnt > /data/f; \
                   (while true; do sleep 1; done) & \
                   i=0; while true; do i=$((i+1)); echo \"n=$i $(cat /tmp/greeting) $(cat /data/f) $(hostname)\"; \
                   sleep 0.1; done";
@@ -158,6 +159,10 @@ fn pod_checkpoint_restores_twice_side_by_side() {
         let mounts = env.exec(pod, "cat /proc/mounts");
         assert!(mounts.contains("none /data tmpfs rw,relatime,size=1024k,mode=750"), "{pod}: {mounts}");
         assert!(env.exec(pod, "ip -o -4 addr show eth0").contains(ip), "{pod}: address");
+        // What the pod added to its network itself.
+        assert!(env.exec(pod, "ip -o -4 addr show lo").contains("10.99.0.1/24"), "{pod}: extra address");
+        let routes = env.exec(pod, "ip route");
+        assert!(routes.contains("10.98.0.0/16 via 10.77.8.1"), "{pod}: extra route missing:\n{routes}");
         assert_eq!(cgroup_value("memory", pod, "memory.limit_in_bytes"), (96u64 << 20).to_string());
         assert_eq!(cgroup_value("pids", pod, "pids.max"), "40");
     }

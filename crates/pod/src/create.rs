@@ -29,6 +29,8 @@ pub struct Extra {
     pub archive: Option<std::fs::File>,
     /// IPC objects, with the image directory holding segment contents.
     pub ipc: Option<(cryopod_image::pod::PodIpc, std::path::PathBuf)>,
+    /// Network configuration the pod had, and the address it had.
+    pub net: Option<(net::NetConfig, Option<std::net::Ipv4Addr>)>,
 }
 
 /// A process holding a pod's new namespaces until its PID 1 has joined them.
@@ -210,11 +212,19 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
         crate::mounts::unpack(a, &extra.mounts)?;
     }
     net::pod_setup(name, None)?;
+    let extra_net = || match &extra.net {
+        Some((cfg, old)) => net::apply_extra(cfg, *old),
+        None => Ok(()),
+    };
+    if spec.ip.is_none() {
+        extra_net()?;
+    }
     util::write_fd(status.as_raw_fd(), b"R\n")?;
     // Commands until the parent lets go (end of file).
     while let Some(c) = read_line(cmd) {
         if c == "N" {
             net::pod_setup(name, spec.ip.as_ref())?;
+            extra_net()?;
             util::write_fd(status.as_raw_fd(), b"R\n")?;
         }
     }

@@ -185,6 +185,50 @@ pub fn pod_setup(pod: &str, ip: Option<&IpConfig>) -> Result<()> {
     })
 }
 
+/// Pod side, on restore: the addresses and routes the pod had added
+/// itself (beyond loopback's, its own address and what the kernel derives
+/// from addresses). `old` is the address it had. What cannot be added again
+/// (a gateway outside a new address's network) is reported, not fatal.
+pub fn apply_extra(cfg: &NetConfig, old: Option<Ipv4Addr>) -> Result<()> {
+    let in_net = |a: Ipv4Addr, p: u8, d: Ipv4Addr| {
+        let m = if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
+        u32::from(a) & m == u32::from(d) & m
+    };
+    with_handle(async |h| {
+        for l in cfg.links.iter().filter(|l| l.name == "lo" || l.name == "eth0") {
+            let Some(i) = index_of(&h, &l.name).await? else { continue };
+            for &(a, p) in &l.addrs {
+                if (l.name == "lo" && a == Ipv4Addr::LOCALHOST) || (l.name == "eth0" && Some(a) == old) {
+                    continue;
+                }
+                if let Err(e) = h.address().add(i, IpAddr::V4(a), p).execute().await {
+                    tracing::warn!("the pod's address {a}/{p} on {} was not added again: {e}", l.name);
+                }
+            }
+        }
+        for r in &cfg.routes {
+            let derived = r.gateway.is_none()
+                && cfg
+                    .links
+                    .iter()
+                    .any(|l| l.name == r.dev && l.addrs.iter().any(|&(a, p)| p == r.prefix && in_net(a, p, r.dst)));
+            let default = r.prefix == 0 && r.dev == "eth0";
+            if derived || default || r.dev == "lo" {
+                continue;
+            }
+            let Some(i) = index_of(&h, &r.dev).await? else { continue };
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(r.dst, r.prefix).output_interface(i);
+            if let Some(g) = r.gateway {
+                b = b.gateway(g);
+            }
+            if let Err(e) = h.route().add(b.build()).execute().await {
+                tracing::warn!("the pod's route to {}/{} was not added again: {e}", r.dst, r.prefix);
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Remove a pod's veth (host end; the peer goes with it), and the bridge
 /// once no veth is attached to it any more.
 pub fn remove_veth(host: &str) -> Result<()> {

@@ -309,7 +309,35 @@ fn restore_reserved(
     }
     let inherit: Vec<(String, i32)> = log.iter().map(|f| ("log".to_string(), f.as_raw_fd())).collect();
     crate::ipc::check_files(&pod.ipc, &o.dir)?;
-    let extra = Extra { mounts: pod.mounts.clone(), archive, ipc: Some((pod.ipc.clone(), o.dir.clone())) };
+    let net_cfg = net::NetConfig {
+        links: pod
+            .links
+            .iter()
+            .map(|l| net::Link {
+                name: l.name.clone(),
+                up: l.up,
+                mtu: l.mtu,
+                addrs: l.addrs.iter().map(|&(a, p)| (std::net::Ipv4Addr::from(a), p)).collect(),
+            })
+            .collect(),
+        routes: pod
+            .routes
+            .iter()
+            .map(|r| net::Route {
+                dst: std::net::Ipv4Addr::from(r.dst),
+                prefix: r.prefix,
+                gateway: r.gateway.map(std::net::Ipv4Addr::from),
+                dev: r.dev.clone(),
+            })
+            .collect(),
+    };
+    let old_ip = pod.ip.map(|(a, _)| std::net::Ipv4Addr::from(a));
+    let extra = Extra {
+        mounts: pod.mounts.clone(),
+        archive,
+        ipc: Some((pod.ipc.clone(), o.dir.clone())),
+        net: Some((net_cfg, old_ip)),
+    };
     let mut holder = Holder::create(name, &spec, &extra)?;
     let enter = || holder.enter().map_err(|e| e.to_string());
     let opts = RestoreOptions {
