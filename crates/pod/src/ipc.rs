@@ -8,10 +8,7 @@
 
 use crate::{PodError, Result};
 use cryopod_image::pod::{MsgQueue, PodIpc, PosixMqueue, SemSet, ShmSegment};
-use cryopod_sys::clone::{fork_with_pid, Forked};
-use cryopod_sys::{ipc, ns, pidfd, util};
-use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd};
+use cryopod_sys::{ipc, ns};
 use std::path::Path;
 
 /// Rows of /proc/sysvipc/<what> (of the caller's IPC namespace).
@@ -96,28 +93,7 @@ fn read_all(dir: &Path) -> Result<PodIpc> {
 /// Read the IPC namespace of the pod whose first process is `init`
 /// (frozen), writing shared memory contents into the image directory.
 pub fn collect(init: i32, dir: &Path) -> Result<PodIpc> {
-    let pfd = pidfd::pidfd_open(init)?;
-    let (r, w) = util::pipe()?;
-    match fork_with_pid(0)? {
-        Forked::Child => {
-            drop(r);
-            let res = ns::enter(pfd.as_fd(), init, libc::CLONE_NEWIPC)
-                .map_err(PodError::from)
-                .and_then(|_| read_all(dir))
-                .map_err(|e| e.to_string());
-            let _ = util::write_fd(w.as_raw_fd(), &serde_json::to_vec(&res).unwrap_or_default());
-            util::exit_now(0)
-        }
-        Forked::Parent(child) => {
-            drop(w);
-            let mut buf = Vec::new();
-            let _ = std::fs::File::from(r).read_to_end(&mut buf);
-            let _ = util::waitpid(child, 0);
-            let res: std::result::Result<PodIpc, String> = serde_json::from_slice(&buf)
-                .map_err(|_| PodError::Invalid("reading the pod's IPC namespace failed".into()))?;
-            res.map_err(|e| PodError::Invalid(format!("the pod's IPC namespace: {e}")))
-        }
-    }
+    crate::join::read_inside(init, libc::CLONE_NEWIPC, "the pod's IPC namespace", || read_all(dir))
 }
 
 /// Check the image's shared memory files before anything is created.

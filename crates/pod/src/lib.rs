@@ -15,6 +15,7 @@ pub mod cgroup;
 pub mod create;
 pub mod fs;
 pub mod ipc;
+pub mod join;
 pub mod lifecycle;
 pub mod mounts;
 pub mod net;

@@ -15,11 +15,9 @@ use cryopod_engine::restore::PodRestore;
 use cryopod_engine::{CheckpointOptions, CheckpointSummary, EngineError, Progress, RestoreOptions, RestoreOutcome};
 use cryopod_image::pod::{PodLink, PodRoute};
 use cryopod_image::PodImage;
-use cryopod_sys::clone::{fork_with_pid, Forked};
-use cryopod_sys::{ns, pidfd, util};
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -50,31 +48,10 @@ fn read_inside() -> Result<Inside> {
     })
 }
 
-/// Run `read_inside` in a child that joined the namespaces of `init`.
+/// The host name, domain name and network of the pod of `init`.
 fn inside(init: i32) -> Result<Inside> {
-    let pfd = pidfd::pidfd_open(init)?;
-    let (r, w) = util::pipe()?;
-    match fork_with_pid(0)? {
-        Forked::Child => {
-            drop(r);
-            let res = ns::enter(pfd.as_fd(), init, libc::CLONE_NEWUTS | libc::CLONE_NEWNET)
-                .map_err(PodError::from)
-                .and_then(|_| read_inside())
-                .map_err(|e| e.to_string());
-            let bytes = serde_json::to_vec(&res).unwrap_or_default();
-            let _ = util::write_fd(w.as_raw_fd(), &bytes);
-            util::exit_now(0)
-        }
-        Forked::Parent(child) => {
-            drop(w);
-            let mut buf = Vec::new();
-            let _ = std::fs::File::from(r).read_to_end(&mut buf);
-            let _ = util::waitpid(child, 0);
-            let res: std::result::Result<Inside, String> = serde_json::from_slice(&buf)
-                .map_err(|_| PodError::Invalid("reading the pod's host name and network failed".into()))?;
-            res.map_err(PodError::Invalid)
-        }
-    }
+    let flags = libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
+    crate::join::read_inside(init, flags, "the pod's host name and network", read_inside)
 }
 
 pub struct PodCheckpointOptions {

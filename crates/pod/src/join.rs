@@ -1,0 +1,43 @@
+//! Reading what only a process inside a pod's namespaces sees (its host
+//! name, network, IPC objects): a forked helper joins them, runs the
+//! reader, and sends the result back as JSON; we never join them ourselves.
+
+use crate::{PodError, Result};
+use cryopod_sys::clone::{fork_with_pid, Forked};
+use cryopod_sys::{ns, pidfd, util};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+
+/// Run `read` in a child that joined the `flags` namespaces of `init`;
+/// `what` names the result in errors.
+pub fn read_inside<T: Serialize + DeserializeOwned>(
+    init: i32,
+    flags: i32,
+    what: &str,
+    read: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let pfd = pidfd::pidfd_open(init)?;
+    let (r, w) = util::pipe()?;
+    match fork_with_pid(0)? {
+        Forked::Child => {
+            drop(r);
+            let res = ns::enter(pfd.as_fd(), init, flags)
+                .map_err(PodError::from)
+                .and_then(|_| read())
+                .map_err(|e| e.to_string());
+            let _ = util::write_fd(w.as_raw_fd(), &serde_json::to_vec(&res).unwrap_or_default());
+            util::exit_now(0)
+        }
+        Forked::Parent(child) => {
+            drop(w);
+            let mut buf = Vec::new();
+            let _ = std::fs::File::from(r).read_to_end(&mut buf);
+            let _ = util::waitpid(child, 0);
+            let res: std::result::Result<T, String> =
+                serde_json::from_slice(&buf).map_err(|_| PodError::Invalid(format!("reading {what} failed")))?;
+            res.map_err(|e| PodError::Invalid(format!("{what}: {e}")))
+        }
+    }
+}
