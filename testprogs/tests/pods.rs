@@ -111,6 +111,7 @@ fn pod_checkpoint_restores_twice_side_by_side() {
     let env = PodEnv::new("pod-ckpt");
     let rootfs = env.rootfs();
     let script = "ip addr add 10.99.0.1/24 dev lo; ip route add 10.98.0.0/16 via 10.77.8.1; \
+                  mkdir -p /etc/src /bound; echo bound > /etc/src/f; mount --bind /etc/src /bound; \
                   echo hello > /tmp/greeting; mount -t tmpfs -o size=1m,mode=750 none /data; echo inmnt > /data/f; \
                   (while true; do sleep 1; done) & \
                   i=0; while true; do i=$((i+1)); echo \"n=$i $(cat /tmp/greeting) $(cat /data/f) $(hostname)\"; \
@@ -158,6 +159,8 @@ fn pod_checkpoint_restores_twice_side_by_side() {
         assert_eq!(env.exec(pod, "hostname").trim(), "ckhost");
         let mounts = env.exec(pod, "cat /proc/mounts");
         assert!(mounts.contains("none /data tmpfs rw,relatime,size=1024k,mode=750"), "{pod}: {mounts}");
+        assert!(mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/bound")), "{pod}: bind mount lost");
+        assert_eq!(env.exec(pod, "cat /bound/f").trim(), "bound", "{pod}: bind mount source");
         assert!(env.exec(pod, "ip -o -4 addr show eth0").contains(ip), "{pod}: address");
         // What the pod added to its network itself.
         assert!(env.exec(pod, "ip -o -4 addr show lo").contains("10.99.0.1/24"), "{pod}: extra address");
@@ -299,6 +302,10 @@ fn pod_ipc_namespace_survives_checkpoint() {
     assert!(!host_shm.lines().any(|l| l.split_whitespace().next() == Some("4660")), "pod segment seen on the host");
     let image = env.dir.join("image");
     env.ok(&["checkpoint", "ipc", "-o", image.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "--json", image.to_str().unwrap()])).unwrap();
+    assert_eq!(v["pod"]["name"], "ipc");
+    assert_eq!(v["pod"]["posix_mqueues"][0], "tp-mq");
+    assert_eq!(v["pod"]["sysv_shm"].as_array().map(|a| a.len()), Some(1));
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
     std::fs::write(work.join("go"), b"go").unwrap();
     let log = env.wait_log("ipc", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));

@@ -67,8 +67,9 @@ pub fn text(m: &Manifest, dir: &Path) -> String {
     let (refd, stored) = m.memory_bytes();
     let _ = writeln!(
         s,
-        "image {} (format 1, cryopod {}, kernel {}), {} processes, memory {} bytes referenced, {} stored, image {} bytes",
+        "image {} (format {}, cryopod {}, kernel {}), {} processes, memory {} bytes referenced, {} stored, image {} bytes",
         dir.display(),
+        cryopod_image::manifest::FORMAT_VERSION,
         m.tool_version,
         m.kernel,
         m.processes.len(),
@@ -76,6 +77,9 @@ pub fn text(m: &Manifest, dir: &Path) -> String {
         stored,
         image_size(dir)
     );
+    if let Some(pod) = &m.pod {
+        let _ = writeln!(s, "\n{}", pod_text(pod));
+    }
     let _ = writeln!(s, "\ntree:");
     fn walk(m: &Manifest, p: &Process, depth: usize, s: &mut String) {
         let comm = p.threads.first().map(|t| t.comm.as_str()).unwrap_or("");
@@ -127,6 +131,44 @@ pub fn text(m: &Manifest, dir: &Path) -> String {
     s
 }
 
+fn ip(p: &cryopod_image::PodImage) -> Option<String> {
+    p.ip.map(|(a, n)| format!("{}/{n}", std::net::Ipv4Addr::from(a)))
+}
+
+fn pod_text(p: &cryopod_image::PodImage) -> String {
+    let mounts: Vec<&str> = p.mounts.iter().map(|m| m.target.as_str()).collect();
+    format!(
+        "pod {} (hostname {}, ip {}, memory {:?}, pids {:?}, cpus {:?}), rootfs {}, command {:?}\n  \
+         mounts saved: {mounts:?}; SysV: {} segments, {} semaphore sets, {} message queues; POSIX queues: {}",
+        p.name,
+        p.hostname,
+        ip(p).unwrap_or_else(|| "-".into()),
+        p.memory,
+        p.pids,
+        p.cpus,
+        p.rootfs.as_deref().unwrap_or("(host tree)"),
+        p.cmd,
+        p.ipc.shm.len(),
+        p.ipc.sem.len(),
+        p.ipc.msg.len(),
+        p.ipc.mqueue.len()
+    )
+}
+
+fn pod_json(p: &cryopod_image::PodImage) -> Value {
+    json!({
+        "name": p.name, "hostname": p.hostname, "domainname": p.domainname, "ip": ip(p),
+        "rootfs": p.rootfs, "memory": p.memory, "pids": p.pids, "cpus": p.cpus, "cmd": p.cmd,
+        "detached": p.detached,
+        "mounts": p.mounts.iter().map(|m| json!({"target": m.target, "kind": format!("{:?}", m.kind)})).collect::<Vec<_>>(),
+        "links": p.links.iter().map(|l| json!({"name": l.name, "up": l.up})).collect::<Vec<_>>(),
+        "sysv_shm": p.ipc.shm.iter().map(|s| s.id).collect::<Vec<_>>(),
+        "sysv_sem": p.ipc.sem.iter().map(|s| s.id).collect::<Vec<_>>(),
+        "sysv_msg": p.ipc.msg.iter().map(|q| q.id).collect::<Vec<_>>(),
+        "posix_mqueues": p.ipc.mqueue.iter().map(|q| q.name.clone()).collect::<Vec<_>>(),
+    })
+}
+
 pub fn json(m: &Manifest, dir: &Path) -> Value {
     let (refd, stored) = m.memory_bytes();
     let procs: Vec<Value> = m
@@ -147,7 +189,8 @@ pub fn json(m: &Manifest, dir: &Path) -> Value {
         })
         .collect();
     json!({
-        "format_version": 1,
+        "format_version": cryopod_image::manifest::FORMAT_VERSION,
+        "pod": m.pod.as_ref().map(pod_json),
         "tool_version": m.tool_version,
         "kernel": m.kernel,
         "root_pid": m.root_pid,

@@ -142,6 +142,12 @@ impl FileTable {
                 if !target.starts_with('/') {
                     return Err(unsupported("not reachable by path"));
                 }
+                const MQUEUE_MAGIC: i64 = 0x1980_0202;
+                if cryopod_sys::util::fs_magic(&format!("/proc/{pid}/fd/{fd}")).ok() == Some(MQUEUE_MAGIC) {
+                    return Err(unsupported(
+                        "an open POSIX message queue descriptor (the queue itself is saved with a pod)",
+                    ));
+                }
                 if let Some((_, _, key)) = self.external.iter().find(|e| (e.0, e.1) == (md.dev(), md.ino())) {
                     return Ok(FileKind::External { key: key.clone() });
                 }

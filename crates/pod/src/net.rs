@@ -234,7 +234,12 @@ pub fn apply_extra(cfg: &NetConfig, old: Option<Ipv4Addr>) -> Result<()> {
 pub fn remove_veth(host: &str) -> Result<()> {
     with_handle(async |h| {
         if let Some(i) = index_of(&h, host).await? {
-            h.link().del(i).execute().await.map_err(nerr("removing the veth"))?;
+            // It may go by itself meanwhile: the pod's network namespace
+            // takes its end (and so the pair) along when it goes.
+            match h.link().del(i).execute().await {
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+                r => r.map_err(nerr("removing the veth"))?,
+            }
         }
         let Some(br) = index_of(&h, BRIDGE).await? else { return Ok(()) };
         let mut ports = 0;
@@ -243,7 +248,10 @@ pub fn remove_veth(host: &str) -> Result<()> {
             ports += l.attributes.iter().filter(|a| matches!(a, LinkAttribute::Controller(c) if *c == br)).count();
         }
         if ports == 0 {
-            h.link().del(br).execute().await.map_err(nerr("removing the bridge"))?;
+            match h.link().del(br).execute().await {
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+                r => r.map_err(nerr("removing the bridge"))?,
+            }
         }
         Ok(())
     })

@@ -530,3 +530,15 @@ pub fn become_subreaper() -> SysResult<()> {
     }
     Ok(())
 }
+
+/// The file system type (statfs f_type) of what `path` leads to.
+pub fn fs_magic(path: &str) -> SysResult<i64> {
+    let c = std::ffi::CString::new(path).map_err(|_| SysError::new("statfs (NUL in path)", 0, Errno(libc::EINVAL)))?;
+    // SAFETY: statfs is plain data filled by the kernel; `c` is a valid path.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } < 0 {
+        return Err(SysError::last(format!("statfs({path})"), 0));
+    }
+    Ok(s.f_type as i64)
+}
