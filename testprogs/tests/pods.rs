@@ -110,7 +110,8 @@ fn pod_is_isolated_limited_reachable_and_stop_leaves_nothing() {
 fn pod_checkpoint_restores_twice_side_by_side() {
     let env = PodEnv::new("pod-ckpt");
     let rootfs = env.rootfs();
-    let script = "ip addr add 10.99.0.1/24 dev lo; ip route add 10.98.0.0/16 via 10.77.8.1; \
+    let script = "echo ckdomain > /proc/sys/kernel/domainname; \
+                  ip addr add 10.99.0.1/24 dev lo; ip route add 10.98.0.0/16 via 10.77.8.1; \
                   mkdir -p /etc/src /bound; echo bound > /etc/src/f; mount --bind /etc/src /bound; \
                   echo hello > /tmp/greeting; mount -t tmpfs -o size=1m,mode=750 none /data; echo inmnt > /data/f; \
                   (while true; do sleep 1; done) & \
@@ -157,6 +158,7 @@ fn pod_checkpoint_restores_twice_side_by_side() {
         // Same processes with the same in-pod PIDs.
         assert_eq!(pod_processes(&env, pod), before, "{pod}: processes differ");
         assert_eq!(env.exec(pod, "hostname").trim(), "ckhost");
+        assert_eq!(env.exec(pod, "cat /proc/sys/kernel/domainname").trim(), "ckdomain");
         let mounts = env.exec(pod, "cat /proc/mounts");
         assert!(mounts.contains("none /data tmpfs rw,relatime,size=1024k,mode=750"), "{pod}: {mounts}");
         assert!(mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/bound")), "{pod}: bind mount lost");
@@ -169,6 +171,11 @@ fn pod_checkpoint_restores_twice_side_by_side() {
         assert_eq!(cgroup_value("memory", pod, "memory.limit_in_bytes"), (96u64 << 20).to_string());
         assert_eq!(cgroup_value("pids", pod, "pids.max"), "40");
     }
+    // A checkpoint that leaves the pod running: it goes on counting.
+    let image2 = env.dir.join("image2");
+    env.ok(&["checkpoint", "ck2", "-o", image2.to_str().unwrap(), "--leave-running"]);
+    let now = *counts(&env.logs("ck2")).last().unwrap();
+    env.wait_log("ck2", "progress after --leave-running", |l| counts(l).first().is_some_and(|&n| n >= now + 3));
     // Restoring under a name in use is refused, changing nothing.
     let e = env.fails(&["restore", image_s, "--ip", "10.77.8.4/24", "--detach"]);
     assert!(e.contains("already exists"), "{e}");

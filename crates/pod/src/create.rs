@@ -45,6 +45,8 @@ pub struct Holder {
     proc_mounts: Vec<cryopod_image::pod::PodMount>,
     /// The rootfs PID 1 pivots into itself (`--userns` pods).
     pivot_later: Option<PathBuf>,
+    /// The pod has a root file system of its own.
+    in_rootfs: bool,
 }
 
 fn read_line(fd: &OwnedFd) -> Option<String> {
@@ -93,7 +95,9 @@ impl Holder {
         let pidfd = pidfd::pidfd_open(pid);
         let proc_mounts = extra.mounts.iter().filter(|m| is_proc(m)).cloned().collect();
         let pivot_later = spec.rootfs.clone().filter(|_| spec.userns);
-        let mut h = Holder { pid, pidfd: pidfd?, cmd_w: Some(cmd_w), cgroup, veth: None, proc_mounts, pivot_later };
+        let in_rootfs = spec.rootfs.is_some();
+        let mut h =
+            Holder { pid, pidfd: pidfd?, cmd_w: Some(cmd_w), cgroup, veth: None, proc_mounts, pivot_later, in_rootfs };
         let res = (|| {
             if spec.userns {
                 // The holder made its user namespace: map the pod's ids.
@@ -146,7 +150,7 @@ impl Holder {
             None => fs::mount_proc("")?,
         }
         for m in &self.proc_mounts {
-            crate::mounts::apply(m)?;
+            crate::mounts::apply(m, self.in_rootfs)?;
         }
         ns::chdir("/")?;
         Ok(())
@@ -205,7 +209,7 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
     fs::setup(spec.rootfs.as_deref(), !spec.userns)?;
     let standard = crate::mounts::standard(spec.rootfs.is_some());
     for m in extra.mounts.iter().filter(|m| !is_proc(m) && !standard.contains(&m.target.as_str())) {
-        crate::mounts::apply(m)?;
+        crate::mounts::apply(m, spec.rootfs.is_some())?;
     }
     if let Some(a) = &extra.archive {
         let a = a.try_clone().map_err(PodError::io("tmpfs archive"))?;

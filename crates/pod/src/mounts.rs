@@ -154,10 +154,17 @@ pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo]) -> Result<V
     Ok(out)
 }
 
-/// Make one recorded mount again (in the pod's mount namespace).
-pub fn apply(m: &PodMount) -> Result<()> {
+/// Make one recorded mount again (in the pod's mount namespace). A
+/// missing mount point is created only inside a pod's own root file system
+/// (`in_rootfs`): an image never makes directories in the host's tree.
+pub fn apply(m: &PodMount, in_rootfs: bool) -> Result<()> {
     use cryopod_sys::ns::mount;
-    std::fs::create_dir_all(&m.target).map_err(PodError::io(&m.target))?;
+    if !Path::new(&m.target).is_dir() {
+        if !in_rootfs {
+            return Err(PodError::Invalid(format!("mount point {} of the pod is missing", m.target)));
+        }
+        std::fs::create_dir_all(&m.target).map_err(PodError::io(&m.target))?;
+    }
     match &m.kind {
         PodMountKind::Tmpfs { .. } => mount(&m.source, &m.target, "tmpfs", m.flags, &m.data)?,
         PodMountKind::Fresh { fstype } => mount(&m.source, &m.target, fstype, m.flags, "")?,
