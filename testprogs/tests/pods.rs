@@ -330,6 +330,9 @@ fn pod_userns_root_is_unprivileged_on_the_host() {
     let secret = env.dir.join("secret");
     std::fs::write(&secret, b"host only").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let script = "echo mine > /tmp/f; mount -t tmpfs none /data; echo more > /data/g; \
+                  i=0; while true; do i=$((i+1)); echo \"n=$i $(id -u) $(cat /tmp/f) $(cat /data/g)\"; sleep 0.1; done";
+    let rootfs_s = rootfs.to_str().unwrap();
     env.ok(&[
         "run",
         "-d",
@@ -337,13 +340,15 @@ fn pod_userns_root_is_unprivileged_on_the_host() {
         "un",
         "--userns",
         "--rootfs",
-        rootfs.to_str().unwrap(),
+        rootfs_s,
         "--ip",
         "10.77.6.2/24",
         "--",
-        "sleep",
-        "1000",
+        "sh",
+        "-c",
+        script,
     ]);
+    env.wait_log("un", "third line", |l| l.starts_with("n=3 "));
     let ps = env.ps();
     let init = ps[0]["init_pid"].as_i64().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
@@ -363,10 +368,22 @@ fn pod_userns_root_is_unprivileged_on_the_host() {
     assert_ne!(o.0, 0, "the pod's root read a host root's file: {}", o.1);
     assert!(o.2.contains("Permission denied"), "{}", o.2);
     env.ok(&["stop", "un2"]);
-    // Checkpointing such a pod is refused in one sentence, and it goes on.
-    let e = env.fails(&["checkpoint", "un", "-o", env.dir.join("img").to_str().unwrap()]);
-    assert!(e.contains("user namespace"), "{e}");
-    assert!(env.ps().iter().any(|p| p["name"] == "un" && p["state"] == "running"));
+    // Checkpoint and restore: still unprivileged on the host, ids and
+    // owners as the pod sees them, counting on.
+    let image = env.dir.join("img");
+    env.ok(&["checkpoint", "un", "-o", image.to_str().unwrap()]);
+    let last = *counts(&std::fs::read_to_string(image.join("pod.log")).unwrap()).last().unwrap();
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    let log = env.wait_log("un", "progress", |l| counts(l).first().is_some_and(|&n| n >= last + 3));
+    let n = counts(&log);
+    assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "count not continuous: {n:?}");
+    assert!(log.lines().last().unwrap().ends_with(" 0 mine more"), "{log}");
+    let init = env.ps()[0]["init_pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(2), Some("100000"), "restored: {uid}");
+    let owners = env.exec("un", "ls -ln /tmp/f /data/g");
+    assert!(owners.lines().all(|l| l.split_whitespace().nth(2) == Some("0")), "{owners}");
     env.ok(&["stop", "un"]);
     assert_eq!(env.leftovers("un"), Vec::<String>::new());
 }

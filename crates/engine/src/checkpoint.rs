@@ -36,6 +36,9 @@ pub struct PodCheckpoint<'a> {
     pub thaw: &'a (dyn Fn() -> Result<()> + Sync),
     /// The pod's own state, stored with its processes.
     pub image: PodImage,
+    /// A pod in its own user namespace: (first host id, count) its ids
+    /// 0.. map to; credentials are recorded as the pod sees them.
+    pub ids: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +158,9 @@ fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> 
         let tasks = fr.procs.iter().map(|(p, t)| (*p, t.clone())).chain(fr.zombies.iter().map(|&z| (z, Vec::new())));
         let map = crate::pidns::pod_pids(tasks)?;
         crate::pidns::to_pod(&mut m, &map)?;
+        if let Some(ids) = o.pod.as_ref().and_then(|p| p.ids) {
+            crate::pidns::ids_to_pod(&mut m, ids)?;
+        }
     }
     m.validate()?;
     fault::check("before-manifest")?;

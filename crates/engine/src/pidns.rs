@@ -67,6 +67,34 @@ pub fn to_pod(m: &mut Manifest, map: &HashMap<i32, i32>) -> Result<()> {
     Ok(())
 }
 
+/// Rewrite the uids and gids of a pod in its own user namespace (host ids
+/// `base..base+count` are its `0..count`) as the pod sees them.
+pub fn ids_to_pod(m: &mut Manifest, (base, count): (u32, u32)) -> Result<()> {
+    let tr = |pid: i32, id: u32| {
+        id.checked_sub(base).filter(|&v| v < count).ok_or_else(|| EngineError::Unsupported {
+            pid,
+            what: format!("id {id} is not mapped into the pod's user namespace"),
+        })
+    };
+    for p in &mut m.processes {
+        let pid = p.pid;
+        if p.zombie_status.is_some() {
+            continue;
+        }
+        for v in p.creds.uids.iter_mut().chain(p.creds.gids.iter_mut()).chain(p.creds.groups.iter_mut()) {
+            *v = tr(pid, *v)?;
+        }
+    }
+    for f in &mut m.files {
+        if let FileKind::Unix(u) = &mut f.kind {
+            // A peer outside the pod shows as the overflow id there.
+            u.peer_cred.1 = tr(0, u.peer_cred.1).unwrap_or(65534);
+            u.peer_cred.2 = tr(0, u.peer_cred.2).unwrap_or(65534);
+        }
+    }
+    Ok(())
+}
+
 /// Host PIDs of restored tasks, by the PIDs recorded in the image. For a
 /// plain tree both are the same.
 #[derive(Default)]

@@ -36,6 +36,10 @@ pub struct PodRestore<'a> {
     /// Runs in the pod's first process right after it is forked into a new
     /// PID namespace (joins the pod's other namespaces and cgroup).
     pub enter: &'a (dyn Fn() -> std::result::Result<(), String> + Sync),
+    /// For a pod in its own user namespace, whose PID namespace must belong
+    /// to it: runs in a go-between that joins the user namespace (and the
+    /// others) before the PID namespace is made; `enter` then runs in PID 1.
+    pub before_pid_ns: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
     /// Files the image names as external, supplied as fds of ours.
     pub inherit: Vec<(String, i32)>,
 }
@@ -186,6 +190,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         keep: object_fds.values().copied().collect(),
         ready_w: ready_w.as_raw_fd(),
         enter: o.pod.as_ref().map(|p| p.enter),
+        before_pid_ns: o.pod.as_ref().and_then(|p| p.before_pid_ns),
         unix: (!unix.steps.is_empty()).then_some(&unix),
         cmd: cmd_r.iter().map(|(&p, f)| (p, f.as_raw_fd())).collect(),
     };

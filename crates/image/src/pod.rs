@@ -31,6 +31,9 @@ pub struct PodImage {
     pub tmpfs_archive: Option<(String, u64, [u8; 32])>,
     /// The pod's IPC namespace.
     pub ipc: PodIpc,
+    /// The pod ran in its own user namespace (`--userns`); credentials and
+    /// owners in the image are the pod's own ids.
+    pub userns: bool,
 }
 
 /// SysV objects keep their ids (processes use them); owner and mode are

@@ -31,6 +31,8 @@ pub struct Extra {
     pub ipc: Option<(cryopod_image::pod::PodIpc, std::path::PathBuf)>,
     /// Network configuration the pod had, and the address it had.
     pub net: Option<(net::NetConfig, Option<std::net::Ipv4Addr>)>,
+    /// A `--userns` pod: the archive's owners are the pod's ids.
+    pub pod_ids: bool,
 }
 
 /// A process holding a pod's new namespaces until its PID 1 has joined them.
@@ -141,7 +143,7 @@ impl Holder {
     }
 
     /// As the pod's PID 1: its own /proc (and proc mounts), cwd /.
-    fn settle(&self) -> Result<()> {
+    pub fn settle(&self) -> Result<()> {
         match &self.pivot_later {
             Some(root) => {
                 fs::mount_proc(&root.display().to_string())?;
@@ -150,7 +152,7 @@ impl Holder {
             None => fs::mount_proc("")?,
         }
         for m in &self.proc_mounts {
-            crate::mounts::apply(m, self.in_rootfs)?;
+            crate::mounts::apply(m, "", self.in_rootfs)?;
         }
         ns::chdir("/")?;
         Ok(())
@@ -158,7 +160,18 @@ impl Holder {
 
     /// The holder's view of the pod's root (open pod files from the host).
     pub fn root(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root", self.pid))
+        match &self.pivot_later {
+            // Not pivoted into yet: the rootfs inside the holder's view.
+            Some(r) => PathBuf::from(format!("/proc/{}/root{}", self.pid, r.display())),
+            None => PathBuf::from(format!("/proc/{}/root", self.pid)),
+        }
+    }
+
+    /// In a go-between of a `--userns` pod: join its user namespace (as its
+    /// root) and the holder's others, before making the PID namespace.
+    pub fn join_user(&self) -> Result<()> {
+        self.join(libc::CLONE_NEWUSER)?;
+        Ok(ns::become_root()?)
     }
 
     /// The pod's PID 1 has joined: let the holder go.
@@ -207,13 +220,18 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
         ns::set_domainname(&spec.domainname)?;
     }
     fs::setup(spec.rootfs.as_deref(), !spec.userns)?;
+    // Not pivoted yet (a --userns pod): the pod's root is the rootfs here.
+    let root = match &spec.rootfs {
+        Some(r) if spec.userns => r.display().to_string(),
+        _ => String::new(),
+    };
     let standard = crate::mounts::standard(spec.rootfs.is_some());
     for m in extra.mounts.iter().filter(|m| !is_proc(m) && !standard.contains(&m.target.as_str())) {
-        crate::mounts::apply(m, spec.rootfs.is_some())?;
+        crate::mounts::apply(m, &root, spec.rootfs.is_some())?;
     }
     if let Some(a) = &extra.archive {
         let a = a.try_clone().map_err(PodError::io("tmpfs archive"))?;
-        crate::mounts::unpack(a, &extra.mounts)?;
+        crate::mounts::unpack(a, &extra.mounts, &root, extra.pod_ids)?;
     }
     net::pod_setup(name, None)?;
     let extra_net = || match &extra.net {
@@ -306,7 +324,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
         argv.extend(o.cmd.iter().cloned());
         Err(ns::exec_fd(memfd.as_fd(), &argv).into())
     };
-    // In PID 1: only returns on failure, which it reports.
+    // In PID 1: become cryopod-init; a failure is reported, then PID 1 exits.
     let first = |enter: &dyn Fn() -> Result<()>| {
         if let Err(e) = enter().and_then(|_| exec_init()) {
             let _ = util::write_fd(err_w.as_raw_fd(), e.to_string().as_bytes());
@@ -369,10 +387,7 @@ fn fork_in_userns(holder: &Holder, first: &dyn Fn()) -> Result<Forked> {
     match fork_with_pid(0)? {
         Forked::Child => {
             drop(pid_r);
-            let r = holder
-                .join(libc::CLONE_NEWUSER)
-                .and_then(|_| Ok(ns::become_root()?))
-                .and_then(|_| Ok(ns::unshare(libc::CLONE_NEWPID)?));
+            let r = holder.join_user().and_then(|_| Ok(ns::unshare(libc::CLONE_NEWPID)?));
             if r.is_ok() {
                 match fork_with_pid(0) {
                     Ok(Forked::Child) => first(),

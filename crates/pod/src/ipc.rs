@@ -96,6 +96,23 @@ pub fn collect(init: i32, dir: &Path) -> Result<PodIpc> {
     crate::join::read_inside(init, libc::CLONE_NEWIPC, "the pod's IPC namespace", || read_all(dir))
 }
 
+/// Owners of a `--userns` pod's objects as the pod sees them (they were
+/// read from the host): `to_pod` maps a host id to the pod's.
+pub fn to_pod_ids(ipc: &mut PodIpc, to_pod: impl Fn(u32) -> Result<u32>) -> Result<()> {
+    let perms = ipc
+        .shm
+        .iter_mut()
+        .map(|s| &mut s.perm)
+        .chain(ipc.sem.iter_mut().map(|s| &mut s.perm))
+        .chain(ipc.msg.iter_mut().map(|q| &mut q.perm))
+        .chain(ipc.mqueue.iter_mut().map(|q| &mut q.perm));
+    for p in perms {
+        p.0 = to_pod(p.0)?;
+        p.1 = to_pod(p.1)?;
+    }
+    Ok(())
+}
+
 /// Check the image's shared memory files before anything is created.
 pub fn check_files(ipc: &PodIpc, dir: &Path) -> Result<()> {
     for s in &ipc.shm {

@@ -99,10 +99,18 @@ fn flags_of(options: &str) -> u64 {
 }
 
 /// tmpfs options worth keeping (size, inodes, mode, owner).
-fn tmpfs_data(super_options: &str) -> String {
+/// `ids`: a `--userns` pod's (first host id, count): owners as it sees them.
+fn tmpfs_data(super_options: &str, ids: Option<(u32, u32)>) -> String {
     super_options
         .split(',')
         .filter(|o| ["size=", "nr_inodes=", "mode=", "uid=", "gid="].iter().any(|k| o.starts_with(k)))
+        .map(|o| match (o.split_once('='), ids) {
+            (Some((k @ ("uid" | "gid"), v)), Some((base, count))) => {
+                let id = v.parse::<u32>().ok().and_then(|v| v.checked_sub(base)).filter(|&v| v < count);
+                format!("{k}={}", id.unwrap_or(0))
+            }
+            _ => o.to_string(),
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -111,7 +119,7 @@ fn tmpfs_data(super_options: &str) -> String {
 /// tmpfs whose files must be saved (standard ones included). `host` is the
 /// host's own mount table: without a rootfs, mounts the pod shares with
 /// the host (same place, same file system) are not the pod's.
-pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo]) -> Result<Vec<PodMount>> {
+pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo], ids: Option<(u32, u32)>) -> Result<Vec<PodMount>> {
     let std_targets = standard(rootfs);
     let root_mount = pod.iter().find(|m| m.target == "/");
     let mut out = Vec::new();
@@ -148,30 +156,32 @@ pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo]) -> Result<V
                 }
             },
         };
-        let data = if m.fstype == "tmpfs" { tmpfs_data(&m.super_options) } else { String::new() };
+        let data = if m.fstype == "tmpfs" { tmpfs_data(&m.super_options, ids) } else { String::new() };
         out.push(PodMount { target: m.target.clone(), source: m.source.clone(), kind, flags, data });
     }
     Ok(out)
 }
 
-/// Make one recorded mount again (in the pod's mount namespace). A
+/// Make one recorded mount again (in the pod's mount namespace). `root`
+/// is where the pod's root is seen from the caller ("" once pivoted). A
 /// missing mount point is created only inside a pod's own root file system
 /// (`in_rootfs`): an image never makes directories in the host's tree.
-pub fn apply(m: &PodMount, in_rootfs: bool) -> Result<()> {
+pub fn apply(m: &PodMount, root: &str, in_rootfs: bool) -> Result<()> {
     use cryopod_sys::ns::mount;
-    if !Path::new(&m.target).is_dir() {
+    let target = format!("{root}{}", m.target);
+    if !Path::new(&target).is_dir() {
         if !in_rootfs {
             return Err(PodError::Invalid(format!("mount point {} of the pod is missing", m.target)));
         }
-        std::fs::create_dir_all(&m.target).map_err(PodError::io(&m.target))?;
+        std::fs::create_dir_all(&target).map_err(PodError::io(&target))?;
     }
     match &m.kind {
-        PodMountKind::Tmpfs { .. } => mount(&m.source, &m.target, "tmpfs", m.flags, &m.data)?,
-        PodMountKind::Fresh { fstype } => mount(&m.source, &m.target, fstype, m.flags, "")?,
+        PodMountKind::Tmpfs { .. } => mount(&m.source, &target, "tmpfs", m.flags, &m.data)?,
+        PodMountKind::Fresh { fstype } => mount(&m.source, &target, fstype, m.flags, "")?,
         PodMountKind::Bind { source } => {
-            mount(source, &m.target, "", libc::MS_BIND | libc::MS_REC, "")?;
+            mount(&format!("{root}{source}"), &target, "", libc::MS_BIND | libc::MS_REC, "")?;
             if m.flags != 0 {
-                mount("", &m.target, "", libc::MS_BIND | libc::MS_REMOUNT | m.flags, "")?;
+                mount("", &target, "", libc::MS_BIND | libc::MS_REMOUNT | m.flags, "")?;
             }
         }
     }
@@ -198,10 +208,13 @@ pub fn archive(root: &str, mounts: &[PodMount], out: &Path) -> Result<()> {
 /// In the pod's mount namespace: unpack the archive's `tmpfs/<index>/`
 /// entries into the matching mount points. Entry paths cannot leave their
 /// mount point (`..` and absolute paths are refused by `unpack_in`).
-pub fn unpack(archive: std::fs::File, mounts: &[PodMount]) -> Result<()> {
+/// With `pod_ids`, owners in the archive are host ids of a `--userns` pod:
+/// set as the pod's own ids (we run inside its user namespace).
+/// `root` is where the pod's root is seen from the caller.
+pub fn unpack(archive: std::fs::File, mounts: &[PodMount], root: &str, pod_ids: bool) -> Result<()> {
     let mut a = tar::Archive::new(std::io::BufReader::new(archive));
     a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(true);
+    a.set_preserve_ownerships(!pod_ids);
     a.set_preserve_mtime(true);
     let entries = a.entries().map_err(PodError::io("tmpfs archive"))?;
     for e in entries {
@@ -224,16 +237,26 @@ pub fn unpack(archive: std::fs::File, mounts: &[PodMount]) -> Result<()> {
         if !rest.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
             return Err(PodError::Invalid(format!("tmpfs archive entry {} leaves its mount", path.display())));
         }
-        let dest = Path::new(&m.target).join(rest);
+        let target = format!("{root}{}", m.target);
+        let dest = Path::new(&target).join(rest);
         // Nor through a symbolic link unpacked before.
-        let mut at = std::path::PathBuf::from(&m.target);
+        let mut at = std::path::PathBuf::from(&target);
         for c in rest.parent().map(|p| p.components().collect::<Vec<_>>()).unwrap_or_default() {
             at.push(c);
             if std::fs::symlink_metadata(&at).map(|md| md.file_type().is_symlink()).unwrap_or(false) {
                 return Err(PodError::Invalid(format!("tmpfs archive entry {} goes through a link", path.display())));
             }
         }
+        let owner = (e.header().uid().unwrap_or(0), e.header().gid().unwrap_or(0));
         e.unpack(&dest).map_err(PodError::io(&dest))?;
+        if pod_ids {
+            let pod = |id: u64| {
+                id.checked_sub(u64::from(crate::create::USERNS_BASE))
+                    .filter(|&v| v < u64::from(crate::create::USERNS_SIZE))
+                    .map(|v| v as u32)
+            };
+            std::os::unix::fs::lchown(&dest, pod(owner.0), pod(owner.1)).map_err(PodError::io(&dest))?;
+        }
     }
     Ok(())
 }

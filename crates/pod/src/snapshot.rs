@@ -68,12 +68,6 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
     if !rec.alive() {
         return Err(PodError::Invalid(format!("pod {} is not running: there is nothing to checkpoint", o.name)));
     }
-    if rec.spec.userns {
-        return Err(PodError::Invalid(format!(
-            "pod {} runs in its own user namespace (--userns): its checkpoint is not supported yet",
-            o.name
-        )));
-    }
     let cg = Cgroup::of(&o.name);
     if cg.freezer_state()? != "THAWED" {
         return Err(PodError::Invalid(format!("pod {} is frozen already (is another checkpoint running?)", o.name)));
@@ -130,7 +124,9 @@ fn checkpoint_frozen(
     let read = |p: &str| std::fs::read_to_string(p).map_err(PodError::io(p));
     let pod_mounts = mounts::parse_mountinfo(&read(&format!("/proc/{init}/mountinfo"))?);
     let host_mounts = mounts::parse_mountinfo(&read("/proc/self/mountinfo")?);
-    let pod_mounts = mounts::classify(&pod_mounts, rec.spec.rootfs.is_some(), &host_mounts)?;
+    // A --userns pod's owners are recorded as the pod sees them.
+    let ids = rec.spec.userns.then_some((crate::create::USERNS_BASE, crate::create::USERNS_SIZE));
+    let pod_mounts = mounts::classify(&pod_mounts, rec.spec.rootfs.is_some(), &host_mounts, ids)?;
     let tmpfs_archive = if pod_mounts.iter().any(|m| matches!(m.kind, cryopod_image::pod::PodMountKind::Tmpfs { .. })) {
         let path = o.dir.join(ARCHIVE);
         mounts::archive(&root, &pod_mounts, &path)?;
@@ -140,7 +136,14 @@ fn checkpoint_frozen(
         None
     };
     let limits = cg.limits()?;
-    let ipc = crate::ipc::collect(init, &o.dir)?;
+    let mut ipc = crate::ipc::collect(init, &o.dir)?;
+    if let Some((base, count)) = ids {
+        crate::ipc::to_pod_ids(&mut ipc, |id| {
+            id.checked_sub(base).filter(|&v| v < count).ok_or_else(|| {
+                PodError::Invalid(format!("an IPC object of the pod is owned by host id {id}, not the pod's"))
+            })
+        })?;
+    }
     let image = PodImage {
         name: rec.name.clone(),
         hostname: info.hostname,
@@ -177,6 +180,7 @@ fn checkpoint_frozen(
         mounts: pod_mounts,
         tmpfs_archive,
         ipc,
+        userns: rec.spec.userns,
     };
     // The log a detached pod writes to lives outside it: supplied again by
     // the restore.
@@ -192,7 +196,7 @@ fn checkpoint_frozen(
         dir: o.dir.clone(),
         leave_running: o.leave_running,
         threads: o.threads,
-        pod: Some(PodCheckpoint { root, external, thaw: &thaw, image }),
+        pod: Some(PodCheckpoint { root, external, thaw: &thaw, image, ids }),
     };
     cryopod_engine::checkpoint(&opts, progress).map_err(engine_err)
 }
@@ -234,7 +238,7 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
         memory: pod.memory,
         pids: pod.pids,
         cpus: pod.cpus,
-        userns: false,
+        userns: pod.userns,
     };
     if let Some(r) = &spec.rootfs {
         crate::fs::check_rootfs(r)?;
@@ -314,14 +318,25 @@ fn restore_reserved(
         archive,
         ipc: Some((pod.ipc.clone(), o.dir.clone())),
         net: Some((net_cfg, old_ip)),
+        pod_ids: pod.userns,
     };
     let mut holder = Holder::create(name, &spec, &extra)?;
     let enter = || holder.enter().map_err(|e| e.to_string());
-    let opts = RestoreOptions {
-        dir: o.dir.clone(),
-        threads: o.threads,
-        pod: Some(PodRestore { root: holder.root().display().to_string(), enter: &enter, inherit }),
+    // A --userns pod: a go-between joins its user namespace first (its PID
+    // namespace must belong to it), PID 1 then only settles in.
+    let join_user = || holder.join_user().map_err(|e| e.to_string());
+    let settle = || holder.settle().map_err(|e| e.to_string());
+    let pod_restore = if pod.userns {
+        PodRestore {
+            root: holder.root().display().to_string(),
+            enter: &settle,
+            before_pid_ns: Some(&join_user),
+            inherit,
+        }
+    } else {
+        PodRestore { root: holder.root().display().to_string(), enter: &enter, before_pid_ns: None, inherit }
     };
+    let opts = RestoreOptions { dir: o.dir.clone(), threads: o.threads, pod: Some(pod_restore) };
     let outcome = match cryopod_engine::restore(&opts, progress) {
         Ok(out) => out,
         Err(e) => {
