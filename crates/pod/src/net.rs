@@ -7,6 +7,7 @@
 
 use crate::state::IpConfig;
 use crate::{PodError, Result};
+use cryopod_image::pod::{PodLink, PodRoute};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
@@ -18,28 +19,12 @@ use std::net::{IpAddr, Ipv4Addr};
 /// The host bridge every pod veth is attached to.
 pub const BRIDGE: &str = "cryopod0";
 
-/// A network namespace's configuration as a checkpoint records it.
+/// A network namespace's configuration as a checkpoint records it (IPv4
+/// addresses as numbers, as the image keeps them).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct NetConfig {
-    pub links: Vec<Link>,
-    pub routes: Vec<Route>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Link {
-    pub name: String,
-    pub up: bool,
-    pub mtu: u32,
-    /// IPv4 addresses with their prefix.
-    pub addrs: Vec<(Ipv4Addr, u8)>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Route {
-    pub dst: Ipv4Addr,
-    pub prefix: u8,
-    pub gateway: Option<Ipv4Addr>,
-    pub dev: String,
+    pub links: Vec<PodLink>,
+    pub routes: Vec<PodRoute>,
 }
 
 fn nerr(what: &str) -> impl FnOnce(rtnetlink::Error) -> PodError + '_ {
@@ -190,14 +175,15 @@ pub fn pod_setup(pod: &str, ip: Option<&IpConfig>) -> Result<()> {
 /// from addresses). `old` is the address it had. What cannot be added again
 /// (a gateway outside a new address's network) is reported, not fatal.
 pub fn apply_extra(cfg: &NetConfig, old: Option<Ipv4Addr>) -> Result<()> {
-    let in_net = |a: Ipv4Addr, p: u8, d: Ipv4Addr| {
+    let in_net = |a: u32, p: u8, d: u32| {
         let m = if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
-        u32::from(a) & m == u32::from(d) & m
+        a & m == d & m
     };
     with_handle(async |h| {
         for l in cfg.links.iter().filter(|l| l.name == "lo" || l.name == "eth0") {
             let Some(i) = index_of(&h, &l.name).await? else { continue };
             for &(a, p) in &l.addrs {
+                let a = Ipv4Addr::from(a);
                 if (l.name == "lo" && a == Ipv4Addr::LOCALHOST) || (l.name == "eth0" && Some(a) == old) {
                     continue;
                 }
@@ -217,12 +203,13 @@ pub fn apply_extra(cfg: &NetConfig, old: Option<Ipv4Addr>) -> Result<()> {
                 continue;
             }
             let Some(i) = index_of(&h, &r.dev).await? else { continue };
-            let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(r.dst, r.prefix).output_interface(i);
+            let dst = Ipv4Addr::from(r.dst);
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, r.prefix).output_interface(i);
             if let Some(g) = r.gateway {
-                b = b.gateway(g);
+                b = b.gateway(Ipv4Addr::from(g));
             }
             if let Err(e) = h.route().add(b.build()).execute().await {
-                tracing::warn!("the pod's route to {}/{} was not added again: {e}", r.dst, r.prefix);
+                tracing::warn!("the pod's route to {dst}/{} was not added again: {e}", r.prefix);
             }
         }
         Ok(())
@@ -271,7 +258,7 @@ pub fn dump() -> Result<NetConfig> {
         let mut s = h.link().get().execute();
         while let Some(l) = s.try_next().await.map_err(nerr("listing links"))? {
             let mut link =
-                Link { name: String::new(), up: l.header.flags.contains(LinkFlags::Up), mtu: 0, addrs: Vec::new() };
+                PodLink { name: String::new(), up: l.header.flags.contains(LinkFlags::Up), mtu: 0, addrs: Vec::new() };
             for a in &l.attributes {
                 match a {
                     LinkAttribute::IfName(n) => link.name = n.clone(),
@@ -287,7 +274,7 @@ pub fn dump() -> Result<NetConfig> {
             for a in &m.attributes {
                 if let AddressAttribute::Address(IpAddr::V4(v)) = a {
                     if let Some(&li) = names.get(&m.header.index) {
-                        cfg.links[li].addrs.push((*v, m.header.prefix_len));
+                        cfg.links[li].addrs.push((u32::from(*v), m.header.prefix_len));
                     }
                 }
             }
@@ -297,16 +284,12 @@ pub fn dump() -> Result<NetConfig> {
             if r.header.table != 254 {
                 continue;
             }
-            let mut route = Route {
-                dst: Ipv4Addr::UNSPECIFIED,
-                prefix: r.header.destination_prefix_length,
-                gateway: None,
-                dev: String::new(),
-            };
+            let mut route =
+                PodRoute { dst: 0, prefix: r.header.destination_prefix_length, gateway: None, dev: String::new() };
             for a in &r.attributes {
                 match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => route.dst = *d,
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(*g),
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => route.dst = u32::from(*d),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(u32::from(*g)),
                     RouteAttribute::Oif(i) => {
                         route.dev = names.get(i).map(|&li| cfg.links[li].name.clone()).unwrap_or_default()
                     }

@@ -13,7 +13,6 @@ use crate::{net, PodError, Result};
 use cryopod_engine::checkpoint::PodCheckpoint;
 use cryopod_engine::restore::PodRestore;
 use cryopod_engine::{CheckpointOptions, CheckpointSummary, EngineError, Progress, RestoreOptions, RestoreOutcome};
-use cryopod_image::pod::{PodLink, PodRoute};
 use cryopod_image::PodImage;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -155,28 +154,8 @@ fn checkpoint_frozen(
         cpus: limits.cpus,
         cmd: rec.cmd.clone(),
         detached: rec.detached,
-        links: info
-            .net
-            .links
-            .iter()
-            .map(|l| PodLink {
-                name: l.name.clone(),
-                up: l.up,
-                mtu: l.mtu,
-                addrs: l.addrs.iter().map(|(a, p)| (u32::from(*a), *p)).collect(),
-            })
-            .collect(),
-        routes: info
-            .net
-            .routes
-            .iter()
-            .map(|r| PodRoute {
-                dst: u32::from(r.dst),
-                prefix: r.prefix,
-                gateway: r.gateway.map(u32::from),
-                dev: r.dev.clone(),
-            })
-            .collect(),
+        links: info.net.links,
+        routes: info.net.routes,
         mounts: pod_mounts,
         tmpfs_archive,
         ipc,
@@ -290,28 +269,7 @@ fn restore_reserved(
     }
     let inherit: Vec<(String, i32)> = log.iter().map(|f| ("log".to_string(), f.as_raw_fd())).collect();
     crate::ipc::check_files(&pod.ipc, &o.dir)?;
-    let net_cfg = net::NetConfig {
-        links: pod
-            .links
-            .iter()
-            .map(|l| net::Link {
-                name: l.name.clone(),
-                up: l.up,
-                mtu: l.mtu,
-                addrs: l.addrs.iter().map(|&(a, p)| (std::net::Ipv4Addr::from(a), p)).collect(),
-            })
-            .collect(),
-        routes: pod
-            .routes
-            .iter()
-            .map(|r| net::Route {
-                dst: std::net::Ipv4Addr::from(r.dst),
-                prefix: r.prefix,
-                gateway: r.gateway.map(std::net::Ipv4Addr::from),
-                dev: r.dev.clone(),
-            })
-            .collect(),
-    };
+    let net_cfg = net::NetConfig { links: pod.links.clone(), routes: pod.routes.clone() };
     let old_ip = pod.ip.map(|(a, _)| std::net::Ipv4Addr::from(a));
     let extra = Extra {
         mounts: pod.mounts.clone(),
