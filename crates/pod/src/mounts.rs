@@ -162,12 +162,26 @@ pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo], ids: Option
     Ok(out)
 }
 
+/// An image's path inside the pod: absolute, no `..` (it must not lead
+/// out of the pod's root while that is not the root yet).
+fn plain_path(p: &str) -> Result<()> {
+    let ok = p.starts_with('/') && !Path::new(p).components().any(|c| c == std::path::Component::ParentDir);
+    if !ok {
+        return Err(PodError::Invalid(format!("image: mount path {p:?} is not a plain absolute path")));
+    }
+    Ok(())
+}
+
 /// Make one recorded mount again (in the pod's mount namespace). `root`
 /// is where the pod's root is seen from the caller ("" once pivoted). A
 /// missing mount point is created only inside a pod's own root file system
 /// (`in_rootfs`): an image never makes directories in the host's tree.
 pub fn apply(m: &PodMount, root: &str, in_rootfs: bool) -> Result<()> {
     use cryopod_sys::ns::mount;
+    plain_path(&m.target)?;
+    if let PodMountKind::Bind { source } = &m.kind {
+        plain_path(source)?;
+    }
     let target = format!("{root}{}", m.target);
     if !Path::new(&target).is_dir() {
         if !in_rootfs {
@@ -229,6 +243,7 @@ pub fn unpack(archive: std::fs::File, mounts: &[PodMount], root: &str, pod_ids: 
         let Some(m) = mounts.iter().find(|m| m.kind == PodMountKind::Tmpfs { index: idx }) else {
             return Err(PodError::Invalid(format!("tmpfs archive entry {} names no mount", path.display())));
         };
+        plain_path(&m.target)?;
         let rest = parts.as_path();
         if rest.as_os_str().is_empty() {
             continue;
@@ -259,4 +274,28 @@ pub fn unpack(archive: std::fs::File, mounts: &[PodMount], root: &str, pod_ids: 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_mount_paths_must_stay_inside() {
+        assert!(plain_path("/data").is_ok());
+        assert!(plain_path("/data/../../etc").is_err());
+        assert!(plain_path("data").is_err());
+    }
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes() {
+        let mi = "36 35 0:33 / /my\\040dir rw,nosuid - tmpfs none rw,size=1024k,mode=750\n";
+        let m = &parse_mountinfo(mi)[0];
+        assert_eq!((m.target.as_str(), m.fstype.as_str(), m.source.as_str()), ("/my dir", "tmpfs", "none"));
+        assert_eq!(flags_of(&m.options), libc::MS_NOSUID);
+        assert_eq!(
+            tmpfs_data("rw,size=1024k,mode=750,uid=100007", Some((100_000, 65_536))),
+            "size=1024k,mode=750,uid=7"
+        );
+    }
 }
