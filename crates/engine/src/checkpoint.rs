@@ -65,7 +65,7 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
             if o.leave_running {
                 fr.thaw();
             } else {
-                fr.kill();
+                fr.kill(o.pod.is_some());
             }
             let (mem, stored) = m.memory_bytes();
             let meta_len = std::fs::metadata(o.dir.join(cryopod_image::MANIFEST_FILE)).map(|m| m.len()).unwrap_or(0);

@@ -144,9 +144,11 @@ impl FileTable {
                 }
                 const MQUEUE_MAGIC: i64 = 0x1980_0202;
                 if cryopod_sys::util::fs_magic(&format!("/proc/{pid}/fd/{fd}")).ok() == Some(MQUEUE_MAGIC) {
-                    return Err(unsupported(
-                        "an open POSIX message queue descriptor (the queue itself is saved with a pod)",
-                    ));
+                    // A pod's queues are saved with its IPC namespace.
+                    if self.root.is_empty() {
+                        return Err(unsupported("a POSIX message queue (supported in pods)"));
+                    }
+                    return Ok(FileKind::Mqueue { name: target.trim_start_matches('/').to_string() });
                 }
                 if let Some((_, _, key)) = self.external.iter().find(|e| (e.0, e.1) == (md.dev(), md.ino())) {
                     return Ok(FileKind::External { key: key.clone() });
@@ -263,6 +265,7 @@ pub fn open_all(
     objects: &HashMap<u32, OwnedFd>,
     root: &str,
     inherit: &[(String, i32)],
+    ipc_of: Option<i32>,
 ) -> Result<Vec<Option<OwnedFd>>> {
     let mut used = vec![false; m.files.len()];
     for p in &m.processes {
@@ -279,12 +282,26 @@ pub fn open_all(
             out.push(None);
             continue;
         }
-        let fd = open_one(f, &mut pipes, &mut fifo_holders, objects, root, inherit)
+        let fd = open_one(f, &mut pipes, &mut fifo_holders, objects, root, inherit, ipc_of)
             .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
         out.push(Some(cryopod_sys::util::dup_at_least(fd.as_raw_fd(), base)?));
     }
     drop(fifo_holders);
     Ok(out)
+}
+
+/// Open queue `name` in the IPC namespace of process `pid` (from a thread
+/// that joins it: only it changes namespace).
+fn mqueue_in(pid: i32, name: &str, flags: i32) -> Result<OwnedFd> {
+    let pfd = cryopod_sys::pidfd::pidfd_open(pid)?;
+    let name = name.to_string();
+    std::thread::spawn(move || -> Result<OwnedFd> {
+        use std::os::fd::AsFd;
+        cryopod_sys::ns::enter(pfd.as_fd(), pid, libc::CLONE_NEWIPC)?;
+        Ok(cryopod_sys::ipc::mq_open_fd(&name, flags)?)
+    })
+    .join()
+    .map_err(|_| EngineError::Other("message queue thread panicked".into()))?
 }
 
 /// A short description of a file for error messages and inspect.
@@ -298,6 +315,7 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         },
         FileKind::CharDev { path, .. } => path.clone(),
         FileKind::External { key } => format!("external file {key:?}"),
+        FileKind::Mqueue { name } => format!("POSIX message queue /{name}"),
         FileKind::Unix(u) => format!(
             "unix socket:[{}] {} {}, {} messages queued",
             u.ino,
@@ -330,6 +348,7 @@ fn open_one(
     objects: &HashMap<u32, OwnedFd>,
     root: &str,
     inherit: &[(String, i32)],
+    ipc_of: Option<i32>,
 ) -> Result<OwnedFd> {
     let flags = f.flags;
     let status = (flags & !(libc::O_ACCMODE as u32)) as i32;
@@ -354,6 +373,11 @@ fn open_one(
         }
         FileKind::CharDev { path, .. } => open_with(&under(root, path), flags | libc::O_NOCTTY as u32)?,
         FileKind::Unix(_) => return Err(EngineError::Other("unix sockets are made by the stubs".into())),
+        FileKind::Mqueue { name } => {
+            let pid = ipc_of.ok_or_else(|| EngineError::Other("a message queue outside a pod".into()))?;
+            let flags = (f.flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32) as i32;
+            mqueue_in(pid, name, flags)?
+        }
         FileKind::External { key } => {
             let (_, fd) = inherit.iter().find(|(k, _)| k == key).ok_or_else(|| {
                 EngineError::Other(format!("the image needs the external file {key:?}, which was not supplied"))

@@ -27,12 +27,17 @@ impl Frozen {
         self.seized.clear();
     }
 
-    /// Kill the tree (default end of a checkpoint). As their tracer we
-    /// collect each task's end ourselves: until a tracer does, a dead tracee
-    /// stays a zombie, and a PID namespace's init would wait for it.
-    pub fn kill(&mut self) {
+    /// Kill the tree (default end of a checkpoint). With `collect`, as
+    /// their tracer we also collect each task's end: until a tracer does, a
+    /// dead tracee stays a zombie, and a PID namespace's init waits for all
+    /// of them (a pod). A plain tree's parent reaps it after we detach.
+    pub fn kill(&mut self, collect: bool) {
         for &p in self.procs.keys() {
             let _ = cryopod_sys::util::kill(p, libc::SIGKILL);
+        }
+        if !collect {
+            self.thaw();
+            return;
         }
         // In any order: a PID namespace's init finishes only after the
         // others are collected.

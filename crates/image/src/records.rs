@@ -268,6 +268,9 @@ pub enum FileKind {
     CharDev { path: String, rdev: u64 },
     /// A unix domain socket.
     Unix(UnixSock),
+    /// A POSIX message queue descriptor of a pod (the queue is part of the
+    /// pod's IPC record); `name` without the leading '/'.
+    Mqueue { name: String },
     /// A file outside the checkpointed tree's reach that the restorer
     /// supplies under this name (a pod's log, for instance).
     External { key: String },

@@ -290,9 +290,16 @@ fn restore_reserved(
             enter: &settle,
             before_pid_ns: Some(&join_user),
             inherit,
+            ipc_of: holder.pid,
         }
     } else {
-        PodRestore { root: holder.root().display().to_string(), enter: &enter, before_pid_ns: None, inherit }
+        PodRestore {
+            root: holder.root().display().to_string(),
+            enter: &enter,
+            before_pid_ns: None,
+            inherit,
+            ipc_of: holder.pid,
+        }
     };
     let opts = RestoreOptions { dir: o.dir.clone(), threads: o.threads, pod: Some(pod_restore) };
     let outcome = match cryopod_engine::restore(&opts, progress) {

@@ -235,3 +235,16 @@ pub fn mq_create(name: &str, q: &PosixQueue, perm: Perm) -> SysResult<()> {
     unsafe { libc::mq_close(fd) };
     res
 }
+
+/// mq_open(name, flags) for an fd (close-on-exec) in the caller's IPC
+/// namespace; the queue must exist.
+pub fn mq_open_fd(name: &str, flags: i32) -> SysResult<std::os::fd::OwnedFd> {
+    let n = mq_name(name)?;
+    // SAFETY: `n` is a valid name; no O_CREAT, so no mode or attributes.
+    let fd = unsafe { libc::mq_open(n.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(SysError::last(format!("mq_open({name})"), 0));
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}

@@ -2,7 +2,8 @@
 //! segment attached twice (once read-only) in this process and once in a
 //! child (still shared after restore), a semaphore set with its values, a
 //! message queue with typed messages, and a POSIX message queue with
-//! prioritised messages. Run in a pod (the objects live in its namespace).
+//! prioritised messages, read through the descriptor kept open across the
+//! checkpoint. Run in a pod (the objects live in its namespace).
 
 use cryopod_testprogs::*;
 
@@ -32,11 +33,11 @@ fn main() {
         let mut attr: libc::mq_attr = std::mem::zeroed();
         attr.mq_maxmsg = 4;
         attr.mq_msgsize = 64;
-        let mq = libc::mq_open(mq_name.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600, &attr);
+        // Kept open across the checkpoint (non-blocking, to read it empty).
+        let mq = libc::mq_open(mq_name.as_ptr(), libc::O_CREAT | libc::O_RDWR | libc::O_NONBLOCK, 0o600, &attr);
         assert!(mq >= 0, "mq_open: {}", std::io::Error::last_os_error());
         libc::mq_send(mq, b"low".as_ptr().cast(), 3, 1);
         libc::mq_send(mq, b"high".as_ptr().cast(), 4, 5);
-        libc::mq_close(mq);
         let child = libc::fork();
         if child == 0 {
             let q = libc::shmat(shmid, std::ptr::null(), 0) as *mut u8;
@@ -71,7 +72,6 @@ fn main() {
             got.push(format!("{t}:{}", String::from_utf8_lossy(&buf[8..8 + n.max(0) as usize])));
         }
         c.eq("messages in order with types", got, vec!["1:first".into(), "2:second".into(), "1:third".into()]);
-        let mq = libc::mq_open(mq_name.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK);
         let mut got = Vec::new();
         let mut b = [0u8; 64];
         for _ in 0..3 {
@@ -84,6 +84,12 @@ fn main() {
         c.eq("POSIX queue by priority", got, vec!["5:high".to_string(), "1:low".to_string()]);
         libc::mq_getattr(mq, &mut attr);
         c.eq("POSIX queue attributes", (attr.mq_maxmsg, attr.mq_msgsize), (4, 64));
+        c.eq(
+            "POSIX queue descriptor still non-blocking",
+            attr.mq_flags & libc::O_NONBLOCK as i64,
+            libc::O_NONBLOCK as i64,
+        );
+        c.check("POSIX queue descriptor still writable", libc::mq_send(mq, b"x".as_ptr().cast(), 1, 0) == 0, "mq_send");
     }
     c.finish()
 }
