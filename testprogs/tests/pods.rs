@@ -227,6 +227,16 @@ fn pod_bad_input_gets_one_sentence_and_changes_nothing() {
     env.ok(&["stop", "ended"]);
     env.ok(&["stop", "a"]);
     assert_eq!(env.leftovers("a"), Vec::<String>::new());
+    // A pod whose creation was cut short (its creator died before writing
+    // its record): stop removes what it left.
+    let half = env.state.join("pods/half");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join("creator"), "4194303").unwrap();
+    for c in ["memory", "pids", "cpu", "freezer"] {
+        std::fs::create_dir_all(format!("/sys/fs/cgroup/{c}/cryopod/half")).unwrap();
+    }
+    env.ok(&["stop", "half"]);
+    assert_eq!(env.leftovers("half"), Vec::<String>::new());
 }
 
 /// A server and its client in a pod, talking over a unix socket (abstract
@@ -386,4 +396,47 @@ fn pod_userns_root_is_unprivileged_on_the_host() {
     assert!(owners.lines().all(|l| l.split_whitespace().nth(2) == Some("0")), "{owners}");
     env.ok(&["stop", "un"]);
     assert_eq!(env.leftovers("un"), Vec::<String>::new());
+}
+
+/// A pod checkpoint that fails at any step leaves the pod running, thawed,
+/// with nothing of an image; a pod restore that fails leaves no pod, no
+/// process, no cgroup or veth.
+#[test]
+fn pod_failures_leave_things_as_they_were() {
+    let env = PodEnv::new("pod-fail");
+    let script = "i=0; while true; do i=$((i+1)); echo n=$i; sleep 0.05; done";
+    env.ok(&["run", "-d", "--name", "f", "--ip", "10.77.10.2/24", "--", "sh", "-c", script]);
+    env.wait_log("f", "first line", |l| l == "n=1");
+    for point in ["after-freeze", "during-injection", "after-collect", "after-pages", "before-manifest"] {
+        let img = env.dir.join(format!("img-{point}"));
+        let o = env.cryopod_env(&["checkpoint", "f", "-o", img.to_str().unwrap()], &[("CRYOPOD_FAULT", point)]);
+        assert_ne!(o.0, 0, "{point}: the fault did not fail the checkpoint");
+        assert!(o.2.contains("was left running"), "{point}: {}", o.2);
+        assert!(!img.join("manifest").exists(), "{point}: an image was left");
+        let left: Vec<_> =
+            std::fs::read_dir(&img).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "{point}: files left in the image directory: {left:?}");
+        let ps = env.ps();
+        assert_eq!(ps[0]["state"], "running", "{point}: pod not running (frozen?)");
+        let now = *counts(&env.logs("f")).last().unwrap();
+        env.wait_log("f", "progress after a failed checkpoint", |l| counts(l).first().is_some_and(|&n| n >= now + 2));
+    }
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "f", "-o", image.to_str().unwrap()]);
+    for point in ["restore-before-fork", "restore-after-memory", "restore-before-resume"] {
+        let o = env.cryopod_env(&["restore", image.to_str().unwrap(), "--detach"], &[("CRYOPOD_FAULT", point)]);
+        assert_ne!(o.0, 0, "{point}: the fault did not fail the restore");
+        assert!(env.pods().is_empty(), "{point}: a pod record was left");
+        assert_eq!(env.leftovers("f"), Vec::<String>::new(), "{point}");
+        let init = std::process::Command::new("pgrep").args(["-f", "cryopod-init sh -c i=0"]).output().unwrap();
+        assert!(
+            init.stdout.is_empty(),
+            "{point}: a restored process was left: {}",
+            String::from_utf8_lossy(&init.stdout)
+        );
+    }
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    let now = *counts(&env.logs("f")).last().unwrap();
+    env.wait_log("f", "progress after restore", |l| counts(l).first().is_some_and(|&n| n >= now + 2));
+    env.ok(&["stop", "f"]);
 }

@@ -243,7 +243,18 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             for &p in created.iter().rev().filter(|_| m.pod.is_none()) {
                 let _ = util::kill(p, libc::SIGKILL);
             }
-            let _ = util::waitpid(root, 0);
+            // Collect what dies, our tracees included: a pod's first process
+            // ends only once every other process of its namespace is
+            // collected, and we trace them.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                match util::waitpid(-1, libc::WNOHANG) {
+                    Ok((p, st)) if p == root && (libc::WIFEXITED(st) || libc::WIFSIGNALED(st)) => break,
+                    Ok((0, _)) => std::thread::sleep(Duration::from_millis(1)),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
             Err(e)
         }
     }

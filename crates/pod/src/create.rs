@@ -185,9 +185,7 @@ impl Holder {
         self.cmd_w = None;
         let _ = util::kill(self.pid, libc::SIGKILL);
         let _ = util::waitpid(self.pid, 0);
-        if let Some(v) = self.veth.take() {
-            let _ = net::remove_veth(&v);
-        }
+        let _ = net::remove_veth(self.veth.take().as_deref());
         let _ = self.cgroup.remove(Duration::from_secs(2));
     }
 }

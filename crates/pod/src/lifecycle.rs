@@ -113,7 +113,34 @@ fn wait_gone(rec: &PodRecord, timeout: Duration) -> bool {
 /// SIGKILL after `timeout`; then remove its cgroup, veth and record. Mounts
 /// live in the pod's mount namespace and go with its last process.
 pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<()> {
-    let rec = state.load(name)?;
+    let rec = match state.load(name) {
+        Ok(r) => r,
+        // A pod whose creation was cut short (its directory but no record):
+        // remove what it may have left, by name.
+        Err(PodError::Unknown(_)) if state.dir(name).is_dir() => {
+            let pid = crate::state::reserved_by(state, name);
+            if pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
+                return Err(PodError::Invalid(format!(
+                    "pod {name} is still being created (by pid {})",
+                    pid.unwrap_or(0)
+                )));
+            }
+            let (veth, _) = net::veth_names(name);
+            let veth = net::link_exists(&veth)?.then_some(veth);
+            let rec = PodRecord {
+                name: name.to_string(),
+                init_pid: 0,
+                init_start: 0,
+                created_unix: 0,
+                spec: Default::default(),
+                cmd: Vec::new(),
+                veth,
+                detached: false,
+            };
+            return cleanup(state, &rec);
+        }
+        Err(e) => return Err(e),
+    };
     let cg = Cgroup::of(name);
     if cg.exists() {
         // A frozen task cannot act on a signal.
@@ -141,9 +168,8 @@ pub fn cleanup(state: &StateDir, rec: &PodRecord) -> Result<()> {
         }
         cg.remove(Duration::from_secs(10))?;
     }
-    if let Some(v) = &rec.veth {
-        net::remove_veth(v)?;
-    }
+    // The bridge goes too once no pod uses it.
+    net::remove_veth(rec.veth.as_deref())?;
     state.release(&rec.name);
     Ok(())
 }

@@ -218,9 +218,13 @@ pub fn apply_extra(cfg: &NetConfig, old: Option<Ipv4Addr>) -> Result<()> {
 
 /// Remove a pod's veth (host end; the peer goes with it), and the bridge
 /// once no veth is attached to it any more.
-pub fn remove_veth(host: &str) -> Result<()> {
+pub fn remove_veth(host: Option<&str>) -> Result<()> {
     with_handle(async |h| {
-        if let Some(i) = index_of(&h, host).await? {
+        let veth = match host {
+            Some(n) => index_of(&h, n).await?,
+            None => None,
+        };
+        if let Some(i) = veth {
             // It may go by itself meanwhile: the pod's network namespace
             // takes its end (and so the pair) along when it goes.
             match h.link().del(i).execute().await {

@@ -121,14 +121,18 @@ impl StateDir {
         self.dir(name).join("log")
     }
 
-    /// Reserve `name` (fails if a pod of that name exists).
+    /// Reserve `name` (fails if a pod of that name exists). The directory
+    /// notes who reserved it, until the record is written.
     pub fn reserve(&self, name: &str) -> Result<PathBuf> {
         check_name(name)?;
         let pods = self.pods();
         std::fs::create_dir_all(&pods).map_err(PodError::io(&pods))?;
         let d = self.dir(name);
         match std::fs::create_dir(&d) {
-            Ok(()) => Ok(d),
+            Ok(()) => {
+                let _ = std::fs::write(d.join("creator"), std::process::id().to_string());
+                Ok(d)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(PodError::Exists(name.to_string())),
             Err(e) => Err(PodError::io(&d)(e)),
         }
@@ -179,6 +183,11 @@ impl StateDir {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
+
+/// The process that reserved pod `name` and has not written its record yet.
+pub fn reserved_by(state: &StateDir, name: &str) -> Option<i32> {
+    std::fs::read_to_string(state.dir(name).join("creator")).ok()?.trim().parse().ok()
 }
 
 /// Start time of a process (stat field 22), if it exists and is not a zombie.

@@ -30,8 +30,14 @@ impl PodEnv {
     }
 
     pub fn cryopod(&self, args: &[&str]) -> Out {
+        self.cryopod_env(args, &[])
+    }
+
+    /// With extra environment variables (e.g. CRYOPOD_FAULT).
+    pub fn cryopod_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
         let o = Command::new(cryopod_bin())
             .args(args)
+            .envs(env.iter().copied())
             .env("CRYOPOD_STATE_DIR", &self.state)
             .stdin(Stdio::null())
             .output()
