@@ -322,7 +322,7 @@ fn pod_ipc_namespace_survives_checkpoint() {
     let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "--json", image.to_str().unwrap()])).unwrap();
     assert_eq!(v["pod"]["name"], "ipc");
     assert_eq!(v["pod"]["posix_mqueues"][0], "tp-mq");
-    assert_eq!(v["pod"]["sysv_shm"].as_array().map(|a| a.len()), Some(1));
+    assert_eq!(v["pod"]["sysv_shm"].as_array().map(|a| a.len()), Some(2));
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
     std::fs::write(work.join("go"), b"go").unwrap();
     let log = env.wait_log("ipc", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));

@@ -54,6 +54,9 @@ pub struct ShmSegment {
     pub size: u64,
     /// Contents: a file in the image directory, its size and BLAKE3.
     pub data: (String, u64, [u8; 32]),
+    /// Marked for removal (IPC_RMID) while still attached: it goes with
+    /// its last attachment.
+    pub removed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

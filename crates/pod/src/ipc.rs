@@ -38,16 +38,14 @@ fn read_all(dir: &Path) -> Result<PodIpc> {
     // key shmid perms size cpid lpid nattch uid gid ...
     for r in rows("shm")? {
         let (key, id, mode, size) = (col(&r, 0) as i32, col(&r, 1) as i32, col(&r, 2) as u32, col(&r, 3) as u64);
-        if mode & 0o1000 != 0 {
-            return Err(PodError::Invalid(format!("SysV segment {id} is marked for removal; not supported yet")));
-        }
         let data = ipc::shm_read(id, size as usize)?;
         let name = format!("ipc-shm-{id}");
         let path = dir.join(&name);
         std::fs::write(&path, &data).map_err(PodError::io(&path))?;
         let hash = *blake3::hash(&data).as_bytes();
         let perm = (col(&r, 7) as u32, col(&r, 8) as u32, mode & 0o777);
-        out.shm.push(ShmSegment { key, id, perm, size, data: (name, data.len() as u64, hash) });
+        let removed = mode & 0o1000 != 0;
+        out.shm.push(ShmSegment { key, id, perm, size, data: (name, data.len() as u64, hash), removed });
     }
     // key semid perms nsems uid gid ...
     for r in rows("sem")? {
@@ -111,6 +109,21 @@ pub fn to_pod_ids(ipc: &mut PodIpc, to_pod: impl Fn(u32) -> Result<u32>) -> Resu
         p.1 = to_pod(p.1)?;
     }
     Ok(())
+}
+
+/// Once a restored pod's processes are attached again: mark the segments
+/// that were marked for removal (the pod of `init`).
+pub fn remove_marked(ipc: &PodIpc, init: i32) -> Result<()> {
+    let ids: Vec<i32> = ipc.shm.iter().filter(|s| s.removed).map(|s| s.id).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    crate::join::read_inside(init, libc::CLONE_NEWIPC, "marking SysV segments for removal", || {
+        for id in ids {
+            ipc::shm_remove(id)?;
+        }
+        Ok(())
+    })
 }
 
 /// Check the image's shared memory files before anything is created.

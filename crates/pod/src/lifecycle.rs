@@ -126,18 +126,7 @@ pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<()> {
                 )));
             }
             let (veth, _) = net::veth_names(name);
-            let veth = net::link_exists(&veth)?.then_some(veth);
-            let rec = PodRecord {
-                name: name.to_string(),
-                init_pid: 0,
-                init_start: 0,
-                created_unix: 0,
-                spec: Default::default(),
-                cmd: Vec::new(),
-                veth,
-                detached: false,
-            };
-            return cleanup(state, &rec);
+            return cleanup_by_name(state, name, net::link_exists(&veth)?.then_some(veth));
         }
         Err(e) => return Err(e),
     };
@@ -154,6 +143,21 @@ pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<()> {
             wait_gone(&rec, Duration::from_secs(10));
         }
     }
+    cleanup(state, &rec)
+}
+
+/// Like [`cleanup`], for a pod known only by its name (and veth, if any).
+pub fn cleanup_by_name(state: &StateDir, name: &str, veth: Option<String>) -> Result<()> {
+    let rec = PodRecord {
+        name: name.to_string(),
+        init_pid: 0,
+        init_start: 0,
+        created_unix: 0,
+        spec: Default::default(),
+        cmd: Vec::new(),
+        veth,
+        detached: false,
+    };
     cleanup(state, &rec)
 }
 

@@ -311,6 +311,12 @@ fn restore_reserved(
     };
     let veth = holder.veth.clone();
     holder.release();
+    if let Err(e) = crate::ipc::remove_marked(&pod.ipc, outcome.root_pid) {
+        let _ = cryopod_sys::util::kill(outcome.root_pid, libc::SIGKILL);
+        let _ = cryopod_sys::util::waitpid(outcome.root_pid, 0);
+        let _ = crate::lifecycle::cleanup_by_name(state, name, veth.clone());
+        return Err(e);
+    }
     let rec = PodRecord {
         name: name.to_string(),
         init_pid: outcome.root_pid,

@@ -58,6 +58,13 @@ pub fn shm_create(key: i32, size: usize, perm: Perm, data: &[u8]) -> SysResult<i
     Ok(id)
 }
 
+/// Mark segment `id` for removal (it goes with its last attachment).
+pub fn shm_remove(id: i32) -> SysResult<()> {
+    // SAFETY: IPC_RMID takes no buffer.
+    check(unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } as i64, format!("shmctl({id}, IPC_RMID)"))?;
+    Ok(())
+}
+
 #[repr(C)]
 union Semun {
     val: i32,

@@ -19,6 +19,12 @@ fn main() {
         let ro = libc::shmat(shmid, std::ptr::null(), libc::SHM_RDONLY) as *const u8;
         let pat = pattern(3, SHM_SIZE);
         std::ptr::copy_nonoverlapping(pat.as_ptr(), p, SHM_SIZE);
+        // A private segment marked for removal while attached.
+        let gone = libc::shmget(libc::IPC_PRIVATE, 8192, libc::IPC_CREAT | 0o600);
+        let g = libc::shmat(gone, std::ptr::null(), 0) as *mut u8;
+        let gpat = pattern(9, 8192);
+        std::ptr::copy_nonoverlapping(gpat.as_ptr(), g, 8192);
+        libc::shmctl(gone, libc::IPC_RMID, std::ptr::null_mut());
         let semid = libc::semget(0x2345, 3, libc::IPC_CREAT | 0o600);
         for (i, v) in [1, 5, 42].iter().enumerate() {
             libc::semctl(semid, i as i32, libc::SETVAL, *v);
@@ -60,6 +66,11 @@ fn main() {
         libc::shmctl(shmid, libc::IPC_STAT, &mut ds);
         c.eq("attachments after the child left", ds.shm_nattch, 2);
         c.eq("segment mode", ds.shm_perm.mode & 0o777, 0o640);
+        c.check("removed segment contents", std::slice::from_raw_parts(g, 8192) == &gpat[..], "differ");
+        let mut ds: libc::shmid_ds = std::mem::zeroed();
+        c.eq("removed segment still attached", libc::shmctl(gone, libc::IPC_STAT, &mut ds), 0);
+        c.check("removed segment still marked for removal", ds.shm_perm.mode & 0o1000 != 0, "not marked");
+        c.eq("removed segment attachments", ds.shm_nattch, 1);
         c.eq("semaphore set keeps its id", libc::semget(0x2345, 0, 0), semid);
         let vals: Vec<i32> = (0..3).map(|i| libc::semctl(semid, i, libc::GETVAL)).collect();
         c.eq("semaphore values", vals, vec![1, 5, 42]);
