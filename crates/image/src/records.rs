@@ -477,6 +477,8 @@ pub struct UnixSock {
     pub pending: Vec<u32>,
     /// Unread messages (for a stream socket, unread bytes in chunks).
     pub queued: Vec<Vec<u8>>,
+    /// For each queued datagram, its sender's address (empty: unnamed).
+    pub queued_from: Vec<Vec<u8>>,
     /// RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2) bits.
     pub shutdown: u8,
     /// SO_PEERCRED: the process that connected or listened, (pid, uid, gid);

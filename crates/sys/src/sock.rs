@@ -173,19 +173,24 @@ pub fn peer_cred(fd: i32) -> SysResult<(Pid, u32, u32)> {
 }
 
 /// Every message queued for reading on `fd`, copied without consuming
-/// them (for a stream socket, possibly several chunks). Refuses when a
-/// message carries file descriptors or other control data.
-pub fn peek_queue(fd: i32, bytes_hint: usize) -> SysResult<Vec<Vec<u8>>> {
+/// them (for a stream socket, possibly several chunks), each with its
+/// sender's address (empty: unnamed). Refuses when a message carries file
+/// descriptors or other control data.
+pub fn peek_queue(fd: i32, bytes_hint: usize) -> SysResult<Vec<(Vec<u8>, Vec<u8>)>> {
     let old = getsockopt_int(fd, libc::SO_PEEK_OFF)?;
     setsockopt_int(fd, libc::SO_PEEK_OFF, 0)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; bytes_hint.clamp(4096, 16 << 20) + 1];
     let res = loop {
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        // SAFETY: msghdr is plain data; only the iovec is set.
+        // SAFETY: plain data, filled by the kernel.
+        let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        // SAFETY: msghdr is plain data; the iovec and address are set.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
+        msg.msg_name = (&mut from as *mut libc::sockaddr_un).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
         // SAFETY: `msg` points at a live iovec over `buf`.
         let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
         if r < 0 {
@@ -219,7 +224,15 @@ pub fn peek_queue(fd: i32, bytes_hint: usize) -> SysResult<Vec<Vec<u8>>> {
                 break Ok(());
             }
         }
-        out.push(buf[..n].to_vec());
+        let name_len = (msg.msg_namelen as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>());
+        let mut name: Vec<u8> = from.sun_path[..name_len.min(from.sun_path.len())].iter().map(|&c| c as u8).collect();
+        // A path name may come with its terminating NUL.
+        if name.first() != Some(&0) {
+            while name.last() == Some(&0) {
+                name.pop();
+            }
+        }
+        out.push((buf[..n].to_vec(), name));
     };
     let restored = setsockopt_int(fd, libc::SO_PEEK_OFF, old);
     res?;

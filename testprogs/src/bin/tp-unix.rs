@@ -60,6 +60,24 @@ unsafe fn recv(fd: i32) -> Option<Vec<u8>> {
     Some(b)
 }
 
+/// One datagram and its sender's address, waiting up to 5 s.
+unsafe fn recvfrom(fd: i32) -> (Option<Vec<u8>>, Vec<u8>) {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    if libc::poll(&mut p, 1, 5000) != 1 {
+        return (None, Vec::new());
+    }
+    let mut b = vec![0u8; 4096];
+    let mut a: libc::sockaddr_un = std::mem::zeroed();
+    let mut l = std::mem::size_of::<libc::sockaddr_un>() as u32;
+    let n = libc::recvfrom(fd, b.as_mut_ptr().cast(), b.len(), 0, (&mut a as *mut libc::sockaddr_un).cast(), &mut l);
+    if n < 0 {
+        return (None, Vec::new());
+    }
+    b.truncate(n as usize);
+    let name = a.sun_path[..(l as usize).saturating_sub(2)].iter().map(|&c| c as u8).collect();
+    (Some(b), name)
+}
+
 unsafe fn peer_pid(fd: i32) -> i32 {
     let mut c = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut l = std::mem::size_of::<libc::ucred>() as u32;
@@ -101,6 +119,7 @@ fn main() {
     let path = dir.join("srv.sock").as_os_str().as_encoded_bytes().to_vec();
     let seq_name = [b"\0cryopod-tp-seq-".as_slice(), me.to_string().as_bytes()].concat();
     let dg_name = [b"\0cryopod-tp-dg-".as_slice(), me.to_string().as_bytes()].concat();
+    let cl_name = [b"\0cryopod-tp-cl-".as_slice(), me.to_string().as_bytes()].concat();
     unsafe {
         let l1 = sock(libc::SOCK_STREAM);
         assert_eq!(bind(l1, &path), 0, "bind {}", std::io::Error::last_os_error());
@@ -143,7 +162,9 @@ fn main() {
             sync_read(to_c[0]);
             send(c3, b"m1");
             send(c3, b"m2");
+            // A named client: the server sees (and answers) its address.
             let u = sock(libc::SOCK_DGRAM);
+            bind(u, &cl_name);
             sendto(u, b"dg1", &dg_name);
             sendto(u, b"dg2", &dg_name);
             sync_write(to_p[1]);
@@ -162,6 +183,7 @@ fn main() {
             k("seqpacket queued", s(&recv(c3)), "r1".into());
             k("socketpair queued", s(&recv(sp[1])), "pair-data".into());
             k("pending connection accepted after restore", s(&recv(c2)), "welcome".into());
+            k("answer to the datagram client's address", s(&recv(u)), "reply".into());
             send(c2, b"thanks");
             send(c1, b"after restore");
             send(c3, b"m3");
@@ -199,8 +221,12 @@ fn main() {
         let mut b = [0u8; 8];
         let r = libc::recv(dp[1], b.as_mut_ptr().cast(), 8, 0);
         c.check("dgram pair then empty", r < 0, format!("read {r}"));
-        c.eq("bound dgram 1", s(&recv(d)), "dg1".into());
-        c.eq("bound dgram 2", s(&recv(d)), "dg2".into());
+        for (i, want) in ["dg1", "dg2"].iter().enumerate() {
+            let (got, from) = recvfrom(d);
+            c.eq(&format!("bound dgram {}", i + 1), s(&got), want.to_string());
+            c.eq(&format!("bound dgram {} sender", i + 1), from, cl_name.clone());
+        }
+        sendto(d, b"reply", &cl_name);
         c.eq("bound dgram name", sockname(d), dg_name.clone());
         c.eq("shut down pair data", s(&recv(sh[0])), "last words".into());
         c.eq("shut down pair then EOF", s(&recv(sh[0])), "".into());

@@ -60,11 +60,16 @@ impl UnixTable {
         };
         let pfd = pidfd::pidfd_open(pid)?;
         let copy = pidfd::pidfd_getfd(&pfd, pid, fd)?;
-        let queued = if d.state != LISTEN && d.rqlen.0 > 0 {
+        let peeked = if d.state != LISTEN && d.rqlen.0 > 0 {
             cryopod_sys::sock::peek_queue(copy.as_raw_fd(), d.rqlen.0 as usize)
                 .map_err(|e| unsupported(format!("has unread data that cannot be saved: {}", e.op)))?
         } else {
             Vec::new()
+        };
+        let (queued, queued_from): (Vec<Vec<u8>>, Vec<Vec<u8>>) = if d.kind == libc::SOCK_DGRAM {
+            peeked.into_iter().unzip()
+        } else {
+            (peeked.into_iter().map(|(data, _)| data).collect(), Vec::new())
         };
         if d.state != LISTEN {
             self.outq.insert(ino32, d.rqlen.1);
@@ -78,6 +83,7 @@ impl UnixTable {
             backlog: if d.state == LISTEN { d.rqlen.1 } else { 0 },
             pending: d.pending,
             queued,
+            queued_from,
             shutdown: d.shutdown,
             peer_cred: cryopod_sys::sock::peer_cred(copy.as_raw_fd()).unwrap_or((0, 0, 0)),
             passcred: cryopod_sys::sock::passcred(copy.as_raw_fd()).unwrap_or(false),

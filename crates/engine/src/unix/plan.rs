@@ -46,8 +46,10 @@ pub enum Op {
     /// Send `to`'s queued messages from `from`'s staging fd (`spare`: from
     /// the spare end of an orphan pair).
     Send { to: u32, from: u32, spare: bool },
-    /// Send `to`'s queued messages to its name from a fresh socket.
-    SendTo { to: u32 },
+    /// Send some of `to`'s queued datagrams (by index) to its name: from
+    /// the socket that sent them, if it is in the image (so the receiver
+    /// sees the same sender address), else from a fresh unnamed socket.
+    SendTo { to: u32, from: Option<u32>, msgs: Vec<usize> },
     /// Shutdown, SO_PASSCRED, status flags; close a spare end.
     Finish { file: u32 },
     /// Put sockets at their fd numbers: (fd, file, creator pid, cloexec).
@@ -205,7 +207,25 @@ impl Plan {
                 None if fu.kind != libc::SOCK_DGRAM && fu.state == CONNECTED => {
                     p.steps.push(Step { pid: creator[&f], op: Op::Send { to: f, from: f, spare: true } })
                 }
-                _ => p.steps.push(Step { pid: creator[&f], op: Op::SendTo { to: f } }),
+                _ => {
+                    // Runs of datagrams from one sender, in queue order.
+                    let sender = |i: usize| {
+                        let n = fu.queued_from.get(i).filter(|n| !n.is_empty())?;
+                        files.iter().copied().find(|&s| s != f && u(s).kind == libc::SOCK_DGRAM && &u(s).name == n)
+                    };
+                    let mut i = 0;
+                    while i < fu.queued.len() {
+                        let from = sender(i);
+                        let mut msgs = vec![i];
+                        while i + 1 < fu.queued.len() && sender(i + 1) == from {
+                            i += 1;
+                            msgs.push(i);
+                        }
+                        let pid = from.map(|s| creator[&s]).unwrap_or(creator[&f]);
+                        p.steps.push(Step { pid, op: Op::SendTo { to: f, from, msgs } });
+                        i += 1;
+                    }
+                }
             }
         }
         for &f in &files {
@@ -332,11 +352,19 @@ impl Plan {
                 }
                 Ok(())
             }
-            Op::SendTo { to } => {
+            Op::SendTo { to, from, msgs } => {
                 let u = s(*to)?;
-                let tmp = sock::socket(libc::SOCK_DGRAM)?;
-                for msg in &u.queued {
-                    sock::send(tmp.as_raw_fd(), msg, Some(&u.name)).map_err(|e| err("refill", *to, e))?;
+                let tmp;
+                let fd = match from {
+                    Some(f) => self.staging(*f),
+                    None => {
+                        tmp = sock::socket(libc::SOCK_DGRAM)?;
+                        tmp.as_raw_fd()
+                    }
+                };
+                for &i in msgs {
+                    let msg = u.queued.get(i).ok_or_else(|| err("refill", *to, "no such message"))?;
+                    sock::send(fd, msg, Some(&u.name)).map_err(|e| err("refill", *to, e))?;
                 }
                 Ok(())
             }
