@@ -440,3 +440,57 @@ fn pod_failures_leave_things_as_they_were() {
     env.wait_log("f", "progress after restore", |l| counts(l).first().is_some_and(|&n| n >= now + 2));
     env.ok(&["stop", "f"]);
 }
+
+/// An idle TCP service (a listener, nobody connected) in a pod serves again
+/// after restore — in both copies restored side by side, each at its own
+/// address.
+#[test]
+fn pod_tcp_listener_serves_after_restore() {
+    use std::io::{Read, Write};
+    let env = PodEnv::new("pod-tcp");
+    let script = env.dir.join("srv.py");
+    std::fs::write(
+        &script,
+        r#"import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(16)
+print("LISTENING", flush=True)
+n = 0
+while True:
+    c, _ = s.accept()
+    n += 1
+    c.sendall(b"served %d: " % n + c.recv(100))
+    c.close()
+"#,
+    )
+    .unwrap();
+    let ask = |ip: &str| -> String {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&format!("{ip}:8080").parse().unwrap(), Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connect to {ip}:8080: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"hello").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    env.ok(&["run", "-d", "--name", "web", "--ip", "10.77.11.2/24", "--", "python3", script.to_str().unwrap()]);
+    env.wait_log("web", "listening", |l| l == "LISTENING");
+    assert_eq!(ask("10.77.11.2"), "served 1: hello");
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "web", "-o", image.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "--json", image.to_str().unwrap()])).unwrap();
+    assert!(v.to_string().contains("TCP listener 0.0.0.0:8080"), "inspect shows no listener");
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    env.ok(&["restore", image.to_str().unwrap(), "--name", "web2", "--ip", "10.77.11.3/24", "--detach"]);
+    // Each copy goes on from the same count.
+    assert_eq!(ask("10.77.11.2"), "served 2: hello");
+    assert_eq!(ask("10.77.11.3"), "served 2: hello");
+    assert_eq!(ask("10.77.11.3"), "served 3: hello");
+    for pod in ["web", "web2"] {
+        env.ok(&["stop", pod]);
+        assert_eq!(env.leftovers(pod), Vec::<String>::new());
+    }
+}

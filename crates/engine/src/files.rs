@@ -265,7 +265,7 @@ pub fn open_all(
     objects: &HashMap<u32, OwnedFd>,
     root: &str,
     inherit: &[(String, i32)],
-    ipc_of: Option<i32>,
+    ns_of: Option<i32>,
 ) -> Result<Vec<Option<OwnedFd>>> {
     let mut used = vec![false; m.files.len()];
     for p in &m.processes {
@@ -282,7 +282,7 @@ pub fn open_all(
             out.push(None);
             continue;
         }
-        let fd = open_one(f, &mut pipes, &mut fifo_holders, objects, root, inherit, ipc_of)
+        let fd = open_one(f, &mut pipes, &mut fifo_holders, objects, root, inherit, ns_of)
             .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
         out.push(Some(cryopod_sys::util::dup_at_least(fd.as_raw_fd(), base)?));
     }
@@ -290,18 +290,29 @@ pub fn open_all(
     Ok(out)
 }
 
-/// Open queue `name` in the IPC namespace of process `pid` (from a thread
-/// that joins it: only it changes namespace).
-fn mqueue_in(pid: i32, name: &str, flags: i32) -> Result<OwnedFd> {
+/// Make an fd inside the `ns` namespace (CLONE_NEWIPC, CLONE_NEWNET) of
+/// process `pid`: from a thread that joins it (only it changes namespace).
+fn in_namespace(pid: i32, ns: i32, make: impl FnOnce() -> Result<OwnedFd> + Send + 'static) -> Result<OwnedFd> {
     let pfd = cryopod_sys::pidfd::pidfd_open(pid)?;
-    let name = name.to_string();
     std::thread::spawn(move || -> Result<OwnedFd> {
         use std::os::fd::AsFd;
-        cryopod_sys::ns::enter(pfd.as_fd(), pid, libc::CLONE_NEWIPC)?;
-        Ok(cryopod_sys::ipc::mq_open_fd(&name, flags)?)
+        cryopod_sys::ns::enter(pfd.as_fd(), pid, ns)?;
+        make()
     })
     .join()
-    .map_err(|_| EngineError::Other("message queue thread panicked".into()))?
+    .map_err(|_| EngineError::Other("namespace thread panicked".into()))?
+}
+
+/// address:port of an IPv4 or IPv6 socket, for messages.
+fn inet_show(family: i32, addr: &[u8], port: u16) -> String {
+    match (family, addr.len()) {
+        (libc::AF_INET, 4) => format!("{}.{}.{}.{}:{port}", addr[0], addr[1], addr[2], addr[3]),
+        (libc::AF_INET6, 16) => {
+            let b: [u8; 16] = addr.try_into().unwrap_or([0; 16]);
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(b))
+        }
+        _ => format!("?:{port}"),
+    }
 }
 
 /// A short description of a file for error messages and inspect.
@@ -316,6 +327,7 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::CharDev { path, .. } => path.clone(),
         FileKind::External { key } => format!("external file {key:?}"),
         FileKind::Mqueue { name } => format!("POSIX message queue /{name}"),
+        FileKind::TcpListen { family, addr, port, .. } => format!("TCP listener {}", inet_show(*family, addr, *port)),
         FileKind::Unix(u) => format!(
             "unix socket:[{}] {} {}, {} messages queued",
             u.ino,
@@ -348,7 +360,7 @@ fn open_one(
     objects: &HashMap<u32, OwnedFd>,
     root: &str,
     inherit: &[(String, i32)],
-    ipc_of: Option<i32>,
+    ns_of: Option<i32>,
 ) -> Result<OwnedFd> {
     let flags = f.flags;
     let status = (flags & !(libc::O_ACCMODE as u32)) as i32;
@@ -374,9 +386,23 @@ fn open_one(
         FileKind::CharDev { path, .. } => open_with(&under(root, path), flags | libc::O_NOCTTY as u32)?,
         FileKind::Unix(_) => return Err(EngineError::Other("unix sockets are made by the stubs".into())),
         FileKind::Mqueue { name } => {
-            let pid = ipc_of.ok_or_else(|| EngineError::Other("a message queue outside a pod".into()))?;
+            let pid = ns_of.ok_or_else(|| EngineError::Other("a message queue outside a pod".into()))?;
             let flags = (f.flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32) as i32;
-            mqueue_in(pid, name, flags)?
+            in_namespace(pid, libc::CLONE_NEWIPC, {
+                let name = name.clone();
+                move || Ok(cryopod_sys::ipc::mq_open_fd(&name, flags)?)
+            })?
+        }
+        FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only } => {
+            let (family, addr, port, backlog, reuse, v6) =
+                (*family, addr.clone(), *port, *backlog, *reuseaddr, *v6only);
+            let make = move || Ok(cryopod_sys::sock::tcp_listen(family, &addr, port, backlog as i32, reuse, v6)?);
+            let fd = match ns_of {
+                Some(pid) => in_namespace(pid, libc::CLONE_NEWNET, make)?,
+                None => make()?,
+            };
+            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fd
         }
         FileKind::External { key } => {
             let (_, fd) = inherit.iter().find(|(k, _)| k == key).ok_or_else(|| {

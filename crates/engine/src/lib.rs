@@ -13,6 +13,7 @@ pub mod fault;
 pub mod files;
 pub mod freeze;
 pub mod ident;
+pub mod inet;
 pub mod mm;
 pub mod pages;
 pub mod pidns;

@@ -42,9 +42,9 @@ pub struct PodRestore<'a> {
     pub before_pid_ns: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
     /// Files the image names as external, supplied as fds of ours.
     pub inherit: Vec<(String, i32)>,
-    /// A process already in the pod's IPC namespace (its POSIX message
-    /// queues are opened there).
-    pub ipc_of: i32,
+    /// A process already in the pod's IPC and network namespaces (its POSIX
+    /// message queues and TCP listeners are made there).
+    pub ns_of: i32,
 }
 
 #[derive(Debug)]
@@ -143,7 +143,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     let old_fs = owner.as_ref().map(|o| util::set_fs_ids(o.uid, o.gid));
     let inherit = o.pod.as_ref().map(|p| p.inherit.clone()).unwrap_or_default();
     let opened = files::create_objects(&m, &reader, base, &fs_root).and_then(|objects| {
-        files::open_all(&m, base, &objects, &fs_root, &inherit, o.pod.as_ref().map(|p| p.ipc_of))
+        files::open_all(&m, base, &objects, &fs_root, &inherit, o.pod.as_ref().map(|p| p.ns_of))
             .map(|srcs| (objects, srcs))
     });
     if let Some((u, g)) = old_fs {

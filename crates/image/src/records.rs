@@ -268,6 +268,8 @@ pub enum FileKind {
     CharDev { path: String, rdev: u64 },
     /// A unix domain socket.
     Unix(UnixSock),
+    /// A listening TCP socket (IPv4 or IPv6) with no connection waiting.
+    TcpListen { family: i32, addr: Vec<u8>, port: u16, backlog: u32, reuseaddr: bool, v6only: bool },
     /// A POSIX message queue descriptor of a pod (the queue is part of the
     /// pod's IPC record); `name` without the leading '/'.
     Mqueue { name: String },

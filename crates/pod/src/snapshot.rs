@@ -290,7 +290,7 @@ fn restore_reserved(
             enter: &settle,
             before_pid_ns: Some(&join_user),
             inherit,
-            ipc_of: holder.pid,
+            ns_of: holder.pid,
         }
     } else {
         PodRestore {
@@ -298,7 +298,7 @@ fn restore_reserved(
             enter: &enter,
             before_pid_ns: None,
             inherit,
-            ipc_of: holder.pid,
+            ns_of: holder.pid,
         }
     };
     let opts = RestoreOptions { dir: o.dir.clone(), threads: o.threads, pod: Some(pod_restore) };

@@ -254,3 +254,103 @@ pub fn set_effective_ids(uid: u32, gid: u32) -> SysResult<()> {
     }
     Ok(())
 }
+
+/// SO_DOMAIN and SO_TYPE of a socket.
+pub fn domain_and_type(fd: i32) -> SysResult<(i32, i32)> {
+    Ok((getsockopt_int(fd, libc::SO_DOMAIN)?, getsockopt_int(fd, libc::SO_TYPE)?))
+}
+
+/// What a TCP socket's TCP_INFO says: (state, connections waiting to be
+/// accepted (listeners), backlog (listeners)).
+pub fn tcp_state(fd: i32) -> SysResult<(u8, u32, u32)> {
+    // SAFETY: tcp_info is plain data filled by the kernel.
+    let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid out pointers of the right size.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut ti as *mut libc::tcp_info).cast(), &mut len)
+    };
+    check(r as isize, "getsockopt(TCP_INFO)")?;
+    Ok((ti.tcpi_state, ti.tcpi_unacked, ti.tcpi_sacked))
+}
+
+/// The local address of an IPv4 or IPv6 socket: (address bytes, port).
+pub fn inet_name(fd: i32) -> SysResult<(Vec<u8>, u16)> {
+    // SAFETY: sockaddr_storage is plain data filled by the kernel.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid out pointers.
+    let r = unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+    check(r as isize, "getsockname")?;
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in.
+            let a: libc::sockaddr_in = unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
+            Ok((a.sin_addr.s_addr.to_ne_bytes().to_vec(), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6.
+            let a: libc::sockaddr_in6 = unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
+            Ok((a.sin6_addr.s6_addr.to_vec(), u16::from_be(a.sin6_port)))
+        }
+        f => Err(SysError::new(format!("getsockname (family {f})"), 0, Errno(libc::EAFNOSUPPORT))),
+    }
+}
+
+/// SO_REUSEADDR and, for IPv6, IPV6_V6ONLY.
+pub fn inet_options(fd: i32, family: i32) -> SysResult<(bool, bool)> {
+    let reuse = getsockopt_int(fd, libc::SO_REUSEADDR)? != 0;
+    let v6only = if family == libc::AF_INET6 {
+        let mut v: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: valid out pointers for an int option.
+        let r = unsafe {
+            libc::getsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&mut v as *mut i32).cast(), &mut len)
+        };
+        check(r as isize, "getsockopt(IPV6_V6ONLY)")?;
+        v != 0
+    } else {
+        false
+    };
+    Ok((reuse, v6only))
+}
+
+/// A listening TCP socket on (address, port), close-on-exec.
+pub fn tcp_listen(family: i32, addr: &[u8], port: u16, backlog: i32, reuse: bool, v6only: bool) -> SysResult<OwnedFd> {
+    let what = format!("TCP listener on port {port}");
+    // SAFETY: integer arguments.
+    let fd = new_fd(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }, &what)?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    setsockopt_int(raw, libc::SO_REUSEADDR, i32::from(reuse))?;
+    let r = match family {
+        libc::AF_INET => {
+            // SAFETY: sockaddr_in is plain data.
+            let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            a.sin_family = libc::AF_INET as libc::sa_family_t;
+            a.sin_port = port.to_be();
+            a.sin_addr.s_addr =
+                u32::from_ne_bytes(addr.try_into().map_err(|_| SysError::new(&what, 0, Errno(libc::EINVAL)))?);
+            // SAFETY: a valid sockaddr_in of its size.
+            unsafe { libc::bind(raw, (&a as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&a) as u32) }
+        }
+        libc::AF_INET6 => {
+            let v: i32 = i32::from(v6only);
+            // SAFETY: a live int option.
+            unsafe {
+                libc::setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&v as *const i32).cast(), 4);
+            }
+            // SAFETY: sockaddr_in6 is plain data.
+            let mut a: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            a.sin6_port = port.to_be();
+            a.sin6_addr.s6_addr = addr.try_into().map_err(|_| SysError::new(&what, 0, Errno(libc::EINVAL)))?;
+            // SAFETY: a valid sockaddr_in6 of its size.
+            unsafe { libc::bind(raw, (&a as *const libc::sockaddr_in6).cast(), std::mem::size_of_val(&a) as u32) }
+        }
+        _ => return Err(SysError::new(&what, 0, Errno(libc::EAFNOSUPPORT))),
+    };
+    check(r as isize, format!("bind of the {what}"))?;
+    // SAFETY: integer arguments.
+    check(unsafe { libc::listen(raw, backlog) } as isize, format!("listen of the {what}"))?;
+    Ok(fd)
+}

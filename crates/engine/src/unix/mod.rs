@@ -56,7 +56,10 @@ impl UnixTable {
             |what: String| EngineError::Unsupported { pid, what: format!("fd {fd} (socket:[{ino}]) {what}") };
         let ino32 = u32::try_from(ino).map_err(|_| unsupported("has an inode beyond 32 bits".into()))?;
         let Some(d) = self.lookup(pid, ino32)? else {
-            return Err(unsupported("is not a unix socket (other socket families are not supported yet)".into()));
+            return crate::inet::collect(pid, fd).map_err(|e| match e {
+                EngineError::Other(why) => EngineError::Other(format!("fd {fd} (socket:[{ino}]) {why}")),
+                e => e,
+            });
         };
         let pfd = pidfd::pidfd_open(pid)?;
         let copy = pidfd::pidfd_getfd(&pfd, pid, fd)?;
