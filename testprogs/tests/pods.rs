@@ -245,18 +245,31 @@ fn pod_bad_input_gets_one_sentence_and_changes_nothing() {
 /// repeated. Restored twice side by side, both go on with no message lost.
 #[test]
 fn pod_service_over_unix_socket_keeps_talking() {
-    let env = PodEnv::new("pod-svc");
+    service_roundtrip("pod-svc", "socket.AF_UNIX, b\"\\0cryopod-svc\"");
+}
+
+/// The same over TCP on the pod's loopback: both ends of the connection
+/// (and the listener) come back through TCP_REPAIR, with whatever was in
+/// flight; also a checkpoint that leaves the pod running.
+#[test]
+fn pod_service_over_tcp_keeps_talking() {
+    service_roundtrip("pod-tcpsvc", "socket.AF_INET, (\"127.0.0.1\", 7070)");
+}
+
+fn service_roundtrip(tag: &str, family_and_address: &str) {
+    let env = PodEnv::new(tag);
     let script = env.dir.join("svc.py");
     std::fs::write(
         &script,
         r#"import os, socket, sys, time
-name = b"\0cryopod-svc"
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-srv.bind(name)
+FAMILY, ADDR = @FA@
+srv = socket.socket(FAMILY, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(ADDR)
 srv.listen(4)
 if os.fork() == 0:
-    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    c.connect(name)
+    c = socket.socket(FAMILY, socket.SOCK_STREAM)
+    c.connect(ADDR)
     r = c.makefile("rb")
     n = 0
     while True:
@@ -281,7 +294,8 @@ while True:
         print("GAP got %d expected %d" % (v, expect), flush=True)
     expect = v + 1
     conn.sendall(b"%d\n" % (2 * v))
-"#,
+"#
+        .replace("@FA@", family_and_address),
     )
     .unwrap();
     env.ok(&["run", "-d", "--name", "svc", "--", "python3", script.to_str().unwrap()]);
@@ -293,12 +307,18 @@ while True:
     let last = *counts(&std::fs::read_to_string(image.join("pod.log")).unwrap()).last().unwrap();
     env.ok(&["restore", image_s, "--detach"]);
     env.ok(&["restore", image_s, "--name", "svc2", "--detach"]);
-    for pod in ["svc", "svc2"] {
-        let log = env.wait_log(pod, "progress", |l| counts(l).first().is_some_and(|&n| n >= last + 20));
+    let check = |pod: &str, from: u64| {
+        let log = env.wait_log(pod, "progress", |l| counts(l).first().is_some_and(|&n| n >= from + 20));
         let n = counts(&log);
         assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "{pod}: exchanges not continuous: {n:?}");
         assert!(!log.contains("MISMATCH") && !log.contains("GAP") && !log.contains("gone"), "{pod}:\n{log}");
+    };
+    for pod in ["svc", "svc2"] {
+        check(pod, last);
     }
+    // Left running: the connection goes on through the checkpoint.
+    env.ok(&["checkpoint", "svc2", "-o", env.dir.join("image2").to_str().unwrap(), "--leave-running"]);
+    check("svc2", *counts(&env.logs("svc2")).last().unwrap());
     for pod in ["svc", "svc2"] {
         env.ok(&["stop", pod]);
         assert_eq!(env.leftovers(pod), Vec::<String>::new());

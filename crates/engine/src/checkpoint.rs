@@ -61,11 +61,16 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
     let res = collect_and_write(o, &fr, progress);
     let frozen = t0.elapsed();
     match res {
-        Ok(m) => {
+        Ok((m, mut repaired)) => {
             if o.leave_running {
+                // Connections leave repair mode before their owners go on.
+                drop(repaired);
                 fr.thaw();
             } else {
                 fr.kill(o.pod.is_some());
+                // The tree is gone: our copies close without a word.
+                repaired.silent = true;
+                drop(repaired);
             }
             let (mem, stored) = m.memory_bytes();
             let meta_len = std::fs::metadata(o.dir.join(cryopod_image::MANIFEST_FILE)).map(|m| m.len()).unwrap_or(0);
@@ -105,7 +110,13 @@ fn cleanup_dir(dir: &std::path::Path) {
     }
 }
 
-fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> Result<Manifest> {
+/// Returns the manifest written and the TCP connections held in repair
+/// mode meanwhile (dropping them on an error undoes repair).
+fn collect_and_write(
+    o: &CheckpointOptions,
+    fr: &Frozen,
+    progress: Progress,
+) -> Result<(Manifest, crate::inet::Repaired)> {
     fault::check("after-freeze")?;
     let t_collect = Instant::now();
     let mut files = FileTable::default();
@@ -165,7 +176,7 @@ fn collect_and_write(o: &CheckpointOptions, fr: &Frozen, progress: Progress) -> 
     m.validate()?;
     fault::check("before-manifest")?;
     cryopod_image::write_manifest(&o.dir, &m)?;
-    Ok(m)
+    Ok((m, std::mem::take(&mut files.unix.repaired)))
 }
 
 /// Processes in tree order from the root (parents first).

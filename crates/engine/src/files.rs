@@ -276,9 +276,14 @@ pub fn open_all(
     let mut pipes: HashMap<u64, (OwnedFd, OwnedFd)> = HashMap::new();
     let mut fifo_holders = Vec::new();
     let mut out = Vec::new();
+    let mut tcp = Vec::new();
     for (i, f) in m.files.iter().enumerate() {
-        // Sockets are made by the stubs themselves (see unix::plan).
-        if !used[i] || matches!(f.kind, FileKind::Unix(_)) {
+        // Unix sockets are made by the stubs themselves (see unix::plan);
+        // TCP connections after everything else (listeners first).
+        if !used[i] || matches!(f.kind, FileKind::Unix(_) | FileKind::Tcp(_)) {
+            if used[i] && matches!(f.kind, FileKind::Tcp(_)) {
+                tcp.push(i);
+            }
             out.push(None);
             continue;
         }
@@ -287,6 +292,30 @@ pub fn open_all(
         out.push(Some(cryopod_sys::util::dup_at_least(fd.as_raw_fd(), base)?));
     }
     drop(fifo_holders);
+    // Both ends of a connection inside the checkpoint exist before either
+    // leaves repair mode (or the first would meet no one and be reset).
+    let mut made = Vec::new();
+    for &i in &tcp {
+        let f = &m.files[i];
+        let FileKind::Tcp(c) = &f.kind else { continue };
+        let (family, st) = (c.family, crate::inet::state_of(c));
+        let make = move || Ok(cryopod_sys::tcp::restore(family, &st)?);
+        let fd = match ns_of {
+            Some(pid) => in_namespace(pid, libc::CLONE_NEWNET, make),
+            None => make(),
+        }
+        .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
+        made.push((i, fd));
+    }
+    for (i, fd) in made {
+        let f = &m.files[i];
+        if let FileKind::Tcp(c) = &f.kind {
+            cryopod_sys::tcp::finish(fd.as_raw_fd(), &crate::inet::state_of(c))
+                .map_err(|e| EngineError::during(format!("file {}", describe(m, f)))(e.into()))?;
+        }
+        cryopod_sys::util::set_status_flags(fd.as_raw_fd(), (f.flags & !(libc::O_ACCMODE as u32)) as i32)?;
+        out[i] = Some(cryopod_sys::util::dup_at_least(fd.as_raw_fd(), base)?);
+    }
     Ok(out)
 }
 
@@ -328,6 +357,13 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::External { key } => format!("external file {key:?}"),
         FileKind::Mqueue { name } => format!("POSIX message queue /{name}"),
         FileKind::TcpListen { family, addr, port, .. } => format!("TCP listener {}", inet_show(*family, addr, *port)),
+        FileKind::Tcp(c) => format!(
+            "TCP connection {} -> {}, {} bytes to send, {} to read",
+            inet_show(c.family, &c.local.0, c.local.1),
+            inet_show(c.family, &c.remote.0, c.remote.1),
+            c.send_queue.len(),
+            c.recv_queue.len()
+        ),
         FileKind::Unix(u) => format!(
             "unix socket:[{}] {} {}, {} messages queued",
             u.ino,
@@ -384,7 +420,9 @@ fn open_one(
             fd
         }
         FileKind::CharDev { path, .. } => open_with(&under(root, path), flags | libc::O_NOCTTY as u32)?,
-        FileKind::Unix(_) => return Err(EngineError::Other("unix sockets are made by the stubs".into())),
+        FileKind::Unix(_) | FileKind::Tcp(_) => {
+            return Err(EngineError::Other("sockets are made apart (unix by the stubs, TCP last)".into()))
+        }
         FileKind::Mqueue { name } => {
             let pid = ns_of.ok_or_else(|| EngineError::Other("a message queue outside a pod".into()))?;
             let flags = (f.flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32) as i32;

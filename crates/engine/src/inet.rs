@@ -1,16 +1,79 @@
-//! Internet sockets. For now a listening TCP socket (IPv4 or IPv6) with no
-//! connection waiting: its address, port, backlog and options; restore
-//! makes it again in the tree's network namespace (see `files`). TCP
-//! connections are refused with a sentence saying so.
+//! Internet sockets: TCP listeners with no connection waiting (address,
+//! port, backlog, options) and established TCP connections (TCP_REPAIR:
+//! sequence numbers, queues, options, window). Restore makes them again in
+//! the tree's network namespace (see `files`). A connection's copy stays in
+//! repair mode until the checkpoint ends: killed, the tree then closes it
+//! without a word to the peer; left running or failed, repair is undone.
 
 use crate::unix::LISTEN;
 use crate::{EngineError, Result};
-use cryopod_image::FileKind;
+use cryopod_image::{FileKind, TcpConn};
 use cryopod_sys::pidfd;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Copies of connections in repair mode, for the length of a checkpoint.
+/// Dropped: repair is undone (the connection goes on), unless `silent`
+/// (the tree was killed: closing them then sends nothing).
+#[derive(Default)]
+pub struct Repaired {
+    fds: Vec<OwnedFd>,
+    pub silent: bool,
+}
+
+impl Drop for Repaired {
+    fn drop(&mut self) {
+        if !self.silent {
+            for fd in &self.fds {
+                let _ = cryopod_sys::tcp::set_repair(fd.as_raw_fd(), false);
+            }
+        }
+    }
+}
+
+pub const ESTABLISHED: u8 = 1;
+
+fn conn_of(family: i32, s: cryopod_sys::tcp::TcpState) -> TcpConn {
+    TcpConn {
+        family,
+        local: s.local,
+        remote: s.remote,
+        snd_seq: s.snd_seq,
+        rcv_seq: s.rcv_seq,
+        send_queue: s.send_queue,
+        unsent: s.unsent,
+        recv_queue: s.recv_queue,
+        mss: s.mss,
+        wscale: s.wscale,
+        sack: s.sack,
+        timestamps: s.timestamps,
+        timestamp: s.timestamp,
+        window: s.window,
+        nodelay: s.nodelay,
+    }
+}
+
+/// The state TCP_REPAIR needs to make connection `c` again.
+pub fn state_of(c: &TcpConn) -> cryopod_sys::tcp::TcpState {
+    cryopod_sys::tcp::TcpState {
+        local: c.local.clone(),
+        remote: c.remote.clone(),
+        snd_seq: c.snd_seq,
+        rcv_seq: c.rcv_seq,
+        send_queue: c.send_queue.clone(),
+        unsent: c.unsent,
+        recv_queue: c.recv_queue.clone(),
+        mss: c.mss,
+        wscale: c.wscale,
+        sack: c.sack,
+        timestamps: c.timestamps,
+        timestamp: c.timestamp,
+        window: c.window,
+        nodelay: c.nodelay,
+    }
+}
 
 /// A socket that sock_diag does not know as a unix one.
-pub fn collect(pid: i32, fd: i32) -> Result<FileKind> {
+pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired) -> Result<FileKind> {
     use cryopod_sys::sock;
     let pfd = pidfd::pidfd_open(pid)?;
     let copy = pidfd::pidfd_getfd(&pfd, pid, fd)?;
@@ -18,14 +81,19 @@ pub fn collect(pid: i32, fd: i32) -> Result<FileKind> {
     let (family, kind) = sock::domain_and_type(raw)?;
     if !(family == libc::AF_INET || family == libc::AF_INET6) || kind != libc::SOCK_STREAM {
         return Err(EngineError::Other(format!(
-            "is a socket of family {family}, type {kind}: only unix sockets and TCP listeners can be checkpointed yet"
+            "is a socket of family {family}, type {kind}: only unix and TCP sockets can be checkpointed yet"
         )));
     }
     // TCP_LISTEN is 10 here too.
     let (state, waiting, backlog) = sock::tcp_state(raw)?;
+    if state == ESTABLISHED {
+        let st = cryopod_sys::tcp::dump(raw)?;
+        repaired.fds.push(copy);
+        return Ok(FileKind::Tcp(conn_of(family, st)));
+    }
     if state != LISTEN {
         return Err(EngineError::Other(format!(
-            "is a TCP connection (state {state}): TCP connections cannot be checkpointed yet, only listeners"
+            "is a TCP socket in state {state}: only listeners and established connections can be checkpointed"
         )));
     }
     if waiting > 0 {

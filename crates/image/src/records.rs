@@ -270,6 +270,8 @@ pub enum FileKind {
     Unix(UnixSock),
     /// A listening TCP socket (IPv4 or IPv6) with no connection waiting.
     TcpListen { family: i32, addr: Vec<u8>, port: u16, backlog: u32, reuseaddr: bool, v6only: bool },
+    /// An established TCP connection (TCP_REPAIR state).
+    Tcp(TcpConn),
     /// A POSIX message queue descriptor of a pod (the queue is part of the
     /// pod's IPC record); `name` without the leading '/'.
     Mqueue { name: String },
@@ -487,4 +489,27 @@ pub struct UnixSock {
     /// pid 0 when it is outside the checkpoint.
     pub peer_cred: (i32, u32, u32),
     pub passcred: bool,
+}
+
+/// An established TCP connection as TCP_REPAIR reads it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TcpConn {
+    /// AF_INET or AF_INET6.
+    pub family: i32,
+    /// (address bytes, port) of both ends.
+    pub local: (Vec<u8>, u16),
+    pub remote: (Vec<u8>, u16),
+    pub snd_seq: u32,
+    pub rcv_seq: u32,
+    /// Sent but not acknowledged, then `unsent` bytes not yet sent.
+    pub send_queue: Vec<u8>,
+    pub unsent: u32,
+    pub recv_queue: Vec<u8>,
+    pub mss: u32,
+    pub wscale: Option<(u8, u8)>,
+    pub sack: bool,
+    pub timestamps: bool,
+    pub timestamp: u32,
+    pub window: [u32; 5],
+    pub nodelay: bool,
 }

@@ -14,6 +14,7 @@ pub mod pagemap;
 pub mod pidfd;
 pub mod ptrace;
 pub mod sock;
+pub mod tcp;
 pub mod util;
 
 pub use error::{Errno, SysError, SysResult};

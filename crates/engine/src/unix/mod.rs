@@ -27,6 +27,8 @@ pub struct UnixTable {
     tables: HashMap<u64, HashMap<u32, diag::Diag>>,
     /// Bytes each socket sent that its peer has not read yet.
     outq: HashMap<u32, u32>,
+    /// TCP connections held in repair mode (see `inet`).
+    pub repaired: crate::inet::Repaired,
 }
 
 fn netns_of(pid: i32) -> Result<u64> {
@@ -56,7 +58,7 @@ impl UnixTable {
             |what: String| EngineError::Unsupported { pid, what: format!("fd {fd} (socket:[{ino}]) {what}") };
         let ino32 = u32::try_from(ino).map_err(|_| unsupported("has an inode beyond 32 bits".into()))?;
         let Some(d) = self.lookup(pid, ino32)? else {
-            return crate::inet::collect(pid, fd).map_err(|e| match e {
+            return crate::inet::collect(pid, fd, &mut self.repaired).map_err(|e| match e {
                 EngineError::Other(why) => EngineError::Other(format!("fd {fd} (socket:[{ino}]) {why}")),
                 e => e,
             });
