@@ -135,9 +135,9 @@ pub fn dump(fd: i32) -> SysResult<TcpState> {
     set_repair(fd, true)?;
     let r = (|| {
         let mut st = TcpState { local: name(fd, false)?, remote: name(fd, true)?, ..Default::default() };
-        let outq = ioctl_int(fd, libc::TIOCOUTQ as u64, "ioctl(SIOCOUTQ)")?;
+        let outq = ioctl_int(fd, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")?;
         st.unsent = ioctl_int(fd, SIOCOUTQNSD, "ioctl(SIOCOUTQNSD)")?;
-        let inq = ioctl_int(fd, libc::FIONREAD as u64, "ioctl(SIOCINQ)")?;
+        let inq = ioctl_int(fd, libc::FIONREAD, "ioctl(SIOCINQ)")?;
         set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
         st.snd_seq = get_u32(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (send)")?;
         st.send_queue = peek(fd, outq as usize, "peek of the send queue")?;
