@@ -514,3 +514,56 @@ while True:
         assert_eq!(env.leftovers(pod), Vec::<String>::new());
     }
 }
+
+/// A client on the host keeps its TCP connection to a pod's server across
+/// the pod's checkpoint and restore (same address, same hardware address;
+/// another pod keeps the bridge and the host's neighbour cache alive).
+#[test]
+fn pod_tcp_connection_from_the_host_survives() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = PodEnv::new("pod-hostconn");
+    let script = env.dir.join("echo.py");
+    std::fs::write(
+        &script,
+        r#"import socket
+s = socket.socket()
+s.bind(("0.0.0.0", 9090))
+s.listen(1)
+print("LISTENING", flush=True)
+c, _ = s.accept()
+f = c.makefile("rb")
+while True:
+    line = f.readline()
+    if not line:
+        break
+    c.sendall(b"echo " + line)
+"#,
+    )
+    .unwrap();
+    env.ok(&["run", "-d", "--name", "keep", "--ip", "10.77.12.5/24", "--", "sleep", "1000"]);
+    env.ok(&["run", "-d", "--name", "hc", "--ip", "10.77.12.2/24", "--", "python3", script.to_str().unwrap()]);
+    env.wait_log("hc", "listening", |l| l == "LISTENING");
+    let mac = env.exec("hc", "cat /sys/class/net/eth0/address");
+    assert!(env.exec("hc", "ip -o link show eth0").contains(mac.trim()), "the pod's /sys shows the host's eth0");
+    let stream = std::net::TcpStream::connect_timeout(&"10.77.12.2:9090".parse().unwrap(), Duration::from_secs(5))
+        .expect("connect to the pod");
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    w.write_all(b"one\n").unwrap();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "echo one\n");
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "hc", "-o", image.to_str().unwrap()]);
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    assert_eq!(env.exec("hc", "cat /sys/class/net/eth0/address"), mac, "hardware address changed");
+    w.write_all(b"two\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).expect("answer after restore");
+    assert_eq!(line, "echo two\n");
+    for pod in ["hc", "keep"] {
+        env.ok(&["stop", pod]);
+    }
+    assert_eq!(env.leftovers("hc"), Vec::<String>::new());
+}

@@ -94,6 +94,9 @@ pub struct PodLink {
     pub up: bool,
     pub mtu: u32,
     pub addrs: Vec<(u32, u8)>,
+    /// Hardware address (kept when the pod comes back at the same address,
+    /// so that peers' neighbour caches stay right).
+    pub mac: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

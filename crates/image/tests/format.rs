@@ -68,7 +68,13 @@ fn sample() -> Manifest {
             ip: Some((0x0a4d_0002, 24)),
             memory: Some(1 << 28),
             cpus: Some(0.5),
-            links: vec![cryopod_image::pod::PodLink { name: "lo".into(), up: true, mtu: 65536, addrs: vec![] }],
+            links: vec![cryopod_image::pod::PodLink {
+                name: "lo".into(),
+                up: true,
+                mtu: 65536,
+                addrs: vec![],
+                mac: vec![0; 6],
+            }],
             mounts: vec![cryopod_image::pod::PodMount {
                 target: "/mnt".into(),
                 source: "none".into(),

@@ -33,6 +33,8 @@ pub struct Extra {
     pub net: Option<(net::NetConfig, Option<std::net::Ipv4Addr>)>,
     /// A `--userns` pod: the archive's owners are the pod's ids.
     pub pod_ids: bool,
+    /// eth0's hardware address, for a pod back at its own address.
+    pub mac: Option<Vec<u8>>,
 }
 
 /// A process holding a pod's new namespaces until its PID 1 has joined them.
@@ -231,7 +233,7 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
         let a = a.try_clone().map_err(PodError::io("tmpfs archive"))?;
         crate::mounts::unpack(a, &extra.mounts, &root, extra.pod_ids)?;
     }
-    net::pod_setup(name, None)?;
+    net::pod_setup(name, None, None)?;
     let extra_net = || match &extra.net {
         Some((cfg, old)) => net::apply_extra(cfg, *old),
         None => Ok(()),
@@ -243,7 +245,7 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
     // Commands until the parent lets go (end of file).
     while let Some(c) = read_line(cmd) {
         if c == "N" {
-            net::pod_setup(name, spec.ip.as_ref())?;
+            net::pod_setup(name, spec.ip.as_ref(), extra.mac.as_deref())?;
             extra_net()?;
             util::write_fd(status.as_raw_fd(), b"R\n")?;
         }

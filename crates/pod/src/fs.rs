@@ -3,8 +3,8 @@
 //! (a tmpfs with the harmless device nodes bound from the host, its own
 //! devpts and /dev/shm), a tmpfs /tmp, a read-only /sys, then pivot_root
 //! into it and the old root detached. Without one, the host tree stays
-//! visible through the private mount namespace. Either way the pod's PID 1
-//! mounts its own /proc.
+//! visible through the private mount namespace, with a /sys of the pod's
+//! own. Either way the pod's PID 1 mounts its own /proc.
 
 use crate::{PodError, Result};
 use cryopod_sys::ns;
@@ -41,7 +41,11 @@ pub fn check_rootfs(root: &Path) -> Result<()> {
 pub fn setup(rootfs: Option<&Path>, pivot: bool) -> Result<()> {
     // Nothing we mount propagates back to the host.
     ns::mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
-    let Some(root) = rootfs else { return Ok(()) };
+    let Some(root) = rootfs else {
+        // The host tree, but the pod's own /sys (its network devices).
+        ns::mount("sysfs", "/sys", "sysfs", libc::MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "")?;
+        return Ok(());
+    };
     let r = path_str(root)?;
     ns::mount(r, r, "", libc::MS_BIND | libc::MS_REC, "")?;
     if root.join("dev").is_dir() {

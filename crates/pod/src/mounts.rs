@@ -78,7 +78,7 @@ pub fn standard(rootfs: bool) -> Vec<&'static str> {
             "/proc",
         ]
     } else {
-        vec!["/proc"]
+        vec!["/proc", "/sys"]
     }
 }
 

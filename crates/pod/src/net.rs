@@ -149,20 +149,20 @@ pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32) -> Result<String> {
 }
 
 /// Pod side (in the pod's network namespace): loopback up, and with an
-/// address, the veth peer becomes `eth0` with that address and a default
-/// route through the host bridge.
-pub fn pod_setup(pod: &str, ip: Option<&IpConfig>) -> Result<()> {
+/// address, the veth peer becomes `eth0` (with hardware address `mac` if
+/// given) with that address and a default route through the host bridge.
+pub fn pod_setup(pod: &str, ip: Option<&IpConfig>, mac: Option<&[u8]>) -> Result<()> {
     with_handle(async |h| {
         let lo = must_index(&h, "lo").await?;
         set_up(&h, lo).await?;
         let Some(ip) = ip else { return Ok(()) };
         let (_, peer) = veth_names(pod);
         let i = must_index(&h, &peer).await?;
-        h.link()
-            .set(LinkUnspec::new_with_index(i).name("eth0".to_string()).build())
-            .execute()
-            .await
-            .map_err(nerr("renaming the veth to eth0"))?;
+        let mut eth0 = LinkUnspec::new_with_index(i).name("eth0".to_string());
+        if let Some(mac) = mac {
+            eth0 = eth0.address(mac.to_vec());
+        }
+        h.link().set(eth0.build()).execute().await.map_err(nerr("renaming the veth to eth0"))?;
         h.address().add(i, IpAddr::V4(ip.addr), ip.prefix).execute().await.map_err(nerr("adding the address"))?;
         set_up(&h, i).await?;
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(ip.gateway()).output_interface(i).build();
@@ -261,12 +261,18 @@ pub fn dump() -> Result<NetConfig> {
         let mut names = std::collections::BTreeMap::new();
         let mut s = h.link().get().execute();
         while let Some(l) = s.try_next().await.map_err(nerr("listing links"))? {
-            let mut link =
-                PodLink { name: String::new(), up: l.header.flags.contains(LinkFlags::Up), mtu: 0, addrs: Vec::new() };
+            let mut link = PodLink {
+                name: String::new(),
+                up: l.header.flags.contains(LinkFlags::Up),
+                mtu: 0,
+                addrs: Vec::new(),
+                mac: Vec::new(),
+            };
             for a in &l.attributes {
                 match a {
                     LinkAttribute::IfName(n) => link.name = n.clone(),
                     LinkAttribute::Mtu(m) => link.mtu = *m,
+                    LinkAttribute::Address(a) => link.mac = a.clone(),
                     _ => {}
                 }
             }

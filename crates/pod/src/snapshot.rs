@@ -184,6 +184,11 @@ fn engine_err_back(e: PodError) -> EngineError {
     EngineError::Other(e.to_string())
 }
 
+/// Is the restored pod at the address it had?
+fn spec_ip_same(old: Option<std::net::Ipv4Addr>, new: Option<IpConfig>) -> bool {
+    new.is_none_or(|n| Some(n.addr) == old)
+}
+
 fn hash_file(path: &Path) -> Result<(u64, [u8; 32])> {
     let mut f = std::fs::File::open(path).map_err(PodError::io(path))?;
     let mut h = blake3::Hasher::new();
@@ -277,6 +282,13 @@ fn restore_reserved(
         ipc: Some((pod.ipc.clone(), o.dir.clone())),
         net: Some((net_cfg, old_ip)),
         pod_ids: pod.userns,
+        // Back at its own address: its own hardware address too.
+        mac: pod
+            .links
+            .iter()
+            .find(|l| l.name == "eth0" && l.mac.len() == 6)
+            .map(|l| l.mac.clone())
+            .filter(|_| spec_ip_same(old_ip, o.ip)),
     };
     let mut holder = Holder::create(name, &spec, &extra)?;
     let enter = || holder.enter().map_err(|e| e.to_string());
