@@ -567,3 +567,58 @@ while True:
     }
     assert_eq!(env.leftovers("hc"), Vec::<String>::new());
 }
+
+/// A UDP server in a pod answers the host at the pod's address, before and
+/// after a checkpoint and restore (its socket comes back bound, and a
+/// connected UDP socket comes back connected).
+#[test]
+fn pod_udp_server_answers_after_restore() {
+    let env = PodEnv::new("pod-udp");
+    let script = env.dir.join("udp.py");
+    std::fs::write(
+        &script,
+        r#"import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5353))
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.connect(("10.77.14.1", 5354))
+print("BOUND", flush=True)
+n = 0
+while True:
+    data, addr = s.recvfrom(100)
+    n += 1
+    s.sendto(b"%d:%s" % (n, data), addr)
+    c.send(b"note %d" % n)
+"#,
+    )
+    .unwrap();
+    env.ok(&["run", "-d", "--name", "udp", "--ip", "10.77.14.2/24", "--", "python3", script.to_str().unwrap()]);
+    env.wait_log("udp", "bound", |l| l == "BOUND");
+    // The pod's connected socket reports to 10.77.14.1:5354 (the bridge).
+    let notes = std::net::UdpSocket::bind("10.77.14.1:5354").expect("bind the notes socket on the bridge");
+    notes.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = std::net::UdpSocket::bind("10.77.14.1:0").unwrap();
+    me.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let ask = |what: &[u8]| -> String {
+        me.send_to(what, "10.77.14.2:5353").unwrap();
+        let mut b = [0u8; 100];
+        let n = me.recv(&mut b).expect("answer from the pod");
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    };
+    let note = || -> String {
+        let mut b = [0u8; 100];
+        let n = notes.recv(&mut b).expect("note from the pod");
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    };
+    assert_eq!(ask(b"a"), "1:a");
+    assert_eq!(note(), "note 1");
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "udp", "-o", image.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "--json", image.to_str().unwrap()])).unwrap();
+    assert!(v.to_string().contains("UDP socket 10.77.14.2:"), "inspect shows no connected UDP socket");
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    assert_eq!(ask(b"b"), "2:b");
+    assert_eq!(note(), "note 2");
+    env.ok(&["stop", "udp"]);
+    assert_eq!(env.leftovers("udp"), Vec::<String>::new());
+}

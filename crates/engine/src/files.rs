@@ -357,6 +357,11 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::External { key } => format!("external file {key:?}"),
         FileKind::Mqueue { name } => format!("POSIX message queue /{name}"),
         FileKind::TcpListen { family, addr, port, .. } => format!("TCP listener {}", inet_show(*family, addr, *port)),
+        FileKind::Udp { family, local, peer, .. } => format!(
+            "UDP socket {}{}",
+            inet_show(*family, &local.0, local.1),
+            peer.as_ref().map(|p| format!(" -> {}", inet_show(*family, &p.0, p.1))).unwrap_or_default()
+        ),
         FileKind::Tcp(c) => format!(
             "TCP connection {} -> {}, {} bytes to send, {} to read",
             inet_show(c.family, &c.local.0, c.local.1),
@@ -430,6 +435,22 @@ fn open_one(
                 let name = name.clone();
                 move || Ok(cryopod_sys::ipc::mq_open_fd(&name, flags)?)
             })?
+        }
+        FileKind::Udp { family, local, peer, reuseaddr, v6only } => {
+            let (family, local, peer, reuse, v6) = (*family, local.clone(), peer.clone(), *reuseaddr, *v6only);
+            let make = move || {
+                let fd = cryopod_sys::sock::inet_socket(libc::SOCK_DGRAM, family, &local.0, local.1, reuse, v6)?;
+                if let Some((a, port)) = &peer {
+                    cryopod_sys::sock::inet_connect(fd.as_raw_fd(), family, a, *port)?;
+                }
+                Ok(fd)
+            };
+            let fd = match ns_of {
+                Some(pid) => in_namespace(pid, libc::CLONE_NEWNET, make)?,
+                None => make()?,
+            };
+            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fd
         }
         FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only } => {
             let (family, addr, port, backlog, reuse, v6) =

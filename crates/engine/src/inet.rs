@@ -1,6 +1,7 @@
 //! Internet sockets: TCP listeners with no connection waiting (address,
-//! port, backlog, options) and established TCP connections (TCP_REPAIR:
-//! sequence numbers, queues, options, window). Restore makes them again in
+//! port, backlog, options), established TCP connections (TCP_REPAIR:
+//! sequence numbers, queues, options, window), UDP sockets (address,
+//! default peer; queued datagrams are dropped, as UDP allows). Restore makes them again in
 //! the tree's network namespace (see `files`). A connection's copy stays in
 //! repair mode until the checkpoint ends: killed, the tree then closes it
 //! without a word to the peer; left running or failed, repair is undone.
@@ -79,9 +80,15 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired) -> Result<FileKind> {
     let copy = pidfd::pidfd_getfd(&pfd, pid, fd)?;
     let raw = copy.as_raw_fd();
     let (family, kind) = sock::domain_and_type(raw)?;
-    if !(family == libc::AF_INET || family == libc::AF_INET6) || kind != libc::SOCK_STREAM {
+    let inet = family == libc::AF_INET || family == libc::AF_INET6;
+    if inet && kind == libc::SOCK_DGRAM {
+        let (reuseaddr, v6only) = sock::inet_options(raw, family)?;
+        let local = sock::inet_name(raw)?;
+        return Ok(FileKind::Udp { family, local, peer: sock::inet_peer(raw), reuseaddr, v6only });
+    }
+    if !inet || kind != libc::SOCK_STREAM {
         return Err(EngineError::Other(format!(
-            "is a socket of family {family}, type {kind}: only unix and TCP sockets can be checkpointed yet"
+            "is a socket of family {family}, type {kind}: only unix, TCP and UDP sockets can be checkpointed yet"
         )));
     }
     // TCP_LISTEN is 10 here too.

@@ -272,6 +272,9 @@ pub enum FileKind {
     TcpListen { family: i32, addr: Vec<u8>, port: u16, backlog: u32, reuseaddr: bool, v6only: bool },
     /// An established TCP connection (TCP_REPAIR state).
     Tcp(TcpConn),
+    /// A UDP socket: bound address, default peer if connected. Datagrams
+    /// queued for it are not kept (UDP may lose them anyway).
+    Udp { family: i32, local: (Vec<u8>, u16), peer: Option<(Vec<u8>, u16)>, reuseaddr: bool, v6only: bool },
     /// A POSIX message queue descriptor of a pod (the queue is part of the
     /// pod's IPC record); `name` without the leading '/'.
     Mqueue { name: String },

@@ -315,42 +315,48 @@ pub fn inet_options(fd: i32, family: i32) -> SysResult<(bool, bool)> {
     Ok((reuse, v6only))
 }
 
-/// A listening TCP socket on (address, port), close-on-exec.
-pub fn tcp_listen(family: i32, addr: &[u8], port: u16, backlog: i32, reuse: bool, v6only: bool) -> SysResult<OwnedFd> {
-    let what = format!("TCP listener on port {port}");
+/// An IPv4 or IPv6 socket of `kind` (SOCK_STREAM, SOCK_DGRAM), close-on-
+/// exec, with SO_REUSEADDR and IPV6_V6ONLY as given, bound to (address,
+/// port) unless the port is 0 and the address unspecified.
+pub fn inet_socket(kind: i32, family: i32, addr: &[u8], port: u16, reuse: bool, v6only: bool) -> SysResult<OwnedFd> {
+    let what = format!("socket on port {port}");
     // SAFETY: integer arguments.
-    let fd = new_fd(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }, &what)?;
+    let fd = new_fd(unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) }, &what)?;
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     setsockopt_int(raw, libc::SO_REUSEADDR, i32::from(reuse))?;
-    let r = match family {
-        libc::AF_INET => {
-            // SAFETY: sockaddr_in is plain data.
-            let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            a.sin_family = libc::AF_INET as libc::sa_family_t;
-            a.sin_port = port.to_be();
-            a.sin_addr.s_addr =
-                u32::from_ne_bytes(addr.try_into().map_err(|_| SysError::new(&what, 0, Errno(libc::EINVAL)))?);
-            // SAFETY: a valid sockaddr_in of its size.
-            unsafe { libc::bind(raw, (&a as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&a) as u32) }
-        }
-        libc::AF_INET6 => {
-            let v: i32 = i32::from(v6only);
-            // SAFETY: a live int option.
-            unsafe {
-                libc::setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&v as *const i32).cast(), 4);
-            }
-            // SAFETY: sockaddr_in6 is plain data.
-            let mut a: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            a.sin6_port = port.to_be();
-            a.sin6_addr.s6_addr = addr.try_into().map_err(|_| SysError::new(&what, 0, Errno(libc::EINVAL)))?;
-            // SAFETY: a valid sockaddr_in6 of its size.
-            unsafe { libc::bind(raw, (&a as *const libc::sockaddr_in6).cast(), std::mem::size_of_val(&a) as u32) }
-        }
-        _ => return Err(SysError::new(&what, 0, Errno(libc::EAFNOSUPPORT))),
-    };
-    check(r as isize, format!("bind of the {what}"))?;
-    // SAFETY: integer arguments.
-    check(unsafe { libc::listen(raw, backlog) } as isize, format!("listen of the {what}"))?;
+    if family == libc::AF_INET6 {
+        let v: i32 = i32::from(v6only);
+        // SAFETY: a live int option.
+        let r = unsafe { libc::setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&v as *const i32).cast(), 4) };
+        check(r as isize, "setsockopt(IPV6_V6ONLY)")?;
+    }
+    if port != 0 || addr.iter().any(|&b| b != 0) {
+        let (ss, len) = crate::tcp::sockaddr(family, addr, port)?;
+        // SAFETY: a valid address of `len` bytes.
+        let r = unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) };
+        check(r as isize, format!("bind of the {what}"))?;
+    }
     Ok(fd)
+}
+
+/// A listening TCP socket on (address, port), close-on-exec.
+pub fn tcp_listen(family: i32, addr: &[u8], port: u16, backlog: i32, reuse: bool, v6only: bool) -> SysResult<OwnedFd> {
+    let fd = inet_socket(libc::SOCK_STREAM, family, addr, port, reuse, v6only)?;
+    // SAFETY: integer arguments.
+    let r = unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&fd), backlog) };
+    check(r as isize, format!("listen on port {port}"))?;
+    Ok(fd)
+}
+
+/// Connect an IPv4 or IPv6 socket (a datagram socket's default peer).
+pub fn inet_connect(fd: i32, family: i32, addr: &[u8], port: u16) -> SysResult<()> {
+    let (ss, len) = crate::tcp::sockaddr(family, addr, port)?;
+    // SAFETY: a valid address of `len` bytes.
+    let r = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    check(r as isize, format!("connect to port {port}")).map(|_| ())
+}
+
+/// The peer of a connected IPv4 or IPv6 socket, if it has one.
+pub fn inet_peer(fd: i32) -> Option<(Vec<u8>, u16)> {
+    crate::tcp::name(fd, true).ok()
 }

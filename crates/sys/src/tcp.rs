@@ -111,7 +111,7 @@ fn addr_of(ss: &libc::sockaddr_storage) -> SysResult<(Vec<u8>, u16)> {
     }
 }
 
-fn name(fd: i32, peer: bool) -> SysResult<(Vec<u8>, u16)> {
+pub(crate) fn name(fd: i32, peer: bool) -> SysResult<(Vec<u8>, u16)> {
     // SAFETY: plain data filled by the kernel.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -177,7 +177,7 @@ pub fn dump(fd: i32) -> SysResult<TcpState> {
     r
 }
 
-fn sockaddr(family: i32, addr: &[u8], port: u16) -> SysResult<(libc::sockaddr_storage, libc::socklen_t)> {
+pub(crate) fn sockaddr(family: i32, addr: &[u8], port: u16) -> SysResult<(libc::sockaddr_storage, libc::socklen_t)> {
     let bad = || SysError::new("TCP address of the image", 0, Errno(libc::EINVAL));
     // SAFETY: plain data.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
