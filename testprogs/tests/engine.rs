@@ -84,3 +84,8 @@ fn unix_sockets() {
     assert!(out.contains("ok pending connection accepted"), "{out}");
     assert!(out.contains("ok a2 answer") && out.contains("ok orphan then EOF"), "{out}");
 }
+
+#[test]
+fn inotify() {
+    roundtrip("inotify", env!("CARGO_BIN_EXE_tp-inotify"));
+}

@@ -182,6 +182,10 @@ impl FileTable {
                 }
             }
             libc::S_IFSOCK => self.unix.collect(pid, fd, md.ino()),
+            _ if target == "anon_inode:inotify" => crate::inotify::collect(pid, fd, &self.root).map_err(|e| match e {
+                EngineError::Other(why) => unsupported(&why),
+                e => e,
+            }),
             _ if target.starts_with("anon_inode:") => anon_inode_kind(pid, fd, target).map_err(|e| match e {
                 EngineError::Other(why) => unsupported(&why),
                 e => e,
@@ -357,6 +361,7 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::External { key } => format!("external file {key:?}"),
         FileKind::Mqueue { name } => format!("POSIX message queue /{name}"),
         FileKind::TcpListen { family, addr, port, .. } => format!("TCP listener {}", inet_show(*family, addr, *port)),
+        FileKind::Inotify { watches } => format!("inotify ({} watches)", watches.len()),
         FileKind::Udp { family, local, peer, .. } => format!(
             "UDP socket {}{}",
             inet_show(*family, &local.0, local.1),
@@ -435,6 +440,11 @@ fn open_one(
                 let name = name.clone();
                 move || Ok(cryopod_sys::ipc::mq_open_fd(&name, flags)?)
             })?
+        }
+        FileKind::Inotify { watches } => {
+            let fd = crate::inotify::restore(watches, root)?;
+            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fd
         }
         FileKind::Udp { family, local, peer, reuseaddr, v6only } => {
             let (family, local, peer, reuse, v6) = (*family, local.clone(), peer.clone(), *reuseaddr, *v6only);

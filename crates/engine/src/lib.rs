@@ -14,6 +14,7 @@ pub mod files;
 pub mod freeze;
 pub mod ident;
 pub mod inet;
+pub mod inotify;
 pub mod mm;
 pub mod pages;
 pub mod pidns;

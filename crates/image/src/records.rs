@@ -272,6 +272,8 @@ pub enum FileKind {
     TcpListen { family: i32, addr: Vec<u8>, port: u16, backlog: u32, reuseaddr: bool, v6only: bool },
     /// An established TCP connection (TCP_REPAIR state).
     Tcp(TcpConn),
+    /// An inotify instance and its watches (queued events are not kept).
+    Inotify { watches: Vec<InotifyWatch> },
     /// A UDP socket: bound address, default peer if connected. Datagrams
     /// queued for it are not kept (UDP may lose them anyway).
     Udp { family: i32, local: (Vec<u8>, u16), peer: Option<(Vec<u8>, u16)>, reuseaddr: bool, v6only: bool },
@@ -515,4 +517,15 @@ pub struct TcpConn {
     pub timestamp: u32,
     pub window: [u32; 5],
     pub nodelay: bool,
+}
+
+/// One inotify watch: its descriptor, mask, and the watched file as a
+/// file handle on the file system mounted at `mount` (a path of the tree).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub mask: u32,
+    pub mount: String,
+    pub handle_type: i32,
+    pub handle: Vec<u8>,
 }

@@ -542,3 +542,58 @@ pub fn fs_magic(path: &str) -> SysResult<i64> {
     }
     Ok(s.f_type as i64)
 }
+
+/// inotify_init1(flags).
+pub fn inotify_init(flags: i32) -> SysResult<std::os::fd::OwnedFd> {
+    // SAFETY: integer argument.
+    new_fd(unsafe { libc::inotify_init1(flags) }, "inotify_init1")
+}
+
+/// inotify_add_watch(fd, path, mask): the watch descriptor.
+pub fn inotify_add(fd: i32, path: &str, mask: u32) -> SysResult<i32> {
+    let c =
+        std::ffi::CString::new(path).map_err(|_| SysError::new("inotify_add_watch (NUL)", 0, Errno(libc::EINVAL)))?;
+    // SAFETY: a valid path string.
+    let wd = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) };
+    if wd < 0 {
+        return Err(SysError::last(format!("inotify_add_watch({path})"), 0));
+    }
+    Ok(wd)
+}
+
+/// inotify_rm_watch(fd, wd).
+pub fn inotify_rm(fd: i32, wd: i32) -> SysResult<()> {
+    // SAFETY: integer arguments.
+    if unsafe { libc::inotify_rm_watch(fd, wd) } < 0 {
+        return Err(SysError::last(format!("inotify_rm_watch({wd})"), 0));
+    }
+    Ok(())
+}
+
+/// open_by_handle_at(mount_fd, {type, bytes}, O_PATH): the file a handle
+/// names, on the file system `mount_fd` is on.
+pub fn open_by_handle(mount_fd: i32, handle_type: i32, handle: &[u8]) -> SysResult<std::os::fd::OwnedFd> {
+    if handle.len() > 128 {
+        return Err(SysError::new("open_by_handle_at (handle too long)", 0, Errno(libc::EINVAL)));
+    }
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[] }
+    let mut buf = Vec::with_capacity(8 + handle.len());
+    buf.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(&handle_type.to_ne_bytes());
+    buf.extend_from_slice(handle);
+    // SAFETY: `buf` is a complete file_handle of its declared length.
+    let r = unsafe {
+        libc::syscall(libc::SYS_open_by_handle_at, mount_fd, buf.as_mut_ptr(), libc::O_PATH | libc::O_CLOEXEC)
+    };
+    new_fd(r as i32, "open_by_handle_at")
+}
+
+/// One read(2) into `buf`: the byte count (0 at end of file).
+pub fn read_some(fd: i32, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: pointer and length of a live slice.
+    let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(SysError::last("read", 0));
+    }
+    Ok(r as usize)
+}

@@ -1,0 +1,92 @@
+//! inotify instances. fdinfo names each watch by descriptor, mask and a
+//! file handle on a device; we record the handle with a mount point of that
+//! device (as the tree sees it). Restore opens the handle again
+//! (open_by_handle_at) and adds the watches in descriptor order, so that
+//! each gets its number back (the kernel numbers them one after the other;
+//! a gap is made by adding and removing a placeholder watch, whose
+//! IN_IGNORED event is dropped). Events queued at checkpoint are not kept.
+
+use crate::{procfs, EngineError, Result};
+use cryopod_image::{FileKind, InotifyWatch};
+use cryopod_sys::util;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+fn hex(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Open the file a watch names, under `root` (where the tree's root is seen).
+fn open_watched(root: &str, w: &InotifyWatch) -> Result<OwnedFd> {
+    let mnt = format!("{root}{}", w.mount);
+    let m = std::fs::File::open(&mnt).map_err(|e| EngineError::Other(format!("inotify watch {}: {mnt}: {e}", w.wd)))?;
+    Ok(util::open_by_handle(m.as_raw_fd(), w.handle_type, &w.handle)
+        .map_err(|e| EngineError::Other(format!("inotify watch {}: the watched file: {e}", w.wd)))?)
+}
+
+/// The watches of inotify fd `fd` of `pid`; `root` as in `files`.
+pub fn collect(pid: i32, fd: i32, root: &str) -> Result<FileKind> {
+    let info = procfs::read(pid, &format!("fdinfo/{fd}"))?;
+    let mounts = procfs::read(pid, "mountinfo")?;
+    let mut watches = Vec::new();
+    for line in info.lines().filter_map(|l| l.strip_prefix("inotify ")) {
+        let kv: std::collections::HashMap<&str, &str> =
+            line.split_whitespace().filter_map(|f| f.split_once(':')).collect();
+        let get = |k: &str| kv.get(k).copied().unwrap_or("");
+        let sdev = hex(get("sdev")).unwrap_or(0);
+        let dev = format!("{}:{}", sdev >> 20, sdev & 0xfffff);
+        // A mount point of that device, as the process sees its mounts.
+        let mount = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(2) == Some(&dev.as_str())).then(|| f.get(4).map(|m| m.to_string())).flatten()
+            })
+            .ok_or_else(|| EngineError::Other(format!("inotify watch on device {dev}, which is not mounted here")))?;
+        let handle: Vec<u8> = get("f_handle")
+            .as_bytes()
+            .chunks(2)
+            .filter_map(|c| std::str::from_utf8(c).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect();
+        let w = InotifyWatch {
+            wd: get("wd").parse().unwrap_or(0),
+            mask: hex(get("mask")).unwrap_or(0) as u32,
+            mount,
+            handle_type: get("fhandle-type").parse().unwrap_or(0),
+            handle,
+        };
+        // The watched file must still be reachable, or restore could not add it.
+        open_watched(root, &w)?;
+        watches.push(w);
+    }
+    watches.sort_by_key(|w| w.wd);
+    Ok(FileKind::Inotify { watches })
+}
+
+/// A new inotify instance with `watches`, each at its descriptor.
+pub fn restore(watches: &[InotifyWatch], root: &str) -> Result<OwnedFd> {
+    let ino = util::inotify_init(libc::IN_CLOEXEC | libc::IN_NONBLOCK)?;
+    let fd = ino.as_raw_fd();
+    let mut next = 1;
+    for w in watches {
+        let file = open_watched(root, w)?;
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        // Placeholders up to the wanted number (on the watched file itself,
+        // removed at once, so the number moves on).
+        while next < w.wd {
+            let p = util::inotify_add(fd, &path, libc::IN_ATTRIB)?;
+            util::inotify_rm(fd, p)?;
+            next = p + 1;
+        }
+        let got = util::inotify_add(fd, &path, w.mask)?;
+        if got != w.wd {
+            return Err(EngineError::Other(format!("inotify watch {} came back as {got}", w.wd)));
+        }
+        next = got + 1;
+    }
+    // The placeholders' removal queued IN_IGNORED events: drop them (events
+    // queued at checkpoint are not kept anyway). The caller sets the final
+    // status flags.
+    let mut buf = [0u8; 4096];
+    while util::read_some(fd, &mut buf).is_ok_and(|n| n > 0) {}
+    Ok(ino)
+}
