@@ -19,8 +19,8 @@ fn hex(s: &str) -> Option<u64> {
 fn open_watched(root: &str, w: &InotifyWatch) -> Result<OwnedFd> {
     let mnt = format!("{root}{}", w.mount);
     let m = std::fs::File::open(&mnt).map_err(|e| EngineError::Other(format!("inotify watch {}: {mnt}: {e}", w.wd)))?;
-    Ok(util::open_by_handle(m.as_raw_fd(), w.handle_type, &w.handle)
-        .map_err(|e| EngineError::Other(format!("inotify watch {}: the watched file: {e}", w.wd)))?)
+    util::open_by_handle(m.as_raw_fd(), w.handle_type, &w.handle)
+        .map_err(|e| EngineError::Other(format!("inotify watch {}: the watched file: {e}", w.wd)))
 }
 
 /// The watches of inotify fd `fd` of `pid`; `root` as in `files`.
