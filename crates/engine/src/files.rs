@@ -353,7 +353,7 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
     match &f.kind {
         FileKind::Path { path, .. } => path.clone(),
         FileKind::Object { object } => match m.objects.get(*object as usize).map(|o| &o.origin) {
-            Some(ObjectOrigin::Memfd { name }) => format!("/memfd:{name} (deleted)"),
+            Some(ObjectOrigin::Memfd { name, .. }) => format!("/memfd:{name} (deleted)"),
             Some(ObjectOrigin::Deleted { path, .. }) => format!("{path} (deleted)"),
             _ => format!("object {object}"),
         },
@@ -572,7 +572,7 @@ pub fn create_objects(
     for (i, o) in m.objects.iter().enumerate() {
         let file: std::fs::File = match &o.origin {
             ObjectOrigin::SharedAnon => continue,
-            ObjectOrigin::Memfd { name } => cryopod_sys::util::memfd_create(name)?.into(),
+            ObjectOrigin::Memfd { name, .. } => cryopod_sys::util::memfd_create(name)?.into(),
             ObjectOrigin::Deleted { path, mode } => {
                 let path = under(root, path);
                 let at = if std::path::Path::new(&path).exists() {
@@ -593,6 +593,10 @@ pub fn create_objects(
         };
         let what = format!("memory object {i}");
         file.set_len(o.size).map_err(|e| EngineError::Other(format!("{what}: {e}")))?;
+        let seals = match &o.origin {
+            ObjectOrigin::Memfd { seals, .. } => *seals,
+            _ => 0,
+        };
         let mut buf = vec![0u8; (cryopod_image::CHUNK_PAGES * cryopod_image::PAGE) as usize];
         for run in &o.runs {
             if let Some(c) = run.chunk {
@@ -602,6 +606,10 @@ pub fn create_objects(
                 let n = u64::from(ch.len).min(o.size.saturating_sub(run.addr)) as usize;
                 file.write_all_at(&buf[..n], run.addr).map_err(|e| EngineError::Other(format!("{what}: {e}")))?;
             }
+        }
+        if seals != 0 {
+            cryopod_sys::util::memfd_add_seals(file.as_raw_fd(), seals)
+                .map_err(|e| EngineError::Other(format!("{what}: {e}")))?;
         }
         out.insert(i as u32, cryopod_sys::util::dup_at_least(file.as_raw_fd(), base)?);
     }

@@ -197,7 +197,10 @@ fn map_files(pid: i32, m: &MapEntry) -> String {
 pub fn object_origin(name: &str, path: &str) -> Result<ObjectOrigin> {
     let base = name.strip_suffix(" (deleted)").unwrap_or(name);
     if let Some(n) = base.strip_prefix("/memfd:") {
-        return Ok(ObjectOrigin::Memfd { name: n.to_string() });
+        let f =
+            std::fs::File::open(path).map_err(|e| EngineError::Proc { path: path.to_string(), msg: e.to_string() })?;
+        let seals = cryopod_sys::util::memfd_seals(std::os::fd::AsRawFd::as_raw_fd(&f))?;
+        return Ok(ObjectOrigin::Memfd { name: n.to_string(), seals });
     }
     let md = std::fs::metadata(path).map_err(|e| EngineError::Proc { path: path.to_string(), msg: e.to_string() })?;
     Ok(ObjectOrigin::Deleted { path: base.to_string(), mode: md.mode() & 0o7777 })

@@ -236,7 +236,8 @@ pub enum ObjectOrigin {
     /// MAP_SHARED|MAP_ANONYMOUS memory ("/dev/zero (deleted)").
     SharedAnon,
     /// memfd_create(name).
-    Memfd { name: String },
+    /// A memfd with its seals (F_GET_SEALS), added again after filling it.
+    Memfd { name: String, seals: u32 },
     /// A regular file unlinked while mapped or open.
     Deleted { path: String, mode: u32 },
 }
@@ -346,7 +347,7 @@ impl Manifest {
                 s.size.checked_next_multiple_of(PAGE).ok_or_else(|| bad(format!("memory object {i}: size")))?;
             self.validate_runs(&s.runs, 0, pages_end, &format!("memory object {i}"))?;
             match &s.origin {
-                ObjectOrigin::Memfd { name } if name.len() > 249 || name.contains('\0') => {
+                ObjectOrigin::Memfd { name, .. } if name.len() > 249 || name.contains('\0') => {
                     return Err(bad(format!("memory object {i}: bad memfd name")));
                 }
                 ObjectOrigin::Deleted { path, .. } if !path.starts_with('/') || path.contains('\0') => {

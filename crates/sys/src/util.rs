@@ -396,12 +396,13 @@ pub fn own_group() -> Pid {
     unsafe { libc::getpgrp() }
 }
 
-/// memfd_create(name, MFD_CLOEXEC).
+/// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING).
 pub fn memfd_create(name: &str) -> SysResult<std::os::fd::OwnedFd> {
     let c = std::ffi::CString::new(name)
         .map_err(|_| SysError::new("memfd_create (NUL in name)", 0, Errno(libc::EINVAL)))?;
     // SAFETY: `c` is a valid NUL-terminated string.
-    let r = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    // Sealing allowed: the seals a restored memfd had are added afterwards.
+    let r = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if r < 0 {
         return Err(SysError::last(format!("memfd_create({name})"), 0));
     }
@@ -596,4 +597,23 @@ pub fn read_some(fd: i32, buf: &mut [u8]) -> SysResult<usize> {
         return Err(SysError::last("read", 0));
     }
     Ok(r as usize)
+}
+
+/// F_GET_SEALS of a memfd.
+pub fn memfd_seals(fd: i32) -> SysResult<u32> {
+    // SAFETY: integer arguments.
+    let r = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    if r < 0 {
+        return Err(SysError::last("fcntl(F_GET_SEALS)", 0));
+    }
+    Ok(r as u32)
+}
+
+/// F_ADD_SEALS on a memfd.
+pub fn memfd_add_seals(fd: i32, seals: u32) -> SysResult<()> {
+    // SAFETY: integer arguments.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals as i32) } < 0 {
+        return Err(SysError::last(format!("fcntl(F_ADD_SEALS, {seals:#x})"), 0));
+    }
+    Ok(())
 }

@@ -53,6 +53,13 @@ fn main() {
         let sfd = libc::open(CString::new(sf.as_os_str().as_encoded_bytes()).unwrap().as_ptr(), libc::O_RDWR);
         let s_map = map(sfd, rw, libc::MAP_SHARED);
         std::fs::remove_file(&sf).unwrap();
+        // A sealed memfd (no growing, shrinking or writing any more), and
+        // the plain one above: it cannot take seals at all.
+        let sealed = libc::memfd_create(c"cryo-sealed".as_ptr(), libc::MFD_ALLOW_SEALING);
+        libc::write(sealed, b"frozen".as_ptr().cast(), 6);
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        libc::fcntl(sealed, libc::F_ADD_SEALS, seals);
+        let plain_seals = libc::fcntl(mfd, libc::F_GET_SEALS);
         let links = (link(mfd), link(sfd));
         let maps_before = maps();
 
@@ -72,6 +79,13 @@ fn main() {
         c.eq("deleted shared file link", link(sfd), links.1.clone());
         libc::pwrite(sfd, b"shared".as_ptr().cast(), 6, 1234);
         c.eq("deleted file fd and mapping are one object", slice(s_map)[1234..1240].to_vec(), b"shared".to_vec());
+        c.eq("sealed memfd keeps its seals", libc::fcntl(sealed, libc::F_GET_SEALS), seals);
+        let w = libc::pwrite(sealed, b"x".as_ptr().cast(), 1, 0);
+        c.check("sealed memfd refuses writes", w < 0, format!("pwrite gave {w}"));
+        c.eq("unsealable memfd stays so", libc::fcntl(mfd, libc::F_GET_SEALS), plain_seals);
+        let mut b = [0u8; 6];
+        libc::pread(sealed, b.as_mut_ptr().cast(), 6, 0);
+        c.eq("sealed memfd contents", &b, b"frozen");
         let after = maps();
         let missing: Vec<&String> =
             maps_before.iter().filter(|l| !l.ends_with("[heap]") && !after.contains(l)).collect();
