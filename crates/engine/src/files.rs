@@ -302,8 +302,8 @@ pub fn open_all(
     for &i in &tcp {
         let f = &m.files[i];
         let FileKind::Tcp(c) = &f.kind else { continue };
-        let (family, st) = (c.family, crate::inet::state_of(c));
-        let make = move || Ok(cryopod_sys::tcp::restore(family, &st)?);
+        let st = c.clone();
+        let make = move || Ok(cryopod_sys::tcp::restore(&st)?);
         let fd = match ns_of {
             Some(pid) => in_namespace(pid, libc::CLONE_NEWNET, make),
             None => make(),
@@ -314,7 +314,7 @@ pub fn open_all(
     for (i, fd) in made {
         let f = &m.files[i];
         if let FileKind::Tcp(c) = &f.kind {
-            cryopod_sys::tcp::finish(fd.as_raw_fd(), &crate::inet::state_of(c))
+            cryopod_sys::tcp::finish(fd.as_raw_fd(), c)
                 .map_err(|e| EngineError::during(format!("file {}", describe(m, f)))(e.into()))?;
         }
         cryopod_sys::util::set_status_flags(fd.as_raw_fd(), (f.flags & !(libc::O_ACCMODE as u32)) as i32)?;

@@ -8,7 +8,7 @@
 
 use crate::unix::LISTEN;
 use crate::{EngineError, Result};
-use cryopod_image::{FileKind, TcpConn};
+use cryopod_image::FileKind;
 use cryopod_sys::pidfd;
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -33,46 +33,6 @@ impl Drop for Repaired {
 
 pub const ESTABLISHED: u8 = 1;
 
-fn conn_of(family: i32, s: cryopod_sys::tcp::TcpState) -> TcpConn {
-    TcpConn {
-        family,
-        local: s.local,
-        remote: s.remote,
-        snd_seq: s.snd_seq,
-        rcv_seq: s.rcv_seq,
-        send_queue: s.send_queue,
-        unsent: s.unsent,
-        recv_queue: s.recv_queue,
-        mss: s.mss,
-        wscale: s.wscale,
-        sack: s.sack,
-        timestamps: s.timestamps,
-        timestamp: s.timestamp,
-        window: s.window,
-        nodelay: s.nodelay,
-    }
-}
-
-/// The state TCP_REPAIR needs to make connection `c` again.
-pub fn state_of(c: &TcpConn) -> cryopod_sys::tcp::TcpState {
-    cryopod_sys::tcp::TcpState {
-        local: c.local.clone(),
-        remote: c.remote.clone(),
-        snd_seq: c.snd_seq,
-        rcv_seq: c.rcv_seq,
-        send_queue: c.send_queue.clone(),
-        unsent: c.unsent,
-        recv_queue: c.recv_queue.clone(),
-        mss: c.mss,
-        wscale: c.wscale,
-        sack: c.sack,
-        timestamps: c.timestamps,
-        timestamp: c.timestamp,
-        window: c.window,
-        nodelay: c.nodelay,
-    }
-}
-
 /// A socket that sock_diag does not know as a unix one.
 pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired) -> Result<FileKind> {
     use cryopod_sys::sock;
@@ -94,9 +54,9 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired) -> Result<FileKind> {
     // TCP_LISTEN is 10 here too.
     let (state, waiting, backlog) = sock::tcp_state(raw)?;
     if state == ESTABLISHED {
-        let st = cryopod_sys::tcp::dump(raw)?;
+        let st = cryopod_sys::tcp::dump(raw, family)?;
         repaired.fds.push(copy);
-        return Ok(FileKind::Tcp(conn_of(family, st)));
+        return Ok(FileKind::Tcp(st));
     }
     if state != LISTEN {
         return Err(EngineError::Other(format!(

@@ -17,28 +17,9 @@ const TCPI_OPT_WSCALE: u8 = 4;
 const TCP_TIMESTAMP: i32 = 24;
 const SIOCOUTQNSD: u64 = 0x894B;
 
-/// Everything that makes an established connection.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TcpState {
-    /// Local and remote (address bytes, port).
-    pub local: (Vec<u8>, u16),
-    pub remote: (Vec<u8>, u16),
-    pub snd_seq: u32,
-    pub rcv_seq: u32,
-    /// Bytes sent but not acknowledged, then not yet sent (`unsent` of them).
-    pub send_queue: Vec<u8>,
-    pub unsent: u32,
-    pub recv_queue: Vec<u8>,
-    pub mss: u32,
-    /// (send, receive) window scale, if negotiated.
-    pub wscale: Option<(u8, u8)>,
-    pub sack: bool,
-    pub timestamps: bool,
-    pub timestamp: u32,
-    /// snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
-    pub window: [u32; 5],
-    pub nodelay: bool,
-}
+/// Everything that makes an established connection: the image's record
+/// (plain data; kept in `cryopod-image` so that images name it).
+pub use cryopod_image::TcpConn as TcpState;
 
 fn check(r: i64, what: &str) -> SysResult<i64> {
     if r < 0 {
@@ -131,10 +112,10 @@ pub(crate) fn name(fd: i32, peer: bool) -> SysResult<(Vec<u8>, u16)> {
 /// Read connection `fd` (a copy of the owner's; its owner is stopped). The
 /// socket is left in repair mode: closing it then sends nothing to the
 /// peer; [`set_repair`] off hands it back unchanged.
-pub fn dump(fd: i32) -> SysResult<TcpState> {
+pub fn dump(fd: i32, family: i32) -> SysResult<TcpState> {
     set_repair(fd, true)?;
     let r = (|| {
-        let mut st = TcpState { local: name(fd, false)?, remote: name(fd, true)?, ..Default::default() };
+        let mut st = TcpState { family, local: name(fd, false)?, remote: name(fd, true)?, ..Default::default() };
         let outq = ioctl_int(fd, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")?;
         st.unsent = ioctl_int(fd, SIOCOUTQNSD, "ioctl(SIOCOUTQNSD)")?;
         let inq = ioctl_int(fd, libc::FIONREAD, "ioctl(SIOCINQ)")?;
@@ -221,7 +202,8 @@ fn send_all(fd: i32, data: &[u8], what: &str) -> SysResult<()> {
 /// caller's network namespace. It stays in repair mode (silent) until
 /// [`finish`], so that the other end of a connection inside the same
 /// checkpoint can be made first.
-pub fn restore(family: i32, st: &TcpState) -> SysResult<OwnedFd> {
+pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
+    let family = st.family;
     // SAFETY: integer arguments.
     let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     check(raw as i64, "socket(TCP)")?;
