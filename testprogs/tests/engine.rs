@@ -89,3 +89,8 @@ fn unix_sockets() {
 fn inotify() {
     roundtrip("inotify", env!("CARGO_BIN_EXE_tp-inotify"));
 }
+
+#[test]
+fn pidfd() {
+    roundtrip("pidfd", env!("CARGO_BIN_EXE_tp-pidfd"));
+}

@@ -141,6 +141,16 @@ fn collect_and_write(
         procs.push(p);
     }
     files.unix.check_links(&files.files)?;
+    for f in &files.files {
+        if let cryopod_image::FileKind::Pidfd { pid } = f.kind {
+            if !procs.iter().any(|p: &Process| p.pid == pid && p.zombie_status.is_none()) {
+                return Err(EngineError::Unsupported {
+                    pid,
+                    what: "a pidfd of a process outside the checkpoint".into(),
+                });
+            }
+        }
+    }
     fault::check("after-collect")?;
     tracing::info!(ms = t_collect.elapsed().as_secs_f64() * 1e3, pieces = mem.pieces.len(), "state collected");
     let t_pages = Instant::now();

@@ -284,7 +284,7 @@ pub fn open_all(
     for (i, f) in m.files.iter().enumerate() {
         // Unix sockets are made by the stubs themselves (see unix::plan);
         // TCP connections after everything else (listeners first).
-        if !used[i] || matches!(f.kind, FileKind::Unix(_) | FileKind::Tcp(_)) {
+        if !used[i] || matches!(f.kind, FileKind::Unix(_) | FileKind::Tcp(_) | FileKind::Pidfd { .. }) {
             if used[i] && matches!(f.kind, FileKind::Tcp(_)) {
                 tcp.push(i);
             }
@@ -362,6 +362,7 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::Mqueue { name } => format!("POSIX message queue /{name}"),
         FileKind::TcpListen { family, addr, port, .. } => format!("TCP listener {}", inet_show(*family, addr, *port)),
         FileKind::Inotify { watches } => format!("inotify ({} watches)", watches.len()),
+        FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
         FileKind::Udp { family, local, peer, .. } => format!(
             "UDP socket {}{}",
             inet_show(*family, &local.0, local.1),
@@ -430,8 +431,8 @@ fn open_one(
             fd
         }
         FileKind::CharDev { path, .. } => open_with(&under(root, path), flags | libc::O_NOCTTY as u32)?,
-        FileKind::Unix(_) | FileKind::Tcp(_) => {
-            return Err(EngineError::Other("sockets are made apart (unix by the stubs, TCP last)".into()))
+        FileKind::Unix(_) | FileKind::Tcp(_) | FileKind::Pidfd { .. } => {
+            return Err(EngineError::Other("made apart (unix sockets and pidfds by the stubs, TCP last)".into()))
         }
         FileKind::Mqueue { name } => {
             let pid = ns_of.ok_or_else(|| EngineError::Other("a message queue outside a pod".into()))?;
@@ -642,6 +643,14 @@ fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
                 value_ns,
                 ticks: field(&s, "ticks").parse().unwrap_or(0),
             })
+        }
+        "anon_inode:[pidfd]" => {
+            // "Pid:" as our PID namespace numbers it (-1: it has ended).
+            let pid: i32 = field(&info()?, "Pid").trim().parse().unwrap_or(-1);
+            if pid <= 0 {
+                return Err(EngineError::Other("a pidfd of a process that has ended".into()));
+            }
+            Ok(FileKind::Pidfd { pid })
         }
         "anon_inode:[eventpoll]" => {
             let mut entries = Vec::new();

@@ -273,6 +273,8 @@ pub enum FileKind {
     TcpListen { family: i32, addr: Vec<u8>, port: u16, backlog: u32, reuseaddr: bool, v6only: bool },
     /// An established TCP connection (TCP_REPAIR state).
     Tcp(TcpConn),
+    /// A pidfd naming process `pid` of the checkpoint.
+    Pidfd { pid: i32 },
     /// An inotify instance and its watches (queued events are not kept).
     Inotify { watches: Vec<InotifyWatch> },
     /// A UDP socket: bound address, default peer if connected. Datagrams

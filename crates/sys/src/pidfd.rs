@@ -4,6 +4,17 @@
 use crate::{Errno, Pid, SysError, SysResult};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+/// pidfd_open(pid, flags) (flags: 0 or PIDFD_NONBLOCK, which is O_NONBLOCK).
+pub fn pidfd_open_flags(pid: Pid, flags: i32) -> SysResult<OwnedFd> {
+    // SAFETY: no memory arguments.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
+    if r < 0 {
+        return Err(SysError::last("pidfd_open", pid));
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
 pub fn pidfd_open(pid: Pid) -> SysResult<OwnedFd> {
     // SAFETY: no memory arguments.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };

@@ -56,6 +56,8 @@ pub enum Op {
     Place { fds: Vec<(i32, u32, i32, bool)> },
     /// Close the staging fds of these files.
     Close { files: Vec<u32> },
+    /// A pidfd of process `target` at fd number `fd`.
+    Pidfd { fd: i32, target: i32, nonblock: bool, cloexec: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,7 @@ impl Plan {
             .filter(|(_, f)| holders.contains_key(f))
             .collect();
         if by_ino.is_empty() {
+            pidfd_steps(m, &mut p)?;
             return Ok(p);
         }
         let is_live = |pid: i32| pid > 0 && live.iter().any(|pr| pr.pid == pid);
@@ -252,18 +255,49 @@ impl Plan {
         for (c, files) in cs {
             p.steps.push(Step { pid: c, op: Op::Close { files } });
         }
+        pidfd_steps(m, &mut p)?;
         Ok(p)
     }
+}
+
+/// pidfds: each holder opens its own, once every process exists (they
+/// name processes, which do not exist yet when the restorer opens files).
+fn pidfd_steps(m: &Manifest, p: &mut Plan) -> Result<()> {
+    for pr in m.processes.iter().filter(|pr| pr.zombie_status.is_none()) {
+        for fd in &pr.fds {
+            let Some(f) = m.files.get(fd.file as usize) else { continue };
+            if let FileKind::Pidfd { pid } = f.kind {
+                if !m.processes.iter().any(|t| t.pid == pid && t.zombie_status.is_none()) {
+                    return Err(EngineError::Other(format!("pidfd {} of process {} names no process", fd.fd, pr.pid)));
+                }
+                let nonblock = f.flags & libc::O_NONBLOCK as u32 != 0;
+                p.steps.push(Step {
+                    pid: pr.pid,
+                    op: Op::Pidfd { fd: fd.fd, target: pid, nonblock, cloexec: fd.cloexec },
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn err(op: &str, f: u32, e: impl std::fmt::Display) -> EngineError {
     EngineError::Other(format!("unix socket (file {f}) {op}: {e}"))
 }
 
-/// Keep `fd` at exactly number `at` (closing the original).
-fn park(fd: OwnedFd, at: i32) -> Result<()> {
-    util::dup_to(fd.as_raw_fd(), at, true)?;
+/// Keep `fd` at exactly number `at` (closing the original, unless it is
+/// already that number).
+fn put_at(fd: OwnedFd, at: i32, cloexec: bool) -> Result<()> {
+    use std::os::fd::IntoRawFd;
+    util::dup_to(fd.as_raw_fd(), at, cloexec)?;
+    if fd.as_raw_fd() == at {
+        let _ = fd.into_raw_fd();
+    }
     Ok(())
+}
+
+fn park(fd: OwnedFd, at: i32) -> Result<()> {
+    put_at(fd, at, true)
 }
 
 /// Bind `fd` to `name`; a path still holding a dead socket's file is
@@ -291,7 +325,8 @@ impl Plan {
         let step = self.steps.get(i).ok_or_else(|| EngineError::Other(format!("no socket step {i}")))?;
         let euid = p.creds.uids[1];
         let egid = p.creds.gids[1];
-        let switch = (euid, egid) != (0, 0) && !matches!(step.op, Op::Place { .. } | Op::Close { .. });
+        let switch =
+            (euid, egid) != (0, 0) && !matches!(step.op, Op::Place { .. } | Op::Close { .. } | Op::Pidfd { .. });
         if switch {
             sock::set_effective_ids(euid, egid)?;
         }
@@ -393,7 +428,7 @@ impl Plan {
                     } else {
                         let pfd = cryopod_sys::pidfd::pidfd_open(creator)?;
                         let got = cryopod_sys::pidfd::pidfd_getfd(&pfd, creator, self.staging(file))?;
-                        util::dup_to(got.as_raw_fd(), fd, cloexec)?;
+                        put_at(got, fd, cloexec)?;
                     }
                 }
                 Ok(())
@@ -403,6 +438,10 @@ impl Plan {
                     util::close(self.staging(f));
                 }
                 Ok(())
+            }
+            Op::Pidfd { fd, target, nonblock, cloexec } => {
+                let got = cryopod_sys::pidfd::pidfd_open_flags(*target, if *nonblock { libc::O_NONBLOCK } else { 0 })?;
+                put_at(got, *fd, *cloexec)
             }
         }
     }
