@@ -186,10 +186,12 @@ impl FileTable {
                 EngineError::Other(why) => unsupported(&why),
                 e => e,
             }),
-            _ if target.starts_with("anon_inode:") => anon_inode_kind(pid, fd, target).map_err(|e| match e {
-                EngineError::Other(why) => unsupported(&why),
-                e => e,
-            }),
+            _ if target.starts_with("anon_inode:") => {
+                crate::events::anon_inode_kind(pid, fd, target).map_err(|e| match e {
+                    EngineError::Other(why) => unsupported(&why),
+                    e => e,
+                })
+            }
             _ => Err(unsupported("this kind of file")),
         }
     }
@@ -302,13 +304,8 @@ pub fn open_all(
     for &i in &tcp {
         let f = &m.files[i];
         let FileKind::Tcp(c) = &f.kind else { continue };
-        let st = c.clone();
-        let make = move || Ok(cryopod_sys::tcp::restore(&st)?);
-        let fd = match ns_of {
-            Some(pid) => in_namespace(pid, libc::CLONE_NEWNET, make),
-            None => make(),
-        }
-        .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
+        let fd =
+            crate::inet::make_connection(c, ns_of).map_err(EngineError::during(format!("file {}", describe(m, f))))?;
         made.push((i, fd));
     }
     for (i, fd) in made {
@@ -323,31 +320,6 @@ pub fn open_all(
     Ok(out)
 }
 
-/// Make an fd inside the `ns` namespace (CLONE_NEWIPC, CLONE_NEWNET) of
-/// process `pid`: from a thread that joins it (only it changes namespace).
-fn in_namespace(pid: i32, ns: i32, make: impl FnOnce() -> Result<OwnedFd> + Send + 'static) -> Result<OwnedFd> {
-    let pfd = cryopod_sys::pidfd::pidfd_open(pid)?;
-    std::thread::spawn(move || -> Result<OwnedFd> {
-        use std::os::fd::AsFd;
-        cryopod_sys::ns::enter(pfd.as_fd(), pid, ns)?;
-        make()
-    })
-    .join()
-    .map_err(|_| EngineError::Other("namespace thread panicked".into()))?
-}
-
-/// address:port of an IPv4 or IPv6 socket, for messages.
-fn inet_show(family: i32, addr: &[u8], port: u16) -> String {
-    match (family, addr.len()) {
-        (libc::AF_INET, 4) => format!("{}.{}.{}.{}:{port}", addr[0], addr[1], addr[2], addr[3]),
-        (libc::AF_INET6, 16) => {
-            let b: [u8; 16] = addr.try_into().unwrap_or([0; 16]);
-            format!("[{}]:{port}", std::net::Ipv6Addr::from(b))
-        }
-        _ => format!("?:{port}"),
-    }
-}
-
 /// A short description of a file for error messages and inspect.
 pub fn describe(m: &Manifest, f: &OpenFile) -> String {
     match &f.kind {
@@ -360,18 +332,20 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::CharDev { path, .. } => path.clone(),
         FileKind::External { key } => format!("external file {key:?}"),
         FileKind::Mqueue { name } => format!("POSIX message queue /{name}"),
-        FileKind::TcpListen { family, addr, port, .. } => format!("TCP listener {}", inet_show(*family, addr, *port)),
+        FileKind::TcpListen { family, addr, port, .. } => {
+            format!("TCP listener {}", crate::inet::show(*family, addr, *port))
+        }
         FileKind::Inotify { watches } => format!("inotify ({} watches)", watches.len()),
         FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
         FileKind::Udp { family, local, peer, .. } => format!(
             "UDP socket {}{}",
-            inet_show(*family, &local.0, local.1),
-            peer.as_ref().map(|p| format!(" -> {}", inet_show(*family, &p.0, p.1))).unwrap_or_default()
+            crate::inet::show(*family, &local.0, local.1),
+            peer.as_ref().map(|p| format!(" -> {}", crate::inet::show(*family, &p.0, p.1))).unwrap_or_default()
         ),
         FileKind::Tcp(c) => format!(
             "TCP connection {} -> {}, {} bytes to send, {} to read",
-            inet_show(c.family, &c.local.0, c.local.1),
-            inet_show(c.family, &c.remote.0, c.remote.1),
+            crate::inet::show(c.family, &c.local.0, c.local.1),
+            crate::inet::show(c.family, &c.remote.0, c.remote.1),
             c.send_queue.len(),
             c.recv_queue.len()
         ),
@@ -437,7 +411,7 @@ fn open_one(
         FileKind::Mqueue { name } => {
             let pid = ns_of.ok_or_else(|| EngineError::Other("a message queue outside a pod".into()))?;
             let flags = (f.flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32) as i32;
-            in_namespace(pid, libc::CLONE_NEWIPC, {
+            crate::nsjoin::make_in(pid, libc::CLONE_NEWIPC, {
                 let name = name.clone();
                 move || Ok(cryopod_sys::ipc::mq_open_fd(&name, flags)?)
             })?
@@ -447,30 +421,8 @@ fn open_one(
             cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
             fd
         }
-        FileKind::Udp { family, local, peer, reuseaddr, v6only } => {
-            let (family, local, peer, reuse, v6) = (*family, local.clone(), peer.clone(), *reuseaddr, *v6only);
-            let make = move || {
-                let fd = cryopod_sys::sock::inet_socket(libc::SOCK_DGRAM, family, &local.0, local.1, reuse, v6)?;
-                if let Some((a, port)) = &peer {
-                    cryopod_sys::sock::inet_connect(fd.as_raw_fd(), family, a, *port)?;
-                }
-                Ok(fd)
-            };
-            let fd = match ns_of {
-                Some(pid) => in_namespace(pid, libc::CLONE_NEWNET, make)?,
-                None => make()?,
-            };
-            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
-            fd
-        }
-        FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only } => {
-            let (family, addr, port, backlog, reuse, v6) =
-                (*family, addr.clone(), *port, *backlog, *reuseaddr, *v6only);
-            let make = move || Ok(cryopod_sys::sock::tcp_listen(family, &addr, port, backlog as i32, reuse, v6)?);
-            let fd = match ns_of {
-                Some(pid) => in_namespace(pid, libc::CLONE_NEWNET, make)?,
-                None => make()?,
-            };
+        FileKind::Udp { .. } | FileKind::TcpListen { .. } => {
+            let fd = crate::inet::make(&f.kind, ns_of)?;
             cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
             fd
         }
@@ -521,7 +473,7 @@ fn open_one(
         }
         FileKind::TimerFd { clock, interval_ns, value_ns, ticks } => {
             let fd = cryopod_sys::util::timerfd(*clock, 0)?;
-            restore_timerfd(fd.as_raw_fd(), *clock, *interval_ns, *value_ns, *ticks)?;
+            crate::events::restore_timerfd(fd.as_raw_fd(), *clock, *interval_ns, *value_ns, *ticks)?;
             cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
             fd
         }
@@ -615,82 +567,4 @@ pub fn create_objects(
         out.insert(i as u32, cryopod_sys::util::dup_at_least(file.as_raw_fd(), base)?);
     }
     Ok(out)
-}
-
-/// eventfd, signalfd, timerfd and epoll, from the target's own fdinfo.
-fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
-    let info = || procfs::read(pid, &format!("fdinfo/{fd}"));
-    let field = |s: &str, k: &str| procfs::status_field(s, k).unwrap_or_default();
-    match target {
-        "anon_inode:[eventfd]" => {
-            let s = info()?;
-            let count = u64::from_str_radix(field(&s, "eventfd-count").trim(), 16).unwrap_or(0);
-            Ok(FileKind::EventFd { count, semaphore: field(&s, "eventfd-semaphore") == "1" })
-        }
-        "anon_inode:[signalfd]" => {
-            Ok(FileKind::SignalFd { mask: u64::from_str_radix(field(&info()?, "sigmask").trim(), 16).unwrap_or(0) })
-        }
-        "anon_inode:[timerfd]" => {
-            // timerfd_gettime on a copy brings the unread expirations in
-            // fdinfo up to date (KERNEL-NOTES), and gives the times.
-            let pidfd = cryopod_sys::pidfd::pidfd_open(pid)?;
-            let copy = cryopod_sys::pidfd::pidfd_getfd(&pidfd, pid, fd)?;
-            let (interval_ns, value_ns) = cryopod_sys::util::timerfd_gettime(copy.as_raw_fd())?;
-            let s = info()?;
-            Ok(FileKind::TimerFd {
-                clock: field(&s, "clockid").parse().unwrap_or(libc::CLOCK_MONOTONIC),
-                interval_ns,
-                value_ns,
-                ticks: field(&s, "ticks").parse().unwrap_or(0),
-            })
-        }
-        "anon_inode:[pidfd]" => {
-            // "Pid:" as our PID namespace numbers it (-1: it has ended).
-            let pid: i32 = field(&info()?, "Pid").trim().parse().unwrap_or(-1);
-            if pid <= 0 {
-                return Err(EngineError::Other("a pidfd of a process that has ended".into()));
-            }
-            Ok(FileKind::Pidfd { pid })
-        }
-        "anon_inode:[eventpoll]" => {
-            let mut entries = Vec::new();
-            for line in info()?.lines() {
-                let Some(rest) = line.strip_prefix("tfd:") else { continue };
-                let w: Vec<&str> = rest.split_whitespace().collect();
-                // "<fd> events: <hex> data: <hex> pos:.. ino:.. sdev:.."
-                if w.len() >= 5 && w[1] == "events:" && w[3] == "data:" {
-                    let tfd = w[0].parse().unwrap_or(-1);
-                    let events = u32::from_str_radix(w[2], 16).unwrap_or(0);
-                    let data = u64::from_str_radix(w[4], 16).unwrap_or(0);
-                    entries.push((tfd, events, data));
-                }
-            }
-            Ok(FileKind::Epoll { owner: pid, entries })
-        }
-        other => Err(EngineError::Other(format!("{other} is not supported yet"))),
-    }
-}
-
-/// Arm a timerfd so that `ticks` expirations are waiting to be read, the
-/// next one comes in `value_ns` and the following every `interval_ns`: the
-/// first expiration is set in the past (absolute time), so the kernel counts
-/// the ones already due.
-fn restore_timerfd(fd: i32, clock: i32, interval_ns: u64, value_ns: u64, ticks: u64) -> Result<()> {
-    use cryopod_sys::util::timerfd_settime;
-    if ticks == 0 {
-        if value_ns > 0 {
-            timerfd_settime(fd, 0, interval_ns, value_ns)?;
-        }
-        return Ok(());
-    }
-    let now = cryopod_sys::util::clock_ns(clock);
-    if interval_ns == 0 {
-        // A one-shot timer that fired and was not read: one expiration due.
-        timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, 0, 1)?;
-        return Ok(());
-    }
-    let back = ticks.saturating_mul(interval_ns);
-    let first = (now + value_ns).saturating_sub(back).max(1);
-    timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, interval_ns, first)?;
-    Ok(())
 }

@@ -72,3 +72,43 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired) -> Result<FileKind> {
     let (reuseaddr, v6only) = sock::inet_options(raw, family)?;
     Ok(FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only })
 }
+
+/// Make a UDP socket or TCP listener of the image again, in the network
+/// namespace of `ns_of` (a pod) or here.
+pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
+    use cryopod_sys::sock;
+    match kind.clone() {
+        FileKind::Udp { family, local, peer, reuseaddr, v6only } => crate::nsjoin::in_net(ns_of, move || {
+            let fd = sock::inet_socket(libc::SOCK_DGRAM, family, &local.0, local.1, reuseaddr, v6only)?;
+            if let Some((a, port)) = &peer {
+                sock::inet_connect(fd.as_raw_fd(), family, a, *port)?;
+            }
+            Ok(fd)
+        }),
+        FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only } => {
+            crate::nsjoin::in_net(ns_of, move || {
+                Ok(sock::tcp_listen(family, &addr, port, backlog as i32, reuseaddr, v6only)?)
+            })
+        }
+        _ => Err(EngineError::Other("not an internet socket".into())),
+    }
+}
+
+/// Make connection `c` again (still in repair mode: see
+/// [`cryopod_sys::tcp::finish`]), in the network namespace of `ns_of`.
+pub fn make_connection(c: &cryopod_image::TcpConn, ns_of: Option<i32>) -> Result<OwnedFd> {
+    let st = c.clone();
+    crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::tcp::restore(&st)?))
+}
+
+/// address:port of an IPv4 or IPv6 socket, for messages.
+pub fn show(family: i32, addr: &[u8], port: u16) -> String {
+    match (family, addr.len()) {
+        (libc::AF_INET, 4) => format!("{}.{}.{}.{}:{port}", addr[0], addr[1], addr[2], addr[3]),
+        (libc::AF_INET6, 16) => {
+            let b: [u8; 16] = addr.try_into().unwrap_or([0; 16]);
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(b))
+        }
+        _ => format!("?:{port}"),
+    }
+}

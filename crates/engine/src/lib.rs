@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod events;
 pub mod fault;
 pub mod files;
 pub mod freeze;
@@ -16,6 +17,7 @@ pub mod ident;
 pub mod inet;
 pub mod inotify;
 pub mod mm;
+pub mod nsjoin;
 pub mod pages;
 pub mod pidns;
 pub mod procfs;

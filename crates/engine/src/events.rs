@@ -1,0 +1,86 @@
+//! Event files behind anonymous inodes: eventfd (counter, semaphore mode),
+//! signalfd (mask), timerfd (clock, times, unread expirations) and epoll
+//! (interest list) — read from fdinfo and a copy of the fd, and the timerfd
+//! restore that re-arms a timer with its unread expirations.
+
+use crate::{procfs, EngineError, Result};
+use cryopod_image::FileKind;
+use std::os::fd::AsRawFd;
+
+/// eventfd, signalfd, timerfd and epoll, from the target's own fdinfo.
+pub fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
+    let info = || procfs::read(pid, &format!("fdinfo/{fd}"));
+    let field = |s: &str, k: &str| procfs::status_field(s, k).unwrap_or_default();
+    match target {
+        "anon_inode:[eventfd]" => {
+            let s = info()?;
+            let count = u64::from_str_radix(field(&s, "eventfd-count").trim(), 16).unwrap_or(0);
+            Ok(FileKind::EventFd { count, semaphore: field(&s, "eventfd-semaphore") == "1" })
+        }
+        "anon_inode:[signalfd]" => {
+            Ok(FileKind::SignalFd { mask: u64::from_str_radix(field(&info()?, "sigmask").trim(), 16).unwrap_or(0) })
+        }
+        "anon_inode:[timerfd]" => {
+            // timerfd_gettime on a copy brings the unread expirations in
+            // fdinfo up to date (KERNEL-NOTES), and gives the times.
+            let pidfd = cryopod_sys::pidfd::pidfd_open(pid)?;
+            let copy = cryopod_sys::pidfd::pidfd_getfd(&pidfd, pid, fd)?;
+            let (interval_ns, value_ns) = cryopod_sys::util::timerfd_gettime(copy.as_raw_fd())?;
+            let s = info()?;
+            Ok(FileKind::TimerFd {
+                clock: field(&s, "clockid").parse().unwrap_or(libc::CLOCK_MONOTONIC),
+                interval_ns,
+                value_ns,
+                ticks: field(&s, "ticks").parse().unwrap_or(0),
+            })
+        }
+        "anon_inode:[pidfd]" => {
+            // "Pid:" as our PID namespace numbers it (-1: it has ended).
+            let pid: i32 = field(&info()?, "Pid").trim().parse().unwrap_or(-1);
+            if pid <= 0 {
+                return Err(EngineError::Other("a pidfd of a process that has ended".into()));
+            }
+            Ok(FileKind::Pidfd { pid })
+        }
+        "anon_inode:[eventpoll]" => {
+            let mut entries = Vec::new();
+            for line in info()?.lines() {
+                let Some(rest) = line.strip_prefix("tfd:") else { continue };
+                let w: Vec<&str> = rest.split_whitespace().collect();
+                // "<fd> events: <hex> data: <hex> pos:.. ino:.. sdev:.."
+                if w.len() >= 5 && w[1] == "events:" && w[3] == "data:" {
+                    let tfd = w[0].parse().unwrap_or(-1);
+                    let events = u32::from_str_radix(w[2], 16).unwrap_or(0);
+                    let data = u64::from_str_radix(w[4], 16).unwrap_or(0);
+                    entries.push((tfd, events, data));
+                }
+            }
+            Ok(FileKind::Epoll { owner: pid, entries })
+        }
+        other => Err(EngineError::Other(format!("{other} is not supported yet"))),
+    }
+}
+
+/// Arm a timerfd so that `ticks` expirations are waiting to be read, the
+/// next one comes in `value_ns` and the following every `interval_ns`: the
+/// first expiration is set in the past (absolute time), so the kernel counts
+/// the ones already due.
+pub fn restore_timerfd(fd: i32, clock: i32, interval_ns: u64, value_ns: u64, ticks: u64) -> Result<()> {
+    use cryopod_sys::util::timerfd_settime;
+    if ticks == 0 {
+        if value_ns > 0 {
+            timerfd_settime(fd, 0, interval_ns, value_ns)?;
+        }
+        return Ok(());
+    }
+    let now = cryopod_sys::util::clock_ns(clock);
+    if interval_ns == 0 {
+        // A one-shot timer that fired and was not read: one expiration due.
+        timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, 0, 1)?;
+        return Ok(());
+    }
+    let back = ticks.saturating_mul(interval_ns);
+    let first = (now + value_ns).saturating_sub(back).max(1);
+    timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, interval_ns, first)?;
+    Ok(())
+}
