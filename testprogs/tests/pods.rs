@@ -176,6 +176,16 @@ fn pod_checkpoint_restores_twice_side_by_side() {
     env.ok(&["checkpoint", "ck2", "-o", image2.to_str().unwrap(), "--leave-running"]);
     let now = *counts(&env.logs("ck2")).last().unwrap();
     env.wait_log("ck2", "progress after --leave-running", |l| counts(l).first().is_some_and(|&n| n >= now + 3));
+    // A pod image owned by a user is refused: it could ask for any mount.
+    let owned = env.dir.join("image-owned");
+    std::fs::create_dir_all(&owned).unwrap();
+    for e in std::fs::read_dir(&image).unwrap().flatten() {
+        std::fs::copy(e.path(), owned.join(e.file_name())).unwrap();
+    }
+    std::os::unix::fs::chown(owned.join("manifest"), Some(1000), Some(1000)).unwrap();
+    let e = env.fails(&["restore", owned.to_str().unwrap(), "--name", "ck3", "--ip", "10.77.8.5/24", "--detach"]);
+    assert!(e.contains("must be owned by root"), "{e}");
+    assert!(!env.pods().contains(&"ck3".to_string()));
     // Restoring under a name in use is refused, changing nothing.
     let e = env.fails(&["restore", image_s, "--ip", "10.77.8.4/24", "--detach"]);
     assert!(e.contains("already exists"), "{e}");

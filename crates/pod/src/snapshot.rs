@@ -209,6 +209,15 @@ pub struct PodRestoreOptions {
 pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> Result<(PodRecord, RestoreOutcome)> {
     let m = cryopod_image::read_manifest(&o.dir).map_err(|e| PodError::Invalid(e.to_string()))?;
     let pod = m.pod.clone().ok_or_else(|| PodError::Invalid("the image holds a process tree, not a pod".into()))?;
+    // A pod's record asks for mounts, a root file system, IPC objects and
+    // addresses that only root may set up: a user's image cannot.
+    if let Some(owner) = cryopod_engine::trust::image_owner(&o.dir).map_err(engine_err)? {
+        return Err(PodError::Invalid(format!(
+            "{} is owned by uid {}: a pod image must be owned by root to be restored",
+            o.dir.display(),
+            owner.uid
+        )));
+    }
     let name = o.name.clone().unwrap_or_else(|| pod.name.clone());
     let ip = match o.ip {
         Some(ip) => Some(ip),
