@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cryopod", version, about = "Checkpoint, restore and migrate running Linux process trees")]
+#[command(name = "cryopod", version, about = "Run programs in pods; checkpoint and restore pods and process trees")]
 struct Cli {
     /// More log output (also RUST_LOG).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
