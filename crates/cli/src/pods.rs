@@ -91,7 +91,7 @@ pub fn run(state: &StateDir, a: RunArgs) -> Result<i32> {
 /// the pod, and return its exit code.
 fn wait_and_remove(state: &StateDir, rec: &cryopod_pod::PodRecord) -> Result<i32> {
     let (_, st) = cryopod_sys::util::waitpid(rec.init_pid, 0)?;
-    let code = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) };
+    let code = cryopod_sys::util::exit_code(st);
     // A checkpoint may have ended the pod and a restore made a new one of
     // that name meanwhile: only remove what is still ours.
     if let Ok(now) = state.load(&rec.name) {

@@ -26,7 +26,7 @@ fn open_watched(root: &str, w: &InotifyWatch) -> Result<OwnedFd> {
 /// The watches of inotify fd `fd` of `pid`; `root` as in `files`.
 pub fn collect(pid: i32, fd: i32, root: &str) -> Result<FileKind> {
     let info = procfs::read(pid, &format!("fdinfo/{fd}"))?;
-    let mounts = procfs::read(pid, "mountinfo")?;
+    let mounts = procfs::parse_mountinfo(&procfs::read(pid, "mountinfo")?);
     let mut watches = Vec::new();
     for line in info.lines().filter_map(|l| l.strip_prefix("inotify ")) {
         let kv: std::collections::HashMap<&str, &str> =
@@ -35,13 +35,10 @@ pub fn collect(pid: i32, fd: i32, root: &str) -> Result<FileKind> {
         let sdev = hex(get("sdev")).unwrap_or(0);
         let dev = format!("{}:{}", sdev >> 20, sdev & 0xfffff);
         // A mount point of that device, as the process sees its mounts.
-        let mount = mounts
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                (f.get(2) == Some(&dev.as_str())).then(|| f.get(4).map(|m| m.to_string())).flatten()
-            })
-            .ok_or_else(|| EngineError::Other(format!("inotify watch on device {dev}, which is not mounted here")))?;
+        let mount =
+            mounts.iter().find(|m| m.dev == dev).map(|m| m.target.clone()).ok_or_else(|| {
+                EngineError::Other(format!("inotify watch on device {dev}, which is not mounted here"))
+            })?;
         let handle: Vec<u8> = get("f_handle")
             .as_bytes()
             .chunks(2)

@@ -203,3 +203,57 @@ pub fn auxv(pid: i32) -> Result<Vec<u64>> {
     let b = std::fs::read(&p).map_err(|e| EngineError::Proc { path: p, msg: e.to_string() })?;
     Ok(b.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default())).collect())
 }
+
+/// One line of /proc/PID/mountinfo.
+#[derive(Debug, Clone)]
+pub struct MountInfo {
+    /// The file system's device, "major:minor".
+    pub dev: String,
+    pub root: String,
+    pub target: String,
+    pub options: String,
+    pub fstype: String,
+    pub source: String,
+    pub super_options: String,
+}
+
+/// Undo mountinfo's octal escapes (\040 for a space, ...).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The lines of a mountinfo file (malformed ones skipped).
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        if l.len() < 6 || r.len() < 3 {
+            continue;
+        }
+        out.push(MountInfo {
+            dev: l[2].to_string(),
+            root: unescape(l[3]),
+            target: unescape(l[4]),
+            options: l[5].to_string(),
+            fstype: r[0].to_string(),
+            source: unescape(r[1]),
+            super_options: r[2].to_string(),
+        });
+    }
+    out
+}

@@ -262,16 +262,8 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
 
 /// One line from the readiness pipe.
 fn read_report(r: &OwnedFd) -> Result<String> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        util::read_fd_exact(r.as_raw_fd(), &mut byte)
-            .map_err(|_| EngineError::Other("a restored process died before it was ready".into()))?;
-        if byte[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&buf).into_owned());
-        }
-        buf.push(byte[0]);
-    }
+    util::read_line(r.as_raw_fd())
+        .ok_or_else(|| EngineError::Other("a restored process died before it was ready".into()))
 }
 
 /// Have the stubs run the unix socket steps, one at a time, in order.
@@ -297,17 +289,8 @@ fn run_unix_steps(unix: &crate::unix::plan::Plan, cmd_w: &BTreeMap<i32, OwnedFd>
 /// Read readiness lines until every process reported.
 fn wait_ready(m: &Manifest, r: &OwnedFd) -> Result<()> {
     let mut pending: std::collections::HashSet<i32> = m.processes.iter().map(|p| p.pid).collect();
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
     while !pending.is_empty() {
-        util::read_fd_exact(r.as_raw_fd(), &mut byte)
-            .map_err(|_| EngineError::Other("a restored process died before it was ready".into()))?;
-        if byte[0] != b'\n' {
-            buf.push(byte[0]);
-            continue;
-        }
-        let line = String::from_utf8_lossy(&buf).into_owned();
-        buf.clear();
+        let line = read_report(r)?;
         let mut it = line.splitn(3, ' ');
         let kind = it.next().unwrap_or("");
         let pid: i32 = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
@@ -545,11 +528,8 @@ pub fn wait_root(root: i32, job_group: Option<i32>) -> Result<i32> {
 fn wait_exit(root: i32) -> Result<i32> {
     loop {
         let (_, status) = util::waitpid(root, 0)?;
-        if libc::WIFEXITED(status) {
-            return Ok(libc::WEXITSTATUS(status));
-        }
-        if libc::WIFSIGNALED(status) {
-            return Ok(128 + libc::WTERMSIG(status));
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            return Ok(util::exit_code(status));
         }
     }
 }

@@ -208,13 +208,7 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
 /// until "Q" (or the restorer is gone).
 fn serve_steps(plan: &StubPlan, unix: &crate::unix::plan::Plan, p: &Process, cmd: i32) {
     let pid = p.pid;
-    loop {
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        while util::read_fd_exact(cmd, &mut b).is_ok() && b[0] != b'\n' {
-            line.push(b[0]);
-        }
-        let Some(i) = std::str::from_utf8(&line).ok().and_then(|s| s.parse::<usize>().ok()) else { return };
+    while let Some(i) = util::read_line(cmd).and_then(|l| l.parse::<usize>().ok()) {
         match unix.run(plan.m, p, i) {
             Ok(()) => report(plan, &format!("K {i}\n")),
             Err(e) => report(plan, &format!("E {pid} {}\n", e.to_string().replace('\n', " "))),

@@ -47,9 +47,7 @@ fn main() {
                 break;
             }
             if pid == child {
-                let code =
-                    if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
-                std::process::exit(code);
+                std::process::exit(util::exit_code(status));
             }
         }
     }

@@ -17,6 +17,11 @@ use std::time::Duration;
 pub const USERNS_BASE: u32 = 100_000;
 pub const USERNS_SIZE: u32 = 65_536;
 
+/// A host id as a `--userns` pod sees it (None: not mapped into it).
+pub fn pod_id(host: u64) -> Option<u32> {
+    host.checked_sub(u64::from(USERNS_BASE)).filter(|&v| v < u64::from(USERNS_SIZE)).map(|v| v as u32)
+}
+
 /// Namespaces a pod's processes share with the holder (PID is separate).
 pub const POD_NS: i32 =
     libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP;
@@ -53,20 +58,8 @@ pub struct Holder {
     in_rootfs: bool,
 }
 
-fn read_line(fd: &OwnedFd) -> Option<String> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while util::read_fd_exact(fd.as_raw_fd(), &mut b).is_ok() {
-        if b[0] == b'\n' {
-            return Some(String::from_utf8_lossy(&line).into_owned());
-        }
-        line.push(b[0]);
-    }
-    None
-}
-
 fn expect_ready(status: &OwnedFd, what: &str) -> Result<()> {
-    match read_line(status) {
+    match util::read_line(status.as_raw_fd()) {
         Some(l) if l == "R" => Ok(()),
         Some(l) => Err(PodError::Invalid(format!("{what}: {}", l.strip_prefix("E ").unwrap_or(&l)))),
         None => Err(PodError::Invalid(format!("{what}: the namespace holder died"))),
@@ -111,14 +104,12 @@ impl Holder {
                     std::fs::write(&p, format!("0 {USERNS_BASE} {USERNS_SIZE}\n"))
                         .map_err(|e| PodError::Invalid(format!("mapping the pod's {what}s ({p}): {e}")))?;
                 }
-                let w = h.cmd_w.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
-                util::write_fd(w, b"M\n")?;
+                h.command("M")?;
             }
             expect_ready(&status_r, "creating the pod's namespaces")?;
             if let Some(ip) = &spec.ip {
                 h.veth = Some(net::host_setup(name, ip, pid)?);
-                let w = h.cmd_w.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
-                util::write_fd(w, b"N\n")?;
+                h.command("N")?;
                 expect_ready(&status_r, "configuring the pod's network")?;
             }
             Ok(())
@@ -128,6 +119,12 @@ impl Holder {
             return Err(e);
         }
         Ok(h)
+    }
+
+    /// Tell the holder what to do next ("M": ids mapped, "N": network).
+    fn command(&self, c: &str) -> Result<()> {
+        let w = self.cmd_w.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        Ok(util::write_fd(w, format!("{c}\n").as_bytes())?)
     }
 
     /// In the pod's freshly forked PID 1: join the cgroup and the holder's
@@ -203,7 +200,7 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
         // parent maps its ids before we go on.
         ns::unshare(libc::CLONE_NEWUSER)?;
         util::write_fd(status.as_raw_fd(), b"R\n")?;
-        if read_line(cmd).as_deref() != Some("M") {
+        if util::read_line(cmd.as_raw_fd()).as_deref() != Some("M") {
             return Err(PodError::Invalid("the pod's ids were not mapped".into()));
         }
         ns::become_root()?;
@@ -243,7 +240,7 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
     }
     util::write_fd(status.as_raw_fd(), b"R\n")?;
     // Commands until the parent lets go (end of file).
-    while let Some(c) = read_line(cmd) {
+    while let Some(c) = util::read_line(cmd.as_raw_fd()) {
         if c == "N" {
             net::pod_setup(name, spec.ip.as_ref(), extra.mac.as_deref())?;
             extra_net()?;
@@ -280,25 +277,38 @@ pub fn run(state: &StateDir, o: &RunOptions, init_program: &[u8]) -> Result<PodR
     if o.cmd.is_empty() {
         return Err(PodError::Invalid("no command given to run in the pod".into()));
     }
-    if let Some(r) = &o.spec.rootfs {
-        fs::check_rootfs(r)?;
-    }
-    Cgroup::check_host()?;
-    let dir = state.reserve(&o.name)?;
-    if Cgroup::of(&o.name).exists() {
-        state.release(&o.name);
-        return Err(PodError::Invalid(format!("a cgroup for pod {} is left over; remove it first", o.name)));
-    }
-    let res = (|| {
-        if let Some(ip) = &o.spec.ip {
-            check_ip_free(state, ip)?;
-        }
-        start(state, o, init_program, &dir)
-    })();
+    let dir = reserve(state, &o.name, &o.spec)?;
+    let res = start(state, o, init_program, &dir);
     if res.is_err() {
         state.release(&o.name);
     }
     res
+}
+
+/// What a new pod (run or restored) needs before anything is made: a
+/// usable rootfs, the cgroup controllers, its name (reserved here), no
+/// cgroup of that name left over, a free address. Returns the pod's state
+/// directory; on a failure the name is free again.
+pub fn reserve(state: &StateDir, name: &str, spec: &PodSpec) -> Result<PathBuf> {
+    if let Some(r) = &spec.rootfs {
+        fs::check_rootfs(r)?;
+    }
+    Cgroup::check_host()?;
+    let dir = state.reserve(name)?;
+    let res = (|| {
+        if Cgroup::of(name).exists() {
+            return Err(PodError::Invalid(format!("a cgroup for pod {name} is left over; remove it first")));
+        }
+        match &spec.ip {
+            Some(ip) => check_ip_free(state, ip),
+            None => Ok(()),
+        }
+    })();
+    if let Err(e) = res {
+        state.release(name);
+        return Err(e);
+    }
+    Ok(dir)
 }
 
 fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path::Path) -> Result<PodRecord> {
@@ -345,10 +355,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
             drop(err_w);
             // The exec closes our pipe; a message means it failed.
             let mut msg = Vec::new();
-            let mut b = [0u8; 1];
-            while util::read_fd_exact(err_r.as_raw_fd(), &mut b).is_ok() {
-                msg.push(b[0]);
-            }
+            let _ = std::io::Read::read_to_end(&mut std::fs::File::from(err_r), &mut msg);
             if !msg.is_empty() {
                 let _ = util::waitpid(init, 0);
                 holder.undo();
@@ -356,16 +363,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
             }
             let veth = holder.veth.clone();
             holder.release();
-            let rec = PodRecord {
-                name: o.name.clone(),
-                init_pid: init,
-                init_start: crate::state::start_time(init).unwrap_or(0),
-                created_unix: crate::state::now_unix(),
-                spec: o.spec.clone(),
-                cmd: o.cmd.clone(),
-                veth,
-                detached: o.detached,
-            };
+            let rec = PodRecord::new(&o.name, init, o.spec.clone(), o.cmd.clone(), veth, o.detached);
             state.save(&rec)?;
             Ok(rec)
         }

@@ -93,12 +93,13 @@ pub fn exec(state: &StateDir, name: &str, cmd: &[String]) -> Result<i32> {
         Forked::Parent(child) => {
             util::forward_signals(child, &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT])?;
             let (_, st) = util::waitpid(child, 0)?;
-            Ok(if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) })
+            Ok(util::exit_code(st))
         }
     }
 }
 
-fn wait_gone(rec: &PodRecord, timeout: Duration) -> bool {
+/// Wait (up to `timeout`) until the pod's PID 1 is gone; false if it is not.
+pub(crate) fn wait_gone(rec: &PodRecord, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while rec.alive() {
         if Instant::now() > deadline {

@@ -6,58 +6,9 @@
 //! Anything else is refused with the mount named.
 
 use crate::{PodError, Result};
+use cryopod_engine::procfs::MountInfo;
 use cryopod_image::pod::{PodMount, PodMountKind};
 use std::path::Path;
-
-/// One line of /proc/PID/mountinfo.
-#[derive(Debug, Clone)]
-pub struct MountInfo {
-    pub root: String,
-    pub target: String,
-    pub options: String,
-    pub fstype: String,
-    pub source: String,
-    pub super_options: String,
-}
-
-/// Undo mountinfo's octal escapes (\040 for a space, ...).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        let l: Vec<&str> = left.split(' ').collect();
-        let r: Vec<&str> = right.split(' ').collect();
-        if l.len() < 6 || r.len() < 3 {
-            continue;
-        }
-        out.push(MountInfo {
-            root: unescape(l[3]),
-            target: unescape(l[4]),
-            options: l[5].to_string(),
-            fstype: r[0].to_string(),
-            source: unescape(r[1]),
-            super_options: r[2].to_string(),
-        });
-    }
-    out
-}
 
 /// Mount points every pod gets from the holder (and its /proc).
 pub fn standard(rootfs: bool) -> Vec<&'static str> {
@@ -99,14 +50,14 @@ fn flags_of(options: &str) -> u64 {
 }
 
 /// tmpfs options worth keeping (size, inodes, mode, owner).
-/// `ids`: a `--userns` pod's (first host id, count): owners as it sees them.
-fn tmpfs_data(super_options: &str, ids: Option<(u32, u32)>) -> String {
+/// For a `--userns` pod, owners as it sees them.
+fn tmpfs_data(super_options: &str, userns: bool) -> String {
     super_options
         .split(',')
         .filter(|o| ["size=", "nr_inodes=", "mode=", "uid=", "gid="].iter().any(|k| o.starts_with(k)))
-        .map(|o| match (o.split_once('='), ids) {
-            (Some((k @ ("uid" | "gid"), v)), Some((base, count))) => {
-                let id = v.parse::<u32>().ok().and_then(|v| v.checked_sub(base)).filter(|&v| v < count);
+        .map(|o| match o.split_once('=') {
+            Some((k @ ("uid" | "gid"), v)) if userns => {
+                let id = v.parse::<u64>().ok().and_then(crate::create::pod_id);
                 format!("{k}={}", id.unwrap_or(0))
             }
             _ => o.to_string(),
@@ -119,7 +70,7 @@ fn tmpfs_data(super_options: &str, ids: Option<(u32, u32)>) -> String {
 /// tmpfs whose files must be saved (standard ones included). `host` is the
 /// host's own mount table: without a rootfs, mounts the pod shares with
 /// the host (same place, same file system) are not the pod's.
-pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo], ids: Option<(u32, u32)>) -> Result<Vec<PodMount>> {
+pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo], userns: bool) -> Result<Vec<PodMount>> {
     let std_targets = standard(rootfs);
     let root_mount = pod.iter().find(|m| m.target == "/");
     let mut out = Vec::new();
@@ -156,7 +107,7 @@ pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo], ids: Option
                 }
             },
         };
-        let data = if m.fstype == "tmpfs" { tmpfs_data(&m.super_options, ids) } else { String::new() };
+        let data = if m.fstype == "tmpfs" { tmpfs_data(&m.super_options, userns) } else { String::new() };
         out.push(PodMount { target: m.target.clone(), source: m.source.clone(), kind, flags, data });
     }
     Ok(out)
@@ -265,12 +216,8 @@ pub fn unpack(archive: std::fs::File, mounts: &[PodMount], root: &str, pod_ids: 
         let owner = (e.header().uid().unwrap_or(0), e.header().gid().unwrap_or(0));
         e.unpack(&dest).map_err(PodError::io(&dest))?;
         if pod_ids {
-            let pod = |id: u64| {
-                id.checked_sub(u64::from(crate::create::USERNS_BASE))
-                    .filter(|&v| v < u64::from(crate::create::USERNS_SIZE))
-                    .map(|v| v as u32)
-            };
-            std::os::unix::fs::lchown(&dest, pod(owner.0), pod(owner.1)).map_err(PodError::io(&dest))?;
+            let (uid, gid) = (crate::create::pod_id(owner.0), crate::create::pod_id(owner.1));
+            std::os::unix::fs::lchown(&dest, uid, gid).map_err(PodError::io(&dest))?;
         }
     }
     Ok(())
@@ -290,12 +237,9 @@ mod tests {
     #[test]
     fn mountinfo_lines_parse_with_escapes() {
         let mi = "36 35 0:33 / /my\\040dir rw,nosuid - tmpfs none rw,size=1024k,mode=750\n";
-        let m = &parse_mountinfo(mi)[0];
+        let m = &cryopod_engine::procfs::parse_mountinfo(mi)[0];
         assert_eq!((m.target.as_str(), m.fstype.as_str(), m.source.as_str()), ("/my dir", "tmpfs", "none"));
         assert_eq!(flags_of(&m.options), libc::MS_NOSUID);
-        assert_eq!(
-            tmpfs_data("rw,size=1024k,mode=750,uid=100007", Some((100_000, 65_536))),
-            "size=1024k,mode=750,uid=7"
-        );
+        assert_eq!(tmpfs_data("rw,size=1024k,mode=750,uid=100007", true), "size=1024k,mode=750,uid=7");
     }
 }

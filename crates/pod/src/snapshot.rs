@@ -6,7 +6,7 @@
 //! into a fresh PID namespace, and records the pod under its (new) name.
 
 use crate::cgroup::Cgroup;
-use crate::create::{check_ip_free, Extra, Holder};
+use crate::create::{Extra, Holder};
 use crate::mounts;
 use crate::state::{IpConfig, PodRecord, PodSpec, StateDir};
 use crate::{net, PodError, Result};
@@ -19,7 +19,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The tmpfs archive's file name in an image.
 const ARCHIVE: &str = "tmpfs.tar";
@@ -101,10 +101,7 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
     }
     if !o.leave_running {
         // The engine killed every process of the pod.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while rec.alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        crate::lifecycle::wait_gone(&rec, Duration::from_secs(10));
         crate::lifecycle::cleanup(state, &rec)?;
     }
     Ok(summary)
@@ -121,11 +118,10 @@ fn checkpoint_frozen(
     let root = format!("/proc/{init}/root");
     let info = inside(init)?;
     let read = |p: &str| std::fs::read_to_string(p).map_err(PodError::io(p));
-    let pod_mounts = mounts::parse_mountinfo(&read(&format!("/proc/{init}/mountinfo"))?);
-    let host_mounts = mounts::parse_mountinfo(&read("/proc/self/mountinfo")?);
+    let pod_mounts = cryopod_engine::procfs::parse_mountinfo(&read(&format!("/proc/{init}/mountinfo"))?);
+    let host_mounts = cryopod_engine::procfs::parse_mountinfo(&read("/proc/self/mountinfo")?);
     // A --userns pod's owners are recorded as the pod sees them.
-    let ids = rec.spec.userns.then_some((crate::create::USERNS_BASE, crate::create::USERNS_SIZE));
-    let pod_mounts = mounts::classify(&pod_mounts, rec.spec.rootfs.is_some(), &host_mounts, ids)?;
+    let pod_mounts = mounts::classify(&pod_mounts, rec.spec.rootfs.is_some(), &host_mounts, rec.spec.userns)?;
     let tmpfs_archive = if pod_mounts.iter().any(|m| matches!(m.kind, cryopod_image::pod::PodMountKind::Tmpfs { .. })) {
         let path = o.dir.join(ARCHIVE);
         mounts::archive(&root, &pod_mounts, &path)?;
@@ -136,9 +132,9 @@ fn checkpoint_frozen(
     };
     let limits = cg.limits()?;
     let mut ipc = crate::ipc::collect(init, &o.dir)?;
-    if let Some((base, count)) = ids {
+    if rec.spec.userns {
         crate::ipc::to_pod_ids(&mut ipc, |id| {
-            id.checked_sub(base).filter(|&v| v < count).ok_or_else(|| {
+            crate::create::pod_id(u64::from(id)).ok_or_else(|| {
                 PodError::Invalid(format!("an IPC object of the pod is owned by host id {id}, not the pod's"))
             })
         })?;
@@ -175,7 +171,13 @@ fn checkpoint_frozen(
         dir: o.dir.clone(),
         leave_running: o.leave_running,
         threads: o.threads,
-        pod: Some(PodCheckpoint { root, external, thaw: &thaw, image, ids }),
+        pod: Some(PodCheckpoint {
+            root,
+            external,
+            thaw: &thaw,
+            image,
+            ids: rec.spec.userns.then_some((crate::create::USERNS_BASE, crate::create::USERNS_SIZE)),
+        }),
     };
     cryopod_engine::checkpoint(&opts, progress).map_err(engine_err)
 }
@@ -194,6 +196,19 @@ fn hash_file(path: &Path) -> Result<(u64, [u8; 32])> {
     let mut h = blake3::Hasher::new();
     let size = std::io::copy(&mut f, &mut h).map_err(PodError::io(path))?;
     Ok((size, *h.finalize().as_bytes()))
+}
+
+/// A file the manifest names beside itself (name, size, BLAKE3): its path,
+/// once the name is a plain one and size and hash match.
+pub(crate) fn checked_file(dir: &Path, (name, size, hash): &(String, u64, [u8; 32])) -> Result<PathBuf> {
+    if name.contains('/') || name.starts_with('.') || name.is_empty() {
+        return Err(PodError::Invalid(format!("image: file name {name:?} is not a plain file name")));
+    }
+    let path = dir.join(name);
+    if hash_file(&path)? != (*size, *hash) {
+        return Err(PodError::Invalid(format!("image: {} is damaged (size or hash differs)", path.display())));
+    }
+    Ok(path)
 }
 
 pub struct PodRestoreOptions {
@@ -233,11 +248,7 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
         cpus: pod.cpus,
         userns: pod.userns,
     };
-    if let Some(r) = &spec.rootfs {
-        crate::fs::check_rootfs(r)?;
-    }
-    Cgroup::check_host()?;
-    state.reserve(&name)?;
+    crate::create::reserve(state, &name, &spec)?;
     let res = restore_reserved(state, o, &name, &pod, spec, progress);
     if res.is_err() {
         state.release(&name);
@@ -253,22 +264,10 @@ fn restore_reserved(
     spec: PodSpec,
     progress: Progress,
 ) -> Result<(PodRecord, RestoreOutcome)> {
-    if let Some(ip) = &spec.ip {
-        check_ip_free(state, ip)?;
-    }
-    if Cgroup::of(name).exists() {
-        return Err(PodError::Invalid(format!("a cgroup for pod {name} is left over; remove it first")));
-    }
     let archive = match &pod.tmpfs_archive {
         None => None,
-        Some((file, size, hash)) => {
-            if file.contains('/') || file.starts_with('.') {
-                return Err(PodError::Invalid(format!("image: tmpfs archive name {file:?} is not a plain file name")));
-            }
-            let path = o.dir.join(file);
-            if hash_file(&path)? != (*size, *hash) {
-                return Err(PodError::Invalid(format!("image: {} is damaged (size or hash differs)", path.display())));
-            }
+        Some(rec) => {
+            let path = checked_file(&o.dir, rec)?;
             Some(std::fs::File::open(&path).map_err(PodError::io(&path))?)
         }
     };
@@ -305,23 +304,10 @@ fn restore_reserved(
     // namespace must belong to it), PID 1 then only settles in.
     let join_user = || holder.join_user().map_err(|e| e.to_string());
     let settle = || holder.settle().map_err(|e| e.to_string());
-    let pod_restore = if pod.userns {
-        PodRestore {
-            root: holder.root().display().to_string(),
-            enter: &settle,
-            before_pid_ns: Some(&join_user),
-            inherit,
-            ns_of: holder.pid,
-        }
-    } else {
-        PodRestore {
-            root: holder.root().display().to_string(),
-            enter: &enter,
-            before_pid_ns: None,
-            inherit,
-            ns_of: holder.pid,
-        }
-    };
+    let (enter, before_pid_ns): (&(dyn Fn() -> std::result::Result<(), String> + Sync), _) =
+        if pod.userns { (&settle, Some(&join_user as _)) } else { (&enter, None) };
+    let pod_restore =
+        PodRestore { root: holder.root().display().to_string(), enter, before_pid_ns, inherit, ns_of: holder.pid };
     let opts = RestoreOptions { dir: o.dir.clone(), threads: o.threads, pod: Some(pod_restore) };
     let outcome = match cryopod_engine::restore(&opts, progress) {
         Ok(out) => out,
@@ -338,16 +324,7 @@ fn restore_reserved(
         let _ = crate::lifecycle::cleanup_by_name(state, name, veth.clone());
         return Err(e);
     }
-    let rec = PodRecord {
-        name: name.to_string(),
-        init_pid: outcome.root_pid,
-        init_start: crate::state::start_time(outcome.root_pid).unwrap_or(0),
-        created_unix: crate::state::now_unix(),
-        spec,
-        cmd: pod.cmd.clone(),
-        veth,
-        detached: pod.detached,
-    };
+    let rec = PodRecord::new(name, outcome.root_pid, spec, pod.cmd.clone(), veth, pod.detached);
     state.save(&rec)?;
     Ok((rec, outcome))
 }

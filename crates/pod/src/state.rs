@@ -202,6 +202,27 @@ pub fn start_time(pid: i32) -> Option<u64> {
 }
 
 impl PodRecord {
+    /// The record of a pod whose PID 1 (host PID `init_pid`) runs now.
+    pub fn new(
+        name: &str,
+        init_pid: i32,
+        spec: PodSpec,
+        cmd: Vec<String>,
+        veth: Option<String>,
+        detached: bool,
+    ) -> PodRecord {
+        PodRecord {
+            name: name.to_string(),
+            init_pid,
+            init_start: start_time(init_pid).unwrap_or(0),
+            created_unix: now_unix(),
+            spec,
+            cmd,
+            veth,
+            detached,
+        }
+    }
+
     /// Is the pod's init (the same process, not a PID reuse) still alive?
     pub fn alive(&self) -> bool {
         start_time(self.init_pid) == Some(self.init_start)

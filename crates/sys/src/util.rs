@@ -617,3 +617,27 @@ pub fn memfd_add_seals(fd: i32, seals: u32) -> SysResult<()> {
     }
     Ok(())
 }
+
+/// One line from a pipe (without its newline), read a byte at a time so
+/// that nothing after it is consumed; None at end of file or on an error.
+pub fn read_line(fd: i32) -> Option<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        read_fd_exact(fd, &mut b).ok()?;
+        if b[0] == b'\n' {
+            return Some(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(b[0]);
+    }
+}
+
+/// A wait status as a shell reports it: the exit status, or 128 + the
+/// signal that ended the process.
+pub fn exit_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    }
+}
