@@ -11,7 +11,6 @@ use cryopod_image::{Manifest, Process};
 use cryopod_sys::clone::{fork_with, fork_with_pid, Forked};
 use cryopod_sys::util;
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 
 /// An epoll instance to fill: its fd number in the owner, and the interest
 /// list as (fd, events, data).
@@ -98,41 +97,12 @@ fn root_stub(plan: &StubPlan) -> ! {
 
 /// Fork the root stub through a go-between that first runs `before` and
 /// makes the PID namespace (so that it belongs to the user namespace
-/// `before` joined). The go-between reports the root's host PID and exits;
-/// the root is then re-parented to us (we become a subreaper).
+/// `before` joined); the root is then re-parented to us (a subreaper).
 fn spawn_via(plan: &StubPlan, before: &(dyn Fn() -> std::result::Result<(), String> + Sync)) -> Result<i32> {
     util::become_subreaper()?;
-    let (r, w) = util::pipe()?;
-    match fork_with_pid(0)? {
-        Forked::Child => {
-            drop(r);
-            let made = before().and_then(|_| cryopod_sys::ns::unshare(libc::CLONE_NEWPID).map_err(|e| e.to_string()));
-            // "P" and the PID, or "E" and why not.
-            let msg = match made.map(|_| fork_with_pid(0)) {
-                Ok(Ok(Forked::Child)) => root_stub(plan),
-                Ok(Ok(Forked::Parent(p))) => [b"P".as_slice(), &p.to_ne_bytes()].concat(),
-                Ok(Err(e)) => format!("E{e}").into_bytes(),
-                Err(e) => format!("E{e}").into_bytes(),
-            };
-            let _ = util::write_fd(w.as_raw_fd(), &msg);
-            util::exit_now(0)
-        }
-        Forked::Parent(g) => {
-            drop(w);
-            let mut got = Vec::new();
-            let mut b = [0u8; 1];
-            while util::read_fd_exact(r.as_raw_fd(), &mut b).is_ok() && got.len() < 4096 {
-                got.push(b[0]);
-            }
-            let _ = util::waitpid(g, 0);
-            match got.split_first() {
-                Some((b'P', pid)) if pid.len() == 4 => Ok(i32::from_ne_bytes([pid[0], pid[1], pid[2], pid[3]])),
-                Some((b'E', why)) => {
-                    Err(crate::EngineError::Other(format!("entering the pod: {}", String::from_utf8_lossy(why))))
-                }
-                _ => Err(crate::EngineError::Other("the pod's first process could not be made".into())),
-            }
-        }
+    match cryopod_sys::clone::fork_via(before)? {
+        Forked::Child => root_stub(plan),
+        Forked::Parent(p) => Ok(p),
     }
 }
 

@@ -7,7 +7,7 @@
 use crate::cgroup::{Cgroup, Limits};
 use crate::state::{IpConfig, PodRecord, PodSpec, StateDir};
 use crate::{fs, net, PodError, Result};
-use cryopod_sys::clone::{fork_with, fork_with_pid, Forked};
+use cryopod_sys::clone::{fork_via, fork_with, fork_with_pid, Forked};
 use cryopod_sys::{ns, pidfd, util};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -376,35 +376,14 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
 
 /// The PID namespace of a `--userns` pod must belong to its user
 /// namespace (or its /proc cannot be mounted): a go-between joins the
-/// holder's namespaces, unshares the PID namespace and forks PID 1, which
-/// runs `first`; the go-between reports PID 1's host PID and exits (PID 1
-/// is then re-parented to us: callers are subreapers). Returns like a fork,
-/// but only the parent side comes back.
+/// holder's namespaces, then makes the PID namespace; PID 1 runs `first`
+/// (callers are subreapers, so PID 1 comes back to them).
 fn fork_in_userns(holder: &Holder, first: &dyn Fn()) -> Result<Forked> {
-    let (pid_r, pid_w) = util::pipe()?;
-    match fork_with_pid(0)? {
+    match fork_via(&|| holder.join_user().map_err(|e| e.to_string()))? {
         Forked::Child => {
-            drop(pid_r);
-            let r = holder.join_user().and_then(|_| Ok(ns::unshare(libc::CLONE_NEWPID)?));
-            if r.is_ok() {
-                match fork_with_pid(0) {
-                    Ok(Forked::Child) => first(),
-                    // Our PID namespace is still the host's: a host PID.
-                    Ok(Forked::Parent(init)) => {
-                        let _ = util::write_fd(pid_w.as_raw_fd(), &init.to_ne_bytes());
-                    }
-                    Err(_) => {}
-                }
-            }
-            util::exit_now(0)
+            first();
+            util::exit_now(127)
         }
-        Forked::Parent(x) => {
-            drop(pid_w);
-            let _ = util::waitpid(x, 0);
-            let mut b = [0u8; 4];
-            util::read_fd_exact(pid_r.as_raw_fd(), &mut b)
-                .map_err(|_| PodError::Invalid("starting the pod in its user namespace failed".into()))?;
-            Ok(Forked::Parent(i32::from_ne_bytes(b)))
-        }
+        parent => Ok(parent),
     }
 }

@@ -81,3 +81,46 @@ pub fn thread_clone_args(set_tid_addr: u64) -> Vec<u8> {
     let vals = [flags, 0, 0, 0, 0, 0, 0, 0, set_tid_addr, 1, 0];
     vals.iter().flat_map(|v| v.to_ne_bytes()).collect()
 }
+
+/// Like `fork_with(CLONE_NEWPID, 0)`, but the PID namespace is made by a
+/// go-between after `before` has run in it (joining a user namespace, so
+/// that the PID namespace belongs to that one). Returns `Child` in the new
+/// namespace's PID 1 and `Parent(its host PID)` in the caller; the
+/// go-between exits, so PID 1 is re-parented to the nearest subreaper
+/// (callers make themselves one to wait for it).
+pub fn fork_via(before: &dyn Fn() -> Result<(), String>) -> SysResult<Forked> {
+    let (r, w) = crate::util::pipe()?;
+    match fork_with_pid(0)? {
+        Forked::Child => {
+            drop(r);
+            let made = before().and_then(|_| crate::ns::unshare(libc::CLONE_NEWPID).map_err(|e| e.to_string()));
+            // "P" and the PID, or "E" and why not.
+            let msg = match made.map(|_| fork_with_pid(0)) {
+                Ok(Ok(Forked::Child)) => return Ok(Forked::Child),
+                // Our own PID namespace is still the caller's: a host PID.
+                Ok(Ok(Forked::Parent(p))) => [b"P".as_slice(), &p.to_ne_bytes()].concat(),
+                Ok(Err(e)) => format!("E{e}").into_bytes(),
+                Err(e) => format!("E{e}").into_bytes(),
+            };
+            let _ = crate::util::write_fd(std::os::fd::AsRawFd::as_raw_fd(&w), &msg);
+            crate::util::exit_now(0)
+        }
+        Forked::Parent(g) => {
+            drop(w);
+            let mut got = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut got);
+            let _ = crate::util::waitpid(g, 0);
+            match got.split_first() {
+                Some((b'P', pid)) if pid.len() == 4 => {
+                    Ok(Forked::Parent(Pid::from_ne_bytes([pid[0], pid[1], pid[2], pid[3]])))
+                }
+                Some((b'E', why)) => Err(SysError::new(
+                    format!("making a PID namespace: {}", String::from_utf8_lossy(why)),
+                    g,
+                    Errno(libc::EPERM),
+                )),
+                _ => Err(SysError::new("making a PID namespace (the go-between died)", g, Errno(libc::ECHILD))),
+            }
+        }
+    }
+}
