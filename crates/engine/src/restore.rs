@@ -239,9 +239,10 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             // A pod's processes all die with its first one.
             if m.pod.is_some() {
                 let _ = util::kill(root, libc::SIGKILL);
-            }
-            for &p in created.iter().rev().filter(|_| m.pod.is_none()) {
-                let _ = util::kill(p, libc::SIGKILL);
+            } else {
+                for &p in created.iter().rev() {
+                    let _ = util::kill(p, libc::SIGKILL);
+                }
             }
             // Collect what dies, our tracees included: a pod's first process
             // ends only once every other process of its namespace is

@@ -274,27 +274,81 @@ pub fn tcp_state(fd: i32) -> SysResult<(u8, u32, u32)> {
     Ok((ti.tcpi_state, ti.tcpi_unacked, ti.tcpi_sacked))
 }
 
-/// The local address of an IPv4 or IPv6 socket: (address bytes, port).
-pub fn inet_name(fd: i32) -> SysResult<(Vec<u8>, u16)> {
-    // SAFETY: sockaddr_storage is plain data filled by the kernel.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: valid out pointers.
-    let r = unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
-    check(r as isize, "getsockname")?;
+fn addr_of(ss: &libc::sockaddr_storage) -> SysResult<(Vec<u8>, u16)> {
     match i32::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in.
-            let a: libc::sockaddr_in = unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
+            let a: libc::sockaddr_in = unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
             Ok((a.sin_addr.s_addr.to_ne_bytes().to_vec(), u16::from_be(a.sin_port)))
         }
         libc::AF_INET6 => {
             // SAFETY: the kernel wrote a sockaddr_in6.
-            let a: libc::sockaddr_in6 = unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
+            let a: libc::sockaddr_in6 = unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
             Ok((a.sin6_addr.s6_addr.to_vec(), u16::from_be(a.sin6_port)))
         }
-        f => Err(SysError::new(format!("getsockname (family {f})"), 0, Errno(libc::EAFNOSUPPORT))),
+        f => Err(SysError::new(format!("address family {f}"), 0, Errno(libc::EAFNOSUPPORT))),
     }
+}
+
+fn name(fd: i32, peer: bool) -> SysResult<(Vec<u8>, u16)> {
+    // SAFETY: plain data filled by the kernel.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = (&mut ss as *mut libc::sockaddr_storage).cast();
+    // SAFETY: valid out pointers.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
+    check(r as isize, if peer { "getpeername" } else { "getsockname" })?;
+    addr_of(&ss)
+}
+
+/// The local address of an IPv4 or IPv6 socket: (address bytes, port).
+pub fn inet_name(fd: i32) -> SysResult<(Vec<u8>, u16)> {
+    name(fd, false)
+}
+
+/// The peer's address of a connected IPv4 or IPv6 socket.
+pub fn inet_name_of_peer(fd: i32) -> SysResult<(Vec<u8>, u16)> {
+    name(fd, true)
+}
+
+pub(crate) fn inet_sockaddr(
+    family: i32,
+    addr: &[u8],
+    port: u16,
+) -> SysResult<(libc::sockaddr_storage, libc::socklen_t)> {
+    let bad = || SysError::new("TCP address of the image", 0, Errno(libc::EINVAL));
+    // SAFETY: plain data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match family {
+        libc::AF_INET => {
+            // SAFETY: plain data.
+            let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            a.sin_family = libc::AF_INET as libc::sa_family_t;
+            a.sin_port = port.to_be();
+            a.sin_addr.s_addr = u32::from_ne_bytes(addr.try_into().map_err(|_| bad())?);
+            // SAFETY: sockaddr_storage is large enough for a sockaddr_in.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), a) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        libc::AF_INET6 => {
+            // SAFETY: plain data.
+            let mut a: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            a.sin6_port = port.to_be();
+            a.sin6_addr.s6_addr = addr.try_into().map_err(|_| bad())?;
+            // SAFETY: sockaddr_storage is large enough for a sockaddr_in6.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), a) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+        _ => return Err(bad()),
+    };
+    Ok((ss, len as libc::socklen_t))
 }
 
 /// SO_REUSEADDR and, for IPv6, IPV6_V6ONLY.
@@ -331,7 +385,7 @@ pub fn inet_socket(kind: i32, family: i32, addr: &[u8], port: u16, reuse: bool, 
         check(r as isize, "setsockopt(IPV6_V6ONLY)")?;
     }
     if port != 0 || addr.iter().any(|&b| b != 0) {
-        let (ss, len) = crate::tcp::sockaddr(family, addr, port)?;
+        let (ss, len) = inet_sockaddr(family, addr, port)?;
         // SAFETY: a valid address of `len` bytes.
         let r = unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) };
         check(r as isize, format!("bind of the {what}"))?;
@@ -350,7 +404,7 @@ pub fn tcp_listen(family: i32, addr: &[u8], port: u16, backlog: i32, reuse: bool
 
 /// Connect an IPv4 or IPv6 socket (a datagram socket's default peer).
 pub fn inet_connect(fd: i32, family: i32, addr: &[u8], port: u16) -> SysResult<()> {
-    let (ss, len) = crate::tcp::sockaddr(family, addr, port)?;
+    let (ss, len) = inet_sockaddr(family, addr, port)?;
     // SAFETY: a valid address of `len` bytes.
     let r = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
     check(r as isize, format!("connect to port {port}")).map(|_| ())
@@ -358,5 +412,5 @@ pub fn inet_connect(fd: i32, family: i32, addr: &[u8], port: u16) -> SysResult<(
 
 /// The peer of a connected IPv4 or IPv6 socket, if it has one.
 pub fn inet_peer(fd: i32) -> Option<(Vec<u8>, u16)> {
-    crate::tcp::name(fd, true).ok()
+    name(fd, true).ok()
 }

@@ -2,7 +2,7 @@
 //! queues, negotiated options and window without the peer noticing, and
 //! making a socket that is that connection again (no handshake).
 
-use crate::{Errno, SysError, SysResult};
+use crate::{SysError, SysResult};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const TCP_RECV_QUEUE: i32 = 1;
@@ -76,46 +76,18 @@ fn peek(fd: i32, len: usize, what: &str) -> SysResult<Vec<u8>> {
     Ok(b)
 }
 
-fn addr_of(ss: &libc::sockaddr_storage) -> SysResult<(Vec<u8>, u16)> {
-    match i32::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in.
-            let a: libc::sockaddr_in = unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
-            Ok((a.sin_addr.s_addr.to_ne_bytes().to_vec(), u16::from_be(a.sin_port)))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the kernel wrote a sockaddr_in6.
-            let a: libc::sockaddr_in6 = unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
-            Ok((a.sin6_addr.s6_addr.to_vec(), u16::from_be(a.sin6_port)))
-        }
-        f => Err(SysError::new(format!("address family {f}"), 0, Errno(libc::EAFNOSUPPORT))),
-    }
-}
-
-pub(crate) fn name(fd: i32, peer: bool) -> SysResult<(Vec<u8>, u16)> {
-    // SAFETY: plain data filled by the kernel.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let p = (&mut ss as *mut libc::sockaddr_storage).cast();
-    // SAFETY: valid out pointers.
-    let r = unsafe {
-        if peer {
-            libc::getpeername(fd, p, &mut len)
-        } else {
-            libc::getsockname(fd, p, &mut len)
-        }
-    };
-    check(r as i64, if peer { "getpeername" } else { "getsockname" })?;
-    addr_of(&ss)
-}
-
 /// Read connection `fd` (a copy of the owner's; its owner is stopped). The
 /// socket is left in repair mode: closing it then sends nothing to the
 /// peer; [`set_repair`] off hands it back unchanged.
 pub fn dump(fd: i32, family: i32) -> SysResult<TcpState> {
     set_repair(fd, true)?;
     let r = (|| {
-        let mut st = TcpState { family, local: name(fd, false)?, remote: name(fd, true)?, ..Default::default() };
+        let mut st = TcpState {
+            family,
+            local: crate::sock::inet_name(fd)?,
+            remote: crate::sock::inet_name_of_peer(fd)?,
+            ..Default::default()
+        };
         let outq = ioctl_int(fd, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")?;
         st.unsent = ioctl_int(fd, SIOCOUTQNSD, "ioctl(SIOCOUTQNSD)")?;
         let inq = ioctl_int(fd, libc::FIONREAD, "ioctl(SIOCINQ)")?;
@@ -158,36 +130,6 @@ pub fn dump(fd: i32, family: i32) -> SysResult<TcpState> {
     r
 }
 
-pub(crate) fn sockaddr(family: i32, addr: &[u8], port: u16) -> SysResult<(libc::sockaddr_storage, libc::socklen_t)> {
-    let bad = || SysError::new("TCP address of the image", 0, Errno(libc::EINVAL));
-    // SAFETY: plain data.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match family {
-        libc::AF_INET => {
-            // SAFETY: plain data.
-            let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            a.sin_family = libc::AF_INET as libc::sa_family_t;
-            a.sin_port = port.to_be();
-            a.sin_addr.s_addr = u32::from_ne_bytes(addr.try_into().map_err(|_| bad())?);
-            // SAFETY: sockaddr_storage is large enough for a sockaddr_in.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), a) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        libc::AF_INET6 => {
-            // SAFETY: plain data.
-            let mut a: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            a.sin6_port = port.to_be();
-            a.sin6_addr.s6_addr = addr.try_into().map_err(|_| bad())?;
-            // SAFETY: sockaddr_storage is large enough for a sockaddr_in6.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), a) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-        _ => return Err(bad()),
-    };
-    Ok((ss, len as libc::socklen_t))
-}
-
 fn send_all(fd: i32, data: &[u8], what: &str) -> SysResult<()> {
     let mut off = 0;
     while off < data.len() {
@@ -220,10 +162,10 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     set(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ, &rcv.to_ne_bytes(), "TCP_QUEUE_SEQ (receive)")?;
     q(TCP_SEND_QUEUE)?;
     set(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ, &snd.to_ne_bytes(), "TCP_QUEUE_SEQ (send)")?;
-    let (local, llen) = sockaddr(family, &st.local.0, st.local.1)?;
+    let (local, llen) = crate::sock::inet_sockaddr(family, &st.local.0, st.local.1)?;
     // SAFETY: a valid address of `llen` bytes.
     check(unsafe { libc::bind(fd, (&local as *const libc::sockaddr_storage).cast(), llen) } as i64, "bind")?;
-    let (remote, rlen) = sockaddr(family, &st.remote.0, st.remote.1)?;
+    let (remote, rlen) = crate::sock::inet_sockaddr(family, &st.remote.0, st.remote.1)?;
     // SAFETY: as above; in repair mode connect sends nothing.
     check(unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_storage).cast(), rlen) } as i64, "connect")?;
     let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MAXSEG, st.mss)];

@@ -77,6 +77,21 @@ pub struct Plan {
     pub nfiles: i32,
 }
 
+static NO_SOCK: UnixSock = UnixSock {
+    ino: 0,
+    kind: 0,
+    state: 0,
+    name: Vec::new(),
+    peer: 0,
+    backlog: 0,
+    pending: Vec::new(),
+    queued: Vec::new(),
+    queued_from: Vec::new(),
+    shutdown: 0,
+    peer_cred: (0, 0, 0),
+    passcred: false,
+};
+
 fn sock_of(m: &Manifest, f: u32) -> Option<&UnixSock> {
     match &m.files.get(f as usize)?.kind {
         FileKind::Unix(u) => Some(u),
@@ -122,7 +137,8 @@ impl Plan {
         let mut done: std::collections::HashSet<u32> = Default::default();
         let mut files: Vec<u32> = by_ino.values().copied().collect();
         files.sort_unstable();
-        let u = |f: u32| sock_of(m, f).cloned().unwrap_or_default();
+        // Every file of `files` is a socket; the fallback is never used.
+        let u = |f: u32| sock_of(m, f).unwrap_or(&NO_SOCK);
 
         // Listeners, then their accepted and pending connections.
         for &l in files.iter().filter(|&&f| u(f).state == LISTEN) {
