@@ -80,16 +80,16 @@ pub fn run(state: &StateDir, a: RunArgs) -> Result<i32> {
         return Ok(0);
     }
     // In the foreground: wait for the pod's end, then remove it.
+    wait_and_remove(state, &rec)
+}
+
+/// A pod in the foreground: wait for its PID 1 (our child), passing on the
+/// signals sent to us, then remove the pod, and return its exit code.
+fn wait_and_remove(state: &StateDir, rec: &cryopod_pod::PodRecord) -> Result<i32> {
     cryopod_sys::util::forward_signals(
         rec.init_pid,
         &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2],
     )?;
-    wait_and_remove(state, &rec)
-}
-
-/// A pod in the foreground: wait for its PID 1 (our child), then remove
-/// the pod, and return its exit code.
-fn wait_and_remove(state: &StateDir, rec: &cryopod_pod::PodRecord) -> Result<i32> {
     let (_, st) = cryopod_sys::util::waitpid(rec.init_pid, 0)?;
     let code = cryopod_sys::util::exit_code(st);
     // A checkpoint may have ended the pod and a restore made a new one of
@@ -135,10 +135,6 @@ pub fn restore(
     if detach {
         return Ok(0);
     }
-    cryopod_sys::util::forward_signals(
-        rec.init_pid,
-        &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2],
-    )?;
     wait_and_remove(state, &rec)
 }
 

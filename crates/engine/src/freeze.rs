@@ -58,12 +58,18 @@ impl Frozen {
     }
 }
 
-fn seize_one(tid: i32) -> Result<bool> {
+/// Seize a thread (false: it exited meanwhile).
+fn seize(tid: i32) -> Result<bool> {
     match ptrace::seize(tid, ptrace::OPTS_DUMP) {
-        Ok(()) => {}
-        // The thread exited meanwhile.
-        Err(e) if e.errno.0 == libc::ESRCH => return Ok(false),
-        Err(e) => return Err(e.into()),
+        Ok(()) => Ok(true),
+        Err(e) if e.errno.0 == libc::ESRCH => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn seize_one(tid: i32) -> Result<bool> {
+    if !seize(tid)? {
+        return Ok(false);
     }
     ptrace::interrupt(tid)?;
     wait_stop(tid)
@@ -97,14 +103,11 @@ pub fn freeze_pod(root: i32, thaw: &dyn Fn() -> Result<()>) -> Result<Frozen> {
                 _ => {}
             }
             for t in procfs::tids(pid)? {
-                match ptrace::seize(t, ptrace::OPTS_DUMP) {
-                    Ok(()) => {}
-                    Err(e) if e.errno.0 == libc::ESRCH => continue,
-                    Err(e) => return Err(e.into()),
+                if seize(t)? {
+                    fr.seized.push(t);
+                    ptrace::interrupt(t)?;
+                    asked.push((pid, t));
                 }
-                fr.seized.push(t);
-                ptrace::interrupt(t)?;
-                asked.push((pid, t));
             }
             queue.extend(procfs::children(pid)?);
         }

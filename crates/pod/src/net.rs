@@ -52,9 +52,21 @@ async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>> {
     match links.try_next().await {
         Ok(Some(l)) => Ok(Some(l.header.index)),
         Ok(None) => Ok(None),
-        // No such device.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) if no_device(&e) => Ok(None),
         Err(e) => Err(PodError::Net(format!("looking up {name}: {e}"))),
+    }
+}
+
+fn no_device(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV)
+}
+
+/// Delete a link; one already gone is fine (a pod's network namespace
+/// takes its veth end, and so the pair, along when it goes).
+async fn delete(h: &Handle, index: u32, what: &str) -> Result<()> {
+    match h.link().del(index).execute().await {
+        Err(e) if no_device(&e) => Ok(()),
+        r => r.map_err(nerr(what)),
     }
 }
 
@@ -140,7 +152,7 @@ pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32) -> Result<String> {
         .await;
         if res.is_err() {
             if let Ok(Some(i)) = index_of(&h, &host).await {
-                let _ = h.link().del(i).execute().await;
+                let _ = delete(&h, i, "removing the veth").await;
             }
         }
         res
@@ -225,12 +237,7 @@ pub fn remove_veth(host: Option<&str>) -> Result<()> {
             None => None,
         };
         if let Some(i) = veth {
-            // It may go by itself meanwhile: the pod's network namespace
-            // takes its end (and so the pair) along when it goes.
-            match h.link().del(i).execute().await {
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
-                r => r.map_err(nerr("removing the veth"))?,
-            }
+            delete(&h, i, "removing the veth").await?;
         }
         let Some(br) = index_of(&h, BRIDGE).await? else { return Ok(()) };
         let mut ports = 0;
@@ -239,10 +246,7 @@ pub fn remove_veth(host: Option<&str>) -> Result<()> {
             ports += l.attributes.iter().filter(|a| matches!(a, LinkAttribute::Controller(c) if *c == br)).count();
         }
         if ports == 0 {
-            match h.link().del(br).execute().await {
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
-                r => r.map_err(nerr("removing the bridge"))?,
-            }
+            delete(&h, br, "removing the bridge").await?;
         }
         Ok(())
     })

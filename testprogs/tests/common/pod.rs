@@ -119,8 +119,7 @@ impl PodEnv {
         }
         // The pod's veth (named as cryopod names it), and the bridge once
         // no pod is left.
-        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        let veth = format!("cpv{:08x}", (h ^ (h >> 32)) as u32);
+        let (veth, _) = cryopod_pod::net::veth_names(name);
         let mut ifs = vec![veth];
         if self.pods().is_empty() {
             ifs.push("cryopod0".into());
