@@ -128,27 +128,38 @@ pub fn shutdown(fd: i32, how: i32) -> SysResult<()> {
     check(unsafe { libc::shutdown(fd, how) } as isize, "shutdown").map(|_| ())
 }
 
+/// setsockopt(level, opt) from a byte buffer.
+pub(crate) fn set_opt(fd: i32, level: i32, opt: i32, v: &[u8], what: &str) -> SysResult<()> {
+    // SAFETY: `v` is a live buffer of its length.
+    let r = unsafe { libc::setsockopt(fd, level, opt, v.as_ptr().cast(), v.len() as libc::socklen_t) };
+    check(r as isize, what).map(|_| ())
+}
+
+/// getsockopt(level, opt) into a byte buffer: the bytes written.
+pub(crate) fn get_opt(fd: i32, level: i32, opt: i32, out: &mut [u8], what: &str) -> SysResult<usize> {
+    let mut len = out.len() as libc::socklen_t;
+    // SAFETY: `out` is a live buffer of `len` bytes.
+    let r = unsafe { libc::getsockopt(fd, level, opt, out.as_mut_ptr().cast(), &mut len) };
+    check(r as isize, what)?;
+    Ok(len as usize)
+}
+
+pub(crate) fn set_int(fd: i32, level: i32, opt: i32, v: i32, what: &str) -> SysResult<()> {
+    set_opt(fd, level, opt, &v.to_ne_bytes(), what)
+}
+
+pub(crate) fn get_u32(fd: i32, level: i32, opt: i32, what: &str) -> SysResult<u32> {
+    let mut b = [0u8; 4];
+    get_opt(fd, level, opt, &mut b, what)?;
+    Ok(u32::from_ne_bytes(b))
+}
+
 fn getsockopt_int(fd: i32, opt: i32) -> SysResult<i32> {
-    let mut v: i32 = 0;
-    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are valid out pointers for an int option.
-    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut i32).cast(), &mut len) };
-    check(r as isize, format!("getsockopt({opt})"))?;
-    Ok(v)
+    Ok(get_u32(fd, libc::SOL_SOCKET, opt, &format!("getsockopt({opt})"))? as i32)
 }
 
 fn setsockopt_int(fd: i32, opt: i32, v: i32) -> SysResult<()> {
-    // SAFETY: `v` is a live int.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&v as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    check(r as isize, format!("setsockopt({opt})")).map(|_| ())
+    set_int(fd, libc::SOL_SOCKET, opt, v, &format!("setsockopt({opt})"))
 }
 
 /// SO_PASSCRED.
@@ -216,11 +227,7 @@ pub fn peek_queue(fd: i32, bytes_hint: usize) -> SysResult<Vec<(Vec<u8>, Vec<u8>
         let n = r as usize;
         if n == 0 {
             // An empty datagram is a message too; a stream at its end is not.
-            let mut t = 0i32;
-            let mut tl = std::mem::size_of::<i32>() as libc::socklen_t;
-            // SAFETY: valid out pointers for SO_TYPE.
-            unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut t as *mut i32).cast(), &mut tl) };
-            if t == libc::SOCK_STREAM {
+            if getsockopt_int(fd, libc::SO_TYPE).ok() == Some(libc::SOCK_STREAM) {
                 break Ok(());
             }
         }
@@ -354,18 +361,8 @@ pub(crate) fn inet_sockaddr(
 /// SO_REUSEADDR and, for IPv6, IPV6_V6ONLY.
 pub fn inet_options(fd: i32, family: i32) -> SysResult<(bool, bool)> {
     let reuse = getsockopt_int(fd, libc::SO_REUSEADDR)? != 0;
-    let v6only = if family == libc::AF_INET6 {
-        let mut v: i32 = 0;
-        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-        // SAFETY: valid out pointers for an int option.
-        let r = unsafe {
-            libc::getsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&mut v as *mut i32).cast(), &mut len)
-        };
-        check(r as isize, "getsockopt(IPV6_V6ONLY)")?;
-        v != 0
-    } else {
-        false
-    };
+    let v6only =
+        family == libc::AF_INET6 && get_u32(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, "getsockopt(IPV6_V6ONLY)")? != 0;
     Ok((reuse, v6only))
 }
 
@@ -379,10 +376,7 @@ pub fn inet_socket(kind: i32, family: i32, addr: &[u8], port: u16, reuse: bool, 
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     setsockopt_int(raw, libc::SO_REUSEADDR, i32::from(reuse))?;
     if family == libc::AF_INET6 {
-        let v: i32 = i32::from(v6only);
-        // SAFETY: a live int option.
-        let r = unsafe { libc::setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&v as *const i32).cast(), 4) };
-        check(r as isize, "setsockopt(IPV6_V6ONLY)")?;
+        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(v6only), "setsockopt(IPV6_V6ONLY)")?;
     }
     if port != 0 || addr.iter().any(|&b| b != 0) {
         let (ss, len) = inet_sockaddr(family, addr, port)?;

@@ -28,29 +28,7 @@ fn check(r: i64, what: &str) -> SysResult<i64> {
     Ok(r)
 }
 
-fn set(fd: i32, level: i32, opt: i32, v: &[u8], what: &str) -> SysResult<()> {
-    // SAFETY: `v` is a live buffer of its length.
-    let r = unsafe { libc::setsockopt(fd, level, opt, v.as_ptr().cast(), v.len() as libc::socklen_t) };
-    check(r as i64, what).map(|_| ())
-}
-
-fn get(fd: i32, level: i32, opt: i32, out: &mut [u8], what: &str) -> SysResult<usize> {
-    let mut len = out.len() as libc::socklen_t;
-    // SAFETY: `out` is a live buffer of `len` bytes.
-    let r = unsafe { libc::getsockopt(fd, level, opt, out.as_mut_ptr().cast(), &mut len) };
-    check(r as i64, what)?;
-    Ok(len as usize)
-}
-
-fn set_int(fd: i32, level: i32, opt: i32, v: i32, what: &str) -> SysResult<()> {
-    set(fd, level, opt, &v.to_ne_bytes(), what)
-}
-
-fn get_u32(fd: i32, level: i32, opt: i32, what: &str) -> SysResult<u32> {
-    let mut b = [0u8; 4];
-    get(fd, level, opt, &mut b, what)?;
-    Ok(u32::from_ne_bytes(b))
-}
+use crate::sock::{get_opt as get, get_u32, set_int, set_opt as set};
 
 /// Put a socket into or out of repair mode.
 pub fn set_repair(fd: i32, on: bool) -> SysResult<()> {
