@@ -93,12 +93,11 @@ pub fn set_domainname(name: &str) -> SysResult<()> {
 /// Execute the program held in `fd` (e.g. a memfd) with `argv`; the
 /// environment is kept. Returns only on failure.
 pub fn exec_fd(fd: BorrowedFd, argv: &[String]) -> SysError {
-    let args: Vec<CString> = match argv.iter().map(|a| cstr(a, "execveat")).collect() {
+    let args = match c_argv(argv, "execveat") {
         Ok(a) => a,
         Err(e) => return e,
     };
-    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
+    let ptrs = c_ptrs(&args);
     extern "C" {
         static environ: *const *const libc::c_char;
     }
@@ -110,7 +109,18 @@ pub fn exec_fd(fd: BorrowedFd, argv: &[String]) -> SysError {
     SysError::last("execveat", 0)
 }
 
-fn sigset(sigs: &[i32]) -> libc::sigset_t {
+/// Arguments as C strings.
+fn c_argv(argv: &[String], what: &str) -> SysResult<Vec<CString>> {
+    argv.iter().map(|a| cstr(a, what)).collect()
+}
+
+/// A NULL-terminated array of pointers to `args` (which must outlive it).
+fn c_ptrs(args: &[CString]) -> Vec<*const libc::c_char> {
+    args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+}
+
+/// A signal set holding `sigs`.
+pub(crate) fn sigset(sigs: &[i32]) -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, built by sigemptyset/sigaddset.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -154,12 +164,11 @@ pub fn default_sigpipe() {
 /// Returns the child's PID; if the program cannot be started, the child
 /// says so on stderr and exits with status 127.
 pub fn spawn_clean(argv: &[String]) -> SysResult<Pid> {
-    let args: Vec<CString> = argv.iter().map(|a| cstr(a, "execvp")).collect::<SysResult<_>>()?;
+    let args = c_argv(argv, "execvp")?;
     let Some(prog) = args.first() else {
         return Err(SysError::new("execvp (no program)", 0, Errno(libc::EINVAL)));
     };
-    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
+    let ptrs = c_ptrs(&args);
     let msg = format!("cryopod-init: cannot start {}\n", argv[0]);
     match crate::clone::fork_with_pid(0)? {
         crate::clone::Forked::Parent(p) => Ok(p),

@@ -490,17 +490,8 @@ pub fn epoll_add(epfd: i32, fd: i32, events: u32, data: u64) -> SysResult<()> {
 /// they are blocked in the calling thread (and so in threads it creates
 /// later), and a new thread takes them with sigwait and passes them on.
 pub fn forward_signals(target: Pid, sigs: &[i32]) -> SysResult<()> {
-    // SAFETY: sigset_t is plain data built with sigemptyset/sigaddset; the
-    // mask change affects only the calling thread.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &s in sigs {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    let set = crate::ns::sigset(sigs);
+    crate::ns::block_signals(sigs);
     std::thread::Builder::new()
         .name("signal-forwarder".into())
         .spawn(move || loop {
