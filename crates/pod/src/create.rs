@@ -328,7 +328,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
             util::dup_to(l.as_raw_fd(), 1, false)?;
             util::dup_to(l.as_raw_fd(), 2, false)?;
             let null = std::fs::File::open("/dev/null").map_err(PodError::io("/dev/null"))?;
-            util::dup_to(null.as_raw_fd(), 0, false)?;
+            util::place(null.into(), 0, false)?;
         }
         let mut argv = vec!["cryopod-init".to_string()];
         argv.extend(o.cmd.iter().cloned());

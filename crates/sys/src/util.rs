@@ -632,3 +632,14 @@ pub fn exit_code(status: i32) -> i32 {
         128 + libc::WTERMSIG(status)
     }
 }
+
+/// Put `fd` at number `at` (close-on-exec as asked), closing the original;
+/// if it already is `at`, it is simply kept there.
+pub fn place(fd: std::os::fd::OwnedFd, at: i32, cloexec: bool) -> SysResult<()> {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    dup_to(fd.as_raw_fd(), at, cloexec)?;
+    if fd.as_raw_fd() == at {
+        let _ = fd.into_raw_fd();
+    }
+    Ok(())
+}

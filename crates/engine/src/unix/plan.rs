@@ -301,19 +301,8 @@ fn err(op: &str, f: u32, e: impl std::fmt::Display) -> EngineError {
     EngineError::Other(format!("unix socket (file {f}) {op}: {e}"))
 }
 
-/// Keep `fd` at exactly number `at` (closing the original, unless it is
-/// already that number).
-fn put_at(fd: OwnedFd, at: i32, cloexec: bool) -> Result<()> {
-    use std::os::fd::IntoRawFd;
-    util::dup_to(fd.as_raw_fd(), at, cloexec)?;
-    if fd.as_raw_fd() == at {
-        let _ = fd.into_raw_fd();
-    }
-    Ok(())
-}
-
 fn park(fd: OwnedFd, at: i32) -> Result<()> {
-    put_at(fd, at, true)
+    Ok(util::place(fd, at, true)?)
 }
 
 /// Bind `fd` to `name`; a path still holding a dead socket's file is
@@ -444,7 +433,7 @@ impl Plan {
                     } else {
                         let pfd = cryopod_sys::pidfd::pidfd_open(creator)?;
                         let got = cryopod_sys::pidfd::pidfd_getfd(&pfd, creator, self.staging(file))?;
-                        put_at(got, fd, cloexec)?;
+                        util::place(got, fd, cloexec)?;
                     }
                 }
                 Ok(())
@@ -457,7 +446,7 @@ impl Plan {
             }
             Op::Pidfd { fd, target, nonblock, cloexec } => {
                 let got = cryopod_sys::pidfd::pidfd_open_flags(*target, if *nonblock { libc::O_NONBLOCK } else { 0 })?;
-                put_at(got, *fd, *cloexec)
+                Ok(util::place(got, *fd, *cloexec)?)
             }
         }
     }
