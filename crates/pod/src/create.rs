@@ -36,8 +36,6 @@ pub struct Extra {
     pub ipc: Option<(cryopod_image::pod::PodIpc, std::path::PathBuf)>,
     /// Network configuration the pod had, and the address it had.
     pub net: Option<(net::NetConfig, Option<std::net::Ipv4Addr>)>,
-    /// A `--userns` pod: the archive's owners are the pod's ids.
-    pub pod_ids: bool,
     /// eth0's hardware address, for a pod back at its own address.
     pub mac: Option<Vec<u8>>,
 }
@@ -228,7 +226,7 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
     }
     if let Some(a) = &extra.archive {
         let a = a.try_clone().map_err(PodError::io("tmpfs archive"))?;
-        crate::mounts::unpack(a, &extra.mounts, &root, extra.pod_ids)?;
+        crate::mounts::unpack(a, &extra.mounts, &root, spec.userns)?;
     }
     net::pod_setup(name, None, None)?;
     let extra_net = || match &extra.net {

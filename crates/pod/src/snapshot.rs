@@ -289,7 +289,6 @@ fn restore_reserved(
         archive,
         ipc: Some((pod.ipc.clone(), o.dir.clone())),
         net: Some((net_cfg, old_ip)),
-        pod_ids: pod.userns,
         // Back at its own address: its own hardware address too.
         mac: pod
             .links
