@@ -185,31 +185,16 @@ fn main() {
         );
         let f: extern "C" fn() -> i32 = std::mem::transmute(rx);
         c.eq("executable area runs", f(), 42);
-        c.check(
-            "madvise hugepage",
-            smaps_flags(m_huge as usize).split(' ').any(|x| x == "hg"),
-            smaps_flags(m_huge as usize),
-        );
-        c.check(
-            "madvise nohugepage",
-            smaps_flags(m_nohuge as usize).split(' ').any(|x| x == "nh"),
-            smaps_flags(m_nohuge as usize),
-        );
-        c.check(
-            "madvise dontfork",
-            smaps_flags(m_dontfork as usize).split(' ').any(|x| x == "dc"),
-            smaps_flags(m_dontfork as usize),
-        );
-        c.check(
-            "madvise wipeonfork",
-            smaps_flags(m_wipe as usize).split(' ').any(|x| x == "wf"),
-            smaps_flags(m_wipe as usize),
-        );
-        c.check(
-            "madvise dontdump",
-            smaps_flags(m_dontdump as usize).split(' ').any(|x| x == "dd"),
-            smaps_flags(m_dontdump as usize),
-        );
+        for (name, area, flag) in [
+            ("madvise hugepage", m_huge, "hg"),
+            ("madvise nohugepage", m_nohuge, "nh"),
+            ("madvise dontfork", m_dontfork, "dc"),
+            ("madvise wipeonfork", m_wipe, "wf"),
+            ("madvise dontdump", m_dontdump, "dd"),
+        ] {
+            let flags = smaps_flags(area as usize);
+            c.check(name, flags.split(' ').any(|x| x == flag), &flags);
+        }
         c.check(
             "hugepage area contents",
             std::slice::from_raw_parts(m_huge, 4 * MB).iter().all(|&b| b == 0x66),
