@@ -182,6 +182,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 leave_running,
                 threads: threads.unwrap_or_else(cpus),
                 pod: None,
+                guard: None,
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_engine::checkpoint(&opts, &|phase, d, t| bar.update(phase, d, t))
@@ -201,7 +202,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 "--name and --ip are for pods; {} holds a process tree",
                 dir.display()
             );
-            let opts = cryopod_engine::RestoreOptions { dir: dir.clone(), threads: cpus(), pod: None };
+            let opts = cryopod_engine::RestoreOptions { dir: dir.clone(), threads: cpus(), pod: None, guard: None };
             let bar = progress::Bar::new("restore");
             let o = cryopod_engine::restore(&opts, &|phase, d, t| bar.update(phase, d, t))
                 .with_context(|| format!("restore of {} failed; nothing was left running", dir.display()))?;

@@ -202,16 +202,19 @@ fn main() {
         let tmpfs_before = tmpfs_write_bw(bytes);
         let img = std::path::PathBuf::from(format!("{SHM}/big"));
         let t = Instant::now();
-        let s =
-            checkpoint(&CheckpointOptions { pid, dir: img.clone(), leave_running: false, threads, pod: None }, &quiet)
-                .expect("checkpoint");
+        let s = checkpoint(
+            &CheckpointOptions { pid, dir: img.clone(), leave_running: false, threads, pod: None, guard: None },
+            &quiet,
+        )
+        .expect("checkpoint");
         let ck = t.elapsed();
         reap(pid);
         wait_gone(pid);
         let tmpfs = tmpfs_before.max(tmpfs_write_bw(bytes));
         let touch_before = first_touch_bw(bytes);
         let t = Instant::now();
-        let o = restore(&RestoreOptions { dir: img.clone(), threads, pod: None }, &quiet).expect("restore");
+        let o =
+            restore(&RestoreOptions { dir: img.clone(), threads, pod: None, guard: None }, &quiet).expect("restore");
         let rs = t.elapsed();
         unsafe { libc::kill(o.root_pid, libc::SIGUSR1) };
         let st = reap(o.root_pid);
@@ -256,8 +259,11 @@ fn main() {
         std::thread::sleep(Duration::from_millis(120));
         let dir = std::path::PathBuf::from(format!("{SHM}/small-{i}"));
         let t = Instant::now();
-        checkpoint(&CheckpointOptions { pid, dir: dir.clone(), leave_running: false, threads, pod: None }, &quiet)
-            .expect("small checkpoint");
+        checkpoint(
+            &CheckpointOptions { pid, dir: dir.clone(), leave_running: false, threads, pod: None, guard: None },
+            &quiet,
+        )
+        .expect("small checkpoint");
         cks.push(t.elapsed());
         let _ = child.wait();
         // Its child sleep is orphaned to us (subreaper): wait for every pid.
@@ -266,7 +272,8 @@ fn main() {
             wait_gone(p.pid);
         }
         let t = Instant::now();
-        let o = restore(&RestoreOptions { dir: dir.clone(), threads, pod: None }, &quiet).expect("small restore");
+        let o = restore(&RestoreOptions { dir: dir.clone(), threads, pod: None, guard: None }, &quiet)
+            .expect("small restore");
         rss.push(t.elapsed());
         for p in &m.processes {
             unsafe { libc::kill(p.pid, libc::SIGKILL) };

@@ -4,11 +4,12 @@
 
 use crate::files::FileTable;
 use crate::freeze::{self, Frozen};
+use crate::guard::{Guard, Outcome};
+use crate::injection::{self, GadgetCache};
 use crate::mm::MemCollector;
-use crate::remote::{nr, Remote, SCRATCH_DATA};
 use crate::{fault, ident, pages, procfs, signals, threads, EngineError, Progress, Result};
 use cryopod_image::{Manifest, PodImage, Process};
-use cryopod_sys::inject::Injector;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,9 @@ pub struct CheckpointOptions<'a> {
     pub threads: usize,
     /// Set for the checkpoint of a pod.
     pub pod: Option<PodCheckpoint<'a>>,
+    /// A guardian started by the caller (a pod's, which knows its frozen
+    /// cgroup); else the checkpoint starts its own.
+    pub guard: Option<Guard>,
 }
 
 /// What the checkpoint of a pod adds to that of a tree.
@@ -53,23 +57,29 @@ pub struct CheckpointSummary {
 
 pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
     let t0 = Instant::now();
+    let guard = match &o.guard {
+        Some(g) => g.clone(),
+        None => Guard::start(Outcome::Resume)?,
+    };
     prepare_dir(&o.dir)?;
     let mut fr = match &o.pod {
         Some(pod) => freeze::freeze_pod(o.pid, pod.thaw)?,
         None => freeze::freeze(o.pid)?,
     };
-    let res = collect_and_write(o, &fr, progress);
+    let res = guard_tree(&guard, &fr).and_then(|_| collect_and_write(o, &fr, &guard, progress));
     let frozen = t0.elapsed();
     match res {
-        Ok((m, mut repaired)) => {
+        Ok((m, repaired)) => {
             if o.leave_running {
-                // Connections leave repair mode before their owners go on.
-                drop(repaired);
                 fr.thaw();
             } else {
+                // From here on, cut short, the tree dies anyway; and our
+                // copies of its connections close without a word to peers.
+                if let Err(e) = guard.set_outcome(Outcome::Kill) {
+                    tracing::warn!("{e}");
+                }
+                repaired.silence();
                 fr.kill(o.pod.is_some());
-                // The tree is gone: our copies close without a word.
-                repaired.silent = true;
                 drop(repaired);
             }
             let (mem, stored) = m.memory_bytes();
@@ -110,16 +120,29 @@ fn cleanup_dir(dir: &std::path::Path) {
     }
 }
 
-/// Returns the manifest written and the TCP connections held in repair
-/// mode meanwhile (dropping them on an error undoes repair).
+/// Tell the guardian every process of the tree, to be killed should we die
+/// once the tree is meant to die.
+fn guard_tree(guard: &Guard, fr: &Frozen) -> Result<()> {
+    for &pid in fr.procs.keys() {
+        if let Ok(pfd) = cryopod_sys::pidfd::pidfd_open(pid) {
+            guard.kill_on_abort(pfd.as_fd())?;
+        }
+    }
+    Ok(())
+}
+
+/// Returns the manifest written and our copies of the tree's TCP
+/// connections.
 fn collect_and_write(
     o: &CheckpointOptions,
     fr: &Frozen,
+    guard: &Guard,
     progress: Progress,
 ) -> Result<(Manifest, crate::inet::Repaired)> {
     fault::check("after-freeze")?;
     let t_collect = Instant::now();
     let mut files = FileTable::default();
+    files.unix.guard = Some(guard.clone());
     if let Some(pod) = &o.pod {
         files.root = pod.root.clone();
         files.external = pod.external.clone();
@@ -127,13 +150,14 @@ fn collect_and_write(
     let mut mem = MemCollector::default();
     mem.sysv = o.pod.is_some();
     let mut procs = Vec::new();
+    let mut gadgets = GadgetCache::default();
     for pid in bfs(o.pid, fr)? {
         let idx = procs.len();
         let p = if fr.zombies.contains(&pid) {
             zombie(pid)?
         } else {
             let tids = fr.procs.get(&pid).cloned().unwrap_or_default();
-            let mut p = collect_process(pid, &tids, idx, &mut files, &mut mem)
+            let mut p = collect_process(pid, &tids, idx, &mut files, &mut mem, &mut gadgets)
                 .map_err(|e| EngineError::Other(format!("checkpoint of pid {pid}: {e}")))?;
             p.stopped = fr.stopped.contains(&pid);
             p
@@ -243,6 +267,7 @@ fn collect_process(
     idx: usize,
     files: &mut FileTable,
     mem: &mut MemCollector,
+    gadgets: &mut GadgetCache,
 ) -> Result<Process> {
     // Seccomp: a process that could not get its filters back must not be
     // checkpointed (restoring it without them would grant privilege).
@@ -255,59 +280,54 @@ fn collect_process(
     p.fds = files.collect_fds(pid, mem)?;
     ident::collect_process_env(pid, &mut p)?;
     p.shared_pending = cryopod_sys::ptrace::peek_siginfo(pid, true)?.into_iter().map(|s| s.to_vec()).collect();
-    // Injection site: a `syscall` instruction in the task's vDSO.
-    let site = crate::mm::vdso_syscall_site(pid, &p.vmas)?;
-
-    let mut leader = Remote { inj: Injector::new(pid, site)?, pid, vpid: crate::pidns::ns_pid(pid, pid)?, data: 0 };
-    // Signals that arrived while we injected were dequeued by ptrace: they
-    // are put back before the task goes on (tid, siginfo).
+    let g = gadgets.find(pid)?;
+    let vpid = crate::pidns::ns_pid(pid, pid)?;
+    let mut leader = injection::cover(pid, pid, vpid, &g, &p.vmas)?;
+    // Signals dequeued by ptrace while we injected (only SIGSTOP can be,
+    // in a covered thread), put back before the task goes on: (tid, siginfo).
     let mut deferred: Vec<(i32, [u8; 128])> = Vec::new();
+    let leader_mask = leader.mask();
     let res = (|| -> Result<()> {
-        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        leader.data = leader.call("mmap(scratch)", nr::MMAP, &[0, SCRATCH_DATA, rw, 0x22, u64::MAX, 0])?;
+        let r = &mut leader.remote;
         fault::check("during-injection")?;
-        p.sigactions = signals::collect_actions(&mut leader)?;
-        p.itimers = signals::collect_itimers(&mut leader)?;
-        p.posix_timers = signals::collect_timers(&mut leader)?;
-        p.creds = ident::collect_creds(&mut leader)?;
-        p.rlimits = ident::collect_rlimits(&mut leader)?;
-        p.mm = ident::collect_mm(&mut leader)?;
+        p.sigactions = signals::collect_actions(r)?;
+        p.itimers = signals::collect_itimers(r)?;
+        p.posix_timers = signals::collect_timers(r)?;
+        p.creds = ident::collect_creds(r)?;
+        p.rlimits = ident::collect_rlimits(r)?;
+        p.mm = ident::collect_mm(r)?;
         for &tid in tids {
             if tid == pid {
-                p.threads.push(threads::collect(&mut leader)?);
-            } else {
-                let mut r = Remote { inj: Injector::new(tid, site)?, pid, vpid: leader.vpid, data: leader.data };
-                let t = threads::collect(&mut r);
-                deferred.extend(r.inj.deferred.drain(..).map(|i| (tid, i)));
-                r.inj.restore_and_park()?;
-                p.threads.push(t?);
+                p.threads.push(threads::collect(r, leader_mask)?);
+                continue;
             }
+            let mut c = injection::cover(pid, tid, vpid, &g, &p.vmas)?;
+            let mask = c.mask();
+            let t = threads::collect(&mut c.remote, mask);
+            deferred.extend(c.remote.inj.deferred.drain(..).map(|i| (tid, i)));
+            c.uncover()?;
+            p.threads.push(t?);
         }
         Ok(())
     })();
-    // Always put the task back as it was, even after a failure: every
-    // signal blocked meanwhile (so that re-queued signals stay pending instead
-    // of stopping the next injected call), deferred signals queued again, the
-    // scratch area gone, the signal mask and registers as they were.
-    let mask = cryopod_sys::ptrace::get_sigmask(pid);
-    let blocked = mask.is_ok() && cryopod_sys::ptrace::set_sigmask(pid, !0).is_ok();
-    let mut requeue = Ok(());
-    if leader.data != 0 {
-        deferred.extend(leader.inj.deferred.drain(..).map(|i| (pid, i)));
-        if !deferred.is_empty() {
-            tracing::info!(pid, signals = deferred.len(), "signals arrived during the checkpoint; queued again");
-        }
-        for (tid, info) in &deferred {
-            // The task names its threads in its own PID namespace.
-            let vtid = crate::pidns::ns_pid(pid, *tid).unwrap_or(*tid);
-            requeue = requeue.and(signals::queue(&mut leader, Some(vtid), info));
-        }
-        let _ = leader.call("munmap(scratch)", nr::MUNMAP, &[leader.data, SCRATCH_DATA]);
+    deferred.extend(leader.remote.inj.deferred.drain(..).map(|i| (pid, i)));
+    if !deferred.is_empty() {
+        tracing::info!(pid, signals = deferred.len(), "signals arrived during the checkpoint; queued again");
     }
-    if let (true, Ok(m)) = (blocked, mask) {
+    // Queued again while the leader still blocks them (an uncovered one
+    // blocks them for this): they stay pending until the task goes on.
+    let mut requeue = Ok(());
+    let own_mask = cryopod_sys::ptrace::get_sigmask(pid);
+    let blocked = !g.covered && own_mask.is_ok() && cryopod_sys::ptrace::set_sigmask(pid, !0).is_ok();
+    for (tid, info) in &deferred {
+        // The task names its threads in its own PID namespace.
+        let vtid = crate::pidns::ns_pid(pid, *tid).unwrap_or(*tid);
+        requeue = requeue.and(signals::queue(&mut leader.remote, Some(vtid), info));
+    }
+    if let (true, Ok(m)) = (blocked, own_mask) {
         cryopod_sys::ptrace::set_sigmask(pid, m)?;
     }
-    leader.inj.restore_and_park()?;
+    leader.uncover()?;
     res?;
     requeue.map_err(|e| EngineError::Other(format!("pid {pid}: a signal that arrived during the checkpoint: {e}")))?;
     Ok(p)

@@ -2,31 +2,31 @@
 //! port, backlog, options), established TCP connections (TCP_REPAIR:
 //! sequence numbers, queues, options, window), UDP sockets (address,
 //! default peer; queued datagrams are dropped, as UDP allows). Restore makes them again in
-//! the tree's network namespace (see `files`). A connection's copy stays in
-//! repair mode until the checkpoint ends: killed, the tree then closes it
-//! without a word to the peer; left running or failed, repair is undone.
+//! the tree's network namespace (see `files`). A connection is in repair
+//! mode only while it is read (the guardian knows, should we die then); a
+//! checkpoint that kills the tree puts our copies back into repair mode
+//! just before, so that the killed tree's connections close without a word
+//! to the peer.
 
+use crate::guard::{Guard, Outcome};
 use crate::unix::LISTEN;
 use crate::{EngineError, Result};
 use cryopod_image::FileKind;
 use cryopod_sys::pidfd;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-/// Copies of connections in repair mode, for the length of a checkpoint.
-/// Dropped: repair is undone (the connection goes on), unless `silent`
-/// (the tree was killed: closing them then sends nothing).
+/// Our copies of the tree's connections, for the length of a checkpoint.
 #[derive(Default)]
 pub struct Repaired {
     fds: Vec<OwnedFd>,
-    pub silent: bool,
 }
 
-impl Drop for Repaired {
-    fn drop(&mut self) {
-        if !self.silent {
-            for fd in &self.fds {
-                let _ = cryopod_sys::tcp::set_repair(fd.as_raw_fd(), false);
-            }
+impl Repaired {
+    /// Put every connection into repair mode, for good: once the tree is
+    /// killed, closing our copies then sends nothing to the peers.
+    pub fn silence(&self) {
+        for fd in &self.fds {
+            let _ = cryopod_sys::tcp::set_repair(fd.as_raw_fd(), true);
         }
     }
 }
@@ -34,7 +34,7 @@ impl Drop for Repaired {
 pub const ESTABLISHED: u8 = 1;
 
 /// A socket that sock_diag does not know as a unix one.
-pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired) -> Result<FileKind> {
+pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>) -> Result<FileKind> {
     use cryopod_sys::sock;
     let pfd = pidfd::pidfd_open(pid)?;
     let copy = pidfd::pidfd_getfd(&pfd, pid, fd)?;
@@ -54,9 +54,16 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired) -> Result<FileKind> {
     // TCP_LISTEN is 10 here too.
     let (state, waiting, backlog) = sock::tcp_state(raw)?;
     if state == ESTABLISHED {
-        let st = cryopod_sys::tcp::dump(raw, family)?;
+        // Should we die while it is read, the guardian takes it out of
+        // repair mode (the tree goes on), or leaves it in (the tree dies).
+        if let Some(g) = guard {
+            g.sockopt_on_abort(Outcome::Resume, copy.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 0)?;
+            g.sockopt_on_abort(Outcome::Kill, copy.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 1)?;
+        }
+        let st = cryopod_sys::tcp::dump(raw, family);
+        cryopod_sys::tcp::set_repair(raw, false)?;
         repaired.fds.push(copy);
-        return Ok(FileKind::Tcp(st));
+        return Ok(FileKind::Tcp(st?));
     }
     if state != LISTEN {
         return Err(EngineError::Other(format!(

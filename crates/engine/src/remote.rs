@@ -61,9 +61,15 @@ pub struct Remote {
     pub vpid: Pid,
     /// Start of the scratch data area in the task.
     pub data: u64,
+    /// Its length.
+    pub data_len: u64,
 }
 
 impl Remote {
+    pub fn new(inj: Injector, pid: Pid, vpid: Pid, data: u64, data_len: u64) -> Remote {
+        Remote { inj, pid, vpid, data, data_len }
+    }
+
     pub fn tid(&self) -> Pid {
         self.inj.tid
     }
@@ -79,7 +85,7 @@ impl Remote {
 
     /// Copy bytes into the scratch area at `off`; returns their address.
     pub fn put(&self, off: u64, bytes: &[u8]) -> Result<u64> {
-        if off + bytes.len() as u64 > SCRATCH_DATA {
+        if off + bytes.len() as u64 > self.data_len {
             return Err(crate::EngineError::Other("scratch area overflow".into()));
         }
         mem::write(self.pid, self.data + off, bytes)?;

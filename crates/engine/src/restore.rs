@@ -4,6 +4,7 @@
 //! together. A failure after the first fork kills every process created and
 //! names the object that failed.
 
+use crate::guard::{Guard, Outcome};
 use crate::mm::{self, AreaCtx};
 use crate::pidns::HostPids;
 use crate::remote::{nr, Remote, SCRATCH_DATA};
@@ -15,7 +16,7 @@ use cryopod_sys::inject::{own_syscall_site, Injector};
 use cryopod_sys::ptrace::{self, Stop};
 use cryopod_sys::{util, PAGE_SIZE};
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracing::debug;
@@ -26,6 +27,10 @@ pub struct RestoreOptions<'a> {
     pub threads: usize,
     /// Set to restore a pod (the image must hold one).
     pub pod: Option<PodRestore<'a>>,
+    /// A guardian started by the caller, who hands the tree over (commits)
+    /// by dropping it once its own records are written (a pod's); else the
+    /// restore starts its own and commits once every task runs.
+    pub guard: Option<Guard>,
 }
 
 /// What restoring a pod adds: the namespaces were made by the caller.
@@ -113,6 +118,12 @@ fn own_vdso_hash() -> Result<[u8; 32]> {
 /// Restore the image in `o.dir`. Returns once every task runs.
 pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome> {
     let t0 = Instant::now();
+    // Should we die before every task runs, every process of the image dies
+    // (stubs also with their lifeline, seized ones with PTRACE_O_EXITKILL).
+    let guard = match &o.guard {
+        Some(g) => g.clone(),
+        None => Guard::start(Outcome::Kill)?,
+    };
     let m = cryopod_image::read_manifest(&o.dir)?;
     let reader = PackReader::open(&o.dir, &m)?;
     progress("verify", 0, 1);
@@ -153,6 +164,9 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     let object_fds: HashMap<u32, i32> = objects.iter().map(|(&k, v)| (k, v.as_raw_fd())).collect();
     let (ready_r, ready_w) = util::pipe()?;
     let ready_w = util::dup_at_least(ready_w.as_raw_fd(), base)?;
+    let (life_r, life_w) = util::pipe()?;
+    let life_r = util::dup_at_least(life_r.as_raw_fd(), base)?;
+    let life_w = util::dup_at_least(life_w.as_raw_fd(), base)?;
     let mut fd_plan: BTreeMap<i32, Vec<(i32, i32, bool)>> = BTreeMap::new();
     for p in &m.processes {
         let v = p
@@ -194,6 +208,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         fds: fd_plan,
         keep: object_fds.values().copied().collect(),
         ready_w: ready_w.as_raw_fd(),
+        lifeline: (life_r.as_raw_fd(), life_w.as_raw_fd()),
         enter: o.pod.as_ref().map(|p| p.enter),
         before_pid_ns: o.pod.as_ref().and_then(|p| p.before_pid_ns),
         unix: (!unix.steps.is_empty()).then_some(&unix),
@@ -204,6 +219,8 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     drop(srcs);
     drop(objects);
     drop(ready_w);
+    let lifeline_r = plan.lifeline.0;
+    drop(life_r);
     let cmd_fds: BTreeMap<i32, i32> = plan.cmd.clone();
     drop(cmd_r);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
@@ -216,6 +233,8 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             threads: o.threads,
             object_fds: &object_fds,
             ready_w: plan.ready_w,
+            lifeline_r,
+            guard: &guard,
             cmd_fds: &cmd_fds,
             owner: owner.as_ref(),
             progress,
@@ -346,6 +365,10 @@ struct Build<'a> {
     threads: usize,
     /// The stubs' end of the readiness pipe (closed in each by injection).
     ready_w: i32,
+    /// The stubs' end of their lifeline (closed the same way).
+    lifeline_r: i32,
+    /// Told every process, to kill should we die before the hand-over.
+    guard: &'a Guard,
     /// Each stub's end of its socket request pipe (closed the same way).
     cmd_fds: &'a BTreeMap<i32, i32>,
     /// memfds and deleted files re-created by the restorer, inherited by
@@ -378,8 +401,9 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64], pids: &mut HostP
         let host = pids.host(p.pid)?;
         util::set_affinity(host, cpu)?;
         seize_stub(host).map_err(EngineError::during(format!("process {}", p.pid)))?;
+        b.guard.kill_on_abort(cryopod_sys::pidfd::pidfd_open(host)?.as_fd())?;
         let inj = Injector::with_gadget(host, own_syscall_site())?;
-        remotes.insert(p.pid, Remote { inj, pid: host, vpid: p.pid, data: 0 });
+        remotes.insert(p.pid, Remote::new(inj, host, p.pid, 0, SCRATCH_DATA));
     }
     debug!("all stubs seized");
     tree::join_groups(m, &mut remotes)?;
@@ -441,6 +465,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     // The stub closes the readiness pipe itself right after reporting, but
     // may have been seized just before doing so.
     r.raw(nr::CLOSE, &[b.ready_w as u64])?;
+    r.raw(nr::CLOSE, &[b.lifeline_r as u64])?;
     if let Some(&c) = b.cmd_fds.get(&p.pid) {
         r.raw(nr::CLOSE, &[c as u64])?;
     }
@@ -457,7 +482,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     let mut others: Vec<Remote> = Vec::new();
     for t in &p.threads[1..] {
         let tid = threads::create(r, t.tid).map_err(EngineError::during(format!("thread {}", t.tid)))?;
-        others.push(Remote { inj: Injector::with_gadget(tid, r.inj.site)?, pid: host, vpid: p.pid, data: r.data });
+        others.push(Remote::new(Injector::with_gadget(tid, r.inj.site)?, host, p.pid, r.data, SCRATCH_DATA));
     }
     pids.add_threads(host)?;
     debug!(pid = p.pid, "threads");

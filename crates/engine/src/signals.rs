@@ -83,11 +83,14 @@ pub fn collect_itimers(r: &mut Remote) -> Result<Vec<ItimerVal>> {
 
 pub fn restore_itimers(r: &mut Remote, its: &[ItimerVal]) -> Result<()> {
     for (which, it) in its.iter().enumerate() {
-        if it.value_us == 0 {
+        // A periodic ITIMER_REAL whose SIGALRM is pending reads as stopped:
+        // the kernel arms it again when the signal is taken. Restored, it
+        // starts a fresh period (the pending signal is queued again).
+        let value_us = if it.value_us == 0 { it.interval_us } else { it.value_us };
+        if value_us == 0 {
             continue;
         }
-        let v =
-            [it.interval_us / 1_000_000, it.interval_us % 1_000_000, it.value_us / 1_000_000, it.value_us % 1_000_000];
+        let v = [it.interval_us / 1_000_000, it.interval_us % 1_000_000, value_us / 1_000_000, value_us % 1_000_000];
         let a = r.put(0, &words(&v))?;
         r.call("setitimer", nr::SETITIMER, &[which as u64, a, 0])?;
     }

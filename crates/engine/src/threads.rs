@@ -54,11 +54,12 @@ pub fn vec_to_regs(v: &[u64], base: &Regs) -> Regs {
 
 /// Collect one thread; `r` injects into that thread (its registers before
 /// injection are the ones saved).
-pub fn collect(r: &mut Remote) -> Result<Thread> {
+/// `sigmask` is the thread's own mask (it may be running with another
+/// while we inject, see `injection`).
+pub fn collect(r: &mut Remote, sigmask: u64) -> Result<Thread> {
     let tid = r.tid();
     let regs = regs_to_vec(r.inj.saved_regs());
     let xstate = ptrace::get_xstate(tid)?;
-    let sigmask = ptrace::get_sigmask(tid)?;
     let comm =
         std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", r.pid)).unwrap_or_default().trim_end().to_string();
     r.call("prctl(PR_GET_TID_ADDRESS)", nr::PRCTL, &[PR_GET_TID_ADDRESS, r.data])?;

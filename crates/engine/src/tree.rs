@@ -2,7 +2,8 @@
 //! zombies. On restore, the restorer forks the root stub with its PID; each
 //! stub (a copy of the restorer, so it holds the whole plan) starts its
 //! session, forks its own children with their PIDs, moves its fds into
-//! place, reports ready and waits to be seized. Process groups are joined
+//! place, reports ready and waits to be seized, or dies if the restorer
+//! does first (the lifeline pipe reaches its end). Process groups are joined
 //! afterwards by injected setpgid, once every group leader exists.
 
 use crate::remote::{nr, Remote};
@@ -30,6 +31,10 @@ pub struct StubPlan<'a> {
     pub epolls: BTreeMap<i32, Vec<EpollSetup>>,
     /// Write end of the readiness pipe.
     pub ready_w: i32,
+    /// The lifeline: (read end, write end). Only the restorer keeps the
+    /// write end; a stub waits on the read end until it is seized, and
+    /// exits when it reads the end (the restorer died).
+    pub lifeline: (i32, i32),
     /// For a pod: the root is forked into a new PID namespace (becoming its
     /// PID 1) and first runs this to join the pod's other namespaces.
     pub enter: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
@@ -111,6 +116,9 @@ fn report(plan: &StubPlan, line: &str) {
 }
 
 fn stub_main(plan: &StubPlan, pid: i32) -> ! {
+    // Before anything else (children inherit our fds): the restorer alone
+    // holds the lifeline's write end.
+    util::close(plan.lifeline.1);
     match stub_setup(plan, pid) {
         Ok(()) => {}
         Err(e) => {
@@ -118,7 +126,7 @@ fn stub_main(plan: &StubPlan, pid: i32) -> ! {
             util::exit_now(1);
         }
     }
-    util::pause_forever()
+    util::wait_while_open(plan.lifeline.0)
 }
 
 fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
@@ -150,6 +158,7 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
     }
     let mut keep: Vec<i32> = plan.keep.clone();
     keep.push(plan.ready_w);
+    keep.push(plan.lifeline.0);
     let cmd = plan.cmd.get(&pid).copied();
     keep.extend(cmd);
     for &(target, src, cloexec) in plan.fds.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {

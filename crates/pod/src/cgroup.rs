@@ -57,6 +57,13 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The freezer's state file, open for writing (handed to a guardian
+    /// that thaws the pod should a checkpoint die).
+    pub fn freezer_file(&self) -> Result<std::fs::File> {
+        let p = self.dir("freezer").join("freezer.state");
+        std::fs::OpenOptions::new().write(true).open(&p).map_err(PodError::io(&p))
+    }
+
     /// Create the cgroup in every controller and set its limits.
     pub fn create(&self, limits: &Limits) -> Result<()> {
         Self::check_host()?;

@@ -11,12 +11,13 @@ use crate::mounts;
 use crate::state::{IpConfig, PodRecord, PodSpec, StateDir};
 use crate::{net, PodError, Result};
 use cryopod_engine::checkpoint::PodCheckpoint;
+use cryopod_engine::guard::{Guard, Outcome};
 use cryopod_engine::restore::PodRestore;
 use cryopod_engine::{CheckpointOptions, CheckpointSummary, EngineError, Progress, RestoreOptions, RestoreOutcome};
 use cryopod_image::PodImage;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,8 +79,11 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
         )));
     }
     std::fs::create_dir_all(&o.dir).map_err(PodError::io(&o.dir))?;
+    // Should we die while the pod is frozen, the guardian thaws it.
+    let guard = Guard::start(Outcome::Resume).map_err(engine_err)?;
+    guard.thaw_on_abort(cg.freezer_file()?.as_fd()).map_err(engine_err)?;
     cg.freeze(Duration::from_secs(10))?;
-    let res = checkpoint_frozen(state, &rec, &cg, o, progress);
+    let res = checkpoint_frozen(state, &rec, &cg, o, &guard, progress);
     let _ = cg.thaw();
     let summary = match res {
         Ok(s) => s,
@@ -112,6 +116,7 @@ fn checkpoint_frozen(
     rec: &PodRecord,
     cg: &Cgroup,
     o: &PodCheckpointOptions,
+    guard: &Guard,
     progress: Progress,
 ) -> Result<CheckpointSummary> {
     let init = rec.init_pid;
@@ -178,6 +183,7 @@ fn checkpoint_frozen(
             image,
             ids: rec.spec.userns.then_some((crate::create::USERNS_BASE, crate::create::USERNS_SIZE)),
         }),
+        guard: Some(guard.clone()),
     };
     cryopod_engine::checkpoint(&opts, progress).map_err(engine_err)
 }
@@ -248,8 +254,11 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
         cpus: pod.cpus,
         userns: pod.userns,
     };
+    // Should we die before the pod is recorded, every process made for it
+    // dies (the next cryopod command removes what else is left of it).
+    let guard = Guard::start(Outcome::Kill).map_err(engine_err)?;
     crate::create::reserve(state, &name, &spec)?;
-    let res = restore_reserved(state, o, &name, &pod, spec, progress);
+    let res = restore_reserved(state, o, &name, &pod, spec, &guard, progress);
     if res.is_err() {
         state.release(&name);
     }
@@ -262,6 +271,7 @@ fn restore_reserved(
     name: &str,
     pod: &PodImage,
     spec: PodSpec,
+    guard: &Guard,
     progress: Progress,
 ) -> Result<(PodRecord, RestoreOutcome)> {
     let archive = match &pod.tmpfs_archive {
@@ -298,6 +308,13 @@ fn restore_reserved(
             .filter(|_| spec_ip_same(old_ip, o.ip)),
     };
     let mut holder = Holder::create(name, &spec, &extra)?;
+    if let Err(e) = cryopod_sys::pidfd::pidfd_open(holder.pid)
+        .map_err(EngineError::from)
+        .and_then(|pfd| guard.kill_on_abort(pfd.as_fd()))
+    {
+        holder.undo();
+        return Err(engine_err(e));
+    }
     let enter = || holder.enter().map_err(|e| e.to_string());
     // A --userns pod: a go-between joins its user namespace first (its PID
     // namespace must belong to it), PID 1 then only settles in.
@@ -307,7 +324,8 @@ fn restore_reserved(
         if pod.userns { (&settle, Some(&join_user as _)) } else { (&enter, None) };
     let pod_restore =
         PodRestore { root: holder.root().display().to_string(), enter, before_pid_ns, inherit, ns_of: holder.pid };
-    let opts = RestoreOptions { dir: o.dir.clone(), threads: o.threads, pod: Some(pod_restore) };
+    let opts =
+        RestoreOptions { dir: o.dir.clone(), threads: o.threads, pod: Some(pod_restore), guard: Some(guard.clone()) };
     let outcome = match cryopod_engine::restore(&opts, progress) {
         Ok(out) => out,
         Err(e) => {

@@ -22,6 +22,9 @@ pub struct Injector {
     pub gadget: bool,
     /// Register values used for everything but the syscall registers.
     base: Regs,
+    /// Stack pointer for injected calls when the task has a frame of ours
+    /// to return to by itself (see [`crate::sigframe`]).
+    frame_sp: Option<u64>,
     /// Signals that arrived while injecting (dequeued by the kernel; the
     /// caller re-queues them), as raw siginfo.
     pub deferred: Vec<[u8; 128]>,
@@ -33,7 +36,7 @@ impl Injector {
     /// Start injecting into `tid`, remembering its current registers.
     pub fn new(tid: Pid, site: u64) -> SysResult<Self> {
         let base = ptrace::get_regs(tid)?;
-        Ok(Injector { tid, site, gadget: false, base, deferred: Vec::new(), new_threads: Vec::new() })
+        Ok(Injector { tid, site, gadget: false, base, frame_sp: None, deferred: Vec::new(), new_threads: Vec::new() })
     }
 
     /// Like [`Injector::new`], for a site that is a `syscall; int3` gadget.
@@ -48,11 +51,36 @@ impl Injector {
         &self.base
     }
 
+    /// Run every injected call with the stack pointer at `sp`, the return
+    /// slot of a frame written by [`crate::sigframe::build`]: with `site` a
+    /// `syscall; ret` sequence, a task we stop tracing at any point goes on
+    /// into that frame's `rt_sigreturn` and back to its own context.
+    pub fn on_frame(&mut self, sp: u64) {
+        self.frame_sp = Some(sp);
+    }
+
+    /// Point the task straight at the `rt_sigreturn` sequence `sigreturn`
+    /// of its frame (see [`Injector::on_frame`]): resumed without us, it
+    /// returns to its own context at once. Done before anything else of
+    /// the task is changed (its signal mask, say).
+    pub fn park_on_frame(&self, sigreturn: u64) -> SysResult<()> {
+        let sp =
+            self.frame_sp.ok_or_else(|| SysError::new("park on frame (no frame)", self.tid, Errno(libc::EINVAL)))?;
+        let mut r = self.base;
+        r.rip = sigreturn;
+        r.rsp = sp + 8;
+        r.orig_rax = u64::MAX;
+        ptrace::set_regs(self.tid, &r)
+    }
+
     /// Run `nr(args...)` in the task; returns the raw result (negative errno
     /// on failure).
     pub fn raw(&mut self, nr: i64, args: &[u64]) -> SysResult<i64> {
         let mut r = self.base;
         r.rip = self.site;
+        if let Some(sp) = self.frame_sp {
+            r.rsp = sp;
+        }
         r.rax = nr as u64;
         r.orig_rax = u64::MAX;
         let slots: [&mut u64; 6] = [&mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.r10, &mut r.r8, &mut r.r9];

@@ -6,6 +6,7 @@
 
 pub mod clone;
 pub mod error;
+pub mod fdpass;
 pub mod inject;
 pub mod ipc;
 pub mod mem;
@@ -13,6 +14,7 @@ pub mod ns;
 pub mod pagemap;
 pub mod pidfd;
 pub mod ptrace;
+pub mod sigframe;
 pub mod sock;
 pub mod tcp;
 pub mod util;

@@ -2,7 +2,7 @@
 //! descriptor (to inspect a pipe or socket, or to hand an fd to a task).
 
 use crate::{Errno, Pid, SysError, SysResult};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// pidfd_open(pid, flags) (flags: 0 or PIDFD_NONBLOCK, which is O_NONBLOCK).
 pub fn pidfd_open_flags(pid: Pid, flags: i32) -> SysResult<OwnedFd> {
@@ -68,4 +68,12 @@ pub fn pipe_capacity(fd: &OwnedFd) -> i32 {
 pub fn set_pipe_capacity(fd: &OwnedFd, size: i32) {
     // SAFETY: fcntl with integer args.
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+}
+
+/// Send signal `sig` to the process a pidfd names (no PID-reuse race).
+pub fn send_signal(pidfd: BorrowedFd, sig: i32) -> SysResult<()> {
+    let s = rustix::process::Signal::from_named_raw(sig)
+        .ok_or_else(|| SysError::new(format!("pidfd_send_signal({sig})"), 0, Errno(libc::EINVAL)))?;
+    rustix::process::pidfd_send_signal(pidfd, s)
+        .map_err(|e| SysError::new(format!("pidfd_send_signal({sig})"), 0, Errno(e.raw_os_error())))
 }

@@ -8,8 +8,10 @@ pub use libc::user_regs_struct as Regs;
 
 /// Options we always set on seize.
 pub const OPTS_DUMP: i32 = libc::PTRACE_O_TRACESYSGOOD;
-/// On restore we also follow clones, so threads we create start traced.
-pub const OPTS_RESTORE: i32 = libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE;
+/// On restore we also follow clones, so threads we create start traced,
+/// and every stub dies with us until the tree is handed over (a restore cut
+/// short leaves nothing).
+pub const OPTS_RESTORE: i32 = libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_EXITKILL;
 
 const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
 const NT_X86_XSTATE: usize = 0x202;

@@ -144,7 +144,8 @@ pub(crate) fn get_opt(fd: i32, level: i32, opt: i32, out: &mut [u8], what: &str)
     Ok(len as usize)
 }
 
-pub(crate) fn set_int(fd: i32, level: i32, opt: i32, v: i32, what: &str) -> SysResult<()> {
+/// setsockopt with an int value; `what` names the option in errors.
+pub fn set_int(fd: i32, level: i32, opt: i32, v: i32, what: &str) -> SysResult<()> {
     set_opt(fd, level, opt, &v.to_ne_bytes(), what)
 }
 
@@ -156,6 +157,11 @@ pub(crate) fn get_u32(fd: i32, level: i32, opt: i32, what: &str) -> SysResult<u3
 
 fn getsockopt_int(fd: i32, opt: i32) -> SysResult<i32> {
     Ok(get_u32(fd, libc::SOL_SOCKET, opt, &format!("getsockopt({opt})"))? as i32)
+}
+
+/// The socket's SO_PEEK_OFF (-1: peeking always starts at the head).
+pub fn peek_offset(fd: i32) -> SysResult<i32> {
+    getsockopt_int(fd, libc::SO_PEEK_OFF)
 }
 
 fn setsockopt_int(fd: i32, opt: i32, v: i32) -> SysResult<()> {

@@ -75,11 +75,19 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Block in pause() forever (a stub waiting to be seized).
-pub fn pause_forever() -> ! {
+/// Block until the pipe `fd` reads its end (its writer, the restorer, is
+/// gone), then exit: a stub waiting to be seized dies with the restorer.
+pub fn wait_while_open(fd: i32) -> ! {
+    let mut b = [0u8; 1];
     loop {
-        // SAFETY: pause has no arguments.
-        unsafe { libc::pause() };
+        // SAFETY: a one-byte buffer.
+        let r = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+        if r < 0 && Errno::last().0 == libc::EINTR {
+            continue;
+        }
+        if r <= 0 {
+            exit_now(1);
+        }
     }
 }
 

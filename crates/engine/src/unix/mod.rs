@@ -27,8 +27,10 @@ pub struct UnixTable {
     tables: HashMap<u64, HashMap<u32, diag::Diag>>,
     /// Bytes each socket sent that its peer has not read yet.
     outq: HashMap<u32, u32>,
-    /// TCP connections held in repair mode (see `inet`).
+    /// Our copies of TCP connections (see `inet`).
     pub repaired: crate::inet::Repaired,
+    /// Told about every socket option we change, should we die meanwhile.
+    pub guard: Option<crate::guard::Guard>,
 }
 
 fn netns_of(pid: i32) -> Result<u64> {
@@ -58,7 +60,7 @@ impl UnixTable {
             |what: String| EngineError::Unsupported { pid, what: format!("fd {fd} (socket:[{ino}]) {what}") };
         let ino32 = u32::try_from(ino).map_err(|_| unsupported("has an inode beyond 32 bits".into()))?;
         let Some(d) = self.lookup(pid, ino32)? else {
-            return crate::inet::collect(pid, fd, &mut self.repaired).map_err(|e| match e {
+            return crate::inet::collect(pid, fd, &mut self.repaired, self.guard.as_ref()).map_err(|e| match e {
                 EngineError::Other(why) => EngineError::Other(format!("fd {fd} (socket:[{ino}]) {why}")),
                 e => e,
             });
@@ -66,6 +68,13 @@ impl UnixTable {
         let pfd = pidfd::pidfd_open(pid)?;
         let copy = pidfd::pidfd_getfd(&pfd, pid, fd)?;
         let peeked = if d.state != LISTEN && d.rqlen.0 > 0 {
+            // Peeking moves the socket's peek offset; should we die meanwhile,
+            // the guardian puts it back.
+            if let Some(g) = &self.guard {
+                let old = cryopod_sys::sock::peek_offset(copy.as_raw_fd())?;
+                let (sol, opt) = (libc::SOL_SOCKET, libc::SO_PEEK_OFF);
+                g.sockopt_on_abort(crate::guard::Outcome::Resume, copy.as_fd(), sol, opt, old)?;
+            }
             cryopod_sys::sock::peek_queue(copy.as_raw_fd(), d.rqlen.0 as usize)
                 .map_err(|e| unsupported(format!("has unread data that cannot be saved: {}", e.op)))?
         } else {

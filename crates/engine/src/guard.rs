@@ -1,0 +1,167 @@
+//! The guardian: a small process forked at the start of a checkpoint or a
+//! restore that puts things right should cryopod die before the end
+//! (SIGKILL, the OOM killer, a crash). Tasks we inject into return to their
+//! own context by themselves (`injection`), and stubs die with us
+//! (PTRACE_O_EXITKILL, their lifeline); what remains is what only a
+//! survivor can undo: a frozen cgroup, sockets in repair mode or with a
+//! peek offset of ours, a half-killed tree, a restored tree not yet handed
+//! over. We tell the guardian each of these as we do it (with the fd it
+//! needs: the freezer file, a socket, a pidfd), and which way the operation
+//! ends if cut short: the tree resumes, or the tree dies. When we finish,
+//! we tell it so and it exits without doing anything; if its socket reaches
+//! its end first, it acts.
+//!
+//! The guardian leaves our session and blocks every signal it can, so that
+//! a signal meant for cryopod (a terminal's ^C, a supervisor's SIGTERM to
+//! the process group) does not take it along.
+
+use crate::{EngineError, Result};
+use cryopod_sys::{fdpass, sock, util, Pid};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+/// How an operation cut short ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The tree goes on as it was (a checkpoint before its end).
+    Resume,
+    /// The tree dies (a checkpoint's last step; a restore not handed over).
+    Kill,
+}
+
+impl Outcome {
+    fn bit(self) -> u8 {
+        match self {
+            Outcome::Resume => 1,
+            Outcome::Kill => 2,
+        }
+    }
+}
+
+const KILL: u8 = b'K';
+const THAW: u8 = b'T';
+const SOCKOPT: u8 = b'S';
+const OUTCOME: u8 = b'O';
+const DONE: u8 = b'D';
+const MSG_LEN: usize = 14;
+
+/// Our end of a guardian. Clones share it; when the last one goes, the
+/// guardian is told we finished and is waited for.
+#[derive(Clone)]
+pub struct Guard(Arc<Inner>);
+
+struct Inner {
+    sock: OwnedFd,
+    pid: Pid,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = fdpass::send(self.sock.as_fd(), &msg(DONE, 0, 0, 0, 0), None);
+        let _ = util::waitpid(self.pid, 0);
+    }
+}
+
+fn msg(tag: u8, when: u8, level: i32, name: i32, value: i32) -> [u8; MSG_LEN] {
+    let mut m = [0u8; MSG_LEN];
+    m[0] = tag;
+    m[1] = when;
+    m[2..6].copy_from_slice(&level.to_ne_bytes());
+    m[6..10].copy_from_slice(&name.to_ne_bytes());
+    m[10..14].copy_from_slice(&value.to_ne_bytes());
+    m
+}
+
+impl Guard {
+    /// Fork a guardian; an operation cut short ends with `outcome` until
+    /// told otherwise. The caller must be single-threaded (a fork).
+    pub fn start(outcome: Outcome) -> Result<Guard> {
+        let (ours, theirs) = sock::socketpair(libc::SOCK_SEQPACKET)?;
+        match cryopod_sys::clone::fork_with_pid(0)? {
+            cryopod_sys::clone::Forked::Child => {
+                drop(ours);
+                guardian(theirs, outcome)
+            }
+            cryopod_sys::clone::Forked::Parent(pid) => Ok(Guard(Arc::new(Inner { sock: ours, pid }))),
+        }
+    }
+
+    /// The guardian's PID (tests, logs).
+    pub fn pid(&self) -> Pid {
+        self.0.pid
+    }
+
+    fn send(&self, m: [u8; MSG_LEN], fd: Option<BorrowedFd>) -> Result<()> {
+        fdpass::send(self.0.sock.as_fd(), &m, fd)
+            .map_err(|e| EngineError::Other(format!("the guardian process {} is gone ({e})", self.0.pid)))
+    }
+
+    /// Cut short with outcome Kill, SIGKILL the process of `pidfd`.
+    pub fn kill_on_abort(&self, pidfd: BorrowedFd) -> Result<()> {
+        self.send(msg(KILL, Outcome::Kill.bit(), 0, 0, 0), Some(pidfd))
+    }
+
+    /// Cut short, write THAWED to this cgroup v1 `freezer.state` file.
+    pub fn thaw_on_abort(&self, freezer_state: BorrowedFd) -> Result<()> {
+        self.send(msg(THAW, 3, 0, 0, 0), Some(freezer_state))
+    }
+
+    /// Cut short with outcome `when`, set socket option (`level`, `name`)
+    /// of `sock` to `value`.
+    pub fn sockopt_on_abort(&self, when: Outcome, sock: BorrowedFd, level: i32, name: i32, value: i32) -> Result<()> {
+        self.send(msg(SOCKOPT, when.bit(), level, name, value), Some(sock))
+    }
+
+    /// From now on, an operation cut short ends with `o`.
+    pub fn set_outcome(&self, o: Outcome) -> Result<()> {
+        self.send(msg(OUTCOME, o.bit(), 0, 0, 0), None)
+    }
+}
+
+/// One thing to do if we die.
+struct Action {
+    tag: u8,
+    when: u8,
+    fd: OwnedFd,
+    opt: (i32, i32, i32),
+}
+
+/// The guardian's life: collect actions until told we are done (exit) or
+/// until our end of the socket closes (act, then exit).
+fn guardian(sock: OwnedFd, outcome: Outcome) -> ! {
+    let _ = util::new_session();
+    util::set_signal_mask(!0);
+    util::close_all_but(&[sock.as_raw_fd()]);
+    let mut outcome = outcome.bit();
+    let mut actions: Vec<Action> = Vec::new();
+    let mut buf = [0u8; MSG_LEN];
+    loop {
+        // An error reads as the end: act.
+        let (n, fd) = fdpass::recv(sock.as_fd(), &mut buf).unwrap_or_default();
+        if n == 0 {
+            break;
+        }
+        let word = |at: usize| i32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        match (buf[0], fd) {
+            (DONE, _) => util::exit_now(0),
+            (OUTCOME, _) => outcome = buf[1],
+            (tag, Some(fd)) if n == MSG_LEN => {
+                actions.push(Action { tag, when: buf[1], fd, opt: (word(2), word(6), word(10)) })
+            }
+            _ => {}
+        }
+    }
+    // Cut short: sockets first (before their owners may run), then the
+    // processes to kill, then the cgroup to thaw.
+    for a in actions.iter().filter(|a| a.tag == SOCKOPT && a.when & outcome != 0) {
+        let (level, name, value) = a.opt;
+        let _ = sock::set_int(a.fd.as_raw_fd(), level, name, value, "setsockopt");
+    }
+    for a in actions.iter().filter(|a| a.tag == KILL && a.when & outcome != 0) {
+        let _ = cryopod_sys::pidfd::send_signal(a.fd.as_fd(), libc::SIGKILL);
+    }
+    for a in actions.iter().filter(|a| a.tag == THAW) {
+        let _ = util::write_fd(a.fd.as_raw_fd(), b"THAWED");
+    }
+    util::exit_now(0)
+}

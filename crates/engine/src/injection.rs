@@ -1,0 +1,190 @@
+//! Injection into the tasks of a checkpoint that survives our death. A task
+//! we inject syscalls into runs with our registers for a while; if cryopod
+//! is killed then, the kernel lets the task go on with them. So before the
+//! first injected call each thread gets a signal frame of ours below its
+//! red zone (its registers, mask and extended state: `cryopod_sys::
+//! sigframe`), every injected call runs on that frame through a `syscall;
+//! xor...; ret` sequence of the vDSO, and returns into an `rt_sigreturn`
+//! sequence of the task's own C library: whatever instant we die at, the
+//! task finishes the call it was given and returns to its own context, with
+//! its own signal mask. No mapping, fd or signal of ours is added to the
+//! task; the frame's bytes sit below the red zone, where a signal handler's
+//! would, and are put back when we finish.
+//!
+//! A task whose code holds no `rt_sigreturn` sequence (no C library, no
+//! signal handling) cannot be covered this way: it is injected into the same
+//! way, and a checkpoint killed mid-way could harm it (logged).
+
+use crate::procfs;
+use crate::remote::Remote;
+use crate::{EngineError, Result};
+use cryopod_image::Vma;
+use cryopod_sys::inject::Injector;
+use cryopod_sys::sigframe::{self, Frame};
+use cryopod_sys::{mem, ptrace, Pid};
+use std::collections::HashMap;
+
+/// Bytes of the scratch area (syscall outputs, a queued siginfo) in a frame.
+pub const SCRATCH: u64 = 768;
+
+/// Where injected calls go in one process.
+#[derive(Debug, Clone, Copy)]
+pub struct Gadgets {
+    /// A `syscall` instruction; followed by `xor...; ret` when `covered`.
+    pub syscall: u64,
+    /// An `rt_sigreturn` sequence in the task's code, if any.
+    pub sigreturn: Option<u64>,
+    /// Calls return through the stack into `sigreturn`.
+    pub covered: bool,
+}
+
+/// Sigreturn sequences found in files during one checkpoint: (device,
+/// inode) → offset in the file. A library mapped by many processes is
+/// searched once.
+#[derive(Default)]
+pub struct GadgetCache {
+    files: HashMap<(String, u64), Option<u64>>,
+}
+
+impl GadgetCache {
+    /// The gadgets of process `pid` (stopped).
+    pub fn find(&mut self, pid: Pid) -> Result<Gadgets> {
+        let maps = procfs::maps(pid)?;
+        let vdso = maps
+            .iter()
+            .find(|m| m.path == "[vdso]")
+            .ok_or_else(|| EngineError::Unsupported { pid, what: "a process without a vDSO".into() })?;
+        let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
+        mem::read(pid, vdso.start, &mut code)?;
+        let (syscall, covered_site) = match sigframe::find_syscall_ret(&code) {
+            Some(off) => (vdso.start + off as u64, true),
+            None => {
+                let off = cryopod_sys::inject::find_syscall_insn(&code)
+                    .ok_or_else(|| EngineError::Other("no syscall instruction in the vDSO".into()))?;
+                (vdso.start + off as u64, false)
+            }
+        };
+        let sigreturn = self.sigreturn(pid, &maps)?;
+        let covered = covered_site && sigreturn.is_some();
+        if !covered {
+            tracing::warn!(
+                pid,
+                "no rt_sigreturn sequence in the process's code: a checkpoint killed while it injects could harm it"
+            );
+        }
+        Ok(Gadgets { syscall, sigreturn, covered })
+    }
+
+    /// An `rt_sigreturn` sequence in an executable file mapping of `pid`,
+    /// C libraries first.
+    fn sigreturn(&mut self, pid: Pid, maps: &[procfs::MapEntry]) -> Result<Option<u64>> {
+        let mut exec: Vec<&procfs::MapEntry> =
+            maps.iter().filter(|m| m.prot() & libc::PROT_EXEC as u32 != 0 && m.inode != 0).collect();
+        exec.sort_by_key(|m| !m.path.contains("libc"));
+        for m in exec {
+            let key = (m.dev.clone(), m.inode);
+            let known = self.files.get(&key).copied();
+            if let Some(Some(file_off)) = known {
+                // Found before in this file: check it is in this mapping.
+                if file_off >= m.offset && file_off + 9 <= m.offset + (m.end - m.start) {
+                    return Ok(Some(m.start + file_off - m.offset));
+                }
+                continue;
+            }
+            if known.is_some() {
+                continue;
+            }
+            let mut code = vec![0u8; (m.end - m.start) as usize];
+            if mem::read(pid, m.start, &mut code).is_err() {
+                continue;
+            }
+            let found = sigframe::find_sigreturn(&code);
+            self.files.insert(key, found.map(|o| m.offset + o as u64));
+            if let Some(o) = found {
+                return Ok(Some(m.start + o as u64));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A stopped thread with a frame of ours under its stack, ready for
+/// injected calls; every signal but SIGKILL and SIGSTOP is blocked in it
+/// meanwhile (the frame holds its own mask).
+pub struct Covered {
+    pub remote: Remote,
+    mask: u64,
+    /// What the frame overwrote, put back by [`Covered::uncover`].
+    old: Vec<u8>,
+    base: u64,
+}
+
+/// Cover thread `tid` of process `pid` (stopped), whose memory areas are
+/// `vmas`; `vpid` is the process as it numbers itself.
+pub fn cover(pid: Pid, tid: Pid, vpid: Pid, g: &Gadgets, vmas: &[Vma]) -> Result<Covered> {
+    let mut inj = Injector::new(tid, g.syscall)?;
+    let regs = *inj.saved_regs();
+    let mask = ptrace::get_sigmask(tid)?;
+    let xstate = ptrace::get_xstate(tid)?;
+    let ctx = sigframe::resume_context(&regs);
+    let frame = sigframe::build(&ctx, &xstate, mask, g.sigreturn.unwrap_or(0), SCRATCH)
+        .map_err(|e| EngineError::Other(format!("thread {tid}: {e}")))?;
+    check_room(tid, &frame, vmas)?;
+    let mut old = vec![0u8; frame.bytes.len()];
+    mem::read(pid, frame.base, &mut old)?;
+    if let Err(e) = mem::write(pid, frame.base, &frame.bytes) {
+        let _ = mem::write(pid, frame.base, &old);
+        return Err(e.into());
+    }
+    inj.on_frame(frame.sp);
+    // From here on, the task returns to its own context by itself; then
+    // (only then) its signals can be blocked while we work. Uncovered, they
+    // stay as they are: one that arrives is dequeued by ptrace and queued
+    // again by the caller.
+    let blocked = match g.sigreturn.filter(|_| g.covered) {
+        Some(sr) => inj.park_on_frame(sr).and_then(|_| ptrace::set_sigmask(tid, !0)),
+        None => Ok(()),
+    };
+    if let Err(e) = blocked {
+        let _ = ptrace::set_sigmask(tid, mask);
+        let _ = ptrace::set_regs(tid, &regs);
+        let _ = mem::write(pid, frame.base, &old);
+        return Err(e.into());
+    }
+    let remote = Remote::new(inj, pid, vpid, frame.scratch, SCRATCH);
+    Ok(Covered { remote, mask, old, base: frame.base })
+}
+
+/// The frame must lie in the writable area that holds the stack pointer
+/// (a signal delivered there would need the same room).
+fn check_room(tid: Pid, f: &Frame, vmas: &[Vma]) -> Result<()> {
+    let end = f.base + f.bytes.len() as u64;
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    if vmas.iter().any(|v| v.start <= f.base && end <= v.end && v.prot & rw == rw) {
+        return Ok(());
+    }
+    Err(EngineError::Other(format!(
+        "thread {tid}: its stack has no room below {end:#x} for the {} bytes a signal frame needs",
+        f.bytes.len()
+    )))
+}
+
+impl Covered {
+    /// The thread's own signal mask (it runs with every signal blocked
+    /// while covered).
+    pub fn mask(&self) -> u64 {
+        self.mask
+    }
+
+    /// Give the thread its mask and registers back and park it in an
+    /// interrupt stop (so the kernel's syscall-restart logic runs when it
+    /// goes on), then put back the bytes the frame covered.
+    pub fn uncover(self) -> Result<()> {
+        let tid = self.remote.tid();
+        let mask = ptrace::set_sigmask(tid, self.mask);
+        let regs = self.remote.inj.restore_and_park();
+        mem::write(self.remote.pid, self.base, &self.old)?;
+        mask?;
+        Ok(regs?)
+    }
+}
