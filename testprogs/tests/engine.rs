@@ -4,7 +4,11 @@ mod common;
 use common::*;
 
 fn roundtrip(name: &str, bin: &str) -> String {
-    let mut run = Run::testprog(name, bin);
+    roundtrip_with(name, bin, &[])
+}
+
+fn roundtrip_with(name: &str, bin: &str, args: &[&str]) -> String {
+    let mut run = Run::testprog_with(name, bin, args);
     let before = outside_view(run.pid);
     run.checkpoint(&[]);
     run.restore_and_verify_keep(|pid| assert_same_outside(&before, pid))
@@ -33,9 +37,25 @@ fn memory() {
     run.restore_and_verify_keep(|pid| assert_same_outside(&before, pid));
 }
 
+/// Every vector register this CPU has (zmm and opmask with AVX-512).
 #[test]
 fn cpu() {
-    roundtrip("cpu", env!("CARGO_BIN_EXE_tp-cpu"));
+    let out = roundtrip("cpu", env!("CARGO_BIN_EXE_tp-cpu"));
+    assert!(!out.contains("SKIP"), "{out}");
+}
+
+/// The AVX2 hosts' register set (ymm0-15), on any CPU that has it.
+#[test]
+fn cpu_ymm() {
+    let out = roundtrip_with("cpu-ymm", env!("CARGO_BIN_EXE_tp-cpu"), &["ymm"]);
+    assert!(out.contains("ok ymm0-15 survive"), "{out}");
+}
+
+/// The SSE register set every x86_64 CPU has.
+#[test]
+fn cpu_xmm() {
+    let out = roundtrip_with("cpu-xmm", env!("CARGO_BIN_EXE_tp-cpu"), &["xmm"]);
+    assert!(out.contains("ok xmm0-15 survive"), "{out}");
 }
 
 #[test]

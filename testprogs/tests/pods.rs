@@ -468,6 +468,17 @@ fn pod_failures_leave_things_as_they_were() {
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
     let now = *counts(&env.logs("f")).last().unwrap();
     env.wait_log("f", "progress after restore", |l| counts(l).first().is_some_and(|&n| n >= now + 2));
+    // An image from a CPU with more than this one is refused before any of
+    // the pod is set up: even before its name (taken by "f") is looked at.
+    let forged = env.dir.join("image-forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    for e in std::fs::read_dir(&image).unwrap().flatten() {
+        std::fs::copy(e.path(), forged.join(e.file_name())).unwrap();
+    }
+    let (feature, _) = common::forge_richer_cpu(&forged);
+    let e = env.fails(&["restore", forged.to_str().unwrap(), "--detach"]);
+    assert!(e.contains(&format!("this CPU lacks {feature}")), "{e}");
+    assert_eq!(env.pods(), ["f"]);
     env.ok(&["stop", "f"]);
 }
 

@@ -1,6 +1,6 @@
 //! `cryopod inspect`: the tree, memory maps, fds and threads of an image.
 
-use cryopod_image::{Manifest, ObjectOrigin, Process, Vma, VmaKind, PAGE};
+use cryopod_image::{cpu, Manifest, ObjectOrigin, Process, Vma, VmaKind, PAGE};
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::path::Path;
@@ -76,6 +76,15 @@ pub fn text(m: &Manifest, dir: &Path) -> String {
         refd,
         stored,
         image_size(dir)
+    );
+    let _ = writeln!(
+        s,
+        "cpu: {}; extended state {} (XCR0 {:#x}, XSAVE area {} bytes); instruction sets: {}",
+        m.cpu.model,
+        cpu::component_names(m.cpu.xcr0).join(", "),
+        m.cpu.xcr0,
+        m.cpu.xsave_size,
+        m.cpu.features.names().join(" ")
     );
     if let Some(pod) = &m.pod {
         let _ = writeln!(s, "\n{}", pod_text(pod));
@@ -193,6 +202,10 @@ pub fn json(m: &Manifest, dir: &Path) -> Value {
         "pod": m.pod.as_ref().map(pod_json),
         "tool_version": m.tool_version,
         "kernel": m.kernel,
+        "cpu": json!({
+            "model": m.cpu.model, "xcr0": m.cpu.xcr0, "xsave_size": m.cpu.xsave_size,
+            "state": cpu::component_names(m.cpu.xcr0), "features": m.cpu.features.names(),
+        }),
         "root_pid": m.root_pid,
         "memory_referenced_bytes": refd,
         "memory_stored_bytes": stored,

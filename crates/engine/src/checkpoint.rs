@@ -188,7 +188,7 @@ fn collect_and_write(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         kernel: cryopod_sys::util::kernel_release(),
-        xcr0: cryopod_sys::util::xcr0(),
+        cpu: crate::cpu::record(),
         vdso_hash: mem.vdso_hash.unwrap_or([0; 32]),
         root_pid: o.pid,
         processes: procs,

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod cpu;
 pub mod events;
 pub mod fault;
 pub mod files;
@@ -50,6 +51,8 @@ pub enum EngineError {
     Unsupported { pid: i32, what: String },
     #[error("pid {0} is already in use on this system (by {1}); free it or restore elsewhere")]
     PidTaken(i32, String),
+    #[error("this CPU lacks {what} that the image's CPU had (image taken on {image}; this is {here})")]
+    CpuLacks { what: String, image: String, here: String },
     #[error("restoring {object}")]
     Restore { object: String, source: Box<EngineError> },
     #[error("fault injected at '{0}' (CRYOPOD_FAULT)")]

@@ -67,13 +67,7 @@ pub struct RestoreOutcome {
 /// Check that this machine can run the image at all (no process created).
 /// `root` is where the image's paths are found ("" for a plain tree).
 pub fn preflight(m: &Manifest, root: &str) -> Result<()> {
-    let ours = util::xcr0();
-    if m.xcr0 & !ours != 0 {
-        return Err(EngineError::Other(format!(
-            "this CPU lacks extended-state features the image uses (image XCR0 {:#x}, this CPU {:#x})",
-            m.xcr0, ours
-        )));
-    }
+    crate::cpu::check_image(&m.cpu)?;
     let vdso = own_vdso_hash()?;
     if vdso != m.vdso_hash {
         return Err(EngineError::Other(format!(
@@ -522,7 +516,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
         }
     }
     for t in &p.threads {
-        threads::set_final(pids.host(t.tid)?, t)
+        threads::set_final(pids.host(t.tid)?, t, &b.m.cpu)
             .map_err(EngineError::during(format!("registers of thread {}", t.tid)))?;
     }
     Ok(())

@@ -169,9 +169,10 @@ pub fn resume_regs(t: &Thread, base: &Regs) -> Regs {
     r
 }
 
-/// Final step for a thread: xstate, registers, signal mask, CPU affinity.
-pub fn set_final(tid: Pid, t: &Thread) -> Result<()> {
-    ptrace::set_xstate(tid, &t.xstate)?;
+/// Final step for a thread: xstate (laid out for this CPU; `cpu` is the
+/// image's), registers, signal mask, CPU affinity.
+pub fn set_final(tid: Pid, t: &Thread, cpu: &cryopod_image::CpuImage) -> Result<()> {
+    ptrace::set_xstate(tid, &crate::cpu::fit_xstate(&t.xstate, cpu, crate::cpu::this_cpu())?)?;
     if !t.affinity.is_empty() {
         // CPUs that no longer exist are the kernel's to refuse; the thread
         // then keeps the restorer's CPU rather than failing the restore.

@@ -11,11 +11,13 @@
 //! touches the system.
 #![forbid(unsafe_code)]
 
+pub mod cpu;
 pub mod manifest;
 pub mod pod;
 pub mod records;
 pub mod store;
 
+pub use cpu::{CpuFeatures, CpuImage, XComponent};
 pub use manifest::{decode_manifest, encode_manifest, read_manifest, seal, write_manifest, MANIFEST_FILE};
 pub use pod::PodImage;
 pub use records::*;

@@ -17,8 +17,9 @@ pub struct Manifest {
     pub created_unix: u64,
     /// `uname -r` of the checkpointing kernel.
     pub kernel: String,
-    /// XCR0 of the checkpointing CPU: restore needs every bit it has.
-    pub xcr0: u64,
+    /// The checkpointing CPU: restore needs every state component and
+    /// instruction set it recorded.
+    pub cpu: crate::cpu::CpuImage,
     /// BLAKE3 of the vDSO text; a restored task keeps its vDSO address and
     /// relies on the same code being there.
     pub vdso_hash: [u8; 32],
@@ -316,6 +317,7 @@ impl Manifest {
         if self.processes.is_empty() {
             return Err(bad("no processes".into()));
         }
+        self.cpu.check().map_err(|e| bad(format!("CPU record: {e}")))?;
         if !self.processes.iter().any(|p| p.pid == self.root_pid) {
             return Err(bad(format!("root pid {} has no process record", self.root_pid)));
         }
@@ -389,9 +391,7 @@ impl Manifest {
             if t.seccomp.iter().any(|(_, p)| p.is_empty() || p.len() % 8 != 0 || p.len() > 4096 * 8) {
                 return Err(bad(format!("{who}: thread {} has a malformed seccomp filter", t.tid)));
             }
-            if t.xstate.len() > 16 * 1024 || t.xstate.len() < 576 {
-                return Err(bad(format!("{who}: thread {} xstate of {} bytes", t.tid, t.xstate.len())));
-            }
+            self.validate_xstate(&t.xstate).map_err(|e| bad(format!("{who}: thread {}: {e}", t.tid)))?;
         }
         if p.zombie_status.is_none() && p.sigactions.len() != 64 {
             return Err(bad(format!("{who}: {} signal actions instead of 64", p.sigactions.len())));
@@ -430,6 +430,21 @@ impl Manifest {
             if f.fd < 0 || f.file as usize >= self.files.len() {
                 return Err(bad(format!("{who}: fd {} names file {}", f.fd, f.file)));
             }
+        }
+        Ok(())
+    }
+
+    /// A thread's XSAVE area: the CPU record's size, and only components
+    /// that CPU had marked as in use (XSTATE_BV), in standard format.
+    fn validate_xstate(&self, x: &[u8]) -> std::result::Result<(), String> {
+        if x.len() != self.cpu.xsave_size as usize {
+            return Err(format!("xstate of {} bytes, the CPU's XSAVE area has {}", x.len(), self.cpu.xsave_size));
+        }
+        let header = crate::cpu::XSAVE_LEGACY as usize;
+        let word = |at: usize| x.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        let (bv, comp) = (word(header).unwrap_or(0), word(header + 8).unwrap_or(0));
+        if bv & !self.cpu.xcr0 != 0 || comp != 0 {
+            return Err(format!("xstate header XSTATE_BV {bv:#x} XCOMP_BV {comp:#x} (XCR0 {:#x})", self.cpu.xcr0));
         }
         Ok(())
     }

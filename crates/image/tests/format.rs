@@ -4,11 +4,31 @@
 
 use cryopod_image::*;
 
+/// A CPU with AVX-512 (the layout of the Intel hosts of this machine kind).
+fn cpu() -> CpuImage {
+    let c = |index, offset, size| XComponent { index, offset, size };
+    CpuImage {
+        model: "GenuineIntel Intel(R) Xeon(R) Processor".into(),
+        xcr0: 0xe7,
+        xsave_size: 2688,
+        components: vec![c(2, 576, 256), c(5, 1088, 64), c(6, 1152, 512), c(7, 1664, 1024)],
+        features: CpuFeatures { leaf1_ecx: 1 << 28, leaf7_ebx: 1 << 16, ..Default::default() },
+    }
+}
+
+/// An XSAVE area for `cpu()`: AVX and ZMM_Hi256 in use.
+fn xstate() -> Vec<u8> {
+    let mut x = vec![1u8; 2688];
+    x[512..576].fill(0);
+    x[512] = 0x47;
+    x
+}
+
 fn sample() -> Manifest {
     let thread = Thread {
         tid: 100,
         regs: vec![7; NREGS],
-        xstate: vec![1; 2432],
+        xstate: xstate(),
         sigmask: 0,
         comm: "t".into(),
         clear_child_tid: 0,
@@ -33,7 +53,7 @@ fn sample() -> Manifest {
         tool_version: "0".into(),
         created_unix: 1,
         kernel: "k".into(),
-        xcr0: 0xe7,
+        cpu: cpu(),
         vdso_hash: [0; 32],
         root_pid: 100,
         processes: vec![Process {
@@ -157,6 +177,15 @@ fn structural_errors_are_caught() {
         ("pack path", Box::new(|m| m.packs[0].name = "../x".into())),
         ("register count", Box::new(|m| m.processes[0].threads[0].regs.pop().map(|_| ()).unwrap_or(()))),
         ("unaligned area", Box::new(|m| m.processes[0].vmas[0].start = 0x10001)),
+        ("xstate size", Box::new(|m| m.processes[0].threads[0].xstate.truncate(832))),
+        ("xstate component not in XCR0", Box::new(|m| m.processes[0].threads[0].xstate[513] = 1)),
+        ("compacted xstate", Box::new(|m| m.processes[0].threads[0].xstate[527] = 0x80)),
+        ("component beyond the area", Box::new(|m| m.cpu.components[3].size = 1025)),
+        ("component in the header", Box::new(|m| m.cpu.components[0].offset = 520)),
+        ("components out of order", Box::new(|m| m.cpu.components.swap(0, 1))),
+        ("component not in XCR0", Box::new(|m| m.cpu.xcr0 = 0x67)),
+        ("huge XSAVE area", Box::new(|m| m.cpu.xsave_size = 1 << 20)),
+        ("no SSE state", Box::new(|m| m.cpu.xcr0 = 0xe5)),
     ];
     for (what, f) in cases {
         let mut m = sample();
@@ -195,4 +224,24 @@ fn random_mutations_never_panic() {
         }
         let _ = decode_manifest(&reseal(&b));
     }
+}
+
+#[test]
+fn cpu_features_are_named_and_only_instruction_sets_recorded() {
+    // avx and OSXSAVE, hypervisor; avx512f and ERMS; AMD's copy of fpu and rdtscp.
+    let raw = CpuFeatures {
+        leaf1_ecx: (1 << 28) | (1 << 27) | (1 << 31),
+        leaf7_ebx: (1 << 16) | (1 << 9),
+        ext1_edx: 1 | (1 << 27),
+        ..Default::default()
+    };
+    let rec = raw.recorded();
+    assert_eq!(rec, CpuFeatures { leaf1_ecx: 1 << 28, leaf7_ebx: 1 << 16, ext1_edx: 1 << 27, ..Default::default() });
+    assert_eq!(rec.names(), ["avx", "avx512f", "rdtscp"]);
+    assert_eq!(
+        raw.names()[3..],
+        ["CPUID.1:ECX[27]", "CPUID.1:ECX[31]", "CPUID.(7,0):EBX[9]", "CPUID.0x80000001:EDX[0]"]
+    );
+    assert_eq!(cpu::component_names(0xe4), ["AVX", "AVX-512 opmask", "ZMM_Hi256", "Hi16_ZMM"]);
+    assert_eq!(cpu::component_name(40), "component 40");
 }

@@ -230,6 +230,9 @@ pub struct PodRestoreOptions {
 pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> Result<(PodRecord, RestoreOutcome)> {
     let m = cryopod_image::read_manifest(&o.dir).map_err(|e| PodError::Invalid(e.to_string()))?;
     let pod = m.pod.clone().ok_or_else(|| PodError::Invalid("the image holds a process tree, not a pod".into()))?;
+    // Before the pod's namespaces are made: a CPU without what the image's
+    // CPU had is refused with nothing set up.
+    cryopod_engine::cpu::check_image(&m.cpu).map_err(engine_err)?;
     // A pod's record asks for mounts, a root file system, IPC objects and
     // addresses that only root may set up: a user's image cannot.
     if let Some(owner) = cryopod_engine::trust::image_owner(&o.dir).map_err(engine_err)? {

@@ -5,6 +5,7 @@
 //! The other crates are `#![forbid(unsafe_code)]`.
 
 pub mod clone;
+pub mod cpu;
 pub mod error;
 pub mod fdpass;
 pub mod inject;

@@ -15,8 +15,8 @@ pub const OPTS_RESTORE: i32 = libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACE
 
 const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
 const NT_X86_XSTATE: usize = 0x202;
-/// Largest xstate area we accept (AMX tiles included), a bound for images.
-pub const XSTATE_MAX: usize = 16 * 1024;
+/// Largest xstate area we read (AMX tiles included), the images' bound.
+pub const XSTATE_MAX: usize = cryopod_image::cpu::XSAVE_MAX as usize;
 
 /// What a traced task reported to waitpid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -153,19 +153,6 @@ pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-/// XCR0: the xstate feature mask enabled by the OS on this CPU.
-pub fn xcr0() -> u64 {
-    // SAFETY: xgetbv with ecx=0 is available whenever OSXSAVE is set, which
-    // is checked through cpuid first.
-    unsafe {
-        let c = core::arch::x86_64::__cpuid(1);
-        if c.ecx & (1 << 27) == 0 {
-            return 0;
-        }
-        core::arch::x86_64::_xgetbv(0)
-    }
-}
-
 /// dup3(old, new, flags): put a copy of `old` at number `new`.
 pub fn dup_to(old: i32, new: i32, cloexec: bool) -> SysResult<()> {
     if old == new {

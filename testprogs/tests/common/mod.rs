@@ -118,8 +118,14 @@ impl Run {
 
     /// Start a test program from this package with the work dir as argument.
     pub fn testprog(name: &str, bin: &str) -> Run {
+        Self::testprog_with(name, bin, &[])
+    }
+
+    /// [`Run::testprog`] with more arguments after the work dir.
+    pub fn testprog_with(name: &str, bin: &str, args: &[&str]) -> Run {
         let d = format!("/tmp/cryopod-test-{name}-{}", std::process::id());
-        Self::start(name, bin, &[&d])
+        let all: Vec<&str> = std::iter::once(d.as_str()).chain(args.iter().copied()).collect();
+        Self::start(name, bin, &all)
     }
 
     pub fn output(&self) -> String {
@@ -273,4 +279,29 @@ pub fn outside_view(pid: i32) -> (Vec<String>, Vec<String>, usize) {
     fds.sort();
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
     (maps, fds, threads)
+}
+
+/// Make the image in `dir` claim a CPU with an instruction set and an
+/// extended-state component that this CPU lacks (the image was taken here,
+/// so a named bit its record lacks is one this CPU lacks). Returns their
+/// names as a refusal must say them.
+pub fn forge_richer_cpu(dir: &Path) -> (&'static str, &'static str) {
+    use cryopod_image::cpu::Word;
+    let mut m = cryopod_image::read_manifest(dir).expect("read manifest");
+    let candidates = [(Word::Leaf7Edx, 24, "amx_tile"), (Word::Ext1Ecx, 6, "sse4a"), (Word::Leaf7Ebx, 16, "avx512f")];
+    let (word, bit, feature) =
+        candidates.into_iter().find(|&(w, b, _)| m.cpu.features.get(w) & (1 << b) == 0).expect("a feature to forge");
+    *m.cpu.features.get_mut(word) |= 1 << bit;
+    let states = [(18u8, "AMX TILEDATA"), (9, "PKRU"), (7, "Hi16_ZMM")];
+    let (index, state) = states.into_iter().find(|&(i, _)| m.cpu.xcr0 & (1 << i) == 0).expect("a component to forge");
+    let size = 64;
+    m.cpu.xcr0 |= 1 << index;
+    m.cpu.components.push(cryopod_image::XComponent { index, offset: m.cpu.xsave_size, size });
+    m.cpu.components.sort_by_key(|c| c.index);
+    m.cpu.xsave_size += size;
+    for t in m.processes.iter_mut().flat_map(|p| p.threads.iter_mut()) {
+        t.xstate.resize(m.cpu.xsave_size as usize, 0);
+    }
+    cryopod_image::write_manifest(dir, &m).expect("write manifest");
+    (feature, state)
 }
