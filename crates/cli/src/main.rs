@@ -154,6 +154,10 @@ fn main() {
 }
 
 fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
+    // What a cryopod command that died left of pods is put right first.
+    if !matches!(cmd, Cmd::Inspect { .. } | Cmd::Check { .. }) {
+        cryopod_pod::lifecycle::recover(state);
+    }
     match cmd {
         Cmd::Run(a) => pods::run(state, a),
         Cmd::Ps { json } => pods::ps(state, json),

@@ -4,7 +4,7 @@
 
 use crate::cgroup::Cgroup;
 use crate::create::POD_NS;
-use crate::state::{now_unix, PodRecord, StateDir};
+use crate::state::{noted_owner, now_unix, PodRecord, StateDir, CHECKPOINTER, CREATOR};
 use crate::{net, PodError, Result};
 use cryopod_sys::clone::{fork_with_pid, Forked};
 use cryopod_sys::{ns, pidfd, util};
@@ -119,12 +119,8 @@ pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<()> {
         // A pod whose creation was cut short (its directory but no record):
         // remove what it may have left, by name.
         Err(PodError::Unknown(_)) if state.dir(name).is_dir() => {
-            let pid = crate::state::reserved_by(state, name);
-            if pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
-                return Err(PodError::Invalid(format!(
-                    "pod {name} is still being created (by pid {})",
-                    pid.unwrap_or(0)
-                )));
+            if let Some((pid, true)) = crate::state::noted_owner(&state.dir(name).join(CREATOR)) {
+                return Err(PodError::Invalid(format!("pod {name} is still being created (by pid {pid})")));
             }
             let (veth, _) = net::veth_names(name);
             return cleanup_by_name(state, name, net::link_exists(&veth)?.then_some(veth));
@@ -177,4 +173,37 @@ pub fn cleanup(state: &StateDir, rec: &PodRecord) -> Result<()> {
     net::remove_veth(rec.veth.as_deref())?;
     state.release(&rec.name);
     Ok(())
+}
+
+/// Put right what cryopod commands that died left of pods (every command
+/// that deals with pods runs this first): a pod whose creation or restore
+/// was cut short is removed (processes, cgroup, veth, directory); a pod
+/// left frozen by a checkpoint cut short is thawed. A guardian process
+/// normally did the urgent part already (see cryopod_engine::guard).
+pub fn recover(state: &StateDir) {
+    for name in state.names() {
+        let dir = state.dir(&name);
+        match state.load(&name) {
+            Err(PodError::Unknown(_)) => {
+                if let Some((pid, false)) = noted_owner(&dir.join(CREATOR)) {
+                    tracing::warn!(pod = %name, pid, "removing what a cut-short run or restore left");
+                    let (veth, _) = net::veth_names(&name);
+                    let veth = net::link_exists(&veth).ok().and_then(|e| e.then_some(veth));
+                    if let Err(e) = cleanup_by_name(state, &name, veth) {
+                        tracing::warn!(pod = %name, "{e}");
+                    }
+                }
+            }
+            Ok(_) => {
+                if let Some((pid, false)) = noted_owner(&dir.join(CHECKPOINTER)) {
+                    tracing::warn!(pod = %name, pid, "thawing a pod left by a cut-short checkpoint");
+                    let cg = Cgroup::of(&name);
+                    if cg.exists() && cg.thaw().is_ok() || !cg.exists() {
+                        let _ = std::fs::remove_file(dir.join(CHECKPOINTER));
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
 }

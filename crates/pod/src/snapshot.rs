@@ -79,12 +79,15 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
         )));
     }
     std::fs::create_dir_all(&o.dir).map_err(PodError::io(&o.dir))?;
-    // Should we die while the pod is frozen, the guardian thaws it.
+    // Should we die while the pod is frozen, the guardian thaws it (and
+    // if it dies too, the next cryopod command, seeing our note).
     let guard = Guard::start(Outcome::Resume).map_err(engine_err)?;
     guard.thaw_on_abort(cg.freezer_file()?.as_fd()).map_err(engine_err)?;
-    cg.freeze(Duration::from_secs(10))?;
-    let res = checkpoint_frozen(state, &rec, &cg, o, &guard, progress);
+    let note = state.dir(&o.name).join(crate::state::CHECKPOINTER);
+    crate::state::note_owner(&note).map_err(PodError::io(&note))?;
+    let res = cg.freeze(Duration::from_secs(10)).and_then(|_| checkpoint_frozen(state, &rec, &cg, o, &guard, progress));
     let _ = cg.thaw();
+    let _ = std::fs::remove_file(&note);
     let summary = match res {
         Ok(s) => s,
         Err(e) => {

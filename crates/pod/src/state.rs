@@ -130,7 +130,7 @@ impl StateDir {
         let d = self.dir(name);
         match std::fs::create_dir(&d) {
             Ok(()) => {
-                let _ = std::fs::write(d.join("creator"), std::process::id().to_string());
+                let _ = note_owner(&d.join(CREATOR));
                 Ok(d)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(PodError::Exists(name.to_string())),
@@ -163,6 +163,15 @@ impl StateDir {
         serde_json::from_slice(&text).map_err(|e| PodError::Io { path: path.display().to_string(), msg: e.to_string() })
     }
 
+    /// Names of every pod directory (with a record or being made).
+    pub fn names(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.pods())
+            .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
     /// Every pod with a record, by name.
     pub fn list(&self) -> Result<Vec<PodRecord>> {
         let pods = self.pods();
@@ -185,9 +194,36 @@ impl StateDir {
     }
 }
 
+/// In a pod's directory: who reserved it and has not written its record
+/// yet (a pod being run or restored).
+pub const CREATOR: &str = "creator";
+/// In a pod's directory: who is checkpointing it.
+pub const CHECKPOINTER: &str = "checkpointer";
+
+/// Note at `path` that this process (PID and start time) works on a pod,
+/// so that a later command can tell whether it died doing so.
+pub fn note_owner(path: &Path) -> std::io::Result<()> {
+    let me = std::process::id() as i32;
+    std::fs::write(path, format!("{me} {}", start_time(me).unwrap_or(0)))
+}
+
+/// The process a note at `path` names, if the note exists: its PID, and
+/// whether that very process still runs.
+pub fn noted_owner(path: &Path) -> Option<(i32, bool)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut it = text.split_whitespace();
+    let pid: i32 = it.next()?.parse().ok()?;
+    let start: Option<u64> = it.next().and_then(|s| s.parse().ok());
+    let alive = match start {
+        Some(s) => start_time(pid) == Some(s),
+        None => start_time(pid).is_some(),
+    };
+    Some((pid, alive))
+}
+
 /// The process that reserved pod `name` and has not written its record yet.
 pub fn reserved_by(state: &StateDir, name: &str) -> Option<i32> {
-    std::fs::read_to_string(state.dir(name).join("creator")).ok()?.trim().parse().ok()
+    noted_owner(&state.dir(name).join(CREATOR)).map(|(p, _)| p)
 }
 
 /// Start time of a process (stat field 22), if it exists and is not a zombie.

@@ -6,8 +6,9 @@
 //! in read on a pipe fed by the main thread (bytes in sequence), a thread
 //! making syscalls in a tight loop; each checks its own signal mask, the
 //! main thread its SIGUSR1 handler, the child its parent. Each thread bumps
-//! its counter in the shared file `<dir>/beat` (eight u64: main, regs,
-//! sleeper, reader, syscaller, child) so that the harness sees it work.
+//! its counter in a shared memfd (eight u64: main, regs, sleeper, reader,
+//! syscaller, child; its fd number is in `<dir>/beat-fd`) so that the
+//! harness sees it work.
 //! Once `<dir>/go` exists everything stops and the verdict is printed.
 
 use cryopod_testprogs::*;
@@ -30,22 +31,19 @@ unsafe impl Sync for Beat {}
 
 impl Beat {
     fn map(dir: &std::path::Path) -> Beat {
-        let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.join("beat"));
-        let f = f.expect("beat file");
-        f.set_len(4096).expect("beat size");
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh shared mapping of a file we own; never unmapped.
+        // A memfd (the harness reads it as /proc/PID/fd/N; N is in
+        // `<dir>/beat-fd`): a file mapping would change under a restore.
+        // SAFETY: a name string and flags.
+        let fd = unsafe { libc::memfd_create(c"beat".as_ptr(), 0) };
+        assert!(fd >= 0);
+        // SAFETY: sizing our own memfd, then a shared mapping of it that is
+        // never unmapped.
         let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
+            libc::ftruncate(fd, 4096);
+            libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
         };
         assert_ne!(p, libc::MAP_FAILED);
+        std::fs::write(dir.join("beat-fd"), fd.to_string()).expect("beat-fd");
         Beat(p.cast())
     }
     fn slot(&self, i: usize) -> &AtomicU64 {

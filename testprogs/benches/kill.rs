@@ -1,0 +1,45 @@
+//! The kill tests in bench mode: cryopod killed with SIGKILL at random
+//! instants of 1,000 checkpoints and 1,000 restores each (plain trees and
+//! pods; CRYOPOD_KILL_TRIALS changes the count), and the counts printed:
+//! trials, programs harmed or trees left behind, restores that finished
+//! before the kill, guardians still there afterwards.
+//!
+//!     cargo bench -p cryopod-testprogs --bench kill
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::kill::{self, Counts};
+use common::pod::PodEnv;
+
+fn line(what: &str, c: &Counts) -> bool {
+    println!(
+        "{what:<44} {:>6} trials {:>4} bad {:>5} completed {:>3} lingering",
+        c.trials, c.bad, c.completed, c.lingering
+    );
+    for n in &c.notes {
+        println!("    {n}");
+    }
+    c.bad == 0 && c.lingering == 0
+}
+
+fn main() {
+    // `cargo bench` passes --bench; no other option is taken.
+    let n = kill::trials(1000);
+    let victim = env!("CARGO_BIN_EXE_tp-victim");
+    let mut ok = true;
+    let c = kill::checkpoint_trials(victim, n);
+    ok &= line("checkpoint --leave-running (harmed)", &c);
+    let c = kill::restore_trials(victim, n);
+    ok &= line("restore (left behind)", &c);
+    {
+        let env = PodEnv::new("benchkillck");
+        let c = kill::pod_checkpoint_trials(&env, n);
+        ok &= line("pod checkpoint --leave-running (harmed)", &c);
+    }
+    {
+        let env = PodEnv::new("benchkillrs");
+        let c = kill::pod_restore_trials(&env, n);
+        ok &= line("pod restore (left behind)", &c);
+    }
+    std::process::exit(if ok { 0 } else { 1 });
+}

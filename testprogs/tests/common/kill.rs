@@ -1,0 +1,510 @@
+//! Killing cryopod with SIGKILL at random instants of a checkpoint or a
+//! restore, and judging what it leaves: for a checkpoint, the program must
+//! be unharmed (alive, neither stopped nor traced, the same maps, masks and
+//! handlers, still working); for a restore, either the whole tree runs or
+//! nothing of it is left. Shared by tests/kill.rs (100+ trials in the
+//! suite) and benches/kill.rs (1,000).
+
+use super::pod::PodEnv;
+use super::{cryopod_bin, reap_all, Run};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What the trials found.
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    pub trials: usize,
+    /// Checkpoints: programs harmed. Restores: trees left half made.
+    pub bad: usize,
+    /// Restores that completed before the kill (the whole tree runs).
+    pub completed: usize,
+    /// Guardians or other processes of ours still there after 3 s.
+    pub lingering: usize,
+    /// One line per bad trial.
+    pub notes: Vec<String>,
+}
+
+/// xorshift64: reproducible random instants (the seed is printed).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> Rng {
+        let seed = std::env::var("CRYOPOD_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        });
+        println!("kill trials: seed {seed} (CRYOPOD_KILL_SEED reproduces)");
+        Rng(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// A duration in [0, max).
+    pub fn below(&mut self, max: Duration) -> Duration {
+        let ns = max.as_nanos().max(1) as u64;
+        Duration::from_nanos(self.next() % ns)
+    }
+}
+
+/// Trials to run: `CRYOPOD_KILL_TRIALS`, else `default`.
+pub fn trials(default: usize) -> usize {
+    std::env::var("CRYOPOD_KILL_TRIALS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// Start `cryopod args` with `env`, SIGKILL it after `after`, wait for it.
+/// Returns whether it had already finished (and its status was success).
+fn run_and_kill(args: &[&str], env: &[(&str, &str)], after: Duration) -> Option<bool> {
+    let mut c = Command::new(cryopod_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run cryopod");
+    std::thread::sleep(after);
+    let done = c.try_wait().ok().flatten();
+    let _ = c.kill();
+    let _ = c.wait();
+    done.map(|s| s.success())
+}
+
+/// Median time of `cryopod args` (a calibration for the kill instants).
+fn time_of(args: &[&str], env: &[(&str, &str)], then: impl Fn()) -> Duration {
+    let mut ts: Vec<Duration> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let o = Command::new(cryopod_bin()).args(args).envs(env.iter().copied()).output().expect("cryopod");
+            let d = t.elapsed();
+            assert!(o.status.success(), "cryopod {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+            then();
+            d
+        })
+        .collect();
+    ts.sort();
+    ts[1]
+}
+
+/// Children of ours named cryopod (guardians of a killed cryopod, which we
+/// adopt as a subreaper): wait up to 3 s for them to finish; true if one
+/// is still there (it is then killed: it is ours).
+fn lingering_guardians() -> bool {
+    let me = std::process::id() as i32;
+    let t = Instant::now();
+    loop {
+        reap_all();
+        let ours: Vec<i32> = children_of(me).into_iter().filter(|&p| comm(p) == "cryopod").collect();
+        if ours.is_empty() {
+            return false;
+        }
+        if t.elapsed() > Duration::from_secs(3) {
+            for p in ours {
+                // SAFETY: a process our own cryopod started.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            reap_all();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
+
+/// Direct children of `pid` (any of its threads).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let s = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+        }
+    }
+    out
+}
+
+fn status_of(path: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.to_string(), v.trim().to_string())))
+        .collect()
+}
+
+fn field(st: &[(String, String)], k: &str) -> String {
+    st.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone()).unwrap_or_default()
+}
+
+/// What a program looks like from outside, per process: maps, handled and
+/// ignored signals, and per thread its blocked mask.
+#[derive(PartialEq, Debug)]
+struct Outside {
+    procs: Vec<ProcView>,
+}
+
+#[derive(PartialEq, Debug)]
+struct ProcView {
+    pid: i32,
+    maps: String,
+    caught: String,
+    ignored: String,
+    /// (tid, blocked mask)
+    blocked: Vec<(String, String)>,
+}
+
+fn outside(pids: &[i32]) -> Outside {
+    let mut procs = Vec::new();
+    for &p in pids {
+        let maps = std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default();
+        let st = status_of(&format!("/proc/{p}/status"));
+        let mut threads = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in rd.flatten() {
+                let ts = status_of(&format!("{}/status", t.path().display()));
+                threads.push((t.file_name().to_string_lossy().into_owned(), field(&ts, "SigBlk")));
+            }
+        }
+        threads.sort();
+        procs.push(ProcView {
+            pid: p,
+            maps,
+            caught: field(&st, "SigCgt"),
+            ignored: field(&st, "SigIgn"),
+            blocked: threads,
+        });
+    }
+    Outside { procs }
+}
+
+/// Threads of `pids` that are stopped, traced or gone.
+fn not_running(pids: &[i32]) -> Vec<String> {
+    let mut out = Vec::new();
+    for &p in pids {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            out.push(format!("process {p} is gone"));
+            continue;
+        };
+        for t in rd.flatten() {
+            let ts = status_of(&format!("{}/status", t.path().display()));
+            let state = field(&ts, "State");
+            let tracer = field(&ts, "TracerPid");
+            if state.starts_with('T') || state.starts_with('t') || state.starts_with('Z') || tracer != "0" {
+                out.push(format!("thread {} of {p}: state {state}, tracer {tracer}", t.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+/// tp-victim's six counters (in its memfd).
+fn beats(pid: i32, dir: &Path) -> Vec<u64> {
+    let fd = std::fs::read_to_string(dir.join("beat-fd")).unwrap_or_default();
+    let b = std::fs::read(format!("/proc/{pid}/fd/{}", fd.trim())).unwrap_or_default();
+    b.chunks_exact(8).take(6).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default())).collect()
+}
+
+/// Wait until every thread of tp-victim and its child have started work
+/// (their maps are then complete: thread stacks, arenas).
+fn wait_all_working(pid: i32, dir: &Path) {
+    let t = Instant::now();
+    while beats(pid, dir).iter().filter(|&&b| b > 0).count() < 6 {
+        assert!(t.elapsed() < Duration::from_secs(10), "tp-victim does not get going");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// Do all six counters of tp-victim move within a second?
+fn still_working(pid: i32, dir: &Path) -> Result<(), String> {
+    let dir = dir.to_path_buf();
+    let beats = move || beats(pid, &dir);
+    let before = beats();
+    let t = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = beats();
+        let stuck: Vec<usize> = (0..6).filter(|&i| now.get(i) <= before.get(i)).collect();
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(1) {
+            return Err(format!("counters {stuck:?} did not move"));
+        }
+    }
+}
+
+/// Judge the program after a trial; `Err` says how it was harmed.
+fn judge(run: &Run, pids: &[i32], base: &Outside) -> Result<(), String> {
+    // Give a task the kernel just let go a moment to leave its stop.
+    let t = Instant::now();
+    let mut stuck = not_running(pids);
+    while !stuck.is_empty() && t.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(5));
+        stuck = not_running(pids);
+    }
+    if !stuck.is_empty() {
+        return Err(stuck.join("; "));
+    }
+    // A thread let go in the middle of an injected call takes its own
+    // context back (rt_sigreturn) as soon as it runs; until it gets a CPU,
+    // /proc still shows the mask it had meanwhile.
+    let mut now = outside(pids);
+    while &now != base && t.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(5));
+        now = outside(pids);
+    }
+    if &now != base {
+        for (a, b) in now.procs.iter().zip(&base.procs) {
+            if a.maps != b.maps {
+                let gone: Vec<&str> = b.maps.lines().filter(|l| !a.maps.contains(l)).collect();
+                let new: Vec<&str> = a.maps.lines().filter(|l| !b.maps.contains(l)).collect();
+                return Err(format!("maps of {} changed: new {new:#?}, gone {gone:#?}", a.pid));
+            }
+            if a != b {
+                let sig = |v: &ProcView| format!("caught {} ignored {} blocked {:?}", v.caught, v.ignored, v.blocked);
+                return Err(format!("signals of {} changed: {} was {}", a.pid, sig(a), sig(b)));
+            }
+        }
+        return Err("processes changed".into());
+    }
+    if run.output().contains("FAIL") {
+        return Err(format!("the program saw a failure:\n{}", run.output()));
+    }
+    still_working(run.pid, &run.dir)
+}
+
+/// `n` checkpoints (`--leave-running`) of tp-victim, each killed at a
+/// random instant: two thirds within the first 60% of a checkpoint (state
+/// collection and injection), a third anywhere in it.
+pub fn checkpoint_trials(bin: &str, n: usize) -> Counts {
+    let mut run = Run::testprog("kill-ckpt", bin);
+    let pid = run.pid;
+    wait_all_working(pid, &run.dir);
+    let kids = children_of(pid);
+    assert_eq!(kids.len(), 1, "tp-victim has one child");
+    let pids = [pid, kids[0]];
+    let base = outside(&pids);
+    let img = run.dir.join("img");
+    let img_s = img.to_str().unwrap().to_string();
+    let pid_s = pid.to_string();
+    let args = ["checkpoint", "--pid", &pid_s, "-o", &img_s, "--leave-running"];
+    let full = time_of(&args, &[], || {
+        let _ = std::fs::remove_dir_all(&img);
+    });
+    println!("a checkpoint of tp-victim takes {:.1} ms", full.as_secs_f64() * 1e3);
+    let mut rng = Rng::new();
+    let mut c = Counts { trials: n, ..Default::default() };
+    for i in 0..n {
+        let span = if i % 3 == 2 { full * 12 / 10 } else { full * 6 / 10 };
+        let at = rng.below(span);
+        run_and_kill(&args, &[], at);
+        if lingering_guardians() {
+            c.lingering += 1;
+        }
+        if let Err(why) = judge(&run, &pids, &base) {
+            c.bad += 1;
+            c.notes.push(format!("trial {i} (killed after {:.2} ms): {why}", at.as_secs_f64() * 1e3));
+            break;
+        }
+        let _ = std::fs::remove_dir_all(&img);
+    }
+    if c.bad == 0 {
+        // Still checkpointable, and it says all went well.
+        run.checkpoint(&["--leave-running"]);
+        run.go_and_expect_pass();
+    }
+    c
+}
+
+/// `n` restores of a tp-victim image, each killed at a random instant:
+/// afterwards either every process of the image runs, or none is left.
+pub fn restore_trials(bin: &str, n: usize) -> Counts {
+    let mut run = Run::testprog("kill-rst", bin);
+    run.checkpoint(&[]);
+    let pids = run.image_pids();
+    let img = run.image.to_str().unwrap().to_string();
+    let args = ["restore", &img, "--detach"];
+    let gone = || {
+        let t = Instant::now();
+        for &p in &pids {
+            // SAFETY: a process of the image this test restored.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) {
+            reap_all();
+            assert!(t.elapsed() < Duration::from_secs(10), "restored processes do not go away");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let full = time_of(&args, &[], gone);
+    println!("a restore of tp-victim takes {:.1} ms", full.as_secs_f64() * 1e3);
+    let mut rng = Rng::new();
+    let mut c = Counts { trials: n, ..Default::default() };
+    for i in 0..n {
+        let at = rng.below(full * 11 / 10);
+        run_and_kill(&args, &[], at);
+        if lingering_guardians() {
+            c.lingering += 1;
+        }
+        // Whatever the kernel or the guardian kills may take a moment.
+        let t = Instant::now();
+        let alive = || pids.iter().filter(|p| live(**p)).count();
+        while alive() != 0 && alive() != pids.len() && t.elapsed() < Duration::from_secs(2) {
+            reap_all();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        match alive() {
+            0 => {}
+            k if k == pids.len() && not_running(&pids).is_empty() => c.completed += 1,
+            k => {
+                c.bad += 1;
+                c.notes.push(format!(
+                    "trial {i} (killed after {:.2} ms): {k} of {} processes left: {:?}",
+                    at.as_secs_f64() * 1e3,
+                    pids.len(),
+                    not_running(&pids)
+                ));
+            }
+        }
+        gone();
+    }
+    c
+}
+
+/// A live (not zombie) process.
+fn live(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z') && !r.starts_with('X')))
+        .unwrap_or(false)
+}
+
+/// `n` checkpoints (`--leave-running`) of a pod killed at random instants:
+/// the pod must be running, thawed and untraced each time.
+pub fn pod_checkpoint_trials(env: &PodEnv, n: usize) -> Counts {
+    let name = "killck";
+    env.ok(&["run", "-d", "--name", name, "--", "sh", "-c", "while :; do echo x > /dev/null; sleep 0.01; done"]);
+    let rec = env.ps();
+    let init = rec[0]["init_pid"].as_i64().unwrap() as i32;
+    let img = env.dir.join("img");
+    let img_s = img.to_str().unwrap().to_string();
+    let state = env.state.to_str().unwrap().to_string();
+    let envs = [("CRYOPOD_STATE_DIR", state.as_str())];
+    let args = ["checkpoint", name, "-o", &img_s, "--leave-running"];
+    let full = time_of(&args, &envs, || {
+        let _ = std::fs::remove_dir_all(&img);
+    });
+    let mut rng = Rng::new();
+    let mut c = Counts { trials: n, ..Default::default() };
+    for i in 0..n {
+        let at = rng.below(full * 11 / 10);
+        run_and_kill(&args, &envs, at);
+        if lingering_guardians() {
+            c.lingering += 1;
+        }
+        let freezer = format!("/sys/fs/cgroup/freezer/cryopod/{name}/freezer.state");
+        let t = Instant::now();
+        let mut why = String::new();
+        while t.elapsed() < Duration::from_secs(1) {
+            let fz = std::fs::read_to_string(&freezer).unwrap_or_default();
+            let mut pids = vec![init];
+            pids.extend(children_of(init));
+            let stuck = not_running(&pids);
+            why = format!("freezer {}, {}", fz.trim(), stuck.join("; "));
+            if fz.trim() == "THAWED" && stuck.is_empty() {
+                why.clear();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !why.is_empty() {
+            c.bad += 1;
+            c.notes.push(format!("trial {i} (killed after {:.2} ms): {why}", at.as_secs_f64() * 1e3));
+            break;
+        }
+        let _ = std::fs::remove_dir_all(&img);
+    }
+    env.ok(&["checkpoint", name, "-o", &img_s, "--leave-running"]);
+    env.ok(&["stop", "--timeout", "1", name]);
+    c
+}
+
+/// `n` restores of a pod image killed at random instants: afterwards the
+/// next cryopod command (`ps`) finds either the whole pod or nothing of
+/// it (no process, cgroup, veth or state left).
+pub fn pod_restore_trials(env: &PodEnv, n: usize) -> Counts {
+    let name = "killrs";
+    let rootfs = env.rootfs();
+    let rootfs_s = rootfs.to_str().unwrap().to_string();
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--rootfs",
+        &rootfs_s,
+        "--ip",
+        "10.77.93.2/24",
+        "--",
+        "sh",
+        "-c",
+        "while :; do sleep 0.01; done",
+    ]);
+    let img = env.dir.join("img");
+    let img_s = img.to_str().unwrap().to_string();
+    env.ok(&["checkpoint", name, "-o", &img_s]);
+    let state = env.state.to_str().unwrap().to_string();
+    let envs = [("CRYOPOD_STATE_DIR", state.as_str())];
+    let args = ["restore", &img_s, "--detach"];
+    let stop = || {
+        let _ = env.cryopod(&["stop", "--timeout", "1", name]);
+    };
+    let full = time_of(&args, &envs, stop);
+    let mut rng = Rng::new();
+    let mut c = Counts { trials: n, ..Default::default() };
+    for i in 0..n {
+        let at = rng.below(full * 11 / 10);
+        run_and_kill(&args, &envs, at);
+        if lingering_guardians() {
+            c.lingering += 1;
+        }
+        // Every process made for the pod dies with the restorer (or its
+        // guardian): nothing may stay in the pod's cgroup.
+        let procs = format!("/sys/fs/cgroup/pids/cryopod/{name}/cgroup.procs");
+        let t = Instant::now();
+        let mut left = std::fs::read_to_string(&procs).unwrap_or_default();
+        while !left.trim().is_empty() && t.elapsed() < Duration::from_secs(2) {
+            reap_all();
+            std::thread::sleep(Duration::from_millis(5));
+            left = std::fs::read_to_string(&procs).unwrap_or_default();
+        }
+        let restored = Path::new(&env.state.join("pods").join(name).join("pod.json")).exists();
+        if !restored && !left.trim().is_empty() {
+            c.bad += 1;
+            let pids =
+                left.split_whitespace().map(|p| format!("{p} ({})", comm(p.parse().unwrap_or(0)))).collect::<Vec<_>>();
+            c.notes
+                .push(format!("trial {i} (killed after {:.2} ms): processes left: {pids:?}", at.as_secs_f64() * 1e3));
+        }
+        // The next command puts right what the killed one left.
+        let pods = env.ps();
+        let running = pods.iter().any(|p| p["name"] == name && p["state"] == "running");
+        if running {
+            c.completed += 1;
+            stop();
+        } else {
+            let left = env.leftovers(name);
+            if !left.is_empty() {
+                c.bad += 1;
+                c.notes.push(format!("trial {i} (killed after {:.2} ms): left {left:?}", at.as_secs_f64() * 1e3));
+                stop();
+            }
+        }
+    }
+    c
+}
