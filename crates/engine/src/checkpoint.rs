@@ -1,10 +1,12 @@
 //! Checkpoint orchestration: freeze → collect every process → write pages
 //! → write manifest → kill or resume. Any failure before the end resumes
-//! and detaches every task, leaving the tree as it was.
+//! and detaches every task, leaving the tree as it was, and removes what
+//! was written (see [`crate::outdir`]).
 
 use crate::files::FileTable;
 use crate::freeze::{self, Frozen};
 use crate::mm::MemCollector;
+use crate::outdir::OutDir;
 use crate::remote::{nr, Remote, SCRATCH_DATA};
 use crate::{fault, ident, pages, procfs, signals, threads, EngineError, Progress, Result};
 use cryopod_image::{Manifest, PodImage, Process};
@@ -36,6 +38,8 @@ pub struct PodCheckpoint<'a> {
     pub thaw: &'a (dyn Fn() -> Result<()> + Sync),
     /// The pod's own state, stored with its processes.
     pub image: PodImage,
+    /// The output directory, prepared by the pod and holding its files.
+    pub out: &'a OutDir,
     /// A pod in its own user namespace: (first host id, count) its ids
     /// 0.. map to; credentials are recorded as the pod sees them.
     pub ids: Option<(u32, u32)>,
@@ -52,13 +56,23 @@ pub struct CheckpointSummary {
 }
 
 pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
+    crate::target::check(o.pid)?;
     let t0 = Instant::now();
-    prepare_dir(&o.dir)?;
+    // A pod's directory was prepared by the pod (it holds the pod's files);
+    // dropped unfinished, the directory removes what was written into it.
+    let own;
+    let out = match &o.pod {
+        Some(pod) => pod.out,
+        None => {
+            own = OutDir::prepare(&o.dir)?;
+            &own
+        }
+    };
     let mut fr = match &o.pod {
         Some(pod) => freeze::freeze_pod(o.pid, pod.thaw)?,
         None => freeze::freeze(o.pid)?,
     };
-    let res = collect_and_write(o, &fr, progress);
+    let res = collect_and_write(o, out, &fr, progress);
     let frozen = t0.elapsed();
     match res {
         Ok((m, mut repaired)) => {
@@ -73,7 +87,7 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
                 drop(repaired);
             }
             let (mem, stored) = m.memory_bytes();
-            let meta_len = std::fs::metadata(o.dir.join(cryopod_image::MANIFEST_FILE)).map(|m| m.len()).unwrap_or(0);
+            let meta_len = out.manifest_len();
             Ok(CheckpointSummary {
                 processes: m.processes.len(),
                 threads: m.processes.iter().map(|p| p.threads.len()).sum(),
@@ -85,27 +99,8 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
         }
         Err(e) => {
             fr.thaw();
-            cleanup_dir(&o.dir);
-            Err(e)
-        }
-    }
-}
-
-fn prepare_dir(dir: &std::path::Path) -> Result<()> {
-    if dir.join(cryopod_image::MANIFEST_FILE).exists() {
-        return Err(EngineError::Other(format!("{} already holds an image; choose an empty directory", dir.display())));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| EngineError::Other(format!("cannot create {}: {e}", dir.display())))
-}
-
-/// Remove what a failed checkpoint wrote (never the user's other files).
-fn cleanup_dir(dir: &std::path::Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("pages-") && n.ends_with(".pack") || n == ".manifest.tmp" {
-                let _ = std::fs::remove_file(e.path());
-            }
+            // (What was written goes when `out` is dropped unfinished.)
+            Err(EngineError::LeftRunning(Box::new(e)))
         }
     }
 }
@@ -114,6 +109,7 @@ fn cleanup_dir(dir: &std::path::Path) {
 /// mode meanwhile (dropping them on an error undoes repair).
 fn collect_and_write(
     o: &CheckpointOptions,
+    out: &OutDir,
     fr: &Frozen,
     progress: Progress,
 ) -> Result<(Manifest, crate::inet::Repaired)> {
@@ -154,8 +150,8 @@ fn collect_and_write(
     fault::check("after-collect")?;
     tracing::info!(ms = t_collect.elapsed().as_secs_f64() * 1e3, pieces = mem.pieces.len(), "state collected");
     let t_pages = Instant::now();
-    let out = pages::dump(&o.dir, &mem.pieces, o.threads, progress)?;
-    tracing::info!(ms = t_pages.elapsed().as_secs_f64() * 1e3, chunks = out.chunks.len(), "pages written");
+    let pages_out = pages::dump(out, &mem.pieces, o.threads, progress)?;
+    tracing::info!(ms = t_pages.elapsed().as_secs_f64() * 1e3, chunks = pages_out.chunks.len(), "pages written");
     fault::check("after-pages")?;
     let mut m = Manifest {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -170,11 +166,11 @@ fn collect_and_write(
         processes: procs,
         files: files.files,
         objects: std::mem::take(&mut mem.objects),
-        packs: out.packs,
-        chunks: out.chunks,
+        packs: pages_out.packs,
+        chunks: pages_out.chunks,
         pod: o.pod.as_ref().map(|p| p.image.clone()),
     };
-    crate::mm::attach_runs(&mut m, &mem, &out.chunk_of);
+    crate::mm::attach_runs(&mut m, &mem, &pages_out.chunk_of);
     if o.pod.is_some() {
         let tasks = fr.procs.iter().map(|(p, t)| (*p, t.clone())).chain(fr.zombies.iter().map(|&z| (z, Vec::new())));
         let map = crate::pidns::pod_pids(tasks)?;
@@ -185,7 +181,7 @@ fn collect_and_write(
     }
     m.validate()?;
     fault::check("before-manifest")?;
-    cryopod_image::write_manifest(&o.dir, &m)?;
+    out.commit_manifest(&m)?;
     Ok((m, std::mem::take(&mut files.unix.repaired)))
 }
 
