@@ -235,6 +235,55 @@ pub fn assert_same_outside(before: &(Vec<String>, Vec<String>, usize), pid: i32)
     assert!(missing.is_empty(), "areas missing after restore: {missing:#?}");
 }
 
+/// Run `cmd` (a cryopod command) to its end, but fail the test if it takes
+/// longer than `secs` (killing it first): nothing may hang. Returns (exit
+/// code, stdout, stderr).
+pub fn run_within(mut cmd: Command, secs: u64) -> (i32, String, String) {
+    use std::io::Read;
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run cryopod");
+    let (mut so, mut se) = (child.stdout.take().expect("stdout"), child.stderr.take().expect("stderr"));
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for cryopod") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still ran after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (status.code().unwrap_or(-1), t_out.join().unwrap_or_default(), t_err.join().unwrap_or_default())
+}
+
+/// `cryopod args...` through [`run_within`] (20 s).
+pub fn cryopod_within(args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(cryopod_bin());
+    cmd.args(args);
+    run_within(cmd, 20)
+}
+
+/// Make every entry of `dir` (not recursively) and `dir` itself owned by
+/// uid:gid.
+pub fn chown_tree(dir: &Path, uid: u32, gid: u32) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid)).unwrap();
+    }
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+}
+
 /// Run cryopod with `CRYOPOD_FAULT=point`; returns (success, stderr).
 pub fn cryopod_with_fault(args: &[&str], point: &str) -> (bool, String) {
     let out = Command::new(cryopod_bin()).args(args).env("CRYOPOD_FAULT", point).output().expect("run cryopod");
