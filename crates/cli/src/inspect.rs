@@ -76,11 +76,11 @@ fn file_desc(m: &Manifest, i: u32) -> String {
     m.files.get(i as usize).map(|f| cryopod_engine::files::describe(m, f)).unwrap_or_else(|| "?".into())
 }
 
-/// Total size of the image's files: manifest, packs, a pod's files.
+/// Total size of the image's files: manifest, packs, a pod's files (as the
+/// manifest says; saturating, since the numbers are the image's).
 fn image_size(m: &Manifest, img: &ImageDir) -> u64 {
-    let pod: u64 =
-        m.pod.iter().flat_map(|p| p.tmpfs_archive.iter().map(|a| a.1).chain(p.ipc.shm.iter().map(|s| s.data.1))).sum();
-    img.manifest_len() + m.packs.iter().map(|p| p.size).sum::<u64>() + pod
+    let pod = m.pod.iter().flat_map(|p| p.tmpfs_archive.iter().map(|a| a.1).chain(p.ipc.shm.iter().map(|s| s.data.1)));
+    m.packs.iter().map(|p| p.size).chain(pod).fold(img.manifest_len(), u64::saturating_add)
 }
 
 fn children(m: &Manifest, pid: i32) -> Vec<&Process> {

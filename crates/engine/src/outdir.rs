@@ -129,8 +129,11 @@ impl OutDir {
         let _ = rustix::fs::fsync(&self.dir);
         self.committed.store(true, Ordering::SeqCst);
         self.manifest_len.store(bytes.len() as u64, Ordering::SeqCst);
-        rustix::fs::unlinkat(&self.dir, INCOMPLETE_MARKER, AtFlags::empty())
-            .map_err(io_err(self.shown(INCOMPLETE_MARKER)))?;
+        // The image is complete from here on; a marker left beside a
+        // manifest only makes the next checkpoint refuse the directory.
+        if let Err(e) = rustix::fs::unlinkat(&self.dir, INCOMPLETE_MARKER, AtFlags::empty()) {
+            tracing::warn!(dir = %self.path.display(), "cannot remove {INCOMPLETE_MARKER}: {e}");
+        }
         let _ = rustix::fs::fsync(&self.dir);
         Ok(())
     }
