@@ -109,7 +109,7 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
 /// mode meanwhile (dropping them on an error undoes repair).
 fn collect_and_write(
     o: &CheckpointOptions,
-    out: &OutDir,
+    outdir: &OutDir,
     fr: &Frozen,
     progress: Progress,
 ) -> Result<(Manifest, crate::inet::Repaired)> {
@@ -150,8 +150,8 @@ fn collect_and_write(
     fault::check("after-collect")?;
     tracing::info!(ms = t_collect.elapsed().as_secs_f64() * 1e3, pieces = mem.pieces.len(), "state collected");
     let t_pages = Instant::now();
-    let pages_out = pages::dump(out, &mem.pieces, o.threads, progress)?;
-    tracing::info!(ms = t_pages.elapsed().as_secs_f64() * 1e3, chunks = pages_out.chunks.len(), "pages written");
+    let out = pages::dump(outdir, &mem.pieces, o.threads, progress)?;
+    tracing::info!(ms = t_pages.elapsed().as_secs_f64() * 1e3, chunks = out.chunks.len(), "pages written");
     fault::check("after-pages")?;
     let mut m = Manifest {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -166,11 +166,11 @@ fn collect_and_write(
         processes: procs,
         files: files.files,
         objects: std::mem::take(&mut mem.objects),
-        packs: pages_out.packs,
-        chunks: pages_out.chunks,
+        packs: out.packs,
+        chunks: out.chunks,
         pod: o.pod.as_ref().map(|p| p.image.clone()),
     };
-    crate::mm::attach_runs(&mut m, &mem, &pages_out.chunk_of);
+    crate::mm::attach_runs(&mut m, &mem, &out.chunk_of);
     if o.pod.is_some() {
         let tasks = fr.procs.iter().map(|(p, t)| (*p, t.clone())).chain(fr.zombies.iter().map(|&z| (z, Vec::new())));
         let map = crate::pidns::pod_pids(tasks)?;
@@ -181,7 +181,7 @@ fn collect_and_write(
     }
     m.validate()?;
     fault::check("before-manifest")?;
-    out.commit_manifest(&m)?;
+    outdir.commit_manifest(&m)?;
     Ok((m, std::mem::take(&mut files.unix.repaired)))
 }
 

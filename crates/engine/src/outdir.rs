@@ -244,13 +244,16 @@ fn take_over(dir: &OwnedFd, shown: &str) -> Result<()> {
         Mode::empty(),
     )
     .map_err(io_err(format!("{shown}/{INCOMPLETE_MARKER}")))?;
-    let journal = read_journal(&File::from(marker))?;
     let me = rustix::process::geteuid().as_raw();
+    let ours = |st: rustix::fs::Stat| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_uid == me;
+    if !rustix::fs::fstat(&marker).is_ok_and(ours) {
+        return refuse(INCOMPLETE_MARKER);
+    }
+    let journal = read_journal(&File::from(marker))?;
     // Every other entry must be a regular file of ours that the journal lists.
     for n in names.iter().filter(|n| *n != INCOMPLETE_MARKER) {
-        let ours = journal.contains(n)
-            && rustix::fs::statat(dir, n.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_uid == me);
+        let ours =
+            journal.contains(n) && rustix::fs::statat(dir, n.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(ours);
         if !ours {
             return refuse(n);
         }
