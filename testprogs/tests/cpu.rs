@@ -13,7 +13,7 @@ use std::path::Path;
 /// XSTATE_BV and the kernel's copy of XCR0 (software bytes at 464) limited
 /// to those three. Returns the new area size.
 fn as_saved_on_avx2_host(dir: &Path) -> u32 {
-    let mut m = cryopod_image::read_manifest(dir).unwrap();
+    let mut m = read_manifest(dir);
     let avx = *m.cpu.component(2).expect("this CPU has AVX");
     let size = avx.offset + avx.size;
     m.cpu.model = "an AVX2-only CPU".into();
@@ -26,7 +26,7 @@ fn as_saved_on_avx2_host(dir: &Path) -> u32 {
         t.xstate[512..520].copy_from_slice(&(bv & 0x7).to_le_bytes());
         t.xstate[464..472].copy_from_slice(&0x7u64.to_le_bytes());
     }
-    cryopod_image::write_manifest(dir, &m).unwrap();
+    write_manifest(dir, &m);
     size
 }
 

@@ -153,13 +153,6 @@ fn seccomp_filters_that_cannot_come_back_are_refused() {
     run.go_and_expect_pass();
 }
 
-fn chown_tree(dir: &Path, uid: u32, gid: u32) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        std::os::unix::fs::chown(e.path(), Some(uid), Some(gid)).unwrap();
-    }
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
-}
-
 #[test]
 fn user_owned_images_grant_nothing_more() {
     // A process that opened a root-only file, then dropped to uid 1000.

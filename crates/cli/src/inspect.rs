@@ -1,9 +1,34 @@
-//! `cryopod inspect`: the tree, memory maps, fds and threads of an image.
+//! `cryopod inspect`: the tree, memory maps, fds and threads of an image,
+//! its owner, and whatever is damaged in it (verified as a restore would).
 
-use cryopod_image::{cpu, Manifest, ObjectOrigin, Process, Vma, VmaKind, PAGE};
+use anyhow::Result;
+use cryopod_image::{cpu, ImageDir, Manifest, ObjectOrigin, Process, Vma, VmaKind, PAGE};
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::path::Path;
+
+/// Print what the image holds; fail (after printing) if it is damaged.
+pub fn run(dir: &Path, as_json: bool) -> Result<i32> {
+    let (img, m) = crate::check::open(dir)?;
+    let damage = crate::check::damage(&img, &m);
+    if as_json {
+        let mut v = json(&m, &img);
+        v["damage"] = json!(damage);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", text(&m, &img));
+        if !damage.is_empty() {
+            println!("\ndamaged:");
+            for d in &damage {
+                println!("  {d}");
+            }
+        }
+    }
+    if !damage.is_empty() {
+        anyhow::bail!("image {} is damaged: {}", dir.display(), damage.join("; "));
+    }
+    Ok(0)
+}
 
 fn prot(v: &Vma) -> String {
     let p = v.prot as i32;
@@ -51,31 +76,33 @@ fn file_desc(m: &Manifest, i: u32) -> String {
     m.files.get(i as usize).map(|f| cryopod_engine::files::describe(m, f)).unwrap_or_else(|| "?".into())
 }
 
-/// Total size of the image directory's files.
-pub fn image_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
-        .unwrap_or(0)
+/// Total size of the image's files: manifest, packs, a pod's files (as the
+/// manifest says; saturating, since the numbers are the image's).
+fn image_size(m: &Manifest, img: &ImageDir) -> u64 {
+    let pod = m.pod.iter().flat_map(|p| p.tmpfs_archive.iter().map(|a| a.1).chain(p.ipc.shm.iter().map(|s| s.data.1)));
+    m.packs.iter().map(|p| p.size).chain(pod).fold(img.manifest_len(), u64::saturating_add)
 }
 
 fn children(m: &Manifest, pid: i32) -> Vec<&Process> {
     m.processes.iter().filter(|p| p.ppid == pid && p.pid != m.root_pid).collect()
 }
 
-pub fn text(m: &Manifest, dir: &Path) -> String {
+pub fn text(m: &Manifest, img: &ImageDir) -> String {
     let mut s = String::new();
     let (refd, stored) = m.memory_bytes();
     let _ = writeln!(
         s,
-        "image {} (format {}, cryopod {}, kernel {}), {} processes, memory {} bytes referenced, {} stored, image {} bytes",
-        dir.display(),
+        "image {} (format {}, cryopod {}, kernel {}, owner {}), {} processes, memory {} bytes referenced, {} \
+         stored, image {} bytes",
+        img.path().display(),
         cryopod_image::manifest::FORMAT_VERSION,
         m.tool_version,
         m.kernel,
+        img.owner(),
         m.processes.len(),
         refd,
         stored,
-        image_size(dir)
+        image_size(m, img)
     );
     let _ = writeln!(
         s,
@@ -178,7 +205,7 @@ fn pod_json(p: &cryopod_image::PodImage) -> Value {
     })
 }
 
-pub fn json(m: &Manifest, dir: &Path) -> Value {
+pub fn json(m: &Manifest, img: &ImageDir) -> Value {
     let (refd, stored) = m.memory_bytes();
     let procs: Vec<Value> = m
         .processes
@@ -209,7 +236,8 @@ pub fn json(m: &Manifest, dir: &Path) -> Value {
         "root_pid": m.root_pid,
         "memory_referenced_bytes": refd,
         "memory_stored_bytes": stored,
-        "image_bytes": image_size(dir),
+        "image_bytes": image_size(m, img),
+        "owner": img.owner().to_string(),
         "processes": procs,
     })
 }

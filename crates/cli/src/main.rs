@@ -1,6 +1,7 @@
 //! The `cryopod` command: argument parsing, progress display and summaries.
 //! All the work is in cryopod-engine.
 
+mod check;
 mod inspect;
 mod pods;
 mod progress;
@@ -173,7 +174,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_pod::snapshot::checkpoint(state, &opts, &|phase, d, t| bar.update(phase, d, t))
-                .with_context(|| format!("checkpoint of pod {name} failed; the pod was left running"))?;
+                .with_context(|| format!("checkpoint of pod {name} failed"))?;
             bar.finish();
             print_checkpoint(&s, leave_running, &output);
             Ok(0)
@@ -190,23 +191,25 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_engine::checkpoint(&opts, &|phase, d, t| bar.update(phase, d, t))
-                .with_context(|| format!("checkpoint of pid {pid} failed; the tree was left running"))?;
+                .with_context(|| format!("checkpoint of pid {pid} failed"))?;
             bar.finish();
             print_checkpoint(&s, leave_running, &output);
             Ok(0)
         }
         Cmd::Restore { dir, name, ip, detach, print_pid } => {
-            let m =
-                cryopod_image::read_manifest(&dir).with_context(|| format!("cannot read image {}", dir.display()))?;
-            if m.pod.is_some() {
-                return pods::restore(state, &dir, name, ip, detach, print_pid);
+            // Opened once: the owner from the descriptors, then the
+            // manifest, then what it asks for; the same opened image goes on.
+            let img = cryopod_engine::CheckedImage::open(&dir)
+                .with_context(|| format!("cannot restore {}", dir.display()))?;
+            if img.manifest().pod.is_some() {
+                return pods::restore(state, &img, name, ip, detach, print_pid);
             }
             anyhow::ensure!(
                 name.is_none() && ip.is_none(),
                 "--name and --ip are for pods; {} holds a process tree",
                 dir.display()
             );
-            let opts = cryopod_engine::RestoreOptions { dir: dir.clone(), threads: cpus(), pod: None, guard: None };
+            let opts = cryopod_engine::RestoreOptions { image: &img, threads: cpus(), pod: None, guard: None };
             let bar = progress::Bar::new("restore");
             let o = cryopod_engine::restore(&opts, &|phase, d, t| bar.update(phase, d, t))
                 .with_context(|| format!("restore of {} failed; nothing was left running", dir.display()))?;
@@ -227,22 +230,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             }
             Ok(cryopod_engine::restore::wait_root(o.root_pid, o.root_group)?)
         }
-        Cmd::Inspect { dir, json } => {
-            let m =
-                cryopod_image::read_manifest(&dir).with_context(|| format!("cannot read image {}", dir.display()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&inspect::json(&m, &dir))?);
-            } else {
-                print!("{}", inspect::text(&m, &dir));
-            }
-            Ok(0)
-        }
-        Cmd::Check { image } => {
-            let m = cryopod_image::read_manifest(&image)
-                .with_context(|| format!("cannot read image {}", image.display()))?;
-            cryopod_engine::restore::preflight(&m, "").context("this machine cannot restore the image")?;
-            println!("ok: this kernel and CPU can restore {}", image.display());
-            Ok(0)
-        }
+        Cmd::Inspect { dir, json } => inspect::run(&dir, json),
+        Cmd::Check { image } => check::run(&image),
     }
 }

@@ -104,14 +104,15 @@ fn wait_and_remove(state: &StateDir, rec: &cryopod_pod::PodRecord) -> Result<i32
 
 pub fn restore(
     state: &StateDir,
-    dir: &std::path::Path,
+    img: &cryopod_engine::CheckedImage,
     name: Option<String>,
     ip: Option<String>,
     detach: bool,
     print_pid: bool,
 ) -> Result<i32> {
+    let dir = img.dir().path();
     let o = cryopod_pod::snapshot::PodRestoreOptions {
-        dir: dir.to_path_buf(),
+        image: img,
         name,
         ip: ip.as_deref().map(IpConfig::parse).transpose()?,
         threads: crate::cpus(),

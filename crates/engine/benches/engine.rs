@@ -9,7 +9,7 @@
 //! the rounds of the large checkpoint/restore (default 3; the median is
 //! reported), `CRYOPOD_BENCH_THREADS` the worker threads (default: CPUs).
 
-use cryopod_engine::{checkpoint, restore, CheckpointOptions, RestoreOptions};
+use cryopod_engine::{checkpoint, restore, CheckedImage, CheckpointOptions, RestoreOptions};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -213,8 +213,8 @@ fn main() {
         let tmpfs = tmpfs_before.max(tmpfs_write_bw(bytes));
         let touch_before = first_touch_bw(bytes);
         let t = Instant::now();
-        let o =
-            restore(&RestoreOptions { dir: img.clone(), threads, pod: None, guard: None }, &quiet).expect("restore");
+        let image = CheckedImage::open(&img).expect("open image");
+        let o = restore(&RestoreOptions { image: &image, threads, pod: None, guard: None }, &quiet).expect("restore");
         let rs = t.elapsed();
         unsafe { libc::kill(o.root_pid, libc::SIGUSR1) };
         let st = reap(o.root_pid);
@@ -267,13 +267,14 @@ fn main() {
         cks.push(t.elapsed());
         let _ = child.wait();
         // Its child sleep is orphaned to us (subreaper): wait for every pid.
-        let m = cryopod_image::read_manifest(&dir).unwrap();
+        let m = cryopod_image::ImageDir::open(&dir).and_then(|d| d.manifest()).unwrap();
         for p in &m.processes {
             wait_gone(p.pid);
         }
         let t = Instant::now();
-        let o = restore(&RestoreOptions { dir: dir.clone(), threads, pod: None, guard: None }, &quiet)
-            .expect("small restore");
+        let image = CheckedImage::open(&dir).expect("open image");
+        let o =
+            restore(&RestoreOptions { image: &image, threads, pod: None, guard: None }, &quiet).expect("small restore");
         rss.push(t.elapsed());
         for p in &m.processes {
             unsafe { libc::kill(p.pid, libc::SIGKILL) };

@@ -1,12 +1,14 @@
 //! Checkpoint orchestration: freeze → collect every process → write pages
 //! → write manifest → kill or resume. Any failure before the end resumes
-//! and detaches every task, leaving the tree as it was.
+//! and detaches every task, leaving the tree as it was, and removes what
+//! was written (see [`crate::outdir`]).
 
 use crate::files::FileTable;
 use crate::freeze::{self, Frozen};
 use crate::guard::{Guard, Outcome};
 use crate::injection::{self, GadgetCache};
 use crate::mm::MemCollector;
+use crate::outdir::OutDir;
 use crate::{fault, ident, pages, procfs, signals, threads, EngineError, Progress, Result};
 use cryopod_image::{Manifest, PodImage, Process};
 use std::os::fd::AsFd;
@@ -40,6 +42,8 @@ pub struct PodCheckpoint<'a> {
     pub thaw: &'a (dyn Fn() -> Result<()> + Sync),
     /// The pod's own state, stored with its processes.
     pub image: PodImage,
+    /// The output directory, prepared by the pod and holding its files.
+    pub out: &'a OutDir,
     /// A pod in its own user namespace: (first host id, count) its ids
     /// 0.. map to; credentials are recorded as the pod sees them.
     pub ids: Option<(u32, u32)>,
@@ -56,17 +60,27 @@ pub struct CheckpointSummary {
 }
 
 pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
+    crate::target::check(o.pid)?;
     let t0 = Instant::now();
     let guard = match &o.guard {
         Some(g) => g.clone(),
         None => Guard::start(Outcome::Resume)?,
     };
-    prepare_dir(&o.dir)?;
+    // A pod's directory was prepared by the pod (it holds the pod's files);
+    // dropped unfinished, the directory removes what was written into it.
+    let own;
+    let out = match &o.pod {
+        Some(pod) => pod.out,
+        None => {
+            own = OutDir::prepare(&o.dir)?;
+            &own
+        }
+    };
     let mut fr = match &o.pod {
         Some(pod) => freeze::freeze_pod(o.pid, pod.thaw)?,
         None => freeze::freeze(o.pid)?,
     };
-    let res = guard_tree(&guard, &fr).and_then(|_| collect_and_write(o, &fr, &guard, progress));
+    let res = guard_tree(&guard, &fr).and_then(|_| collect_and_write(o, out, &fr, &guard, progress));
     let frozen = t0.elapsed();
     match res {
         Ok((m, repaired)) => {
@@ -83,7 +97,7 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
                 drop(repaired);
             }
             let (mem, stored) = m.memory_bytes();
-            let meta_len = std::fs::metadata(o.dir.join(cryopod_image::MANIFEST_FILE)).map(|m| m.len()).unwrap_or(0);
+            let meta_len = out.manifest_len();
             Ok(CheckpointSummary {
                 processes: m.processes.len(),
                 threads: m.processes.iter().map(|p| p.threads.len()).sum(),
@@ -95,27 +109,8 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
         }
         Err(e) => {
             fr.thaw();
-            cleanup_dir(&o.dir);
-            Err(e)
-        }
-    }
-}
-
-fn prepare_dir(dir: &std::path::Path) -> Result<()> {
-    if dir.join(cryopod_image::MANIFEST_FILE).exists() {
-        return Err(EngineError::Other(format!("{} already holds an image; choose an empty directory", dir.display())));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| EngineError::Other(format!("cannot create {}: {e}", dir.display())))
-}
-
-/// Remove what a failed checkpoint wrote (never the user's other files).
-fn cleanup_dir(dir: &std::path::Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("pages-") && n.ends_with(".pack") || n == ".manifest.tmp" {
-                let _ = std::fs::remove_file(e.path());
-            }
+            // (What was written goes when `out` is dropped unfinished.)
+            Err(EngineError::LeftRunning(Box::new(e)))
         }
     }
 }
@@ -135,6 +130,7 @@ fn guard_tree(guard: &Guard, fr: &Frozen) -> Result<()> {
 /// connections.
 fn collect_and_write(
     o: &CheckpointOptions,
+    outdir: &OutDir,
     fr: &Frozen,
     guard: &Guard,
     progress: Progress,
@@ -178,7 +174,7 @@ fn collect_and_write(
     fault::check("after-collect")?;
     tracing::info!(ms = t_collect.elapsed().as_secs_f64() * 1e3, pieces = mem.pieces.len(), "state collected");
     let t_pages = Instant::now();
-    let out = pages::dump(&o.dir, &mem.pieces, o.threads, progress)?;
+    let out = pages::dump(outdir, &mem.pieces, o.threads, progress)?;
     tracing::info!(ms = t_pages.elapsed().as_secs_f64() * 1e3, chunks = out.chunks.len(), "pages written");
     fault::check("after-pages")?;
     let mut m = Manifest {
@@ -209,7 +205,7 @@ fn collect_and_write(
     }
     m.validate()?;
     fault::check("before-manifest")?;
-    cryopod_image::write_manifest(&o.dir, &m)?;
+    outdir.commit_manifest(&m)?;
     Ok((m, std::mem::take(&mut files.unix.repaired)))
 }
 

@@ -169,7 +169,9 @@ pub fn collect_rlimits(r: &mut Remote) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-pub fn restore_process_env(r: &mut Remote, p: &Process) -> Result<()> {
+/// umask, personality, root, cwd and (with `rlimits`) the resource limits,
+/// set from outside with our privilege.
+pub fn restore_process_env(r: &mut Remote, p: &Process, rlimits: bool) -> Result<()> {
     r.call("umask", nr::UMASK, &[u64::from(p.umask)])?;
     r.call("personality", nr::PERSONALITY, &[u64::from(p.personality)])?;
     if p.root != "/" {
@@ -178,9 +180,22 @@ pub fn restore_process_env(r: &mut Remote, p: &Process) -> Result<()> {
     }
     let a = r.put_str(0, &p.cwd)?;
     r.call(&format!("chdir({})", p.cwd), nr::CHDIR, &[a])?;
-    for (res, &(soft, hard)) in p.rlimits.iter().enumerate() {
-        cryopod_sys::util::set_rlimit(r.pid, res as i32, soft, hard)
-            .map_err(|e| crate::EngineError::Other(format!("resource limit {res}: {e}")))?;
+    if rlimits {
+        for (res, &(soft, hard)) in p.rlimits.iter().enumerate() {
+            cryopod_sys::util::set_rlimit(r.pid, res as i32, soft, hard)
+                .map_err(|e| crate::EngineError::Other(format!("{}: {e}", crate::trust::rlimit_name(res))))?;
+        }
+    }
+    Ok(())
+}
+
+/// Resource limits set by the task itself (injected prlimit64 on itself),
+/// with the credentials it has by then: a user's image cannot get more
+/// than the user may set.
+pub fn restore_rlimits_as_task(r: &mut Remote, rlimits: &[(u64, u64)]) -> Result<()> {
+    for (res, &(soft, hard)) in rlimits.iter().enumerate() {
+        let a = r.put(0, &words(&[soft, hard]))?;
+        r.call(&format!("prlimit64({})", crate::trust::rlimit_name(res)), nr::PRLIMIT64, &[0, res as u64, a, 0])?;
     }
     Ok(())
 }

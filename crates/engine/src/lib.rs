@@ -21,12 +21,15 @@ pub mod injection;
 pub mod inotify;
 pub mod mm;
 pub mod nsjoin;
+pub mod outdir;
 pub mod pages;
 pub mod pidns;
+pub mod privilege;
 pub mod procfs;
 pub mod remote;
 pub mod restore;
 pub mod signals;
+pub mod target;
 pub mod threads;
 pub mod tree;
 pub mod trust;
@@ -34,6 +37,7 @@ pub mod unix;
 
 pub use checkpoint::{checkpoint, CheckpointOptions, CheckpointSummary};
 pub use restore::{restore, RestoreOptions, RestoreOutcome};
+pub use trust::CheckedImage;
 
 use cryopod_image::ImageError;
 use cryopod_sys::SysError;
@@ -47,6 +51,16 @@ pub enum EngineError {
     Image(#[from] ImageError),
     #[error("{path}: {msg}")]
     Proc { path: String, msg: String },
+    /// A file operation (the io error is the source, printed once).
+    #[error("{path}")]
+    Io { path: String, source: std::io::Error },
+    #[error("no process {0}")]
+    NoProcess(i32),
+    #[error("pid {pid} cannot be checkpointed: {why}")]
+    NotCheckpointable { pid: i32, why: String },
+    /// A checkpoint failed after the tree was frozen (it was resumed).
+    #[error("the tree was left running")]
+    LeftRunning(#[source] Box<EngineError>),
     #[error("pid {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
     #[error("pid {0} is already in use on this system (by {1}); free it or restore elsewhere")]

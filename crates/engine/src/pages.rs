@@ -5,12 +5,12 @@
 //! hash across the whole checkpoint, and appended to one pack per worker.
 //! Reading pages back into a restored task is here too ([`fill`]).
 
+use crate::outdir::OutDir;
 use crate::{EngineError, Progress, Result};
 use cryopod_image::store::{ChunkTable, PackWriter};
 use cryopod_image::{Chunk, Pack, CHUNK_PAGES, PAGE};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -58,7 +58,7 @@ pub fn split_aligned(start: u64, end: u64, mut f: impl FnMut(u64, u32)) {
 }
 
 /// Read, hash, dedupe and store every piece, with `threads` workers.
-pub fn dump(dir: &Path, pieces: &[Piece], threads: usize, progress: Progress) -> Result<PagesOut> {
+pub fn dump(dir: &OutDir, pieces: &[Piece], threads: usize, progress: Progress) -> Result<PagesOut> {
     // Batches: consecutive pieces up to BATCH_BYTES.
     let mut batches: Vec<(usize, usize)> = Vec::new();
     let mut start = 0;
@@ -85,7 +85,9 @@ pub fn dump(dir: &Path, pieces: &[Piece], threads: usize, progress: Progress) ->
             .map(|w| {
                 let (table, next, done, batches) = (&table, &next, &done, &batches);
                 s.spawn(move || -> Result<WorkerOut> {
-                    let mut pack = PackWriter::create(dir, w as u32)?;
+                    let name = cryopod_image::store::pack_name(w);
+                    let file = dir.create(&name)?;
+                    let mut pack = PackWriter::new(file, dir.path().join(&name).display().to_string(), w as u32);
                     let mut buf = vec![0u8; BATCH_BYTES as usize];
                     let mut out = Vec::new();
                     loop {

@@ -17,12 +17,12 @@ use cryopod_sys::ptrace::{self, Stop};
 use cryopod_sys::{util, PAGE_SIZE};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracing::debug;
 
 pub struct RestoreOptions<'a> {
-    pub dir: PathBuf,
+    /// The image, opened once and checked against its owner.
+    pub image: &'a crate::trust::CheckedImage,
     /// Threads used to verify page hashes and to fill memory.
     pub threads: usize,
     /// Set to restore a pod (the image must hold one).
@@ -109,7 +109,7 @@ fn own_vdso_hash() -> Result<[u8; 32]> {
     Err(EngineError::Other("this process has no vDSO".into()))
 }
 
-/// Restore the image in `o.dir`. Returns once every task runs.
+/// Restore the image `o.image`. Returns once every task runs.
 pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome> {
     let t0 = Instant::now();
     // Should we die before every task runs, every process of the image dies
@@ -118,16 +118,13 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         Some(g) => g.clone(),
         None => Guard::start(Outcome::Kill)?,
     };
-    let m = cryopod_image::read_manifest(&o.dir)?;
-    let reader = PackReader::open(&o.dir, &m)?;
+    let m = o.image.manifest();
+    let reader = o.image.dir().packs(m)?;
     progress("verify", 0, 1);
     let t_verify = Instant::now();
-    reader.verify_all(&m, o.threads)?;
+    reader.verify_all(m, o.threads)?;
     debug!(ms = t_verify.elapsed().as_secs_f64() * 1e3, "page hashes verified");
-    let owner = crate::trust::image_owner(&o.dir)?;
-    if let Some(owner) = &owner {
-        crate::trust::check_creds(&m, owner)?;
-    }
+    let owner = o.image.owner().cloned();
     match (&o.pod, &m.pod) {
         (Some(_), None) => return Err(EngineError::Other("the image holds a process tree, not a pod".into())),
         (None, Some(p)) => {
@@ -136,7 +133,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         _ => {}
     }
     let fs_root = o.pod.as_ref().map(|p| p.root.clone()).unwrap_or_default();
-    preflight(&m, &fs_root)?;
+    preflight(m, &fs_root)?;
     fault::check("restore-before-fork")?;
 
     // Re-create memfds and deleted files, and open every file description,
@@ -147,8 +144,8 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     // Files are opened with the image owner's file permissions.
     let old_fs = owner.as_ref().map(|o| util::set_fs_ids(o.uid, o.gid));
     let inherit = o.pod.as_ref().map(|p| p.inherit.clone()).unwrap_or_default();
-    let opened = files::create_objects(&m, &reader, base, &fs_root).and_then(|objects| {
-        files::open_all(&m, base, &objects, &fs_root, &inherit, o.pod.as_ref().map(|p| p.ns_of))
+    let opened = files::create_objects(m, &reader, base, &fs_root).and_then(|objects| {
+        files::open_all(m, base, &objects, &fs_root, &inherit, o.pod.as_ref().map(|p| p.ns_of))
             .map(|srcs| (objects, srcs))
     });
     if let Some((u, g)) = old_fs {
@@ -184,7 +181,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     }
     // Unix sockets: made by the stubs, on request, at staging fds above
     // every fd they keep.
-    let mut unix = crate::unix::plan::Plan::build(&m, 0)?;
+    let mut unix = crate::unix::plan::Plan::build(m, 0)?;
     let mut cmd_r: BTreeMap<i32, OwnedFd> = BTreeMap::new();
     let mut cmd_w: BTreeMap<i32, OwnedFd> = BTreeMap::new();
     if !unix.steps.is_empty() {
@@ -196,9 +193,9 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         unix.stage = util::highest_open_fd() + 1;
     }
     let plan = StubPlan {
-        m: &m,
+        m,
         epolls,
-        children: tree::children_map(&m),
+        children: tree::children_map(m),
         fds: fd_plan,
         keep: object_fds.values().copied().collect(),
         ready_w: ready_w.as_raw_fd(),
@@ -218,11 +215,11 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     let cmd_fds: BTreeMap<i32, i32> = plan.cmd.clone();
     drop(cmd_r);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
-    let res = wait_ready(&m, &ready_r).and_then(|_| run_unix_steps(&unix, &cmd_w, &ready_r)).and_then(|_| {
+    let res = wait_ready(m, &ready_r).and_then(|_| run_unix_steps(&unix, &cmd_w, &ready_r)).and_then(|_| {
         let mut pids = if m.pod.is_some() { HostPids::of_tree(root)? } else { HostPids::plain() };
-        wait_zombies(&m, &pids)?;
+        wait_zombies(m, &pids)?;
         let b = Build {
-            m: &m,
+            m,
             reader: &reader,
             threads: o.threads,
             object_fds: &object_fds,
@@ -470,7 +467,9 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     signals::restore_itimers(r, &p.itimers)?;
     signals::restore_timers(r, &p.posix_timers)?;
     debug!(pid = p.pid, "process environment");
-    ident::restore_process_env(r, p)?;
+    // A user's image gets its resource limits only once it runs as the
+    // user (below), set by the task itself: never above what it may set.
+    ident::restore_process_env(r, p, b.owner.is_none())?;
     // Threads: create the others with their TIDs, then per-thread state.
     let leader = p.threads.first().ok_or_else(|| EngineError::Other("no leader thread".into()))?;
     let mut others: Vec<Remote> = Vec::new();
@@ -489,6 +488,9 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     }
     debug!(pid = p.pid, "credentials");
     ident::restore_creds(r, &p.creds).map_err(EngineError::during("credentials"))?;
+    if b.owner.is_some() {
+        ident::restore_rlimits_as_task(r, &p.rlimits)?;
+    }
     // From here on, no more int3: SIGTRAP's own disposition is set last, and
     // the scratch page (holding the gadget) goes away.
     r.inj.gadget = false;

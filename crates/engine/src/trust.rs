@@ -1,16 +1,23 @@
 //! What an image may ask for. An image is untrusted input: if it is owned by
 //! a user other than root, restoring it (as root) must not give that user
-//! anything: every process must run as the owner, with no capabilities and
-//! only the owner's groups, and every file the restored tree gets is opened
-//! with the owner's filesystem identity.
+//! anything: every process must run as the owner, with no capabilities,
+//! only the owner's groups and at most the restorer's resource limits
+//! (applied by the task itself once it has the owner's credentials), and
+//! every file the restored tree gets is opened with the owner's filesystem
+//! identity. A pod image must be root's: its record asks for mounts, a
+//! root file system and addresses that only root may set up.
+//!
+//! The owner comes from the descriptors of the opened image
+//! ([`ImageDir::owner`]), known before a byte of the manifest is parsed;
+//! [`CheckedImage`] is the only way to an image a restore accepts, so the
+//! order (owner, then parse, then what the manifest asks) cannot be skipped.
 
 use crate::{EngineError, Result};
-use cryopod_image::Manifest;
-use std::os::unix::fs::MetadataExt;
+use cryopod_image::{ImageDir, ImageOwner, Manifest};
 use std::path::Path;
 
-/// Who may be restored from an image: `None` for root-owned images
-/// (anything), else the owner's uid, primary gid and groups.
+/// Who may be restored from a user's image: the owner's uid, primary gid
+/// and groups.
 #[derive(Debug, Clone)]
 pub struct Owner {
     pub uid: u32,
@@ -18,28 +25,73 @@ pub struct Owner {
     pub groups: Vec<u32>,
 }
 
-/// The owner of the image's manifest, unless it is root.
-pub fn image_owner(dir: &Path) -> Result<Option<Owner>> {
-    let md = std::fs::metadata(dir.join(cryopod_image::MANIFEST_FILE))
-        .map_err(|e| EngineError::Other(format!("{}: {e}", dir.display())))?;
-    if md.uid() == 0 {
-        return Ok(None);
-    }
-    let mut groups = vec![md.gid()];
-    groups.extend(groups_of(md.uid()));
-    Ok(Some(Owner { uid: md.uid(), gid: md.gid(), groups }))
+/// An image opened, its owner established, its manifest parsed and what it
+/// asks for checked against that owner.
+#[derive(Debug)]
+pub struct CheckedImage {
+    dir: ImageDir,
+    manifest: Manifest,
+    owner: Option<Owner>,
 }
 
-/// Supplementary groups of `uid` from /etc/passwd and /etc/group.
-fn groups_of(uid: u32) -> Vec<u32> {
+impl CheckedImage {
+    /// Open the image in `path` and check it (see [`CheckedImage::check`]).
+    pub fn open(path: &Path) -> Result<CheckedImage> {
+        Self::check(ImageDir::open(path)?)
+    }
+
+    /// The owner first (from the descriptors), then the manifest, then
+    /// what the manifest asks for against the owner.
+    pub fn check(dir: ImageDir) -> Result<CheckedImage> {
+        let owner = owner_of(dir.owner());
+        let manifest = dir.manifest()?;
+        if let Some(o) = &owner {
+            check(&manifest, o)?;
+        }
+        Ok(CheckedImage { dir, manifest, owner })
+    }
+
+    pub fn dir(&self) -> &ImageDir {
+        &self.dir
+    }
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    /// `None` for a root-owned image.
+    pub fn owner(&self) -> Option<&Owner> {
+        self.owner.as_ref()
+    }
+}
+
+/// The owner of a user's image with their groups; `None` for root's.
+pub fn owner_of(o: ImageOwner) -> Option<Owner> {
+    match o {
+        ImageOwner::Root => None,
+        ImageOwner::User { uid, gid } => {
+            // The user's own groups; the group of their file only when the
+            // system does not know them (a file's group may come from a
+            // set-group-id directory, not from the user).
+            let (gid, groups) = match groups_of(uid) {
+                Some((primary, groups)) => (primary, groups),
+                None => (gid, vec![gid]),
+            };
+            Some(Owner { uid, gid, groups })
+        }
+    }
+}
+
+/// Primary group and all groups of `uid` from /etc/passwd and /etc/group.
+fn groups_of(uid: u32) -> Option<(u32, Vec<u32>)> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let Some((name, primary)) = passwd.lines().find_map(|l| {
+    let (name, primary) = passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| (f[0].to_string(), f[3].parse::<u32>().ok()))
-    }) else {
-        return Vec::new();
-    };
-    let mut out: Vec<u32> = primary.into_iter().collect();
+        if f.len() > 3 && f[2].parse::<u32>().ok() == Some(uid) {
+            Some((f[0].to_string(), f[3].parse::<u32>().ok()?))
+        } else {
+            None
+        }
+    })?;
+    let mut out = vec![primary];
     for l in std::fs::read_to_string("/etc/group").unwrap_or_default().lines() {
         let f: Vec<&str> = l.split(':').collect();
         if f.len() > 3 && f[3].split(',').any(|m| m == name) {
@@ -48,11 +100,67 @@ fn groups_of(uid: u32) -> Vec<u32> {
             }
         }
     }
-    out
+    Some((primary, out))
 }
 
-/// Refuse an image that asks for more than its owner has.
-pub fn check_creds(m: &Manifest, owner: &Owner) -> Result<()> {
+/// Names of the resource limits, by number.
+pub const RLIMIT_NAMES: [&str; 16] = [
+    "RLIMIT_CPU",
+    "RLIMIT_FSIZE",
+    "RLIMIT_DATA",
+    "RLIMIT_STACK",
+    "RLIMIT_CORE",
+    "RLIMIT_RSS",
+    "RLIMIT_NPROC",
+    "RLIMIT_NOFILE",
+    "RLIMIT_MEMLOCK",
+    "RLIMIT_AS",
+    "RLIMIT_LOCKS",
+    "RLIMIT_SIGPENDING",
+    "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE",
+    "RLIMIT_RTPRIO",
+    "RLIMIT_RTTIME",
+];
+
+pub fn rlimit_name(res: usize) -> String {
+    RLIMIT_NAMES.get(res).map(|n| n.to_string()).unwrap_or_else(|| format!("resource limit {res}"))
+}
+
+/// This process's hard limit of resource `res` (`u64::MAX`: unlimited).
+pub fn own_hard_limit(res: usize) -> Option<u64> {
+    use rustix::process::Resource as R;
+    let r = [
+        R::Cpu,
+        R::Fsize,
+        R::Data,
+        R::Stack,
+        R::Core,
+        R::Rss,
+        R::Nproc,
+        R::Nofile,
+        R::Memlock,
+        R::As,
+        R::Locks,
+        R::Sigpending,
+        R::Msgqueue,
+        R::Nice,
+        R::Rtprio,
+        R::Rttime,
+    ];
+    Some(rustix::process::getrlimit(*r.get(res)?).maximum.unwrap_or(u64::MAX))
+}
+
+/// Refuse a user's image that asks for more than its owner has: other
+/// ids, groups or capabilities, hard resource limits above the
+/// restorer's, or a pod.
+pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
+    if let Some(p) = &m.pod {
+        return Err(EngineError::Other(format!(
+            "the image of pod {} is owned by uid {}: a pod image must be owned by root to be restored",
+            p.name, owner.uid
+        )));
+    }
     for p in m.processes.iter().filter(|p| p.zombie_status.is_none()) {
         let c = &p.creds;
         let refuse = |what: String| {
@@ -69,6 +177,18 @@ pub fn check_creds(m: &Manifest, owner: &Owner) -> Result<()> {
         }
         if c.cap_eff | c.cap_prm | c.cap_inh | c.cap_amb != 0 {
             return refuse("with capabilities".into());
+        }
+        for (res, &(_, hard)) in p.rlimits.iter().enumerate() {
+            let ours = own_hard_limit(res).unwrap_or(0);
+            if hard > ours {
+                let show = |v: u64| if v == u64::MAX { "unlimited".to_string() } else { v.to_string() };
+                return refuse(format!(
+                    "with a hard {} of {}, above the restorer's {}",
+                    rlimit_name(res),
+                    show(hard),
+                    show(ours)
+                ));
+            }
         }
     }
     Ok(())

@@ -2,7 +2,9 @@
 //! the kernel-facing crates so that it can be inspected and fuzzed alone.
 //!
 //! An image is a directory holding page packs (`pages-N.pack`, written
-//! first) and a `manifest` (written last, atomically). The manifest starts
+//! first) and a `manifest` (written last, atomically), opened safely by
+//! [`dir::ImageDir`] (one directory descriptor, no links, no FIFOs, the
+//! owner known before a byte is parsed). The manifest starts
 //! with a fixed header — magic, format version, body length, BLAKE3 of the
 //! body — followed by the body: the records of [`records`], bincode-encoded
 //! under a size limit. Page contents live in packs as content-addressed
@@ -12,21 +14,31 @@
 #![forbid(unsafe_code)]
 
 pub mod cpu;
+pub mod dir;
 pub mod manifest;
 pub mod pod;
 pub mod records;
 pub mod store;
 
 pub use cpu::{CpuFeatures, CpuImage, XComponent};
-pub use manifest::{decode_manifest, encode_manifest, read_manifest, seal, write_manifest, MANIFEST_FILE};
+pub use dir::{ImageDir, ImageFile, ImageOwner, INCOMPLETE_MARKER};
+pub use manifest::{decode_manifest, encode_manifest, seal, MANIFEST_FILE};
 pub use pod::PodImage;
 pub use records::*;
 
 /// Anything wrong with an image, with the object or file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{path}: {source}")]
+    /// The io error is the source (not repeated in the message, so that a
+    /// printed chain names the errno once).
+    #[error("{path}")]
     Io { path: String, source: std::io::Error },
+    #[error("image directory {0} is missing")]
+    Missing(String),
+    /// A file or directory that must not be trusted (a FIFO, a link, a
+    /// file others may write, a file of another user).
+    #[error("{0}")]
+    Unsafe(String),
     #[error("not a cryopod image: {0}")]
     NotAnImage(String),
     #[error("image format version {found} is not supported (this cryopod reads version {supported})")]

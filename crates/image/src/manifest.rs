@@ -1,11 +1,10 @@
 //! The manifest file: fixed header (magic, version, length, checksum) and a
-//! bounded bincode body. Written through a temporary file, fsync and rename,
-//! so a directory either has a complete manifest or none.
+//! bounded bincode body. Checkpoints write it last (temporary file, fsync,
+//! rename), so a directory either has a complete manifest or none; it is
+//! read through [`crate::dir::ImageDir`].
 
 use crate::{ImageError, Manifest, Result};
 use bincode::Options;
-use std::io::Write;
-use std::path::Path;
 
 pub const MANIFEST_FILE: &str = "manifest";
 pub const MAGIC: [u8; 8] = *b"CRYOPOD\0";
@@ -13,7 +12,7 @@ pub const MAGIC: [u8; 8] = *b"CRYOPOD\0";
 pub const FORMAT_VERSION: u32 = 3;
 /// Largest manifest body accepted (bounds every allocation while decoding).
 pub const MAX_BODY: u64 = 256 << 20;
-const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 32;
+pub(crate) const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 32;
 
 fn codec() -> impl Options {
     bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian().with_limit(MAX_BODY)
@@ -71,36 +70,4 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest> {
     let m: Manifest = codec().deserialize(body).map_err(|e| ImageError::Corrupt(format!("manifest body: {e}")))?;
     m.validate()?;
     Ok(m)
-}
-
-/// Write `m` as `dir/manifest`: temp file, fsync, rename, fsync the directory.
-pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
-    let bytes = encode_manifest(m)?;
-    let tmp = dir.join(".manifest.tmp");
-    let fin = dir.join(MANIFEST_FILE);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| ImageError::io(tmp.display(), e))?;
-    f.write_all(&bytes).map_err(|e| ImageError::io(tmp.display(), e))?;
-    f.sync_all().map_err(|e| ImageError::io(tmp.display(), e))?;
-    std::fs::rename(&tmp, &fin).map_err(|e| ImageError::io(fin.display(), e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// Read and validate `dir/manifest` (size-bounded before reading).
-pub fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let p = dir.join(MANIFEST_FILE);
-    let meta = std::fs::metadata(&p).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ImageError::NotAnImage(format!("{} has no manifest (an incomplete or foreign directory)", dir.display()))
-        } else {
-            ImageError::io(p.display(), e)
-        }
-    })?;
-    if meta.len() > MAX_BODY + HEADER_LEN as u64 {
-        return Err(ImageError::Corrupt(format!("manifest is {} bytes, over the limit", meta.len())));
-    }
-    let bytes = std::fs::read(&p).map_err(|e| ImageError::io(p.display(), e))?;
-    decode_manifest(&bytes)
 }

@@ -477,8 +477,8 @@ impl Manifest {
             .chain(self.objects.iter().flat_map(|s| s.runs.iter()))
             .filter(|r| r.chunk.is_some())
             .map(|r| u64::from(r.pages) * PAGE)
-            .sum();
-        let stored = self.chunks.iter().map(|c| u64::from(c.len)).sum();
+            .fold(0, u64::saturating_add);
+        let stored = self.chunks.iter().map(|c| u64::from(c.len)).fold(0, u64::saturating_add);
         (refd, stored)
     }
 }

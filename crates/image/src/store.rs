@@ -1,13 +1,15 @@
 //! The page store of one image: append-only pack files holding page chunks,
 //! each chunk named in the manifest by its BLAKE3 hash. Writers deduplicate
-//! by hash; the reader checks pack sizes and every chunk hash.
+//! by hash (the files themselves are created by the checkpoint's output
+//! directory, never over an existing one); the reader works on the packs
+//! [`crate::ImageDir::packs`] opened and checks every chunk hash, stopping
+//! at the first damage (restore) or listing all of it (inspect, check).
 
 use crate::{Chunk, ImageError, Manifest, Pack, Result};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Name of the `n`th pack file.
@@ -18,16 +20,17 @@ pub fn pack_name(n: usize) -> String {
 /// One pack file being appended to.
 pub struct PackWriter {
     file: File,
-    path: PathBuf,
+    /// For messages.
+    path: String,
     pub index: u32,
     pub offset: u64,
 }
 
 impl PackWriter {
-    pub fn create(dir: &Path, index: u32) -> Result<Self> {
-        let path = dir.join(pack_name(index as usize));
-        let file = File::create(&path).map_err(|e| ImageError::io(path.display(), e))?;
-        Ok(PackWriter { file, path, index, offset: 0 })
+    /// Append to `file`, newly created (empty) as pack `index`; `path`
+    /// names it in errors.
+    pub fn new(file: File, path: String, index: u32) -> Self {
+        PackWriter { file, path, index, offset: 0 }
     }
 
     /// Append several buffers in one go; returns the offset of the first.
@@ -36,9 +39,9 @@ impl PackWriter {
         let mut slices: Vec<std::io::IoSlice> = bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
         let mut rest: &mut [std::io::IoSlice] = &mut slices;
         while !rest.is_empty() {
-            let n = self.file.write_vectored(rest).map_err(|e| ImageError::io(self.path.display(), e))?;
+            let n = self.file.write_vectored(rest).map_err(|e| ImageError::io(&self.path, e))?;
             if n == 0 {
-                return Err(ImageError::io(self.path.display(), std::io::ErrorKind::WriteZero.into()));
+                return Err(ImageError::io(&self.path, std::io::ErrorKind::WriteZero.into()));
             }
             self.offset += n as u64;
             std::io::IoSlice::advance_slices(&mut rest, n);
@@ -47,7 +50,7 @@ impl PackWriter {
     }
 
     pub fn finish(self) -> Result<Pack> {
-        self.file.sync_data().map_err(|e| ImageError::io(self.path.display(), e))?;
+        self.file.sync_data().map_err(|e| ImageError::io(&self.path, e))?;
         Ok(Pack { name: pack_name(self.index as usize), size: self.offset })
     }
 }
@@ -87,6 +90,26 @@ impl ChunkTable {
     }
 }
 
+/// A chunk that does not hold what the manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Index of the chunk in the manifest.
+    pub chunk: usize,
+    pub pack: String,
+    pub offset: u64,
+    /// What is wrong ("fails its checksum", "cannot be read: ...").
+    pub problem: String,
+}
+
+impl Damage {
+    pub fn into_error(self) -> ImageError {
+        ImageError::Corrupt(format!(
+            "page chunk {} in {} at offset {} {}",
+            self.chunk, self.pack, self.offset, self.problem
+        ))
+    }
+}
+
 /// Read access to the packs of an image.
 pub struct PackReader {
     files: Vec<File>,
@@ -94,21 +117,11 @@ pub struct PackReader {
 }
 
 impl PackReader {
-    /// Open every pack the manifest names and check its size.
-    pub fn open(dir: &Path, m: &Manifest) -> Result<Self> {
-        let mut files = Vec::new();
-        let mut names = Vec::new();
-        for p in &m.packs {
-            let path = dir.join(&p.name);
-            let f = File::open(&path).map_err(|e| ImageError::io(path.display(), e))?;
-            let len = f.metadata().map_err(|e| ImageError::io(path.display(), e))?.len();
-            if len < p.size {
-                return Err(ImageError::Truncated(format!("{} has {len} of {} bytes", p.name, p.size)));
-            }
-            files.push(f);
-            names.push(p.name.clone());
-        }
-        Ok(PackReader { files, names })
+    /// Packs already opened (and size-checked) by [`crate::ImageDir::packs`],
+    /// in the manifest's order.
+    pub(crate) fn new(packs: Vec<(String, File)>) -> Self {
+        let (names, files) = packs.into_iter().unzip();
+        PackReader { files, names }
     }
 
     /// The open file of pack `i` (validated manifests only name existing packs).
@@ -116,40 +129,70 @@ impl PackReader {
         self.files.get(i as usize)
     }
 
-    pub fn read_chunk(&self, c: &Chunk, out: &mut [u8]) -> Result<()> {
-        let f = self.file(c.pack).ok_or_else(|| ImageError::Corrupt(format!("pack {} missing", c.pack)))?;
-        let name = &self.names[c.pack as usize];
-        let out =
-            out.get_mut(..c.len as usize).ok_or_else(|| ImageError::Corrupt("chunk larger than the buffer".into()))?;
-        f.read_exact_at(out, c.offset).map_err(|e| ImageError::io(name, e))
+    fn name(&self, i: u32) -> &str {
+        self.names.get(i as usize).map(String::as_str).unwrap_or("?")
     }
 
-    /// Check the hash of every chunk, using `threads` threads.
+    pub fn read_chunk(&self, c: &Chunk, out: &mut [u8]) -> Result<()> {
+        let f = self.file(c.pack).ok_or_else(|| ImageError::Corrupt(format!("pack {} missing", c.pack)))?;
+        let out =
+            out.get_mut(..c.len as usize).ok_or_else(|| ImageError::Corrupt("chunk larger than the buffer".into()))?;
+        f.read_exact_at(out, c.offset).map_err(|e| ImageError::io(self.name(c.pack), e))
+    }
+
+    /// Check the hash of every chunk, using `threads` threads; the first
+    /// damaged chunk is the error.
     pub fn verify_all(&self, m: &Manifest, threads: usize) -> Result<()> {
+        match self.scan(m, threads, false).into_iter().next() {
+            Some(d) => Err(d.into_error()),
+            None => Ok(()),
+        }
+    }
+
+    /// Every damaged chunk, in chunk order (inspect and check report them all).
+    pub fn damage(&self, m: &Manifest, threads: usize) -> Vec<Damage> {
+        let mut all = self.scan(m, threads, true);
+        all.sort_by_key(|d| d.chunk);
+        all
+    }
+
+    fn scan(&self, m: &Manifest, threads: usize, all: bool) -> Vec<Damage> {
         let mut order: Vec<usize> = (0..m.chunks.len()).collect();
         order.sort_by_key(|&i| (m.chunks[i].pack, m.chunks[i].offset));
         // Threads pay off only for more than a few MiB.
         let total: u64 = m.chunks.iter().map(|c| u64::from(c.len)).sum();
         let threads = if total < 16 << 20 { 1 } else { threads.max(1) };
         if threads == 1 {
-            return self.verify_part(m, &order);
+            return self.scan_part(m, &order, all);
         }
         let per = order.len().div_ceil(threads).max(1);
         std::thread::scope(|s| {
-            let handles: Vec<_> = order.chunks(per).map(|part| s.spawn(move || self.verify_part(m, part))).collect();
+            let handles: Vec<_> = order.chunks(per).map(|part| s.spawn(move || self.scan_part(m, part, all))).collect();
+            let mut out = Vec::new();
             for h in handles {
-                h.join().map_err(|_| ImageError::Corrupt("verifier thread failed".into()))??;
+                match h.join() {
+                    Ok(d) => out.extend(d),
+                    Err(_) => out.push(Damage {
+                        chunk: 0,
+                        pack: String::new(),
+                        offset: 0,
+                        problem: "could not be checked (verifier thread failed)".into(),
+                    }),
+                }
             }
-            Ok(())
+            out
         })
     }
 
-    fn verify_part(&self, m: &Manifest, ids: &[usize]) -> Result<()> {
+    /// Damaged chunks among `ids` (sorted by pack and offset); stops at the
+    /// first unless `all`.
+    fn scan_part(&self, m: &Manifest, ids: &[usize], all: bool) -> Vec<Damage> {
         const BLOCK: u64 = 8 << 20;
+        let mut out = Vec::new();
         let total: u64 = ids.iter().map(|&i| u64::from(m.chunks[i].len)).sum();
         let mut buf = vec![0u8; total.min(BLOCK) as usize];
         let mut i = 0;
-        while i < ids.len() {
+        while i < ids.len() && (all || out.is_empty()) {
             let first = &m.chunks[ids[i]];
             let mut j = i + 1;
             let mut end = first.offset + u64::from(first.len);
@@ -161,21 +204,28 @@ impl PackReader {
                 end += u64::from(c.len);
                 j += 1;
             }
-            let f = self.file(first.pack).ok_or_else(|| ImageError::Corrupt("pack missing".into()))?;
             let span = &mut buf[..(end - first.offset) as usize];
-            f.read_exact_at(span, first.offset).map_err(|e| ImageError::io(&self.names[first.pack as usize], e))?;
+            let read = match self.file(first.pack) {
+                Some(f) => f.read_exact_at(span, first.offset).map_err(|e| format!("cannot be read: {e}")),
+                None => Err("names a missing pack".to_string()),
+            };
             for &id in &ids[i..j] {
                 let c = &m.chunks[id];
                 let o = (c.offset - first.offset) as usize;
-                if blake3::hash(&span[o..o + c.len as usize]).as_bytes() != &c.hash {
-                    return Err(ImageError::Corrupt(format!(
-                        "page chunk {id} in {} at offset {} fails its checksum",
-                        self.names[c.pack as usize], c.offset
-                    )));
+                let problem = match &read {
+                    Err(e) => e.clone(),
+                    Ok(()) if blake3::hash(&span[o..o + c.len as usize]).as_bytes() != &c.hash => {
+                        "fails its checksum".to_string()
+                    }
+                    Ok(()) => continue,
+                };
+                out.push(Damage { chunk: id, pack: self.name(c.pack).to_string(), offset: c.offset, problem });
+                if !all {
+                    break;
                 }
             }
             i = j;
         }
-        Ok(())
+        out
     }
 }

@@ -1,6 +1,8 @@
 //! The image format as untrusted input: round trips, truncation, corruption,
 //! hostile lengths and random mutations never panic and always give a clear
-//! error.
+//! error; an image directory is opened safely (no FIFO, device, link or
+//! file others may write; reads bounded; the owner decided by directory and
+//! manifest); every damaged chunk is found. Run as root (chown).
 
 use cryopod_image::*;
 
@@ -244,4 +246,216 @@ fn cpu_features_are_named_and_only_instruction_sets_recorded() {
     );
     assert_eq!(cpu::component_names(0xe4), ["AVX", "AVX-512 opmask", "ZMM_Hi256", "Hi16_ZMM"]);
     assert_eq!(cpu::component_name(40), "component 40");
+}
+
+/// A scratch directory for one test (removed when dropped).
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = std::path::PathBuf::from(format!("/tmp/cryopod-image-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        Scratch(d)
+    }
+    /// An image: the sample manifest and its pack (chunk hash made right).
+    fn image(name: &str) -> Scratch {
+        let s = Scratch::new(name);
+        let mut m = sample();
+        m.chunks[0].hash = *blake3::hash(&[5u8; 65536]).as_bytes();
+        s.write("pages-0.pack", &[5u8; 65536]);
+        s.write("manifest", &encode_manifest(&m).unwrap());
+        s
+    }
+    fn path(&self, f: &str) -> std::path::PathBuf {
+        self.0.join(f)
+    }
+    fn write(&self, f: &str, data: &[u8]) {
+        std::fs::write(self.path(f), data).unwrap();
+        std::fs::set_permissions(self.path(f), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    /// Put something else (made by `make`) where file `f` is.
+    fn replace_with(&self, f: &str, make: impl FnOnce(&std::path::Path)) {
+        let _ = std::fs::remove_file(self.path(f));
+        let _ = std::fs::remove_dir(self.path(f));
+        make(&self.path(f));
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mkfifo(p: &std::path::Path) {
+    rustix::fs::mkfifoat(rustix::fs::CWD, p, rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
+}
+
+fn mkchr_zero(p: &std::path::Path) {
+    let dev = rustix::fs::makedev(1, 5);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        dev,
+    )
+    .unwrap();
+}
+
+fn chown(p: &std::path::Path, uid: u32) {
+    std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+}
+
+#[test]
+fn image_dir_reads_a_good_image_once() {
+    let s = Scratch::image("good");
+    let img = ImageDir::open(&s.0).unwrap();
+    assert_eq!(img.owner(), ImageOwner::Root);
+    // Changed after open: what was read at open is what is parsed.
+    s.write("manifest", b"garbage");
+    let m = img.manifest().unwrap();
+    let reader = img.packs(&m).unwrap();
+    reader.verify_all(&m, 1).unwrap();
+    assert!(reader.damage(&m, 1).is_empty());
+}
+
+#[test]
+fn image_dir_refuses_what_is_not_a_regular_file() {
+    let s = Scratch::image("kinds");
+    let good = std::fs::read(s.path("manifest")).unwrap();
+    type Make = fn(&std::path::Path);
+    let kinds: [(&str, Make); 4] = [
+        ("a FIFO", mkfifo),
+        ("a character device", mkchr_zero),
+        ("a symbolic link", |p| std::os::unix::fs::symlink("/dev/zero", p).unwrap()),
+        ("a directory", |p| std::fs::create_dir(p).unwrap()),
+    ];
+    for (what, make) in kinds {
+        // As the manifest: refused at open, at once (a FIFO would block a
+        // plain open, /dev/zero would be read forever).
+        s.replace_with("manifest", make);
+        let t = std::time::Instant::now();
+        let e = ImageDir::open(&s.0).unwrap_err().to_string();
+        assert!(e.contains(what) && e.contains("not a regular file"), "manifest {what}: {e}");
+        assert!(t.elapsed().as_secs() < 2, "manifest {what}: took {:?}", t.elapsed());
+        s.replace_with("manifest", |_| {});
+        s.write("manifest", &good);
+        // As a pack: refused when the packs are opened.
+        let img = ImageDir::open(&s.0).unwrap();
+        let m = img.manifest().unwrap();
+        s.replace_with("pages-0.pack", make);
+        let e = img.packs(&m).err().expect("a pack that is not a file must be refused").to_string();
+        assert!(e.contains(what), "pack {what}: {e}");
+        s.replace_with("pages-0.pack", |_| {});
+        s.write("pages-0.pack", &[5u8; 65536]);
+    }
+}
+
+#[test]
+fn image_dir_bounds_what_it_reads() {
+    let s = Scratch::image("bounds");
+    // A manifest far over the limit (sparse): refused before reading.
+    let f = std::fs::OpenOptions::new().write(true).open(s.path("manifest")).unwrap();
+    f.set_len(1 << 40).unwrap();
+    let e = ImageDir::open(&s.0).unwrap_err().to_string();
+    assert!(e.contains("limit"), "{e}");
+    // A file read no further than its size at open, even if it grows.
+    let s = Scratch::image("bounds2");
+    let img = ImageDir::open(&s.0).unwrap();
+    let f = img.open_file("pages-0.pack").unwrap();
+    std::fs::OpenOptions::new().append(true).open(s.path("pages-0.pack")).unwrap().write_all(&[1; 4096]).unwrap();
+    assert_eq!(f.read_all(1 << 20).unwrap().len(), 65536);
+    assert!(f.read_all(1000).unwrap_err().to_string().contains("limit"));
+    // Names that are not plain are refused.
+    for bad in ["../manifest", ".cryopod-incomplete", "", "a/b"] {
+        assert!(img.open_file(bad).is_err(), "{bad:?}");
+    }
+}
+
+use std::io::Write;
+
+#[test]
+fn image_dir_says_missing_and_interrupted() {
+    let e = ImageDir::open(std::path::Path::new("/nonexistent/cryopod-image")).unwrap_err();
+    assert!(matches!(e, ImageError::Missing(_)) && e.to_string().contains("missing"), "{e}");
+    let s = Scratch::new("interrupted");
+    s.write(".cryopod-incomplete", b"pages-0.pack\n");
+    let e = ImageDir::open(&s.0).unwrap_err().to_string();
+    assert!(e.contains("interrupted checkpoint"), "{e}");
+    let s = Scratch::new("foreign");
+    let e = ImageDir::open(&s.0).unwrap_err().to_string();
+    assert!(e.contains("has no manifest"), "{e}");
+}
+
+#[test]
+fn image_owner_is_decided_by_directory_and_manifest() {
+    // Root's directory, a user's manifest: the user's image.
+    let s = Scratch::image("owner-manifest");
+    chown(&s.path("manifest"), 65534);
+    assert_eq!(ImageDir::open(&s.0).unwrap().owner(), ImageOwner::User { uid: 65534, gid: 65534 });
+    // A user's directory with root's files: the user's image too (the
+    // user could have put any of root's files there).
+    let s = Scratch::image("owner-dir");
+    chown(&s.0, 65534);
+    let img = ImageDir::open(&s.0).unwrap();
+    assert_eq!(img.owner(), ImageOwner::User { uid: 65534, gid: 65534 });
+    // Root's pack in a user's image is fine.
+    let m = img.manifest().unwrap();
+    assert!(img.packs(&m).is_ok());
+    // Two users: refused.
+    chown(&s.path("manifest"), 1000);
+    let e = ImageDir::open(&s.0).unwrap_err().to_string();
+    assert!(e.contains("uid 65534") && e.contains("uid 1000") && e.contains("one owner"), "{e}");
+    // Root's image with a user's pack: refused, it never becomes the user's
+    // after the trust decision.
+    let s = Scratch::image("owner-pack");
+    let img = ImageDir::open(&s.0).unwrap();
+    let m = img.manifest().unwrap();
+    chown(&s.path("pages-0.pack"), 65534);
+    let e = img.packs(&m).err().expect("a user's pack in root's image").to_string();
+    assert!(e.contains("owned by uid 65534") && e.contains("belongs to root"), "{e}");
+}
+
+#[test]
+fn images_others_may_write_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::image("writable");
+    std::fs::set_permissions(s.path("manifest"), PermissionsExt::from_mode(0o664)).unwrap();
+    let e = ImageDir::open(&s.0).unwrap_err().to_string();
+    assert!(e.contains("group or others may write"), "{e}");
+    std::fs::set_permissions(s.path("manifest"), PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&s.0, PermissionsExt::from_mode(0o777)).unwrap();
+    assert!(ImageDir::open(&s.0).unwrap_err().to_string().contains("group or others may write"));
+    // A sticky directory: others cannot replace what is not theirs.
+    std::fs::set_permissions(&s.0, PermissionsExt::from_mode(0o1777)).unwrap();
+    let img = ImageDir::open(&s.0).unwrap();
+    std::fs::set_permissions(s.path("pages-0.pack"), PermissionsExt::from_mode(0o646)).unwrap();
+    let m = img.manifest().unwrap();
+    assert!(img.packs(&m).err().unwrap().to_string().contains("group or others may write"));
+}
+
+#[test]
+fn every_damaged_chunk_is_listed() {
+    let s = Scratch::new("damage");
+    let mut m = sample();
+    let pages: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 65536]).collect();
+    m.packs[0].size = 4 * 65536;
+    m.chunks = (0..4)
+        .map(|i| Chunk { hash: *blake3::hash(&pages[i]).as_bytes(), pack: 0, offset: i as u64 * 65536, len: 65536 })
+        .collect();
+    let mut pack = pages.concat();
+    pack[65536 + 7] ^= 1;
+    pack[3 * 65536] ^= 1;
+    s.write("pages-0.pack", &pack);
+    s.write("manifest", &encode_manifest(&m).unwrap());
+    let img = ImageDir::open(&s.0).unwrap();
+    let reader = img.packs(&m).unwrap();
+    let d = reader.damage(&m, 2);
+    assert_eq!(d.iter().map(|d| d.chunk).collect::<Vec<_>>(), vec![1, 3]);
+    assert!(d[0].problem.contains("checksum") && d[0].pack == "pages-0.pack" && d[0].offset == 65536);
+    let e = reader.verify_all(&m, 1).unwrap_err().to_string();
+    assert!(e.contains("page chunk 1") && e.contains("checksum"), "{e}");
 }

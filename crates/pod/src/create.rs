@@ -32,8 +32,8 @@ pub const POD_NS: i32 =
 pub struct Extra {
     pub mounts: Vec<cryopod_image::pod::PodMount>,
     pub archive: Option<std::fs::File>,
-    /// IPC objects, with the image directory holding segment contents.
-    pub ipc: Option<(cryopod_image::pod::PodIpc, std::path::PathBuf)>,
+    /// IPC objects, with the (checked) files of the segments' contents.
+    pub ipc: Option<(cryopod_image::pod::PodIpc, Vec<std::fs::File>)>,
     /// Network configuration the pod had, and the address it had.
     pub net: Option<(net::NetConfig, Option<std::net::Ipv4Addr>)>,
     /// eth0's hardware address, for a pod back at its own address.
@@ -205,8 +205,8 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
     }
     ns::unshare(POD_NS)?;
     // While the host's /proc (and the image) are still in view.
-    if let Some((ipc, dir)) = &extra.ipc {
-        crate::ipc::restore(ipc, dir)?;
+    if let Some((ipc, files)) = &extra.ipc {
+        crate::ipc::restore(ipc, files)?;
     }
     if !spec.hostname.is_empty() {
         ns::set_hostname(&spec.hostname)?;

@@ -7,9 +7,13 @@
 //! (`kernel/*_next_id`), owners and modes.
 
 use crate::{PodError, Result};
+use cryopod_engine::outdir::OutDir;
 use cryopod_image::pod::{MsgQueue, PodIpc, PosixMqueue, SemSet, ShmSegment};
+use cryopod_image::ImageDir;
 use cryopod_sys::{ipc, ns};
-use std::path::Path;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 
 /// Rows of /proc/sysvipc/<what> (of the caller's IPC namespace).
 fn rows(what: &str) -> Result<Vec<Vec<i64>>> {
@@ -32,16 +36,18 @@ fn col(r: &[i64], i: usize) -> i64 {
     r.get(i).copied().unwrap_or(0)
 }
 
-/// In the helper: read everything, writing segment contents into `dir`.
-fn read_all(dir: &Path) -> Result<PodIpc> {
+/// In the helper: read everything, writing segment contents into new
+/// files of the image (noted in its journal, so a failed checkpoint
+/// removes them even though this runs in another process).
+fn read_all(dir: &OutDir) -> Result<PodIpc> {
     let mut out = PodIpc::default();
     // key shmid perms size cpid lpid nattch uid gid ...
     for r in rows("shm")? {
         let (key, id, mode, size) = (col(&r, 0) as i32, col(&r, 1) as i32, col(&r, 2) as u32, col(&r, 3) as u64);
         let data = ipc::shm_read(id, size as usize)?;
         let name = format!("ipc-shm-{id}");
-        let path = dir.join(&name);
-        std::fs::write(&path, &data).map_err(PodError::io(&path))?;
+        let path = dir.path().join(&name);
+        dir.create(&name)?.write_all(&data).map_err(PodError::io(&path))?;
         let hash = *blake3::hash(&data).as_bytes();
         let perm = (col(&r, 7) as u32, col(&r, 8) as u32, mode & 0o777);
         let removed = mode & 0o1000 != 0;
@@ -90,7 +96,7 @@ fn read_all(dir: &Path) -> Result<PodIpc> {
 
 /// Read the IPC namespace of the pod whose first process is `init`
 /// (frozen), writing shared memory contents into the image directory.
-pub fn collect(init: i32, dir: &Path) -> Result<PodIpc> {
+pub fn collect(init: i32, dir: &OutDir) -> Result<PodIpc> {
     crate::join::read_inside(init, libc::CLONE_NEWIPC, "the pod's IPC namespace", || read_all(dir))
 }
 
@@ -126,15 +132,17 @@ pub fn remove_marked(ipc: &PodIpc, init: i32) -> Result<()> {
     })
 }
 
-/// Check the image's shared memory files before anything is created.
-pub fn check_files(ipc: &PodIpc, dir: &Path) -> Result<()> {
+/// Check the image's shared memory files before anything is created;
+/// returns them opened, in the order of `ipc.shm`.
+pub fn check_files(ipc: &PodIpc, img: &ImageDir) -> Result<Vec<File>> {
+    let mut out = Vec::with_capacity(ipc.shm.len());
     for s in &ipc.shm {
         if s.data.1 > s.size {
             return Err(PodError::Invalid(format!("image: SysV segment {} has more contents than size", s.id)));
         }
-        crate::snapshot::checked_file(dir, &s.data)?;
+        out.push(crate::snapshot::checked_file(img, &s.data)?);
     }
-    Ok(())
+    Ok(out)
 }
 
 fn next_id(what: &str, id: i32) -> Result<()> {
@@ -151,9 +159,13 @@ fn same_id(what: &str, want: i32, got: i32) -> Result<()> {
 
 /// In the holder, in the new IPC namespace (with the host's /proc still
 /// mounted): create everything again, each SysV object at its id.
-pub fn restore(ipc: &PodIpc, dir: &Path) -> Result<()> {
-    for s in &ipc.shm {
-        let data = std::fs::read(dir.join(&s.data.0)).map_err(PodError::io(dir.join(&s.data.0)))?;
+/// `files` are the segments' contents from [`check_files`].
+pub fn restore(ipc: &PodIpc, files: &[File]) -> Result<()> {
+    for (s, f) in ipc.shm.iter().zip(files) {
+        // Checked: the file has exactly this many bytes.
+        let len = usize::try_from(s.data.1).map_err(|_| PodError::Invalid(format!("SysV segment {}: size", s.id)))?;
+        let mut data = vec![0u8; len];
+        f.read_exact_at(&mut data, 0).map_err(PodError::io(&s.data.0))?;
         next_id("shm", s.id)?;
         same_id("segment", s.id, ipc::shm_create(s.key, s.size as usize, s.perm, &data)?)?;
     }

@@ -42,6 +42,13 @@ pub enum PodError {
     Net(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Engine(#[from] cryopod_engine::EngineError),
+    #[error(transparent)]
+    Image(#[from] cryopod_image::ImageError),
+    /// A pod checkpoint failed after the pod was frozen (it was thawed).
+    #[error("the pod was left running")]
+    LeftRunning(#[source] Box<PodError>),
 }
 
 impl PodError {

@@ -8,6 +8,7 @@
 use crate::{PodError, Result};
 use cryopod_engine::procfs::MountInfo;
 use cryopod_image::pod::{PodMount, PodMountKind};
+use std::io::Write;
 use std::path::Path;
 
 /// Mount points every pod gets from the holder (and its /proc).
@@ -154,10 +155,11 @@ pub fn apply(m: &PodMount, root: &str, in_rootfs: bool) -> Result<()> {
 }
 
 /// Archive the files of every tmpfs mount of `mounts` (read under
-/// `root`, the pod's root seen from here) into `out`, as `tmpfs/<index>/`.
-pub fn archive(root: &str, mounts: &[PodMount], out: &Path) -> Result<()> {
-    let f = std::fs::File::create(out).map_err(PodError::io(out))?;
-    let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+/// `root`, the pod's root seen from here) into `out` (a new file at
+/// `path`), as `tmpfs/<index>/`; returns the archive's size and BLAKE3.
+pub fn archive(root: &str, mounts: &[PodMount], out: std::fs::File, path: &Path) -> Result<(u64, [u8; 32])> {
+    let w = Hashing { inner: std::io::BufWriter::new(out), hash: blake3::Hasher::new(), len: 0 };
+    let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
     for m in mounts {
@@ -166,8 +168,29 @@ pub fn archive(root: &str, mounts: &[PodMount], out: &Path) -> Result<()> {
             b.append_dir_all(format!("tmpfs/{index}"), &src).map_err(PodError::io(&src))?;
         }
     }
-    b.into_inner().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(PodError::io(out))?;
-    Ok(())
+    let mut w = b.into_inner().map_err(PodError::io(path))?;
+    w.inner.flush().map_err(PodError::io(path))?;
+    Ok((w.len, *w.hash.finalize().as_bytes()))
+}
+
+/// A writer that hashes and counts what goes through it (the archive's
+/// size and BLAKE3 without reading it back).
+struct Hashing<W> {
+    inner: W,
+    hash: blake3::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// In the pod's mount namespace: unpack the archive's `tmpfs/<index>/`

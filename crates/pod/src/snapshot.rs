@@ -12,14 +12,17 @@ use crate::state::{IpConfig, PodRecord, PodSpec, StateDir};
 use crate::{net, PodError, Result};
 use cryopod_engine::checkpoint::PodCheckpoint;
 use cryopod_engine::guard::{Guard, Outcome};
+use cryopod_engine::outdir::OutDir;
 use cryopod_engine::restore::PodRestore;
-use cryopod_engine::{CheckpointOptions, CheckpointSummary, EngineError, Progress, RestoreOptions, RestoreOutcome};
-use cryopod_image::PodImage;
+use cryopod_engine::{
+    CheckedImage, CheckpointOptions, CheckpointSummary, EngineError, Progress, RestoreOptions, RestoreOutcome,
+};
+use cryopod_image::{ImageDir, PodImage};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::io::{Read, Seek};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The tmpfs archive's file name in an image.
@@ -27,8 +30,12 @@ const ARCHIVE: &str = "tmpfs.tar";
 /// A copy of a detached pod's log, so the restored pod's log goes on.
 const LOG_COPY: &str = "pod.log";
 
+/// An engine error; the pod says itself whether it was left running.
 fn engine_err(e: EngineError) -> PodError {
-    PodError::Invalid(e.to_string())
+    match e {
+        EngineError::LeftRunning(inner) => PodError::Engine(*inner),
+        e => PodError::Engine(e),
+    }
 }
 
 /// What only a process inside the pod's UTS and network namespaces sees.
@@ -72,40 +79,19 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
     if cg.freezer_state()? != "THAWED" {
         return Err(PodError::Invalid(format!("pod {} is frozen already (is another checkpoint running?)", o.name)));
     }
-    if o.dir.join(cryopod_image::MANIFEST_FILE).exists() {
-        return Err(PodError::Invalid(format!(
-            "{} already holds an image; choose an empty directory",
-            o.dir.display()
-        )));
-    }
-    std::fs::create_dir_all(&o.dir).map_err(PodError::io(&o.dir))?;
+    let out = OutDir::prepare(&o.dir)?;
     // Should we die while the pod is frozen, the guardian thaws it (and
     // if it dies too, the next cryopod command, seeing our note).
     let guard = Guard::start(Outcome::Resume).map_err(engine_err)?;
     guard.thaw_on_abort(cg.freezer_file()?.as_fd()).map_err(engine_err)?;
     let note = state.dir(&o.name).join(crate::state::CHECKPOINTER);
     crate::state::note_owner(&note).map_err(PodError::io(&note))?;
-    let res = cg.freeze(Duration::from_secs(10)).and_then(|_| checkpoint_frozen(state, &rec, &cg, o, &guard, progress));
+    let res =
+        cg.freeze(Duration::from_secs(10)).and_then(|_| checkpoint_frozen(state, &rec, &cg, o, &out, &guard, progress));
     let _ = cg.thaw();
     let _ = std::fs::remove_file(&note);
-    let summary = match res {
-        Ok(s) => s,
-        Err(e) => {
-            // What we wrote beside the engine's files.
-            if let Ok(rd) = std::fs::read_dir(&o.dir) {
-                for e in rd.flatten() {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    if n == ARCHIVE || n.starts_with("ipc-shm-") {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
-            return Err(e);
-        }
-    };
-    if rec.detached {
-        let _ = std::fs::copy(state.log_path(&o.name), o.dir.join(LOG_COPY));
-    }
+    // On failure, what was written goes when `out` is dropped unfinished.
+    let summary = res.map_err(|e| PodError::LeftRunning(Box::new(e)))?;
     if !o.leave_running {
         // The engine killed every process of the pod.
         crate::lifecycle::wait_gone(&rec, Duration::from_secs(10));
@@ -119,6 +105,7 @@ fn checkpoint_frozen(
     rec: &PodRecord,
     cg: &Cgroup,
     o: &PodCheckpointOptions,
+    out: &OutDir,
     guard: &Guard,
     progress: Progress,
 ) -> Result<CheckpointSummary> {
@@ -131,15 +118,14 @@ fn checkpoint_frozen(
     // A --userns pod's owners are recorded as the pod sees them.
     let pod_mounts = mounts::classify(&pod_mounts, rec.spec.rootfs.is_some(), &host_mounts, rec.spec.userns)?;
     let tmpfs_archive = if pod_mounts.iter().any(|m| matches!(m.kind, cryopod_image::pod::PodMountKind::Tmpfs { .. })) {
-        let path = o.dir.join(ARCHIVE);
-        mounts::archive(&root, &pod_mounts, &path)?;
-        let (size, hash) = hash_file(&path)?;
+        let f = out.create(ARCHIVE)?;
+        let (size, hash) = mounts::archive(&root, &pod_mounts, f, &o.dir.join(ARCHIVE))?;
         Some((ARCHIVE.to_string(), size, hash))
     } else {
         None
     };
     let limits = cg.limits()?;
-    let mut ipc = crate::ipc::collect(init, &o.dir)?;
+    let mut ipc = crate::ipc::collect(init, out)?;
     if rec.spec.userns {
         crate::ipc::to_pod_ids(&mut ipc, |id| {
             crate::create::pod_id(u64::from(id)).ok_or_else(|| {
@@ -172,6 +158,10 @@ fn checkpoint_frozen(
         let log = state.log_path(&rec.name);
         let md = std::fs::metadata(&log).map_err(PodError::io(&log))?;
         external.push((md.dev(), md.ino(), "log".to_string()));
+        // Its contents so far (the pod is frozen), for the restored pod's log.
+        let mut copy = out.create(LOG_COPY)?;
+        let mut src = std::fs::File::open(&log).map_err(PodError::io(&log))?;
+        std::io::copy(&mut src, &mut copy).map_err(PodError::io(o.dir.join(LOG_COPY)))?;
     }
     let thaw = || cg.thaw().map_err(engine_err_back);
     let opts = CheckpointOptions {
@@ -185,6 +175,7 @@ fn checkpoint_frozen(
             thaw: &thaw,
             image,
             ids: rec.spec.userns.then_some((crate::create::USERNS_BASE, crate::create::USERNS_SIZE)),
+            out,
         }),
         guard: Some(guard.clone()),
     };
@@ -200,28 +191,38 @@ fn spec_ip_same(old: Option<std::net::Ipv4Addr>, new: Option<IpConfig>) -> bool 
     new.is_none_or(|n| Some(n.addr) == old)
 }
 
-fn hash_file(path: &Path) -> Result<(u64, [u8; 32])> {
-    let mut f = std::fs::File::open(path).map_err(PodError::io(path))?;
+/// A file the manifest names beside itself (name, size, BLAKE3), opened
+/// through the image and checked: a plain name, a regular file of the
+/// image's owner, its size and hash as recorded. Returned at its start.
+pub(crate) fn checked_file(img: &ImageDir, (name, size, hash): &(String, u64, [u8; 32])) -> Result<std::fs::File> {
+    let f = img.open_file(name)?;
+    let damaged = || PodError::Invalid(format!("image: {} is damaged (size or hash differs)", f.path()));
+    if f.size() != *size {
+        return Err(damaged());
+    }
     let mut h = blake3::Hasher::new();
-    let size = std::io::copy(&mut f, &mut h).map_err(PodError::io(path))?;
-    Ok((size, *h.finalize().as_bytes()))
+    let n = std::io::copy(&mut f.file().take(*size), &mut h).map_err(PodError::io(f.path()))?;
+    if n != *size || h.finalize().as_bytes() != hash {
+        return Err(damaged());
+    }
+    let mut file = f.file().try_clone().map_err(PodError::io(f.path()))?;
+    file.rewind().map_err(PodError::io(f.path()))?;
+    Ok(file)
 }
 
-/// A file the manifest names beside itself (name, size, BLAKE3): its path,
-/// once the name is a plain one and size and hash match.
-pub(crate) fn checked_file(dir: &Path, (name, size, hash): &(String, u64, [u8; 32])) -> Result<PathBuf> {
-    if name.contains('/') || name.starts_with('.') || name.is_empty() {
-        return Err(PodError::Invalid(format!("image: file name {name:?} is not a plain file name")));
+/// Check the pod's own files in an image (tmpfs archive, SysV segment
+/// contents) as a restore would; `inspect` and `check` use it too.
+pub fn check_files(img: &ImageDir, pod: &PodImage) -> Result<()> {
+    if let Some(rec) = &pod.tmpfs_archive {
+        checked_file(img, rec)?;
     }
-    let path = dir.join(name);
-    if hash_file(&path)? != (*size, *hash) {
-        return Err(PodError::Invalid(format!("image: {} is damaged (size or hash differs)", path.display())));
-    }
-    Ok(path)
+    crate::ipc::check_files(&pod.ipc, img)?;
+    Ok(())
 }
 
-pub struct PodRestoreOptions {
-    pub dir: PathBuf,
+pub struct PodRestoreOptions<'a> {
+    /// The image, opened once and checked (a pod image is root's).
+    pub image: &'a CheckedImage,
     /// A new name (default: the pod's name in the image).
     pub name: Option<String>,
     /// A new address (default: the one in the image).
@@ -229,22 +230,16 @@ pub struct PodRestoreOptions {
     pub threads: usize,
 }
 
-/// Restore the pod in `o.dir` as a new pod; returns its record.
+/// Restore the pod in `o.image` as a new pod; returns its record. (A
+/// user's pod image never gets here: `CheckedImage` refuses it, since a
+/// pod's record asks for mounts, a root file system, IPC objects and
+/// addresses that only root may set up.)
 pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> Result<(PodRecord, RestoreOutcome)> {
-    let m = cryopod_image::read_manifest(&o.dir).map_err(|e| PodError::Invalid(e.to_string()))?;
+    let m = o.image.manifest();
     let pod = m.pod.clone().ok_or_else(|| PodError::Invalid("the image holds a process tree, not a pod".into()))?;
     // Before the pod's namespaces are made: a CPU without what the image's
     // CPU had is refused with nothing set up.
     cryopod_engine::cpu::check_image(&m.cpu).map_err(engine_err)?;
-    // A pod's record asks for mounts, a root file system, IPC objects and
-    // addresses that only root may set up: a user's image cannot.
-    if let Some(owner) = cryopod_engine::trust::image_owner(&o.dir).map_err(engine_err)? {
-        return Err(PodError::Invalid(format!(
-            "{} is owned by uid {}: a pod image must be owned by root to be restored",
-            o.dir.display(),
-            owner.uid
-        )));
-    }
     let name = o.name.clone().unwrap_or_else(|| pod.name.clone());
     let ip = match o.ip {
         Some(ip) => Some(ip),
@@ -280,30 +275,25 @@ fn restore_reserved(
     guard: &Guard,
     progress: Progress,
 ) -> Result<(PodRecord, RestoreOutcome)> {
-    let archive = match &pod.tmpfs_archive {
-        None => None,
-        Some(rec) => {
-            let path = checked_file(&o.dir, rec)?;
-            Some(std::fs::File::open(&path).map_err(PodError::io(&path))?)
-        }
-    };
+    let img = o.image.dir();
+    let archive = pod.tmpfs_archive.as_ref().map(|rec| checked_file(img, rec)).transpose()?;
     let mut log = None;
     if pod.detached {
         let p = state.log_path(name);
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(PodError::io(&p))?;
-        if let Ok(old) = std::fs::read(o.dir.join(LOG_COPY)) {
-            f.write_all(&old).map_err(PodError::io(&p))?;
+        if let Some(old) = img.open_optional(LOG_COPY)? {
+            std::io::copy(&mut old.file().take(old.size()), &mut f).map_err(PodError::io(&p))?;
         }
         log = Some(f);
     }
     let inherit: Vec<(String, i32)> = log.iter().map(|f| ("log".to_string(), f.as_raw_fd())).collect();
-    crate::ipc::check_files(&pod.ipc, &o.dir)?;
+    let shm_files = crate::ipc::check_files(&pod.ipc, img)?;
     let net_cfg = net::NetConfig { links: pod.links.clone(), routes: pod.routes.clone() };
     let old_ip = pod.ip.map(|(a, _)| std::net::Ipv4Addr::from(a));
     let extra = Extra {
         mounts: pod.mounts.clone(),
         archive,
-        ipc: Some((pod.ipc.clone(), o.dir.clone())),
+        ipc: Some((pod.ipc.clone(), shm_files)),
         net: Some((net_cfg, old_ip)),
         // Back at its own address: its own hardware address too.
         mac: pod
@@ -331,7 +321,7 @@ fn restore_reserved(
     let pod_restore =
         PodRestore { root: holder.root().display().to_string(), enter, before_pid_ns, inherit, ns_of: holder.pid };
     let opts =
-        RestoreOptions { dir: o.dir.clone(), threads: o.threads, pod: Some(pod_restore), guard: Some(guard.clone()) };
+        RestoreOptions { image: o.image, threads: o.threads, pod: Some(pod_restore), guard: Some(guard.clone()) };
     let outcome = match cryopod_engine::restore(&opts, progress) {
         Ok(out) => out,
         Err(e) => {

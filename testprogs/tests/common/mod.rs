@@ -242,6 +242,55 @@ pub fn assert_same_outside(before: &(Vec<String>, Vec<String>, usize), pid: i32)
     assert!(missing.is_empty(), "areas missing after restore: {missing:#?}");
 }
 
+/// Run `cmd` (a cryopod command) to its end, but fail the test if it takes
+/// longer than `secs` (killing it first): nothing may hang. Returns (exit
+/// code, stdout, stderr).
+pub fn run_within(mut cmd: Command, secs: u64) -> (i32, String, String) {
+    use std::io::Read;
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run cryopod");
+    let (mut so, mut se) = (child.stdout.take().expect("stdout"), child.stderr.take().expect("stderr"));
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for cryopod") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still ran after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (status.code().unwrap_or(-1), t_out.join().unwrap_or_default(), t_err.join().unwrap_or_default())
+}
+
+/// `cryopod args...` through [`run_within`] (20 s).
+pub fn cryopod_within(args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(cryopod_bin());
+    cmd.args(args);
+    run_within(cmd, 20)
+}
+
+/// Make every entry of `dir` (not recursively) and `dir` itself owned by
+/// uid:gid.
+pub fn chown_tree(dir: &Path, uid: u32, gid: u32) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid)).unwrap();
+    }
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+}
+
 /// Run cryopod with `CRYOPOD_FAULT=point`; returns (success, stderr).
 pub fn cryopod_with_fault(args: &[&str], point: &str) -> (bool, String) {
     let out = Command::new(cryopod_bin()).args(args).env("CRYOPOD_FAULT", point).output().expect("run cryopod");
@@ -282,13 +331,24 @@ pub fn outside_view(pid: i32) -> (Vec<String>, Vec<String>, usize) {
     (maps, fds, threads)
 }
 
+/// The manifest of the image in `img` (tests that forge images).
+pub fn read_manifest(img: &Path) -> cryopod_image::Manifest {
+    cryopod_image::ImageDir::open(img).and_then(|d| d.manifest()).expect("read the manifest")
+}
+
+/// Replace the manifest of the image in `img` (keeping the file's owner
+/// and mode).
+pub fn write_manifest(img: &Path, m: &cryopod_image::Manifest) {
+    std::fs::write(img.join("manifest"), cryopod_image::encode_manifest(m).unwrap()).unwrap();
+}
+
 /// Make the image in `dir` claim a CPU with an instruction set and an
 /// extended-state component that this CPU lacks (the image was taken here,
 /// so a named bit its record lacks is one this CPU lacks). Returns their
 /// names as a refusal must say them.
 pub fn forge_richer_cpu(dir: &Path) -> (&'static str, &'static str) {
     use cryopod_image::cpu::Word;
-    let mut m = cryopod_image::read_manifest(dir).expect("read manifest");
+    let mut m = read_manifest(dir);
     let candidates = [(Word::Leaf7Edx, 24, "amx_tile"), (Word::Ext1Ecx, 6, "sse4a"), (Word::Leaf7Ebx, 16, "avx512f")];
     let (word, bit, feature) =
         candidates.into_iter().find(|&(w, b, _)| m.cpu.features.get(w) & (1 << b) == 0).expect("a feature to forge");
@@ -303,6 +363,6 @@ pub fn forge_richer_cpu(dir: &Path) -> (&'static str, &'static str) {
     for t in m.processes.iter_mut().flat_map(|p| p.threads.iter_mut()) {
         t.xstate.resize(m.cpu.xsave_size as usize, 0);
     }
-    cryopod_image::write_manifest(dir, &m).expect("write manifest");
+    write_manifest(dir, &m);
     (feature, state)
 }
