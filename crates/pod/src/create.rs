@@ -322,6 +322,11 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
     let mut holder = Holder::create(&o.name, &o.spec, &Extra::default())?;
     let (err_r, err_w) = util::pipe()?;
     let exec_init = || -> Result<()> {
+        // The pod is a session of its own from the first instant the
+        // caller can see it (cryopod-init makes sure too, but only once it
+        // runs: a checkpoint right after `run -d` would find the caller's
+        // process group in the pod).
+        util::new_session()?;
         if let Some(l) = &log {
             util::dup_to(l.as_raw_fd(), 1, false)?;
             util::dup_to(l.as_raw_fd(), 2, false)?;

@@ -101,6 +101,22 @@ fn usr1_action() -> (usize, i32, u64) {
     }
 }
 
+/// The spin of the registers thread: 200 rounds of a 20,000-step loop and
+/// a getppid, touching only rax, rcx, r10, r11.
+macro_rules! spin {
+    () => {
+        "mov r10, 200\n2:\nmov ecx, 20000\n3:\ndec ecx\njnz 3b\nmov eax, 110\nsyscall\ndec r10\njnz 2b"
+    };
+}
+
+/// Count the round (r8), compare the stored registers (rdi) with what they
+/// must be (rbp; rcx bytes): al = 1 if they differ; restore rbp and rbx.
+macro_rules! compare {
+    () => {
+        "lock inc qword ptr [r8]\nmov rsi, rbp\nrepe cmpsb\nsetne al\nmovzx eax, al\npop rbp\npop rbx"
+    };
+}
+
 /// Spin in user code with known values in ymm0-15 (xmm without AVX),
 /// rbx and r12-r15; every round stores them and compares with what they
 /// must be, then makes one syscall.
@@ -131,16 +147,7 @@ fn regs_thread(beat: &Beat) {
                     "vmovdqu ymm15, [rsi + 480]",
                     "mov rbx, [rsi + 512]", "mov r12, [rsi + 520]", "mov r13, [rsi + 528]",
                     "mov r14, [rsi + 536]", "mov r15, [rsi + 544]",
-                    "mov r10, 200",
-                    "2:",
-                    "mov ecx, 20000",
-                    "3:",
-                    "dec ecx",
-                    "jnz 3b",
-                    "mov eax, 110",
-                    "syscall",
-                    "dec r10",
-                    "jnz 2b",
+                    spin!(),
                     "vmovdqu [rdi + 0], ymm0", "vmovdqu [rdi + 32], ymm1", "vmovdqu [rdi + 64], ymm2",
                     "vmovdqu [rdi + 96], ymm3", "vmovdqu [rdi + 128], ymm4", "vmovdqu [rdi + 160], ymm5",
                     "vmovdqu [rdi + 192], ymm6", "vmovdqu [rdi + 224], ymm7", "vmovdqu [rdi + 256], ymm8",
@@ -149,14 +156,8 @@ fn regs_thread(beat: &Beat) {
                     "vmovdqu [rdi + 480], ymm15",
                     "mov [rdi + 512], rbx", "mov [rdi + 520], r12", "mov [rdi + 528], r13",
                     "mov [rdi + 536], r14", "mov [rdi + 544], r15",
-                    "lock inc qword ptr [r8]",
-                    "mov rsi, rbp",
                     "mov rcx, r9",
-                    "repe cmpsb",
-                    "setne al",
-                    "movzx eax, al",
-                    "pop rbp",
-                    "pop rbx",
+                    compare!(),
                     inout("rsi") want.as_ptr() => _,
                     inout("rdi") got.as_mut_ptr() => _,
                     in("r8") counter,
@@ -178,28 +179,13 @@ fn regs_thread(beat: &Beat) {
                     "movdqu xmm3, [rsi + 48]", "movdqu xmm4, [rsi + 64]", "movdqu xmm5, [rsi + 80]",
                     "movdqu xmm6, [rsi + 96]", "movdqu xmm7, [rsi + 112]",
                     "mov rbx, [rsi + 512]", "mov r12, [rsi + 520]",
-                    "mov r10, 200",
-                    "2:",
-                    "mov ecx, 20000",
-                    "3:",
-                    "dec ecx",
-                    "jnz 3b",
-                    "mov eax, 110",
-                    "syscall",
-                    "dec r10",
-                    "jnz 2b",
+                    spin!(),
                     "movdqu [rdi + 0], xmm0", "movdqu [rdi + 16], xmm1", "movdqu [rdi + 32], xmm2",
                     "movdqu [rdi + 48], xmm3", "movdqu [rdi + 64], xmm4", "movdqu [rdi + 80], xmm5",
                     "movdqu [rdi + 96], xmm6", "movdqu [rdi + 112], xmm7",
                     "mov [rdi + 512], rbx", "mov [rdi + 520], r12",
-                    "lock inc qword ptr [r8]",
-                    "mov rsi, rbp",
                     "mov rcx, 128",
-                    "repe cmpsb",
-                    "setne al",
-                    "movzx eax, al",
-                    "pop rbp",
-                    "pop rbx",
+                    compare!(),
                     inout("rsi") want.as_ptr() => _,
                     inout("rdi") got.as_mut_ptr() => _,
                     in("r8") counter,

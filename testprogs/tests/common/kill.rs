@@ -278,6 +278,62 @@ fn judge(run: &Run, pids: &[i32], base: &Outside) -> Result<(), String> {
     still_working(run.pid, &run.dir)
 }
 
+/// What one trial left.
+enum Verdict {
+    /// As it must be (a checkpoint's program unharmed, nothing of a restore).
+    Fine,
+    /// A restore that had finished: the whole tree runs.
+    Completed,
+    Bad(String),
+}
+
+/// A kind of trial: the cryopod command to kill, how to judge what it
+/// left, and what to do between trials.
+struct Trials<'a> {
+    args: &'a [&'a str],
+    env: &'a [(&'a str, &'a str)],
+    /// Ends what a finished command made (calibration, completed trials).
+    reset: &'a dyn Fn(),
+    /// The kill instant of trial i, given the command's full time.
+    span: &'a dyn Fn(usize, Duration) -> Duration,
+    /// Harm makes every later trial meaningless: stop at the first.
+    stop_at_bad: bool,
+}
+
+impl Trials<'_> {
+    fn run(&self, n: usize, mut judge: impl FnMut() -> Verdict) -> Counts {
+        let full = time_of(self.args, self.env, self.reset);
+        println!("cryopod {} takes {:.1} ms", self.args[0], full.as_secs_f64() * 1e3);
+        let mut rng = Rng::new();
+        let mut c = Counts { trials: n, ..Default::default() };
+        for i in 0..n {
+            let at = rng.below((self.span)(i, full));
+            run_and_kill(self.args, self.env, at);
+            if lingering_guardians() {
+                c.lingering += 1;
+            }
+            match judge() {
+                Verdict::Fine => {}
+                Verdict::Completed => c.completed += 1,
+                Verdict::Bad(why) => {
+                    c.bad += 1;
+                    c.notes.push(format!("trial {i} (killed after {:.2} ms): {why}", at.as_secs_f64() * 1e3));
+                    if self.stop_at_bad {
+                        break;
+                    }
+                }
+            }
+            (self.reset)();
+        }
+        c
+    }
+}
+
+/// Anywhere in the command, and a little after.
+fn anywhere(_: usize, full: Duration) -> Duration {
+    full * 11 / 10
+}
+
 /// `n` checkpoints (`--leave-running`) of tp-victim, each killed at a
 /// random instant: two thirds within the first 60% of a checkpoint (state
 /// collection and injection), a third anywhere in it.
@@ -293,26 +349,15 @@ pub fn checkpoint_trials(bin: &str, n: usize) -> Counts {
     let img_s = img.to_str().unwrap().to_string();
     let pid_s = pid.to_string();
     let args = ["checkpoint", "--pid", &pid_s, "-o", &img_s, "--leave-running"];
-    let full = time_of(&args, &[], || {
+    let reset = || {
         let _ = std::fs::remove_dir_all(&img);
+    };
+    let span = |i: usize, full: Duration| if i % 3 == 2 { full * 12 / 10 } else { full * 6 / 10 };
+    let t = Trials { args: &args, env: &[], reset: &reset, span: &span, stop_at_bad: true };
+    let c = t.run(n, || match judge(&run, &pids, &base) {
+        Ok(()) => Verdict::Fine,
+        Err(why) => Verdict::Bad(why),
     });
-    println!("a checkpoint of tp-victim takes {:.1} ms", full.as_secs_f64() * 1e3);
-    let mut rng = Rng::new();
-    let mut c = Counts { trials: n, ..Default::default() };
-    for i in 0..n {
-        let span = if i % 3 == 2 { full * 12 / 10 } else { full * 6 / 10 };
-        let at = rng.below(span);
-        run_and_kill(&args, &[], at);
-        if lingering_guardians() {
-            c.lingering += 1;
-        }
-        if let Err(why) = judge(&run, &pids, &base) {
-            c.bad += 1;
-            c.notes.push(format!("trial {i} (killed after {:.2} ms): {why}", at.as_secs_f64() * 1e3));
-            break;
-        }
-        let _ = std::fs::remove_dir_all(&img);
-    }
     if c.bad == 0 {
         // Still checkpointable, and it says all went well.
         run.checkpoint(&["--leave-running"]);
@@ -341,16 +386,8 @@ pub fn restore_trials(bin: &str, n: usize) -> Counts {
             std::thread::sleep(Duration::from_millis(1));
         }
     };
-    let full = time_of(&args, &[], gone);
-    println!("a restore of tp-victim takes {:.1} ms", full.as_secs_f64() * 1e3);
-    let mut rng = Rng::new();
-    let mut c = Counts { trials: n, ..Default::default() };
-    for i in 0..n {
-        let at = rng.below(full * 11 / 10);
-        run_and_kill(&args, &[], at);
-        if lingering_guardians() {
-            c.lingering += 1;
-        }
+    let t = Trials { args: &args, env: &[], reset: &gone, span: &anywhere, stop_at_bad: false };
+    t.run(n, || {
         // Whatever the kernel or the guardian kills may take a moment.
         let t = Instant::now();
         let alive = || pids.iter().filter(|p| live(**p)).count();
@@ -359,21 +396,11 @@ pub fn restore_trials(bin: &str, n: usize) -> Counts {
             std::thread::sleep(Duration::from_millis(2));
         }
         match alive() {
-            0 => {}
-            k if k == pids.len() && not_running(&pids).is_empty() => c.completed += 1,
-            k => {
-                c.bad += 1;
-                c.notes.push(format!(
-                    "trial {i} (killed after {:.2} ms): {k} of {} processes left: {:?}",
-                    at.as_secs_f64() * 1e3,
-                    pids.len(),
-                    not_running(&pids)
-                ));
-            }
+            0 => Verdict::Fine,
+            k if k == pids.len() && not_running(&pids).is_empty() => Verdict::Completed,
+            k => Verdict::Bad(format!("{k} of {} processes left: {:?}", pids.len(), not_running(&pids))),
         }
-        gone();
-    }
-    c
+    })
 }
 
 /// A live (not zombie) process.
@@ -389,72 +416,49 @@ fn live(pid: i32) -> bool {
 pub fn pod_checkpoint_trials(env: &PodEnv, n: usize) -> Counts {
     let name = "killck";
     env.ok(&["run", "-d", "--name", name, "--", "sh", "-c", "while :; do echo x > /dev/null; sleep 0.01; done"]);
-    let rec = env.ps();
-    let init = rec[0]["init_pid"].as_i64().unwrap() as i32;
+    let init = env.ps()[0]["init_pid"].as_i64().unwrap() as i32;
     let img = env.dir.join("img");
     let img_s = img.to_str().unwrap().to_string();
     let state = env.state.to_str().unwrap().to_string();
     let envs = [("CRYOPOD_STATE_DIR", state.as_str())];
     let args = ["checkpoint", name, "-o", &img_s, "--leave-running"];
-    let full = time_of(&args, &envs, || {
+    let reset = || {
         let _ = std::fs::remove_dir_all(&img);
-    });
-    let mut rng = Rng::new();
-    let mut c = Counts { trials: n, ..Default::default() };
-    for i in 0..n {
-        let at = rng.below(full * 11 / 10);
-        run_and_kill(&args, &envs, at);
-        if lingering_guardians() {
-            c.lingering += 1;
-        }
-        let freezer = format!("/sys/fs/cgroup/freezer/cryopod/{name}/freezer.state");
+    };
+    let freezer = format!("/sys/fs/cgroup/freezer/cryopod/{name}/freezer.state");
+    let t = Trials { args: &args, env: &envs, reset: &reset, span: &anywhere, stop_at_bad: true };
+    let c = t.run(n, || {
         let t = Instant::now();
-        let mut why = String::new();
-        while t.elapsed() < Duration::from_secs(1) {
+        loop {
             let fz = std::fs::read_to_string(&freezer).unwrap_or_default();
             let mut pids = vec![init];
             pids.extend(children_of(init));
             let stuck = not_running(&pids);
-            why = format!("freezer {}, {}", fz.trim(), stuck.join("; "));
             if fz.trim() == "THAWED" && stuck.is_empty() {
-                why.clear();
-                break;
+                return Verdict::Fine;
+            }
+            if t.elapsed() > Duration::from_secs(1) {
+                return Verdict::Bad(format!("freezer {}, {}", fz.trim(), stuck.join("; ")));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        if !why.is_empty() {
-            c.bad += 1;
-            c.notes.push(format!("trial {i} (killed after {:.2} ms): {why}", at.as_secs_f64() * 1e3));
-            break;
-        }
-        let _ = std::fs::remove_dir_all(&img);
-    }
+    });
     env.ok(&["checkpoint", name, "-o", &img_s, "--leave-running"]);
     env.ok(&["stop", "--timeout", "1", name]);
     c
 }
 
-/// `n` restores of a pod image killed at random instants: afterwards the
-/// next cryopod command (`ps`) finds either the whole pod or nothing of
-/// it (no process, cgroup, veth or state left).
+/// `n` restores of a pod image killed at random instants: every process
+/// made for the pod dies with the restorer, and the next cryopod command
+/// (`ps`) finds either the whole pod or nothing of it (no cgroup, veth or
+/// state left).
 pub fn pod_restore_trials(env: &PodEnv, n: usize) -> Counts {
     let name = "killrs";
     let rootfs = env.rootfs();
     let rootfs_s = rootfs.to_str().unwrap().to_string();
-    env.ok(&[
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--rootfs",
-        &rootfs_s,
-        "--ip",
-        "10.77.93.2/24",
-        "--",
-        "sh",
-        "-c",
-        "while :; do sleep 0.01; done",
-    ]);
+    let cmd = ["sh", "-c", "while :; do sleep 0.01; done"];
+    let run = ["run", "-d", "--name", name, "--rootfs", &rootfs_s, "--ip", "10.77.93.2/24", "--"];
+    env.ok(&[&run[..], &cmd[..]].concat());
     let img = env.dir.join("img");
     let img_s = img.to_str().unwrap().to_string();
     env.ok(&["checkpoint", name, "-o", &img_s]);
@@ -464,18 +468,10 @@ pub fn pod_restore_trials(env: &PodEnv, n: usize) -> Counts {
     let stop = || {
         let _ = env.cryopod(&["stop", "--timeout", "1", name]);
     };
-    let full = time_of(&args, &envs, stop);
-    let mut rng = Rng::new();
-    let mut c = Counts { trials: n, ..Default::default() };
-    for i in 0..n {
-        let at = rng.below(full * 11 / 10);
-        run_and_kill(&args, &envs, at);
-        if lingering_guardians() {
-            c.lingering += 1;
-        }
-        // Every process made for the pod dies with the restorer (or its
-        // guardian): nothing may stay in the pod's cgroup.
-        let procs = format!("/sys/fs/cgroup/pids/cryopod/{name}/cgroup.procs");
+    let procs = format!("/sys/fs/cgroup/pids/cryopod/{name}/cgroup.procs");
+    let record = env.state.join("pods").join(name).join("pod.json");
+    let t = Trials { args: &args, env: &envs, reset: &stop, span: &anywhere, stop_at_bad: false };
+    t.run(n, || {
         let t = Instant::now();
         let mut left = std::fs::read_to_string(&procs).unwrap_or_default();
         while !left.trim().is_empty() && t.elapsed() < Duration::from_secs(2) {
@@ -483,28 +479,18 @@ pub fn pod_restore_trials(env: &PodEnv, n: usize) -> Counts {
             std::thread::sleep(Duration::from_millis(5));
             left = std::fs::read_to_string(&procs).unwrap_or_default();
         }
-        let restored = Path::new(&env.state.join("pods").join(name).join("pod.json")).exists();
-        if !restored && !left.trim().is_empty() {
-            c.bad += 1;
-            let pids =
-                left.split_whitespace().map(|p| format!("{p} ({})", comm(p.parse().unwrap_or(0)))).collect::<Vec<_>>();
-            c.notes
-                .push(format!("trial {i} (killed after {:.2} ms): processes left: {pids:?}", at.as_secs_f64() * 1e3));
+        if !record.exists() && !left.trim().is_empty() {
+            let who: Vec<String> =
+                left.split_whitespace().map(|p| format!("{p} ({})", comm(p.parse().unwrap_or(0)))).collect();
+            return Verdict::Bad(format!("processes left: {who:?}"));
         }
         // The next command puts right what the killed one left.
-        let pods = env.ps();
-        let running = pods.iter().any(|p| p["name"] == name && p["state"] == "running");
-        if running {
-            c.completed += 1;
-            stop();
-        } else {
-            let left = env.leftovers(name);
-            if !left.is_empty() {
-                c.bad += 1;
-                c.notes.push(format!("trial {i} (killed after {:.2} ms): left {left:?}", at.as_secs_f64() * 1e3));
-                stop();
-            }
+        if env.ps().iter().any(|p| p["name"] == name && p["state"] == "running") {
+            return Verdict::Completed;
         }
-    }
-    c
+        match env.leftovers(name) {
+            l if l.is_empty() => Verdict::Fine,
+            l => Verdict::Bad(format!("left {l:?}")),
+        }
+    })
 }
