@@ -130,7 +130,7 @@ fn print_checkpoint(s: &cryopod_engine::CheckpointSummary, leave_running: bool, 
 }
 
 fn main() {
-    cryopod_sys::ns::default_sigpipe();
+    cryopod_sys::signal::default_sigpipe();
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",
