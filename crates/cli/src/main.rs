@@ -1,5 +1,6 @@
 //! The `cryopod` command: argument parsing, progress display and summaries.
 //! All the work is in cryopod-engine.
+#![forbid(unsafe_code)]
 
 mod check;
 mod inspect;

@@ -93,9 +93,9 @@ pub fn move_to(fd: OwnedFd, at: TargetFd, cloexec: bool) -> SysResult<OwnedFd> {
 }
 
 /// Close number `at` of our own table, ignoring errors. For a process that
-/// keeps files at known numbers without handles (a stub closing what it
-/// inherited or staged): a handle of ours to that number must not be used
-/// afterwards.
+/// keeps files at known numbers without handles (a stub closing the
+/// restorer's descriptors it inherited): a handle of ours to that number
+/// must not be used afterwards.
 pub fn close_at(at: TargetFd) {
     // SAFETY: close has no memory arguments; the slot is the caller's to
     // close (see above).
