@@ -1,5 +1,6 @@
 //! The `cryopod` command: argument parsing, progress display and summaries.
 //! All the work is in cryopod-engine.
+#![forbid(unsafe_code)]
 
 mod check;
 mod inspect;
@@ -130,7 +131,7 @@ fn print_checkpoint(s: &cryopod_engine::CheckpointSummary, leave_running: bool, 
 }
 
 fn main() {
-    cryopod_sys::ns::default_sigpipe();
+    cryopod_sys::signal::default_sigpipe();
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",

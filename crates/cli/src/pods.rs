@@ -73,7 +73,7 @@ pub fn run(state: &StateDir, a: RunArgs) -> Result<i32> {
     }
     let o = RunOptions { name: name.clone(), spec, cmd: a.cmd, detached: a.detach };
     // A --userns pod's PID 1 is forked by a go-between: it comes back to us.
-    cryopod_sys::util::become_subreaper()?;
+    cryopod_sys::process::become_subreaper()?;
     let rec = cryopod_pod::create::run(state, &o, INIT_PROGRAM).with_context(|| format!("cannot start pod {name}"))?;
     if a.detach {
         println!("{name}");
@@ -86,12 +86,12 @@ pub fn run(state: &StateDir, a: RunArgs) -> Result<i32> {
 /// A pod in the foreground: wait for its PID 1 (our child), passing on the
 /// signals sent to us, then remove the pod, and return its exit code.
 fn wait_and_remove(state: &StateDir, rec: &cryopod_pod::PodRecord) -> Result<i32> {
-    cryopod_sys::util::forward_signals(
+    cryopod_sys::signal::forward_signals(
         rec.init_pid,
         &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2],
     )?;
-    let (_, st) = cryopod_sys::util::waitpid(rec.init_pid, 0)?;
-    let code = cryopod_sys::util::exit_code(st);
+    let (_, st) = cryopod_sys::process::waitpid(rec.init_pid, 0)?;
+    let code = cryopod_sys::process::exit_code(st);
     // A checkpoint may have ended the pod and a restore made a new one of
     // that name meanwhile: only remove what is still ours.
     if let Ok(now) = state.load(&rec.name) {

@@ -183,7 +183,7 @@ fn collect_and_write(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        kernel: cryopod_sys::util::kernel_release(),
+        kernel: cryopod_sys::ns::kernel_release(),
         cpu: crate::cpu::record(),
         vdso_hash: mem.vdso_hash.unwrap_or([0; 32]),
         root_pid: o.pid,

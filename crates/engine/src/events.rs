@@ -5,7 +5,8 @@
 
 use crate::{procfs, EngineError, Result};
 use cryopod_image::FileKind;
-use std::os::fd::AsRawFd;
+use cryopod_sys::TargetFd;
+use std::os::fd::AsFd;
 
 /// eventfd, signalfd, timerfd and epoll, from the target's own fdinfo.
 pub fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
@@ -24,8 +25,8 @@ pub fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
             // timerfd_gettime on a copy brings the unread expirations in
             // fdinfo up to date (KERNEL-NOTES), and gives the times.
             let pidfd = cryopod_sys::pidfd::pidfd_open(pid)?;
-            let copy = cryopod_sys::pidfd::pidfd_getfd(&pidfd, pid, fd)?;
-            let (interval_ns, value_ns) = cryopod_sys::util::timerfd_gettime(copy.as_raw_fd())?;
+            let copy = cryopod_sys::pidfd::pidfd_getfd(&pidfd, pid, TargetFd(fd))?;
+            let (interval_ns, value_ns) = cryopod_sys::events::timerfd_gettime(&copy)?;
             let s = info()?;
             Ok(FileKind::TimerFd {
                 clock: field(&s, "clockid").parse().unwrap_or(libc::CLOCK_MONOTONIC),
@@ -65,15 +66,16 @@ pub fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
 /// next one comes in `value_ns` and the following every `interval_ns`: the
 /// first expiration is set in the past (absolute time), so the kernel counts
 /// the ones already due.
-pub fn restore_timerfd(fd: i32, clock: i32, interval_ns: u64, value_ns: u64, ticks: u64) -> Result<()> {
-    use cryopod_sys::util::timerfd_settime;
+pub fn restore_timerfd(fd: impl AsFd, clock: i32, interval_ns: u64, value_ns: u64, ticks: u64) -> Result<()> {
+    use cryopod_sys::events::timerfd_settime;
+    let fd = fd.as_fd();
     if ticks == 0 {
         if value_ns > 0 {
             timerfd_settime(fd, 0, interval_ns, value_ns)?;
         }
         return Ok(());
     }
-    let now = cryopod_sys::util::clock_ns(clock);
+    let now = cryopod_sys::events::clock_ns(clock);
     if interval_ns == 0 {
         // A one-shot timer that fired and was not read: one expiration due.
         timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, 0, 1)?;

@@ -8,8 +8,9 @@
 use crate::procfs;
 use crate::{EngineError, Result};
 use cryopod_image::{Fd, FileKind, Manifest, ObjectOrigin, OpenFile};
+use cryopod_sys::{events, fd as fds, TargetFd};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 
 /// fdinfo flag bits that describe the open file, kept on restore.
@@ -24,7 +25,7 @@ const KEEP_FLAGS: u32 = (libc::O_ACCMODE
     | libc::O_PATH) as u32;
 
 pub fn data_segments(f: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
-    cryopod_sys::util::data_segments(f.as_raw_fd(), size)
+    fds::data_segments(f, size)
 }
 
 /// All open file descriptions of a checkpoint.
@@ -98,7 +99,7 @@ impl FileTable {
             // Same open file description as one seen before?
             let mut found = None;
             for &(p2, fd2, idx, dev, ino) in &self.seen {
-                if dev == md.dev() && ino == md.ino() && cryopod_sys::util::same_open_file(pid, fd, p2, fd2)? {
+                if dev == md.dev() && ino == md.ino() && fds::same_open_file(pid, TargetFd(fd), p2, TargetFd(fd2))? {
                     found = Some(idx);
                     break;
                 }
@@ -143,7 +144,7 @@ impl FileTable {
                     return Err(unsupported("not reachable by path"));
                 }
                 const MQUEUE_MAGIC: i64 = 0x1980_0202;
-                if cryopod_sys::util::fs_magic(&format!("/proc/{pid}/fd/{fd}")).ok() == Some(MQUEUE_MAGIC) {
+                if cryopod_sys::fs::fs_magic(&format!("/proc/{pid}/fd/{fd}")).ok() == Some(MQUEUE_MAGIC) {
                     // A pod's queues are saved with its IPC namespace.
                     if self.root.is_empty() {
                         return Err(unsupported("a POSIX message queue (supported in pods)"));
@@ -162,7 +163,7 @@ impl FileTable {
                 }
             }
             libc::S_IFCHR => {
-                let major = cryopod_sys::util::major(md.rdev());
+                let major = cryopod_sys::fs::major(md.rdev());
                 if (136..=143).contains(&major) || major == 4 || (major == 5 && md.rdev() & 0xff != 2) {
                     Ok(FileKind::Terminal { path: target.to_string() })
                 } else {
@@ -208,12 +209,12 @@ fn open_proc_fd(pid: i32, fd: i32) -> Result<std::fs::File> {
 
 fn peek_pipe(pid: i32, fd: i32) -> Result<Vec<u8>> {
     let f: OwnedFd = open_proc_fd(pid, fd)?.into();
-    Ok(cryopod_sys::pidfd::peek_pipe(&f, pid)?)
+    Ok(cryopod_sys::pipe::peek(&f, pid)?)
 }
 
 fn pipe_capacity(pid: i32, fd: i32) -> Result<i32> {
     let f: OwnedFd = open_proc_fd(pid, fd)?.into();
-    Ok(cryopod_sys::pidfd::pipe_capacity(&f))
+    Ok(cryopod_sys::pipe::capacity(&f))
 }
 
 /// The path a file mapping is re-created from.
@@ -270,7 +271,7 @@ pub fn open_all(
     base: i32,
     objects: &HashMap<u32, OwnedFd>,
     root: &str,
-    inherit: &[(String, i32)],
+    inherit: &[(String, BorrowedFd<'_>)],
     ns_of: Option<i32>,
 ) -> Result<Vec<Option<OwnedFd>>> {
     let mut used = vec![false; m.files.len()];
@@ -295,7 +296,7 @@ pub fn open_all(
         }
         let fd = open_one(f, &mut pipes, &mut fifo_holders, objects, root, inherit, ns_of)
             .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
-        out.push(Some(cryopod_sys::util::dup_at_least(fd.as_raw_fd(), base)?));
+        out.push(Some(fds::dup_at_least(&fd, base)?));
     }
     drop(fifo_holders);
     // Both ends of a connection inside the checkpoint exist before either
@@ -311,11 +312,11 @@ pub fn open_all(
     for (i, fd) in made {
         let f = &m.files[i];
         if let FileKind::Tcp(c) = &f.kind {
-            cryopod_sys::tcp::finish(fd.as_raw_fd(), c)
+            cryopod_sys::tcp::finish(&fd, c)
                 .map_err(|e| EngineError::during(format!("file {}", describe(m, f)))(e.into()))?;
         }
-        cryopod_sys::util::set_status_flags(fd.as_raw_fd(), (f.flags & !(libc::O_ACCMODE as u32)) as i32)?;
-        out[i] = Some(cryopod_sys::util::dup_at_least(fd.as_raw_fd(), base)?);
+        fds::set_status_flags(&fd, (f.flags & !(libc::O_ACCMODE as u32)) as i32)?;
+        out[i] = Some(fds::dup_at_least(&fd, base)?);
     }
     Ok(out)
 }
@@ -380,7 +381,7 @@ fn open_one(
     holders: &mut Vec<OwnedFd>,
     objects: &HashMap<u32, OwnedFd>,
     root: &str,
-    inherit: &[(String, i32)],
+    inherit: &[(String, BorrowedFd<'_>)],
     ns_of: Option<i32>,
 ) -> Result<OwnedFd> {
     let flags = f.flags;
@@ -393,7 +394,7 @@ fn open_one(
             } else {
                 open_with(path, flags)?
             };
-            cryopod_sys::util::seek_to(fd.as_raw_fd(), f.pos)?;
+            fds::seek_to(&fd, f.pos)?;
             fd
         }
         FileKind::Object { object } => {
@@ -401,7 +402,7 @@ fn open_one(
             let obj =
                 objects.get(object).ok_or_else(|| EngineError::Other(format!("object {object} was not created")))?;
             let fd = open_with(&format!("/proc/self/fd/{}", obj.as_raw_fd()), flags)?;
-            cryopod_sys::util::seek_to(fd.as_raw_fd(), f.pos)?;
+            fds::seek_to(&fd, f.pos)?;
             fd
         }
         FileKind::CharDev { path, .. } => open_with(&under(root, path), flags | libc::O_NOCTTY as u32)?,
@@ -418,26 +419,26 @@ fn open_one(
         }
         FileKind::Inotify { watches } => {
             let fd = crate::inotify::restore(watches, root)?;
-            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fds::set_status_flags(&fd, status)?;
             fd
         }
         FileKind::Udp { .. } | FileKind::TcpListen { .. } => {
             let fd = crate::inet::make(&f.kind, ns_of)?;
-            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fds::set_status_flags(&fd, status)?;
             fd
         }
         FileKind::External { key } => {
             let (_, fd) = inherit.iter().find(|(k, _)| k == key).ok_or_else(|| {
                 EngineError::Other(format!("the image needs the external file {key:?}, which was not supplied"))
             })?;
-            cryopod_sys::util::dup_at_least(*fd, 3)?
+            fds::dup_at_least(fd, 3)?
         }
         FileKind::Terminal { path } => {
             // Attach to the terminal the restorer runs in, if any.
             let mine = (0..3).find_map(|i| {
                 let l = std::fs::read_link(format!("/proc/self/fd/{i}")).ok()?;
                 let md = std::fs::metadata(&l).ok()?;
-                let major = cryopod_sys::util::major(md.rdev());
+                let major = cryopod_sys::fs::major(md.rdev());
                 ((136..=143).contains(&major) || major == 4).then(|| l.to_string_lossy().into_owned())
             });
             let p = mine.unwrap_or_else(|| path.clone());
@@ -447,7 +448,7 @@ fn open_one(
             let (r, w) = match pipes.get(pipe) {
                 Some(e) => (e.0.try_clone().map_err(open_err("pipe"))?, e.1.try_clone().map_err(open_err("pipe"))?),
                 None => {
-                    let (r, w) = cryopod_sys::util::pipe()?;
+                    let (r, w) = cryopod_sys::pipe::pipe()?;
                     fill_pipe(&w, *capacity, queued)?;
                     let c = (r.try_clone().map_err(open_err("pipe"))?, w.try_clone().map_err(open_err("pipe"))?);
                     pipes.insert(*pipe, c);
@@ -455,32 +456,32 @@ fn open_one(
                 }
             };
             let fd = if *write { w } else { r };
-            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fds::set_status_flags(&fd, status)?;
             fd
         }
         FileKind::EventFd { count, semaphore } => {
-            let fd = cryopod_sys::util::eventfd(0, if *semaphore { libc::EFD_SEMAPHORE } else { 0 })?;
+            let fd = events::eventfd(0, if *semaphore { libc::EFD_SEMAPHORE } else { 0 })?;
             if *count > 0 {
-                cryopod_sys::util::write_fd(fd.as_raw_fd(), &count.to_ne_bytes())?;
+                cryopod_sys::io::write_all(&fd, &count.to_ne_bytes())?;
             }
-            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fds::set_status_flags(&fd, status)?;
             fd
         }
         FileKind::SignalFd { mask } => {
-            let fd = cryopod_sys::util::signalfd(*mask, 0)?;
-            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            let fd = events::signalfd(*mask, 0)?;
+            fds::set_status_flags(&fd, status)?;
             fd
         }
         FileKind::TimerFd { clock, interval_ns, value_ns, ticks } => {
-            let fd = cryopod_sys::util::timerfd(*clock, 0)?;
-            crate::events::restore_timerfd(fd.as_raw_fd(), *clock, *interval_ns, *value_ns, *ticks)?;
-            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            let fd = events::timerfd(*clock, 0)?;
+            crate::events::restore_timerfd(&fd, *clock, *interval_ns, *value_ns, *ticks)?;
+            fds::set_status_flags(&fd, status)?;
             fd
         }
         FileKind::Epoll { .. } => {
             // The interest list is registered by the owning stub, under its
             // own fd numbers (see tree.rs).
-            cryopod_sys::util::epoll_create(0)?
+            events::epoll_create(0)?
         }
         FileKind::Fifo { path, pipe, queued } => {
             let path = &under(root, path);
@@ -492,7 +493,7 @@ fn open_one(
                 holders.push(holder);
             }
             let fd = open_with(path, flags | libc::O_NONBLOCK as u32)?;
-            cryopod_sys::util::set_status_flags(fd.as_raw_fd(), status)?;
+            fds::set_status_flags(&fd, status)?;
             fd
         }
     };
@@ -501,11 +502,11 @@ fn open_one(
 
 fn fill_pipe(w: &OwnedFd, capacity: i32, data: &[u8]) -> Result<()> {
     if capacity > 0 {
-        cryopod_sys::pidfd::set_pipe_capacity(w, capacity.max(data.len() as i32));
+        cryopod_sys::pipe::set_capacity(w, capacity.max(data.len() as i32));
     }
     if !data.is_empty() {
-        cryopod_sys::util::set_status_flags(w.as_raw_fd(), libc::O_NONBLOCK)?;
-        cryopod_sys::util::write_fd(w.as_raw_fd(), data)?;
+        fds::set_status_flags(w, libc::O_NONBLOCK)?;
+        cryopod_sys::io::write_all(w, data)?;
     }
     Ok(())
 }
@@ -525,7 +526,7 @@ pub fn create_objects(
     for (i, o) in m.objects.iter().enumerate() {
         let file: std::fs::File = match &o.origin {
             ObjectOrigin::SharedAnon => continue,
-            ObjectOrigin::Memfd { name, .. } => cryopod_sys::util::memfd_create(name)?.into(),
+            ObjectOrigin::Memfd { name, .. } => events::memfd_create(name)?.into(),
             ObjectOrigin::Deleted { path, mode } => {
                 let path = under(root, path);
                 let at = if std::path::Path::new(&path).exists() {
@@ -561,10 +562,9 @@ pub fn create_objects(
             }
         }
         if seals != 0 {
-            cryopod_sys::util::memfd_add_seals(file.as_raw_fd(), seals)
-                .map_err(|e| EngineError::Other(format!("{what}: {e}")))?;
+            events::memfd_add_seals(&file, seals).map_err(|e| EngineError::Other(format!("{what}: {e}")))?;
         }
-        out.insert(i as u32, cryopod_sys::util::dup_at_least(file.as_raw_fd(), base)?);
+        out.insert(i as u32, fds::dup_at_least(&file, base)?);
     }
     Ok(out)
 }

@@ -33,7 +33,7 @@ impl Frozen {
     /// of them (a pod). A plain tree's parent reaps it after we detach.
     pub fn kill(&mut self, collect: bool) {
         for &p in self.procs.keys() {
-            let _ = cryopod_sys::util::kill(p, libc::SIGKILL);
+            let _ = cryopod_sys::process::kill(p, libc::SIGKILL);
         }
         if !collect {
             self.thaw();
@@ -44,7 +44,7 @@ impl Frozen {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut left = self.seized.clone();
         while !left.is_empty() && std::time::Instant::now() < deadline {
-            left.retain(|&t| match cryopod_sys::util::waitpid(t, libc::WNOHANG) {
+            left.retain(|&t| match cryopod_sys::process::waitpid(t, libc::WNOHANG) {
                 Ok((0, _)) => true,
                 // A stop reported on the way out: the end comes next.
                 Ok((_, st)) => !libc::WIFEXITED(st) && !libc::WIFSIGNALED(st),

@@ -16,8 +16,8 @@
 //! the process group) does not take it along.
 
 use crate::{EngineError, Result};
-use cryopod_sys::{fdpass, sock, util, Pid};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use cryopod_sys::{fd, fdpass, process, signal, sock, Pid, TargetFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 /// How an operation cut short ends.
@@ -58,7 +58,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let _ = fdpass::send(self.sock.as_fd(), &msg(DONE, 0, 0, 0, 0), None);
-        let _ = util::waitpid(self.pid, 0);
+        let _ = process::waitpid(self.pid, 0);
     }
 }
 
@@ -129,9 +129,9 @@ struct Action {
 /// The guardian's life: collect actions until told we are done (exit) or
 /// until our end of the socket closes (act, then exit).
 fn guardian(sock: OwnedFd, outcome: Outcome) -> ! {
-    let _ = util::new_session();
-    util::set_signal_mask(!0);
-    util::close_all_but(&[sock.as_raw_fd()]);
+    let _ = process::new_session();
+    signal::set_signal_mask(!0);
+    fd::close_all_but(&[TargetFd::of(&sock)]);
     let mut outcome = outcome.bit();
     let mut actions: Vec<Action> = Vec::new();
     let mut buf = [0u8; MSG_LEN];
@@ -143,7 +143,7 @@ fn guardian(sock: OwnedFd, outcome: Outcome) -> ! {
         }
         let word = |at: usize| i32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
         match (buf[0], fd) {
-            (DONE, _) => util::exit_now(0),
+            (DONE, _) => process::exit_now(0),
             (OUTCOME, _) => outcome = buf[1],
             (tag, Some(fd)) if n == MSG_LEN => {
                 actions.push(Action { tag, when: buf[1], fd, opt: (word(2), word(6), word(10)) })
@@ -155,13 +155,13 @@ fn guardian(sock: OwnedFd, outcome: Outcome) -> ! {
     // processes to kill, then the cgroup to thaw.
     for a in actions.iter().filter(|a| a.tag == SOCKOPT && a.when & outcome != 0) {
         let (level, name, value) = a.opt;
-        let _ = sock::set_int(a.fd.as_raw_fd(), level, name, value, "setsockopt");
+        let _ = sock::set_int(&a.fd, level, name, value, "setsockopt");
     }
     for a in actions.iter().filter(|a| a.tag == KILL && a.when & outcome != 0) {
         let _ = cryopod_sys::pidfd::send_signal(a.fd.as_fd(), libc::SIGKILL);
     }
     for a in actions.iter().filter(|a| a.tag == THAW) {
-        let _ = util::write_fd(a.fd.as_raw_fd(), b"THAWED");
+        let _ = cryopod_sys::io::write_all(&a.fd, b"THAWED");
     }
-    util::exit_now(0)
+    process::exit_now(0)
 }

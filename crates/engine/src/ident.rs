@@ -182,7 +182,7 @@ pub fn restore_process_env(r: &mut Remote, p: &Process, rlimits: bool) -> Result
     r.call(&format!("chdir({})", p.cwd), nr::CHDIR, &[a])?;
     if rlimits {
         for (res, &(soft, hard)) in p.rlimits.iter().enumerate() {
-            cryopod_sys::util::set_rlimit(r.pid, res as i32, soft, hard)
+            cryopod_sys::process::set_rlimit(r.pid, res as i32, soft, hard)
                 .map_err(|e| crate::EngineError::Other(format!("{}: {e}", crate::trust::rlimit_name(res))))?;
         }
     }

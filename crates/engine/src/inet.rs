@@ -12,8 +12,8 @@ use crate::guard::{Guard, Outcome};
 use crate::unix::LISTEN;
 use crate::{EngineError, Result};
 use cryopod_image::FileKind;
-use cryopod_sys::pidfd;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use cryopod_sys::{pidfd, TargetFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// Our copies of the tree's connections, for the length of a checkpoint.
 #[derive(Default)]
@@ -26,7 +26,7 @@ impl Repaired {
     /// killed, closing our copies then sends nothing to the peers.
     pub fn silence(&self) {
         for fd in &self.fds {
-            let _ = cryopod_sys::tcp::set_repair(fd.as_raw_fd(), true);
+            let _ = cryopod_sys::tcp::set_repair(fd, true);
         }
     }
 }
@@ -37,14 +37,14 @@ pub const ESTABLISHED: u8 = 1;
 pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>) -> Result<FileKind> {
     use cryopod_sys::sock;
     let pfd = pidfd::pidfd_open(pid)?;
-    let copy = pidfd::pidfd_getfd(&pfd, pid, fd)?;
-    let raw = copy.as_raw_fd();
-    let (family, kind) = sock::domain_and_type(raw)?;
+    let copy = pidfd::pidfd_getfd(&pfd, pid, TargetFd(fd))?;
+    let copy_fd = copy.as_fd();
+    let (family, kind) = sock::domain_and_type(copy_fd)?;
     let inet = family == libc::AF_INET || family == libc::AF_INET6;
     if inet && kind == libc::SOCK_DGRAM {
-        let (reuseaddr, v6only) = sock::inet_options(raw, family)?;
-        let local = sock::inet_name(raw)?;
-        return Ok(FileKind::Udp { family, local, peer: sock::inet_peer(raw), reuseaddr, v6only });
+        let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
+        let local = sock::inet_name(copy_fd)?;
+        return Ok(FileKind::Udp { family, local, peer: sock::inet_peer(copy_fd), reuseaddr, v6only });
     }
     if !inet || kind != libc::SOCK_STREAM {
         return Err(EngineError::Other(format!(
@@ -52,7 +52,7 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
         )));
     }
     // TCP_LISTEN is 10 here too.
-    let (state, waiting, backlog) = sock::tcp_state(raw)?;
+    let (state, waiting, backlog) = sock::tcp_state(copy_fd)?;
     if state == ESTABLISHED {
         // Should we die while it is read, the guardian takes it out of
         // repair mode (the tree goes on), or leaves it in (the tree dies).
@@ -60,8 +60,8 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
             g.sockopt_on_abort(Outcome::Resume, copy.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 0)?;
             g.sockopt_on_abort(Outcome::Kill, copy.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 1)?;
         }
-        let st = cryopod_sys::tcp::dump(raw, family);
-        cryopod_sys::tcp::set_repair(raw, false)?;
+        let st = cryopod_sys::tcp::dump(copy_fd, family);
+        cryopod_sys::tcp::set_repair(copy_fd, false)?;
         repaired.fds.push(copy);
         return Ok(FileKind::Tcp(st?));
     }
@@ -75,8 +75,8 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
             "is a TCP listener with {waiting} connections waiting to be accepted; let the server accept them first"
         )));
     }
-    let (addr, port) = sock::inet_name(raw)?;
-    let (reuseaddr, v6only) = sock::inet_options(raw, family)?;
+    let (addr, port) = sock::inet_name(copy_fd)?;
+    let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
     Ok(FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only })
 }
 
@@ -88,7 +88,7 @@ pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
         FileKind::Udp { family, local, peer, reuseaddr, v6only } => crate::nsjoin::in_net(ns_of, move || {
             let fd = sock::inet_socket(libc::SOCK_DGRAM, family, &local.0, local.1, reuseaddr, v6only)?;
             if let Some((a, port)) = &peer {
-                sock::inet_connect(fd.as_raw_fd(), family, a, *port)?;
+                sock::inet_connect(&fd, family, a, *port)?;
             }
             Ok(fd)
         }),

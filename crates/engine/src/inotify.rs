@@ -8,7 +8,7 @@
 
 use crate::{procfs, EngineError, Result};
 use cryopod_image::{FileKind, InotifyWatch};
-use cryopod_sys::util;
+use cryopod_sys::{events, fs, io};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 fn hex(s: &str) -> Option<u64> {
@@ -19,7 +19,7 @@ fn hex(s: &str) -> Option<u64> {
 fn open_watched(root: &str, w: &InotifyWatch) -> Result<OwnedFd> {
     let mnt = format!("{root}{}", w.mount);
     let m = std::fs::File::open(&mnt).map_err(|e| EngineError::Other(format!("inotify watch {}: {mnt}: {e}", w.wd)))?;
-    util::open_by_handle(m.as_raw_fd(), w.handle_type, &w.handle)
+    fs::open_by_handle(&m, w.handle_type, &w.handle)
         .map_err(|e| EngineError::Other(format!("inotify watch {}: the watched file: {e}", w.wd)))
 }
 
@@ -61,8 +61,8 @@ pub fn collect(pid: i32, fd: i32, root: &str) -> Result<FileKind> {
 
 /// A new inotify instance with `watches`, each at its descriptor.
 pub fn restore(watches: &[InotifyWatch], root: &str) -> Result<OwnedFd> {
-    let ino = util::inotify_init(libc::IN_CLOEXEC | libc::IN_NONBLOCK)?;
-    let fd = ino.as_raw_fd();
+    let ino = events::inotify_init(libc::IN_CLOEXEC | libc::IN_NONBLOCK)?;
+    let fd = &ino;
     let mut next = 1;
     for w in watches {
         let file = open_watched(root, w)?;
@@ -70,11 +70,11 @@ pub fn restore(watches: &[InotifyWatch], root: &str) -> Result<OwnedFd> {
         // Placeholders up to the wanted number (on the watched file itself,
         // removed at once, so the number moves on).
         while next < w.wd {
-            let p = util::inotify_add(fd, &path, libc::IN_ATTRIB)?;
-            util::inotify_rm(fd, p)?;
+            let p = events::inotify_add(fd, &path, libc::IN_ATTRIB)?;
+            events::inotify_rm(fd, p)?;
             next = p + 1;
         }
-        let got = util::inotify_add(fd, &path, w.mask)?;
+        let got = events::inotify_add(fd, &path, w.mask)?;
         if got != w.wd {
             return Err(EngineError::Other(format!("inotify watch {} came back as {got}", w.wd)));
         }
@@ -84,6 +84,6 @@ pub fn restore(watches: &[InotifyWatch], root: &str) -> Result<OwnedFd> {
     // queued at checkpoint are not kept anyway). The caller sets the final
     // status flags.
     let mut buf = [0u8; 4096];
-    while util::read_some(fd, &mut buf).is_ok_and(|n| n > 0) {}
+    while io::read_some(fd, &mut buf).is_ok_and(|n| n > 0) {}
     Ok(ino)
 }

@@ -199,7 +199,7 @@ pub fn object_origin(name: &str, path: &str) -> Result<ObjectOrigin> {
     if let Some(n) = base.strip_prefix("/memfd:") {
         let f =
             std::fs::File::open(path).map_err(|e| EngineError::Proc { path: path.to_string(), msg: e.to_string() })?;
-        let seals = cryopod_sys::util::memfd_seals(std::os::fd::AsRawFd::as_raw_fd(&f))?;
+        let seals = cryopod_sys::events::memfd_seals(&f)?;
         return Ok(ObjectOrigin::Memfd { name: n.to_string(), seals });
     }
     let md = std::fs::metadata(path).map_err(|e| EngineError::Proc { path: path.to_string(), msg: e.to_string() })?;
@@ -390,7 +390,7 @@ pub struct AreaCtx<'a> {
     /// Where shared anonymous objects were first mapped (pid, start, end).
     pub shmem_home: &'a mut HashMap<u32, (i32, u64, u64)>,
     /// memfds and deleted files, by object: fd numbers every stub inherited.
-    pub object_fds: &'a HashMap<u32, i32>,
+    pub object_fds: &'a HashMap<u32, cryopod_sys::TargetFd>,
 }
 
 /// Files opened in the task for mappings, reused across its areas: by
@@ -494,7 +494,7 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
         }
         VmaKind::Object { object, pgoff } if cx.object_fds.contains_key(&object) => {
             // A memfd or deleted file, re-created by the restorer.
-            let fd = cx.object_fds[&object] as u64;
+            let fd = cx.object_fds[&object].raw() as u64;
             let share = if v.shared { MAP_SHARED } else { MAP_PRIVATE };
             r.call("mmap(object)", nr::MMAP, &[v.start, len, prot, share | MAP_FIXED, fd, pgoff * PAGE])?;
             apply_madvise(r, v)?;

@@ -273,7 +273,7 @@ pub fn fill(
         if !pinned {
             // Filling is parallel work: run on every CPU even if the
             // restorer's main thread is pinned.
-            let _ = cryopod_sys::util::set_affinity(0, &[u64::MAX; 16]);
+            let _ = cryopod_sys::sched::set_affinity(0, &[u64::MAX; 16]);
         }
         // Sized to the largest batch: zeroing and faulting in a 4 MiB buffer
         // would cost more than filling a small process.

@@ -14,9 +14,9 @@ use cryopod_image::store::PackReader;
 use cryopod_image::{Manifest, Process};
 use cryopod_sys::inject::{own_syscall_site, Injector};
 use cryopod_sys::ptrace::{self, Stop};
-use cryopod_sys::{util, PAGE_SIZE};
+use cryopod_sys::{fd, io, pipe, process, sched, signal, tty, TargetFd, PAGE_SIZE};
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 use tracing::debug;
 
@@ -46,7 +46,7 @@ pub struct PodRestore<'a> {
     /// others) before the PID namespace is made; `enter` then runs in PID 1.
     pub before_pid_ns: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
     /// Files the image names as external, supplied as fds of ours.
-    pub inherit: Vec<(String, i32)>,
+    pub inherit: Vec<(String, BorrowedFd<'a>)>,
     /// A process already in the pod's IPC and network namespaces (its POSIX
     /// message queues and TCP listeners are made there).
     pub ns_of: i32,
@@ -73,7 +73,7 @@ pub fn preflight(m: &Manifest, root: &str) -> Result<()> {
         return Err(EngineError::Other(format!(
             "this kernel's vDSO differs from the one in the image (image taken on {}, this is {})",
             m.kernel,
-            util::kernel_release()
+            cryopod_sys::ns::kernel_release()
         )));
     }
     // A pod gets a PID namespace of its own: its PIDs cannot be taken.
@@ -138,32 +138,33 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
 
     // Re-create memfds and deleted files, and open every file description,
     // at fd numbers above any the tree uses.
-    util::raise_nofile();
+    process::raise_nofile();
     let max_target = m.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
     let base = (max_target + 1).max(16);
     // Files are opened with the image owner's file permissions.
-    let old_fs = owner.as_ref().map(|o| util::set_fs_ids(o.uid, o.gid));
+    let old_fs = owner.as_ref().map(|o| cryopod_sys::creds::set_fs_ids(o.uid, o.gid));
     let inherit = o.pod.as_ref().map(|p| p.inherit.clone()).unwrap_or_default();
     let opened = files::create_objects(m, &reader, base, &fs_root).and_then(|objects| {
         files::open_all(m, base, &objects, &fs_root, &inherit, o.pod.as_ref().map(|p| p.ns_of))
             .map(|srcs| (objects, srcs))
     });
     if let Some((u, g)) = old_fs {
-        util::set_fs_ids(u, g);
+        cryopod_sys::creds::set_fs_ids(u, g);
     }
     let (objects, srcs) = opened?;
-    let object_fds: HashMap<u32, i32> = objects.iter().map(|(&k, v)| (k, v.as_raw_fd())).collect();
-    let (ready_r, ready_w) = util::pipe()?;
-    let ready_w = util::dup_at_least(ready_w.as_raw_fd(), base)?;
-    let (life_r, life_w) = util::pipe()?;
-    let life_r = util::dup_at_least(life_r.as_raw_fd(), base)?;
-    let life_w = util::dup_at_least(life_w.as_raw_fd(), base)?;
-    let mut fd_plan: BTreeMap<i32, Vec<(i32, i32, bool)>> = BTreeMap::new();
+    // The numbers every stub inherits them at (closed in each by injection).
+    let object_fds: HashMap<u32, TargetFd> = objects.iter().map(|(&k, v)| (k, TargetFd::of(v))).collect();
+    let (ready_r, ready_w) = pipe::pipe()?;
+    let ready_w = fd::dup_at_least(&ready_w, base)?;
+    let (life_r, life_w) = pipe::pipe()?;
+    let life_r = fd::dup_at_least(&life_r, base)?;
+    let life_w = fd::dup_at_least(&life_w, base)?;
+    let mut fd_plan: BTreeMap<i32, Vec<(TargetFd, BorrowedFd, bool)>> = BTreeMap::new();
     for p in &m.processes {
         let v = p
             .fds
             .iter()
-            .filter_map(|f| srcs[f.file as usize].as_ref().map(|s| (f.fd, s.as_raw_fd(), f.cloexec)))
+            .filter_map(|f| srcs[f.file as usize].as_ref().map(|s| (TargetFd(f.fd), s.as_fd(), f.cloexec)))
             .collect();
         fd_plan.insert(p.pid, v);
     }
@@ -174,45 +175,51 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         for f in &p.fds {
             if let cryopod_image::FileKind::Epoll { owner, entries } = &m.files[f.file as usize].kind {
                 if *owner == p.pid && seen_epolls.insert(f.file) {
-                    epolls.entry(p.pid).or_default().push((f.fd, entries.clone()));
+                    let entries = entries.iter().map(|&(fd, events, data)| (TargetFd(fd), events, data)).collect();
+                    epolls.entry(p.pid).or_default().push((TargetFd(f.fd), entries));
                 }
             }
         }
     }
     // Unix sockets: made by the stubs, on request, at staging fds above
     // every fd they keep.
-    let mut unix = crate::unix::plan::Plan::build(m, 0)?;
+    let mut unix = crate::unix::plan::Plan::build(m, TargetFd(0))?;
     let mut cmd_r: BTreeMap<i32, OwnedFd> = BTreeMap::new();
     let mut cmd_w: BTreeMap<i32, OwnedFd> = BTreeMap::new();
     if !unix.steps.is_empty() {
         for p in m.processes.iter().filter(|p| p.zombie_status.is_none()) {
-            let (r, w) = util::pipe()?;
-            cmd_r.insert(p.pid, util::dup_at_least(r.as_raw_fd(), base)?);
+            let (r, w) = pipe::pipe()?;
+            cmd_r.insert(p.pid, fd::dup_at_least(&r, base)?);
             cmd_w.insert(p.pid, w);
         }
-        unix.stage = util::highest_open_fd() + 1;
+        unix.stage = TargetFd(fd::highest_open_fd().0 + 1);
     }
     let plan = StubPlan {
         m,
         epolls,
         children: tree::children_map(m),
         fds: fd_plan,
-        keep: object_fds.values().copied().collect(),
-        ready_w: ready_w.as_raw_fd(),
-        lifeline: (life_r.as_raw_fd(), life_w.as_raw_fd()),
+        keep: objects.values().map(|o| o.as_fd()).collect(),
+        ready_w: ready_w.as_fd(),
+        lifeline_r: life_r.as_fd(),
+        lifeline_w: TargetFd::of(&life_w),
         enter: o.pod.as_ref().map(|p| p.enter),
         before_pid_ns: o.pod.as_ref().and_then(|p| p.before_pid_ns),
         unix: (!unix.steps.is_empty()).then_some(&unix),
-        cmd: cmd_r.iter().map(|(&p, f)| (p, f.as_raw_fd())).collect(),
+        cmd: cmd_r.iter().map(|(&p, f)| (p, f.as_fd())).collect(),
     };
     debug!("forking the stub tree");
     let root = tree::spawn(&plan)?;
+    // From here on these are numbers in the stubs' tables, which the
+    // stubs inherited ours at.
+    let stub_ready_w = TargetFd::of(plan.ready_w);
+    let lifeline_r = TargetFd::of(plan.lifeline_r);
+    let cmd_fds: BTreeMap<i32, TargetFd> = plan.cmd.iter().map(|(&p, f)| (p, TargetFd::of(f))).collect();
+    drop(plan);
     drop(srcs);
     drop(objects);
     drop(ready_w);
-    let lifeline_r = plan.lifeline.0;
     drop(life_r);
-    let cmd_fds: BTreeMap<i32, i32> = plan.cmd.clone();
     drop(cmd_r);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
     let res = wait_ready(m, &ready_r).and_then(|_| run_unix_steps(&unix, &cmd_w, &ready_r)).and_then(|_| {
@@ -223,7 +230,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             reader: &reader,
             threads: o.threads,
             object_fds: &object_fds,
-            ready_w: plan.ready_w,
+            ready_w: stub_ready_w,
             lifeline_r,
             guard: &guard,
             cmd_fds: &cmd_fds,
@@ -248,10 +255,10 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         Err(e) => {
             // A pod's processes all die with its first one.
             if m.pod.is_some() {
-                let _ = util::kill(root, libc::SIGKILL);
+                let _ = process::kill(root, libc::SIGKILL);
             } else {
                 for &p in created.iter().rev() {
-                    let _ = util::kill(p, libc::SIGKILL);
+                    let _ = process::kill(p, libc::SIGKILL);
                 }
             }
             // Collect what dies, our tracees included: a pod's first process
@@ -259,7 +266,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             // collected, and we trace them.
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
-                match util::waitpid(-1, libc::WNOHANG) {
+                match process::waitpid(-1, libc::WNOHANG) {
                     Ok((p, st)) if p == root && (libc::WIFEXITED(st) || libc::WIFSIGNALED(st)) => break,
                     Ok((0, _)) => std::thread::sleep(Duration::from_millis(1)),
                     Ok(_) => {}
@@ -273,15 +280,14 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
 
 /// One line from the readiness pipe.
 fn read_report(r: &OwnedFd) -> Result<String> {
-    util::read_line(r.as_raw_fd())
-        .ok_or_else(|| EngineError::Other("a restored process died before it was ready".into()))
+    io::read_line(r).ok_or_else(|| EngineError::Other("a restored process died before it was ready".into()))
 }
 
 /// Have the stubs run the unix socket steps, one at a time, in order.
 fn run_unix_steps(unix: &crate::unix::plan::Plan, cmd_w: &BTreeMap<i32, OwnedFd>, ready_r: &OwnedFd) -> Result<()> {
     for (i, s) in unix.steps.iter().enumerate() {
         let w = cmd_w.get(&s.pid).ok_or_else(|| EngineError::Other(format!("no stub for process {}", s.pid)))?;
-        util::write_fd(w.as_raw_fd(), format!("{i}\n").as_bytes())?;
+        io::write_all(w, format!("{i}\n").as_bytes())?;
         let line = read_report(ready_r)?;
         if line != format!("K {i}") {
             let msg = line.splitn(3, ' ').nth(2).unwrap_or(&line).to_string();
@@ -292,7 +298,7 @@ fn run_unix_steps(unix: &crate::unix::plan::Plan, cmd_w: &BTreeMap<i32, OwnedFd>
         }
     }
     for w in cmd_w.values() {
-        util::write_fd(w.as_raw_fd(), b"Q\n")?;
+        io::write_all(w, b"Q\n")?;
     }
     Ok(())
 }
@@ -355,16 +361,16 @@ struct Build<'a> {
     /// Threads for filling memory.
     threads: usize,
     /// The stubs' end of the readiness pipe (closed in each by injection).
-    ready_w: i32,
+    ready_w: TargetFd,
     /// The stubs' end of their lifeline (closed the same way).
-    lifeline_r: i32,
+    lifeline_r: TargetFd,
     /// Told every process, to kill should we die before the hand-over.
     guard: &'a Guard,
     /// Each stub's end of its socket request pipe (closed the same way).
-    cmd_fds: &'a BTreeMap<i32, i32>,
+    cmd_fds: &'a BTreeMap<i32, TargetFd>,
     /// memfds and deleted files re-created by the restorer, inherited by
     /// every stub at these fd numbers.
-    object_fds: &'a HashMap<u32, i32>,
+    object_fds: &'a HashMap<u32, TargetFd>,
     /// Owner of a non-root image: files are opened with their permissions.
     owner: Option<&'a crate::trust::Owner>,
     progress: Progress<'a>,
@@ -377,11 +383,11 @@ fn build_all(b: &Build, pids: &mut HostPids) -> Result<()> {
     // costs ~40 us in this VM, on one CPU ~10 us. Keep the restorer's main
     // thread and every stub on one CPU until the threads get their own
     // affinity back (page fill workers unpin themselves).
-    let own_affinity = util::get_affinity(0)?;
-    let cpu = util::one_cpu(util::current_cpu());
-    util::set_affinity(0, &cpu)?;
+    let own_affinity = sched::get_affinity(0)?;
+    let cpu = sched::one_cpu(sched::current_cpu());
+    sched::set_affinity(0, &cpu)?;
     let res = build_all_pinned(b, &order, &cpu, pids);
-    let _ = util::set_affinity(0, &own_affinity);
+    let _ = sched::set_affinity(0, &own_affinity);
     res
 }
 
@@ -390,7 +396,7 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64], pids: &mut HostP
     let mut remotes: BTreeMap<i32, Remote> = BTreeMap::new();
     for p in order {
         let host = pids.host(p.pid)?;
-        util::set_affinity(host, cpu)?;
+        sched::set_affinity(host, cpu)?;
         seize_stub(host).map_err(EngineError::during(format!("process {}", p.pid)))?;
         b.guard.kill_on_abort(cryopod_sys::pidfd::pidfd_open(host)?.as_fd())?;
         let inj = Injector::with_gadget(host, own_syscall_site())?;
@@ -449,16 +455,16 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     mm::restore_areas(r, p, cx)?;
     // The inherited object fds: mapped now; the process's own fds to them
     // were reopened separately.
-    for &fd in cx.object_fds.values() {
-        r.raw(nr::CLOSE, &[fd as u64])?;
+    for fd in cx.object_fds.values() {
+        r.raw(nr::CLOSE, &[fd.raw() as u64])?;
     }
     fault::check("restore-after-memory")?;
     // The stub closes the readiness pipe itself right after reporting, but
     // may have been seized just before doing so.
-    r.raw(nr::CLOSE, &[b.ready_w as u64])?;
-    r.raw(nr::CLOSE, &[b.lifeline_r as u64])?;
-    if let Some(&c) = b.cmd_fds.get(&p.pid) {
-        r.raw(nr::CLOSE, &[c as u64])?;
+    r.raw(nr::CLOSE, &[b.ready_w.raw() as u64])?;
+    r.raw(nr::CLOSE, &[b.lifeline_r.raw() as u64])?;
+    if let Some(c) = b.cmd_fds.get(&p.pid) {
+        r.raw(nr::CLOSE, &[c.raw() as u64])?;
     }
     debug!(pid = p.pid, "mm fields");
     ident::restore_mm(r, &p.mm).map_err(EngineError::during("mm fields (PR_SET_MM_MAP)"))?;
@@ -531,27 +537,30 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
 /// and we take it back afterwards. Termination and user signals sent to us
 /// meanwhile are passed on to the job.
 pub fn wait_root(root: i32, job_group: Option<i32>) -> Result<i32> {
-    let ours = util::own_group();
+    let ours = process::own_group();
+    let stdin = std::io::stdin();
     let handed = match job_group {
-        Some(g) if g != ours && util::foreground_group(0) == Some(ours) => util::set_foreground_group(0, g).is_ok(),
+        Some(g) if g != ours && tty::foreground_group(&stdin) == Some(ours) => {
+            tty::set_foreground_group(&stdin, g).is_ok()
+        }
         _ => false,
     };
     // Signals sent to us (a supervisor stopping the job) go to the job.
     let forwarded =
         [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCONT];
-    util::forward_signals(root, &forwarded)?;
+    signal::forward_signals(root, &forwarded)?;
     let res = wait_exit(root);
     if handed {
-        let _ = util::set_foreground_group(0, ours);
+        let _ = tty::set_foreground_group(&stdin, ours);
     }
     res
 }
 
 fn wait_exit(root: i32) -> Result<i32> {
     loop {
-        let (_, status) = util::waitpid(root, 0)?;
+        let (_, status) = process::waitpid(root, 0)?;
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-            return Ok(util::exit_code(status));
+            return Ok(process::exit_code(status));
         }
     }
 }

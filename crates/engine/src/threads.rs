@@ -71,7 +71,7 @@ pub fn collect(r: &mut Remote, sigmask: u64) -> Result<Thread> {
     let le = |a: usize| u64::from_ne_bytes(ss[a..a + 8].try_into().unwrap_or_default());
     let sigaltstack = (le(0), le(8) as u32 as i32, le(16));
     let pending = ptrace::peek_siginfo(tid, false)?.into_iter().map(|s| s.to_vec()).collect();
-    let affinity = cryopod_sys::util::get_affinity(tid)?;
+    let affinity = cryopod_sys::sched::get_affinity(tid)?;
     let seccomp = ptrace::get_seccomp_filters(tid)?;
     Ok(Thread {
         tid,
@@ -176,7 +176,7 @@ pub fn set_final(tid: Pid, t: &Thread, cpu: &cryopod_image::CpuImage) -> Result<
     if !t.affinity.is_empty() {
         // CPUs that no longer exist are the kernel's to refuse; the thread
         // then keeps the restorer's CPU rather than failing the restore.
-        if cryopod_sys::util::set_affinity(tid, &t.affinity).is_err() {
+        if cryopod_sys::sched::set_affinity(tid, &t.affinity).is_err() {
             tracing::warn!(tid, "cannot restore CPU affinity {:?}", t.affinity);
         }
     }

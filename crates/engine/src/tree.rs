@@ -10,31 +10,35 @@ use crate::remote::{nr, Remote};
 use crate::Result;
 use cryopod_image::{Manifest, Process};
 use cryopod_sys::clone::{fork_with, fork_with_pid, Forked};
-use cryopod_sys::util;
+use cryopod_sys::{events, fd, io, process, signal, TargetFd};
 use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
 
 /// An epoll instance to fill: its fd number in the owner, and the interest
-/// list as (fd, events, data).
-pub type EpollSetup = (i32, Vec<(i32, u32, u64)>);
+/// list as (fd number, events, data).
+pub type EpollSetup = (TargetFd, Vec<(TargetFd, u32, u64)>);
 
 /// What every stub needs to know, built by the restorer before forking.
 pub struct StubPlan<'a> {
     pub m: &'a Manifest,
     pub children: BTreeMap<i32, Vec<i32>>,
-    /// Per pid: (target fd, source fd in the restorer, close-on-exec).
-    pub fds: BTreeMap<i32, Vec<(i32, i32, bool)>>,
+    /// Per pid: (target fd, source fd in the restorer, close-on-exec). A
+    /// stub is a copy of the restorer: it has every source at its number.
+    pub fds: BTreeMap<i32, Vec<(TargetFd, BorrowedFd<'a>, bool)>>,
     /// Restorer fds every stub keeps until the restorer closes them in it
     /// (re-created memfds and deleted files, mapped by injected mmap).
-    pub keep: Vec<i32>,
+    pub keep: Vec<BorrowedFd<'a>>,
     /// Per pid: epoll instances it owns (its fd number for the instance, and
     /// the interest list to register under its own fd numbers).
     pub epolls: BTreeMap<i32, Vec<EpollSetup>>,
     /// Write end of the readiness pipe.
-    pub ready_w: i32,
-    /// The lifeline: (read end, write end). Only the restorer keeps the
-    /// write end; a stub waits on the read end until it is seized, and
-    /// exits when it reads the end (the restorer died).
-    pub lifeline: (i32, i32),
+    pub ready_w: BorrowedFd<'a>,
+    /// The lifeline's read end. A stub waits on it until it is seized,
+    /// and exits when it reads the end (the restorer died).
+    pub lifeline_r: BorrowedFd<'a>,
+    /// The number of the lifeline's write end: only the restorer keeps it,
+    /// every stub closes it in its own table first.
+    pub lifeline_w: TargetFd,
     /// For a pod: the root is forked into a new PID namespace (becoming its
     /// PID 1) and first runs this to join the pod's other namespaces.
     pub enter: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
@@ -43,7 +47,7 @@ pub struct StubPlan<'a> {
     /// Unix socket steps the stubs run on request, and per pid the read end
     /// of the pipe that brings the requests (step numbers, then "Q").
     pub unix: Option<&'a crate::unix::plan::Plan>,
-    pub cmd: BTreeMap<i32, i32>,
+    pub cmd: BTreeMap<i32, BorrowedFd<'a>>,
 }
 
 /// Children of each process, from ppid links.
@@ -94,7 +98,7 @@ fn root_stub(plan: &StubPlan) -> ! {
     if let Some(enter) = plan.enter {
         if let Err(e) = enter() {
             report(plan, &format!("E {root} entering the pod: {}\n", e.replace('\n', " ")));
-            util::exit_now(1);
+            process::exit_now(1);
         }
     }
     stub_main(plan, root)
@@ -104,7 +108,7 @@ fn root_stub(plan: &StubPlan) -> ! {
 /// makes the PID namespace (so that it belongs to the user namespace
 /// `before` joined); the root is then re-parented to us (a subreaper).
 fn spawn_via(plan: &StubPlan, before: &(dyn Fn() -> std::result::Result<(), String> + Sync)) -> Result<i32> {
-    util::become_subreaper()?;
+    process::become_subreaper()?;
     match cryopod_sys::clone::fork_via(before)? {
         Forked::Child => root_stub(plan),
         Forked::Parent(p) => Ok(p),
@@ -112,21 +116,21 @@ fn spawn_via(plan: &StubPlan, before: &(dyn Fn() -> std::result::Result<(), Stri
 }
 
 fn report(plan: &StubPlan, line: &str) {
-    let _ = util::write_fd(plan.ready_w, line.as_bytes());
+    let _ = io::write_all(plan.ready_w, line.as_bytes());
 }
 
 fn stub_main(plan: &StubPlan, pid: i32) -> ! {
     // Before anything else (children inherit our fds): the restorer alone
     // holds the lifeline's write end.
-    util::close(plan.lifeline.1);
+    fd::close_at(plan.lifeline_w);
     match stub_setup(plan, pid) {
         Ok(()) => {}
         Err(e) => {
             report(plan, &format!("E {pid} {}\n", e.to_string().replace('\n', " ")));
-            util::exit_now(1);
+            process::exit_now(1);
         }
     }
-    util::wait_while_open(plan.lifeline.0)
+    io::wait_while_open(plan.lifeline_r)
 }
 
 fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
@@ -134,7 +138,7 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
     // is then discarded instead of staying pending) and SIGTRAP (raised by
     // the injection gadget; a forced signal that is blocked would have its
     // handler reset).
-    util::set_signal_mask(!((1u64 << (libc::SIGCHLD - 1)) | (1u64 << (libc::SIGTRAP - 1))));
+    signal::set_signal_mask(!((1u64 << (libc::SIGCHLD - 1)) | (1u64 << (libc::SIGTRAP - 1))));
     let p = plan
         .m
         .processes
@@ -142,7 +146,7 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
         .find(|p| p.pid == pid)
         .ok_or_else(|| crate::EngineError::Other(format!("no record for pid {pid}")))?;
     if p.sid == pid {
-        util::new_session()?;
+        process::new_session()?;
     }
     for &c in plan.children.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
         if let Forked::Child = fork_with_pid(c)? {
@@ -151,44 +155,47 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
     }
     if let Some(status) = p.zombie_status {
         if p.pgid == pid && p.sid != pid {
-            util::set_process_group(0, 0)?;
+            process::set_process_group(0, 0)?;
         }
         report(plan, &format!("Z {pid}\n"));
-        util::die_with_status(status);
+        process::die_with_status(status);
     }
-    let mut keep: Vec<i32> = plan.keep.clone();
-    keep.push(plan.ready_w);
-    keep.push(plan.lifeline.0);
+    let mut keep: Vec<TargetFd> = plan.keep.iter().map(TargetFd::of).collect();
+    keep.push(TargetFd::of(plan.ready_w));
+    keep.push(TargetFd::of(plan.lifeline_r));
     let cmd = plan.cmd.get(&pid).copied();
-    keep.extend(cmd);
+    keep.extend(cmd.map(TargetFd::of));
     for &(target, src, cloexec) in plan.fds.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
-        util::dup_to(src, target, cloexec)?;
+        fd::dup_to(src, target, cloexec)?;
         keep.push(target);
     }
-    util::close_all_but(&keep);
+    fd::close_all_but(&keep);
     // epoll entries are keyed by (file, fd number): register them here, with
     // the fds already at the numbers the process knows them by.
     for (epfd, entries) in plan.epolls.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
-        for &(fd, events, data) in entries {
-            util::epoll_add(*epfd, fd, events, data)
+        for &(target, mask, data) in entries {
+            events::epoll_add_at(*epfd, target, mask, data)
                 .map_err(|e| crate::EngineError::Other(format!("epoll fd {epfd}: {e}")))?;
         }
     }
     report(plan, &format!("R {pid}\n"));
     if let (Some(unix), Some(cmd)) = (plan.unix, cmd) {
         serve_steps(plan, unix, p, cmd);
-        util::close(cmd);
+        fd::close_at(TargetFd::of(cmd));
     }
-    util::close(plan.ready_w);
+    fd::close_at(TargetFd::of(plan.ready_w));
     Ok(())
 }
 
 /// Run the socket steps the restorer asks this stub for, one line each,
 /// until "Q" (or the restorer is gone).
-fn serve_steps(plan: &StubPlan, unix: &crate::unix::plan::Plan, p: &Process, cmd: i32) {
+fn serve_steps(plan: &StubPlan, unix: &crate::unix::plan::Plan, p: &Process, cmd: BorrowedFd) {
     let pid = p.pid;
-    while let Some(i) = util::read_line(cmd).and_then(|l| l.parse::<usize>().ok()) {
-        match unix.run(plan.m, p, i) {
+    // The sockets this stub made, at their staging numbers, until the steps
+    // that close them.
+    let mut staged = crate::unix::plan::Staged::default();
+    while let Some(i) = io::read_line(cmd).and_then(|l| l.parse::<usize>().ok()) {
+        match unix.run(plan.m, p, i, &mut staged) {
             Ok(()) => report(plan, &format!("K {i}\n")),
             Err(e) => report(plan, &format!("E {pid} {}\n", e.to_string().replace('\n', " "))),
         }

@@ -8,8 +8,8 @@
 //! checkpoint saves it with the pod (a memfd mapping is part of the image).
 #![forbid(unsafe_code)]
 
-use cryopod_sys::ns::{block_signals, wait_signal};
-use cryopod_sys::util;
+use cryopod_sys::process;
+use cryopod_sys::signal::{block_signals, wait_signal};
 
 const PASSED_ON: [i32; 7] =
     [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCONT];
@@ -23,12 +23,12 @@ fn main() {
     // Run from a memfd, the kernel names us after it.
     let _ = std::fs::write("/proc/self/comm", "cryopod-init");
     // The pod is a session of its own; every process in it belongs to it.
-    let _ = util::new_session();
+    let _ = process::new_session();
     let mut all = PASSED_ON.to_vec();
     all.push(libc::SIGCHLD);
     block_signals(&all);
     // The command starts with nothing blocked.
-    let child = match cryopod_sys::ns::spawn_clean(&args) {
+    let child = match cryopod_sys::exec::spawn_clean(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cryopod-init: cannot start {cmd}: {e}");
@@ -38,16 +38,16 @@ fn main() {
     loop {
         let sig = wait_signal(&all);
         if sig != libc::SIGCHLD {
-            let _ = util::kill(child, sig);
+            let _ = process::kill(child, sig);
             continue;
         }
         // Reap every zombie; the command's own end ends the pod.
-        while let Ok((pid, status)) = util::waitpid(-1, libc::WNOHANG) {
+        while let Ok((pid, status)) = process::waitpid(-1, libc::WNOHANG) {
             if pid <= 0 {
                 break;
             }
             if pid == child {
-                std::process::exit(util::exit_code(status));
+                std::process::exit(process::exit_code(status));
             }
         }
     }

@@ -8,8 +8,8 @@ use crate::cgroup::{Cgroup, Limits};
 use crate::state::{IpConfig, PodRecord, PodSpec, StateDir};
 use crate::{fs, net, PodError, Result};
 use cryopod_sys::clone::{fork_via, fork_with, fork_with_pid, Forked};
-use cryopod_sys::{ns, pidfd, util};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use cryopod_sys::{creds, events, exec, fd, io, ns, pidfd, pipe, process, Errno, SysError, TargetFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,7 +57,7 @@ pub struct Holder {
 }
 
 fn expect_ready(status: &OwnedFd, what: &str) -> Result<()> {
-    match util::read_line(status.as_raw_fd()) {
+    match io::read_line(status) {
         Some(l) if l == "R" => Ok(()),
         Some(l) => Err(PodError::Invalid(format!("{what}: {}", l.strip_prefix("E ").unwrap_or(&l)))),
         None => Err(PodError::Invalid(format!("{what}: the namespace holder died"))),
@@ -69,16 +69,16 @@ impl Holder {
     pub fn create(name: &str, spec: &PodSpec, extra: &Extra) -> Result<Holder> {
         let cgroup = Cgroup::of(name);
         cgroup.create(&Limits { memory: spec.memory, pids: spec.pids, cpus: spec.cpus })?;
-        let (status_r, status_w) = util::pipe()?;
-        let (cmd_r, cmd_w) = util::pipe()?;
+        let (status_r, status_w) = pipe::pipe()?;
+        let (cmd_r, cmd_w) = pipe::pipe()?;
         let pid = match fork_with_pid(0) {
             Ok(Forked::Child) => {
                 drop((status_r, cmd_w));
                 let r = holder_main(name, spec, extra, &cgroup, &cmd_r, &status_w);
                 if let Err(e) = r {
-                    let _ = util::write_fd(status_w.as_raw_fd(), format!("E {e}\n").as_bytes());
+                    let _ = io::write_all(&status_w, format!("E {e}\n").as_bytes());
                 }
-                util::exit_now(0)
+                process::exit_now(0)
             }
             Ok(Forked::Parent(p)) => p,
             Err(e) => {
@@ -121,8 +121,9 @@ impl Holder {
 
     /// Tell the holder what to do next ("M": ids mapped, "N": network).
     fn command(&self, c: &str) -> Result<()> {
-        let w = self.cmd_w.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
-        Ok(util::write_fd(w, format!("{c}\n").as_bytes())?)
+        // Released: the write fails as on a closed descriptor.
+        let w = self.cmd_w.as_ref().ok_or_else(|| SysError::new("write", 0, Errno(libc::EBADF)))?;
+        Ok(io::write_all(w, format!("{c}\n").as_bytes())?)
     }
 
     /// In the pod's freshly forked PID 1: join the cgroup and the holder's
@@ -135,7 +136,7 @@ impl Holder {
     /// Join the cgroup and the holder's namespaces (and `extra` ones).
     fn join(&self, extra: i32) -> Result<()> {
         self.cgroup.join(0)?;
-        ns::enter(self.pidfd.as_fd(), self.pid, POD_NS | extra)?;
+        ns::enter(&self.pidfd, self.pid, POD_NS | extra)?;
         Ok(())
     }
 
@@ -168,20 +169,20 @@ impl Holder {
     /// root) and the holder's others, before making the PID namespace.
     pub fn join_user(&self) -> Result<()> {
         self.join(libc::CLONE_NEWUSER)?;
-        Ok(ns::become_root()?)
+        Ok(creds::become_root()?)
     }
 
     /// The pod's PID 1 has joined: let the holder go.
     pub fn release(mut self) {
         self.cmd_w = None;
-        let _ = util::waitpid(self.pid, 0);
+        let _ = process::waitpid(self.pid, 0);
     }
 
     /// Undo everything: holder gone (its namespaces with it), veth, cgroup.
     pub fn undo(&mut self) {
         self.cmd_w = None;
-        let _ = util::kill(self.pid, libc::SIGKILL);
-        let _ = util::waitpid(self.pid, 0);
+        let _ = process::kill(self.pid, libc::SIGKILL);
+        let _ = process::waitpid(self.pid, 0);
         let _ = net::remove_veth(self.veth.take().as_deref());
         let _ = self.cgroup.remove(Duration::from_secs(2));
     }
@@ -197,11 +198,11 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
         // Everything else is then owned by the pod's user namespace; the
         // parent maps its ids before we go on.
         ns::unshare(libc::CLONE_NEWUSER)?;
-        util::write_fd(status.as_raw_fd(), b"R\n")?;
-        if util::read_line(cmd.as_raw_fd()).as_deref() != Some("M") {
+        io::write_all(status, b"R\n")?;
+        if io::read_line(cmd).as_deref() != Some("M") {
             return Err(PodError::Invalid("the pod's ids were not mapped".into()));
         }
-        ns::become_root()?;
+        creds::become_root()?;
     }
     ns::unshare(POD_NS)?;
     // While the host's /proc (and the image) are still in view.
@@ -236,13 +237,13 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
     if spec.ip.is_none() {
         extra_net()?;
     }
-    util::write_fd(status.as_raw_fd(), b"R\n")?;
+    io::write_all(status, b"R\n")?;
     // Commands until the parent lets go (end of file).
-    while let Some(c) = util::read_line(cmd.as_raw_fd()) {
+    while let Some(c) = io::read_line(cmd) {
         if c == "N" {
             net::pod_setup(name, spec.ip.as_ref(), extra.mac.as_deref())?;
             extra_net()?;
-            util::write_fd(status.as_raw_fd(), b"R\n")?;
+            io::write_all(status, b"R\n")?;
         }
     }
     Ok(())
@@ -310,7 +311,7 @@ pub fn reserve(state: &StateDir, name: &str, spec: &PodSpec) -> Result<PathBuf> 
 }
 
 fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path::Path) -> Result<PodRecord> {
-    let memfd = util::memfd_create("cryopod-init")?;
+    let memfd = events::memfd_create("cryopod-init")?;
     std::fs::write(format!("/proc/self/fd/{}", memfd.as_raw_fd()), init_program)
         .map_err(PodError::io("the cryopod-init memfd"))?;
     let log = if o.detached {
@@ -320,7 +321,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
         None
     };
     let mut holder = Holder::create(&o.name, &o.spec, &Extra::default())?;
-    let (err_r, err_w) = util::pipe()?;
+    let (err_r, err_w) = pipe::pipe()?;
     let exec_init = || -> Result<()> {
         // The pod is a session of its own from the first instant the
         // caller can see it (cryopod-init makes sure too, but only once it
@@ -328,21 +329,21 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
         // process group in the pod).
         util::new_session()?;
         if let Some(l) = &log {
-            util::dup_to(l.as_raw_fd(), 1, false)?;
-            util::dup_to(l.as_raw_fd(), 2, false)?;
+            fd::dup_to(l, TargetFd(1), false)?;
+            fd::dup_to(l, TargetFd(2), false)?;
             let null = std::fs::File::open("/dev/null").map_err(PodError::io("/dev/null"))?;
-            util::place(null.into(), 0, false)?;
+            fd::place(null.into(), TargetFd(0), false)?;
         }
         let mut argv = vec!["cryopod-init".to_string()];
         argv.extend(o.cmd.iter().cloned());
-        Err(ns::exec_fd(memfd.as_fd(), &argv).into())
+        Err(exec::exec_fd(&memfd, &argv).into())
     };
     // In PID 1: become cryopod-init; a failure is reported, then PID 1 exits.
     let first = |enter: &dyn Fn() -> Result<()>| {
         if let Err(e) = enter().and_then(|_| exec_init()) {
-            let _ = util::write_fd(err_w.as_raw_fd(), e.to_string().as_bytes());
+            let _ = io::write_all(&err_w, e.to_string().as_bytes());
         }
-        util::exit_now(127)
+        process::exit_now(127)
     };
     let forked = if o.spec.userns {
         fork_in_userns(&holder, &|| first(&|| holder.settle()))
@@ -352,7 +353,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
     match forked {
         Ok(Forked::Child) => {
             first(&|| holder.enter());
-            util::exit_now(127)
+            process::exit_now(127)
         }
         Ok(Forked::Parent(init)) => {
             drop(err_w);
@@ -360,7 +361,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
             let mut msg = Vec::new();
             let _ = std::io::Read::read_to_end(&mut std::fs::File::from(err_r), &mut msg);
             if !msg.is_empty() {
-                let _ = util::waitpid(init, 0);
+                let _ = process::waitpid(init, 0);
                 holder.undo();
                 return Err(PodError::Invalid(format!("starting the pod: {}", String::from_utf8_lossy(&msg))));
             }
@@ -385,7 +386,7 @@ fn fork_in_userns(holder: &Holder, first: &dyn Fn()) -> Result<Forked> {
     match fork_via(&|| holder.join_user().map_err(|e| e.to_string()))? {
         Forked::Child => {
             first();
-            util::exit_now(127)
+            process::exit_now(127)
         }
         parent => Ok(parent),
     }

@@ -4,11 +4,11 @@
 
 use crate::{PodError, Result};
 use cryopod_sys::clone::{fork_with_pid, Forked};
-use cryopod_sys::{ns, pidfd, util};
+use cryopod_sys::{io, ns, pidfd, pipe, process};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 
 /// Run `read` in a child that joined the `flags` namespaces of `init`;
 /// `what` names the result in errors.
@@ -19,7 +19,7 @@ pub fn read_inside<T: Serialize + DeserializeOwned>(
     read: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let pfd = pidfd::pidfd_open(init)?;
-    let (r, w) = util::pipe()?;
+    let (r, w) = pipe::pipe()?;
     match fork_with_pid(0)? {
         Forked::Child => {
             drop(r);
@@ -27,14 +27,14 @@ pub fn read_inside<T: Serialize + DeserializeOwned>(
                 .map_err(PodError::from)
                 .and_then(|_| read())
                 .map_err(|e| e.to_string());
-            let _ = util::write_fd(w.as_raw_fd(), &serde_json::to_vec(&res).unwrap_or_default());
-            util::exit_now(0)
+            let _ = io::write_all(&w, &serde_json::to_vec(&res).unwrap_or_default());
+            process::exit_now(0)
         }
         Forked::Parent(child) => {
             drop(w);
             let mut buf = Vec::new();
             let _ = std::fs::File::from(r).read_to_end(&mut buf);
-            let _ = util::waitpid(child, 0);
+            let _ = process::waitpid(child, 0);
             let res: std::result::Result<T, String> =
                 serde_json::from_slice(&buf).map_err(|_| PodError::Invalid(format!("reading {what} failed")))?;
             res.map_err(|e| PodError::Invalid(format!("{what}: {e}")))

@@ -7,7 +7,7 @@ use crate::create::POD_NS;
 use crate::state::{noted_owner, now_unix, PodRecord, StateDir, CHECKPOINTER, CREATOR};
 use crate::{net, PodError, Result};
 use cryopod_sys::clone::{fork_with_pid, Forked};
-use cryopod_sys::{ns, pidfd, util};
+use cryopod_sys::{creds, ns, pidfd, process, signal};
 use serde::Serialize;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -73,7 +73,7 @@ pub fn exec(state: &StateDir, name: &str, cmd: &[String]) -> Result<i32> {
                 let user = if rec.spec.userns { libc::CLONE_NEWUSER } else { 0 };
                 ns::enter(pfd.as_fd(), rec.init_pid, POD_NS | libc::CLONE_NEWPID | user)?;
                 if rec.spec.userns {
-                    ns::become_root()?;
+                    creds::become_root()?;
                 }
                 let st = std::process::Command::new(&cmd[0])
                     .args(&cmd[1..])
@@ -83,17 +83,17 @@ pub fn exec(state: &StateDir, name: &str, cmd: &[String]) -> Result<i32> {
                 Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
             })();
             match r {
-                Ok(code) => util::exit_now(code),
+                Ok(code) => process::exit_now(code),
                 Err(e) => {
                     eprintln!("cryopod: {e}");
-                    util::exit_now(127)
+                    process::exit_now(127)
                 }
             }
         }
         Forked::Parent(child) => {
-            util::forward_signals(child, &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT])?;
-            let (_, st) = util::waitpid(child, 0)?;
-            Ok(util::exit_code(st))
+            signal::forward_signals(child, &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT])?;
+            let (_, st) = process::waitpid(child, 0)?;
+            Ok(process::exit_code(st))
         }
     }
 }
@@ -133,10 +133,10 @@ pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<()> {
         cg.thaw()?;
     }
     if rec.alive() {
-        util::kill(rec.init_pid, libc::SIGTERM)?;
+        process::kill(rec.init_pid, libc::SIGTERM)?;
         if !wait_gone(&rec, timeout) {
             tracing::info!(pod = name, "did not stop after SIGTERM; sending SIGKILL");
-            let _ = util::kill(rec.init_pid, libc::SIGKILL);
+            let _ = process::kill(rec.init_pid, libc::SIGKILL);
             wait_gone(&rec, Duration::from_secs(10));
         }
     }
@@ -165,7 +165,7 @@ pub fn cleanup(state: &StateDir, rec: &PodRecord) -> Result<()> {
         // PID 1 is gone, so the kernel kills the rest of the PID namespace;
         // anything still listed is on its way out.
         for p in cg.procs().unwrap_or_default() {
-            let _ = util::kill(p, libc::SIGKILL);
+            let _ = process::kill(p, libc::SIGKILL);
         }
         cg.remove(Duration::from_secs(10))?;
     }

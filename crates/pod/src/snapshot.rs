@@ -20,7 +20,7 @@ use cryopod_engine::{
 use cryopod_image::{ImageDir, PodImage};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -286,7 +286,7 @@ fn restore_reserved(
         }
         log = Some(f);
     }
-    let inherit: Vec<(String, i32)> = log.iter().map(|f| ("log".to_string(), f.as_raw_fd())).collect();
+    let inherit: Vec<(String, BorrowedFd)> = log.iter().map(|f| ("log".to_string(), f.as_fd())).collect();
     let shm_files = crate::ipc::check_files(&pod.ipc, img)?;
     let net_cfg = net::NetConfig { links: pod.links.clone(), routes: pod.routes.clone() };
     let old_ip = pod.ip.map(|(a, _)| std::net::Ipv4Addr::from(a));
@@ -332,8 +332,8 @@ fn restore_reserved(
     let veth = holder.veth.clone();
     holder.release();
     if let Err(e) = crate::ipc::remove_marked(&pod.ipc, outcome.root_pid) {
-        let _ = cryopod_sys::util::kill(outcome.root_pid, libc::SIGKILL);
-        let _ = cryopod_sys::util::waitpid(outcome.root_pid, 0);
+        let _ = cryopod_sys::process::kill(outcome.root_pid, libc::SIGKILL);
+        let _ = cryopod_sys::process::waitpid(outcome.root_pid, 0);
         let _ = crate::lifecycle::cleanup_by_name(state, name, veth.clone());
         return Err(e);
     }

@@ -38,7 +38,7 @@ pub fn fork_with_pid(pid: Pid) -> SysResult<Forked> {
 /// innermost PID namespace (0 = any). Same single-thread rule as
 /// [`fork_with_pid`].
 pub fn fork_with(flags: u64, pid: Pid) -> SysResult<Forked> {
-    if crate::util::own_thread_count().is_some_and(|n| n != 1) {
+    if crate::process::own_thread_count().is_some_and(|n| n != 1) {
         return Err(SysError::new("fork (caller has several threads)", pid, Errno(libc::EDEADLK)));
     }
     let tids = [pid];
@@ -89,7 +89,7 @@ pub fn thread_clone_args(set_tid_addr: u64) -> Vec<u8> {
 /// go-between exits, so PID 1 is re-parented to the nearest subreaper
 /// (callers make themselves one to wait for it).
 pub fn fork_via(before: &dyn Fn() -> Result<(), String>) -> SysResult<Forked> {
-    let (r, w) = crate::util::pipe()?;
+    let (r, w) = crate::pipe::pipe()?;
     match fork_with_pid(0)? {
         Forked::Child => {
             drop(r);
@@ -102,14 +102,14 @@ pub fn fork_via(before: &dyn Fn() -> Result<(), String>) -> SysResult<Forked> {
                 Ok(Err(e)) => format!("E{e}").into_bytes(),
                 Err(e) => format!("E{e}").into_bytes(),
             };
-            let _ = crate::util::write_fd(std::os::fd::AsRawFd::as_raw_fd(&w), &msg);
-            crate::util::exit_now(0)
+            let _ = crate::io::write_all(&w, &msg);
+            crate::process::exit_now(0)
         }
         Forked::Parent(g) => {
             drop(w);
             let mut got = Vec::new();
             let _ = std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut got);
-            let _ = crate::util::waitpid(g, 0);
+            let _ = crate::process::waitpid(g, 0);
             match got.split_first() {
                 Some((b'P', pid)) if pid.len() == 4 => {
                     Ok(Forked::Parent(Pid::from_ne_bytes([pid[0], pid[1], pid[2], pid[3]])))

@@ -96,23 +96,20 @@ mod tests {
     /// with CPUID's offsets: the restore builds areas from these numbers.
     #[test]
     fn kernel_xstate_matches_cpuid() {
-        // SAFETY: fork in a test; the child only waits to be killed.
+        // SAFETY: fork in a test (the harness has several threads, so not
+        // our fork_with_pid); the child only waits to be killed.
         let child = unsafe { libc::fork() };
         if child == 0 {
             loop {
-                // SAFETY: pause has no arguments.
-                unsafe { libc::pause() };
+                rustix::event::pause();
             }
         }
         let x = crate::ptrace::seize(child, 0)
             .and_then(|_| crate::ptrace::interrupt(child))
             .and_then(|_| crate::ptrace::wait(child))
             .and_then(|_| crate::ptrace::get_xstate(child));
-        // SAFETY: killing and reaping our own child.
-        unsafe {
-            libc::kill(child, libc::SIGKILL);
-            libc::waitpid(child, std::ptr::null_mut(), 0);
-        }
+        let _ = crate::process::kill(child, libc::SIGKILL);
+        let _ = crate::process::waitpid(child, 0);
         let x = x.unwrap();
         assert_eq!(x.len(), xsave_size() as usize);
         // The kernel puts XCR0 in the legacy area's software bytes.

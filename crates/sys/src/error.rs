@@ -12,6 +12,12 @@ impl Errno {
     }
 }
 
+impl From<rustix::io::Errno> for Errno {
+    fn from(e: rustix::io::Errno) -> Errno {
+        Errno(e.raw_os_error())
+    }
+}
+
 impl fmt::Debug for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self)
@@ -42,6 +48,13 @@ impl SysError {
     pub fn last(op: impl Into<String>, pid: i32) -> Self {
         Self::new(op, pid, Errno::last())
     }
+}
+
+/// The conversion of a rustix call's failure: `.map_err(fail("setsid", 0))`.
+/// The operation's text is made only on failure; where it needs
+/// formatting, map with a closure instead so that success allocates nothing.
+pub(crate) fn fail(op: &'static str, pid: i32) -> impl FnOnce(rustix::io::Errno) -> SysError {
+    move |e| SysError::new(op, pid, e.into())
 }
 
 pub type SysResult<T> = Result<T, SysError>;

@@ -2,6 +2,7 @@
 //! socket: how the guardian process receives the pidfds and sockets it may
 //! have to act on.
 
+use crate::error::fail;
 use crate::{Errno, SysError, SysResult};
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
@@ -10,10 +11,6 @@ use rustix::net::{
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
-
-fn err(op: &str, e: rustix::io::Errno) -> SysError {
-    SysError::new(op, 0, Errno(e.raw_os_error()))
-}
 
 /// Send `bytes` (one message) with `fd` attached, if any. Never raises
 /// SIGPIPE: a peer that is gone is an error.
@@ -25,7 +22,7 @@ pub fn send(sock: BorrowedFd, bytes: &[u8], fd: Option<BorrowedFd>) -> SysResult
         fds = [fd];
         cmsg.push(SendAncillaryMessage::ScmRights(&fds));
     }
-    let n = sendmsg(sock, &[IoSlice::new(bytes)], &mut cmsg, SendFlags::NOSIGNAL).map_err(|e| err("sendmsg", e))?;
+    let n = sendmsg(sock, &[IoSlice::new(bytes)], &mut cmsg, SendFlags::NOSIGNAL).map_err(fail("sendmsg", 0))?;
     if n != bytes.len() {
         return Err(SysError::new("sendmsg (short)", 0, Errno(libc::EMSGSIZE)));
     }
@@ -40,7 +37,7 @@ pub fn recv(sock: BorrowedFd, buf: &mut [u8]) -> SysResult<(usize, Option<OwnedF
     let r = loop {
         match recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut cmsg, RecvFlags::CMSG_CLOEXEC) {
             Err(rustix::io::Errno::INTR) => continue,
-            r => break r.map_err(|e| err("recvmsg", e))?,
+            r => break r.map_err(fail("recvmsg", 0))?,
         }
     };
     let mut got = None;

@@ -1,10 +1,15 @@
 //! SysV IPC and POSIX message queues, as a pod's IPC namespace holds them:
 //! reading a shared memory segment, semaphore values and queued messages
 //! (MSG_COPY, without removing them), and creating them again with their
-//! ids, owners and contents.
+//! ids, owners and contents. Neither has a safe wrapper in rustix (SysV
+//! IPC not at all, message queues beyond their descriptor's owner and
+//! mode), so these calls are libc's; a queue's descriptor is an OwnedFd
+//! (on Linux an mqd_t is the descriptor, and mq_close is close).
 
 use crate::{Errno, SysError, SysResult};
+use rustix::fs::{Gid, Mode, Uid};
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 fn check(r: i64, what: impl Into<String>) -> SysResult<i64> {
     if r < 0 {
@@ -175,25 +180,47 @@ fn mq_name(name: &str) -> SysResult<CString> {
     CString::new(format!("/{name}")).map_err(|_| SysError::new("mq_open (NUL in name)", 0, Errno(libc::EINVAL)))
 }
 
+/// mq_open(name, flags[, mode, attributes]) as an OwnedFd.
+fn mq_open(name: &str, flags: i32, create: Option<(u32, &libc::mq_attr)>) -> SysResult<OwnedFd> {
+    let n = mq_name(name)?;
+    // SAFETY: `n` is a valid name; with O_CREAT the mode and a valid
+    // attribute struct follow, as mq_open reads them.
+    let q = unsafe {
+        match create {
+            None => libc::mq_open(n.as_ptr(), flags | libc::O_CLOEXEC),
+            Some((mode, attr)) => {
+                libc::mq_open(n.as_ptr(), flags | libc::O_CLOEXEC, mode, attr as *const libc::mq_attr)
+            }
+        }
+    };
+    if q < 0 {
+        let what = if create.is_some() { format!("mq_open({name}, O_CREAT)") } else { format!("mq_open({name})") };
+        return Err(SysError::last(what, 0));
+    }
+    // SAFETY: a new descriptor that nothing else owns (an mqd_t is one).
+    Ok(unsafe { OwnedFd::from_raw_fd(q) })
+}
+
+/// mq_send of one message.
+fn mq_send(q: &OwnedFd, m: &[u8], prio: u32) -> bool {
+    // SAFETY: pointer and length of a live slice.
+    unsafe { libc::mq_send(q.as_raw_fd(), m.as_ptr().cast(), m.len(), prio) == 0 }
+}
+
 /// Read queue `name`'s messages by receiving them all, then send them back
 /// in the same order: afterwards the queue holds what it held.
 pub fn mq_read(name: &str) -> SysResult<PosixQueue> {
-    let n = mq_name(name)?;
-    // SAFETY: `n` is a valid name.
-    let q = unsafe { libc::mq_open(n.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
-    if q < 0 {
-        return Err(SysError::last(format!("mq_open({name})"), 0));
-    }
+    let q = mq_open(name, libc::O_RDWR | libc::O_NONBLOCK, None)?;
     // SAFETY: mq_attr is plain data.
     let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
     // SAFETY: valid out pointer.
-    unsafe { libc::mq_getattr(q, &mut attr) };
+    unsafe { libc::mq_getattr(q.as_raw_fd(), &mut attr) };
     let mut msgs = Vec::new();
     let mut buf = vec![0u8; attr.mq_msgsize.max(1) as usize];
     loop {
         let mut prio = 0u32;
         // SAFETY: `buf` holds mq_msgsize bytes.
-        let r = unsafe { libc::mq_receive(q, buf.as_mut_ptr().cast(), buf.len(), &mut prio) };
+        let r = unsafe { libc::mq_receive(q.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), &mut prio) };
         if r < 0 {
             break;
         }
@@ -201,57 +228,35 @@ pub fn mq_read(name: &str) -> SysResult<PosixQueue> {
     }
     let mut res = Ok(());
     for (p, m) in &msgs {
-        // SAFETY: pointer and length of a live slice.
-        if unsafe { libc::mq_send(q, m.as_ptr().cast(), m.len(), *p) } < 0 {
+        if !mq_send(&q, m, *p) {
             res = Err(SysError::last(format!("mq_send({name}) putting a message back"), 0));
         }
     }
-    // SAFETY: closing the descriptor we opened.
-    unsafe { libc::mq_close(q) };
+    drop(q);
     res?;
     Ok(PosixQueue { maxmsg: attr.mq_maxmsg, msgsize: attr.mq_msgsize, msgs })
 }
 
 /// Create queue `name` with its attributes, owner, mode and messages.
 pub fn mq_create(name: &str, q: &PosixQueue, perm: Perm) -> SysResult<()> {
-    let n = mq_name(name)?;
     // SAFETY: mq_attr is plain data.
     let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
     attr.mq_maxmsg = q.maxmsg;
     attr.mq_msgsize = q.msgsize;
-    // SAFETY: valid name and attributes.
-    let fd = unsafe {
-        libc::mq_open(n.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, perm.2 & 0o777, &attr)
-    };
-    if fd < 0 {
-        return Err(SysError::last(format!("mq_open({name}, O_CREAT)"), 0));
-    }
-    let mut res = Ok(());
+    let fd = mq_open(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, Some((perm.2 & 0o777, &attr)))?;
     for (p, m) in &q.msgs {
-        // SAFETY: pointer and length of a live slice.
-        if unsafe { libc::mq_send(fd, m.as_ptr().cast(), m.len(), *p) } < 0 {
-            res = Err(SysError::last(format!("mq_send({name})"), 0));
-            break;
+        if !mq_send(&fd, m, *p) {
+            return Err(SysError::last(format!("mq_send({name})"), 0));
         }
     }
-    // SAFETY: a valid fd; owner ids and mode (not the creation umask's).
-    if res.is_ok() && unsafe { libc::fchown(fd, perm.0, perm.1) | libc::fchmod(fd, perm.2 & 0o777) } < 0 {
-        res = Err(SysError::last(format!("fchown/fchmod(mqueue {name})"), 0));
-    }
-    // SAFETY: closing the descriptor we opened.
-    unsafe { libc::mq_close(fd) };
-    res
+    // Owner ids and mode (not the creation umask's).
+    let owner = rustix::fs::fchown(&fd, Some(Uid::from_raw(perm.0)), Some(Gid::from_raw(perm.1)));
+    let mode = rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm.2 & 0o777));
+    owner.and(mode).map_err(|e| SysError::new(format!("fchown/fchmod(mqueue {name})"), 0, e.into()))
 }
 
 /// mq_open(name, flags) for an fd (close-on-exec) in the caller's IPC
 /// namespace; the queue must exist.
-pub fn mq_open_fd(name: &str, flags: i32) -> SysResult<std::os::fd::OwnedFd> {
-    let n = mq_name(name)?;
-    // SAFETY: `n` is a valid name; no O_CREAT, so no mode or attributes.
-    let fd = unsafe { libc::mq_open(n.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(SysError::last(format!("mq_open({name})"), 0));
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+pub fn mq_open_fd(name: &str, flags: i32) -> SysResult<OwnedFd> {
+    mq_open(name, flags, None)
 }

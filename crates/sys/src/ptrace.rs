@@ -73,7 +73,7 @@ pub fn detach(tid: Pid, sig: i32) -> SysResult<()> {
 
 /// Wait for a state change of one traced task.
 pub fn wait(tid: Pid) -> SysResult<Stop> {
-    let (_, status) = crate::util::waitpid(tid, 0)?;
+    let (_, status) = crate::process::waitpid(tid, 0)?;
     Ok(decode_status(status))
 }
 

@@ -1,43 +1,50 @@
-//! Unix domain sockets: creating, binding, listening, connecting and
-//! accepting with raw addresses (path or abstract), socket pairs, sending
-//! without blocking, shutdown, peer credentials, and copying a socket's
-//! queued messages without consuming them (SO_PEEK_OFF).
+//! Sockets: unix ones created, bound, listening, connected and accepted
+//! with raw names (path or abstract), socket pairs, sending without
+//! blocking, shutdown, peer credentials, and copying a socket's queued
+//! messages without consuming them (SO_PEEK_OFF); internet ones with their
+//! addresses and options. Typed calls are rustix's; the options rustix does
+//! not name (SO_PEEK_OFF, TCP_INFO, the TCP_REPAIR family) go through the
+//! raw get/set below, and so does SO_PEERCRED, which rustix reads into a
+//! non-zero PID that an unconnected socket's 0 would break.
 
 use crate::{Errno, Pid, SysError, SysResult};
-use std::os::fd::{FromRawFd, OwnedFd};
+use rustix::net::{
+    sockopt, AddressFamily, RecvAncillaryBuffer, RecvFlags, ReturnFlags, SendFlags, Shutdown, SocketAddrAny,
+    SocketAddrUnix, SocketFlags, SocketType,
+};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-fn new_fd(r: i32, what: &str) -> SysResult<OwnedFd> {
-    if r < 0 {
-        return Err(SysError::last(what, 0));
-    }
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+fn err(what: impl Into<String>) -> impl FnOnce(rustix::io::Errno) -> SysError {
+    move |e| SysError::new(what, 0, e.into())
 }
 
-fn check(r: isize, what: impl Into<String>) -> SysResult<usize> {
-    if r < 0 {
-        return Err(SysError::last(what, 0));
-    }
-    Ok(r as usize)
+/// The address of unix name `name` (path bytes, or a leading NUL for an
+/// abstract name; empty: unnamed). Path names are NUL-terminated when there
+/// is room; abstract names are exactly their bytes.
+fn unix_addr(name: &[u8]) -> SysResult<SocketAddrUnix> {
+    let r = match name.split_first() {
+        None => Ok(SocketAddrUnix::new_unnamed()),
+        Some((0, rest)) => SocketAddrUnix::new_abstract_name(rest),
+        Some(_) => SocketAddrUnix::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name)),
+    };
+    r.map_err(|e| match e {
+        rustix::io::Errno::NAMETOOLONG => SysError::new("unix socket name too long", 0, Errno(libc::ENAMETOOLONG)),
+        e => SysError::new(format!("unix socket name {}", show(name)), 0, e.into()),
+    })
 }
 
-/// A sockaddr_un for `name` (path bytes, or a leading NUL for an abstract
-/// name), and its length.
-fn sockaddr(name: &[u8]) -> SysResult<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain data.
-    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    if name.len() > a.sun_path.len() {
-        return Err(SysError::new("unix socket name too long", 0, Errno(libc::ENAMETOOLONG)));
+/// A unix address's name as [`unix_addr`] takes it.
+fn unix_name(a: &SocketAddrUnix) -> Vec<u8> {
+    if let Some(p) = a.path_bytes() {
+        // A path name may come with its terminating NUL.
+        let end = p.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        p[..end].to_vec()
+    } else if let Some(n) = a.abstract_name() {
+        [&[0u8][..], n].concat()
+    } else {
+        Vec::new()
     }
-    for (d, s) in a.sun_path.iter_mut().zip(name) {
-        *d = *s as libc::c_char;
-    }
-    // Path names are NUL-terminated when there is room; abstract names
-    // are exactly their bytes.
-    let extra = usize::from(name.first() != Some(&0) && name.len() < a.sun_path.len());
-    let len = std::mem::size_of::<libc::sa_family_t>() + name.len() + extra;
-    Ok((a, len as libc::socklen_t))
 }
 
 fn show(name: &[u8]) -> String {
@@ -49,70 +56,41 @@ fn show(name: &[u8]) -> String {
 
 /// socket(AF_UNIX, kind | SOCK_CLOEXEC).
 pub fn socket(kind: i32) -> SysResult<OwnedFd> {
-    // SAFETY: integer arguments.
-    new_fd(unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0) }, "socket(AF_UNIX)")
+    rustix::net::socket_with(AddressFamily::UNIX, SocketType::from_raw(kind as u32), SocketFlags::CLOEXEC, None)
+        .map_err(err("socket(AF_UNIX)"))
 }
 
 /// socketpair(AF_UNIX, kind | SOCK_CLOEXEC).
 pub fn socketpair(kind: i32) -> SysResult<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: fds has room for two ints.
-    let r = unsafe { libc::socketpair(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
-    if r < 0 {
-        return Err(SysError::last("socketpair(AF_UNIX)", 0));
-    }
-    // SAFETY: two new fds that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    rustix::net::socketpair(AddressFamily::UNIX, SocketType::from_raw(kind as u32), SocketFlags::CLOEXEC, None)
+        .map_err(err("socketpair(AF_UNIX)"))
 }
 
-pub fn bind(fd: i32, name: &[u8]) -> SysResult<()> {
-    let (a, len) = sockaddr(name)?;
-    // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
-    let r = unsafe { libc::bind(fd, (&a as *const libc::sockaddr_un).cast(), len) };
-    check(r as isize, format!("bind({})", show(name))).map(|_| ())
+pub fn bind(fd: impl AsFd, name: &[u8]) -> SysResult<()> {
+    rustix::net::bind(fd, &unix_addr(name)?).map_err(|e| SysError::new(format!("bind({})", show(name)), 0, e.into()))
 }
 
-pub fn listen(fd: i32, backlog: i32) -> SysResult<()> {
-    // SAFETY: integer arguments.
-    check(unsafe { libc::listen(fd, backlog) } as isize, "listen").map(|_| ())
+pub fn listen(fd: impl AsFd, backlog: i32) -> SysResult<()> {
+    rustix::net::listen(fd, backlog).map_err(err("listen"))
 }
 
-pub fn connect(fd: i32, name: &[u8]) -> SysResult<()> {
-    let (a, len) = sockaddr(name)?;
-    // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
-    let r = unsafe { libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), len) };
-    check(r as isize, format!("connect({})", show(name))).map(|_| ())
+pub fn connect(fd: impl AsFd, name: &[u8]) -> SysResult<()> {
+    rustix::net::connect(fd, &unix_addr(name)?)
+        .map_err(|e| SysError::new(format!("connect({})", show(name)), 0, e.into()))
 }
 
-pub fn accept(fd: i32) -> SysResult<OwnedFd> {
-    // SAFETY: no address requested.
-    let r = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
-    new_fd(r, "accept")
+pub fn accept(fd: impl AsFd) -> SysResult<OwnedFd> {
+    rustix::net::accept_with(fd, SocketFlags::CLOEXEC).map_err(err("accept"))
 }
 
 /// Send one message without blocking (to `name` if given).
-pub fn send(fd: i32, data: &[u8], name: Option<&[u8]>) -> SysResult<()> {
+pub fn send(fd: impl AsFd, data: &[u8], name: Option<&[u8]>) -> SysResult<()> {
+    let what = || format!("send of {} queued bytes", data.len());
     let r = match name {
-        None => {
-            // SAFETY: pointer and length of a live slice.
-            unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT) }
-        }
-        Some(n) => {
-            let (a, len) = sockaddr(n)?;
-            // SAFETY: live slice; `a` is a valid sockaddr_un of `len` bytes.
-            unsafe {
-                libc::sendto(
-                    fd,
-                    data.as_ptr().cast(),
-                    data.len(),
-                    libc::MSG_DONTWAIT,
-                    (&a as *const libc::sockaddr_un).cast(),
-                    len,
-                )
-            }
-        }
+        None => rustix::net::send(fd, data, SendFlags::DONTWAIT),
+        Some(n) => rustix::net::sendto(fd, data, SendFlags::DONTWAIT, &unix_addr(n)?),
     };
-    let n = check(r, format!("send of {} queued bytes", data.len()))?;
+    let n = r.map_err(|e| SysError::new(what(), 0, e.into()))?;
     if n != data.len() {
         return Err(SysError::new(
             format!("send of {} queued bytes (only {n} fit)", data.len()),
@@ -123,253 +101,228 @@ pub fn send(fd: i32, data: &[u8], name: Option<&[u8]>) -> SysResult<()> {
     Ok(())
 }
 
-pub fn shutdown(fd: i32, how: i32) -> SysResult<()> {
-    // SAFETY: integer arguments.
-    check(unsafe { libc::shutdown(fd, how) } as isize, "shutdown").map(|_| ())
+/// shutdown(fd, how) with how SHUT_RD, SHUT_WR or SHUT_RDWR.
+pub fn shutdown(fd: impl AsFd, how: i32) -> SysResult<()> {
+    let how = match how {
+        libc::SHUT_RD => Shutdown::Read,
+        libc::SHUT_WR => Shutdown::Write,
+        libc::SHUT_RDWR => Shutdown::Both,
+        _ => return Err(SysError::new("shutdown", 0, Errno(libc::EINVAL))),
+    };
+    rustix::net::shutdown(fd, how).map_err(err("shutdown"))
 }
 
-/// setsockopt(level, opt) from a byte buffer.
-pub(crate) fn set_opt(fd: i32, level: i32, opt: i32, v: &[u8], what: &str) -> SysResult<()> {
-    // SAFETY: `v` is a live buffer of its length.
-    let r = unsafe { libc::setsockopt(fd, level, opt, v.as_ptr().cast(), v.len() as libc::socklen_t) };
-    check(r as isize, what).map(|_| ())
+/// setsockopt(level, opt) from a byte buffer, for options rustix does not
+/// name.
+pub(crate) fn set_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, v: &[u8], what: &str) -> SysResult<()> {
+    // SAFETY: `v` is a live buffer of its length; the kernel only reads it.
+    let r = unsafe { libc::setsockopt(fd.as_raw_fd(), level, opt, v.as_ptr().cast(), v.len() as libc::socklen_t) };
+    if r < 0 {
+        return Err(SysError::last(what, 0));
+    }
+    Ok(())
 }
 
-/// getsockopt(level, opt) into a byte buffer: the bytes written.
-pub(crate) fn get_opt(fd: i32, level: i32, opt: i32, out: &mut [u8], what: &str) -> SysResult<usize> {
+/// getsockopt(level, opt) into a byte buffer, for options rustix does not
+/// name: the bytes written.
+pub(crate) fn get_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, out: &mut [u8], what: &str) -> SysResult<usize> {
     let mut len = out.len() as libc::socklen_t;
-    // SAFETY: `out` is a live buffer of `len` bytes.
-    let r = unsafe { libc::getsockopt(fd, level, opt, out.as_mut_ptr().cast(), &mut len) };
-    check(r as isize, what)?;
+    // SAFETY: `out` is a live buffer of `len` bytes; `len` a valid in/out
+    // pointer.
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, out.as_mut_ptr().cast(), &mut len) };
+    if r < 0 {
+        return Err(SysError::last(what, 0));
+    }
     Ok(len as usize)
 }
 
-/// setsockopt with an int value; `what` names the option in errors.
-pub fn set_int(fd: i32, level: i32, opt: i32, v: i32, what: &str) -> SysResult<()> {
-    set_opt(fd, level, opt, &v.to_ne_bytes(), what)
+/// setsockopt with an int value, for options rustix does not name
+/// (TCP_REPAIR, SO_PEEK_OFF, ...); `what` names the option in errors.
+pub fn set_int(fd: impl AsFd, level: i32, opt: i32, v: i32, what: &str) -> SysResult<()> {
+    set_opt(fd.as_fd(), level, opt, &v.to_ne_bytes(), what)
 }
 
-pub(crate) fn get_u32(fd: i32, level: i32, opt: i32, what: &str) -> SysResult<u32> {
+pub(crate) fn get_u32(fd: BorrowedFd<'_>, level: i32, opt: i32, what: &str) -> SysResult<u32> {
     let mut b = [0u8; 4];
     get_opt(fd, level, opt, &mut b, what)?;
     Ok(u32::from_ne_bytes(b))
 }
 
-fn getsockopt_int(fd: i32, opt: i32) -> SysResult<i32> {
-    Ok(get_u32(fd, libc::SOL_SOCKET, opt, &format!("getsockopt({opt})"))? as i32)
-}
-
 /// The socket's SO_PEEK_OFF (-1: peeking always starts at the head).
-pub fn peek_offset(fd: i32) -> SysResult<i32> {
-    getsockopt_int(fd, libc::SO_PEEK_OFF)
+pub fn peek_offset(fd: impl AsFd) -> SysResult<i32> {
+    Ok(get_u32(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, &format!("getsockopt({})", libc::SO_PEEK_OFF))? as i32)
 }
 
-fn setsockopt_int(fd: i32, opt: i32, v: i32) -> SysResult<()> {
-    set_int(fd, libc::SOL_SOCKET, opt, v, &format!("setsockopt({opt})"))
+fn set_peek_offset(fd: BorrowedFd<'_>, v: i32) -> SysResult<()> {
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, v, &format!("setsockopt({})", libc::SO_PEEK_OFF))
 }
 
 /// SO_PASSCRED.
-pub fn passcred(fd: i32) -> SysResult<bool> {
-    getsockopt_int(fd, libc::SO_PASSCRED).map(|v| v != 0)
+pub fn passcred(fd: impl AsFd) -> SysResult<bool> {
+    sockopt::socket_passcred(fd).map_err(|e| SysError::new(format!("getsockopt({})", libc::SO_PASSCRED), 0, e.into()))
 }
 
-pub fn set_passcred(fd: i32, on: bool) -> SysResult<()> {
-    setsockopt_int(fd, libc::SO_PASSCRED, i32::from(on))
+pub fn set_passcred(fd: impl AsFd, on: bool) -> SysResult<()> {
+    sockopt::set_socket_passcred(fd, on)
+        .map_err(|e| SysError::new(format!("setsockopt({})", libc::SO_PASSCRED), 0, e.into()))
 }
 
-/// SO_PEERCRED: (pid in our PID namespace, uid, gid).
-pub fn peer_cred(fd: i32) -> SysResult<(Pid, u32, u32)> {
-    let mut c = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `c` and `len` are valid out pointers for SO_PEERCRED.
-    let r = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut c as *mut libc::ucred).cast(), &mut len)
-    };
-    check(r as isize, "getsockopt(SO_PEERCRED)")?;
-    Ok((c.pid, c.uid, c.gid))
+/// SO_PEERCRED: (pid in our PID namespace, uid, gid); pid 0 when the
+/// socket has no peer.
+pub fn peer_cred(fd: impl AsFd) -> SysResult<(Pid, u32, u32)> {
+    let mut b = [0u8; 12];
+    get_opt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, &mut b, "getsockopt(SO_PEERCRED)")?;
+    let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+    Ok((i32::from_ne_bytes(word(0)), u32::from_ne_bytes(word(4)), u32::from_ne_bytes(word(8))))
+}
+
+/// SO_TYPE of a socket, as the raw number.
+fn kind_of(fd: BorrowedFd<'_>) -> SysResult<i32> {
+    sockopt::socket_type(fd)
+        .map(|t| t.as_raw() as i32)
+        .map_err(|e| SysError::new(format!("getsockopt({})", libc::SO_TYPE), 0, e.into()))
 }
 
 /// Every message queued for reading on `fd`, copied without consuming
 /// them (for a stream socket, possibly several chunks), each with its
 /// sender's address (empty: unnamed). Refuses when a message carries file
 /// descriptors or other control data.
-pub fn peek_queue(fd: i32, bytes_hint: usize) -> SysResult<Vec<(Vec<u8>, Vec<u8>)>> {
-    let old = getsockopt_int(fd, libc::SO_PEEK_OFF)?;
-    setsockopt_int(fd, libc::SO_PEEK_OFF, 0)?;
+pub fn peek_queue(fd: impl AsFd, bytes_hint: usize) -> SysResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let fd = fd.as_fd();
+    let old = peek_offset(fd)?;
+    set_peek_offset(fd, 0)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; bytes_hint.clamp(4096, 16 << 20) + 1];
     let res = loop {
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        // SAFETY: plain data, filled by the kernel.
-        let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        // SAFETY: msghdr is plain data; the iovec and address are set.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_name = (&mut from as *mut libc::sockaddr_un).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        // SAFETY: `msg` points at a live iovec over `buf`.
-        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-        if r < 0 {
-            let e = Errno::last();
-            if e.0 == libc::EAGAIN {
-                break Ok(());
-            }
-            break Err(SysError::new("recvmsg(MSG_PEEK)", 0, e));
-        }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        // No room for control data: a message that has some says so (CTRUNC).
+        let mut control = RecvAncillaryBuffer::new(&mut []);
+        let r = rustix::net::recvmsg(
+            fd,
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        );
+        let msg = match r {
+            Ok(m) => m,
+            Err(rustix::io::Errno::AGAIN) => break Ok(()),
+            Err(e) => break Err(SysError::new("recvmsg(MSG_PEEK)", 0, e.into())),
+        };
+        if msg.flags.contains(ReturnFlags::CTRUNC) {
             break Err(SysError::new(
                 "queued message carries file descriptors or credentials",
                 0,
                 Errno(libc::ENOTSUP),
             ));
         }
-        if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        if msg.flags.contains(ReturnFlags::TRUNC) {
             break Err(SysError::new("queued message larger than the peek buffer", 0, Errno(libc::EMSGSIZE)));
         }
         if out.len() >= 1 << 20 {
             break Err(SysError::new("too many queued messages", 0, Errno(libc::E2BIG)));
         }
-        let n = r as usize;
+        let n = msg.bytes;
         if n == 0 {
             // An empty datagram is a message too; a stream at its end is not.
-            if getsockopt_int(fd, libc::SO_TYPE).ok() == Some(libc::SOCK_STREAM) {
+            if kind_of(fd).ok() == Some(libc::SOCK_STREAM) {
                 break Ok(());
             }
         }
-        let name_len = (msg.msg_namelen as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>());
-        let mut name: Vec<u8> = from.sun_path[..name_len.min(from.sun_path.len())].iter().map(|&c| c as u8).collect();
-        // A path name may come with its terminating NUL.
-        if name.first() != Some(&0) {
-            while name.last() == Some(&0) {
-                name.pop();
-            }
-        }
-        out.push((buf[..n].to_vec(), name));
+        let name = msg.address.and_then(|a| SocketAddrUnix::try_from(a).ok()).map(|a| unix_name(&a));
+        out.push((buf[..n].to_vec(), name.unwrap_or_default()));
     };
-    let restored = setsockopt_int(fd, libc::SO_PEEK_OFF, old);
+    let restored = set_peek_offset(fd, old);
     res?;
     restored?;
     Ok(out)
 }
 
-/// Switch the calling process's effective uid and gid (the saved ids stay,
-/// so a root caller can switch back). Used so that sockets connected or
-/// listening record the right peer credentials.
-pub fn set_effective_ids(uid: u32, gid: u32) -> SysResult<()> {
-    // SAFETY: integer arguments; -1 leaves an id unchanged.
-    if unsafe { libc::setresgid(u32::MAX, gid, u32::MAX) } < 0 {
-        return Err(SysError::last(format!("setresgid(-, {gid}, -)"), 0));
-    }
-    // SAFETY: as above.
-    if unsafe { libc::setresuid(u32::MAX, uid, u32::MAX) } < 0 {
-        return Err(SysError::last(format!("setresuid(-, {uid}, -)"), 0));
-    }
-    Ok(())
-}
-
 /// SO_DOMAIN and SO_TYPE of a socket.
-pub fn domain_and_type(fd: i32) -> SysResult<(i32, i32)> {
-    Ok((getsockopt_int(fd, libc::SO_DOMAIN)?, getsockopt_int(fd, libc::SO_TYPE)?))
+pub fn domain_and_type(fd: impl AsFd) -> SysResult<(i32, i32)> {
+    let fd = fd.as_fd();
+    let domain = sockopt::socket_domain(fd)
+        .map_err(|e| SysError::new(format!("getsockopt({})", libc::SO_DOMAIN), 0, e.into()))?;
+    Ok((i32::from(domain.as_raw()), kind_of(fd)?))
 }
 
 /// What a TCP socket's TCP_INFO says: (state, connections waiting to be
 /// accepted (listeners), backlog (listeners)).
-pub fn tcp_state(fd: i32) -> SysResult<(u8, u32, u32)> {
-    // SAFETY: tcp_info is plain data filled by the kernel.
-    let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: valid out pointers of the right size.
-    let r = unsafe {
-        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut ti as *mut libc::tcp_info).cast(), &mut len)
-    };
-    check(r as isize, "getsockopt(TCP_INFO)")?;
-    Ok((ti.tcpi_state, ti.tcpi_unacked, ti.tcpi_sacked))
+pub fn tcp_state(fd: impl AsFd) -> SysResult<(u8, u32, u32)> {
+    let info = tcp_info(fd.as_fd(), "getsockopt(TCP_INFO)")?;
+    let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
+    let state = info[std::mem::offset_of!(libc::tcp_info, tcpi_state)];
+    Ok((
+        state,
+        word(std::mem::offset_of!(libc::tcp_info, tcpi_unacked)),
+        word(std::mem::offset_of!(libc::tcp_info, tcpi_sacked)),
+    ))
 }
 
-fn addr_of(ss: &libc::sockaddr_storage) -> SysResult<(Vec<u8>, u16)> {
-    match i32::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in.
-            let a: libc::sockaddr_in = unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
-            Ok((a.sin_addr.s_addr.to_ne_bytes().to_vec(), u16::from_be(a.sin_port)))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the kernel wrote a sockaddr_in6.
-            let a: libc::sockaddr_in6 = unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
-            Ok((a.sin6_addr.s6_addr.to_vec(), u16::from_be(a.sin6_port)))
-        }
-        f => Err(SysError::new(format!("address family {f}"), 0, Errno(libc::EAFNOSUPPORT))),
+/// TCP_INFO as the bytes of a `struct tcp_info` (zero where the kernel's
+/// is shorter).
+pub(crate) fn tcp_info(fd: BorrowedFd<'_>, what: &str) -> SysResult<[u8; std::mem::size_of::<libc::tcp_info>()]> {
+    let mut b = [0u8; std::mem::size_of::<libc::tcp_info>()];
+    get_opt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut b, what)?;
+    Ok(b)
+}
+
+/// (address bytes, port) of an IPv4 or IPv6 address.
+fn addr_of(a: SocketAddrAny) -> SysResult<(Vec<u8>, u16)> {
+    let family = a.address_family();
+    match SocketAddr::try_from(a) {
+        Ok(SocketAddr::V4(a)) => Ok((a.ip().octets().to_vec(), a.port())),
+        Ok(SocketAddr::V6(a)) => Ok((a.ip().octets().to_vec(), a.port())),
+        Err(_) => Err(SysError::new(format!("address family {}", family.as_raw()), 0, Errno(libc::EAFNOSUPPORT))),
     }
 }
 
-fn name(fd: i32, peer: bool) -> SysResult<(Vec<u8>, u16)> {
-    // SAFETY: plain data filled by the kernel.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let p = (&mut ss as *mut libc::sockaddr_storage).cast();
-    // SAFETY: valid out pointers.
-    let r = unsafe {
-        if peer {
-            libc::getpeername(fd, p, &mut len)
-        } else {
-            libc::getsockname(fd, p, &mut len)
-        }
-    };
-    check(r as isize, if peer { "getpeername" } else { "getsockname" })?;
-    addr_of(&ss)
-}
-
 /// The local address of an IPv4 or IPv6 socket: (address bytes, port).
-pub fn inet_name(fd: i32) -> SysResult<(Vec<u8>, u16)> {
-    name(fd, false)
+pub fn inet_name(fd: impl AsFd) -> SysResult<(Vec<u8>, u16)> {
+    addr_of(rustix::net::getsockname(fd).map_err(err("getsockname"))?)
 }
 
 /// The peer's address of a connected IPv4 or IPv6 socket.
-pub fn inet_name_of_peer(fd: i32) -> SysResult<(Vec<u8>, u16)> {
-    name(fd, true)
+pub fn inet_name_of_peer(fd: impl AsFd) -> SysResult<(Vec<u8>, u16)> {
+    match rustix::net::getpeername(fd).map_err(err("getpeername"))? {
+        Some(a) => addr_of(a),
+        None => Err(SysError::new("address family 0", 0, Errno(libc::EAFNOSUPPORT))),
+    }
 }
 
-pub(crate) fn inet_sockaddr(
-    family: i32,
-    addr: &[u8],
-    port: u16,
-) -> SysResult<(libc::sockaddr_storage, libc::socklen_t)> {
+/// The socket address of (family, address bytes, port), as an image holds it.
+pub(crate) fn inet_sockaddr(family: i32, addr: &[u8], port: u16) -> SysResult<SocketAddr> {
     let bad = || SysError::new("TCP address of the image", 0, Errno(libc::EINVAL));
-    // SAFETY: plain data.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match family {
+    match family {
         libc::AF_INET => {
-            // SAFETY: plain data.
-            let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            a.sin_family = libc::AF_INET as libc::sa_family_t;
-            a.sin_port = port.to_be();
-            a.sin_addr.s_addr = u32::from_ne_bytes(addr.try_into().map_err(|_| bad())?);
-            // SAFETY: sockaddr_storage is large enough for a sockaddr_in.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), a) };
-            std::mem::size_of::<libc::sockaddr_in>()
+            let o: [u8; 4] = addr.try_into().map_err(|_| bad())?;
+            Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(o), port)))
         }
         libc::AF_INET6 => {
-            // SAFETY: plain data.
-            let mut a: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            a.sin6_port = port.to_be();
-            a.sin6_addr.s6_addr = addr.try_into().map_err(|_| bad())?;
-            // SAFETY: sockaddr_storage is large enough for a sockaddr_in6.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), a) };
-            std::mem::size_of::<libc::sockaddr_in6>()
+            let o: [u8; 16] = addr.try_into().map_err(|_| bad())?;
+            Ok(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(o), port, 0, 0)))
         }
-        _ => return Err(bad()),
-    };
-    Ok((ss, len as libc::socklen_t))
+        _ => Err(bad()),
+    }
 }
 
 /// SO_REUSEADDR and, for IPv6, IPV6_V6ONLY.
-pub fn inet_options(fd: i32, family: i32) -> SysResult<(bool, bool)> {
-    let reuse = getsockopt_int(fd, libc::SO_REUSEADDR)? != 0;
-    let v6only =
-        family == libc::AF_INET6 && get_u32(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, "getsockopt(IPV6_V6ONLY)")? != 0;
+pub fn inet_options(fd: impl AsFd, family: i32) -> SysResult<(bool, bool)> {
+    let fd = fd.as_fd();
+    let reuse = sockopt::socket_reuseaddr(fd)
+        .map_err(|e| SysError::new(format!("getsockopt({})", libc::SO_REUSEADDR), 0, e.into()))?;
+    let v6only = family == libc::AF_INET6 && sockopt::ipv6_v6only(fd).map_err(err("getsockopt(IPV6_V6ONLY)"))?;
     Ok((reuse, v6only))
+}
+
+/// An IPv4 or IPv6 socket of `kind` (SOCK_STREAM, SOCK_DGRAM) and
+/// `family`, close-on-exec.
+pub(crate) fn inet_raw_socket(family: i32, kind: i32, what: impl Into<String>) -> SysResult<OwnedFd> {
+    rustix::net::socket_with(
+        AddressFamily::from_raw(family as u16),
+        SocketType::from_raw(kind as u32),
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(err(what))
 }
 
 /// An IPv4 or IPv6 socket of `kind` (SOCK_STREAM, SOCK_DGRAM), close-on-
@@ -377,18 +330,15 @@ pub fn inet_options(fd: i32, family: i32) -> SysResult<(bool, bool)> {
 /// port) unless the port is 0 and the address unspecified.
 pub fn inet_socket(kind: i32, family: i32, addr: &[u8], port: u16, reuse: bool, v6only: bool) -> SysResult<OwnedFd> {
     let what = format!("socket on port {port}");
-    // SAFETY: integer arguments.
-    let fd = new_fd(unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) }, &what)?;
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    setsockopt_int(raw, libc::SO_REUSEADDR, i32::from(reuse))?;
+    let fd = inet_raw_socket(family, kind, what.as_str())?;
+    sockopt::set_socket_reuseaddr(&fd, reuse)
+        .map_err(|e| SysError::new(format!("setsockopt({})", libc::SO_REUSEADDR), 0, e.into()))?;
     if family == libc::AF_INET6 {
-        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(v6only), "setsockopt(IPV6_V6ONLY)")?;
+        sockopt::set_ipv6_v6only(&fd, v6only).map_err(err("setsockopt(IPV6_V6ONLY)"))?;
     }
     if port != 0 || addr.iter().any(|&b| b != 0) {
-        let (ss, len) = inet_sockaddr(family, addr, port)?;
-        // SAFETY: a valid address of `len` bytes.
-        let r = unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) };
-        check(r as isize, format!("bind of the {what}"))?;
+        let a = inet_sockaddr(family, addr, port)?;
+        rustix::net::bind(&fd, &a).map_err(|e| SysError::new(format!("bind of the {what}"), 0, e.into()))?;
     }
     Ok(fd)
 }
@@ -396,21 +346,17 @@ pub fn inet_socket(kind: i32, family: i32, addr: &[u8], port: u16, reuse: bool, 
 /// A listening TCP socket on (address, port), close-on-exec.
 pub fn tcp_listen(family: i32, addr: &[u8], port: u16, backlog: i32, reuse: bool, v6only: bool) -> SysResult<OwnedFd> {
     let fd = inet_socket(libc::SOCK_STREAM, family, addr, port, reuse, v6only)?;
-    // SAFETY: integer arguments.
-    let r = unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&fd), backlog) };
-    check(r as isize, format!("listen on port {port}"))?;
+    rustix::net::listen(&fd, backlog).map_err(|e| SysError::new(format!("listen on port {port}"), 0, e.into()))?;
     Ok(fd)
 }
 
 /// Connect an IPv4 or IPv6 socket (a datagram socket's default peer).
-pub fn inet_connect(fd: i32, family: i32, addr: &[u8], port: u16) -> SysResult<()> {
-    let (ss, len) = inet_sockaddr(family, addr, port)?;
-    // SAFETY: a valid address of `len` bytes.
-    let r = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
-    check(r as isize, format!("connect to port {port}")).map(|_| ())
+pub fn inet_connect(fd: impl AsFd, family: i32, addr: &[u8], port: u16) -> SysResult<()> {
+    let a = inet_sockaddr(family, addr, port)?;
+    rustix::net::connect(fd, &a).map_err(|e| SysError::new(format!("connect to port {port}"), 0, e.into()))
 }
 
 /// The peer of a connected IPv4 or IPv6 socket, if it has one.
-pub fn inet_peer(fd: i32) -> Option<(Vec<u8>, u16)> {
-    name(fd, true).ok()
+pub fn inet_peer(fd: impl AsFd) -> Option<(Vec<u8>, u16)> {
+    inet_name_of_peer(fd).ok()
 }

@@ -1,9 +1,13 @@
 //! TCP_REPAIR: reading an established connection's sequence numbers,
 //! queues, negotiated options and window without the peer noticing, and
-//! making a socket that is that connection again (no handshake).
+//! making a socket that is that connection again (no handshake). rustix
+//! names none of the repair options nor SIOCOUTQ/SIOCOUTQNSD, so those go
+//! through `sock`'s raw get/set and one ioctl here; sockets, addresses and
+//! plain sends are rustix's.
 
 use crate::{SysError, SysResult};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::net::{RecvFlags, SendFlags};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 const TCP_RECV_QUEUE: i32 = 1;
 const TCP_SEND_QUEUE: i32 = 2;
@@ -21,35 +25,34 @@ const SIOCOUTQNSD: u64 = 0x894B;
 /// (plain data; kept in `cryopod-image` so that images name it).
 pub use cryopod_image::TcpConn as TcpState;
 
-fn check(r: i64, what: &str) -> SysResult<i64> {
-    if r < 0 {
-        return Err(SysError::last(what, 0));
-    }
-    Ok(r)
+fn failed(what: &str) -> impl FnOnce(rustix::io::Errno) -> SysError + '_ {
+    move |e| SysError::new(what, 0, e.into())
 }
 
 use crate::sock::{get_opt as get, get_u32, set_int, set_opt as set};
 
 /// Put a socket into or out of repair mode.
-pub fn set_repair(fd: i32, on: bool) -> SysResult<()> {
+pub fn set_repair(fd: impl AsFd, on: bool) -> SysResult<()> {
     set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, i32::from(on), "setsockopt(TCP_REPAIR)")
 }
 
-fn ioctl_int(fd: i32, req: u64, what: &str) -> SysResult<u32> {
+/// An ioctl that reads one int (queue lengths), for the requests rustix
+/// does not name.
+fn ioctl_int(fd: BorrowedFd<'_>, req: u64, what: &str) -> SysResult<u32> {
     let mut v: i32 = 0;
-    // SAFETY: the request writes one int.
-    check(unsafe { libc::ioctl(fd, req as _, &mut v) } as i64, what)?;
+    // SAFETY: the request writes one int into `v`.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), req as _, &mut v) } < 0 {
+        return Err(SysError::last(what, 0));
+    }
     Ok(v as u32)
 }
 
-fn peek(fd: i32, len: usize, what: &str) -> SysResult<Vec<u8>> {
+fn peek(fd: BorrowedFd<'_>, len: usize, what: &str) -> SysResult<Vec<u8>> {
     let mut b = vec![0u8; len];
     if len == 0 {
         return Ok(b);
     }
-    // SAFETY: `b` is a live buffer of `len` bytes.
-    let r = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), len, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    let n = check(r as i64, what)? as usize;
+    let (n, _) = rustix::net::recv(fd, &mut b[..], RecvFlags::PEEK | RecvFlags::DONTWAIT).map_err(failed(what))?;
     b.truncate(n);
     Ok(b)
 }
@@ -57,7 +60,8 @@ fn peek(fd: i32, len: usize, what: &str) -> SysResult<Vec<u8>> {
 /// Read connection `fd` (a copy of the owner's; its owner is stopped). The
 /// socket is left in repair mode: closing it then sends nothing to the
 /// peer; [`set_repair`] off hands it back unchanged.
-pub fn dump(fd: i32, family: i32) -> SysResult<TcpState> {
+pub fn dump(fd: impl AsFd, family: i32) -> SysResult<TcpState> {
+    let fd = fd.as_fd();
     set_repair(fd, true)?;
     let r = (|| {
         let mut st = TcpState {
@@ -68,28 +72,21 @@ pub fn dump(fd: i32, family: i32) -> SysResult<TcpState> {
         };
         let outq = ioctl_int(fd, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")?;
         st.unsent = ioctl_int(fd, SIOCOUTQNSD, "ioctl(SIOCOUTQNSD)")?;
-        let inq = ioctl_int(fd, libc::FIONREAD, "ioctl(SIOCINQ)")?;
+        let inq = rustix::io::ioctl_fionread(fd).map_err(failed("ioctl(SIOCINQ)"))? as u32;
         set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
         st.snd_seq = get_u32(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (send)")?;
         st.send_queue = peek(fd, outq as usize, "peek of the send queue")?;
         set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
         st.rcv_seq = get_u32(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (receive)")?;
         st.recv_queue = peek(fd, inq as usize, "peek of the receive queue")?;
-        // SAFETY: tcp_info is plain data filled by the kernel.
-        let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
-        // SAFETY: a byte view of `ti`, which outlives it.
-        let tb = unsafe {
-            std::slice::from_raw_parts_mut(
-                (&mut ti as *mut libc::tcp_info).cast::<u8>(),
-                std::mem::size_of::<libc::tcp_info>(),
-            )
-        };
-        get(fd, libc::IPPROTO_TCP, libc::TCP_INFO, tb, "TCP_INFO")?;
+        let tb = crate::sock::tcp_info(fd, "TCP_INFO")?;
+        let options = tb[std::mem::offset_of!(libc::tcp_info, tcpi_options)];
         st.mss = get_u32(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, "TCP_MAXSEG")?;
-        st.sack = ti.tcpi_options & TCPI_OPT_SACK != 0;
-        st.timestamps = ti.tcpi_options & TCPI_OPT_TIMESTAMPS != 0;
-        if ti.tcpi_options & TCPI_OPT_WSCALE != 0 {
-            // tcpi_snd_wscale and tcpi_rcv_wscale share one byte (4 bits each).
+        st.sack = options & TCPI_OPT_SACK != 0;
+        st.timestamps = options & TCPI_OPT_TIMESTAMPS != 0;
+        if options & TCPI_OPT_WSCALE != 0 {
+            // tcpi_snd_wscale and tcpi_rcv_wscale share the byte after
+            // tcpi_options (4 bits each).
             let b = tb[6];
             st.wscale = Some((b & 0xf, b >> 4));
         }
@@ -108,12 +105,10 @@ pub fn dump(fd: i32, family: i32) -> SysResult<TcpState> {
     r
 }
 
-fn send_all(fd: i32, data: &[u8], what: &str) -> SysResult<()> {
+fn send_all(fd: BorrowedFd<'_>, data: &[u8], what: &str) -> SysResult<()> {
     let mut off = 0;
     while off < data.len() {
-        // SAFETY: a live slice.
-        let r = unsafe { libc::send(fd, data[off..].as_ptr().cast(), data.len() - off, libc::MSG_DONTWAIT) };
-        off += check(r as i64, what)? as usize;
+        off += rustix::net::send(fd, &data[off..], SendFlags::DONTWAIT).map_err(failed(what))?;
     }
     Ok(())
 }
@@ -124,12 +119,8 @@ fn send_all(fd: i32, data: &[u8], what: &str) -> SysResult<()> {
 /// checkpoint can be made first.
 pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     let family = st.family;
-    // SAFETY: integer arguments.
-    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    check(raw as i64, "socket(TCP)")?;
-    // SAFETY: a new fd that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let fd = sock.as_raw_fd();
+    let sock = crate::sock::inet_raw_socket(family, libc::SOCK_STREAM, "socket(TCP)")?;
+    let fd = sock.as_fd();
     set_repair(fd, true)?;
     let q = |which: i32| set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, which, "TCP_REPAIR_QUEUE");
     // The sequence numbers read are those after the queued data; putting
@@ -140,12 +131,11 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     set(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ, &rcv.to_ne_bytes(), "TCP_QUEUE_SEQ (receive)")?;
     q(TCP_SEND_QUEUE)?;
     set(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ, &snd.to_ne_bytes(), "TCP_QUEUE_SEQ (send)")?;
-    let (local, llen) = crate::sock::inet_sockaddr(family, &st.local.0, st.local.1)?;
-    // SAFETY: a valid address of `llen` bytes.
-    check(unsafe { libc::bind(fd, (&local as *const libc::sockaddr_storage).cast(), llen) } as i64, "bind")?;
-    let (remote, rlen) = crate::sock::inet_sockaddr(family, &st.remote.0, st.remote.1)?;
-    // SAFETY: as above; in repair mode connect sends nothing.
-    check(unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_storage).cast(), rlen) } as i64, "connect")?;
+    let local = crate::sock::inet_sockaddr(family, &st.local.0, st.local.1)?;
+    rustix::net::bind(fd, &local).map_err(failed("bind"))?;
+    let remote = crate::sock::inet_sockaddr(family, &st.remote.0, st.remote.1)?;
+    // In repair mode connect sends nothing.
+    rustix::net::connect(fd, &remote).map_err(failed("connect"))?;
     let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MAXSEG, st.mss)];
     if let Some((snd, rcv)) = st.wscale {
         opts.push((TCPOPT_WINDOW, u32::from(snd) | (u32::from(rcv) << 16)));
@@ -176,7 +166,8 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
 
 /// Leave repair mode (without a window probe) and send what had not been
 /// sent yet.
-pub fn finish(fd: i32, st: &TcpState) -> SysResult<()> {
+pub fn finish(fd: impl AsFd, st: &TcpState) -> SysResult<()> {
+    let fd = fd.as_fd();
     // TCP_REPAIR_OFF_NO_WP
     set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, -1, "setsockopt(TCP_REPAIR, off)")?;
     let sent = st.send_queue.len().saturating_sub(st.unsent as usize);

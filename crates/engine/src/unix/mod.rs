@@ -12,9 +12,9 @@ pub mod plan;
 
 use crate::{EngineError, Result};
 use cryopod_image::{FileKind, OpenFile, UnixSock};
-use cryopod_sys::pidfd;
+use cryopod_sys::{pidfd, TargetFd};
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
 /// TCP_LISTEN and TCP_ESTABLISHED, as unix sockets use them.
@@ -66,16 +66,16 @@ impl UnixTable {
             });
         };
         let pfd = pidfd::pidfd_open(pid)?;
-        let copy = pidfd::pidfd_getfd(&pfd, pid, fd)?;
+        let copy = pidfd::pidfd_getfd(&pfd, pid, TargetFd(fd))?;
         let peeked = if d.state != LISTEN && d.rqlen.0 > 0 {
             // Peeking moves the socket's peek offset; should we die meanwhile,
             // the guardian puts it back.
             if let Some(g) = &self.guard {
-                let old = cryopod_sys::sock::peek_offset(copy.as_raw_fd())?;
+                let old = cryopod_sys::sock::peek_offset(&copy)?;
                 let (sol, opt) = (libc::SOL_SOCKET, libc::SO_PEEK_OFF);
                 g.sockopt_on_abort(crate::guard::Outcome::Resume, copy.as_fd(), sol, opt, old)?;
             }
-            cryopod_sys::sock::peek_queue(copy.as_raw_fd(), d.rqlen.0 as usize)
+            cryopod_sys::sock::peek_queue(&copy, d.rqlen.0 as usize)
                 .map_err(|e| unsupported(format!("has unread data that cannot be saved: {}", e.op)))?
         } else {
             Vec::new()
@@ -99,8 +99,8 @@ impl UnixTable {
             queued,
             queued_from,
             shutdown: d.shutdown,
-            peer_cred: cryopod_sys::sock::peer_cred(copy.as_raw_fd()).unwrap_or((0, 0, 0)),
-            passcred: cryopod_sys::sock::passcred(copy.as_raw_fd()).unwrap_or(false),
+            peer_cred: cryopod_sys::sock::peer_cred(&copy).unwrap_or((0, 0, 0)),
+            passcred: cryopod_sys::sock::passcred(&copy).unwrap_or(false),
         }))
     }
 

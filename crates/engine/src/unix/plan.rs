@@ -15,9 +15,9 @@
 use crate::unix::{CONNECTED, LISTEN};
 use crate::{EngineError, Result};
 use cryopod_image::{FileKind, Manifest, Process, UnixSock};
-use cryopod_sys::{sock, util};
+use cryopod_sys::{fd, sock, TargetFd};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// A socket's name for messages: a path, or @name for an abstract one.
 pub fn show_name(name: &[u8]) -> String {
@@ -53,11 +53,11 @@ pub enum Op {
     /// Shutdown, SO_PASSCRED, status flags; close a spare end.
     Finish { file: u32 },
     /// Put sockets at their fd numbers: (fd, file, creator pid, cloexec).
-    Place { fds: Vec<(i32, u32, i32, bool)> },
+    Place { fds: Vec<(TargetFd, u32, i32, bool)> },
     /// Close the staging fds of these files.
     Close { files: Vec<u32> },
     /// A pidfd of process `target` at fd number `fd`.
-    Pidfd { fd: i32, target: i32, nonblock: bool, cloexec: bool },
+    Pidfd { fd: TargetFd, target: i32, nonblock: bool, cloexec: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -68,13 +68,40 @@ pub struct Step {
 }
 
 /// The steps and where staging fds live.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Plan {
     pub steps: Vec<Step>,
     /// Staging fd of file f in its creator: `stage + f`; spare ends at
     /// `stage + files + f`.
-    pub stage: i32,
+    pub stage: TargetFd,
     pub nfiles: i32,
+}
+
+/// The sockets one stub made, each at its staging number (where other
+/// stubs take it from with pidfd_getfd), until the step that closes it.
+#[derive(Default)]
+pub struct Staged(HashMap<TargetFd, OwnedFd>);
+
+impl Staged {
+    /// Move `fd` to staging number `at` and keep it there.
+    fn park(&mut self, fd: OwnedFd, at: TargetFd) -> Result<()> {
+        let parked = fd::move_to(fd, at, true)?;
+        self.0.insert(at, parked);
+        Ok(())
+    }
+
+    /// The socket staged at `at` by this process.
+    fn get(&self, at: TargetFd) -> Result<BorrowedFd<'_>> {
+        self.0
+            .get(&at)
+            .map(|f| f.as_fd())
+            .ok_or_else(|| EngineError::Other(format!("no socket staged at fd {at} in this process")))
+    }
+
+    /// Close the socket staged at `at`, if any.
+    fn close(&mut self, at: TargetFd) {
+        self.0.remove(&at);
+    }
 }
 
 static NO_SOCK: UnixSock = UnixSock {
@@ -100,17 +127,17 @@ fn sock_of(m: &Manifest, f: u32) -> Option<&UnixSock> {
 }
 
 impl Plan {
-    pub fn staging(&self, f: u32) -> i32 {
-        self.stage + f as i32
+    pub fn staging(&self, f: u32) -> TargetFd {
+        TargetFd(self.stage.0 + f as i32)
     }
 
-    pub fn spare(&self, f: u32) -> i32 {
-        self.stage + self.nfiles + f as i32
+    pub fn spare(&self, f: u32) -> TargetFd {
+        TargetFd(self.stage.0 + self.nfiles + f as i32)
     }
 
     /// The steps for every unix socket of `m` (empty if there are none).
     /// `stage`: first staging fd, above every fd the tree uses.
-    pub fn build(m: &Manifest, stage: i32) -> Result<Plan> {
+    pub fn build(m: &Manifest, stage: TargetFd) -> Result<Plan> {
         let mut p = Plan { steps: Vec::new(), stage, nfiles: m.files.len() as i32 };
         let live: Vec<&Process> = m.processes.iter().filter(|p| p.zombie_status.is_none()).collect();
         // Holders of each file, in tree order, and socket files by inode.
@@ -252,11 +279,11 @@ impl Plan {
         }
         // Every holder takes its sockets; then creators drop staging fds.
         for pr in &live {
-            let fds: Vec<(i32, u32, i32, bool)> = pr
+            let fds: Vec<(TargetFd, u32, i32, bool)> = pr
                 .fds
                 .iter()
                 .filter(|fd| creator.contains_key(&fd.file))
-                .map(|fd| (fd.fd, fd.file, creator[&fd.file], fd.cloexec))
+                .map(|fd| (TargetFd(fd.fd), fd.file, creator[&fd.file], fd.cloexec))
                 .collect();
             if !fds.is_empty() {
                 p.steps.push(Step { pid: pr.pid, op: Op::Place { fds } });
@@ -289,7 +316,7 @@ fn pidfd_steps(m: &Manifest, p: &mut Plan) -> Result<()> {
                 let nonblock = f.flags & libc::O_NONBLOCK as u32 != 0;
                 p.steps.push(Step {
                     pid: pr.pid,
-                    op: Op::Pidfd { fd: fd.fd, target: pid, nonblock, cloexec: fd.cloexec },
+                    op: Op::Pidfd { fd: TargetFd(fd.fd), target: pid, nonblock, cloexec: fd.cloexec },
                 });
             }
         }
@@ -301,13 +328,9 @@ fn err(op: &str, f: u32, e: impl std::fmt::Display) -> EngineError {
     EngineError::Other(format!("unix socket (file {f}) {op}: {e}"))
 }
 
-fn park(fd: OwnedFd, at: i32) -> Result<()> {
-    Ok(util::place(fd, at, true)?)
-}
-
 /// Bind `fd` to `name`; a path still holding a dead socket's file is
 /// unlinked first (its socket was checkpointed and is gone).
-fn bind_name(fd: i32, name: &[u8]) -> Result<()> {
+fn bind_name(fd: BorrowedFd, name: &[u8]) -> Result<()> {
     match sock::bind(fd, name) {
         Err(e) if e.errno.0 == libc::EADDRINUSE && name.first() != Some(&0) => {
             let path = std::path::Path::new(std::ffi::OsStr::from_bytes(name));
@@ -325,68 +348,70 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 
 impl Plan {
-    /// Run step `i` in the calling stub (process `p` of `m`).
-    pub fn run(&self, m: &Manifest, p: &Process, i: usize) -> Result<()> {
+    /// Run step `i` in the calling stub (process `p` of `m`), which keeps
+    /// the sockets it made in `staged` from one step to the next.
+    pub fn run(&self, m: &Manifest, p: &Process, i: usize, staged: &mut Staged) -> Result<()> {
         let step = self.steps.get(i).ok_or_else(|| EngineError::Other(format!("no socket step {i}")))?;
         let euid = p.creds.uids[1];
         let egid = p.creds.gids[1];
         let switch =
             (euid, egid) != (0, 0) && !matches!(step.op, Op::Place { .. } | Op::Close { .. } | Op::Pidfd { .. });
         if switch {
-            sock::set_effective_ids(euid, egid)?;
+            cryopod_sys::creds::set_effective_ids(euid, egid)?;
         }
-        let r = self.run_op(m, &step.op);
+        let r = self.run_op(m, &step.op, staged);
         if switch {
-            sock::set_effective_ids(0, 0)?;
+            cryopod_sys::creds::set_effective_ids(0, 0)?;
         }
         r
     }
 
-    fn run_op(&self, m: &Manifest, op: &Op) -> Result<()> {
+    fn run_op(&self, m: &Manifest, op: &Op, staged: &mut Staged) -> Result<()> {
         let s = |f: u32| sock_of(m, f).ok_or_else(|| EngineError::Other(format!("file {f} is not a unix socket")));
         match op {
             Op::Listen { file } => {
                 let u = s(*file)?;
                 let fd = sock::socket(u.kind)?;
-                bind_name(fd.as_raw_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
-                sock::listen(fd.as_raw_fd(), u.backlog as i32).map_err(|e| err("listen", *file, e))?;
-                park(fd, self.staging(*file))
+                bind_name(fd.as_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
+                sock::listen(&fd, u.backlog as i32).map_err(|e| err("listen", *file, e))?;
+                staged.park(fd, self.staging(*file))
             }
             Op::Connect { file, listener } => {
                 let (u, l) = (s(*file)?, s(*listener)?);
                 let fd = sock::socket(u.kind)?;
                 if !u.name.is_empty() && u.name != l.name {
-                    bind_name(fd.as_raw_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
+                    bind_name(fd.as_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
                 }
-                sock::connect(fd.as_raw_fd(), &l.name).map_err(|e| err("connect", *file, e))?;
-                park(fd, self.staging(*file))
+                sock::connect(&fd, &l.name).map_err(|e| err("connect", *file, e))?;
+                staged.park(fd, self.staging(*file))
             }
             Op::Accept { file, listener } => {
-                let fd = sock::accept(self.staging(*listener)).map_err(|e| err("accept", *file, e))?;
-                park(fd, self.staging(*file))
+                let fd = sock::accept(staged.get(self.staging(*listener))?).map_err(|e| err("accept", *file, e))?;
+                staged.park(fd, self.staging(*file))
             }
             Op::Pair { a, b } => {
                 let (x, y) = sock::socketpair(s(*a)?.kind)?;
-                park(x, self.staging(*a))?;
+                staged.park(x, self.staging(*a))?;
                 match b {
-                    Some(b) => park(y, self.staging(*b)),
-                    None => park(y, self.spare(*a)),
+                    Some(b) => staged.park(y, self.staging(*b)),
+                    None => staged.park(y, self.spare(*a)),
                 }
             }
             Op::Datagram { file } => {
                 let u = s(*file)?;
                 let fd = sock::socket(u.kind)?;
                 if !u.name.is_empty() {
-                    bind_name(fd.as_raw_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
+                    bind_name(fd.as_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
                 }
-                park(fd, self.staging(*file))
+                staged.park(fd, self.staging(*file))
             }
             Op::ConnectDatagram { file, peer } => {
-                sock::connect(self.staging(*file), &s(*peer)?.name).map_err(|e| err("connect", *file, e))?;
+                sock::connect(staged.get(self.staging(*file))?, &s(*peer)?.name)
+                    .map_err(|e| err("connect", *file, e))?;
                 Ok(())
             }
             Op::Send { to, from, spare } => {
-                let fd = if *spare { self.spare(*from) } else { self.staging(*from) };
+                let fd = staged.get(if *spare { self.spare(*from) } else { self.staging(*from) })?;
                 for msg in &s(*to)?.queued {
                     sock::send(fd, msg, None).map_err(|e| err("refill", *to, e))?;
                 }
@@ -396,10 +421,10 @@ impl Plan {
                 let u = s(*to)?;
                 let tmp;
                 let fd = match from {
-                    Some(f) => self.staging(*f),
+                    Some(f) => staged.get(self.staging(*f))?,
                     None => {
                         tmp = sock::socket(libc::SOCK_DGRAM)?;
-                        tmp.as_raw_fd()
+                        tmp.as_fd()
                     }
                 };
                 for &i in msgs {
@@ -410,7 +435,7 @@ impl Plan {
             }
             Op::Finish { file } => {
                 let u = s(*file)?;
-                let fd = self.staging(*file);
+                let fd = staged.get(self.staging(*file))?;
                 if u.passcred {
                     sock::set_passcred(fd, true)?;
                 }
@@ -421,32 +446,32 @@ impl Plan {
                     sock::shutdown(fd, libc::SHUT_RD).map_err(|e| err("shutdown", *file, e))?;
                 }
                 let flags = m.files[*file as usize].flags & libc::O_NONBLOCK as u32;
-                util::set_status_flags(fd, flags as i32)?;
-                util::close(self.spare(*file));
+                fd::set_status_flags(fd, flags as i32)?;
+                staged.close(self.spare(*file));
                 Ok(())
             }
             Op::Place { fds } => {
                 let me = std::process::id() as i32;
-                for &(fd, file, creator, cloexec) in fds {
+                for &(at, file, creator, cloexec) in fds {
                     if creator == me {
-                        util::dup_to(self.staging(file), fd, cloexec)?;
+                        fd::dup_to(staged.get(self.staging(file))?, at, cloexec)?;
                     } else {
                         let pfd = cryopod_sys::pidfd::pidfd_open(creator)?;
                         let got = cryopod_sys::pidfd::pidfd_getfd(&pfd, creator, self.staging(file))?;
-                        util::place(got, fd, cloexec)?;
+                        fd::place(got, at, cloexec)?;
                     }
                 }
                 Ok(())
             }
             Op::Close { files } => {
                 for &f in files {
-                    util::close(self.staging(f));
+                    staged.close(self.staging(f));
                 }
                 Ok(())
             }
-            Op::Pidfd { fd, target, nonblock, cloexec } => {
+            Op::Pidfd { fd: at, target, nonblock, cloexec } => {
                 let got = cryopod_sys::pidfd::pidfd_open_flags(*target, if *nonblock { libc::O_NONBLOCK } else { 0 })?;
-                Ok(util::place(got, *fd, *cloexec)?)
+                Ok(fd::place(got, *at, *cloexec)?)
             }
         }
     }
