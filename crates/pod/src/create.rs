@@ -327,7 +327,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
         // caller can see it (cryopod-init makes sure too, but only once it
         // runs: a checkpoint right after `run -d` would find the caller's
         // process group in the pod).
-        util::new_session()?;
+        cryopod_sys::process::new_session()?;
         if let Some(l) = &log {
             fd::dup_to(l, TargetFd(1), false)?;
             fd::dup_to(l, TargetFd(2), false)?;
