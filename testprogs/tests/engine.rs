@@ -114,3 +114,15 @@ fn inotify() {
 fn pidfd() {
     roundtrip("pidfd", env!("CARGO_BIN_EXE_tp-pidfd"));
 }
+
+#[test]
+fn rseq() {
+    roundtrip("rseq", env!("CARGO_BIN_EXE_tp-rseq"));
+}
+
+#[test]
+fn rseq_left_running() {
+    let mut run = Run::testprog("rseq-running", env!("CARGO_BIN_EXE_tp-rseq"));
+    run.checkpoint(&["--leave-running"]);
+    run.go_and_expect_pass();
+}

@@ -40,6 +40,9 @@ pub struct PodCheckpoint<'a> {
     /// Called once every task is seized while the pod's cgroup is frozen:
     /// thaws the cgroup so that the tasks stop for us.
     pub thaw: &'a (dyn Fn() -> Result<()> + Sync),
+    /// Freezes the pod's cgroup again, to try again after a thread could
+    /// not stop (see `freeze`).
+    pub refreeze: &'a (dyn Fn() -> Result<()> + Sync),
     /// The pod's own state, stored with its processes.
     pub image: PodImage,
     /// The output directory, prepared by the pod and holding its files.
@@ -76,15 +79,15 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
             &own
         }
     };
-    let mut fr = match &o.pod {
-        Some(pod) => freeze::freeze_pod(o.pid, pod.thaw)?,
-        None => freeze::freeze(o.pid)?,
-    };
+    let mut fr = freeze_retrying(o)?;
     let res = guard_tree(&guard, &fr).and_then(|_| collect_and_write(o, out, &fr, &guard, progress));
     let frozen = t0.elapsed();
     match res {
         Ok((m, repaired)) => {
             if o.leave_running {
+                // Nothing of ours is left in the tree: the guardian goes
+                // before the tree runs again.
+                guard.disarm();
                 fr.thaw();
             } else {
                 // From here on, cut short, the tree dies anyway; and our
@@ -111,6 +114,29 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
             fr.thaw();
             // (What was written goes when `out` is dropped unfinished.)
             Err(EngineError::LeftRunning(Box::new(e)))
+        }
+    }
+}
+
+/// Freeze the tree; a thread that cannot stop now (it waits for its vfork
+/// child) makes us let go and try again a little later.
+fn freeze_retrying(o: &CheckpointOptions) -> Result<Frozen> {
+    let mut attempt = 0;
+    loop {
+        let r = match &o.pod {
+            Some(pod) => freeze::freeze_pod(o.pid, pod.thaw),
+            None => freeze::freeze(o.pid),
+        };
+        match r {
+            Err(EngineError::Busy(tid)) if attempt < 10 => {
+                attempt += 1;
+                tracing::info!(tid, attempt, "a thread did not stop (vfork?); trying again");
+                std::thread::sleep(Duration::from_millis(10 * attempt));
+                if let Some(pod) = &o.pod {
+                    (pod.refreeze)()?;
+                }
+            }
+            r => return r,
         }
     }
 }

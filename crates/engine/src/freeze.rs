@@ -1,10 +1,19 @@
 //! Freezing a process tree: seize and interrupt every thread of every
 //! process, re-reading the tree until no new task appears (a task may fork
 //! or clone while we freeze). Thawing detaches everything, resuming it.
+//!
+//! A task waiting for its vfork child cannot stop until that child execs
+//! or exits, which a child we hold stopped never does: a thread that does
+//! not stop in time makes the attempt fail with `EngineError::Busy` after
+//! everything is let go again (the caller tries again).
 
-use crate::{procfs, Result};
+use crate::{procfs, EngineError, Result};
 use cryopod_sys::ptrace::{self, Stop};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How long a seized thread may take to stop.
+const STOP_WAIT: Duration = Duration::from_millis(500);
 
 /// A frozen tree: pid → its threads (leader first), plus zombies.
 #[derive(Default)]
@@ -67,25 +76,86 @@ fn seize(tid: i32) -> Result<bool> {
     }
 }
 
-fn seize_one(tid: i32) -> Result<bool> {
+/// A seized thread that stopped, ended, or did not stop in time.
+enum Stopped {
+    Yes,
+    Gone,
+    Late,
+}
+
+fn seize_one(tid: i32, fr: &mut Frozen) -> Result<bool> {
     if !seize(tid)? {
         return Ok(false);
     }
     ptrace::interrupt(tid)?;
-    wait_stop(tid)
+    match wait_stop(tid, Instant::now() + STOP_WAIT)? {
+        Stopped::Yes => Ok(true),
+        Stopped::Gone => Ok(false),
+        Stopped::Late => Err(late(fr, &[tid])),
+    }
 }
 
-/// Wait for a seized and interrupted thread to stop (false: it exited).
-fn wait_stop(tid: i32) -> Result<bool> {
+/// Wait until a seized and interrupted thread stops, at most until
+/// `deadline`.
+fn wait_stop(tid: i32, deadline: Instant) -> Result<Stopped> {
     loop {
-        match ptrace::wait(tid)? {
-            Stop::Event(_, _) => return Ok(true),
+        let (got, status) = cryopod_sys::process::waitpid(tid, libc::WNOHANG)?;
+        if got == 0 {
+            if Instant::now() > deadline {
+                return Ok(Stopped::Late);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+            continue;
+        }
+        match ptrace::decode_status(status) {
+            Stop::Event(_, _) => return Ok(Stopped::Yes),
             // A signal arrived first: let it be delivered, keep waiting.
             Stop::Signal(sig) => ptrace::cont(tid, sig)?,
             Stop::Syscall => ptrace::cont(tid, 0)?,
-            Stop::Exited(_) | Stop::Killed(_) => return Ok(false),
+            Stop::Exited(_) | Stop::Killed(_) => return Ok(Stopped::Gone),
         }
     }
+}
+
+/// Threads that did not stop in time while everything was asked to stop
+/// at once: each waits, most likely, for its vfork child, which we hold.
+/// Let the children of their processes go (to exec or exit; the final
+/// rescan seizes them again) and wait for the late threads once more.
+fn wait_for_vfork_parents(fr: &mut Frozen, late_ones: Vec<(i32, i32)>) -> Result<()> {
+    for &(pid, _) in &late_ones {
+        for child in procfs::children(pid)? {
+            for t in fr.procs.remove(&child).unwrap_or_default() {
+                let _ = ptrace::detach(t, 0);
+                fr.seized.retain(|&x| x != t);
+            }
+        }
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    let mut still = Vec::new();
+    for (pid, t) in late_ones {
+        match wait_stop(t, deadline)? {
+            Stopped::Yes => fr.procs.entry(pid).or_default().push(t),
+            Stopped::Gone => {}
+            Stopped::Late => still.push(t),
+        }
+    }
+    if still.is_empty() {
+        return Ok(());
+    }
+    Err(late(fr, &still))
+}
+
+/// Some threads did not stop in time: let every stopped one go (a vfork
+/// child among them then goes on), wait for the late ones to stop after
+/// all and let them go too; the error says to try again.
+fn late(fr: &mut Frozen, tids: &[i32]) -> EngineError {
+    fr.thaw();
+    for &t in tids {
+        if let Ok(Stopped::Yes) = wait_stop(t, Instant::now() + Duration::from_secs(5)) {
+            let _ = ptrace::detach(t, 0);
+        }
+    }
+    EngineError::Busy(tids[0])
 }
 
 /// Freeze a pod whose cgroup is frozen: every task is seized and asked to
@@ -112,10 +182,17 @@ pub fn freeze_pod(root: i32, thaw: &dyn Fn() -> Result<()>) -> Result<Frozen> {
             queue.extend(procfs::children(pid)?);
         }
         thaw()?;
+        let deadline = Instant::now() + STOP_WAIT;
+        let mut late_ones = Vec::new();
         for (pid, t) in asked {
-            if wait_stop(t)? {
-                fr.procs.entry(pid).or_default().push(t);
+            match wait_stop(t, deadline)? {
+                Stopped::Yes => fr.procs.entry(pid).or_default().push(t),
+                Stopped::Gone => {}
+                Stopped::Late => late_ones.push((pid, t)),
             }
+        }
+        if !late_ones.is_empty() {
+            wait_for_vfork_parents(&mut fr, late_ones)?;
         }
         // Anything that appeared anyway (nothing should) is frozen too.
         freeze_into(root, &mut fr)
@@ -166,18 +243,18 @@ fn freeze_into(root: i32, fr: &mut Frozen) -> Result<()> {
                 fr.stopped.push(pid);
             }
             let tids = procfs::tids(pid)?;
-            let known = fr.procs.entry(pid).or_default();
+            let known = fr.procs.entry(pid).or_default().clone();
             for t in tids {
                 if !known.contains(&t) {
-                    if seize_one(t)? {
+                    if seize_one(t, fr)? {
                         fr.seized.push(t);
-                        known.push(t);
+                        fr.procs.entry(pid).or_default().push(t);
                     }
                     changed = true;
                 }
             }
             // Keep the leader first.
-            known.sort_by_key(|&t| (t != pid, t));
+            fr.procs.entry(pid).or_default().sort_by_key(|&t| (t != pid, t));
             queue.extend(procfs::children(pid)?);
         }
         // Forget processes that vanished.

@@ -57,6 +57,10 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // A panic is a crash like any other: the guardian acts.
+        if std::thread::panicking() {
+            return;
+        }
         let _ = fdpass::send(self.sock.as_fd(), &msg(DONE, 0, 0, 0, 0), None);
         let _ = process::waitpid(self.pid, 0);
     }
@@ -77,10 +81,11 @@ impl Guard {
     /// told otherwise. The caller must be single-threaded (a fork).
     pub fn start(outcome: Outcome) -> Result<Guard> {
         let (ours, theirs) = sock::socketpair(libc::SOCK_SEQPACKET)?;
+        let parent = rustix::process::getpid();
         match cryopod_sys::clone::fork_with_pid(0)? {
             cryopod_sys::clone::Forked::Child => {
                 drop(ours);
-                guardian(theirs, outcome)
+                guardian(theirs, parent, outcome)
             }
             cryopod_sys::clone::Forked::Parent(pid) => Ok(Guard(Arc::new(Inner { sock: ours, pid }))),
         }
@@ -116,6 +121,12 @@ impl Guard {
     pub fn set_outcome(&self, o: Outcome) -> Result<()> {
         self.send(msg(OUTCOME, o.bit(), 0, 0, 0), None)
     }
+
+    /// Everything told is undone already: the guardian may go (before the
+    /// tree runs again, so that it never acts on a running tree's sockets).
+    pub fn disarm(&self) {
+        let _ = fdpass::send(self.0.sock.as_fd(), &msg(DONE, 0, 0, 0, 0), None);
+    }
 }
 
 /// One thing to do if we die.
@@ -126,16 +137,26 @@ struct Action {
     opt: (i32, i32, i32),
 }
 
-/// The guardian's life: collect actions until told we are done (exit) or
-/// until our end of the socket closes (act, then exit).
-fn guardian(sock: OwnedFd, outcome: Outcome) -> ! {
+/// The guardian's life: collect actions until told we are done (exit), or
+/// until we are gone — our process ends (its pidfd), or our end of the
+/// socket closes — then act and exit. (Processes we forked may hold a copy
+/// of our end of the socket: the pidfd is what tells.)
+fn guardian(sock: OwnedFd, parent: rustix::process::Pid, outcome: Outcome) -> ! {
+    let _ = rustix::thread::set_name(c"cryopod-guard");
     let _ = process::new_session();
     signal::set_signal_mask(!0);
     fd::close_all_but(&[TargetFd::of(&sock)]);
+    // One fd per action: as many as root may have.
+    process::raise_nofile();
+    let parent_fd = rustix::process::pidfd_open(parent, rustix::process::PidfdFlags::empty()).ok();
+    let orphaned = rustix::process::getppid() != Some(parent);
     let mut outcome = outcome.bit();
     let mut actions: Vec<Action> = Vec::new();
     let mut buf = [0u8; MSG_LEN];
     loop {
+        if orphaned || !readable_first(&sock, parent_fd.as_ref()) {
+            break;
+        }
         // An error reads as the end: act.
         let (n, fd) = fdpass::recv(sock.as_fd(), &mut buf).unwrap_or_default();
         if n == 0 {
@@ -164,4 +185,28 @@ fn guardian(sock: OwnedFd, outcome: Outcome) -> ! {
         let _ = cryopod_sys::io::write_all(&a.fd, b"THAWED");
     }
     process::exit_now(0)
+}
+
+/// Wait until the socket has something to read (true; messages sent
+/// before our end went are read before anything else), or until our
+/// process ended with nothing left to read (false).
+fn readable_first(sock: &OwnedFd, parent: Option<&OwnedFd>) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    loop {
+        let mut fds = vec![PollFd::new(sock, PollFlags::IN)];
+        if let Some(p) = parent {
+            fds.push(PollFd::new(p, PollFlags::IN));
+        }
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+        if !fds[0].revents().is_empty() {
+            return true;
+        }
+        if fds.get(1).is_some_and(|p| !p.revents().is_empty()) {
+            return false;
+        }
+    }
 }

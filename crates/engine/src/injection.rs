@@ -65,11 +65,16 @@ impl GadgetCache {
             }
         };
         let sigreturn = self.sigreturn(pid, &maps)?;
-        let covered = covered_site && sigreturn.is_some();
+        // A shadow stack (CET) would refuse our `ret` and rt_sigreturn.
+        let shstk = procfs::read(pid, "status")
+            .map(|s| procfs::status_field(&s, "x86_Thread_features").is_some_and(|f| f.contains("shstk")))
+            .unwrap_or(false);
+        let covered = covered_site && sigreturn.is_some() && !shstk;
         if !covered {
             tracing::warn!(
                 pid,
-                "no rt_sigreturn sequence in the process's code: a checkpoint killed while it injects could harm it"
+                shstk,
+                "no rt_sigreturn sequence to return through: a checkpoint killed while it injects could harm it"
             );
         }
         Ok(Gadgets { syscall, sigreturn, covered })
@@ -78,16 +83,21 @@ impl GadgetCache {
     /// An `rt_sigreturn` sequence in an executable file mapping of `pid`,
     /// C libraries first.
     fn sigreturn(&mut self, pid: Pid, maps: &[procfs::MapEntry]) -> Result<Option<u64>> {
-        let mut exec: Vec<&procfs::MapEntry> =
-            maps.iter().filter(|m| m.prot() & libc::PROT_EXEC as u32 != 0 && m.inode != 0).collect();
+        // Private, read-only code of a file: what no one rewrites meanwhile.
+        let mut exec: Vec<&procfs::MapEntry> = maps.iter().filter(|m| m.perms == "r-xp" && m.inode != 0).collect();
         exec.sort_by_key(|m| !m.path.contains("libc"));
         for m in exec {
             let key = (m.dev.clone(), m.inode);
             let known = self.files.get(&key).copied();
             if let Some(Some(file_off)) = known {
-                // Found before in this file: check it is in this mapping.
+                // Found before in this file: check it is in this mapping,
+                // and still there.
                 if file_off >= m.offset && file_off + 9 <= m.offset + (m.end - m.start) {
-                    return Ok(Some(m.start + file_off - m.offset));
+                    let at = m.start + file_off - m.offset;
+                    let mut b = [0u8; 9];
+                    if mem::read(pid, at, &mut b).is_ok() && sigframe::find_sigreturn(&b) == Some(0) {
+                        return Ok(Some(at));
+                    }
                 }
                 continue;
             }
@@ -122,6 +132,7 @@ pub struct Covered {
 /// Cover thread `tid` of process `pid` (stopped), whose memory areas are
 /// `vmas`; `vpid` is the process as it numbers itself.
 pub fn cover(pid: Pid, tid: Pid, vpid: Pid, g: &Gadgets, vmas: &[Vma]) -> Result<Covered> {
+    abort_rseq(pid, tid)?;
     let mut inj = Injector::new(tid, g.syscall)?;
     let regs = *inj.saved_regs();
     let mask = ptrace::get_sigmask(tid)?;
@@ -153,6 +164,35 @@ pub fn cover(pid: Pid, tid: Pid, vpid: Pid, g: &Gadgets, vmas: &[Vma]) -> Result
     }
     let remote = Remote::new(inj, pid, vpid, frame.scratch, SCRATCH);
     Ok(Covered { remote, mask, old, base: frame.base })
+}
+
+/// A thread stopped inside a restartable sequence (rseq critical section)
+/// goes to its abort handler, as the kernel sends it when it preempts the
+/// thread there: the registers we save (and give back) must not resume the
+/// section after injected calls, which would let it commit on a CPU it did
+/// not start on.
+fn abort_rseq(pid: Pid, tid: Pid) -> Result<()> {
+    let Some((area, _, _)) = ptrace::get_rseq(tid)? else { return Ok(()) };
+    let mut cs_ptr = [0u8; 8];
+    if mem::read(pid, area + 8, &mut cs_ptr).is_err() {
+        return Ok(());
+    }
+    let cs_addr = u64::from_ne_bytes(cs_ptr);
+    if cs_addr == 0 {
+        return Ok(());
+    }
+    let mut cs = [0u8; 32];
+    mem::read(pid, cs_addr, &mut cs)?;
+    let word = |o: usize| u64::from_ne_bytes(cs[o..o + 8].try_into().unwrap_or_default());
+    let (start, len, abort) = (word(8), word(16), word(24));
+    let mut regs = ptrace::get_regs(tid)?;
+    if regs.rip.wrapping_sub(start) < len {
+        tracing::debug!(tid, from = regs.rip, to = abort, "thread stopped in an rseq critical section: aborted");
+        regs.rip = abort;
+        ptrace::set_regs(tid, &regs)?;
+        mem::write(pid, area + 8, &0u64.to_ne_bytes())?;
+    }
+    Ok(())
 }
 
 /// The frame must lie in the writable area that holds the stack pointer

@@ -69,6 +69,8 @@ pub enum EngineError {
     CpuLacks { what: String, image: String, here: String },
     #[error("restoring {object}")]
     Restore { object: String, source: Box<EngineError> },
+    #[error("pid {0} did not stop (a process waiting for its vfork child cannot); tried again and gave up")]
+    Busy(i32),
     #[error("fault injected at '{0}' (CRYOPOD_FAULT)")]
     Fault(String),
     #[error("{0}")]

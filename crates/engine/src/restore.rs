@@ -155,10 +155,12 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     // The numbers every stub inherits them at (closed in each by injection).
     let object_fds: HashMap<u32, TargetFd> = objects.iter().map(|(&k, v)| (k, TargetFd::of(v))).collect();
     let (ready_r, ready_w) = pipe::pipe()?;
-    let ready_w = fd::dup_at_least(&ready_w, base)?;
+    // (Moved, not copied: a second write end left open would keep the
+    // pipes from ever reading their end.)
+    let ready_w = fd::move_at_least(ready_w, base)?;
     let (life_r, life_w) = pipe::pipe()?;
-    let life_r = fd::dup_at_least(&life_r, base)?;
-    let life_w = fd::dup_at_least(&life_w, base)?;
+    let life_r = fd::move_at_least(life_r, base)?;
+    let life_w = fd::move_at_least(life_w, base)?;
     let mut fd_plan: BTreeMap<i32, Vec<(TargetFd, BorrowedFd, bool)>> = BTreeMap::new();
     for p in &m.processes {
         let v = p

@@ -369,6 +369,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
             holder.release();
             let rec = PodRecord::new(&o.name, init, o.spec.clone(), o.cmd.clone(), veth, o.detached);
             state.save(&rec)?;
+            let _ = std::fs::remove_file(dir.join(crate::state::CREATOR));
             Ok(rec)
         }
         Err(e) => {

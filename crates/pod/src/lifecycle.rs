@@ -194,7 +194,21 @@ pub fn recover(state: &StateDir) {
                     }
                 }
             }
-            Ok(_) => {
+            Ok(rec) => {
+                // Recorded, but its maker died before handing it over: a
+                // restore's guardian killed it (remove it); a pod that
+                // runs was complete (keep it).
+                if let Some((pid, false)) = noted_owner(&dir.join(CREATOR)) {
+                    if rec.alive() {
+                        let _ = std::fs::remove_file(dir.join(CREATOR));
+                    } else {
+                        tracing::warn!(pod = %name, pid, "removing a pod whose restore was cut short");
+                        if let Err(e) = cleanup(state, &rec) {
+                            tracing::warn!(pod = %name, "{e}");
+                        }
+                        continue;
+                    }
+                }
                 if let Some((pid, false)) = noted_owner(&dir.join(CHECKPOINTER)) {
                     tracing::warn!(pod = %name, pid, "thawing a pod left by a cut-short checkpoint");
                     let cg = Cgroup::of(&name);

@@ -164,6 +164,7 @@ fn checkpoint_frozen(
         std::io::copy(&mut src, &mut copy).map_err(PodError::io(o.dir.join(LOG_COPY)))?;
     }
     let thaw = || cg.thaw().map_err(engine_err_back);
+    let refreeze = || cg.freeze(Duration::from_secs(10)).map_err(engine_err_back);
     let opts = CheckpointOptions {
         pid: init,
         dir: o.dir.clone(),
@@ -173,6 +174,7 @@ fn checkpoint_frozen(
             root,
             external,
             thaw: &thaw,
+            refreeze: &refreeze,
             image,
             ids: rec.spec.userns.then_some((crate::create::USERNS_BASE, crate::create::USERNS_SIZE)),
             out,
@@ -262,6 +264,13 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
     let res = restore_reserved(state, o, &name, &pod, spec, &guard, progress);
     if res.is_err() {
         state.release(&name);
+    }
+    // The pod is recorded: handed over. Only then does the note that we
+    // were making it go (a restore cut short between the two leaves a pod
+    // the guardian killed, which the next command removes).
+    drop(guard);
+    if res.is_ok() {
+        let _ = std::fs::remove_file(state.dir(&name).join(crate::state::CREATOR));
     }
     res
 }

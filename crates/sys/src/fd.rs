@@ -134,6 +134,12 @@ pub fn dup_at_least(fd: impl AsFd, min: i32) -> SysResult<OwnedFd> {
         .map_err(|e| SysError::new(format!("fcntl(F_DUPFD) of fd {}", fd.as_raw_fd()), 0, e.into()))
 }
 
+/// Move `fd` to a number at least `min` (the old number is closed): keeps
+/// low numbers free, and leaves no second copy behind to be inherited.
+pub fn move_at_least(fd: OwnedFd, min: i32) -> SysResult<OwnedFd> {
+    dup_at_least(&fd, min)
+}
+
 /// Set an fd's status flags (O_NONBLOCK, O_APPEND, ...).
 pub fn set_status_flags(fd: impl AsFd, flags: i32) -> SysResult<()> {
     let fd = fd.as_fd();

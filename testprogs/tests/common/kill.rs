@@ -96,7 +96,8 @@ fn lingering_guardians() -> bool {
     let t = Instant::now();
     loop {
         reap_all();
-        let ours: Vec<i32> = children_of(me).into_iter().filter(|&p| comm(p) == "cryopod").collect();
+        let ours: Vec<i32> =
+            children_of(me).into_iter().filter(|&p| matches!(comm(p).as_str(), "cryopod" | "cryopod-guard")).collect();
         if ours.is_empty() {
             return false;
         }
