@@ -40,3 +40,77 @@ fn pod_restore_killed_at_random_instants_leaves_nothing() {
     let c = kill::pod_restore_trials(&env, kill::trials(30));
     report("pod restore killed (pods left half made)", &c);
 }
+
+/// Killed while a TCP connection is read in repair mode: the guardian
+/// takes it out of repair mode, and the program's connection goes on.
+#[test]
+fn checkpoint_killed_while_reading_a_connection_leaves_it_working() {
+    let script = r#"
+import os, socket, sys, time
+d = sys.argv[1]
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); s, _ = l.accept()
+c.sendall(b"queued")
+print("READY", flush=True)
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.01)
+try:
+    assert s.recv(6) == b"queued"
+    for i in range(20):
+        c.sendall(b"%d;" % i)
+        s.sendall(s.recv(16))
+        assert c.recv(16) == b"%d;" % i
+    print("PASS", flush=True)
+except Exception as e:
+    print("FAIL", repr(e), flush=True)
+"#;
+    let d = format!("/tmp/cryopod-test-tcpkill-{}", std::process::id());
+    let mut run = common::Run::start("tcpkill", "python3", &["-c", script, &d]);
+    let pid = run.pid.to_string();
+    let img = run.dir.join("img");
+    let args = ["checkpoint", "--pid", &pid, "-o", img.to_str().unwrap(), "--leave-running"];
+    kill::kill_at(&args, &[], "during-tcp-read", false);
+    run.go_and_expect_pass();
+}
+
+/// A pod frozen by a checkpoint killed together with its guardian (a kill
+/// of the whole session, say): the next cryopod command thaws it.
+#[test]
+fn pod_left_frozen_is_thawed_by_the_next_command() {
+    let env = PodEnv::new("frozenleft");
+    env.ok(&["run", "-d", "--name", "fz", "--", "sh", "-c", "while :; do sleep 0.01; done"]);
+    let img = env.dir.join("img");
+    let state = env.state.to_str().unwrap().to_string();
+    let args = ["checkpoint", "fz", "-o", img.to_str().unwrap(), "--leave-running"];
+    kill::kill_at(&args, &[("CRYOPOD_STATE_DIR", &state)], "pod-frozen", true);
+    let freezer = "/sys/fs/cgroup/freezer/cryopod/fz/freezer.state";
+    assert_eq!(std::fs::read_to_string(freezer).unwrap().trim(), "FROZEN", "the pod should still be frozen");
+    let ps = env.ps();
+    assert_eq!(ps[0]["state"], "running", "{ps:?}");
+    assert_eq!(std::fs::read_to_string(freezer).unwrap().trim(), "THAWED");
+    env.ok(&["stop", "fz"]);
+}
+
+/// A pod restore killed at its very end together with its guardian: the
+/// pod's processes die with the restorer (PTRACE_O_EXITKILL), and the next
+/// cryopod command removes its cgroup, veth and record.
+#[test]
+fn pod_restore_killed_with_its_guardian_leaves_nothing() {
+    let env = PodEnv::new("rstleft");
+    let rootfs = env.rootfs();
+    let run = ["run", "-d", "--name", "rl", "--rootfs", rootfs.to_str().unwrap(), "--ip", "10.77.94.2/24", "--"];
+    env.ok(&[&run[..], &["sh", "-c", "while :; do sleep 0.01; done"][..]].concat());
+    let img = env.dir.join("img");
+    env.ok(&["checkpoint", "rl", "-o", img.to_str().unwrap()]);
+    let state = env.state.to_str().unwrap().to_string();
+    let args = ["restore", img.to_str().unwrap(), "--detach"];
+    kill::kill_at(&args, &[("CRYOPOD_STATE_DIR", &state)], "restore-before-resume", true);
+    let procs = "/sys/fs/cgroup/pids/cryopod/rl/cgroup.procs";
+    let t = std::time::Instant::now();
+    while !std::fs::read_to_string(procs).unwrap_or_default().trim().is_empty() && t.elapsed().as_secs() < 2 {
+        common::reap_all();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(env.ps().is_empty());
+    assert_eq!(env.leftovers("rl"), Vec::<String>::new());
+}

@@ -7,9 +7,8 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -71,27 +70,7 @@ fn output_directory_must_be_new_or_empty() {
 
 /// Start a checkpoint that stops at `point` and kill it there.
 fn killed_checkpoint(pid: i32, dir: &Path, point: &str) {
-    let mut child = Command::new(cryopod_bin())
-        .args(["checkpoint", "--pid", &pid.to_string(), "-o", dir.to_str().unwrap()])
-        .env("CRYOPOD_FAULT", format!("{point}:stall"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run cryopod");
-    let err = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if line.contains("stalled") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let stalled = rx.recv_timeout(Duration::from_secs(30)).is_ok();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(stalled, "the checkpoint did not reach {point}");
+    kill::kill_at(&["checkpoint", "--pid", &pid.to_string(), "-o", dir.to_str().unwrap()], &[], point, false);
 }
 
 #[test]

@@ -578,6 +578,10 @@ while True:
     assert_eq!(line, "echo one\n");
     let image = env.dir.join("image");
     env.ok(&["checkpoint", "hc", "-o", image.to_str().unwrap()]);
+    // A restore that fails at its very end leaves the connection alone: it
+    // was still in repair mode, so nothing reached the client.
+    let failed = env.cryopod_env(&["restore", image.to_str().unwrap()], &[("CRYOPOD_FAULT", "restore-before-resume")]);
+    assert_ne!(failed.0, 0, "the fault should have failed the restore");
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
     assert_eq!(env.exec("hc", "cat /sys/class/net/eth0/address"), mac, "hardware address changed");
     w.write_all(b"two\n").unwrap();

@@ -273,7 +273,7 @@ pub fn open_all(
     root: &str,
     inherit: &[(String, BorrowedFd<'_>)],
     ns_of: Option<i32>,
-) -> Result<Vec<Option<OwnedFd>>> {
+) -> Result<(Vec<Option<OwnedFd>>, Vec<Connection>)> {
     let mut used = vec![false; m.files.len()];
     for p in &m.processes {
         for f in &p.fds {
@@ -309,16 +309,49 @@ pub fn open_all(
             crate::inet::make_connection(c, ns_of).map_err(EngineError::during(format!("file {}", describe(m, f))))?;
         made.push((i, fd));
     }
+    let mut conns = Vec::new();
     for (i, fd) in made {
         let f = &m.files[i];
-        if let FileKind::Tcp(c) = &f.kind {
-            cryopod_sys::tcp::finish(&fd, c)
-                .map_err(|e| EngineError::during(format!("file {}", describe(m, f)))(e.into()))?;
-        }
         fds::set_status_flags(&fd, (f.flags & !(libc::O_ACCMODE as u32)) as i32)?;
         out[i] = Some(fds::dup_at_least(&fd, base)?);
+        conns.push(Connection { fd, file: i });
     }
-    Ok(out)
+    Ok((out, conns))
+}
+
+/// A restored TCP connection, still in repair mode until the tree is
+/// complete (see [`finish_connections`]): a restore that fails or is cut
+/// short before then closes it without a word to the peer.
+pub struct Connection {
+    /// Our copy of the socket the tree gets.
+    pub fd: OwnedFd,
+    /// Its file in the image.
+    pub file: usize,
+}
+
+/// Let every restored connection out of repair mode (and send what it had
+/// not sent yet), once the whole tree is made. The guardian is told first:
+/// should we die after this, while the tree is killed, it puts them back
+/// into repair mode so that they still close without a word.
+pub fn finish_connections(m: &Manifest, conns: &[Connection], guard: &crate::guard::Guard) -> Result<()> {
+    use crate::guard::Outcome;
+    for c in conns {
+        guard.sockopt_on_abort(
+            Outcome::Kill,
+            std::os::fd::AsFd::as_fd(&c.fd),
+            libc::IPPROTO_TCP,
+            libc::TCP_REPAIR,
+            1,
+        )?;
+    }
+    for c in conns {
+        let f = &m.files[c.file];
+        if let FileKind::Tcp(conn) = &f.kind {
+            cryopod_sys::tcp::finish(&c.fd, conn)
+                .map_err(|e| EngineError::during(format!("file {}", describe(m, f)))(e.into()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A short description of a file for error messages and inspect.

@@ -181,6 +181,7 @@ pub fn freeze_pod(root: i32, thaw: &dyn Fn() -> Result<()>) -> Result<Frozen> {
             }
             queue.extend(procfs::children(pid)?);
         }
+        crate::fault::check("pod-frozen")?;
         thaw()?;
         let deadline = Instant::now() + STOP_WAIT;
         let mut late_ones = Vec::new();

@@ -61,7 +61,9 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
             g.sockopt_on_abort(Outcome::Kill, copy.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 1)?;
         }
         let st = cryopod_sys::tcp::dump(copy_fd, family);
+        let stall = crate::fault::check("during-tcp-read");
         cryopod_sys::tcp::set_repair(copy_fd, false)?;
+        stall?;
         repaired.fds.push(copy);
         return Ok(FileKind::Tcp(st?));
     }

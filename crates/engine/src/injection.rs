@@ -136,7 +136,7 @@ pub fn cover(pid: Pid, tid: Pid, vpid: Pid, g: &Gadgets, vmas: &[Vma]) -> Result
     let mut inj = Injector::new(tid, g.syscall)?;
     let regs = *inj.saved_regs();
     let mask = ptrace::get_sigmask(tid)?;
-    let xstate = ptrace::get_xstate(tid)?;
+    let xstate = without_unused_dynamic_state(ptrace::get_xstate(tid)?);
     let ctx = sigframe::resume_context(&regs);
     let frame = sigframe::build(&ctx, &xstate, mask, g.sigreturn.unwrap_or(0), SCRATCH)
         .map_err(|e| EngineError::Other(format!("thread {tid}: {e}")))?;
@@ -164,6 +164,31 @@ pub fn cover(pid: Pid, tid: Pid, vpid: Pid, g: &Gadgets, vmas: &[Vma]) -> Result
     }
     let remote = Remote::new(inj, pid, vpid, frame.scratch, SCRATCH);
     Ok(Covered { remote, mask, old, base: frame.base })
+}
+
+/// Dynamically enabled state components (AMX tile config and data).
+const DYNAMIC_STATE: u64 = (1 << 17) | (1 << 18);
+
+/// ptrace gives the largest XSAVE area this CPU has, tiles included, but
+/// the kernel takes a frame's area for a thread only up to that thread's
+/// own size (without tiles unless it asked for them), and falls back to
+/// the legacy x87/SSE area otherwise, which would lose the AVX registers:
+/// when the tiles are not in use, the frame's area ends with the last
+/// other component.
+fn without_unused_dynamic_state(mut xstate: Vec<u8>) -> Vec<u8> {
+    let bv = xstate.get(512..520).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default())).unwrap_or(0);
+    let xcr0 = cryopod_sys::cpu::xcr0();
+    if xcr0 & DYNAMIC_STATE == 0 || bv & DYNAMIC_STATE != 0 {
+        return xstate;
+    }
+    let end = cryopod_sys::cpu::xsave_components(xcr0 & !DYNAMIC_STATE)
+        .iter()
+        .map(|c| (c.offset + c.size) as usize)
+        .max()
+        .unwrap_or(576)
+        .max(576);
+    xstate.truncate(end);
+    xstate
 }
 
 /// A thread stopped inside a restartable sequence (rseq critical section)

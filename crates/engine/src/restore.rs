@@ -146,12 +146,12 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     let inherit = o.pod.as_ref().map(|p| p.inherit.clone()).unwrap_or_default();
     let opened = files::create_objects(m, &reader, base, &fs_root).and_then(|objects| {
         files::open_all(m, base, &objects, &fs_root, &inherit, o.pod.as_ref().map(|p| p.ns_of))
-            .map(|srcs| (objects, srcs))
+            .map(|(srcs, conns)| (objects, srcs, conns))
     });
     if let Some((u, g)) = old_fs {
         cryopod_sys::creds::set_fs_ids(u, g);
     }
-    let (objects, srcs) = opened?;
+    let (objects, srcs, conns) = opened?;
     // The numbers every stub inherits them at (closed in each by injection).
     let object_fds: HashMap<u32, TargetFd> = objects.iter().map(|(&k, v)| (k, TargetFd::of(v))).collect();
     let (ready_r, ready_w) = pipe::pipe()?;
@@ -235,6 +235,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             ready_w: stub_ready_w,
             lifeline_r,
             guard: &guard,
+            conns: &conns,
             cmd_fds: &cmd_fds,
             owner: owner.as_ref(),
             progress,
@@ -368,6 +369,8 @@ struct Build<'a> {
     lifeline_r: TargetFd,
     /// Told every process, to kill should we die before the hand-over.
     guard: &'a Guard,
+    /// Restored TCP connections, left in repair mode until the tree is made.
+    conns: &'a [files::Connection],
     /// Each stub's end of its socket request pipe (closed the same way).
     cmd_fds: &'a BTreeMap<i32, TargetFd>,
     /// memfds and deleted files re-created by the restorer, inherited by
@@ -427,6 +430,7 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64], pids: &mut HostP
         (b.progress)("memory", done, total);
     }
     fault::check("restore-before-resume")?;
+    files::finish_connections(m, b.conns, b.guard)?;
     // Processes stopped by job control go back to being stopped.
     for (t, stopped) in all_threads {
         ptrace::detach(t, if stopped { libc::SIGSTOP } else { 0 })?;

@@ -181,6 +181,7 @@ pub fn cleanup(state: &StateDir, rec: &PodRecord) -> Result<()> {
 /// left frozen by a checkpoint cut short is thawed. A guardian process
 /// normally did the urgent part already (see cryopod_engine::guard).
 pub fn recover(state: &StateDir) {
+    state.remove_dead_reservations();
     for name in state.names() {
         let dir = state.dir(&name);
         match state.load(&name) {

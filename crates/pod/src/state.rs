@@ -122,19 +122,51 @@ impl StateDir {
     }
 
     /// Reserve `name` (fails if a pod of that name exists). The directory
-    /// notes who reserved it, until the record is written.
+    /// appears with the note of who reserved it already inside (made under
+    /// a temporary name, then renamed without replacing anything), so that
+    /// a command killed at any instant leaves a reservation the next one
+    /// can tell is dead; the note stays until the record is written.
     pub fn reserve(&self, name: &str) -> Result<PathBuf> {
         check_name(name)?;
         let pods = self.pods();
         std::fs::create_dir_all(&pods).map_err(PodError::io(&pods))?;
         let d = self.dir(name);
-        match std::fs::create_dir(&d) {
-            Ok(()) => {
-                let _ = note_owner(&d.join(CREATOR));
-                Ok(d)
+        if d.exists() {
+            return Err(PodError::Exists(name.to_string()));
+        }
+        let tmp = pods.join(format!(".{name}.{}", std::process::id()));
+        std::fs::create_dir(&tmp).map_err(PodError::io(&tmp))?;
+        let made = note_owner(&tmp.join(CREATOR)).map_err(PodError::io(&tmp)).and_then(|_| {
+            let flags = rustix::fs::RenameFlags::NOREPLACE;
+            rustix::fs::renameat_with(rustix::fs::CWD, &tmp, rustix::fs::CWD, &d, flags).map_err(|e| match e {
+                rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY => PodError::Exists(name.to_string()),
+                e => PodError::io(&d)(e.into()),
+            })
+        });
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        made.map(|_| d)
+    }
+
+    /// Remove reservations being made (`.NAME.PID`) by a process that died.
+    pub fn remove_dead_reservations(&self) {
+        let Ok(rd) = std::fs::read_dir(self.pods()) else { return };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !n.starts_with('.') {
+                continue;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(PodError::Exists(name.to_string())),
-            Err(e) => Err(PodError::io(&d)(e)),
+            // Its note, or (killed before writing it) the PID in its name.
+            let dead = match noted_owner(&e.path().join(CREATOR)) {
+                Some((_, alive)) => !alive,
+                None => {
+                    n.rsplit('.').next().and_then(|p| p.parse::<i32>().ok()).is_some_and(|p| start_time(p).is_none())
+                }
+            };
+            if dead {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
         }
     }
 
@@ -168,6 +200,7 @@ impl StateDir {
         let mut out: Vec<String> = std::fs::read_dir(self.pods())
             .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect())
             .unwrap_or_default();
+        out.retain(|n| !n.starts_with('.'));
         out.sort();
         out
     }

@@ -88,6 +88,43 @@ fn time_of(args: &[&str], env: &[(&str, &str)], then: impl Fn()) -> Duration {
     ts[1]
 }
 
+/// Run `cryopod args` (with `env`) with CRYOPOD_FAULT making it stop at
+/// `point`, then SIGKILL it there — and first its guardian too, with
+/// `guardian_too`, as when a whole session or cgroup is killed. Waits for
+/// what the kill leaves to settle (a guardian's work).
+pub fn kill_at(args: &[&str], env: &[(&str, &str)], point: &str, guardian_too: bool) {
+    use std::io::BufRead;
+    let mut child = Command::new(cryopod_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env("CRYOPOD_FAULT", format!("{point}:stall"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cryopod");
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("stalled") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let stalled = rx.recv_timeout(Duration::from_secs(30)).is_ok();
+    if guardian_too {
+        for g in children_of(child.id() as i32).into_iter().filter(|&p| comm(p) == "cryopod-guard") {
+            // SAFETY: the guardian of the cryopod we started.
+            unsafe { libc::kill(g, libc::SIGKILL) };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(stalled, "cryopod {args:?} did not reach {point}");
+    assert!(!lingering_guardians(), "a guardian did not finish");
+}
+
 /// Children of ours named cryopod (guardians of a killed cryopod, which we
 /// adopt as a subreaper): wait up to 3 s for them to finish; true if one
 /// is still there (it is then killed: it is ours).
