@@ -4,6 +4,7 @@
 //! trials, programs harmed or trees left behind, restores that finished
 //! before the kill, guardians still there afterwards.
 //!
+//!     cargo build --release --workspace    # the cryopod it kills
 //!     cargo bench -p cryopod-testprogs --bench kill
 
 #[path = "../tests/common/mod.rs"]
