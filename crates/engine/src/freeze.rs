@@ -130,19 +130,26 @@ fn wait_for_vfork_parents(fr: &mut Frozen, late_ones: Vec<(i32, i32)>) -> Result
             }
         }
     }
-    let deadline = Instant::now() + STOP_WAIT;
-    let mut still = Vec::new();
-    for (pid, t) in late_ones {
-        match wait_stop(t, deadline)? {
-            Stopped::Yes => fr.procs.entry(pid).or_default().push(t),
-            Stopped::Gone => {}
-            Stopped::Late => still.push(t),
-        }
-    }
+    let still = wait_all(fr, late_ones)?;
     if still.is_empty() {
         return Ok(());
     }
-    Err(late(fr, &still))
+    Err(late(fr, &still.iter().map(|&(_, t)| t).collect::<Vec<_>>()))
+}
+
+/// Wait (at most STOP_WAIT in all) for each (process, thread) to stop;
+/// those that did join the frozen tree. Returns those that did not.
+fn wait_all(fr: &mut Frozen, threads: Vec<(i32, i32)>) -> Result<Vec<(i32, i32)>> {
+    let deadline = Instant::now() + STOP_WAIT;
+    let mut late_ones = Vec::new();
+    for (pid, t) in threads {
+        match wait_stop(t, deadline)? {
+            Stopped::Yes => fr.procs.entry(pid).or_default().push(t),
+            Stopped::Gone => {}
+            Stopped::Late => late_ones.push((pid, t)),
+        }
+    }
+    Ok(late_ones)
 }
 
 /// Some threads did not stop in time: let every stopped one go (a vfork
@@ -183,15 +190,7 @@ pub fn freeze_pod(root: i32, thaw: &dyn Fn() -> Result<()>) -> Result<Frozen> {
         }
         crate::fault::check("pod-frozen")?;
         thaw()?;
-        let deadline = Instant::now() + STOP_WAIT;
-        let mut late_ones = Vec::new();
-        for (pid, t) in asked {
-            match wait_stop(t, deadline)? {
-                Stopped::Yes => fr.procs.entry(pid).or_default().push(t),
-                Stopped::Gone => {}
-                Stopped::Late => late_ones.push((pid, t)),
-            }
-        }
+        let late_ones = wait_all(&mut fr, asked)?;
         if !late_ones.is_empty() {
             wait_for_vfork_parents(&mut fr, late_ones)?;
         }

@@ -66,6 +66,15 @@ fn own_mask() -> u64 {
     }
 }
 
+/// Is the calling thread's mask still `mask`? (Says which thread if not.)
+fn mask_kept(mask: u64, who: &str) -> bool {
+    let kept = own_mask() == mask;
+    if !kept {
+        fail(&format!("{who}: signal mask changed"));
+    }
+    kept
+}
+
 fn block(sigs: &[i32]) -> u64 {
     // SAFETY: sigset_t built by sigemptyset/sigaddset.
     unsafe {
@@ -202,8 +211,7 @@ fn regs_thread(beat: &Beat) {
             fail(&format!("registers changed in round {rounds}"));
             return;
         }
-        if own_mask() != mask {
-            fail("regs thread: signal mask changed");
+        if !mask_kept(mask, "regs thread") {
             return;
         }
     }
@@ -217,8 +225,7 @@ fn sleeper_thread(beat: &Beat) {
             fail(&format!("nanosleep failed with errno {e}"));
             return;
         }
-        if own_mask() != mask {
-            fail("sleeper: signal mask changed");
+        if !mask_kept(mask, "sleeper") {
             return;
         }
         beat.bump(2);
@@ -244,8 +251,7 @@ fn reader_thread(beat: &Beat, fd: i32) {
             return;
         }
         want = want.wrapping_add(1);
-        if own_mask() != mask {
-            fail("reader: signal mask changed");
+        if !mask_kept(mask, "reader") {
             return;
         }
         beat.bump(3);
@@ -264,8 +270,7 @@ fn syscaller_thread(beat: &Beat) {
                 return;
             }
         }
-        if own_mask() != mask {
-            fail("syscaller: signal mask changed");
+        if !mask_kept(mask, "syscaller") {
             return;
         }
         beat.bump(4);
@@ -335,8 +340,7 @@ fn main() {
             }
             n = n.wrapping_add(1);
             std::thread::park_timeout(std::time::Duration::from_millis(2));
-            if own_mask() != main_mask {
-                fail("main: signal mask changed");
+            if !mask_kept(main_mask, "main") {
                 break;
             }
             if usr1_action() != handler {
