@@ -153,8 +153,11 @@ fn guardian(sock: OwnedFd, parent: rustix::process::Pid, outcome: Outcome) -> ! 
     let mut outcome = outcome.bit();
     let mut actions: Vec<Action> = Vec::new();
     let mut buf = [0u8; MSG_LEN];
+    // Already gone (we may start late on a busy machine): what it told us
+    // is still queued on the socket; read it all, then act.
+    let gone = orphaned || parent_fd.is_none();
     loop {
-        if orphaned || !readable_first(&sock, parent_fd.as_ref()) {
+        if !readable_first(&sock, parent_fd.as_ref().filter(|_| !gone), gone) {
             break;
         }
         // An error reads as the end: act.
@@ -189,15 +192,17 @@ fn guardian(sock: OwnedFd, parent: rustix::process::Pid, outcome: Outcome) -> ! 
 
 /// Wait until the socket has something to read (true; messages sent
 /// before our end went are read before anything else), or until our
-/// process ended with nothing left to read (false).
-fn readable_first(sock: &OwnedFd, parent: Option<&OwnedFd>) -> bool {
-    use rustix::event::{poll, PollFd, PollFlags};
+/// process ended with nothing left to read (false). `gone`: it has ended
+/// already; only what is queued now is read.
+fn readable_first(sock: &OwnedFd, parent: Option<&OwnedFd>, gone: bool) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let now = Timespec { tv_sec: 0, tv_nsec: 0 };
     loop {
         let mut fds = vec![PollFd::new(sock, PollFlags::IN)];
         if let Some(p) = parent {
             fds.push(PollFd::new(p, PollFlags::IN));
         }
-        match poll(&mut fds, None) {
+        match poll(&mut fds, gone.then_some(&now)) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
             Err(_) => return false,
@@ -205,7 +210,7 @@ fn readable_first(sock: &OwnedFd, parent: Option<&OwnedFd>) -> bool {
         if !fds[0].revents().is_empty() {
             return true;
         }
-        if fds.get(1).is_some_and(|p| !p.revents().is_empty()) {
+        if gone || fds.get(1).is_some_and(|p| !p.revents().is_empty()) {
             return false;
         }
     }

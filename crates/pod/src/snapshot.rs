@@ -83,6 +83,7 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
     // Should we die while the pod is frozen, the guardian thaws it (and
     // if it dies too, the next cryopod command, seeing our note).
     let guard = Guard::start(Outcome::Resume).map_err(engine_err)?;
+    tracing::debug!(guard = guard.pid(), "guardian started");
     guard.thaw_on_abort(cg.freezer_file()?.as_fd()).map_err(engine_err)?;
     let note = state.dir(&o.name).join(crate::state::CHECKPOINTER);
     crate::state::note_owner(&note).map_err(PodError::io(&note))?;

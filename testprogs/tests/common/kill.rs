@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 /// What the trials found.
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
+    /// Trials run (a checkpoint's stop at the first harm).
     pub trials: usize,
     /// Checkpoints: programs harmed. Restores: trees left half made.
     pub bad: usize,
@@ -343,8 +344,9 @@ impl Trials<'_> {
         let full = time_of(self.args, self.env, self.reset);
         println!("cryopod {} takes {:.1} ms", self.args[0], full.as_secs_f64() * 1e3);
         let mut rng = Rng::new();
-        let mut c = Counts { trials: n, ..Default::default() };
+        let mut c = Counts::default();
         for i in 0..n {
+            c.trials += 1;
             let at = rng.below((self.span)(i, full));
             run_and_kill(self.args, self.env, at);
             if lingering_guardians() {
