@@ -114,13 +114,22 @@ impl Cgroup {
     }
 
     /// Processes in the pod (host PIDs).
+    /// Processes in the cgroup, in any controller it has.
     pub fn procs(&self) -> Result<Vec<i32>> {
-        let s = read(&self.dir("freezer").join("cgroup.procs"))?;
-        Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        let mut out = Vec::new();
+        for c in CONTROLLERS.iter().filter(|c| self.dir(c).exists()) {
+            let s = read(&self.dir(c).join("cgroup.procs"))?;
+            out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
     }
 
+    /// Is the cgroup there in any controller? (A creation cut short may
+    /// have made only the first ones.)
     pub fn exists(&self) -> bool {
-        self.dir("freezer").exists()
+        CONTROLLERS.iter().any(|c| self.dir(c).exists())
     }
 
     pub fn freezer_state(&self) -> Result<String> {
@@ -147,7 +156,11 @@ impl Cgroup {
         }
     }
 
+    /// Thaw the pod (nothing to do where its freezer cgroup was never made).
     pub fn thaw(&self) -> Result<()> {
+        if !self.dir("freezer").exists() {
+            return Ok(());
+        }
         write(&self.dir("freezer").join("freezer.state"), "THAWED")
     }
 

@@ -438,7 +438,11 @@ pub fn restore_trials(bin: &str, n: usize) -> Counts {
         match alive() {
             0 => Verdict::Fine,
             k if k == pids.len() && not_running(&pids).is_empty() => Verdict::Completed,
-            k => Verdict::Bad(format!("{k} of {} processes left: {:?}", pids.len(), not_running(&pids))),
+            k => {
+                let stat = |p: &i32| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let stats: Vec<String> = pids.iter().map(stat).collect();
+                Verdict::Bad(format!("{k} of {} processes left: {stats:?}", pids.len()))
+            }
         }
     })
 }
