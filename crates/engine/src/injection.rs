@@ -104,18 +104,34 @@ impl GadgetCache {
             if known.is_some() {
                 continue;
             }
-            let mut code = vec![0u8; (m.end - m.start) as usize];
-            if mem::read(pid, m.start, &mut code).is_err() {
-                continue;
-            }
-            let found = sigframe::find_sigreturn(&code);
-            self.files.insert(key, found.map(|o| m.offset + o as u64));
-            if let Some(o) = found {
-                return Ok(Some(m.start + o as u64));
+            let found = search(pid, m.start, m.end);
+            self.files.insert(key, found.map(|a| m.offset + (a - m.start)));
+            if found.is_some() {
+                return Ok(found);
             }
         }
         Ok(None)
     }
+}
+
+/// The address of the first `rt_sigreturn` sequence in `[start, end)` of
+/// `pid`, read piece by piece into one small buffer (a buffer the size of
+/// a C library would cost more in first touches than the search itself).
+fn search(pid: Pid, start: u64, end: u64) -> Option<u64> {
+    const PIECE: u64 = 64 * 1024;
+    // Pieces overlap by a sequence's length less one, so none is missed.
+    const OVERLAP: u64 = 8;
+    let mut buf = vec![0u8; (PIECE + OVERLAP) as usize];
+    let mut at = start;
+    while at < end {
+        let len = (end - at).min(PIECE + OVERLAP) as usize;
+        mem::read(pid, at, &mut buf[..len]).ok()?;
+        if let Some(o) = sigframe::find_sigreturn(&buf[..len]) {
+            return Some(at + o as u64);
+        }
+        at += PIECE;
+    }
+    None
 }
 
 /// A stopped thread with a frame of ours under its stack, ready for

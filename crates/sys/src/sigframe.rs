@@ -156,14 +156,18 @@ pub fn build(ctx: &Regs, xstate: &[u8], sigmask: u64, sigreturn: u64, scratch_le
 /// then `syscall`) in code; returns the offset of its first byte. Every C
 /// library's signal restorer is one.
 pub fn find_sigreturn(code: &[u8]) -> Option<usize> {
-    const SHORT: [u8; 7] = [0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05];
-    const LONG: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05];
-    let short = code.windows(SHORT.len()).position(|w| w == SHORT);
-    let long = code.windows(LONG.len()).position(|w| w == LONG);
-    match (short, long) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    const SHORT: [u8; 5] = [0xb8, 0x0f, 0, 0, 0];
+    const LONG: [u8; 7] = [0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0];
+    // Each `syscall` instruction (found fast), looking behind it.
+    for i in memchr::memmem::find_iter(code, &[0x0f, 0x05]) {
+        if i >= 7 && code[i - 7..i] == LONG {
+            return Some(i - 7);
+        }
+        if i >= 5 && code[i - 5..i] == SHORT {
+            return Some(i - 5);
+        }
     }
+    None
 }
 
 /// Find a `syscall` instruction followed only by register-clearing
