@@ -98,13 +98,16 @@ fn seize_one(tid: i32, fr: &mut Frozen) -> Result<bool> {
 /// Wait until a seized and interrupted thread stops, at most until
 /// `deadline`.
 fn wait_stop(tid: i32, deadline: Instant) -> Result<Stopped> {
+    // A stop usually comes within microseconds: look again soon at first.
+    let mut nap = Duration::from_micros(5);
     loop {
         let (got, status) = cryopod_sys::process::waitpid(tid, libc::WNOHANG)?;
         if got == 0 {
             if Instant::now() > deadline {
                 return Ok(Stopped::Late);
             }
-            std::thread::sleep(Duration::from_micros(100));
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_micros(500));
             continue;
         }
         match ptrace::decode_status(status) {

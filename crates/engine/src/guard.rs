@@ -46,7 +46,7 @@ const DONE: u8 = b'D';
 const MSG_LEN: usize = 14;
 
 /// Our end of a guardian. Clones share it; when the last one goes, the
-/// guardian is told we finished and is waited for.
+/// guardian is told we finished (and collected once it has ended).
 #[derive(Clone)]
 pub struct Guard(Arc<Inner>);
 
@@ -62,8 +62,20 @@ impl Drop for Inner {
             return;
         }
         let _ = fdpass::send(self.sock.as_fd(), &msg(DONE, 0, 0, 0, 0), None);
-        let _ = process::waitpid(self.pid, 0);
+        // It ends at once, but need not be waited for now: collected when it
+        // has, here or by the next guardian's start or end.
+        ENDING.lock().unwrap_or_else(|p| p.into_inner()).push(self.pid);
+        reap_ended();
     }
+}
+
+/// Guardians told we finished that may not have ended yet.
+static ENDING: std::sync::Mutex<Vec<Pid>> = std::sync::Mutex::new(Vec::new());
+
+/// Collect the guardians that ended.
+fn reap_ended() {
+    let mut g = ENDING.lock().unwrap_or_else(|p| p.into_inner());
+    g.retain(|&pid| matches!(process::waitpid(pid, libc::WNOHANG), Ok((0, _))));
 }
 
 fn msg(tag: u8, when: u8, level: i32, name: i32, value: i32) -> [u8; MSG_LEN] {
@@ -80,6 +92,7 @@ impl Guard {
     /// Fork a guardian; an operation cut short ends with `outcome` until
     /// told otherwise. The caller must be single-threaded (a fork).
     pub fn start(outcome: Outcome) -> Result<Guard> {
+        reap_ended();
         let (ours, theirs) = sock::socketpair(libc::SOCK_SEQPACKET)?;
         let parent = rustix::process::getpid();
         match cryopod_sys::clone::fork_with_pid(0)? {
