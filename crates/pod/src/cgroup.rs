@@ -137,22 +137,32 @@ impl Cgroup {
     }
 
     /// Freeze every task of the pod and wait until the kernel says FROZEN.
+    /// A task the freezer cannot catch at that moment (seen: a parent
+    /// leaving its vfork wait while its child exits) can hold the cgroup in
+    /// FREEZING for good: after a short while the pod is thawed and frozen
+    /// again, until `timeout`.
     pub fn freeze(&self, timeout: Duration) -> Result<()> {
+        const ATTEMPT: Duration = Duration::from_millis(300);
         let state = self.dir("freezer").join("freezer.state");
-        write(&state, "FROZEN")?;
         let deadline = Instant::now() + timeout;
         loop {
-            if read(&state)? == "FROZEN" {
-                return Ok(());
+            write(&state, "FROZEN")?;
+            let attempt = Instant::now() + ATTEMPT;
+            while Instant::now() < attempt {
+                if read(&state)? == "FROZEN" {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(1));
             }
+            let _ = self.thaw();
             if Instant::now() > deadline {
-                let _ = self.thaw();
                 return Err(PodError::Invalid(format!(
                     "pod {} did not freeze within {timeout:?} (a task stuck in the kernel?); it was thawed again",
                     self.name
                 )));
             }
-            std::thread::sleep(Duration::from_millis(1));
+            tracing::info!(pod = %self.name, "the freezer did not catch every task; thawed, freezing again");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
