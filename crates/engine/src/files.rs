@@ -10,7 +10,7 @@ use crate::{EngineError, Result};
 use cryopod_image::{Fd, FileKind, Manifest, ObjectOrigin, OpenFile};
 use cryopod_sys::{events, fd as fds, TargetFd};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 
 /// fdinfo flag bits that describe the open file, kept on restore.
@@ -336,13 +336,7 @@ pub struct Connection {
 pub fn finish_connections(m: &Manifest, conns: &[Connection], guard: &crate::guard::Guard) -> Result<()> {
     use crate::guard::Outcome;
     for c in conns {
-        guard.sockopt_on_abort(
-            Outcome::Kill,
-            std::os::fd::AsFd::as_fd(&c.fd),
-            libc::IPPROTO_TCP,
-            libc::TCP_REPAIR,
-            1,
-        )?;
+        guard.sockopt_on_abort(Outcome::Kill, c.fd.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 1)?;
     }
     for c in conns {
         let f = &m.files[c.file];

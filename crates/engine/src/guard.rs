@@ -61,11 +61,18 @@ impl Drop for Inner {
         if std::thread::panicking() {
             return;
         }
-        let _ = fdpass::send(self.sock.as_fd(), &msg(DONE, 0, 0, 0, 0), None);
+        self.done();
         // It ends at once, but need not be waited for now: collected when it
         // has, here or by the next guardian's start or end.
         ENDING.lock().unwrap_or_else(|p| p.into_inner()).push(self.pid);
         reap_ended();
+    }
+}
+
+impl Inner {
+    /// Tell the guardian we finished: it exits without acting.
+    fn done(&self) {
+        let _ = fdpass::send(self.sock.as_fd(), &msg(DONE, 0, 0, 0, 0), None);
     }
 }
 
@@ -138,7 +145,7 @@ impl Guard {
     /// Everything told is undone already: the guardian may go (before the
     /// tree runs again, so that it never acts on a running tree's sockets).
     pub fn disarm(&self) {
-        let _ = fdpass::send(self.0.sock.as_fd(), &msg(DONE, 0, 0, 0, 0), None);
+        self.0.done();
     }
 }
 
@@ -188,8 +195,9 @@ fn guardian(sock: OwnedFd, parent: rustix::process::Pid, outcome: Outcome) -> ! 
             _ => {}
         }
     }
-    // Cut short: sockets first (before their owners may run), then the
-    // processes to kill, then the cgroup to thaw.
+    // Cut short: sockets first (their owners may already run again: the
+    // sooner the better), then the processes to kill, then the cgroup to
+    // thaw.
     for a in actions.iter().filter(|a| a.tag == SOCKOPT && a.when & outcome != 0) {
         let (level, name, value) = a.opt;
         let _ = sock::set_int(&a.fd, level, name, value, "setsockopt");

@@ -50,19 +50,11 @@ impl GadgetCache {
     /// The gadgets of process `pid` (stopped).
     pub fn find(&mut self, pid: Pid) -> Result<Gadgets> {
         let maps = procfs::maps(pid)?;
-        let vdso = maps
-            .iter()
-            .find(|m| m.path == "[vdso]")
-            .ok_or_else(|| EngineError::Unsupported { pid, what: "a process without a vDSO".into() })?;
-        let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
-        mem::read(pid, vdso.start, &mut code)?;
+        let vdso = maps.iter().find(|m| m.path == "[vdso]").map(|m| (m.start, m.end));
+        let (start, code) = crate::mm::vdso_code(pid, vdso)?;
         let (syscall, covered_site) = match sigframe::find_syscall_ret(&code) {
-            Some(off) => (vdso.start + off as u64, true),
-            None => {
-                let off = cryopod_sys::inject::find_syscall_insn(&code)
-                    .ok_or_else(|| EngineError::Other("no syscall instruction in the vDSO".into()))?;
-                (vdso.start + off as u64, false)
-            }
+            Some(off) => (start + off as u64, true),
+            None => (crate::mm::syscall_in(start, &code)?, false),
         };
         let sigreturn = self.sigreturn(pid, &maps)?;
         // A shadow stack (CET) would refuse our `ret` and rt_sigreturn.

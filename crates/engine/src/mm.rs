@@ -579,16 +579,27 @@ pub fn open_in_task(r: &mut Remote, path: &str, flags: i32) -> Result<u64> {
 }
 
 /// Address of a `syscall` instruction in the vDSO of task `pid` (whose
-/// areas are `vmas`): where syscalls are injected into a task being
-/// checkpointed, and the last ones (seccomp) into a restored task.
+/// areas are `vmas`): where the last syscalls (seccomp) are injected into
+/// a restored task.
 pub fn vdso_syscall_site(pid: i32, vmas: &[Vma]) -> Result<u64> {
-    let v = vmas
-        .iter()
-        .find(|v| v.kind == VmaKind::Vdso)
-        .ok_or_else(|| EngineError::Unsupported { pid, what: "a process without a vDSO".into() })?;
-    let mut code = vec![0u8; (v.end - v.start) as usize];
-    cryopod_sys::mem::read(pid, v.start, &mut code)?;
-    let off = cryopod_sys::inject::find_syscall_insn(&code)
+    let v = vmas.iter().find(|v| v.kind == VmaKind::Vdso);
+    let (start, code) = vdso_code(pid, v.map(|v| (v.start, v.end)))?;
+    syscall_in(start, &code)
+}
+
+/// The code of `pid`'s vDSO, mapped at `range` (None: it has none), with
+/// its start address.
+pub fn vdso_code(pid: i32, range: Option<(u64, u64)>) -> Result<(u64, Vec<u8>)> {
+    let (start, end) =
+        range.ok_or_else(|| EngineError::Unsupported { pid, what: "a process without a vDSO".into() })?;
+    let mut code = vec![0u8; (end - start) as usize];
+    cryopod_sys::mem::read(pid, start, &mut code)?;
+    Ok((start, code))
+}
+
+/// The address of a `syscall` instruction in vDSO `code` mapped at `start`.
+pub fn syscall_in(start: u64, code: &[u8]) -> Result<u64> {
+    let off = cryopod_sys::inject::find_syscall_insn(code)
         .ok_or_else(|| EngineError::Other("no syscall instruction in the vDSO".into()))?;
-    Ok(v.start + off as u64)
+    Ok(start + off as u64)
 }

@@ -191,7 +191,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     if !unix.steps.is_empty() {
         for p in m.processes.iter().filter(|p| p.zombie_status.is_none()) {
             let (r, w) = pipe::pipe()?;
-            cmd_r.insert(p.pid, fd::dup_at_least(&r, base)?);
+            cmd_r.insert(p.pid, fd::move_at_least(r, base)?);
             cmd_w.insert(p.pid, w);
         }
         unix.stage = TargetFd(fd::highest_open_fd().0 + 1);

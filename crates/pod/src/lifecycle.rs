@@ -122,8 +122,7 @@ pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<()> {
             if let Some((pid, true)) = crate::state::noted_owner(&state.dir(name).join(CREATOR)) {
                 return Err(PodError::Invalid(format!("pod {name} is still being created (by pid {pid})")));
             }
-            let (veth, _) = net::veth_names(name);
-            return cleanup_by_name(state, name, net::link_exists(&veth)?.then_some(veth));
+            return cleanup_unrecorded(state, name);
         }
         Err(e) => return Err(e),
     };
@@ -141,6 +140,13 @@ pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<()> {
         }
     }
     cleanup(state, &rec)
+}
+
+/// Remove what a pod whose creation was cut short (a directory, no
+/// record) may have left: its veth is looked for by the name cryopod gives.
+fn cleanup_unrecorded(state: &StateDir, name: &str) -> Result<()> {
+    let (veth, _) = net::veth_names(name);
+    cleanup_by_name(state, name, net::link_exists(&veth)?.then_some(veth))
 }
 
 /// Like [`cleanup`], for a pod known only by its name (and veth, if any).
@@ -188,9 +194,7 @@ pub fn recover(state: &StateDir) {
             Err(PodError::Unknown(_)) => {
                 if let Some((pid, false)) = noted_owner(&dir.join(CREATOR)) {
                     tracing::warn!(pod = %name, pid, "removing what a cut-short run or restore left");
-                    let (veth, _) = net::veth_names(&name);
-                    let veth = net::link_exists(&veth).ok().and_then(|e| e.then_some(veth));
-                    if let Err(e) = cleanup_by_name(state, &name, veth) {
+                    if let Err(e) = cleanup_unrecorded(state, &name) {
                         tracing::warn!(pod = %name, "{e}");
                     }
                 }
@@ -212,8 +216,7 @@ pub fn recover(state: &StateDir) {
                 }
                 if let Some((pid, false)) = noted_owner(&dir.join(CHECKPOINTER)) {
                     tracing::warn!(pod = %name, pid, "thawing a pod left by a cut-short checkpoint");
-                    let cg = Cgroup::of(&name);
-                    if cg.exists() && cg.thaw().is_ok() || !cg.exists() {
+                    if Cgroup::of(&name).thaw().is_ok() {
                         let _ = std::fs::remove_file(dir.join(CHECKPOINTER));
                     }
                 }

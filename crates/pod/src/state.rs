@@ -254,11 +254,6 @@ pub fn noted_owner(path: &Path) -> Option<(i32, bool)> {
     Some((pid, alive))
 }
 
-/// The process that reserved pod `name` and has not written its record yet.
-pub fn reserved_by(state: &StateDir, name: &str) -> Option<i32> {
-    noted_owner(&state.dir(name).join(CREATOR)).map(|(p, _)| p)
-}
-
 /// Start time of a process (stat field 22), if it exists and is not a zombie.
 pub fn start_time(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
