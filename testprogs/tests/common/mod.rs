@@ -20,9 +20,29 @@ pub fn cryopod_bin() -> PathBuf {
 }
 
 /// Tests change global things (PIDs, the process table): run them one at a time.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub fn serial() -> Serial {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    // Test binaries of other checkouts share the pod bridge and the
+    // host's cgroups: one test at a time on the whole machine.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/cryopod-tests.lock")
+        .expect("open /tmp/cryopod-tests.lock");
+    // SAFETY: flock on a descriptor we own; released when `file` closes.
+    while unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EINTR), "flock");
+    }
+    Serial { _file: file, _guard: guard }
+}
+
+/// Held for a test's whole run: this process's lock and the machine-wide
+/// file lock (dropped in that order: the file first).
+pub struct Serial {
+    _file: std::fs::File,
+    _guard: std::sync::MutexGuard<'static, ()>,
 }
 
 pub struct Run {
@@ -32,7 +52,7 @@ pub struct Run {
     pub pid: i32,
     /// Every pid this test must end, whatever happens.
     pub owned: Vec<i32>,
-    _lock: std::sync::MutexGuard<'static, ()>,
+    _lock: Serial,
 }
 
 /// A process and all its descendants (read from /proc before killing).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub struct PodEnv {
     pub dir: PathBuf,
     pub state: PathBuf,
-    _lock: std::sync::MutexGuard<'static, ()>,
+    _lock: super::Serial,
 }
 
 /// (exit code, stdout, stderr)
