@@ -39,9 +39,6 @@ pub struct PagesOut {
     pub chunks: Vec<Chunk>,
 }
 
-/// What one writer thread produced: its pack, and each piece's segments.
-type WorkerOut = (Pack, Vec<(usize, Vec<Segment>)>);
-
 const BATCH_BYTES: u64 = 4 << 20;
 static ZERO: [u8; (CHUNK_PAGES * PAGE) as usize] = [0; (CHUNK_PAGES * PAGE) as usize];
 
@@ -59,81 +56,144 @@ pub fn split_aligned(start: u64, end: u64, mut f: impl FnMut(u64, u32)) {
 
 /// Read, hash, dedupe and store every piece, with `threads` workers.
 pub fn dump(dir: &OutDir, pieces: &[Piece], threads: usize, progress: Progress) -> Result<PagesOut> {
-    // Batches: consecutive pieces up to BATCH_BYTES.
-    let mut batches: Vec<(usize, usize)> = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0u64;
-    for (i, p) in pieces.iter().enumerate() {
-        let b = u64::from(p.pages) * PAGE;
-        if bytes + b > BATCH_BYTES && i > start {
-            batches.push((start, i));
-            start = i;
-            bytes = 0;
-        }
-        bytes += b;
-    }
-    if start < pieces.len() {
-        batches.push((start, pieces.len()));
-    }
-    let total: u64 = pieces.iter().map(|p| u64::from(p.pages) * PAGE).sum();
-    let done = AtomicU64::new(0);
-    let next = AtomicUsize::new(0);
-    let table = ChunkTable::default();
-    let workers = threads.clamp(1, 16).min(batches.len().max(1));
-    let results: Vec<Result<WorkerOut>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..workers)
-            .map(|w| {
-                let (table, next, done, batches) = (&table, &next, &done, &batches);
-                s.spawn(move || -> Result<WorkerOut> {
-                    let name = cryopod_image::store::pack_name(w);
-                    let file = dir.create(&name)?;
-                    let mut pack = PackWriter::new(file, dir.path().join(&name).display().to_string(), w as u32);
-                    let mut buf = vec![0u8; BATCH_BYTES as usize];
-                    let mut out = Vec::new();
-                    loop {
-                        let b = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(lo, hi)) = batches.get(b) else {
-                            break;
-                        };
-                        let n = run_batch(&pieces[lo..hi], lo, &mut buf, &mut pack, table, &mut out)?;
-                        let d = done.fetch_add(n, Ordering::Relaxed) + n;
-                        progress("memory", d, total);
-                    }
-                    Ok((pack.finish()?, out))
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Other("page writer thread panicked".into()))))
-            .collect()
-    });
-    let mut chunk_of = vec![Vec::new(); pieces.len()];
-    let mut packs = Vec::new();
-    for r in results {
-        let (pack, out) = r?;
-        packs.push(pack);
-        for (i, c) in out {
-            chunk_of[i] = c;
-        }
-    }
-    Ok(PagesOut { chunk_of, packs, chunks: table.into_chunks() })
+    let mut d = Dumper::new(dir, threads);
+    let all: Vec<usize> = (0..pieces.len()).collect();
+    d.run(pieces, &all, &FrozenReader, progress)?;
+    d.finish(pieces.len())
 }
 
-fn run_batch(
+/// How the bytes of a batch of pieces are read.
+pub trait BatchReader: Sync {
+    /// Read pieces `sel` (indexes into `pieces`) back to back into `buf`;
+    /// returns the bytes read.
+    fn read(&self, pieces: &[Piece], sel: &[usize], buf: &mut [u8]) -> Result<usize>;
+}
+
+/// Reading a frozen tree: nothing can change under us.
+pub struct FrozenReader;
+
+impl BatchReader for FrozenReader {
+    fn read(&self, pieces: &[Piece], sel: &[usize], buf: &mut [u8]) -> Result<usize> {
+        let batch: Vec<Piece> = sel.iter().map(|&i| pieces[i].clone()).collect();
+        read_batch(&batch, buf)
+    }
+}
+
+/// One writer's pack and buffer, kept across runs.
+struct Worker {
+    pack: PackWriter,
+    buf: Vec<u8>,
+    out: Vec<(usize, Vec<Segment>)>,
+}
+
+/// Page writing in one or more runs over parts of the pieces (a running
+/// checkpoint reads some while the tree is frozen, the rest after), into
+/// the same packs, deduplicated across runs.
+pub struct Dumper<'a> {
+    dir: &'a OutDir,
+    threads: usize,
+    workers: Vec<Worker>,
+    table: ChunkTable,
+}
+
+impl<'a> Dumper<'a> {
+    pub fn new(dir: &'a OutDir, threads: usize) -> Dumper<'a> {
+        Dumper { dir, threads: threads.clamp(1, 16), workers: Vec::new(), table: ChunkTable::default() }
+    }
+
+    /// Read, hash, dedupe and store pieces `sel` (ascending indexes into
+    /// `pieces`) through `reader`.
+    pub fn run(&mut self, pieces: &[Piece], sel: &[usize], reader: &dyn BatchReader, progress: Progress) -> Result<()> {
+        // Batches: consecutive pieces up to BATCH_BYTES.
+        let mut batches: Vec<(usize, usize)> = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0u64;
+        for (k, &i) in sel.iter().enumerate() {
+            let b = u64::from(pieces[i].pages) * PAGE;
+            if bytes + b > BATCH_BYTES && k > start {
+                batches.push((start, k));
+                start = k;
+                bytes = 0;
+            }
+            bytes += b;
+        }
+        if start < sel.len() {
+            batches.push((start, sel.len()));
+        }
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let total: u64 = sel.iter().map(|&i| u64::from(pieces[i].pages) * PAGE).sum();
+        let n = self.threads.min(batches.len());
+        while self.workers.len() < n {
+            let w = self.workers.len();
+            let name = cryopod_image::store::pack_name(w);
+            let file = self.dir.create(&name)?;
+            let pack = PackWriter::new(file, self.dir.path().join(&name).display().to_string(), w as u32);
+            self.workers.push(Worker { pack, buf: vec![0u8; BATCH_BYTES as usize], out: Vec::new() });
+        }
+        let done = AtomicU64::new(0);
+        let next = AtomicUsize::new(0);
+        let table = &self.table;
+        let results: Vec<Result<()>> = std::thread::scope(|s| {
+            let hs: Vec<_> = self
+                .workers
+                .iter_mut()
+                .take(n)
+                .map(|wk| {
+                    let (next, done, batches) = (&next, &done, &batches);
+                    s.spawn(move || -> Result<()> {
+                        loop {
+                            let b = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&(lo, hi)) = batches.get(b) else {
+                                return Ok(());
+                            };
+                            let got = reader.read(pieces, &sel[lo..hi], &mut wk.buf)?;
+                            store_batch(pieces, &sel[lo..hi], &wk.buf[..got], &mut wk.pack, table, &mut wk.out)?;
+                            let d = done.fetch_add(got as u64, Ordering::Relaxed) + got as u64;
+                            progress("memory", d, total);
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Other("page writer thread panicked".into()))))
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+
+    /// Close the packs; `n` is the number of pieces.
+    pub fn finish(self, n: usize) -> Result<PagesOut> {
+        let mut chunk_of = vec![Vec::new(); n];
+        let mut packs = Vec::new();
+        for w in self.workers {
+            packs.push(w.pack.finish()?);
+            for (i, c) in w.out {
+                chunk_of[i] = c;
+            }
+        }
+        Ok(PagesOut { chunk_of, packs, chunks: self.table.into_chunks() })
+    }
+}
+
+/// Split the pieces `sel`, read back to back in `buf`, at their zero
+/// pages; store each non-zero segment once.
+fn store_batch(
     pieces: &[Piece],
-    base: usize,
-    buf: &mut [u8],
+    sel: &[usize],
+    buf: &[u8],
     pack: &mut PackWriter,
     table: &ChunkTable,
     out: &mut Vec<(usize, Vec<Segment>)>,
-) -> Result<u64> {
-    let total = read_batch(pieces, buf)?;
+) -> Result<()> {
     // Split every piece at its zero pages; store each non-zero segment once.
     let page = PAGE as usize;
     let mut o = 0usize;
     let mut writes: Vec<(usize, usize)> = Vec::new();
     let mut pending = 0u64;
-    for (k, p) in pieces.iter().enumerate() {
+    for &i in sel {
+        let p = &pieces[i];
         let l = p.pages as usize * page;
         let data = &buf[o..o + l];
         let mut segs = Vec::new();
@@ -168,17 +228,17 @@ fn run_batch(
                 pg = end;
             }
         }
-        out.push((base + k, segs));
+        out.push((i, segs));
         o += l;
     }
     let slices: Vec<&[u8]> = writes.iter().map(|&(a, l)| &buf[a..a + l]).collect();
     pack.append(&slices)?;
-    Ok(total as u64)
+    Ok(())
 }
 
 /// Read the bytes of `pieces` into `buf`, back to back. Consecutive memory
 /// pieces of one process go in one process_vm_readv.
-fn read_batch(pieces: &[Piece], buf: &mut [u8]) -> Result<usize> {
+pub fn read_batch(pieces: &[Piece], buf: &mut [u8]) -> Result<usize> {
     let mut off = 0usize;
     let mut i = 0;
     while i < pieces.len() {

@@ -33,6 +33,7 @@ pub mod signal;
 pub mod sock;
 pub mod tcp;
 pub mod tty;
+pub mod uffd;
 
 pub use error::{Errno, SysError, SysResult};
 pub use fd::TargetFd;
