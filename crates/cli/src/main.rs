@@ -128,6 +128,9 @@ fn print_checkpoint(s: &cryopod_engine::CheckpointSummary, leave_running: bool, 
         frozen,
         output.display()
     );
+    if let Some(why) = &s.fallback {
+        eprintln!("note: {why}; the checkpoint was taken again with the tree frozen throughout");
+    }
 }
 
 fn main() {
@@ -186,6 +189,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 pid,
                 dir: output.clone(),
                 leave_running,
+                cow: true,
                 threads: threads.unwrap_or_else(cpus),
                 pod: None,
                 guard: None,

@@ -203,7 +203,7 @@ fn main() {
         let img = std::path::PathBuf::from(format!("{SHM}/big"));
         let t = Instant::now();
         let s = checkpoint(
-            &CheckpointOptions { pid, dir: img.clone(), leave_running: false, threads, pod: None, guard: None },
+            &CheckpointOptions { pid, dir: img.clone(), leave_running: false, cow: false, threads, pod: None, guard: None },
             &quiet,
         )
         .expect("checkpoint");
@@ -260,7 +260,7 @@ fn main() {
         let dir = std::path::PathBuf::from(format!("{SHM}/small-{i}"));
         let t = Instant::now();
         checkpoint(
-            &CheckpointOptions { pid, dir: dir.clone(), leave_running: false, threads, pod: None, guard: None },
+            &CheckpointOptions { pid, dir: dir.clone(), leave_running: false, cow: false, threads, pod: None, guard: None },
             &quiet,
         )
         .expect("small checkpoint");

@@ -20,6 +20,10 @@ pub struct CheckpointOptions<'a> {
     pub pid: i32,
     pub dir: PathBuf,
     pub leave_running: bool,
+    /// With `leave_running`: stop the tree only while its state is taken
+    /// and its memory write-protected, and read the memory while it runs
+    /// (see [`crate::cow`]); false reads everything frozen.
+    pub cow: bool,
     /// Worker threads for reading, hashing and writing pages.
     pub threads: usize,
     /// Set for the checkpoint of a pod.
@@ -50,6 +54,8 @@ pub struct PodCheckpoint<'a> {
     /// A pod in its own user namespace: (first host id, count) its ids
     /// 0.. map to; credentials are recorded as the pod sees them.
     pub ids: Option<(u32, u32)>,
+    /// When the pod's cgroup was frozen (the summary's frozen time).
+    pub frozen_since: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -59,11 +65,34 @@ pub struct CheckpointSummary {
     pub memory_bytes: u64,
     pub image_bytes: u64,
     pub elapsed: Duration,
+    /// How long the tree was stopped (with `leave_running`: until it ran
+    /// again; otherwise until it was killed).
     pub frozen: Duration,
+    /// Memory read while the tree ran: what that took.
+    pub cow: Option<crate::cow::CowStats>,
+    /// Why reading while running was given up for a frozen checkpoint.
+    pub fallback: Option<String>,
 }
 
 pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
     crate::target::check(o.pid)?;
+    let t0 = Instant::now();
+    let cow = o.leave_running && o.cow;
+    match checkpoint_once(o, cow, progress) {
+        // A pod starts again itself (its own state goes with the retry).
+        Err(EngineError::LeftRunning(e)) if matches!(*e, EngineError::CowInexact(_)) && o.pod.is_none() => {
+            let why = e.to_string();
+            tracing::warn!("{why}; checkpointing again with the tree frozen throughout");
+            let mut s = checkpoint_once(o, false, progress)?;
+            s.elapsed = t0.elapsed();
+            s.fallback = Some(why);
+            Ok(s)
+        }
+        r => r,
+    }
+}
+
+fn checkpoint_once(o: &CheckpointOptions, cow: bool, progress: Progress) -> Result<CheckpointSummary> {
     let t0 = Instant::now();
     let guard = match &o.guard {
         Some(g) => g.clone(),
@@ -79,16 +108,20 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
             &own
         }
     };
+    let t_freeze = o.pod.as_ref().map(|p| p.frozen_since).unwrap_or_else(Instant::now);
     let mut fr = freeze_retrying(o)?;
-    let res = guard_tree(&guard, &fr).and_then(|_| collect_and_write(o, out, &fr, &guard, progress));
-    let frozen = t0.elapsed();
+    let mut ran_at = None;
+    let res = guard_tree(&guard, &fr).and_then(|_| {
+        let mut run = Resume { guard: &guard, fr: &mut fr, at: &mut ran_at };
+        collect_and_write(o, cow, out, &mut run, &guard, progress)
+    });
     match res {
-        Ok((m, repaired)) => {
+        Ok((m, repaired, cow_stats)) => {
             if o.leave_running {
                 // Nothing of ours is left in the tree: the guardian goes
                 // before the tree runs again.
-                guard.disarm();
-                fr.thaw();
+                drop(repaired);
+                Resume { guard: &guard, fr: &mut fr, at: &mut ran_at }.now();
             } else {
                 // From here on, cut short, the tree dies anyway; and our
                 // copies of its connections close without a word to peers.
@@ -107,13 +140,33 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
                 memory_bytes: mem,
                 image_bytes: stored + meta_len,
                 elapsed: t0.elapsed(),
-                frozen,
+                frozen: ran_at.unwrap_or_else(Instant::now).saturating_duration_since(t_freeze),
+                cow: cow_stats,
+                fallback: None,
             })
         }
         Err(e) => {
             fr.thaw();
             // (What was written goes when `out` is dropped unfinished.)
             Err(EngineError::LeftRunning(Box::new(e)))
+        }
+    }
+}
+
+/// Letting a left-running tree go (once): the guardian is disarmed first,
+/// then every task resumes; `at` notes when.
+struct Resume<'a> {
+    guard: &'a Guard,
+    fr: &'a mut Frozen,
+    at: &'a mut Option<Instant>,
+}
+
+impl Resume<'_> {
+    fn now(&mut self) {
+        if self.at.is_none() {
+            self.guard.disarm();
+            self.fr.thaw();
+            *self.at = Some(Instant::now());
         }
     }
 }
@@ -156,11 +209,13 @@ fn guard_tree(guard: &Guard, fr: &Frozen) -> Result<()> {
 /// connections.
 fn collect_and_write(
     o: &CheckpointOptions,
+    cow: bool,
     outdir: &OutDir,
-    fr: &Frozen,
+    run: &mut Resume,
     guard: &Guard,
     progress: Progress,
-) -> Result<(Manifest, crate::inet::Repaired)> {
+) -> Result<(Manifest, crate::inet::Repaired, Option<crate::cow::CowStats>)> {
+    let fr: &Frozen = run.fr;
     fault::check("after-freeze")?;
     let t_collect = Instant::now();
     let mut files = FileTable::default();
@@ -173,13 +228,15 @@ fn collect_and_write(
     mem.sysv = o.pod.is_some();
     let mut procs = Vec::new();
     let mut gadgets = GadgetCache::default();
+    let mut uffds = Vec::new();
     for pid in bfs(o.pid, fr)? {
         let idx = procs.len();
         let p = if fr.zombies.contains(&pid) {
             zombie(pid)?
         } else {
             let tids = fr.procs.get(&pid).cloned().unwrap_or_default();
-            let mut p = collect_process(pid, &tids, idx, &mut files, &mut mem, &mut gadgets)
+            let want = cow.then_some(&mut uffds);
+            let mut p = collect_process(pid, &tids, idx, &mut files, &mut mem, &mut gadgets, want)
                 .map_err(|e| EngineError::Other(format!("checkpoint of pid {pid}: {e}")))?;
             p.stopped = fr.stopped.contains(&pid);
             p
@@ -199,9 +256,7 @@ fn collect_and_write(
     }
     fault::check("after-collect")?;
     tracing::info!(ms = t_collect.elapsed().as_secs_f64() * 1e3, pieces = mem.pieces.len(), "state collected");
-    let t_pages = Instant::now();
-    let out = pages::dump(outdir, &mem.pieces, o.threads, progress)?;
-    tracing::info!(ms = t_pages.elapsed().as_secs_f64() * 1e3, chunks = out.chunks.len(), "pages written");
+    let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, uffds, run, progress)?;
     fault::check("after-pages")?;
     let mut m = Manifest {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -222,6 +277,7 @@ fn collect_and_write(
     };
     crate::mm::attach_runs(&mut m, &mem, &out.chunk_of);
     if o.pod.is_some() {
+        let fr: &Frozen = run.fr;
         let tasks = fr.procs.iter().map(|(p, t)| (*p, t.clone())).chain(fr.zombies.iter().map(|&z| (z, Vec::new())));
         let map = crate::pidns::pod_pids(tasks)?;
         crate::pidns::to_pod(&mut m, &map)?;
@@ -232,7 +288,65 @@ fn collect_and_write(
     m.validate()?;
     fault::check("before-manifest")?;
     outdir.commit_manifest(&m)?;
-    Ok((m, std::mem::take(&mut files.unix.repaired)))
+    Ok((m, std::mem::take(&mut files.unix.repaired), cow_stats))
+}
+
+/// Write every piece: all of them frozen; or, given uffds, the pieces that
+/// can be read running are write-protected, the others read, and the tree
+/// let go before those are read (see [`crate::cow`]).
+fn write_pages(
+    o: &CheckpointOptions,
+    outdir: &OutDir,
+    procs: &[Process],
+    mem: &MemCollector,
+    uffds: Vec<(usize, i32, std::os::fd::OwnedFd)>,
+    run: &mut Resume,
+    progress: Progress,
+) -> Result<(pages::PagesOut, Option<crate::cow::CowStats>)> {
+    let t_pages = Instant::now();
+    let session = match uffds.is_empty() {
+        true => None,
+        false => match crate::cow::Session::setup(procs, mem, uffds) {
+            Ok(s) if s.active() => Some(s),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!("memory cannot be read while the tree runs ({e}): read frozen");
+                None
+            }
+        },
+    };
+    let n = mem.pieces.len();
+    let cow_of = |i: usize| session.as_ref().is_some_and(|s| s.cow[i]);
+    let frozen: Vec<usize> = (0..n).filter(|&i| !cow_of(i)).collect();
+    let running: Vec<usize> = (0..n).filter(|&i| cow_of(i)).collect();
+    let mut d = pages::Dumper::new(outdir, o.threads);
+    d.run(&mem.pieces, &frozen, &pages::FrozenReader, progress)?;
+    let mut stats = None;
+    if let Some(s) = &session {
+        tracing::info!(
+            ms = t_pages.elapsed().as_secs_f64() * 1e3,
+            frozen = frozen.len(),
+            running = running.len(),
+            "memory write-protected; the tree goes on"
+        );
+        fault::check("before-cow")?;
+        let r = std::thread::scope(|sc| {
+            sc.spawn(|| s.serve());
+            run.now();
+            let r = fault::check("during-cow").and_then(|_| d.run(&mem.pieces, &running, s, progress));
+            s.stop();
+            r
+        });
+        r?;
+        if let Some(why) = s.inexact() {
+            return Err(EngineError::CowInexact(why));
+        }
+        stats = Some(s.stats());
+        tracing::info!(?stats, "memory read while running");
+    }
+    let out = d.finish(n)?;
+    tracing::info!(ms = t_pages.elapsed().as_secs_f64() * 1e3, chunks = out.chunks.len(), "pages written");
+    Ok((out, stats))
 }
 
 /// Processes in tree order from the root (parents first).
@@ -290,6 +404,7 @@ fn collect_process(
     files: &mut FileTable,
     mem: &mut MemCollector,
     gadgets: &mut GadgetCache,
+    uffds: Option<&mut Vec<(usize, i32, std::os::fd::OwnedFd)>>,
 ) -> Result<Process> {
     // Seccomp: a process that could not get its filters back must not be
     // checkpointed (restoring it without them would grant privilege).
@@ -318,6 +433,12 @@ fn collect_process(
         p.creds = ident::collect_creds(r)?;
         p.rlimits = ident::collect_rlimits(r)?;
         p.mm = ident::collect_mm(r)?;
+        // A filter could kill the process for a syscall it never makes.
+        if let Some(v) = uffds.filter(|_| !has_seccomp(pid)) {
+            if let Some(fd) = crate::cow::take_uffd(r)? {
+                v.push((idx, pid, fd));
+            }
+        }
         for &tid in tids {
             if tid == pid {
                 p.threads.push(threads::collect(r, leader_mask)?);
@@ -353,4 +474,10 @@ fn collect_process(
     res?;
     requeue.map_err(|e| EngineError::Other(format!("pid {pid}: a signal that arrived during the checkpoint: {e}")))?;
     Ok(p)
+}
+
+/// Has the process a seccomp filter (or strict mode)?
+fn has_seccomp(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    procfs::status_field(&status, "Seccomp").is_none_or(|m| m != "0")
 }

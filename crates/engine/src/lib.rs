@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod cow;
 pub mod cpu;
 pub mod events;
 pub mod fault;
@@ -71,6 +72,10 @@ pub enum EngineError {
     Restore { object: String, source: Box<EngineError> },
     #[error("pid {0} did not stop (a process waiting for its vfork child cannot); tried again and gave up")]
     Busy(i32),
+    /// A running checkpoint's image would not be exact (the tree changed
+    /// its memory in a way write-protection cannot follow).
+    #[error("the memory of the freeze could not be kept: {0}")]
+    CowInexact(String),
     #[error("fault injected at '{0}' (CRYOPOD_FAULT)")]
     Fault(String),
     #[error("{0}")]

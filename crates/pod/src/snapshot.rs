@@ -71,6 +71,28 @@ pub struct PodCheckpointOptions {
 /// Checkpoint pod `o.name` into `o.dir`; unless `leave_running`, the pod
 /// is then stopped and removed (it lives on in the image).
 pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
+    let t0 = std::time::Instant::now();
+    match checkpoint_once(state, o, o.leave_running, progress) {
+        // Memory read while the pod ran could not be kept as it was at the
+        // freeze: everything again, the pod frozen throughout.
+        Err(PodError::LeftRunning(e)) if matches!(*e, PodError::Engine(EngineError::CowInexact(_))) => {
+            let why = e.to_string();
+            tracing::warn!("{why}; checkpointing again with the pod frozen throughout");
+            let mut s = checkpoint_once(state, o, false, progress)?;
+            s.elapsed = t0.elapsed();
+            s.fallback = Some(why);
+            Ok(s)
+        }
+        r => r,
+    }
+}
+
+fn checkpoint_once(
+    state: &StateDir,
+    o: &PodCheckpointOptions,
+    cow: bool,
+    progress: Progress,
+) -> Result<CheckpointSummary> {
     let rec = state.load(&o.name)?;
     if !rec.alive() {
         return Err(PodError::Invalid(format!("pod {} is not running: there is nothing to checkpoint", o.name)));
@@ -87,8 +109,10 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
     guard.thaw_on_abort(cg.freezer_file()?.as_fd()).map_err(engine_err)?;
     let note = state.dir(&o.name).join(crate::state::CHECKPOINTER);
     crate::state::note_owner(&note).map_err(PodError::io(&note))?;
-    let res =
-        cg.freeze(Duration::from_secs(10)).and_then(|_| checkpoint_frozen(state, &rec, &cg, o, &out, &guard, progress));
+    let since = std::time::Instant::now();
+    let res = cg
+        .freeze(Duration::from_secs(10))
+        .and_then(|_| checkpoint_frozen(state, &rec, &cg, o, (since, cow), &out, &guard, progress));
     let _ = cg.thaw();
     let _ = std::fs::remove_file(&note);
     // On failure, what was written goes when `out` is dropped unfinished.
@@ -106,6 +130,7 @@ fn checkpoint_frozen(
     rec: &PodRecord,
     cg: &Cgroup,
     o: &PodCheckpointOptions,
+    (frozen_since, cow): (std::time::Instant, bool),
     out: &OutDir,
     guard: &Guard,
     progress: Progress,
@@ -170,6 +195,7 @@ fn checkpoint_frozen(
         pid: init,
         dir: o.dir.clone(),
         leave_running: o.leave_running,
+        cow,
         threads: o.threads,
         pod: Some(PodCheckpoint {
             root,
@@ -179,6 +205,7 @@ fn checkpoint_frozen(
             image,
             ids: rec.spec.userns.then_some((crate::create::USERNS_BASE, crate::create::USERNS_SIZE)),
             out,
+            frozen_since,
         }),
         guard: Some(guard.clone()),
     };

@@ -108,6 +108,22 @@ impl ProcMem {
         Ok(ProcMem { file, pid })
     }
 
+    /// Open for reading only. The file keeps the address space it was
+    /// opened on: after the process execs or exits, reads fail rather than
+    /// reading another address space.
+    pub fn open_read(pid: Pid) -> SysResult<Self> {
+        let file = std::fs::File::open(format!("/proc/{pid}/mem"))
+            .map_err(|e| SysError::new("open /proc/pid/mem", pid, Errno(e.raw_os_error().unwrap_or(0))))?;
+        Ok(ProcMem { file, pid })
+    }
+
+    /// Read `out.len()` bytes at `addr` (an error if any is unreadable).
+    pub fn read_exact(&self, addr: u64, out: &mut [u8]) -> SysResult<()> {
+        self.file.read_exact_at(out, addr).map_err(|e| {
+            SysError::new(format!("read mem at {addr:#x}"), self.pid, Errno(e.raw_os_error().unwrap_or(libc::EIO)))
+        })
+    }
+
     /// Write even into read-only or executable mappings (forced).
     pub fn write_forced(&self, addr: u64, data: &[u8]) -> SysResult<()> {
         self.file.write_all_at(data, addr).map_err(|e| {

@@ -32,6 +32,9 @@ const EVENT_REMOVE: u8 = 0x15;
 const EVENT_UNMAP: u8 = 0x16;
 const PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 
+/// A page no process maps (below mmap_min_addr), for [`Uffd::event_pending`].
+const PROBE_PAGE: u64 = 0x1000;
+
 /// `_IOWR(0xAA, nr, size)`.
 const fn iowr(nr: u64, size: u64) -> u64 {
     (3 << 30) | (size << 16) | (0xAA << 8) | nr
@@ -39,6 +42,8 @@ const fn iowr(nr: u64, size: u64) -> u64 {
 const UFFDIO_API: u64 = iowr(0x3F, 24);
 const UFFDIO_REGISTER: u64 = iowr(0x00, 32);
 const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, 24);
+/// `_IOR(0xAA, 0x02, struct uffdio_range)`.
+const UFFDIO_WAKE: u64 = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x02;
 
 #[repr(C)]
 struct ApiArg {
@@ -135,6 +140,25 @@ impl Uffd {
         let mode = if protect { WRITEPROTECT_MODE_WP } else { 0 };
         let mut a = WriteProtectArg { start, len, mode };
         ioctl(self.0.as_fd(), UFFDIO_WRITEPROTECT, &mut a, "UFFDIO_WRITEPROTECT")
+    }
+
+    /// Wake the tasks waiting on faults in a range (without changing it).
+    pub fn wake(&self, start: u64, len: u64) -> SysResult<()> {
+        let mut a = [start, len];
+        ioctl(self.0.as_fd(), UFFDIO_WAKE, &mut a, "UFFDIO_WAKE")
+    }
+
+    /// Does an event wait to be read? A write-protect call on a page no
+    /// area covers fails with EAGAIN then, and has no effect otherwise:
+    /// every change of the address space that the kernel announces
+    /// (unmap, remap, remove, fork) marks the uffd from before it starts
+    /// until its message is read. Err: the address space is gone.
+    pub fn event_pending(&self) -> SysResult<bool> {
+        match self.write_protect(PROBE_PAGE, 4096, true) {
+            Err(e) if e.errno.0 == libc::EAGAIN => Ok(true),
+            Err(e) if e.errno.0 == libc::ESRCH => Err(e),
+            _ => Ok(false),
+        }
     }
 
     /// Read the messages waiting (the fd is non-blocking): appended to `out`.
