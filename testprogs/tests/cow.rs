@@ -75,3 +75,58 @@ fn running_checkpoint_of_a_pod_is_the_freeze_moment() {
     env.ok(&["stop", "cow"]);
     assert_eq!(env.leftovers("cow"), Vec::<String>::new());
 }
+
+/// A program that drops pages while they are read (madvise DONTNEED): the
+/// image would not be the freeze's, so the checkpoint is taken again
+/// frozen throughout, says so, and is exact.
+#[test]
+fn running_checkpoint_falls_back_when_pages_are_dropped() {
+    let mut run = Run::testprog_with("cow-churn", env!("CARGO_BIN_EXE_tp-rewrite"), &["64", "churn"]);
+    let err = run.checkpoint(&["--leave-running"]);
+    assert!(err.contains("note:") && err.contains("madvise"), "no fallback said: {err}");
+    let pid = run.pid;
+    run.image_pids();
+    kill_tree(pid);
+    if let Some(mut c) = run.child.take() {
+        let _ = c.wait();
+    }
+    run.restore_and_verify();
+}
+
+/// cryopod killed while it reads a running tree's memory: its uffds close
+/// with it, the kernel drops every protection, and the tree goes on with
+/// nothing of ours in it (it then checks its own memory, still one
+/// instant).
+#[test]
+fn running_checkpoint_killed_while_reading_harms_nothing() {
+    let mut run = Run::testprog_with("cow-kill", env!("CARGO_BIN_EXE_tp-rewrite"), &["64"]);
+    let before = outside_view(run.pid);
+    let log = run.dir.join("cryopod.err");
+    let mut cmd = std::process::Command::new(cryopod_bin());
+    cmd.args(["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap(), "--leave-running"])
+        .env("CRYOPOD_FAULT", "during-cow:stall")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut cp = cmd.spawn().unwrap();
+    let t = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("stalled") {
+        assert!(t.elapsed() < Duration::from_secs(30), "never stalled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The tree runs meanwhile (its writes served by the stalled cryopod).
+    std::thread::sleep(Duration::from_millis(200));
+    cp.kill().unwrap();
+    cp.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    for p in tree_of(run.pid) {
+        let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap();
+        assert!(st.contains("TracerPid:\t0"), "pid {p} still traced");
+    }
+    assert_same_outside(&before, run.pid);
+    let st = |p: i32| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
+    let utime = |p: i32| st(p).rsplit(')').next().unwrap().split_whitespace().nth(11).unwrap().parse::<u64>().unwrap();
+    let u0 = utime(run.pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(utime(run.pid) > u0, "the program no longer runs");
+    run.go_and_expect_pass();
+}

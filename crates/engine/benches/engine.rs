@@ -203,7 +203,15 @@ fn main() {
         let img = std::path::PathBuf::from(format!("{SHM}/big"));
         let t = Instant::now();
         let s = checkpoint(
-            &CheckpointOptions { pid, dir: img.clone(), leave_running: false, cow: false, threads, pod: None, guard: None },
+            &CheckpointOptions {
+                pid,
+                dir: img.clone(),
+                leave_running: false,
+                cow: false,
+                threads,
+                pod: None,
+                guard: None,
+            },
             &quiet,
         )
         .expect("checkpoint");
@@ -260,7 +268,15 @@ fn main() {
         let dir = std::path::PathBuf::from(format!("{SHM}/small-{i}"));
         let t = Instant::now();
         checkpoint(
-            &CheckpointOptions { pid, dir: dir.clone(), leave_running: false, cow: false, threads, pod: None, guard: None },
+            &CheckpointOptions {
+                pid,
+                dir: dir.clone(),
+                leave_running: false,
+                cow: false,
+                threads,
+                pod: None,
+                guard: None,
+            },
             &quiet,
         )
         .expect("small checkpoint");

@@ -151,11 +151,7 @@ impl<'a> Session<'a> {
     /// Register and write-protect, while the tree is frozen, every area
     /// whose pieces can be read while running; the others stay to be read
     /// frozen (`cow[i]` false). `uffds`: (manifest index, pid, uffd).
-    pub fn setup(
-        procs: &[Process],
-        mem: &'a MemCollector,
-        uffds: Vec<(usize, i32, OwnedFd)>,
-    ) -> Result<Session<'a>> {
+    pub fn setup(procs: &[Process], mem: &'a MemCollector, uffds: Vec<(usize, i32, OwnedFd)>) -> Result<Session<'a>> {
         let pieces = &mem.pieces[..];
         // Which areas and objects have pieces.
         let mut vma_pieces: HashSet<(usize, usize)> = HashSet::new();
@@ -183,7 +179,8 @@ impl<'a> Session<'a> {
         }
         // Register every area that needs it; an object is read running only
         // if every area mapping it in the tree could be registered.
-        let shared_anon = |id: u32| matches!(mem.objects.get(id as usize).map(|o| &o.origin), Some(ObjectOrigin::SharedAnon));
+        let shared_anon =
+            |id: u32| matches!(mem.objects.get(id as usize).map(|o| &o.origin), Some(ObjectOrigin::SharedAnon));
         let mut registered: Vec<(usize, usize, Region)> = Vec::new();
         let mut obj_ok: HashMap<u32, bool> = HashMap::new();
         for (pi, p) in procs.iter().enumerate() {
@@ -594,4 +591,3 @@ impl BatchReader for Session<'_> {
         Ok(off)
     }
 }
-

@@ -83,16 +83,29 @@ struct RawMsg {
 pub enum Msg {
     /// A write to a write-protected page (the writer waits); `wp` false for
     /// any other fault (none are expected: only WP is registered).
-    Fault { addr: u64, wp: bool },
+    Fault {
+        addr: u64,
+        wp: bool,
+    },
     /// The task forked: the child's uffd (registration inherited).
     Fork(OwnedFd),
     /// `mremap` moved `[from, from+len)` to `to`.
-    Remap { from: u64, to: u64, len: u64 },
+    Remap {
+        from: u64,
+        to: u64,
+        len: u64,
+    },
     /// `madvise(DONTNEED/REMOVE)` on `[start, end)`: the task waits until
     /// this message is read, then the pages are dropped.
-    Remove { start: u64, end: u64 },
+    Remove {
+        start: u64,
+        end: u64,
+    },
     /// `munmap` (or a mapping over) `[start, end)`: already gone.
-    Unmap { start: u64, end: u64 },
+    Unmap {
+        start: u64,
+        end: u64,
+    },
     Other(u8),
 }
 
@@ -207,7 +220,10 @@ impl Uffd {
 pub fn poll_readable(fds: &[BorrowedFd], timeout_ms: i32) -> SysResult<Vec<usize>> {
     use rustix::event::{PollFd, PollFlags};
     let mut p: Vec<PollFd> = fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
-    let ts = rustix::event::Timespec { tv_sec: i64::from(timeout_ms / 1000), tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000 };
+    let ts = rustix::event::Timespec {
+        tv_sec: i64::from(timeout_ms / 1000),
+        tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+    };
     match rustix::event::poll(&mut p, Some(&ts)) {
         Ok(_) => {}
         Err(rustix::io::Errno::INTR) => return Ok(Vec::new()),

@@ -8,7 +8,10 @@
 //! the one before (the page at `next` may be half written). They never
 //! stop writing; once restored and told `go`, each checks that its memory
 //! matches its word exactly — which holds only if the image is the memory
-//! of the freeze moment. A third argument `solo` leaves the child out.
+//! of the freeze moment. A third argument `solo` leaves the child out;
+//! `churn` also drops and refills a scratch area all the time with
+//! madvise(MADV_DONTNEED) (what write-protection cannot see: a running
+//! checkpoint must then fall back to a frozen one).
 
 use cryopod_testprogs::*;
 use std::ptr;
@@ -16,6 +19,7 @@ use std::ptr;
 const PAGE: usize = 4096;
 const WORDS: usize = PAGE / 8;
 const SHARED_MB: usize = 16;
+const CHURN: usize = 1 << 20;
 
 fn word(gen: u64, page: usize, i: usize) -> u64 {
     (gen << 40) ^ ((page as u64) << 12) ^ (i as u64) ^ 0x9E37_79B9_7F4A_7C15
@@ -29,6 +33,8 @@ unsafe fn map(len: usize, flags: i32) -> *mut u64 {
 
 /// Pages `base[first..pages]` swept forever; `state` is the progress word.
 struct Sweep {
+    /// A scratch area dropped and refilled every few pages, if any.
+    churn: Option<*mut u64>,
     base: *mut u64,
     first: usize,
     pages: usize,
@@ -90,6 +96,15 @@ impl Sweep {
             let (gen, k) = (s / n, (s % n) as usize);
             self.fill(self.first + k, gen, &mut scratch);
             self.set(if k + 1 == n as usize { (gen + 1) * n } else { s + 1 });
+            if let Some(c) = self.churn.filter(|_| k % 16 == 0) {
+                // SAFETY: the scratch area is ours, CHURN bytes long.
+                unsafe {
+                    libc::madvise(c.cast(), CHURN, libc::MADV_DONTNEED);
+                    for i in (0..CHURN / 8).step_by(WORDS) {
+                        ptr::write_volatile(c.add(i), k as u64);
+                    }
+                }
+            }
             // SAFETY: access on a valid C string.
             if k % 256 == 0 && unsafe { libc::access(go.as_ptr(), libc::F_OK) } == 0 {
                 return;
@@ -131,14 +146,25 @@ fn main() {
     let dir = work_dir();
     let mb: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(256);
     let mut c = Checks::new();
+    let mode = std::env::args().nth(3).unwrap_or_default();
+    // Mapped first, so above the others: read last by a checkpoint.
+    // SAFETY: a fresh mapping, touched once so that it has pages.
+    let churn = (mode == "churn").then(|| unsafe {
+        let c = map(CHURN, libc::MAP_PRIVATE);
+        for i in (0..CHURN / 8).step_by(WORDS) {
+            ptr::write_volatile(c.add(i), 1);
+        }
+        c
+    });
     // SAFETY: fresh mappings, used only through the sweeps below.
     let (private, shared) = unsafe { (map(mb << 20, libc::MAP_PRIVATE), map(SHARED_MB << 20, libc::MAP_SHARED)) };
-    let solo = std::env::args().nth(3).as_deref() == Some("solo");
+    let solo = mode == "solo";
     // SAFETY: fork; the child only sweeps its shared area and exits.
     let child = if solo { -1 } else { unsafe { libc::fork() } };
     if child == 0 {
         // Page 0 of the shared area holds the child's state word.
-        let sweep = Sweep { base: shared, first: 1, pages: (SHARED_MB << 20) / PAGE, state: shared, pipe: pipe() };
+        let sweep =
+            Sweep { churn: None, base: shared, first: 1, pages: (SHARED_MB << 20) / PAGE, state: shared, pipe: pipe() };
         sweep.run(&dir, false);
         let r = sweep.verify();
         match &r {
@@ -151,7 +177,7 @@ fn main() {
         unsafe { libc::_exit(i32::from(r.is_some())) };
     }
     let state = Box::leak(Box::new(0u64)) as *mut u64;
-    let sweep = Sweep { base: private, first: 0, pages: (mb << 20) / PAGE, state, pipe: pipe() };
+    let sweep = Sweep { churn, base: private, first: 0, pages: (mb << 20) / PAGE, state, pipe: pipe() };
     sweep.run(&dir, true);
     let r = sweep.verify();
     c.check("private memory is one instant", r.is_none(), r.unwrap_or_default());
