@@ -3,7 +3,12 @@
 //! - checkpoint of a process with 4 GiB of touched, incompressible anonymous
 //!   memory into tmpfs, against tmpfs write bandwidth;
 //! - restore of that image, against first-touch anonymous memory bandwidth;
-//! - checkpoint and restore of a small process (a bash loop), in ms.
+//! - checkpoint and restore of a small process (a bash loop), in ms;
+//! - downtime of running checkpoints (`leave_running`): the time the tree
+//!   is stopped when memory is read while it runs, against the whole
+//!   checkpoint of the same process read frozen, and against the target
+//!   (20 ms + 1 ms per 100 MiB), for `CRYOPOD_BENCH_COW_MIB` sizes (default
+//!   64,1024,4096). `CRYOPOD_BENCH_ONLY=cow` runs only this part.
 //!
 //! `CRYOPOD_BENCH_GIB` changes the size (default 4), `CRYOPOD_BENCH_ROUNDS`
 //! the rounds of the large checkpoint/restore (default 3; the median is
@@ -189,13 +194,19 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
+    let rounds: usize = std::env::var("CRYOPOD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    cow_downtime(threads, rounds);
+    if std::env::var("CRYOPOD_BENCH_ONLY").is_ok_and(|v| v == "cow") {
+        let _ = std::fs::remove_dir_all(SHM);
+        return;
+    }
+
     // Large checkpoint and restore, three rounds. This VM's memory speed
     // drifts, and whichever large allocation comes first after a large free
     // is slower; so each round measures the machine's limit right before
     // AND right after the operation it is compared with, and compares with
     // the better of the two (the strict choice). The median of the
     // per-round ratios is reported.
-    let rounds: usize = std::env::var("CRYOPOD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let (mut ck_ratios, mut rs_ratios) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let pid = spawn_big(bytes);
@@ -314,4 +325,62 @@ fn main() {
         ms(rss[3]) * 10.0
     );
     let _ = std::fs::remove_dir_all(SHM);
+}
+
+/// Running checkpoints: frozen time with memory read while running, against
+/// the whole checkpoint of the same process read frozen; median and range
+/// of `rounds`, per size.
+fn cow_downtime(threads: usize, rounds: usize) {
+    let sizes: Vec<u64> = std::env::var("CRYOPOD_BENCH_COW_MIB")
+        .unwrap_or_else(|_| "64,1024,4096".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let quiet = |_: &str, _: u64, _: u64| {};
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    for mib in sizes {
+        let pid = spawn_big(mib << 20);
+        let (mut frozen, mut running_total, mut full) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds.max(1) {
+            for cow in [true, false] {
+                let dir = std::path::PathBuf::from(format!("{SHM}/cow-{round}-{cow}"));
+                let o = CheckpointOptions {
+                    pid,
+                    dir: dir.clone(),
+                    leave_running: true,
+                    cow,
+                    threads,
+                    pod: None,
+                    guard: None,
+                };
+                let s = checkpoint(&o, &quiet).expect("running checkpoint");
+                assert!(s.fallback.is_none(), "fell back: {:?}", s.fallback);
+                if cow {
+                    frozen.push(ms(s.frozen));
+                    running_total.push(ms(s.elapsed));
+                } else {
+                    full.push(ms(s.elapsed));
+                }
+                std::fs::remove_dir_all(&dir).unwrap();
+            }
+        }
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        let st = reap(pid);
+        let verified = libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0;
+        let target = 20.0 + mib as f64 / 100.0;
+        let (f, f0, f1) = stats(&mut frozen);
+        let (t, t0, t1) = stats(&mut running_total);
+        let (w, w0, w1) = stats(&mut full);
+        println!(
+            "running checkpoint {mib} MiB, median of {}: frozen {f:.1} ms (range {f0:.1}-{f1:.1}; {:.0}% of the {target:.0} ms target), whole {t:.0} ms (range {t0:.0}-{t1:.0}); read frozen instead: frozen and whole {w:.0} ms (range {w0:.0}-{w1:.0}), {:.0}x the downtime; process intact: {}",
+            frozen.len(),
+            100.0 * f / target,
+            w / f,
+            if verified { "ok" } else { "FAILED" }
+        );
+    }
 }

@@ -112,7 +112,7 @@ fn checkpoint_once(
     let since = std::time::Instant::now();
     let res = cg
         .freeze(Duration::from_secs(10))
-        .and_then(|_| checkpoint_frozen(state, &rec, &cg, o, (since, cow), &out, &guard, progress));
+        .and_then(|_| checkpoint_frozen(state, &rec, &cg, o, Attempt { out: &out, since, cow }, &guard, progress));
     let _ = cg.thaw();
     let _ = std::fs::remove_file(&note);
     // On failure, what was written goes when `out` is dropped unfinished.
@@ -125,13 +125,20 @@ fn checkpoint_once(
     Ok(summary)
 }
 
+/// One attempt at a pod checkpoint: its output directory, when the pod
+/// was frozen, and whether memory may be read while the pod runs.
+struct Attempt<'a> {
+    out: &'a OutDir,
+    since: std::time::Instant,
+    cow: bool,
+}
+
 fn checkpoint_frozen(
     state: &StateDir,
     rec: &PodRecord,
     cg: &Cgroup,
     o: &PodCheckpointOptions,
-    (frozen_since, cow): (std::time::Instant, bool),
-    out: &OutDir,
+    Attempt { out, since: frozen_since, cow }: Attempt,
     guard: &Guard,
     progress: Progress,
 ) -> Result<CheckpointSummary> {
