@@ -229,13 +229,23 @@ fn collect_and_write(
     let mut procs = Vec::new();
     let mut gadgets = GadgetCache::default();
     let mut uffds = Vec::new();
-    for pid in bfs(o.pid, fr)? {
+    let order = bfs(o.pid, fr)?;
+    // A vfork child shares its parent's address space: both read frozen
+    // (the child's exit or exec would end what its uffd serves).
+    let mut shared_vm = std::collections::HashSet::new();
+    for &pid in order.iter().filter(|_| cow) {
+        let ppid = procfs::stat(pid).map(|s| s.ppid).unwrap_or(0);
+        if order.contains(&ppid) && cryopod_sys::process::same_vm(pid, ppid).unwrap_or(true) {
+            shared_vm.extend([pid, ppid]);
+        }
+    }
+    for pid in order {
         let idx = procs.len();
         let p = if fr.zombies.contains(&pid) {
             zombie(pid)?
         } else {
             let tids = fr.procs.get(&pid).cloned().unwrap_or_default();
-            let want = cow.then_some(&mut uffds);
+            let want = (cow && !shared_vm.contains(&pid)).then_some(&mut uffds);
             let mut p = collect_process(pid, &tids, idx, &mut files, &mut mem, &mut gadgets, want)
                 .map_err(|e| EngineError::Other(format!("checkpoint of pid {pid}: {e}")))?;
             p.stopped = fr.stopped.contains(&pid);
@@ -256,6 +266,16 @@ fn collect_and_write(
     }
     fault::check("after-collect")?;
     tracing::info!(ms = t_collect.elapsed().as_secs_f64() * 1e3, pieces = mem.pieces.len(), "state collected");
+    // Read while frozen: a running checkpoint lets the tree go before the
+    // manifest is made, and its tasks may be gone by then.
+    let pod_pids = match o.pod.is_some() {
+        true => {
+            let tasks =
+                fr.procs.iter().map(|(p, t)| (*p, t.clone())).chain(fr.zombies.iter().map(|&z| (z, Vec::new())));
+            Some(crate::pidns::pod_pids(tasks)?)
+        }
+        false => None,
+    };
     let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, uffds, run, progress)?;
     fault::check("after-pages")?;
     let mut m = Manifest {
@@ -276,11 +296,8 @@ fn collect_and_write(
         pod: o.pod.as_ref().map(|p| p.image.clone()),
     };
     crate::mm::attach_runs(&mut m, &mem, &out.chunk_of);
-    if o.pod.is_some() {
-        let fr: &Frozen = run.fr;
-        let tasks = fr.procs.iter().map(|(p, t)| (*p, t.clone())).chain(fr.zombies.iter().map(|&z| (z, Vec::new())));
-        let map = crate::pidns::pod_pids(tasks)?;
-        crate::pidns::to_pod(&mut m, &map)?;
+    if let Some(map) = &pod_pids {
+        crate::pidns::to_pod(&mut m, map)?;
         if let Some(ids) = o.pod.as_ref().and_then(|p| p.ids) {
             crate::pidns::ids_to_pod(&mut m, ids)?;
         }

@@ -141,3 +141,15 @@ pub fn raise_nofile() {
     let r = rustix::process::getrlimit(Resource::Nofile);
     let _ = rustix::process::setrlimit(Resource::Nofile, Rlimit { current: r.maximum, maximum: r.maximum });
 }
+
+/// kcmp(KCMP_VM): do two processes share one address space (a vfork
+/// child and its parent)?
+pub fn same_vm(pid1: Pid, pid2: Pid) -> SysResult<bool> {
+    const KCMP_VM: i32 = 1;
+    // SAFETY: kcmp (which rustix lacks) with integer arguments only.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_VM, 0u64, 0u64) };
+    if r < 0 {
+        return Err(SysError::last("kcmp(KCMP_VM)", pid1));
+    }
+    Ok(r == 0)
+}
