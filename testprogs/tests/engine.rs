@@ -126,3 +126,13 @@ fn rseq_left_running() {
     run.checkpoint(&["--leave-running"]);
     run.go_and_expect_pass();
 }
+
+/// Shared anonymous memory inherited by a child, and a shm_open file under
+/// /dev/shm mapped by both: a file there is a file, not a device.
+#[test]
+fn shared_memory_and_dev_shm_files() {
+    let mut run = Run::testprog("shm", env!("CARGO_BIN_EXE_tp-shm"));
+    run.checkpoint(&[]);
+    let out = run.restore_and_verify();
+    assert!(out.contains("PASS"), "{out}");
+}

@@ -362,6 +362,26 @@ fn pod_ipc_namespace_survives_checkpoint() {
     assert_eq!(env.leftovers("ipc"), Vec::<String>::new());
 }
 
+/// PostgreSQL's way with memory, in a pod: MAP_SHARED|MAP_ANONYMOUS memory
+/// inherited by a forked child (opened again through the pod's own /proc
+/// at restore) and a shm_open file on the pod's /dev/shm.
+#[test]
+fn pod_shared_memory_and_dev_shm_survive() {
+    let env = PodEnv::new("pod-shm");
+    let work = env.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    env.ok(&["run", "-d", "--name", "shm", "--", env!("CARGO_BIN_EXE_tp-shm"), work.to_str().unwrap()]);
+    env.wait_log("shm", "READY", |l| l == "READY");
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "shm", "-o", image.to_str().unwrap()]);
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    std::fs::write(work.join("go"), b"go").unwrap();
+    let log = env.wait_log("shm", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
+    assert!(log.contains("PASS"), "{log}");
+    env.ok(&["stop", "shm"]);
+    assert_eq!(env.leftovers("shm"), Vec::<String>::new());
+}
+
 /// `--userns`: root in the pod is uid 100000 on the host, with no power
 /// over host files; the pod still gets its rootfs, /proc and address.
 #[test]
