@@ -372,8 +372,21 @@ fn pod_shared_memory_and_dev_shm_survive() {
     std::fs::create_dir_all(&work).unwrap();
     env.ok(&["run", "-d", "--name", "shm", "--", env!("CARGO_BIN_EXE_tp-shm"), work.to_str().unwrap()]);
     env.wait_log("shm", "READY", |l| l == "READY");
+    // The pod's /dev/shm is its own (its PID 2 made the file).
+    assert!(!std::path::Path::new("/dev/shm/cryopod-tp-shm-2").exists(), "the pod's /dev/shm file is on the host's");
     let image = env.dir.join("image");
     env.ok(&["checkpoint", "shm", "-o", image.to_str().unwrap()]);
+    // A restore that fails deep down says so whole: which process, which
+    // area, which call, which errno (and leaves nothing).
+    let o = env
+        .cryopod_env(&["restore", image.to_str().unwrap(), "--detach"], &[("CRYOPOD_FAULT", "errno:mmap(shared):13")]);
+    assert_ne!(o.0, 0, "restore should have failed:\n{}{}", o.1, o.2);
+    let err = o.2.trim();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for part in ["restoring process 2", "memory area", "/dev/zero", "mmap(shared) in task on pid", "(errno 13)"] {
+        assert!(err.contains(part), "no {part:?} in {err:?}");
+    }
+    assert_eq!(env.leftovers("shm"), Vec::<String>::new());
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
     std::fs::write(work.join("go"), b"go").unwrap();
     let log = env.wait_log("shm", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
@@ -474,11 +487,13 @@ fn pod_failures_leave_things_as_they_were() {
     }
     let image = env.dir.join("image");
     env.ok(&["checkpoint", "f", "-o", image.to_str().unwrap()]);
+    assert_stays_home("10.77.10.2", "after the checkpoint");
     for point in ["restore-before-fork", "restore-after-memory", "restore-before-resume"] {
         let o = env.cryopod_env(&["restore", image.to_str().unwrap(), "--detach"], &[("CRYOPOD_FAULT", point)]);
         assert_ne!(o.0, 0, "{point}: the fault did not fail the restore");
         assert!(env.pods().is_empty(), "{point}: a pod record was left");
         assert_eq!(env.leftovers("f"), Vec::<String>::new(), "{point}");
+        assert_stays_home("10.77.10.2", point);
         let init = std::process::Command::new("pgrep").args(["-f", "cryopod-init sh -c i=0"]).output().unwrap();
         assert!(
             init.stdout.is_empty(),
@@ -501,6 +516,28 @@ fn pod_failures_leave_things_as_they_were() {
     assert!(e.contains(&format!("this CPU lacks {feature}")), "{e}");
     assert_eq!(env.pods(), ["f"]);
     env.ok(&["stop", "f"]);
+}
+
+/// A packet for a pod address with no pod there (and maybe no bridge) must
+/// not leave by the host's default route: the route the kernel picks is
+/// the guard (unreachable) or the bridge, and a connection fails at once.
+fn assert_stays_home(addr: &str, when: &str) {
+    let out = std::process::Command::new("ip").args(["-4", "route", "get", addr]).output().unwrap();
+    let route = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        route.contains("unreachable") || route.contains("dev cryopod0"),
+        "{when}: a packet for {addr} would go {route:?}"
+    );
+    assert!(
+        common::pod::guard_routes().iter().any(|n| n.starts_with(&addr[..addr.rfind('.').unwrap()])),
+        "{when}: no guard route for {addr}'s network"
+    );
+    let t = std::time::Instant::now();
+    let c = std::net::TcpStream::connect_timeout(&format!("{addr}:9").parse().unwrap(), Duration::from_secs(5));
+    assert!(
+        c.is_err() && t.elapsed() < Duration::from_millis(4500),
+        "{when}: a connection to {addr} did not fail at once"
+    );
 }
 
 /// An idle TCP service (a listener, nobody connected) in a pod serves again

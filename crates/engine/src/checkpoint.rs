@@ -180,7 +180,7 @@ fn collect_and_write(
         } else {
             let tids = fr.procs.get(&pid).cloned().unwrap_or_default();
             let mut p = collect_process(pid, &tids, idx, &mut files, &mut mem, &mut gadgets)
-                .map_err(|e| EngineError::Other(format!("checkpoint of pid {pid}: {e}")))?;
+                .map_err(EngineError::context(format!("checkpoint of pid {pid}")))?;
             p.stopped = fr.stopped.contains(&pid);
             p
         };

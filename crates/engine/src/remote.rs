@@ -76,6 +76,11 @@ impl Remote {
 
     pub fn call(&mut self, what: &str, nr: i64, args: &[u64]) -> Result<u64> {
         tracing::trace!(tid = self.inj.tid, "inject {what} {args:x?}");
+        if let Some(errno) = crate::fault::errno_for(what) {
+            let e =
+                cryopod_sys::SysError::new(format!("{what} in task"), self.inj.tid, cryopod_sys::error::Errno(errno));
+            return Err(e.into());
+        }
         Ok(self.inj.call(what, nr, args)?)
     }
 

@@ -175,7 +175,7 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
     for (epfd, entries) in plan.epolls.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
         for &(target, mask, data) in entries {
             events::epoll_add_at(*epfd, target, mask, data)
-                .map_err(|e| crate::EngineError::Other(format!("epoll fd {epfd}: {e}")))?;
+                .map_err(|e| crate::EngineError::context(format!("epoll fd {epfd}"))(e.into()))?;
         }
     }
     report(plan, &format!("R {pid}\n"));

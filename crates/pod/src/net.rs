@@ -19,6 +19,11 @@ use std::net::{IpAddr, Ipv4Addr};
 /// The host bridge every pod veth is attached to.
 pub const BRIDGE: &str = "cryopod0";
 
+/// Metric of the unreachable route that guards each pod network: above the
+/// bridge's connected route (metric 0), so it takes over only when the
+/// bridge or its address is gone.
+pub const GUARD_METRIC: u32 = 4242;
+
 /// A network namespace's configuration as a checkpoint records it (IPv4
 /// addresses as numbers, as the image keeps them).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -118,6 +123,7 @@ pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32) -> Result<String> {
             }
         };
         set_up(&h, br).await?;
+        guard(&h, ip).await?;
         let gw = ip.gateway();
         let mut has = false;
         let mut s = h.address().get().set_link_index_filter(br).execute();
@@ -158,6 +164,24 @@ pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32) -> Result<String> {
         res
     })?;
     Ok(host)
+}
+
+/// An unreachable route for the pod network, kept when the last pod goes
+/// (its bridge with it): a packet for a pod address, checkpointed or gone,
+/// must never follow the host's default route out of the machine. Routes
+/// are cheap and the network may come back with a restore: cryopod never
+/// removes it (`ip route del unreachable NET metric 4242` does).
+async fn guard(h: &Handle, ip: &IpConfig) -> Result<()> {
+    let net = Ipv4Addr::from(u32::from(ip.addr) & ip.mask());
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net, ip.prefix)
+        .kind(rtnetlink::packet_route::route::RouteType::Unreachable)
+        .priority(GUARD_METRIC)
+        .build();
+    match h.route().add(route).execute().await {
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
+        r => r.map_err(nerr("adding the pod network's guard route")),
+    }
 }
 
 /// Pod side (in the pod's network namespace): loopback up, and with an

@@ -186,7 +186,7 @@ fn checkpoint_frozen(
 }
 
 fn engine_err_back(e: PodError) -> EngineError {
-    EngineError::Other(e.to_string())
+    EngineError::Caller(Box::new(e))
 }
 
 /// Is the restored pod at the address it had?
@@ -321,11 +321,11 @@ fn restore_reserved(
         holder.undo();
         return Err(engine_err(e));
     }
-    let enter = || holder.enter().map_err(|e| e.to_string());
+    let enter = || holder.enter().map_err(|e| cryopod_engine::chain(&e));
     // A --userns pod: a go-between joins its user namespace first (its PID
     // namespace must belong to it), PID 1 then only settles in.
-    let join_user = || holder.join_user().map_err(|e| e.to_string());
-    let settle = || holder.settle().map_err(|e| e.to_string());
+    let join_user = || holder.join_user().map_err(|e| cryopod_engine::chain(&e));
+    let settle = || holder.settle().map_err(|e| cryopod_engine::chain(&e));
     let (enter, before_pid_ns): (&(dyn Fn() -> std::result::Result<(), String> + Sync), _) =
         if pod.userns { (&settle, Some(&join_user as _)) } else { (&enter, None) };
     let pod_restore =
