@@ -615,6 +615,9 @@ while True:
     line = f.readline()
     if not line:
         break
+    if line == b"mss\n":
+        c.sendall(b"mss %d\n" % c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
+        continue
     c.sendall(b"echo " + line)
 "#,
     )
@@ -633,6 +636,14 @@ while True:
     w.write_all(b"one\n").unwrap();
     r.read_line(&mut line).unwrap();
     assert_eq!(line, "echo one\n");
+    let mut mss = |w: &mut std::net::TcpStream| {
+        w.write_all(b"mss\n").unwrap();
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        l
+    };
+    let mss_before = mss(&mut w);
+    assert!(mss_before.starts_with("mss 14"), "{mss_before}");
     let image = env.dir.join("image");
     env.ok(&["checkpoint", "hc", "-o", image.to_str().unwrap()]);
     // A restore that fails at its very end leaves the connection alone: it
@@ -641,6 +652,7 @@ while True:
     assert_ne!(failed.0, 0, "the fault should have failed the restore");
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
     assert_eq!(env.exec("hc", "cat /sys/class/net/eth0/address"), mac, "hardware address changed");
+    assert_eq!(mss(&mut w), mss_before, "the restored connection's MSS");
     w.write_all(b"two\n").unwrap();
     line.clear();
     r.read_line(&mut line).expect("answer after restore");

@@ -134,6 +134,12 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     let local = crate::sock::inet_sockaddr(family, &st.local.0, st.local.1)?;
     rustix::net::bind(fd, &local).map_err(failed("bind"))?;
     let remote = crate::sock::inet_sockaddr(family, &st.remote.0, st.remote.1)?;
+    // The segment size is worked out at connect, from the clamp in force
+    // then (the 536-byte default, the option below comes too late): give
+    // it the peer's value first, or the connection sends 524-byte segments.
+    if let Some(mss) = i32::try_from(st.mss).ok().filter(|&m| m > 0) {
+        set_int(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss, "TCP_MAXSEG")?;
+    }
     // In repair mode connect sends nothing.
     rustix::net::connect(fd, &remote).map_err(failed("connect"))?;
     let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MAXSEG, st.mss)];
