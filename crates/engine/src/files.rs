@@ -265,7 +265,8 @@ fn open_with(path: &str, flags: u32) -> Result<OwnedFd> {
 /// one fd per `m.files` entry (None for mapping-only entries), each moved to
 /// a number >= `base`.
 /// Paths are opened under `root` (see [`under`]); external files come from
-/// `inherit` (name, fd of ours).
+/// `inherit` (name, fd of ours). TCP connections whose local address is
+/// `closed_at` are given back reset (see [`cryopod_sys::tcp::reset_connection`]).
 pub fn open_all(
     m: &Manifest,
     base: i32,
@@ -273,6 +274,7 @@ pub fn open_all(
     root: &str,
     inherit: &[(String, BorrowedFd<'_>)],
     ns_of: Option<i32>,
+    closed_at: Option<&[u8]>,
 ) -> Result<(Vec<Option<OwnedFd>>, Vec<Connection>)> {
     let mut used = vec![false; m.files.len()];
     for p in &m.processes {
@@ -305,16 +307,24 @@ pub fn open_all(
     for &i in &tcp {
         let f = &m.files[i];
         let FileKind::Tcp(c) = &f.kind else { continue };
-        let fd =
-            crate::inet::make_connection(c, ns_of).map_err(EngineError::during(format!("file {}", describe(m, f))))?;
-        made.push((i, fd));
+        let closed = closed_at.is_some_and(|a| c.local.0 == a);
+        let fd = if closed {
+            let family = c.family;
+            crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::tcp::reset_connection(family)?))
+        } else {
+            crate::inet::make_connection(c, ns_of)
+        }
+        .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
+        made.push((i, fd, closed));
     }
     let mut conns = Vec::new();
-    for (i, fd) in made {
+    for (i, fd, closed) in made {
         let f = &m.files[i];
         fds::set_status_flags(&fd, (f.flags & !(libc::O_ACCMODE as u32)) as i32)?;
         out[i] = Some(fds::dup_at_least(&fd, base)?);
-        conns.push(Connection { fd, file: i });
+        if !closed {
+            conns.push(Connection { fd, file: i });
+        }
     }
     Ok((out, conns))
 }

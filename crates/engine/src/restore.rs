@@ -50,6 +50,9 @@ pub struct PodRestore<'a> {
     /// A process already in the pod's IPC and network namespaces (its POSIX
     /// message queues and TCP listeners are made there).
     pub ns_of: i32,
+    /// The pod's old address (bytes) when it comes back at another and
+    /// the user asked for its connections there to be closed.
+    pub tcp_closed_at: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -145,8 +148,16 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     let old_fs = owner.as_ref().map(|o| cryopod_sys::creds::set_fs_ids(o.uid, o.gid));
     let inherit = o.pod.as_ref().map(|p| p.inherit.clone()).unwrap_or_default();
     let opened = files::create_objects(m, &reader, base, &fs_root).and_then(|objects| {
-        files::open_all(m, base, &objects, &fs_root, &inherit, o.pod.as_ref().map(|p| p.ns_of))
-            .map(|(srcs, conns)| (objects, srcs, conns))
+        files::open_all(
+            m,
+            base,
+            &objects,
+            &fs_root,
+            &inherit,
+            o.pod.as_ref().map(|p| p.ns_of),
+            o.pod.as_ref().and_then(|p| p.tcp_closed_at.as_deref()),
+        )
+        .map(|(srcs, conns)| (objects, srcs, conns))
     });
     if let Some((u, g)) = old_fs {
         cryopod_sys::creds::set_fs_ids(u, g);

@@ -189,6 +189,21 @@ fn engine_err_back(e: PodError) -> EngineError {
     EngineError::Caller(Box::new(e))
 }
 
+/// The image's TCP connections on local address `addr`, as
+/// "local ↔ remote".
+fn connections_at(m: &cryopod_image::Manifest, addr: std::net::Ipv4Addr) -> Vec<String> {
+    use cryopod_engine::inet::show;
+    m.files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            cryopod_image::FileKind::Tcp(c) if c.local.0 == addr.octets() => {
+                Some(format!("{} ↔ {}", show(c.family, &c.local.0, c.local.1), show(c.family, &c.remote.0, c.remote.1)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Is the restored pod at the address it had?
 fn spec_ip_same(old: Option<std::net::Ipv4Addr>, new: Option<IpConfig>) -> bool {
     new.is_none_or(|n| Some(n.addr) == old)
@@ -230,6 +245,9 @@ pub struct PodRestoreOptions<'a> {
     pub name: Option<String>,
     /// A new address (default: the one in the image).
     pub ip: Option<IpConfig>,
+    /// At a new address: give the connections on the old one back closed
+    /// (reset) rather than refuse.
+    pub tcp_close: bool,
     pub threads: usize,
 }
 
@@ -244,6 +262,18 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
     // CPU had is refused with nothing set up.
     cryopod_engine::cpu::check_image(&m.cpu).map_err(engine_err)?;
     let name = o.name.clone().unwrap_or_else(|| pod.name.clone());
+    let moved_from = pod.ip.map(|(a, _)| std::net::Ipv4Addr::from(a)).filter(|&old| !spec_ip_same(Some(old), o.ip));
+    if let (Some(old), false) = (moved_from, o.tcp_close) {
+        let held = connections_at(m, old);
+        if !held.is_empty() {
+            return Err(PodError::Invalid(format!(
+                "the pod holds TCP connections on its old address {old} ({}), which cannot move to {}; restore it at \
+                 {old}, or add --tcp-close to restore it with them closed",
+                held.join(", "),
+                o.ip.map(|i| i.addr.to_string()).unwrap_or_default()
+            )));
+        }
+    }
     let ip = match o.ip {
         Some(ip) => Some(ip),
         None => pod.ip.map(|(a, p)| IpConfig::parse(&format!("{}/{p}", std::net::Ipv4Addr::from(a)))).transpose()?,
@@ -328,8 +358,15 @@ fn restore_reserved(
     let settle = || holder.settle().map_err(|e| cryopod_engine::chain(&e));
     let (enter, before_pid_ns): (&(dyn Fn() -> std::result::Result<(), String> + Sync), _) =
         if pod.userns { (&settle, Some(&join_user as _)) } else { (&enter, None) };
-    let pod_restore =
-        PodRestore { root: holder.root().display().to_string(), enter, before_pid_ns, inherit, ns_of: holder.pid };
+    let tcp_closed_at = old_ip.filter(|_| o.tcp_close && !spec_ip_same(old_ip, o.ip)).map(|a| a.octets().to_vec());
+    let pod_restore = PodRestore {
+        root: holder.root().display().to_string(),
+        enter,
+        before_pid_ns,
+        inherit,
+        ns_of: holder.pid,
+        tcp_closed_at,
+    };
     let opts =
         RestoreOptions { image: o.image, threads: o.threads, pod: Some(pod_restore), guard: Some(guard.clone()) };
     let outcome = match cryopod_engine::restore(&opts, progress) {

@@ -179,3 +179,27 @@ pub fn finish(fd: impl AsFd, st: &TcpState) -> SysResult<()> {
     let sent = st.send_queue.len().saturating_sub(st.unsent as usize);
     send_all(fd, &st.send_queue[sent..], "the unsent data")
 }
+
+/// A TCP socket whose connection was reset by its peer, in the caller's
+/// network namespace: what a connection the restore cannot give back
+/// becomes (its owner's next read says ECONNRESET, then end of file). Made
+/// over loopback (a listener of our own that aborts the one connection it
+/// accepts); no packet leaves the namespace.
+pub fn reset_connection(family: i32) -> SysResult<OwnedFd> {
+    let lo: &[u8] =
+        if family == libc::AF_INET6 { &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] } else { &[127, 0, 0, 1] };
+    let listener = crate::sock::tcp_listen(family, lo, 0, 1, false, true)?;
+    let (_, port) = crate::sock::inet_name(&listener)?;
+    let client = crate::sock::inet_raw_socket(family, libc::SOCK_STREAM, "socket(TCP)")?;
+    crate::sock::inet_connect(&client, family, lo, port)?;
+    let accepted = rustix::net::accept(&listener).map_err(failed("accept (loopback)"))?;
+    // Linger 0: closing sends a reset rather than a FIN.
+    rustix::net::sockopt::set_socket_linger(&accepted, Some(std::time::Duration::ZERO))
+        .map_err(failed("setsockopt(SO_LINGER)"))?;
+    drop(accepted);
+    // The reset crosses loopback at once; wait for it to have landed.
+    let mut pfd = [rustix::event::PollFd::new(&client, rustix::event::PollFlags::IN)];
+    let ts = rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 };
+    rustix::event::poll(&mut pfd, Some(&ts)).map_err(failed("poll (loopback reset)"))?;
+    Ok(client)
+}
