@@ -740,3 +740,76 @@ while True:
     env.ok(&["stop", "udp"]);
     assert_eq!(env.leftovers("udp"), Vec::<String>::new());
 }
+
+/// A host client streams numbered lines into a pod without pause, through
+/// two `--leave-running` checkpoints and a checkpoint + restore: the pod
+/// must receive every number once, in order (bytes the pod's kernel took
+/// in after its sockets were saved would be lost without the network
+/// lock), and the client must see no error.
+#[test]
+fn pod_stream_into_pod_loses_nothing() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = PodEnv::new("pod-stream");
+    let script = env.dir.join("sink.py");
+    std::fs::write(
+        &script,
+        r#"import socket
+s = socket.socket()
+s.bind(("0.0.0.0", 9091))
+s.listen(1)
+print("LISTENING", flush=True)
+c, _ = s.accept()
+f = c.makefile("rb")
+want = 0
+for line in f:
+    if line == b"END\n":
+        c.sendall(b"OK %d\n" % want)
+        break
+    n = int(line)
+    if n != want:
+        c.sendall(b"BAD got %d want %d\n" % (n, want))
+        break
+    want += 1
+"#,
+    )
+    .unwrap();
+    env.ok(&["run", "-d", "--name", "sink", "--ip", "10.77.13.2/24", "--", "python3", script.to_str().unwrap()]);
+    env.wait_log("sink", "listening", |l| l == "LISTENING");
+    let stream = std::net::TcpStream::connect_timeout(&"10.77.13.2:9091".parse().unwrap(), Duration::from_secs(5))
+        .expect("connect to the pod");
+    stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut w = stream.try_clone().unwrap();
+    let st = stop.clone();
+    let writer = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut n = 0u64;
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            w.write_all(format!("{n}\n").as_bytes())?;
+            n += 1;
+            if n % 8 == 0 {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        w.write_all(b"END\n")?;
+        Ok(n)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..2 {
+        let img = env.dir.join(format!("running-{i}"));
+        env.ok(&["checkpoint", "sink", "--leave-running", "-o", img.to_str().unwrap()]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "sink", "-o", image.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(200));
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = writer.join().unwrap().expect("the client's stream broke");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).expect("the pod's answer");
+    assert_eq!(answer, format!("OK {sent}\n"), "the pod did not get every number once, in order");
+    env.ok(&["stop", "sink"]);
+    assert_eq!(env.leftovers("sink"), Vec::<String>::new());
+}

@@ -339,3 +339,57 @@ pub fn dump() -> Result<NetConfig> {
         Ok(cfg)
     })
 }
+
+/// Lock (or unlock) a pod's network: the host end of its veth, a port of
+/// the bridge, is set disabled, so the bridge drops every frame to and from
+/// the pod. (Not "blocking": with STP off, the bridge at once makes any
+/// port it does not find disabled forwarding again.) Peers see lost packets and send them again; nothing reaches
+/// the pod's sockets while they are saved or made again, so no byte is
+/// acknowledged that no image holds. (Set on the port, not the link: the
+/// pod sees no carrier change.)
+pub fn set_locked(veth: &str, locked: bool) -> Result<()> {
+    with_handle(async |h| {
+        let i = must_index(&h, veth).await?;
+        h.link().set(port_state(i, locked)).execute().await.map_err(nerr(if locked {
+            "locking the pod's network"
+        } else {
+            "unlocking the pod's network"
+        }))
+    })
+}
+
+/// The port's state set as `bridge link set dev PORT state N` does it
+/// (IFLA_PROTINFO of the bridge family: the port options of the link's
+/// "bridge_slave" data leave a port disabled as it was).
+fn port_state(index: u32, locked: bool) -> rtnetlink::packet_route::link::LinkMessage {
+    use rtnetlink::packet_core::DefaultNla;
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage, LinkProtoInfoBridge};
+    use rtnetlink::packet_route::AddressFamily;
+    const IFLA_BRPORT_STATE: u16 = 1;
+    const BR_STATE_DISABLED: u8 = 0;
+    const BR_STATE_FORWARDING: u8 = 3;
+    let state = if locked { BR_STATE_DISABLED } else { BR_STATE_FORWARDING };
+    let mut m = LinkMessage::default();
+    m.header.interface_family = AddressFamily::Bridge;
+    m.header.index = index;
+    m.attributes.push(LinkAttribute::ProtoInfoBridge(vec![LinkProtoInfoBridge::Other(DefaultNla::new(
+        IFLA_BRPORT_STATE,
+        vec![state],
+    ))]));
+    m
+}
+
+/// The request that unlocks a pod's network, as bytes to send on a
+/// NETLINK_ROUTE socket (for a guardian, which must undo a lock should we
+/// die, and has no netlink library of its own).
+pub fn unlock_request(veth: &str) -> Result<Vec<u8>> {
+    use rtnetlink::packet_core::{NetlinkMessage, NLM_F_REQUEST};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    let i = with_handle(async |h| must_index(&h, veth).await)?;
+    let mut m = NetlinkMessage::from(RouteNetlinkMessage::SetLink(port_state(i, false)));
+    m.header.flags = NLM_F_REQUEST;
+    m.finalize();
+    let mut buf = vec![0u8; m.buffer_len()];
+    m.serialize(&mut buf);
+    Ok(buf)
+}

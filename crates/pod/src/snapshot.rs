@@ -87,9 +87,19 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
     guard.thaw_on_abort(cg.freezer_file()?.as_fd()).map_err(engine_err)?;
     let note = state.dir(&o.name).join(crate::state::CHECKPOINTER);
     crate::state::note_owner(&note).map_err(PodError::io(&note))?;
-    let res =
-        cg.freeze(Duration::from_secs(10)).and_then(|_| checkpoint_frozen(state, &rec, &cg, o, &out, &guard, progress));
+    // The network is locked from before the freeze until the pod runs again
+    // (or, checkpointed, until it is gone).
+    let res = lock_network(&rec, &guard)
+        .and_then(|_| cg.freeze(Duration::from_secs(10)))
+        .and_then(|_| checkpoint_frozen(state, &rec, &cg, o, &out, &guard, progress));
     let _ = cg.thaw();
+    if res.is_err() || o.leave_running {
+        if let Some(v) = &rec.veth {
+            if let Err(e) = net::set_locked(v, false) {
+                tracing::warn!(pod = %o.name, "{e}");
+            }
+        }
+    }
     let _ = std::fs::remove_file(&note);
     // On failure, what was written goes when `out` is dropped unfinished.
     let summary = res.map_err(|e| PodError::LeftRunning(Box::new(e)))?;
@@ -99,6 +109,15 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
         crate::lifecycle::cleanup(state, &rec)?;
     }
     Ok(summary)
+}
+
+/// Lock the pod's network (if it has one); the guardian unlocks it should
+/// we die before the end of a checkpoint meant to leave it running.
+fn lock_network(rec: &PodRecord, guard: &Guard) -> Result<()> {
+    let Some(veth) = &rec.veth else { return Ok(()) };
+    let nl = cryopod_sys::sock::netlink_route()?;
+    guard.send_on_abort(Outcome::Resume, nl.as_fd(), &net::unlock_request(veth)?).map_err(engine_err)?;
+    net::set_locked(veth, true)
 }
 
 fn checkpoint_frozen(
@@ -344,6 +363,14 @@ fn restore_reserved(
             .filter(|_| spec_ip_same(old_ip, o.ip)),
     };
     let mut holder = Holder::create(name, &spec, &extra)?;
+    // Nothing reaches the pod before its sockets are made and complete (a
+    // peer's segment would meet no socket and reset its connection).
+    if let Some(v) = &holder.veth {
+        if let Err(e) = net::set_locked(v, true) {
+            holder.undo();
+            return Err(e);
+        }
+    }
     if let Err(e) = cryopod_sys::pidfd::pidfd_open(holder.pid)
         .map_err(EngineError::from)
         .and_then(|pfd| guard.kill_on_abort(pfd.as_fd()))
@@ -378,7 +405,9 @@ fn restore_reserved(
     };
     let veth = holder.veth.clone();
     holder.release();
-    if let Err(e) = crate::ipc::remove_marked(&pod.ipc, outcome.root_pid) {
+    // Its sockets are all there: the pod may hear the world again.
+    let unlocked = veth.as_deref().map_or(Ok(()), |v| net::set_locked(v, false));
+    if let Err(e) = unlocked.and_then(|_| crate::ipc::remove_marked(&pod.ipc, outcome.root_pid)) {
         let _ = cryopod_sys::process::kill(outcome.root_pid, libc::SIGKILL);
         let _ = cryopod_sys::process::waitpid(outcome.root_pid, 0);
         let _ = crate::lifecycle::cleanup_by_name(state, name, veth.clone());
