@@ -786,7 +786,7 @@ for line in f:
         while !st.load(std::sync::atomic::Ordering::Relaxed) {
             w.write_all(format!("{n}\n").as_bytes())?;
             n += 1;
-            if n % 8 == 0 {
+            if n.is_multiple_of(8) {
                 std::thread::sleep(Duration::from_micros(500));
             }
         }
