@@ -496,6 +496,8 @@ pub fn pod_checkpoint_trials(env: &PodEnv, n: usize) -> Counts {
             std::thread::sleep(Duration::from_millis(5));
         }
     });
+    // The last trial may have finished its image.
+    reset();
     env.ok(&["checkpoint", name, "-o", &img_s, "--leave-running"]);
     env.ok(&["stop", "--timeout", "1", name]);
     c
