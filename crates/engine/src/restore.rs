@@ -15,7 +15,7 @@ use cryopod_image::{Manifest, Process};
 use cryopod_sys::inject::{own_syscall_site, Injector};
 use cryopod_sys::ptrace::{self, Stop};
 use cryopod_sys::{fd, io, pipe, process, sched, signal, tty, TargetFd, PAGE_SIZE};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 use tracing::debug;
@@ -224,7 +224,10 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     drop(life_r);
     drop(cmd_r);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
-    let res = wait_ready(m, &ready_r).and_then(|_| run_unix_steps(&unix, &cmd_w, &ready_r)).and_then(|_| {
+    let res = wait_ready(m, &ready_r)
+        .and_then(|placed| run_unix_steps(&unix, &cmd_w, &ready_r).map(|_| placed))
+        .and_then(|placed| wait_placed(m, &ready_r, placed))
+        .and_then(|_| {
         let mut pids = if m.pod.is_some() { HostPids::of_tree(root)? } else { HostPids::plain() };
         wait_zombies(m, &pids)?;
         let b = Build {
@@ -306,27 +309,53 @@ fn run_unix_steps(unix: &crate::unix::plan::Plan, cmd_w: &BTreeMap<i32, OwnedFd>
     Ok(())
 }
 
-/// Read readiness lines until every process reported.
-fn wait_ready(m: &Manifest, r: &OwnedFd) -> Result<()> {
-    let mut pending: std::collections::HashSet<i32> = m.processes.iter().map(|p| p.pid).collect();
+/// Read readiness lines until every process reported ("R", or "Z" for a
+/// zombie). Returns the processes that also reported "P" (every fd in
+/// place, epolls filled) meanwhile: those with no socket steps to wait for.
+fn wait_ready(m: &Manifest, r: &OwnedFd) -> Result<HashSet<i32>> {
+    let mut pending: HashSet<i32> = m.processes.iter().map(|p| p.pid).collect();
+    let mut placed = HashSet::new();
     while !pending.is_empty() {
-        let line = read_report(r)?;
-        let mut it = line.splitn(3, ' ');
-        let kind = it.next().unwrap_or("");
-        let pid: i32 = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-        match kind {
-            "R" | "Z" => {
+        match parse_report(&read_report(r)?)? {
+            ('R' | 'Z', pid) => {
                 pending.remove(&pid);
             }
-            _ => {
-                return Err(EngineError::Restore {
-                    object: format!("process {pid}"),
-                    source: Box::new(EngineError::Other(it.next().unwrap_or("failed").to_string())),
-                })
+            (_, pid) => {
+                placed.insert(pid);
             }
         }
     }
+    Ok(placed)
+}
+
+/// Read reports until every live process said "P": its fds are all at
+/// their numbers (unix sockets and pidfds too) and its epoll instances
+/// filled. Only then may it be seized.
+fn wait_placed(m: &Manifest, r: &OwnedFd, mut placed: HashSet<i32>) -> Result<()> {
+    let live = || m.processes.iter().filter(|p| p.zombie_status.is_none()).map(|p| p.pid);
+    while live().any(|p| !placed.contains(&p)) {
+        if let ('P', pid) = parse_report(&read_report(r)?)? {
+            placed.insert(pid);
+        }
+    }
     Ok(())
+}
+
+/// A stub's report: its kind (R ready, Z zombie, P placed) and pid, or the
+/// error it reported ("E pid message").
+fn parse_report(line: &str) -> Result<(char, i32)> {
+    let mut it = line.splitn(3, ' ');
+    let kind = it.next().unwrap_or("");
+    let pid: i32 = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+    match kind {
+        "R" => Ok(('R', pid)),
+        "Z" => Ok(('Z', pid)),
+        "P" => Ok(('P', pid)),
+        _ => Err(EngineError::Restore {
+            object: format!("process {pid}"),
+            source: Box::new(EngineError::Other(it.next().unwrap_or("failed").to_string())),
+        }),
+    }
 }
 
 /// Zombies must be dead before their parents are seized.
