@@ -511,6 +511,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     // A user's image gets its resource limits only once it runs as the
     // user (below), set by the task itself: never above what it may set.
     ident::restore_process_env(r, p, b.owner.is_none())?;
+    ident::restore_attrs(r, &p.attrs)?;
     // Threads: create the others with their TIDs, then per-thread state.
     let leader = p.threads.first().ok_or_else(|| EngineError::Other("no leader thread".into()))?;
     let mut others: Vec<Remote> = Vec::new();
@@ -532,6 +533,14 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     if b.owner.is_some() {
         ident::restore_rlimits_as_task(r, &p.rlimits)?;
     }
+    // Nice values and dumpable once the credentials are final (they decide
+    // what the task may set, and a change of credentials resets dumpable).
+    for (o, t) in std::iter::once(&mut *r).chain(others.iter_mut()).zip(&p.threads) {
+        if !threads::restore_nice(o, t)? {
+            tracing::warn!(pid = p.pid, tid = t.tid, nice = t.attrs.nice, "cannot restore the nice value");
+        }
+    }
+    ident::restore_dumpable(r, &p.attrs)?;
     // From here on, no more int3: SIGTRAP's own disposition is set last, and
     // the scratch page (holding the gadget) goes away.
     r.inj.gadget = false;
@@ -539,7 +548,9 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
         o.inj.gadget = false;
     }
     signals::restore_trap_action(r, &p.sigactions)?;
-    // Pending signals, while every signal is still blocked in the stub.
+    // Pending signals, while every signal is still blocked in the stub:
+    // first drop any the stub itself received (the image's alone remain).
+    signals::drain_pending(r)?;
     for info in &p.shared_pending {
         signals::queue(r, None, info)?;
     }
