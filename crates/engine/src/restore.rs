@@ -228,23 +228,23 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         .and_then(|placed| run_unix_steps(&unix, &cmd_w, &ready_r).map(|_| placed))
         .and_then(|placed| wait_placed(m, &ready_r, placed))
         .and_then(|_| {
-        let mut pids = if m.pod.is_some() { HostPids::of_tree(root)? } else { HostPids::plain() };
-        wait_zombies(m, &pids)?;
-        let b = Build {
-            m,
-            reader: &reader,
-            threads: o.threads,
-            object_fds: &object_fds,
-            ready_w: stub_ready_w,
-            lifeline_r,
-            guard: &guard,
-            conns: &conns,
-            cmd_fds: &cmd_fds,
-            owner: owner.as_ref(),
-            progress,
-        };
-        build_all(&b, &mut pids)
-    });
+            let mut pids = if m.pod.is_some() { HostPids::of_tree(root)? } else { HostPids::plain() };
+            wait_zombies(m, &pids)?;
+            let b = Build {
+                m,
+                reader: &reader,
+                threads: o.threads,
+                object_fds: &object_fds,
+                ready_w: stub_ready_w,
+                lifeline_r,
+                guard: &guard,
+                conns: &conns,
+                cmd_fds: &cmd_fds,
+                owner: owner.as_ref(),
+                progress,
+            };
+            build_all(&b, &mut pids)
+        });
     match res {
         Ok(()) => {
             let (mem, _) = m.memory_bytes();
