@@ -554,9 +554,14 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     for info in &p.shared_pending {
         signals::queue(r, None, info)?;
     }
-    for t in &p.threads {
+    // A thread's own signals are queued by the thread itself: the kernel
+    // lets only the receiving thread queue a kill()/tgkill() siginfo.
+    for info in &leader.pending {
+        signals::queue(r, Some(leader.tid), info)?;
+    }
+    for (o, t) in others.iter_mut().zip(&p.threads[1..]) {
         for info in &t.pending {
-            signals::queue(r, Some(t.tid), info)?;
+            signals::queue(o, Some(t.tid), info).map_err(EngineError::during(format!("thread {}", t.tid)))?;
         }
     }
     debug!(pid = p.pid, "pending signals queued; unmapping the scratch area");
