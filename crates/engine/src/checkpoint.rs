@@ -280,6 +280,7 @@ fn empty_process(pid: i32, st: &procfs::Stat) -> Process {
         posix_timers: Vec::new(),
         zombie_status: None,
         stopped: false,
+        attrs: Default::default(),
     }
 }
 
@@ -318,6 +319,7 @@ fn collect_process(
         p.creds = ident::collect_creds(r)?;
         p.rlimits = ident::collect_rlimits(r)?;
         p.mm = ident::collect_mm(r)?;
+        p.attrs = ident::collect_attrs(r)?;
         for &tid in tids {
             if tid == pid {
                 p.threads.push(threads::collect(r, leader_mask)?);

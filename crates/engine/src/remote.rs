@@ -30,6 +30,9 @@ pub mod nr {
     pub const SIGALTSTACK: i64 = 131;
     pub const PERSONALITY: i64 = 135;
     pub const PRCTL: i64 = 157;
+    pub const GETPRIORITY: i64 = 140;
+    pub const SETPRIORITY: i64 = 141;
+    pub const RT_SIGTIMEDWAIT: i64 = 128;
     pub const CHROOT: i64 = 161;
     pub const SET_TID_ADDRESS: i64 = 218;
     pub const TIMER_CREATE: i64 = 222;
