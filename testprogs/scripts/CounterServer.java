@@ -71,7 +71,7 @@ public class CounterServer {
                 }
                 last = n;
             }
-            System.out.println("stream: ended without end after " + last);
+            if (last > 0) System.out.println("stream: ended without end after " + last);
         } catch (IOException e) {
             System.out.println("stream error: " + e);
         }

@@ -77,7 +77,8 @@ def stream(conn):
                 bad += 1
                 print(f"stream: got {line!r} after {last}", flush=True)
             last = n
-    print(f"stream: ended without end after {last}", flush=True)
+    if last:
+        print(f"stream: ended without end after {last}", flush=True)
 
 
 def streams():

@@ -36,6 +36,7 @@ impl ServerEnv {
     /// `net` is the first three octets of the test's own /24.
     pub fn new(tag: &str, name: &str, net: &str) -> ServerEnv {
         let env = PodEnv::new(tag);
+        *EPOCH.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         env.ok(&["run", "-d", "--name", &format!("{name}-keep"), "--ip", &format!("{net}.9/24"), "--", "sleep", "1000"]);
         ServerEnv { name: name.into(), ip: format!("{net}.2"), metrics: Vec::new(), images: 0, env }
     }
@@ -86,7 +87,9 @@ impl ServerEnv {
         }
     }
 
+    /// Record a line (with the seconds since the test began).
     pub fn note(&mut self, line: String) {
+        let line = format!("{:6.2}s {line}", epoch().elapsed().as_secs_f64());
         eprintln!("[{}] {line}", self.name);
         self.metrics.push(line);
     }
@@ -108,11 +111,11 @@ impl ServerEnv {
         let text = format!("{}{}", o.1, o.2);
         let size = dir_bytes(&image);
         self.note(format!(
-            "checkpoint{}: {} ms (command {} ms), frozen {} ms, image {:.1} MiB",
+            "checkpoint{}: {} ms (command {} ms){}, image {:.1} MiB",
             if leave_running { " --leave-running" } else { "" },
             number_before(&text, " ms,").or_else(|| number_before(&text, " ms ")).unwrap_or(-1.0),
             wall.as_millis(),
-            number_after(&text, "frozen ").unwrap_or(-1.0),
+            number_after(&text, "frozen ").map(|f| format!(", frozen {f} ms")).unwrap_or_default(),
             size as f64 / 1048576.0
         ));
         if leave_running {
@@ -204,6 +207,14 @@ impl Drop for ServerEnv {
             }
         }
     }
+}
+
+static EPOCH: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+/// When the test began (its [`ServerEnv::new`]): the time base of notes
+/// and stream errors.
+pub fn epoch() -> Instant {
+    *EPOCH.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(Instant::now)
 }
 
 /// Total size of the files in `dir`.
@@ -476,7 +487,8 @@ impl Stream {
                 }
                 pd.store(false, Ordering::SeqCst);
                 if let Err(e) = s.send(next, BATCH) {
-                    return (s, Err(format!("after {} values: {e}", next - 1)));
+                    let at = epoch().elapsed().as_secs_f64();
+                    return (s, Err(format!("at {at:.2}s, after {} values: {e}", next - 1)));
                 }
                 next += BATCH;
                 se.store(next - 1, Ordering::SeqCst);
