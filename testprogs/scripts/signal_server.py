@@ -11,6 +11,7 @@ goes to WORKDIR/pid.
 import os
 import signal
 import socket
+import socketserver
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +40,9 @@ signal.signal(signal.SIGTERM, on_term)
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are two writes: without this, Nagle's algorithm and
+    # the client's delayed ACK hold every answer 40 ms.
+    disable_nagle_algorithm = True
 
     def do_GET(self):
         global count
@@ -91,9 +95,18 @@ def streams():
         threading.Thread(target=stream, args=(c,), daemon=True).start()
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self):
+        # HTTPServer's own asks the resolver for the host's full name, and a
+        # pod reaches no DNS server: that lookup would take 10 s.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "pod", self.server_address[1]
+
+
 threading.Thread(target=streams, daemon=True).start()
-server = ThreadingHTTPServer(("0.0.0.0", http_port), Handler)
-server.daemon_threads = True
+server = Server(("0.0.0.0", http_port), Handler)
 with open(os.path.join(workdir, "pid"), "w") as f:
     f.write(f"{os.getpid()}\n")
 print("LISTENING", flush=True)

@@ -40,7 +40,15 @@ fn stream_ok(s: &mut ServerEnv, stream: Stream) {
     let sent = stream.sent();
     match stream.finish() {
         Ok(v) => s.note(format!("stream: {v}")),
-        Err(e) => panic!("streaming client ({sent} values sent): {e}\nlog of pod {}:\n{}", s.name, s.logs()),
+        Err(e) => panic!(
+            "streaming client ({sent} values sent): {e}\nlog of pod {}:\n{}\nTCP in the pod:\n{}\nTCP on the host:\n{}",
+            s.name,
+            s.logs(),
+            s.env.cryopod(&["exec", &s.name, "--", "ss", "-tnoi"]).1,
+            String::from_utf8_lossy(
+                &Command::new("ss").args(["-tnoi", "dst", &s.ip]).output().map(|o| o.stdout).unwrap_or_default()
+            )
+        ),
     }
 }
 
@@ -177,6 +185,7 @@ fn postgresql_under_pgbench() {
 fn counter_server_phases(s: &mut ServerEnv) {
     s.wait_port(8080, 60);
     s.wait_port(9000, 60);
+    s.note("server ready".into());
     let count = |s: &ServerEnv| -> u64 {
         let b = http_get(s, 8080, "/stat");
         b.split_whitespace().find_map(|w| w.strip_prefix("count=")?.parse().ok()).expect("count= in /stat")
@@ -213,7 +222,8 @@ fn jvm_http_server_under_wrk() {
     let mut s = ServerEnv::new("srv-jvm", "jvm", "10.77.83");
     let classes = s.path("classes");
     host(Command::new("javac").args(["-d", &classes, &scripts("CounterServer.java")]), 180);
-    s.run(&["java", "-Xmx256m", "-cp", &classes, "CounterServer", "8080", "9000"]);
+    // nodelay: headers and body are two writes (Nagle would hold answers).
+    s.run(&["java", "-Xmx256m", "-Dsun.net.httpserver.nodelay=true", "-cp", &classes, "CounterServer", "8080", "9000"]);
     counter_server_phases(&mut s);
     s.stop();
 }
@@ -251,6 +261,7 @@ fn python_server_with_signal_handlers_under_wrk() {
         }
     };
     usr1(&s, 3, 3);
+    s.note("SIGUSR1 handled 3 times".into());
     counter_server_phases(&mut s);
     usr1(&s, 2, 5);
     let count = http_get(&s, 8080, "/stat");

@@ -546,11 +546,11 @@ impl Drop for Stream {
 }
 
 /// A TCP connection to the pod for a [`Streamer`]: no read or write may
-/// block for more than 20 s (a hang is an error, not a stuck test).
+/// block for more than 10 s (a hang is an error, not a stuck test).
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     c.set_nodelay(true).unwrap();
     c
 }
