@@ -27,6 +27,9 @@ pub struct ServerEnv {
     pub name: String,
     pub ip: String,
     metrics: Vec<String>,
+    /// Checks that failed without stopping the test (client errors, a
+    /// stream's verdict): reported together by [`ServerEnv::done`].
+    failures: Vec<String>,
     images: u32,
     // Dropped last: stops every pod of the test and removes its directory.
     pub env: PodEnv,
@@ -37,8 +40,25 @@ impl ServerEnv {
     pub fn new(tag: &str, name: &str, net: &str) -> ServerEnv {
         let env = PodEnv::new(tag);
         *EPOCH.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        env.ok(&["run", "-d", "--name", &format!("{name}-keep"), "--ip", &format!("{net}.9/24"), "--", "sleep", "1000"]);
-        ServerEnv { name: name.into(), ip: format!("{net}.2"), metrics: Vec::new(), images: 0, env }
+        env.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("{name}-keep"),
+            "--ip",
+            &format!("{net}.9/24"),
+            "--",
+            "sleep",
+            "1000",
+        ]);
+        ServerEnv {
+            name: name.into(),
+            ip: format!("{net}.2"),
+            metrics: Vec::new(),
+            failures: Vec::new(),
+            images: 0,
+            env,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -177,21 +197,31 @@ impl ServerEnv {
         let tool = load.tool.name();
         let r = load.finish();
         self.note(format!("{tool} {phase}: {} requests, {} errors", r.requests, r.errors.len()));
-        assert!(
-            r.errors.is_empty(),
-            "{tool} {phase}: client errors {:?}\nits output:\n{}\nlog of pod {}:\n{}",
-            r.errors,
-            r.output,
-            self.name,
-            self.logs()
-        );
+        if !r.errors.is_empty() {
+            let log = self.logs();
+            self.fail(format!(
+                "{tool} {phase}: client errors {:?}\nits output:\n{}\nlog of the pod:\n{log}",
+                r.errors, r.output
+            ));
+        }
         r
+    }
+
+    /// A check that failed; the test goes on and fails in [`ServerEnv::done`].
+    pub fn fail(&mut self, what: String) {
+        self.note(format!("FAILED: {}", what.lines().next().unwrap_or_default()));
+        self.failures.push(what);
     }
 
     /// Stop the server pod through cryopod; nothing of it may remain.
     pub fn stop(&self) {
         self.env.ok(&["stop", "--timeout", "5", &self.name]);
         assert_eq!(self.env.leftovers(&self.name), Vec::<String>::new());
+    }
+
+    /// The end of a test: every check that failed on the way, at once.
+    pub fn done(&self) {
+        assert!(self.failures.is_empty(), "{} check(s) failed:\n\n{}", self.failures.len(), self.failures.join("\n\n"));
     }
 }
 
@@ -571,7 +601,8 @@ pub fn http_get(s: &ServerEnv, port: u16, path: &str) -> String {
 
 /// The commands of the pod's processes, from its cgroup.
 pub fn pod_commands(s: &ServerEnv) -> Vec<String> {
-    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/cryopod/{}/cgroup.procs", s.name)).unwrap_or_default();
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/cryopod/{}/cgroup.procs", s.name)).unwrap_or_default();
     procs
         .split_whitespace()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
