@@ -14,7 +14,7 @@ mod common;
 
 use common::run_within;
 use common::servers::*;
-use common::streams::{psql_query, Http, Lines, Psql, Redis};
+use common::streams::{psql_query, Http, Lines, Psql, Redis, Stream};
 use std::process::Command;
 use std::time::Duration;
 

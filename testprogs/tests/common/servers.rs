@@ -8,12 +8,10 @@
 
 use super::pod::PodEnv;
 use super::run_within;
+use super::streams::connect;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Seconds each load phase runs.
@@ -303,8 +301,9 @@ impl Bg {
         let t = Instant::now();
         while self.running() {
             if t.elapsed() > Duration::from_secs(secs) {
+                let how = self.child.as_ref().map(|c| task_states(c.id())).unwrap_or_default();
                 self.signal(libc::SIGKILL);
-                panic!("still running after {secs} s; output:\n{}", self.ended(None).out);
+                panic!("still running after {secs} s ({how}); output:\n{}", self.ended(None).out);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -338,6 +337,20 @@ impl Bg {
             unsafe { libc::kill(c.id() as i32, sig) };
         }
     }
+}
+
+/// "tid state wchan" of each thread of `pid` (why it does not end).
+fn task_states(pid: u32) -> String {
+    let tasks =
+        std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    let each = tasks.iter().map(|t| {
+        let p = t.path();
+        let st = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+        let state = st.lines().find_map(|l| l.strip_prefix("State:")).unwrap_or("?").trim().to_string();
+        let wchan = std::fs::read_to_string(p.join("wchan")).unwrap_or_default();
+        format!("{} {state} {wchan}", t.file_name().to_string_lossy())
+    });
+    each.collect::<Vec<_>>().join(", ")
 }
 
 impl Drop for Bg {
@@ -468,121 +481,6 @@ impl Load {
         }
         LoadReport { requests, errors, output: all }
     }
-}
-
-/// One side of a streaming client: sends numbered values over one
-/// connection (reading whatever answers they have) and checks the end.
-pub trait Streamer: Send + 'static {
-    /// Send the values `from..from + n`.
-    fn send(&mut self, from: u64, n: u64) -> Result<(), String>;
-    /// After the last value `last`: check that the server got 1..=last
-    /// exactly once, in order; returns a summary.
-    fn end(&mut self, last: u64) -> Result<String, String>;
-    /// PIDs to kill so that a blocked `send` returns (a client process).
-    fn pids(&self) -> Vec<i32> {
-        Vec::new()
-    }
-}
-
-/// A streaming client running in its own thread from [`Stream::start`]
-/// until [`Stream::finish`]; it can be paused (connection kept open).
-pub struct Stream {
-    stop: Arc<AtomicBool>,
-    pause: Arc<AtomicBool>,
-    paused: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    pids: Vec<i32>,
-    thread: Option<JoinHandle<(Box<dyn Streamer>, Result<(), String>)>>,
-}
-
-/// Values per batch, and the pause between batches.
-const BATCH: u64 = 8;
-const PACE: Duration = Duration::from_millis(2);
-
-impl Stream {
-    pub fn start(s: impl Streamer) -> Stream {
-        let (stop, pause, paused) = Default::default();
-        let sent = Arc::new(AtomicU64::new(0));
-        let pids = s.pids();
-        let (st, pa, pd, se): (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicBool>, _) =
-            (Arc::clone(&stop), Arc::clone(&pause), Arc::clone(&paused), Arc::clone(&sent));
-        let mut s: Box<dyn Streamer> = Box::new(s);
-        let thread = std::thread::spawn(move || {
-            let mut next = 1;
-            while !st.load(Ordering::SeqCst) {
-                if pa.load(Ordering::SeqCst) {
-                    pd.store(true, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                }
-                pd.store(false, Ordering::SeqCst);
-                if let Err(e) = s.send(next, BATCH) {
-                    let at = epoch().elapsed().as_secs_f64();
-                    return (s, Err(format!("at {at:.2}s, after {} values: {e}", next - 1)));
-                }
-                next += BATCH;
-                se.store(next - 1, Ordering::SeqCst);
-                std::thread::sleep(PACE);
-            }
-            (s, Ok(()))
-        });
-        Stream { stop, pause, paused, sent, pids, thread: Some(thread) }
-    }
-
-    /// Values sent (and answered, where the protocol answers) so far.
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::SeqCst)
-    }
-
-    /// Stop sending (the connection stays open) once the batch under way
-    /// is done; fails if that takes over 30 s (a hang).
-    pub fn pause(&self) {
-        self.pause.store(true, Ordering::SeqCst);
-        let t = Instant::now();
-        while !self.paused.load(Ordering::SeqCst) {
-            let dead = self.thread.as_ref().is_none_or(|h| h.is_finished());
-            assert!(!dead, "the streaming client ended while asked to pause (see finish for why)");
-            assert!(t.elapsed() < Duration::from_secs(30), "the streaming client hangs (30 s in one batch)");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    pub fn resume(&self) {
-        self.paused.store(false, Ordering::SeqCst);
-        self.pause.store(false, Ordering::SeqCst);
-    }
-
-    /// Stop, then check with the server that it got every value once, in
-    /// order. Returns a summary; Err says what went wrong.
-    pub fn finish(mut self) -> Result<String, String> {
-        self.stop.store(true, Ordering::SeqCst);
-        let (mut s, r) = self.thread.take().unwrap().join().map_err(|_| "the streaming client panicked".to_string())?;
-        r?;
-        s.end(self.sent())
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for &p in &self.pids {
-            // SAFETY: kill by the PID of a client process this test started.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A TCP connection to the pod for a [`Streamer`]: no read or write may
-/// block for more than 10 s (a hang is an error, not a stuck test).
-pub fn connect(addr: SocketAddr) -> TcpStream {
-    let c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.set_nodelay(true).unwrap();
-    c
 }
 
 /// `GET path` on a new connection to the pod (20 s at most); the body of

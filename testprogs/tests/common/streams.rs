@@ -1,12 +1,146 @@
-//! Streaming clients (see [`super::servers::Stream`]): numbered values
+//! Streaming clients ([`Stream`] and its [`Streamer`]s): numbered values
 //! over one TCP connection into a server in a pod, each protocol checking
 //! that the server got every value exactly once, in order.
 
-use super::servers::{connect, Streamer};
+use super::servers::epoch;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// One side of a streaming client: sends numbered values over one
+/// connection (reading whatever answers they have) and checks the end.
+pub trait Streamer: Send + 'static {
+    /// Send the values `from..from + n`.
+    fn send(&mut self, from: u64, n: u64) -> Result<(), String>;
+    /// After the last value `last`: check that the server got 1..=last
+    /// exactly once, in order; returns a summary.
+    fn end(&mut self, last: u64) -> Result<String, String>;
+    /// PIDs to kill so that a blocked `send` returns (a client process).
+    fn pids(&self) -> Vec<i32> {
+        Vec::new()
+    }
+}
+
+/// A streaming client running in its own thread from [`Stream::start`]
+/// until [`Stream::finish`]; it can be paused (connection kept open).
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    pids: Vec<i32>,
+    thread: Option<JoinHandle<Sender>>,
+}
+
+/// What the sending thread gives back: the streamer and how it ended.
+type Sender = (Box<dyn Streamer>, Result<(), String>);
+
+/// Values per batch, and the pause between batches.
+const BATCH: u64 = 8;
+const PACE: Duration = Duration::from_millis(2);
+
+impl Stream {
+    pub fn start(s: impl Streamer) -> Stream {
+        let (stop, pause, paused) = Default::default();
+        let sent = Arc::new(AtomicU64::new(0));
+        let pids = s.pids();
+        let (st, pa, pd, se): (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicBool>, _) =
+            (Arc::clone(&stop), Arc::clone(&pause), Arc::clone(&paused), Arc::clone(&sent));
+        let mut s: Box<dyn Streamer> = Box::new(s);
+        let thread = std::thread::spawn(move || {
+            let mut next = 1;
+            while !st.load(Ordering::SeqCst) {
+                if pa.load(Ordering::SeqCst) {
+                    pd.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                pd.store(false, Ordering::SeqCst);
+                if let Err(e) = s.send(next, BATCH) {
+                    let at = epoch().elapsed().as_secs_f64();
+                    return (s, Err(format!("at {at:.2}s, after {} values: {e}", next - 1)));
+                }
+                next += BATCH;
+                se.store(next - 1, Ordering::SeqCst);
+                std::thread::sleep(PACE);
+            }
+            (s, Ok(()))
+        });
+        Stream { stop, pause, paused, sent, pids, thread: Some(thread) }
+    }
+
+    /// Values sent (and answered, where the protocol answers) so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// Stop sending (the connection stays open) once the batch under way
+    /// is done; fails if that takes over 30 s (a hang).
+    pub fn pause(&self) {
+        self.pause.store(true, Ordering::SeqCst);
+        let t = Instant::now();
+        while !self.paused.load(Ordering::SeqCst) {
+            let dead = self.thread.as_ref().is_none_or(|h| h.is_finished());
+            assert!(!dead, "the streaming client ended while asked to pause (see finish for why)");
+            assert!(t.elapsed() < Duration::from_secs(30), "the streaming client hangs (30 s in one batch)");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.pause.store(false, Ordering::SeqCst);
+    }
+
+    /// Stop, then check with the server that it got every value once, in
+    /// order. Returns a summary; Err says what went wrong.
+    pub fn finish(mut self) -> Result<String, String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let (mut s, r) = self.thread.take().unwrap().join().map_err(|_| "the streaming client panicked".to_string())?;
+        r?;
+        s.end(self.sent())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for &p in &self.pids {
+            // SAFETY: kill by the PID of a client process this test started.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP connection to the pod for a [`Streamer`]: no read or write may
+/// block for more than 10 s (a hang is an error, not a stuck test), and a
+/// small send buffer so that a stalled connection blocks the writer soon.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let size: libc::c_int = 32 << 10;
+    // SAFETY: setsockopt on a socket we own, with an int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&c),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.set_nodelay(true).unwrap();
+    c
+}
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
