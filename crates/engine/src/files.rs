@@ -236,7 +236,11 @@ pub fn check_mapped_files(m: &Manifest, root: &str) -> Result<()> {
                     let mt = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
                     if md.len() != *size || mt != *mtime_ns {
                         return Err(EngineError::Other(format!(
-                            "mapped file {path} changed since the checkpoint (size or modification time differs)"
+                            "mapped file {path} changed since the checkpoint (size {} then, {} now; modified at {} \
+                             ns then, {mt} ns now)",
+                            size,
+                            md.len(),
+                            mtime_ns
                         )));
                     }
                 }

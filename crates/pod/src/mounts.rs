@@ -77,7 +77,13 @@ pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo], userns: boo
     let root_mount = pod.iter().find(|m| m.target == "/");
     let mut out = Vec::new();
     let mut tmpfs = 0u32;
-    for m in pod {
+    // Of mounts stacked on one place only the topmost (the last listed) is
+    // seen, saved and made again.
+    let topmost = |i: usize, m: &MountInfo| !pod[i + 1..].iter().any(|n| n.target == m.target);
+    for (i, m) in pod.iter().enumerate() {
+        if !topmost(i, m) {
+            continue;
+        }
         let is_std = std_targets.contains(&m.target.as_str());
         let from_host = !rootfs && host.iter().any(|h| h.target == m.target && h.fstype == m.fstype);
         if from_host && !is_std {
@@ -275,7 +281,10 @@ pub fn unpack(archive: std::fs::File, mounts: &[PodMount], root: &str, pod_ids: 
             Some(exts) => exts.flatten().find(|x| x.key() == Ok(PAX_MTIME)).and_then(|x| pax_mtime(x.value_bytes())),
             None => None,
         };
-        let regular = e.header().entry_type().is_file();
+        // (A file with holes, or space only reserved (fallocate), comes as
+        // a GNU sparse entry.)
+        let kind = e.header().entry_type();
+        let regular = kind.is_file() || kind.is_gnu_sparse();
         e.unpack(&dest).map_err(PodError::io(&dest))?;
         if let (Some((sec, nsec)), true) = (mtime, regular) {
             let t = rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec };

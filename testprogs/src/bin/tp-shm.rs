@@ -4,7 +4,7 @@
 //! processes. Run in a pod or as a plain tree. After restore each process
 //! writes into both areas and the other must see the write; the contents
 //! from before must be intact, and the /dev/shm file must hold what the
-//! mapping shows.
+//! mapping shows (and keep its size: space reserved beyond the mapping).
 
 use cryopod_testprogs::*;
 use std::ptr;
@@ -40,7 +40,9 @@ fn main() {
         let name = std::ffi::CString::new(format!("/cryopod-tp-shm-{}", std::process::id())).unwrap();
         let fd = libc::shm_open(name.as_ptr(), libc::O_CREAT | libc::O_RDWR | libc::O_EXCL, 0o600);
         assert!(fd >= 0, "shm_open: {}", std::io::Error::last_os_error());
-        assert_eq!(libc::ftruncate(fd, SHM as i64), 0);
+        // Space reserved as PostgreSQL does (posix_fallocate), with an
+        // untouched tail: archived as a file with holes.
+        assert_eq!(libc::posix_fallocate(fd, 0, (SHM + 65536) as i64), 0);
         let shm = map(SHM, libc::MAP_SHARED, fd);
         let spat = pattern(12, SHM);
         ptr::copy_nonoverlapping(spat.as_ptr(), shm, SHM);
@@ -85,6 +87,9 @@ fn main() {
         let n = libc::pread(fd, buf.as_mut_ptr().cast(), SHM, 0);
         c.eq("/dev/shm file size read", n, SHM as isize);
         c.check("/dev/shm file equals the mapping", buf == std::slice::from_raw_parts(shm, SHM), "differ");
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st);
+        c.eq("/dev/shm file size", st.st_size, (SHM + 65536) as i64);
         let path = format!("/dev/shm{}", name.to_str().unwrap_or_default());
         c.check("/dev/shm file still named", std::path::Path::new(&path).exists(), &path);
         libc::shm_unlink(name.as_ptr());
