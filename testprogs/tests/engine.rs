@@ -126,3 +126,121 @@ fn rseq_left_running() {
     run.checkpoint(&["--leave-running"]);
     run.go_and_expect_pass();
 }
+
+/// Shared anonymous memory inherited by a child, and a shm_open file under
+/// /dev/shm mapped by both: a file there is a file, not a device.
+#[test]
+fn shared_memory_and_dev_shm_files() {
+    let mut run = Run::testprog("shm", env!("CARGO_BIN_EXE_tp-shm"));
+    run.checkpoint(&[]);
+    let out = run.restore_and_verify();
+    assert!(out.contains("PASS"), "{out}");
+}
+
+/// Handlers with SA_ONSTACK in threads without an alternate stack (the
+/// stub's own, from the restorer's Rust runtime, must not remain).
+#[test]
+fn onstack_handlers_without_altstack() {
+    roundtrip("onstack", env!("CARGO_BIN_EXE_tp-onstack"));
+}
+
+/// epoll sets watching unix sockets (pairs shared with a child, a listener
+/// with a waiting connection), TCP, pipes, event files, inotify and another
+/// epoll; one-shot and edge-triggered entries.
+#[test]
+fn epoll_watching_every_kind() {
+    let out = roundtrip("epoll", env!("CARGO_BIN_EXE_tp-epoll"));
+    assert!(out.contains("ok child got its pair event"), "{out}");
+}
+
+/// What the kernel shows of a process and its threads that a fork of the
+/// restorer could leak into: /proc/PID/status of the process and of each
+/// thread (masks, dispositions, capabilities, no_new_privs, seccomp, THP,
+/// affinity, umask), nice and scheduling policy, timer slack, core dump
+/// filter, oom score, personality, limits, cgroup, environment, command
+/// line, cwd, root, exe, auxv, audit ids.
+fn attr_view(pid: i32) -> Vec<String> {
+    let volatile = [
+        "State",
+        "Vm",
+        "Rss",
+        "Hugetlb",
+        "voluntary_ctxt",
+        "nonvoluntary_ctxt",
+        "SigQ",
+        "TracerPid",
+        "CoreDumping",
+        // The fd table's capacity: the stub's grew with the restorer's fds
+        // (above every target fd) and a table never shrinks; not seen by
+        // the program.
+        "FDSize",
+    ];
+    let status = |path: String, who: &str| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !volatile.iter().any(|v| l.starts_with(v)))
+            .map(|l| format!("{who} {l}"))
+            .collect()
+    };
+    let mut v = status(format!("/proc/{pid}/status"), "process");
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort();
+    for t in tids {
+        v.extend(status(format!("/proc/{pid}/task/{t}/status"), &format!("thread {t}")));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat")).unwrap_or_default();
+        let f: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split_whitespace().collect();
+        // Fields 18 priority, 19 nice, 40 rt_priority, 41 policy (from 3).
+        let pick = |n: usize| f.get(n - 3).copied().unwrap_or("?");
+        v.push(format!("thread {t} prio {} nice {} rt {} policy {}", pick(18), pick(19), pick(40), pick(41)));
+    }
+    for f in [
+        "timerslack_ns",
+        "coredump_filter",
+        "oom_score_adj",
+        "personality",
+        "limits",
+        "cgroup",
+        "environ",
+        "cmdline",
+        "loginuid",
+        "sessionid",
+        "comm",
+    ] {
+        let s = std::fs::read(format!("/proc/{pid}/{f}")).map(|b| String::from_utf8_lossy(&b).into_owned());
+        v.push(format!("{f}: {}", s.unwrap_or_else(|e| format!("({e})"))));
+    }
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).unwrap_or_default();
+    v.push(format!("auxv: {auxv:?}"));
+    for l in ["cwd", "root", "exe"] {
+        v.push(format!("{l}: {:?}", std::fs::read_link(format!("/proc/{pid}/{l}")).ok()));
+    }
+    v
+}
+
+/// Attributes set away from their defaults (per thread: alternate stack
+/// off, mask, parent-death signal, timer slack, nice, name; per process:
+/// dumpable, subreaper, THP off, core dump filter, umask) are the same
+/// after a restore, as the program reads them itself and as /proc shows
+/// them.
+#[test]
+fn no_stub_state_leaks() {
+    let mut run = Run::testprog("attrs", env!("CARGO_BIN_EXE_tp-attrs"));
+    let before = attr_view(run.pid);
+    run.checkpoint(&[]);
+    run.restore_and_verify_keep(|pid| {
+        let after = attr_view(pid);
+        let diff: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| b != a)
+            .map(|(b, a)| format!("before: {b}\n after: {a}"))
+            .collect();
+        assert_eq!(before.len(), after.len(), "{before:#?}\n{after:#?}");
+        assert!(diff.is_empty(), "differences:\n{}", diff.join("\n"));
+    });
+}

@@ -78,16 +78,19 @@ except Exception as e:
 #[test]
 fn pod_left_frozen_is_thawed_by_the_next_command() {
     let env = PodEnv::new("frozenleft");
-    env.ok(&["run", "-d", "--name", "fz", "--", "sh", "-c", "while :; do sleep 0.01; done"]);
+    env.ok(&["run", "-d", "--name", "fz", "--ip", "10.77.95.2/24", "--", "sh", "-c", "while :; do sleep 0.01; done"]);
+    let port = format!("/sys/class/net/{}/brport/state", cryopod_pod::net::veth_names("fz").0);
     let img = env.dir.join("img");
     let state = env.state.to_str().unwrap().to_string();
     let args = ["checkpoint", "fz", "-o", img.to_str().unwrap(), "--leave-running"];
     kill::kill_at(&args, &[("CRYOPOD_STATE_DIR", &state)], "pod-frozen", true);
     let freezer = "/sys/fs/cgroup/freezer/cryopod/fz/freezer.state";
     assert_eq!(std::fs::read_to_string(freezer).unwrap().trim(), "FROZEN", "the pod should still be frozen");
+    assert_eq!(std::fs::read_to_string(&port).unwrap().trim(), "0", "the pod's network should still be locked");
     let ps = env.ps();
     assert_eq!(ps[0]["state"], "running", "{ps:?}");
     assert_eq!(std::fs::read_to_string(freezer).unwrap().trim(), "THAWED");
+    assert_eq!(std::fs::read_to_string(&port).unwrap().trim(), "3", "the pod's network is still locked");
     env.ok(&["stop", "fz"]);
 }
 

@@ -116,3 +116,30 @@ fn restore_forwards_signals_to_the_job() {
     run.wait_output("got-term", Duration::from_secs(10));
     assert_eq!(status.code(), Some(7), "the restorer should exit with the job's status");
 }
+
+/// CPython installs every handler with SA_ONSTACK and has no alternate
+/// stack of its own: a signal after the restore must reach the handler
+/// (a leftover alternate stack of the restorer made it die of SIGSEGV).
+#[test]
+fn python_signal_handler_after_restore() {
+    let script = concat!(
+        "import signal, time, os\n",
+        "got = []\n",
+        "signal.signal(signal.SIGUSR1, lambda *a: got.append(1) or print('got', len(got), flush=True))\n",
+        "print('READY', flush=True)\n",
+        "while not os.path.exists('go'): time.sleep(0.01)\n",
+        "os.kill(os.getpid(), signal.SIGUSR1)\n",
+        "while len(got) < 2: time.sleep(0.01)\n",
+        "print('PASS', flush=True)\n",
+    );
+    let mut run = Run::start("python-signal", "python3", &["-c", script]);
+    run.checkpoint(&[]);
+    let o = cryopod(&["restore", run.image.to_str().unwrap(), "--detach"], &[]);
+    assert_eq!(o.0, 0, "restore failed: {}", o.2);
+    // From outside first, then from inside.
+    // SAFETY: kill by pid of the process this test restored.
+    unsafe { libc::kill(run.pid, libc::SIGUSR1) };
+    run.wait_output("got 1", Duration::from_secs(10));
+    let out = run.go_and_expect_pass();
+    assert!(out.contains("got 2"), "{out}");
+}

@@ -82,6 +82,10 @@ enum Cmd {
         /// Print the restored root's PID on stdout (scripts).
         #[arg(long)]
         print_pid: bool,
+        /// With --ip: restore the pod's TCP connections on its old address
+        /// closed (reset), instead of refusing
+        #[arg(long)]
+        tcp_close: bool,
     },
     /// Show what an image holds.
     Inspect {
@@ -201,17 +205,17 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             print_checkpoint(&s, leave_running, &output);
             Ok(0)
         }
-        Cmd::Restore { dir, name, ip, detach, print_pid } => {
+        Cmd::Restore { dir, name, ip, detach, print_pid, tcp_close } => {
             // Opened once: the owner from the descriptors, then the
             // manifest, then what it asks for; the same opened image goes on.
             let img = cryopod_engine::CheckedImage::open(&dir)
                 .with_context(|| format!("cannot restore {}", dir.display()))?;
             if img.manifest().pod.is_some() {
-                return pods::restore(state, &img, name, ip, detach, print_pid);
+                return pods::restore(state, &img, name, ip, tcp_close, detach, print_pid);
             }
             anyhow::ensure!(
-                name.is_none() && ip.is_none(),
-                "--name and --ip are for pods; {} holds a process tree",
+                name.is_none() && ip.is_none() && !tcp_close,
+                "--name, --ip and --tcp-close are for pods; {} holds a process tree",
                 dir.display()
             );
             let opts = cryopod_engine::RestoreOptions { image: &img, threads: cpus(), pod: None, guard: None };

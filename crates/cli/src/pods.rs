@@ -107,6 +107,7 @@ pub fn restore(
     img: &cryopod_engine::CheckedImage,
     name: Option<String>,
     ip: Option<String>,
+    tcp_close: bool,
     detach: bool,
     print_pid: bool,
 ) -> Result<i32> {
@@ -115,6 +116,7 @@ pub fn restore(
         image: img,
         name,
         ip: ip.as_deref().map(IpConfig::parse).transpose()?,
+        tcp_close,
         threads: crate::cpus(),
     };
     let bar = crate::progress::Bar::new("restore");

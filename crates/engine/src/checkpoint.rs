@@ -247,7 +247,7 @@ fn collect_and_write(
             let tids = fr.procs.get(&pid).cloned().unwrap_or_default();
             let want = (cow && !shared_vm.contains(&pid)).then_some(&mut uffds);
             let mut p = collect_process(pid, &tids, idx, &mut files, &mut mem, &mut gadgets, want)
-                .map_err(|e| EngineError::Other(format!("checkpoint of pid {pid}: {e}")))?;
+                .map_err(EngineError::context(format!("checkpoint of pid {pid}")))?;
             p.stopped = fr.stopped.contains(&pid);
             p
         };
@@ -411,6 +411,7 @@ fn empty_process(pid: i32, st: &procfs::Stat) -> Process {
         posix_timers: Vec::new(),
         zombie_status: None,
         stopped: false,
+        attrs: Default::default(),
     }
 }
 
@@ -450,6 +451,7 @@ fn collect_process(
         p.creds = ident::collect_creds(r)?;
         p.rlimits = ident::collect_rlimits(r)?;
         p.mm = ident::collect_mm(r)?;
+        p.attrs = ident::collect_attrs(r)?;
         // A filter could kill the process for a syscall it never makes.
         if let Some(v) = uffds.filter(|_| !has_seccomp(pid)) {
             if let Some(fd) = crate::cow::take_uffd(r)? {

@@ -3,8 +3,20 @@
 //! tree running and that a failed restore cleans up after itself.
 //! `CRYOPOD_FAULT=<point>:stall` stops there instead (until killed), so
 //! tests can see what a killed checkpoint leaves.
+//! `CRYOPOD_FAULT=errno:<call>:<n>` makes the syscall injected under the
+//! name `<call>` fail with errno `<n>` instead of running (the whole error
+//! chain a user would see can then be checked).
 
 use crate::{EngineError, Result};
+
+/// The errno an injected call named `call` must fail with, if asked.
+pub fn errno_for(call: &str) -> Option<i32> {
+    let v = std::env::var("CRYOPOD_FAULT").ok()?;
+    v.split(',').find_map(|p| {
+        let (name, n) = p.strip_prefix("errno:")?.rsplit_once(':')?;
+        (name == call).then(|| n.parse().ok()).flatten()
+    })
+}
 
 /// Fail (or stall) if the environment asks for a fault at `point`.
 pub fn check(point: &str) -> Result<()> {

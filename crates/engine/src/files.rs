@@ -236,7 +236,11 @@ pub fn check_mapped_files(m: &Manifest, root: &str) -> Result<()> {
                     let mt = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
                     if md.len() != *size || mt != *mtime_ns {
                         return Err(EngineError::Other(format!(
-                            "mapped file {path} changed since the checkpoint (size or modification time differs)"
+                            "mapped file {path} changed since the checkpoint (size {} then, {} now; modified at {} \
+                             ns then, {mt} ns now)",
+                            size,
+                            md.len(),
+                            mtime_ns
                         )));
                     }
                 }
@@ -265,7 +269,8 @@ fn open_with(path: &str, flags: u32) -> Result<OwnedFd> {
 /// one fd per `m.files` entry (None for mapping-only entries), each moved to
 /// a number >= `base`.
 /// Paths are opened under `root` (see [`under`]); external files come from
-/// `inherit` (name, fd of ours).
+/// `inherit` (name, fd of ours). TCP connections whose local address is
+/// `closed_at` are given back reset (see [`cryopod_sys::tcp::reset_connection`]).
 pub fn open_all(
     m: &Manifest,
     base: i32,
@@ -273,6 +278,7 @@ pub fn open_all(
     root: &str,
     inherit: &[(String, BorrowedFd<'_>)],
     ns_of: Option<i32>,
+    closed_at: Option<&[u8]>,
 ) -> Result<(Vec<Option<OwnedFd>>, Vec<Connection>)> {
     let mut used = vec![false; m.files.len()];
     for p in &m.processes {
@@ -305,16 +311,24 @@ pub fn open_all(
     for &i in &tcp {
         let f = &m.files[i];
         let FileKind::Tcp(c) = &f.kind else { continue };
-        let fd =
-            crate::inet::make_connection(c, ns_of).map_err(EngineError::during(format!("file {}", describe(m, f))))?;
-        made.push((i, fd));
+        let closed = closed_at.is_some_and(|a| c.local.0 == a);
+        let fd = if closed {
+            let family = c.family;
+            crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::tcp::reset_connection(family)?))
+        } else {
+            crate::inet::make_connection(c, ns_of)
+        }
+        .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
+        made.push((i, fd, closed));
     }
     let mut conns = Vec::new();
-    for (i, fd) in made {
+    for (i, fd, closed) in made {
         let f = &m.files[i];
         fds::set_status_flags(&fd, (f.flags & !(libc::O_ACCMODE as u32)) as i32)?;
         out[i] = Some(fds::dup_at_least(&fd, base)?);
-        conns.push(Connection { fd, file: i });
+        if !closed {
+            conns.push(Connection { fd, file: i });
+        }
     }
     Ok((out, conns))
 }

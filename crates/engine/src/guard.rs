@@ -6,7 +6,8 @@
 //! survivor can undo: a frozen cgroup, sockets in repair mode or with a
 //! peek offset of ours, a half-killed tree, a restored tree not yet handed
 //! over. We tell the guardian each of these as we do it (with the fd it
-//! needs: the freezer file, a socket, a pidfd), and which way the operation
+//! needs: the freezer file, a socket, a pidfd, a netlink socket with the
+//! request that unlocks a pod's network), and which way the operation
 //! ends if cut short: the tree resumes, or the tree dies. When we finish,
 //! we tell it so and it exits without doing anything; if its socket reaches
 //! its end first, it acts.
@@ -43,7 +44,10 @@ const THAW: u8 = b'T';
 const SOCKOPT: u8 = b'S';
 const OUTCOME: u8 = b'O';
 const DONE: u8 = b'D';
+const SEND: u8 = b'N';
 const MSG_LEN: usize = 14;
+/// Longest message: a header and the bytes of a SEND.
+const MSG_MAX: usize = 1024;
 
 /// Our end of a guardian. Clones share it; when the last one goes, the
 /// guardian is told we finished (and collected once it has ended).
@@ -137,6 +141,18 @@ impl Guard {
         self.send(msg(SOCKOPT, when.bit(), level, name, value), Some(sock))
     }
 
+    /// Cut short with outcome `when`, send `bytes` on `sock` (a netlink
+    /// request, for instance).
+    pub fn send_on_abort(&self, when: Outcome, sock: BorrowedFd, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > MSG_MAX - MSG_LEN {
+            return Err(EngineError::Other(format!("a guardian's message of {} bytes is too long", bytes.len())));
+        }
+        let mut m = msg(SEND, when.bit(), 0, 0, 0).to_vec();
+        m.extend_from_slice(bytes);
+        fdpass::send(self.0.sock.as_fd(), &m, Some(sock))
+            .map_err(|e| EngineError::Other(format!("the guardian process {} is gone ({e})", self.0.pid)))
+    }
+
     /// From now on, an operation cut short ends with `o`.
     pub fn set_outcome(&self, o: Outcome) -> Result<()> {
         self.send(msg(OUTCOME, o.bit(), 0, 0, 0), None)
@@ -155,6 +171,8 @@ struct Action {
     when: u8,
     fd: OwnedFd,
     opt: (i32, i32, i32),
+    /// A SEND's bytes.
+    data: Vec<u8>,
 }
 
 /// The guardian's life: collect actions until told we are done (exit), or
@@ -172,7 +190,7 @@ fn guardian(sock: OwnedFd, parent: rustix::process::Pid, outcome: Outcome) -> ! 
     let orphaned = rustix::process::getppid() != Some(parent);
     let mut outcome = outcome.bit();
     let mut actions: Vec<Action> = Vec::new();
-    let mut buf = [0u8; MSG_LEN];
+    let mut buf = [0u8; MSG_MAX];
     // Already gone (we may start late on a busy machine): what it told us
     // is still queued on the socket; read it all, then act.
     let gone = orphaned || parent_fd.is_none();
@@ -189,8 +207,11 @@ fn guardian(sock: OwnedFd, parent: rustix::process::Pid, outcome: Outcome) -> ! 
         match (buf[0], fd) {
             (DONE, _) => process::exit_now(0),
             (OUTCOME, _) => outcome = buf[1],
+            (SEND, Some(fd)) if n >= MSG_LEN => {
+                actions.push(Action { tag: SEND, when: buf[1], fd, opt: (0, 0, 0), data: buf[MSG_LEN..n].to_vec() })
+            }
             (tag, Some(fd)) if n == MSG_LEN => {
-                actions.push(Action { tag, when: buf[1], fd, opt: (word(2), word(6), word(10)) })
+                actions.push(Action { tag, when: buf[1], fd, opt: (word(2), word(6), word(10)), data: Vec::new() })
             }
             _ => {}
         }
@@ -201,6 +222,9 @@ fn guardian(sock: OwnedFd, parent: rustix::process::Pid, outcome: Outcome) -> ! 
     for a in actions.iter().filter(|a| a.tag == SOCKOPT && a.when & outcome != 0) {
         let (level, name, value) = a.opt;
         let _ = sock::set_int(&a.fd, level, name, value, "setsockopt");
+    }
+    for a in actions.iter().filter(|a| a.tag == SEND && a.when & outcome != 0) {
+        let _ = rustix::net::send(&a.fd, &a.data, rustix::net::SendFlags::empty());
     }
     for a in actions.iter().filter(|a| a.tag == KILL && a.when & outcome != 0) {
         let _ = cryopod_sys::pidfd::send_signal(a.fd.as_fd(), libc::SIGKILL);

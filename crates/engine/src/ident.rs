@@ -6,7 +6,7 @@
 use crate::procfs;
 use crate::remote::{nr, words, Remote};
 use crate::Result;
-use cryopod_image::{Creds, MmInfo, Process};
+use cryopod_image::{Creds, MmInfo, ProcAttrs, Process};
 
 const PR_GET_SECUREBITS: u64 = 27;
 const PR_SET_SECUREBITS: u64 = 28;
@@ -17,6 +17,12 @@ const PR_CAP_AMBIENT_RAISE: u64 = 2;
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
+const PR_SET_DUMPABLE: u64 = 4;
+const PR_GET_DUMPABLE: u64 = 3;
+const PR_SET_CHILD_SUBREAPER: u64 = 36;
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+const PR_SET_THP_DISABLE: u64 = 41;
+const PR_GET_THP_DISABLE: u64 = 42;
 const CAP_VERSION_3: u32 = 0x2008_0522;
 const SECBIT_KEEP_CAPS: u32 = 1 << 4;
 
@@ -196,6 +202,40 @@ pub fn restore_rlimits_as_task(r: &mut Remote, rlimits: &[(u64, u64)]) -> Result
     for (res, &(soft, hard)) in rlimits.iter().enumerate() {
         let a = r.put(0, &words(&[soft, hard]))?;
         r.call(&format!("prlimit64({})", crate::trust::rlimit_name(res)), nr::PRLIMIT64, &[0, res as u64, a, 0])?;
+    }
+    Ok(())
+}
+
+/// Process-wide attributes a fork inherits: dumpable, child subreaper,
+/// THP disabled, core dump filter.
+pub fn collect_attrs(r: &mut Remote) -> Result<ProcAttrs> {
+    let dumpable = r.call("prctl(PR_GET_DUMPABLE)", nr::PRCTL, &[PR_GET_DUMPABLE])? as u32;
+    r.call("prctl(PR_GET_CHILD_SUBREAPER)", nr::PRCTL, &[PR_GET_CHILD_SUBREAPER, r.data])?;
+    let child_subreaper = r.get(0, 4)?.iter().any(|&b| b != 0);
+    let thp_disable = r.call("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, &[PR_GET_THP_DISABLE])? != 0;
+    let coredump_filter = procfs::read(r.pid, "coredump_filter")
+        .ok()
+        .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
+        .unwrap_or(0x33);
+    Ok(ProcAttrs { dumpable, child_subreaper, thp_disable, coredump_filter })
+}
+
+/// Child subreaper, THP disable and core dump filter: what the stub has
+/// from the restorer is replaced by the image's (any time before the end).
+pub fn restore_attrs(r: &mut Remote, a: &ProcAttrs) -> Result<()> {
+    r.call("prctl(PR_SET_CHILD_SUBREAPER)", nr::PRCTL, &[PR_SET_CHILD_SUBREAPER, u64::from(a.child_subreaper)])?;
+    r.call("prctl(PR_SET_THP_DISABLE)", nr::PRCTL, &[PR_SET_THP_DISABLE, u64::from(a.thp_disable), 0, 0, 0])?;
+    std::fs::write(format!("/proc/{}/coredump_filter", r.pid), format!("{:#x}", a.coredump_filter))
+        .map_err(|e| crate::EngineError::Other(format!("coredump_filter {:#x}: {e}", a.coredump_filter)))?;
+    Ok(())
+}
+
+/// Dumpable, once the credentials are final (a change of uid or gid resets
+/// it, and so does the fs uid the restorer uses for a user's image).
+/// 2 (suid_dumpable) cannot be set: the credentials decide it.
+pub fn restore_dumpable(r: &mut Remote, a: &ProcAttrs) -> Result<()> {
+    if a.dumpable <= 1 {
+        r.call("prctl(PR_SET_DUMPABLE)", nr::PRCTL, &[PR_SET_DUMPABLE, u64::from(a.dumpable)])?;
     }
     Ok(())
 }

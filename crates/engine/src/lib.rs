@@ -70,6 +70,12 @@ pub enum EngineError {
     CpuLacks { what: String, image: String, here: String },
     #[error("restoring {object}")]
     Restore { object: String, source: Box<EngineError> },
+    /// What we were doing when `source` failed.
+    #[error("{what}")]
+    In { what: String, source: Box<EngineError> },
+    /// An error of the caller's (a pod's callbacks), with its own chain.
+    #[error(transparent)]
+    Caller(Box<dyn std::error::Error + Send + Sync>),
     #[error("pid {0} did not stop (a process waiting for its vfork child cannot); tried again and gave up")]
     Busy(i32),
     /// A running checkpoint's image would not be exact (the tree changed
@@ -88,6 +94,31 @@ impl EngineError {
         let object = object.into();
         move |e| EngineError::Restore { object, source: Box::new(e) }
     }
+}
+
+impl EngineError {
+    /// Wrap an error with what was being done when it failed.
+    pub fn context(what: impl Into<String>) -> impl FnOnce(EngineError) -> EngineError {
+        let what = what.into();
+        move |e| EngineError::In { what, source: Box::new(e) }
+    }
+}
+
+/// An error and every cause under it, as one line ("a: b: c"), for errors
+/// that must cross a process boundary as text.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let s_text = s.to_string();
+        // A transparent wrapper repeats its source's text: print it once.
+        if !out.ends_with(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -92,7 +92,7 @@ impl MemCollector {
                         let why = if self.sysv {
                             "SysV shared memory attached in part"
                         } else {
-                            "SysV shared memory (supported in pods)"
+                            "SysV shared memory outside a pod; run the program in a pod (`cryopod run`), whose SysV segments are saved with it"
                         };
                         return Err(unsupported(pid, m, why));
                     }
@@ -110,9 +110,9 @@ impl MemCollector {
                     let origin = object_origin(n, &path)?;
                     VmaKind::Object { object: self.object(&path, origin)?, pgoff: m.offset / PAGE }
                 }
-                n if n.starts_with("/dev/") && m.dev.starts_with("00:") => {
-                    return Err(unsupported(pid, m, "device mapping"))
-                }
+                // A device is told by the file mapped, not by its path: a
+                // file on the tmpfs at /dev/shm (shm_open) is a file.
+                _ if !mapped_is_file(pid, m)? => return Err(unsupported(pid, m, "device mapping")),
                 n => VmaKind::File { file: files.mapped_file(pid, n, m.inode)?, pgoff: m.offset / PAGE },
             };
             let vi = vmas.len();
@@ -186,6 +186,13 @@ impl MemCollector {
         self.object_ids.insert(key, id);
         Ok(id)
     }
+}
+
+/// Whether what `m` maps is a regular file (not a device node).
+fn mapped_is_file(pid: i32, m: &MapEntry) -> Result<bool> {
+    let path = map_files(pid, m);
+    let md = std::fs::metadata(&path).map_err(|e| EngineError::Proc { path, msg: e.to_string() })?;
+    Ok(md.is_file())
 }
 
 fn map_files(pid: i32, m: &MapEntry) -> String {
@@ -387,7 +394,8 @@ pub struct AreaCtx<'a> {
     pub m: &'a Manifest,
     pub reader: &'a cryopod_image::store::PackReader,
     pub threads: usize,
-    /// Where shared anonymous objects were first mapped (pid, start, end).
+    /// Where shared anonymous objects were first mapped (pid as the
+    /// restored tasks see it, start, end).
     pub shmem_home: &'a mut HashMap<u32, (i32, u64, u64)>,
     /// memfds and deleted files, by object: fd numbers every stub inherited.
     pub object_fds: &'a HashMap<u32, cryopod_sys::TargetFd>,
@@ -525,7 +533,10 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
             r.call("mmap(shared)", nr::MMAP, &[v.start, len, prot | w, flags, u64::MAX, 0])?;
             apply_madvise(r, v)?;
             queue(pending, &obj.runs, v.start);
-            cx.shmem_home.insert(shmem, (r.pid, v.start, v.end));
+            // Others open it through /proc as they see it: in a pod, the
+            // pod's own procfs, where this process has its pod PID.
+            let seen_as = crate::pidns::ns_pid(r.pid, r.pid)?;
+            cx.shmem_home.insert(shmem, (seen_as, v.start, v.end));
         }
         VmaKind::File { file, pgoff } => {
             let path = crate::files::mapping_path(&cx.m.files[file as usize]);

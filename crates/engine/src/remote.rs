@@ -30,6 +30,9 @@ pub mod nr {
     pub const SIGALTSTACK: i64 = 131;
     pub const PERSONALITY: i64 = 135;
     pub const PRCTL: i64 = 157;
+    pub const GETPRIORITY: i64 = 140;
+    pub const SETPRIORITY: i64 = 141;
+    pub const RT_SIGTIMEDWAIT: i64 = 128;
     pub const CHROOT: i64 = 161;
     pub const SET_TID_ADDRESS: i64 = 218;
     pub const TIMER_CREATE: i64 = 222;
@@ -76,6 +79,11 @@ impl Remote {
 
     pub fn call(&mut self, what: &str, nr: i64, args: &[u64]) -> Result<u64> {
         tracing::trace!(tid = self.inj.tid, "inject {what} {args:x?}");
+        if let Some(errno) = crate::fault::errno_for(what) {
+            let e =
+                cryopod_sys::SysError::new(format!("{what} in task"), self.inj.tid, cryopod_sys::error::Errno(errno));
+            return Err(e.into());
+        }
         Ok(self.inj.call(what, nr, args)?)
     }
 

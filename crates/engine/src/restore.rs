@@ -15,7 +15,7 @@ use cryopod_image::{Manifest, Process};
 use cryopod_sys::inject::{own_syscall_site, Injector};
 use cryopod_sys::ptrace::{self, Stop};
 use cryopod_sys::{fd, io, pipe, process, sched, signal, tty, TargetFd, PAGE_SIZE};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 use tracing::debug;
@@ -50,6 +50,9 @@ pub struct PodRestore<'a> {
     /// A process already in the pod's IPC and network namespaces (its POSIX
     /// message queues and TCP listeners are made there).
     pub ns_of: i32,
+    /// The pod's old address (bytes) when it comes back at another and
+    /// the user asked for its connections there to be closed.
+    pub tcp_closed_at: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -145,8 +148,16 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     let old_fs = owner.as_ref().map(|o| cryopod_sys::creds::set_fs_ids(o.uid, o.gid));
     let inherit = o.pod.as_ref().map(|p| p.inherit.clone()).unwrap_or_default();
     let opened = files::create_objects(m, &reader, base, &fs_root).and_then(|objects| {
-        files::open_all(m, base, &objects, &fs_root, &inherit, o.pod.as_ref().map(|p| p.ns_of))
-            .map(|(srcs, conns)| (objects, srcs, conns))
+        files::open_all(
+            m,
+            base,
+            &objects,
+            &fs_root,
+            &inherit,
+            o.pod.as_ref().map(|p| p.ns_of),
+            o.pod.as_ref().and_then(|p| p.tcp_closed_at.as_deref()),
+        )
+        .map(|(srcs, conns)| (objects, srcs, conns))
     });
     if let Some((u, g)) = old_fs {
         cryopod_sys::creds::set_fs_ids(u, g);
@@ -224,24 +235,27 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     drop(life_r);
     drop(cmd_r);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
-    let res = wait_ready(m, &ready_r).and_then(|_| run_unix_steps(&unix, &cmd_w, &ready_r)).and_then(|_| {
-        let mut pids = if m.pod.is_some() { HostPids::of_tree(root)? } else { HostPids::plain() };
-        wait_zombies(m, &pids)?;
-        let b = Build {
-            m,
-            reader: &reader,
-            threads: o.threads,
-            object_fds: &object_fds,
-            ready_w: stub_ready_w,
-            lifeline_r,
-            guard: &guard,
-            conns: &conns,
-            cmd_fds: &cmd_fds,
-            owner: owner.as_ref(),
-            progress,
-        };
-        build_all(&b, &mut pids)
-    });
+    let res = wait_ready(m, &ready_r)
+        .and_then(|placed| run_unix_steps(&unix, &cmd_w, &ready_r).map(|_| placed))
+        .and_then(|placed| wait_placed(m, &ready_r, placed))
+        .and_then(|_| {
+            let mut pids = if m.pod.is_some() { HostPids::of_tree(root)? } else { HostPids::plain() };
+            wait_zombies(m, &pids)?;
+            let b = Build {
+                m,
+                reader: &reader,
+                threads: o.threads,
+                object_fds: &object_fds,
+                ready_w: stub_ready_w,
+                lifeline_r,
+                guard: &guard,
+                conns: &conns,
+                cmd_fds: &cmd_fds,
+                owner: owner.as_ref(),
+                progress,
+            };
+            build_all(&b, &mut pids)
+        });
     match res {
         Ok(()) => {
             let (mem, _) = m.memory_bytes();
@@ -306,27 +320,53 @@ fn run_unix_steps(unix: &crate::unix::plan::Plan, cmd_w: &BTreeMap<i32, OwnedFd>
     Ok(())
 }
 
-/// Read readiness lines until every process reported.
-fn wait_ready(m: &Manifest, r: &OwnedFd) -> Result<()> {
-    let mut pending: std::collections::HashSet<i32> = m.processes.iter().map(|p| p.pid).collect();
+/// Read readiness lines until every process reported ("R", or "Z" for a
+/// zombie). Returns the processes that also reported "P" (every fd in
+/// place, epolls filled) meanwhile: those with no socket steps to wait for.
+fn wait_ready(m: &Manifest, r: &OwnedFd) -> Result<HashSet<i32>> {
+    let mut pending: HashSet<i32> = m.processes.iter().map(|p| p.pid).collect();
+    let mut placed = HashSet::new();
     while !pending.is_empty() {
-        let line = read_report(r)?;
-        let mut it = line.splitn(3, ' ');
-        let kind = it.next().unwrap_or("");
-        let pid: i32 = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-        match kind {
-            "R" | "Z" => {
+        match parse_report(&read_report(r)?)? {
+            ('R' | 'Z', pid) => {
                 pending.remove(&pid);
             }
-            _ => {
-                return Err(EngineError::Restore {
-                    object: format!("process {pid}"),
-                    source: Box::new(EngineError::Other(it.next().unwrap_or("failed").to_string())),
-                })
+            (_, pid) => {
+                placed.insert(pid);
             }
         }
     }
+    Ok(placed)
+}
+
+/// Read reports until every live process said "P": its fds are all at
+/// their numbers (unix sockets and pidfds too) and its epoll instances
+/// filled. Only then may it be seized.
+fn wait_placed(m: &Manifest, r: &OwnedFd, mut placed: HashSet<i32>) -> Result<()> {
+    let live = || m.processes.iter().filter(|p| p.zombie_status.is_none()).map(|p| p.pid);
+    while live().any(|p| !placed.contains(&p)) {
+        if let ('P', pid) = parse_report(&read_report(r)?)? {
+            placed.insert(pid);
+        }
+    }
     Ok(())
+}
+
+/// A stub's report: its kind (R ready, Z zombie, P placed) and pid, or the
+/// error it reported ("E pid message").
+fn parse_report(line: &str) -> Result<(char, i32)> {
+    let mut it = line.splitn(3, ' ');
+    let kind = it.next().unwrap_or("");
+    let pid: i32 = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+    match kind {
+        "R" => Ok(('R', pid)),
+        "Z" => Ok(('Z', pid)),
+        "P" => Ok(('P', pid)),
+        _ => Err(EngineError::Restore {
+            object: format!("process {pid}"),
+            source: Box::new(EngineError::Other(it.next().unwrap_or("failed").to_string())),
+        }),
+    }
 }
 
 /// Zombies must be dead before their parents are seized.
@@ -482,6 +522,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     // A user's image gets its resource limits only once it runs as the
     // user (below), set by the task itself: never above what it may set.
     ident::restore_process_env(r, p, b.owner.is_none())?;
+    ident::restore_attrs(r, &p.attrs)?;
     // Threads: create the others with their TIDs, then per-thread state.
     let leader = p.threads.first().ok_or_else(|| EngineError::Other("no leader thread".into()))?;
     let mut others: Vec<Remote> = Vec::new();
@@ -503,6 +544,14 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     if b.owner.is_some() {
         ident::restore_rlimits_as_task(r, &p.rlimits)?;
     }
+    // Nice values and dumpable once the credentials are final (they decide
+    // what the task may set, and a change of credentials resets dumpable).
+    for (o, t) in std::iter::once(&mut *r).chain(others.iter_mut()).zip(&p.threads) {
+        if !threads::restore_nice(o, t)? {
+            tracing::warn!(pid = p.pid, tid = t.tid, nice = t.attrs.nice, "cannot restore the nice value");
+        }
+    }
+    ident::restore_dumpable(r, &p.attrs)?;
     // From here on, no more int3: SIGTRAP's own disposition is set last, and
     // the scratch page (holding the gadget) goes away.
     r.inj.gadget = false;
@@ -510,13 +559,20 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
         o.inj.gadget = false;
     }
     signals::restore_trap_action(r, &p.sigactions)?;
-    // Pending signals, while every signal is still blocked in the stub.
+    // Pending signals, while every signal is still blocked in the stub:
+    // first drop any the stub itself received (the image's alone remain).
+    signals::drain_pending(r)?;
     for info in &p.shared_pending {
         signals::queue(r, None, info)?;
     }
-    for t in &p.threads {
+    // A thread's own signals are queued by the thread itself: the kernel
+    // lets only the receiving thread queue a kill()/tgkill() siginfo.
+    for info in &leader.pending {
+        signals::queue(r, Some(leader.tid), info)?;
+    }
+    for (o, t) in others.iter_mut().zip(&p.threads[1..]) {
         for info in &t.pending {
-            signals::queue(r, Some(t.tid), info)?;
+            signals::queue(o, Some(t.tid), info).map_err(EngineError::during(format!("thread {}", t.tid)))?;
         }
     }
     debug!(pid = p.pid, "pending signals queued; unmapping the scratch area");

@@ -186,6 +186,28 @@ pub fn restore_timers(r: &mut Remote, timers: &[PosixTimer]) -> Result<()> {
     Ok(())
 }
 
+/// Discard every signal pending for the stub (sent to it during the
+/// restore; it blocks them all): dequeued by an injected rt_sigtimedwait
+/// with a zero timeout, until none is left. Other threads are new and
+/// have none.
+pub fn drain_pending(r: &mut Remote) -> Result<()> {
+    let st = procfs::read(r.pid, "status")?;
+    let set = procfs::status_hex(&st, "SigPnd") | procfs::status_hex(&st, "ShdPnd");
+    if set == 0 {
+        return Ok(());
+    }
+    tracing::debug!(pid = r.pid, "discarding the stub's own pending signals {set:#x}");
+    let set_addr = r.put(0, &set.to_ne_bytes())?;
+    let zero = r.put(16, &[0u8; 16])?;
+    // Each call takes one; RT signals may be queued many times.
+    for _ in 0..100_000 {
+        if r.raw(nr::RT_SIGTIMEDWAIT, &[set_addr, 0, zero, 8])? < 0 {
+            return Ok(());
+        }
+    }
+    Err(crate::EngineError::Other(format!("pid {}: signals keep arriving during the restore", r.pid)))
+}
+
 /// Queue a saved siginfo again: on thread `tid`, or process-wide (`None`).
 pub fn queue(r: &mut Remote, tid: Option<i32>, info: &[u8]) -> Result<()> {
     if info.len() != 128 {

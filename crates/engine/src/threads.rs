@@ -6,11 +6,16 @@
 
 use crate::remote::{nr, words, Remote};
 use crate::Result;
-use cryopod_image::Thread;
+use cryopod_image::{Thread, ThreadAttrs};
 use cryopod_sys::ptrace::{self, Regs, Stop};
 use cryopod_sys::Pid;
 
 const PR_GET_TID_ADDRESS: u64 = 40;
+const PR_SET_PDEATHSIG: u64 = 1;
+const PR_GET_PDEATHSIG: u64 = 2;
+const PR_SET_TIMERSLACK: u64 = 29;
+const PR_GET_TIMERSLACK: u64 = 30;
+const PRIO_PROCESS: u64 = 0;
 
 pub fn regs_to_vec(r: &Regs) -> Vec<u64> {
     vec![
@@ -73,6 +78,7 @@ pub fn collect(r: &mut Remote, sigmask: u64) -> Result<Thread> {
     let pending = ptrace::peek_siginfo(tid, false)?.into_iter().map(|s| s.to_vec()).collect();
     let affinity = cryopod_sys::sched::get_affinity(tid)?;
     let seccomp = ptrace::get_seccomp_filters(tid)?;
+    let attrs = collect_attrs(r)?;
     Ok(Thread {
         tid,
         regs,
@@ -86,7 +92,19 @@ pub fn collect(r: &mut Remote, sigmask: u64) -> Result<Thread> {
         pending,
         affinity,
         seccomp,
+        attrs,
     })
+}
+
+/// Parent-death signal, timer slack and nice value of the thread `r`
+/// injects into.
+fn collect_attrs(r: &mut Remote) -> Result<ThreadAttrs> {
+    r.call("prctl(PR_GET_PDEATHSIG)", nr::PRCTL, &[PR_GET_PDEATHSIG, r.data])?;
+    let pdeathsig = i32::from_ne_bytes(r.get(0, 4)?.try_into().unwrap_or_default());
+    let timer_slack_ns = r.call("prctl(PR_GET_TIMERSLACK)", nr::PRCTL, &[PR_GET_TIMERSLACK])?;
+    // The raw syscall returns 20 - nice (1..=40).
+    let prio = r.call("getpriority", nr::GETPRIORITY, &[PRIO_PROCESS, 0])?;
+    Ok(ThreadAttrs { pdeathsig, timer_slack_ns, nice: 20 - prio as i32 })
 }
 
 /// Create thread `tid` from the stopped leader `r`; returns once the new
@@ -122,10 +140,21 @@ pub fn restore_state(r: &mut Remote, t: &Thread) -> Result<()> {
         r.call("rseq", nr::RSEQ, &[ptr, u64::from(len), 0, u64::from(sig)])?;
     }
     r.call("set_tid_address", nr::SET_TID_ADDRESS, &[t.clear_child_tid])?;
+    // Set in every case: the leader's stub was forked with the restorer's
+    // own alternate stack (Rust's std gives every thread one), which no
+    // longer exists once the stub's memory is gone; a handler with
+    // SA_ONSTACK would then fault on delivery.
     let (sp, flags, size) = t.sigaltstack;
-    if flags & libc::SS_DISABLE == 0 {
-        let a = r.put(0, &words(&[sp, (flags & !libc::SS_ONSTACK) as u32 as u64, size]))?;
-        r.call("sigaltstack", nr::SIGALTSTACK, &[a, 0])?;
+    let ss = if flags & libc::SS_DISABLE == 0 {
+        [sp, (flags & !libc::SS_ONSTACK) as u32 as u64, size]
+    } else {
+        [0, libc::SS_DISABLE as u32 as u64, 0]
+    };
+    let a = r.put(0, &words(&ss))?;
+    r.call("sigaltstack", nr::SIGALTSTACK, &[a, 0])?;
+    r.call("prctl(PR_SET_PDEATHSIG)", nr::PRCTL, &[PR_SET_PDEATHSIG, t.attrs.pdeathsig as u32 as u64])?;
+    if t.attrs.timer_slack_ns != 0 {
+        r.call("prctl(PR_SET_TIMERSLACK)", nr::PRCTL, &[PR_SET_TIMERSLACK, t.attrs.timer_slack_ns])?;
     }
     let mut name = t.comm.as_bytes().to_vec();
     name.truncate(15);
@@ -133,6 +162,15 @@ pub fn restore_state(r: &mut Remote, t: &Thread) -> Result<()> {
     let a = r.put(0, &name)?;
     r.call("prctl(PR_SET_NAME)", nr::PRCTL, &[libc::PR_SET_NAME as u64, a])?;
     Ok(())
+}
+
+/// The thread's nice value, set by the thread itself once its credentials
+/// are final: it gets a higher priority than the restorer's only if it may
+/// (CAP_SYS_NICE, RLIMIT_NICE). Returns false if the kernel refused.
+pub fn restore_nice(r: &mut Remote, t: &Thread) -> Result<bool> {
+    let nice = t.attrs.nice.clamp(-20, 19);
+    let res = r.raw(nr::SETPRIORITY, &[PRIO_PROCESS, 0, nice as i64 as u64])?;
+    Ok(res == 0)
 }
 
 const ERESTARTSYS: i64 = -512;

@@ -170,20 +170,28 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
         keep.push(target);
     }
     fd::close_all_but(&keep);
-    // epoll entries are keyed by (file, fd number): register them here, with
-    // the fds already at the numbers the process knows them by.
-    for (epfd, entries) in plan.epolls.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
-        for &(target, mask, data) in entries {
-            events::epoll_add_at(*epfd, target, mask, data)
-                .map_err(|e| crate::EngineError::Other(format!("epoll fd {epfd}: {e}")))?;
-        }
-    }
     report(plan, &format!("R {pid}\n"));
     if let (Some(unix), Some(cmd)) = (plan.unix, cmd) {
         serve_steps(plan, unix, p, cmd);
         fd::close_at(TargetFd::of(cmd));
     }
+    // epoll entries are keyed by (file, fd number): register them once
+    // every fd is at the number the process knows it by, unix sockets and
+    // pidfds included (the socket steps above place them).
+    register_epolls(plan, pid)?;
+    report(plan, &format!("P {pid}\n"));
     fd::close_at(TargetFd::of(plan.ready_w));
+    Ok(())
+}
+
+/// Fill this process's epoll instances, each through its own fd number.
+fn register_epolls(plan: &StubPlan, pid: i32) -> Result<()> {
+    for (epfd, entries) in plan.epolls.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
+        for &(target, mask, data) in entries {
+            events::epoll_add_at(pid, *epfd, target, mask, data)
+                .map_err(|e| crate::EngineError::context(format!("epoll fd {epfd}"))(e.into()))?;
+        }
+    }
     Ok(())
 }
 

@@ -81,6 +81,36 @@ pub struct Process {
     pub zombie_status: Option<i32>,
     /// Stopped by a signal (job control) when checkpointed.
     pub stopped: bool,
+    /// Process-wide attributes a restored stub would otherwise keep from
+    /// the restorer.
+    pub attrs: ProcAttrs,
+}
+
+/// Process-wide attributes that a fork inherits (or cryopod's own work
+/// changes), restored explicitly so that nothing of the restorer shows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ProcAttrs {
+    /// PR_GET_DUMPABLE: 0, 1, or 2 (suid_dumpable; not settable, left as
+    /// the credentials make it).
+    pub dumpable: u32,
+    /// PR_SET_CHILD_SUBREAPER.
+    pub child_subreaper: bool,
+    /// PR_SET_THP_DISABLE.
+    pub thp_disable: bool,
+    /// /proc/PID/coredump_filter.
+    pub coredump_filter: u32,
+}
+
+/// Per-thread attributes that a fork or clone inherits, restored
+/// explicitly.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ThreadAttrs {
+    /// PR_SET_PDEATHSIG (0: none).
+    pub pdeathsig: i32,
+    /// PR_SET_TIMERSLACK, in ns (0: leave the default).
+    pub timer_slack_ns: u64,
+    /// Nice value, -20..=19.
+    pub nice: i32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +131,7 @@ pub struct Thread {
     /// Seccomp filters, oldest first: (flags, BPF program, 8 bytes per
     /// instruction).
     pub seccomp: Vec<(u64, Vec<u8>)>,
+    pub attrs: ThreadAttrs,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]

@@ -40,6 +40,7 @@ fn sample() -> Manifest {
         pending: vec![],
         affinity: vec![3],
         seccomp: vec![],
+        attrs: Default::default(),
     };
     let vma = Vma {
         start: 0x10000,
@@ -79,6 +80,7 @@ fn sample() -> Manifest {
             posix_timers: vec![],
             zombie_status: None,
             stopped: false,
+            attrs: Default::default(),
         }],
         files: vec![OpenFile { flags: 0, pos: 0, kind: FileKind::CharDev { path: "/dev/null".into(), rdev: 0x103 } }],
         objects: vec![],

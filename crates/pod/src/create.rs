@@ -341,7 +341,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
     // In PID 1: become cryopod-init; a failure is reported, then PID 1 exits.
     let first = |enter: &dyn Fn() -> Result<()>| {
         if let Err(e) = enter().and_then(|_| exec_init()) {
-            let _ = io::write_all(&err_w, e.to_string().as_bytes());
+            let _ = io::write_all(&err_w, cryopod_engine::chain(&e).as_bytes());
         }
         process::exit_now(127)
     };
@@ -384,7 +384,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
 /// holder's namespaces, then makes the PID namespace; PID 1 runs `first`
 /// (callers are subreapers, so PID 1 comes back to them).
 fn fork_in_userns(holder: &Holder, first: &dyn Fn()) -> Result<Forked> {
-    match fork_via(&|| holder.join_user().map_err(|e| e.to_string()))? {
+    match fork_via(&|| holder.join_user().map_err(|e| cryopod_engine::chain(&e)))? {
         Forked::Child => {
             first();
             process::exit_now(127)

@@ -42,8 +42,13 @@ pub fn setup(rootfs: Option<&Path>, pivot: bool) -> Result<()> {
     // Nothing we mount propagates back to the host.
     ns::mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
     let Some(root) = rootfs else {
-        // The host tree, but the pod's own /sys (its network devices).
+        // The host tree, but the pod's own /sys (its network devices) and
+        // /dev/shm (POSIX shared memory belongs with the pod's IPC, and is
+        // saved with it).
         ns::mount("sysfs", "/sys", "sysfs", libc::MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "")?;
+        if Path::new("/dev/shm").is_dir() {
+            ns::mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")?;
+        }
         return Ok(());
     };
     let r = path_str(root)?;

@@ -26,7 +26,7 @@ pub fn read_inside<T: Serialize + DeserializeOwned>(
             let res = ns::enter(pfd.as_fd(), init, flags)
                 .map_err(PodError::from)
                 .and_then(|_| read())
-                .map_err(|e| e.to_string());
+                .map_err(|e| cryopod_engine::chain(&e));
             let _ = io::write_all(&w, &serde_json::to_vec(&res).unwrap_or_default());
             process::exit_now(0)
         }

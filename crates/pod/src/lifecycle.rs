@@ -186,6 +186,15 @@ pub fn cleanup(state: &StateDir, rec: &PodRecord) -> Result<()> {
 /// was cut short is removed (processes, cgroup, veth, directory); a pod
 /// left frozen by a checkpoint cut short is thawed. A guardian process
 /// normally did the urgent part already (see cryopod_engine::guard).
+/// Unlock the network of a pod a cut-short command may have left locked.
+fn unlock(rec: &PodRecord) {
+    if let Some(v) = &rec.veth {
+        if let Err(e) = crate::net::set_locked(v, false) {
+            tracing::warn!(pod = %rec.name, "{e}");
+        }
+    }
+}
+
 pub fn recover(state: &StateDir) {
     state.remove_dead_reservations();
     for name in state.names() {
@@ -205,6 +214,7 @@ pub fn recover(state: &StateDir) {
                 // runs was complete (keep it).
                 if let Some((pid, false)) = noted_owner(&dir.join(CREATOR)) {
                     if rec.alive() {
+                        unlock(&rec);
                         let _ = std::fs::remove_file(dir.join(CREATOR));
                     } else {
                         tracing::warn!(pod = %name, pid, "removing a pod whose restore was cut short");
@@ -216,6 +226,7 @@ pub fn recover(state: &StateDir) {
                 }
                 if let Some((pid, false)) = noted_owner(&dir.join(CHECKPOINTER)) {
                     tracing::warn!(pod = %name, pid, "thawing a pod left by a cut-short checkpoint");
+                    unlock(&rec);
                     if Cgroup::of(&name).thaw().is_ok() {
                         let _ = std::fs::remove_file(dir.join(CHECKPOINTER));
                     }

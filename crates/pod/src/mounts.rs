@@ -9,6 +9,7 @@ use crate::{PodError, Result};
 use cryopod_engine::procfs::MountInfo;
 use cryopod_image::pod::{PodMount, PodMountKind};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Mount points every pod gets from the holder (and its /proc).
@@ -30,7 +31,7 @@ pub fn standard(rootfs: bool) -> Vec<&'static str> {
             "/proc",
         ]
     } else {
-        vec!["/proc", "/sys"]
+        vec!["/proc", "/sys", "/dev/shm"]
     }
 }
 
@@ -76,7 +77,13 @@ pub fn classify(pod: &[MountInfo], rootfs: bool, host: &[MountInfo], userns: boo
     let root_mount = pod.iter().find(|m| m.target == "/");
     let mut out = Vec::new();
     let mut tmpfs = 0u32;
-    for m in pod {
+    // Of mounts stacked on one place only the topmost (the last listed) is
+    // seen, saved and made again.
+    let topmost = |i: usize, m: &MountInfo| !pod[i + 1..].iter().any(|n| n.target == m.target);
+    for (i, m) in pod.iter().enumerate() {
+        if !topmost(i, m) {
+            continue;
+        }
         let is_std = std_targets.contains(&m.target.as_str());
         let from_host = !rootfs && host.iter().any(|h| h.target == m.target && h.fstype == m.fstype);
         if from_host && !is_std {
@@ -165,12 +172,45 @@ pub fn archive(root: &str, mounts: &[PodMount], out: std::fs::File, path: &Path)
     for m in mounts {
         if let PodMountKind::Tmpfs { index } = m.kind {
             let src = format!("{root}{}", m.target);
-            b.append_dir_all(format!("tmpfs/{index}"), &src).map_err(PodError::io(&src))?;
+            append_tree(&mut b, Path::new(&src), Path::new(&format!("tmpfs/{index}"))).map_err(PodError::io(&src))?;
         }
     }
     let mut w = b.into_inner().map_err(PodError::io(path))?;
     w.inner.flush().map_err(PodError::io(path))?;
     Ok((w.len, *w.hash.finalize().as_bytes()))
+}
+
+/// Append directory `dir` as `name`, and all under it. A regular file's
+/// modification time goes with nanoseconds (a PAX record): a file mapped by
+/// a process must look unchanged to the restore's check.
+fn append_tree<W: Write>(b: &mut tar::Builder<W>, dir: &Path, name: &Path) -> std::io::Result<()> {
+    b.append_dir(name, dir)?;
+    let mut entries = std::fs::read_dir(dir)?.collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let (path, to) = (e.path(), name.join(e.file_name()));
+        let md = std::fs::symlink_metadata(&path)?;
+        if md.is_dir() {
+            append_tree(b, &path, &to)?;
+            continue;
+        }
+        if md.is_file() && md.mtime() >= 0 {
+            let t = format!("{}.{:09}", md.mtime(), md.mtime_nsec());
+            b.append_pax_extensions([(PAX_MTIME, t.as_bytes())])?;
+        }
+        b.append_path_with_name(&path, &to)?;
+    }
+    Ok(())
+}
+
+const PAX_MTIME: &str = "mtime";
+
+/// A PAX modification time "seconds.nanoseconds" (as [`append_tree`]
+/// writes it), if well formed.
+fn pax_mtime(v: &[u8]) -> Option<(i64, i64)> {
+    let (s, ns) = std::str::from_utf8(v).ok()?.split_once('.')?;
+    let ns: i64 = ns.parse().ok().filter(|n| (0..1_000_000_000).contains(n))?;
+    Some((s.parse().ok()?, ns))
 }
 
 /// A writer that hashes and counts what goes through it (the archive's
@@ -237,7 +277,21 @@ pub fn unpack(archive: std::fs::File, mounts: &[PodMount], root: &str, pod_ids: 
             }
         }
         let owner = (e.header().uid().unwrap_or(0), e.header().gid().unwrap_or(0));
+        let mtime = match e.pax_extensions().map_err(PodError::io("tmpfs archive"))? {
+            Some(exts) => exts.flatten().find(|x| x.key() == Ok(PAX_MTIME)).and_then(|x| pax_mtime(x.value_bytes())),
+            None => None,
+        };
+        // (A file with holes, or space only reserved (fallocate), comes as
+        // a GNU sparse entry.)
+        let kind = e.header().entry_type();
+        let regular = kind.is_file() || kind.is_gnu_sparse();
         e.unpack(&dest).map_err(PodError::io(&dest))?;
+        if let (Some((sec, nsec)), true) = (mtime, regular) {
+            let t = rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec };
+            let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+            rustix::fs::utimensat(rustix::fs::CWD, &dest, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| PodError::io(&dest)(e.into()))?;
+        }
         if pod_ids {
             let (uid, gid) = (crate::create::pod_id(owner.0), crate::create::pod_id(owner.1));
             std::os::unix::fs::lchown(&dest, uid, gid).map_err(PodError::io(&dest))?;

@@ -19,6 +19,11 @@ use std::net::{IpAddr, Ipv4Addr};
 /// The host bridge every pod veth is attached to.
 pub const BRIDGE: &str = "cryopod0";
 
+/// Metric of the unreachable route that guards each pod network: above the
+/// bridge's connected route (metric 0), so it takes over only when the
+/// bridge or its address is gone.
+pub const GUARD_METRIC: u32 = 4242;
+
 /// A network namespace's configuration as a checkpoint records it (IPv4
 /// addresses as numbers, as the image keeps them).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -118,6 +123,7 @@ pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32) -> Result<String> {
             }
         };
         set_up(&h, br).await?;
+        guard(&h, ip).await?;
         let gw = ip.gateway();
         let mut has = false;
         let mut s = h.address().get().set_link_index_filter(br).execute();
@@ -158,6 +164,24 @@ pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32) -> Result<String> {
         res
     })?;
     Ok(host)
+}
+
+/// An unreachable route for the pod network, kept when the last pod goes
+/// (its bridge with it): a packet for a pod address, checkpointed or gone,
+/// must never follow the host's default route out of the machine. Routes
+/// are cheap and the network may come back with a restore: cryopod never
+/// removes it (`ip route del unreachable NET metric 4242` does).
+async fn guard(h: &Handle, ip: &IpConfig) -> Result<()> {
+    let net = Ipv4Addr::from(u32::from(ip.addr) & ip.mask());
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net, ip.prefix)
+        .kind(rtnetlink::packet_route::route::RouteType::Unreachable)
+        .priority(GUARD_METRIC)
+        .build();
+    match h.route().add(route).execute().await {
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
+        r => r.map_err(nerr("adding the pod network's guard route")),
+    }
 }
 
 /// Pod side (in the pod's network namespace): loopback up, and with an
@@ -314,4 +338,58 @@ pub fn dump() -> Result<NetConfig> {
         }
         Ok(cfg)
     })
+}
+
+/// Lock (or unlock) a pod's network: the host end of its veth, a port of
+/// the bridge, is set disabled, so the bridge drops every frame to and from
+/// the pod. (Not "blocking": with STP off, the bridge at once makes any
+/// port it does not find disabled forwarding again.) Peers see lost packets and send them again; nothing reaches
+/// the pod's sockets while they are saved or made again, so no byte is
+/// acknowledged that no image holds. (Set on the port, not the link: the
+/// pod sees no carrier change.)
+pub fn set_locked(veth: &str, locked: bool) -> Result<()> {
+    with_handle(async |h| {
+        let i = must_index(&h, veth).await?;
+        h.link().set(port_state(i, locked)).execute().await.map_err(nerr(if locked {
+            "locking the pod's network"
+        } else {
+            "unlocking the pod's network"
+        }))
+    })
+}
+
+/// The port's state set as `bridge link set dev PORT state N` does it
+/// (IFLA_PROTINFO of the bridge family: the port options of the link's
+/// "bridge_slave" data leave a port disabled as it was).
+fn port_state(index: u32, locked: bool) -> rtnetlink::packet_route::link::LinkMessage {
+    use rtnetlink::packet_core::DefaultNla;
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage, LinkProtoInfoBridge};
+    use rtnetlink::packet_route::AddressFamily;
+    const IFLA_BRPORT_STATE: u16 = 1;
+    const BR_STATE_DISABLED: u8 = 0;
+    const BR_STATE_FORWARDING: u8 = 3;
+    let state = if locked { BR_STATE_DISABLED } else { BR_STATE_FORWARDING };
+    let mut m = LinkMessage::default();
+    m.header.interface_family = AddressFamily::Bridge;
+    m.header.index = index;
+    m.attributes.push(LinkAttribute::ProtoInfoBridge(vec![LinkProtoInfoBridge::Other(DefaultNla::new(
+        IFLA_BRPORT_STATE,
+        vec![state],
+    ))]));
+    m
+}
+
+/// The request that unlocks a pod's network, as bytes to send on a
+/// NETLINK_ROUTE socket (for a guardian, which must undo a lock should we
+/// die, and has no netlink library of its own).
+pub fn unlock_request(veth: &str) -> Result<Vec<u8>> {
+    use rtnetlink::packet_core::{NetlinkMessage, NLM_F_REQUEST};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    let i = with_handle(async |h| must_index(&h, veth).await)?;
+    let mut m = NetlinkMessage::from(RouteNetlinkMessage::SetLink(port_state(i, false)));
+    m.header.flags = NLM_F_REQUEST;
+    m.finalize();
+    let mut buf = vec![0u8; m.buffer_len()];
+    m.serialize(&mut buf);
+    Ok(buf)
 }

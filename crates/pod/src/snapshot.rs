@@ -109,11 +109,20 @@ fn checkpoint_once(
     guard.thaw_on_abort(cg.freezer_file()?.as_fd()).map_err(engine_err)?;
     let note = state.dir(&o.name).join(crate::state::CHECKPOINTER);
     crate::state::note_owner(&note).map_err(PodError::io(&note))?;
+    // The network is locked from before the freeze until the pod runs again
+    // (or, checkpointed, until it is gone).
     let since = std::time::Instant::now();
-    let res = cg
-        .freeze(Duration::from_secs(10))
+    let res = lock_network(&rec, &guard)
+        .and_then(|_| cg.freeze(Duration::from_secs(10)))
         .and_then(|_| checkpoint_frozen(state, &rec, &cg, o, Attempt { out: &out, since, cow }, &guard, progress));
     let _ = cg.thaw();
+    if res.is_err() || o.leave_running {
+        if let Some(v) = &rec.veth {
+            if let Err(e) = net::set_locked(v, false) {
+                tracing::warn!(pod = %o.name, "{e}");
+            }
+        }
+    }
     let _ = std::fs::remove_file(&note);
     // On failure, what was written goes when `out` is dropped unfinished.
     let summary = res.map_err(|e| PodError::LeftRunning(Box::new(e)))?;
@@ -131,6 +140,15 @@ struct Attempt<'a> {
     out: &'a OutDir,
     since: std::time::Instant,
     cow: bool,
+}
+
+/// Lock the pod's network (if it has one); the guardian unlocks it should
+/// we die before the end of a checkpoint meant to leave it running.
+fn lock_network(rec: &PodRecord, guard: &Guard) -> Result<()> {
+    let Some(veth) = &rec.veth else { return Ok(()) };
+    let nl = cryopod_sys::sock::netlink_route()?;
+    guard.send_on_abort(Outcome::Resume, nl.as_fd(), &net::unlock_request(veth)?).map_err(engine_err)?;
+    net::set_locked(veth, true)
 }
 
 fn checkpoint_frozen(
@@ -196,8 +214,24 @@ fn checkpoint_frozen(
         let mut src = std::fs::File::open(&log).map_err(PodError::io(&log))?;
         std::io::copy(&mut src, &mut copy).map_err(PodError::io(o.dir.join(LOG_COPY)))?;
     }
-    let thaw = || cg.thaw().map_err(engine_err_back);
-    let refreeze = || cg.freeze(Duration::from_secs(10)).map_err(engine_err_back);
+    // A pod left running hears the world again as it thaws (its memory
+    // may still be being read); one that is to die stays locked until it
+    // is gone. Frozen again (a retry), it is locked again.
+    let thaw = || {
+        if let (true, Some(v)) = (o.leave_running, &rec.veth) {
+            // (Thawed whatever happens; tried again at the end.)
+            if let Err(e) = net::set_locked(v, false) {
+                tracing::warn!(pod = %rec.name, "{e}");
+            }
+        }
+        cg.thaw().map_err(engine_err_back)
+    };
+    let refreeze = || {
+        if let Some(v) = &rec.veth {
+            net::set_locked(v, true).map_err(engine_err_back)?;
+        }
+        cg.freeze(Duration::from_secs(10)).map_err(engine_err_back)
+    };
     let opts = CheckpointOptions {
         pid: init,
         dir: o.dir.clone(),
@@ -220,7 +254,22 @@ fn checkpoint_frozen(
 }
 
 fn engine_err_back(e: PodError) -> EngineError {
-    EngineError::Other(e.to_string())
+    EngineError::Caller(Box::new(e))
+}
+
+/// The image's TCP connections on local address `addr`, as
+/// "local ↔ remote".
+fn connections_at(m: &cryopod_image::Manifest, addr: std::net::Ipv4Addr) -> Vec<String> {
+    use cryopod_engine::inet::show;
+    m.files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            cryopod_image::FileKind::Tcp(c) if c.local.0 == addr.octets() => {
+                Some(format!("{} ↔ {}", show(c.family, &c.local.0, c.local.1), show(c.family, &c.remote.0, c.remote.1)))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Is the restored pod at the address it had?
@@ -264,6 +313,9 @@ pub struct PodRestoreOptions<'a> {
     pub name: Option<String>,
     /// A new address (default: the one in the image).
     pub ip: Option<IpConfig>,
+    /// At a new address: give the connections on the old one back closed
+    /// (reset) rather than refuse.
+    pub tcp_close: bool,
     pub threads: usize,
 }
 
@@ -278,6 +330,18 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
     // CPU had is refused with nothing set up.
     cryopod_engine::cpu::check_image(&m.cpu).map_err(engine_err)?;
     let name = o.name.clone().unwrap_or_else(|| pod.name.clone());
+    let moved_from = pod.ip.map(|(a, _)| std::net::Ipv4Addr::from(a)).filter(|&old| !spec_ip_same(Some(old), o.ip));
+    if let (Some(old), false) = (moved_from, o.tcp_close) {
+        let held = connections_at(m, old);
+        if !held.is_empty() {
+            return Err(PodError::Invalid(format!(
+                "the pod holds TCP connections on its old address {old} ({}), which cannot move to {}; restore it at \
+                 {old}, or add --tcp-close to restore it with them closed",
+                held.join(", "),
+                o.ip.map(|i| i.addr.to_string()).unwrap_or_default()
+            )));
+        }
+    }
     let ip = match o.ip {
         Some(ip) => Some(ip),
         None => pod.ip.map(|(a, p)| IpConfig::parse(&format!("{}/{p}", std::net::Ipv4Addr::from(a)))).transpose()?,
@@ -348,6 +412,14 @@ fn restore_reserved(
             .filter(|_| spec_ip_same(old_ip, o.ip)),
     };
     let mut holder = Holder::create(name, &spec, &extra)?;
+    // Nothing reaches the pod before its sockets are made and complete (a
+    // peer's segment would meet no socket and reset its connection).
+    if let Some(v) = &holder.veth {
+        if let Err(e) = net::set_locked(v, true) {
+            holder.undo();
+            return Err(e);
+        }
+    }
     if let Err(e) = cryopod_sys::pidfd::pidfd_open(holder.pid)
         .map_err(EngineError::from)
         .and_then(|pfd| guard.kill_on_abort(pfd.as_fd()))
@@ -355,15 +427,22 @@ fn restore_reserved(
         holder.undo();
         return Err(engine_err(e));
     }
-    let enter = || holder.enter().map_err(|e| e.to_string());
+    let enter = || holder.enter().map_err(|e| cryopod_engine::chain(&e));
     // A --userns pod: a go-between joins its user namespace first (its PID
     // namespace must belong to it), PID 1 then only settles in.
-    let join_user = || holder.join_user().map_err(|e| e.to_string());
-    let settle = || holder.settle().map_err(|e| e.to_string());
+    let join_user = || holder.join_user().map_err(|e| cryopod_engine::chain(&e));
+    let settle = || holder.settle().map_err(|e| cryopod_engine::chain(&e));
     let (enter, before_pid_ns): (&(dyn Fn() -> std::result::Result<(), String> + Sync), _) =
         if pod.userns { (&settle, Some(&join_user as _)) } else { (&enter, None) };
-    let pod_restore =
-        PodRestore { root: holder.root().display().to_string(), enter, before_pid_ns, inherit, ns_of: holder.pid };
+    let tcp_closed_at = old_ip.filter(|_| o.tcp_close && !spec_ip_same(old_ip, o.ip)).map(|a| a.octets().to_vec());
+    let pod_restore = PodRestore {
+        root: holder.root().display().to_string(),
+        enter,
+        before_pid_ns,
+        inherit,
+        ns_of: holder.pid,
+        tcp_closed_at,
+    };
     let opts =
         RestoreOptions { image: o.image, threads: o.threads, pod: Some(pod_restore), guard: Some(guard.clone()) };
     let outcome = match cryopod_engine::restore(&opts, progress) {
@@ -375,7 +454,9 @@ fn restore_reserved(
     };
     let veth = holder.veth.clone();
     holder.release();
-    if let Err(e) = crate::ipc::remove_marked(&pod.ipc, outcome.root_pid) {
+    // Its sockets are all there: the pod may hear the world again.
+    let unlocked = veth.as_deref().map_or(Ok(()), |v| net::set_locked(v, false));
+    if let Err(e) = unlocked.and_then(|_| crate::ipc::remove_marked(&pod.ipc, outcome.root_pid)) {
         let _ = cryopod_sys::process::kill(outcome.root_pid, libc::SIGKILL);
         let _ = cryopod_sys::process::waitpid(outcome.root_pid, 0);
         let _ = crate::lifecycle::cleanup_by_name(state, name, veth.clone());

@@ -6,7 +6,7 @@
 
 use crate::error::fail;
 use crate::fd::TargetFd;
-use crate::{Errno, SysError, SysResult};
+use crate::{Errno, Pid, SysError, SysResult};
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdTimerFlags, Timespec};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
@@ -118,13 +118,14 @@ pub fn epoll_create(flags: i32) -> SysResult<OwnedFd> {
 /// epoll_ctl(epfd, EPOLL_CTL_ADD, fd, {events, data}) on numbers of the
 /// calling process's own table: a stub registers the interest list under
 /// the numbers its process knows its files by (epoll keys each entry by
-/// file and number, so the number is the subject).
-pub fn epoll_add_at(epfd: TargetFd, fd: TargetFd, events: u32, data: u64) -> SysResult<()> {
+/// file and number, so the number is the subject). `pid` is the calling
+/// process as the image numbers it (for the message).
+pub fn epoll_add_at(pid: Pid, epfd: TargetFd, fd: TargetFd, events: u32, data: u64) -> SysResult<()> {
     let mut ev = libc::epoll_event { events, u64: data };
     // rustix's epoll::add takes descriptors, and a slot has none. SAFETY:
     // `ev` is a valid epoll_event; the numbers are plain arguments.
     if unsafe { libc::epoll_ctl(epfd.0, libc::EPOLL_CTL_ADD, fd.0, &mut ev) } < 0 {
-        return Err(SysError::last(format!("epoll_ctl(ADD fd {fd})"), 0));
+        return Err(SysError::last(format!("epoll_ctl(ADD fd {fd})"), pid));
     }
     Ok(())
 }

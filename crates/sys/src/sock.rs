@@ -360,3 +360,15 @@ pub fn inet_connect(fd: impl AsFd, family: i32, addr: &[u8], port: u16) -> SysRe
 pub fn inet_peer(fd: impl AsFd) -> Option<(Vec<u8>, u16)> {
     inet_name_of_peer(fd).ok()
 }
+
+/// A NETLINK_ROUTE socket (close-on-exec), in the caller's network
+/// namespace; what is sent on it goes to the kernel.
+pub fn netlink_route() -> SysResult<OwnedFd> {
+    rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        None, // NETLINK_ROUTE is protocol 0
+    )
+    .map_err(err("socket(NETLINK_ROUTE)"))
+}

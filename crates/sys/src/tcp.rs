@@ -134,6 +134,12 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     let local = crate::sock::inet_sockaddr(family, &st.local.0, st.local.1)?;
     rustix::net::bind(fd, &local).map_err(failed("bind"))?;
     let remote = crate::sock::inet_sockaddr(family, &st.remote.0, st.remote.1)?;
+    // The segment size is worked out at connect, from the clamp in force
+    // then (the 536-byte default, the option below comes too late): give
+    // it the peer's value first, or the connection sends 524-byte segments.
+    if let Some(mss) = i32::try_from(st.mss).ok().filter(|&m| m > 0) {
+        set_int(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss, "TCP_MAXSEG")?;
+    }
     // In repair mode connect sends nothing.
     rustix::net::connect(fd, &remote).map_err(failed("connect"))?;
     let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MAXSEG, st.mss)];
@@ -172,4 +178,28 @@ pub fn finish(fd: impl AsFd, st: &TcpState) -> SysResult<()> {
     set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, -1, "setsockopt(TCP_REPAIR, off)")?;
     let sent = st.send_queue.len().saturating_sub(st.unsent as usize);
     send_all(fd, &st.send_queue[sent..], "the unsent data")
+}
+
+/// A TCP socket whose connection was reset by its peer, in the caller's
+/// network namespace: what a connection the restore cannot give back
+/// becomes (its owner's next read says ECONNRESET, then end of file). Made
+/// over loopback (a listener of our own that aborts the one connection it
+/// accepts); no packet leaves the namespace.
+pub fn reset_connection(family: i32) -> SysResult<OwnedFd> {
+    let lo: &[u8] =
+        if family == libc::AF_INET6 { &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] } else { &[127, 0, 0, 1] };
+    let listener = crate::sock::tcp_listen(family, lo, 0, 1, false, true)?;
+    let (_, port) = crate::sock::inet_name(&listener)?;
+    let client = crate::sock::inet_raw_socket(family, libc::SOCK_STREAM, "socket(TCP)")?;
+    crate::sock::inet_connect(&client, family, lo, port)?;
+    let accepted = rustix::net::accept(&listener).map_err(failed("accept (loopback)"))?;
+    // Linger 0: closing sends a reset rather than a FIN.
+    rustix::net::sockopt::set_socket_linger(&accepted, Some(std::time::Duration::ZERO))
+        .map_err(failed("setsockopt(SO_LINGER)"))?;
+    drop(accepted);
+    // The reset crosses loopback at once; wait for it to have landed.
+    let mut pfd = [rustix::event::PollFd::new(&client, rustix::event::PollFlags::IN)];
+    let ts = rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 };
+    rustix::event::poll(&mut pfd, Some(&ts)).map_err(failed("poll (loopback reset)"))?;
+    Ok(client)
 }

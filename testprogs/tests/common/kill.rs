@@ -459,7 +459,10 @@ fn live(pid: i32) -> bool {
 /// the pod must be running, thawed and untraced each time.
 pub fn pod_checkpoint_trials(env: &PodEnv, n: usize) -> Counts {
     let name = "killck";
-    env.ok(&["run", "-d", "--name", name, "--", "sh", "-c", "while :; do echo x > /dev/null; sleep 0.01; done"]);
+    let script = "while :; do echo x > /dev/null; sleep 0.01; done";
+    env.ok(&["run", "-d", "--name", name, "--ip", "10.77.94.2/24", "--", "sh", "-c", script]);
+    // Its network must not stay locked: its bridge port forwarding (3).
+    let port = format!("/sys/class/net/{}/brport/state", cryopod_pod::net::veth_names(name).0);
     let init = env.ps()[0]["init_pid"].as_i64().unwrap() as i32;
     let img = env.dir.join("img");
     let img_s = img.to_str().unwrap().to_string();
@@ -478,15 +481,23 @@ pub fn pod_checkpoint_trials(env: &PodEnv, n: usize) -> Counts {
             let mut pids = vec![init];
             pids.extend(children_of(init));
             let stuck = not_running(&pids);
-            if fz.trim() == "THAWED" && stuck.is_empty() {
+            let port_state = std::fs::read_to_string(&port).unwrap_or_default();
+            if fz.trim() == "THAWED" && stuck.is_empty() && port_state.trim() == "3" {
                 return Verdict::Fine;
             }
             if t.elapsed() > Duration::from_secs(1) {
-                return Verdict::Bad(format!("freezer {}, {}", fz.trim(), stuck.join("; ")));
+                let port_state = port_state.trim();
+                return Verdict::Bad(format!(
+                    "freezer {}, network port state {port_state}, {}",
+                    fz.trim(),
+                    stuck.join("; ")
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     });
+    // The last trial may have finished its image.
+    reset();
     env.ok(&["checkpoint", name, "-o", &img_s, "--leave-running"]);
     env.ok(&["stop", "--timeout", "1", name]);
     c

@@ -5,6 +5,8 @@
 
 pub mod kill;
 pub mod pod;
+pub mod servers;
+pub mod streams;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 pub struct PodEnv {
     pub dir: PathBuf,
     pub state: PathBuf,
+    /// The pod networks' guard routes there were before the test (those it
+    /// adds are removed at its end).
+    guards_before: Vec<String>,
     _lock: super::Serial,
 }
 
@@ -26,7 +29,7 @@ impl PodEnv {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let state = dir.join("state");
-        PodEnv { dir, state, _lock: lock }
+        PodEnv { dir, state, guards_before: guard_routes(), _lock: lock }
     }
 
     pub fn cryopod(&self, args: &[&str]) -> Out {
@@ -121,7 +124,10 @@ impl PodEnv {
         // no pod is left.
         let (veth, _) = cryopod_pod::net::veth_names(name);
         let mut ifs = vec![veth];
-        if self.pods().is_empty() {
+        // The bridge goes with its last port (pods of other state
+        // directories may still be attached).
+        let ports = std::fs::read_dir("/sys/class/net/cryopod0/brif").map(|d| d.count()).unwrap_or(0);
+        if self.pods().is_empty() && ports == 0 {
             ifs.push("cryopod0".into());
         }
         for i in ifs {
@@ -161,5 +167,18 @@ impl Drop for PodEnv {
         }
         reap_all();
         let _ = std::fs::remove_dir_all(&self.dir);
+        for r in guard_routes().into_iter().filter(|r| !self.guards_before.contains(r)) {
+            let _ = Command::new("ip").args(["route", "del", "unreachable", &r, "metric", "4242"]).status();
+        }
     }
+}
+
+/// Networks with a pod network guard route (unreachable, metric 4242).
+pub fn guard_routes() -> Vec<String> {
+    let out = Command::new("ip").args(["-4", "route", "show", "type", "unreachable"]).output().expect("ip route");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("metric 4242"))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
 }
