@@ -525,7 +525,7 @@ fn assert_stays_home(addr: &str, when: &str) {
     let out = std::process::Command::new("ip").args(["-4", "route", "get", addr]).output().unwrap();
     let route = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
-        route.contains("unreachable") || route.contains("dev cryopod0"),
+        route.contains("unreachable") || route.contains("No route to host") || route.contains("dev cryopod0"),
         "{when}: a packet for {addr} would go {route:?}"
     );
     assert!(

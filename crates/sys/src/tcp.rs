@@ -137,7 +137,9 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     // The segment size is worked out at connect, from the clamp in force
     // then (the 536-byte default, the option below comes too late): give
     // it the peer's value first, or the connection sends 524-byte segments.
-    if let Some(mss) = i32::try_from(st.mss).ok().filter(|&m| m > 0) {
+    // (TCP_MAXSEG takes at most 32767: loopback's 65483 gets that.)
+    const MAX_USER_MSS: u32 = 32767;
+    if let Some(mss) = i32::try_from(st.mss.min(MAX_USER_MSS)).ok().filter(|&m| m >= 88) {
         set_int(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss, "TCP_MAXSEG")?;
     }
     // In repair mode connect sends nothing.
