@@ -219,10 +219,7 @@ fn counter_server_phases(s: &mut ServerEnv) -> Stream {
     let r = s.restore_under(start_load(s, Tool::Wrk(8080, "/inc"), "wrk2"));
     let c2 = check(s, c1, &r);
     // The state through one more checkpoint and restore, the stream's
-    // connection open and sending. A second first, for the server to
-    // close the connections wrk left (a TCP socket in state CLOSE cannot
-    // be checkpointed yet: that is found by the load phases above).
-    std::thread::sleep(Duration::from_secs(1));
+    // connection open and sending (once the server closed what wrk left).
     s.checkpoint_and_restore();
     assert_eq!(count(s), c2, "the counter after the restore");
     assert_eq!(http_get(s, 8080, "/inc"), format!("{}\n", c2 + 1), "the counter goes on");

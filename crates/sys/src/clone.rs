@@ -33,12 +33,26 @@ pub fn fork_with_pid(pid: Pid) -> SysResult<Forked> {
     fork_with(0, pid)
 }
 
+/// Whether the caller is its process's only thread. A thread already
+/// joined may still be listed for a moment (its end is reported to the
+/// joiner before the kernel lets it go): such a count is looked at again,
+/// for up to 200 ms, before the answer is no.
+fn single_threaded() -> bool {
+    for _ in 0..200 {
+        if crate::process::own_thread_count().is_none_or(|n| n == 1) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    false
+}
+
 /// Fork into new namespaces (`CLONE_NEW*` flags, e.g. a new PID namespace
 /// whose first process the child becomes), with PID `pid` in the child's
 /// innermost PID namespace (0 = any). Same single-thread rule as
 /// [`fork_with_pid`].
 pub fn fork_with(flags: u64, pid: Pid) -> SysResult<Forked> {
-    if crate::process::own_thread_count().is_some_and(|n| n != 1) {
+    if !single_threaded() {
         return Err(SysError::new("fork (caller has several threads)", pid, Errno(libc::EDEADLK)));
     }
     let tids = [pid];

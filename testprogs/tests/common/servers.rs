@@ -158,10 +158,36 @@ impl ServerEnv {
         let _ = std::fs::remove_dir_all(image);
     }
 
-    /// Checkpoint (the pod ends) and restore at once.
+    /// Checkpoint (the pod ends) and restore at once, once the pod's
+    /// sockets have settled.
     pub fn checkpoint_and_restore(&mut self) {
+        self.settle_sockets();
         let image = self.checkpoint(false);
         self.restore(&image);
+    }
+
+    /// Wait (up to 15 s) until every TCP socket of the pod listens or is
+    /// established: connections a load generator closed or reset must be
+    /// closed by the server first (sockets in other TCP states cannot be
+    /// checkpointed yet, a refusal the load phases run into on their own).
+    pub fn settle_sockets(&self) {
+        let pid = self.env.ps().iter().find(|p| p["name"] == self.name.as_str()).and_then(|p| p["init_pid"].as_i64());
+        let Some(pid) = pid else { return };
+        let t = Instant::now();
+        loop {
+            let o = Command::new("nsenter")
+                .args(["-t", &pid.to_string(), "-n", "ss", "-Htan"])
+                .output()
+                .expect("nsenter ss");
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            // (TIME-WAIT belongs to no process.)
+            let settled = |l: &&str| ["LISTEN", "ESTAB", "TIME-WAIT"].iter().any(|s| l.starts_with(s));
+            let odd: Vec<&str> = text.lines().filter(|l| !settled(l)).collect();
+            if odd.is_empty() || t.elapsed() > Duration::from_secs(15) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn within(&self, args: &[&str], secs: u64) -> (i32, String, String) {
@@ -187,7 +213,8 @@ impl ServerEnv {
     /// its clients connected throughout; no error allowed.
     pub fn restore_under(&mut self, load: Load) -> LoadReport {
         std::thread::sleep(Duration::from_millis(1000));
-        self.checkpoint_and_restore();
+        let image = self.checkpoint(false);
+        self.restore(&image);
         self.judge(load, "through a checkpoint and restore")
     }
 
