@@ -42,13 +42,7 @@ fn running_checkpoint_is_the_freeze_moment() {
     // Loose (a noisy VM, a debug build): the targets are the bench's.
     assert!(frozen * 4.0 < whole, "frozen {frozen} ms is not far below the whole {whole} ms");
     // The program went on meanwhile; the image goes back to the freeze.
-    let pid = run.pid;
-    run.image_pids();
-    kill_tree(pid);
-    if let Some(mut c) = run.child.take() {
-        let _ = c.wait();
-    }
-    run.restore_and_verify();
+    end_and_restore(&mut run);
 }
 
 #[test]
@@ -78,19 +72,19 @@ fn running_checkpoint_of_a_pod_is_the_freeze_moment() {
 
 /// A program that drops pages while they are read (madvise DONTNEED): the
 /// image would not be the freeze's, so the checkpoint is taken again
-/// frozen throughout, says so, and is exact.
+/// frozen throughout and says so; either way the image is exact. (Whether
+/// a drop meets a page not read yet is up to the race: on a busy machine
+/// the read may win; the fallback is then not seen, only exactness.)
 #[test]
 fn running_checkpoint_falls_back_when_pages_are_dropped() {
     let mut run = Run::testprog_with("cow-churn", env!("CARGO_BIN_EXE_tp-rewrite"), &["64", "churn"]);
     let err = run.checkpoint(&["--leave-running"]);
-    assert!(err.contains("note:") && err.contains("madvise"), "no fallback said: {err}");
-    let pid = run.pid;
-    run.image_pids();
-    kill_tree(pid);
-    if let Some(mut c) = run.child.take() {
-        let _ = c.wait();
+    if err.contains("note:") {
+        assert!(err.contains("madvise"), "a fallback for another reason: {err}");
+    } else {
+        eprintln!("the read won the race this time (no fallback): {err}");
     }
-    run.restore_and_verify();
+    end_and_restore(&mut run);
 }
 
 /// cryopod killed while it reads a running tree's memory: its uffds close
@@ -129,4 +123,16 @@ fn running_checkpoint_killed_while_reading_harms_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(utime(run.pid) > u0, "the program no longer runs");
     run.go_and_expect_pass();
+}
+
+/// End the program (the image must not need it) and restore the image:
+/// the program checks its memory is the freeze's.
+fn end_and_restore(run: &mut Run) {
+    let pid = run.pid;
+    run.image_pids();
+    kill_tree(pid);
+    if let Some(mut c) = run.child.take() {
+        let _ = c.wait();
+    }
+    run.restore_and_verify();
 }

@@ -35,6 +35,14 @@ fn redis_cli(s: &ServerEnv, args: &[&str]) -> String {
     host(Command::new("redis-cli").args(["-h", &s.ip, "-p", "6379"]).args(args), 30).trim().to_string()
 }
 
+/// The end of a test: the stream's verdict, the pod stopped, every
+/// check reported.
+fn finish(mut s: ServerEnv, stream: Stream) {
+    stream_ok(&mut s, stream);
+    s.stop();
+    s.done();
+}
+
 /// Assert the stream client got through everything; note its summary.
 fn stream_ok(s: &mut ServerEnv, stream: Stream) {
     let sent = stream.sent();
@@ -89,9 +97,7 @@ fn redis_under_redis_benchmark() {
     s.note(format!("data: {} keys, digest equal", after.1));
     stream.resume();
     std::thread::sleep(Duration::from_millis(300));
-    stream_ok(&mut s, stream);
-    s.stop();
-    s.done();
+    finish(s, stream);
 }
 
 #[test]
@@ -137,9 +143,7 @@ fn nginx_two_workers_under_wrk() {
     s.note(format!("data: stub_status accepts/handled/requests {before:?} -> {after:?}"));
     stream.resume();
     std::thread::sleep(Duration::from_millis(300));
-    stream_ok(&mut s, stream);
-    s.stop();
-    s.done();
+    finish(s, stream);
 }
 
 #[test]
@@ -185,9 +189,7 @@ fn postgresql_under_pgbench() {
     assert_eq!(before, after, "accounts (count sum) | history (count sum) before the checkpoint and after the restore");
     s.note(format!("data: accounts|history {after}"));
     std::thread::sleep(Duration::from_millis(300));
-    stream_ok(&mut s, stream);
-    s.stop();
-    s.done();
+    finish(s, stream);
 }
 
 /// The common part of the JVM, node and python servers (scripts/
@@ -235,9 +237,7 @@ fn jvm_http_server_under_wrk() {
     // nodelay: headers and body are two writes (Nagle would hold answers).
     s.run(&["java", "-Xmx256m", "-Dsun.net.httpserver.nodelay=true", "-cp", &classes, "CounterServer", "8080", "9000"]);
     let stream = counter_server_phases(&mut s);
-    stream_ok(&mut s, stream);
-    s.stop();
-    s.done();
+    finish(s, stream);
 }
 
 #[test]
@@ -245,9 +245,7 @@ fn node_http_server_under_wrk() {
     let mut s = ServerEnv::new("srv-node", "node", "10.77.84");
     s.run(&["node", &scripts("counter_server.js"), "8080", "9000"]);
     let stream = counter_server_phases(&mut s);
-    stream_ok(&mut s, stream);
-    s.stop();
-    s.done();
+    finish(s, stream);
 }
 
 #[test]
