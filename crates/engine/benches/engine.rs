@@ -164,6 +164,17 @@ fn wait_gone(pid: i32) {
 
 fn quiet(_: &str, _: u64, _: u64) {}
 
+/// Options for a checkpoint of the plain tree at `pid` into `dir`.
+fn tree_options(
+    pid: i32,
+    dir: &std::path::Path,
+    leave_running: bool,
+    cow: bool,
+    threads: usize,
+) -> CheckpointOptions<'static> {
+    CheckpointOptions { pid, dir: dir.to_path_buf(), leave_running, cow, threads, pod: None, guard: None }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return; // `cargo test --benches` probing: nothing to list.
@@ -213,19 +224,7 @@ fn main() {
         let tmpfs_before = tmpfs_write_bw(bytes);
         let img = std::path::PathBuf::from(format!("{SHM}/big"));
         let t = Instant::now();
-        let s = checkpoint(
-            &CheckpointOptions {
-                pid,
-                dir: img.clone(),
-                leave_running: false,
-                cow: false,
-                threads,
-                pod: None,
-                guard: None,
-            },
-            &quiet,
-        )
-        .expect("checkpoint");
+        let s = checkpoint(&tree_options(pid, &img, false, false, threads), &quiet).expect("checkpoint");
         let ck = t.elapsed();
         reap(pid);
         wait_gone(pid);
@@ -278,19 +277,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(120));
         let dir = std::path::PathBuf::from(format!("{SHM}/small-{i}"));
         let t = Instant::now();
-        checkpoint(
-            &CheckpointOptions {
-                pid,
-                dir: dir.clone(),
-                leave_running: false,
-                cow: false,
-                threads,
-                pod: None,
-                guard: None,
-            },
-            &quiet,
-        )
-        .expect("small checkpoint");
+        checkpoint(&tree_options(pid, &dir, false, false, threads), &quiet).expect("small checkpoint");
         cks.push(t.elapsed());
         let _ = child.wait();
         // Its child sleep is orphaned to us (subreaper): wait for every pid.
@@ -348,15 +335,7 @@ fn cow_downtime(threads: usize, rounds: usize) {
         for round in 0..rounds.max(1) {
             for cow in [true, false] {
                 let dir = std::path::PathBuf::from(format!("{SHM}/cow-{round}-{cow}"));
-                let o = CheckpointOptions {
-                    pid,
-                    dir: dir.clone(),
-                    leave_running: true,
-                    cow,
-                    threads,
-                    pod: None,
-                    guard: None,
-                };
+                let o = tree_options(pid, &dir, true, cow, threads);
                 let s = checkpoint(&o, &quiet).expect("running checkpoint");
                 assert!(s.fallback.is_none(), "fell back: {:?}", s.fallback);
                 if cow {

@@ -9,10 +9,16 @@
 
 use crate::{EngineError, Result};
 
+/// The faults asked for, read from the environment once (every injected
+/// call looks).
+fn asked() -> Option<&'static str> {
+    static SPEC: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| std::env::var("CRYOPOD_FAULT").ok()).as_deref()
+}
+
 /// The errno an injected call named `call` must fail with, if asked.
 pub fn errno_for(call: &str) -> Option<i32> {
-    let v = std::env::var("CRYOPOD_FAULT").ok()?;
-    v.split(',').find_map(|p| {
+    asked()?.split(',').find_map(|p| {
         let (name, n) = p.strip_prefix("errno:")?.rsplit_once(':')?;
         (name == call).then(|| n.parse().ok()).flatten()
     })
@@ -20,7 +26,7 @@ pub fn errno_for(call: &str) -> Option<i32> {
 
 /// Fail (or stall) if the environment asks for a fault at `point`.
 pub fn check(point: &str) -> Result<()> {
-    let Ok(v) = std::env::var("CRYOPOD_FAULT") else { return Ok(()) };
+    let Some(v) = asked() else { return Ok(()) };
     for p in v.split(',') {
         if p == point {
             return Err(EngineError::Fault(point.to_string()));

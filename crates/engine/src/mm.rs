@@ -37,6 +37,9 @@ pub struct MemCollector {
     /// Runs of zero pages: (where, pages).
     pub zero: Vec<(Dest, u32)>,
     pub vdso_hash: Option<[u8; 32]>,
+    /// Whether the file of (device, inode) is a regular one (asked once:
+    /// a library has several areas).
+    regular: HashMap<(String, u64), bool>,
     /// SysV shared memory may be attached (a pod: its IPC namespace is
     /// saved with it).
     pub sysv: bool,
@@ -112,7 +115,7 @@ impl MemCollector {
                 }
                 // A device is told by the file mapped, not by its path: a
                 // file on the tmpfs at /dev/shm (shm_open) is a file.
-                _ if !mapped_is_file(pid, m)? => return Err(unsupported(pid, m, "device mapping")),
+                _ if !self.mapped_is_file(pid, m)? => return Err(unsupported(pid, m, "device mapping")),
                 n => VmaKind::File { file: files.mapped_file(pid, n, m.inode)?, pgoff: m.offset / PAGE },
             };
             let vi = vmas.len();
@@ -146,6 +149,18 @@ impl MemCollector {
             });
         }
         Ok(vmas)
+    }
+
+    /// Whether what `m` maps is a regular file (not a device node).
+    fn mapped_is_file(&mut self, pid: i32, m: &MapEntry) -> Result<bool> {
+        let key = (m.dev.clone(), m.inode);
+        if let Some(&r) = self.regular.get(&key) {
+            return Ok(r);
+        }
+        let path = map_files(pid, m);
+        let md = std::fs::metadata(&path).map_err(|e| EngineError::Proc { path, msg: e.to_string() })?;
+        self.regular.insert(key, md.is_file());
+        Ok(md.is_file())
     }
 
     fn queue(&mut self, pid: i32, proc: usize, vma: usize, start: u64, end: u64, zero: bool) {
@@ -186,13 +201,6 @@ impl MemCollector {
         self.object_ids.insert(key, id);
         Ok(id)
     }
-}
-
-/// Whether what `m` maps is a regular file (not a device node).
-fn mapped_is_file(pid: i32, m: &MapEntry) -> Result<bool> {
-    let path = map_files(pid, m);
-    let md = std::fs::metadata(&path).map_err(|e| EngineError::Proc { path, msg: e.to_string() })?;
-    Ok(md.is_file())
 }
 
 fn map_files(pid: i32, m: &MapEntry) -> String {

@@ -181,13 +181,9 @@ pub fn cleanup(state: &StateDir, rec: &PodRecord) -> Result<()> {
     Ok(())
 }
 
-/// Put right what cryopod commands that died left of pods (every command
-/// that deals with pods runs this first): a pod whose creation or restore
-/// was cut short is removed (processes, cgroup, veth, directory); a pod
-/// left frozen by a checkpoint cut short is thawed. A guardian process
-/// normally did the urgent part already (see cryopod_engine::guard).
-/// Unlock the network of a pod a cut-short command may have left locked.
-fn unlock(rec: &PodRecord) {
+/// Unlock a pod's network (if it has one); a failure is only logged (what
+/// calls this goes on: a thaw, a recovery).
+pub(crate) fn unlock_network(rec: &PodRecord) {
     if let Some(v) = &rec.veth {
         if let Err(e) = crate::net::set_locked(v, false) {
             tracing::warn!(pod = %rec.name, "{e}");
@@ -195,6 +191,11 @@ fn unlock(rec: &PodRecord) {
     }
 }
 
+/// Put right what cryopod commands that died left of pods (every command
+/// that deals with pods runs this first): a pod whose creation or restore
+/// was cut short is removed (processes, cgroup, veth, directory); a pod
+/// left frozen by a checkpoint cut short is thawed. A guardian process
+/// normally did the urgent part already (see cryopod_engine::guard).
 pub fn recover(state: &StateDir) {
     state.remove_dead_reservations();
     for name in state.names() {
@@ -214,7 +215,7 @@ pub fn recover(state: &StateDir) {
                 // runs was complete (keep it).
                 if let Some((pid, false)) = noted_owner(&dir.join(CREATOR)) {
                     if rec.alive() {
-                        unlock(&rec);
+                        unlock_network(&rec);
                         let _ = std::fs::remove_file(dir.join(CREATOR));
                     } else {
                         tracing::warn!(pod = %name, pid, "removing a pod whose restore was cut short");
@@ -226,7 +227,7 @@ pub fn recover(state: &StateDir) {
                 }
                 if let Some((pid, false)) = noted_owner(&dir.join(CHECKPOINTER)) {
                     tracing::warn!(pod = %name, pid, "thawing a pod left by a cut-short checkpoint");
-                    unlock(&rec);
+                    unlock_network(&rec);
                     if Cgroup::of(&name).thaw().is_ok() {
                         let _ = std::fs::remove_file(dir.join(CHECKPOINTER));
                     }

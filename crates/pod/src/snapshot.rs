@@ -117,11 +117,7 @@ fn checkpoint_once(
         .and_then(|_| checkpoint_frozen(state, &rec, &cg, o, Attempt { out: &out, since, cow }, &guard, progress));
     let _ = cg.thaw();
     if res.is_err() || o.leave_running {
-        if let Some(v) = &rec.veth {
-            if let Err(e) = net::set_locked(v, false) {
-                tracing::warn!(pod = %o.name, "{e}");
-            }
-        }
+        crate::lifecycle::unlock_network(&rec);
     }
     let _ = std::fs::remove_file(&note);
     // On failure, what was written goes when `out` is dropped unfinished.
@@ -218,11 +214,9 @@ fn checkpoint_frozen(
     // may still be being read); one that is to die stays locked until it
     // is gone. Frozen again (a retry), it is locked again.
     let thaw = || {
-        if let (true, Some(v)) = (o.leave_running, &rec.veth) {
+        if o.leave_running {
             // (Thawed whatever happens; tried again at the end.)
-            if let Err(e) = net::set_locked(v, false) {
-                tracing::warn!(pod = %rec.name, "{e}");
-            }
+            crate::lifecycle::unlock_network(rec);
         }
         cg.thaw().map_err(engine_err_back)
     };
