@@ -6,6 +6,7 @@
 mod common;
 use common::kill::{self, Counts};
 use common::pod::PodEnv;
+use std::time::Duration;
 
 fn report(what: &str, c: &Counts) {
     println!(
@@ -39,6 +40,47 @@ fn pod_restore_killed_at_random_instants_leaves_nothing() {
     let env = PodEnv::new("killpodrs");
     let c = kill::pod_restore_trials(&env, kill::trials(30));
     report("pod restore killed (pods left half made)", &c);
+}
+
+/// Killed right after a userfaultfd was made inside the program (a running
+/// checkpoint, before we took it and closed it there): on its way back to
+/// its own context the program closes it by itself (a frame of ours
+/// chained before the cover's), and keeps no descriptor of ours.
+#[test]
+fn checkpoint_killed_after_making_a_userfaultfd_leaves_no_descriptor() {
+    let script = r#"
+import os, sys, time
+d = sys.argv[1]
+print("READY", flush=True)
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.01)
+print("PASS", flush=True)
+"#;
+    let d = format!("/tmp/cryopod-test-uffdkill-{}", std::process::id());
+    let mut run = common::Run::start("uffdkill", "python3", &["-c", script, &d]);
+    let fds = |pid: i32| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let link = std::fs::read_link(e.path()).unwrap_or_default();
+                format!("{} {}", e.file_name().to_string_lossy(), link.display())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = fds(run.pid);
+    let pid = run.pid.to_string();
+    let img = run.dir.join("img");
+    let args = ["checkpoint", "--pid", &pid, "-o", img.to_str().unwrap(), "--leave-running"];
+    kill::kill_at(&args, &[], "after-userfaultfd", false);
+    let t = std::time::Instant::now();
+    while fds(run.pid) != before && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fds(run.pid), before, "the program's descriptors after the kill");
+    run.go_and_expect_pass();
 }
 
 /// Killed while a TCP connection is read in repair mode: the guardian

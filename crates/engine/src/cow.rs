@@ -129,12 +129,41 @@ pub struct Session<'a> {
 }
 
 /// Create a uffd inside a stopped process (through injected calls) and
-/// take it: the process keeps no descriptor of it. None when the kernel
-/// refuses one to this process (an unprivileged task may only have one
-/// that leaves kernel-mode faults unserved, which would fail its syscalls).
+/// take it: the process keeps no descriptor of it, even if we die at any
+/// instant (the call returns into a frame chained before the cover's that
+/// closes the descriptor it will get, then into the cover's frame). None
+/// when the kernel refuses one to this process (an unprivileged task may
+/// only have one that leaves kernel-mode faults unserved, which would fail
+/// its syscalls), or when the process is not covered by a frame to return
+/// to by itself.
 pub fn take_uffd(r: &mut crate::remote::Remote) -> Result<Option<OwnedFd>> {
+    use cryopod_sys::sigframe;
+    let Some(sp) = r.inj.frame_sp() else { return Ok(None) };
+    let mut head = vec![0u8; sigframe::FRAME_LEN as usize];
+    cryopod_sys::mem::read(r.pid, sp, &mut head)?;
+    // No rt_sigreturn in its return slot: the task would not find its way
+    // back without us.
+    if head[..8] == [0; 8] || r.data_len < sigframe::FRAME_LEN {
+        return Ok(None);
+    }
+    // The descriptor it will get: the lowest free one (every thread of the
+    // tree is stopped, none can take it first).
+    let open = crate::procfs::fds(r.pid)?;
+    let next = (0..).find(|n| open.binary_search(n).is_err()).unwrap_or(0);
+    let mut regs = *r.inj.saved_regs();
+    regs.rip = r.inj.site;
+    regs.rsp = sp;
+    regs.rax = crate::remote::nr::CLOSE as u64;
+    regs.rdi = next as u64;
+    let Some(chain) = sigframe::chained(&head, &regs) else { return Ok(None) };
+    // In the scratch area, above the cover's frame (put back with it).
+    cryopod_sys::mem::write(r.pid, r.data, &chain)?;
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-    let fd = r.raw(uffd::NR_USERFAULTFD, &[flags])?;
+    let fd = r.inj.raw_via(r.data, uffd::NR_USERFAULTFD, &[flags])?;
+    if fd >= 0 && fd != i64::from(next) {
+        tracing::warn!(pid = r.pid, fd, expected = next, "userfaultfd got another descriptor than foreseen");
+    }
+    crate::fault::check("after-userfaultfd")?;
     if fd < 0 {
         tracing::info!(pid = r.pid, errno = -fd, "no userfaultfd for this process: its memory is read frozen");
         return Ok(None);

@@ -73,6 +73,21 @@ impl Injector {
         ptrace::set_regs(self.tid, &r)
     }
 
+    /// The stack pointer injected calls run with (see [`Injector::on_frame`]).
+    pub fn frame_sp(&self) -> Option<u64> {
+        self.frame_sp
+    }
+
+    /// Like [`Injector::raw`], with the stack pointer at `sp` for this call
+    /// only (the return slot of a frame chained before ours: see
+    /// [`crate::sigframe::chained`]).
+    pub fn raw_via(&mut self, sp: u64, nr: i64, args: &[u64]) -> SysResult<i64> {
+        let ours = self.frame_sp.replace(sp);
+        let r = self.raw(nr, args);
+        self.frame_sp = ours;
+        r
+    }
+
     /// Run `nr(args...)` in the task; returns the raw result (negative errno
     /// on failure).
     pub fn raw(&mut self, nr: i64, args: &[u64]) -> SysResult<i64> {

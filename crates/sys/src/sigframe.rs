@@ -30,7 +30,7 @@ const MIN_XSTATE: usize = 512 + 64;
 /// Offset of the software-reserved bytes in the FXSAVE area.
 const SW_RESERVED: usize = 464;
 /// `struct rt_sigframe`: return slot (8), ucontext (304), siginfo (128).
-const FRAME_LEN: u64 = 8 + 304 + 128;
+pub const FRAME_LEN: u64 = 8 + 304 + 128;
 /// Offsets inside the frame.
 const UC: usize = 8;
 const UC_STACK: usize = UC + 16;
@@ -152,6 +152,43 @@ pub fn build(ctx: &Regs, xstate: &[u8], sigmask: u64, sigreturn: u64, scratch_le
     Ok(Frame { base: frame, bytes: b, sp: frame, scratch })
 }
 
+/// A frame to chain before one that [`build`] made: returned into, its
+/// `rt_sigreturn` loads `regs` (aimed at a `syscall; ret` site with a
+/// syscall's number and arguments, and `rsp` at the first frame's return
+/// slot) with every signal blocked, so that the task runs that syscall and
+/// then goes on into the first frame. `head` is the first frame's first
+/// [`FRAME_LEN`] bytes, as written in the task: the chained frame keeps its
+/// return slot, its `uc_stack` and its extended state (the address of the
+/// first frame's, loaded twice). None if `head` is short.
+pub fn chained(head: &[u8], regs: &Regs) -> Option<Vec<u8>> {
+    let mut b = head.get(..FRAME_LEN as usize)?.to_vec();
+    let gp = [
+        regs.r8,
+        regs.r9,
+        regs.r10,
+        regs.r11,
+        regs.r12,
+        regs.r13,
+        regs.r14,
+        regs.r15,
+        regs.rdi,
+        regs.rsi,
+        regs.rbp,
+        regs.rbx,
+        regs.rdx,
+        regs.rax,
+        regs.rcx,
+        regs.rsp,
+        regs.rip,
+        regs.eflags,
+    ];
+    for (i, v) in gp.iter().enumerate() {
+        put_u64(&mut b, MCONTEXT + 8 * i, *v);
+    }
+    put_u64(&mut b, UC_SIGMASK, !0);
+    Some(b)
+}
+
 /// Find an `rt_sigreturn` sequence (`mov $15, %eax` or `mov $15, %rax`,
 /// then `syscall`) in code; returns the offset of its first byte. Every C
 /// library's signal restorer is one.
@@ -234,6 +271,22 @@ mod tests {
         assert!(f.bytes.len() as u64 <= footprint(x.len(), 256));
         assert_eq!(u64::from_ne_bytes(f.bytes[0..8].try_into().unwrap()), 0x1234);
         assert_eq!(u64::from_ne_bytes(f.bytes[UC_SIGMASK..UC_SIGMASK + 8].try_into().unwrap()), 0x55);
+    }
+
+    #[test]
+    fn a_chained_frame_runs_one_syscall_then_returns_to_the_first() {
+        let f = build(&regs(), &vec![0u8; 2696], 0x55, 0x1234, 768).unwrap();
+        let mut r = regs();
+        (r.rip, r.rax, r.rdi, r.rsp) = (0x7000, 3, 9, f.sp);
+        let c = chained(&f.bytes, &r).unwrap();
+        let word = |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap());
+        assert_eq!(c.len() as u64, FRAME_LEN);
+        assert_eq!(word(&c, 0), 0x1234, "the same rt_sigreturn in its return slot");
+        assert_eq!((word(&c, MCONTEXT + 128), word(&c, MCONTEXT + 104), word(&c, MCONTEXT + 64)), (0x7000, 3, 9));
+        assert_eq!(word(&c, MCONTEXT + 120), f.sp, "on to the first frame");
+        assert_eq!(word(&c, UC_SIGMASK), !0, "every signal blocked meanwhile");
+        assert_eq!(word(&c, MCONTEXT + 184), word(&f.bytes, MCONTEXT + 184), "the first frame's extended state");
+        assert!(chained(&f.bytes[..100], &r).is_none());
     }
 
     #[test]
