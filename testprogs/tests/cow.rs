@@ -38,6 +38,9 @@ fn running_checkpoint_is_the_freeze_moment() {
     let mut run = Run::testprog_with("cow", env!("CARGO_BIN_EXE_tp-rewrite"), &["256"]);
     let err = run.checkpoint(&["--leave-running"]);
     assert!(!err.contains("note:"), "the checkpoint fell back to a frozen one: {err}");
+    // 256 MiB: write-protected before the freeze (the pages written
+    // between that and the freeze again while frozen).
+    assert!(err.contains("of it arming"), "not armed: {err}");
     let (frozen, whole) = times(&err);
     // Loose (a noisy VM, a debug build): the targets are the bench's.
     assert!(frozen * 4.0 < whole, "frozen {frozen} ms is not far below the whole {whole} ms");
@@ -53,12 +56,14 @@ fn running_checkpoint_of_a_pod_is_the_freeze_moment() {
     let bin = env!("CARGO_BIN_EXE_tp-rewrite");
     // Alone: shared anonymous memory between processes of a pod is not
     // restored yet (issue 8, another point).
-    env.ok(&["run", "-d", "--name", "cow", "--", bin, work.to_str().unwrap(), "128", "solo"]);
+    // 192 MiB: armed before the freeze (over the threshold).
+    env.ok(&["run", "-d", "--name", "cow", "--", bin, work.to_str().unwrap(), "192", "solo"]);
     env.wait_log("cow", "READY", |l| l == "READY");
     let image = env.dir.join("image");
     let o = env.cryopod(&["checkpoint", "cow", "-o", image.to_str().unwrap(), "--leave-running"]);
     assert_eq!(o.0, 0, "{}", o.2);
     assert!(!o.2.contains("note:"), "the checkpoint fell back to a frozen one: {}", o.2);
+    assert!(o.2.contains("of it arming"), "not armed: {}", o.2);
     let (frozen, whole) = times(&o.2);
     assert!(frozen * 3.0 < whole, "frozen {frozen} ms is not far below the whole {whole} ms");
     env.ok(&["stop", "cow"]);
@@ -93,12 +98,23 @@ fn running_checkpoint_falls_back_when_pages_are_dropped() {
 /// instant).
 #[test]
 fn running_checkpoint_killed_while_reading_harms_nothing() {
-    let mut run = Run::testprog_with("cow-kill", env!("CARGO_BIN_EXE_tp-rewrite"), &["64"]);
+    killed_at("cow-kill", "64", "during-cow");
+}
+
+/// The same, killed once the tree is armed (its memory write-protected
+/// before the freeze, while it runs: 256 MiB is over the threshold).
+#[test]
+fn running_checkpoint_killed_once_armed_harms_nothing() {
+    killed_at("cow-kill-armed", "256", "after-arm");
+}
+
+fn killed_at(name: &str, mib: &str, point: &str) {
+    let mut run = Run::testprog_with(name, env!("CARGO_BIN_EXE_tp-rewrite"), &[mib]);
     let before = outside_view(run.pid);
     let log = run.dir.join("cryopod.err");
     let mut cmd = std::process::Command::new(cryopod_bin());
     cmd.args(["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap(), "--leave-running"])
-        .env("CRYOPOD_FAULT", "during-cow:stall")
+        .env("CRYOPOD_FAULT", format!("{point}:stall"))
         .stdin(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
     let mut cp = cmd.spawn().unwrap();

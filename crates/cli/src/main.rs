@@ -121,7 +121,12 @@ fn human(b: u64) -> String {
 }
 
 fn print_checkpoint(s: &cryopod_engine::CheckpointSummary, leave_running: bool, output: &std::path::Path) {
-    let frozen = if leave_running { format!(", frozen {:.1} ms", s.frozen.as_secs_f64() * 1e3) } else { String::new() };
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let frozen = match (leave_running, s.arm_stop) {
+        (false, _) => String::new(),
+        (true, None) => format!(", frozen {:.1} ms", ms(s.frozen)),
+        (true, Some(a)) => format!(", frozen {:.1} ms ({:.1} ms of it arming)", ms(s.frozen), ms(a)),
+    };
     eprintln!(
         "checkpointed {} processes ({} threads), {} of memory, image {} in {:.1} ms{} → {}",
         s.processes,
@@ -197,6 +202,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 threads: threads.unwrap_or_else(cpus),
                 pod: None,
                 guard: None,
+                armed: None,
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_engine::checkpoint(&opts, &|phase, d, t| bar.update(phase, d, t))

@@ -172,7 +172,7 @@ fn tree_options(
     cow: bool,
     threads: usize,
 ) -> CheckpointOptions<'static> {
-    CheckpointOptions { pid, dir: dir.to_path_buf(), leave_running, cow, threads, pod: None, guard: None }
+    CheckpointOptions { pid, dir: dir.to_path_buf(), leave_running, cow, threads, pod: None, guard: None, armed: None }
 }
 
 fn main() {

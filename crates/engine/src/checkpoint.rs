@@ -11,8 +11,10 @@ use crate::mm::MemCollector;
 use crate::outdir::OutDir;
 use crate::{fault, ident, pages, procfs, signals, threads, EngineError, Progress, Result};
 use cryopod_image::{Manifest, PodImage, Process};
+use cryopod_sys::uffd::Uffd;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct CheckpointOptions<'a> {
@@ -31,6 +33,9 @@ pub struct CheckpointOptions<'a> {
     /// A guardian started by the caller (a pod's, which knows its frozen
     /// cgroup); else the checkpoint starts its own.
     pub guard: Option<Guard>,
+    /// The tree armed by the caller before it froze it (a pod's: see
+    /// [`crate::arm`]); a plain tree's checkpoint arms it itself.
+    pub armed: Option<&'a crate::arm::Armed>,
 }
 
 /// What the checkpoint of a pod adds to that of a tree.
@@ -66,8 +71,10 @@ pub struct CheckpointSummary {
     pub image_bytes: u64,
     pub elapsed: Duration,
     /// How long the tree was stopped (with `leave_running`: until it ran
-    /// again; otherwise until it was killed).
+    /// again; otherwise until it was killed), the stop to arm it included.
     pub frozen: Duration,
+    /// The stop to arm the tree before its freeze (see [`crate::arm`]).
+    pub arm_stop: Option<Duration>,
     /// Memory read while the tree ran: what that took.
     pub cow: Option<crate::cow::CowStats>,
     /// Why reading while running was given up for a frozen checkpoint.
@@ -78,12 +85,27 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
     crate::target::check(o.pid)?;
     let t0 = Instant::now();
     let cow = o.leave_running && o.cow;
-    match checkpoint_once(o, cow, progress) {
+    // The guardian is forked before arming starts its thread (a fork needs
+    // the caller single-threaded).
+    let (own, guard) = match (cow, &o.pod, o.armed, &o.guard) {
+        (true, None, None, None) => {
+            let guard = Guard::start(Outcome::Resume)?;
+            let armed = crate::arm::arm(o.pid).unwrap_or_else(|e| {
+                tracing::info!("not armed before the freeze ({e}): its memory is protected while frozen");
+                None
+            });
+            (armed, Some(guard))
+        }
+        _ => (None, o.guard.clone()),
+    };
+    let armed = o.armed.or(own.as_ref());
+    match checkpoint_once(o, cow, armed, guard, progress) {
         // A pod starts again itself (its own state goes with the retry).
         Err(EngineError::LeftRunning(e)) if matches!(*e, EngineError::CowInexact(_)) && o.pod.is_none() => {
             let why = e.to_string();
             tracing::warn!("{why}; checkpointing again with the tree frozen throughout");
-            let mut s = checkpoint_once(o, false, progress)?;
+            drop(own);
+            let mut s = checkpoint_once(o, false, None, o.guard.clone(), progress)?;
             s.elapsed = t0.elapsed();
             s.fallback = Some(why);
             Ok(s)
@@ -92,10 +114,16 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
     }
 }
 
-fn checkpoint_once(o: &CheckpointOptions, cow: bool, progress: Progress) -> Result<CheckpointSummary> {
+fn checkpoint_once(
+    o: &CheckpointOptions,
+    cow: bool,
+    armed: Option<&crate::arm::Armed>,
+    guard: Option<Guard>,
+    progress: Progress,
+) -> Result<CheckpointSummary> {
     let t0 = Instant::now();
-    let guard = match &o.guard {
-        Some(g) => g.clone(),
+    let guard = match guard {
+        Some(g) => g,
         None => Guard::start(Outcome::Resume)?,
     };
     // A pod's directory was prepared by the pod (it holds the pod's files);
@@ -110,10 +138,13 @@ fn checkpoint_once(o: &CheckpointOptions, cow: bool, progress: Progress) -> Resu
     };
     let t_freeze = o.pod.as_ref().map(|p| p.frozen_since).unwrap_or_else(Instant::now);
     let mut fr = freeze_retrying(o)?;
+    if let Some(a) = armed {
+        a.frozen();
+    }
     let mut ran_at = None;
     let res = guard_tree(&guard, &fr).and_then(|_| {
-        let mut run = Resume { guard: &guard, fr: &mut fr, at: &mut ran_at };
-        collect_and_write(o, cow, out, &mut run, &guard, progress)
+        let mut run = Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None };
+        collect_and_write(o, cow, armed, out, &mut run, &guard, progress)
     });
     match res {
         Ok((m, repaired, cow_stats)) => {
@@ -121,7 +152,7 @@ fn checkpoint_once(o: &CheckpointOptions, cow: bool, progress: Progress) -> Resu
                 // Nothing of ours is left in the tree: the guardian goes
                 // before the tree runs again.
                 drop(repaired);
-                Resume { guard: &guard, fr: &mut fr, at: &mut ran_at }.now();
+                Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None }.now();
             } else {
                 // From here on, cut short, the tree dies anyway; and our
                 // copies of its connections close without a word to peers.
@@ -140,12 +171,17 @@ fn checkpoint_once(o: &CheckpointOptions, cow: bool, progress: Progress) -> Resu
                 memory_bytes: mem,
                 image_bytes: stored + meta_len,
                 elapsed: t0.elapsed(),
-                frozen: ran_at.unwrap_or_else(Instant::now).saturating_duration_since(t_freeze),
+                frozen: ran_at.unwrap_or_else(Instant::now).saturating_duration_since(t_freeze)
+                    + armed.map_or(Duration::ZERO, |a| a.stopped),
+                arm_stop: armed.map(|a| a.stopped),
                 cow: cow_stats,
                 fallback: None,
             })
         }
         Err(e) => {
+            if let Some(a) = armed {
+                a.finish();
+            }
             fr.thaw();
             // (What was written goes when `out` is dropped unfinished.)
             Err(EngineError::LeftRunning(Box::new(e)))
@@ -159,11 +195,16 @@ struct Resume<'a> {
     guard: &'a Guard,
     fr: &'a mut Frozen,
     at: &'a mut Option<Instant>,
+    /// The tree's smaps being read: done before it runs.
+    flags: Option<crate::mm::FlagsReader>,
 }
 
 impl Resume<'_> {
     fn now(&mut self) {
         if self.at.is_none() {
+            if let Some(f) = &mut self.flags {
+                f.wait();
+            }
             self.guard.disarm();
             self.fr.thaw();
             *self.at = Some(Instant::now());
@@ -210,6 +251,7 @@ fn guard_tree(guard: &Guard, fr: &Frozen) -> Result<()> {
 fn collect_and_write(
     o: &CheckpointOptions,
     cow: bool,
+    armed: Option<&crate::arm::Armed>,
     outdir: &OutDir,
     run: &mut Resume,
     guard: &Guard,
@@ -239,13 +281,17 @@ fn collect_and_write(
             shared_vm.extend([pid, ppid]);
         }
     }
-    for pid in order {
+    // smaps (the areas' flags) walks every page table entry: read beside
+    // the rest, waited for before the tree runs again.
+    let live: Vec<i32> = order.iter().copied().filter(|p| !fr.zombies.contains(p)).collect();
+    run.flags = Some(crate::mm::FlagsReader::start(live)?);
+    for &pid in &order {
         let idx = procs.len();
         let p = if fr.zombies.contains(&pid) {
             zombie(pid)?
         } else {
             let tids = fr.procs.get(&pid).cloned().unwrap_or_default();
-            let want = (cow && !shared_vm.contains(&pid)).then_some(&mut uffds);
+            let want = (cow && !shared_vm.contains(&pid)).then_some((&mut uffds, armed));
             let mut p = collect_process(pid, &tids, idx, &mut files, &mut mem, &mut gadgets, want)
                 .map_err(EngineError::context(format!("checkpoint of pid {pid}")))?;
             p.stopped = fr.stopped.contains(&pid);
@@ -276,7 +322,18 @@ fn collect_and_write(
         }
         false => None,
     };
-    let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, uffds, run, progress)?;
+    // Armed: the handler stops; what it let go while frozen is protected
+    // again with the rest.
+    let late = armed.map(|a| a.finish()).unwrap_or_default();
+    let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, (uffds, late), run, progress)?;
+    if let Some(flags) = run.flags.take() {
+        let smaps = flags.take()?;
+        for p in procs.iter_mut() {
+            if let Some(m) = smaps.get(&p.pid) {
+                crate::mm::vm_flags(p.pid, &mut p.vmas, m)?;
+            }
+        }
+    }
     fault::check("after-pages")?;
     let mut m = Manifest {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -316,14 +373,14 @@ fn write_pages(
     outdir: &OutDir,
     procs: &[Process],
     mem: &MemCollector,
-    uffds: Vec<(usize, i32, std::os::fd::OwnedFd)>,
+    (uffds, late): (Vec<crate::cow::Taken>, Vec<(i32, u64, u64)>),
     run: &mut Resume,
     progress: Progress,
 ) -> Result<(pages::PagesOut, Option<crate::cow::CowStats>)> {
     let t_pages = Instant::now();
     let session = match uffds.is_empty() {
         true => None,
-        false => match crate::cow::Session::setup(procs, mem, uffds) {
+        false => match crate::cow::Session::setup(procs, mem, uffds, &late) {
             Ok(s) if s.active() => Some(s),
             Ok(_) => None,
             Err(e) => {
@@ -422,7 +479,9 @@ fn collect_process(
     files: &mut FileTable,
     mem: &mut MemCollector,
     gadgets: &mut GadgetCache,
-    uffds: Option<&mut Vec<(usize, i32, std::os::fd::OwnedFd)>>,
+    // Where to put the process's uffd for a running read, and the uffds
+    // armed before the freeze.
+    uffds: Option<(&mut Vec<crate::cow::Taken>, Option<&crate::arm::Armed>)>,
 ) -> Result<Process> {
     // Seccomp: a process that could not get its filters back must not be
     // checkpointed (restoring it without them would grant privilege).
@@ -437,7 +496,8 @@ fn collect_process(
     p.shared_pending = cryopod_sys::ptrace::peek_siginfo(pid, true)?.into_iter().map(|s| s.to_vec()).collect();
     let g = gadgets.find(pid)?;
     let vpid = crate::pidns::ns_pid(pid, pid)?;
-    let mut leader = injection::cover(pid, pid, vpid, &g, &p.vmas)?;
+    let areas = injection::areas(&p.vmas);
+    let mut leader = injection::cover(pid, pid, vpid, &g, &areas)?;
     // Signals dequeued by ptrace while we injected (only SIGSTOP can be,
     // in a covered thread), put back before the task goes on: (tid, siginfo).
     let mut deferred: Vec<(i32, [u8; 128])> = Vec::new();
@@ -453,9 +513,13 @@ fn collect_process(
         p.mm = ident::collect_mm(r)?;
         p.attrs = ident::collect_attrs(r)?;
         // A filter could kill the process for a syscall it never makes.
-        if let Some(v) = uffds.filter(|_| !has_seccomp(pid)) {
-            if let Some(fd) = crate::cow::take_uffd(r)? {
-                v.push((idx, pid, fd));
+        if let Some((v, armed)) = uffds.filter(|_| !has_seccomp(pid)) {
+            let taken = match armed.and_then(|a| a.take(pid)) {
+                Some(uffd) => Some((uffd, true)),
+                None => crate::cow::take_uffd(r)?.map(|fd| (Arc::new(Uffd::from_fd(fd)), false)),
+            };
+            if let Some((uffd, armed)) = taken {
+                v.push(crate::cow::Taken { proc: idx, pid, uffd, armed });
             }
         }
         for &tid in tids {
@@ -463,7 +527,7 @@ fn collect_process(
                 p.threads.push(threads::collect(r, leader_mask)?);
                 continue;
             }
-            let mut c = injection::cover(pid, tid, vpid, &g, &p.vmas)?;
+            let mut c = injection::cover(pid, tid, vpid, &g, &areas)?;
             let mask = c.mask();
             let t = threads::collect(&mut c.remote, mask);
             deferred.extend(c.remote.inj.deferred.drain(..).map(|i| (tid, i)));
@@ -472,31 +536,12 @@ fn collect_process(
         }
         Ok(())
     })();
-    deferred.extend(leader.remote.inj.deferred.drain(..).map(|i| (pid, i)));
-    if !deferred.is_empty() {
-        tracing::info!(pid, signals = deferred.len(), "signals arrived during the checkpoint; queued again");
-    }
-    // Queued again while the leader still blocks them (an uncovered one
-    // blocks them for this): they stay pending until the task goes on.
-    let mut requeue = Ok(());
-    let own_mask = cryopod_sys::ptrace::get_sigmask(pid);
-    let blocked = !g.covered && own_mask.is_ok() && cryopod_sys::ptrace::set_sigmask(pid, !0).is_ok();
-    for (tid, info) in &deferred {
-        // The task names its threads in its own PID namespace.
-        let vtid = crate::pidns::ns_pid(pid, *tid).unwrap_or(*tid);
-        requeue = requeue.and(signals::queue(&mut leader.remote, Some(vtid), info));
-    }
-    if let (true, Ok(m)) = (blocked, own_mask) {
-        cryopod_sys::ptrace::set_sigmask(pid, m)?;
-    }
-    leader.uncover()?;
-    res?;
-    requeue.map_err(|e| EngineError::Other(format!("pid {pid}: a signal that arrived during the checkpoint: {e}")))?;
+    leader.release(&g, deferred, res)?;
     Ok(p)
 }
 
 /// Has the process a seccomp filter (or strict mode)?
-fn has_seccomp(pid: i32) -> bool {
+pub(crate) fn has_seccomp(pid: i32) -> bool {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     procfs::status_field(&status, "Seccomp").is_none_or(|m| m != "0")
 }

@@ -27,6 +27,10 @@
 //! memory is read through a `/proc/PID/mem` opened at the freeze, which
 //! never reads another address space).
 //!
+//! A large tree is armed before the freeze ([`crate::arm`]): its uffds
+//! exist and its memory is protected already, and the freeze protects only
+//! what was written since.
+//!
 //! Should cryopod die, its uffds close with it and the kernel drops their
 //! registration and protection: the tree goes on untouched.
 
@@ -46,14 +50,14 @@ use std::time::{Duration, Instant};
 /// Pieces never cross a window of this size (see `pages::split_aligned`).
 const WIN: u64 = CHUNK_PAGES * PAGE;
 
-const FEATURES: u64 = uffd::FEATURE_EVENT_FORK
+pub(crate) const FEATURES: u64 = uffd::FEATURE_EVENT_FORK
     | uffd::FEATURE_EVENT_REMAP
     | uffd::FEATURE_EVENT_REMOVE
     | uffd::FEATURE_EVENT_UNMAP
     | uffd::FEATURE_WP_HUGETLBFS_SHMEM;
 
 /// Where a piece's key (address or object offset) lives.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 enum Space {
     /// Private memory of process `proc` (index in the manifest): addresses.
     Mem(usize),
@@ -113,14 +117,42 @@ pub struct CowStats {
     pub copied: u64,
 }
 
+/// The running pieces of each window of a space (pieces never cross
+/// one), sorted for lookup: a checkpoint of gigabytes has a piece per
+/// 64 KiB, and a hash map of them cost tens of milliseconds while frozen.
+struct Windows(Vec<((Space, u64), usize)>);
+
+impl Windows {
+    fn new(mut v: Vec<((Space, u64), usize)>) -> Windows {
+        v.sort_unstable();
+        Windows(v)
+    }
+
+    fn get(&self, w: (Space, u64)) -> impl Iterator<Item = usize> + '_ {
+        let from = self.0.partition_point(|e| e.0 < w);
+        self.0[from..].iter().take_while(move |e| e.0 == w).map(|e| e.1)
+    }
+}
+
+/// A process's userfaultfd handed to a [`Session`]: taken at the freeze
+/// ([`take_uffd`]), or armed before it ([`crate::arm`]: API done, areas
+/// registered and protected).
+pub struct Taken {
+    /// The process's index in the manifest.
+    pub proc: usize,
+    pub pid: i32,
+    pub uffd: Arc<Uffd>,
+    pub armed: bool,
+}
+
 /// A write-protected tree being read while it runs.
 pub struct Session<'a> {
     pieces: &'a [Piece],
     /// Per piece: is it read while running (else while frozen)?
     pub cow: Vec<bool>,
-    /// Per cow piece: its space and key.
-    keys: HashMap<usize, (Space, u64)>,
-    by_window: HashMap<(Space, u64), Vec<usize>>,
+    /// Per piece: its space and key, if read running.
+    keys: Vec<Option<(Space, u64)>>,
+    by_window: Windows,
     mems: HashMap<usize, ProcMem>,
     inner: Mutex<Inner>,
     stop: AtomicBool,
@@ -176,11 +208,63 @@ pub fn take_uffd(r: &mut crate::remote::Remote) -> Result<Option<OwnedFd>> {
     Ok(Some(ours?))
 }
 
+/// Write-protect every `(uffd, start, end)`, on all cores (every page
+/// table entry is rewritten; disjoint ranges take the address space's lock
+/// only shared). `running`: the tree runs meanwhile (armed before the
+/// freeze), so a range may be gone or changed: skipped.
+pub(crate) fn protect_all(jobs: Vec<(&Uffd, u64, u64)>, running: bool) -> Result<()> {
+    const SLICE: u64 = 32 << 20;
+    let slices: Vec<(&Uffd, u64, u64)> = jobs
+        .into_iter()
+        .flat_map(|(u, start, end)| {
+            (0..(end - start).div_ceil(SLICE)).map(move |k| {
+                let s = start + k * SLICE;
+                (u, s, end.min(s + SLICE))
+            })
+        })
+        .collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(slices.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> Result<()> {
+        while let Some(&(u, s, e)) = slices.get(next.fetch_add(1, Ordering::Relaxed)) {
+            // EAGAIN: an event is not read yet (its reader is at work).
+            let mut tries = 0;
+            loop {
+                match u.write_protect(s, e - s, true) {
+                    Err(err) if err.errno.0 == libc::EAGAIN && tries < 200_000 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                    Err(_) if running => break,
+                    r => break r?,
+                }
+            }
+        }
+        Ok(())
+    };
+    std::thread::scope(|sc| {
+        let helpers: Vec<_> = (1..workers).map(|_| sc.spawn(work)).collect();
+        let mut r = work();
+        for h in helpers {
+            r = r.and(h.join().unwrap_or_else(|_| Err(EngineError::Other("a write-protect worker panicked".into()))));
+        }
+        r
+    })
+}
+
 impl<'a> Session<'a> {
     /// Register and write-protect, while the tree is frozen, every area
     /// whose pieces can be read while running; the others stay to be read
-    /// frozen (`cow[i]` false). `uffds`: (manifest index, pid, uffd).
-    pub fn setup(procs: &[Process], mem: &'a MemCollector, uffds: Vec<(usize, i32, OwnedFd)>) -> Result<Session<'a>> {
+    /// frozen (`cow[i]` false). In a process armed before the freeze
+    /// ([`crate::arm`]), only the pages written since (or new) are
+    /// protected now, with `late` (pid, start, end: let go while frozen,
+    /// see [`crate::arm::Armed::finish`]); the rest still are.
+    pub fn setup(
+        procs: &[Process],
+        mem: &'a MemCollector,
+        uffds: Vec<Taken>,
+        late: &[(i32, u64, u64)],
+    ) -> Result<Session<'a>> {
         let pieces = &mem.pieces[..];
         // Which areas and objects have pieces.
         let mut vma_pieces: HashSet<(usize, usize)> = HashSet::new();
@@ -196,9 +280,14 @@ impl<'a> Session<'a> {
                 _ => {}
             }
         }
-        let mut by_proc: HashMap<usize, (i32, Uffd)> = HashMap::new();
-        for (proc, pid, fd) in uffds {
-            let u = Uffd::from_fd(fd);
+        let mut by_proc: HashMap<usize, (i32, Arc<Uffd>)> = HashMap::new();
+        let mut armed: HashSet<usize> = HashSet::new();
+        for Taken { proc, pid, uffd: u, armed: was_armed } in uffds {
+            if was_armed {
+                armed.insert(proc);
+                by_proc.insert(proc, (pid, u));
+                continue;
+            }
             match u.api(FEATURES) {
                 Ok(_) => {
                     by_proc.insert(proc, (pid, u));
@@ -246,8 +335,8 @@ impl<'a> Session<'a> {
         }
         // Decide each piece, and index the running ones.
         let mut cow = vec![false; pieces.len()];
-        let mut keys = HashMap::new();
-        let mut by_window: HashMap<(Space, u64), Vec<usize>> = HashMap::new();
+        let mut keys = vec![None; pieces.len()];
+        let mut by_window = Vec::new();
         let reg_set: HashSet<(usize, usize)> = registered.iter().map(|&(p, v, _)| (p, v)).collect();
         for (i, d) in mem.dests.iter().enumerate() {
             let k = match (d, &pieces[i].src) {
@@ -258,8 +347,8 @@ impl<'a> Session<'a> {
                 _ => continue,
             };
             cow[i] = true;
-            keys.insert(i, k);
-            by_window.entry((k.0, k.1 & !(WIN - 1))).or_default().push(i);
+            keys[i] = Some(k);
+            by_window.push(((k.0, k.1 & !(WIN - 1)), i));
         }
         // Write-protect what is read running; remember where.
         let mut protected: HashMap<usize, Vec<Region>> = HashMap::new();
@@ -268,17 +357,46 @@ impl<'a> Session<'a> {
                 Space::Mem(_) => true,
                 Space::Obj(id) => obj_ok.get(&id).copied().unwrap_or(false),
             };
-            let Some((_, u)) = by_proc.get(&pi).filter(|_| live) else { continue };
-            u.write_protect(r.start, r.end - r.start, true)?;
-            protected.entry(pi).or_default().push(r);
+            if live && by_proc.contains_key(&pi) {
+                protected.entry(pi).or_default().push(r);
+            }
         }
+        let mut jobs = Vec::new();
+        for (pi, rs) in &protected {
+            let Some((_, u)) = by_proc.get(pi) else { continue };
+            let u: &Uffd = u;
+            if !armed.contains(pi) {
+                jobs.extend(rs.iter().map(|r| (u, r.start, r.end)));
+                continue;
+            }
+            // Armed: what is still protected since then needs nothing.
+            let pid = by_proc.get(pi).map_or(0, |(pid, _)| *pid);
+            let written = mem.written.get(pi).map(Vec::as_slice).unwrap_or(&[]);
+            let again = written
+                .iter()
+                .copied()
+                .chain(late.iter().filter(|l| l.0 == pid).map(|&(_, s, e)| (s, e)))
+                .collect::<Vec<_>>();
+            for r in rs {
+                match r.space {
+                    Space::Obj(_) => jobs.push((u, r.start, r.end)),
+                    Space::Mem(_) => jobs.extend(
+                        again
+                            .iter()
+                            .filter(|&&(s, e)| s < r.end && r.start < e)
+                            .map(|&(s, e)| (u, s.max(r.start), e.min(r.end))),
+                    ),
+                }
+            }
+        }
+        protect_all(jobs, false)?;
         let mut mems = HashMap::new();
         let mut tracked = Vec::new();
         for (pi, mut regions) in protected {
             let Some((pid, u)) = by_proc.remove(&pi) else { continue };
             mems.insert(pi, ProcMem::open_read(pid)?);
             regions.sort_by_key(|r| r.start);
-            tracked.push(Tracked { uffd: Arc::new(u), owner: Some(pi), regions });
+            tracked.push(Tracked { uffd: u, owner: Some(pi), regions });
         }
         // The uffds of processes with nothing protected close here.
         drop(by_proc);
@@ -287,7 +405,7 @@ impl<'a> Session<'a> {
             pieces,
             cow,
             keys,
-            by_window,
+            by_window: Windows::new(by_window),
             mems,
             inner: Mutex::new(Inner { st, tracked, inexact: None }),
             stop: AtomicBool::new(false),
@@ -421,8 +539,8 @@ impl<'a> Session<'a> {
             let (k0, k1) = (r.key(a), r.key(b));
             let mut w = k0 & !(WIN - 1);
             while w < k1 {
-                for &p in self.by_window.get(&(r.space, w)).into_iter().flatten() {
-                    let (_, k) = self.keys[&p];
+                for p in self.by_window.get((r.space, w)) {
+                    let Some((_, k)) = self.keys[p] else { continue };
                     let pe = k + u64::from(self.pieces[p].pages) * PAGE;
                     if matches!(g.st[p], St::Pending) && k < k1 && k0 < pe {
                         return true;
@@ -454,14 +572,8 @@ impl<'a> Session<'a> {
                     } else {
                         let w = r.key(page) & !(WIN - 1);
                         let range = (r.addr(w.max(r.base)), r.addr((w + WIN).min(r.key(r.end))));
-                        let todo: Vec<usize> = self
-                            .by_window
-                            .get(&(r.space, w))
-                            .into_iter()
-                            .flatten()
-                            .copied()
-                            .filter(|&p| matches!(g.st[p], St::Pending))
-                            .collect();
+                        let todo: Vec<usize> =
+                            self.by_window.get((r.space, w)).filter(|&p| matches!(g.st[p], St::Pending)).collect();
                         (uffd, range, todo)
                     }
                 }
@@ -546,7 +658,7 @@ impl<'a> Session<'a> {
     /// Read piece `p` from its source (the frozen contents while it is
     /// still protected).
     fn read_piece(&self, p: usize, buf: &mut [u8]) -> Result<()> {
-        match (&self.pieces[p].src, self.keys.get(&p)) {
+        match (&self.pieces[p].src, self.keys.get(p).copied().flatten().as_ref()) {
             (Src::Mem { addr, .. }, Some((Space::Mem(proc), _))) => {
                 let m = self.mems.get(proc).ok_or_else(|| EngineError::Other("no memory file".into()))?;
                 Ok(m.read_exact(*addr, buf)?)
@@ -594,7 +706,7 @@ impl BatchReader for Session<'_> {
                 if let St::Copied(d) = std::mem::replace(&mut g.st[p], St::Done) {
                     buf[o..o + l].copy_from_slice(&d);
                 }
-                let Some(&(space, k)) = self.keys.get(&p) else { continue };
+                let Some((space, k)) = self.keys.get(p).copied().flatten() else { continue };
                 let ke = k + l as u64;
                 for t in g.tracked.iter().filter(|t| t.owner.is_some()) {
                     for r in t.regions.iter().filter(|r| r.space == space) {

@@ -137,9 +137,22 @@ pub struct Covered {
     base: u64,
 }
 
+/// A memory area as the frame's room check needs it: (start, end, PROT_*).
+pub type Area = (u64, u64, u32);
+
+/// The areas of a collected process.
+pub fn areas(vmas: &[Vma]) -> Vec<Area> {
+    vmas.iter().map(|v| (v.start, v.end, v.prot)).collect()
+}
+
+/// The areas of a stopped process, from its maps.
+pub fn areas_of(pid: Pid) -> Result<Vec<Area>> {
+    Ok(procfs::maps(pid)?.iter().map(|m| (m.start, m.end, m.prot())).collect())
+}
+
 /// Cover thread `tid` of process `pid` (stopped), whose memory areas are
-/// `vmas`; `vpid` is the process as it numbers itself.
-pub fn cover(pid: Pid, tid: Pid, vpid: Pid, g: &Gadgets, vmas: &[Vma]) -> Result<Covered> {
+/// `areas`; `vpid` is the process as it numbers itself.
+pub fn cover(pid: Pid, tid: Pid, vpid: Pid, g: &Gadgets, areas: &[Area]) -> Result<Covered> {
     abort_rseq(pid, tid)?;
     let mut inj = Injector::new(tid, g.syscall)?;
     let regs = *inj.saved_regs();
@@ -148,7 +161,7 @@ pub fn cover(pid: Pid, tid: Pid, vpid: Pid, g: &Gadgets, vmas: &[Vma]) -> Result
     let ctx = sigframe::resume_context(&regs);
     let frame = sigframe::build(&ctx, &xstate, mask, g.sigreturn.unwrap_or(0), SCRATCH)
         .map_err(|e| EngineError::Other(format!("thread {tid}: {e}")))?;
-    check_room(tid, &frame, vmas)?;
+    check_room(tid, &frame, areas)?;
     let mut old = vec![0u8; frame.bytes.len()];
     mem::read(pid, frame.base, &mut old)?;
     if let Err(e) = mem::write(pid, frame.base, &frame.bytes) {
@@ -230,10 +243,10 @@ fn abort_rseq(pid: Pid, tid: Pid) -> Result<()> {
 
 /// The frame must lie in the writable area that holds the stack pointer
 /// (a signal delivered there would need the same room).
-fn check_room(tid: Pid, f: &Frame, vmas: &[Vma]) -> Result<()> {
+fn check_room(tid: Pid, f: &Frame, areas: &[Area]) -> Result<()> {
     let end = f.base + f.bytes.len() as u64;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
-    if vmas.iter().any(|v| v.start <= f.base && end <= v.end && v.prot & rw == rw) {
+    if areas.iter().any(|&(start, stop, prot)| start <= f.base && end <= stop && prot & rw == rw) {
         return Ok(());
     }
     Err(EngineError::Other(format!(
@@ -259,5 +272,33 @@ impl Covered {
         mem::write(self.remote.pid, self.base, &self.old)?;
         mask?;
         Ok(regs?)
+    }
+
+    /// Uncover a process's leader (`self`, of process `pid`) after the
+    /// calls `res` ended with: signals that ptrace dequeued from any of its
+    /// threads meanwhile (`deferred`: tid, siginfo; the leader's own are
+    /// taken here) are queued again first, while the leader still blocks
+    /// them (an uncovered leader blocks them for this), so they stay
+    /// pending until the task goes on.
+    pub fn release(mut self, g: &Gadgets, mut deferred: Vec<(i32, [u8; 128])>, res: Result<()>) -> Result<()> {
+        let pid = self.remote.pid;
+        deferred.extend(self.remote.inj.deferred.drain(..).map(|i| (pid, i)));
+        if !deferred.is_empty() {
+            tracing::info!(pid, signals = deferred.len(), "signals arrived during the checkpoint; queued again");
+        }
+        let mut requeue = Ok(());
+        let own_mask = ptrace::get_sigmask(pid);
+        let blocked = !g.covered && own_mask.is_ok() && ptrace::set_sigmask(pid, !0).is_ok();
+        for (tid, info) in &deferred {
+            // The task names its threads in its own PID namespace.
+            let vtid = crate::pidns::ns_pid(pid, *tid).unwrap_or(*tid);
+            requeue = requeue.and(crate::signals::queue(&mut self.remote, Some(vtid), info));
+        }
+        if let (true, Ok(m)) = (blocked, own_mask) {
+            ptrace::set_sigmask(pid, m)?;
+        }
+        self.uncover()?;
+        res?;
+        requeue.map_err(|e| EngineError::Other(format!("pid {pid}: a signal that arrived during the checkpoint: {e}")))
     }
 }

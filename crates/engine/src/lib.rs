@@ -8,6 +8,7 @@
 //! outside. Each state module keeps its collect and restore side together.
 #![forbid(unsafe_code)]
 
+pub mod arm;
 pub mod checkpoint;
 pub mod cow;
 pub mod cpu;

@@ -109,12 +109,29 @@ fn checkpoint_once(
     guard.thaw_on_abort(cg.freezer_file()?.as_fd()).map_err(engine_err)?;
     let note = state.dir(&o.name).join(crate::state::CHECKPOINTER);
     crate::state::note_owner(&note).map_err(PodError::io(&note))?;
+    // A large pod's memory is write-protected before the freeze, while it
+    // runs, so that the freeze stays short (see cryopod_engine::arm).
+    let armed = match cow {
+        true => cryopod_engine::arm::arm(rec.init_pid).unwrap_or_else(|e| {
+            tracing::info!("not armed before the freeze ({e}): its memory is protected while frozen");
+            None
+        }),
+        false => None,
+    };
     // The network is locked from before the freeze until the pod runs again
     // (or, checkpointed, until it is gone).
     let since = std::time::Instant::now();
-    let res = lock_network(&rec, &guard)
-        .and_then(|_| cg.freeze(Duration::from_secs(10)))
-        .and_then(|_| checkpoint_frozen(state, &rec, &cg, o, Attempt { out: &out, since, cow }, &guard, progress));
+    let res = lock_network(&rec, &guard).and_then(|_| cg.freeze(Duration::from_secs(10))).and_then(|_| {
+        checkpoint_frozen(
+            state,
+            &rec,
+            &cg,
+            o,
+            Attempt { out: &out, since, cow, armed: armed.as_ref() },
+            &guard,
+            progress,
+        )
+    });
     let _ = cg.thaw();
     if res.is_err() || o.leave_running {
         crate::lifecycle::unlock_network(&rec);
@@ -136,6 +153,7 @@ struct Attempt<'a> {
     out: &'a OutDir,
     since: std::time::Instant,
     cow: bool,
+    armed: Option<&'a cryopod_engine::arm::Armed>,
 }
 
 /// Lock the pod's network (if it has one); the guardian unlocks it should
@@ -152,7 +170,7 @@ fn checkpoint_frozen(
     rec: &PodRecord,
     cg: &Cgroup,
     o: &PodCheckpointOptions,
-    Attempt { out, since: frozen_since, cow }: Attempt,
+    Attempt { out, since: frozen_since, cow, armed }: Attempt,
     guard: &Guard,
     progress: Progress,
 ) -> Result<CheckpointSummary> {
@@ -243,6 +261,7 @@ fn checkpoint_frozen(
             frozen_since,
         }),
         guard: Some(guard.clone()),
+        armed,
     };
     cryopod_engine::checkpoint(&opts, progress).map_err(engine_err)
 }
