@@ -43,6 +43,8 @@ const WIN: u64 = CHUNK_PAGES * PAGE;
 pub struct Armed {
     uffds: Mutex<HashMap<i32, Arc<Uffd>>>,
     handler: Mutex<Option<Handler>>,
+    /// The handler process, told to stop, to be reaped.
+    ended: Mutex<Option<i32>>,
     /// How long the tree was stopped to make the uffds.
     pub stopped: Duration,
 }
@@ -109,7 +111,8 @@ pub fn arm(root: i32) -> Result<Option<Armed>> {
     }
     let served: Vec<(i32, Arc<Uffd>)> = uffds.iter().map(|(&p, u)| (p, u.clone())).collect();
     let handler = start_handler(&served)?;
-    let armed = Armed { uffds: Mutex::new(uffds), handler: Mutex::new(Some(handler)), stopped };
+    let armed =
+        Armed { uffds: Mutex::new(uffds), handler: Mutex::new(Some(handler)), ended: Mutex::new(None), stopped };
     let t = Instant::now();
     let mut jobs = Vec::new();
     for (&pid, u) in armed.lock().iter() {
@@ -214,7 +217,8 @@ impl Armed {
             let _ = io::write_all(&h.ctl, b"S");
             let mut got = Vec::new();
             let _ = std::io::Read::read_to_end(&mut std::fs::File::from(h.out), &mut got);
-            let _ = cryopod_sys::process::waitpid(h.pid, libc::__WALL);
+            // Reaped once the tree runs (its exit takes a while).
+            *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.pid);
             for r in got.chunks_exact(24) {
                 let word = |i: usize| u64::from_ne_bytes(r[i * 8..i * 8 + 8].try_into().unwrap_or_default());
                 late.push((word(0) as i32, word(1), word(2)));
@@ -228,6 +232,9 @@ impl Armed {
 impl Drop for Armed {
     fn drop(&mut self) {
         self.finish();
+        if let Some(pid) = self.ended.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = cryopod_sys::process::waitpid(pid, libc::__WALL);
+        }
     }
 }
 
@@ -257,6 +264,10 @@ fn start_handler(uffds: &[(i32, Arc<Uffd>)]) -> Result<Handler> {
                 .collect();
             cryopod_sys::fd::close_all_but(&keep);
             serve(uffds, &ctl_r, &out_w);
+            // Every descriptor closed first: our caller sees the end of
+            // `out` (and the uffds truly closed) without waiting for this
+            // process's memory to be torn down.
+            cryopod_sys::fd::close_all_but(&[]);
             cryopod_sys::process::exit_now(0)
         }
         cryopod_sys::clone::Forked::Parent(pid) => Ok(Handler { pid, ctl: ctl_w, out: out_r }),

@@ -140,6 +140,7 @@ fn checkpoint_once(
     let mut fr = freeze_retrying(o)?;
     if let Some(a) = armed {
         a.frozen();
+        tracing::debug!(ms = t_freeze.elapsed().as_secs_f64() * 1e3, "frozen; the arming handler told");
     }
     let mut ran_at = None;
     let res = guard_tree(&guard, &fr).and_then(|_| {
@@ -324,7 +325,9 @@ fn collect_and_write(
     };
     // Armed: the handler stops; what it let go while frozen is protected
     // again with the rest.
+    let t_finish = Instant::now();
     let late = armed.map(|a| a.finish()).unwrap_or_default();
+    tracing::debug!(ms = t_finish.elapsed().as_secs_f64() * 1e3, late = late.len(), "arming handler stopped");
     let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, (uffds, late), run, progress)?;
     if let Some(flags) = run.flags.take() {
         let smaps = flags.take()?;
@@ -490,7 +493,9 @@ fn collect_process(
     }
     let st = procfs::stat(pid)?;
     let mut p = empty_process(pid, &st);
+    let t_mem = Instant::now();
     p.vmas = mem.collect(pid, idx, files)?;
+    tracing::debug!(pid, ms = t_mem.elapsed().as_secs_f64() * 1e3, areas = p.vmas.len(), "areas and pages found");
     p.fds = files.collect_fds(pid, mem)?;
     ident::collect_process_env(pid, &mut p)?;
     p.shared_pending = cryopod_sys::ptrace::peek_siginfo(pid, true)?.into_iter().map(|s| s.to_vec()).collect();
