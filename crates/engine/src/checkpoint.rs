@@ -282,9 +282,19 @@ fn collect_and_write(
             shared_vm.extend([pid, ppid]);
         }
     }
-    // smaps (the areas' flags) walks every page table entry: read beside
-    // the rest, waited for before the tree runs again.
+    // Every process's areas and pages first: the pages scan walks every
+    // page table entry, and so does smaps (the areas' flags), which is then
+    // read on another core beside the rest, and waited for before the tree
+    // runs again (the two walks side by side slowed each other).
     let live: Vec<i32> = order.iter().copied().filter(|p| !fr.zombies.contains(p)).collect();
+    let mut found = std::collections::HashMap::new();
+    for (idx, &pid) in order.iter().enumerate().filter(|(_, p)| !fr.zombies.contains(p)) {
+        let t = Instant::now();
+        let vmas =
+            mem.collect(pid, idx, &mut files).map_err(EngineError::context(format!("checkpoint of pid {pid}")))?;
+        tracing::debug!(pid, ms = t.elapsed().as_secs_f64() * 1e3, areas = vmas.len(), "areas and pages found");
+        found.insert(pid, vmas);
+    }
     run.flags = Some(crate::mm::FlagsReader::start(live)?);
     for &pid in &order {
         let idx = procs.len();
@@ -293,7 +303,8 @@ fn collect_and_write(
         } else {
             let tids = fr.procs.get(&pid).cloned().unwrap_or_default();
             let want = (cow && !shared_vm.contains(&pid)).then_some((&mut uffds, armed));
-            let mut p = collect_process(pid, &tids, idx, &mut files, &mut mem, &mut gadgets, want)
+            let vmas = found.remove(&pid).unwrap_or_default();
+            let mut p = collect_process(pid, &tids, (idx, vmas), &mut files, &mut mem, &mut gadgets, want)
                 .map_err(EngineError::context(format!("checkpoint of pid {pid}")))?;
             p.stopped = fr.stopped.contains(&pid);
             p
@@ -478,7 +489,8 @@ fn empty_process(pid: i32, st: &procfs::Stat) -> Process {
 fn collect_process(
     pid: i32,
     tids: &[i32],
-    idx: usize,
+    // Its index in the manifest, and its areas (`MemCollector::collect`).
+    (idx, vmas): (usize, Vec<cryopod_image::Vma>),
     files: &mut FileTable,
     mem: &mut MemCollector,
     gadgets: &mut GadgetCache,
@@ -493,9 +505,7 @@ fn collect_process(
     }
     let st = procfs::stat(pid)?;
     let mut p = empty_process(pid, &st);
-    let t_mem = Instant::now();
-    p.vmas = mem.collect(pid, idx, files)?;
-    tracing::debug!(pid, ms = t_mem.elapsed().as_secs_f64() * 1e3, areas = p.vmas.len(), "areas and pages found");
+    p.vmas = vmas;
     p.fds = files.collect_fds(pid, mem)?;
     ident::collect_process_env(pid, &mut p)?;
     p.shared_pending = cryopod_sys::ptrace::peek_siginfo(pid, true)?.into_iter().map(|s| s.to_vec()).collect();
