@@ -38,6 +38,9 @@ pub struct Extra {
     pub net: Option<(net::NetConfig, Option<std::net::Ipv4Addr>)>,
     /// eth0's hardware address, for a pod back at its own address.
     pub mac: Option<Vec<u8>>,
+    /// A restore: the host end of the veth joins the bridge only once every
+    /// socket is made (`net::attach`).
+    pub attach_later: bool,
 }
 
 /// A process holding a pod's new namespaces until its PID 1 has joined them.
@@ -106,7 +109,7 @@ impl Holder {
             }
             expect_ready(&status_r, "creating the pod's namespaces")?;
             if let Some(ip) = &spec.ip {
-                h.veth = Some(net::host_setup(name, ip, pid)?);
+                h.veth = Some(net::host_setup(name, ip, pid, !extra.attach_later)?);
                 h.command("N")?;
                 expect_ready(&status_r, "configuring the pod's network")?;
             }

@@ -111,8 +111,10 @@ pub fn addresses() -> Result<Vec<Ipv4Addr>> {
 
 /// Host side: make sure the bridge exists, is up and holds the network's
 /// first address; create the pod's veth, move its peer into the network
-/// namespace of process `ns_pid`, attach the host end to the bridge.
-pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32) -> Result<String> {
+/// namespace of process `ns_pid`, attach the host end to the bridge (unless
+/// `attach` is false: a restored pod's joins it with [`attach`] once its
+/// sockets are made).
+pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32, attach: bool) -> Result<String> {
     let (host, peer) = veth_names(pod);
     with_handle(async |h| {
         let br = match index_of(&h, BRIDGE).await? {
@@ -149,11 +151,9 @@ pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32) -> Result<String> {
                 .await
                 .map_err(nerr("moving the veth into the pod"))?;
             let hi = must_index(&h, &host).await?;
-            h.link()
-                .set(LinkUnspec::new_with_index(hi).controller(br).up().build())
-                .execute()
-                .await
-                .map_err(nerr("attaching the veth to the bridge"))
+            let link = LinkUnspec::new_with_index(hi).up();
+            let link = if attach { link.controller(br) } else { link };
+            h.link().set(link.build()).execute().await.map_err(nerr("attaching the veth to the bridge"))
         }
         .await;
         if res.is_err() {
@@ -355,6 +355,22 @@ pub fn set_locked(veth: &str, locked: bool) -> Result<()> {
         } else {
             "unlocking the pod's network"
         }))
+    })
+}
+
+/// Attach a pod's host-side veth to the bridge (a restored pod's, once
+/// every socket of it is made). Until then no segment for the pod reaches
+/// its namespace, where it would meet no socket and reset its connection;
+/// locking the port instead left a window: a port comes up forwarding.
+pub fn attach(veth: &str) -> Result<()> {
+    with_handle(async |h| {
+        let br = must_index(&h, BRIDGE).await?;
+        let i = must_index(&h, veth).await?;
+        h.link()
+            .set(LinkUnspec::new_with_index(i).controller(br).up().build())
+            .execute()
+            .await
+            .map_err(nerr("attaching the veth to the bridge"))
     })
 }
 

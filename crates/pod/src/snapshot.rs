@@ -423,16 +423,11 @@ fn restore_reserved(
             .find(|l| l.name == "eth0" && l.mac.len() == 6)
             .map(|l| l.mac.clone())
             .filter(|_| spec_ip_same(old_ip, o.ip)),
+        // Nothing reaches the pod before its sockets are made and complete
+        // (a peer's segment would meet no socket and reset its connection).
+        attach_later: true,
     };
     let mut holder = Holder::create(name, &spec, &extra)?;
-    // Nothing reaches the pod before its sockets are made and complete (a
-    // peer's segment would meet no socket and reset its connection).
-    if let Some(v) = &holder.veth {
-        if let Err(e) = net::set_locked(v, true) {
-            holder.undo();
-            return Err(e);
-        }
-    }
     if let Err(e) = cryopod_sys::pidfd::pidfd_open(holder.pid)
         .map_err(EngineError::from)
         .and_then(|pfd| guard.kill_on_abort(pfd.as_fd()))
@@ -468,7 +463,7 @@ fn restore_reserved(
     let veth = holder.veth.clone();
     holder.release();
     // Its sockets are all there: the pod may hear the world again.
-    let unlocked = veth.as_deref().map_or(Ok(()), |v| net::set_locked(v, false));
+    let unlocked = veth.as_deref().map_or(Ok(()), net::attach);
     if let Err(e) = unlocked.and_then(|_| crate::ipc::remove_marked(&pod.ipc, outcome.root_pid)) {
         let _ = cryopod_sys::process::kill(outcome.root_pid, libc::SIGKILL);
         let _ = cryopod_sys::process::waitpid(outcome.root_pid, 0);
