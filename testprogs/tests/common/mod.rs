@@ -101,14 +101,22 @@ impl Drop for Run {
     }
 }
 
-/// Reap any zombie children (we are a subreaper for restored trees).
+/// Children a test waits for itself (a load generator in the background):
+/// [`reap_all`] leaves them, or their `Child` would never see them end.
+pub static WAITED_BY_OWNER: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Reap any zombie children (we are a subreaper for restored trees), but
+/// those in [`WAITED_BY_OWNER`].
 pub fn reap_all() {
-    loop {
-        let mut st = 0;
-        // SAFETY: non-blocking wait for any child.
-        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG | libc::__WALL) };
-        if r <= 0 {
-            break;
+    let keep = WAITED_BY_OWNER.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let tasks = std::fs::read_dir("/proc/self/task").map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    for t in tasks {
+        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for pid in kids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|p| !keep.contains(p)) {
+            let mut st = 0;
+            // SAFETY: non-blocking wait for a child of ours (a zombie or
+            // not: only an ended one is reaped).
+            unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
         }
     }
 }

@@ -316,6 +316,7 @@ impl Bg {
             .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e} (run scripts/setup.sh)"));
+        super::WAITED_BY_OWNER.lock().unwrap_or_else(|p| p.into_inner()).push(child.id() as i32);
         Bg { child: Some(child), out, err }
     }
 
