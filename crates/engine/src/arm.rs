@@ -150,13 +150,10 @@ fn is_private_anon(m: &procfs::MapEntry) -> bool {
 fn take_all(fr: &crate::freeze::Frozen) -> Result<Vec<(i32, std::os::fd::OwnedFd)>> {
     let mut gadgets = GadgetCache::default();
     let mut out = Vec::new();
-    for &pid in fr.procs.keys() {
-        let ppid = procfs::stat(pid).map(|s| s.ppid).unwrap_or(0);
-        let shares = fr.procs.keys().any(|&other| {
-            other != pid
-                && (other == ppid || procfs::stat(other).is_ok_and(|s| s.ppid == pid))
-                && cryopod_sys::process::same_vm(pid, other).unwrap_or(true)
-        });
+    let pids: Vec<i32> = fr.procs.keys().copied().collect();
+    let shared_vm = crate::checkpoint::sharing_vm(&pids);
+    for &pid in &pids {
+        let shares = shared_vm.contains(&pid);
         if shares || crate::checkpoint::has_seccomp(pid) {
             tracing::debug!(pid, shares, "not armed: shares its memory, or has a seccomp filter");
             continue;

@@ -273,15 +273,7 @@ fn collect_and_write(
     let mut gadgets = GadgetCache::default();
     let mut uffds = Vec::new();
     let order = bfs(o.pid, fr)?;
-    // A vfork child shares its parent's address space: both read frozen
-    // (the child's exit or exec would end what its uffd serves).
-    let mut shared_vm = std::collections::HashSet::new();
-    for &pid in order.iter().filter(|_| cow) {
-        let ppid = procfs::stat(pid).map(|s| s.ppid).unwrap_or(0);
-        if order.contains(&ppid) && cryopod_sys::process::same_vm(pid, ppid).unwrap_or(true) {
-            shared_vm.extend([pid, ppid]);
-        }
-    }
+    let shared_vm = if cow { sharing_vm(&order) } else { Default::default() };
     // Every process's areas and pages first: the pages scan walks every
     // page table entry, and so does smaps (the areas' flags), which is then
     // read on another core beside the rest, and waited for before the tree
@@ -553,6 +545,21 @@ fn collect_process(
     })();
     leader.release(&g, deferred, res)?;
     Ok(p)
+}
+
+/// The processes of `pids` that share their address space with their
+/// parent among them (a vfork child and its parent: both of each pair).
+/// Their memory is read frozen: the child's exit or exec would end what
+/// its uffd serves.
+pub(crate) fn sharing_vm(pids: &[i32]) -> std::collections::HashSet<i32> {
+    let mut shared = std::collections::HashSet::new();
+    for &pid in pids {
+        let ppid = procfs::stat(pid).map(|s| s.ppid).unwrap_or(0);
+        if pids.contains(&ppid) && cryopod_sys::process::same_vm(pid, ppid).unwrap_or(true) {
+            shared.extend([pid, ppid]);
+        }
+    }
+    shared
 }
 
 /// Has the process a seccomp filter (or strict mode)?

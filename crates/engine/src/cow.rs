@@ -363,14 +363,13 @@ impl<'a> Session<'a> {
         }
         let mut jobs = Vec::new();
         for (pi, rs) in &protected {
-            let Some((_, u)) = by_proc.get(pi) else { continue };
-            let u: &Uffd = u;
+            let Some((pid, u)) = by_proc.get(pi) else { continue };
+            let (pid, u): (i32, &Uffd) = (*pid, u);
             if !armed.contains(pi) {
                 jobs.extend(rs.iter().map(|r| (u, r.start, r.end)));
                 continue;
             }
             // Armed: what is still protected since then needs nothing.
-            let pid = by_proc.get(pi).map_or(0, |(pid, _)| *pid);
             let written = mem.written.get(pi).map(Vec::as_slice).unwrap_or(&[]);
             let again = written
                 .iter()
