@@ -61,6 +61,8 @@ pub struct PodCheckpoint<'a> {
     pub ids: Option<(u32, u32)>,
     /// When the pod's cgroup was frozen (the summary's frozen time).
     pub frozen_since: Instant,
+    /// Where the areas' flags are read, prepared before the pod froze.
+    pub flags: crate::vmflags::Source,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +86,11 @@ pub struct CheckpointSummary {
 pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
     crate::target::check(o.pid)?;
     let t0 = Instant::now();
+    // A pod is frozen already: its command prepared this before.
+    let flags = match &o.pod {
+        Some(pod) => pod.flags.clone(),
+        None => crate::vmflags::prepare(),
+    };
     let cow = o.leave_running && o.cow;
     // The guardian is forked before arming starts its thread (a fork needs
     // the caller single-threaded).
@@ -99,13 +106,13 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
         _ => (None, o.guard.clone()),
     };
     let armed = o.armed.or(own.as_ref());
-    match checkpoint_once(o, cow, armed, guard, progress) {
+    match checkpoint_once(o, cow, armed, guard, &flags, progress) {
         // A pod starts again itself (its own state goes with the retry).
         Err(EngineError::LeftRunning(e)) if matches!(*e, EngineError::CowInexact(_)) && o.pod.is_none() => {
             let why = e.to_string();
             tracing::warn!("{why}; checkpointing again with the tree frozen throughout");
             drop(own);
-            let mut s = checkpoint_once(o, false, None, o.guard.clone(), progress)?;
+            let mut s = checkpoint_once(o, false, None, o.guard.clone(), &flags, progress)?;
             s.elapsed = t0.elapsed();
             s.fallback = Some(why);
             Ok(s)
@@ -119,6 +126,7 @@ fn checkpoint_once(
     cow: bool,
     armed: Option<&crate::arm::Armed>,
     guard: Option<Guard>,
+    flags: &crate::vmflags::Source,
     progress: Progress,
 ) -> Result<CheckpointSummary> {
     let t0 = Instant::now();
@@ -145,7 +153,7 @@ fn checkpoint_once(
     let mut ran_at = None;
     let res = guard_tree(&guard, &fr).and_then(|_| {
         let mut run = Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None };
-        collect_and_write(o, cow, armed, out, &mut run, &guard, progress)
+        collect_and_write(o, cow, armed, out, &mut run, (&guard, flags), progress)
     });
     match res {
         Ok((m, repaired, cow_stats)) => {
@@ -196,8 +204,8 @@ struct Resume<'a> {
     guard: &'a Guard,
     fr: &'a mut Frozen,
     at: &'a mut Option<Instant>,
-    /// The tree's smaps being read: done before it runs.
-    flags: Option<crate::mm::FlagsReader>,
+    /// The tree's area flags being read: done before it runs.
+    flags: Option<crate::vmflags::Reader>,
 }
 
 impl Resume<'_> {
@@ -255,7 +263,7 @@ fn collect_and_write(
     armed: Option<&crate::arm::Armed>,
     outdir: &OutDir,
     run: &mut Resume,
-    guard: &Guard,
+    (guard, flags): (&Guard, &crate::vmflags::Source),
     progress: Progress,
 ) -> Result<(Manifest, crate::inet::Repaired, Option<crate::cow::CowStats>)> {
     let fr: &Frozen = run.fr;
@@ -274,10 +282,10 @@ fn collect_and_write(
     let mut uffds = Vec::new();
     let order = bfs(o.pid, fr)?;
     let shared_vm = if cow { sharing_vm(&order) } else { Default::default() };
-    // Every process's areas and pages first: the pages scan walks every
-    // page table entry, and so does smaps (the areas' flags), which is then
-    // read on another core beside the rest, and waited for before the tree
-    // runs again (the two walks side by side slowed each other).
+    // Every process's areas and pages first, then their flags on another
+    // core beside the rest, waited for before the tree runs again (where
+    // they come from smaps, its walk of every page table entry beside the
+    // pages scan's slowed both).
     let live: Vec<i32> = order.iter().copied().filter(|p| !fr.zombies.contains(p)).collect();
     let mut found = std::collections::HashMap::new();
     for (idx, &pid) in order.iter().enumerate().filter(|(_, p)| !fr.zombies.contains(p)) {
@@ -287,7 +295,7 @@ fn collect_and_write(
         tracing::debug!(pid, ms = t.elapsed().as_secs_f64() * 1e3, areas = vmas.len(), "areas and pages found");
         found.insert(pid, vmas);
     }
-    run.flags = Some(crate::mm::FlagsReader::start(live)?);
+    run.flags = Some(crate::vmflags::Reader::start(live, flags.clone())?);
     for &pid in &order {
         let idx = procs.len();
         let p = if fr.zombies.contains(&pid) {
@@ -333,10 +341,10 @@ fn collect_and_write(
     tracing::debug!(ms = t_finish.elapsed().as_secs_f64() * 1e3, late = late.len(), "arming handler stopped");
     let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, (uffds, late), run, progress)?;
     if let Some(flags) = run.flags.take() {
-        let smaps = flags.take()?;
+        let areas = flags.take()?;
         for p in procs.iter_mut() {
-            if let Some(m) = smaps.get(&p.pid) {
-                crate::mm::vm_flags(p.pid, &mut p.vmas, m)?;
+            if let Some(a) = areas.get(&p.pid) {
+                crate::vmflags::apply(p.pid, &mut p.vmas, a)?;
             }
         }
     }

@@ -36,6 +36,7 @@ pub mod threads;
 pub mod tree;
 pub mod trust;
 pub mod unix;
+pub mod vmflags;
 
 pub use checkpoint::{checkpoint, CheckpointOptions, CheckpointSummary};
 pub use restore::{restore, RestoreOptions, RestoreOutcome};

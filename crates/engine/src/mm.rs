@@ -54,91 +54,10 @@ pub struct MemCollector {
     pub written: HashMap<usize, Vec<(u64, u64)>>,
 }
 
-fn madv_of(m: &MapEntry) -> u32 {
-    let mut f = 0;
-    for (flag, bit) in [
-        ("hg", vma_flags::HUGEPAGE),
-        ("nh", vma_flags::NOHUGEPAGE),
-        ("dc", vma_flags::DONTFORK),
-        ("wf", vma_flags::WIPEONFORK),
-        ("dd", vma_flags::DONTDUMP),
-        ("gd", vma_flags::GROWSDOWN),
-        ("lo", vma_flags::LOCKED),
-    ] {
-        if m.has_flag(flag) {
-            f |= bit;
-        }
-    }
-    f
-}
-
-/// Give the areas of `pid` collected by [`MemCollector::collect`] their
-/// flags from `smaps` (read while the tree was frozen, so the same areas).
-pub fn vm_flags(pid: i32, vmas: &mut [Vma], smaps: &[MapEntry]) -> Result<()> {
-    if smaps.len() != vmas.len() {
-        return Err(EngineError::Other(format!(
-            "pid {pid}: smaps lists {} areas, maps {}: the areas changed while frozen",
-            smaps.len(),
-            vmas.len()
-        )));
-    }
-    for (v, m) in vmas.iter_mut().zip(smaps) {
-        if (v.start, v.end) != (m.start, m.end) {
-            return Err(EngineError::Other(format!(
-                "pid {pid}: area {:#x}-{:#x} is {:#x}-{:#x} in smaps: the areas changed while frozen",
-                v.start, v.end, m.start, m.end
-            )));
-        }
-        v.madv = madv_of(m);
-    }
-    Ok(())
-}
-
-/// The smaps of a frozen tree, read on a thread of its own beside the
-/// rest of the checkpoint (it walks every page table entry: tens of
-/// milliseconds for gigabytes), waited for before the tree runs again.
-pub struct FlagsReader {
-    handle: Option<std::thread::JoinHandle<Result<Smaps>>>,
-    got: Option<Result<Smaps>>,
-}
-
-/// Every process's smaps, by pid.
-pub type Smaps = HashMap<i32, Vec<MapEntry>>;
-
-impl FlagsReader {
-    pub fn start(pids: Vec<i32>) -> Result<FlagsReader> {
-        let handle = std::thread::Builder::new()
-            .name("cryopod-smaps".into())
-            .spawn(move || pids.iter().map(|&pid| procfs::smaps(pid).map(|m| (pid, m))).collect())
-            .map_err(|e| EngineError::Other(format!("starting the smaps reader: {e}")))?;
-        Ok(FlagsReader { handle: Some(handle), got: None })
-    }
-
-    /// Wait until every smaps is read.
-    pub fn wait(&mut self) {
-        if let Some(h) = self.handle.take() {
-            self.got = Some(h.join().unwrap_or_else(|_| Err(EngineError::Other("the smaps reader panicked".into()))));
-        }
-    }
-
-    /// The smaps read, by pid.
-    pub fn take(mut self) -> Result<Smaps> {
-        self.wait();
-        self.got.take().unwrap_or_else(|| Err(EngineError::Other("smaps taken twice".into())))
-    }
-}
-
-impl Drop for FlagsReader {
-    fn drop(&mut self) {
-        self.wait();
-    }
-}
-
 impl MemCollector {
     /// Record the areas of process `pid` (index `proc` in the manifest) and
     /// queue the pages to save. The areas' flags (`madv`) are left empty:
-    /// smaps, which alone has them, walks every page table entry, so it is
-    /// read beside this (see [`vm_flags`]).
+    /// they are read beside the rest (see [`crate::vmflags`]).
     pub fn collect(&mut self, pid: i32, proc: usize, files: &mut FileTable) -> Result<Vec<Vma>> {
         let maps = procfs::maps(pid)?;
         let pm = Pagemap::open(pid)?;

@@ -102,6 +102,9 @@ fn checkpoint_once(
         return Err(PodError::Invalid(format!("pod {} is frozen already (is another checkpoint running?)", o.name)));
     }
     let out = OutDir::prepare(&o.dir)?;
+    // The areas' flags are read by a BPF program loaded now, not while
+    // the pod is frozen.
+    let flags = cryopod_engine::vmflags::prepare();
     // Should we die while the pod is frozen, the guardian thaws it (and
     // if it dies too, the next cryopod command, seeing our note).
     let guard = Guard::start(Outcome::Resume).map_err(engine_err)?;
@@ -127,7 +130,7 @@ fn checkpoint_once(
             &rec,
             &cg,
             o,
-            Attempt { out: &out, since, cow, armed: armed.as_ref() },
+            Attempt { out: &out, since, cow, armed: armed.as_ref(), flags: &flags },
             &guard,
             progress,
         )
@@ -154,6 +157,7 @@ struct Attempt<'a> {
     since: std::time::Instant,
     cow: bool,
     armed: Option<&'a cryopod_engine::arm::Armed>,
+    flags: &'a cryopod_engine::vmflags::Source,
 }
 
 /// Lock the pod's network (if it has one); the guardian unlocks it should
@@ -170,7 +174,7 @@ fn checkpoint_frozen(
     rec: &PodRecord,
     cg: &Cgroup,
     o: &PodCheckpointOptions,
-    Attempt { out, since: frozen_since, cow, armed }: Attempt,
+    Attempt { out, since: frozen_since, cow, armed, flags }: Attempt,
     guard: &Guard,
     progress: Progress,
 ) -> Result<CheckpointSummary> {
@@ -259,6 +263,7 @@ fn checkpoint_frozen(
             ids: rec.spec.userns.then_some((crate::create::USERNS_BASE, crate::create::USERNS_SIZE)),
             out,
             frozen_since,
+            flags: flags.clone(),
         }),
         guard: Some(guard.clone()),
         armed,

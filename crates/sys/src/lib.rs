@@ -34,6 +34,7 @@ pub mod sock;
 pub mod tcp;
 pub mod tty;
 pub mod uffd;
+pub mod vma_iter;
 
 pub use error::{Errno, SysError, SysResult};
 pub use fd::TargetFd;

@@ -65,6 +65,10 @@ fn main() {
     let mut c = Checks::new();
     let futex_word = Arc::new(AtomicU32::new(0));
     let stop_spin = Arc::new(AtomicBool::new(false));
+    // Set once main has counted the threads: a worker that is not blocked
+    // after the restore (the sleeper, when its sleep ended before) must not
+    // end before that.
+    let counted = Arc::new(AtomicBool::new(false));
     let mut p = [0i32; 2];
     unsafe { libc::pipe(p.as_mut_ptr()) };
     let (rfd, wfd) = (p[0], p[1]);
@@ -74,6 +78,7 @@ fn main() {
         let fw = futex_word.clone();
         let stop = stop_spin.clone();
         let bf = befores.clone();
+        let counted = counted.clone();
         let dir = dir.clone();
         handles.push(std::thread::spawn(move || -> Vec<(String, bool, String)> {
             MINE.with(|m| m.set(1000 + i));
@@ -140,6 +145,9 @@ fn main() {
             if let Some(reg) = rseq_registered() {
                 res.push((format!("rseq of worker {i}"), reg, "not registered".into()));
             }
+            while !counted.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             res
         }));
     }
@@ -162,6 +170,7 @@ fn main() {
     for b in befores.lock().unwrap().iter() {
         c.check(&format!("thread {} exists", b.tid), live.contains(&b.tid), "missing");
     }
+    counted.store(true, Ordering::SeqCst);
     // Release the blocked threads.
     futex_word.store(7, Ordering::SeqCst);
     unsafe { libc::syscall(libc::SYS_futex, futex_word.as_ptr(), libc::FUTEX_WAKE, 1, 0, 0, 0) };
