@@ -93,7 +93,7 @@ pub fn text(m: &Manifest, img: &ImageDir) -> String {
     let _ = writeln!(
         s,
         "image {} (format {}, cryopod {}, kernel {}, owner {}), {} processes, memory {} bytes referenced, {} \
-         stored, image {} bytes",
+         stored in {} bytes ({} of {} chunks compressed), image {} bytes",
         img.path().display(),
         cryopod_image::manifest::FORMAT_VERSION,
         m.tool_version,
@@ -102,6 +102,9 @@ pub fn text(m: &Manifest, img: &ImageDir) -> String {
         m.processes.len(),
         refd,
         stored,
+        m.packed_bytes(),
+        m.chunks.iter().filter(|c| c.codec != cryopod_image::Codec::Raw).count(),
+        m.chunks.len(),
         image_size(m, img)
     );
     let _ = writeln!(
@@ -236,6 +239,9 @@ pub fn json(m: &Manifest, img: &ImageDir) -> Value {
         "root_pid": m.root_pid,
         "memory_referenced_bytes": refd,
         "memory_stored_bytes": stored,
+        "memory_packed_bytes": m.packed_bytes(),
+        "chunks": m.chunks.len(),
+        "chunks_compressed": m.chunks.iter().filter(|c| c.codec != cryopod_image::Codec::Raw).count(),
         "image_bytes": image_size(m, img),
         "owner": img.owner().to_string(),
         "processes": procs,

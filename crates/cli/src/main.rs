@@ -66,6 +66,10 @@ enum Cmd {
         /// Worker threads for page data (default: number of CPUs).
         #[arg(long)]
         threads: Option<usize>,
+        /// Compression of page data: a zstd level (1-19) or "none". Chunks
+        /// that do not shrink by a page are stored raw.
+        #[arg(long, default_value = "1", value_name = "LEVEL|none")]
+        compress: cryopod_image::Compression,
     },
     /// Restore the pod or tree saved in DIR, with its original PIDs.
     Restore {
@@ -178,12 +182,13 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
         Cmd::Exec { name, cmd } => pods::exec(state, &name, &cmd),
         Cmd::Stop { name, timeout } => pods::stop(state, &name, timeout),
         Cmd::Logs { name } => pods::logs(state, &name),
-        Cmd::Checkpoint { name: Some(name), output, leave_running, threads, .. } => {
+        Cmd::Checkpoint { name: Some(name), output, leave_running, threads, compress, .. } => {
             let opts = cryopod_pod::snapshot::PodCheckpointOptions {
                 name: name.clone(),
                 dir: output.clone(),
                 leave_running,
                 threads: threads.unwrap_or_else(cpus),
+                compress,
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_pod::snapshot::checkpoint(state, &opts, &|phase, d, t| bar.update(phase, d, t))
@@ -192,7 +197,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             print_checkpoint(&s, leave_running, &output);
             Ok(0)
         }
-        Cmd::Checkpoint { pid, output, leave_running, threads, .. } => {
+        Cmd::Checkpoint { pid, output, leave_running, threads, compress, .. } => {
             let pid = pid.context("give a pod name or --pid")?;
             let opts = cryopod_engine::CheckpointOptions {
                 pid,
@@ -200,6 +205,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 leave_running,
                 cow: true,
                 threads: threads.unwrap_or_else(cpus),
+                compress,
                 pod: None,
                 guard: None,
                 armed: None,

@@ -8,7 +8,10 @@
 //!   is stopped when memory is read while it runs, against the whole
 //!   checkpoint of the same process read frozen, and against the target
 //!   (20 ms + 1 ms per 100 MiB), for `CRYOPOD_BENCH_COW_MIB` sizes (default
-//!   64,1024,4096). `CRYOPOD_BENCH_ONLY=cow` runs only this part.
+//!   64,1024,4096). `CRYOPOD_BENCH_ONLY=cow` runs only this part;
+//! - compression: checkpoints of 1 GiB of text-like memory and of noise
+//!   with zstd (the default) and raw, against each other and against tmpfs
+//!   write bandwidth (`CRYOPOD_BENCH_ONLY=compress` runs only this part).
 //!
 //! `CRYOPOD_BENCH_GIB` changes the size (default 4), `CRYOPOD_BENCH_ROUNDS`
 //! the rounds of the large checkpoint/restore (default 3; the median is
@@ -112,6 +115,37 @@ fn first_touch_bw(bytes: u64) -> f64 {
 /// Fork a child holding `bytes` of incompressible memory; it exits 0 on
 /// SIGUSR1 if its memory still matches its checksum, else 1.
 fn spawn_big(bytes: u64) -> i32 {
+    spawn_holding(bytes, xorshift_fill)
+}
+
+/// Text-like memory: log lines with counters, as a server's buffers and
+/// heaps of strings hold (zstd level 1 takes them to about a tenth).
+fn text_fill(buf: &mut [u64], seed: u64) {
+    let mut bytes = Vec::with_capacity(buf.len() * 8 + 256);
+    let mut i = seed;
+    while bytes.len() < buf.len() * 8 {
+        i += 1;
+        let line = format!(
+            "2026-12-03T18:{:02}:{:02}.{:03}Z INFO request id={} path=/api/v1/items/{} status=200 ms={}\n",
+            (i / 60000) % 60,
+            (i / 1000) % 60,
+            i % 1000,
+            i * 7919 % 100000,
+            i % 997,
+            i % 13
+        );
+        bytes.extend_from_slice(line.as_bytes());
+    }
+    for (w, c) in buf.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        *w = u64::from_ne_bytes(a);
+    }
+}
+
+/// Fork a child holding `bytes` of memory filled by `fill`; it exits 0 on
+/// SIGUSR1 if its memory still matches its checksum, else 1.
+fn spawn_holding(bytes: u64, fill: fn(&mut [u64], u64)) -> i32 {
     let (r, w) = {
         let mut p = [0; 2];
         unsafe { libc::pipe(p.as_mut_ptr()) };
@@ -123,7 +157,7 @@ fn spawn_big(bytes: u64) -> i32 {
     if pid == 0 {
         let words = (bytes / 8) as usize;
         let mut mem = vec![0u64; words];
-        xorshift_fill(&mut mem, 99);
+        fill(&mut mem, 99);
         let sum = mem.iter().fold(0u64, |a, &b| a.wrapping_add(b));
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -172,7 +206,18 @@ fn tree_options(
     cow: bool,
     threads: usize,
 ) -> CheckpointOptions<'static> {
-    CheckpointOptions { pid, dir: dir.to_path_buf(), leave_running, cow, threads, pod: None, guard: None, armed: None }
+    let compress = cryopod_image::Compression::default();
+    CheckpointOptions {
+        pid,
+        dir: dir.to_path_buf(),
+        leave_running,
+        cow,
+        threads,
+        compress,
+        pod: None,
+        guard: None,
+        armed: None,
+    }
 }
 
 fn main() {
@@ -206,8 +251,14 @@ fn main() {
     );
 
     let rounds: usize = std::env::var("CRYOPOD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    cow_downtime(threads, rounds);
-    if std::env::var("CRYOPOD_BENCH_ONLY").is_ok_and(|v| v == "cow") {
+    let only = std::env::var("CRYOPOD_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "cow" {
+        cow_downtime(threads, rounds);
+    }
+    if only.is_empty() || only == "compress" {
+        compression(threads, rounds);
+    }
+    if !only.is_empty() {
         let _ = std::fs::remove_dir_all(SHM);
         return;
     }
@@ -312,6 +363,56 @@ fn main() {
         ms(rss[3]) * 10.0
     );
     let _ = std::fs::remove_dir_all(SHM);
+}
+
+/// Compression: checkpoints of the same 1 GiB process with zstd (the
+/// default) and raw, for text-like memory (against tmpfs write bandwidth
+/// of the raw size: compressing must beat writing it) and for noise
+/// (against the raw path: at least 90% of its speed). The process is read
+/// frozen and left running, so that every round reads the same memory.
+fn compression(threads: usize, rounds: usize) {
+    let bytes = 1u64 << 30;
+    let quiet = |_: &str, _: u64, _: u64| {};
+    for (what, fill) in [("text-like", text_fill as fn(&mut [u64], u64)), ("incompressible", xorshift_fill)] {
+        let pid = spawn_holding(bytes, fill);
+        let (mut zstd_bw, mut raw_bw, mut tmpfs_bw, mut sizes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds.max(1) {
+            for level in [cryopod_image::Compression::default(), cryopod_image::Compression::None] {
+                let dir = std::path::PathBuf::from(format!("{SHM}/compress-{round}"));
+                let mut o = tree_options(pid, &dir, true, false, threads);
+                o.compress = level;
+                let t = Instant::now();
+                let s = checkpoint(&o, &quiet).expect("checkpoint");
+                let bw = gbps(s.memory_bytes, t.elapsed());
+                match level {
+                    cryopod_image::Compression::None => raw_bw.push(bw),
+                    _ => {
+                        zstd_bw.push(bw);
+                        sizes.push(s.image_bytes as f64 / s.memory_bytes as f64);
+                    }
+                }
+                std::fs::remove_dir_all(&dir).unwrap();
+            }
+            tmpfs_bw.push(tmpfs_write_bw(bytes));
+        }
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        let st = reap(pid);
+        let verified = libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0;
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            (v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        let ((z, z0, z1), (r, r0, r1), (t, _, _), (sz, _, _)) =
+            (med(&mut zstd_bw), med(&mut raw_bw), med(&mut tmpfs_bw), med(&mut sizes));
+        println!(
+            "compression, 1 GiB {what}, median of {}: zstd {z:.2} GB/s (range {z0:.2}-{z1:.2}), image {:.0}% of the memory; raw {r:.2} GB/s (range {r0:.2}-{r1:.2}); zstd/raw {:.0}%, zstd/tmpfs write ({t:.2} GB/s) {:.0}%; process intact: {}",
+            zstd_bw.len(),
+            100.0 * sz,
+            100.0 * z / r,
+            100.0 * z / t,
+            if verified { "ok" } else { "FAILED" }
+        );
+    }
 }
 
 /// Running checkpoints: frozen time with memory read while running, against

@@ -28,6 +28,8 @@ pub struct CheckpointOptions<'a> {
     pub cow: bool,
     /// Worker threads for reading, hashing and writing pages.
     pub threads: usize,
+    /// How new chunks are compressed.
+    pub compress: cryopod_image::Compression,
     /// Set for the checkpoint of a pod.
     pub pod: Option<PodCheckpoint<'a>>,
     /// A guardian started by the caller (a pod's, which knows its frozen
@@ -172,7 +174,8 @@ fn checkpoint_once(
                 fr.kill(o.pod.is_some());
                 drop(repaired);
             }
-            let (mem, stored) = m.memory_bytes();
+            let (mem, _) = m.memory_bytes();
+            let stored = m.packed_bytes();
             let meta_len = out.manifest_len();
             Ok(CheckpointSummary {
                 processes: m.processes.len(),
@@ -407,7 +410,7 @@ fn write_pages(
     let cow_of = |i: usize| session.as_ref().is_some_and(|s| s.cow[i]);
     let frozen: Vec<usize> = (0..n).filter(|&i| !cow_of(i)).collect();
     let running: Vec<usize> = (0..n).filter(|&i| cow_of(i)).collect();
-    let mut d = pages::Dumper::new(outdir, o.threads);
+    let mut d = pages::Dumper::new(outdir, o.threads, o.compress);
     d.run(&mem.pieces, &frozen, &pages::FrozenReader, progress)?;
     let mut stats = None;
     if let Some(s) = &session {

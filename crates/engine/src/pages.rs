@@ -7,8 +7,9 @@
 
 use crate::outdir::OutDir;
 use crate::{EngineError, Progress, Result};
+use cryopod_image::codec::Encoder;
 use cryopod_image::store::{ChunkTable, PackWriter};
-use cryopod_image::{Chunk, Pack, CHUNK_PAGES, PAGE};
+use cryopod_image::{Chunk, Codec, Compression, Pack, CHUNK_PAGES, PAGE};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -54,14 +55,6 @@ pub fn split_aligned(start: u64, end: u64, mut f: impl FnMut(u64, u32)) {
     }
 }
 
-/// Read, hash, dedupe and store every piece, with `threads` workers.
-pub fn dump(dir: &OutDir, pieces: &[Piece], threads: usize, progress: Progress) -> Result<PagesOut> {
-    let mut d = Dumper::new(dir, threads);
-    let all: Vec<usize> = (0..pieces.len()).collect();
-    d.run(pieces, &all, &FrozenReader, progress)?;
-    d.finish(pieces.len())
-}
-
 /// How the bytes of a batch of pieces are read.
 pub trait BatchReader: Sync {
     /// Read pieces `sel` (indexes into `pieces`) back to back into `buf`;
@@ -79,10 +72,13 @@ impl BatchReader for FrozenReader {
     }
 }
 
-/// One writer's pack and buffer, kept across runs.
+/// One writer's pack, buffers and compressor, kept across runs.
 struct Worker {
     pack: PackWriter,
     buf: Vec<u8>,
+    /// Compressed chunks of the batch being stored.
+    packed: Vec<u8>,
+    enc: Encoder,
     out: Vec<(usize, Vec<Segment>)>,
 }
 
@@ -92,13 +88,14 @@ struct Worker {
 pub struct Dumper<'a> {
     dir: &'a OutDir,
     threads: usize,
+    compression: Compression,
     workers: Vec<Worker>,
     table: ChunkTable,
 }
 
 impl<'a> Dumper<'a> {
-    pub fn new(dir: &'a OutDir, threads: usize) -> Dumper<'a> {
-        Dumper { dir, threads: threads.clamp(1, 16), workers: Vec::new(), table: ChunkTable::default() }
+    pub fn new(dir: &'a OutDir, threads: usize, compression: Compression) -> Dumper<'a> {
+        Dumper { dir, threads: threads.clamp(1, 16), compression, workers: Vec::new(), table: ChunkTable::default() }
     }
 
     /// Read, hash, dedupe and store pieces `sel` (ascending indexes into
@@ -130,7 +127,9 @@ impl<'a> Dumper<'a> {
             let name = cryopod_image::store::pack_name(w);
             let file = self.dir.create(&name)?;
             let pack = PackWriter::new(file, self.dir.path().join(&name).display().to_string(), w as u32);
-            self.workers.push(Worker { pack, buf: vec![0u8; BATCH_BYTES as usize], out: Vec::new() });
+            let enc = Encoder::new(self.compression)?;
+            let buf = vec![0u8; BATCH_BYTES as usize];
+            self.workers.push(Worker { pack, buf, packed: Vec::new(), enc, out: Vec::new() });
         }
         let done = AtomicU64::new(0);
         let next = AtomicUsize::new(0);
@@ -149,7 +148,8 @@ impl<'a> Dumper<'a> {
                                 return Ok(());
                             };
                             let got = reader.read(pieces, &sel[lo..hi], &mut wk.buf)?;
-                            store_batch(pieces, &sel[lo..hi], &wk.buf[..got], &mut wk.pack, table, &mut wk.out)?;
+                            let Worker { pack, buf, packed, enc, out } = &mut *wk;
+                            store_batch(pieces, &sel[lo..hi], &buf[..got], (pack, enc, packed), table, out)?;
                             let d = done.fetch_add(got as u64, Ordering::Relaxed) + got as u64;
                             progress("memory", d, total);
                         }
@@ -177,20 +177,28 @@ impl<'a> Dumper<'a> {
     }
 }
 
+/// Where a new chunk's stored bytes are: in the batch read (raw) or among
+/// the compressed ones.
+enum Stored {
+    Raw(usize, usize),
+    Packed(usize, usize),
+}
+
 /// Split the pieces `sel`, read back to back in `buf`, at their zero
-/// pages; store each non-zero segment once.
+/// pages; store each non-zero segment once, compressed where it pays.
 fn store_batch(
     pieces: &[Piece],
     sel: &[usize],
     buf: &[u8],
-    pack: &mut PackWriter,
+    (pack, enc, packed): (&mut PackWriter, &mut Encoder, &mut Vec<u8>),
     table: &ChunkTable,
     out: &mut Vec<(usize, Vec<Segment>)>,
 ) -> Result<()> {
+    packed.clear();
     // Split every piece at its zero pages; store each non-zero segment once.
     let page = PAGE as usize;
     let mut o = 0usize;
-    let mut writes: Vec<(usize, usize)> = Vec::new();
+    let mut writes: Vec<Stored> = Vec::new();
     let mut pending = 0u64;
     for &i in sel {
         let p = &pieces[i];
@@ -211,16 +219,32 @@ fn store_batch(
                     None
                 } else {
                     let bytes = &data[pg * page..end * page];
+                    let hash = *blake3::hash(bytes).as_bytes();
+                    // Compressed before knowing whether the chunk is new:
+                    // the table's lock is held only to look it up.
+                    let (codec, stored) = match table.contains(&hash) {
+                        true => (Codec::Raw, bytes),
+                        false => enc.encode(bytes),
+                    };
+                    let slen = stored.len();
                     let c = Chunk {
-                        hash: *blake3::hash(bytes).as_bytes(),
+                        hash,
                         pack: pack.index,
                         offset: pack.offset + pending,
                         len: bytes.len() as u32,
+                        codec,
+                        stored: slen as u32,
                     };
                     let (id, new) = table.get_or_insert(c);
                     if new {
-                        writes.push((o + pg * page, bytes.len()));
-                        pending += bytes.len() as u64;
+                        writes.push(match codec {
+                            Codec::Raw => Stored::Raw(o + pg * page, slen),
+                            Codec::Zstd => {
+                                packed.extend_from_slice(stored);
+                                Stored::Packed(packed.len() - slen, slen)
+                            }
+                        });
+                        pending += slen as u64;
                     }
                     Some(id)
                 };
@@ -231,7 +255,13 @@ fn store_batch(
         out.push((i, segs));
         o += l;
     }
-    let slices: Vec<&[u8]> = writes.iter().map(|&(a, l)| &buf[a..a + l]).collect();
+    let slices: Vec<&[u8]> = writes
+        .iter()
+        .map(|w| match *w {
+            Stored::Raw(a, l) => &buf[a..a + l],
+            Stored::Packed(a, l) => &packed[a..a + l],
+        })
+        .collect();
     pack.append(&slices)?;
     Ok(())
 }
@@ -310,24 +340,28 @@ pub fn fill(
     let mut i = 0;
     while i < jobs.len() {
         let first = &m.chunks[jobs[i].1 as usize];
-        let mut end = first.offset + u64::from(first.len);
+        let mut end = first.offset + u64::from(first.stored);
         let mut j = i + 1;
         while j < jobs.len() {
             let c = &m.chunks[jobs[j].1 as usize];
-            if c.pack != first.pack || c.offset != end || end - first.offset + u64::from(c.len) > BATCH_BYTES {
+            if c.pack != first.pack || c.offset != end || end - first.offset + u64::from(c.stored) > BATCH_BYTES {
                 break;
             }
-            end += u64::from(c.len);
+            end += u64::from(c.stored);
             j += 1;
         }
         batches.push((i, j));
         i = j;
     }
-    let largest = batches
-        .iter()
-        .map(|&(lo, hi)| jobs[lo..hi].iter().map(|&(_, c)| m.chunks[c as usize].len as usize).sum::<usize>())
-        .max()
-        .unwrap_or(0);
+    let largest = |size: fn(&Chunk) -> u32| {
+        batches
+            .iter()
+            .map(|&(lo, hi)| jobs[lo..hi].iter().map(|&(_, c)| size(&m.chunks[c as usize]) as usize).sum::<usize>())
+            .max()
+            .unwrap_or(0)
+    };
+    let (largest_stored, largest_plain) = (largest(|c| c.stored), largest(|c| c.len));
+    let compressed = m.chunks.iter().any(|c| c.codec != Codec::Raw);
     let next = AtomicUsize::new(0);
     let worker = |pinned: bool| -> Result<()> {
         if !pinned {
@@ -337,22 +371,31 @@ pub fn fill(
         }
         // Sized to the largest batch: zeroing and faulting in a 4 MiB buffer
         // would cost more than filling a small process.
-        let mut buf = vec![0u8; largest];
+        let mut buf = vec![0u8; largest_stored];
+        let mut plain = vec![0u8; if compressed { largest_plain } else { 0 }];
         loop {
             let b = next.fetch_add(1, Ordering::Relaxed);
             let Some(&(lo, hi)) = batches.get(b) else { return Ok(()) };
             let first = &m.chunks[jobs[lo].1 as usize];
             let f = reader.file(first.pack).ok_or_else(|| EngineError::Other("pack missing".into()))?;
-            let mut off = 0usize;
+            let stored: usize = jobs[lo..hi].iter().map(|&(_, c)| m.chunks[c as usize].stored as usize).sum();
+            f.read_exact_at(&mut buf[..stored], first.offset)
+                .map_err(|e| EngineError::Other(format!("reading page data: {e}")))?;
+            let raw = jobs[lo..hi].iter().all(|&(_, c)| m.chunks[c as usize].codec == Codec::Raw);
             let mut iov = Vec::with_capacity(hi - lo);
+            let (mut off, mut at) = (0usize, 0usize);
             for &(addr, c) in &jobs[lo..hi] {
-                let l = m.chunks[c as usize].len as usize;
+                let ch = &m.chunks[c as usize];
+                let (l, s) = (ch.len as usize, ch.stored as usize);
+                if !raw {
+                    cryopod_image::codec::decode(ch, &buf[at..at + s], &mut plain[off..off + l])?;
+                }
                 iov.push((addr, off, l));
                 off += l;
+                at += s;
             }
-            f.read_exact_at(&mut buf[..off], first.offset)
-                .map_err(|e| EngineError::Other(format!("reading page data: {e}")))?;
-            cryopod_sys::mem::write_ranges(pid, &iov, &buf[..off])?;
+            let data = if raw { &buf[..off] } else { &plain[..off] };
+            cryopod_sys::mem::write_ranges(pid, &iov, data)?;
         }
     };
     // Threads pay off only for more than a few batches.

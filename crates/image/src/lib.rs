@@ -8,11 +8,12 @@
 //! with a fixed header — magic, format version, body length, BLAKE3 of the
 //! body — followed by the body: the records of [`records`], bincode-encoded
 //! under a size limit. Page contents live in packs as content-addressed
-//! chunks; [`Manifest::validate`] checks every index and bound, and
+//! chunks, compressed where that pays ([`codec`]); [`Manifest::validate`] checks every index and bound, and
 //! [`store::PackReader::verify_all`] checks every chunk hash, before a restore
 //! touches the system.
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod cpu;
 pub mod dir;
 pub mod manifest;
@@ -20,6 +21,7 @@ pub mod pod;
 pub mod records;
 pub mod store;
 
+pub use codec::Compression;
 pub use cpu::{CpuFeatures, CpuImage, XComponent};
 pub use dir::{ImageDir, ImageFile, ImageOwner, INCOMPLETE_MARKER};
 pub use manifest::{decode_manifest, encode_manifest, seal, MANIFEST_FILE};

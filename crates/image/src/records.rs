@@ -47,11 +47,24 @@ pub struct Pack {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Chunk {
+    /// BLAKE3 of the page data (not of what is stored).
     pub hash: [u8; 32],
     pub pack: u32,
     pub offset: u64,
     /// Bytes of page data (a whole number of pages).
     pub len: u32,
+    /// How the data is stored: see [`crate::codec`].
+    pub codec: Codec,
+    /// Bytes in the pack (`len` when stored raw).
+    pub stored: u32,
+}
+
+/// How a chunk's bytes are stored in its pack.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Codec {
+    Raw,
+    /// One zstd frame, smaller than the data.
+    Zstd,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -358,7 +371,14 @@ impl Manifest {
             if c.len == 0 || u64::from(c.len) % PAGE != 0 || u64::from(c.len) > CHUNK_PAGES * PAGE {
                 return Err(bad(format!("chunk {i}: length {} is not 1..=16 pages", c.len)));
             }
-            if c.offset.checked_add(u64::from(c.len)).is_none_or(|e| e > pack.size) {
+            let stored_ok = match c.codec {
+                Codec::Raw => c.stored == c.len,
+                Codec::Zstd => c.stored > 0 && c.stored < c.len,
+            };
+            if !stored_ok {
+                return Err(bad(format!("chunk {i}: {} bytes stored for {} bytes {:?}", c.stored, c.len, c.codec)));
+            }
+            if c.offset.checked_add(u64::from(c.stored)).is_none_or(|e| e > pack.size) {
                 return Err(bad(format!("chunk {i}: beyond the end of pack {}", pack.name)));
             }
         }
@@ -511,6 +531,11 @@ impl Manifest {
             .fold(0, u64::saturating_add);
         let stored = self.chunks.iter().map(|c| u64::from(c.len)).fold(0, u64::saturating_add);
         (refd, stored)
+    }
+
+    /// Bytes the chunks take in their packs (compressed where it paid).
+    pub fn packed_bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| u64::from(c.stored)).fold(0, u64::saturating_add)
     }
 }
 

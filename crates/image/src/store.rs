@@ -5,7 +5,7 @@
 //! [`crate::ImageDir::packs`] opened and checks every chunk hash, stopping
 //! at the first damage (restore) or listing all of it (inspect, check).
 
-use crate::{Chunk, ImageError, Manifest, Pack, Result};
+use crate::{Chunk, Codec, ImageError, Manifest, Pack, Result};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
@@ -82,6 +82,14 @@ impl ChunkTable {
         (id, true)
     }
 
+    /// Whether a chunk with this hash is recorded already.
+    pub fn contains(&self, hash: &[u8; 32]) -> bool {
+        match self.inner.lock() {
+            Ok(g) => g.0.contains_key(hash),
+            Err(p) => p.into_inner().0.contains_key(hash),
+        }
+    }
+
     pub fn into_chunks(self) -> Vec<Chunk> {
         match self.inner.into_inner() {
             Ok(g) => g.1,
@@ -133,11 +141,20 @@ impl PackReader {
         self.names.get(i as usize).map(String::as_str).unwrap_or("?")
     }
 
+    /// The data of chunk `c` into the start of `out`.
     pub fn read_chunk(&self, c: &Chunk, out: &mut [u8]) -> Result<()> {
         let f = self.file(c.pack).ok_or_else(|| ImageError::Corrupt(format!("pack {} missing", c.pack)))?;
         let out =
             out.get_mut(..c.len as usize).ok_or_else(|| ImageError::Corrupt("chunk larger than the buffer".into()))?;
-        f.read_exact_at(out, c.offset).map_err(|e| ImageError::io(self.name(c.pack), e))
+        let read = |buf: &mut [u8]| f.read_exact_at(buf, c.offset).map_err(|e| ImageError::io(self.name(c.pack), e));
+        match c.codec {
+            Codec::Raw => read(out),
+            Codec::Zstd => {
+                let mut stored = vec![0u8; c.stored as usize];
+                read(&mut stored)?;
+                crate::codec::decode(c, &stored, out)
+            }
+        }
     }
 
     /// Check the hash of every chunk, using `threads` threads; the first
@@ -160,7 +177,7 @@ impl PackReader {
         let mut order: Vec<usize> = (0..m.chunks.len()).collect();
         order.sort_by_key(|&i| (m.chunks[i].pack, m.chunks[i].offset));
         // Threads pay off only for more than a few MiB.
-        let total: u64 = m.chunks.iter().map(|c| u64::from(c.len)).sum();
+        let total: u64 = m.chunks.iter().map(|c| u64::from(c.stored)).sum();
         let threads = if total < 16 << 20 { 1 } else { threads.max(1) };
         if threads == 1 {
             return self.scan_part(m, &order, all);
@@ -189,19 +206,20 @@ impl PackReader {
     fn scan_part(&self, m: &Manifest, ids: &[usize], all: bool) -> Vec<Damage> {
         const BLOCK: u64 = 8 << 20;
         let mut out = Vec::new();
-        let total: u64 = ids.iter().map(|&i| u64::from(m.chunks[i].len)).sum();
+        let total: u64 = ids.iter().map(|&i| u64::from(m.chunks[i].stored)).sum();
         let mut buf = vec![0u8; total.min(BLOCK) as usize];
+        let mut plain = vec![0u8; (crate::CHUNK_PAGES * crate::PAGE) as usize];
         let mut i = 0;
         while i < ids.len() && (all || out.is_empty()) {
             let first = &m.chunks[ids[i]];
             let mut j = i + 1;
-            let mut end = first.offset + u64::from(first.len);
+            let mut end = first.offset + u64::from(first.stored);
             while j < ids.len() {
                 let c = &m.chunks[ids[j]];
-                if c.pack != first.pack || c.offset != end || end + u64::from(c.len) - first.offset > BLOCK {
+                if c.pack != first.pack || c.offset != end || end + u64::from(c.stored) - first.offset > BLOCK {
                     break;
                 }
-                end += u64::from(c.len);
+                end += u64::from(c.stored);
                 j += 1;
             }
             let span = &mut buf[..(end - first.offset) as usize];
@@ -212,12 +230,19 @@ impl PackReader {
             for &id in &ids[i..j] {
                 let c = &m.chunks[id];
                 let o = (c.offset - first.offset) as usize;
-                let problem = match &read {
-                    Err(e) => e.clone(),
-                    Ok(()) if blake3::hash(&span[o..o + c.len as usize]).as_bytes() != &c.hash => {
-                        "fails its checksum".to_string()
+                let stored = &span[o..o + c.stored as usize];
+                let data = match c.codec {
+                    Codec::Raw => Ok(stored),
+                    Codec::Zstd => {
+                        let out = &mut plain[..c.len as usize];
+                        crate::codec::decode(c, stored, out).map(|_| &*out).map_err(|e| e.to_string())
                     }
-                    Ok(()) => continue,
+                };
+                let problem = match (&read, data) {
+                    (Err(e), _) => e.clone(),
+                    (Ok(()), Err(e)) => e,
+                    (Ok(()), Ok(d)) if blake3::hash(d).as_bytes() != &c.hash => "fails its checksum".to_string(),
+                    (Ok(()), Ok(_)) => continue,
                 };
                 out.push(Damage { chunk: id, pack: self.name(c.pack).to_string(), offset: c.offset, problem });
                 if !all {

@@ -85,7 +85,7 @@ fn sample() -> Manifest {
         files: vec![OpenFile { flags: 0, pos: 0, kind: FileKind::CharDev { path: "/dev/null".into(), rdev: 0x103 } }],
         objects: vec![],
         packs: vec![Pack { name: "pages-0.pack".into(), size: 65536 }],
-        chunks: vec![Chunk { hash: [9; 32], pack: 0, offset: 0, len: 65536 }],
+        chunks: vec![Chunk { hash: [9; 32], pack: 0, offset: 0, len: 65536, codec: Codec::Raw, stored: 65536 }],
         pod: Some(cryopod_image::PodImage {
             name: "web".into(),
             hostname: "box".into(),
@@ -446,7 +446,14 @@ fn every_damaged_chunk_is_listed() {
     let pages: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 65536]).collect();
     m.packs[0].size = 4 * 65536;
     m.chunks = (0..4)
-        .map(|i| Chunk { hash: *blake3::hash(&pages[i]).as_bytes(), pack: 0, offset: i as u64 * 65536, len: 65536 })
+        .map(|i| Chunk {
+            hash: *blake3::hash(&pages[i]).as_bytes(),
+            pack: 0,
+            offset: i as u64 * 65536,
+            len: 65536,
+            codec: Codec::Raw,
+            stored: 65536,
+        })
         .collect();
     let mut pack = pages.concat();
     pack[65536 + 7] ^= 1;
@@ -460,4 +467,126 @@ fn every_damaged_chunk_is_listed() {
     assert!(d[0].problem.contains("checksum") && d[0].pack == "pages-0.pack" && d[0].offset == 65536);
     let e = reader.verify_all(&m, 1).unwrap_err().to_string();
     assert!(e.contains("page chunk 1") && e.contains("checksum"), "{e}");
+}
+
+/// Text-like page data: compresses well.
+fn text_pages(n: usize) -> Vec<u8> {
+    let words = ["checkpoint", "restore", "pod", "memory", "page", "chunk", "migrate", "the", "of", "a"];
+    let mut out = Vec::new();
+    let mut x = 7u64;
+    while out.len() < n {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        out.extend_from_slice(words[(x >> 60) as usize % words.len()].as_bytes());
+        out.push(b' ');
+    }
+    out.truncate(n);
+    out
+}
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn chunks_compress_only_where_it_pays() {
+    let text = text_pages(65536);
+    let mut enc = codec::Encoder::new(Compression::Zstd(1)).unwrap();
+    let (c, stored) = enc.encode(&text);
+    assert_eq!(c, Codec::Zstd);
+    assert!(stored.len() < text.len() / 2, "{} bytes", stored.len());
+    let stored = stored.to_vec();
+    let chunk = Chunk {
+        hash: *blake3::hash(&text).as_bytes(),
+        pack: 0,
+        offset: 0,
+        len: 65536,
+        codec: Codec::Zstd,
+        stored: stored.len() as u32,
+    };
+    let mut back = vec![0u8; 65536];
+    codec::decode(&chunk, &stored, &mut back).unwrap();
+    assert_eq!(back, text);
+    // Noise is stored raw, and so is whatever follows for a while (no try).
+    let random = noise(65536, 3);
+    assert_eq!(enc.encode(&random).0, Codec::Raw);
+    assert_eq!(enc.encode(&text).0, Codec::Raw);
+    // No compression asked: raw.
+    let mut none = codec::Encoder::new(Compression::None).unwrap();
+    assert_eq!(none.encode(&text).0, Codec::Raw);
+    // Untrusted frames: garbage, a truncated frame, a frame that decodes to
+    // more or less than the chunk, all refused.
+    let mut out = vec![0u8; 65536];
+    assert!(codec::decode(&chunk, &noise(stored.len(), 9), &mut out).is_err());
+    let short = Chunk { stored: stored.len() as u32 - 5, ..chunk.clone() };
+    assert!(codec::decode(&short, &stored[..stored.len() - 5], &mut out).is_err());
+    let smaller = Chunk { len: 4096, ..chunk.clone() };
+    assert!(codec::decode(&smaller, &stored, &mut out[..4096]).is_err());
+    let half = enc_frame(&text[..32768]);
+    let bigger = Chunk { stored: half.len() as u32, ..chunk.clone() };
+    assert!(codec::decode(&bigger, &half, &mut out).is_err());
+    assert_eq!("none".parse::<Compression>(), Ok(Compression::None));
+    assert_eq!("3".parse::<Compression>(), Ok(Compression::Zstd(3)));
+    assert!("0".parse::<Compression>().is_err() && "fast".parse::<Compression>().is_err());
+}
+
+fn enc_frame(data: &[u8]) -> Vec<u8> {
+    let mut e = codec::Encoder::new(Compression::Zstd(1)).unwrap();
+    let (c, s) = e.encode(data);
+    assert_eq!(c, Codec::Zstd);
+    s.to_vec()
+}
+
+#[test]
+fn a_damaged_compressed_chunk_is_found() {
+    let s = Scratch::new("damage-zstd");
+    let mut m = sample();
+    let pages: Vec<Vec<u8>> = (0..3).map(|i| text_pages(65536 + i * 4096)[i * 4096..].to_vec()).collect();
+    let frames: Vec<Vec<u8>> = pages.iter().map(|p| enc_frame(p)).collect();
+    let mut off = 0u64;
+    m.chunks = (0..3)
+        .map(|i| {
+            let c = Chunk {
+                hash: *blake3::hash(&pages[i]).as_bytes(),
+                pack: 0,
+                offset: off,
+                len: 65536,
+                codec: Codec::Zstd,
+                stored: frames[i].len() as u32,
+            };
+            off += frames[i].len() as u64;
+            c
+        })
+        .collect();
+    m.packs[0].size = off;
+    let mut pack = frames.concat();
+    s.write("pages-0.pack", &pack);
+    s.write("manifest", &encode_manifest(&m).unwrap());
+    let img = ImageDir::open(&s.0).unwrap();
+    let reader = img.packs(&m).unwrap();
+    reader.verify_all(&m, 1).unwrap();
+    let mut out = vec![0u8; 65536];
+    reader.read_chunk(&m.chunks[1], &mut out).unwrap();
+    assert_eq!(out, pages[1]);
+    // One flipped byte inside the second frame.
+    pack[frames[0].len() + frames[1].len() / 2] ^= 0x20;
+    s.write("pages-0.pack", &pack);
+    let img = ImageDir::open(&s.0).unwrap();
+    let reader = img.packs(&m).unwrap();
+    let d = reader.damage(&m, 1);
+    assert_eq!(d.iter().map(|d| d.chunk).collect::<Vec<_>>(), vec![1], "{d:?}");
+    // A record that says raw for a frame, or stores more than it holds.
+    let mut lying = m.clone();
+    lying.chunks[0].codec = Codec::Raw;
+    assert!(lying.validate().is_err());
+    let mut lying = m.clone();
+    lying.chunks[0].stored = 65536;
+    assert!(lying.validate().is_err());
 }

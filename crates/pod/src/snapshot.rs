@@ -66,6 +66,7 @@ pub struct PodCheckpointOptions {
     pub dir: PathBuf,
     pub leave_running: bool,
     pub threads: usize,
+    pub compress: cryopod_image::Compression,
 }
 
 /// Checkpoint pod `o.name` into `o.dir`; unless `leave_running`, the pod
@@ -254,6 +255,7 @@ fn checkpoint_frozen(
         leave_running: o.leave_running,
         cow,
         threads: o.threads,
+        compress: o.compress,
         pod: Some(PodCheckpoint {
             root,
             external,
