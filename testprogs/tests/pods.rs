@@ -18,14 +18,23 @@ fn counts(log: &str) -> Vec<u64> {
 
 /// PIDs and commands inside a pod, without the `exec` that asks.
 fn pod_processes(env: &PodEnv, pod: &str) -> Vec<String> {
-    let out = env.exec(pod, "ps -o pid,comm");
-    let mut v: Vec<String> = out
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        // Not the asking `exec`, nor the short-lived sleeps of loops.
-        .filter(|l| !l.ends_with(" ps") && !l.ends_with(" sleep"))
-        .collect();
+    let snapshot = || -> Vec<String> {
+        let out = env.exec(pod, "ps -o pid,comm");
+        out.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            // Not the asking `exec`, nor the short-lived sleeps of loops.
+            .filter(|l| !l.ends_with(" ps") && !l.ends_with(" sleep"))
+            .collect()
+    };
+    // The processes seen in three listings apart: a loop's short-lived
+    // subshells (`$(...)`, a new PID each time) are in one at most.
+    let mut v = snapshot();
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        let again = snapshot();
+        v.retain(|p| again.contains(p));
+    }
     v.sort();
     v
 }

@@ -6,6 +6,7 @@ mod check;
 mod inspect;
 mod pods;
 mod progress;
+mod streams;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -57,7 +58,8 @@ enum Cmd {
         /// Root of a process tree (all descendants and threads are included).
         #[arg(long)]
         pid: Option<i32>,
-        /// Image directory (created; must not already hold an image).
+        /// Image directory (created; must not already hold an image), or
+        /// `-` for one stream on stdout.
         #[arg(short, long)]
         output: PathBuf,
         /// Resume the tree afterwards instead of killing it.
@@ -70,8 +72,14 @@ enum Cmd {
         /// that do not shrink by a page are stored raw.
         #[arg(long, default_value = "1", value_name = "LEVEL|none")]
         compress: cryopod_image::Compression,
+        /// Leave out the pages of areas the program marked MADV_DONTDUMP:
+        /// they come back zero-filled. Off by default: the mark says the
+        /// data need not be in a core dump, not that it is dead.
+        #[arg(long)]
+        exclude_dontdump: bool,
     },
-    /// Restore the pod or tree saved in DIR, with its original PIDs.
+    /// Restore the pod or tree saved in DIR (or in a stream on stdin: -),
+    /// with its original PIDs.
     Restore {
         dir: PathBuf,
         /// Name of the restored pod (default: the name it had).
@@ -97,6 +105,19 @@ enum Cmd {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Write image DIR as one stream to FILE (or stdout: -o -).
+    Export {
+        dir: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Make image directory DIR from a stream in FILE (or stdin: -),
+    /// checked as it comes.
+    Import {
+        file: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Check whether this kernel and CPU can restore an image, and why not.
     Check {
@@ -146,6 +167,33 @@ fn print_checkpoint(s: &cryopod_engine::CheckpointSummary, leave_running: bool, 
     }
 }
 
+/// For `-o -`: a private directory the image goes to first (kept until
+/// it is streamed), and the path to write it to.
+fn stream_target(output: PathBuf) -> Result<(Option<streams::TempImage>, PathBuf)> {
+    if !streams::is_stdio(&output) {
+        return Ok((None, output));
+    }
+    anyhow::ensure!(
+        !std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        "-o - writes the image to stdout, which is a terminal: redirect it"
+    );
+    let t = streams::TempImage::new()?;
+    let path = t.image();
+    Ok((Some(t), path))
+}
+
+/// Stream the image made in `dir` for `-o -`, then remove it.
+fn to_stdout(stream: Option<streams::TempImage>, dir: &std::path::Path) -> Result<i32> {
+    if let Some(t) = stream {
+        match streams::export(dir, std::path::Path::new("-")) {
+            Ok(n) => eprintln!("streamed the image to stdout ({})", human(n)),
+            // The tree may be gone: the image must not be.
+            Err(e) => return Err(e.context(format!("the image is kept in {}", t.keep().display()))),
+        }
+    }
+    Ok(0)
+}
+
 fn main() {
     cryopod_sys::signal::default_sigpipe();
     let cli = Cli::parse();
@@ -182,23 +230,26 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
         Cmd::Exec { name, cmd } => pods::exec(state, &name, &cmd),
         Cmd::Stop { name, timeout } => pods::stop(state, &name, timeout),
         Cmd::Logs { name } => pods::logs(state, &name),
-        Cmd::Checkpoint { name: Some(name), output, leave_running, threads, compress, .. } => {
+        Cmd::Checkpoint { name: Some(name), output, leave_running, threads, compress, exclude_dontdump, .. } => {
+            let (stream, output) = stream_target(output)?;
             let opts = cryopod_pod::snapshot::PodCheckpointOptions {
                 name: name.clone(),
                 dir: output.clone(),
                 leave_running,
                 threads: threads.unwrap_or_else(cpus),
                 compress,
+                exclude_dontdump,
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_pod::snapshot::checkpoint(state, &opts, &|phase, d, t| bar.update(phase, d, t))
                 .with_context(|| format!("checkpoint of pod {name} failed"))?;
             bar.finish();
             print_checkpoint(&s, leave_running, &output);
-            Ok(0)
+            to_stdout(stream, &output)
         }
-        Cmd::Checkpoint { pid, output, leave_running, threads, compress, .. } => {
+        Cmd::Checkpoint { pid, output, leave_running, threads, compress, exclude_dontdump, .. } => {
             let pid = pid.context("give a pod name or --pid")?;
+            let (stream, output) = stream_target(output)?;
             let opts = cryopod_engine::CheckpointOptions {
                 pid,
                 dir: output.clone(),
@@ -206,6 +257,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 cow: true,
                 threads: threads.unwrap_or_else(cpus),
                 compress,
+                exclude_dontdump,
                 pod: None,
                 guard: None,
                 armed: None,
@@ -215,9 +267,21 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 .with_context(|| format!("checkpoint of pid {pid} failed"))?;
             bar.finish();
             print_checkpoint(&s, leave_running, &output);
-            Ok(0)
+            to_stdout(stream, &output)
         }
         Cmd::Restore { dir, name, ip, detach, print_pid, tcp_close } => {
+            // A stream is taken in whole and checked before anything else.
+            let stream = match streams::is_stdio(&dir) {
+                true => Some(streams::TempImage::new()?),
+                false => None,
+            };
+            let dir = match &stream {
+                Some(t) => {
+                    streams::import(&dir, &t.image())?;
+                    t.image()
+                }
+                None => dir,
+            };
             // Opened once: the owner from the descriptors, then the
             // manifest, then what it asks for; the same opened image goes on.
             let img = cryopod_engine::CheckedImage::open(&dir)
@@ -235,6 +299,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             let o = cryopod_engine::restore(&opts, &|phase, d, t| bar.update(phase, d, t))
                 .with_context(|| format!("restore of {} failed; nothing was left running", dir.display()))?;
             bar.finish();
+            drop(stream);
             eprintln!(
                 "restored {} processes ({} threads), {} of memory in {:.1} ms; root pid {}",
                 o.processes,
@@ -252,6 +317,16 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             Ok(cryopod_engine::restore::wait_root(o.root_pid, o.root_group)?)
         }
         Cmd::Inspect { dir, json } => inspect::run(&dir, json),
+        Cmd::Export { dir, output } => {
+            let n = streams::export(&dir, &output)?;
+            eprintln!("exported {} as a stream of {}", dir.display(), human(n));
+            Ok(0)
+        }
+        Cmd::Import { file, output } => {
+            let m = streams::import(&file, &output)?;
+            eprintln!("imported an image of {} processes into {}", m.processes.len(), output.display());
+            Ok(0)
+        }
         Cmd::Check { image } => check::run(&image),
     }
 }

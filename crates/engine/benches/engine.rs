@@ -214,6 +214,7 @@ fn tree_options(
         cow,
         threads,
         compress,
+        exclude_dontdump: false,
         pod: None,
         guard: None,
         armed: None,

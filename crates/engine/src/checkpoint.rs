@@ -30,6 +30,10 @@ pub struct CheckpointOptions<'a> {
     pub threads: usize,
     /// How new chunks are compressed.
     pub compress: cryopod_image::Compression,
+    /// Leave out the pages of areas marked MADV_DONTDUMP: they come back
+    /// zero-filled (the program said they need not be saved; not that they
+    /// are dead, hence off by default).
+    pub exclude_dontdump: bool,
     /// Set for the checkpoint of a pod.
     pub pod: Option<PodCheckpoint<'a>>,
     /// A guardian started by the caller (a pod's, which knows its frozen
@@ -342,15 +346,13 @@ fn collect_and_write(
     let t_finish = Instant::now();
     let late = armed.map(|a| a.finish()).unwrap_or_default();
     tracing::debug!(ms = t_finish.elapsed().as_secs_f64() * 1e3, late = late.len(), "arming handler stopped");
-    let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, (uffds, late), run, progress)?;
-    if let Some(flags) = run.flags.take() {
-        let areas = flags.take()?;
-        for p in procs.iter_mut() {
-            if let Some(a) = areas.get(&p.pid) {
-                crate::vmflags::apply(p.pid, &mut p.vmas, a)?;
-            }
-        }
+    // Left out on request: the flags must be known before the pages go.
+    if o.exclude_dontdump {
+        apply_flags(run, &mut procs)?;
     }
+    let excluded = excluded_pieces(o, &procs, &mem);
+    let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, (uffds, late), (run, &excluded), progress)?;
+    apply_flags(run, &mut procs)?;
     fault::check("after-pages")?;
     let mut m = Manifest {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -391,13 +393,13 @@ fn write_pages(
     procs: &[Process],
     mem: &MemCollector,
     (uffds, late): (Vec<crate::cow::Taken>, Vec<(i32, u64, u64)>),
-    run: &mut Resume,
+    (run, excluded): (&mut Resume, &[bool]),
     progress: Progress,
 ) -> Result<(pages::PagesOut, Option<crate::cow::CowStats>)> {
     let t_pages = Instant::now();
     let session = match uffds.is_empty() {
         true => None,
-        false => match crate::cow::Session::setup(procs, mem, uffds, &late) {
+        false => match crate::cow::Session::setup(procs, mem, uffds, (&late, excluded)) {
             Ok(s) if s.active() => Some(s),
             Ok(_) => None,
             Err(e) => {
@@ -408,8 +410,8 @@ fn write_pages(
     };
     let n = mem.pieces.len();
     let cow_of = |i: usize| session.as_ref().is_some_and(|s| s.cow[i]);
-    let frozen: Vec<usize> = (0..n).filter(|&i| !cow_of(i)).collect();
-    let running: Vec<usize> = (0..n).filter(|&i| cow_of(i)).collect();
+    let frozen: Vec<usize> = (0..n).filter(|&i| !cow_of(i) && !excluded[i]).collect();
+    let running: Vec<usize> = (0..n).filter(|&i| cow_of(i) && !excluded[i]).collect();
     let mut d = pages::Dumper::new(outdir, o.threads, o.compress);
     d.run(&mem.pieces, &frozen, &pages::FrozenReader, progress)?;
     let mut stats = None;
@@ -435,9 +437,40 @@ fn write_pages(
         stats = Some(s.stats());
         tracing::info!(?stats, "memory read while running");
     }
-    let out = d.finish(n)?;
+    let mut out = d.finish(n)?;
+    for (i, _) in excluded.iter().enumerate().filter(|(_, &x)| x) {
+        out.chunk_of[i] = vec![(0, mem.pieces[i].pages, None)];
+    }
     tracing::info!(ms = t_pages.elapsed().as_secs_f64() * 1e3, chunks = out.chunks.len(), "pages written");
     Ok((out, stats))
+}
+
+/// Give the processes' areas their flags, once read (see `crate::vmflags`).
+fn apply_flags(run: &mut Resume, procs: &mut [Process]) -> Result<()> {
+    if let Some(flags) = run.flags.take() {
+        let areas = flags.take()?;
+        for p in procs.iter_mut() {
+            if let Some(a) = areas.get(&p.pid) {
+                crate::vmflags::apply(p.pid, &mut p.vmas, a)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per piece: whether it is left out, recorded as zero pages (with
+/// `--exclude-dontdump`, the pages of areas marked MADV_DONTDUMP).
+fn excluded_pieces(o: &CheckpointOptions, procs: &[Process], mem: &MemCollector) -> Vec<bool> {
+    mem.dests
+        .iter()
+        .map(|d| match *d {
+            crate::mm::Dest::Vma { proc, vma, .. } if o.exclude_dontdump => procs
+                .get(proc)
+                .and_then(|p| p.vmas.get(vma))
+                .is_some_and(|v| v.madv & cryopod_image::vma_flags::DONTDUMP != 0),
+            _ => false,
+        })
+        .collect()
 }
 
 /// Processes in tree order from the root (parents first).

@@ -258,12 +258,13 @@ impl<'a> Session<'a> {
     /// frozen (`cow[i]` false). In a process armed before the freeze
     /// ([`crate::arm`]), only the pages written since (or new) are
     /// protected now, with `late` (pid, start, end: let go while frozen,
-    /// see [`crate::arm::Armed::finish`]); the rest still are.
+    /// see [`crate::arm::Armed::finish`]); the rest still are. Pieces
+    /// `excluded` are not saved: a write to them is just let go.
     pub fn setup(
         procs: &[Process],
         mem: &'a MemCollector,
         uffds: Vec<Taken>,
-        late: &[(i32, u64, u64)],
+        (late, excluded): (&[(i32, u64, u64)], &[bool]),
     ) -> Result<Session<'a>> {
         let pieces = &mem.pieces[..];
         // Which areas and objects have pieces.
@@ -338,7 +339,7 @@ impl<'a> Session<'a> {
         let mut keys = vec![None; pieces.len()];
         let mut by_window = Vec::new();
         let reg_set: HashSet<(usize, usize)> = registered.iter().map(|&(p, v, _)| (p, v)).collect();
-        for (i, d) in mem.dests.iter().enumerate() {
+        for (i, d) in mem.dests.iter().enumerate().filter(|&(i, _)| !excluded.get(i).copied().unwrap_or(false)) {
             let k = match (d, &pieces[i].src) {
                 (Dest::Vma { proc, vma, addr }, Src::Mem { .. }) if reg_set.contains(&(*proc, *vma)) => {
                     (Space::Mem(*proc), *addr)

@@ -218,6 +218,11 @@ impl ImageDir {
         self.manifest.size()
     }
 
+    /// The manifest's bytes as read at open.
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+
     /// Parse and validate the manifest read at open (nothing is read again).
     pub fn manifest(&self) -> Result<Manifest> {
         crate::decode_manifest(&self.manifest_bytes)

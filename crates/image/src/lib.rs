@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod pod;
 pub mod records;
 pub mod store;
+pub mod stream;
 
 pub use codec::Compression;
 pub use cpu::{CpuFeatures, CpuImage, XComponent};

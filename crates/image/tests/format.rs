@@ -4,6 +4,7 @@
 //! file others may write; reads bounded; the owner decided by directory and
 //! manifest); every damaged chunk is found. Run as root (chown).
 
+use cryopod_image::stream;
 use cryopod_image::*;
 
 /// A CPU with AVX-512 (the layout of the Intel hosts of this machine kind).
@@ -589,4 +590,80 @@ fn a_damaged_compressed_chunk_is_found() {
     let mut lying = m.clone();
     lying.chunks[0].stored = 65536;
     assert!(lying.validate().is_err());
+}
+
+/// Import `stream` into a fresh directory (files made as `create` would);
+/// returns the manifest or the error's text.
+fn import_into(stream: &[u8], name: &str) -> (Scratch, std::result::Result<Manifest, String>) {
+    let out = Scratch::new(name);
+    let dir = out.0.clone();
+    let mut create = |n: &str| -> cryopod_image::Result<Box<dyn std::io::Write>> {
+        let f = std::fs::OpenOptions::new().write(true).create_new(true).open(dir.join(n)).unwrap();
+        Ok(Box::new(f))
+    };
+    let r = stream::import(&mut &stream[..], &mut create).map_err(|e| e.to_string());
+    (out, r)
+}
+
+#[test]
+fn an_image_goes_through_a_stream_and_back() {
+    let s = Scratch::image("stream-src");
+    s.write("pod.log", b"count 1\ncount 2\n");
+    let img = ImageDir::open(&s.0).unwrap();
+    let mut bytes = Vec::new();
+    let n = stream::export(&img, &mut bytes).unwrap();
+    assert_eq!(n, bytes.len() as u64);
+    let (out, m) = import_into(&bytes, "stream-dst");
+    assert_eq!(m.unwrap(), img.manifest().unwrap());
+    assert_eq!(std::fs::read(out.path("pages-0.pack")).unwrap(), vec![5u8; 65536]);
+    assert_eq!(std::fs::read(out.path("pod.log")).unwrap(), b"count 1\ncount 2\n");
+    // Every kind of damage is refused, in one sentence.
+    // Where the pack's entry names it (the manifest names it too, earlier).
+    let pack_at = bytes.windows(15).position(|w| w == b"\x01\x0c\x00pages-0.pack").unwrap() + 3;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad magic", [b"NOTCRYOP".as_slice(), &bytes[8..]].concat(), "not a cryopod image stream"),
+        ("truncated", bytes[..bytes.len() / 2].to_vec(), "ends inside"),
+        (
+            "flipped page byte",
+            {
+                let mut b = bytes.clone();
+                b[pack_at + 12 + 8 + 100] ^= 1;
+                b
+            },
+            "fails its checksum",
+        ),
+        (
+            "renamed file",
+            {
+                let mut b = bytes.clone();
+                b[pack_at + 6] = b'X';
+                b
+            },
+            "not a file of this image",
+        ),
+        ("trailing bytes", [bytes.as_slice(), b"x"].concat(), "bytes follow its end"),
+        (
+            "wrong size",
+            {
+                let mut b = bytes.clone();
+                b[pack_at + 12] ^= 0x10;
+                b
+            },
+            "the manifest says",
+        ),
+    ];
+    for (what, damaged, want) in cases {
+        let (_out, r) = import_into(&damaged, &format!("stream-bad-{}", what.replace(' ', "-")));
+        let e = r.expect_err(what);
+        assert!(e.contains(want), "{what}: {e}");
+    }
+    // The end must count the entries: a stream cut after a file, with an
+    // end of its own, is refused.
+    let log_at = bytes.windows(10).position(|w| w == b"\x01\x07\x00pod.log").unwrap();
+    let mut cut = bytes[..log_at].to_vec();
+    cut.push(0);
+    cut.extend_from_slice(&2u64.to_le_bytes());
+    cut.extend_from_slice(&[0u8; 32]);
+    let (_out, r) = import_into(&cut, "stream-cut");
+    assert!(r.unwrap_err().contains("does not match its entries"));
 }

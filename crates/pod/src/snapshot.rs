@@ -28,7 +28,7 @@ use std::time::Duration;
 /// The tmpfs archive's file name in an image.
 const ARCHIVE: &str = "tmpfs.tar";
 /// A copy of a detached pod's log, so the restored pod's log goes on.
-const LOG_COPY: &str = "pod.log";
+const LOG_COPY: &str = cryopod_image::stream::POD_LOG;
 
 /// An engine error; the pod says itself whether it was left running.
 fn engine_err(e: EngineError) -> PodError {
@@ -67,6 +67,7 @@ pub struct PodCheckpointOptions {
     pub leave_running: bool,
     pub threads: usize,
     pub compress: cryopod_image::Compression,
+    pub exclude_dontdump: bool,
 }
 
 /// Checkpoint pod `o.name` into `o.dir`; unless `leave_running`, the pod
@@ -256,6 +257,7 @@ fn checkpoint_frozen(
         cow,
         threads: o.threads,
         compress: o.compress,
+        exclude_dontdump: o.exclude_dontdump,
         pod: Some(PodCheckpoint {
             root,
             external,
