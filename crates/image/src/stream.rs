@@ -97,8 +97,12 @@ pub fn export<W: Write>(img: &ImageDir, w: &mut W) -> Result<u64> {
                 None => continue,
             },
         };
-        // The size recorded (a pack may have grown since: never more).
-        let size = size.unwrap_or(f.size()).min(f.size());
+        // The size recorded (a pack is never read past it); a file shorter
+        // than that would make a stream no import accepts.
+        let size = size.unwrap_or(f.size());
+        if f.size() < size {
+            return Err(ImageError::Truncated(format!("{} has {} of its {size} bytes", f.path(), f.size())));
+        }
         let mut r = std::io::Read::take(f.file(), size);
         entry(&mut out, &name, size, &mut r)?;
     }

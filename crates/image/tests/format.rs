@@ -657,6 +657,11 @@ fn an_image_goes_through_a_stream_and_back() {
         let e = r.expect_err(what);
         assert!(e.contains(want), "{what}: {e}");
     }
+    // A pack shorter than its manifest says is not exported.
+    s.write("pages-0.pack", &[5u8; 4096]);
+    let img = ImageDir::open(&s.0).unwrap();
+    let e = stream::export(&img, &mut Vec::new()).unwrap_err().to_string();
+    assert!(e.contains("4096 of its 65536 bytes"), "{e}");
     // The end must count the entries: a stream cut after a file, with an
     // end of its own, is refused.
     let log_at = bytes.windows(10).position(|w| w == b"\x01\x07\x00pod.log").unwrap();
