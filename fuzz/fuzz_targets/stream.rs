@@ -6,6 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut create = |_: &str| -> cryopod_image::Result<Box<dyn std::io::Write>> { Ok(Box::new(std::io::sink())) };
+    let mut create =
+        |_: &str| -> cryopod_image::Result<Box<dyn cryopod_image::stream::Sink>> { Ok(Box::new(std::io::sink())) };
     let _ = cryopod_image::stream::import(&mut &data[..], &mut create);
 });

@@ -4,7 +4,6 @@
 //! is known only once the checkpoint ends; see `cryopod_image::stream`).
 
 use anyhow::{Context, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub fn is_stdio(p: &Path) -> bool {
@@ -76,9 +75,9 @@ pub fn export(dir: &Path, out: &Path) -> Result<u64> {
 pub fn import(input: &Path, dir: &Path) -> Result<cryopod_image::Manifest> {
     let what = if is_stdio(input) { "standard input".to_string() } else { input.display().to_string() };
     let out = cryopod_engine::outdir::OutDir::prepare(dir)?;
-    let mut create = |name: &str| -> cryopod_image::Result<Box<dyn Write>> {
+    let mut create = |name: &str| -> cryopod_image::Result<Box<dyn cryopod_image::stream::Sink>> {
         out.create(name)
-            .map(|f| Box::new(f) as Box<dyn Write>)
+            .map(|f| Box::new(f) as Box<dyn cryopod_image::stream::Sink>)
             .map_err(|e| cryopod_image::ImageError::Unsafe(format!("cannot create {name}: {e}")))
     };
     let m = if is_stdio(input) {

@@ -341,13 +341,19 @@ pub fn fill(
     while i < jobs.len() {
         let first = &m.chunks[jobs[i].1 as usize];
         let mut end = first.offset + u64::from(first.stored);
+        let mut plain = u64::from(first.len);
         let mut j = i + 1;
         while j < jobs.len() {
             let c = &m.chunks[jobs[j].1 as usize];
-            if c.pack != first.pack || c.offset != end || end - first.offset + u64::from(c.stored) > BATCH_BYTES {
+            // Bounded both stored and decoded: a well-compressed batch
+            // must not make a worker's buffer grow a hundredfold.
+            let too_big =
+                end - first.offset + u64::from(c.stored) > BATCH_BYTES || plain + u64::from(c.len) > BATCH_BYTES;
+            if c.pack != first.pack || c.offset != end || too_big {
                 break;
             }
             end += u64::from(c.stored);
+            plain += u64::from(c.len);
             j += 1;
         }
         batches.push((i, j));

@@ -54,12 +54,20 @@ pub struct Source(Option<Arc<VmaIter>>);
 /// process that will be checkpointed: the program's descriptor is
 /// inherited.
 pub fn prepare() -> Source {
-    let layout = LAYOUT.get_or_init(|| match checked() {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::info!("area flags come from smaps ({e})");
-            None
+    let layout = LAYOUT.get_or_init(|| {
+        // Our own areas may change between the two reads of the check
+        // (another thread's allocation): a few tries before giving up.
+        let mut last = None;
+        for _ in 0..3 {
+            match checked() {
+                Ok(l) => return Some(l),
+                Err(e) => last = Some(e),
+            }
         }
+        if let Some(e) = last {
+            tracing::info!("area flags come from smaps ({e})");
+        }
+        None
     });
     Source(
         layout
@@ -75,7 +83,18 @@ impl Source {
     }
 }
 
+/// Linux 6.1 and later: before, the iterator ignored the one-process
+/// filter and walked every task (its output would start with PID 1's).
+fn new_enough() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (6, 1)
+}
+
 fn checked() -> Result<Layout> {
+    if !new_enough() {
+        return Err(EngineError::Other("the task_vma iterator filters by process from Linux 6.1 on".into()));
+    }
     let layout = Layout::of_kernel()?;
     let it = VmaIter::load(&layout)?;
     let probes = Probes::map()?;

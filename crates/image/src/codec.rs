@@ -64,6 +64,10 @@ impl Encoder {
     /// smaller, else `(Codec::Raw, data)`.
     pub fn encode<'a>(&'a mut self, data: &'a [u8]) -> (Codec, &'a [u8]) {
         let Some(z) = self.zstd.as_mut() else { return (Codec::Raw, data) };
+        // One page cannot save a page: not a try, nor a miss.
+        if data.len() <= crate::PAGE as usize {
+            return (Codec::Raw, data);
+        }
         if self.skip > 0 {
             self.skip -= 1;
             return (Codec::Raw, data);

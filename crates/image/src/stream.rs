@@ -34,10 +34,13 @@ fn corrupt(what: impl std::fmt::Display) -> ImageError {
 fn expected(m: &Manifest) -> Vec<(String, Option<u64>, bool)> {
     let mut v: Vec<(String, Option<u64>, bool)> =
         m.packs.iter().map(|p| (p.name.clone(), Some(p.size), true)).collect();
-    if let Some((name, size, _)) = m.pod.as_ref().and_then(|p| p.tmpfs_archive.as_ref()) {
-        v.push((name.clone(), Some(*size), true));
-    }
-    if m.pod.is_some() {
+    if let Some(pod) = &m.pod {
+        if let Some((name, size, _)) = &pod.tmpfs_archive {
+            v.push((name.clone(), Some(*size), true));
+        }
+        for seg in &pod.ipc.shm {
+            v.push((seg.data.0.clone(), Some(seg.data.1), true));
+        }
         v.push((POD_LOG.to_string(), None, false));
     }
     v
@@ -126,10 +129,26 @@ fn u64_of<R: Read>(r: &mut R, what: &str) -> Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
+/// Where an imported file goes: written, then made durable before the
+/// manifest that names it is committed.
+pub trait Sink: Write {
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
+}
+
+impl Sink for std::fs::File {
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.sync_all()
+    }
+}
+
+impl Sink for std::io::Sink {}
+
 /// Read a stream, writing each file through `create` (which must make a
 /// new file of that plain name); returns the manifest, checked, which the
 /// caller commits last.
-pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn Write>>) -> Result<Manifest> {
+pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn Sink>>) -> Result<Manifest> {
     let mut head = [0u8; 12];
     read_exact(r, &mut head, "the header")?;
     if head[..8] != STREAM_MAGIC {
@@ -204,7 +223,7 @@ pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn
                     f.write_all(&buf[..n]).map_err(|e| ImageError::io(&name, e))?;
                     left -= n as u64;
                 }
-                f.flush().map_err(|e| ImageError::io(&name, e))?;
+                f.finish().map_err(|e| ImageError::io(&name, e))?;
             }
         }
         let mut hash = [0u8; 32];

@@ -515,6 +515,9 @@ fn chunks_compress_only_where_it_pays() {
     let mut back = vec![0u8; 65536];
     codec::decode(&chunk, &stored, &mut back).unwrap();
     assert_eq!(back, text);
+    // A single page is stored raw, and is no miss: the next chunk is tried.
+    assert_eq!(enc.encode(&text[..4096]).0, Codec::Raw);
+    assert_eq!(enc.encode(&text).0, Codec::Zstd);
     // Noise is stored raw, and so is whatever follows for a while (no try).
     let random = noise(65536, 3);
     assert_eq!(enc.encode(&random).0, Codec::Raw);
@@ -597,7 +600,7 @@ fn a_damaged_compressed_chunk_is_found() {
 fn import_into(stream: &[u8], name: &str) -> (Scratch, std::result::Result<Manifest, String>) {
     let out = Scratch::new(name);
     let dir = out.0.clone();
-    let mut create = |n: &str| -> cryopod_image::Result<Box<dyn std::io::Write>> {
+    let mut create = |n: &str| -> cryopod_image::Result<Box<dyn stream::Sink>> {
         let f = std::fs::OpenOptions::new().write(true).create_new(true).open(dir.join(n)).unwrap();
         Ok(Box::new(f))
     };
@@ -609,6 +612,19 @@ fn import_into(stream: &[u8], name: &str) -> (Scratch, std::result::Result<Manif
 fn an_image_goes_through_a_stream_and_back() {
     let s = Scratch::image("stream-src");
     s.write("pod.log", b"count 1\ncount 2\n");
+    // A pod's SysV segment: its contents are a file of the image too.
+    let mut m = ImageDir::open(&s.0).unwrap().manifest().unwrap();
+    let seg = b"segment!";
+    m.pod.as_mut().unwrap().ipc.shm.push(pod::ShmSegment {
+        key: 7,
+        id: 7,
+        perm: (0, 0, 0o600),
+        size: 4096,
+        data: ("ipc-shm-7".into(), seg.len() as u64, *blake3::hash(seg).as_bytes()),
+        removed: false,
+    });
+    s.write("ipc-shm-7", seg);
+    s.write("manifest", &encode_manifest(&m).unwrap());
     let img = ImageDir::open(&s.0).unwrap();
     let mut bytes = Vec::new();
     let n = stream::export(&img, &mut bytes).unwrap();
@@ -617,6 +633,7 @@ fn an_image_goes_through_a_stream_and_back() {
     assert_eq!(m.unwrap(), img.manifest().unwrap());
     assert_eq!(std::fs::read(out.path("pages-0.pack")).unwrap(), vec![5u8; 65536]);
     assert_eq!(std::fs::read(out.path("pod.log")).unwrap(), b"count 1\ncount 2\n");
+    assert_eq!(std::fs::read(out.path("ipc-shm-7")).unwrap(), seg);
     // Every kind of damage is refused, in one sentence.
     // Where the pack's entry names it (the manifest names it too, earlier).
     let pack_at = bytes.windows(15).position(|w| w == b"\x01\x0c\x00pages-0.pack").unwrap() + 3;

@@ -247,27 +247,34 @@ impl VmaIter {
     pub fn load(layout: &Layout) -> SysResult<VmaIter> {
         let insns = program(&layout.offsets);
         let license = c"GPL";
-        let mut log = vec![0u8; 4096];
-        let mut attr = ProgLoad {
-            prog_type: BPF_PROG_TYPE_TRACING,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 1,
-            log_size: log.len() as u32,
-            log_buf: log.as_mut_ptr() as u64,
-            expected_attach_type: BPF_TRACE_ITER,
-            attach_btf_id: layout.func_id,
-            ..Default::default()
-        };
-        attr.prog_name[..9].copy_from_slice(b"cryopod_v");
-        let prog = bpf(BPF_PROG_LOAD, &mut attr, "loading the task_vma iterator", 0).map_err(|mut e| {
-            let text = String::from_utf8_lossy(&log);
-            let text = text.trim_end_matches('\0').trim();
-            if !text.is_empty() {
-                e.op = format!("{} (verifier: {})", e.op, text.lines().last().unwrap_or(text));
+        let attr = |log: &mut [u8]| {
+            let mut a = ProgLoad {
+                prog_type: BPF_PROG_TYPE_TRACING,
+                insn_cnt: insns.len() as u32,
+                insns: insns.as_ptr() as u64,
+                license: license.as_ptr() as u64,
+                expected_attach_type: BPF_TRACE_ITER,
+                attach_btf_id: layout.func_id,
+                ..Default::default()
+            };
+            if !log.is_empty() {
+                (a.log_level, a.log_size, a.log_buf) = (1, log.len() as u32, log.as_mut_ptr() as u64);
             }
-            e
+            a.prog_name[..9].copy_from_slice(b"cryopod_v");
+            a
+        };
+        // Without a log first (a log too small for a successful load's
+        // makes older kernels fail it); with one only to say why it failed.
+        let prog = bpf(BPF_PROG_LOAD, &mut attr(&mut []), "loading the task_vma iterator", 0).or_else(|_| {
+            let mut log = vec![0u8; 64 << 10];
+            bpf(BPF_PROG_LOAD, &mut attr(&mut log), "loading the task_vma iterator", 0).map_err(|mut e| {
+                let text = String::from_utf8_lossy(&log);
+                let text = text.trim_end_matches('\0').trim();
+                if let Some(last) = text.lines().last() {
+                    e.op = format!("{} (verifier: {last})", e.op);
+                }
+                e
+            })
         })?;
         Ok(VmaIter { prog })
     }
