@@ -86,9 +86,36 @@ impl Encoder {
     }
 }
 
-/// Turn the stored bytes of chunk `c` back into its data, in `out`
-/// (exactly `c.len` bytes long).
-pub fn decode(c: &Chunk, stored: &[u8], out: &mut [u8]) -> Result<()> {
+/// A decompression context kept across chunks (one per restore worker:
+/// making one per chunk costs more than decoding a small chunk).
+pub struct Decoder {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder { zstd: zstd::bulk::Decompressor::new().ok() }
+    }
+
+    /// [`decode`], with this context.
+    pub fn decode(&mut self, c: &Chunk, stored: &[u8], out: &mut [u8]) -> Result<()> {
+        match (c.codec, self.zstd.as_mut()) {
+            (Codec::Zstd, Some(z)) => {
+                check_sizes(c, stored, out)?;
+                frame_result(c, z.decompress_to_buffer(stored, out), out.len())
+            }
+            _ => decode(c, stored, out),
+        }
+    }
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn check_sizes(c: &Chunk, stored: &[u8], out: &[u8]) -> Result<()> {
     if out.len() != c.len as usize || stored.len() != c.stored as usize {
         return Err(ImageError::Corrupt(format!(
             "chunk of {} bytes ({} stored) decoded from {} into {}",
@@ -98,15 +125,29 @@ pub fn decode(c: &Chunk, stored: &[u8], out: &mut [u8]) -> Result<()> {
             out.len()
         )));
     }
+    Ok(())
+}
+
+fn frame_result(c: &Chunk, r: std::io::Result<usize>, want: usize) -> Result<()> {
+    match r {
+        Ok(n) if n == want => Ok(()),
+        Ok(n) => Err(ImageError::Corrupt(format!("a compressed chunk gives {n} bytes instead of {}", c.len))),
+        Err(e) => Err(ImageError::Corrupt(format!("a compressed chunk does not decompress: {e}"))),
+    }
+}
+
+/// Turn the stored bytes of chunk `c` back into its data, in `out`
+/// (exactly `c.len` bytes long).
+pub fn decode(c: &Chunk, stored: &[u8], out: &mut [u8]) -> Result<()> {
+    check_sizes(c, stored, out)?;
     match c.codec {
         Codec::Raw => {
             out.copy_from_slice(stored);
             Ok(())
         }
-        Codec::Zstd => match zstd::bulk::decompress_to_buffer(stored, out) {
-            Ok(n) if n == out.len() => Ok(()),
-            Ok(n) => Err(ImageError::Corrupt(format!("a compressed chunk gives {n} bytes instead of {}", c.len))),
-            Err(e) => Err(ImageError::Corrupt(format!("a compressed chunk does not decompress: {e}"))),
-        },
+        Codec::Zstd => {
+            let want = out.len();
+            frame_result(c, zstd::bulk::decompress_to_buffer(stored, out), want)
+        }
     }
 }

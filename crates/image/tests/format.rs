@@ -515,6 +515,14 @@ fn chunks_compress_only_where_it_pays() {
     let mut back = vec![0u8; 65536];
     codec::decode(&chunk, &stored, &mut back).unwrap();
     assert_eq!(back, text);
+    // The same through a kept context, twice; and a bad frame through it.
+    let mut dec = codec::Decoder::new();
+    for _ in 0..2 {
+        back.fill(0);
+        dec.decode(&chunk, &stored, &mut back).unwrap();
+        assert_eq!(back, text);
+    }
+    assert!(dec.decode(&chunk, &noise(stored.len(), 5), &mut back).is_err());
     // A single page is stored raw, and is no miss: the next chunk is tried.
     assert_eq!(enc.encode(&text[..4096]).0, Codec::Raw);
     assert_eq!(enc.encode(&text).0, Codec::Zstd);
