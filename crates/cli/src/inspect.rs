@@ -103,7 +103,7 @@ pub fn text(m: &Manifest, img: &ImageDir) -> String {
         refd,
         stored,
         m.packed_bytes(),
-        m.chunks.iter().filter(|c| c.codec != cryopod_image::Codec::Raw).count(),
+        m.compressed_chunks(),
         m.chunks.len(),
         image_size(m, img)
     );
@@ -241,7 +241,7 @@ pub fn json(m: &Manifest, img: &ImageDir) -> Value {
         "memory_stored_bytes": stored,
         "memory_packed_bytes": m.packed_bytes(),
         "chunks": m.chunks.len(),
-        "chunks_compressed": m.chunks.iter().filter(|c| c.codec != cryopod_image::Codec::Raw).count(),
+        "chunks_compressed": m.compressed_chunks(),
         "image_bytes": image_size(m, img),
         "owner": img.owner().to_string(),
         "processes": procs,

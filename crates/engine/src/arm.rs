@@ -62,8 +62,9 @@ struct Handler {
     out: OwnedFd,
 }
 
-/// Private anonymous memory resident in the tree of `root`, in bytes.
-fn tree_anon_bytes(root: i32) -> u64 {
+/// Memory resident in the tree of `root`, in bytes, as the `field` of
+/// each process's status counts it (`RssAnon`, `VmRSS`).
+pub(crate) fn tree_resident(root: i32, field: &str) -> u64 {
     let mut total = 0;
     let mut queue = vec![root];
     let mut seen = 0;
@@ -73,9 +74,8 @@ fn tree_anon_bytes(root: i32) -> u64 {
             break;
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kib: u64 = procfs::status_field(&status, "RssAnon")
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
+        let kib: u64 =
+            procfs::status_field(&status, field).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
         total += kib << 10;
         queue.extend(procfs::children(pid).unwrap_or_default());
     }
@@ -85,7 +85,7 @@ fn tree_anon_bytes(root: i32) -> u64 {
 /// Arm the tree of `root` (see the module comment); None when its memory
 /// is too small for it to pay, or no process could be armed.
 pub fn arm(root: i32) -> Result<Option<Armed>> {
-    let anon = tree_anon_bytes(root);
+    let anon = tree_resident(root, "RssAnon");
     if anon < ARM_MIN_BYTES {
         tracing::debug!(mib = anon >> 20, "not armed: little memory");
         return Ok(None);

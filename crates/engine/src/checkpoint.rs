@@ -95,7 +95,7 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
     // A pod is frozen already: its command prepared this before.
     let flags = match &o.pod {
         Some(pod) => pod.flags.clone(),
-        None => crate::vmflags::prepare(),
+        None => crate::vmflags::prepare(o.pid),
     };
     let cow = o.leave_running && o.cow;
     // The guardian is forked before arming starts its thread (a fork needs

@@ -379,7 +379,7 @@ pub fn fill(
         // would cost more than filling a small process.
         let mut buf = vec![0u8; largest_stored];
         let mut plain = vec![0u8; if compressed { largest_plain } else { 0 }];
-        let mut dec = cryopod_image::codec::Decoder::new();
+        let mut dec = cryopod_image::codec::Decoder::new()?;
         loop {
             let b = next.fetch_add(1, Ordering::Relaxed);
             let Some(&(lo, hi)) = batches.get(b) else { return Ok(()) };

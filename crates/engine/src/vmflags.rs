@@ -5,7 +5,8 @@
 //! page-table entry on the way (about 50 ms for a 4 GiB heap, the longest
 //! step of a frozen checkpoint), and the kernel's `task_vma` BPF iterator
 //! (`cryopod_sys::vma_iter`), which visits the areas alone. The iterator is
-//! used when it loads (root, a kernel with BTF) and when, checked against
+//! used for trees large enough for smaps' walk to matter, when it loads
+//! (root, a kernel with BTF, Linux 6.1 or later) and when, checked against
 //! smaps on cryopod's own areas and on one probe area per flag, it reports
 //! every flag exactly as smaps does: its bits are the kernel's internal
 //! values, so they are trusted only once seen to agree.
@@ -47,27 +48,27 @@ static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
 #[derive(Clone, Default)]
 pub struct Source(Option<Arc<VmaIter>>);
 
-/// Load the iterator for one checkpoint (the BTF is read and checked once
-/// per command). Tens of milliseconds the first time: called before
-/// anything is frozen (a pod is frozen before the engine's checkpoint
-/// starts, so its command calls this). Drop the source before forking a
-/// process that will be checkpointed: the program's descriptor is
-/// inherited.
-pub fn prepare() -> Source {
-    let layout = LAYOUT.get_or_init(|| {
-        // Our own areas may change between the two reads of the check
-        // (another thread's allocation): a few tries before giving up.
-        let mut last = None;
-        for _ in 0..3 {
-            match checked() {
-                Ok(l) => return Some(l),
-                Err(e) => last = Some(e),
-            }
-        }
-        if let Some(e) = last {
+/// Below this much resident memory in the tree, smaps walks its pages in
+/// under 2 ms while frozen, less than reading the BTF and loading the
+/// program costs before (7-8 ms in a release build, 80 ms in a debug one).
+const ITER_MIN_BYTES: u64 = 128 << 20;
+
+/// Where to read the flags of the tree of `root` for one checkpoint: for a
+/// large tree, the iterator, loaded now (the BTF is read and checked once
+/// per command); else smaps. Called before anything is frozen (a pod is
+/// frozen before the engine's checkpoint starts, so its command calls
+/// this). Drop the source before forking a process that will be
+/// checkpointed: the program's descriptor is inherited.
+pub fn prepare(root: i32) -> Source {
+    if crate::arm::tree_resident(root, "VmRSS") < ITER_MIN_BYTES {
+        return Source(None);
+    }
+    let layout = LAYOUT.get_or_init(|| match checked() {
+        Ok(l) => Some(l),
+        Err(e) => {
             tracing::info!("area flags come from smaps ({e})");
+            None
         }
-        None
     });
     Source(
         layout
@@ -98,8 +99,22 @@ fn checked() -> Result<Layout> {
     let layout = Layout::of_kernel()?;
     let it = VmaIter::load(&layout)?;
     let probes = Probes::map()?;
+    // Our own areas may change between the two reads (another thread's
+    // allocation): a few tries before giving up.
+    let mut last = None;
+    for _ in 0..3 {
+        match agrees(&it, &probes) {
+            Ok(()) => return Ok(layout),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| EngineError::Other("the task_vma iterator was not checked".into())))
+}
+
+/// Does the iterator give the flags smaps gives, on our own areas?
+fn agrees(it: &VmaIter, probes: &Probes) -> Result<()> {
     let me = std::process::id() as i32;
-    let got = it.areas(me)?;
+    let by_iter = iter_areas(it, me)?;
     let smaps = procfs::smaps(me)?;
     for (addr, name) in probes.areas() {
         let seen = smaps.iter().find(|m| m.start <= addr && addr < m.end).is_some_and(|m| m.has_flag(name));
@@ -107,7 +122,6 @@ fn checked() -> Result<Layout> {
             return Err(EngineError::Other(format!("smaps does not show '{name}' on its probe at {addr:#x}")));
         }
     }
-    let by_iter: Areas = got.iter().map(|a| (a.start, a.end, from_kernel(a.flags))).collect();
     for m in smaps.iter().filter(|m| !is_gate(m.start)) {
         let mine = by_iter.iter().find(|a| (a.0, a.1) == (m.start, m.end));
         if mine.map(|a| a.2) != Some(from_smaps(m)) {
@@ -120,7 +134,11 @@ fn checked() -> Result<Layout> {
             )));
         }
     }
-    Ok(layout)
+    Ok(())
+}
+
+fn iter_areas(it: &VmaIter, pid: i32) -> Result<Areas> {
+    Ok(it.areas(pid)?.iter().map(|a| (a.start, a.end, from_kernel(a.flags))).collect())
 }
 
 /// The vsyscall page: listed by maps, not an area of the process.
@@ -130,8 +148,7 @@ fn is_gate(start: u64) -> bool {
 
 fn read(pid: i32, source: &Source) -> Result<Areas> {
     if let Some(it) = &source.0 {
-        let areas = it.areas(pid)?;
-        return Ok(areas.iter().map(|a| (a.start, a.end, from_kernel(a.flags))).collect());
+        return iter_areas(it, pid);
     }
     Ok(procfs::smaps(pid)?.iter().map(|m| (m.start, m.end, from_smaps(m))).collect())
 }

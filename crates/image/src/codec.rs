@@ -89,65 +89,42 @@ impl Encoder {
 /// A decompression context kept across chunks (one per restore worker:
 /// making one per chunk costs more than decoding a small chunk).
 pub struct Decoder {
-    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    zstd: zstd::bulk::Decompressor<'static>,
 }
 
 impl Decoder {
-    pub fn new() -> Decoder {
-        Decoder { zstd: zstd::bulk::Decompressor::new().ok() }
+    pub fn new() -> Result<Decoder> {
+        let zstd = zstd::bulk::Decompressor::new().map_err(|e| ImageError::io("starting zstd", e))?;
+        Ok(Decoder { zstd })
     }
 
-    /// [`decode`], with this context.
+    /// Turn the stored bytes of chunk `c` back into its data, in `out`
+    /// (exactly `c.len` bytes long).
     pub fn decode(&mut self, c: &Chunk, stored: &[u8], out: &mut [u8]) -> Result<()> {
-        match (c.codec, self.zstd.as_mut()) {
-            (Codec::Zstd, Some(z)) => {
-                check_sizes(c, stored, out)?;
-                frame_result(c, z.decompress_to_buffer(stored, out), out.len())
+        if out.len() != c.len as usize || stored.len() != c.stored as usize {
+            return Err(ImageError::Corrupt(format!(
+                "chunk of {} bytes ({} stored) decoded from {} into {}",
+                c.len,
+                c.stored,
+                stored.len(),
+                out.len()
+            )));
+        }
+        match c.codec {
+            Codec::Raw => {
+                out.copy_from_slice(stored);
+                Ok(())
             }
-            _ => decode(c, stored, out),
+            Codec::Zstd => match self.zstd.decompress_to_buffer(stored, out) {
+                Ok(n) if n == out.len() => Ok(()),
+                Ok(n) => Err(ImageError::Corrupt(format!("a compressed chunk gives {n} bytes instead of {}", c.len))),
+                Err(e) => Err(ImageError::Corrupt(format!("a compressed chunk does not decompress: {e}"))),
+            },
         }
     }
 }
 
-impl Default for Decoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn check_sizes(c: &Chunk, stored: &[u8], out: &[u8]) -> Result<()> {
-    if out.len() != c.len as usize || stored.len() != c.stored as usize {
-        return Err(ImageError::Corrupt(format!(
-            "chunk of {} bytes ({} stored) decoded from {} into {}",
-            c.len,
-            c.stored,
-            stored.len(),
-            out.len()
-        )));
-    }
-    Ok(())
-}
-
-fn frame_result(c: &Chunk, r: std::io::Result<usize>, want: usize) -> Result<()> {
-    match r {
-        Ok(n) if n == want => Ok(()),
-        Ok(n) => Err(ImageError::Corrupt(format!("a compressed chunk gives {n} bytes instead of {}", c.len))),
-        Err(e) => Err(ImageError::Corrupt(format!("a compressed chunk does not decompress: {e}"))),
-    }
-}
-
-/// Turn the stored bytes of chunk `c` back into its data, in `out`
-/// (exactly `c.len` bytes long).
+/// [`Decoder::decode`] with a context of its own, for a single chunk.
 pub fn decode(c: &Chunk, stored: &[u8], out: &mut [u8]) -> Result<()> {
-    check_sizes(c, stored, out)?;
-    match c.codec {
-        Codec::Raw => {
-            out.copy_from_slice(stored);
-            Ok(())
-        }
-        Codec::Zstd => {
-            let want = out.len();
-            frame_result(c, zstd::bulk::decompress_to_buffer(stored, out), want)
-        }
-    }
+    Decoder::new()?.decode(c, stored, out)
 }

@@ -533,6 +533,11 @@ impl Manifest {
         (refd, stored)
     }
 
+    /// How many chunks are stored compressed.
+    pub fn compressed_chunks(&self) -> usize {
+        self.chunks.iter().filter(|c| c.codec != Codec::Raw).count()
+    }
+
     /// Bytes the chunks take in their packs (compressed where it paid).
     pub fn packed_bytes(&self) -> u64 {
         self.chunks.iter().map(|c| u64::from(c.stored)).fold(0, u64::saturating_add)

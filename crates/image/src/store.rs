@@ -69,10 +69,7 @@ impl ChunkTable {
     /// `chunk` itself, newly recorded (true), which the caller must then
     /// write where `chunk` says before the manifest is written.
     pub fn get_or_insert(&self, chunk: Chunk) -> (u32, bool) {
-        let mut g = match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut g = self.lock();
         if let Some(&id) = g.0.get(&chunk.hash) {
             return (id, false);
         }
@@ -84,10 +81,13 @@ impl ChunkTable {
 
     /// Whether a chunk with this hash is recorded already.
     pub fn contains(&self, hash: &[u8; 32]) -> bool {
-        match self.inner.lock() {
-            Ok(g) => g.0.contains_key(hash),
-            Err(p) => p.into_inner().0.contains_key(hash),
-        }
+        self.lock().0.contains_key(hash)
+    }
+
+    /// The table, even if a writer panicked holding it (the table itself
+    /// is never left half-changed).
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChunkIndex> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn into_chunks(self) -> Vec<Chunk> {
@@ -209,6 +209,9 @@ impl PackReader {
         let total: u64 = ids.iter().map(|&i| u64::from(m.chunks[i].stored)).sum();
         let mut buf = vec![0u8; total.min(BLOCK) as usize];
         let mut plain = vec![0u8; (crate::CHUNK_PAGES * crate::PAGE) as usize];
+        // One context for the part (a chunk's own would cost more than
+        // decoding it); without one, each compressed chunk is a problem.
+        let mut dec = crate::codec::Decoder::new().map_err(|e| format!("could not be checked ({e})"));
         let mut i = 0;
         while i < ids.len() && (all || out.is_empty()) {
             let first = &m.chunks[ids[i]];
@@ -235,7 +238,10 @@ impl PackReader {
                     Codec::Raw => Ok(stored),
                     Codec::Zstd => {
                         let out = &mut plain[..c.len as usize];
-                        crate::codec::decode(c, stored, out).map(|_| &*out).map_err(|e| e.to_string())
+                        match dec.as_mut() {
+                            Ok(d) => d.decode(c, stored, out).map(|_| &*out).map_err(|e| e.to_string()),
+                            Err(e) => Err(e.clone()),
+                        }
                     }
                 };
                 let problem = match (&read, data) {

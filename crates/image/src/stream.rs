@@ -68,23 +68,15 @@ pub fn export<W: Write>(img: &ImageDir, w: &mut W) -> Result<u64> {
     out.put(&STREAM_VERSION.to_le_bytes())?;
     let mut hashes = blake3::Hasher::new();
     let mut count = 0u64;
+    let mut buf = vec![0u8; COPY_BUF];
     let mut entry = |out: &mut Counting<W>, name: &str, size: u64, r: &mut dyn Read| -> Result<()> {
         let nlen = u16::try_from(name.len()).map_err(|_| corrupt(format!("file name {name:?} is too long")))?;
         out.put(&[1])?;
         out.put(&nlen.to_le_bytes())?;
         out.put(name.as_bytes())?;
         out.put(&size.to_le_bytes())?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; COPY_BUF];
-        let mut left = size;
-        while left > 0 {
-            let want = usize::try_from(left.min(COPY_BUF as u64)).unwrap_or(COPY_BUF);
-            r.read_exact(&mut buf[..want]).map_err(|e| ImageError::io(format!("{} in the image", name), e))?;
-            h.update(&buf[..want]);
-            out.put(&buf[..want])?;
-            left -= want as u64;
-        }
-        let hash = h.finalize();
+        let read = |b: &mut [u8]| r.read_exact(b).map_err(|e| ImageError::io(format!("{name} in the image"), e));
+        let hash = copy_hashed(&mut buf, size, read, |b| out.put(b))?;
         out.put(hash.as_bytes())?;
         hashes.update(hash.as_bytes());
         count += 1;
@@ -114,6 +106,26 @@ pub fn export<W: Write>(img: &ImageDir, w: &mut W) -> Result<u64> {
     out.put(hashes.finalize().as_bytes())?;
     out.w.flush().map_err(|e| ImageError::io("the image stream", e))?;
     Ok(out.n)
+}
+
+/// Move `size` bytes from `read` to `write` through `buf`, a bufferful at
+/// a time; returns their BLAKE3.
+fn copy_hashed(
+    buf: &mut [u8],
+    size: u64,
+    mut read: impl FnMut(&mut [u8]) -> Result<()>,
+    mut write: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    let mut left = size;
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        read(&mut buf[..n])?;
+        h.update(&buf[..n]);
+        write(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(h.finalize())
 }
 
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<()> {
@@ -164,6 +176,7 @@ pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn
     let mut count = 0u64;
     let mut manifest: Option<Manifest> = None;
     let mut want: Vec<(String, Option<u64>, bool)> = Vec::new();
+    let mut buf = vec![0u8; COPY_BUF];
     loop {
         let mut kind = [0u8; 1];
         read_exact(r, &mut kind, "an entry")?;
@@ -179,8 +192,7 @@ pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn
         read_exact(r, &mut name, "a name")?;
         let name = String::from_utf8(name).map_err(|_| corrupt("a file name is not UTF-8"))?;
         let size = u64_of(r, "a size")?;
-        let mut h = blake3::Hasher::new();
-        match &manifest {
+        let got = match &manifest {
             None => {
                 if name != MANIFEST_FILE {
                     return Err(corrupt(format!("the first file is {name:?}, not the manifest")));
@@ -196,10 +208,11 @@ pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn
                 if got as u64 != size {
                     return Err(ImageError::Truncated("image stream ends inside the manifest".into()));
                 }
-                h.update(&bytes);
+                let hash = blake3::hash(&bytes);
                 let m = crate::decode_manifest(&bytes)?;
                 want = expected(&m);
                 manifest = Some(m);
+                hash
             }
             Some(_) => {
                 let Some(i) = want.iter().position(|w| w.0 == name) else {
@@ -214,21 +227,15 @@ pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn
                     _ => {}
                 }
                 let mut f = create(&name)?;
-                let mut buf = vec![0u8; COPY_BUF];
-                let mut left = size;
-                while left > 0 {
-                    let n = usize::try_from(left.min(COPY_BUF as u64)).unwrap_or(COPY_BUF);
-                    read_exact(r, &mut buf[..n], &name)?;
-                    h.update(&buf[..n]);
-                    f.write_all(&buf[..n]).map_err(|e| ImageError::io(&name, e))?;
-                    left -= n as u64;
-                }
+                let read = |b: &mut [u8]| read_exact(r, b, &name);
+                let hash = copy_hashed(&mut buf, size, read, |b| f.write_all(b).map_err(|e| ImageError::io(&name, e)))?;
                 f.finish().map_err(|e| ImageError::io(&name, e))?;
+                hash
             }
-        }
+        };
         let mut hash = [0u8; 32];
         read_exact(r, &mut hash, "a file's hash")?;
-        if h.finalize().as_bytes() != &hash {
+        if got.as_bytes() != &hash {
             return Err(corrupt(format!("{name} fails its checksum")));
         }
         hashes.update(&hash);

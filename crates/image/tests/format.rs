@@ -516,7 +516,7 @@ fn chunks_compress_only_where_it_pays() {
     codec::decode(&chunk, &stored, &mut back).unwrap();
     assert_eq!(back, text);
     // The same through a kept context, twice; and a bad frame through it.
-    let mut dec = codec::Decoder::new();
+    let mut dec = codec::Decoder::new().unwrap();
     for _ in 0..2 {
         back.fill(0);
         dec.decode(&chunk, &stored, &mut back).unwrap();

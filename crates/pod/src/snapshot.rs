@@ -106,7 +106,7 @@ fn checkpoint_once(
     let out = OutDir::prepare(&o.dir)?;
     // The areas' flags are read by a BPF program loaded now, not while
     // the pod is frozen.
-    let flags = cryopod_engine::vmflags::prepare();
+    let flags = cryopod_engine::vmflags::prepare(rec.init_pid);
     // Should we die while the pod is frozen, the guardian thaws it (and
     // if it dies too, the next cryopod command, seeing our note).
     let guard = Guard::start(Outcome::Resume).map_err(engine_err)?;
