@@ -76,7 +76,7 @@ fn user_image_with_fifo(img: &Path, m: &Manifest) {
     let _ = std::fs::remove_file(img.join("manifest"));
     let _ = std::fs::remove_file(img.join("pages-9.pack"));
     let mut m = m.clone();
-    m.packs.push(Pack { name: "pages-9.pack".into(), size: 0 });
+    m.packs.push(Pack { name: "pages-9.pack".into(), size: 0, home: cryopod_image::PackHome::Own });
     write_manifest(img, &m);
     run_cmd("mkfifo", &[img.join("pages-9.pack").to_str().unwrap()]);
     chown_tree(img, 65534, 65534);
@@ -188,7 +188,7 @@ fn inspect_and_check_say_what_is_damaged() {
     assert_ne!(code, 0, "inspect must fail on a damaged image");
     assert!(out.contains("damaged:") && err.contains("is damaged"), "{out}\n{err}");
     for text in [&out, &err] {
-        assert!(text.contains("page chunk") && text.contains("in pages-0.pack at offset"), "{text}");
+        assert!(text.contains("page chunk") && text.contains("/pages-0.pack at offset"), "{text}");
         assert!(text.contains("fails its checksum"), "{text}");
         assert!(text.contains("used by process") || text.contains("used by memory object"), "{text}");
     }

@@ -22,7 +22,7 @@ pub fn open(path: &Path) -> Result<(ImageDir, Manifest)> {
 /// the processes and areas that use them), a pod's damaged files.
 pub fn damage(img: &ImageDir, m: &Manifest) -> Vec<String> {
     let mut out = Vec::new();
-    for p in &m.packs {
+    for p in m.packs.iter().filter(|p| p.home == cryopod_image::PackHome::Own) {
         match img.open_file(&p.name) {
             Ok(f) if f.size() < p.size => {
                 out.push(format!("pack {} is truncated: it has {} of {} bytes", p.name, f.size(), p.size))

@@ -2,7 +2,7 @@
 //! its owner, and whatever is damaged in it (verified as a restore would).
 
 use anyhow::Result;
-use cryopod_image::{cpu, ImageDir, Manifest, ObjectOrigin, Process, Vma, VmaKind, PAGE};
+use cryopod_image::{cpu, ImageDir, Manifest, ObjectOrigin, PackHome, Process, Vma, VmaKind, PAGE};
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::path::Path;
@@ -76,11 +76,51 @@ fn file_desc(m: &Manifest, i: u32) -> String {
     m.files.get(i as usize).map(|f| cryopod_engine::files::describe(m, f)).unwrap_or_else(|| "?".into())
 }
 
-/// Total size of the image's files: manifest, packs, a pod's files (as the
-/// manifest says; saturating, since the numbers are the image's).
+/// Total size of the image's own files: manifest, packs, a pod's files (as
+/// the manifest says; saturating, since the numbers are the image's).
 fn image_size(m: &Manifest, img: &ImageDir) -> u64 {
     let pod = m.pod.iter().flat_map(|p| p.tmpfs_archive.iter().map(|a| a.1).chain(p.ipc.shm.iter().map(|s| s.data.1)));
-    m.packs.iter().map(|p| p.size).chain(pod).fold(img.manifest_len(), u64::saturating_add)
+    let own = m.packs.iter().filter(|p| p.home == PackHome::Own).map(|p| p.size);
+    own.chain(pod).fold(img.manifest_len(), u64::saturating_add)
+}
+
+/// Chunks this image wrote (in its own packs or its own packs in a store)
+/// and chunks it shares (in its parents' packs or other images' in the
+/// store): (own chunks, own stored bytes, shared chunks, shared stored bytes).
+fn own_and_shared(m: &Manifest) -> (u64, u64, u64, u64) {
+    let mine = m.store.as_ref().map(|s| cryopod_image::shared::hex(&s.image_id));
+    let mut t = (0, 0, 0, 0);
+    for c in &m.chunks {
+        let Some(p) = m.packs.get(c.pack as usize) else { continue };
+        let own = match p.home {
+            PackHome::Own => true,
+            PackHome::Parent(_) => false,
+            PackHome::Store => mine.as_ref().is_some_and(|id| p.name.starts_with(id.as_str())),
+        };
+        match own {
+            true => (t.0 += 1, t.1 += u64::from(c.stored)),
+            false => (t.2 += 1, t.3 += u64::from(c.stored)),
+        };
+    }
+    t
+}
+
+/// How many images up its parent chain the image reads chunks from.
+fn chain_depth(m: &Manifest) -> u32 {
+    m.packs.iter().filter_map(|p| if let PackHome::Parent(d) = p.home { Some(d) } else { None }).max().unwrap_or(0)
+}
+
+/// Where the image's shared chunks are, in words.
+fn base_text(m: &Manifest) -> String {
+    let (oc, ob, sc, sb) = own_and_shared(m);
+    let mut s = format!("chunks: {oc} own ({ob} bytes stored), {sc} shared ({sb} bytes)");
+    if let Some(p) = &m.parent {
+        let _ = write!(s, "; incremental on {} (reads through {} parent images)", p.path, chain_depth(m));
+    }
+    if let Some(st) = &m.store {
+        let _ = write!(s, "; in store {}", st.path);
+    }
+    s
 }
 
 fn children(m: &Manifest, pid: i32) -> Vec<&Process> {
@@ -107,6 +147,7 @@ pub fn text(m: &Manifest, img: &ImageDir) -> String {
         m.chunks.len(),
         image_size(m, img)
     );
+    let _ = writeln!(s, "{}", base_text(m));
     let _ = writeln!(
         s,
         "cpu: {}; extended state {} (XCR0 {:#x}, XSAVE area {} bytes); instruction sets: {}",
@@ -243,6 +284,13 @@ pub fn json(m: &Manifest, img: &ImageDir) -> Value {
         "chunks": m.chunks.len(),
         "chunks_compressed": m.compressed_chunks(),
         "image_bytes": image_size(m, img),
+        "own_chunks": own_and_shared(m).0,
+        "own_bytes": own_and_shared(m).1,
+        "shared_chunks": own_and_shared(m).2,
+        "shared_bytes": own_and_shared(m).3,
+        "parent": m.parent.as_ref().map(|p| p.path.clone()),
+        "chain_depth": chain_depth(m),
+        "store": m.store.as_ref().map(|s| s.path.clone()),
         "owner": img.owner().to_string(),
         "processes": procs,
     })

@@ -6,6 +6,7 @@ mod check;
 mod inspect;
 mod pods;
 mod progress;
+mod store;
 mod streams;
 
 use anyhow::{Context, Result};
@@ -77,6 +78,14 @@ enum Cmd {
         /// data need not be in a core dump, not that it is dead.
         #[arg(long)]
         exclude_dontdump: bool,
+        /// Incremental: store only the chunks the image PREV (and its own
+        /// parents) does not hold; the new image needs PREV to restore.
+        #[arg(long, value_name = "PREV")]
+        parent: Option<PathBuf>,
+        /// Keep the chunks in the shared store DIR (made if missing), each
+        /// chunk once for every image there (see `cryopod gc`).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
     },
     /// Restore the pod or tree saved in DIR (or in a stream on stdin: -),
     /// with its original PIDs.
@@ -118,6 +127,11 @@ enum Cmd {
         file: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Remove the chunks of a store that no image refers to any more.
+    Gc {
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
     },
     /// Check whether this kernel and CPU can restore an image, and why not.
     Check {
@@ -164,6 +178,14 @@ fn print_checkpoint(s: &cryopod_engine::CheckpointSummary, leave_running: bool, 
     );
     if let Some(why) = &s.fallback {
         eprintln!("note: {why}; the checkpoint was taken again with the tree frozen throughout");
+    }
+    if let Some(base) = &s.base {
+        eprintln!(
+            "incremental {base}: {} new ({} stored), {} not written again",
+            human(s.chunks.new_bytes),
+            human(s.chunks.stored_bytes),
+            human(s.chunks.reused_bytes)
+        );
     }
 }
 
@@ -230,7 +252,18 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
         Cmd::Exec { name, cmd } => pods::exec(state, &name, &cmd),
         Cmd::Stop { name, timeout } => pods::stop(state, &name, timeout),
         Cmd::Logs { name } => pods::logs(state, &name),
-        Cmd::Checkpoint { name: Some(name), output, leave_running, threads, compress, exclude_dontdump, .. } => {
+        Cmd::Checkpoint {
+            name: Some(name),
+            output,
+            leave_running,
+            threads,
+            compress,
+            exclude_dontdump,
+            parent,
+            store,
+            ..
+        } => {
+            let base = store::open_base(&output, parent.as_deref(), store.as_deref(), streams::is_stdio(&output))?;
             let (stream, output) = stream_target(output)?;
             let opts = cryopod_pod::snapshot::PodCheckpointOptions {
                 name: name.clone(),
@@ -239,6 +272,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 threads: threads.unwrap_or_else(cpus),
                 compress,
                 exclude_dontdump,
+                base: base.as_ref(),
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_pod::snapshot::checkpoint(state, &opts, &|phase, d, t| bar.update(phase, d, t))
@@ -247,8 +281,9 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             print_checkpoint(&s, leave_running, &output);
             to_stdout(stream, &output)
         }
-        Cmd::Checkpoint { pid, output, leave_running, threads, compress, exclude_dontdump, .. } => {
+        Cmd::Checkpoint { pid, output, leave_running, threads, compress, exclude_dontdump, parent, store, .. } => {
             let pid = pid.context("give a pod name or --pid")?;
+            let base = store::open_base(&output, parent.as_deref(), store.as_deref(), streams::is_stdio(&output))?;
             let (stream, output) = stream_target(output)?;
             let opts = cryopod_engine::CheckpointOptions {
                 pid,
@@ -261,6 +296,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 pod: None,
                 guard: None,
                 armed: None,
+                base: base.as_ref(),
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_engine::checkpoint(&opts, &|phase, d, t| bar.update(phase, d, t))
@@ -327,6 +363,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             eprintln!("imported an image of {} processes into {}", m.processes.len(), output.display());
             Ok(0)
         }
+        Cmd::Gc { store } => store::gc(&store),
         Cmd::Check { image } => check::run(&image),
     }
 }

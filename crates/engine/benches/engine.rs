@@ -218,6 +218,7 @@ fn tree_options(
         pod: None,
         guard: None,
         armed: None,
+        base: None,
     }
 }
 

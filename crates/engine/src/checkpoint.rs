@@ -42,6 +42,9 @@ pub struct CheckpointOptions<'a> {
     /// The tree armed by the caller before it froze it (a pod's: see
     /// [`crate::arm`]); a plain tree's checkpoint arms it itself.
     pub armed: Option<&'a crate::arm::Armed>,
+    /// What the image builds on (`--parent`, `--store`): opened before the
+    /// freeze, its chunks are referenced rather than written again.
+    pub base: Option<&'a cryopod_image::chain::Base>,
 }
 
 /// What the checkpoint of a pod adds to that of a tree.
@@ -87,6 +90,10 @@ pub struct CheckpointSummary {
     pub cow: Option<crate::cow::CowStats>,
     /// Why reading while running was given up for a frozen checkpoint.
     pub fallback: Option<String>,
+    /// Chunks stored, and found in the base.
+    pub chunks: pages::ChunkStats,
+    /// Which path the checkpoint took with its base (None: a full image).
+    pub base: Option<String>,
 }
 
 pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
@@ -162,7 +169,7 @@ fn checkpoint_once(
         collect_and_write(o, cow, armed, out, &mut run, (&guard, flags), progress)
     });
     match res {
-        Ok((m, repaired, cow_stats)) => {
+        Ok((m, repaired, (cow_stats, chunks))) => {
             if o.leave_running {
                 // Nothing of ours is left in the tree: the guardian goes
                 // before the tree runs again.
@@ -179,19 +186,27 @@ fn checkpoint_once(
                 drop(repaired);
             }
             let (mem, _) = m.memory_bytes();
-            let stored = m.packed_bytes();
             let meta_len = out.manifest_len();
             Ok(CheckpointSummary {
                 processes: m.processes.len(),
                 threads: m.processes.iter().map(|p| p.threads.len()).sum(),
                 memory_bytes: mem,
-                image_bytes: stored + meta_len,
+                image_bytes: chunks.stored_bytes + meta_len,
                 elapsed: t0.elapsed(),
                 frozen: ran_at.unwrap_or_else(Instant::now).saturating_duration_since(t_freeze)
                     + armed.map_or(Duration::ZERO, |a| a.stopped),
                 arm_stop: armed.map(|a| a.stopped),
                 cow: cow_stats,
                 fallback: None,
+                chunks,
+                base: o.base.map(|b| {
+                    format!(
+                        "{}: every page read, {} chunks new, {} found there",
+                        b.describe(),
+                        chunks.new_chunks,
+                        chunks.reused_chunks
+                    )
+                }),
             })
         }
         Err(e) => {
@@ -272,7 +287,7 @@ fn collect_and_write(
     run: &mut Resume,
     (guard, flags): (&Guard, &crate::vmflags::Source),
     progress: Progress,
-) -> Result<(Manifest, crate::inet::Repaired, Option<crate::cow::CowStats>)> {
+) -> Result<(Manifest, crate::inet::Repaired, (Option<crate::cow::CowStats>, pages::ChunkStats))> {
     let fr: &Frozen = run.fr;
     fault::check("after-freeze")?;
     let t_collect = Instant::now();
@@ -352,6 +367,7 @@ fn collect_and_write(
     }
     let excluded = excluded_pieces(o, &procs, &mem);
     let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, (uffds, late), (run, &excluded), progress)?;
+    let chunk_stats = out.stats;
     apply_flags(run, &mut procs)?;
     fault::check("after-pages")?;
     let mut m = Manifest {
@@ -370,6 +386,8 @@ fn collect_and_write(
         packs: out.packs,
         chunks: out.chunks,
         pod: o.pod.as_ref().map(|p| p.image.clone()),
+        parent: o.base.and_then(|b| b.parent.clone()),
+        store: o.base.and_then(|b| b.store.as_ref().map(|(_, l)| l.clone())),
     };
     crate::mm::attach_runs(&mut m, &mem, &out.chunk_of);
     if let Some(map) = &pod_pids {
@@ -381,7 +399,7 @@ fn collect_and_write(
     m.validate()?;
     fault::check("before-manifest")?;
     outdir.commit_manifest(&m)?;
-    Ok((m, std::mem::take(&mut files.unix.repaired), cow_stats))
+    Ok((m, std::mem::take(&mut files.unix.repaired), (cow_stats, chunk_stats)))
 }
 
 /// Write every piece: all of them frozen; or, given uffds, the pieces that
@@ -412,7 +430,7 @@ fn write_pages(
     let cow_of = |i: usize| session.as_ref().is_some_and(|s| s.cow[i]);
     let frozen: Vec<usize> = (0..n).filter(|&i| !cow_of(i) && !excluded[i]).collect();
     let running: Vec<usize> = (0..n).filter(|&i| cow_of(i) && !excluded[i]).collect();
-    let mut d = pages::Dumper::new(outdir, o.threads, o.compress);
+    let mut d = pages::Dumper::new(outdir, o.threads, o.compress, o.base);
     d.run(&mem.pieces, &frozen, &pages::FrozenReader, progress)?;
     let mut stats = None;
     if let Some(s) = &session {

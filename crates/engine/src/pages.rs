@@ -7,9 +7,11 @@
 
 use crate::outdir::OutDir;
 use crate::{EngineError, Progress, Result};
+use cryopod_image::chain::Base;
 use cryopod_image::codec::Encoder;
-use cryopod_image::store::{ChunkTable, PackWriter};
-use cryopod_image::{Chunk, Codec, Compression, Pack, CHUNK_PAGES, PAGE};
+use cryopod_image::shared::{hex, PackIndex};
+use cryopod_image::store::{ChunkTable, PackWriter, FOREIGN};
+use cryopod_image::{Chunk, Codec, Compression, Pack, PackHome, CHUNK_PAGES, PAGE};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +40,19 @@ pub struct PagesOut {
     pub chunk_of: Vec<Vec<Segment>>,
     pub packs: Vec<Pack>,
     pub chunks: Vec<Chunk>,
+    pub stats: ChunkStats,
+}
+
+/// What was stored and what was found in the base (parent chain, store).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChunkStats {
+    pub new_chunks: u64,
+    /// Page data of the new chunks.
+    pub new_bytes: u64,
+    /// What they take in packs.
+    pub stored_bytes: u64,
+    pub reused_chunks: u64,
+    pub reused_bytes: u64,
 }
 
 const BATCH_BYTES: u64 = 4 << 20;
@@ -87,15 +102,62 @@ struct Worker {
 /// the same packs, deduplicated across runs.
 pub struct Dumper<'a> {
     dir: &'a OutDir,
+    /// Chunks already held by a parent chain or a store, and where new
+    /// packs go (a store's, else the image's directory).
+    base: Option<&'a Base>,
     threads: usize,
     compression: Compression,
     workers: Vec<Worker>,
     table: ChunkTable,
+    /// Store packs made (removed again unless `finish` ran).
+    in_store: Vec<String>,
+}
+
+impl Drop for Dumper<'_> {
+    fn drop(&mut self) {
+        if let Some((store, _)) = self.base.and_then(|b| b.store.as_ref()) {
+            for name in &self.in_store {
+                if let Err(e) = store.remove_pack(name) {
+                    tracing::warn!("cannot remove the unfinished store pack: {e}");
+                }
+            }
+        }
+    }
 }
 
 impl<'a> Dumper<'a> {
-    pub fn new(dir: &'a OutDir, threads: usize, compression: Compression) -> Dumper<'a> {
-        Dumper { dir, threads: threads.clamp(1, 16), compression, workers: Vec::new(), table: ChunkTable::default() }
+    pub fn new(dir: &'a OutDir, threads: usize, compression: Compression, base: Option<&'a Base>) -> Dumper<'a> {
+        let table = base.map(|b| ChunkTable::with_known(b.known.clone())).unwrap_or_default();
+        Dumper {
+            dir,
+            base,
+            threads: threads.clamp(1, 16),
+            compression,
+            workers: Vec::new(),
+            table,
+            in_store: Vec::new(),
+        }
+    }
+
+    /// A new pack for worker `w`: in the store, named after the image,
+    /// or in the image's directory.
+    fn new_pack(&mut self, w: usize) -> Result<PackWriter> {
+        Ok(match self.base.and_then(|b| b.store.as_ref()) {
+            Some((store, link)) => {
+                // Never a name a failed attempt may have left.
+                let nonce = cryopod_image::shared::random_id()?;
+                let name = format!("{}-{}.pack", hex(&link.image_id), hex(&nonce[..4]));
+                let (file, path) = store.create_pack(&name)?;
+                self.in_store.push(name.clone());
+                PackWriter::new(file, path, (name, PackHome::Store), w as u32)
+            }
+            None => {
+                let name = cryopod_image::store::pack_name(w);
+                let file = self.dir.create(&name)?;
+                let path = self.dir.path().join(&name).display().to_string();
+                PackWriter::new(file, path, (name, PackHome::Own), w as u32)
+            }
+        })
     }
 
     /// Read, hash, dedupe and store pieces `sel` (ascending indexes into
@@ -123,10 +185,7 @@ impl<'a> Dumper<'a> {
         let total: u64 = sel.iter().map(|&i| u64::from(pieces[i].pages) * PAGE).sum();
         let n = self.threads.min(batches.len());
         while self.workers.len() < n {
-            let w = self.workers.len();
-            let name = cryopod_image::store::pack_name(w);
-            let file = self.dir.create(&name)?;
-            let pack = PackWriter::new(file, self.dir.path().join(&name).display().to_string(), w as u32);
+            let pack = self.new_pack(self.workers.len())?;
             let enc = Encoder::new(self.compression)?;
             let buf = vec![0u8; BATCH_BYTES as usize];
             self.workers.push(Worker { pack, buf, packed: Vec::new(), enc, out: Vec::new() });
@@ -163,17 +222,76 @@ impl<'a> Dumper<'a> {
         results.into_iter().collect()
     }
 
-    /// Close the packs; `n` is the number of pieces.
-    pub fn finish(self, n: usize) -> Result<PagesOut> {
+    /// Close the packs; `n` is the number of pieces. Chunks of the base
+    /// name its packs, added after the new ones; new store packs get their
+    /// index.
+    pub fn finish(mut self, n: usize) -> Result<PagesOut> {
         let mut chunk_of = vec![Vec::new(); n];
         let mut packs = Vec::new();
-        for w in self.workers {
-            packs.push(w.pack.finish()?);
+        // A worker that found nothing new leaves an empty pack: not named
+        // in the manifest (a store's gc would take it for dead).
+        let mut renumber = Vec::new();
+        for w in std::mem::take(&mut self.workers) {
+            let p = w.pack.finish()?;
+            renumber.push(packs.len() as u32);
+            match p.size {
+                0 => {
+                    if p.home == PackHome::Store {
+                        self.in_store.retain(|n| n != &p.name);
+                        self.base.and_then(|b| b.store.as_ref()).map(|(s, _)| s.remove_pack(&p.name)).transpose()?;
+                    }
+                }
+                _ => packs.push(p),
+            }
             for (i, c) in w.out {
                 chunk_of[i] = c;
             }
         }
-        Ok(PagesOut { chunk_of, packs, chunks: self.table.into_chunks() })
+        let own = packs.len();
+        let mut chunks = std::mem::take(&mut self.table).into_chunks();
+        let mut stats = ChunkStats::default();
+        let mut used: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for c in &mut chunks {
+            if c.pack & FOREIGN == 0 {
+                c.pack = renumber.get(c.pack as usize).copied().unwrap_or(c.pack);
+                stats.new_chunks += 1;
+                stats.new_bytes += u64::from(c.len);
+                stats.stored_bytes += u64::from(c.stored);
+                continue;
+            }
+            stats.reused_chunks += 1;
+            stats.reused_bytes += u64::from(c.len);
+            let b = c.pack & !FOREIGN;
+            c.pack = match used.get(&b) {
+                Some(&i) => i,
+                None => {
+                    let p = self.base.and_then(|base| base.packs.get(b as usize)).ok_or_else(|| {
+                        EngineError::Other(format!("a known chunk names pack {b}, which its base lacks"))
+                    })?;
+                    packs.push(p.clone());
+                    used.insert(b, (packs.len() - 1) as u32);
+                    (packs.len() - 1) as u32
+                }
+            };
+        }
+        if let Some((store, _)) = self.base.and_then(|b| b.store.as_ref()) {
+            for (w, p) in packs.iter().enumerate().take(own) {
+                let entries = chunks
+                    .iter()
+                    .filter(|c| c.pack as usize == w)
+                    .map(|c| cryopod_image::shared::IndexEntry {
+                        hash: c.hash,
+                        offset: c.offset,
+                        len: c.len,
+                        codec: c.codec,
+                        stored: c.stored,
+                    })
+                    .collect();
+                store.write_index(&PackIndex { pack: p.name.clone(), size: p.size, entries })?;
+            }
+        }
+        self.in_store.clear();
+        Ok(PagesOut { chunk_of, packs, chunks, stats })
     }
 }
 

@@ -56,6 +56,23 @@ pub enum ImageOwner {
     },
 }
 
+impl ImageOwner {
+    /// Who the images this process writes belong to.
+    pub fn current() -> ImageOwner {
+        match rustix::process::geteuid().as_raw() {
+            0 => ImageOwner::Root,
+            uid => ImageOwner::User { uid, gid: rustix::process::getegid().as_raw() },
+        }
+    }
+
+    pub fn uid(&self) -> u32 {
+        match self {
+            ImageOwner::Root => 0,
+            ImageOwner::User { uid, .. } => *uid,
+        }
+    }
+}
+
 impl std::fmt::Display for ImageOwner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -74,7 +91,7 @@ pub struct Facts {
     pub size: u64,
 }
 
-fn facts(fd: &OwnedFd, what: &str) -> Result<(FileType, Facts)> {
+pub(crate) fn facts(fd: &OwnedFd, what: &str) -> Result<(FileType, Facts)> {
     let st = rustix::fs::fstat(fd).map_err(|e| ImageError::io(what, e.into()))?;
     let size = u64::try_from(st.st_size).map_err(|_| ImageError::Corrupt(format!("{what} has a negative size")))?;
     Ok((FileType::from_raw_mode(st.st_mode), Facts { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode, size }))
@@ -99,7 +116,7 @@ fn writable_by_others(f: &Facts, dir: bool) -> bool {
     f.mode & 0o022 != 0 && !(dir && f.mode & 0o1000 != 0)
 }
 
-fn check_writable(path: &str, f: &Facts, dir: bool) -> Result<()> {
+pub(crate) fn check_writable(path: &str, f: &Facts, dir: bool) -> Result<()> {
     if writable_by_others(f, dir) {
         return Err(ImageError::Unsafe(format!(
             "refusing {path}: group or others may write it (mode {:o}), so anyone of them could have changed the \
@@ -252,29 +269,21 @@ impl ImageDir {
         Ok(Some(f))
     }
 
-    /// Open every page pack the manifest names, each at least as large as
-    /// the manifest says.
+    /// Open every page pack the manifest names, wherever it lives (see
+    /// [`crate::chain`]), each at least as large as the manifest says.
     pub fn packs(&self, m: &Manifest) -> Result<crate::store::PackReader> {
-        let mut files = Vec::with_capacity(m.packs.len());
-        for p in &m.packs {
-            let f = self.open_file(&p.name)?;
-            if f.size() < p.size {
-                return Err(ImageError::Truncated(format!("{} has {} of {} bytes", p.name, f.size(), p.size)));
-            }
-            files.push((p.name.clone(), f.into_file()));
-        }
-        Ok(crate::store::PackReader::new(files))
+        crate::chain::open_packs(self, m)
     }
 }
 
 /// Does `name` exist in `dir` (not following a link)?
-fn exists(dir: &OwnedFd, name: &str) -> bool {
+pub(crate) fn exists(dir: &OwnedFd, name: &str) -> bool {
     rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
 }
 
 /// Open `name` in `dir` as a regular file that others may not write;
 /// `None` if it does not exist.
-fn open_in(dir: &OwnedFd, shown: &str, name: &str) -> Result<Option<ImageFile>> {
+pub(crate) fn open_in(dir: &OwnedFd, shown: &str, name: &str) -> Result<Option<ImageFile>> {
     let path = format!("{}/{name}", shown.trim_end_matches('/'));
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {

@@ -13,12 +13,14 @@
 //! touches the system.
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod codec;
 pub mod cpu;
 pub mod dir;
 pub mod manifest;
 pub mod pod;
 pub mod records;
+pub mod shared;
 pub mod store;
 pub mod stream;
 

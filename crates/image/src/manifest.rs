@@ -8,8 +8,8 @@ use bincode::Options;
 
 pub const MANIFEST_FILE: &str = "manifest";
 pub const MAGIC: [u8; 8] = *b"CRYOPOD\0";
-/// 3: the CPU record (`Manifest::cpu`) replaced the bare XCR0.
-pub const FORMAT_VERSION: u32 = 5;
+/// 6: packs have a home (own, parent chain, store); parent and store links.
+pub const FORMAT_VERSION: u32 = 6;
 /// Largest manifest body accepted (bounds every allocation while decoding).
 pub const MAX_BODY: u64 = 256 << 20;
 pub(crate) const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 32;

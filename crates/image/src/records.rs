@@ -37,12 +37,57 @@ pub struct Manifest {
     /// The pod's own state, for the checkpoint of a pod (PIDs in the
     /// records are then the pod's own, its PID 1 being the root).
     pub pod: Option<crate::pod::PodImage>,
+    /// The image this one was made on (`--parent`): packs homed
+    /// [`PackHome::Parent`] are found through it (see [`crate::chain`]).
+    pub parent: Option<ParentLink>,
+    /// The shared store holding packs homed [`PackHome::Store`] (`--store`).
+    pub store: Option<StoreLink>,
 }
+
+/// Longest chain of parent images one image may read through.
+pub const MAX_CHAIN: u32 = 64;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Pack {
     pub name: String,
     pub size: u64,
+    /// Where the pack file lives.
+    pub home: PackHome,
+}
+
+/// Where a pack file lives.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum PackHome {
+    /// In the image's own directory.
+    Own,
+    /// In the directory of the image this many links up the parent chain
+    /// (1: the parent), at most [`MAX_CHAIN`].
+    Parent(u32),
+    /// In the `packs` directory of the image's store.
+    Store,
+}
+
+/// The image an incremental checkpoint was made on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ParentLink {
+    /// Absolute path of its directory.
+    pub path: String,
+    /// BLAKE3 of its manifest file: a parent replaced or changed since is
+    /// refused rather than read.
+    pub manifest_hash: [u8; 32],
+}
+
+/// The shared store an image keeps (some of) its chunks in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoreLink {
+    /// Absolute path of the store directory.
+    pub path: String,
+    /// The store's identity (its `store-id` file): another store at the
+    /// same path is refused.
+    pub store_id: [u8; 16],
+    /// This image's identity in the store: its root record, and the prefix
+    /// of the packs it wrote there.
+    pub image_id: [u8; 16],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -383,9 +428,19 @@ impl Manifest {
             }
         }
         for p in &self.packs {
-            if p.name.contains('/') || p.name.starts_with('.') || p.name.is_empty() {
+            if p.name.contains('/') || p.name.starts_with('.') || p.name.is_empty() || p.name.contains('\0') {
                 return Err(bad(format!("pack name {:?} is not a plain file name", p.name)));
             }
+            match p.home {
+                PackHome::Own => {}
+                PackHome::Parent(d) if (1..=MAX_CHAIN).contains(&d) && self.parent.is_some() => {}
+                PackHome::Store if self.store.is_some() => {}
+                h => return Err(bad(format!("pack {} is homed {h:?}, which the image does not link", p.name))),
+            }
+        }
+        let abs = |p: &str| p.starts_with('/') && !p.contains('\0') && p.len() < 4096;
+        if self.parent.as_ref().is_some_and(|l| !abs(&l.path)) || self.store.as_ref().is_some_and(|l| !abs(&l.path)) {
+            return Err(bad("a parent or store path is not absolute".into()));
         }
         let mut pids = std::collections::HashSet::new();
         for p in &self.processes {

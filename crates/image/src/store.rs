@@ -12,7 +12,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
-/// Name of the `n`th pack file.
+/// Name of the `n`th pack file in an image directory.
 pub fn pack_name(n: usize) -> String {
     format!("pages-{n}.pack")
 }
@@ -22,15 +22,18 @@ pub struct PackWriter {
     file: File,
     /// For messages.
     path: String,
+    /// Its name in its home directory, and that home.
+    name: String,
+    home: crate::PackHome,
     pub index: u32,
     pub offset: u64,
 }
 
 impl PackWriter {
-    /// Append to `file`, newly created (empty) as pack `index`; `path`
-    /// names it in errors.
-    pub fn new(file: File, path: String, index: u32) -> Self {
-        PackWriter { file, path, index, offset: 0 }
+    /// Append to `file`, newly created (empty) as pack `index` of the
+    /// image, `name` in `home`; `path` names it in errors.
+    pub fn new(file: File, path: String, (name, home): (String, crate::PackHome), index: u32) -> Self {
+        PackWriter { file, path, name, home, index, offset: 0 }
     }
 
     /// Append several buffers in one go; returns the offset of the first.
@@ -51,23 +54,36 @@ impl PackWriter {
 
     pub fn finish(self) -> Result<Pack> {
         self.file.sync_data().map_err(|e| ImageError::io(&self.path, e))?;
-        Ok(Pack { name: pack_name(self.index as usize), size: self.offset })
+        Ok(Pack { name: self.name, size: self.offset, home: self.home })
     }
 }
 
 /// Chunk ids by hash, and the chunks in id order.
 type ChunkIndex = (HashMap<[u8; 32], u32>, Vec<Chunk>);
 
-/// The set of chunks written so far, shared by writer threads: hash → id.
+/// Marks, in a [`ChunkTable`]'s records, a chunk that a base (parent image
+/// or store) holds: its `pack` is then an index into the base's packs.
+pub const FOREIGN: u32 = 1 << 31;
+
+/// The set of chunks written so far, shared by writer threads: hash → id;
+/// and the chunks a base already holds, which are referenced, never
+/// written again.
 #[derive(Default)]
 pub struct ChunkTable {
     inner: Mutex<ChunkIndex>,
+    known: std::sync::Arc<HashMap<[u8; 32], Chunk>>,
 }
 
 impl ChunkTable {
-    /// The id of the chunk with this hash: an existing one (false), or
-    /// `chunk` itself, newly recorded (true), which the caller must then
-    /// write where `chunk` says before the manifest is written.
+    /// A table that reuses `known` chunks (their `pack` indexes the base's
+    /// packs, below [`FOREIGN`]).
+    pub fn with_known(known: std::sync::Arc<HashMap<[u8; 32], Chunk>>) -> Self {
+        ChunkTable { inner: Mutex::default(), known }
+    }
+
+    /// The id of the chunk with this hash: an existing or known one
+    /// (false), or `chunk` itself, newly recorded (true), which the caller
+    /// must then write where `chunk` says before the manifest is written.
     pub fn get_or_insert(&self, chunk: Chunk) -> (u32, bool) {
         let mut g = self.lock();
         if let Some(&id) = g.0.get(&chunk.hash) {
@@ -75,13 +91,21 @@ impl ChunkTable {
         }
         let id = g.1.len() as u32;
         g.0.insert(chunk.hash, id);
-        g.1.push(chunk);
-        (id, true)
+        match self.known.get(&chunk.hash) {
+            Some(k) => {
+                g.1.push(Chunk { pack: k.pack | FOREIGN, ..k.clone() });
+                (id, false)
+            }
+            None => {
+                g.1.push(chunk);
+                (id, true)
+            }
+        }
     }
 
-    /// Whether a chunk with this hash is recorded already.
+    /// Whether a chunk with this hash is recorded or known already.
     pub fn contains(&self, hash: &[u8; 32]) -> bool {
-        self.lock().0.contains_key(hash)
+        self.known.contains_key(hash) || self.lock().0.contains_key(hash)
     }
 
     /// The table, even if a writer panicked holding it (the table itself
@@ -90,6 +114,8 @@ impl ChunkTable {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The chunks in id order; those of the base have [`FOREIGN`] set in
+    /// their `pack`.
     pub fn into_chunks(self) -> Vec<Chunk> {
         match self.inner.into_inner() {
             Ok(g) => g.1,
@@ -122,14 +148,16 @@ impl Damage {
 pub struct PackReader {
     files: Vec<File>,
     names: Vec<String>,
+    /// The store some packs live in: its lock is held while they are read.
+    _store: Option<crate::shared::Store>,
 }
 
 impl PackReader {
-    /// Packs already opened (and size-checked) by [`crate::ImageDir::packs`],
-    /// in the manifest's order.
-    pub(crate) fn new(packs: Vec<(String, File)>) -> Self {
+    /// Packs already opened (and size-checked) by [`crate::chain::open_packs`],
+    /// in the manifest's order, with the store (if any) they were found in.
+    pub(crate) fn new(packs: Vec<(String, File)>, store: Option<crate::shared::Store>) -> Self {
         let (names, files) = packs.into_iter().unzip();
-        PackReader { files, names }
+        PackReader { files, names, _store: store }
     }
 
     /// The open file of pack `i` (validated manifests only name existing packs).

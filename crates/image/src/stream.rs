@@ -63,6 +63,13 @@ impl<W: Write> Counting<'_, W> {
 /// Write image `img` as a stream; returns the bytes written.
 pub fn export<W: Write>(img: &ImageDir, w: &mut W) -> Result<u64> {
     let m = img.manifest()?;
+    if m.packs.iter().any(|p| p.home != crate::PackHome::Own) {
+        return Err(ImageError::Unsafe(format!(
+            "{} keeps chunks in its parent images or a store: a stream carries one whole image (checkpoint it \
+             without --parent and --store to stream it)",
+            img.path().display()
+        )));
+    }
     let mut out = Counting { w, n: 0 };
     out.put(&STREAM_MAGIC)?;
     out.put(&STREAM_VERSION.to_le_bytes())?;

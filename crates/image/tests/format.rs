@@ -85,7 +85,7 @@ fn sample() -> Manifest {
         }],
         files: vec![OpenFile { flags: 0, pos: 0, kind: FileKind::CharDev { path: "/dev/null".into(), rdev: 0x103 } }],
         objects: vec![],
-        packs: vec![Pack { name: "pages-0.pack".into(), size: 65536 }],
+        packs: vec![Pack { name: "pages-0.pack".into(), size: 65536, home: PackHome::Own }],
         chunks: vec![Chunk { hash: [9; 32], pack: 0, offset: 0, len: 65536, codec: Codec::Raw, stored: 65536 }],
         pod: Some(cryopod_image::PodImage {
             name: "web".into(),
@@ -109,6 +109,8 @@ fn sample() -> Manifest {
             }],
             ..Default::default()
         }),
+        parent: None,
+        store: None,
     }
 }
 
@@ -465,7 +467,7 @@ fn every_damaged_chunk_is_listed() {
     let reader = img.packs(&m).unwrap();
     let d = reader.damage(&m, 2);
     assert_eq!(d.iter().map(|d| d.chunk).collect::<Vec<_>>(), vec![1, 3]);
-    assert!(d[0].problem.contains("checksum") && d[0].pack == "pages-0.pack" && d[0].offset == 65536);
+    assert!(d[0].problem.contains("checksum") && d[0].pack.ends_with("pages-0.pack") && d[0].offset == 65536);
     let e = reader.verify_all(&m, 1).unwrap_err().to_string();
     assert!(e.contains("page chunk 1") && e.contains("checksum"), "{e}");
 }
@@ -696,4 +698,55 @@ fn an_image_goes_through_a_stream_and_back() {
     cut.extend_from_slice(&[0u8; 32]);
     let (_out, r) = import_into(&cut, "stream-cut");
     assert!(r.unwrap_err().contains("does not match its entries"));
+}
+
+#[test]
+fn pack_homes_need_their_links() {
+    let mut m = sample();
+    m.packs[0].home = PackHome::Parent(1);
+    assert!(m.validate().unwrap_err().to_string().contains("does not link"));
+    m.parent = Some(ParentLink { path: "/images/prev".into(), manifest_hash: [1; 32] });
+    m.validate().unwrap();
+    m.packs[0].home = PackHome::Parent(MAX_CHAIN + 1);
+    assert!(m.validate().is_err());
+    m.packs[0].home = PackHome::Store;
+    assert!(m.validate().is_err());
+    m.store = Some(StoreLink { path: "/store".into(), store_id: [2; 16], image_id: [3; 16] });
+    m.validate().unwrap();
+    let bytes = encode_manifest(&m).unwrap();
+    assert_eq!(decode_manifest(&bytes).unwrap(), m);
+    m.store.as_mut().unwrap().path = "relative/store".into();
+    assert!(m.validate().unwrap_err().to_string().contains("not absolute"));
+}
+
+#[test]
+fn store_index_round_trips_and_refuses_damage() {
+    use cryopod_image::shared::{decode_index, encode_index, IndexEntry, PackIndex};
+    let ix = PackIndex {
+        pack: "0123-abcd.pack".into(),
+        size: 3 * 65536,
+        entries: vec![
+            IndexEntry { hash: [1; 32], offset: 0, len: 65536, codec: Codec::Raw, stored: 65536 },
+            IndexEntry { hash: [2; 32], offset: 65536, len: 65536, codec: Codec::Zstd, stored: 100 },
+        ],
+    };
+    let bytes = encode_index(&ix).unwrap();
+    assert_eq!(decode_index(&bytes, "x").unwrap(), ix);
+    for n in 0..bytes.len() {
+        assert!(decode_index(&bytes[..n], "x").is_err(), "a truncation to {n} bytes was accepted");
+    }
+    for i in (0..bytes.len()).step_by(7) {
+        let mut b = bytes.clone();
+        b[i] ^= 0x40;
+        assert!(decode_index(&b, "x").is_err(), "a flipped byte at {i} was accepted");
+    }
+    let bad = |f: &dyn Fn(&mut PackIndex)| {
+        let mut x = ix.clone();
+        f(&mut x);
+        decode_index(&encode_index(&x).unwrap(), "x").unwrap_err().to_string()
+    };
+    assert!(bad(&|x| x.entries[1].offset = 3 * 65536 - 50).contains("beyond the end"));
+    assert!(bad(&|x| x.entries[0].len = 100).contains("stored in"));
+    assert!(bad(&|x| x.entries[1].stored = 65536).contains("stored in"));
+    assert!(bad(&|x| x.pack = "../evil.pack".into()).contains("plain"));
 }

@@ -61,18 +61,20 @@ fn inside(init: i32) -> Result<Inside> {
     crate::join::read_inside(init, flags, "the pod's host name and network", read_inside)
 }
 
-pub struct PodCheckpointOptions {
+pub struct PodCheckpointOptions<'a> {
     pub name: String,
     pub dir: PathBuf,
     pub leave_running: bool,
     pub threads: usize,
     pub compress: cryopod_image::Compression,
     pub exclude_dontdump: bool,
+    /// What the image builds on (`--parent`, `--store`).
+    pub base: Option<&'a cryopod_image::chain::Base>,
 }
 
 /// Checkpoint pod `o.name` into `o.dir`; unless `leave_running`, the pod
 /// is then stopped and removed (it lives on in the image).
-pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
+pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions<'_>, progress: Progress) -> Result<CheckpointSummary> {
     let t0 = std::time::Instant::now();
     match checkpoint_once(state, o, o.leave_running, progress) {
         // Memory read while the pod ran could not be kept as it was at the
@@ -91,7 +93,7 @@ pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions, progress: Progress
 
 fn checkpoint_once(
     state: &StateDir,
-    o: &PodCheckpointOptions,
+    o: &PodCheckpointOptions<'_>,
     cow: bool,
     progress: Progress,
 ) -> Result<CheckpointSummary> {
@@ -175,7 +177,7 @@ fn checkpoint_frozen(
     state: &StateDir,
     rec: &PodRecord,
     cg: &Cgroup,
-    o: &PodCheckpointOptions,
+    o: &PodCheckpointOptions<'_>,
     Attempt { out, since: frozen_since, cow, armed, flags }: Attempt,
     guard: &Guard,
     progress: Progress,
@@ -258,6 +260,7 @@ fn checkpoint_frozen(
         threads: o.threads,
         compress: o.compress,
         exclude_dontdump: o.exclude_dontdump,
+        base: o.base,
         pod: Some(PodCheckpoint {
             root,
             external,

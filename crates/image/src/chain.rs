@@ -1,0 +1,246 @@
+//! What an image builds on, and how its packs are found: its own
+//! directory, the images of its parent chain (an incremental checkpoint,
+//! `--parent`), and a shared store (`--store`, see [`crate::shared`]).
+//!
+//! Reading ([`open_packs`]): every parent is opened like the image itself
+//! (one descriptor, no links, the same owner) and must still have the very
+//! manifest the child was made on (its BLAKE3 is in the child's link), so
+//! a parent replaced or changed since is refused, never read. A store must
+//! have the identity recorded in the image and the image's owner.
+//!
+//! Writing ([`Base`]): the chunks the parent chain and the store already
+//! hold are known by hash before the tree is frozen; a checkpoint then
+//! writes only the others and names the known ones where they are.
+
+use crate::shared::{Lock, Store};
+use crate::store::PackReader;
+use crate::MAX_CHAIN;
+use crate::{Chunk, ImageDir, ImageError, ImageOwner, Manifest, Pack, PackHome, ParentLink, Result, StoreLink};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Open every pack `m` (the manifest of `img`) names, wherever it lives,
+/// each at least as large as recorded. A store's lock is held (shared)
+/// as long as the reader lives.
+pub fn open_packs(img: &ImageDir, m: &Manifest) -> Result<PackReader> {
+    let depth = m.packs.iter().filter_map(|p| if let PackHome::Parent(d) = p.home { Some(d) } else { None }).max();
+    let ancestors = ancestors(img, m, depth.unwrap_or(0))?;
+    let store = match m.packs.iter().any(|p| p.home == PackHome::Store) {
+        true => Some(open_store(m.store.as_ref(), img.owner(), &img.path().display().to_string())?),
+        false => None,
+    };
+    let mut files = Vec::with_capacity(m.packs.len());
+    for p in &m.packs {
+        let f = match (p.home, &store) {
+            (PackHome::Own, _) => img.open_file(&p.name)?,
+            (PackHome::Parent(d), _) => {
+                let a = ancestors.get(d as usize - 1).ok_or_else(|| ImageError::Corrupt("parent chain".into()))?;
+                a.open_file(&p.name)?
+            }
+            (PackHome::Store, Some(s)) => s.open_pack(&p.name)?,
+            (PackHome::Store, None) => return Err(ImageError::Corrupt("a store pack without a store".into())),
+        };
+        if f.size() < p.size {
+            return Err(ImageError::Truncated(format!("{} has {} of {} bytes", f.path(), f.size(), p.size)));
+        }
+        files.push((f.path().to_string(), f.into_file()));
+    }
+    Ok(PackReader::new(files, store))
+}
+
+/// The first `depth` images up the parent chain of `img`, each checked
+/// against the link that names it.
+fn ancestors(img: &ImageDir, m: &Manifest, depth: u32) -> Result<Vec<ImageDir>> {
+    let mut out: Vec<ImageDir> = Vec::new();
+    let mut link = m.parent.clone();
+    let mut child = img.path().display().to_string();
+    for d in 1..=depth.min(MAX_CHAIN) {
+        let l = link.ok_or_else(|| {
+            ImageError::Corrupt(format!("{child} names packs {d} images up its chain, but has no parent"))
+        })?;
+        let dir = ImageDir::open(Path::new(&l.path)).map_err(|e| parent_error(&child, &l.path, e))?;
+        if dir.owner().uid() != img.owner().uid() {
+            return Err(ImageError::Unsafe(format!(
+                "refusing parent image {} of {child}: it belongs to {}, the image to {}",
+                l.path,
+                dir.owner(),
+                img.owner()
+            )));
+        }
+        if blake3::hash(dir.manifest_bytes()).as_bytes() != &l.manifest_hash {
+            return Err(ImageError::Corrupt(format!(
+                "parent image {} of {child} has changed since {child} was made on it",
+                l.path
+            )));
+        }
+        link = match d < depth {
+            true => dir.manifest()?.parent,
+            false => None,
+        };
+        child = l.path.clone();
+        out.push(dir);
+    }
+    Ok(out)
+}
+
+fn parent_error(child: &str, parent: &str, e: ImageError) -> ImageError {
+    match e {
+        ImageError::Missing(_) => {
+            ImageError::Truncated(format!("{child} was made on image {parent}, which is gone (it needs its chunks)"))
+        }
+        e => ImageError::Corrupt(format!("parent image {parent} of {child}: {e}")),
+    }
+}
+
+/// Open the store `link` names, check its identity and owner, and hold
+/// its lock shared.
+fn open_store(link: Option<&StoreLink>, owner: ImageOwner, who: &str) -> Result<Store> {
+    let l = link.ok_or_else(|| ImageError::Corrupt(format!("{who} names store packs but no store")))?;
+    let s = Store::open(Path::new(&l.path), false, Lock::Shared).map_err(|e| match e {
+        ImageError::Missing(_) => {
+            ImageError::Truncated(format!("{who} keeps chunks in store {}, which is gone", l.path))
+        }
+        e => e,
+    })?;
+    if s.id() != l.store_id {
+        return Err(ImageError::Corrupt(format!(
+            "{} is not the store {who} was made with (another store identity)",
+            l.path
+        )));
+    }
+    if s.owner().uid() != owner.uid() {
+        return Err(ImageError::Unsafe(format!(
+            "refusing store {} for {who}: it belongs to {}, the image to {owner}",
+            l.path,
+            s.owner()
+        )));
+    }
+    Ok(s)
+}
+
+/// What a new checkpoint builds on: the chunks its parent chain and its
+/// store hold, known by hash, and the links to record.
+pub struct Base {
+    pub parent: Option<ParentLink>,
+    pub store: Option<(Store, StoreLink)>,
+    /// Packs the known chunks live in (homed as the new image sees them).
+    pub packs: Vec<Pack>,
+    /// Known chunks; `pack` indexes `packs`.
+    pub known: std::sync::Arc<HashMap<[u8; 32], Chunk>>,
+}
+
+impl Base {
+    /// For a checkpoint into `image`, made by `owner`, on the image
+    /// `parent` and/or into the store `store` (made if missing). The
+    /// parent's own chain must be whole; a parent kept in a store puts
+    /// its child in the same store.
+    pub fn open(image: &Path, owner: ImageOwner, parent: Option<&Path>, store: Option<&Path>) -> Result<Base> {
+        let abs = |p: &Path| -> Result<PathBuf> { std::path::absolute(p).map_err(|e| ImageError::io(p.display(), e)) };
+        let mut base = Base { parent: None, store: None, packs: Vec::new(), known: Default::default() };
+        let mut parent_img = None;
+        if let Some(p) = parent {
+            let dir = ImageDir::open(p)?;
+            if dir.owner().uid() != owner.uid() {
+                return Err(ImageError::Unsafe(format!(
+                    "refusing parent image {}: it belongs to {}, the new image would be {owner}'s",
+                    p.display(),
+                    dir.owner()
+                )));
+            }
+            let m = dir.manifest()?;
+            // Whole and intact: its chunks will be the child's.
+            open_packs(&dir, &m)?.verify_all(&m, 1)?;
+            let path = std::fs::canonicalize(p).map_err(|e| ImageError::io(p.display(), e))?;
+            let path = path.to_str().ok_or_else(|| ImageError::Corrupt("parent path is not UTF-8".into()))?;
+            base.parent = Some(ParentLink {
+                path: path.to_string(),
+                manifest_hash: *blake3::hash(dir.manifest_bytes()).as_bytes(),
+            });
+            parent_img = Some((dir, m));
+        }
+        let inherited = parent_img.as_ref().and_then(|(_, m)| m.store.clone());
+        let store_path = match (store, &inherited) {
+            (Some(s), _) => Some(abs(s)?),
+            (None, Some(l)) => Some(PathBuf::from(&l.path)),
+            (None, None) => None,
+        };
+        if let Some(sp) = store_path {
+            let s = Store::open(&sp, true, Lock::Shared)?;
+            if let Some(l) = inherited.as_ref().filter(|l| l.store_id != s.id()) {
+                return Err(ImageError::Unsafe(format!(
+                    "the parent image keeps its chunks in store {}, not in {}: a chain stays in one store",
+                    l.path,
+                    sp.display()
+                )));
+            }
+            if s.owner().uid() != owner.uid() {
+                return Err(ImageError::Unsafe(format!(
+                    "refusing store {}: it belongs to {}, the new image would be {owner}'s",
+                    sp.display(),
+                    s.owner()
+                )));
+            }
+            let (packs, known) = s.known()?;
+            base.packs = packs;
+            base.known = std::sync::Arc::new(known);
+            let image_id = crate::shared::random_id()?;
+            s.add_root(&image_id, &abs(image)?)?;
+            let path = sp.to_str().ok_or_else(|| ImageError::Corrupt("store path is not UTF-8".into()))?;
+            let link = StoreLink { path: path.to_string(), store_id: s.id(), image_id };
+            base.store = Some((s, link));
+        }
+        if let Some((_, m)) = &parent_img {
+            base.add_parent_chunks(m)?;
+        }
+        Ok(base)
+    }
+
+    /// The parent's chunks, as its child sees their packs; a store's copy
+    /// of a chunk wins.
+    fn add_parent_chunks(&mut self, m: &Manifest) -> Result<()> {
+        let mut remap: HashMap<usize, u32> = HashMap::new();
+        let mut known = std::mem::take(&mut self.known);
+        let known = std::sync::Arc::make_mut(&mut known);
+        for c in &m.chunks {
+            if known.contains_key(&c.hash) {
+                continue;
+            }
+            let Some(p) = m.packs.get(c.pack as usize) else { continue };
+            let home = match p.home {
+                PackHome::Own => PackHome::Parent(1),
+                PackHome::Parent(d) if d < MAX_CHAIN => PackHome::Parent(d + 1),
+                PackHome::Parent(_) => {
+                    return Err(ImageError::Unsafe(format!(
+                        "the parent chain is {MAX_CHAIN} images long already: make a full checkpoint"
+                    )))
+                }
+                // Not in the store's index (gc'd since?): not reused.
+                PackHome::Store => continue,
+            };
+            let i = match remap.get(&(c.pack as usize)) {
+                Some(&i) => i,
+                None => {
+                    let i = self.packs.len() as u32;
+                    self.packs.push(Pack { name: p.name.clone(), size: p.size, home });
+                    remap.insert(c.pack as usize, i);
+                    i
+                }
+            };
+            known.insert(c.hash, Chunk { pack: i, ..c.clone() });
+        }
+        self.known = std::sync::Arc::new(std::mem::take(known));
+        Ok(())
+    }
+
+    /// One line on what the checkpoint builds on.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(p) = &self.parent {
+            parts.push(format!("on parent {}", p.path));
+        }
+        if let Some((s, _)) = &self.store {
+            parts.push(format!("in store {}", s.path().display()));
+        }
+        format!("{} ({} chunks known)", parts.join(", "), self.known.len())
+    }
+}
