@@ -92,7 +92,7 @@ pub fn arm(root: i32) -> Result<Option<Armed>> {
     }
     let t = Instant::now();
     let mut fr = crate::freeze::freeze(root)?;
-    let taken = take_all(&fr);
+    let taken = take_uffds(&fr, |_| true);
     fr.thaw();
     let stopped = t.elapsed();
     let mut uffds = HashMap::new();
@@ -144,15 +144,18 @@ fn is_private_anon(m: &procfs::MapEntry) -> bool {
         && m.prot() & libc::PROT_WRITE as u32 != 0
 }
 
-/// Make a uffd in every process of the frozen tree that can have one
-/// (as the freeze would: not under seccomp, not sharing its address space
-/// with another process of the tree).
-fn take_all(fr: &crate::freeze::Frozen) -> Result<Vec<(i32, std::os::fd::OwnedFd)>> {
+/// Make a uffd in every process of the frozen tree that `want`s one and
+/// can have one (as the freeze would: not under seccomp, not sharing its
+/// address space with another process of the tree).
+pub(crate) fn take_uffds(
+    fr: &crate::freeze::Frozen,
+    want: impl Fn(i32) -> bool,
+) -> Result<Vec<(i32, std::os::fd::OwnedFd)>> {
     let mut gadgets = GadgetCache::default();
     let mut out = Vec::new();
     let pids: Vec<i32> = fr.procs.keys().copied().collect();
     let shared_vm = crate::checkpoint::sharing_vm(&pids);
-    for &pid in &pids {
+    for &pid in pids.iter().filter(|&&p| want(p)) {
         let shares = shared_vm.contains(&pid);
         if shares || crate::checkpoint::has_seccomp(pid) {
             tracing::debug!(pid, shares, "not armed: shares its memory, or has a seccomp filter");

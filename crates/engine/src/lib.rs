@@ -33,6 +33,7 @@ pub mod restore;
 pub mod signals;
 pub mod target;
 pub mod threads;
+pub mod track;
 pub mod tree;
 pub mod trust;
 pub mod unix;

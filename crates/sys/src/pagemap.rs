@@ -15,6 +15,10 @@ pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 pub const PAGE_IS_HUGE: u64 = 1 << 6;
 
 const PAGEMAP_SCAN: u64 = 0xc060_6610;
+/// Write-protect the pages that match (asynchronous uffd-wp areas only).
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// Fail (EPERM) rather than skip an area not registered for async uffd-wp.
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 
 #[repr(C)]
 #[derive(Default)]
@@ -58,6 +62,20 @@ impl Pagemap {
     /// Regions of `[start, end)` having any category of `anyof`, reported
     /// with the categories in `report`.
     pub fn scan(&self, start: u64, end: u64, anyof: u64, report: u64) -> SysResult<Vec<Region>> {
+        self.walk(start, end, (0, 0, anyof, report))
+    }
+
+    /// The pages of `[start, end)` written since they were last protected,
+    /// protected again in the same walk (an area registered for
+    /// asynchronous uffd-wp: else EPERM, possibly after part of it was
+    /// walked — scan one area at a time).
+    pub fn written_and_protect(&self, start: u64, end: u64) -> SysResult<Vec<Region>> {
+        let flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC;
+        self.walk(start, end, (flags, PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN))
+    }
+
+    /// One PAGEMAP_SCAN walk: (flags, category mask, any-of mask, return mask).
+    fn walk(&self, start: u64, end: u64, (flags, mask, anyof, report): (u64, u64, u64, u64)) -> SysResult<Vec<Region>> {
         let mut out = Vec::new();
         let mut buf = vec![Region::default(); 512];
         let mut pos = start;
@@ -66,8 +84,10 @@ impl Pagemap {
                 size: std::mem::size_of::<PmScanArg>() as u64,
                 start: pos,
                 end,
+                flags,
                 vec: buf.as_mut_ptr() as u64,
                 vec_len: buf.len() as u64,
+                category_mask: mask,
                 category_anyof_mask: anyof,
                 return_mask: report,
                 ..Default::default()
@@ -78,7 +98,8 @@ impl Pagemap {
             if n < 0 {
                 return Err(SysError::last(format!("PAGEMAP_SCAN {pos:#x}-{end:#x}"), self.pid));
             }
-            out.extend_from_slice(&buf[..n as usize]);
+            let n = (n as usize).min(buf.len());
+            out.extend_from_slice(&buf[..n]);
             if arg.walk_end <= pos {
                 break;
             }

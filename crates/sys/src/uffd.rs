@@ -21,6 +21,12 @@ pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 /// Write-protect for shmem (shared anonymous memory, memfd) and hugetlbfs.
 pub const FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
+/// Write-protecting unpopulated pages protects them too (their first
+/// write is seen).
+pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+/// A write to a protected page un-protects it at once, in the kernel,
+/// with no message: what the pages scan then reports as written.
+pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
 
 const REGISTER_MODE_WP: u64 = 1 << 1;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
