@@ -213,8 +213,8 @@ impl Tracker {
             return Err(EngineError::Other(format!("tracked tree of pid {} is gone", self.root)));
         }
         let alive: HashSet<i32> = now.iter().copied().collect();
-        let mut round = Round::default();
-        round.gone = self.procs.keys().copied().filter(|p| !alive.contains(p)).collect();
+        let gone = self.procs.keys().copied().filter(|p| !alive.contains(p)).collect();
+        let mut round = Round { gone, ..Default::default() };
         for p in &round.gone {
             self.procs.remove(p);
         }
