@@ -249,3 +249,117 @@ fn a_store_keeps_each_chunk_once_and_gc_frees_only_what_no_image_needs() {
     restore_at(&mut run, &names[4], 6);
     restore_at(&mut run, &img("b"), 0);
 }
+
+/// The holder of the tracking continuing from `image` (its pid), if any.
+fn holders() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let me = cryopod_bin();
+            cmd.starts_with(me.as_os_str().as_encoded_bytes()) && cmd.windows(16).any(|w| w == b"__hold-tracking\0")
+        })
+        .collect()
+}
+
+#[test]
+fn tracked_incrementals_read_only_the_pages_written() {
+    let mut run = Run::testprog_with("tracked", env!("CARGO_BIN_EXE_tp-incremental"), &["64"]);
+    let dir = run.dir.clone();
+    let img = |k: u32| dir.join(format!("img-{k}"));
+    let before: Vec<i32> = holders();
+    let err = checkpoint(&run, &img(0), &["--track"]);
+    assert!(err.contains("tracking goes on"), "{err}");
+    let holder: Vec<i32> = holders().into_iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(holder.len(), 1, "one holder keeps the tracking: {holder:?}");
+    // The holder is no process of the tree and leaves nothing in it.
+    assert!(!tree_of(run.pid).contains(&holder[0]));
+    let full = inspect(&img(0))["image_bytes"].as_u64().unwrap();
+    for k in 1..=3 {
+        step(&run, k);
+        let (parent, image) = (img(k - 1), img(k));
+        let err = checkpoint(&run, &image, &["--parent", parent.to_str().unwrap(), "--track"]);
+        assert!(err.contains("tracked:"), "link {k} did not take the tracked path: {err}");
+        let v = inspect(&image);
+        // 1% of the pages, one in a hundred: page-sized runs, not chunks.
+        let own = v["own_bytes"].as_u64().unwrap();
+        assert!(own < full / 25, "link {k} stored {own} bytes of {full}");
+    }
+    // The holder of a link that was taken over is gone; one remains.
+    let now: Vec<i32> = holders().into_iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(!now.contains(&holder[0]));
+    // A holder gone (killed): the next checkpoint reads every page, and
+    // says so; the image is still exact.
+    // SAFETY: kill by the pid of the holder our checkpoint started.
+    unsafe { libc::kill(now[0], libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(100));
+    reap_all();
+    step(&run, 4);
+    let err = checkpoint(&run, &img(4), &["--parent", img(3).to_str().unwrap(), "--track"]);
+    assert!(err.contains("no tracking is running") && err.contains("every page read"), "{err}");
+    step(&run, 5);
+    let err = checkpoint(&run, &img(5), &["--parent", img(4).to_str().unwrap()]);
+    assert!(err.contains("every page read"), "without --track: {err}");
+    run.image = img(5);
+    run.image_pids();
+    end_program(&mut run);
+    // Once the tree is gone, its holder goes too.
+    let t = Instant::now();
+    while holders().iter().any(|p| !before.contains(p)) {
+        assert!(t.elapsed() < Duration::from_secs(5), "a holder outlived its tree");
+        reap_all();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    restore_at(&mut run, &img(3), 3);
+    restore_at(&mut run, &img(5), 5);
+}
+
+/// A pod, checkpointed with tracking twice: the second link reads only
+/// what was written, and the pod restores from the chain exactly.
+#[test]
+fn a_tracked_pod_restores_from_its_chain() {
+    let env = common::pod::PodEnv::new("pod-track");
+    let work = env.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let prog = env!("CARGO_BIN_EXE_tp-incremental");
+    env.ok(&["run", "-d", "--name", "trk", "--", prog, work.to_str().unwrap(), "32"]);
+    env.wait_log("trk", "READY", |l| l == "READY");
+    let (i0, i1, i2) = (env.dir.join("i0"), env.dir.join("i1"), env.dir.join("i2"));
+    env.ok(&["checkpoint", "trk", "-o", i0.to_str().unwrap(), "--leave-running", "--track"]);
+    let step = |k: u32| {
+        std::fs::write(work.join("step"), format!("{k}\n")).unwrap();
+        let t = Instant::now();
+        while std::fs::read_to_string(work.join("stepped")).unwrap_or_default().trim() != k.to_string() {
+            assert!(t.elapsed() < Duration::from_secs(10), "step {k} not taken");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    step(1);
+    let o = env.cryopod(&[
+        "checkpoint",
+        "trk",
+        "-o",
+        i1.to_str().unwrap(),
+        "--leave-running",
+        "--track",
+        "--parent",
+        i0.to_str().unwrap(),
+    ]);
+    assert_eq!(o.0, 0, "{}", o.2);
+    assert!(o.2.contains("tracked:"), "the pod's second link is not tracked: {}", o.2);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "--json", i1.to_str().unwrap()])).unwrap();
+    assert!(v["own_bytes"].as_u64().unwrap() < 4 << 20, "{}", v["own_bytes"]);
+    step(2);
+    // The last link kills the pod (tracking ends with it).
+    let o = env.cryopod(&["checkpoint", "trk", "-o", i2.to_str().unwrap(), "--parent", i1.to_str().unwrap()]);
+    assert_eq!(o.0, 0, "{}", o.2);
+    env.ok(&["restore", i2.to_str().unwrap(), "--detach"]);
+    std::fs::write(work.join("go"), b"go").unwrap();
+    let log = env.wait_log("trk", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
+    assert!(log.contains("PASS"), "{log}");
+    env.ok(&["stop", "trk"]);
+    assert_eq!(env.leftovers("trk"), Vec::<String>::new());
+}

@@ -86,7 +86,16 @@ enum Cmd {
         /// chunk once for every image there (see `cryopod gc`).
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
+        /// Keep tracking the tree's writes after this checkpoint (with
+        /// --leave-running), so that the next `--parent` this image
+        /// checkpoint reads only the pages written since. With --parent:
+        /// take over the tracking the parent's checkpoint left.
+        #[arg(long)]
+        track: bool,
     },
+    /// (Internal) hold a tree's dirty tracking between two checkpoints.
+    #[command(name = "__hold-tracking", hide = true)]
+    HoldTracking { socket: PathBuf },
     /// Restore the pod or tree saved in DIR (or in a stream on stdin: -),
     /// with its original PIDs.
     Restore {
@@ -243,7 +252,7 @@ fn main() {
 
 fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
     // What a cryopod command that died left of pods is put right first.
-    if !matches!(cmd, Cmd::Inspect { .. } | Cmd::Check { .. }) {
+    if !matches!(cmd, Cmd::Inspect { .. } | Cmd::Check { .. } | Cmd::HoldTracking { .. }) {
         cryopod_pod::lifecycle::recover(state);
     }
     match cmd {
@@ -261,8 +270,14 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             exclude_dontdump,
             parent,
             store,
+            track,
             ..
         } => {
+            let init = match track {
+                true => state.load(&name).with_context(|| format!("no pod {name}"))?.init_pid,
+                false => 0,
+            };
+            let tracker = store::take_tracking(state, init, parent.as_deref(), track, leave_running)?;
             let base = store::open_base(&output, parent.as_deref(), store.as_deref(), streams::is_stdio(&output))?;
             let (stream, output) = stream_target(output)?;
             let opts = cryopod_pod::snapshot::PodCheckpointOptions {
@@ -273,16 +288,32 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 compress,
                 exclude_dontdump,
                 base: base.as_ref(),
+                tracker: tracker.as_ref(),
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_pod::snapshot::checkpoint(state, &opts, &|phase, d, t| bar.update(phase, d, t))
                 .with_context(|| format!("checkpoint of pod {name} failed"))?;
             bar.finish();
             print_checkpoint(&s, leave_running, &output);
+            if let Some(t) = tracker {
+                store::hold_tracking(state, t, &output)?;
+            }
             to_stdout(stream, &output)
         }
-        Cmd::Checkpoint { pid, output, leave_running, threads, compress, exclude_dontdump, parent, store, .. } => {
+        Cmd::Checkpoint {
+            pid,
+            output,
+            leave_running,
+            threads,
+            compress,
+            exclude_dontdump,
+            parent,
+            store,
+            track,
+            ..
+        } => {
             let pid = pid.context("give a pod name or --pid")?;
+            let tracker = store::take_tracking(state, pid, parent.as_deref(), track, leave_running)?;
             let base = store::open_base(&output, parent.as_deref(), store.as_deref(), streams::is_stdio(&output))?;
             let (stream, output) = stream_target(output)?;
             let opts = cryopod_engine::CheckpointOptions {
@@ -297,12 +328,16 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 guard: None,
                 armed: None,
                 base: base.as_ref(),
+                tracker: tracker.as_ref(),
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_engine::checkpoint(&opts, &|phase, d, t| bar.update(phase, d, t))
                 .with_context(|| format!("checkpoint of pid {pid} failed"))?;
             bar.finish();
             print_checkpoint(&s, leave_running, &output);
+            if let Some(t) = tracker {
+                store::hold_tracking(state, t, &output)?;
+            }
             to_stdout(stream, &output)
         }
         Cmd::Restore { dir, name, ip, detach, print_pid, tcp_close } => {
@@ -364,6 +399,11 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             Ok(0)
         }
         Cmd::Gc { store } => store::gc(&store),
+        Cmd::HoldTracking { socket } => {
+            let stdin = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned()?;
+            cryopod_engine::track::hold::serve(stdin, &socket)?;
+            Ok(0)
+        }
         Cmd::Check { image } => check::run(&image),
     }
 }

@@ -219,6 +219,7 @@ fn tree_options(
         guard: None,
         armed: None,
         base: None,
+        tracker: None,
     }
 }
 

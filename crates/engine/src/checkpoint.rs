@@ -45,6 +45,11 @@ pub struct CheckpointOptions<'a> {
     /// What the image builds on (`--parent`, `--store`): opened before the
     /// freeze, its chunks are referenced rather than written again.
     pub base: Option<&'a cryopod_image::chain::Base>,
+    /// Dirty tracking of the tree since the parent's freeze (`--track`): a
+    /// round at the freeze says which pages to read (see
+    /// [`crate::incremental`]); the tree is then read frozen (tracking and
+    /// a running checkpoint's write-protection cannot share an area).
+    pub tracker: Option<&'a std::sync::Mutex<crate::track::Tracker>>,
 }
 
 /// What the checkpoint of a pod adds to that of a tree.
@@ -104,7 +109,7 @@ pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<Checkpoin
         Some(pod) => pod.flags.clone(),
         None => crate::vmflags::prepare(o.pid),
     };
-    let cow = o.leave_running && o.cow;
+    let cow = o.leave_running && o.cow && o.tracker.is_none();
     // The guardian is forked before arming starts its thread (a fork needs
     // the caller single-threaded).
     let (own, guard) = match (cow, &o.pod, o.armed, &o.guard) {
@@ -200,8 +205,16 @@ fn checkpoint_once(
                 fallback: None,
                 chunks,
                 base: o.base.map(|b| {
+                    let how = match chunks.tracked {
+                        Some((read, taken)) => format!(
+                            "tracked: {} MiB written since read, {} MiB taken from the parent",
+                            read >> 20,
+                            taken >> 20
+                        ),
+                        None => "every page read".to_string(),
+                    };
                     format!(
-                        "{}: every page read, {} chunks new, {} found there",
+                        "{}: {how}, {} chunks new, {} found there",
                         b.describe(),
                         chunks.new_chunks,
                         chunks.reused_chunks
@@ -290,6 +303,19 @@ fn collect_and_write(
 ) -> Result<(Manifest, crate::inet::Repaired, (Option<crate::cow::CowStats>, pages::ChunkStats))> {
     let fr: &Frozen = run.fr;
     fault::check("after-freeze")?;
+    // What was written since the parent's freeze, as of this freeze: only
+    // if tracking ran since that very freeze (else the round only starts
+    // counting from this one).
+    let round = match o.tracker {
+        Some(t) => {
+            let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
+            let since_parent = o.base.and_then(|b| b.parent.as_ref()).map(|l| l.manifest_hash);
+            let continuous = since_parent.is_some() && t.since() == since_parent;
+            let r = t.round_frozen()?;
+            continuous.then_some(r)
+        }
+        None => None,
+    };
     let t_collect = Instant::now();
     let mut files = FileTable::default();
     files.unix.guard = Some(guard.clone());
@@ -365,9 +391,25 @@ fn collect_and_write(
     if o.exclude_dontdump {
         apply_flags(run, &mut procs)?;
     }
+    // Tracked: only the pages written since the parent's freeze are read.
+    let parent = o.base.and_then(|b| b.parent_manifest.as_ref().map(|m| (m, &*b.known)));
+    let selection = match (&round, parent) {
+        (Some(r), Some(parent)) => {
+            let map = pod_pids.as_ref();
+            let s = crate::incremental::select(&mut mem, &procs, r, parent, |p| match map {
+                Some(m) => m.get(&p).copied(),
+                None => Some(p),
+            });
+            tracing::info!(read = s.read_bytes, reused = s.reused_bytes, "tracked: pages written since the parent");
+            Some(s)
+        }
+        _ => None,
+    };
     let excluded = excluded_pieces(o, &procs, &mem);
-    let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, (uffds, late), (run, &excluded), progress)?;
-    let chunk_stats = out.stats;
+    let reused = selection.as_ref().map(|s| &s.reused[..]).unwrap_or(&[]);
+    let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, (uffds, late), (run, &excluded, reused), progress)?;
+    let mut chunk_stats = out.stats;
+    chunk_stats.tracked = selection.as_ref().map(|s| (s.read_bytes, s.reused_bytes));
     apply_flags(run, &mut procs)?;
     fault::check("after-pages")?;
     let mut m = Manifest {
@@ -389,7 +431,7 @@ fn collect_and_write(
         parent: o.base.and_then(|b| b.parent.clone()),
         store: o.base.and_then(|b| b.store.as_ref().map(|(_, l)| l.clone())),
     };
-    crate::mm::attach_runs(&mut m, &mem, &out.chunk_of);
+    crate::mm::attach_runs(&mut m, &mem, &out.chunk_of, &out.reused);
     if let Some(map) = &pod_pids {
         crate::pidns::to_pod(&mut m, map)?;
         if let Some(ids) = o.pod.as_ref().and_then(|p| p.ids) {
@@ -411,7 +453,7 @@ fn write_pages(
     procs: &[Process],
     mem: &MemCollector,
     (uffds, late): (Vec<crate::cow::Taken>, Vec<(i32, u64, u64)>),
-    (run, excluded): (&mut Resume, &[bool]),
+    (run, excluded, reused): (&mut Resume, &[bool], &[crate::incremental::Reused]),
     progress: Progress,
 ) -> Result<(pages::PagesOut, Option<crate::cow::CowStats>)> {
     let t_pages = Instant::now();
@@ -455,7 +497,20 @@ fn write_pages(
         stats = Some(s.stats());
         tracing::info!(?stats, "memory read while running");
     }
+    // Runs taken from the parent name its chunks, in this image's table.
+    let mut taken = Vec::with_capacity(reused.len());
+    for r in reused {
+        let data = match r.data {
+            Some((hash, from)) => {
+                let id = d.reuse(&hash).ok_or_else(|| EngineError::Other("a parent chunk is not known".into()))?;
+                Some((id, from))
+            }
+            None => None,
+        };
+        taken.push((r.dest, r.pages, data));
+    }
     let mut out = d.finish(n)?;
+    out.reused = taken;
     for (i, _) in excluded.iter().enumerate().filter(|(_, &x)| x) {
         out.chunk_of[i] = vec![(0, mem.pieces[i].pages, None)];
     }

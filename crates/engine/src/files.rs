@@ -594,12 +594,14 @@ pub fn create_objects(
         };
         let mut buf = vec![0u8; (cryopod_image::CHUNK_PAGES * cryopod_image::PAGE) as usize];
         for run in &o.runs {
-            if let Some(c) = run.chunk {
-                let ch = &m.chunks[c as usize];
+            if let Some(j) = crate::pages::FillJob::of(run, 0) {
+                let ch = &m.chunks[j.chunk as usize];
                 reader.read_chunk(ch, &mut buf)?;
                 // Never past the object's size: its last page may be partial.
-                let n = u64::from(ch.len).min(o.size.saturating_sub(run.addr)) as usize;
-                file.write_all_at(&buf[..n], run.addr).map_err(|e| EngineError::Other(format!("{what}: {e}")))?;
+                let r = j.range();
+                let n = (r.len() as u64).min(o.size.saturating_sub(run.addr)) as usize;
+                file.write_all_at(&buf[r.start..r.start + n], run.addr)
+                    .map_err(|e| EngineError::Other(format!("{what}: {e}")))?;
             }
         }
         if seals != 0 {

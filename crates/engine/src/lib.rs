@@ -18,6 +18,7 @@ pub mod files;
 pub mod freeze;
 pub mod guard;
 pub mod ident;
+pub mod incremental;
 pub mod inet;
 pub mod injection;
 pub mod inotify;

@@ -228,15 +228,29 @@ fn unsupported(pid: i32, m: &MapEntry, what: &str) -> EngineError {
 
 /// Attach stored chunks (and recorded zero pages) to their areas as runs,
 /// sorted by address, adjacent zero runs merged.
-pub fn attach_runs(m: &mut Manifest, mc: &MemCollector, segments: &[Vec<crate::pages::Segment>]) {
+pub fn attach_runs(
+    m: &mut Manifest,
+    mc: &MemCollector,
+    segments: &[Vec<crate::pages::Segment>],
+    reused: &[crate::pages::TakenRun],
+) {
     let zero = mc.zero.iter().map(|(d, n)| (*d, 0, *n, None));
-    let data = mc.dests.iter().zip(segments).flat_map(|(d, segs)| segs.iter().map(move |&(off, n, c)| (*d, off, n, c)));
-    for (d, first, pages, chunk) in data.chain(zero) {
+    let data = mc
+        .dests
+        .iter()
+        .zip(segments)
+        .flat_map(|(d, segs)| segs.iter().map(move |&(off, n, c)| (*d, off, n, c.map(|c| (c, 0)))));
+    let taken = reused.iter().map(|(d, n, c)| (*d, 0, *n, *c));
+    for (d, first, pages, chunk) in data.chain(zero).chain(taken) {
         let (runs, addr) = match d {
             Dest::Vma { proc, vma, addr } => (&mut m.processes[proc].vmas[vma].runs, addr),
             Dest::Object { id, off } => (&mut m.objects[id as usize].runs, off),
         };
-        runs.push(Run { addr: addr + u64::from(first) * PAGE, pages, chunk });
+        let (chunk, from) = match chunk {
+            Some((c, f)) => (Some(c), f),
+            None => (None, 0),
+        };
+        runs.push(Run { addr: addr + u64::from(first) * PAGE, pages, chunk, from });
     }
     let tidy = |runs: &mut Vec<Run>| {
         runs.sort_by_key(|r| r.addr);
@@ -423,8 +437,8 @@ struct OpenFiles {
 /// set once they are filled.
 #[derive(Default)]
 struct Pending {
-    forced: Vec<(u64, u32)>,
-    fill: Vec<(u64, u32)>,
+    forced: Vec<crate::pages::FillJob>,
+    fill: Vec<crate::pages::FillJob>,
     protect: Vec<(u64, u64, u64)>,
 }
 
@@ -454,10 +468,10 @@ pub fn restore_areas(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()
         // CoW'd pages of file mappings, which may be read-only: forced writes.
         let mem = cryopod_sys::mem::ProcMem::open(r.pid)?;
         let mut buf = vec![0u8; (cryopod_image::CHUNK_PAGES * PAGE) as usize];
-        for &(addr, c) in &pending.forced {
-            let ch = &cx.m.chunks[c as usize];
+        for j in &pending.forced {
+            let ch = &cx.m.chunks[j.chunk as usize];
             cx.reader.read_chunk(ch, &mut buf)?;
-            mem.write_forced(addr, &buf[..ch.len as usize])?;
+            mem.write_forced(j.addr, &buf[j.range()])?;
         }
     }
     tracing::debug!(us = t.elapsed().as_micros() as u64, runs = pending.forced.len(), "forced writes");
@@ -472,7 +486,7 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
     let prot = u64::from(v.prot);
     let w = libc::PROT_WRITE as u64;
     let queue = |pending: &mut Pending, runs: &[Run], base: u64| {
-        pending.fill.extend(runs.iter().filter_map(|run| run.chunk.map(|c| (base + run.addr, c))));
+        pending.fill.extend(runs.iter().filter_map(|run| crate::pages::FillJob::of(run, base)));
     };
     match v.kind {
         VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall => return Ok(()),
@@ -516,7 +530,7 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
             r.call("mmap(object)", nr::MMAP, &[v.start, len, prot, share | MAP_FIXED, fd, pgoff * PAGE])?;
             apply_madvise(r, v)?;
             // A private mapping's CoW'd pages: forced writes (may be read-only).
-            pending.forced.extend(v.runs.iter().filter_map(|run| run.chunk.map(|c| (run.addr, c))));
+            pending.forced.extend(v.runs.iter().filter_map(|run| crate::pages::FillJob::of(run, 0)));
             return Ok(());
         }
         VmaKind::Object { object: shmem, pgoff } => {
@@ -566,7 +580,7 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
             let share = if v.shared { MAP_SHARED } else { MAP_PRIVATE };
             r.call("mmap(file)", nr::MMAP, &[v.start, len, prot, share | MAP_FIXED, fd, pgoff * PAGE])?;
             apply_madvise(r, v)?;
-            pending.forced.extend(v.runs.iter().filter_map(|run| run.chunk.map(|c| (run.addr, c))));
+            pending.forced.extend(v.runs.iter().filter_map(|run| crate::pages::FillJob::of(run, 0)));
             return Ok(());
         }
     }

@@ -41,7 +41,13 @@ pub struct PagesOut {
     pub packs: Vec<Pack>,
     pub chunks: Vec<Chunk>,
     pub stats: ChunkStats,
+    /// Runs taken from a parent.
+    pub reused: Vec<TakenRun>,
 }
+
+/// A run taken from a parent: where, pages, and (chunk, first page) or
+/// None for zeros.
+pub type TakenRun = (crate::mm::Dest, u32, Option<(u32, u32)>);
 
 /// What was stored and what was found in the base (parent chain, store).
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,6 +59,8 @@ pub struct ChunkStats {
     pub stored_bytes: u64,
     pub reused_chunks: u64,
     pub reused_bytes: u64,
+    /// A tracked checkpoint: (bytes read, bytes taken from the parent).
+    pub tracked: Option<(u64, u64)>,
 }
 
 const BATCH_BYTES: u64 = 4 << 20;
@@ -137,6 +145,12 @@ impl<'a> Dumper<'a> {
             table,
             in_store: Vec::new(),
         }
+    }
+
+    /// The id of a chunk the base holds (or this checkpoint stored), to
+    /// name it in a run; None if neither has it.
+    pub fn reuse(&self, hash: &[u8; 32]) -> Option<u32> {
+        self.table.reuse(hash)
     }
 
     /// A new pack for worker `w`: in the store, named after the image,
@@ -291,7 +305,7 @@ impl<'a> Dumper<'a> {
             }
         }
         self.in_store.clear();
-        Ok(PagesOut { chunk_of, packs, chunks, stats })
+        Ok(PagesOut { chunk_of, packs, chunks, stats, reused: Vec::new() })
     }
 }
 
@@ -442,13 +456,36 @@ pub fn read_batch(pieces: &[Piece], buf: &mut [u8]) -> Result<usize> {
     Ok(off)
 }
 
-/// Copy stored pages into a stopped task: `jobs` are (address, chunk),
-/// sorted by address. Workers read runs of chunks that are contiguous in a
+/// Pages of one run to copy into a task: `pages` pages of chunk `chunk`
+/// from its page `from`, at `addr`.
+#[derive(Debug, Clone, Copy)]
+pub struct FillJob {
+    pub addr: u64,
+    pub chunk: u32,
+    pub from: u32,
+    pub pages: u32,
+}
+
+impl FillJob {
+    /// The job of a run whose addresses are relative to `base`; None for zeros.
+    pub fn of(run: &cryopod_image::Run, base: u64) -> Option<FillJob> {
+        let (chunk, from) = run.data()?;
+        Some(FillJob { addr: base + run.addr, chunk, from, pages: run.pages })
+    }
+
+    /// Its bytes within the chunk's data.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        let p = PAGE as usize;
+        self.from as usize * p..(self.from + self.pages) as usize * p
+    }
+}
+
+/// Copy stored pages into a stopped task: `jobs`, sorted by address. Workers read runs of chunks that are contiguous in a
 /// pack with one pread, then write them into the task with one
 /// process_vm_writev; several workers fault the task's pages in parallel.
 pub fn fill(
     pid: i32,
-    jobs: &[(u64, u32)],
+    jobs: &[FillJob],
     m: &cryopod_image::Manifest,
     reader: &cryopod_image::store::PackReader,
     threads: usize,
@@ -457,12 +494,12 @@ pub fn fill(
     let mut batches: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
     while i < jobs.len() {
-        let first = &m.chunks[jobs[i].1 as usize];
+        let first = &m.chunks[jobs[i].chunk as usize];
         let mut end = first.offset + u64::from(first.stored);
         let mut plain = u64::from(first.len);
         let mut j = i + 1;
         while j < jobs.len() {
-            let c = &m.chunks[jobs[j].1 as usize];
+            let c = &m.chunks[jobs[j].chunk as usize];
             // Bounded both stored and decoded: a well-compressed batch
             // must not make a worker's buffer grow a hundredfold.
             let too_big =
@@ -480,7 +517,7 @@ pub fn fill(
     let largest = |size: fn(&Chunk) -> u32| {
         batches
             .iter()
-            .map(|&(lo, hi)| jobs[lo..hi].iter().map(|&(_, c)| size(&m.chunks[c as usize]) as usize).sum::<usize>())
+            .map(|&(lo, hi)| jobs[lo..hi].iter().map(|j| size(&m.chunks[j.chunk as usize]) as usize).sum::<usize>())
             .max()
             .unwrap_or(0)
     };
@@ -501,21 +538,22 @@ pub fn fill(
         loop {
             let b = next.fetch_add(1, Ordering::Relaxed);
             let Some(&(lo, hi)) = batches.get(b) else { return Ok(()) };
-            let first = &m.chunks[jobs[lo].1 as usize];
+            let first = &m.chunks[jobs[lo].chunk as usize];
             let f = reader.file(first.pack).ok_or_else(|| EngineError::Other("pack missing".into()))?;
-            let stored: usize = jobs[lo..hi].iter().map(|&(_, c)| m.chunks[c as usize].stored as usize).sum();
+            let stored: usize = jobs[lo..hi].iter().map(|j| m.chunks[j.chunk as usize].stored as usize).sum();
             f.read_exact_at(&mut buf[..stored], first.offset)
                 .map_err(|e| EngineError::Other(format!("reading page data: {e}")))?;
-            let raw = jobs[lo..hi].iter().all(|&(_, c)| m.chunks[c as usize].codec == Codec::Raw);
+            let raw = jobs[lo..hi].iter().all(|j| m.chunks[j.chunk as usize].codec == Codec::Raw);
             let mut iov = Vec::with_capacity(hi - lo);
             let (mut off, mut at) = (0usize, 0usize);
-            for &(addr, c) in &jobs[lo..hi] {
-                let ch = &m.chunks[c as usize];
+            for j in &jobs[lo..hi] {
+                let ch = &m.chunks[j.chunk as usize];
                 let (l, s) = (ch.len as usize, ch.stored as usize);
                 if !raw {
                     dec.decode(ch, &buf[at..at + s], &mut plain[off..off + l])?;
                 }
-                iov.push((addr, off, l));
+                let r = j.range();
+                iov.push((j.addr, off + r.start, r.len()));
                 off += l;
                 at += s;
             }

@@ -67,7 +67,7 @@ fn ancestors(img: &ImageDir, m: &Manifest, depth: u32) -> Result<Vec<ImageDir>> 
                 img.owner()
             )));
         }
-        if blake3::hash(dir.manifest_bytes()).as_bytes() != &l.manifest_hash {
+        if dir.manifest_hash() != l.manifest_hash {
             return Err(ImageError::Corrupt(format!(
                 "parent image {} of {child} has changed since {child} was made on it",
                 l.path
@@ -125,6 +125,8 @@ pub struct Base {
     pub store: Option<(Store, StoreLink)>,
     /// Packs the known chunks live in (homed as the new image sees them).
     pub packs: Vec<Pack>,
+    /// The parent's manifest (what a tracked checkpoint takes pages from).
+    pub parent_manifest: Option<Manifest>,
     /// Known chunks; `pack` indexes `packs`.
     pub known: std::sync::Arc<HashMap<[u8; 32], Chunk>>,
 }
@@ -136,7 +138,8 @@ impl Base {
     /// its child in the same store.
     pub fn open(image: &Path, owner: ImageOwner, parent: Option<&Path>, store: Option<&Path>) -> Result<Base> {
         let abs = |p: &Path| -> Result<PathBuf> { std::path::absolute(p).map_err(|e| ImageError::io(p.display(), e)) };
-        let mut base = Base { parent: None, store: None, packs: Vec::new(), known: Default::default() };
+        let mut base =
+            Base { parent: None, store: None, packs: Vec::new(), known: Default::default(), parent_manifest: None };
         let mut parent_img = None;
         if let Some(p) = parent {
             let dir = ImageDir::open(p)?;
@@ -152,10 +155,7 @@ impl Base {
             open_packs(&dir, &m)?.verify_all(&m, 1)?;
             let path = std::fs::canonicalize(p).map_err(|e| ImageError::io(p.display(), e))?;
             let path = path.to_str().ok_or_else(|| ImageError::Corrupt("parent path is not UTF-8".into()))?;
-            base.parent = Some(ParentLink {
-                path: path.to_string(),
-                manifest_hash: *blake3::hash(dir.manifest_bytes()).as_bytes(),
-            });
+            base.parent = Some(ParentLink { path: path.to_string(), manifest_hash: dir.manifest_hash() });
             parent_img = Some((dir, m));
         }
         let inherited = parent_img.as_ref().and_then(|(_, m)| m.store.clone());
@@ -189,8 +189,9 @@ impl Base {
             let link = StoreLink { path: path.to_string(), store_id: s.id(), image_id };
             base.store = Some((s, link));
         }
-        if let Some((_, m)) = &parent_img {
-            base.add_parent_chunks(m)?;
+        if let Some((_, m)) = parent_img {
+            base.add_parent_chunks(&m)?;
+            base.parent_manifest = Some(m);
         }
         Ok(base)
     }

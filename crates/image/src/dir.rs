@@ -240,6 +240,12 @@ impl ImageDir {
         &self.manifest_bytes
     }
 
+    /// BLAKE3 of the manifest's bytes: the image's identity for its
+    /// children (`ParentLink::manifest_hash`) and its tracking.
+    pub fn manifest_hash(&self) -> [u8; 32] {
+        *blake3::hash(&self.manifest_bytes).as_bytes()
+    }
+
     /// Parse and validate the manifest read at open (nothing is read again).
     pub fn manifest(&self) -> Result<Manifest> {
         crate::decode_manifest(&self.manifest_bytes)

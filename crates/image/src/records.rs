@@ -303,12 +303,23 @@ pub mod vma_flags {
     pub const LOCKED: u32 = 64;
 }
 
-/// A run of pages: zero pages (nothing stored) or one chunk of data.
+/// A run of pages: zero pages (nothing stored) or data of one chunk: its
+/// pages `from..from + pages` (a whole chunk, or part of one an
+/// incremental image shares with its parent).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Run {
     pub addr: u64,
     pub pages: u32,
     pub chunk: Option<u32>,
+    /// First page of the chunk the run holds.
+    pub from: u32,
+}
+
+impl Run {
+    /// The run's data: (chunk, first page in it), None for zero pages.
+    pub fn data(&self) -> Option<(u32, u32)> {
+        self.chunk.map(|c| (c, self.from))
+    }
 }
 
 /// A memory object whose contents the image holds.
@@ -563,11 +574,19 @@ impl Manifest {
                 return Err(bad(format!("{who}: page run at {:#x} out of bounds", r.addr)));
             }
             prev = r.addr + len;
-            if let Some(c) = r.chunk {
-                let ch = self.chunks.get(c as usize).ok_or_else(|| bad(format!("{who}: chunk {c} missing")))?;
-                if u64::from(ch.len) != len {
-                    return Err(bad(format!("{who}: run of {} pages names a chunk of {} bytes", r.pages, ch.len)));
+            match r.chunk {
+                Some(c) => {
+                    let ch = self.chunks.get(c as usize).ok_or_else(|| bad(format!("{who}: chunk {c} missing")))?;
+                    let end = (u64::from(r.from) + u64::from(r.pages)) * PAGE;
+                    if end > u64::from(ch.len) {
+                        return Err(bad(format!(
+                            "{who}: run of {} pages from page {} of a chunk of {} bytes",
+                            r.pages, r.from, ch.len
+                        )));
+                    }
                 }
+                None if r.from != 0 => return Err(bad(format!("{who}: a zero run with an offset"))),
+                None => {}
             }
         }
         Ok(())

@@ -103,6 +103,20 @@ impl ChunkTable {
         }
     }
 
+    /// The id of the chunk with this hash, recorded or known (then
+    /// recorded); None if it is neither.
+    pub fn reuse(&self, hash: &[u8; 32]) -> Option<u32> {
+        let mut g = self.lock();
+        if let Some(&id) = g.0.get(hash) {
+            return Some(id);
+        }
+        let k = self.known.get(hash)?;
+        let id = g.1.len() as u32;
+        g.0.insert(*hash, id);
+        g.1.push(Chunk { pack: k.pack | FOREIGN, ..k.clone() });
+        Some(id)
+    }
+
     /// Whether a chunk with this hash is recorded or known already.
     pub fn contains(&self, hash: &[u8; 32]) -> bool {
         self.known.contains_key(hash) || self.lock().0.contains_key(hash)

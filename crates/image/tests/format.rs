@@ -51,7 +51,10 @@ fn sample() -> Manifest {
         kind: VmaKind::Anon,
         name: String::new(),
         madv: 0,
-        runs: vec![Run { addr: 0x10000, pages: 16, chunk: Some(0) }, Run { addr: 0x20000, pages: 2, chunk: None }],
+        runs: vec![
+            Run { addr: 0x10000, pages: 16, chunk: Some(0), from: 0 },
+            Run { addr: 0x20000, pages: 2, chunk: None, from: 0 },
+        ],
     };
     Manifest {
         tool_version: "0".into(),
@@ -717,6 +720,19 @@ fn pack_homes_need_their_links() {
     assert_eq!(decode_manifest(&bytes).unwrap(), m);
     m.store.as_mut().unwrap().path = "relative/store".into();
     assert!(m.validate().unwrap_err().to_string().contains("not absolute"));
+}
+
+#[test]
+fn runs_may_take_part_of_a_chunk_but_never_beyond_it() {
+    let mut m = sample();
+    let run = &mut m.processes[0].vmas[0].runs[0];
+    (run.pages, run.from) = (4, 12);
+    m.validate().unwrap();
+    m.processes[0].vmas[0].runs[0].from = 13;
+    assert!(m.validate().unwrap_err().to_string().contains("from page 13"));
+    let mut m = sample();
+    m.processes[0].vmas[0].runs[1].from = 1;
+    assert!(m.validate().unwrap_err().to_string().contains("zero run with an offset"));
 }
 
 #[test]

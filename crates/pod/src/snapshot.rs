@@ -70,13 +70,16 @@ pub struct PodCheckpointOptions<'a> {
     pub exclude_dontdump: bool,
     /// What the image builds on (`--parent`, `--store`).
     pub base: Option<&'a cryopod_image::chain::Base>,
+    /// Dirty tracking of the pod's tree (`--track`): the pod is then read
+    /// frozen (see `cryopod_engine::incremental`).
+    pub tracker: Option<&'a std::sync::Mutex<cryopod_engine::track::Tracker>>,
 }
 
 /// Checkpoint pod `o.name` into `o.dir`; unless `leave_running`, the pod
 /// is then stopped and removed (it lives on in the image).
 pub fn checkpoint(state: &StateDir, o: &PodCheckpointOptions<'_>, progress: Progress) -> Result<CheckpointSummary> {
     let t0 = std::time::Instant::now();
-    match checkpoint_once(state, o, o.leave_running, progress) {
+    match checkpoint_once(state, o, o.leave_running && o.tracker.is_none(), progress) {
         // Memory read while the pod ran could not be kept as it was at the
         // freeze: everything again, the pod frozen throughout.
         Err(PodError::LeftRunning(e)) if matches!(*e, PodError::Engine(EngineError::CowInexact(_))) => {
@@ -261,6 +264,7 @@ fn checkpoint_frozen(
         compress: o.compress,
         exclude_dontdump: o.exclude_dontdump,
         base: o.base,
+        tracker: o.tracker,
         pod: Some(PodCheckpoint {
             root,
             external,

@@ -140,6 +140,11 @@ impl Uffd {
         Uffd(fd)
     }
 
+    /// The descriptor (to hand it to another process).
+    pub fn into_fd(self) -> OwnedFd {
+        self.0
+    }
+
     /// UFFDIO_API asking for `features`; returns the features granted.
     pub fn api(&self, features: u64) -> SysResult<u64> {
         let mut a = ApiArg { api: UFFD_API, features, ioctls: 0 };

@@ -31,6 +31,8 @@
 //! round. Dropping the tracker closes the uffds: the kernel then removes
 //! every registration and protection.
 
+pub mod hold;
+
 use crate::{procfs, EngineError, Result};
 use cryopod_sys::pagemap::{Pagemap, Region};
 use cryopod_sys::uffd::{self, Uffd};
@@ -82,12 +84,31 @@ struct Tracked {
     start: u64,
     /// Areas registered and protected at the end of the last round.
     areas: Vec<Range>,
+    /// Armed after the instant the last round stands for (see
+    /// [`Tracker::arm_pending`]): its next round counts it whole.
+    fresh: bool,
 }
 
 /// Tracking armed on the tree of a root process (see the module comment).
 pub struct Tracker {
     root: i32,
     procs: BTreeMap<i32, Tracked>,
+    /// Processes found by a frozen round, to arm once the tree runs.
+    pending: HashSet<i32>,
+    /// The image whose freeze the next round counts from (BLAKE3 of its
+    /// manifest), if the tracking has run since then: an incremental
+    /// checkpoint may take pages from that image only. None: armed since.
+    since: Option<[u8; 32]>,
+}
+
+/// What a tracked process's tracking is, to hand it to another process
+/// (see [`Tracker::into_parts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcPart {
+    pub pid: i32,
+    pub start: u64,
+    pub areas: Vec<Range>,
+    pub fresh: bool,
 }
 
 fn start_time(pid: i32) -> Option<u64> {
@@ -157,7 +178,7 @@ impl Tracker {
     /// the tree) are reported `whole` every round.
     pub fn arm(root: i32) -> Result<Tracker> {
         crate::target::check(root)?;
-        let mut t = Tracker { root, procs: BTreeMap::new() };
+        let mut t = Tracker { root, procs: BTreeMap::new(), pending: HashSet::new(), since: None };
         let pids: HashSet<i32> = tree(root).into_iter().collect();
         t.arm_new(&pids)?;
         Ok(t)
@@ -166,6 +187,17 @@ impl Tracker {
     /// The root process tracked.
     pub fn root(&self) -> i32 {
         self.root
+    }
+
+    /// The image whose freeze the next round counts from, if any.
+    pub fn since(&self) -> Option<[u8; 32]> {
+        self.since
+    }
+
+    /// A checkpoint made at the last (frozen) round wrote the image whose
+    /// manifest hashes to `hash`: the next round counts from it.
+    pub fn set_since(&mut self, hash: [u8; 32]) {
+        self.since = Some(hash);
     }
 
     /// PIDs tracked now.
@@ -191,7 +223,7 @@ impl Tracker {
                 }
             }
             let (Some(start), Ok(pagemap)) = (start_time(pid), Pagemap::open(pid)) else { continue };
-            let mut tr = Tracked { uffd: u, pagemap, start, areas: Vec::new() };
+            let mut tr = Tracked { uffd: u, pagemap, start, areas: Vec::new(), fresh: false };
             let maps = procfs::maps(pid).unwrap_or_default();
             for m in maps.iter().filter(|m| trackable(m)) {
                 if tr.register(m.start, m.end) {
@@ -205,8 +237,70 @@ impl Tracker {
     }
 
     /// What each process of the tree wrote since the last round (or since
-    /// it was armed), tracking carried on.
+    /// it was armed), tracking carried on. Processes new to tracking count
+    /// whole and are armed before it returns (a short stop): what the
+    /// caller reads of them afterwards is what they hold from then on.
     pub fn round(&mut self) -> Result<Round> {
+        self.round_inner(true)
+    }
+
+    /// A round while the caller holds the tree stopped (a checkpoint's
+    /// freeze): nothing is armed; processes new to tracking count whole
+    /// and wait for [`Tracker::arm_pending`].
+    pub fn round_frozen(&mut self) -> Result<Round> {
+        self.round_inner(false)
+    }
+
+    /// Arm the processes a frozen round found, once the tree runs again.
+    /// Their writes between that round and now are not known: their next
+    /// round counts them whole once more.
+    pub fn arm_pending(&mut self) -> Result<Duration> {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return Ok(Duration::ZERO);
+        }
+        let stopped = self.arm_new(&pending)?;
+        for p in &pending {
+            if let Some(t) = self.procs.get_mut(p) {
+                t.fresh = true;
+            }
+        }
+        Ok(stopped)
+    }
+
+    /// Hand tracking over: the parts and, in the same order, the uffds
+    /// (registrations live as long as one descriptor of each does).
+    pub fn into_parts(self) -> (i32, Option<[u8; 32]>, Vec<ProcPart>, Vec<std::os::fd::OwnedFd>) {
+        let mut parts = Vec::new();
+        let mut fds = Vec::new();
+        for (pid, t) in self.procs {
+            parts.push(ProcPart { pid, start: t.start, areas: t.areas, fresh: t.fresh || self.pending.contains(&pid) });
+            fds.push(t.uffd.into_fd());
+        }
+        (self.root, self.since, parts, fds)
+    }
+
+    /// Tracking handed over by [`Tracker::into_parts`]; a part whose
+    /// process is gone or recycled is dropped (it will count whole).
+    pub fn from_parts(
+        root: i32,
+        since: Option<[u8; 32]>,
+        parts: Vec<ProcPart>,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Tracker {
+        let mut t = Tracker { root, procs: BTreeMap::new(), pending: HashSet::new(), since };
+        for (p, fd) in parts.into_iter().zip(fds) {
+            let Ok(pagemap) = Pagemap::open(p.pid) else { continue };
+            if start_time(p.pid) != Some(p.start) {
+                continue;
+            }
+            let tr = Tracked { uffd: Uffd::from_fd(fd), pagemap, start: p.start, areas: p.areas, fresh: p.fresh };
+            t.procs.insert(p.pid, tr);
+        }
+        t
+    }
+
+    fn round_inner(&mut self, arm: bool) -> Result<Round> {
         let t0 = Instant::now();
         let now = tree(self.root);
         if now.is_empty() {
@@ -221,7 +315,10 @@ impl Tracker {
         let mut new = HashSet::new();
         for &pid in &now {
             let d = match self.procs.get_mut(&pid) {
-                Some(tr) if start_time(pid) == Some(tr.start) => tr.round(pid),
+                Some(tr) if start_time(pid) == Some(tr.start) => {
+                    let fresh = std::mem::take(&mut tr.fresh);
+                    tr.round(pid).map(|d| ProcDirty { whole: fresh, ..d })
+                }
                 _ => None,
             };
             let d = d.unwrap_or_else(|| {
@@ -233,8 +330,10 @@ impl Tracker {
             });
             round.procs.insert(pid, d);
         }
-        if !new.is_empty() {
-            round.stopped = self.arm_new(&new)?;
+        match arm {
+            true if !new.is_empty() => round.stopped = self.arm_new(&new)?,
+            true => {}
+            false => self.pending.extend(new),
         }
         round.took = t0.elapsed();
         Ok(round)
