@@ -312,6 +312,7 @@ fn collect_and_write(
             let since_parent = o.base.and_then(|b| b.parent.as_ref()).map(|l| l.manifest_hash);
             let continuous = since_parent.is_some() && t.since() == since_parent;
             let r = t.round_frozen()?;
+            tracing::debug!(ms = r.took.as_secs_f64() * 1e3, "tracking round at the freeze");
             continuous.then_some(r)
         }
         None => None,
@@ -474,6 +475,7 @@ fn write_pages(
     let running: Vec<usize> = (0..n).filter(|&i| cow_of(i) && !excluded[i]).collect();
     let mut d = pages::Dumper::new(outdir, o.threads, o.compress, o.base);
     d.run(&mem.pieces, &frozen, &pages::FrozenReader, progress)?;
+    tracing::debug!(ms = t_pages.elapsed().as_secs_f64() * 1e3, pieces = frozen.len(), "frozen pieces written");
     let mut stats = None;
     if let Some(s) = &session {
         tracing::info!(
@@ -498,17 +500,20 @@ fn write_pages(
         tracing::info!(?stats, "memory read while running");
     }
     // Runs taken from the parent name its chunks, in this image's table.
+    let ids = d.reuse(reused.iter().filter_map(|r| r.data.map(|(h, _)| h)));
+    let mut ids = ids.into_iter();
     let mut taken = Vec::with_capacity(reused.len());
     for r in reused {
         let data = match r.data {
-            Some((hash, from)) => {
-                let id = d.reuse(&hash).ok_or_else(|| EngineError::Other("a parent chunk is not known".into()))?;
-                Some((id, from))
+            Some((_, from)) => {
+                let id = ids.next().flatten();
+                Some((id.ok_or_else(|| EngineError::Other("a parent chunk is not known".into()))?, from))
             }
             None => None,
         };
         taken.push((r.dest, r.pages, data));
     }
+    tracing::debug!(ms = t_pages.elapsed().as_secs_f64() * 1e3, runs = taken.len(), "runs from the parent named");
     let mut out = d.finish(n)?;
     out.reused = taken;
     for (i, _) in excluded.iter().enumerate().filter(|(_, &x)| x) {

@@ -147,10 +147,10 @@ impl<'a> Dumper<'a> {
         }
     }
 
-    /// The id of a chunk the base holds (or this checkpoint stored), to
-    /// name it in a run; None if neither has it.
-    pub fn reuse(&self, hash: &[u8; 32]) -> Option<u32> {
-        self.table.reuse(hash)
+    /// The ids of chunks the base holds (or this checkpoint stored), to
+    /// name them in runs; None for one neither has.
+    pub fn reuse(&self, hashes: impl Iterator<Item = [u8; 32]>) -> Vec<Option<u32>> {
+        self.table.reuse(hashes)
     }
 
     /// A new pack for worker `w`: in the store, named after the image,

@@ -103,18 +103,23 @@ impl ChunkTable {
         }
     }
 
-    /// The id of the chunk with this hash, recorded or known (then
-    /// recorded); None if it is neither.
-    pub fn reuse(&self, hash: &[u8; 32]) -> Option<u32> {
+    /// The ids of the chunks with these hashes, recorded or known (then
+    /// recorded); None for one that is neither.
+    pub fn reuse(&self, hashes: impl Iterator<Item = [u8; 32]>) -> Vec<Option<u32>> {
         let mut g = self.lock();
-        if let Some(&id) = g.0.get(hash) {
-            return Some(id);
-        }
-        let k = self.known.get(hash)?;
-        let id = g.1.len() as u32;
-        g.0.insert(*hash, id);
-        g.1.push(Chunk { pack: k.pack | FOREIGN, ..k.clone() });
-        Some(id)
+        let (map, chunks) = &mut *g;
+        hashes
+            .map(|hash| {
+                if let Some(&id) = map.get(&hash) {
+                    return Some(id);
+                }
+                let k = self.known.get(&hash)?;
+                let id = chunks.len() as u32;
+                map.insert(hash, id);
+                chunks.push(Chunk { pack: k.pack | FOREIGN, ..k.clone() });
+                Some(id)
+            })
+            .collect()
     }
 
     /// Whether a chunk with this hash is recorded or known already.

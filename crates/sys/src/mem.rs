@@ -25,7 +25,14 @@ pub fn read_ranges(pid: Pid, ranges: &[(u64, usize)], out: &mut [u8]) -> SysResu
         // `out`; remote iovecs are only addresses in the other process.
         let n = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
         if n < 0 {
-            return Err(SysError::last("process_vm_readv", pid));
+            let e = SysError::last("process_vm_readv", pid);
+            // The first range of this batch cannot be read this way (a
+            // PROT_NONE page, say): what was read so far, for the caller
+            // to read the rest another way.
+            if e.errno.0 == libc::EFAULT {
+                break;
+            }
+            return Err(e);
         }
         done += n as usize;
         off += total;

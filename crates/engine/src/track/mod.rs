@@ -39,8 +39,11 @@ use cryopod_sys::uffd::{self, Uffd};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// Features a tracking uffd needs.
-const FEATURES: u64 = uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED;
+/// Features a tracking uffd needs. Not `WP_UNPOPULATED`: its markers in
+/// untouched page-table entries look like swapped pages to a pages scan
+/// (and a checkpoint would read them); a page written for the first time
+/// is seen anyway, since it is not protected.
+const FEATURES: u64 = uffd::FEATURE_WP_ASYNC;
 
 /// A range of addresses, `[start, end)`.
 pub type Range = (u64, u64);

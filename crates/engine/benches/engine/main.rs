@@ -11,11 +11,15 @@
 //!   64,1024,4096). `CRYOPOD_BENCH_ONLY=cow` runs only this part;
 //! - compression: checkpoints of 1 GiB of text-like memory and of noise
 //!   with zstd (the default) and raw, against each other and against tmpfs
-//!   write bandwidth (`CRYOPOD_BENCH_ONLY=compress` runs only this part).
+//!   write bandwidth (`CRYOPOD_BENCH_ONLY=compress` runs only this part);
+//! - incremental checkpoints, tracked and untracked, against the full one
+//!   (`CRYOPOD_BENCH_ONLY=incremental`: see `incremental.rs`).
 //!
 //! `CRYOPOD_BENCH_GIB` changes the size (default 4), `CRYOPOD_BENCH_ROUNDS`
 //! the rounds of the large checkpoint/restore (default 3; the median is
 //! reported), `CRYOPOD_BENCH_THREADS` the worker threads (default: CPUs).
+
+mod incremental;
 
 use cryopod_engine::{checkpoint, restore, CheckedImage, CheckpointOptions, RestoreOptions};
 use std::io::Write;
@@ -260,6 +264,9 @@ fn main() {
     }
     if only.is_empty() || only == "compress" {
         compression(threads, rounds);
+    }
+    if only.is_empty() || only == "incremental" {
+        incremental::incremental(threads, rounds, bytes);
     }
     if !only.is_empty() {
         let _ = std::fs::remove_dir_all(SHM);
