@@ -139,7 +139,8 @@ fn main() {
     let rounds: usize = std::env::var("CRYOPOD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let _lock = common::serial();
     println!("image size of real programs against their resident memory (goal: <= 0.30), {rounds} rounds each");
-    let programs: [(&str, fn() -> Started); 4] = [
+    type Program = (&'static str, fn() -> Started);
+    let programs: [Program; 4] = [
         ("python3, 2M-entry dict", python),
         ("redis, 200k keys", redis),
         ("JVM, 1M-entry HashMap", jvm),
