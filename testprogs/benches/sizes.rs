@@ -89,7 +89,8 @@ fn python() -> Started {
 }
 
 fn redis() -> Started {
-    let sock = std::env::temp_dir().join(format!("cryopod-sizes-redis-{}.sock", std::process::id()));
+    // In the directory `start` makes afresh (and removes with the program).
+    let sock = PathBuf::from(format!("/tmp/cryopod-sizes-redis-{}/redis.sock", std::process::id()));
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", "0", "--save", "", "--appendonly", "no", "--enable-debug-command", "local", "--unixsocket"])
         .arg(&sock);
