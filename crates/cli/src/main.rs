@@ -86,6 +86,11 @@ enum Cmd {
         /// chunk once for every image there (see `cryopod gc`).
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
+        /// Seal the image with the key in FILE: 32 raw bytes, or 64
+        /// hexadecimal characters. Read once, so `/dev/fd/N` passes it by
+        /// descriptor; the key itself is never written anywhere.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Restore the pod or tree saved in DIR (or in a stream on stdin: -),
     /// with its original PIDs.
@@ -107,6 +112,9 @@ enum Cmd {
         /// closed (reset), instead of refusing
         #[arg(long)]
         tcp_close: bool,
+        /// The key the image was sealed with (see `checkpoint --key`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Show what an image holds.
     Inspect {
@@ -114,6 +122,9 @@ enum Cmd {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// The key the image was sealed with (see `checkpoint --key`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Write image DIR as one stream to FILE (or stdout: -o -).
     Export {
@@ -137,7 +148,15 @@ enum Cmd {
     Check {
         #[arg(long)]
         image: PathBuf,
+        /// The key the image was sealed with (see `checkpoint --key`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
+}
+
+/// The key in `path` (`--key`), read once.
+fn load_key(path: Option<&std::path::Path>) -> Result<Option<std::sync::Arc<cryopod_image::ImageKey>>> {
+    Ok(path.map(cryopod_image::ImageKey::from_file).transpose()?.map(std::sync::Arc::new))
 }
 
 fn cpus() -> usize {
@@ -261,9 +280,12 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             exclude_dontdump,
             parent,
             store,
+            key,
             ..
         } => {
-            let base = store::open_base(&output, parent.as_deref(), store.as_deref(), streams::is_stdio(&output))?;
+            let key = load_key(key.as_deref())?;
+            let stdio = streams::is_stdio(&output);
+            let base = store::open_base(&output, (parent.as_deref(), store.as_deref()), stdio, key.as_ref())?;
             let (stream, output) = stream_target(output)?;
             let opts = cryopod_pod::snapshot::PodCheckpointOptions {
                 name: name.clone(),
@@ -273,6 +295,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 compress,
                 exclude_dontdump,
                 base: base.as_ref(),
+                key: key.as_deref(),
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_pod::snapshot::checkpoint(state, &opts, &|phase, d, t| bar.update(phase, d, t))
@@ -281,9 +304,13 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             print_checkpoint(&s, leave_running, &output);
             to_stdout(stream, &output)
         }
-        Cmd::Checkpoint { pid, output, leave_running, threads, compress, exclude_dontdump, parent, store, .. } => {
+        Cmd::Checkpoint {
+            pid, output, leave_running, threads, compress, exclude_dontdump, parent, store, key, ..
+        } => {
             let pid = pid.context("give a pod name or --pid")?;
-            let base = store::open_base(&output, parent.as_deref(), store.as_deref(), streams::is_stdio(&output))?;
+            let key = load_key(key.as_deref())?;
+            let stdio = streams::is_stdio(&output);
+            let base = store::open_base(&output, (parent.as_deref(), store.as_deref()), stdio, key.as_ref())?;
             let (stream, output) = stream_target(output)?;
             let opts = cryopod_engine::CheckpointOptions {
                 pid,
@@ -292,6 +319,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 cow: true,
                 threads: threads.unwrap_or_else(cpus),
                 compress,
+                key: key.as_deref(),
                 exclude_dontdump,
                 pod: None,
                 guard: None,
@@ -305,7 +333,8 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             print_checkpoint(&s, leave_running, &output);
             to_stdout(stream, &output)
         }
-        Cmd::Restore { dir, name, ip, detach, print_pid, tcp_close } => {
+        Cmd::Restore { dir, name, ip, detach, print_pid, tcp_close, key } => {
+            let key = load_key(key.as_deref())?;
             // A stream is taken in whole and checked before anything else.
             let stream = match streams::is_stdio(&dir) {
                 true => Some(streams::TempImage::new()?),
@@ -320,7 +349,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             };
             // Opened once: the owner from the descriptors, then the
             // manifest, then what it asks for; the same opened image goes on.
-            let img = cryopod_engine::CheckedImage::open(&dir)
+            let img = cryopod_engine::CheckedImage::open(&dir, key)
                 .with_context(|| format!("cannot restore {}", dir.display()))?;
             if img.manifest().pod.is_some() {
                 return pods::restore(state, &img, name, ip, tcp_close, detach, print_pid);
@@ -352,18 +381,20 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             }
             Ok(cryopod_engine::restore::wait_root(o.root_pid, o.root_group)?)
         }
-        Cmd::Inspect { dir, json } => inspect::run(&dir, json),
+        Cmd::Inspect { dir, json, key } => inspect::run(&dir, json, load_key(key.as_deref())?),
         Cmd::Export { dir, output } => {
             let n = streams::export(&dir, &output)?;
             eprintln!("exported {} as a stream of {}", dir.display(), human(n));
             Ok(0)
         }
         Cmd::Import { file, output } => {
-            let m = streams::import(&file, &output)?;
-            eprintln!("imported an image of {} processes into {}", m.processes.len(), output.display());
+            match streams::import(&file, &output)?.manifest {
+                Some(m) => eprintln!("imported an image of {} processes into {}", m.processes.len(), output.display()),
+                None => eprintln!("imported an encrypted image into {}", output.display()),
+            }
             Ok(0)
         }
         Cmd::Gc { store } => store::gc(&store),
-        Cmd::Check { image } => check::run(&image),
+        Cmd::Check { image, key } => check::run(&image, load_key(key.as_deref())?),
     }
 }
