@@ -57,23 +57,30 @@ fn a_sealed_image_shows_nothing_and_opens_only_with_its_key() {
     let pid = run.pid.to_string();
     // Uncompressed and without a key the text shows in the packs: what a
     // sealed image must hide is there to be found.
+    let key_hex = std::fs::read_to_string(&key).unwrap().trim().to_string();
+    let key_raw: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&key_hex[2 * i..2 * i + 2], 16).unwrap()).collect();
     let checkpoint = |name: &str, extra: &[&str]| {
         let dir = run.dir.join(name);
         let o = cryopod(&["checkpoint", "--pid", &pid, "-o", dir.to_str().unwrap(), "--leave-running"], extra);
         assert_eq!(o.0, 0, "{}", o.2);
-        eprintln!("{extra:?}: {}", o.2.trim());
+        // Not in the log, even at -vv.
+        assert!(!o.2.contains(&key_hex), "the key shows in the log");
+        eprintln!("{extra:?}: {}", o.2.lines().last().unwrap_or_default());
         dir
     };
     let plain = checkpoint("img-plain", &["--compress", "none"]);
     assert!(!files_holding(&plain, WORDS[0].as_bytes()).is_empty(), "the plain image should show the text");
-    let raw = checkpoint("img-raw", &["--compress", "none", "--key", key_s]);
+    let raw = checkpoint("img-raw", &["--compress", "none", "--key", key_s, "-vv"]);
     checkpoint("img-zstd", &[]);
     let out = run.checkpoint(&["--key", key_s]);
     eprintln!("[\"--key\"]: {}", out.trim());
-    // No file of a sealed image holds any of the words.
-    for (dir, w) in [&raw, &run.image].into_iter().flat_map(|d| WORDS.map(|w| (d, w))) {
-        let found = files_holding(dir, w.as_bytes());
+    // No file of a sealed image holds any of the words, nor the key.
+    for (dir, w) in [&raw, &run.image].into_iter().flat_map(|d| WORDS.map(|w| (d, w.as_bytes()))) {
+        let found = files_holding(dir, w);
         assert!(found.is_empty(), "{w:?} shows in {found:?} of {}", dir.display());
+    }
+    for dir in [&raw, &run.image] {
+        assert!(files_holding(dir, key_hex.as_bytes()).is_empty() && files_holding(dir, &key_raw).is_empty());
     }
     // inspect: without the key, what the header says and a refusal.
     let image = run.image.to_str().unwrap().to_string();

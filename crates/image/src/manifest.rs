@@ -230,7 +230,8 @@ fn split_sealed(body: &[u8]) -> Result<SealedBody<'_>> {
     let bad = || ImageError::Corrupt("the sealed manifest body is malformed".into());
     let fixed = KEY_ID + NONCE + 4;
     let head = body.get(..fixed).ok_or_else(bad)?;
-    let outline_len = u32::from_le_bytes(head[fixed - 4..].try_into().map_err(|_| bad())?) as usize;
+    let outline_len = u32::from_le_bytes(head[fixed - 4..].try_into().map_err(|_| bad())?);
+    let outline_len = usize::try_from(outline_len).map_err(|_| bad())?;
     let clear_len = fixed.checked_add(outline_len).ok_or_else(bad)?;
     let outline = body.get(fixed..clear_len).ok_or_else(bad)?;
     let sealed = body.get(clear_len..).filter(|s| s.len() >= TAG).ok_or_else(bad)?;
@@ -258,7 +259,12 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest> {
 pub fn decode_manifest_keyed(bytes: &[u8], key: Option<&ImageKey>) -> Result<Manifest> {
     let (h, body) = open_header(bytes)?;
     if !h.sealed {
-        if key.is_some() {
+        if let Some(key) = key {
+            // This key's sealed manifest with its flag cleared is damage,
+            // not a plain image.
+            if split_sealed(body).is_ok_and(|s| s.key_id == key.id()) {
+                return Err(SealError::Unauthentic("the manifest".into()).into());
+            }
             return Err(SealError::NotSealed.into());
         }
         let m: Manifest = codec().deserialize(body).map_err(|e| ImageError::Corrupt(format!("manifest body: {e}")))?;

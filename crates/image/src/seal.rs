@@ -309,7 +309,7 @@ impl ImageKey {
         loop {
             // A frame is the last exactly when the file ends with it.
             let last = left <= (FRAME + TAG) as u64;
-            let n = if last { left as usize } else { FRAME + TAG };
+            let n = if last { usize::try_from(left).map_err(|_| fail())? } else { FRAME + TAG };
             if n < TAG {
                 return Err(fail());
             }

@@ -191,6 +191,11 @@ fn every_changed_byte_of_a_sealed_manifest_is_refused() {
     for n in 0..bytes.len() {
         assert!(decode_manifest_keyed(&bytes[..n], Some(&*k)).is_err(), "cut to {n} bytes was accepted");
     }
+    // The "sealed" flag cleared: damage, not a plain image.
+    let mut b = bytes.clone();
+    b[12] ^= 1;
+    let e = decode_manifest_keyed(&b, Some(&*k)).unwrap_err().to_string();
+    assert_eq!(e, "the manifest fails authentication: it was damaged or altered");
     // The ciphertext and tag: authentication fails (checksum made right).
     let mut b = bytes.clone();
     let at = b.len() - TAG - 3;
