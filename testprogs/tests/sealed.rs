@@ -196,3 +196,64 @@ fn a_sealed_pod_hides_its_files_and_comes_back_with_its_key() {
     env.ok(&["stop", "sealed"]);
     assert_eq!(env.leftovers("sealed"), Vec::<String>::new());
 }
+
+#[test]
+fn sealed_images_deduplicate_in_a_chain_and_a_store_under_one_key() {
+    let mut run = Run::testprog("sealed-dedup", env!("CARGO_BIN_EXE_tp-text"));
+    let (k, other) = (key_file(&run.dir, "key", 7), key_file(&run.dir, "other", 8));
+    let (k, other) = (k.to_str().unwrap().to_string(), other.to_str().unwrap().to_string());
+    let pid = run.pid.to_string();
+    let checkpoint = |name: &str, extra: &[&str]| {
+        let dir = run.dir.join(name);
+        let o = cryopod(&["checkpoint", "--pid", &pid, "-o", dir.to_str().unwrap(), "--leave-running"], extra);
+        (dir, o)
+    };
+    let ok = |name: &str, extra: &[&str]| {
+        let (dir, o) = checkpoint(name, extra);
+        assert_eq!(o.0, 0, "{name}: {}", o.2);
+        dir
+    };
+    // (own chunks, shared chunks) of a sealed image.
+    let chunks = |dir: &Path, key: &str| {
+        let o = cryopod(&["inspect", "--json", dir.to_str().unwrap(), "--key", key], &[]);
+        assert_eq!(o.0, 0, "{}", o.2);
+        let v: serde_json::Value = serde_json::from_str(&o.1).unwrap();
+        (v["own_chunks"].as_u64().unwrap(), v["shared_chunks"].as_u64().unwrap())
+    };
+    // A chain under one key: the child stores (almost) nothing again.
+    let first = ok("first", &["--key", &k]);
+    let parent = first.to_str().unwrap().to_string();
+    let child = ok("child", &["--key", &k, "--parent", &parent]);
+    let (own, shared) = chunks(&child, &k);
+    assert!(shared > 500 && own * 20 < shared, "child: {own} own, {shared} shared chunks");
+    // The parent opens only with the chain's key.
+    let (_, o) = checkpoint("child-other", &["--key", &other, "--parent", &parent]);
+    assert!(o.0 != 0 && o.2.contains("does not open"), "{}", o.2);
+    let (_, o) = checkpoint("child-plain", &["--parent", &parent]);
+    assert!(o.0 != 0 && o.2.contains("give its key"), "{}", o.2);
+    // A store shared by images of two keys and none: each finds only its own.
+    let store = run.dir.join("store");
+    let store_s = store.to_str().unwrap().to_string();
+    ok("store-a", &["--key", &k, "--store", &store_s]);
+    let b = ok("store-b", &["--key", &k, "--store", &store_s]);
+    let c = ok("store-c", &["--key", &other, "--store", &store_s]);
+    let d = ok("store-d", &["--store", &store_s]);
+    let (own_b, shared_b) = chunks(&b, &k);
+    assert!(shared_b > 500 && own_b * 20 < shared_b, "same key: {own_b} own, {shared_b} shared");
+    assert_eq!(chunks(&c, &other).1, 0, "another key found chunks of the first");
+    let v: serde_json::Value =
+        serde_json::from_str(&cryopod(&["inspect", "--json", d.to_str().unwrap()], &[]).1).unwrap();
+    assert_eq!(v["shared_chunks"], 0, "a plain image found sealed chunks");
+    // gc needs no key, and keeps what every image uses.
+    let o = cryopod(&["gc", "--store", &store_s], &[]);
+    assert!(o.0 == 0 && o.2.contains("freed 0 chunks"), "{}", o.2);
+    // The child restores through its parent with the key.
+    // SAFETY: kill by the pid of the program this test started.
+    unsafe { libc::kill(run.pid, libc::SIGKILL) };
+    if let Some(mut c) = run.child.take() {
+        let _ = c.wait();
+    }
+    let o = cryopod(&["restore", child.to_str().unwrap(), "--detach", "--key", &k], &[]);
+    assert_eq!(o.0, 0, "{}", o.2);
+    run.go_and_expect_pass();
+}
