@@ -3,16 +3,19 @@
 //! manifest, every pack and chunk hash, a pod's files), then says what is
 //! damaged, what the image asks for beyond its owner, which privilege the
 //! caller lacks, and whether this kernel and CPU can run it. The damage
-//! report is shared with `inspect`.
+//! report is shared with `inspect`. A sealed image needs its key
+//! (`--key`), and every chunk and file is then authenticated too.
 
 use anyhow::{Context, Result};
 use cryopod_engine::{privilege, restore, trust};
-use cryopod_image::{ImageDir, Manifest, ObjectOrigin};
+use cryopod_image::{ImageDir, ImageKey, Manifest, ObjectOrigin};
 use std::path::Path;
+use std::sync::Arc;
 
-/// Open the image and parse its manifest (errors name the directory).
-pub fn open(path: &Path) -> Result<(ImageDir, Manifest)> {
-    let img = ImageDir::open(path).with_context(|| format!("cannot read image {}", path.display()))?;
+/// Open the image with `key` (a sealed image needs it) and parse its
+/// manifest (errors name the directory).
+pub fn open(path: &Path, key: Option<Arc<ImageKey>>) -> Result<(ImageDir, Manifest)> {
+    let img = ImageDir::open(path).with_context(|| format!("cannot read image {}", path.display()))?.with_key(key);
     let m = img.manifest().with_context(|| format!("cannot read image {}", path.display()))?;
     Ok((img, m))
 }
@@ -91,8 +94,8 @@ fn chunk_users(m: &Manifest, id: usize) -> String {
     users.join(", ")
 }
 
-pub fn run(path: &Path) -> Result<i32> {
-    let (img, m) = open(path)?;
+pub fn run(path: &Path, key: Option<Arc<ImageKey>>) -> Result<i32> {
+    let (img, m) = open(path, key)?;
     let mut problems = Vec::new();
     if let Some(owner) = trust::owner_of(img.owner()) {
         if let Err(e) = trust::check(&m, &owner) {

@@ -1,15 +1,28 @@
 //! `cryopod inspect`: the tree, memory maps, fds and threads of an image,
 //! its owner, and whatever is damaged in it (verified as a restore would).
 
-use anyhow::Result;
-use cryopod_image::{cpu, ImageDir, Manifest, ObjectOrigin, PackHome, Process, Vma, VmaKind, PAGE};
+use anyhow::{Context, Result};
+use cryopod_image::{cpu, ImageDir, ImageKey, Manifest, ObjectOrigin, PackHome, Process, Vma, VmaKind, PAGE};
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::path::Path;
+use std::sync::Arc;
 
-/// Print what the image holds; fail (after printing) if it is damaged.
-pub fn run(dir: &Path, as_json: bool) -> Result<i32> {
-    let (img, m) = crate::check::open(dir)?;
+/// Print what the image holds; fail (after printing) if it is damaged. A
+/// sealed image without its key: what its header says, then the refusal.
+pub fn run(dir: &Path, as_json: bool, key: Option<Arc<ImageKey>>) -> Result<i32> {
+    let sealed = |img: ImageDir| img.header().ok().filter(|h| h.sealed).map(|h| (img, h));
+    if let Some((img, h)) = ImageDir::open(dir).ok().filter(|_| key.is_none()).and_then(sealed) {
+        if as_json {
+            let v = json!({"format_version": h.version, "sealed": true, "owner": img.owner().to_string()});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("image {} (format {}, encrypted, owner {})", dir.display(), h.version, img.owner());
+        }
+        return Err(anyhow::Error::from(cryopod_image::SealError::NeedKey))
+            .with_context(|| format!("cannot read image {}", dir.display()));
+    }
+    let (img, m) = crate::check::open(dir, key)?;
     let damage = crate::check::damage(&img, &m);
     if as_json {
         let mut v = json(&m, &img);
@@ -132,10 +145,11 @@ pub fn text(m: &Manifest, img: &ImageDir) -> String {
     let (refd, stored) = m.memory_bytes();
     let _ = writeln!(
         s,
-        "image {} (format {}, cryopod {}, kernel {}, owner {}), {} processes, memory {} bytes referenced, {} \
+        "image {} (format {}{}, cryopod {}, kernel {}, owner {}), {} processes, memory {} bytes referenced, {} \
          stored in {} bytes ({} of {} chunks compressed), image {} bytes",
         img.path().display(),
         cryopod_image::manifest::FORMAT_VERSION,
+        if img.key().is_some() { ", encrypted" } else { "" },
         m.tool_version,
         m.kernel,
         img.owner(),
@@ -270,6 +284,7 @@ pub fn json(m: &Manifest, img: &ImageDir) -> Value {
         .collect();
     json!({
         "format_version": cryopod_image::manifest::FORMAT_VERSION,
+        "sealed": img.key().is_some(),
         "pod": m.pod.as_ref().map(pod_json),
         "tool_version": m.tool_version,
         "kernel": m.kernel,

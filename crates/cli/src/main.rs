@@ -92,6 +92,11 @@ enum Cmd {
         /// take over the tracking the parent's checkpoint left.
         #[arg(long)]
         track: bool,
+        /// Seal the image with the key in FILE: 32 raw bytes, or 64
+        /// hexadecimal characters. Read once, so `/dev/fd/N` passes it by
+        /// descriptor; the key itself is never written anywhere.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// (Internal) hold a tree's dirty tracking between two checkpoints.
     #[command(name = "__hold-tracking", hide = true)]
@@ -116,6 +121,9 @@ enum Cmd {
         /// closed (reset), instead of refusing
         #[arg(long)]
         tcp_close: bool,
+        /// The key the image was sealed with (see `checkpoint --key`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Show what an image holds.
     Inspect {
@@ -123,6 +131,9 @@ enum Cmd {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// The key the image was sealed with (see `checkpoint --key`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Write image DIR as one stream to FILE (or stdout: -o -).
     Export {
@@ -146,7 +157,15 @@ enum Cmd {
     Check {
         #[arg(long)]
         image: PathBuf,
+        /// The key the image was sealed with (see `checkpoint --key`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
+}
+
+/// The key in `path` (`--key`), read once.
+fn load_key(path: Option<&std::path::Path>) -> Result<Option<std::sync::Arc<cryopod_image::ImageKey>>> {
+    Ok(path.map(cryopod_image::ImageKey::from_file).transpose()?.map(std::sync::Arc::new))
 }
 
 fn cpus() -> usize {
@@ -271,14 +290,17 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             parent,
             store,
             track,
+            key,
             ..
         } => {
             let init = match track {
                 true => state.load(&name).with_context(|| format!("no pod {name}"))?.init_pid,
                 false => 0,
             };
+            let key = load_key(key.as_deref())?;
             let tracker = store::take_tracking(state, init, parent.as_deref(), track, leave_running)?;
-            let base = store::open_base(&output, parent.as_deref(), store.as_deref(), streams::is_stdio(&output))?;
+            let stdio = streams::is_stdio(&output);
+            let base = store::open_base(&output, (parent.as_deref(), store.as_deref()), stdio, key.as_ref())?;
             let (stream, output) = stream_target(output)?;
             let opts = cryopod_pod::snapshot::PodCheckpointOptions {
                 name: name.clone(),
@@ -289,6 +311,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 exclude_dontdump,
                 base: base.as_ref(),
                 tracker: tracker.as_ref(),
+                key: key.as_deref(),
             };
             let bar = progress::Bar::new("checkpoint");
             let s = cryopod_pod::snapshot::checkpoint(state, &opts, &|phase, d, t| bar.update(phase, d, t))
@@ -310,11 +333,14 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             parent,
             store,
             track,
+            key,
             ..
         } => {
             let pid = pid.context("give a pod name or --pid")?;
+            let key = load_key(key.as_deref())?;
             let tracker = store::take_tracking(state, pid, parent.as_deref(), track, leave_running)?;
-            let base = store::open_base(&output, parent.as_deref(), store.as_deref(), streams::is_stdio(&output))?;
+            let stdio = streams::is_stdio(&output);
+            let base = store::open_base(&output, (parent.as_deref(), store.as_deref()), stdio, key.as_ref())?;
             let (stream, output) = stream_target(output)?;
             let opts = cryopod_engine::CheckpointOptions {
                 pid,
@@ -323,6 +349,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
                 cow: true,
                 threads: threads.unwrap_or_else(cpus),
                 compress,
+                key: key.as_deref(),
                 exclude_dontdump,
                 pod: None,
                 guard: None,
@@ -340,7 +367,8 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             }
             to_stdout(stream, &output)
         }
-        Cmd::Restore { dir, name, ip, detach, print_pid, tcp_close } => {
+        Cmd::Restore { dir, name, ip, detach, print_pid, tcp_close, key } => {
+            let key = load_key(key.as_deref())?;
             // A stream is taken in whole and checked before anything else.
             let stream = match streams::is_stdio(&dir) {
                 true => Some(streams::TempImage::new()?),
@@ -355,7 +383,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             };
             // Opened once: the owner from the descriptors, then the
             // manifest, then what it asks for; the same opened image goes on.
-            let img = cryopod_engine::CheckedImage::open(&dir)
+            let img = cryopod_engine::CheckedImage::open(&dir, key)
                 .with_context(|| format!("cannot restore {}", dir.display()))?;
             if img.manifest().pod.is_some() {
                 return pods::restore(state, &img, name, ip, tcp_close, detach, print_pid);
@@ -387,15 +415,17 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             }
             Ok(cryopod_engine::restore::wait_root(o.root_pid, o.root_group)?)
         }
-        Cmd::Inspect { dir, json } => inspect::run(&dir, json),
+        Cmd::Inspect { dir, json, key } => inspect::run(&dir, json, load_key(key.as_deref())?),
         Cmd::Export { dir, output } => {
             let n = streams::export(&dir, &output)?;
             eprintln!("exported {} as a stream of {}", dir.display(), human(n));
             Ok(0)
         }
         Cmd::Import { file, output } => {
-            let m = streams::import(&file, &output)?;
-            eprintln!("imported an image of {} processes into {}", m.processes.len(), output.display());
+            match streams::import(&file, &output)?.manifest {
+                Some(m) => eprintln!("imported an image of {} processes into {}", m.processes.len(), output.display()),
+                None => eprintln!("imported an encrypted image into {}", output.display()),
+            }
             Ok(0)
         }
         Cmd::Gc { store } => store::gc(&store),
@@ -404,6 +434,6 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             cryopod_engine::track::hold::serve(stdin, &socket)?;
             Ok(0)
         }
-        Cmd::Check { image } => check::run(&image),
+        Cmd::Check { image, key } => check::run(&image, load_key(key.as_deref())?),
     }
 }

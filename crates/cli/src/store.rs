@@ -6,13 +6,19 @@ use anyhow::{Context, Result};
 use cryopod_engine::track::{hold, Tracker};
 use cryopod_image::chain::Base;
 use cryopod_image::shared::{Lock, Store};
-use cryopod_image::ImageOwner;
+use cryopod_image::{ImageKey, ImageOwner};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The base of a checkpoint into `output`, if it has one; opened (and the
-/// store's lock taken) before anything is frozen.
-pub fn open_base(output: &Path, parent: Option<&Path>, store: Option<&Path>, stream: bool) -> Result<Option<Base>> {
+/// store's lock taken) before anything is frozen. A parent is opened with
+/// the new image's key.
+pub fn open_base(
+    output: &Path,
+    (parent, store): (Option<&Path>, Option<&Path>),
+    stream: bool,
+    key: Option<&Arc<ImageKey>>,
+) -> Result<Option<Base>> {
     if parent.is_none() && store.is_none() {
         return Ok(None);
     }
@@ -27,7 +33,7 @@ pub fn open_base(output: &Path, parent: Option<&Path>, store: Option<&Path>, str
         (None, Some(s)) => format!("store {}", s.display()),
         (None, None) => unreachable!("checked above"),
     };
-    let base = Base::open(output, owner, parent, store).with_context(|| format!("cannot build on {what}"))?;
+    let base = Base::open(output, owner, (parent, store), key).with_context(|| format!("cannot build on {what}"))?;
     Ok(Some(base))
 }
 

@@ -71,8 +71,9 @@ pub fn export(dir: &Path, out: &Path) -> Result<u64> {
 }
 
 /// Read a stream from `input` (a file, or `-` for stdin) into the new image
-/// directory `dir`, checked as it comes: on any failure nothing is left.
-pub fn import(input: &Path, dir: &Path) -> Result<cryopod_image::Manifest> {
+/// directory `dir`, checked as it comes: on any failure nothing is left. A
+/// sealed image comes as it is (its key opens it later).
+pub fn import(input: &Path, dir: &Path) -> Result<cryopod_image::stream::Imported> {
     let what = if is_stdio(input) { "standard input".to_string() } else { input.display().to_string() };
     let out = cryopod_engine::outdir::OutDir::prepare(dir)?;
     let mut create = |name: &str| -> cryopod_image::Result<Box<dyn cryopod_image::stream::Sink>> {
@@ -89,6 +90,6 @@ pub fn import(input: &Path, dir: &Path) -> Result<cryopod_image::Manifest> {
         cryopod_image::stream::import(&mut r, &mut create)
     }
     .with_context(|| format!("cannot import the image stream from {what}"))?;
-    out.commit_manifest(&m)?;
+    out.commit_manifest_bytes(&m.manifest_bytes)?;
     Ok(m)
 }

@@ -30,6 +30,9 @@ pub struct CheckpointOptions<'a> {
     pub threads: usize,
     /// How new chunks are compressed.
     pub compress: cryopod_image::Compression,
+    /// The key the image is sealed under (`--key`), if any: chunks,
+    /// manifest and a pod's files (see `cryopod_image::seal`).
+    pub key: Option<&'a cryopod_image::ImageKey>,
     /// Leave out the pages of areas marked MADV_DONTDUMP: they come back
     /// zero-filled (the program said they need not be saved; not that they
     /// are dead, hence off by default).
@@ -441,7 +444,7 @@ fn collect_and_write(
     }
     m.validate()?;
     fault::check("before-manifest")?;
-    outdir.commit_manifest(&m)?;
+    outdir.commit_manifest(&m, o.key)?;
     Ok((m, std::mem::take(&mut files.unix.repaired), (cow_stats, chunk_stats)))
 }
 
@@ -473,7 +476,7 @@ fn write_pages(
     let cow_of = |i: usize| session.as_ref().is_some_and(|s| s.cow[i]);
     let frozen: Vec<usize> = (0..n).filter(|&i| !cow_of(i) && !excluded[i]).collect();
     let running: Vec<usize> = (0..n).filter(|&i| cow_of(i) && !excluded[i]).collect();
-    let mut d = pages::Dumper::new(outdir, o.threads, o.compress, o.base);
+    let mut d = pages::Dumper::new(outdir, o.threads, (o.compress, o.key), o.base);
     d.run(&mem.pieces, &frozen, &pages::FrozenReader, progress)?;
     tracing::debug!(ms = t_pages.elapsed().as_secs_f64() * 1e3, pieces = frozen.len(), "frozen pieces written");
     let mut stats = None;

@@ -18,7 +18,7 @@
 //! refuse.
 
 use crate::{EngineError, Result};
-use cryopod_image::{encode_manifest, Manifest, INCOMPLETE_MARKER, MANIFEST_FILE};
+use cryopod_image::{encode_manifest_keyed, ImageKey, Manifest, INCOMPLETE_MARKER, MANIFEST_FILE};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::fs::File;
 use std::io::Write;
@@ -113,11 +113,16 @@ impl OutDir {
     /// Write the manifest (temporary file, fsync, rename without replacing
     /// anything, fsync of the directory) and remove the marker: the image
     /// is complete and stays, whatever happens afterwards.
-    pub fn commit_manifest(&self, m: &Manifest) -> Result<()> {
-        let bytes = encode_manifest(m)?;
+    pub fn commit_manifest(&self, m: &Manifest, key: Option<&ImageKey>) -> Result<()> {
+        self.commit_manifest_bytes(&encode_manifest_keyed(m, key)?)
+    }
+
+    /// [`OutDir::commit_manifest`] with the manifest file's bytes (an
+    /// imported image's, kept as they came).
+    pub fn commit_manifest_bytes(&self, bytes: &[u8]) -> Result<()> {
         let mut f = self.create(MANIFEST_TMP)?;
         let tmp = self.shown(MANIFEST_TMP);
-        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(|e| EngineError::Io { path: tmp, source: e })?;
+        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| EngineError::Io { path: tmp, source: e })?;
         rustix::fs::renameat_with(
             &self.dir,
             MANIFEST_TMP,

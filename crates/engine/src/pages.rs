@@ -1,9 +1,11 @@
 //! Writing page contents: pieces of memory (at most one 64 KiB-aligned
 //! window each) are read in large batches straight into worker buffers with
 //! process_vm_readv; each piece is split at its zero pages (recorded, never
-//! stored), and each non-zero segment is hashed with BLAKE3, deduplicated by
-//! hash across the whole checkpoint, and appended to one pack per worker.
-//! Reading pages back into a restored task is here too ([`fill`]).
+//! stored), and each non-zero segment is hashed with BLAKE3 (keyed, with a
+//! key), deduplicated by hash across the whole checkpoint, compressed where
+//! it pays, sealed under the key if there is one (see
+//! `cryopod_image::seal`), and appended to one pack per worker. Reading
+//! pages back into a restored task is here too ([`fill`]).
 
 use crate::outdir::OutDir;
 use crate::{EngineError, Progress, Result};
@@ -11,7 +13,7 @@ use cryopod_image::chain::Base;
 use cryopod_image::codec::Encoder;
 use cryopod_image::shared::{hex, PackIndex};
 use cryopod_image::store::{ChunkTable, PackWriter, FOREIGN};
-use cryopod_image::{Chunk, Codec, Compression, Pack, PackHome, CHUNK_PAGES, PAGE};
+use cryopod_image::{Chunk, Codec, Compression, ImageKey, Pack, PackHome, CHUNK_PAGES, PAGE};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -99,7 +101,7 @@ impl BatchReader for FrozenReader {
 struct Worker {
     pack: PackWriter,
     buf: Vec<u8>,
-    /// Compressed chunks of the batch being stored.
+    /// Compressed (or sealed) chunks of the batch being stored.
     packed: Vec<u8>,
     enc: Encoder,
     out: Vec<(usize, Vec<Segment>)>,
@@ -115,6 +117,8 @@ pub struct Dumper<'a> {
     base: Option<&'a Base>,
     threads: usize,
     compression: Compression,
+    /// Seals new chunks (and keys their hashes).
+    key: Option<&'a ImageKey>,
     workers: Vec<Worker>,
     table: ChunkTable,
     /// Store packs made (removed again unless `finish` ran).
@@ -134,13 +138,19 @@ impl Drop for Dumper<'_> {
 }
 
 impl<'a> Dumper<'a> {
-    pub fn new(dir: &'a OutDir, threads: usize, compression: Compression, base: Option<&'a Base>) -> Dumper<'a> {
+    pub fn new(
+        dir: &'a OutDir,
+        threads: usize,
+        (compression, key): (Compression, Option<&'a ImageKey>),
+        base: Option<&'a Base>,
+    ) -> Dumper<'a> {
         let table = base.map(|b| ChunkTable::with_known(b.known.clone())).unwrap_or_default();
         Dumper {
             dir,
             base,
             threads: threads.clamp(1, 16),
             compression,
+            key,
             workers: Vec::new(),
             table,
             in_store: Vec::new(),
@@ -206,7 +216,7 @@ impl<'a> Dumper<'a> {
         }
         let done = AtomicU64::new(0);
         let next = AtomicUsize::new(0);
-        let table = &self.table;
+        let (table, key) = (&self.table, self.key);
         let results: Vec<Result<()>> = std::thread::scope(|s| {
             let hs: Vec<_> = self
                 .workers
@@ -222,7 +232,8 @@ impl<'a> Dumper<'a> {
                             };
                             let got = reader.read(pieces, &sel[lo..hi], &mut wk.buf)?;
                             let Worker { pack, buf, packed, enc, out } = &mut *wk;
-                            store_batch(pieces, &sel[lo..hi], &buf[..got], (pack, enc, packed), table, out)?;
+                            let w = (pack, enc, packed);
+                            store_batch(pieces, &sel[lo..hi], &buf[..got], w, (table, key), out)?;
                             let d = done.fetch_add(got as u64, Ordering::Relaxed) + got as u64;
                             progress("memory", d, total);
                         }
@@ -317,13 +328,14 @@ enum Stored {
 }
 
 /// Split the pieces `sel`, read back to back in `buf`, at their zero
-/// pages; store each non-zero segment once, compressed where it pays.
+/// pages; store each non-zero segment once, compressed where it pays, and
+/// sealed under `key` if there is one.
 fn store_batch(
     pieces: &[Piece],
     sel: &[usize],
     buf: &[u8],
     (pack, enc, packed): (&mut PackWriter, &mut Encoder, &mut Vec<u8>),
-    table: &ChunkTable,
+    (table, key): (&ChunkTable, Option<&ImageKey>),
     out: &mut Vec<(usize, Vec<Segment>)>,
 ) -> Result<()> {
     packed.clear();
@@ -351,32 +363,38 @@ fn store_batch(
                     None
                 } else {
                     let bytes = &data[pg * page..end * page];
-                    let hash = *blake3::hash(bytes).as_bytes();
+                    let hash = match key {
+                        Some(k) => k.hash(bytes),
+                        None => *blake3::hash(bytes).as_bytes(),
+                    };
                     // Compressed before knowing whether the chunk is new:
-                    // the table's lock is held only to look it up.
-                    let (codec, stored) = match table.contains(&hash) {
+                    // the table's lock is held only to look it up. (Sealed
+                    // only once known to be new.)
+                    let (codec, inner) = match table.contains(&hash) {
                         true => (Codec::Raw, bytes),
                         false => enc.encode(bytes),
                     };
-                    let slen = stored.len();
-                    let c = Chunk {
-                        hash,
-                        pack: pack.index,
-                        offset: pack.offset + pending,
-                        len: bytes.len() as u32,
-                        codec,
-                        stored: slen as u32,
-                    };
+                    let codec = if key.is_some() { codec.sealed() } else { codec };
+                    let slen = codec.stored_len(inner.len() as u32);
+                    let len = bytes.len() as u32;
+                    let c = Chunk { hash, pack: pack.index, offset: pack.offset + pending, len, codec, stored: slen };
                     let (id, new) = table.get_or_insert(c);
                     if new {
-                        writes.push(match codec {
-                            Codec::Raw => Stored::Raw(o + pg * page, slen),
-                            Codec::Zstd => {
-                                packed.extend_from_slice(stored);
-                                Stored::Packed(packed.len() - slen, slen)
+                        let at = packed.len();
+                        writes.push(match (codec, key) {
+                            (Codec::Raw, _) => Stored::Raw(o + pg * page, inner.len()),
+                            (Codec::Zstd, _) => {
+                                packed.extend_from_slice(inner);
+                                Stored::Packed(at, inner.len())
                             }
+                            (_, Some(k)) => {
+                                k.seal_chunk(&hash, len, codec, inner, packed)
+                                    .map_err(cryopod_image::ImageError::from)?;
+                                Stored::Packed(at, packed.len() - at)
+                            }
+                            (_, None) => return Err(EngineError::Other("a sealed chunk without a key".into())),
                         });
-                        pending += slen as u64;
+                        pending += u64::from(slen);
                     }
                     Some(id)
                 };
@@ -534,7 +552,7 @@ pub fn fill(
         // would cost more than filling a small process.
         let mut buf = vec![0u8; largest_stored];
         let mut plain = vec![0u8; if compressed { largest_plain } else { 0 }];
-        let mut dec = cryopod_image::codec::Decoder::new()?;
+        let mut dec = reader.decoder()?;
         loop {
             let b = next.fetch_add(1, Ordering::Relaxed);
             let Some(&(lo, hi)) = batches.get(b) else { return Ok(()) };

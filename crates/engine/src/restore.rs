@@ -53,6 +53,10 @@ pub struct PodRestore<'a> {
     /// The pod's old address (bytes) when it comes back at another and
     /// the user asked for its connections there to be closed.
     pub tcp_closed_at: Option<Vec<u8>>,
+    /// The image's packs, opened and verified by the caller before it made
+    /// anything of the pod (a damaged or altered chunk must stop a restore
+    /// before any process exists).
+    pub packs: &'a PackReader,
 }
 
 #[derive(Debug)]
@@ -112,6 +116,18 @@ fn own_vdso_hash() -> Result<[u8; 32]> {
     Err(EngineError::Other("this process has no vDSO".into()))
 }
 
+/// Open the packs of `image` and check every chunk (its hash; sealed,
+/// its authenticity).
+pub fn verified_packs(image: &crate::trust::CheckedImage, threads: usize, progress: Progress) -> Result<PackReader> {
+    let m = image.manifest();
+    let reader = image.dir().packs(m)?;
+    progress("verify", 0, 1);
+    let t_verify = Instant::now();
+    reader.verify_all(m, threads)?;
+    debug!(ms = t_verify.elapsed().as_secs_f64() * 1e3, "page hashes verified");
+    Ok(reader)
+}
+
 /// Restore the image `o.image`. Returns once every task runs.
 pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome> {
     let t0 = Instant::now();
@@ -122,11 +138,16 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         None => Guard::start(Outcome::Kill)?,
     };
     let m = o.image.manifest();
-    let reader = o.image.dir().packs(m)?;
-    progress("verify", 0, 1);
-    let t_verify = Instant::now();
-    reader.verify_all(m, o.threads)?;
-    debug!(ms = t_verify.elapsed().as_secs_f64() * 1e3, "page hashes verified");
+    // Every chunk is checked (and, sealed, authenticated) before anything
+    // is made; a pod's were before its namespaces were.
+    let opened;
+    let reader = match &o.pod {
+        Some(p) => p.packs,
+        None => {
+            opened = verified_packs(o.image, o.threads, progress)?;
+            &opened
+        }
+    };
     let owner = o.image.owner().cloned();
     match (&o.pod, &m.pod) {
         (Some(_), None) => return Err(EngineError::Other("the image holds a process tree, not a pod".into())),
@@ -147,7 +168,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     // Files are opened with the image owner's file permissions.
     let old_fs = owner.as_ref().map(|o| cryopod_sys::creds::set_fs_ids(o.uid, o.gid));
     let inherit = o.pod.as_ref().map(|p| p.inherit.clone()).unwrap_or_default();
-    let opened = files::create_objects(m, &reader, base, &fs_root).and_then(|objects| {
+    let opened = files::create_objects(m, reader, base, &fs_root).and_then(|objects| {
         files::open_all(
             m,
             base,
@@ -243,7 +264,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             wait_zombies(m, &pids)?;
             let b = Build {
                 m,
-                reader: &reader,
+                reader,
                 threads: o.threads,
                 object_fds: &object_fds,
                 ready_w: stub_ready_w,

@@ -10,7 +10,10 @@
 //! The owner comes from the descriptors of the opened image
 //! ([`ImageDir::owner`]), known before a byte of the manifest is parsed;
 //! [`CheckedImage`] is the only way to an image a restore accepts, so the
-//! order (owner, then parse, then what the manifest asks) cannot be skipped.
+//! order (owner, then parse, then what the manifest asks) cannot be skipped;
+//! parsing a sealed image's manifest opens it with the key, so a missing
+//! or wrong key, or a changed byte, stops a restore here, before anything
+//! is made.
 
 use crate::{EngineError, Result};
 use cryopod_image::{ImageDir, ImageOwner, Manifest};
@@ -35,9 +38,10 @@ pub struct CheckedImage {
 }
 
 impl CheckedImage {
-    /// Open the image in `path` and check it (see [`CheckedImage::check`]).
-    pub fn open(path: &Path) -> Result<CheckedImage> {
-        Self::check(ImageDir::open(path)?)
+    /// Open the image in `path` with `key` (a sealed image needs it) and
+    /// check it (see [`CheckedImage::check`]).
+    pub fn open(path: &Path, key: Option<std::sync::Arc<cryopod_image::ImageKey>>) -> Result<CheckedImage> {
+        Self::check(ImageDir::open(path)?.with_key(key))
     }
 
     /// The owner first (from the descriptors), then the manifest, then

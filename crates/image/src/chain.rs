@@ -45,7 +45,7 @@ pub fn open_packs(img: &ImageDir, m: &Manifest) -> Result<PackReader> {
         }
         files.push((f.path().to_string(), f.into_file()));
     }
-    Ok(PackReader::new(files, store))
+    Ok(PackReader::new(files, store, img.key().cloned()))
 }
 
 /// The first `depth` images up the parent chain of `img`, each checked
@@ -58,7 +58,10 @@ fn ancestors(img: &ImageDir, m: &Manifest, depth: u32) -> Result<Vec<ImageDir>> 
         let l = link.ok_or_else(|| {
             ImageError::Corrupt(format!("{child} names packs {d} images up its chain, but has no parent"))
         })?;
-        let dir = ImageDir::open(Path::new(&l.path)).map_err(|e| parent_error(&child, &l.path, e))?;
+        // A chain is sealed under one key, or not at all.
+        let dir = ImageDir::open(Path::new(&l.path))
+            .map_err(|e| parent_error(&child, &l.path, e))?
+            .with_key(img.key().cloned());
         if dir.owner().uid() != img.owner().uid() {
             return Err(ImageError::Unsafe(format!(
                 "refusing parent image {} of {child}: it belongs to {}, the image to {}",
@@ -133,16 +136,22 @@ pub struct Base {
 
 impl Base {
     /// For a checkpoint into `image`, made by `owner`, on the image
-    /// `parent` and/or into the store `store` (made if missing). The
-    /// parent's own chain must be whole; a parent kept in a store puts
-    /// its child in the same store.
-    pub fn open(image: &Path, owner: ImageOwner, parent: Option<&Path>, store: Option<&Path>) -> Result<Base> {
+    /// `parent` and/or into the store `store` (made if missing), sealed
+    /// under `key` if there is one. The parent's own chain must be whole
+    /// (and sealed under the same key, or plain like its child); a parent
+    /// kept in a store puts its child in the same store.
+    pub fn open(
+        image: &Path,
+        owner: ImageOwner,
+        (parent, store): (Option<&Path>, Option<&Path>),
+        key: Option<&std::sync::Arc<crate::ImageKey>>,
+    ) -> Result<Base> {
         let abs = |p: &Path| -> Result<PathBuf> { std::path::absolute(p).map_err(|e| ImageError::io(p.display(), e)) };
         let mut base =
             Base { parent: None, store: None, packs: Vec::new(), known: Default::default(), parent_manifest: None };
         let mut parent_img = None;
         if let Some(p) = parent {
-            let dir = ImageDir::open(p)?;
+            let dir = ImageDir::open(p)?.with_key(key.cloned());
             if dir.owner().uid() != owner.uid() {
                 return Err(ImageError::Unsafe(format!(
                     "refusing parent image {}: it belongs to {}, the new image would be {owner}'s",
@@ -183,7 +192,12 @@ impl Base {
                     s.owner()
                 )));
             }
-            let (packs, known) = s.known()?;
+            let (packs, mut known) = s.known()?;
+            // The store may hold chunks of images with other keys, or
+            // none: their hashes are keyed otherwise (or not at all), so
+            // they never match ours; only chunks sealed (or plain) like
+            // ours are taken, so that no image names another's kind.
+            known.retain(|_, c| c.codec.is_sealed() == key.is_some());
             base.packs = packs;
             base.known = std::sync::Arc::new(known);
             let image_id = crate::shared::random_id()?;

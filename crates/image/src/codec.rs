@@ -1,8 +1,11 @@
 //! How a chunk of pages is stored: compressed with zstd when that makes it
-//! smaller, raw otherwise. Decoding treats the stored bytes as untrusted:
-//! the output is bounded by the chunk's recorded length and must fill it
-//! exactly.
+//! smaller, raw otherwise, and either sealed under the image's key if it
+//! has one ([`crate::seal`]; compression first). Decoding treats the
+//! stored bytes as untrusted: the output is bounded by the chunk's
+//! recorded length and must fill it exactly, and every length comes from
+//! the record, never from the bytes.
 
+use crate::seal::{ImageKey, SealError};
 use crate::{Chunk, Codec, ImageError, Result};
 
 /// Compression of new chunks: a zstd level, or none.
@@ -87,21 +90,31 @@ impl Encoder {
 }
 
 /// A decompression context kept across chunks (one per restore worker:
-/// making one per chunk costs more than decoding a small chunk).
+/// making one per chunk costs more than decoding a small chunk), with the
+/// key that opens sealed chunks, if the image has one.
 pub struct Decoder {
-    zstd: zstd::bulk::Decompressor<'static>,
+    /// Made at the first compressed chunk.
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    key: Option<std::sync::Arc<ImageKey>>,
+    /// A sealed zstd frame, opened.
+    inner: Vec<u8>,
 }
 
 impl Decoder {
     pub fn new() -> Result<Decoder> {
-        let zstd = zstd::bulk::Decompressor::new().map_err(|e| ImageError::io("starting zstd", e))?;
-        Ok(Decoder { zstd })
+        Self::with_key(None)
+    }
+
+    /// A decoder that opens sealed chunks with `key`.
+    pub fn with_key(key: Option<std::sync::Arc<ImageKey>>) -> Result<Decoder> {
+        Ok(Decoder { zstd: None, key, inner: Vec::new() })
     }
 
     /// Turn the stored bytes of chunk `c` back into its data, in `out`
-    /// (exactly `c.len` bytes long).
+    /// (exactly `c.len` bytes long). A sealed chunk is authenticated
+    /// first: its data comes only from bytes sealed under the key.
     pub fn decode(&mut self, c: &Chunk, stored: &[u8], out: &mut [u8]) -> Result<()> {
-        if out.len() != c.len as usize || stored.len() != c.stored as usize {
+        if out.len() != c.len as usize || stored.len() != c.stored as usize || !c.codec.stored_ok(c.len, c.stored) {
             return Err(ImageError::Corrupt(format!(
                 "chunk of {} bytes ({} stored) decoded from {} into {}",
                 c.len,
@@ -110,16 +123,31 @@ impl Decoder {
                 out.len()
             )));
         }
-        match c.codec {
+        let inner = match c.codec {
             Codec::Raw => {
                 out.copy_from_slice(stored);
-                Ok(())
+                return Ok(());
             }
-            Codec::Zstd => match self.zstd.decompress_to_buffer(stored, out) {
-                Ok(n) if n == out.len() => Ok(()),
-                Ok(n) => Err(ImageError::Corrupt(format!("a compressed chunk gives {n} bytes instead of {}", c.len))),
-                Err(e) => Err(ImageError::Corrupt(format!("a compressed chunk does not decompress: {e}"))),
-            },
+            Codec::Zstd => stored,
+            Codec::SealedRaw | Codec::SealedZstd => {
+                let key = self.key.as_ref().ok_or(SealError::NeedKey)?;
+                if c.codec == Codec::SealedRaw {
+                    return Ok(key.open_chunk(c, stored, out)?);
+                }
+                // (stored_ok: more than the overhead, less than the data.)
+                self.inner.resize(stored.len() - crate::seal::CHUNK_OVERHEAD as usize, 0);
+                key.open_chunk(c, stored, &mut self.inner)?;
+                &self.inner
+            }
+        };
+        let zstd = match &mut self.zstd {
+            Some(z) => z,
+            None => self.zstd.insert(zstd::bulk::Decompressor::new().map_err(|e| ImageError::io("starting zstd", e))?),
+        };
+        match zstd.decompress_to_buffer(inner, out) {
+            Ok(n) if n == out.len() => Ok(()),
+            Ok(n) => Err(ImageError::Corrupt(format!("a compressed chunk gives {n} bytes instead of {}", c.len))),
+            Err(e) => Err(ImageError::Corrupt(format!("a compressed chunk does not decompress: {e}"))),
         }
     }
 }

@@ -186,6 +186,9 @@ pub struct ImageDir {
     owner: ImageOwner,
     manifest: ImageFile,
     manifest_bytes: Vec<u8>,
+    /// The key it is opened with (a sealed image needs it; a plain one
+    /// refuses it).
+    key: Option<std::sync::Arc<crate::ImageKey>>,
 }
 
 impl ImageDir {
@@ -218,7 +221,29 @@ impl ImageDir {
         };
         let owner = decide_owner(&shown, &dir_facts, &manifest)?;
         let manifest_bytes = manifest.read_all(MAX_BODY + HEADER_LEN as u64)?;
-        Ok(ImageDir { path: path.to_path_buf(), dir, owner, manifest, manifest_bytes })
+        Ok(ImageDir { path: path.to_path_buf(), dir, owner, manifest, manifest_bytes, key: None })
+    }
+
+    /// Open the image with `key` (its manifest, chunks and files).
+    pub fn with_key(mut self, key: Option<std::sync::Arc<crate::ImageKey>>) -> ImageDir {
+        self.key = key;
+        self
+    }
+
+    pub fn key(&self) -> Option<&std::sync::Arc<crate::ImageKey>> {
+        self.key.as_ref()
+    }
+
+    /// The manifest header's facts (format version, sealed), readable
+    /// without the key.
+    pub fn header(&self) -> Result<crate::manifest::Header> {
+        crate::manifest::header(&self.manifest_bytes)
+    }
+
+    /// What files the image has and where its store chunks are, readable
+    /// without the key (see [`crate::manifest::Outline`]).
+    pub fn outline(&self) -> Result<crate::manifest::Outline> {
+        crate::manifest::outline(&self.manifest_bytes)
     }
 
     pub fn path(&self) -> &Path {
@@ -246,9 +271,10 @@ impl ImageDir {
         *blake3::hash(&self.manifest_bytes).as_bytes()
     }
 
-    /// Parse and validate the manifest read at open (nothing is read again).
+    /// Parse and validate the manifest read at open (nothing is read
+    /// again), opened with the image's key.
     pub fn manifest(&self) -> Result<Manifest> {
-        crate::decode_manifest(&self.manifest_bytes)
+        crate::decode_manifest_keyed(&self.manifest_bytes, self.key.as_deref())
     }
 
     /// Open the image's file `name` (a plain name): a regular file, owned

@@ -10,7 +10,8 @@
 //! under a size limit. Page contents live in packs as content-addressed
 //! chunks, compressed where that pays ([`codec`]); [`Manifest::validate`] checks every index and bound, and
 //! [`store::PackReader::verify_all`] checks every chunk hash, before a restore
-//! touches the system.
+//! touches the system. With a key ([`seal`]) chunks, manifest and a pod's
+//! files are sealed (XChaCha20-Poly1305), and opened only with that key.
 #![forbid(unsafe_code)]
 
 pub mod chain;
@@ -20,6 +21,7 @@ pub mod dir;
 pub mod manifest;
 pub mod pod;
 pub mod records;
+pub mod seal;
 pub mod shared;
 pub mod store;
 pub mod stream;
@@ -27,9 +29,12 @@ pub mod stream;
 pub use codec::Compression;
 pub use cpu::{CpuFeatures, CpuImage, XComponent};
 pub use dir::{ImageDir, ImageFile, ImageOwner, INCOMPLETE_MARKER};
-pub use manifest::{decode_manifest, encode_manifest, seal, MANIFEST_FILE};
+pub use manifest::{
+    decode_manifest, decode_manifest_keyed, encode_manifest, encode_manifest_keyed, seal, MANIFEST_FILE,
+};
 pub use pod::PodImage;
 pub use records::*;
+pub use seal::{ImageKey, SealError};
 
 /// Anything wrong with an image, with the object or file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +57,9 @@ pub enum ImageError {
     Truncated(String),
     #[error("image is corrupted: {0}")]
     Corrupt(String),
+    /// Sealed and not opened: no key, another key, changed bytes.
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
 }
 
 impl ImageError {

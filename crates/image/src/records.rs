@@ -92,15 +92,16 @@ pub struct StoreLink {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Chunk {
-    /// BLAKE3 of the page data (not of what is stored).
+    /// BLAKE3 of the page data (not of what is stored); keyed in a sealed
+    /// image (see [`crate::seal`]).
     pub hash: [u8; 32],
     pub pack: u32,
     pub offset: u64,
     /// Bytes of page data (a whole number of pages).
     pub len: u32,
-    /// How the data is stored: see [`crate::codec`].
+    /// How the data is stored: see [`crate::codec`] and [`crate::seal`].
     pub codec: Codec,
-    /// Bytes in the pack (`len` when stored raw).
+    /// Bytes in the pack (`len` when stored raw; see [`Codec::stored_ok`]).
     pub stored: u32,
 }
 
@@ -110,6 +111,56 @@ pub enum Codec {
     Raw,
     /// One zstd frame, smaller than the data.
     Zstd,
+    /// The data sealed under the image's key (see [`crate::seal`]).
+    SealedRaw,
+    /// A zstd frame of the data, smaller than the data, sealed.
+    SealedZstd,
+}
+
+impl Codec {
+    /// Whether the stored bytes are sealed under a key.
+    pub fn is_sealed(self) -> bool {
+        matches!(self, Codec::SealedRaw | Codec::SealedZstd)
+    }
+
+    /// Whether the data is compressed (sealed or not).
+    pub fn is_compressed(self) -> bool {
+        matches!(self, Codec::Zstd | Codec::SealedZstd)
+    }
+
+    /// The sealed form of a codec.
+    pub fn sealed(self) -> Codec {
+        match self {
+            Codec::Raw | Codec::SealedRaw => Codec::SealedRaw,
+            Codec::Zstd | Codec::SealedZstd => Codec::SealedZstd,
+        }
+    }
+
+    /// Bytes stored for a chunk of `len` bytes of data whose inner form
+    /// (the data, or its zstd frame) has `inner` bytes.
+    pub fn stored_len(self, inner: u32) -> u32 {
+        match self.is_sealed() {
+            true => inner.saturating_add(crate::seal::CHUNK_OVERHEAD),
+            false => inner,
+        }
+    }
+
+    /// Whether `stored` bytes can hold a chunk of `len` bytes of data in
+    /// this codec: raw data is itself, a zstd frame is smaller than the
+    /// data, and a seal adds exactly its nonce and tag to either.
+    pub fn stored_ok(self, len: u32, stored: u32) -> bool {
+        let inner = match self.is_sealed() {
+            true => match stored.checked_sub(crate::seal::CHUNK_OVERHEAD) {
+                Some(i) => i,
+                None => return false,
+            },
+            false => stored,
+        };
+        match self.is_compressed() {
+            false => inner == len,
+            true => inner > 0 && inner < len,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -427,16 +478,16 @@ impl Manifest {
             if c.len == 0 || u64::from(c.len) % PAGE != 0 || u64::from(c.len) > CHUNK_PAGES * PAGE {
                 return Err(bad(format!("chunk {i}: length {} is not 1..=16 pages", c.len)));
             }
-            let stored_ok = match c.codec {
-                Codec::Raw => c.stored == c.len,
-                Codec::Zstd => c.stored > 0 && c.stored < c.len,
-            };
-            if !stored_ok {
+            if !c.codec.stored_ok(c.len, c.stored) {
                 return Err(bad(format!("chunk {i}: {} bytes stored for {} bytes {:?}", c.stored, c.len, c.codec)));
             }
             if c.offset.checked_add(u64::from(c.stored)).is_none_or(|e| e > pack.size) {
                 return Err(bad(format!("chunk {i}: beyond the end of pack {}", pack.name)));
             }
+        }
+        // An image is sealed whole or not at all.
+        if self.chunks.first().is_some_and(|f| self.chunks.iter().any(|c| c.codec.is_sealed() != f.codec.is_sealed())) {
+            return Err(bad("sealed and plain chunks are mixed".into()));
         }
         for p in &self.packs {
             if p.name.contains('/') || p.name.starts_with('.') || p.name.is_empty() || p.name.contains('\0') {
@@ -609,7 +660,7 @@ impl Manifest {
 
     /// How many chunks are stored compressed.
     pub fn compressed_chunks(&self) -> usize {
-        self.chunks.iter().filter(|c| c.codec != Codec::Raw).count()
+        self.chunks.iter().filter(|c| c.codec.is_compressed()).count()
     }
 
     /// Bytes the chunks take in their packs (compressed where it paid).

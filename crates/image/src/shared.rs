@@ -19,12 +19,19 @@
 //!   first and stores only chunks none of them has.
 //! - `roots/ID`: written before the checkpoint's first pack: the absolute
 //!   path of its image. gc keeps the chunks of the images still found at
-//!   their path with this store's and their own id in their manifest, and
+//!   their path with this store's and their own id in their manifest (its
+//!   outline for a sealed image: gc needs no key), and
 //!   punches the others' out of the packs (offsets never move, so no
 //!   manifest needs rewriting), dropping packs no image needs any more.
 //!
 //! Two checkpoints running at once may both store a chunk new to the
 //! store: each is stored once per checkpoint, not once per store.
+//!
+//! Images sealed under different keys, and plain ones, may share a store:
+//! a sealed chunk's hash is keyed, so chunks of different keys (or none)
+//! never share a hash and no image finds another's chunks (see
+//! [`crate::seal`]); a checkpoint also takes from the index only chunks
+//! sealed like its own.
 
 use crate::dir::{check_writable, facts, open_in, ImageFile, ImageOwner};
 use crate::{Chunk, Codec, ImageDir, ImageError, PackHome, Result, CHUNK_PAGES, PAGE};
@@ -58,9 +65,12 @@ pub enum Lock {
 /// One chunk a store pack holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IndexEntry {
+    /// As in [`Chunk::hash`]: keyed for a sealed chunk, so entries of
+    /// different keys (or none) never share a hash.
     pub hash: [u8; 32],
     pub offset: u64,
     pub len: u32,
+    /// Sealed or not, as in the chunk records ([`Codec::stored_ok`]).
     pub codec: Codec,
     pub stored: u32,
 }
@@ -93,10 +103,7 @@ impl PackIndex {
             return bad(format!("pack name {:?} is not a plain .pack name", self.pack));
         }
         for e in &self.entries {
-            let stored_ok = match e.codec {
-                Codec::Raw => e.stored == e.len,
-                Codec::Zstd => e.stored > 0 && e.stored < e.len,
-            };
+            let stored_ok = e.codec.stored_ok(e.len, e.stored);
             if e.len == 0 || u64::from(e.len) % PAGE != 0 || u64::from(e.len) > CHUNK_PAGES * PAGE || !stored_ok {
                 return bad(format!("a chunk of {} bytes stored in {}", e.len, e.stored));
             }
@@ -445,19 +452,18 @@ impl Store {
             let Some(id) = unhex16(&name) else { continue };
             let Some(f) = self.open_sub(2, &name)? else { continue };
             let path = String::from_utf8(f.read_all(4096)?).unwrap_or_default();
+            // The outline: what a sealed image tells without its key.
             let m = match ImageDir::open(Path::new(&path)) {
                 Err(ImageError::Missing(_) | ImageError::NotAnImage(_)) => None,
                 Err(e) => return Err(gc_stopped(&path, e)),
-                Ok(img) => Some(img.manifest().map_err(|e| gc_stopped(&path, e))?),
+                Ok(img) => Some(img.outline().map_err(|e| gc_stopped(&path, e))?),
             };
             let m = m.filter(|m| m.store.as_ref().is_some_and(|s| s.image_id == id && s.store_id == self.id));
             match m {
                 Some(m) => {
                     report.live += 1;
-                    for c in &m.chunks {
-                        if let Some(p) = m.packs.get(c.pack as usize).filter(|p| p.home == PackHome::Store) {
-                            live.insert((p.name.clone(), c.offset));
-                        }
+                    for (pack, offsets) in m.store_chunks {
+                        live.extend(offsets.into_iter().map(|o| (pack.clone(), o)));
                     }
                 }
                 None => dead_roots.push((name, path)),

@@ -1,5 +1,6 @@
 //! The page store of one image: append-only pack files holding page chunks,
-//! each chunk named in the manifest by its BLAKE3 hash. Writers deduplicate
+//! each chunk named in the manifest by its BLAKE3 hash (keyed, and the
+//! chunk sealed, in an image with a key: see [`crate::seal`]). Writers deduplicate
 //! by hash (the files themselves are created by the checkpoint's output
 //! directory, never over an existing one); the reader works on the packs
 //! [`crate::ImageDir::packs`] opened and checks every chunk hash, stopping
@@ -169,14 +170,26 @@ pub struct PackReader {
     names: Vec<String>,
     /// The store some packs live in: its lock is held while they are read.
     _store: Option<crate::shared::Store>,
+    /// The key of a sealed image.
+    key: Option<std::sync::Arc<crate::ImageKey>>,
 }
 
 impl PackReader {
     /// Packs already opened (and size-checked) by [`crate::chain::open_packs`],
-    /// in the manifest's order, with the store (if any) they were found in.
-    pub(crate) fn new(packs: Vec<(String, File)>, store: Option<crate::shared::Store>) -> Self {
+    /// in the manifest's order, with the store (if any) they were found in
+    /// and the image's key (if it is sealed).
+    pub(crate) fn new(
+        packs: Vec<(String, File)>,
+        store: Option<crate::shared::Store>,
+        key: Option<std::sync::Arc<crate::ImageKey>>,
+    ) -> Self {
         let (names, files) = packs.into_iter().unzip();
-        PackReader { files, names, _store: store }
+        PackReader { files, names, _store: store, key }
+    }
+
+    /// A chunk decoder for this image (one per worker).
+    pub fn decoder(&self) -> Result<crate::codec::Decoder> {
+        crate::codec::Decoder::with_key(self.key.clone())
     }
 
     /// The open file of pack `i` (validated manifests only name existing packs).
@@ -196,10 +209,10 @@ impl PackReader {
         let read = |buf: &mut [u8]| f.read_exact_at(buf, c.offset).map_err(|e| ImageError::io(self.name(c.pack), e));
         match c.codec {
             Codec::Raw => read(out),
-            Codec::Zstd => {
+            _ => {
                 let mut stored = vec![0u8; c.stored as usize];
                 read(&mut stored)?;
-                crate::codec::decode(c, &stored, out)
+                self.decoder()?.decode(c, &stored, out)
             }
         }
     }
@@ -258,7 +271,7 @@ impl PackReader {
         let mut plain = vec![0u8; (crate::CHUNK_PAGES * crate::PAGE) as usize];
         // One context for the part (a chunk's own would cost more than
         // decoding it); without one, each compressed chunk is a problem.
-        let mut dec = crate::codec::Decoder::new().map_err(|e| format!("could not be checked ({e})"));
+        let mut dec = self.decoder().map_err(|e| format!("could not be checked ({e})"));
         let mut i = 0;
         while i < ids.len() && (all || out.is_empty()) {
             let first = &m.chunks[ids[i]];
@@ -283,18 +296,28 @@ impl PackReader {
                 let stored = &span[o..o + c.stored as usize];
                 let data = match c.codec {
                     Codec::Raw => Ok(stored),
-                    Codec::Zstd => {
+                    _ => {
                         let out = &mut plain[..c.len as usize];
                         match dec.as_mut() {
-                            Ok(d) => d.decode(c, stored, out).map(|_| &*out).map_err(|e| e.to_string()),
+                            Ok(d) => d.decode(c, stored, out).map(|_| &*out).map_err(|e| match e {
+                                ImageError::Seal(crate::SealError::Unauthentic(_)) => {
+                                    "fails authentication: it was damaged or altered".to_string()
+                                }
+                                e => e.to_string(),
+                            }),
                             Err(e) => Err(e.clone()),
                         }
                     }
                 };
+                // A sealed chunk's hash is keyed (decoding it needed the key).
+                let hash = |d: &[u8]| match (&self.key, c.codec.is_sealed()) {
+                    (Some(k), true) => k.hash(d),
+                    _ => *blake3::hash(d).as_bytes(),
+                };
                 let problem = match (&read, data) {
                     (Err(e), _) => e.clone(),
                     (Ok(()), Err(e)) => e,
-                    (Ok(()), Ok(d)) if blake3::hash(d).as_bytes() != &c.hash => "fails its checksum".to_string(),
+                    (Ok(()), Ok(d)) if hash(d) != c.hash => "fails its checksum".to_string(),
                     (Ok(()), Ok(_)) => continue,
                 };
                 out.push(Damage { chunk: id, pack: self.name(c.pack).to_string(), offset: c.offset, problem });

@@ -13,8 +13,13 @@
 //! and size before it takes a byte of them: a file the manifest does not
 //! name, a size that differs, a repeated or missing file, a hash that
 //! differs, anything after the end, are all refused.
+//!
+//! A sealed image goes through as it is, without its key: names and sizes
+//! come from the manifest's outline ([`crate::manifest::Outline`]), and
+//! its contents are authenticated when it is opened with the key.
 
 use crate::dir::ImageDir;
+use crate::manifest::Outline;
 use crate::{ImageError, Manifest, Result, MANIFEST_FILE};
 use std::io::{Read, Write};
 
@@ -30,20 +35,20 @@ fn corrupt(what: impl std::fmt::Display) -> ImageError {
 }
 
 /// The files an image has beside its manifest: (name, exact size, or None
-/// for any size up to a bound; required).
-fn expected(m: &Manifest) -> Vec<(String, Option<u64>, bool)> {
-    let mut v: Vec<(String, Option<u64>, bool)> =
-        m.packs.iter().map(|p| (p.name.clone(), Some(p.size), true)).collect();
-    if let Some(pod) = &m.pod {
-        if let Some((name, size, _)) = &pod.tmpfs_archive {
-            v.push((name.clone(), Some(*size), true));
-        }
-        for seg in &pod.ipc.shm {
-            v.push((seg.data.0.clone(), Some(seg.data.1), true));
-        }
-        v.push((POD_LOG.to_string(), None, false));
+/// for any size up to a bound; required). From the outline, so that a
+/// sealed image goes through a stream without its key.
+fn expected(o: &Outline) -> Vec<(String, Option<u64>, bool)> {
+    o.files.iter().map(|f| (f.name.clone(), f.size, f.required)).collect()
+}
+
+fn whole(o: &Outline, what: &str) -> Result<()> {
+    if o.borrows {
+        return Err(ImageError::Unsafe(format!(
+            "{what} keeps chunks in its parent images or a store: a stream carries one whole image (checkpoint it \
+             without --parent and --store to stream it)"
+        )));
     }
-    v
+    Ok(())
 }
 
 /// Counts what goes through, for the summary.
@@ -62,14 +67,8 @@ impl<W: Write> Counting<'_, W> {
 
 /// Write image `img` as a stream; returns the bytes written.
 pub fn export<W: Write>(img: &ImageDir, w: &mut W) -> Result<u64> {
-    let m = img.manifest()?;
-    if m.packs.iter().any(|p| p.home != crate::PackHome::Own) {
-        return Err(ImageError::Unsafe(format!(
-            "{} keeps chunks in its parent images or a store: a stream carries one whole image (checkpoint it \
-             without --parent and --store to stream it)",
-            img.path().display()
-        )));
-    }
+    let m = img.outline()?;
+    whole(&m, &img.path().display().to_string())?;
     let mut out = Counting { w, n: 0 };
     out.put(&STREAM_MAGIC)?;
     out.put(&STREAM_VERSION.to_le_bytes())?;
@@ -164,10 +163,18 @@ impl Sink for std::fs::File {
 
 impl Sink for std::io::Sink {}
 
+/// What [`import`] took in: the manifest's bytes, which the caller commits
+/// last, and the manifest itself unless it is sealed (checked then only
+/// as far as its outline: its key opens it).
+#[derive(Debug)]
+pub struct Imported {
+    pub manifest_bytes: Vec<u8>,
+    pub manifest: Option<Manifest>,
+}
+
 /// Read a stream, writing each file through `create` (which must make a
-/// new file of that plain name); returns the manifest, checked, which the
-/// caller commits last.
-pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn Sink>>) -> Result<Manifest> {
+/// new file of that plain name).
+pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn Sink>>) -> Result<Imported> {
     let mut head = [0u8; 12];
     read_exact(r, &mut head, "the header")?;
     if head[..8] != STREAM_MAGIC {
@@ -181,7 +188,7 @@ pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn
     }
     let mut hashes = blake3::Hasher::new();
     let mut count = 0u64;
-    let mut manifest: Option<Manifest> = None;
+    let mut manifest: Option<(Vec<u8>, Option<Manifest>)> = None;
     let mut want: Vec<(String, Option<u64>, bool)> = Vec::new();
     let mut buf = vec![0u8; COPY_BUF];
     loop {
@@ -216,9 +223,17 @@ pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn
                     return Err(ImageError::Truncated("image stream ends inside the manifest".into()));
                 }
                 let hash = blake3::hash(&bytes);
-                let m = crate::decode_manifest(&bytes)?;
-                want = expected(&m);
-                manifest = Some(m);
+                let m = match crate::manifest::header(&bytes)?.sealed {
+                    true => None,
+                    false => Some(crate::decode_manifest(&bytes)?),
+                };
+                let outline = match &m {
+                    Some(m) => Outline::of(m),
+                    None => crate::manifest::outline(&bytes)?,
+                };
+                whole(&outline, "the image")?;
+                want = expected(&outline);
+                manifest = Some((bytes, m));
                 hash
             }
             Some(_) => {
@@ -263,5 +278,6 @@ pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn
         Ok(_) => return Err(corrupt("bytes follow its end")),
         Err(e) => return Err(ImageError::io("the image stream", e)),
     }
-    manifest.ok_or_else(|| corrupt("it holds no manifest"))
+    let (manifest_bytes, manifest) = manifest.ok_or_else(|| corrupt("it holds no manifest"))?;
+    Ok(Imported { manifest_bytes, manifest })
 }

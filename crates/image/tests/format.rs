@@ -618,7 +618,7 @@ fn import_into(stream: &[u8], name: &str) -> (Scratch, std::result::Result<Manif
         Ok(Box::new(f))
     };
     let r = stream::import(&mut &stream[..], &mut create).map_err(|e| e.to_string());
-    (out, r)
+    (out, r.map(|i| i.manifest.expect("a plain image")))
 }
 
 #[test]

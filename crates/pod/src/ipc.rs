@@ -1,5 +1,6 @@
 //! The pod's IPC namespace in a checkpoint: SysV shared memory segments
-//! (contents in files of the image, checked by hash), semaphore sets with
+//! (contents in files of the image, checked by hash, sealed under the
+//! image's key if it has one), semaphore sets with
 //! their values, message queues with their messages (copied with MSG_COPY,
 //! not removed), and POSIX message queues (received and sent back in the
 //! same order). Read by a helper that joins the pod's IPC namespace;
@@ -9,7 +10,7 @@
 use crate::{PodError, Result};
 use cryopod_engine::outdir::OutDir;
 use cryopod_image::pod::{MsgQueue, PodIpc, PosixMqueue, SemSet, ShmSegment};
-use cryopod_image::ImageDir;
+use cryopod_image::{ImageDir, ImageKey};
 use cryopod_sys::{ipc, ns};
 use std::fs::File;
 use std::io::Write;
@@ -39,14 +40,17 @@ fn col(r: &[i64], i: usize) -> i64 {
 /// In the helper: read everything, writing segment contents into new
 /// files of the image (noted in its journal, so a failed checkpoint
 /// removes them even though this runs in another process).
-fn read_all(dir: &OutDir) -> Result<PodIpc> {
+fn read_all(dir: &OutDir, image_key: Option<&ImageKey>) -> Result<PodIpc> {
     let mut out = PodIpc::default();
     // key shmid perms size cpid lpid nattch uid gid ...
     for r in rows("shm")? {
         let (key, id, mode, size) = (col(&r, 0) as i32, col(&r, 1) as i32, col(&r, 2) as u32, col(&r, 3) as u64);
-        let data = ipc::shm_read(id, size as usize)?;
+        let mut data = ipc::shm_read(id, size as usize)?;
         let name = format!("ipc-shm-{id}");
         let path = dir.path().join(&name);
+        if let Some(k) = image_key {
+            data = k.seal_bytes(&name, &data).map_err(cryopod_image::ImageError::from)?;
+        }
         dir.create(&name)?.write_all(&data).map_err(PodError::io(&path))?;
         let hash = *blake3::hash(&data).as_bytes();
         let perm = (col(&r, 7) as u32, col(&r, 8) as u32, mode & 0o777);
@@ -95,9 +99,10 @@ fn read_all(dir: &OutDir) -> Result<PodIpc> {
 }
 
 /// Read the IPC namespace of the pod whose first process is `init`
-/// (frozen), writing shared memory contents into the image directory.
-pub fn collect(init: i32, dir: &OutDir) -> Result<PodIpc> {
-    crate::join::read_inside(init, libc::CLONE_NEWIPC, "the pod's IPC namespace", || read_all(dir))
+/// (frozen), writing shared memory contents into the image directory
+/// (sealed under `key` if there is one).
+pub fn collect(init: i32, dir: &OutDir, key: Option<&ImageKey>) -> Result<PodIpc> {
+    crate::join::read_inside(init, libc::CLONE_NEWIPC, "the pod's IPC namespace", || read_all(dir, key))
 }
 
 /// Owners of a `--userns` pod's objects as the pod sees them (they were
@@ -133,14 +138,16 @@ pub fn remove_marked(ipc: &PodIpc, init: i32) -> Result<()> {
 }
 
 /// Check the image's shared memory files before anything is created;
-/// returns them opened, in the order of `ipc.shm`.
+/// returns their contents (opened, for a sealed image), in the order of
+/// `ipc.shm`.
 pub fn check_files(ipc: &PodIpc, img: &ImageDir) -> Result<Vec<File>> {
     let mut out = Vec::with_capacity(ipc.shm.len());
     for s in &ipc.shm {
-        if s.data.1 > s.size {
+        let f = crate::snapshot::checked_file(img, &s.data)?;
+        if f.metadata().map_err(PodError::io(&s.data.0))?.len() > s.size {
             return Err(PodError::Invalid(format!("image: SysV segment {} has more contents than size", s.id)));
         }
-        out.push(crate::snapshot::checked_file(img, &s.data)?);
+        out.push(f);
     }
     Ok(out)
 }
@@ -162,8 +169,9 @@ fn same_id(what: &str, want: i32, got: i32) -> Result<()> {
 /// `files` are the segments' contents from [`check_files`].
 pub fn restore(ipc: &PodIpc, files: &[File]) -> Result<()> {
     for (s, f) in ipc.shm.iter().zip(files) {
-        // Checked: the file has exactly this many bytes.
-        let len = usize::try_from(s.data.1).map_err(|_| PodError::Invalid(format!("SysV segment {}: size", s.id)))?;
+        // Checked: at most the segment's size.
+        let len = f.metadata().map_err(PodError::io(&s.data.0))?.len();
+        let len = usize::try_from(len).map_err(|_| PodError::Invalid(format!("SysV segment {}: size", s.id)))?;
         let mut data = vec![0u8; len];
         f.read_exact_at(&mut data, 0).map_err(PodError::io(&s.data.0))?;
         next_id("shm", s.id)?;

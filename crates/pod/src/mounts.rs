@@ -163,9 +163,17 @@ pub fn apply(m: &PodMount, root: &str, in_rootfs: bool) -> Result<()> {
 
 /// Archive the files of every tmpfs mount of `mounts` (read under
 /// `root`, the pod's root seen from here) into `out` (a new file at
-/// `path`), as `tmpfs/<index>/`; returns the archive's size and BLAKE3.
-pub fn archive(root: &str, mounts: &[PodMount], out: std::fs::File, path: &Path) -> Result<(u64, [u8; 32])> {
+/// `path`), as `tmpfs/<index>/`, sealed under `key` if there is one;
+/// returns the size and BLAKE3 of the file as stored.
+pub fn archive(
+    root: &str,
+    mounts: &[PodMount],
+    (out, path): (std::fs::File, &Path),
+    key: Option<&cryopod_image::ImageKey>,
+) -> Result<(u64, [u8; 32])> {
     let w = Hashing { inner: std::io::BufWriter::new(out), hash: blake3::Hasher::new(), len: 0 };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let w = cryopod_image::seal::FileWriter::new(key, &name, w).map_err(PodError::io(path))?;
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
@@ -175,7 +183,7 @@ pub fn archive(root: &str, mounts: &[PodMount], out: std::fs::File, path: &Path)
             append_tree(&mut b, Path::new(&src), Path::new(&format!("tmpfs/{index}"))).map_err(PodError::io(&src))?;
         }
     }
-    let mut w = b.into_inner().map_err(PodError::io(path))?;
+    let mut w = b.into_inner().and_then(|w| w.finish()).map_err(PodError::io(path))?;
     w.inner.flush().map_err(PodError::io(path))?;
     Ok((w.len, *w.hash.finalize().as_bytes()))
 }

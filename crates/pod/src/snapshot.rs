@@ -4,6 +4,13 @@
 //! pod's processes with their in-pod PIDs. A restore builds a new pod from
 //! that record (holder, cgroup, network), lets the engine fork the tree
 //! into a fresh PID namespace, and records the pod under its (new) name.
+//!
+//! With a key (`--key`) the pod's files in the image are sealed like its
+//! memory (`cryopod_image::seal`): the tmpfs archive, the SysV segments'
+//! contents, and the copy of a detached pod's log. A restore opens each
+//! one whole, authenticated, into memory of its own before anything of the
+//! pod is made. (The log copy is optional, as without a key: removing it
+//! loses only the old output; any change to it is refused.)
 
 use crate::cgroup::Cgroup;
 use crate::create::{Extra, Holder};
@@ -17,7 +24,8 @@ use cryopod_engine::restore::PodRestore;
 use cryopod_engine::{
     CheckedImage, CheckpointOptions, CheckpointSummary, EngineError, Progress, RestoreOptions, RestoreOutcome,
 };
-use cryopod_image::{ImageDir, PodImage};
+use cryopod_image::seal::FileWriter;
+use cryopod_image::{ImageDir, ImageKey, PodImage};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -73,6 +81,8 @@ pub struct PodCheckpointOptions<'a> {
     /// Dirty tracking of the pod's tree (`--track`): the pod is then read
     /// frozen (see `cryopod_engine::incremental`).
     pub tracker: Option<&'a std::sync::Mutex<cryopod_engine::track::Tracker>>,
+    /// The key the image is sealed under (`--key`).
+    pub key: Option<&'a ImageKey>,
 }
 
 /// Checkpoint pod `o.name` into `o.dir`; unless `leave_running`, the pod
@@ -195,13 +205,13 @@ fn checkpoint_frozen(
     let pod_mounts = mounts::classify(&pod_mounts, rec.spec.rootfs.is_some(), &host_mounts, rec.spec.userns)?;
     let tmpfs_archive = if pod_mounts.iter().any(|m| matches!(m.kind, cryopod_image::pod::PodMountKind::Tmpfs { .. })) {
         let f = out.create(ARCHIVE)?;
-        let (size, hash) = mounts::archive(&root, &pod_mounts, f, &o.dir.join(ARCHIVE))?;
+        let (size, hash) = mounts::archive(&root, &pod_mounts, (f, &o.dir.join(ARCHIVE)), o.key)?;
         Some((ARCHIVE.to_string(), size, hash))
     } else {
         None
     };
     let limits = cg.limits()?;
-    let mut ipc = crate::ipc::collect(init, out)?;
+    let mut ipc = crate::ipc::collect(init, out, o.key)?;
     if rec.spec.userns {
         crate::ipc::to_pod_ids(&mut ipc, |id| {
             crate::create::pod_id(u64::from(id)).ok_or_else(|| {
@@ -235,9 +245,11 @@ fn checkpoint_frozen(
         let md = std::fs::metadata(&log).map_err(PodError::io(&log))?;
         external.push((md.dev(), md.ino(), "log".to_string()));
         // Its contents so far (the pod is frozen), for the restored pod's log.
-        let mut copy = out.create(LOG_COPY)?;
+        let copy = out.create(LOG_COPY)?;
         let mut src = std::fs::File::open(&log).map_err(PodError::io(&log))?;
-        std::io::copy(&mut src, &mut copy).map_err(PodError::io(o.dir.join(LOG_COPY)))?;
+        let err = PodError::io(o.dir.join(LOG_COPY));
+        let mut w = FileWriter::new(o.key, LOG_COPY, std::io::BufWriter::new(copy)).map_err(PodError::io(&log))?;
+        std::io::copy(&mut src, &mut w).and_then(|_| w.finish()).map_err(err)?;
     }
     // A pod left running hears the world again as it thaws (its memory
     // may still be being read); one that is to die stays locked until it
@@ -262,6 +274,7 @@ fn checkpoint_frozen(
         cow,
         threads: o.threads,
         compress: o.compress,
+        key: o.key,
         exclude_dontdump: o.exclude_dontdump,
         base: o.base,
         tracker: o.tracker,
@@ -306,23 +319,75 @@ fn spec_ip_same(old: Option<std::net::Ipv4Addr>, new: Option<IpConfig>) -> bool 
     new.is_none_or(|n| Some(n.addr) == old)
 }
 
-/// A file the manifest names beside itself (name, size, BLAKE3), opened
-/// through the image and checked: a plain name, a regular file of the
-/// image's owner, its size and hash as recorded. Returned at its start.
+/// A file the manifest names beside itself (name, size, BLAKE3 of the
+/// file as stored), opened through the image and checked: a plain name, a
+/// regular file of the image's owner, its size and hash as recorded; in a
+/// sealed image, opened whole with the key into memory of its own. Returns
+/// the contents, at their start.
 pub(crate) fn checked_file(img: &ImageDir, (name, size, hash): &(String, u64, [u8; 32])) -> Result<std::fs::File> {
     let f = img.open_file(name)?;
     let damaged = || PodError::Invalid(format!("image: {} is damaged (size or hash differs)", f.path()));
     if f.size() != *size {
         return Err(damaged());
     }
-    let mut h = blake3::Hasher::new();
-    let n = std::io::copy(&mut f.file().take(*size), &mut h).map_err(PodError::io(f.path()))?;
-    if n != *size || h.finalize().as_bytes() != hash {
+    let mut r = Hashing { inner: f.file().take(*size), hash: blake3::Hasher::new(), len: 0 };
+    let file = match img.key() {
+        None => {
+            std::io::copy(&mut r, &mut std::io::sink()).map_err(PodError::io(f.path()))?;
+            f.file().try_clone().map_err(PodError::io(f.path()))?
+        }
+        Some(key) => {
+            let mut plain = scratch(name)?;
+            key.open_file(name, &mut r, *size, &mut plain)?;
+            plain
+        }
+    };
+    if r.len != *size || r.hash.finalize().as_bytes() != hash {
         return Err(damaged());
     }
-    let mut file = f.file().try_clone().map_err(PodError::io(f.path()))?;
+    let mut file = file;
     file.rewind().map_err(PodError::io(f.path()))?;
     Ok(file)
+}
+
+/// A reader that hashes and counts what goes through it.
+struct Hashing<R> {
+    inner: R,
+    hash: blake3::Hasher,
+    len: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Memory of our own (a memfd) for the opened contents of a sealed file.
+fn scratch(name: &str) -> Result<std::fs::File> {
+    let fd = rustix::fs::memfd_create("cryopod-opened", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| PodError::io(format!("memory for {name}"))(e.into()))?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// The old log a detached pod's image holds, opened (with the key of a
+/// sealed image) and appended to `log`.
+fn copy_old_log(img: &ImageDir, log: &mut std::fs::File, path: &std::path::Path) -> Result<()> {
+    let Some(old) = img.open_optional(LOG_COPY)? else { return Ok(()) };
+    let mut r = old.file().take(old.size());
+    match img.key() {
+        None => std::io::copy(&mut r, log).map(|_| ()).map_err(PodError::io(path)),
+        Some(key) => {
+            // Whole and authenticated before a byte of it goes to the log.
+            let mut plain = scratch(LOG_COPY)?;
+            key.open_file(LOG_COPY, &mut r, old.size(), &mut plain)?;
+            plain.rewind().map_err(PodError::io(path))?;
+            std::io::copy(&mut plain, log).map(|_| ()).map_err(PodError::io(path))
+        }
+    }
 }
 
 /// Check the pod's own files in an image (tmpfs archive, SysV segment
@@ -385,11 +450,13 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
         cpus: pod.cpus,
         userns: pod.userns,
     };
+    // Every chunk checked (sealed: authenticated) before anything is made.
+    let packs = cryopod_engine::restore::verified_packs(o.image, o.threads, progress).map_err(engine_err)?;
     // Should we die before the pod is recorded, every process made for it
     // dies (the next cryopod command removes what else is left of it).
     let guard = Guard::start(Outcome::Kill).map_err(engine_err)?;
     crate::create::reserve(state, &name, &spec)?;
-    let res = restore_reserved(state, o, &name, &pod, spec, &guard, progress);
+    let res = restore_reserved(state, o, (&name, &pod, spec), (&guard, &packs), progress);
     if res.is_err() {
         state.release(&name);
     }
@@ -406,25 +473,21 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
 fn restore_reserved(
     state: &StateDir,
     o: &PodRestoreOptions,
-    name: &str,
-    pod: &PodImage,
-    spec: PodSpec,
-    guard: &Guard,
+    (name, pod, spec): (&str, &PodImage, PodSpec),
+    (guard, packs): (&Guard, &cryopod_image::store::PackReader),
     progress: Progress,
 ) -> Result<(PodRecord, RestoreOutcome)> {
     let img = o.image.dir();
     let archive = pod.tmpfs_archive.as_ref().map(|rec| checked_file(img, rec)).transpose()?;
+    let shm_files = crate::ipc::check_files(&pod.ipc, img)?;
     let mut log = None;
     if pod.detached {
         let p = state.log_path(name);
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(PodError::io(&p))?;
-        if let Some(old) = img.open_optional(LOG_COPY)? {
-            std::io::copy(&mut old.file().take(old.size()), &mut f).map_err(PodError::io(&p))?;
-        }
+        copy_old_log(img, &mut f, &p)?;
         log = Some(f);
     }
     let inherit: Vec<(String, BorrowedFd)> = log.iter().map(|f| ("log".to_string(), f.as_fd())).collect();
-    let shm_files = crate::ipc::check_files(&pod.ipc, img)?;
     let net_cfg = net::NetConfig { links: pod.links.clone(), routes: pod.routes.clone() };
     let old_ip = pod.ip.map(|(a, _)| std::net::Ipv4Addr::from(a));
     let extra = Extra {
@@ -466,6 +529,7 @@ fn restore_reserved(
         inherit,
         ns_of: holder.pid,
         tcp_closed_at,
+        packs,
     };
     let opts =
         RestoreOptions { image: o.image, threads: o.threads, pod: Some(pod_restore), guard: Some(guard.clone()) };

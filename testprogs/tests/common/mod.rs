@@ -187,8 +187,10 @@ impl Run {
                 let _ = c.wait();
             }
             // Wait until every process of the image is gone and reaped (we
-            // are a subreaper: orphaned grandchildren end up with us).
-            let pids = self.image_pids();
+            // are a subreaper: orphaned grandchildren end up with us). A
+            // sealed image is inspected with its key.
+            let key: Vec<&str> = extra.windows(2).find(|w| w[0] == "--key").map(|w| w.to_vec()).unwrap_or_default();
+            let pids = self.image_pids_with(&key);
             let t = Instant::now();
             while let Some(p) = pids.iter().find(|p| Path::new(&format!("/proc/{p}")).exists()) {
                 reap_all();
@@ -202,7 +204,12 @@ impl Run {
     /// Every pid in the image (from `cryopod inspect --json`); all become
     /// ours to end once restored.
     pub fn image_pids(&mut self) -> Vec<i32> {
-        let o = cryopod(&["inspect", "--json", self.image.to_str().unwrap()], &[]);
+        self.image_pids_with(&[])
+    }
+
+    /// [`Run::image_pids`], `inspect` given `extra` arguments (`--key FILE`).
+    pub fn image_pids_with(&mut self, extra: &[&str]) -> Vec<i32> {
+        let o = cryopod(&["inspect", "--json", self.image.to_str().unwrap()], extra);
         assert!(o.0 == 0, "inspect failed: {}", o.2);
         let v: serde_json::Value = serde_json::from_str(&o.1).expect("inspect json");
         let pids: Vec<i32> =

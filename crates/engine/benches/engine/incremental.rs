@@ -109,7 +109,7 @@ pub fn incremental(threads: usize, rounds: usize, bytes: u64) {
         rewrite(pid, answer);
         // Tracked: only the pages written since the full image are read.
         let t = Instant::now();
-        let base = Base::open(&tracked, ImageOwner::current(), Some(&full), None).expect("base");
+        let base = Base::open(&tracked, ImageOwner::current(), (Some(&full), None), None).expect("base");
         let mut o = tree_options(pid, &tracked, true, true, threads);
         o.tracker = Some(&tracker);
         o.base = Some(&base);
@@ -118,7 +118,7 @@ pub fn incremental(threads: usize, rounds: usize, bytes: u64) {
         drop(tracker);
         // Untracked: every page read and hashed, new chunks stored.
         let t = Instant::now();
-        let base2 = Base::open(&untracked, ImageOwner::current(), Some(&full), None).expect("base");
+        let base2 = Base::open(&untracked, ImageOwner::current(), (Some(&full), None), None).expect("base");
         let mut o = tree_options(pid, &untracked, true, true, threads);
         o.base = Some(&base2);
         let s_un = checkpoint(&o, &quiet).expect("untracked checkpoint");
@@ -150,7 +150,7 @@ pub fn incremental(threads: usize, rounds: usize, bytes: u64) {
         reap(pid);
         wait_gone(pid);
         unsafe { libc::close(answer) };
-        let image = CheckedImage::open(&tracked).expect("open tracked image");
+        let image = CheckedImage::open(&tracked, None).expect("open tracked image");
         let r = restore(&RestoreOptions { image: &image, threads, pod: None, guard: None }, &quiet).expect("restore");
         unsafe { libc::kill(r.root_pid, libc::SIGUSR1) };
         let st = reap(r.root_pid);

@@ -218,6 +218,7 @@ fn tree_options(
         cow,
         threads,
         compress,
+        key: None,
         exclude_dontdump: false,
         pod: None,
         guard: None,
@@ -292,7 +293,7 @@ fn main() {
         let tmpfs = tmpfs_before.max(tmpfs_write_bw(bytes));
         let touch_before = first_touch_bw(bytes);
         let t = Instant::now();
-        let image = CheckedImage::open(&img).expect("open image");
+        let image = CheckedImage::open(&img, None).expect("open image");
         let o = restore(&RestoreOptions { image: &image, threads, pod: None, guard: None }, &quiet).expect("restore");
         let rs = t.elapsed();
         unsafe { libc::kill(o.root_pid, libc::SIGUSR1) };
@@ -347,7 +348,7 @@ fn main() {
             wait_gone(p.pid);
         }
         let t = Instant::now();
-        let image = CheckedImage::open(&dir).expect("open image");
+        let image = CheckedImage::open(&dir, None).expect("open image");
         let o =
             restore(&RestoreOptions { image: &image, threads, pod: None, guard: None }, &quiet).expect("small restore");
         rss.push(t.elapsed());
