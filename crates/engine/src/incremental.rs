@@ -13,7 +13,9 @@
 //!   the piece is `untracked`), and the page not among the `written`;
 //! - the parent saved that address in a private anonymous area not marked
 //!   MADV_DONTDUMP (an excluded area's zeros are not its contents), as a
-//!   chunk this checkpoint's base knows, or as zeros.
+//!   chunk this checkpoint's base knows, or as zeros;
+//! - with `--exclude-dontdump`, the area is not marked now either (its
+//!   pages are then left out, not taken from the parent).
 
 use crate::mm::{Dest, MemCollector};
 use crate::pages::{Piece, Src};
@@ -114,7 +116,11 @@ pub fn select(
             (Src::Mem { pid, addr }, Dest::Vma { proc, vma, .. }) => {
                 let v = procs.get(*proc).and_then(|p| p.vmas.get(*vma));
                 match (v, prepared.get(pid)) {
-                    (Some(v), Some((d, runs))) if v.kind == VmaKind::Anon && !v.shared => {
+                    // An area left out on request (its flags are known
+                    // then) is never filled from the parent.
+                    (Some(v), Some((d, runs)))
+                        if v.kind == VmaKind::Anon && !v.shared && v.madv & vma_flags::DONTDUMP == 0 =>
+                    {
                         split(*pid, *addr, piece.pages, (*proc, *vma), d, runs)
                     }
                     _ => None,

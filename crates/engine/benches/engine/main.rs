@@ -13,13 +13,16 @@
 //!   with zstd (the default) and raw, against each other and against tmpfs
 //!   write bandwidth (`CRYOPOD_BENCH_ONLY=compress` runs only this part);
 //! - incremental checkpoints, tracked and untracked, against the full one
-//!   (`CRYOPOD_BENCH_ONLY=incremental`: see `incremental.rs`).
+//!   (`CRYOPOD_BENCH_ONLY=incremental`: see `incremental.rs`);
+//! - restore from a compressed, sealed image against first touch
+//!   (`CRYOPOD_BENCH_ONLY=sealed`: see `sealed.rs`).
 //!
 //! `CRYOPOD_BENCH_GIB` changes the size (default 4), `CRYOPOD_BENCH_ROUNDS`
 //! the rounds of the large checkpoint/restore (default 3; the median is
 //! reported), `CRYOPOD_BENCH_THREADS` the worker threads (default: CPUs).
 
 mod incremental;
+mod sealed;
 
 use cryopod_engine::{checkpoint, restore, CheckedImage, CheckpointOptions, RestoreOptions};
 use std::io::Write;
@@ -268,6 +271,9 @@ fn main() {
     }
     if only.is_empty() || only == "incremental" {
         incremental::incremental(threads, rounds, bytes);
+    }
+    if only.is_empty() || only == "sealed" {
+        sealed::sealed_restore(threads, rounds, bytes);
     }
     if !only.is_empty() {
         let _ = std::fs::remove_dir_all(SHM);
