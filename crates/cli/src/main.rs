@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod check;
+mod checkpoint;
 mod inspect;
 mod pods;
 mod progress;
@@ -52,52 +53,7 @@ enum Cmd {
     /// Show the output of a detached pod.
     Logs { name: String },
     /// Checkpoint a pod (by name) or the process tree rooted at --pid into DIR.
-    Checkpoint {
-        /// The pod to checkpoint.
-        #[arg(required_unless_present = "pid", conflicts_with = "pid")]
-        name: Option<String>,
-        /// Root of a process tree (all descendants and threads are included).
-        #[arg(long)]
-        pid: Option<i32>,
-        /// Image directory (created; must not already hold an image), or
-        /// `-` for one stream on stdout.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Resume the tree afterwards instead of killing it.
-        #[arg(long)]
-        leave_running: bool,
-        /// Worker threads for page data (default: number of CPUs).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Compression of page data: a zstd level (1-19) or "none". Chunks
-        /// that do not shrink by a page are stored raw.
-        #[arg(long, default_value = "1", value_name = "LEVEL|none")]
-        compress: cryopod_image::Compression,
-        /// Leave out the pages of areas the program marked MADV_DONTDUMP:
-        /// they come back zero-filled. Off by default: the mark says the
-        /// data need not be in a core dump, not that it is dead.
-        #[arg(long)]
-        exclude_dontdump: bool,
-        /// Incremental: store only the chunks the image PREV (and its own
-        /// parents) does not hold; the new image needs PREV to restore.
-        #[arg(long, value_name = "PREV")]
-        parent: Option<PathBuf>,
-        /// Keep the chunks in the shared store DIR (made if missing), each
-        /// chunk once for every image there (see `cryopod gc`).
-        #[arg(long, value_name = "DIR")]
-        store: Option<PathBuf>,
-        /// Keep tracking the tree's writes after this checkpoint (with
-        /// --leave-running), so that the next `--parent` this image
-        /// checkpoint reads only the pages written since. With --parent:
-        /// take over the tracking the parent's checkpoint left.
-        #[arg(long)]
-        track: bool,
-        /// Seal the image with the key in FILE: 32 raw bytes, or 64
-        /// hexadecimal characters. Read once, so `/dev/fd/N` passes it by
-        /// descriptor; the key itself is never written anywhere.
-        #[arg(long, value_name = "FILE")]
-        key: Option<PathBuf>,
-    },
+    Checkpoint(checkpoint::CheckpointArgs),
     /// (Internal) hold a tree's dirty tracking between two checkpoints.
     #[command(name = "__hold-tracking", hide = true)]
     HoldTracking { socket: PathBuf },
@@ -187,63 +143,6 @@ fn human(b: u64) -> String {
     }
 }
 
-fn print_checkpoint(s: &cryopod_engine::CheckpointSummary, leave_running: bool, output: &std::path::Path) {
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let frozen = match (leave_running, s.arm_stop) {
-        (false, _) => String::new(),
-        (true, None) => format!(", frozen {:.1} ms", ms(s.frozen)),
-        (true, Some(a)) => format!(", frozen {:.1} ms ({:.1} ms of it arming)", ms(s.frozen), ms(a)),
-    };
-    eprintln!(
-        "checkpointed {} processes ({} threads), {} of memory, image {} in {:.1} ms{} → {}",
-        s.processes,
-        s.threads,
-        human(s.memory_bytes),
-        human(s.image_bytes),
-        s.elapsed.as_secs_f64() * 1e3,
-        frozen,
-        output.display()
-    );
-    if let Some(why) = &s.fallback {
-        eprintln!("note: {why}; the checkpoint was taken again with the tree frozen throughout");
-    }
-    if let Some(base) = &s.base {
-        eprintln!(
-            "incremental {base}: {} new ({} stored), {} not written again",
-            human(s.chunks.new_bytes),
-            human(s.chunks.stored_bytes),
-            human(s.chunks.reused_bytes)
-        );
-    }
-}
-
-/// For `-o -`: a private directory the image goes to first (kept until
-/// it is streamed), and the path to write it to.
-fn stream_target(output: PathBuf) -> Result<(Option<streams::TempImage>, PathBuf)> {
-    if !streams::is_stdio(&output) {
-        return Ok((None, output));
-    }
-    anyhow::ensure!(
-        !std::io::IsTerminal::is_terminal(&std::io::stdout()),
-        "-o - writes the image to stdout, which is a terminal: redirect it"
-    );
-    let t = streams::TempImage::new()?;
-    let path = t.image();
-    Ok((Some(t), path))
-}
-
-/// Stream the image made in `dir` for `-o -`, then remove it.
-fn to_stdout(stream: Option<streams::TempImage>, dir: &std::path::Path) -> Result<i32> {
-    if let Some(t) = stream {
-        match streams::export(dir, std::path::Path::new("-")) {
-            Ok(n) => eprintln!("streamed the image to stdout ({})", human(n)),
-            // The tree may be gone: the image must not be.
-            Err(e) => return Err(e.context(format!("the image is kept in {}", t.keep().display()))),
-        }
-    }
-    Ok(0)
-}
-
 fn main() {
     cryopod_sys::signal::default_sigpipe();
     let cli = Cli::parse();
@@ -280,93 +179,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
         Cmd::Exec { name, cmd } => pods::exec(state, &name, &cmd),
         Cmd::Stop { name, timeout } => pods::stop(state, &name, timeout),
         Cmd::Logs { name } => pods::logs(state, &name),
-        Cmd::Checkpoint {
-            name: Some(name),
-            output,
-            leave_running,
-            threads,
-            compress,
-            exclude_dontdump,
-            parent,
-            store,
-            track,
-            key,
-            ..
-        } => {
-            let init = match track {
-                true => state.load(&name).with_context(|| format!("no pod {name}"))?.init_pid,
-                false => 0,
-            };
-            let key = load_key(key.as_deref())?;
-            let tracker = store::take_tracking(state, init, parent.as_deref(), track, leave_running)?;
-            let stdio = streams::is_stdio(&output);
-            let base = store::open_base(&output, (parent.as_deref(), store.as_deref()), stdio, key.as_ref())?;
-            let (stream, output) = stream_target(output)?;
-            let opts = cryopod_pod::snapshot::PodCheckpointOptions {
-                name: name.clone(),
-                dir: output.clone(),
-                leave_running,
-                threads: threads.unwrap_or_else(cpus),
-                compress,
-                exclude_dontdump,
-                base: base.as_ref(),
-                tracker: tracker.as_ref(),
-                key: key.as_deref(),
-            };
-            let bar = progress::Bar::new("checkpoint");
-            let s = cryopod_pod::snapshot::checkpoint(state, &opts, &|phase, d, t| bar.update(phase, d, t))
-                .with_context(|| format!("checkpoint of pod {name} failed"))?;
-            bar.finish();
-            print_checkpoint(&s, leave_running, &output);
-            if let Some(t) = tracker {
-                store::hold_tracking(state, t, &output)?;
-            }
-            to_stdout(stream, &output)
-        }
-        Cmd::Checkpoint {
-            pid,
-            output,
-            leave_running,
-            threads,
-            compress,
-            exclude_dontdump,
-            parent,
-            store,
-            track,
-            key,
-            ..
-        } => {
-            let pid = pid.context("give a pod name or --pid")?;
-            let key = load_key(key.as_deref())?;
-            let tracker = store::take_tracking(state, pid, parent.as_deref(), track, leave_running)?;
-            let stdio = streams::is_stdio(&output);
-            let base = store::open_base(&output, (parent.as_deref(), store.as_deref()), stdio, key.as_ref())?;
-            let (stream, output) = stream_target(output)?;
-            let opts = cryopod_engine::CheckpointOptions {
-                pid,
-                dir: output.clone(),
-                leave_running,
-                cow: true,
-                threads: threads.unwrap_or_else(cpus),
-                compress,
-                key: key.as_deref(),
-                exclude_dontdump,
-                pod: None,
-                guard: None,
-                armed: None,
-                base: base.as_ref(),
-                tracker: tracker.as_ref(),
-            };
-            let bar = progress::Bar::new("checkpoint");
-            let s = cryopod_engine::checkpoint(&opts, &|phase, d, t| bar.update(phase, d, t))
-                .with_context(|| format!("checkpoint of pid {pid} failed"))?;
-            bar.finish();
-            print_checkpoint(&s, leave_running, &output);
-            if let Some(t) = tracker {
-                store::hold_tracking(state, t, &output)?;
-            }
-            to_stdout(stream, &output)
-        }
+        Cmd::Checkpoint(a) => checkpoint::run(state, a),
         Cmd::Restore { dir, name, ip, detach, print_pid, tcp_close, key } => {
             let key = load_key(key.as_deref())?;
             // A stream is taken in whole and checked before anything else.
