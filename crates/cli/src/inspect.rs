@@ -118,17 +118,12 @@ fn own_and_shared(m: &Manifest) -> (u64, u64, u64, u64) {
     t
 }
 
-/// How many images up its parent chain the image reads chunks from.
-fn chain_depth(m: &Manifest) -> u32 {
-    m.packs.iter().filter_map(|p| if let PackHome::Parent(d) = p.home { Some(d) } else { None }).max().unwrap_or(0)
-}
-
 /// Where the image's shared chunks are, in words.
 fn base_text(m: &Manifest) -> String {
     let (oc, ob, sc, sb) = own_and_shared(m);
     let mut s = format!("chunks: {oc} own ({ob} bytes stored), {sc} shared ({sb} bytes)");
     if let Some(p) = &m.parent {
-        let _ = write!(s, "; incremental on {} (reads through {} parent images)", p.path, chain_depth(m));
+        let _ = write!(s, "; incremental on {} (reads through {} parent images)", p.path, m.chain_depth());
     }
     if let Some(st) = &m.store {
         let _ = write!(s, "; in store {}", st.path);
@@ -304,7 +299,7 @@ pub fn json(m: &Manifest, img: &ImageDir) -> Value {
         "shared_chunks": own_and_shared(m).2,
         "shared_bytes": own_and_shared(m).3,
         "parent": m.parent.as_ref().map(|p| p.path.clone()),
-        "chain_depth": chain_depth(m),
+        "chain_depth": m.chain_depth(),
         "store": m.store.as_ref().map(|s| s.path.clone()),
         "owner": img.owner().to_string(),
         "processes": procs,

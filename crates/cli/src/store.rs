@@ -74,7 +74,7 @@ pub fn take_tracking(
     if let Some(p) = parent {
         let img =
             cryopod_image::ImageDir::open(p).with_context(|| format!("cannot read parent image {}", p.display()))?;
-        let socket = hold::socket_path(&state.root, img.manifest_bytes());
+        let socket = hold::socket_path(&state.root, &img.manifest_hash());
         match hold::take(&socket).with_context(|| format!("cannot take over the tracking of {}", p.display()))? {
             Some(t) if t.root() == pid => return Ok(Some(Mutex::new(t))),
             Some(_) => eprintln!("note: the tracking left by {} is of another tree: armed anew", p.display()),
@@ -96,8 +96,9 @@ pub fn hold_tracking(state: &cryopod_pod::StateDir, t: Mutex<Tracker>, image: &P
     // Processes new at the freeze, armed now that the tree runs.
     t.arm_pending().context("cannot track the processes new since the parent")?;
     let img = cryopod_image::ImageDir::open(image)?;
-    t.set_since(img.manifest_hash());
-    let socket = hold::socket_path(&state.root, img.manifest_bytes());
+    let hash = img.manifest_hash();
+    t.set_since(hash);
+    let socket = hold::socket_path(&state.root, &hash);
     let exe = std::env::current_exe().context("cannot find the cryopod binary")?;
     let pid = hold::spawn(&exe, t, &socket).context("cannot keep tracking the tree")?;
     eprintln!(

@@ -68,6 +68,12 @@ pub fn stat(pid: i32) -> Result<Stat> {
     Ok(Stat { state, ppid: f(4), pgid: f(5), sid: f(6), fields })
 }
 
+/// Start time of a process (stat field 22, clock ticks after boot): a
+/// recycled PID has another. None if it does not exist.
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat(pid).ok().map(|s| s.field(22))
+}
+
 /// A `key:\tvalue` line of /proc/pid/status.
 pub fn status_field(status: &str, key: &str) -> Option<String> {
     status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(|v| v.trim().to_string()))

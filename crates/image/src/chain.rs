@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 /// each at least as large as recorded. A store's lock is held (shared)
 /// as long as the reader lives.
 pub fn open_packs(img: &ImageDir, m: &Manifest) -> Result<PackReader> {
-    let depth = m.packs.iter().filter_map(|p| if let PackHome::Parent(d) = p.home { Some(d) } else { None }).max();
-    let ancestors = ancestors(img, m, depth.unwrap_or(0))?;
+    let ancestors = ancestors(img, m, m.chain_depth())?;
     let store = match m.packs.iter().any(|p| p.home == PackHome::Store) {
         true => Some(open_store(m.store.as_ref(), img.owner(), &img.path().display().to_string())?),
         false => None,
@@ -62,14 +61,7 @@ fn ancestors(img: &ImageDir, m: &Manifest, depth: u32) -> Result<Vec<ImageDir>> 
         let dir = ImageDir::open(Path::new(&l.path))
             .map_err(|e| parent_error(&child, &l.path, e))?
             .with_key(img.key().cloned());
-        if dir.owner().uid() != img.owner().uid() {
-            return Err(ImageError::Unsafe(format!(
-                "refusing parent image {} of {child}: it belongs to {}, the image to {}",
-                l.path,
-                dir.owner(),
-                img.owner()
-            )));
-        }
+        same_owner(&format!("parent image {} of {child}", l.path), dir.owner(), img.owner(), "the image")?;
         if dir.manifest_hash() != l.manifest_hash {
             return Err(ImageError::Corrupt(format!(
                 "parent image {} of {child} has changed since {child} was made on it",
@@ -111,14 +103,18 @@ fn open_store(link: Option<&StoreLink>, owner: ImageOwner, who: &str) -> Result<
             l.path
         )));
     }
-    if s.owner().uid() != owner.uid() {
-        return Err(ImageError::Unsafe(format!(
-            "refusing store {} for {who}: it belongs to {}, the image to {owner}",
-            l.path,
-            s.owner()
-        )));
-    }
+    same_owner(&format!("store {} for {who}", l.path), s.owner(), owner, "the image")?;
     Ok(s)
+}
+
+/// What a chain or a store holds becomes an image's memory: it must be
+/// its owner's. Refuses `what` otherwise, saying whose each is (`whose`:
+/// which image `owner` is of).
+fn same_owner(what: &str, theirs: ImageOwner, owner: ImageOwner, whose: &str) -> Result<()> {
+    match theirs.uid() == owner.uid() {
+        true => Ok(()),
+        false => Err(ImageError::Unsafe(format!("refusing {what}: it belongs to {theirs}, {whose} to {owner}"))),
+    }
 }
 
 /// What a new checkpoint builds on: the chunks its parent chain and its
@@ -152,13 +148,7 @@ impl Base {
         let mut parent_img = None;
         if let Some(p) = parent {
             let dir = ImageDir::open(p)?.with_key(key.cloned());
-            if dir.owner().uid() != owner.uid() {
-                return Err(ImageError::Unsafe(format!(
-                    "refusing parent image {}: it belongs to {}, the new image would be {owner}'s",
-                    p.display(),
-                    dir.owner()
-                )));
-            }
+            same_owner(&format!("parent image {}", p.display()), dir.owner(), owner, "the new image")?;
             let m = dir.manifest()?;
             // Whole (every pack there and long enough): its chunks will be
             // the child's. Their contents are checked at every restore;
@@ -185,13 +175,7 @@ impl Base {
                     sp.display()
                 )));
             }
-            if s.owner().uid() != owner.uid() {
-                return Err(ImageError::Unsafe(format!(
-                    "refusing store {}: it belongs to {}, the new image would be {owner}'s",
-                    sp.display(),
-                    s.owner()
-                )));
-            }
+            same_owner(&format!("store {}", sp.display()), s.owner(), owner, "the new image")?;
             let (packs, mut known) = s.known()?;
             // The store may hold chunks of images with other keys, or
             // none: their hashes are keyed otherwise (or not at all), so

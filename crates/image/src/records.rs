@@ -658,6 +658,15 @@ impl Manifest {
         (refd, stored)
     }
 
+    /// How many images up its parent chain the image reads chunks from.
+    pub fn chain_depth(&self) -> u32 {
+        self.packs
+            .iter()
+            .filter_map(|p| if let PackHome::Parent(d) = p.home { Some(d) } else { None })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// How many chunks are stored compressed.
     pub fn compressed_chunks(&self) -> usize {
         self.chunks.iter().filter(|c| c.codec.is_compressed()).count()

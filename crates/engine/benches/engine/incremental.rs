@@ -8,7 +8,7 @@
 //! (target ≤ 2%); the tracked image is then restored and the process
 //! checks its memory.
 
-use super::{anon_map, gbps, quiet, reap, tree_options, wait_gone, xorshift_fill, SHM};
+use super::{anon_map, gbps, median, quiet, reap, tree_options, wait_gone, xorshift_fill, SHM};
 use cryopod_engine::track::Tracker;
 use cryopod_engine::{checkpoint, restore, CheckedImage, RestoreOptions};
 use cryopod_image::chain::Base;
@@ -81,11 +81,6 @@ fn rewrite(pid: i32, answer: i32) {
         libc::kill(pid, libc::SIGUSR2);
         libc::read(answer, b.as_mut_ptr().cast(), 1);
     }
-}
-
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 pub fn incremental(threads: usize, rounds: usize, bytes: u64) {
@@ -162,8 +157,8 @@ pub fn incremental(threads: usize, rounds: usize, bytes: u64) {
             let _ = std::fs::remove_dir_all(d);
         }
     }
-    let show = |what: &str, v: Vec<f64>, target: &str| {
-        let (m, lo, hi) = median(v);
+    let show = |what: &str, mut v: Vec<f64>, target: &str| {
+        let (m, lo, hi) = median(&mut v);
         println!("  {what}: median {m:.2}% (range {lo:.2}-{hi:.2}%){target}");
     };
     println!("incremental, against the full checkpoint of the same round:");

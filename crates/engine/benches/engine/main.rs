@@ -205,6 +205,12 @@ fn wait_gone(pid: i32) {
 
 fn quiet(_: &str, _: u64, _: u64) {}
 
+/// (median, smallest, largest) of `v`, sorted in place.
+fn median(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
 /// Options for a checkpoint of the plain tree at `pid` into `dir`.
 fn tree_options(
     pid: i32,
@@ -319,10 +325,6 @@ fn main() {
         rs_ratios.push(100.0 * rs_bw / touch);
         std::fs::remove_dir_all(&img).unwrap();
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        (v[v.len() / 2], v[0], v[v.len() - 1])
-    };
     let (ck_med, ck_min, ck_max) = median(&mut ck_ratios);
     let (rs_med, rs_min, rs_max) = median(&mut rs_ratios);
     println!(
@@ -415,12 +417,8 @@ fn compression(threads: usize, rounds: usize) {
         unsafe { libc::kill(pid, libc::SIGUSR1) };
         let st = reap(pid);
         let verified = libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0;
-        let med = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            (v[v.len() / 2], v[0], v[v.len() - 1])
-        };
         let ((z, z0, z1), (r, r0, r1), (t, _, _), (sz, _, _)) =
-            (med(&mut zstd_bw), med(&mut raw_bw), med(&mut tmpfs_bw), med(&mut sizes));
+            (median(&mut zstd_bw), median(&mut raw_bw), median(&mut tmpfs_bw), median(&mut sizes));
         println!(
             "compression, 1 GiB {what}, median of {}: zstd {z:.2} GB/s (range {z0:.2}-{z1:.2}), image {:.0}% of the memory; raw {r:.2} GB/s (range {r0:.2}-{r1:.2}); zstd/raw {:.0}%, zstd/tmpfs write ({t:.2} GB/s) {:.0}%; process intact: {}",
             zstd_bw.len(),
@@ -443,10 +441,6 @@ fn cow_downtime(threads: usize, rounds: usize) {
         .collect();
     let quiet = |_: &str, _: u64, _: u64| {};
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let stats = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        (v[v.len() / 2], v[0], v[v.len() - 1])
-    };
     for mib in sizes {
         let pid = spawn_big(mib << 20);
         let (mut frozen, mut running_total, mut full) = (Vec::new(), Vec::new(), Vec::new());
@@ -469,9 +463,9 @@ fn cow_downtime(threads: usize, rounds: usize) {
         let st = reap(pid);
         let verified = libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0;
         let target = 20.0 + mib as f64 / 100.0;
-        let (f, f0, f1) = stats(&mut frozen);
-        let (t, t0, t1) = stats(&mut running_total);
-        let (w, w0, w1) = stats(&mut full);
+        let (f, f0, f1) = median(&mut frozen);
+        let (t, t0, t1) = median(&mut running_total);
+        let (w, w0, w1) = median(&mut full);
         println!(
             "running checkpoint {mib} MiB, median of {}: frozen {f:.1} ms (range {f0:.1}-{f1:.1}; {:.0}% of the {target:.0} ms target), whole {t:.0} ms (range {t0:.0}-{t1:.0}); read frozen instead: frozen and whole {w:.0} ms (range {w0:.0}-{w1:.0}), {:.0}x the downtime; process intact: {}",
             frozen.len(),

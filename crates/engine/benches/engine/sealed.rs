@@ -4,7 +4,7 @@
 //! bandwidth measured right before and after (the better of the two, the
 //! strict choice). Target: restore ≥ 80% of first touch.
 
-use super::{first_touch_bw, gbps, quiet, reap, spawn_holding, text_fill, tree_options, wait_gone, SHM};
+use super::{first_touch_bw, gbps, median, quiet, reap, spawn_holding, text_fill, tree_options, wait_gone, SHM};
 use cryopod_engine::{checkpoint, restore, CheckedImage, RestoreOptions};
 use cryopod_image::ImageKey;
 use std::sync::Arc;
@@ -43,11 +43,11 @@ pub fn sealed_restore(threads: usize, rounds: usize, bytes: u64) {
         ratios.push(bw / touch);
         let _ = std::fs::remove_dir_all(&img);
     }
-    ratios.sort_by(|a, b| a.total_cmp(b));
+    let (m, lo, hi) = median(&mut ratios);
     println!(
         "restore from a compressed, sealed image: median {:.0}% of first-touch bandwidth (range {:.0}-{:.0}%), target >= 80%",
-        100.0 * ratios[ratios.len() / 2],
-        100.0 * ratios[0],
-        100.0 * ratios[ratios.len() - 1]
+        100.0 * m,
+        100.0 * lo,
+        100.0 * hi
     );
 }

@@ -31,11 +31,10 @@ fn err(what: impl std::fmt::Display) -> EngineError {
 }
 
 /// The socket of the tracking that continues from the image whose
-/// manifest is `manifest`, under the state directory `state`.
-pub fn socket_path(state: &Path, manifest: &[u8]) -> PathBuf {
-    let h = blake3::hash(manifest);
-    let name: String = h.as_bytes()[..16].iter().map(|b| format!("{b:02x}")).collect();
-    state.join("track").join(format!("{name}.sock"))
+/// manifest hashes to `manifest` (`ImageDir::manifest_hash`), under the
+/// state directory `state`.
+pub fn socket_path(state: &Path, manifest: &[u8; 32]) -> PathBuf {
+    state.join("track").join(format!("{}.sock", cryopod_image::shared::hex(&manifest[..16])))
 }
 
 /// What the holder keeps beside the uffds.
@@ -149,15 +148,11 @@ fn recv_all(sock: &OwnedFd) -> Result<(Held, Vec<OwnedFd>)> {
     Ok((held, fds))
 }
 
-fn start_time(pid: i32) -> Option<u64> {
-    crate::procfs::stat(pid).ok().map(|s| s.field(22))
-}
-
 /// Start a holder for `tracker` listening on `socket` (`exe` is the
 /// cryopod binary); returns its PID once it listens.
 pub fn spawn(exe: &Path, tracker: Tracker, socket: &Path) -> Result<i32> {
     let root = tracker.root();
-    let root_start = start_time(root).ok_or_else(|| err(format!("the tree of pid {root} is gone")))?;
+    let root_start = crate::procfs::start_time(root).ok_or_else(|| err(format!("the tree of pid {root} is gone")))?;
     let (_, since, parts, fds) = tracker.into_parts();
     let msg = encode(&Held { root, root_start, since, parts })?;
     if let Some(dir) = socket.parent() {
@@ -207,7 +202,7 @@ pub fn serve(stdin: OwnedFd, socket: &Path) -> Result<()> {
     let _ = rustix::process::setsid();
     let me = rustix::process::geteuid();
     loop {
-        if start_time(root) != Some(root_start) {
+        if crate::procfs::start_time(root) != Some(root_start) {
             let _ = std::fs::remove_file(socket);
             return Ok(());
         }
@@ -253,7 +248,7 @@ pub fn take(socket: &Path) -> Result<Option<Tracker>> {
     cryopod_sys::fdpass::send(sock.as_fd(), b"T", None)?;
     let (h, fds) = recv_all(&sock)?;
     let _ = cryopod_sys::fdpass::send(sock.as_fd(), b"K", None);
-    if start_time(h.root) != Some(h.root_start) {
+    if crate::procfs::start_time(h.root) != Some(h.root_start) {
         return Ok(None);
     }
     Ok(Some(Tracker::from_parts(h.root, h.since, h.parts, fds)))

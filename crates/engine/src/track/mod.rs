@@ -114,10 +114,6 @@ pub struct ProcPart {
     pub fresh: bool,
 }
 
-fn start_time(pid: i32) -> Option<u64> {
-    procfs::stat(pid).ok().map(|s| s.field(22))
-}
-
 /// Areas tracking registers: private, anonymous (heap, stack, anonymous
 /// mappings, whatever their protection now).
 fn trackable(m: &procfs::MapEntry) -> bool {
@@ -225,7 +221,7 @@ impl Tracker {
                     continue;
                 }
             }
-            let (Some(start), Ok(pagemap)) = (start_time(pid), Pagemap::open(pid)) else { continue };
+            let (Some(start), Ok(pagemap)) = (procfs::start_time(pid), Pagemap::open(pid)) else { continue };
             let mut tr = Tracked { uffd: u, pagemap, start, areas: Vec::new(), fresh: false };
             let maps = procfs::maps(pid).unwrap_or_default();
             for m in maps.iter().filter(|m| trackable(m)) {
@@ -294,7 +290,7 @@ impl Tracker {
         let mut t = Tracker { root, procs: BTreeMap::new(), pending: HashSet::new(), since };
         for (p, fd) in parts.into_iter().zip(fds) {
             let Ok(pagemap) = Pagemap::open(p.pid) else { continue };
-            if start_time(p.pid) != Some(p.start) {
+            if procfs::start_time(p.pid) != Some(p.start) {
                 continue;
             }
             let tr = Tracked { uffd: Uffd::from_fd(fd), pagemap, start: p.start, areas: p.areas, fresh: p.fresh };
@@ -318,7 +314,7 @@ impl Tracker {
         let mut new = HashSet::new();
         for &pid in &now {
             let d = match self.procs.get_mut(&pid) {
-                Some(tr) if start_time(pid) == Some(tr.start) => {
+                Some(tr) if procfs::start_time(pid) == Some(tr.start) => {
                     let fresh = std::mem::take(&mut tr.fresh);
                     tr.round(pid).map(|d| ProcDirty { whole: fresh, ..d })
                 }
