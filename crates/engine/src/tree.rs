@@ -126,7 +126,7 @@ fn stub_main(plan: &StubPlan, pid: i32) -> ! {
     match stub_setup(plan, pid) {
         Ok(()) => {}
         Err(e) => {
-            report(plan, &format!("E {pid} {}\n", e.to_string().replace('\n', " ")));
+            report(plan, &format!("E {pid} {}\n", crate::chain(&e).replace('\n', " ")));
             process::exit_now(1);
         }
     }
@@ -205,7 +205,7 @@ fn serve_steps(plan: &StubPlan, unix: &crate::unix::plan::Plan, p: &Process, cmd
     while let Some(i) = io::read_line(cmd).and_then(|l| l.parse::<usize>().ok()) {
         match unix.run(plan.m, p, i, &mut staged) {
             Ok(()) => report(plan, &format!("K {i}\n")),
-            Err(e) => report(plan, &format!("E {pid} {}\n", e.to_string().replace('\n', " "))),
+            Err(e) => report(plan, &format!("E {pid} {}\n", crate::chain(&e).replace('\n', " "))),
         }
     }
 }
