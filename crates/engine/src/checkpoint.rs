@@ -396,7 +396,7 @@ fn collect_and_write(
         apply_flags(run, &mut procs)?;
     }
     // Tracked: only the pages written since the parent's freeze are read.
-    let parent = o.base.and_then(|b| b.parent_manifest.as_ref().map(|m| (m, &*b.known)));
+    let parent = o.base.and_then(|b| b.parent_manifest.as_ref().map(|m| (m, &b.parent_chunks[..])));
     let selection = match (&round, parent) {
         (Some(r), Some(parent)) => {
             let map = pod_pids.as_ref();
@@ -443,8 +443,10 @@ fn collect_and_write(
         }
     }
     m.validate()?;
+    tracing::debug!(ms = t_collect.elapsed().as_secs_f64() * 1e3, "manifest made");
     fault::check("before-manifest")?;
     outdir.commit_manifest(&m, o.key)?;
+    tracing::debug!(ms = t_collect.elapsed().as_secs_f64() * 1e3, "manifest written");
     Ok((m, std::mem::take(&mut files.unix.repaired), (cow_stats, chunk_stats)))
 }
 
@@ -503,19 +505,7 @@ fn write_pages(
         tracing::info!(?stats, "memory read while running");
     }
     // Runs taken from the parent name its chunks, in this image's table.
-    let ids = d.reuse(reused.iter().filter_map(|r| r.data.map(|(h, _)| h)));
-    let mut ids = ids.into_iter();
-    let mut taken = Vec::with_capacity(reused.len());
-    for r in reused {
-        let data = match r.data {
-            Some((_, from)) => {
-                let id = ids.next().flatten();
-                Some((id.ok_or_else(|| EngineError::Other("a parent chunk is not known".into()))?, from))
-            }
-            None => None,
-        };
-        taken.push((r.dest, r.pages, data));
-    }
+    let taken = name_parent_chunks(&d, o.base.map_or(&[][..], |b| &b.parent_chunks[..]), reused)?;
     tracing::debug!(ms = t_pages.elapsed().as_secs_f64() * 1e3, runs = taken.len(), "runs from the parent named");
     let mut out = d.finish(n)?;
     out.reused = taken;
@@ -524,6 +514,32 @@ fn write_pages(
     }
     tracing::info!(ms = t_pages.elapsed().as_secs_f64() * 1e3, chunks = out.chunks.len(), "pages written");
     Ok((out, stats))
+}
+
+/// The runs taken from the parent (`reused`, naming chunks of the
+/// parent's manifest, whose records the base has: `parent`), naming chunks
+/// of this image's table: each distinct chunk recorded once.
+fn name_parent_chunks(
+    d: &pages::Dumper,
+    parent: &[Option<cryopod_image::Chunk>],
+    reused: &[crate::incremental::Reused],
+) -> Result<Vec<pages::TakenRun>> {
+    let unknown = || EngineError::Other("a parent chunk is not known".into());
+    const NONE: u32 = u32::MAX;
+    let mut id_of: Vec<u32> = vec![NONE; parent.len()];
+    let mut wanted = Vec::new();
+    for (c, _) in reused.iter().filter_map(|r| r.data) {
+        let slot = id_of.get_mut(c as usize).ok_or_else(unknown)?;
+        if *slot == NONE {
+            *slot = NONE - 1;
+            wanted.push((c, parent.get(c as usize).and_then(Option::as_ref).ok_or_else(unknown)?));
+        }
+    }
+    let ids = d.reuse_records(wanted.iter().map(|w| w.1));
+    for (&(c, _), id) in wanted.iter().zip(ids) {
+        id_of[c as usize] = id;
+    }
+    Ok(reused.iter().map(|r| (r.dest, r.pages, r.data.map(|(c, from)| (id_of[c as usize], from)))).collect())
 }
 
 /// Give the processes' areas their flags, once read (see `crate::vmflags`).

@@ -23,9 +23,9 @@ use crate::track::{ProcDirty, Round};
 use cryopod_image::{vma_flags, Chunk, Manifest, Process, VmaKind, PAGE};
 use std::collections::HashMap;
 
-/// A parent's data for a page or run: its chunk's hash and the page in
-/// it, or None for zeros.
-pub type ParentData = Option<([u8; 32], u32)>;
+/// A parent's data for a page or run: the index of its chunk in the
+/// parent's manifest and the page in it, or None for zeros.
+pub type ParentData = Option<(u32, u32)>;
 
 /// Pages taken from the parent: where, how many, and what.
 pub struct Reused {
@@ -33,9 +33,6 @@ pub struct Reused {
     pub pages: u32,
     pub data: ParentData,
 }
-
-/// A piece split: what to read, and what the parent holds.
-type Split = (Vec<(Piece, Dest)>, Vec<Reused>);
 
 /// What [`select`] decided.
 #[derive(Default)]
@@ -50,16 +47,14 @@ pub struct Selection {
 type ParentRun = (u64, u64, ParentData);
 
 /// The runs of a parent process that may be taken, sorted: those whose
-/// chunk the base knows, and zeros.
-fn parent_runs(p: &Process, m: &Manifest, known: &HashMap<[u8; 32], Chunk>) -> Vec<ParentRun> {
+/// chunk the base knows (`known`, by chunk index), and zeros.
+fn parent_runs(p: &Process, known: &[Option<Chunk>]) -> Vec<ParentRun> {
     let mut out = Vec::new();
     for v in p.vmas.iter().filter(|v| v.kind == VmaKind::Anon && !v.shared && v.madv & vma_flags::DONTDUMP == 0) {
         for r in &v.runs {
             let data = match r.chunk {
-                Some(c) => match m.chunks.get(c as usize) {
-                    Some(ch) if known.contains_key(&ch.hash) => Some((ch.hash, r.from)),
-                    _ => continue,
-                },
+                Some(c) if known.get(c as usize).is_some_and(Option::is_some) => Some((c, r.from)),
+                Some(_) => continue,
                 None => None,
             };
             out.push((r.addr, r.addr + u64::from(r.pages) * PAGE, data));
@@ -69,76 +64,116 @@ fn parent_runs(p: &Process, m: &Manifest, known: &HashMap<[u8; 32], Chunk>) -> V
     out
 }
 
-/// What page `a` can be taken as: Some(data) from the parent, None: read.
-fn from_parent(runs: &[ParentRun], a: u64) -> Option<ParentData> {
-    let i = runs.partition_point(|r| r.0 <= a).checked_sub(1)?;
-    let (s, e, data) = runs[i];
-    if a >= e {
-        return None;
-    }
-    Some(data.map(|(hash, from)| (hash, from + ((a - s) / PAGE) as u32)))
+/// A position in sorted, disjoint ranges that mostly moves forward (the
+/// pieces of a process come in address order): finding the first range
+/// that ends after an address costs a step or two, not a search.
+struct Cursor<'a, T> {
+    items: &'a [T],
+    end: fn(&T) -> u64,
+    i: usize,
 }
 
-fn overlaps(ranges: &[(u64, u64)], s: u64, e: u64) -> bool {
-    let i = ranges.partition_point(|r| r.1 <= s);
-    ranges.get(i).is_some_and(|r| r.0 < e)
+impl<'a, T> Cursor<'a, T> {
+    fn new(items: &'a [T], end: fn(&T) -> u64) -> Self {
+        Cursor { items, end, i: 0 }
+    }
+
+    /// The first item ending after `a`, if any.
+    fn after(&mut self, a: u64) -> Option<&'a T> {
+        let end = self.end;
+        let behind = self.i > 0 && self.items.get(self.i - 1).is_some_and(|r| end(r) > a);
+        let mut steps = 0;
+        while !behind && self.items.get(self.i).is_some_and(|r| end(r) <= a) {
+            self.i += 1;
+            steps += 1;
+            if steps == 8 {
+                break;
+            }
+        }
+        if behind || self.items.get(self.i).is_some_and(|r| end(r) <= a) {
+            self.i = self.items.partition_point(|r| end(r) <= a);
+        }
+        self.items.get(self.i)
+    }
+}
+
+/// One tracked process: what it wrote, and its parent's runs, with
+/// cursors in both.
+struct Tracked<'a> {
+    written: Cursor<'a, (u64, u64)>,
+    untracked: Cursor<'a, (u64, u64)>,
+    runs: Cursor<'a, ParentRun>,
 }
 
 /// Split the pieces of `mem` into what must be read (kept in `mem`) and
-/// what the parent `parent` holds (returned). `procs` are this
-/// checkpoint's process records (host PIDs); `parent_pid` maps a host PID
+/// what the parent holds (returned). `procs` are this checkpoint's
+/// process records (host PIDs); `parent` the parent's manifest and, per
+/// chunk of it, whether the base knows it; `parent_pid` maps a host PID
 /// to the parent image's.
 pub fn select(
     mem: &mut MemCollector,
     procs: &[Process],
     round: &Round,
-    (parent, known): (&Manifest, &HashMap<[u8; 32], Chunk>),
+    (parent, known): (&Manifest, &[Option<Chunk>]),
     parent_pid: impl Fn(i32) -> Option<i32>,
 ) -> Selection {
     let t0 = std::time::Instant::now();
     let by_pid: HashMap<i32, &Process> = parent.processes.iter().map(|p| (p.pid, p)).collect();
-    // Per process tracked throughout and in the parent: what it wrote, and
-    // the parent's runs.
-    let mut prepared: HashMap<i32, (&ProcDirty, Vec<ParentRun>)> = HashMap::new();
+    // Per process tracked throughout and in the parent: its parent's runs.
+    let mut runs: HashMap<i32, (&ProcDirty, Vec<ParentRun>)> = HashMap::new();
     for (pid, d) in round.procs.iter().filter(|(_, d)| !d.whole) {
         if let Some(pp) = parent_pid(*pid).and_then(|p| by_pid.get(&p)) {
-            prepared.insert(*pid, (d, parent_runs(pp, parent, known)));
+            runs.insert(*pid, (d, parent_runs(pp, known)));
         }
     }
+    let mut tracked: HashMap<i32, Tracked> = runs
+        .iter()
+        .map(|(pid, (d, r))| {
+            let t = Tracked {
+                written: Cursor::new(&d.written, |r| r.1),
+                untracked: Cursor::new(&d.untracked, |r| r.1),
+                runs: Cursor::new(r, |r| r.1),
+            };
+            (*pid, t)
+        })
+        .collect();
     let mut sel = Selection::default();
     let pieces = std::mem::take(&mut mem.pieces);
     let dests = std::mem::take(&mut mem.dests);
     mem.pieces.reserve(pieces.len() / 4);
     mem.dests.reserve(pieces.len() / 4);
+    let (mut read, mut reused) = (Vec::new(), Vec::new());
     for (piece, dest) in pieces.into_iter().zip(dests) {
         let bytes = u64::from(piece.pages) * PAGE;
-        let taken = match (&piece.src, &dest) {
+        let split_up = match (&piece.src, &dest) {
             (Src::Mem { pid, addr }, Dest::Vma { proc, vma, .. }) => {
                 let v = procs.get(*proc).and_then(|p| p.vmas.get(*vma));
-                match (v, prepared.get(pid)) {
+                match (v, tracked.get_mut(pid)) {
                     // An area left out on request (its flags are known
                     // then) is never filled from the parent.
-                    (Some(v), Some((d, runs)))
-                        if v.kind == VmaKind::Anon && !v.shared && v.madv & vma_flags::DONTDUMP == 0 =>
-                    {
-                        split(*pid, *addr, piece.pages, (*proc, *vma), d, runs)
+                    (Some(v), Some(t)) if v.kind == VmaKind::Anon && !v.shared && v.madv & vma_flags::DONTDUMP == 0 => {
+                        read.clear();
+                        reused.clear();
+                        split(t, (*addr, piece.pages), (*proc, *vma), (&mut read, &mut reused))
                     }
-                    _ => None,
+                    _ => false,
                 }
             }
-            _ => None,
+            _ => false,
         };
-        match taken {
-            Some((read, reused)) => {
-                for (p, d) in read {
-                    sel.read_bytes += u64::from(p.pages) * PAGE;
-                    mem.pieces.push(p);
-                    mem.dests.push(d);
+        match (split_up, &piece.src) {
+            (true, Src::Mem { pid, .. }) => {
+                for &(a, n) in &read {
+                    sel.read_bytes += u64::from(n) * PAGE;
+                    mem.pieces.push(Piece { src: Src::Mem { pid: *pid, addr: a }, pages: n });
+                    if let Dest::Vma { proc, vma, .. } = dest {
+                        mem.dests.push(Dest::Vma { proc, vma, addr: a });
+                    }
                 }
-                sel.reused_bytes += reused.iter().map(|r| u64::from(r.pages) * PAGE).sum::<u64>();
-                sel.reused.extend(reused);
+                sel.reused_bytes += reused.iter().map(|r: &Reused| u64::from(r.pages) * PAGE).sum::<u64>();
+                sel.reused.append(&mut reused);
             }
-            None => {
+            _ => {
                 sel.read_bytes += bytes;
                 mem.pieces.push(piece);
                 mem.dests.push(dest);
@@ -149,97 +184,122 @@ pub fn select(
     sel
 }
 
-/// The piece of `pages` at `addr` of process `pid`, area `(proc, vma)`,
-/// as pieces to read and runs from the parent; None if nothing of it can
-/// be taken from the parent.
+/// The piece of `pages` at `addr` of area `(proc, vma)` as ranges to read
+/// (address, pages) and runs from the parent, into `out`; false (and
+/// `out` meaningless) if nothing of it can be taken from the parent.
 fn split(
-    pid: i32,
-    addr: u64,
-    pages: u32,
+    t: &mut Tracked,
+    (addr, pages): (u64, u32),
     (proc, vma): (usize, usize),
-    d: &ProcDirty,
-    runs: &[ParentRun],
-) -> Option<Split> {
+    (read, reused): (&mut Vec<(u64, u32)>, &mut Vec<Reused>),
+) -> bool {
     let end = addr + u64::from(pages) * PAGE;
-    if overlaps(&d.untracked, addr, end) {
-        return None;
+    if t.untracked.after(addr).is_some_and(|r| r.0 < end) {
+        return false;
     }
-    // Most pieces: nothing written, and one parent run holds all of it.
-    if !overlaps(&d.written, addr, end) {
-        let i = runs.partition_point(|r| r.0 <= addr).checked_sub(1);
-        if let Some(&(s, e, data)) = i.map(|i| &runs[i]) {
-            if end <= e {
-                let data = data.map(|(h, f)| (h, f + ((addr - s) / PAGE) as u32));
-                return Some((Vec::new(), vec![Reused { dest: Dest::Vma { proc, vma, addr }, pages, data }]));
-            }
+    let n = |a: u64, b: u64| ((b - a) / PAGE) as u32;
+    let mut push_read = |a: u64, b: u64| match read.last_mut() {
+        Some((s, k)) if *s + u64::from(*k) * PAGE == a => *k += n(a, b),
+        _ => read.push((a, n(a, b))),
+    };
+    let mut pos = addr;
+    while pos < end {
+        // Written from here: read up to the written range's end.
+        let w = t.written.after(pos).copied();
+        if let Some((_, we)) = w.filter(|w| w.0 <= pos) {
+            let to = we.min(end);
+            push_read(pos, to);
+            pos = to;
+            continue;
         }
-    }
-    // Per page: Some(data) taken from the parent, None read.
-    let plan: Vec<Option<ParentData>> = (0..u64::from(pages))
-        .map(|i| {
-            let a = addr + i * PAGE;
-            match overlaps(&d.written, a, a + PAGE) {
-                true => None,
-                false => from_parent(runs, a),
+        // Clean up to the next written range: the parent's, where it has it.
+        let clean_end = w.map_or(end, |w| w.0.min(end));
+        match t.runs.after(pos).copied() {
+            Some((rs, re, data)) if rs <= pos => {
+                let to = re.min(clean_end);
+                let data = data.map(|(c, f)| (c, f + n(rs, pos)));
+                reused.push(Reused { dest: Dest::Vma { proc, vma, addr: pos }, pages: n(pos, to), data });
+                pos = to;
             }
-        })
-        .collect();
-    if plan.iter().all(Option::is_none) {
-        return None;
-    }
-    let (mut read, mut reused) = (Vec::new(), Vec::<Reused>::new());
-    let mut i = 0usize;
-    while i < plan.len() {
-        let a = addr + i as u64 * PAGE;
-        let mut j = i + 1;
-        match plan[i] {
+            Some((rs, _, _)) => {
+                let to = rs.min(clean_end);
+                push_read(pos, to);
+                pos = to;
+            }
             None => {
-                while j < plan.len() && plan[j].is_none() {
-                    j += 1;
-                }
-                let n = (j - i) as u32;
-                read.push((Piece { src: Src::Mem { pid, addr: a }, pages: n }, Dest::Vma { proc, vma, addr: a }));
-            }
-            Some(data) => {
-                // Contiguous pages of one chunk (or zeros) make one run.
-                let next = |k: usize| data.map(|(h, f)| (h, f + (k - i) as u32));
-                while j < plan.len() && plan[j] == Some(next(j)) {
-                    j += 1;
-                }
-                reused.push(Reused { dest: Dest::Vma { proc, vma, addr: a }, pages: (j - i) as u32, data });
+                push_read(pos, clean_end);
+                pos = clean_end;
             }
         }
-        i = j;
     }
-    Some((read, reused))
+    !reused.is_empty()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Split a piece of `pages` at `addr` against `d` and `runs`.
+    fn cut(d: &ProcDirty, runs: &[ParentRun], addr: u64, pages: u32) -> Option<(Vec<(u64, u32)>, Vec<Reused>)> {
+        let mut t = Tracked {
+            written: Cursor::new(&d.written, |r| r.1),
+            untracked: Cursor::new(&d.untracked, |r| r.1),
+            runs: Cursor::new(runs, |r| r.1),
+        };
+        let (mut read, mut reused) = (Vec::new(), Vec::new());
+        split(&mut t, (addr, pages), (0, 1), (&mut read, &mut reused)).then_some((read, reused))
+    }
+
     #[test]
     fn pages_split_into_reads_and_parent_runs() {
-        let h = [7u8; 32];
-        let known: HashMap<[u8; 32], Chunk> =
-            [(h, Chunk { hash: h, pack: 0, offset: 0, len: 65536, codec: cryopod_image::Codec::Raw, stored: 65536 })]
-                .into();
-        // The parent saved 16 pages at 0x10000 as one chunk.
-        let runs = vec![(0x10000, 0x20000, Some((h, 0)))];
-        assert!(known.contains_key(&h));
+        // The parent saved 16 pages at 0x10000 as its chunk 3.
+        let runs = vec![(0x10000, 0x20000, Some((3, 0)))];
         let d = ProcDirty { whole: false, written: vec![(0x13000, 0x14000)], untracked: vec![] };
-        let (read, reused) = split(5, 0x10000, 16, (0, 1), &d, &runs).unwrap();
-        assert_eq!(read.len(), 1);
-        assert!(matches!(read[0].0.src, Src::Mem { pid: 5, addr: 0x13000 }) && read[0].0.pages == 1);
+        let (read, reused) = cut(&d, &runs, 0x10000, 16).unwrap();
+        assert_eq!(read, vec![(0x13000, 1)]);
         assert_eq!(reused.len(), 2);
-        assert_eq!((reused[0].pages, reused[0].data), (3, Some((h, 0))));
-        assert_eq!((reused[1].pages, reused[1].data), (12, Some((h, 4))));
+        assert_eq!((reused[0].pages, reused[0].data), (3, Some((3, 0))));
+        assert_eq!((reused[1].pages, reused[1].data), (12, Some((3, 4))));
         // Untracked: all read; no parent run: read.
         let u = ProcDirty { untracked: vec![(0x1f000, 0x30000)], ..Default::default() };
-        assert!(split(5, 0x10000, 16, (0, 1), &u, &runs).is_none());
-        assert!(split(5, 0x30000, 16, (0, 1), &ProcDirty::default(), &runs).is_none());
+        assert!(cut(&u, &runs, 0x10000, 16).is_none());
+        assert!(cut(&ProcDirty::default(), &runs, 0x30000, 16).is_none());
         // Nothing written: one run from the parent.
-        let (read, reused) = split(5, 0x14000, 4, (0, 1), &ProcDirty::default(), &runs).unwrap();
-        assert!(read.is_empty() && reused.len() == 1 && reused[0].data == Some((h, 4)));
+        let (read, reused) = cut(&ProcDirty::default(), &runs, 0x14000, 4).unwrap();
+        assert!(read.is_empty() && reused.len() == 1 && reused[0].data == Some((3, 4)));
+    }
+
+    #[test]
+    fn gaps_zeros_and_written_ranges_across_runs() {
+        // Parent: chunk 1 at 0..4 pages, a hole at 4..6, zeros at 6..8,
+        // chunk 2 at 8..16.
+        let p = PAGE;
+        let runs = vec![(0, 4 * p, Some((1, 0))), (6 * p, 8 * p, None), (8 * p, 16 * p, Some((2, 0)))];
+        // Written: pages 3..5 (across the first run's end and the hole) and 9.
+        let d = ProcDirty { written: vec![(3 * p, 5 * p), (9 * p, 10 * p)], ..Default::default() };
+        let (read, reused) = cut(&d, &runs, 0, 16).unwrap();
+        // Read: 3..6 (written, then the hole: merged), 9.
+        assert_eq!(read, vec![(3 * p, 3), (9 * p, 1)]);
+        let got: Vec<(u64, u32, ParentData)> = reused
+            .iter()
+            .map(|r| match r.dest {
+                Dest::Vma { addr, .. } => (addr / p, r.pages, r.data),
+                Dest::Object { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(got, vec![(0, 3, Some((1, 0))), (6, 2, None), (8, 1, Some((2, 0))), (10, 6, Some((2, 2)))]);
+        // The cursors also serve a piece behind the last one.
+        let mut t = Tracked {
+            written: Cursor::new(&d.written, |r| r.1),
+            untracked: Cursor::new(&d.untracked, |r| r.1),
+            runs: Cursor::new(&runs, |r| r.1),
+        };
+        let (mut read, mut reused) = (Vec::new(), Vec::new());
+        assert!(split(&mut t, (8 * p, 8), (0, 1), (&mut read, &mut reused)));
+        read.clear();
+        reused.clear();
+        assert!(split(&mut t, (0, 4), (0, 1), (&mut read, &mut reused)));
+        assert_eq!(read, vec![(3 * p, 1)]);
+        assert_eq!((reused.len(), reused[0].pages, reused[0].data), (1, 3, Some((1, 0))));
     }
 }

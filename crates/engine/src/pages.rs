@@ -157,10 +157,10 @@ impl<'a> Dumper<'a> {
         }
     }
 
-    /// The ids of chunks the base holds (or this checkpoint stored), to
-    /// name them in runs; None for one neither has.
-    pub fn reuse(&self, hashes: impl Iterator<Item = [u8; 32]>) -> Vec<Option<u32>> {
-        self.table.reuse(hashes)
+    /// The ids of chunks the base holds, given their records (see
+    /// [`ChunkTable::reuse_records`]).
+    pub fn reuse_records<'c>(&self, records: impl ExactSizeIterator<Item = &'c Chunk>) -> Vec<u32> {
+        self.table.reuse_records(records)
     }
 
     /// A new pack for worker `w`: in the store, named after the image,

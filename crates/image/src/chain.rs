@@ -13,10 +13,9 @@
 //! writes only the others and names the known ones where they are.
 
 use crate::shared::{Lock, Store};
-use crate::store::PackReader;
+use crate::store::{DigestMap, PackReader};
 use crate::MAX_CHAIN;
 use crate::{Chunk, ImageDir, ImageError, ImageOwner, Manifest, Pack, PackHome, ParentLink, Result, StoreLink};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Open every pack `m` (the manifest of `img`) names, wherever it lives,
@@ -126,8 +125,12 @@ pub struct Base {
     pub packs: Vec<Pack>,
     /// The parent's manifest (what a tracked checkpoint takes pages from).
     pub parent_manifest: Option<Manifest>,
+    /// Per chunk of the parent's manifest: its known record (`pack`
+    /// indexing `packs`), if it is known. A tracked checkpoint names the
+    /// parent's chunks through this, without looking up their hashes.
+    pub parent_chunks: Vec<Option<Chunk>>,
     /// Known chunks; `pack` indexes `packs`.
-    pub known: std::sync::Arc<HashMap<[u8; 32], Chunk>>,
+    pub known: std::sync::Arc<DigestMap<Chunk>>,
 }
 
 impl Base {
@@ -143,8 +146,14 @@ impl Base {
         key: Option<&std::sync::Arc<crate::ImageKey>>,
     ) -> Result<Base> {
         let abs = |p: &Path| -> Result<PathBuf> { std::path::absolute(p).map_err(|e| ImageError::io(p.display(), e)) };
-        let mut base =
-            Base { parent: None, store: None, packs: Vec::new(), known: Default::default(), parent_manifest: None };
+        let mut base = Base {
+            parent: None,
+            store: None,
+            packs: Vec::new(),
+            known: Default::default(),
+            parent_manifest: None,
+            parent_chunks: Vec::new(),
+        };
         let mut parent_img = None;
         if let Some(p) = parent {
             let dir = ImageDir::open(p)?.with_key(key.cloned());
@@ -200,14 +209,9 @@ impl Base {
     /// The parent's chunks, as its child sees their packs; a store's copy
     /// of a chunk wins.
     fn add_parent_chunks(&mut self, m: &Manifest) -> Result<()> {
-        let mut remap: HashMap<usize, u32> = HashMap::new();
-        let mut known = std::mem::take(&mut self.known);
-        let known = std::sync::Arc::make_mut(&mut known);
-        for c in &m.chunks {
-            if known.contains_key(&c.hash) {
-                continue;
-            }
-            let Some(p) = m.packs.get(c.pack as usize) else { continue };
+        // Parent pack index -> index in `self.packs` (None: not reused).
+        let mut remap: Vec<Option<u32>> = Vec::with_capacity(m.packs.len());
+        for p in &m.packs {
             let home = match p.home {
                 PackHome::Own => PackHome::Parent(1),
                 PackHome::Parent(d) if d < MAX_CHAIN => PackHome::Parent(d + 1),
@@ -217,18 +221,28 @@ impl Base {
                     )))
                 }
                 // Not in the store's index (gc'd since?): not reused.
-                PackHome::Store => continue,
-            };
-            let i = match remap.get(&(c.pack as usize)) {
-                Some(&i) => i,
-                None => {
-                    let i = self.packs.len() as u32;
-                    self.packs.push(Pack { name: p.name.clone(), size: p.size, home });
-                    remap.insert(c.pack as usize, i);
-                    i
+                PackHome::Store => {
+                    remap.push(None);
+                    continue;
                 }
             };
-            known.insert(c.hash, Chunk { pack: i, ..c.clone() });
+            remap.push(Some(self.packs.len() as u32));
+            self.packs.push(Pack { name: p.name.clone(), size: p.size, home });
+        }
+        let mut known = std::mem::take(&mut self.known);
+        let known = std::sync::Arc::make_mut(&mut known);
+        known.reserve(m.chunks.len());
+        self.parent_chunks = Vec::with_capacity(m.chunks.len());
+        for c in &m.chunks {
+            let rec = match known.entry(c.hash) {
+                std::collections::hash_map::Entry::Occupied(o) => Some(o.get().clone()),
+                std::collections::hash_map::Entry::Vacant(v) => remap
+                    .get(c.pack as usize)
+                    .copied()
+                    .flatten()
+                    .map(|i| v.insert(Chunk { pack: i, ..c.clone() }).clone()),
+            };
+            self.parent_chunks.push(rec);
         }
         self.known = std::sync::Arc::new(std::mem::take(known));
         Ok(())

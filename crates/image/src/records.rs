@@ -94,6 +94,7 @@ pub struct StoreLink {
 pub struct Chunk {
     /// BLAKE3 of the page data (not of what is stored); keyed in a sealed
     /// image (see [`crate::seal`]).
+    #[serde(with = "digest_words")]
     pub hash: [u8; 32],
     pub pack: u32,
     pub offset: u64,
@@ -741,4 +742,60 @@ pub struct InotifyWatch {
     pub mount: String,
     pub handle_type: i32,
     pub handle: Vec<u8>,
+}
+
+/// A chunk digest encoded as four little-endian u64 words: under the fixed
+/// width, little-endian bincode options of the manifest and the store
+/// index, byte for byte what `[u8; 32]` gives, in an eighth of the calls
+/// (a 4 GiB image's 66k chunk records cost ~10 ms each way byte by byte).
+pub(crate) mod digest_words {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        let mut w = [0u64; 4];
+        for (w, b) in w.iter_mut().zip(d.chunks_exact(8)) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            *w = u64::from_le_bytes(a);
+        }
+        (w[0], w[1], w[2], w[3]).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let (a, b, c, e) = <(u64, u64, u64, u64)>::deserialize(d)?;
+        let mut out = [0u8; 32];
+        for (o, w) in out.chunks_exact_mut(8).zip([a, b, c, e]) {
+            o.copy_from_slice(&w.to_le_bytes());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bincode::Options;
+
+    /// A chunk record as format 6 defined it, with the digest as 32 bytes.
+    #[derive(Serialize, Deserialize)]
+    struct Bytewise {
+        hash: [u8; 32],
+        pack: u32,
+        offset: u64,
+        len: u32,
+        codec: Codec,
+        stored: u32,
+    }
+
+    #[test]
+    fn digest_words_encode_as_the_32_bytes() {
+        let o = || bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian();
+        let hash: [u8; 32] = std::array::from_fn(|i| (i * 37 + 11) as u8);
+        let c = Chunk { hash, pack: 3, offset: 1 << 40, len: 65536, codec: Codec::Zstd, stored: 777 };
+        let b = Bytewise { hash, pack: 3, offset: 1 << 40, len: 65536, codec: Codec::Zstd, stored: 777 };
+        let (words, bytes) = (o().serialize(&c).unwrap(), o().serialize(&b).unwrap());
+        assert_eq!(words, bytes);
+        assert_eq!(o().deserialize::<Chunk>(&bytes).unwrap(), c);
+        assert_eq!(o().deserialize::<Bytewise>(&words).unwrap().hash, hash);
+    }
 }

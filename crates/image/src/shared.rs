@@ -38,7 +38,7 @@ use crate::{Chunk, Codec, ImageDir, ImageError, PackHome, Result, CHUNK_PAGES, P
 use bincode::Options;
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -67,6 +67,7 @@ pub enum Lock {
 pub struct IndexEntry {
     /// As in [`Chunk::hash`]: keyed for a sealed chunk, so entries of
     /// different keys (or none) never share a hash.
+    #[serde(with = "crate::records::digest_words")]
     pub hash: [u8; 32],
     pub offset: u64,
     pub len: u32,
@@ -116,7 +117,7 @@ impl PackIndex {
 }
 
 /// Packs, and chunks by hash naming them (see [`Store::known`]).
-pub type Known = (Vec<crate::Pack>, HashMap<[u8; 32], Chunk>);
+pub type Known = (Vec<crate::Pack>, crate::store::DigestMap<Chunk>);
 
 /// What [`Store::gc`] did.
 #[derive(Debug, Clone, Default)]
@@ -523,7 +524,7 @@ impl Store {
     /// need not write again.
     pub fn known(&self) -> Result<Known> {
         let mut packs = Vec::new();
-        let mut known = HashMap::new();
+        let mut known = crate::store::DigestMap::default();
         for ix in self.load_index()? {
             let i = packs.len() as u32;
             for c in ix.chunks(i) {

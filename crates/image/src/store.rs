@@ -59,8 +59,14 @@ impl PackWriter {
     }
 }
 
+/// A map keyed by chunk digests. Digests are already uniform, so a fast
+/// hasher does (SipHash over 32 bytes, three times per page run named,
+/// cost a tracked checkpoint tens of milliseconds); it is seeded per
+/// process, since the digests of a base come from images.
+pub type DigestMap<V> = HashMap<[u8; 32], V, foldhash::fast::RandomState>;
+
 /// Chunk ids by hash, and the chunks in id order.
-type ChunkIndex = (HashMap<[u8; 32], u32>, Vec<Chunk>);
+type ChunkIndex = (DigestMap<u32>, Vec<Chunk>);
 
 /// Marks, in a [`ChunkTable`]'s records, a chunk that a base (parent image
 /// or store) holds: its `pack` is then an index into the base's packs.
@@ -72,13 +78,13 @@ pub const FOREIGN: u32 = 1 << 31;
 #[derive(Default)]
 pub struct ChunkTable {
     inner: Mutex<ChunkIndex>,
-    known: std::sync::Arc<HashMap<[u8; 32], Chunk>>,
+    known: std::sync::Arc<DigestMap<Chunk>>,
 }
 
 impl ChunkTable {
     /// A table that reuses `known` chunks (their `pack` indexes the base's
     /// packs, below [`FOREIGN`]).
-    pub fn with_known(known: std::sync::Arc<HashMap<[u8; 32], Chunk>>) -> Self {
+    pub fn with_known(known: std::sync::Arc<DigestMap<Chunk>>) -> Self {
         ChunkTable { inner: Mutex::default(), known }
     }
 
@@ -104,21 +110,24 @@ impl ChunkTable {
         }
     }
 
-    /// The ids of the chunks with these hashes, recorded or known (then
-    /// recorded); None for one that is neither.
-    pub fn reuse(&self, hashes: impl Iterator<Item = [u8; 32]>) -> Vec<Option<u32>> {
+    /// The ids of `records`, chunks a base holds (their `pack` indexes the
+    /// base's packs), recorded now unless this table has their hash
+    /// already. No hash is looked up among the known chunks: the caller
+    /// has their records.
+    pub fn reuse_records<'a>(&self, records: impl ExactSizeIterator<Item = &'a Chunk>) -> Vec<u32> {
         let mut g = self.lock();
         let (map, chunks) = &mut *g;
-        hashes
-            .map(|hash| {
-                if let Some(&id) = map.get(&hash) {
-                    return Some(id);
+        map.reserve(records.len());
+        chunks.reserve(records.len());
+        records
+            .map(|k| match map.entry(k.hash) {
+                std::collections::hash_map::Entry::Occupied(o) => *o.get(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let id = chunks.len() as u32;
+                    v.insert(id);
+                    chunks.push(Chunk { pack: k.pack | FOREIGN, ..k.clone() });
+                    id
                 }
-                let k = self.known.get(&hash)?;
-                let id = chunks.len() as u32;
-                map.insert(hash, id);
-                chunks.push(Chunk { pack: k.pack | FOREIGN, ..k.clone() });
-                Some(id)
             })
             .collect()
     }

@@ -105,6 +105,7 @@ pub fn incremental(threads: usize, rounds: usize, bytes: u64) {
         // Tracked: only the pages written since the full image are read.
         let t = Instant::now();
         let base = Base::open(&tracked, ImageOwner::current(), (Some(&full), None), None).expect("base");
+        let base_time = t.elapsed();
         let mut o = tree_options(pid, &tracked, true, true, threads);
         o.tracker = Some(&tracker);
         o.base = Some(&base);
@@ -121,13 +122,14 @@ pub fn incremental(threads: usize, rounds: usize, bytes: u64) {
         let pct = |a: f64, b: f64| 100.0 * a / b;
         let (ft, fs) = (full_time.as_secs_f64(), s_full.image_bytes as f64);
         println!(
-            "round {}: full {:.0} ms ({:.2} GB/s, image {:.0} MiB); tracked {:.0} ms = {:.1}% of full (frozen {:.0} ms), image {:.1} MiB = {:.2}%; untracked {:.0} ms = {:.0}%, image {:.1} MiB = {:.1}%",
+            "round {}: full {:.0} ms ({:.2} GB/s, image {:.0} MiB); tracked {:.0} ms = {:.1}% of full (parent opened in {:.0} ms, frozen {:.0} ms), image {:.1} MiB = {:.2}%; untracked {:.0} ms = {:.0}%, image {:.1} MiB = {:.1}%",
             round + 1,
             ft * 1e3,
             gbps(s_full.memory_bytes, full_time),
             fs / 1048576.0,
             tr_time.as_secs_f64() * 1e3,
             pct(tr_time.as_secs_f64(), ft),
+            base_time.as_secs_f64() * 1e3,
             s_tr.frozen.as_secs_f64() * 1e3,
             s_tr.image_bytes as f64 / 1048576.0,
             pct(s_tr.image_bytes as f64, fs),
