@@ -239,8 +239,11 @@ fn split(
 mod tests {
     use super::*;
 
+    /// Ranges read (address, pages) and runs taken from the parent.
+    type Cut = (Vec<(u64, u32)>, Vec<Reused>);
+
     /// Split a piece of `pages` at `addr` against `d` and `runs`.
-    fn cut(d: &ProcDirty, runs: &[ParentRun], addr: u64, pages: u32) -> Option<(Vec<(u64, u32)>, Vec<Reused>)> {
+    fn cut(d: &ProcDirty, runs: &[ParentRun], addr: u64, pages: u32) -> Option<Cut> {
         let mut t = Tracked {
             written: Cursor::new(&d.written, |r| r.1),
             untracked: Cursor::new(&d.untracked, |r| r.1),
