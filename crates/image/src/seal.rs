@@ -10,7 +10,9 @@
 //! /dev/fd/N` hands it over through a descriptor. From it
 //! `blake3::derive_key` makes independent subkeys, one per purpose (see the
 //! `CTX_*` strings): chunk sealing, chunk nonces, chunk hashes, the sealing
-//! of the manifest and files, and a key identifier. The key never goes to
+//! of the manifest and files, a key identifier, and the pre-shared key with
+//! which two hosts of the same key file authenticate each other (the
+//! migrate crate). The key never goes to
 //! the image, a log or a message; subkeys are wiped when dropped.
 //!
 //! **Chunks.** With a key a chunk's hash is the keyed BLAKE3 of its data,
@@ -71,6 +73,7 @@ const CTX_NONCE: &str = "cryopod image 2026-05 chunk nonce key (keyed BLAKE3)";
 const CTX_HASH: &str = "cryopod image 2026-05 chunk hash key (keyed BLAKE3)";
 const CTX_FILE: &str = "cryopod image 2026-05 manifest and file sealing key (XChaCha20-Poly1305)";
 const CTX_ID: &str = "cryopod image 2026-05 key identifier";
+const CTX_PEER: &str = "cryopod hosts 2026-12 peer authentication pre-shared key (Noise psk)";
 
 /// Why something sealed could not be opened, or a key not read. Each is
 /// one sentence; none names a byte of a key.
@@ -104,6 +107,7 @@ pub struct ImageKey {
     file: XChaCha20Poly1305,
     nonce: Zeroizing<[u8; 32]>,
     hash: Zeroizing<[u8; 32]>,
+    peer: Zeroizing<[u8; 32]>,
     id: [u8; KEY_ID],
 }
 
@@ -129,6 +133,7 @@ impl ImageKey {
             file: cipher(CTX_FILE, material),
             nonce: Zeroizing::new(blake3::derive_key(CTX_NONCE, material)),
             hash: Zeroizing::new(blake3::derive_key(CTX_HASH, material)),
+            peer: Zeroizing::new(blake3::derive_key(CTX_PEER, material)),
             id: short,
         }
     }
@@ -178,6 +183,13 @@ impl ImageKey {
         let mut buf = Zeroizing::new(Vec::with_capacity(256));
         f.take(66).read_to_end(&mut buf).map_err(read_err)?;
         Self::parse(&buf, &shown)
+    }
+
+    /// The pre-shared key two hosts holding this key file authenticate
+    /// each other with (`cryopod serve` and `migrate`, see the migrate
+    /// crate): a subkey of its own, never used to seal anything.
+    pub fn peer_psk(&self) -> &[u8; 32] {
+        &self.peer
     }
 
     /// The identifier a sealed manifest records (tells a wrong key from

@@ -3,6 +3,7 @@
 //! every process it started even when an assertion fails.
 #![allow(dead_code)]
 
+pub mod hosts;
 pub mod kill;
 pub mod pod;
 pub mod servers;

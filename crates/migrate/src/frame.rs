@@ -1,0 +1,229 @@
+//! Frames: what a link carries. A frame is a kind (one byte), a body
+//! length (four bytes, big-endian) and the body. Each kind has its own
+//! bound on the length, checked before the body is allocated or read, so
+//! a peer cannot make us allocate more than a data frame; an unknown kind
+//! ends the link. New kinds get new numbers; a kind's body never changes
+//! meaning within a protocol version ([`crate::link::VERSION`]).
+//!
+//! [`DataWriter`] and [`DataReader`] carry a byte stream (an image stream,
+//! see `cryopod_image::stream`) as a run of `Data` frames closed by `End`.
+
+use crate::{MigrateError, Result};
+use std::io::{Read, Write};
+
+/// Bytes of a frame header.
+pub const HEADER: usize = 5;
+/// The largest body of a data frame, and of any other frame.
+pub const MAX_DATA: u32 = 1 << 20;
+pub const MAX_CONTROL: u32 = 64 << 10;
+
+/// Every kind of frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// What the sender wants (a migration offer: the pod, the mode).
+    Offer = 1,
+    /// The receiver agrees; the transfer may start.
+    Accept = 2,
+    /// The receiver will not (the body: one sentence, UTF-8).
+    Refuse = 3,
+    /// Part of a byte stream.
+    Data = 4,
+    /// The end of a byte stream (empty body).
+    End = 5,
+    /// The receiver's outcome: the pod runs there (body: a report).
+    Done = 6,
+    /// A side gives up (body: why, one sentence); the other undoes what
+    /// it made.
+    Abort = 7,
+}
+
+impl Kind {
+    fn from_byte(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Offer,
+            2 => Kind::Accept,
+            3 => Kind::Refuse,
+            4 => Kind::Data,
+            5 => Kind::End,
+            6 => Kind::Done,
+            7 => Kind::Abort,
+            _ => return None,
+        })
+    }
+
+    /// The largest body a frame of this kind may have.
+    pub fn max_len(self) -> u32 {
+        match self {
+            Kind::Data => MAX_DATA,
+            Kind::End => 0,
+            _ => MAX_CONTROL,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub body: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new(kind: Kind, body: impl Into<Vec<u8>>) -> Frame {
+        Frame { kind, body: body.into() }
+    }
+
+    /// The body as one sentence (Refuse, Abort, Done), bounded and lossy
+    /// for bytes that are not UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Write one frame (not flushed).
+pub fn write_frame<W: Write>(w: &mut W, kind: Kind, body: &[u8]) -> Result<()> {
+    let len = u32::try_from(body.len()).ok().filter(|&l| l <= kind.max_len()).ok_or_else(|| {
+        MigrateError::Protocol(format!("a {kind:?} frame of {} bytes is too long to send", body.len()))
+    })?;
+    let mut h = [0u8; HEADER];
+    h[0] = kind as u8;
+    h[1..].copy_from_slice(&len.to_be_bytes());
+    w.write_all(&h).and_then(|_| w.write_all(body)).map_err(|e| MigrateError::io("sending a frame", e))
+}
+
+/// Read the next frame; `Closed` if the stream ended before its first byte
+/// (`when` says at which point of the exchange).
+pub fn read_frame<R: Read>(r: &mut R, when: &str) -> Result<Frame> {
+    let mut h = [0u8; HEADER];
+    let mut got = 0;
+    while got < HEADER {
+        match r.read(&mut h[got..]) {
+            Ok(0) if got == 0 => return Err(MigrateError::Closed(when.to_string())),
+            Ok(0) => return Err(MigrateError::Closed(format!("in the middle of a frame header, {when}"))),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(MigrateError::io(format!("receiving a frame {when}"), e)),
+        }
+    }
+    let kind = Kind::from_byte(h[0]).ok_or_else(|| MigrateError::Protocol(format!("unknown frame kind {}", h[0])))?;
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+    if len > kind.max_len() {
+        return Err(MigrateError::Protocol(format!(
+            "a {kind:?} frame of {len} bytes (at most {} allowed)",
+            kind.max_len()
+        )));
+    }
+    // Bounded above: at most MAX_DATA.
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => MigrateError::Closed(format!("in the middle of a {kind:?} frame, {when}")),
+        _ => MigrateError::io(format!("receiving a {kind:?} frame {when}"), e),
+    })?;
+    Ok(Frame { kind, body })
+}
+
+/// A byte stream sent as `Data` frames; [`finish`](DataWriter::finish)
+/// sends `End`. Dropped unfinished, the receiver sees no `End`: the stream
+/// is incomplete, never mistaken for a whole one.
+pub struct DataWriter<'a, W: Write> {
+    w: &'a mut W,
+    buf: Vec<u8>,
+    sent: u64,
+}
+
+impl<'a, W: Write> DataWriter<'a, W> {
+    pub fn new(w: &'a mut W) -> Self {
+        DataWriter { w, buf: Vec::with_capacity(MAX_DATA as usize), sent: 0 }
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            write_frame(self.w, Kind::Data, &self.buf).map_err(std::io::Error::other)?;
+            self.sent += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Send the rest and `End`, flushed; returns the bytes carried.
+    pub fn finish(mut self) -> Result<u64> {
+        self.send().map_err(|e| MigrateError::io("sending data", e))?;
+        write_frame(self.w, Kind::End, &[])?;
+        self.w.flush().map_err(|e| MigrateError::io("sending data", e))?;
+        Ok(self.sent)
+    }
+}
+
+impl<W: Write> Write for DataWriter<'_, W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(MAX_DATA as usize - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == MAX_DATA as usize {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()?;
+        self.w.flush()
+    }
+}
+
+/// The byte stream of `Data` frames up to `End`: reads return 0 only after
+/// `End`. Any other frame in between (an `Abort`) is an error naming it.
+pub struct DataReader<'a, R: Read> {
+    r: &'a mut R,
+    frame: Vec<u8>,
+    pos: usize,
+    ended: bool,
+    received: u64,
+}
+
+impl<'a, R: Read> DataReader<'a, R> {
+    pub fn new(r: &'a mut R) -> Self {
+        DataReader { r, frame: Vec::new(), pos: 0, ended: false, received: 0 }
+    }
+
+    /// Whether `End` came (all of the stream was read).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+}
+
+impl<R: Read> Read for DataReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.frame.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            let f = read_frame(self.r, "in the middle of a data stream").map_err(|e| match e {
+                MigrateError::Closed(_) => std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e.to_string()),
+                // The cause's words too (an io error's own message is its
+                // source's, which a plain to_string would drop).
+                MigrateError::Io { what, source } => std::io::Error::new(source.kind(), format!("{what}: {source}")),
+                e => std::io::Error::other(e.to_string()),
+            })?;
+            match f.kind {
+                Kind::Data => {
+                    self.received += f.body.len() as u64;
+                    self.frame = f.body;
+                    self.pos = 0;
+                }
+                Kind::End => self.ended = true,
+                Kind::Abort => {
+                    return Err(std::io::Error::other(format!("the peer gave up: {}", f.text())));
+                }
+                k => return Err(std::io::Error::other(format!("protocol error: a {k:?} frame inside a data stream"))),
+            }
+        }
+        let n = buf.len().min(self.frame.len() - self.pos);
+        buf[..n].copy_from_slice(&self.frame[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,278 @@
+//! The two-hosts harness (common/hosts.rs) itself: the hosts and the
+//! client reach each other on their segment and nothing else, the root
+//! namespace guards the subnet while it lives, and it leaves nothing
+//! behind — after a normal end, a panic, or a run that was killed.
+
+mod common;
+
+use common::hosts::{Node, TwoHosts, GUARD_METRIC};
+use std::io::BufRead;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+/// Stdout of `ip ARGS` in the root namespace (must succeed).
+fn root_ip(args: &[&str]) -> String {
+    let o = Command::new("ip").args(args).output().expect("run ip");
+    assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}stderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Names of the interfaces of the root namespace.
+fn root_links() -> Vec<String> {
+    root_ip(&["-o", "link"])
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The root namespace's routes inside `net` (all tables).
+fn root_routes_in(net: &str) -> String {
+    root_ip(&["-4", "route", "show", "table", "all", "root", net])
+}
+
+/// Nothing of `tag`'s segment left: namespaces, interfaces in the root
+/// namespace, the guard route, the state directories.
+fn assert_nothing_left(tag: &str, subnet: &str, dirs: &[PathBuf]) {
+    let prefix = format!("cp-{tag}-");
+    let ns = root_ip(&["netns", "list"]);
+    assert!(!ns.lines().any(|l| l.starts_with(&prefix)), "namespaces left:\n{ns}");
+    for l in ['a', 'b', 'c', 'w'] {
+        let f = format!("/run/netns/cp-{tag}-{l}");
+        assert!(!Path::new(&f).exists(), "{f} left");
+    }
+    let links = root_links();
+    let ours: Vec<&String> = links.iter().filter(|n| n.starts_with(&format!("cpw{tag}")) || *n == "wire0").collect();
+    assert!(ours.is_empty(), "interfaces left in the root namespace: {ours:?}");
+    let routes = root_routes_in(&format!("{subnet}.0/24"));
+    assert!(routes.trim().is_empty(), "routes left for {subnet}.0/24:\n{routes}");
+    for d in dirs {
+        assert!(!d.exists(), "state directory {} left", d.display());
+    }
+}
+
+/// The lines a spawned process prints, as they come.
+fn lines_of(child: &mut std::process::Child) -> Receiver<String> {
+    let out = child.stdout.take().expect("spawn_in pipes stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn expect_line(rx: &Receiver<String>, want: &str) -> String {
+    let l = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|e| panic!("waiting for {want:?}: {e}"));
+    assert!(l.starts_with(want), "expected {want:?}, got {l:?}");
+    l
+}
+
+/// Accepts one connection, reads to its end, prints the peer and the
+/// bytes, and answers with "pong:" and them.
+const LISTENER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("READY", flush=True)
+c, peer = s.accept()
+data = b""
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    data += b
+print("FROM", peer[0], flush=True)
+print("GOT", data.decode(), flush=True)
+c.sendall(b"pong:" + data)
+c.close()
+"#;
+
+/// Sends argv[3], ends its side, prints the answer.
+const CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(sys.argv[3].encode())
+c.shutdown(socket.SHUT_WR)
+data = b""
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    data += b
+print(data.decode())
+"#;
+
+#[test]
+fn two_hosts_and_a_client_share_one_segment_and_leave_nothing() {
+    let (tag, subnet) = ("h1", "10.77.121");
+    let hosts = TwoHosts::new(tag, subnet);
+    let dirs = vec![hosts.state_a().to_path_buf(), hosts.state_b().to_path_buf()];
+    for d in &dirs {
+        assert!(d.is_dir(), "{} should exist", d.display());
+    }
+    assert_ne!(hosts.state_a(), hosts.state_b());
+    for n in Node::ALL {
+        assert!(hosts.ns_path(n).exists(), "{} missing", hosts.ns_path(n).display());
+    }
+
+    // The segment: client to both hosts, and host to host.
+    for (from, to) in [(Node::Client, Node::A), (Node::Client, Node::B), (Node::A, Node::B)] {
+        let o = hosts.ping(from, to);
+        assert!(o.status.success(), "ping {from:?} -> {to:?} failed:\n{}", text(&o));
+    }
+    // Each node has its one address and nothing beyond the segment: no
+    // route elsewhere (`ip route get` sends nothing).
+    for n in Node::ALL {
+        let o = hosts.run_in(n, Command::new("ip").args(["-4", "-o", "addr", "show", "dev", "eth0"]));
+        assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("inet {}/24", hosts.addr(n))), "{}", text(&o));
+        let o = hosts.run_in(n, Command::new("ip").args(["route", "get", "198.51.100.1"]));
+        assert!(!o.status.success(), "{n:?} has a route off the segment:\n{}", text(&o));
+    }
+
+    // The root namespace: the guard route, and none of the segment's interfaces.
+    let net = format!("{subnet}.0/24");
+    let guard = format!("unreachable {net} metric {GUARD_METRIC}");
+    assert!(root_routes_in(&net).lines().any(|l| l.trim() == guard), "no `{guard}` in the root namespace");
+    let o = Command::new("ip").args(["route", "get", &hosts.addr(Node::B)]).output().expect("ip route get");
+    assert!(!o.status.success(), "the root namespace routes to {}:\n{}", hosts.addr(Node::B), text(&o));
+    let links = root_links();
+    assert!(!links.iter().any(|n| n.starts_with(&format!("cpw{tag}")) || n == "wire0"), "{links:?}");
+
+    // TCP: a listener on host B, a connection from the client.
+    let mut listener =
+        hosts.spawn_in(Node::B, Command::new("python3").args(["-c", LISTENER, &hosts.addr(Node::B), "7070"]));
+    let lines = lines_of(&mut listener);
+    expect_line(&lines, "READY");
+    let o = hosts
+        .run_in(Node::Client, Command::new("python3").args(["-c", CLIENT, &hosts.addr(Node::B), "7070", "hello B"]));
+    assert!(o.status.success(), "client failed:\n{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "pong:hello B");
+    assert_eq!(expect_line(&lines, "FROM"), format!("FROM {}", hosts.addr(Node::Client)));
+    assert_eq!(expect_line(&lines, "GOT"), "GOT hello B");
+    let st = listener.wait().expect("wait for the listener");
+    assert!(st.success(), "listener: {st}");
+
+    // A process left running is killed at the end.
+    // (Its Child is dropped at once: ending it is the harness's job.)
+    let sleeper_pid = hosts.spawn_in(Node::A, Command::new("sleep").arg("1000")).id();
+    let t = Instant::now();
+    drop(hosts);
+    eprintln!("dropped in {:?}", t.elapsed());
+    assert!(!Path::new(&format!("/proc/{sleeper_pid}")).exists(), "the sleeper {sleeper_pid} is still there");
+    assert_nothing_left(tag, subnet, &dirs);
+}
+
+#[test]
+fn a_panicking_test_still_cleans_up() {
+    let (tag, subnet) = ("h2", "10.77.122");
+    // What the closure made: the state directories and a process's pid.
+    let seen = std::sync::Mutex::new((Vec::new(), 0));
+    let r = std::panic::catch_unwind(|| {
+        let hosts = TwoHosts::new(tag, subnet);
+        seen.lock().unwrap().0.extend([hosts.state_a().to_path_buf(), hosts.state_b().to_path_buf()]);
+        seen.lock().unwrap().1 = hosts.spawn_in(Node::Client, Command::new("sleep").arg("1000")).id();
+        let _ = std::fs::write(hosts.state_a().join("file"), "x");
+        panic!("deliberate panic, TwoHosts must clean up");
+    });
+    assert!(r.is_err(), "the closure should have panicked");
+    let (dirs, sleeper_pid) = seen.into_inner().unwrap();
+    assert_eq!(dirs.len(), 2, "TwoHosts::new did not get far enough");
+    assert!(!Path::new(&format!("/proc/{sleeper_pid}")).exists(), "the sleeper {sleeper_pid} is still there");
+    assert_nothing_left(tag, subnet, &dirs);
+}
+
+/// Removes, at its end, the leftovers the test made (in case TwoHosts did not).
+struct Leftovers(&'static str, &'static str);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for l in ['a', 'w'] {
+            let _ = Command::new("ip").args(["netns", "del", &format!("cp-{}-{l}", self.0)]).output();
+        }
+        let net = format!("{}.0/24", self.1);
+        let _ = Command::new("ip").args(["route", "del", "unreachable", &net, "metric", GUARD_METRIC]).output();
+    }
+}
+
+#[test]
+fn leftovers_of_a_killed_run_are_removed_first() {
+    let (tag, subnet) = ("h3", "10.77.123");
+    let _guard = Leftovers(tag, subnet);
+    // What a run killed half-way leaves: two namespaces (one with a process
+    // in it) and the guard route.
+    root_ip(&["netns", "add", "cp-h3-a"]);
+    root_ip(&["netns", "add", "cp-h3-w"]);
+    root_ip(&["route", "add", "unreachable", &format!("{subnet}.0/24"), "metric", GUARD_METRIC]);
+    // (60 s: bounded, should TwoHosts fail to kill it.)
+    let mut stray = Command::new("ip").args(["netns", "exec", "cp-h3-a", "sleep", "60"]).spawn().expect("start sleep");
+    let t = Instant::now();
+    while std::fs::read_link(format!("/proc/{}/exe", stray.id())).map_or(true, |e| !e.ends_with("sleep")) {
+        assert!(t.elapsed() < Duration::from_secs(10), "sleep did not start in cp-h3-a");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let hosts = TwoHosts::new(tag, subnet);
+    // The stray process was killed with its namespace (and, as it is our
+    // child, reaped: then waiting for it fails).
+    let t = Instant::now();
+    loop {
+        match stray.try_wait() {
+            Ok(Some(st)) => {
+                assert_eq!(st.signal(), Some(libc::SIGKILL), "the stray sleep should have been killed: {st}");
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ECHILD), "wait for the stray sleep: {e}");
+                break;
+            }
+            Ok(None) => assert!(t.elapsed() < Duration::from_secs(5), "the stray sleep still runs"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let o = hosts.ping(Node::A, Node::B);
+    assert!(o.status.success(), "ping A -> B failed:\n{}", text(&o));
+    let dirs = vec![hosts.state_a().to_path_buf(), hosts.state_b().to_path_buf()];
+    drop(hosts);
+    assert_nothing_left(tag, subnet, &dirs);
+}
+
+#[test]
+fn a_subnet_in_use_is_refused() {
+    let (tag, subnet) = ("h4", "10.77.124");
+    // Something else routes part of the subnet (unreachable: no traffic).
+    root_ip(&["route", "add", "unreachable", &format!("{subnet}.128/25")]);
+    struct Route(String);
+    impl Drop for Route {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["route", "del", "unreachable", &self.0]).output();
+        }
+    }
+    let route = Route(format!("{subnet}.128/25"));
+    let r = std::panic::catch_unwind(|| TwoHosts::new(tag, subnet));
+    let msg = match r {
+        Ok(_) => panic!("TwoHosts::new should refuse a subnet in use"),
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(msg.contains("is in use on this machine"), "unexpected refusal: {msg}");
+    assert!(!root_ip(&["netns", "list"]).contains("cp-h4-"), "namespaces made despite the refusal");
+    drop(route);
+    assert_nothing_left(tag, subnet, &[]);
+}
