@@ -276,3 +276,47 @@ fn a_subnet_in_use_is_refused() {
     drop(route);
     assert_nothing_left(tag, subnet, &[]);
 }
+
+/// Two hosts run pods of the same name and address at once: nothing of
+/// theirs collides (cgroups under each host's own parent, veths and the
+/// pod bridge inside each host's namespace, guard routes there too), and
+/// each host's `stop` removes only its own.
+#[test]
+fn two_hosts_run_pods_of_the_same_name_side_by_side() {
+    let h = TwoHosts::new("h5", "10.77.125");
+    let run = |node: Node| {
+        let o = h.cryopod(node, &["run", "-d", "--name", "twin", "--ip", "10.77.126.9/24", "--", "sleep", "1000"]);
+        assert!(o.status.success(), "run on {node:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(Node::A);
+    run(Node::B);
+    let parents: Vec<String> =
+        [Node::A, Node::B].iter().map(|&n| cryopod_pod::StateDir::new(h.state(n)).cgroup_parent()).collect();
+    assert_ne!(parents[0], parents[1]);
+    for (node, parent) in [Node::A, Node::B].iter().zip(&parents) {
+        let ps = h.cryopod(*node, &["ps"]);
+        let text = String::from_utf8_lossy(&ps.stdout);
+        assert!(text.contains("twin") && text.contains("running"), "ps on {node:?}:\n{text}");
+        let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{parent}/twin/cgroup.procs")).unwrap();
+        assert!(!procs.trim().is_empty(), "the pod of {node:?} has its own cgroup");
+        // The pod network lives in the host's namespace, guarded there.
+        let routes = h.run_in(*node, Command::new("ip").arg("route"));
+        let routes = String::from_utf8_lossy(&routes.stdout);
+        assert!(routes.contains("unreachable 10.77.126.0/24"), "{node:?} routes:\n{routes}");
+    }
+    // Nothing of the pods in the root namespace.
+    let links = String::from_utf8_lossy(&Command::new("ip").args(["-o", "link"]).output().unwrap().stdout).into_owned();
+    let (veth, _) = cryopod_pod::net::veth_names("twin");
+    assert!(!links.contains(&format!(" {veth}")), "{links}");
+    // Host A's stop leaves host B's pod alone.
+    assert!(h.cryopod(Node::A, &["stop", "twin"]).status.success());
+    assert!(!Path::new(&format!("/sys/fs/cgroup/pids/{}/twin", parents[0])).exists());
+    let ps = h.cryopod(Node::B, &["ps"]);
+    assert!(String::from_utf8_lossy(&ps.stdout).contains("running"), "host B's pod still runs");
+    assert!(h.cryopod(Node::B, &["stop", "twin"]).status.success());
+    for p in &parents {
+        for c in ["memory", "pids", "cpu", "freezer"] {
+            assert!(!Path::new(&format!("/sys/fs/cgroup/{c}/{p}")).exists(), "{c}/{p} is left");
+        }
+    }
+}

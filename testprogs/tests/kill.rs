@@ -126,7 +126,8 @@ fn pod_left_frozen_is_thawed_by_the_next_command() {
     let state = env.state.to_str().unwrap().to_string();
     let args = ["checkpoint", "fz", "-o", img.to_str().unwrap(), "--leave-running"];
     kill::kill_at(&args, &[("CRYOPOD_STATE_DIR", &state)], "pod-frozen", true);
-    let freezer = "/sys/fs/cgroup/freezer/cryopod/fz/freezer.state";
+    let freezer = format!("/sys/fs/cgroup/freezer/{}/fz/freezer.state", env.cgroup_parent());
+    let freezer = freezer.as_str();
     assert_eq!(std::fs::read_to_string(freezer).unwrap().trim(), "FROZEN", "the pod should still be frozen");
     assert_eq!(std::fs::read_to_string(&port).unwrap().trim(), "0", "the pod's network should still be locked");
     let ps = env.ps();
@@ -150,7 +151,8 @@ fn pod_restore_killed_with_its_guardian_leaves_nothing() {
     let state = env.state.to_str().unwrap().to_string();
     let args = ["restore", img.to_str().unwrap(), "--detach"];
     kill::kill_at(&args, &[("CRYOPOD_STATE_DIR", &state)], "restore-before-resume", true);
-    let procs = "/sys/fs/cgroup/pids/cryopod/rl/cgroup.procs";
+    let procs = format!("/sys/fs/cgroup/pids/{}/rl/cgroup.procs", env.cgroup_parent());
+    let procs = procs.as_str();
     let t = std::time::Instant::now();
     while !std::fs::read_to_string(procs).unwrap_or_default().trim().is_empty() && t.elapsed().as_secs() < 2 {
         common::reap_all();

@@ -7,8 +7,9 @@ use common::pod::PodEnv;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-fn cgroup_value(ctl: &str, pod: &str, file: &str) -> String {
-    std::fs::read_to_string(format!("/sys/fs/cgroup/{ctl}/cryopod/{pod}/{file}")).unwrap_or_default().trim().into()
+fn cgroup_value(env: &PodEnv, ctl: &str, pod: &str, file: &str) -> String {
+    let p = format!("/sys/fs/cgroup/{ctl}/{}/{pod}/{file}", env.cgroup_parent());
+    std::fs::read_to_string(p).unwrap_or_default().trim().into()
 }
 
 /// Lines "n=<i> ..." of a log, as numbers.
@@ -89,9 +90,9 @@ fn pod_is_isolated_limited_reachable_and_stop_leaves_nothing() {
     let links = env.exec(name, "ls /sys/class/net");
     assert_eq!(links.split_whitespace().collect::<Vec<_>>(), ["eth0", "lo"]);
     // Limits in the pod's cgroup.
-    assert_eq!(cgroup_value("memory", name, "memory.limit_in_bytes"), (64u64 << 20).to_string());
-    assert_eq!(cgroup_value("pids", name, "pids.max"), "32");
-    assert_eq!(cgroup_value("cpu", name, "cpu.cfs_quota_us"), "50000");
+    assert_eq!(cgroup_value(&env, "memory", name, "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    assert_eq!(cgroup_value(&env, "pids", name, "pids.max"), "32");
+    assert_eq!(cgroup_value(&env, "cpu", name, "cpu.cfs_quota_us"), "50000");
     // The host reaches the pod at its address.
     let mut s = std::net::TcpStream::connect_timeout(&"10.77.7.2:7777".parse().unwrap(), Duration::from_secs(5))
         .expect("connect to the pod from the host");
@@ -177,8 +178,8 @@ fn pod_checkpoint_restores_twice_side_by_side() {
         assert!(env.exec(pod, "ip -o -4 addr show lo").contains("10.99.0.1/24"), "{pod}: extra address");
         let routes = env.exec(pod, "ip route");
         assert!(routes.contains("10.98.0.0/16 via 10.77.8.1"), "{pod}: extra route missing:\n{routes}");
-        assert_eq!(cgroup_value("memory", pod, "memory.limit_in_bytes"), (96u64 << 20).to_string());
-        assert_eq!(cgroup_value("pids", pod, "pids.max"), "40");
+        assert_eq!(cgroup_value(&env, "memory", pod, "memory.limit_in_bytes"), (96u64 << 20).to_string());
+        assert_eq!(cgroup_value(&env, "pids", pod, "pids.max"), "40");
     }
     // A checkpoint that leaves the pod running: it goes on counting.
     let image2 = env.dir.join("image2");
@@ -253,7 +254,7 @@ fn pod_bad_input_gets_one_sentence_and_changes_nothing() {
     std::fs::create_dir_all(&half).unwrap();
     std::fs::write(half.join("creator"), "4194303").unwrap();
     for c in ["memory", "pids", "cpu", "freezer"] {
-        std::fs::create_dir_all(format!("/sys/fs/cgroup/{c}/cryopod/half")).unwrap();
+        std::fs::create_dir_all(format!("/sys/fs/cgroup/{c}/{}/half", env.cgroup_parent())).unwrap();
     }
     env.ok(&["ps"]);
     assert_eq!(env.leftovers("half"), Vec::<String>::new());

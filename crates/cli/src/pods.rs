@@ -142,7 +142,7 @@ pub fn restore(
 }
 
 pub fn ps(state: &StateDir, json: bool) -> Result<i32> {
-    let all: Vec<_> = state.list()?.iter().map(lifecycle::status).collect();
+    let all: Vec<_> = state.list()?.iter().map(|r| lifecycle::status(state, r)).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(0);

@@ -1,8 +1,12 @@
-//! The pod's cgroup on this host's cgroup v1 hierarchies: `cryopod/<name>`
-//! under the memory, pids, cpu and freezer controllers. Limits are written
+//! The pod's cgroup on this host's cgroup v1 hierarchies: `<parent>/<name>`
+//! under the memory, pids, cpu and freezer controllers, where the parent
+//! is the host's ([`StateDir::cgroup_parent`]: `cryopod` for the default
+//! state directory), so that two cryopod hosts on one machine (network
+//! namespaces with state directories of their own) never share a cgroup. Limits are written
 //! when the pod is created (and read back for a checkpoint); the freezer
 //! stops every task of the pod at once for a consistent checkpoint.
 
+use crate::state::StateDir;
 use crate::{PodError, Result};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,6 +27,8 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     pub name: String,
+    /// The host's directory of pod cgroups.
+    pub parent: String,
 }
 
 fn write(path: &PathBuf, value: &str) -> Result<()> {
@@ -36,12 +42,13 @@ fn read(path: &PathBuf) -> Result<String> {
 }
 
 impl Cgroup {
-    pub fn of(pod: &str) -> Cgroup {
-        Cgroup { name: pod.to_string() }
+    /// Pod `pod` of the host whose state directory is `state`.
+    pub fn of(state: &StateDir, pod: &str) -> Cgroup {
+        Cgroup { name: pod.to_string(), parent: state.cgroup_parent() }
     }
 
     fn dir(&self, controller: &str) -> PathBuf {
-        PathBuf::from(ROOT).join(controller).join("cryopod").join(&self.name)
+        PathBuf::from(ROOT).join(controller).join(&self.parent).join(&self.name)
     }
 
     /// Check that the controllers exist (a clear sentence otherwise).
@@ -175,7 +182,7 @@ impl Cgroup {
     }
 
     /// Remove the cgroup from every controller; waits (up to `timeout`) for
-    /// exiting tasks to leave it. The shared `cryopod` parent goes too once
+    /// exiting tasks to leave it. The host's parent goes too once
     /// no pod uses it.
     pub fn remove(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;

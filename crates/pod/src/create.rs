@@ -69,8 +69,8 @@ fn expect_ready(status: &OwnedFd, what: &str) -> Result<()> {
 
 impl Holder {
     /// Create the cgroup, the namespaces and the network of pod `name`.
-    pub fn create(name: &str, spec: &PodSpec, extra: &Extra) -> Result<Holder> {
-        let cgroup = Cgroup::of(name);
+    pub fn create(state: &StateDir, name: &str, spec: &PodSpec, extra: &Extra) -> Result<Holder> {
+        let cgroup = Cgroup::of(state, name);
         cgroup.create(&Limits { memory: spec.memory, pids: spec.pids, cpus: spec.cpus })?;
         let (status_r, status_w) = pipe::pipe()?;
         let (cmd_r, cmd_w) = pipe::pipe()?;
@@ -298,7 +298,7 @@ pub fn reserve(state: &StateDir, name: &str, spec: &PodSpec) -> Result<PathBuf> 
     Cgroup::check_host()?;
     let dir = state.reserve(name)?;
     let res = (|| {
-        if Cgroup::of(name).exists() {
+        if Cgroup::of(state, name).exists() {
             return Err(PodError::Invalid(format!("a cgroup for pod {name} is left over; remove it first")));
         }
         match &spec.ip {
@@ -323,7 +323,7 @@ fn start(state: &StateDir, o: &RunOptions, init_program: &[u8], dir: &std::path:
     } else {
         None
     };
-    let mut holder = Holder::create(&o.name, &o.spec, &Extra::default())?;
+    let mut holder = Holder::create(state, &o.name, &o.spec, &Extra::default())?;
     let (err_r, err_w) = pipe::pipe()?;
     let exec_init = || -> Result<()> {
         // The pod is a session of its own from the first instant the

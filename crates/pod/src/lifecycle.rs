@@ -25,8 +25,8 @@ pub struct PodStatus {
     pub cmd: Vec<String>,
 }
 
-pub fn status(rec: &PodRecord) -> PodStatus {
-    let cg = Cgroup::of(&rec.name);
+pub fn status(state: &StateDir, rec: &PodRecord) -> PodStatus {
+    let cg = Cgroup::of(state, &rec.name);
     let state = if !rec.alive() {
         "exited"
     } else if cg.freezer_state().map(|s| s != "THAWED").unwrap_or(false) {
@@ -62,14 +62,14 @@ pub fn exec(state: &StateDir, name: &str, cmd: &[String]) -> Result<i32> {
         return Err(PodError::Invalid("no command given to run in the pod".into()));
     }
     let rec = running(state, name)?;
-    if Cgroup::of(name).freezer_state()? != "THAWED" {
+    if Cgroup::of(state, name).freezer_state()? != "THAWED" {
         return Err(PodError::Invalid(format!("pod {name} is frozen (a checkpoint is running?)")));
     }
     let pfd = pidfd::pidfd_open(rec.init_pid)?;
     match fork_with_pid(0)? {
         Forked::Child => {
             let r = (|| -> Result<i32> {
-                Cgroup::of(name).join(0)?;
+                Cgroup::of(state, name).join(0)?;
                 let user = if rec.spec.userns { libc::CLONE_NEWUSER } else { 0 };
                 ns::enter(pfd.as_fd(), rec.init_pid, POD_NS | libc::CLONE_NEWPID | user)?;
                 if rec.spec.userns {
@@ -126,7 +126,7 @@ pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
-    let cg = Cgroup::of(name);
+    let cg = Cgroup::of(state, name);
     if cg.exists() {
         // A frozen task cannot act on a signal.
         cg.thaw()?;
@@ -166,7 +166,7 @@ pub fn cleanup_by_name(state: &StateDir, name: &str, veth: Option<String>) -> Re
 
 /// Remove what is left of a pod whose processes are gone (or going).
 pub fn cleanup(state: &StateDir, rec: &PodRecord) -> Result<()> {
-    let cg = Cgroup::of(&rec.name);
+    let cg = Cgroup::of(state, &rec.name);
     if cg.exists() {
         // PID 1 is gone, so the kernel kills the rest of the PID namespace;
         // anything still listed is on its way out.
@@ -228,7 +228,7 @@ pub fn recover(state: &StateDir) {
                 if let Some((pid, false)) = noted_owner(&dir.join(CHECKPOINTER)) {
                     tracing::warn!(pod = %name, pid, "thawing a pod left by a cut-short checkpoint");
                     unlock_network(&rec);
-                    if Cgroup::of(&name).thaw().is_ok() {
+                    if Cgroup::of(state, &name).thaw().is_ok() {
                         let _ = std::fs::remove_file(dir.join(CHECKPOINTER));
                     }
                 }

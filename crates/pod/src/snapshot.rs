@@ -114,7 +114,7 @@ fn checkpoint_once(
     if !rec.alive() {
         return Err(PodError::Invalid(format!("pod {} is not running: there is nothing to checkpoint", o.name)));
     }
-    let cg = Cgroup::of(&o.name);
+    let cg = Cgroup::of(state, &o.name);
     if cg.freezer_state()? != "THAWED" {
         return Err(PodError::Invalid(format!("pod {} is frozen already (is another checkpoint running?)", o.name)));
     }
@@ -506,7 +506,7 @@ fn restore_reserved(
         // (a peer's segment would meet no socket and reset its connection).
         attach_later: true,
     };
-    let mut holder = Holder::create(name, &spec, &extra)?;
+    let mut holder = Holder::create(state, name, &spec, &extra)?;
     if let Err(e) = cryopod_sys::pidfd::pidfd_open(holder.pid)
         .map_err(EngineError::from)
         .and_then(|pfd| guard.kill_on_abort(pfd.as_fd()))

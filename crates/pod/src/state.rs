@@ -117,6 +117,19 @@ impl StateDir {
         self.pods().join(name)
     }
 
+    /// The directory of this host's pod cgroups (see `crate::cgroup`):
+    /// `cryopod` for the default state directory, otherwise
+    /// `cryopod-` and 8 hexadecimal digits of the BLAKE3 of the state
+    /// directory's absolute path.
+    pub fn cgroup_parent(&self) -> String {
+        let abs = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        if abs == Path::new(DEFAULT_ROOT) {
+            return "cryopod".to_string();
+        }
+        let h = blake3::hash(abs.as_os_str().as_encoded_bytes());
+        format!("cryopod-{}", cryopod_image::shared::hex(&h.as_bytes()[..4]))
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir(name).join("log")
     }
@@ -298,7 +311,11 @@ pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The state directory when neither `--state-dir` nor `CRYOPOD_STATE_DIR`
+/// names another.
+pub const DEFAULT_ROOT: &str = "/run/cryopod";
+
 /// Default state directory, overridable with `CRYOPOD_STATE_DIR`.
 pub fn default_root() -> PathBuf {
-    std::env::var_os("CRYOPOD_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new("/run/cryopod").into())
+    std::env::var_os("CRYOPOD_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(DEFAULT_ROOT).into())
 }

@@ -219,6 +219,45 @@ impl TwoHosts {
         self.run_in(from, &mut cmd)
     }
 
+    /// The state directory of host `node` (A or B).
+    pub fn state(&self, node: Node) -> &Path {
+        match node {
+            Node::A => &self.state_a,
+            Node::B => &self.state_b,
+            Node::Client => panic!("the client is not a cryopod host"),
+        }
+    }
+
+    /// `cryopod ARGS` as host `node` (A or B): in its network namespace
+    /// only (`nsenter --net`: the machine's mounts, so its cgroup
+    /// hierarchies, stay visible, which `ip netns exec` would hide), with
+    /// its state directory. Bounded in time like [`TwoHosts::run_in`].
+    pub fn cryopod(&self, node: Node, args: &[&str]) -> Output {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.ns_path(node).display()))
+            .arg(super::cryopod_bin())
+            .args(args)
+            .env("CRYOPOD_STATE_DIR", self.state(node))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        output_within(&mut c, RUN_TIMEOUT)
+    }
+
+    /// Stop every pod a host's state directory records (the end of a test).
+    fn stop_pods(&self) {
+        for node in [Node::A, Node::B] {
+            let Ok(dir) = std::fs::read_dir(self.state(node).join("pods")) else { continue };
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let o = self.cryopod(node, &["stop", "--timeout", "2", &name]);
+                if !o.status.success() {
+                    eprintln!("TwoHosts: stopping pod {name} of host {node:?}: {}", String::from_utf8_lossy(&o.stderr));
+                }
+            }
+        }
+    }
+
     /// `ip netns exec NAME PROGRAM ARGS...` with `cmd`'s environment
     /// changes and working directory.
     fn wrap(&self, node: Node, cmd: &Command) -> Command {
@@ -330,6 +369,9 @@ impl Drop for TwoHosts {
         // Every step is tried, whatever the others did; nothing here panics.
         let spawned = std::mem::take(&mut *self.spawned.lock().unwrap_or_else(|p| p.into_inner()));
         end_spawned(spawned);
+        // Pods of the hosts (cgroups, veths, records) through cryopod, while
+        // the hosts' namespaces still exist.
+        self.stop_pods();
         for name in self.created.iter().rev() {
             remove_netns(name);
         }

@@ -472,7 +472,7 @@ pub fn pod_checkpoint_trials(env: &PodEnv, n: usize) -> Counts {
     let reset = || {
         let _ = std::fs::remove_dir_all(&img);
     };
-    let freezer = format!("/sys/fs/cgroup/freezer/cryopod/{name}/freezer.state");
+    let freezer = format!("/sys/fs/cgroup/freezer/{}/{name}/freezer.state", env.cgroup_parent());
     let t = Trials { args: &args, env: &envs, reset: &reset, span: &anywhere, stop_at_bad: true };
     let c = t.run(n, || {
         let t = Instant::now();
@@ -523,7 +523,7 @@ pub fn pod_restore_trials(env: &PodEnv, n: usize) -> Counts {
     let stop = || {
         let _ = env.cryopod(&["stop", "--timeout", "1", name]);
     };
-    let procs = format!("/sys/fs/cgroup/pids/cryopod/{name}/cgroup.procs");
+    let procs = format!("/sys/fs/cgroup/pids/{}/{name}/cgroup.procs", env.cgroup_parent());
     let record = env.state.join("pods").join(name).join("pod.json");
     let t = Trials { args: &args, env: &envs, reset: &stop, span: &anywhere, stop_at_bad: false };
     t.run(n, || {

@@ -110,12 +110,18 @@ impl PodEnv {
         }
     }
 
+    /// The directory of this state directory's pod cgroups (as cryopod
+    /// names it).
+    pub fn cgroup_parent(&self) -> String {
+        cryopod_pod::StateDir::new(&self.state).cgroup_parent()
+    }
+
     /// Everything a pod may leave behind on the host: cgroups, veths and
     /// the bridge, mounts, its state directory.
     pub fn leftovers(&self, name: &str) -> Vec<String> {
         let mut out = Vec::new();
         for c in ["memory", "pids", "cpu", "freezer"] {
-            let p = format!("/sys/fs/cgroup/{c}/cryopod/{name}");
+            let p = format!("/sys/fs/cgroup/{c}/{}/{name}", self.cgroup_parent());
             if Path::new(&p).exists() {
                 out.push(p);
             }

@@ -527,8 +527,8 @@ pub fn http_get(s: &ServerEnv, port: u16, path: &str) -> String {
 
 /// The commands of the pod's processes, from its cgroup.
 pub fn pod_commands(s: &ServerEnv) -> Vec<String> {
-    let procs =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/cryopod/{}/cgroup.procs", s.name)).unwrap_or_default();
+    let procs = format!("/sys/fs/cgroup/pids/{}/{}/cgroup.procs", s.env.cgroup_parent(), s.name);
+    let procs = std::fs::read_to_string(procs).unwrap_or_default();
     procs
         .split_whitespace()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
