@@ -320,3 +320,71 @@ fn two_hosts_run_pods_of_the_same_name_side_by_side() {
         }
     }
 }
+
+/// `cryopod migrate --mode stop` from host A to host B (`cryopod serve`):
+/// the pod arrives with its name, address and state (a counter in its
+/// /tmp goes on from where it was), and is gone from A. A peer without the
+/// key file is refused, and a destination that refuses (a pod of that name
+/// there) leaves the pod running at the source.
+#[test]
+fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
+    let h = TwoHosts::new("h6", "10.77.127");
+    let key = h.state(Node::A).join("key");
+    std::fs::write(&key, [0x42u8; 32]).unwrap();
+    let other = h.state(Node::A).join("other-key");
+    std::fs::write(&other, [0x43u8; 32]).unwrap();
+    let (key_s, other_s) = (key.to_str().unwrap(), other.to_str().unwrap());
+    let dest = format!("{}:7070", h.addr(Node::B));
+    // (Killed and reaped when `h` goes.)
+    let _serve = h.spawn_cryopod(Node::B, &["serve", "--listen", &dest, "--key", key_s, "--timeout", "60"]).id();
+    let count = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.02; done";
+    let run = |name: &str, ip: &str| {
+        let o = h.cryopod(Node::A, &["run", "-d", "--name", name, "--ip", ip, "--", "sh", "-c", count]);
+        assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let n = |node: Node, name: &str| -> u64 {
+        let o = h.cryopod(node, &["exec", name, "--", "cat", "/tmp/n"]);
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)
+    };
+    let advances = |node: Node, name: &str| {
+        let a = n(node, name);
+        std::thread::sleep(Duration::from_millis(300));
+        let b = n(node, name);
+        assert!(b > a && a > 0, "the counter of {name} on {node:?} went from {a} to {b}");
+        b
+    };
+    run("mover", "10.77.129.5/24");
+    // The server may take a moment to listen.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let migrate = |name: &str, k: &str| h.cryopod(Node::A, &["migrate", name, "--to", &dest, "--key", k]);
+    // Another key: refused, and the pod runs on at A.
+    let o = loop {
+        let o = migrate("mover", other_s);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if !err.contains("Connection refused") || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("did not prove it holds the same key file"), "{err}");
+    let before = advances(Node::A, "mover");
+    // The move.
+    let o = migrate("mover", key_s);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "migrate: {err}");
+    assert!(err.contains("migrated pod mover to"), "{err}");
+    let ps_a = String::from_utf8_lossy(&h.cryopod(Node::A, &["ps"]).stdout).into_owned();
+    assert!(!ps_a.contains("mover"), "the pod is gone from A:\n{ps_a}");
+    let ps_b = String::from_utf8_lossy(&h.cryopod(Node::B, &["ps"]).stdout).into_owned();
+    assert!(ps_b.contains("mover") && ps_b.contains("running") && ps_b.contains("10.77.129.5"), "{ps_b}");
+    let after = advances(Node::B, "mover");
+    assert!(after > before, "the counter went on from {before} (it is {after})");
+    // A second pod of the same name: B refuses it; it runs on at A.
+    run("mover", "10.77.129.6/24");
+    let o = migrate("mover", key_s);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("a pod named mover exists here"), "{err}");
+    advances(Node::A, "mover");
+    advances(Node::B, "mover");
+}

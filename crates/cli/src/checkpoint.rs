@@ -81,6 +81,7 @@ pub fn run(state: &cryopod_pod::StateDir, a: CheckpointArgs) -> Result<i32> {
                 base: base.as_ref(),
                 tracker: tracker.as_ref(),
                 key: key.as_deref(),
+                hold: false,
             };
             cryopod_pod::snapshot::checkpoint(state, &opts, &progress)
                 .with_context(|| format!("checkpoint of pod {name} failed"))?

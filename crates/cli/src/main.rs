@@ -5,6 +5,7 @@
 mod check;
 mod checkpoint;
 mod inspect;
+mod migrate;
 mod pods;
 mod progress;
 mod store;
@@ -109,6 +110,10 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         store: PathBuf,
     },
+    /// Move a pod to another host running `cryopod serve`.
+    Migrate(migrate::MigrateArgs),
+    /// Accept pods other hosts migrate here.
+    Serve(migrate::ServeArgs),
     /// Check whether this kernel and CPU can restore an image, and why not.
     Check {
         #[arg(long)]
@@ -248,5 +253,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             Ok(0)
         }
         Cmd::Check { image, key } => check::run(&image, load_key(key.as_deref())?),
+        Cmd::Migrate(a) => migrate::migrate(state, a),
+        Cmd::Serve(a) => migrate::serve(state, a),
     }
 }

@@ -118,6 +118,7 @@ pub fn restore(
         ip: ip.as_deref().map(IpConfig::parse).transpose()?,
         tcp_close,
         threads: crate::cpus(),
+        hold: false,
     };
     let bar = crate::progress::Bar::new("restore");
     let (rec, o) = cryopod_pod::snapshot::restore(state, &o, &|phase, d, t| bar.update(phase, d, t))

@@ -4,47 +4,13 @@
 //! is known only once the checkpoint ends; see `cryopod_image::stream`).
 
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub fn is_stdio(p: &Path) -> bool {
     p.as_os_str() == "-"
 }
 
-/// A private directory for an image on its way to or from a stream,
-/// removed with everything in it when dropped.
-pub struct TempImage {
-    root: PathBuf,
-}
-
-impl TempImage {
-    /// A new, not yet existing, path inside a fresh directory of mode 0700.
-    pub fn new() -> Result<TempImage> {
-        use std::os::unix::fs::DirBuilderExt;
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let root = std::env::temp_dir().join(format!("cryopod-stream-{}-{nanos}", std::process::id()));
-        std::fs::DirBuilder::new().mode(0o700).create(&root).with_context(|| format!("creating {}", root.display()))?;
-        Ok(TempImage { root })
-    }
-
-    pub fn image(&self) -> PathBuf {
-        self.root.join("image")
-    }
-
-    /// Keep the directory (an image that could not be streamed and exists
-    /// nowhere else); returns the image's path.
-    pub fn keep(self) -> PathBuf {
-        let path = self.image();
-        std::mem::forget(self);
-        path
-    }
-}
-
-impl Drop for TempImage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
+pub use cryopod_engine::outdir::TempImage;
 
 /// Write image `dir` to `out` (a new file, or `-` for stdout).
 pub fn export(dir: &Path, out: &Path) -> Result<u64> {
@@ -75,21 +41,13 @@ pub fn export(dir: &Path, out: &Path) -> Result<u64> {
 /// sealed image comes as it is (its key opens it later).
 pub fn import(input: &Path, dir: &Path) -> Result<cryopod_image::stream::Imported> {
     let what = if is_stdio(input) { "standard input".to_string() } else { input.display().to_string() };
-    let out = cryopod_engine::outdir::OutDir::prepare(dir)?;
-    let mut create = |name: &str| -> cryopod_image::Result<Box<dyn cryopod_image::stream::Sink>> {
-        out.create(name)
-            .map(|f| Box::new(f) as Box<dyn cryopod_image::stream::Sink>)
-            .map_err(|e| cryopod_image::ImageError::Unsafe(format!("cannot create {name}: {e}")))
-    };
     let m = if is_stdio(input) {
         let mut r = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
-        cryopod_image::stream::import(&mut r, &mut create)
+        cryopod_engine::outdir::import_stream(dir, &mut r)
     } else {
         let f = std::fs::File::open(input).with_context(|| format!("opening {what}"))?;
         let mut r = std::io::BufReader::with_capacity(1 << 20, f);
-        cryopod_image::stream::import(&mut r, &mut create)
-    }
-    .with_context(|| format!("cannot import the image stream from {what}"))?;
-    out.commit_manifest_bytes(&m.manifest_bytes)?;
-    Ok(m)
+        cryopod_engine::outdir::import_stream(dir, &mut r)
+    };
+    m.with_context(|| format!("cannot import the image stream from {what}"))
 }

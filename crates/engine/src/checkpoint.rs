@@ -80,6 +80,10 @@ pub struct PodCheckpoint<'a> {
     pub frozen_since: Instant,
     /// Where the areas' flags are read, prepared before the pod froze.
     pub flags: crate::vmflags::Source,
+    /// Keep the pod frozen after a checkpoint that leaves it alive (a
+    /// migration's source): the cgroup is frozen again before the tasks
+    /// are let go (they stay in the freezer, not running).
+    pub hold: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -172,8 +176,12 @@ fn checkpoint_once(
         tracing::debug!(ms = t_freeze.elapsed().as_secs_f64() * 1e3, "frozen; the arming handler told");
     }
     let mut ran_at = None;
+    let (hold, refreeze) = match &o.pod {
+        Some(p) => (p.hold, Some(p.refreeze)),
+        None => (false, None),
+    };
     let res = guard_tree(&guard, &fr).and_then(|_| {
-        let mut run = Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None };
+        let mut run = Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None, hold, refreeze };
         collect_and_write(o, cow, armed, out, &mut run, (&guard, flags), progress)
     });
     match res {
@@ -182,7 +190,7 @@ fn checkpoint_once(
                 // Nothing of ours is left in the tree: the guardian goes
                 // before the tree runs again.
                 drop(repaired);
-                Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None }.now();
+                Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None, hold, refreeze }.now();
             } else {
                 // From here on, cut short, the tree dies anyway; and our
                 // copies of its connections close without a word to peers.
@@ -244,6 +252,9 @@ struct Resume<'a> {
     at: &'a mut Option<Instant>,
     /// The tree's area flags being read: done before it runs.
     flags: Option<crate::vmflags::Reader>,
+    /// A held pod: frozen again by `refreeze` before its tasks are let go.
+    hold: bool,
+    refreeze: Option<&'a (dyn Fn() -> Result<()> + Sync)>,
 }
 
 impl Resume<'_> {
@@ -251,6 +262,13 @@ impl Resume<'_> {
         if self.at.is_none() {
             if let Some(f) = &mut self.flags {
                 f.wait();
+            }
+            if self.hold {
+                if let Some(refreeze) = self.refreeze {
+                    if let Err(e) = refreeze() {
+                        tracing::warn!("the pod could not be kept frozen: {e}");
+                    }
+                }
             }
             self.guard.disarm();
             self.fr.thaw();

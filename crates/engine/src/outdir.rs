@@ -49,6 +49,68 @@ pub struct OutDir {
     manifest_len: AtomicU64,
 }
 
+/// A private directory for an image on its way to or from a stream (or
+/// another host), removed with everything in it when dropped.
+pub struct TempImage {
+    root: PathBuf,
+}
+
+impl TempImage {
+    /// A new, not yet existing, image path inside a fresh directory of
+    /// mode 0700 under the system's temporary directory.
+    pub fn new() -> Result<TempImage> {
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// The same under `parent` (e.g. /dev/shm: memory, not a disk).
+    pub fn new_in(parent: &Path) -> Result<TempImage> {
+        use std::os::unix::fs::DirBuilderExt;
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let root = parent.join(format!("cryopod-stream-{}-{nanos}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .map_err(|e| EngineError::Other(format!("creating {}: {e}", root.display())))?;
+        Ok(TempImage { root })
+    }
+
+    pub fn image(&self) -> PathBuf {
+        self.root.join("image")
+    }
+
+    /// Keep the directory (an image that could not be streamed and exists
+    /// nowhere else); returns the image's path.
+    pub fn keep(self) -> PathBuf {
+        let path = self.image();
+        std::mem::forget(self);
+        path
+    }
+}
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Read an image stream (see `cryopod_image::stream`) from `r` into the
+/// new image directory `dir`, checked as it comes; the manifest is
+/// committed last, so on any failure nothing is left. A sealed image comes
+/// as it is (its key opens it later).
+pub fn import_stream(dir: &Path, r: &mut dyn std::io::Read) -> Result<cryopod_image::stream::Imported> {
+    let out = OutDir::prepare(dir)?;
+    let mut create = |name: &str| -> cryopod_image::Result<Box<dyn cryopod_image::stream::Sink>> {
+        out.create(name)
+            .map(|f| Box::new(f) as Box<dyn cryopod_image::stream::Sink>)
+            .map_err(|e| cryopod_image::ImageError::Unsafe(format!("cannot create {name}: {e}")))
+    };
+    let mut r = r;
+    let m = cryopod_image::stream::import(&mut r, &mut create)?;
+    out.commit_manifest_bytes(&m.manifest_bytes)?;
+    Ok(m)
+}
+
 impl OutDir {
     /// Make `path` (and missing parents) or take it if it is empty or
     /// holds only what an interrupted checkpoint of ours left; write the

@@ -57,6 +57,11 @@ pub struct PodRestore<'a> {
     /// anything of the pod (a damaged or altered chunk must stop a restore
     /// before any process exists).
     pub packs: &'a PackReader,
+    /// Runs once every process is made and every connection is out of
+    /// repair, before the tasks are let go (a migration's destination
+    /// freezes the pod's cgroup here, so that nothing of it runs before
+    /// the source has let its copy go).
+    pub before_resume: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
 }
 
 #[derive(Debug)]
@@ -273,6 +278,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
                 conns: &conns,
                 cmd_fds: &cmd_fds,
                 owner: owner.as_ref(),
+                before_resume: o.pod.as_ref().and_then(|p| p.before_resume),
                 progress,
             };
             build_all(&b, &mut pids)
@@ -439,6 +445,8 @@ struct Build<'a> {
     object_fds: &'a HashMap<u32, TargetFd>,
     /// Owner of a non-root image: files are opened with their permissions.
     owner: Option<&'a crate::trust::Owner>,
+    /// See [`PodRestore::before_resume`].
+    before_resume: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
     progress: Progress<'a>,
 }
 
@@ -492,6 +500,9 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64], pids: &mut HostP
     }
     fault::check("restore-before-resume")?;
     files::finish_connections(m, b.conns, b.guard)?;
+    if let Some(f) = b.before_resume {
+        f().map_err(|e| EngineError::Other(format!("before the pod resumes: {e}")))?;
+    }
     // Processes stopped by job control go back to being stopped.
     for (t, stopped) in all_threads {
         ptrace::detach(t, if stopped { libc::SIGSTOP } else { 0 })?;

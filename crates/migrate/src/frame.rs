@@ -36,6 +36,11 @@ pub enum Kind {
     /// A side gives up (body: why, one sentence); the other undoes what
     /// it made.
     Abort = 7,
+    /// The receiver made the pod and holds it, frozen and unattached.
+    Ready = 8,
+    /// The sender let its copy go (its address answers nothing): the
+    /// receiver may let the pod run.
+    Commit = 9,
 }
 
 impl Kind {
@@ -48,6 +53,8 @@ impl Kind {
             5 => Kind::End,
             6 => Kind::Done,
             7 => Kind::Abort,
+            8 => Kind::Ready,
+            9 => Kind::Commit,
             _ => return None,
         })
     }
@@ -56,7 +63,7 @@ impl Kind {
     pub fn max_len(self) -> u32 {
         match self {
             Kind::Data => MAX_DATA,
-            Kind::End => 0,
+            Kind::End | Kind::Commit => 0,
             _ => MAX_CONTROL,
         }
     }

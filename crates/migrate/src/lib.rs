@@ -7,12 +7,15 @@
 //! encrypted, authenticated messages. On the link, [`frame`] carries
 //! typed, versioned frames whose lengths are bounded per kind before a
 //! byte of their body is allocated. The sequence of frames a migration
-//! exchanges, and the state machine of each side, are in
-//! `docs/MIGRATION.md`.
+//! exchanges is in `docs/MIGRATION.md`; [`send`] is the source's side
+//! (`cryopod migrate`), [`receive`] the destination's (`cryopod serve`).
 #![forbid(unsafe_code)]
 
 pub mod frame;
 pub mod link;
+pub mod offer;
+pub mod receive;
+pub mod send;
 
 /// Anything that went wrong on a link, with what it concerned.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,18 @@ pub enum MigrateError {
     Closed(String),
     #[error("the link's encryption failed: {0}")]
     Crypto(String),
+    /// The destination would not take the pod (host, its sentence).
+    #[error("{0} refused the pod: {1}")]
+    Refused(String, String),
+    /// A side gave up during the move (who, its sentence).
+    #[error("{0} gave up: {1}")]
+    Aborted(String, String),
+    #[error(transparent)]
+    Pod(#[from] cryopod_pod::PodError),
+    #[error(transparent)]
+    Engine(#[from] cryopod_engine::EngineError),
+    #[error(transparent)]
+    Image(#[from] cryopod_image::ImageError),
 }
 
 impl MigrateError {

@@ -120,7 +120,16 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Processes in the pod (host PIDs).
+    /// Move process `pid` out of the pod, to the hierarchies' roots (the
+    /// pod's namespace holder, its work done, before a held pod is frozen:
+    /// frozen, it could not be let go).
+    pub fn evict(pid: i32) -> Result<()> {
+        for c in CONTROLLERS {
+            write(&PathBuf::from(ROOT).join(c).join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Processes in the cgroup, in any controller it has.
     pub fn procs(&self) -> Result<Vec<i32>> {
         let mut out = Vec::new();

@@ -14,6 +14,7 @@
 pub mod cgroup;
 pub mod create;
 pub mod fs;
+pub mod held;
 pub mod ipc;
 pub mod join;
 pub mod lifecycle;

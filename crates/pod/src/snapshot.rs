@@ -83,6 +83,24 @@ pub struct PodCheckpointOptions<'a> {
     pub tracker: Option<&'a std::sync::Mutex<cryopod_engine::track::Tracker>>,
     /// The key the image is sealed under (`--key`).
     pub key: Option<&'a ImageKey>,
+    /// Keep the pod frozen with its network locked afterwards (a
+    /// migration's source: see [`checkpoint_held`]).
+    pub hold: bool,
+}
+
+/// Checkpoint pod `o.name` into `o.dir` and keep it frozen, its network
+/// locked: it is then either let go again or ended (see `crate::held`).
+pub fn checkpoint_held(
+    state: &StateDir,
+    o: &PodCheckpointOptions<'_>,
+    progress: Progress,
+) -> Result<(CheckpointSummary, crate::held::HeldPod)> {
+    if !o.hold || o.leave_running {
+        return Err(PodError::Invalid("a held checkpoint is asked with hold and without leave_running".into()));
+    }
+    let s = checkpoint_once(state, o, false, progress)?;
+    let rec = state.load(&o.name)?;
+    Ok((s, crate::held::HeldPod::new(state, rec)?))
 }
 
 /// Checkpoint pod `o.name` into `o.dir`; unless `leave_running`, the pod
@@ -152,14 +170,19 @@ fn checkpoint_once(
             progress,
         )
     });
-    let _ = cg.thaw();
-    if res.is_err() || o.leave_running {
+    // Held: frozen and locked it stays (the note stays until the hold
+    // ends: a cryopod command finding it with us gone thaws the pod).
+    let held = o.hold && res.is_ok();
+    if !held {
+        let _ = cg.thaw();
+        let _ = std::fs::remove_file(&note);
+    }
+    if res.is_err() || (o.leave_running && !o.hold) {
         crate::lifecycle::unlock_network(&rec);
     }
-    let _ = std::fs::remove_file(&note);
     // On failure, what was written goes when `out` is dropped unfinished.
     let summary = res.map_err(|e| PodError::LeftRunning(Box::new(e)))?;
-    if !o.leave_running {
+    if !o.leave_running && !o.hold {
         // The engine killed every process of the pod.
         crate::lifecycle::wait_gone(&rec, Duration::from_secs(10));
         crate::lifecycle::cleanup(state, &rec)?;
@@ -255,7 +278,9 @@ fn checkpoint_frozen(
     // may still be being read); one that is to die stays locked until it
     // is gone. Frozen again (a retry), it is locked again.
     let thaw = || {
-        if o.leave_running {
+        // (Held: its network stays locked; frozen again before the engine
+        // lets go of its tasks.)
+        if o.leave_running && !o.hold {
             // (Thawed whatever happens; tried again at the end.)
             crate::lifecycle::unlock_network(rec);
         }
@@ -270,7 +295,9 @@ fn checkpoint_frozen(
     let opts = CheckpointOptions {
         pid: init,
         dir: o.dir.clone(),
-        leave_running: o.leave_running,
+        // Held: not killed (the engine lets go of the tasks, which the
+        // cgroup keeps frozen).
+        leave_running: o.leave_running || o.hold,
         cow,
         threads: o.threads,
         compress: o.compress,
@@ -288,6 +315,7 @@ fn checkpoint_frozen(
             out,
             frozen_since,
             flags: flags.clone(),
+            hold: o.hold,
         }),
         guard: Some(guard.clone()),
         armed,
@@ -411,6 +439,9 @@ pub struct PodRestoreOptions<'a> {
     /// (reset) rather than refuse.
     pub tcp_close: bool,
     pub threads: usize,
+    /// Keep the restored pod frozen, its network not attached (a
+    /// migration's destination: see [`restore_held`]).
+    pub hold: bool,
 }
 
 /// Restore the pod in `o.image` as a new pod; returns its record. (A
@@ -418,6 +449,37 @@ pub struct PodRestoreOptions<'a> {
 /// pod's record asks for mounts, a root file system, IPC objects and
 /// addresses that only root may set up.)
 pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> Result<(PodRecord, RestoreOutcome)> {
+    let (rec, outcome, guard) = restore_guarded(state, o, progress)?;
+    // The pod is recorded: handed over. Only then does the note that we
+    // were making it go (a restore cut short between the two leaves a pod
+    // the guardian killed, which the next command removes).
+    drop(guard);
+    let _ = std::fs::remove_file(state.dir(&rec.name).join(crate::state::CREATOR));
+    Ok((rec, outcome))
+}
+
+/// Restore the pod in `o.image` (with `o.hold`) and keep it frozen, its
+/// network not attached, until it is let go or undone (see
+/// `crate::held`).
+pub fn restore_held(
+    state: &StateDir,
+    o: &PodRestoreOptions,
+    progress: Progress,
+) -> Result<(crate::held::HeldRestore, RestoreOutcome)> {
+    if !o.hold {
+        return Err(PodError::Invalid("a held restore is asked with hold".into()));
+    }
+    let (rec, outcome, guard) = restore_guarded(state, o, progress)?;
+    Ok((crate::held::HeldRestore::new(rec, guard), outcome))
+}
+
+/// A restore, with the guardian that kills the pod's processes should we
+/// die before the caller hands the pod over.
+fn restore_guarded(
+    state: &StateDir,
+    o: &PodRestoreOptions,
+    progress: Progress,
+) -> Result<(PodRecord, RestoreOutcome, Guard)> {
     let m = o.image.manifest();
     let pod = m.pod.clone().ok_or_else(|| PodError::Invalid("the image holds a process tree, not a pod".into()))?;
     // Before the pod's namespaces are made: a CPU without what the image's
@@ -460,14 +522,7 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
     if res.is_err() {
         state.release(&name);
     }
-    // The pod is recorded: handed over. Only then does the note that we
-    // were making it go (a restore cut short between the two leaves a pod
-    // the guardian killed, which the next command removes).
-    drop(guard);
-    if res.is_ok() {
-        let _ = std::fs::remove_file(state.dir(&name).join(crate::state::CREATOR));
-    }
-    res
+    res.map(|(rec, outcome)| (rec, outcome, guard))
 }
 
 fn restore_reserved(
@@ -515,6 +570,16 @@ fn restore_reserved(
         return Err(engine_err(e));
     }
     let enter = || holder.enter().map_err(|e| cryopod_engine::chain(&e));
+    // Held: nothing of the pod runs once let go by the engine (its
+    // namespace holder, done, leaves the cgroup first: frozen, it could not
+    // be let go).
+    let holder_pid = holder.pid;
+    let freeze_before_resume = || {
+        tracing::debug!(holder = holder_pid, "held: the holder leaves the pod's cgroup, which is frozen");
+        Cgroup::evict(holder_pid)
+            .and_then(|_| Cgroup::of(state, name).freeze(Duration::from_secs(10)))
+            .map_err(|e| cryopod_engine::chain(&e))
+    };
     // A --userns pod: a go-between joins its user namespace first (its PID
     // namespace must belong to it), PID 1 then only settles in.
     let join_user = || holder.join_user().map_err(|e| cryopod_engine::chain(&e));
@@ -530,6 +595,7 @@ fn restore_reserved(
         ns_of: holder.pid,
         tcp_closed_at,
         packs,
+        before_resume: o.hold.then_some(&freeze_before_resume as _),
     };
     let opts =
         RestoreOptions { image: o.image, threads: o.threads, pod: Some(pod_restore), guard: Some(guard.clone()) };
@@ -542,8 +608,12 @@ fn restore_reserved(
     };
     let veth = holder.veth.clone();
     holder.release();
-    // Its sockets are all there: the pod may hear the world again.
-    let unlocked = veth.as_deref().map_or(Ok(()), net::attach);
+    // Its sockets are all there: the pod may hear the world again (held:
+    // once it is let go).
+    let unlocked = match o.hold {
+        true => Ok(()),
+        false => veth.as_deref().map_or(Ok(()), net::attach),
+    };
     if let Err(e) = unlocked.and_then(|_| crate::ipc::remove_marked(&pod.ipc, outcome.root_pid)) {
         let _ = cryopod_sys::process::kill(outcome.root_pid, libc::SIGKILL);
         let _ = cryopod_sys::process::waitpid(outcome.root_pid, 0);

@@ -244,8 +244,37 @@ impl TwoHosts {
         output_within(&mut c, RUN_TIMEOUT)
     }
 
-    /// Stop every pod a host's state directory records (the end of a test).
+    /// Start `cryopod ARGS` as host `node` (as [`TwoHosts::cryopod`]) and
+    /// leave it running (`serve`), stdout piped, stderr inherited; it is
+    /// killed and reaped when `self` is dropped.
+    pub fn spawn_cryopod(&self, node: Node, args: &[&str]) -> Child {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.ns_path(node).display()))
+            .arg(super::cryopod_bin())
+            .args(args)
+            .env("CRYOPOD_STATE_DIR", self.state(node))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let child = c.spawn().unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
+        let pid = child.id() as i32;
+        let pidfd = pidfd_open(pid);
+        self.spawned.lock().unwrap_or_else(|p| p.into_inner()).push(Spawned { pid, pidfd });
+        child
+    }
+
+    /// Stop every pod a host's state directory records (the end of a test);
+    /// first thaw whatever of theirs is frozen (a migration cut short holds
+    /// pods frozen, and frozen tasks cannot die).
     fn stop_pods(&self) {
+        for node in [Node::A, Node::B] {
+            let parent = cryopod_pod::StateDir::new(self.state(node)).cgroup_parent();
+            if let Ok(dir) = std::fs::read_dir(Path::new("/sys/fs/cgroup/freezer").join(&parent)) {
+                for e in dir.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::write(e.path().join("freezer.state"), "THAWED");
+                }
+            }
+        }
         for node in [Node::A, Node::B] {
             let Ok(dir) = std::fs::read_dir(self.state(node).join("pods")) else { continue };
             for e in dir.flatten() {

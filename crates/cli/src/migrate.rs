@@ -1,0 +1,88 @@
+//! `cryopod migrate` and `cryopod serve`: a pod moves to another host over
+//! an authenticated, encrypted link (see the migrate crate and
+//! docs/MIGRATION.md).
+
+use anyhow::{Context, Result};
+use clap::Args;
+use cryopod_migrate::offer::Mode;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The pod to move.
+    pub name: String,
+    /// The destination host, where `cryopod serve` listens: ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub to: String,
+    /// The key file both hosts hold (32 bytes, or 64 hexadecimal digits).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// stop: freeze, send, restore (live and lazy are not implemented yet).
+    #[arg(long, default_value = "stop", value_parser = ["stop", "live", "lazy"])]
+    pub mode: String,
+    /// Seconds the other host may stay silent at any step.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Where to accept migrations: ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// The key file both hosts hold.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Seconds a peer may stay silent at any step.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+fn mode(name: &str) -> Mode {
+    match name {
+        "live" => Mode::Live,
+        "lazy" => Mode::Lazy,
+        _ => Mode::Stop,
+    }
+}
+
+pub fn migrate(state: &cryopod_pod::StateDir, a: MigrateArgs) -> Result<i32> {
+    let key = cryopod_image::ImageKey::from_file(&a.key)?;
+    let o = cryopod_migrate::send::SendOptions {
+        pod: &a.name,
+        to: &a.to,
+        key: &key,
+        mode: mode(&a.mode),
+        threads: crate::cpus(),
+        compress: cryopod_image::Compression::default(),
+        timeout: Duration::from_secs(a.timeout.max(1)),
+    };
+    let bar = crate::progress::Bar::new("migrate");
+    let r = cryopod_migrate::send::migrate(state, &o, &|phase, d, t| bar.update(phase, d, t))
+        .with_context(|| format!("migration of pod {} to {} failed", a.name, a.to))?;
+    bar.finish();
+    eprintln!(
+        "migrated pod {} to {} in {:.1} ms (stopped {:.1} ms, {} sent): {}",
+        a.name,
+        a.to,
+        r.total.as_secs_f64() * 1e3,
+        r.stopped.as_secs_f64() * 1e3,
+        crate::human(r.bytes),
+        r.remote
+    );
+    Ok(0)
+}
+
+pub fn serve(state: &cryopod_pod::StateDir, a: ServeArgs) -> Result<i32> {
+    let key = cryopod_image::ImageKey::from_file(&a.key)?;
+    let listener = std::net::TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
+    eprintln!("serving migrations on {}", a.listen);
+    let o = cryopod_migrate::receive::ServeOptions {
+        key: &key,
+        threads: crate::cpus(),
+        timeout: Duration::from_secs(a.timeout.max(1)),
+    };
+    cryopod_migrate::receive::serve(&listener, state, &o, &|line| eprintln!("{line}"))?;
+    Ok(0)
+}

@@ -1,0 +1,151 @@
+//! The destination's side of a migration (`cryopod serve`): one peer at a
+//! time; a peer without the key file is refused before anything else is
+//! read; an offer is checked before any state moves; the pod is restored
+//! held (frozen, not attached) and let go only on the source's `Commit`.
+//! Any failure removes what was made here.
+
+use crate::frame::{read_frame, write_frame, DataReader, Kind};
+use crate::link::Link;
+use crate::offer::{Mode, Offer};
+use crate::{MigrateError, Result};
+use cryopod_engine::outdir::TempImage;
+use cryopod_engine::{CheckedImage, Progress};
+use cryopod_image::ImageKey;
+use cryopod_pod::snapshot::PodRestoreOptions;
+use cryopod_pod::{PodError, StateDir};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+pub struct ServeOptions<'a> {
+    pub key: &'a ImageKey,
+    pub threads: usize,
+    /// How long a peer may stay silent at any step.
+    pub timeout: Duration,
+}
+
+/// Serve migrations on `listener` until it fails; `report` hears one line
+/// per peer (what arrived, or why not).
+pub fn serve(listener: &TcpListener, state: &StateDir, o: &ServeOptions, report: &dyn Fn(&str)) -> Result<()> {
+    loop {
+        let (tcp, peer) = listener.accept().map_err(|e| MigrateError::io("accepting a connection", e))?;
+        let peer = peer.to_string();
+        match receive(tcp, &peer, state, o, &|_, _, _| {}) {
+            Ok(line) => report(&line),
+            Err(e) => report(&format!("from {peer}: {}", cryopod_engine::chain(&e))),
+        }
+    }
+}
+
+/// One migration from `peer`; returns what arrived, in words.
+pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, progress: Progress) -> Result<String> {
+    tcp.set_read_timeout(Some(o.timeout))
+        .and_then(|_| tcp.set_write_timeout(Some(o.timeout)))
+        .map_err(|e| MigrateError::io("setting the connection's timeouts", e))?;
+    let _ = tcp.set_nodelay(true);
+    let mut link = Link::accept(tcp, o.key, peer)?;
+    let f = read_frame(&mut link, "while waiting for an offer")?;
+    if f.kind != Kind::Offer {
+        return Err(MigrateError::Protocol(format!("a {:?} frame where an offer was due", f.kind)));
+    }
+    let offer = Offer::decode(&f.body)?;
+    if let Err(why) = preflight(state, &offer) {
+        write_frame(&mut link, Kind::Refuse, why.as_bytes())?;
+        flush(&mut link)?;
+        return Err(MigrateError::Refused("this host".into(), why));
+    }
+    write_frame(&mut link, Kind::Accept, &[])?;
+    flush(&mut link)?;
+    // The image lives in memory (a tmpfs) only until the pod is made.
+    let tmp = TempImage::new_in(std::path::Path::new("/dev/shm"))?;
+    let made = (|| -> Result<_> {
+        let mut r = DataReader::new(&mut link);
+        cryopod_engine::outdir::import_stream(&tmp.image(), &mut r)?;
+        if !r.ended() {
+            return Err(MigrateError::Closed("before the end of the image".into()));
+        }
+        let img = CheckedImage::open(&tmp.image(), None)?;
+        if img.manifest().pod.as_ref().map(|p| p.name.as_str()) != Some(offer.pod.as_str()) {
+            return Err(MigrateError::Protocol(format!("the image is not of the pod offered ({})", offer.pod)));
+        }
+        let ro =
+            PodRestoreOptions { image: &img, name: None, ip: None, tcp_close: false, threads: o.threads, hold: true };
+        Ok(cryopod_pod::snapshot::restore_held(state, &ro, progress)?)
+    })();
+    drop(tmp);
+    let (held, outcome) = match made {
+        Ok(m) => m,
+        Err(e) => {
+            let why = cryopod_engine::chain(&e);
+            let _ =
+                write_frame(&mut link, Kind::Abort, format!("the restore at the destination failed: {why}").as_bytes());
+            let _ = link.flush();
+            return Err(e);
+        }
+    };
+    let ready = format!("restored {} processes, held", outcome.processes);
+    let go = write_frame(&mut link, Kind::Ready, ready.as_bytes())
+        .and_then(|_| flush(&mut link))
+        .and_then(|_| read_frame(&mut link, "while waiting for the source to let its copy go"));
+    match go {
+        Ok(f) if f.kind == Kind::Commit => {}
+        other => {
+            let why = match other {
+                Ok(f) if f.kind == Kind::Abort => format!("the source gave up: {}", f.text()),
+                Ok(f) => format!("a {:?} frame where Commit was due", f.kind),
+                Err(e) => e.to_string(),
+            };
+            held.undo(state)?;
+            return Err(MigrateError::Aborted(peer.to_string(), why));
+        }
+    }
+    let name = held.record().name.clone();
+    match held.commit(state) {
+        Ok(rec) => {
+            let line = format!("pod {} arrived from {peer} and runs here (host pid {})", rec.name, rec.init_pid);
+            write_frame(&mut link, Kind::Done, line.as_bytes())?;
+            flush(&mut link)?;
+            Ok(line)
+        }
+        Err(e) => {
+            let why = cryopod_engine::chain(&e);
+            let _ = cryopod_pod::lifecycle::stop(state, &name, Duration::from_secs(5));
+            let _ = write_frame(&mut link, Kind::Abort, format!("letting the pod run failed: {why}").as_bytes());
+            let _ = link.flush();
+            Err(e.into())
+        }
+    }
+}
+
+/// Can this host take the pod? One sentence if not.
+fn preflight(state: &StateDir, offer: &Offer) -> std::result::Result<(), String> {
+    if offer.mode != Mode::Stop {
+        return Err(format!("--mode {} is not implemented yet", offer.mode.name()));
+    }
+    cryopod_pod::state::check_name(&offer.pod).map_err(|e| e.to_string())?;
+    match state.load(&offer.pod) {
+        Err(PodError::Unknown(_)) => {}
+        Ok(_) => return Err(format!("a pod named {} exists here", offer.pod)),
+        Err(e) => return Err(e.to_string()),
+    }
+    if let Some(ip) = &offer.ip {
+        let taken = state
+            .list()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|r| r.spec.ip.is_some_and(|i| format!("{}/{}", i.addr, i.prefix) == *ip));
+        if let Some(r) = taken {
+            return Err(format!("address {ip} is pod {}'s here", r.name));
+        }
+    }
+    if let Some(root) = &offer.rootfs {
+        if !std::path::Path::new(root).is_dir() {
+            return Err(format!("the pod's root file system {root} is not here"));
+        }
+    }
+    Ok(())
+}
+
+fn flush<S: std::io::Read + std::io::Write>(link: &mut Link<S>) -> Result<()> {
+    link.flush().map_err(|e| MigrateError::io(format!("sending to {}", link.peer()), e))
+}

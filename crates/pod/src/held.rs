@@ -1,0 +1,128 @@
+//! Pods held for a migration: what keeps "never lose the pod" and "never
+//! run it twice" while a pod moves between hosts.
+//!
+//! At the source, [`HeldPod`] is a pod checkpointed but not ended: frozen
+//! by its cgroup, its network locked (its bridge port disabled, so its
+//! address answers nothing), until the destination says it runs the pod
+//! ([`HeldPod::end`]) or the move failed ([`HeldPod::resume`]). Should the
+//! command die meanwhile, its guardian thaws and unlocks the pod, and the
+//! checkpoint's note lets the next cryopod command do it too.
+//!
+//! At the destination, [`HeldRestore`] is a pod restored but not let go:
+//! its processes frozen by the cgroup before the engine released them,
+//! its veth not on the bridge, until the source has let its copy go
+//! ([`HeldRestore::commit`]) or the move failed ([`HeldRestore::undo`]).
+//! Should the command die meanwhile, its guardian kills the pod, and the
+//! restore's note lets the next cryopod command remove what is left.
+
+use crate::cgroup::Cgroup;
+use crate::state::{PodRecord, StateDir, CHECKPOINTER, CREATOR};
+use crate::{lifecycle, net, PodError, Result};
+use cryopod_engine::guard::{Guard, Outcome};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+fn engine_err(e: cryopod_engine::EngineError) -> PodError {
+    PodError::Engine(e)
+}
+
+/// A checkpointed pod kept frozen and locked at the source.
+pub struct HeldPod {
+    rec: PodRecord,
+    cg: Cgroup,
+    guard: Guard,
+    note: std::path::PathBuf,
+}
+
+impl HeldPod {
+    /// Hold `rec`'s pod (frozen and locked by the checkpoint that made
+    /// it): a guardian of our own thaws and unlocks it should we die.
+    pub(crate) fn new(state: &StateDir, rec: PodRecord) -> Result<HeldPod> {
+        let cg = Cgroup::of(state, &rec.name);
+        let note = state.dir(&rec.name).join(CHECKPOINTER);
+        let guard = Guard::start(Outcome::Resume).map_err(engine_err)?;
+        let held = HeldPod { rec, cg, guard, note };
+        held.guard.thaw_on_abort(held.cg.freezer_file()?.as_fd()).map_err(engine_err)?;
+        if let Some(veth) = &held.rec.veth {
+            let nl = cryopod_sys::sock::netlink_route()?;
+            held.guard.send_on_abort(Outcome::Resume, nl.as_fd(), &net::unlock_request(veth)?).map_err(engine_err)?;
+        }
+        Ok(held)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.rec.name
+    }
+
+    /// Let the pod run here again: its network unlocked, thawed.
+    pub fn resume(self) -> Result<()> {
+        lifecycle::unlock_network(&self.rec);
+        let r = self.cg.thaw();
+        if r.is_ok() {
+            let _ = std::fs::remove_file(&self.note);
+            self.guard.disarm();
+        }
+        r
+    }
+
+    /// Leave the pod frozen and locked, on purpose (a move whose outcome is
+    /// unknown: it may run elsewhere): no guardian nor later command thaws
+    /// it; `cryopod stop` removes it.
+    pub fn abandon(self) {
+        self.guard.disarm();
+        let _ = std::fs::remove_file(&self.note);
+    }
+
+    /// End the pod here (it runs elsewhere now): every process killed,
+    /// then what is left of it removed.
+    pub fn end(self, state: &StateDir) -> Result<()> {
+        for p in self.cg.procs().unwrap_or_default() {
+            let _ = cryopod_sys::process::kill(p, libc::SIGKILL);
+        }
+        // Frozen tasks die only once thawed.
+        self.cg.thaw()?;
+        lifecycle::wait_gone(&self.rec, Duration::from_secs(10));
+        self.guard.disarm();
+        lifecycle::cleanup(state, &self.rec)
+    }
+}
+
+/// A restored pod kept frozen and unattached at the destination.
+pub struct HeldRestore {
+    rec: PodRecord,
+    guard: Guard,
+}
+
+impl HeldRestore {
+    pub(crate) fn new(rec: PodRecord, guard: Guard) -> HeldRestore {
+        HeldRestore { rec, guard }
+    }
+
+    pub fn record(&self) -> &PodRecord {
+        &self.rec
+    }
+
+    /// Hand the pod over: its veth joins the bridge (the world reaches it
+    /// again), it is thawed, and it is the host's like any other.
+    pub fn commit(self, state: &StateDir) -> Result<PodRecord> {
+        if let Some(v) = &self.rec.veth {
+            net::attach(v)?;
+        }
+        Cgroup::of(state, &self.rec.name).thaw()?;
+        self.guard.disarm();
+        let _ = std::fs::remove_file(state.dir(&self.rec.name).join(CREATOR));
+        Ok(self.rec)
+    }
+
+    /// Remove the pod: every process killed, everything of it removed.
+    pub fn undo(self, state: &StateDir) -> Result<()> {
+        let cg = Cgroup::of(state, &self.rec.name);
+        for p in cg.procs().unwrap_or_default() {
+            let _ = cryopod_sys::process::kill(p, libc::SIGKILL);
+        }
+        cg.thaw()?;
+        lifecycle::wait_gone(&self.rec, Duration::from_secs(10));
+        self.guard.disarm();
+        lifecycle::cleanup(state, &self.rec)
+    }
+}
