@@ -81,6 +81,9 @@ enum Cmd {
         /// The key the image was sealed with (see `checkpoint --key`).
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+        /// A pod: an existing bridge for its veth (see `run --bridge`).
+        #[arg(long, value_name = "BR")]
+        bridge: Option<String>,
     },
     /// Show what an image holds.
     Inspect {
@@ -185,7 +188,7 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
         Cmd::Stop { name, timeout } => pods::stop(state, &name, timeout),
         Cmd::Logs { name } => pods::logs(state, &name),
         Cmd::Checkpoint(a) => checkpoint::run(state, a),
-        Cmd::Restore { dir, name, ip, detach, print_pid, tcp_close, key } => {
+        Cmd::Restore { dir, name, ip, detach, print_pid, tcp_close, key, bridge } => {
             let key = load_key(key.as_deref())?;
             // A stream is taken in whole and checked before anything else.
             let stream = match streams::is_stdio(&dir) {
@@ -204,11 +207,12 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
             let img = cryopod_engine::CheckedImage::open(&dir, key)
                 .with_context(|| format!("cannot restore {}", dir.display()))?;
             if img.manifest().pod.is_some() {
-                return pods::restore(state, &img, name, ip, tcp_close, detach, print_pid);
+                let how = pods::RestoreAs { name, ip, tcp_close, bridge };
+                return pods::restore(state, &img, how, detach, print_pid);
             }
             anyhow::ensure!(
-                name.is_none() && ip.is_none() && !tcp_close,
-                "--name, --ip and --tcp-close are for pods; {} holds a process tree",
+                name.is_none() && ip.is_none() && !tcp_close && bridge.is_none(),
+                "--name, --ip, --tcp-close and --bridge are for pods; {} holds a process tree",
                 dir.display()
             );
             let opts = cryopod_engine::RestoreOptions { image: &img, threads: cpus(), pod: None, guard: None };

@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Seconds a peer may stay silent at any step.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// An existing bridge for the veths of the pods that arrive (see
+    /// `run --bridge`); default: cryopod's own.
+    #[arg(long, value_name = "BR")]
+    pub bridge: Option<String>,
 }
 
 fn mode(name: &str) -> Mode {
@@ -82,6 +86,7 @@ pub fn serve(state: &cryopod_pod::StateDir, a: ServeArgs) -> Result<i32> {
         key: &key,
         threads: crate::cpus(),
         timeout: Duration::from_secs(a.timeout.max(1)),
+        bridge: a.bridge,
     };
     cryopod_migrate::receive::serve(&listener, state, &o, &|line| eprintln!("{line}"))?;
     Ok(0)

@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// Map the pod's root to an unprivileged user on the host.
     #[arg(long)]
     pub userns: bool,
+    /// An existing bridge for the pod's veth (e.g. one joined to the LAN,
+    /// so that other machines reach the pod's address), used as it is.
+    #[arg(long, value_name = "BR")]
+    pub bridge: Option<String>,
     /// Command to run in the pod.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -67,6 +71,7 @@ pub fn run(state: &StateDir, a: RunArgs) -> Result<i32> {
         pids: a.pids,
         cpus: a.cpus,
         userns: a.userns,
+        bridge: a.bridge,
     };
     if let Some(c) = spec.cpus {
         anyhow::ensure!(c > 0.0 && c.is_finite(), "--cpus must be a positive number of CPUs");
@@ -102,12 +107,18 @@ fn wait_and_remove(state: &StateDir, rec: &cryopod_pod::PodRecord) -> Result<i32
     Ok(code)
 }
 
+/// Where and how a pod comes back (`restore`'s pod options).
+pub struct RestoreAs {
+    pub name: Option<String>,
+    pub ip: Option<String>,
+    pub tcp_close: bool,
+    pub bridge: Option<String>,
+}
+
 pub fn restore(
     state: &StateDir,
     img: &cryopod_engine::CheckedImage,
-    name: Option<String>,
-    ip: Option<String>,
-    tcp_close: bool,
+    RestoreAs { name, ip, tcp_close, bridge }: RestoreAs,
     detach: bool,
     print_pid: bool,
 ) -> Result<i32> {
@@ -119,6 +130,7 @@ pub fn restore(
         tcp_close,
         threads: crate::cpus(),
         hold: false,
+        bridge,
     };
     let bar = crate::progress::Bar::new("restore");
     let (rec, o) = cryopod_pod::snapshot::restore(state, &o, &|phase, d, t| bar.update(phase, d, t))

@@ -22,6 +22,8 @@ pub struct ServeOptions<'a> {
     pub threads: usize,
     /// How long a peer may stay silent at any step.
     pub timeout: Duration,
+    /// The bridge for the veths of pods that arrive (None: cryopod's own).
+    pub bridge: Option<String>,
 }
 
 /// Serve migrations on `listener` until it fails; `report` hears one line
@@ -68,8 +70,15 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
         if img.manifest().pod.as_ref().map(|p| p.name.as_str()) != Some(offer.pod.as_str()) {
             return Err(MigrateError::Protocol(format!("the image is not of the pod offered ({})", offer.pod)));
         }
-        let ro =
-            PodRestoreOptions { image: &img, name: None, ip: None, tcp_close: false, threads: o.threads, hold: true };
+        let ro = PodRestoreOptions {
+            image: &img,
+            name: None,
+            ip: None,
+            tcp_close: false,
+            threads: o.threads,
+            hold: true,
+            bridge: o.bridge.clone(),
+        };
         Ok(cryopod_pod::snapshot::restore_held(state, &ro, progress)?)
     })();
     drop(tmp);

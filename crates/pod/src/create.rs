@@ -109,7 +109,7 @@ impl Holder {
             }
             expect_ready(&status_r, "creating the pod's namespaces")?;
             if let Some(ip) = &spec.ip {
-                h.veth = Some(net::host_setup(name, ip, pid, !extra.attach_later)?);
+                h.veth = Some(net::host_setup(name, ip, pid, !extra.attach_later, spec.bridge.as_deref())?);
                 h.command("N")?;
                 expect_ready(&status_r, "configuring the pod's network")?;
             }
@@ -232,7 +232,7 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
         let a = a.try_clone().map_err(PodError::io("tmpfs archive"))?;
         crate::mounts::unpack(a, &extra.mounts, &root, spec.userns)?;
     }
-    net::pod_setup(name, None, None)?;
+    net::pod_setup(name, None, None, false)?;
     let extra_net = || match &extra.net {
         Some((cfg, old)) => net::apply_extra(cfg, *old),
         None => Ok(()),
@@ -244,7 +244,7 @@ fn holder_main(name: &str, spec: &PodSpec, extra: &Extra, cg: &Cgroup, cmd: &Own
     // Commands until the parent lets go (end of file).
     while let Some(c) = io::read_line(cmd) {
         if c == "N" {
-            net::pod_setup(name, spec.ip.as_ref(), extra.mac.as_deref())?;
+            net::pod_setup(name, spec.ip.as_ref(), extra.mac.as_deref(), spec.bridge.is_none())?;
             extra_net()?;
             io::write_all(status, b"R\n")?;
         }

@@ -106,9 +106,17 @@ impl HeldRestore {
     /// again), it is thawed, and it is the host's like any other.
     pub fn commit(self, state: &StateDir) -> Result<PodRecord> {
         if let Some(v) = &self.rec.veth {
-            net::attach(v)?;
+            net::attach(v, self.rec.spec.bridge.as_deref())?;
         }
         Cgroup::of(state, &self.rec.name).thaw()?;
+        // Its segment learns at once where its hardware address is now.
+        if let Some(ip) = self.rec.spec.ip {
+            let announce = || Ok(cryopod_sys::arp::announce("eth0", ip.addr.octets(), 3)?);
+            let what = "announcing the pod's address";
+            if let Err(e) = crate::join::read_inside(self.rec.init_pid, libc::CLONE_NEWNET, what, announce) {
+                tracing::warn!(pod = %self.rec.name, "{e}");
+            }
+        }
         self.guard.disarm();
         let _ = std::fs::remove_file(state.dir(&self.rec.name).join(CREATOR));
         Ok(self.rec)

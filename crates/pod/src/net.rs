@@ -114,20 +114,27 @@ pub fn addresses() -> Result<Vec<Ipv4Addr>> {
 /// namespace of process `ns_pid`, attach the host end to the bridge (unless
 /// `attach` is false: a restored pod's joins it with [`attach`] once its
 /// sockets are made).
-pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32, attach: bool) -> Result<String> {
+pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32, attach: bool, bridge: Option<&str>) -> Result<String> {
     let (host, peer) = veth_names(pod);
     with_handle(async |h| {
-        let br = match index_of(&h, BRIDGE).await? {
-            Some(i) => i,
-            None => {
+        let br = match (index_of(&h, bridge.unwrap_or(BRIDGE)).await?, bridge) {
+            (Some(i), _) => i,
+            (None, Some(b)) => {
+                return Err(PodError::Net(format!(
+                    "bridge {b} does not exist (cryopod uses a bridge given with --bridge as it is, never makes one)"
+                )))
+            }
+            (None, None) => {
                 h.link().add(LinkBridge::new(BRIDGE).build()).execute().await.map_err(nerr("creating the bridge"))?;
                 must_index(&h, BRIDGE).await?
             }
         };
-        set_up(&h, br).await?;
         guard(&h, ip).await?;
         let gw = ip.gateway();
-        let mut has = false;
+        let mut has = bridge.is_some();
+        if !has {
+            set_up(&h, br).await?;
+        }
         let mut s = h.address().get().set_link_index_filter(br).execute();
         while let Some(m) = s.try_next().await.map_err(nerr("bridge addresses"))? {
             has |= m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(v)) if *v == gw));
@@ -186,8 +193,9 @@ async fn guard(h: &Handle, ip: &IpConfig) -> Result<()> {
 
 /// Pod side (in the pod's network namespace): loopback up, and with an
 /// address, the veth peer becomes `eth0` (with hardware address `mac` if
-/// given) with that address and a default route through the host bridge.
-pub fn pod_setup(pod: &str, ip: Option<&IpConfig>, mac: Option<&[u8]>) -> Result<()> {
+/// given) with that address and (`gateway`: on cryopod's bridge) a default
+/// route through the host bridge.
+pub fn pod_setup(pod: &str, ip: Option<&IpConfig>, mac: Option<&[u8]>, gateway: bool) -> Result<()> {
     with_handle(async |h| {
         let lo = must_index(&h, "lo").await?;
         set_up(&h, lo).await?;
@@ -201,6 +209,9 @@ pub fn pod_setup(pod: &str, ip: Option<&IpConfig>, mac: Option<&[u8]>) -> Result
         h.link().set(eth0.build()).execute().await.map_err(nerr("renaming the veth to eth0"))?;
         h.address().add(i, IpAddr::V4(ip.addr), ip.prefix).execute().await.map_err(nerr("adding the address"))?;
         set_up(&h, i).await?;
+        if !gateway {
+            return Ok(());
+        }
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(ip.gateway()).output_interface(i).build();
         h.route().add(route).execute().await.map_err(nerr("adding the default route"))
     })
@@ -362,9 +373,9 @@ pub fn set_locked(veth: &str, locked: bool) -> Result<()> {
 /// every socket of it is made). Until then no segment for the pod reaches
 /// its namespace, where it would meet no socket and reset its connection;
 /// locking the port instead left a window: a port comes up forwarding.
-pub fn attach(veth: &str) -> Result<()> {
+pub fn attach(veth: &str, bridge: Option<&str>) -> Result<()> {
     with_handle(async |h| {
-        let br = must_index(&h, BRIDGE).await?;
+        let br = must_index(&h, bridge.unwrap_or(BRIDGE)).await?;
         let i = must_index(&h, veth).await?;
         h.link()
             .set(LinkUnspec::new_with_index(i).controller(br).up().build())

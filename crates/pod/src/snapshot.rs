@@ -442,6 +442,9 @@ pub struct PodRestoreOptions<'a> {
     /// Keep the restored pod frozen, its network not attached (a
     /// migration's destination: see [`restore_held`]).
     pub hold: bool,
+    /// The host's bridge for the pod's veth (`--bridge`; see
+    /// `PodSpec::bridge`).
+    pub bridge: Option<String>,
 }
 
 /// Restore the pod in `o.image` as a new pod; returns its record. (A
@@ -511,6 +514,7 @@ fn restore_guarded(
         pids: pod.pids,
         cpus: pod.cpus,
         userns: pod.userns,
+        bridge: o.bridge.clone(),
     };
     // Every chunk checked (sealed: authenticated) before anything is made.
     let packs = cryopod_engine::restore::verified_packs(o.image, o.threads, progress).map_err(engine_err)?;
@@ -612,7 +616,7 @@ fn restore_reserved(
     // once it is let go).
     let unlocked = match o.hold {
         true => Ok(()),
-        false => veth.as_deref().map_or(Ok(()), net::attach),
+        false => veth.as_deref().map_or(Ok(()), |v| net::attach(v, o.bridge.as_deref())),
     };
     if let Err(e) = unlocked.and_then(|_| crate::ipc::remove_marked(&pod.ipc, outcome.root_pid)) {
         let _ = cryopod_sys::process::kill(outcome.root_pid, libc::SIGKILL);

@@ -18,6 +18,12 @@ pub struct PodSpec {
     pub pids: Option<u64>,
     pub cpus: Option<f64>,
     pub userns: bool,
+    /// An existing bridge of the host the pod's veth joins (`--bridge`),
+    /// used as it is (never made, addressed or removed by cryopod); None:
+    /// cryopod's own `cryopod0`, with the network's first address and a
+    /// default route through it.
+    #[serde(default)]
+    pub bridge: Option<String>,
 }
 
 /// The pod's one address.

@@ -8,6 +8,7 @@
 //! wrappers named for their intent. The other crates are
 //! `#![forbid(unsafe_code)]`.
 
+pub mod arp;
 pub mod clone;
 pub mod cpu;
 pub mod creds;

@@ -263,6 +263,23 @@ impl TwoHosts {
         child
     }
 
+    /// Give host `node` an uplink bridge `br0` holding its `eth0` (and its
+    /// address), as an administrator joins a host's pod bridge to the LAN:
+    /// pods run with `--bridge br0` are then on the segment.
+    pub fn uplink_bridge(&self, node: Node) {
+        let addr = format!("{}/24", self.addr(node));
+        for args in [
+            vec!["link", "add", "br0", "type", "bridge"],
+            vec!["link", "set", NODE_IF, "master", "br0"],
+            vec!["addr", "del", &addr, "dev", NODE_IF],
+            vec!["addr", "add", &addr, "dev", "br0"],
+            vec!["link", "set", "br0", "up"],
+        ] {
+            let o = self.run_in(node, Command::new("ip").args(&args));
+            assert!(o.status.success(), "ip {args:?} in {node:?}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+
     /// Stop every pod a host's state directory records (the end of a test);
     /// first thaw whatever of theirs is frozen (a migration cut short holds
     /// pods frozen, and frozen tasks cannot die).
