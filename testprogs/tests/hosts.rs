@@ -390,6 +390,23 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
     advances(Node::B, "mover");
 }
 
+/// Two hosts with uplink bridges (br0 holding eth0), a key file, and host
+/// B serving migrations onto its br0; returns them with the key file and
+/// B's ADDR:PORT.
+fn bridged_hosts(tag: &str, subnet: &str) -> (TwoHosts, PathBuf, String) {
+    let h = TwoHosts::new(tag, subnet);
+    h.uplink_bridge(Node::A);
+    h.uplink_bridge(Node::B);
+    let key = h.state(Node::A).join("key");
+    std::fs::write(&key, [0x17u8; 32]).unwrap();
+    let dest = format!("{}:7070", h.addr(Node::B));
+    let k = key.to_str().unwrap();
+    let serve = ["serve", "--listen", &dest, "--key", k, "--bridge", "br0", "--timeout", "60"];
+    // (Killed and reaped when `h` goes.)
+    let _serve = h.spawn_cryopod(Node::B, &serve).id();
+    (h, key, dest)
+}
+
 /// A pod on each host's uplink bridge (`--bridge br0`), streaming numbered
 /// lines to a client on the segment over one TCP connection; migrated from
 /// A to B while the client reads: the connection goes on with no line
@@ -397,16 +414,8 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
 /// that moves the pod's hardware address to B's port on the segment).
 #[test]
 fn a_client_stays_connected_while_the_pod_migrates() {
-    let h = TwoHosts::new("h7", "10.77.126");
-    h.uplink_bridge(Node::A);
-    h.uplink_bridge(Node::B);
-    let key = h.state(Node::A).join("key");
-    std::fs::write(&key, [0x17u8; 32]).unwrap();
+    let (h, key, dest) = bridged_hosts("h7", "10.77.126");
     let key_s = key.to_str().unwrap();
-    let dest = format!("{}:7070", h.addr(Node::B));
-    let serve = ["serve", "--listen", &dest, "--key", key_s, "--bridge", "br0", "--timeout", "60"];
-    // (Killed and reaped when `h` goes.)
-    let _serve = h.spawn_cryopod(Node::B, &serve).id();
     let server = r#"
 import socket, time
 s = socket.socket()
@@ -488,16 +497,8 @@ print('PASS', want, 'longest gap ms', int(gap * 1000))
 /// (300 s), or the pod happened to send a frame itself.
 #[test]
 fn a_silent_pod_is_found_at_once_after_the_move() {
-    let h = TwoHosts::new("h8", "10.77.123");
-    h.uplink_bridge(Node::A);
-    h.uplink_bridge(Node::B);
-    let key = h.state(Node::A).join("key");
-    std::fs::write(&key, [0x18u8; 32]).unwrap();
+    let (h, key, dest) = bridged_hosts("h8", "10.77.123");
     let key_s = key.to_str().unwrap();
-    let dest = format!("{}:7070", h.addr(Node::B));
-    let serve = ["serve", "--listen", &dest, "--key", key_s, "--bridge", "br0", "--timeout", "60"];
-    // (Killed and reaped when `h` goes.)
-    let _serve = h.spawn_cryopod(Node::B, &serve).id();
     let server = r#"
 import socket
 s = socket.socket()

@@ -233,29 +233,30 @@ impl TwoHosts {
     /// hierarchies, stay visible, which `ip netns exec` would hide), with
     /// its state directory. Bounded in time like [`TwoHosts::run_in`].
     pub fn cryopod(&self, node: Node, args: &[&str]) -> Output {
+        let mut c = self.cryopod_command(node, args);
+        c.stderr(Stdio::piped());
+        output_within(&mut c, RUN_TIMEOUT)
+    }
+
+    /// The command running `cryopod ARGS` as host `node`, stdin from
+    /// /dev/null, stdout piped.
+    fn cryopod_command(&self, node: Node, args: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", self.ns_path(node).display()))
             .arg(super::cryopod_bin())
             .args(args)
             .env("CRYOPOD_STATE_DIR", self.state(node))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        output_within(&mut c, RUN_TIMEOUT)
+            .stdout(Stdio::piped());
+        c
     }
 
     /// Start `cryopod ARGS` as host `node` (as [`TwoHosts::cryopod`]) and
     /// leave it running (`serve`), stdout piped, stderr inherited; it is
     /// killed and reaped when `self` is dropped.
     pub fn spawn_cryopod(&self, node: Node, args: &[&str]) -> Child {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.ns_path(node).display()))
-            .arg(super::cryopod_bin())
-            .args(args)
-            .env("CRYOPOD_STATE_DIR", self.state(node))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut c = self.cryopod_command(node, args);
+        c.stderr(Stdio::inherit());
         let child = c.spawn().unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
         let pid = child.id() as i32;
         let pidfd = pidfd_open(pid);
