@@ -337,24 +337,28 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
     let dest = format!("{}:7070", h.addr(Node::B));
     // (Killed and reaped when `h` goes.)
     let _serve = h.spawn_cryopod(Node::B, &["serve", "--listen", &dest, "--key", key_s, "--timeout", "60"]).id();
-    // (Written aside and renamed: a reader never sees the file emptied.)
-    let count = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; sleep 0.02; done";
-    let run = |name: &str, ip: &str| {
-        let o = h.cryopod(Node::A, &["run", "-d", "--name", name, "--ip", ip, "--", "sh", "-c", count]);
+    // Each pod counts into a file of its own (pods without a root file
+    // system share this machine's files), written aside and renamed so
+    // that a reader never sees it emptied.
+    let file = |k: &str| h.state(Node::A).join(format!("count-{k}")).display().to_string();
+    let run = |name: &str, ip: &str, f: &str| {
+        let count = format!("i=0; while :; do i=$((i+1)); echo $i > {f}.new; mv {f}.new {f}; sleep 0.02; done");
+        let o = h.cryopod(Node::A, &["run", "-d", "--name", name, "--ip", ip, "--", "sh", "-c", &count]);
         assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
     };
-    let n = |node: Node, name: &str| -> u64 {
-        let o = h.cryopod(node, &["exec", name, "--", "cat", "/tmp/n"]);
+    let n = |node: Node, name: &str, f: &str| -> u64 {
+        let o = h.cryopod(node, &["exec", name, "--", "cat", f]);
         String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)
     };
-    let advances = |node: Node, name: &str| {
-        let a = n(node, name);
+    let advances = |node: Node, name: &str, f: &str| {
+        let a = n(node, name, f);
         std::thread::sleep(Duration::from_millis(300));
-        let b = n(node, name);
+        let b = n(node, name, f);
         assert!(b > a && a > 0, "the counter of {name} on {node:?} went from {a} to {b}");
         b
     };
-    run("mover", "10.77.129.5/24");
+    let (first, second) = (file("first"), file("second"));
+    run("mover", "10.77.129.5/24", &first);
     // The server may take a moment to listen.
     let deadline = Instant::now() + Duration::from_secs(20);
     let migrate = |name: &str, k: &str| h.cryopod(Node::A, &["migrate", name, "--to", &dest, "--key", k]);
@@ -369,7 +373,7 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
     };
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("did not prove it holds the same key file"), "{err}");
-    let before = advances(Node::A, "mover");
+    let before = advances(Node::A, "mover", &first);
     // The move.
     let o = migrate("mover", key_s);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -379,15 +383,15 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
     assert!(!ps_a.contains("mover"), "the pod is gone from A:\n{ps_a}");
     let ps_b = String::from_utf8_lossy(&h.cryopod(Node::B, &["ps"]).stdout).into_owned();
     assert!(ps_b.contains("mover") && ps_b.contains("running") && ps_b.contains("10.77.129.5"), "{ps_b}");
-    let after = advances(Node::B, "mover");
+    let after = advances(Node::B, "mover", &first);
     assert!(after > before, "the counter went on from {before} (it is {after})");
     // A second pod of the same name: B refuses it; it runs on at A.
-    run("mover", "10.77.129.6/24");
+    run("mover", "10.77.129.6/24", &second);
     let o = migrate("mover", key_s);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("a pod named mover exists here"), "{err}");
-    advances(Node::A, "mover");
-    advances(Node::B, "mover");
+    advances(Node::A, "mover", &second);
+    advances(Node::B, "mover", &first);
 }
 
 /// Two hosts with uplink bridges (br0 holding eth0), a key file, and host
@@ -559,4 +563,60 @@ print('PASS' if d == b'two' else 'FAIL got %r' % d, int((time.time() - t) * 1000
     // to send a frame.
     let ms: u64 = rest.split_whitespace().nth(1).and_then(|w| w.parse().ok()).unwrap_or(u64::MAX);
     assert!(ms < 1000, "the answer after the move took {ms} ms");
+}
+
+/// Point 4 of issue 10, at every step of a move on both sides (failures
+/// injected with CRYOPOD_FAULT): the move fails, the pod runs on at the
+/// source with its counter going on, and the destination keeps nothing of
+/// it (no pod, no cgroup).
+#[test]
+fn a_move_that_fails_at_any_step_leaves_the_pod_at_the_source() {
+    let h = TwoHosts::new("h9", "10.77.122");
+    let key = h.state(Node::A).join("key");
+    std::fs::write(&key, [0x19u8; 32]).unwrap();
+    let key_s = key.to_str().unwrap();
+    // (Pods without a root file system share this machine's files.)
+    let f = h.state(Node::A).join("count").display().to_string();
+    let count = format!("i=0; while :; do i=$((i+1)); echo $i > {f}.new; mv {f}.new {f}; sleep 0.02; done");
+    let o = h.cryopod(Node::A, &["run", "-d", "--name", "fp", "--ip", "10.77.121.5/24", "--", "sh", "-c", &count]);
+    assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
+    let n = || -> u64 {
+        let o = h.cryopod(Node::A, &["exec", "fp", "--", "cat", &f]);
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)
+    };
+    let b_parent = cryopod_pod::StateDir::new(h.state(Node::B)).cgroup_parent();
+    let source = ["migrate-after-accept", "migrate-after-hold", "migrate-after-stream", "migrate-after-ready"];
+    let dest = ["serve-after-accept", "serve-after-restore", "serve-after-commit"];
+    for (i, point) in source.iter().chain(&dest).enumerate() {
+        let at = format!("{}:{}", h.addr(Node::B), 7100 + i);
+        let on_dest = dest.contains(point);
+        let serve_env: &[(&str, &str)] = if on_dest { &[("CRYOPOD_FAULT", point)] } else { &[] };
+        let serve = ["serve", "--listen", &at, "--key", key_s, "--timeout", "20"];
+        // (Killed and reaped when `h` goes.)
+        let _serve = h.spawn_cryopod_with(Node::B, &serve, serve_env).id();
+        let mig_env: &[(&str, &str)] = if on_dest { &[] } else { &[("CRYOPOD_FAULT", point)] };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let o = loop {
+            let o =
+                h.cryopod_with(Node::A, &["migrate", "fp", "--to", &at, "--key", key_s, "--timeout", "20"], mig_env);
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            if !err.contains("Connection refused") || Instant::now() > deadline {
+                break o;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{point}: the move should fail");
+        assert!(err.contains(point) || err.contains("gave up"), "{point}: {err}");
+        let a = n();
+        std::thread::sleep(Duration::from_millis(300));
+        let b = n();
+        assert!(b > a && a > 0, "{point}: the pod at A went from {a} to {b}");
+        let ps_b = String::from_utf8_lossy(&h.cryopod(Node::B, &["ps"]).stdout).into_owned();
+        assert!(!ps_b.contains("fp "), "{point}: host B keeps {ps_b}");
+        assert!(
+            !Path::new(&format!("/sys/fs/cgroup/pids/{b_parent}/fp")).exists(),
+            "{point}: host B keeps the pod's cgroup"
+        );
+    }
 }

@@ -61,6 +61,7 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     // The image lives in memory (a tmpfs) only until the pod is made.
     let tmp = TempImage::new_in(std::path::Path::new("/dev/shm"))?;
     let made = (|| -> Result<_> {
+        crate::send::fault("serve-after-accept")?;
         let mut r = DataReader::new(&mut link);
         cryopod_engine::outdir::import_stream(&tmp.image(), &mut r)?;
         if !r.ended() {
@@ -79,15 +80,19 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             hold: true,
             bridge: o.bridge.clone(),
         };
-        Ok(cryopod_pod::snapshot::restore_held(state, &ro, progress)?)
+        let held = cryopod_pod::snapshot::restore_held(state, &ro, progress)?;
+        if let Err(e) = crate::send::fault("serve-after-restore") {
+            held.0.undo(state)?;
+            return Err(e);
+        }
+        Ok(held)
     })();
     drop(tmp);
     let (held, outcome) = match made {
         Ok(m) => m,
         Err(e) => {
             let why = cryopod_engine::chain(&e);
-            let _ =
-                write_frame(&mut link, Kind::Abort, format!("the restore at the destination failed: {why}").as_bytes());
+            let _ = write_frame(&mut link, Kind::Abort, format!("the destination failed: {why}").as_bytes());
             let _ = link.flush();
             return Err(e);
         }
@@ -96,6 +101,7 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     let go = write_frame(&mut link, Kind::Ready, ready.as_bytes())
         .and_then(|_| flush(&mut link))
         .and_then(|_| read_frame(&mut link, "while waiting for the source to let its copy go"));
+    let go = go.and_then(|f| crate::send::fault("serve-after-commit").map(|_| f));
     match go {
         Ok(f) if f.kind == Kind::Commit => {}
         other => {
@@ -105,6 +111,9 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
                 Err(e) => e.to_string(),
             };
             held.undo(state)?;
+            // (The source, if it still listens, lets its copy run again.)
+            let _ = write_frame(&mut link, Kind::Abort, format!("the destination gave up: {why}").as_bytes());
+            let _ = link.flush();
             return Err(MigrateError::Aborted(peer.to_string(), why));
         }
     }

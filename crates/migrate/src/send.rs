@@ -76,6 +76,10 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         Kind::Refuse => return Err(MigrateError::Refused(o.to.to_string(), answer.text())),
         k => return Err(MigrateError::Protocol(format!("a {k:?} frame in answer to an offer"))),
     }
+    if let Err(e) = fault("migrate-after-accept") {
+        give_up(&mut link, "the source stopped the move");
+        return Err(e);
+    }
     // The image lives in memory (a tmpfs) only as long as the move.
     let tmp = TempImage::new_in(std::path::Path::new("/dev/shm"))?;
     let t_stop = Instant::now();
@@ -100,14 +104,16 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     };
     // From here until Ready, any failure lets the pod run here again.
     let sent = (|| -> Result<(u64, String)> {
+        fault("migrate-after-hold")?;
         let img = cryopod_image::ImageDir::open(&tmp.image())?;
         let mut w = DataWriter::new(&mut link);
         cryopod_image::stream::export(&img, &mut w)?;
         let bytes = w.finish()?;
         drop(tmp);
+        fault("migrate-after-stream")?;
         let f = read_frame(&mut link, "while the destination restored the pod")?;
         match f.kind {
-            Kind::Ready => Ok((bytes, f.text())),
+            Kind::Ready => fault("migrate-after-ready").map(|_| (bytes, f.text())),
             Kind::Abort => Err(MigrateError::Aborted(o.to.to_string(), f.text())),
             k => Err(MigrateError::Protocol(format!("a {k:?} frame in answer to the image"))),
         }
@@ -115,6 +121,17 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     let (bytes, _) = match sent {
         Ok(s) => s,
         Err(e) => {
+            // The destination may have stopped first and said why: that is
+            // the error to report (ours is only the broken pipe).
+            let e = match &e {
+                MigrateError::Io { .. } | MigrateError::Image(_) => {
+                    match read_frame(&mut link, "after a failed send") {
+                        Ok(f) if f.kind == Kind::Abort => MigrateError::Aborted(o.to.to_string(), f.text()),
+                        _ => e,
+                    }
+                }
+                _ => e,
+            };
             give_up(&mut link, "the source stopped the move");
             held.resume()?;
             return Err(e);
@@ -151,6 +168,12 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
             )))
         }
     }
+}
+
+/// A failure injected at `point` (`CRYOPOD_FAULT`, see
+/// `cryopod_engine::fault`): the tests of every step of a move.
+pub(crate) fn fault(point: &str) -> Result<()> {
+    Ok(cryopod_engine::fault::check(point)?)
 }
 
 fn flush<S: std::io::Read + std::io::Write>(link: &mut Link<S>) -> Result<()> {

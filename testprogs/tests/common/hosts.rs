@@ -233,8 +233,14 @@ impl TwoHosts {
     /// hierarchies, stay visible, which `ip netns exec` would hide), with
     /// its state directory. Bounded in time like [`TwoHosts::run_in`].
     pub fn cryopod(&self, node: Node, args: &[&str]) -> Output {
+        self.cryopod_with(node, args, &[])
+    }
+
+    /// [`TwoHosts::cryopod`] with environment variables `env` set (e.g.
+    /// CRYOPOD_FAULT).
+    pub fn cryopod_with(&self, node: Node, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = self.cryopod_command(node, args);
-        c.stderr(Stdio::piped());
+        c.envs(env.iter().copied()).stderr(Stdio::piped());
         output_within(&mut c, RUN_TIMEOUT)
     }
 
@@ -255,8 +261,13 @@ impl TwoHosts {
     /// leave it running (`serve`), stdout piped, stderr inherited; it is
     /// killed and reaped when `self` is dropped.
     pub fn spawn_cryopod(&self, node: Node, args: &[&str]) -> Child {
+        self.spawn_cryopod_with(node, args, &[])
+    }
+
+    /// [`TwoHosts::spawn_cryopod`] with environment variables `env` set.
+    pub fn spawn_cryopod_with(&self, node: Node, args: &[&str], env: &[(&str, &str)]) -> Child {
         let mut c = self.cryopod_command(node, args);
-        c.stderr(Stdio::inherit());
+        c.envs(env.iter().copied()).stderr(Stdio::inherit());
         let child = c.spawn().unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
         let pid = child.id() as i32;
         let pidfd = pidfd_open(pid);
