@@ -620,3 +620,45 @@ fn a_move_that_fails_at_any_step_leaves_the_pod_at_the_source() {
         );
     }
 }
+
+/// `cryopod drain` moves every pod of host A to host B, one line each;
+/// `ps` on A then says where each went, and forgets it once a pod of that
+/// name runs on A again.
+#[test]
+fn drain_moves_every_pod_and_ps_tells_where_they_went() {
+    let h = TwoHosts::new("h10", "10.77.120");
+    let key = h.state(Node::A).join("key");
+    std::fs::write(&key, [0x20u8; 32]).unwrap();
+    let key_s = key.to_str().unwrap();
+    let dest = format!("{}:7070", h.addr(Node::B));
+    // (Killed and reaped when `h` goes.)
+    let _serve = h.spawn_cryopod(Node::B, &["serve", "--listen", &dest, "--key", key_s, "--timeout", "60"]).id();
+    for (name, ip) in [("d1", "10.77.128.11/24"), ("d2", "10.77.128.12/24")] {
+        let o = h.cryopod(Node::A, &["run", "-d", "--name", name, "--ip", ip, "--", "sleep", "1000"]);
+        assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let o = loop {
+        let o = h.cryopod(Node::A, &["drain", "--to", &dest, "--key", key_s]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if !err.contains("Connection refused") || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("drained 2 of 2 pods"), "drain: {err}");
+    let ps_b = String::from_utf8_lossy(&h.cryopod(Node::B, &["ps"]).stdout).into_owned();
+    assert!(ps_b.contains("d1") && ps_b.contains("d2"), "{ps_b}");
+    let ps_a = String::from_utf8_lossy(&h.cryopod(Node::A, &["ps"]).stdout).into_owned();
+    for name in ["d1", "d2"] {
+        let line = ps_a.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+        assert!(line.contains(&format!("moved to {dest}")), "ps on A:\n{ps_a}");
+    }
+    // A pod of that name here again: no longer "moved".
+    let o = h.cryopod(Node::A, &["run", "-d", "--name", "d1", "--", "sleep", "1000"]);
+    assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
+    let ps_a = String::from_utf8_lossy(&h.cryopod(Node::A, &["ps"]).stdout).into_owned();
+    let d1: Vec<&str> = ps_a.lines().filter(|l| l.starts_with("d1 ")).collect();
+    assert!(d1.len() == 1 && d1[0].contains("running"), "ps on A:\n{ps_a}");
+}

@@ -117,6 +117,8 @@ enum Cmd {
     Migrate(migrate::MigrateArgs),
     /// Accept pods other hosts migrate here.
     Serve(migrate::ServeArgs),
+    /// Migrate every running pod of this host to another.
+    Drain(migrate::DrainArgs),
     /// Check whether this kernel and CPU can restore an image, and why not.
     Check {
         #[arg(long)]
@@ -259,5 +261,6 @@ fn run(cmd: Cmd, state: &cryopod_pod::StateDir) -> Result<i32> {
         Cmd::Check { image, key } => check::run(&image, load_key(key.as_deref())?),
         Cmd::Migrate(a) => migrate::migrate(state, a),
         Cmd::Serve(a) => migrate::serve(state, a),
+        Cmd::Drain(a) => migrate::drain(state, a),
     }
 }

@@ -78,6 +78,41 @@ pub fn migrate(state: &cryopod_pod::StateDir, a: MigrateArgs) -> Result<i32> {
     Ok(0)
 }
 
+#[derive(Args)]
+pub struct DrainArgs {
+    /// The destination host, where `cryopod serve` listens: ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub to: String,
+    /// The key file both hosts hold.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Seconds the other host may stay silent at any step.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+/// Move every running pod of this host to `a.to`, one after the other;
+/// one line per pod; exit status 1 if any stayed.
+pub fn drain(state: &cryopod_pod::StateDir, a: DrainArgs) -> Result<i32> {
+    let pods: Vec<String> = state.list()?.into_iter().filter(|r| r.alive()).map(|r| r.name).collect();
+    let mut failed = 0;
+    for name in &pods {
+        let m = MigrateArgs {
+            name: name.clone(),
+            to: a.to.clone(),
+            key: a.key.clone(),
+            mode: "stop".into(),
+            timeout: a.timeout,
+        };
+        if let Err(e) = migrate(state, m) {
+            eprintln!("cryopod: pod {name} stays here: {e:#}");
+            failed += 1;
+        }
+    }
+    eprintln!("drained {} of {} pods to {}", pods.len() - failed, pods.len(), a.to);
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
 pub fn serve(state: &cryopod_pod::StateDir, a: ServeArgs) -> Result<i32> {
     let key = cryopod_image::ImageKey::from_file(&a.key)?;
     let listener = std::net::TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;

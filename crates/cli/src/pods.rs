@@ -156,8 +156,17 @@ pub fn restore(
 
 pub fn ps(state: &StateDir, json: bool) -> Result<i32> {
     let all: Vec<_> = state.list()?.iter().map(|r| lifecycle::status(state, r)).collect();
+    let gone = state.departures();
     if json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        let mut v = serde_json::to_value(&all)?;
+        if let Some(list) = v.as_array_mut() {
+            for d in &gone {
+                list.push(
+                    serde_json::json!({"name": d.name, "state": "moved", "moved_to": d.to, "moved_unix": d.unix}),
+                );
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
     println!("{:<20} {:<8} {:>8} {:<18} {:>10} {:>8}  COMMAND", "NAME", "STATE", "PID", "IP", "MEMORY", "UPTIME");
@@ -172,6 +181,11 @@ pub fn ps(state: &StateDir, json: bool) -> Result<i32> {
             s.uptime_s,
             s.cmd.join(" ")
         );
+    }
+    let now = cryopod_pod::state::now_unix();
+    for d in gone {
+        let ago = now.saturating_sub(d.unix);
+        println!("{:<20} {:<8} {:>8} moved to {} {ago}s ago", d.name, "moved", "-", d.to);
     }
     Ok(0)
 }

@@ -146,6 +146,9 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         Ok(f) if f.kind == Kind::Done => {
             let stopped = t_stop.elapsed();
             held.end(state)?;
+            if let Err(e) = state.note_departure(&rec.name, o.to) {
+                tracing::warn!(pod = %rec.name, "{e}");
+            }
             Ok(SendReport { bytes, stopped, total: t0.elapsed(), remote: f.text() })
         }
         Ok(f) if f.kind == Kind::Abort => {

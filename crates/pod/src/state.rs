@@ -136,6 +136,33 @@ impl StateDir {
         format!("cryopod-{}", cryopod_image::shared::hex(&h.as_bytes()[..4]))
     }
 
+    fn moved(&self) -> PathBuf {
+        self.root.join("moved")
+    }
+
+    /// Note that pod `name` left this host for `to` (`cryopod ps` says so
+    /// until a pod of that name is here again).
+    pub fn note_departure(&self, name: &str, to: &str) -> Result<()> {
+        check_name(name)?;
+        let dir = self.moved();
+        std::fs::create_dir_all(&dir).map_err(PodError::io(&dir))?;
+        let d = Departure { name: name.to_string(), to: to.to_string(), unix: now_unix() };
+        let text = serde_json::to_vec(&d).map_err(|e| PodError::Invalid(e.to_string()))?;
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(PodError::io(&path))
+    }
+
+    /// The pods that left this host, by name.
+    pub fn departures(&self) -> Vec<Departure> {
+        let mut out: Vec<Departure> = std::fs::read_dir(self.moved())
+            .map(|rd| {
+                rd.flatten().filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()).collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir(name).join("log")
     }
@@ -164,6 +191,9 @@ impl StateDir {
         });
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
+        } else {
+            // A pod of this name is here (again): no longer "moved".
+            let _ = std::fs::remove_file(self.moved().join(name));
         }
         made.map(|_| d)
     }
@@ -310,6 +340,16 @@ impl PodRecord {
     pub fn alive(&self) -> bool {
         start_time(self.init_pid) == Some(self.init_start)
     }
+}
+
+/// Where a pod that left this host went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Departure {
+    pub name: String,
+    /// The host it went to (ADDR:PORT).
+    pub to: String,
+    /// When (seconds since the epoch).
+    pub unix: u64,
 }
 
 /// Seconds since the epoch.
