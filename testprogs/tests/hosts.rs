@@ -321,6 +321,20 @@ fn two_hosts_run_pods_of_the_same_name_side_by_side() {
     }
 }
 
+/// Run `cmd` (a cryopod command that connects to a `serve` just started)
+/// until the server listens: again while it says "Connection refused", for
+/// up to 20 s.
+fn once_listening(cmd: impl Fn() -> Output) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = cmd();
+        if !String::from_utf8_lossy(&o.stderr).contains("Connection refused") || Instant::now() > deadline {
+            return o;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `cryopod migrate --mode stop` from host A to host B (`cryopod serve`):
 /// the pod arrives with its name, address and state (a counter in its
 /// /tmp goes on from where it was), and is gone from A. A peer without the
@@ -360,17 +374,9 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
     let (first, second) = (file("first"), file("second"));
     run("mover", "10.77.129.5/24", &first);
     // The server may take a moment to listen.
-    let deadline = Instant::now() + Duration::from_secs(20);
     let migrate = |name: &str, k: &str| h.cryopod(Node::A, &["migrate", name, "--to", &dest, "--key", k]);
     // Another key: refused, and the pod runs on at A.
-    let o = loop {
-        let o = migrate("mover", other_s);
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        if !err.contains("Connection refused") || Instant::now() > deadline {
-            break o;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let o = once_listening(|| migrate("mover", other_s));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("did not prove it holds the same key file"), "{err}");
     let before = advances(Node::A, "mover", &first);
@@ -597,16 +603,8 @@ fn a_move_that_fails_at_any_step_leaves_the_pod_at_the_source() {
         // (Killed and reaped when `h` goes.)
         let _serve = h.spawn_cryopod_with(Node::B, &serve, serve_env).id();
         let mig_env: &[(&str, &str)] = if on_dest { &[] } else { &[("CRYOPOD_FAULT", point)] };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let o = loop {
-            let o =
-                h.cryopod_with(Node::A, &["migrate", "fp", "--to", &at, "--key", key_s, "--timeout", "20"], mig_env);
-            let err = String::from_utf8_lossy(&o.stderr).into_owned();
-            if !err.contains("Connection refused") || Instant::now() > deadline {
-                break o;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let migrate = ["migrate", "fp", "--to", &at, "--key", key_s, "--timeout", "20"];
+        let o = once_listening(|| h.cryopod_with(Node::A, &migrate, mig_env));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{point}: the move should fail");
         assert!(err.contains(point) || err.contains("gave up"), "{point}: {err}");
@@ -639,15 +637,7 @@ fn drain_moves_every_pod_and_ps_tells_where_they_went() {
         let o = h.cryopod(Node::A, &["run", "-d", "--name", name, "--ip", ip, "--", "sleep", "1000"]);
         assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let o = loop {
-        let o = h.cryopod(Node::A, &["drain", "--to", &dest, "--key", key_s]);
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        if !err.contains("Connection refused") || Instant::now() > deadline {
-            break o;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let o = once_listening(|| h.cryopod(Node::A, &["drain", "--to", &dest, "--key", key_s]));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.contains("drained 2 of 2 pods"), "drain: {err}");
     let ps_b = String::from_utf8_lossy(&h.cryopod(Node::B, &["ps"]).stdout).into_owned();
