@@ -176,12 +176,9 @@ fn checkpoint_once(
         tracing::debug!(ms = t_freeze.elapsed().as_secs_f64() * 1e3, "frozen; the arming handler told");
     }
     let mut ran_at = None;
-    let (hold, refreeze) = match &o.pod {
-        Some(p) => (p.hold, Some(p.refreeze)),
-        None => (false, None),
-    };
+    let hold = o.pod.as_ref().filter(|p| p.hold).map(|p| p.refreeze);
     let res = guard_tree(&guard, &fr).and_then(|_| {
-        let mut run = Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None, hold, refreeze };
+        let mut run = Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None, hold };
         collect_and_write(o, cow, armed, out, &mut run, (&guard, flags), progress)
     });
     match res {
@@ -190,7 +187,7 @@ fn checkpoint_once(
                 // Nothing of ours is left in the tree: the guardian goes
                 // before the tree runs again.
                 drop(repaired);
-                Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None, hold, refreeze }.now();
+                Resume { guard: &guard, fr: &mut fr, at: &mut ran_at, flags: None, hold }.now();
             } else {
                 // From here on, cut short, the tree dies anyway; and our
                 // copies of its connections close without a word to peers.
@@ -252,9 +249,9 @@ struct Resume<'a> {
     at: &'a mut Option<Instant>,
     /// The tree's area flags being read: done before it runs.
     flags: Option<crate::vmflags::Reader>,
-    /// A held pod: frozen again by `refreeze` before its tasks are let go.
-    hold: bool,
-    refreeze: Option<&'a (dyn Fn() -> Result<()> + Sync)>,
+    /// A held pod: its `refreeze`, which freezes it again before its tasks
+    /// are let go.
+    hold: Option<&'a (dyn Fn() -> Result<()> + Sync)>,
 }
 
 impl Resume<'_> {
@@ -263,12 +260,8 @@ impl Resume<'_> {
             if let Some(f) = &mut self.flags {
                 f.wait();
             }
-            if self.hold {
-                if let Some(refreeze) = self.refreeze {
-                    if let Err(e) = refreeze() {
-                        tracing::warn!("the pod could not be kept frozen: {e}");
-                    }
-                }
+            if let Some(Err(e)) = self.hold.map(|refreeze| refreeze()) {
+                tracing::warn!("the pod could not be kept frozen: {e}");
             }
             self.guard.disarm();
             self.fr.thaw();

@@ -98,6 +98,18 @@ pub fn write_frame<W: Write>(w: &mut W, kind: Kind, body: &[u8]) -> Result<()> {
     w.write_all(&h).and_then(|_| w.write_all(body)).map_err(|e| MigrateError::io("sending a frame", e))
 }
 
+/// Write one frame and send it at once (flushed).
+pub fn send_frame<W: Write>(w: &mut W, kind: Kind, body: &[u8]) -> Result<()> {
+    write_frame(w, kind, body)?;
+    w.flush().map_err(|e| MigrateError::io("sending a frame", e))
+}
+
+/// Tell the peer we give up and why (an `Abort` frame), if it still
+/// listens: errors are ignored, since the link may be what failed.
+pub fn give_up<W: Write>(w: &mut W, why: &str) {
+    let _ = send_frame(w, Kind::Abort, why.as_bytes());
+}
+
 /// Read the next frame; `Closed` if the stream ended before its first byte
 /// (`when` says at which point of the exchange).
 pub fn read_frame<R: Read>(r: &mut R, when: &str) -> Result<Frame> {

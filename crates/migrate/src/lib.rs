@@ -57,3 +57,10 @@ impl MigrateError {
 }
 
 pub type Result<T> = std::result::Result<T, MigrateError>;
+
+/// A failure injected at `point` (`CRYOPOD_FAULT`, see
+/// `cryopod_engine::fault`): the tests of every step of a move, on both
+/// sides.
+pub(crate) fn fault(point: &str) -> Result<()> {
+    Ok(cryopod_engine::fault::check(point)?)
+}

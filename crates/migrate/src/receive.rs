@@ -4,16 +4,15 @@
 //! held (frozen, not attached) and let go only on the source's `Commit`.
 //! Any failure removes what was made here.
 
-use crate::frame::{read_frame, write_frame, DataReader, Kind};
+use crate::frame::{give_up, read_frame, send_frame, DataReader, Kind};
 use crate::link::Link;
 use crate::offer::{Mode, Offer};
-use crate::{MigrateError, Result};
+use crate::{fault, MigrateError, Result};
 use cryopod_engine::outdir::TempImage;
 use cryopod_engine::{CheckedImage, Progress};
 use cryopod_image::ImageKey;
 use cryopod_pod::snapshot::PodRestoreOptions;
 use cryopod_pod::{PodError, StateDir};
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -52,16 +51,14 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     }
     let offer = Offer::decode(&f.body)?;
     if let Err(why) = preflight(state, &offer) {
-        write_frame(&mut link, Kind::Refuse, why.as_bytes())?;
-        flush(&mut link)?;
+        send_frame(&mut link, Kind::Refuse, why.as_bytes())?;
         return Err(MigrateError::Refused("this host".into(), why));
     }
-    write_frame(&mut link, Kind::Accept, &[])?;
-    flush(&mut link)?;
+    send_frame(&mut link, Kind::Accept, &[])?;
     // The image lives in memory (a tmpfs) only until the pod is made.
     let tmp = TempImage::new_in(std::path::Path::new("/dev/shm"))?;
     let made = (|| -> Result<_> {
-        crate::send::fault("serve-after-accept")?;
+        fault("serve-after-accept")?;
         let mut r = DataReader::new(&mut link);
         cryopod_engine::outdir::import_stream(&tmp.image(), &mut r)?;
         if !r.ended() {
@@ -81,7 +78,7 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             bridge: o.bridge.clone(),
         };
         let held = cryopod_pod::snapshot::restore_held(state, &ro, progress)?;
-        if let Err(e) = crate::send::fault("serve-after-restore") {
+        if let Err(e) = fault("serve-after-restore") {
             held.0.undo(state)?;
             return Err(e);
         }
@@ -92,16 +89,14 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
         Ok(m) => m,
         Err(e) => {
             let why = cryopod_engine::chain(&e);
-            let _ = write_frame(&mut link, Kind::Abort, format!("the destination failed: {why}").as_bytes());
-            let _ = link.flush();
+            give_up(&mut link, &format!("the destination failed: {why}"));
             return Err(e);
         }
     };
     let ready = format!("restored {} processes, held", outcome.processes);
-    let go = write_frame(&mut link, Kind::Ready, ready.as_bytes())
-        .and_then(|_| flush(&mut link))
+    let go = send_frame(&mut link, Kind::Ready, ready.as_bytes())
         .and_then(|_| read_frame(&mut link, "while waiting for the source to let its copy go"));
-    let go = go.and_then(|f| crate::send::fault("serve-after-commit").map(|_| f));
+    let go = go.and_then(|f| fault("serve-after-commit").map(|_| f));
     match go {
         Ok(f) if f.kind == Kind::Commit => {}
         other => {
@@ -112,8 +107,7 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             };
             held.undo(state)?;
             // (The source, if it still listens, lets its copy run again.)
-            let _ = write_frame(&mut link, Kind::Abort, format!("the destination gave up: {why}").as_bytes());
-            let _ = link.flush();
+            give_up(&mut link, &format!("the destination gave up: {why}"));
             return Err(MigrateError::Aborted(peer.to_string(), why));
         }
     }
@@ -121,15 +115,13 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     match held.commit(state) {
         Ok(rec) => {
             let line = format!("pod {} arrived from {peer} and runs here (host pid {})", rec.name, rec.init_pid);
-            write_frame(&mut link, Kind::Done, line.as_bytes())?;
-            flush(&mut link)?;
+            send_frame(&mut link, Kind::Done, line.as_bytes())?;
             Ok(line)
         }
         Err(e) => {
             let why = cryopod_engine::chain(&e);
             let _ = cryopod_pod::lifecycle::stop(state, &name, Duration::from_secs(5));
-            let _ = write_frame(&mut link, Kind::Abort, format!("letting the pod run failed: {why}").as_bytes());
-            let _ = link.flush();
+            give_up(&mut link, &format!("letting the pod run failed: {why}"));
             Err(e.into())
         }
     }
@@ -162,8 +154,4 @@ fn preflight(state: &StateDir, offer: &Offer) -> std::result::Result<(), String>
         }
     }
     Ok(())
-}
-
-fn flush<S: std::io::Read + std::io::Write>(link: &mut Link<S>) -> Result<()> {
-    link.flush().map_err(|e| MigrateError::io(format!("sending to {}", link.peer()), e))
 }

@@ -3,16 +3,15 @@
 //! image, and end it here only once the destination runs it. Every
 //! failure before the destination's `Ready` lets the pod run here again.
 
-use crate::frame::{read_frame, write_frame, DataWriter, Kind};
+use crate::frame::{give_up, read_frame, send_frame, DataWriter, Kind};
 use crate::link::Link;
 use crate::offer::{Mode, Offer};
-use crate::{MigrateError, Result};
+use crate::{fault, MigrateError, Result};
 use cryopod_engine::outdir::TempImage;
 use cryopod_engine::Progress;
 use cryopod_image::ImageKey;
 use cryopod_pod::snapshot::PodCheckpointOptions;
 use cryopod_pod::StateDir;
-use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -68,8 +67,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         ip: rec.spec.ip.map(|i| format!("{}/{}", i.addr, i.prefix)),
         rootfs: rec.spec.rootfs.as_ref().map(|p| p.display().to_string()),
     };
-    write_frame(&mut link, Kind::Offer, &offer.encode()?)?;
-    flush(&mut link)?;
+    send_frame(&mut link, Kind::Offer, &offer.encode()?)?;
     let answer = read_frame(&mut link, "while waiting for an answer to the offer")?;
     match answer.kind {
         Kind::Accept => {}
@@ -103,7 +101,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         }
     };
     // From here until Ready, any failure lets the pod run here again.
-    let sent = (|| -> Result<(u64, String)> {
+    let sent = (|| -> Result<u64> {
         fault("migrate-after-hold")?;
         let img = cryopod_image::ImageDir::open(&tmp.image())?;
         let mut w = DataWriter::new(&mut link);
@@ -113,12 +111,12 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         fault("migrate-after-stream")?;
         let f = read_frame(&mut link, "while the destination restored the pod")?;
         match f.kind {
-            Kind::Ready => fault("migrate-after-ready").map(|_| (bytes, f.text())),
+            Kind::Ready => fault("migrate-after-ready").map(|_| bytes),
             Kind::Abort => Err(MigrateError::Aborted(o.to.to_string(), f.text())),
             k => Err(MigrateError::Protocol(format!("a {k:?} frame in answer to the image"))),
         }
     })();
-    let (bytes, _) = match sent {
+    let bytes = match sent {
         Ok(s) => s,
         Err(e) => {
             // The destination may have stopped first and said why: that is
@@ -139,9 +137,8 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     };
     // The pod's address here answers nothing (locked): let the
     // destination's copy run.
-    let done = write_frame(&mut link, Kind::Commit, &[])
-        .and_then(|_| flush(&mut link))
-        .and_then(|_| read_frame(&mut link, "after the pod was handed over"));
+    let done =
+        send_frame(&mut link, Kind::Commit, &[]).and_then(|_| read_frame(&mut link, "after the pod was handed over"));
     match done {
         Ok(f) if f.kind == Kind::Done => {
             let stopped = t_stop.elapsed();
@@ -171,20 +168,4 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
             )))
         }
     }
-}
-
-/// A failure injected at `point` (`CRYOPOD_FAULT`, see
-/// `cryopod_engine::fault`): the tests of every step of a move.
-pub(crate) fn fault(point: &str) -> Result<()> {
-    Ok(cryopod_engine::fault::check(point)?)
-}
-
-fn flush<S: std::io::Read + std::io::Write>(link: &mut Link<S>) -> Result<()> {
-    link.flush().map_err(|e| MigrateError::io(format!("sending to {}", link.peer()), e))
-}
-
-/// Tell the peer we stop (if it still listens).
-fn give_up<S: std::io::Read + std::io::Write>(link: &mut Link<S>, why: &str) {
-    let _ = write_frame(link, Kind::Abort, why.as_bytes());
-    let _ = link.flush();
 }

@@ -76,15 +76,21 @@ impl HeldPod {
     /// End the pod here (it runs elsewhere now): every process killed,
     /// then what is left of it removed.
     pub fn end(self, state: &StateDir) -> Result<()> {
-        for p in self.cg.procs().unwrap_or_default() {
-            let _ = cryopod_sys::process::kill(p, libc::SIGKILL);
-        }
-        // Frozen tasks die only once thawed.
-        self.cg.thaw()?;
-        lifecycle::wait_gone(&self.rec, Duration::from_secs(10));
-        self.guard.disarm();
-        lifecycle::cleanup(state, &self.rec)
+        end_frozen(state, &self.rec, &self.guard)
     }
+}
+
+/// End a held (frozen) pod: every process killed, the cgroup thawed (frozen
+/// tasks die only once thawed), the guardian told, the rest removed.
+fn end_frozen(state: &StateDir, rec: &PodRecord, guard: &Guard) -> Result<()> {
+    let cg = Cgroup::of(state, &rec.name);
+    for p in cg.procs().unwrap_or_default() {
+        let _ = cryopod_sys::process::kill(p, libc::SIGKILL);
+    }
+    cg.thaw()?;
+    lifecycle::wait_gone(rec, Duration::from_secs(10));
+    guard.disarm();
+    lifecycle::cleanup(state, rec)
 }
 
 /// A restored pod kept frozen and unattached at the destination.
@@ -124,13 +130,6 @@ impl HeldRestore {
 
     /// Remove the pod: every process killed, everything of it removed.
     pub fn undo(self, state: &StateDir) -> Result<()> {
-        let cg = Cgroup::of(state, &self.rec.name);
-        for p in cg.procs().unwrap_or_default() {
-            let _ = cryopod_sys::process::kill(p, libc::SIGKILL);
-        }
-        cg.thaw()?;
-        lifecycle::wait_gone(&self.rec, Duration::from_secs(10));
-        self.guard.disarm();
-        lifecycle::cleanup(state, &self.rec)
+        end_frozen(state, &self.rec, &self.guard)
     }
 }
