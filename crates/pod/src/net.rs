@@ -130,21 +130,23 @@ pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32, attach: bool, bridge: O
             }
         };
         guard(&h, ip).await?;
-        let gw = ip.gateway();
-        let mut has = bridge.is_some();
-        if !has {
+        // cryopod's own bridge is up and holds the network's first address;
+        // one given with --bridge is used as it is.
+        if bridge.is_none() {
             set_up(&h, br).await?;
-        }
-        let mut s = h.address().get().set_link_index_filter(br).execute();
-        while let Some(m) = s.try_next().await.map_err(nerr("bridge addresses"))? {
-            has |= m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(v)) if *v == gw));
-        }
-        if !has {
-            h.address()
-                .add(br, IpAddr::V4(gw), ip.prefix)
-                .execute()
-                .await
-                .map_err(nerr("giving the bridge its address"))?;
+            let gw = ip.gateway();
+            let mut has = false;
+            let mut s = h.address().get().set_link_index_filter(br).execute();
+            while let Some(m) = s.try_next().await.map_err(nerr("bridge addresses"))? {
+                has |= m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(v)) if *v == gw));
+            }
+            if !has {
+                h.address()
+                    .add(br, IpAddr::V4(gw), ip.prefix)
+                    .execute()
+                    .await
+                    .map_err(nerr("giving the bridge its address"))?;
+            }
         }
         if index_of(&h, &host).await?.is_some() {
             return Err(PodError::Net(format!("interface {host} already exists (left over by a pod named {pod}?)")));
