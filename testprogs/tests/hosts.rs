@@ -335,11 +335,12 @@ fn once_listening(cmd: impl Fn() -> Output) -> Output {
     }
 }
 
-/// `cryopod migrate --mode stop` from host A to host B (`cryopod serve`):
-/// the pod arrives with its name, address and state (a counter in its
-/// /tmp goes on from where it was), and is gone from A. A peer without the
-/// key file is refused, and a destination that refuses (a pod of that name
-/// there) leaves the pod running at the source.
+/// `cryopod migrate` (live, the default) from host A to host B (`cryopod
+/// serve`): the pod arrives with its name, address and state (a counter
+/// goes on from where it was), and is gone from A; then back to A with
+/// `--mode stop`. A peer without the key file is refused, and a
+/// destination that refuses (a pod of that name there) leaves the pod
+/// running at the source.
 #[test]
 fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
     let h = TwoHosts::new("h6", "10.77.127");
@@ -393,6 +394,19 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
     assert!(ps_b.contains("mover") && ps_b.contains("running") && ps_b.contains("10.77.129.5"), "{ps_b}");
     let after = advances(Node::B, "mover", &first);
     assert!(after > before, "the counter went on from {before} (it is {after})");
+    // And back again, stopped while it moves.
+    let home = format!("{}:7071", h.addr(Node::A));
+    let _serve_a = h.spawn_cryopod(Node::A, &["serve", "--listen", &home, "--key", key_s, "--timeout", "60"]).id();
+    let back = ["migrate", "mover", "--to", &home, "--key", key_s, "--mode", "stop"];
+    let o = once_listening(|| h.cryopod(Node::B, &back));
+    assert!(o.status.success(), "migrate back: {}", String::from_utf8_lossy(&o.stderr));
+    let again = advances(Node::A, "mover", &first);
+    assert!(again > after, "the counter went on from {after} (it is {again})");
+    // ... and there once more, live.
+    let o = migrate("mover", key_s);
+    assert!(o.status.success(), "migrate again: {}", String::from_utf8_lossy(&o.stderr));
+    let last = advances(Node::B, "mover", &first);
+    assert!(last > again, "the counter went on from {again} (it is {last})");
     // A second pod of the same name: B refuses it; it runs on at A.
     run("mover", "10.77.129.6/24", &second);
     let o = migrate("mover", key_s);
@@ -574,9 +588,10 @@ print('PASS' if d == b'two' else 'FAIL got %r' % d, int((time.time() - t) * 1000
 }
 
 /// Point 4 of issue 10, at every step of a move on both sides (failures
-/// injected with CRYOPOD_FAULT): the move fails, the pod runs on at the
-/// source with its counter going on, and the destination keeps nothing of
-/// it (no pod, no cgroup).
+/// injected with CRYOPOD_FAULT), in stop and in live mode (there also
+/// between pre-copy rounds): the move fails, the pod runs on at the source
+/// with its counter going on, and the destination keeps nothing of it (no
+/// pod, no cgroup).
 #[test]
 fn a_move_that_fails_at_any_step_leaves_the_pod_at_the_source() {
     let h = TwoHosts::new("h9", "10.77.122");
@@ -595,19 +610,22 @@ fn a_move_that_fails_at_any_step_leaves_the_pod_at_the_source() {
     let b_parent = cryopod_pod::StateDir::new(h.state(Node::B)).cgroup_parent();
     let source = ["migrate-after-accept", "migrate-after-hold", "migrate-after-stream", "migrate-after-ready"];
     let dest = ["serve-after-accept", "serve-after-restore", "serve-after-commit"];
-    for (i, point) in source.iter().chain(&dest).enumerate() {
+    let points = source.iter().chain(&dest).map(|p| (*p, "stop"));
+    // Live: the same, and a failure between pre-copy rounds.
+    let live = source.iter().chain(&dest).chain(&["migrate-after-round"]).map(|p| (*p, "live"));
+    for (i, (point, mode)) in points.chain(live).enumerate() {
         let at = format!("{}:{}", h.addr(Node::B), 7100 + i);
-        let on_dest = dest.contains(point);
+        let on_dest = dest.contains(&point);
         let serve_env: &[(&str, &str)] = if on_dest { &[("CRYOPOD_FAULT", point)] } else { &[] };
         let serve = ["serve", "--listen", &at, "--key", key_s, "--timeout", "20"];
         // (Killed and reaped when `h` goes.)
         let _serve = h.spawn_cryopod_with(Node::B, &serve, serve_env).id();
         let mig_env: &[(&str, &str)] = if on_dest { &[] } else { &[("CRYOPOD_FAULT", point)] };
-        let migrate = ["migrate", "fp", "--to", &at, "--key", key_s, "--timeout", "20"];
+        let migrate = ["migrate", "fp", "--to", &at, "--key", key_s, "--timeout", "20", "--mode", mode];
         let o = once_listening(|| h.cryopod_with(Node::A, &migrate, mig_env));
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{point}: the move should fail");
-        assert!(err.contains(point) || err.contains("gave up"), "{point}: {err}");
+        assert!(!o.status.success(), "{point} ({mode}): the move should fail");
+        assert!(err.contains(point) || err.contains("gave up"), "{point} ({mode}): {err}");
         let a = n();
         std::thread::sleep(Duration::from_millis(300));
         let b = n();

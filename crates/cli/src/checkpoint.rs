@@ -82,6 +82,7 @@ pub fn run(state: &cryopod_pod::StateDir, a: CheckpointArgs) -> Result<i32> {
                 tracker: tracker.as_ref(),
                 key: key.as_deref(),
                 hold: false,
+                precopy: false,
             };
             cryopod_pod::snapshot::checkpoint(state, &opts, &progress)
                 .with_context(|| format!("checkpoint of pod {name} failed"))?
@@ -101,6 +102,7 @@ pub fn run(state: &cryopod_pod::StateDir, a: CheckpointArgs) -> Result<i32> {
                 armed: None,
                 base: base.as_ref(),
                 tracker: tracker.as_ref(),
+                precopy: false,
             };
             cryopod_engine::checkpoint(&opts, &progress).with_context(|| format!("checkpoint of pid {root} failed"))?
         }

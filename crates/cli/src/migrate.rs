@@ -18,9 +18,15 @@ pub struct MigrateArgs {
     /// The key file both hosts hold (32 bytes, or 64 hexadecimal digits).
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
-    /// stop: freeze, send, restore (live and lazy are not implemented yet).
-    #[arg(long, default_value = "stop", value_parser = ["stop", "live", "lazy"])]
+    /// live: send memory while the pod runs, in rounds of what it wrote
+    /// since, then stop it briefly for the rest; stop: freeze, send,
+    /// restore (lazy is not implemented yet).
+    #[arg(long, default_value = "live", value_parser = ["stop", "live", "lazy"])]
     pub mode: String,
+    /// Live mode: pre-copy rounds go on until what is left should take at
+    /// most this long to send (milliseconds).
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub max_downtime: u64,
     /// Seconds the other host may stay silent at any step.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -58,6 +64,7 @@ pub fn migrate(state: &cryopod_pod::StateDir, a: MigrateArgs) -> Result<i32> {
         to: &a.to,
         key: &key,
         mode: mode(&a.mode),
+        max_downtime: Duration::from_millis(a.max_downtime),
         threads: crate::cpus(),
         compress: cryopod_image::Compression::default(),
         timeout: Duration::from_secs(a.timeout.max(1)),
@@ -66,13 +73,24 @@ pub fn migrate(state: &cryopod_pod::StateDir, a: MigrateArgs) -> Result<i32> {
     let r = cryopod_migrate::send::migrate(state, &o, &|phase, d, t| bar.update(phase, d, t))
         .with_context(|| format!("migration of pod {} to {} failed", a.name, a.to))?;
     bar.finish();
+    for (k, round) in r.rounds.iter().enumerate() {
+        eprintln!(
+            "pre-copy round {k}: {} read, {} sent in {:.1} ms (pod stopped {:.1} ms)",
+            crate::human(round.read),
+            crate::human(round.bytes),
+            round.took.as_secs_f64() * 1e3,
+            round.frozen.as_secs_f64() * 1e3
+        );
+    }
     eprintln!(
-        "migrated pod {} to {} in {:.1} ms (stopped {:.1} ms, {} sent): {}",
+        "migrated pod {} to {} in {:.1} ms (stopped {:.1} ms, {} sent for {} of memory, {} pre-copy rounds): {}",
         a.name,
         a.to,
         r.total.as_secs_f64() * 1e3,
         r.stopped.as_secs_f64() * 1e3,
         crate::human(r.bytes),
+        crate::human(r.memory),
+        r.rounds.len(),
         r.remote
     );
     Ok(0)
@@ -89,6 +107,9 @@ pub struct DrainArgs {
     /// Seconds the other host may stay silent at any step.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// How each pod moves (see `migrate --mode`).
+    #[arg(long, default_value = "live", value_parser = ["stop", "live", "lazy"])]
+    pub mode: String,
 }
 
 /// Move every running pod of this host to `a.to`, one after the other;
@@ -101,7 +122,8 @@ pub fn drain(state: &cryopod_pod::StateDir, a: DrainArgs) -> Result<i32> {
             name: name.clone(),
             to: a.to.clone(),
             key: a.key.clone(),
-            mode: "stop".into(),
+            mode: a.mode.clone(),
+            max_downtime: 100,
             timeout: a.timeout,
         };
         if let Err(e) = migrate(state, m) {

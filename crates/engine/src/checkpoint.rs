@@ -53,6 +53,14 @@ pub struct CheckpointOptions<'a> {
     /// [`crate::incremental`]); the tree is then read frozen (tracking and
     /// a running checkpoint's write-protection cannot share an area).
     pub tracker: Option<&'a std::sync::Mutex<crate::track::Tracker>>,
+    /// A live migration's pre-copy round (needs `tracker` and
+    /// `leave_running`): the tree runs again as soon as its state is
+    /// taken, and its pages are read while it runs. Such an image is not a
+    /// consistent copy by itself: every page written during the read is
+    /// among those the tracker reports to the next round, whose tracked
+    /// child image (read frozen, at the end) is consistent. Never restored
+    /// alone.
+    pub precopy: bool,
 }
 
 /// What the checkpoint of a pod adds to that of a tree.
@@ -110,6 +118,9 @@ pub struct CheckpointSummary {
 
 pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
     crate::target::check(o.pid)?;
+    if o.precopy && (o.tracker.is_none() || !o.leave_running) {
+        return Err(EngineError::Other("a pre-copy round needs dirty tracking and a tree left running".into()));
+    }
     let t0 = Instant::now();
     // A pod is frozen already: its command prepared this before.
     let flags = match &o.pod {
@@ -490,7 +501,14 @@ fn write_pages(
     let frozen: Vec<usize> = (0..n).filter(|&i| !cow_of(i) && !excluded[i]).collect();
     let running: Vec<usize> = (0..n).filter(|&i| cow_of(i) && !excluded[i]).collect();
     let mut d = pages::Dumper::new(outdir, o.threads, (o.compress, o.key), o.base);
-    d.run(&mem.pieces, &frozen, &pages::FrozenReader, progress)?;
+    if o.precopy {
+        // The tracking round at the freeze has started counting: whatever
+        // the tree writes while we read is read again by the next round.
+        run.now();
+        d.run(&mem.pieces, &frozen, &pages::RunningReader, progress)?;
+    } else {
+        d.run(&mem.pieces, &frozen, &pages::FrozenReader, progress)?;
+    }
     tracing::debug!(ms = t_pages.elapsed().as_secs_f64() * 1e3, pieces = frozen.len(), "frozen pieces written");
     let mut stats = None;
     if let Some(s) = &session {

@@ -79,6 +79,12 @@ impl TempImage {
         self.root.join("image")
     }
 
+    /// Another image path in the directory (a live migration keeps its
+    /// chain of rounds there, side by side).
+    pub fn named(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
     /// Keep the directory (an image that could not be streamed and exists
     /// nowhere else); returns the image's path.
     pub fn keep(self) -> PathBuf {
@@ -99,6 +105,15 @@ impl Drop for TempImage {
 /// committed last, so on any failure nothing is left. A sealed image comes
 /// as it is (its key opens it later).
 pub fn import_stream(dir: &Path, r: &mut dyn std::io::Read) -> Result<cryopod_image::stream::Imported> {
+    import_stream_as(dir, r, cryopod_image::stream::Carry::Whole)
+}
+
+/// [`import_stream`] what `carry` allows (see `cryopod_image::stream`).
+pub fn import_stream_as(
+    dir: &Path,
+    r: &mut dyn std::io::Read,
+    carry: cryopod_image::stream::Carry,
+) -> Result<cryopod_image::stream::Imported> {
     let out = OutDir::prepare(dir)?;
     let mut create = |name: &str| -> cryopod_image::Result<Box<dyn cryopod_image::stream::Sink>> {
         out.create(name)
@@ -106,7 +121,7 @@ pub fn import_stream(dir: &Path, r: &mut dyn std::io::Read) -> Result<cryopod_im
             .map_err(|e| cryopod_image::ImageError::Unsafe(format!("cannot create {name}: {e}")))
     };
     let mut r = r;
-    let m = cryopod_image::stream::import(&mut r, &mut create)?;
+    let m = cryopod_image::stream::import_as(&mut r, &mut create, carry)?;
     out.commit_manifest_bytes(&m.manifest_bytes)?;
     Ok(m)
 }

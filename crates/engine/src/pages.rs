@@ -97,6 +97,32 @@ impl BatchReader for FrozenReader {
     }
 }
 
+/// Reads the pages of a tree that runs (a pre-copy round, see
+/// `CheckpointOptions::precopy`): an area unmapped or a process gone
+/// meanwhile reads as zeros, as it is written again or gone by the next
+/// round (which reads what is then there).
+pub struct RunningReader;
+
+impl BatchReader for RunningReader {
+    fn read(&self, pieces: &[Piece], sel: &[usize], buf: &mut [u8]) -> Result<usize> {
+        let batch: Vec<Piece> = sel.iter().map(|&i| pieces[i].clone()).collect();
+        let want: usize = batch.iter().map(|p| p.pages as usize * PAGE as usize).sum();
+        if let Ok(n) = read_batch(&batch, buf) {
+            return Ok(n);
+        }
+        // One piece at a time, so that one gone area spoils no other.
+        let mut off = 0;
+        for p in &batch {
+            let l = p.pages as usize * PAGE as usize;
+            if read_batch(std::slice::from_ref(p), &mut buf[off..off + l]).is_err() {
+                buf[off..off + l].fill(0);
+            }
+            off += l;
+        }
+        Ok(want)
+    }
+}
+
 /// One writer's pack, buffers and compressor, kept across runs.
 struct Worker {
     pack: PackWriter,

@@ -46,6 +46,22 @@ pub fn open_packs(img: &ImageDir, m: &Manifest) -> Result<PackReader> {
     Ok(PackReader::new(files, store, img.key().cloned()))
 }
 
+/// A parent linked as a sibling (`../NAME`, see
+/// [`Base::link_as_sibling`]): its name.
+pub fn sibling_name(link: &str) -> Option<&str> {
+    link.strip_prefix("../")
+        .filter(|n| !n.is_empty() && n.len() < 256 && !n.contains(['/', '\0']) && *n != "." && *n != "..")
+}
+
+/// Where the parent `link` of the image at `child` is: an absolute path
+/// as is, a sibling's beside the child.
+fn parent_path(child: &str, link: &str) -> PathBuf {
+    match sibling_name(link) {
+        Some(name) => Path::new(child).parent().unwrap_or(Path::new("/")).join(name),
+        None => PathBuf::from(link),
+    }
+}
+
 /// The first `depth` images up the parent chain of `img`, each checked
 /// against the link that names it.
 fn ancestors(img: &ImageDir, m: &Manifest, depth: u32) -> Result<Vec<ImageDir>> {
@@ -57,21 +73,20 @@ fn ancestors(img: &ImageDir, m: &Manifest, depth: u32) -> Result<Vec<ImageDir>> 
             ImageError::Corrupt(format!("{child} names packs {d} images up its chain, but has no parent"))
         })?;
         // A chain is sealed under one key, or not at all.
-        let dir = ImageDir::open(Path::new(&l.path))
-            .map_err(|e| parent_error(&child, &l.path, e))?
-            .with_key(img.key().cloned());
-        same_owner(&format!("parent image {} of {child}", l.path), dir.owner(), img.owner(), "the image")?;
+        let path = parent_path(&child, &l.path);
+        let shown = path.display().to_string();
+        let dir = ImageDir::open(&path).map_err(|e| parent_error(&child, &shown, e))?.with_key(img.key().cloned());
+        same_owner(&format!("parent image {shown} of {child}"), dir.owner(), img.owner(), "the image")?;
         if dir.manifest_hash() != l.manifest_hash {
             return Err(ImageError::Corrupt(format!(
-                "parent image {} of {child} has changed since {child} was made on it",
-                l.path
+                "parent image {shown} of {child} has changed since {child} was made on it"
             )));
         }
         link = match d < depth {
             true => dir.manifest()?.parent,
             false => None,
         };
-        child = l.path.clone();
+        child = shown;
         out.push(dir);
     }
     Ok(out)
@@ -245,6 +260,27 @@ impl Base {
             self.parent_chunks.push(rec);
         }
         self.known = std::sync::Arc::new(std::mem::take(known));
+        Ok(())
+    }
+
+    /// Record the parent as the new image's sibling (`../NAME`), not by
+    /// its absolute path: a chain of images in one directory then moves
+    /// as a whole (a live migration's rounds, rebuilt in another directory
+    /// at the destination). The new image must go beside its parent.
+    pub fn link_as_sibling(&mut self, image: &Path) -> Result<()> {
+        let Some(l) = self.parent.as_mut() else { return Ok(()) };
+        let parent = Path::new(&l.path);
+        let image = std::path::absolute(image).map_err(|e| ImageError::io(image.display(), e))?;
+        let name = parent.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let link = format!("../{name}");
+        if parent.parent() != image.parent() || sibling_name(&link).is_none() {
+            return Err(ImageError::Unsafe(format!(
+                "{} is not beside its parent {}: it cannot name it as a sibling",
+                image.display(),
+                l.path
+            )));
+        }
+        l.path = link;
         Ok(())
     }
 

@@ -502,8 +502,11 @@ impl Manifest {
             }
         }
         let abs = |p: &str| p.starts_with('/') && !p.contains('\0') && p.len() < 4096;
-        if self.parent.as_ref().is_some_and(|l| !abs(&l.path)) || self.store.as_ref().is_some_and(|l| !abs(&l.path)) {
-            return Err(bad("a parent or store path is not absolute".into()));
+        let sibling = |p: &str| crate::chain::sibling_name(p).is_some();
+        if self.parent.as_ref().is_some_and(|l| !abs(&l.path) && !sibling(&l.path))
+            || self.store.as_ref().is_some_and(|l| !abs(&l.path))
+        {
+            return Err(bad("a parent path is neither absolute nor a sibling's, or a store path is not absolute".into()));
         }
         let mut pids = std::collections::HashSet::new();
         for p in &self.processes {

@@ -41,6 +41,28 @@ fn expected(o: &Outline) -> Vec<(String, Option<u64>, bool)> {
     o.files.iter().map(|f| (f.name.clone(), f.size, f.required)).collect()
 }
 
+/// What a stream may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carry {
+    /// One whole image: every chunk in it (`export`, `-o -`).
+    Whole,
+    /// An image's own files; it may take chunks from its parent chain,
+    /// which the reader holds already (a live migration's rounds, each a
+    /// child of the one before: see `chain::Base::link_as_sibling`). Never
+    /// chunks of a store.
+    OwnFiles,
+}
+
+fn carried(o: &Outline, what: &str, carry: Carry) -> Result<()> {
+    match carry {
+        Carry::Whole => whole(o, what),
+        Carry::OwnFiles if o.store.is_some() => Err(ImageError::Unsafe(format!(
+            "{what} keeps chunks in a store: a stream carries an image's own files and those of its parents only"
+        ))),
+        Carry::OwnFiles => Ok(()),
+    }
+}
+
 fn whole(o: &Outline, what: &str) -> Result<()> {
     if o.borrows {
         return Err(ImageError::Unsafe(format!(
@@ -67,8 +89,14 @@ impl<W: Write> Counting<'_, W> {
 
 /// Write image `img` as a stream; returns the bytes written.
 pub fn export<W: Write>(img: &ImageDir, w: &mut W) -> Result<u64> {
+    export_as(img, w, Carry::Whole)
+}
+
+/// Write what `carry` allows of image `img` as a stream; returns the
+/// bytes written.
+pub fn export_as<W: Write>(img: &ImageDir, w: &mut W, carry: Carry) -> Result<u64> {
     let m = img.outline()?;
-    whole(&m, &img.path().display().to_string())?;
+    carried(&m, &img.path().display().to_string(), carry)?;
     let mut out = Counting { w, n: 0 };
     out.put(&STREAM_MAGIC)?;
     out.put(&STREAM_VERSION.to_le_bytes())?;
@@ -175,6 +203,15 @@ pub struct Imported {
 /// Read a stream, writing each file through `create` (which must make a
 /// new file of that plain name).
 pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn Sink>>) -> Result<Imported> {
+    import_as(r, create, Carry::Whole)
+}
+
+/// [`import`] what `carry` allows.
+pub fn import_as<R: Read>(
+    r: &mut R,
+    create: &mut dyn FnMut(&str) -> Result<Box<dyn Sink>>,
+    carry: Carry,
+) -> Result<Imported> {
     let mut head = [0u8; 12];
     read_exact(r, &mut head, "the header")?;
     if head[..8] != STREAM_MAGIC {
@@ -231,7 +268,7 @@ pub fn import<R: Read>(r: &mut R, create: &mut dyn FnMut(&str) -> Result<Box<dyn
                     Some(m) => Outline::of(m),
                     None => crate::manifest::outline(&bytes)?,
                 };
-                whole(&outline, "the image")?;
+                carried(&outline, "the image", carry)?;
                 want = expected(&outline);
                 manifest = Some((bytes, m));
                 hash

@@ -41,6 +41,41 @@ pub enum Kind {
     /// The sender let its copy go (its address answers nothing): the
     /// receiver may let the pod run.
     Commit = 9,
+    /// An image stream follows (Data frames up to End); the body says
+    /// which (see [`ImageHead`]).
+    Image = 10,
+}
+
+/// The body of an `Image` frame: the round it is (0, 1, ...: each round's
+/// image is a child of the one before, named `r<round>` on both sides),
+/// and whether it is the last, the one to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHead {
+    pub round: u32,
+    pub last: bool,
+}
+
+impl ImageHead {
+    pub const LEN: usize = 5;
+
+    pub fn encode(self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..4].copy_from_slice(&self.round.to_be_bytes());
+        b[4] = u8::from(self.last);
+        b
+    }
+
+    pub fn decode(body: &[u8]) -> Result<ImageHead> {
+        match body {
+            [a, b, c, d, last @ (0 | 1)] => Ok(ImageHead { round: u32::from_be_bytes([*a, *b, *c, *d]), last: *last == 1 }),
+            _ => Err(MigrateError::Protocol(format!("an Image frame body of {} bytes that does not decode", body.len()))),
+        }
+    }
+
+    /// The image's directory name.
+    pub fn name(self) -> String {
+        format!("r{}", self.round)
+    }
 }
 
 impl Kind {
@@ -55,6 +90,7 @@ impl Kind {
             7 => Kind::Abort,
             8 => Kind::Ready,
             9 => Kind::Commit,
+            10 => Kind::Image,
             _ => return None,
         })
     }
@@ -64,6 +100,7 @@ impl Kind {
         match self {
             Kind::Data => MAX_DATA,
             Kind::End | Kind::Commit => 0,
+            Kind::Image => ImageHead::LEN as u32,
             _ => MAX_CONTROL,
         }
     }

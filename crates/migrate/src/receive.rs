@@ -4,7 +4,9 @@
 //! held (frozen, not attached) and let go only on the source's `Commit`.
 //! Any failure removes what was made here.
 
-use crate::frame::{give_up, read_frame, send_frame, DataReader, Kind};
+use crate::frame::{give_up, read_frame, send_frame, DataReader, ImageHead, Kind};
+use crate::send::MAX_ROUNDS;
+use cryopod_image::stream::Carry;
 use crate::link::Link;
 use crate::offer::{Mode, Offer};
 use crate::{fault, MigrateError, Result};
@@ -55,16 +57,12 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
         return Err(MigrateError::Refused("this host".into(), why));
     }
     send_frame(&mut link, Kind::Accept, &[])?;
-    // The image lives in memory (a tmpfs) only until the pod is made.
+    // The images live in memory (a tmpfs) only until the pod is made.
     let tmp = TempImage::new_in(std::path::Path::new("/dev/shm"))?;
     let made = (|| -> Result<_> {
         fault("serve-after-accept")?;
-        let mut r = DataReader::new(&mut link);
-        cryopod_engine::outdir::import_stream(&tmp.image(), &mut r)?;
-        if !r.ended() {
-            return Err(MigrateError::Closed("before the end of the image".into()));
-        }
-        let img = CheckedImage::open(&tmp.image(), None)?;
+        let last = receive_images(&mut link, &tmp, offer.mode)?;
+        let img = CheckedImage::open(&last, None)?;
         if img.manifest().pod.as_ref().map(|p| p.name.as_str()) != Some(offer.pod.as_str()) {
             return Err(MigrateError::Protocol(format!("the image is not of the pod offered ({})", offer.pod)));
         }
@@ -127,9 +125,35 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     }
 }
 
+/// Take the images of a move into `tmp` up to the last one (a live move's
+/// rounds first, each a child of the one before); returns its path.
+fn receive_images(link: &mut Link<TcpStream>, tmp: &TempImage, mode: Mode) -> Result<std::path::PathBuf> {
+    for round in 0..=MAX_ROUNDS {
+        let f = read_frame(link, "while waiting for an image")?;
+        let head = match f.kind {
+            Kind::Image => ImageHead::decode(&f.body)?,
+            Kind::Abort => return Err(MigrateError::Aborted("the source".into(), f.text())),
+            k => return Err(MigrateError::Protocol(format!("a {k:?} frame where an image was due"))),
+        };
+        if head.round != round || (mode != Mode::Live && !head.last) {
+            return Err(MigrateError::Protocol(format!("image {} came where {round} was due", head.name())));
+        }
+        let dir = tmp.named(&head.name());
+        let mut r = DataReader::new(&mut *link);
+        cryopod_engine::outdir::import_stream_as(&dir, &mut r, Carry::OwnFiles)?;
+        if !r.ended() {
+            return Err(MigrateError::Closed("before the end of an image".into()));
+        }
+        if head.last {
+            return Ok(dir);
+        }
+    }
+    Err(MigrateError::Protocol(format!("more than {MAX_ROUNDS} pre-copy rounds")))
+}
+
 /// Can this host take the pod? One sentence if not.
 fn preflight(state: &StateDir, offer: &Offer) -> std::result::Result<(), String> {
-    if offer.mode != Mode::Stop {
+    if offer.mode == Mode::Lazy {
         return Err(format!("--mode {} is not implemented yet", offer.mode.name()));
     }
     cryopod_pod::state::check_name(&offer.pod).map_err(|e| e.to_string())?;

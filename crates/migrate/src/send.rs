@@ -1,19 +1,30 @@
-//! The source's side of a migration (`cryopod migrate`), stop mode: offer
-//! the pod, hold it (frozen, network locked) once checkpointed, stream the
-//! image, and end it here only once the destination runs it. Every
-//! failure before the destination's `Ready` lets the pod run here again.
+//! The source's side of a migration (`cryopod migrate`): offer the pod;
+//! in live mode, send pre-copy rounds while it runs (each round's image a
+//! tracked child of the one before, holding only the pages written since);
+//! then hold it (frozen, network locked) once checkpointed for the last
+//! time, stream that last image, and end the pod here only once the
+//! destination runs it. Every failure before the destination's `Ready`
+//! lets the pod run here again.
 
-use crate::frame::{give_up, read_frame, send_frame, DataWriter, Kind};
+use crate::frame::{give_up, read_frame, send_frame, DataWriter, ImageHead, Kind};
 use crate::link::Link;
 use crate::offer::{Mode, Offer};
 use crate::{fault, MigrateError, Result};
 use cryopod_engine::outdir::TempImage;
+use cryopod_engine::track::Tracker;
 use cryopod_engine::Progress;
-use cryopod_image::ImageKey;
+use cryopod_image::chain::Base;
+use cryopod_image::stream::Carry;
+use cryopod_image::{ImageDir, ImageKey, ImageOwner};
 use cryopod_pod::snapshot::PodCheckpointOptions;
-use cryopod_pod::StateDir;
+use cryopod_pod::{PodRecord, StateDir};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Pre-copy rounds at most, the last (frozen) one not counted.
+pub const MAX_ROUNDS: u32 = 8;
 
 pub struct SendOptions<'a> {
     pub pod: &'a str,
@@ -21,18 +32,35 @@ pub struct SendOptions<'a> {
     pub to: &'a str,
     pub key: &'a ImageKey,
     pub mode: Mode,
+    /// Live mode: pre-copy ends once what is left should go in this long.
+    pub max_downtime: Duration,
     pub threads: usize,
     pub compress: cryopod_image::Compression,
     /// How long the destination may stay silent at any step.
     pub timeout: Duration,
 }
 
+/// One pre-copy round.
+#[derive(Debug, Clone)]
+pub struct RoundReport {
+    /// Image stream bytes sent.
+    pub bytes: u64,
+    /// Bytes of memory read (all of it in round 0, then what was written).
+    pub read: u64,
+    /// How long the pod stopped for it (its state taken, tracking reset).
+    pub frozen: Duration,
+    pub took: Duration,
+}
+
 /// What a migration did.
 #[derive(Debug)]
 pub struct SendReport {
-    /// Image stream bytes sent.
+    /// Image stream bytes sent, pre-copy rounds included.
     pub bytes: u64,
-    /// From the freeze until the destination said the pod runs there.
+    /// The memory of the pod (bytes), for the ratio.
+    pub memory: u64,
+    pub rounds: Vec<RoundReport>,
+    /// From the last freeze until the destination said the pod runs there.
     pub stopped: Duration,
     pub total: Duration,
     /// The destination's own words.
@@ -42,11 +70,8 @@ pub struct SendReport {
 /// Move pod `o.pod` of `state` to the host at `o.to`.
 pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<SendReport> {
     let t0 = Instant::now();
-    if o.mode != Mode::Stop {
-        return Err(MigrateError::Protocol(format!(
-            "--mode {} is not implemented yet: use --mode stop",
-            o.mode.name()
-        )));
+    if o.mode == Mode::Lazy {
+        return Err(MigrateError::Protocol("--mode lazy is not implemented yet: use --mode live or stop".into()));
     }
     let rec = state.load(o.pod)?;
     let addr =
@@ -78,35 +103,65 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         give_up(&mut link, "the source stopped the move");
         return Err(e);
     }
-    // The image lives in memory (a tmpfs) only as long as the move.
-    let tmp = TempImage::new_in(std::path::Path::new("/dev/shm"))?;
+    // The images live in memory (a tmpfs) only as long as the move.
+    let tmp = TempImage::new_in(Path::new("/dev/shm"))?;
+    // Live: rounds while the pod runs, each reading what was written since
+    // the one before; their bytes are what the last one need not send.
+    let mut rounds = Vec::new();
+    let tracker = match o.mode {
+        Mode::Live => {
+            let armed = Tracker::arm(rec.init_pid).map(Mutex::new).map_err(MigrateError::from);
+            match armed.and_then(|t| precopy(&mut link, state, &rec, o, (&t, &tmp), &mut rounds, progress).map(|_| t)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let e = their_reason(&mut link, o.to, e);
+                    give_up(&mut link, &format!("the source stopped the move: {e}"));
+                    return Err(e);
+                }
+            }
+        }
+        _ => None,
+    };
+    let head = ImageHead { round: rounds.len() as u32, last: true };
+    let dir = tmp.named(&head.name());
     let t_stop = Instant::now();
+    let base = match rounds.len() {
+        0 => None,
+        k => match base_on(&tmp, k as u32) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                give_up(&mut link, &format!("the source stopped the move: {e}"));
+                return Err(e);
+            }
+        },
+    };
     let copts = PodCheckpointOptions {
         name: rec.name.clone(),
-        dir: tmp.image(),
+        dir: dir.clone(),
         leave_running: false,
         threads: o.threads,
         compress: o.compress,
         exclude_dontdump: false,
-        base: None,
-        tracker: None,
+        base: base.as_ref(),
+        tracker: tracker.as_ref(),
         key: None,
         hold: true,
+        precopy: false,
     };
-    let held = match cryopod_pod::snapshot::checkpoint_held(state, &copts, progress) {
-        Ok((_, held)) => held,
+    let (summary, held) = match cryopod_pod::snapshot::checkpoint_held(state, &copts, progress) {
+        Ok(h) => h,
         Err(e) => {
             give_up(&mut link, &format!("the checkpoint at the source failed: {e}"));
             return Err(e.into());
         }
     };
+    // (Frozen now: tracking has nothing more to tell.)
+    drop(tracker);
+    drop(base);
     // From here until Ready, any failure lets the pod run here again.
     let sent = (|| -> Result<u64> {
         fault("migrate-after-hold")?;
-        let img = cryopod_image::ImageDir::open(&tmp.image())?;
-        let mut w = DataWriter::new(&mut link);
-        cryopod_image::stream::export(&img, &mut w)?;
-        let bytes = w.finish()?;
+        let bytes = send_image(&mut link, &dir, head)?;
         drop(tmp);
         fault("migrate-after-stream")?;
         let f = read_frame(&mut link, "while the destination restored the pod")?;
@@ -119,17 +174,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     let bytes = match sent {
         Ok(s) => s,
         Err(e) => {
-            // The destination may have stopped first and said why: that is
-            // the error to report (ours is only the broken pipe).
-            let e = match &e {
-                MigrateError::Io { .. } | MigrateError::Image(_) => {
-                    match read_frame(&mut link, "after a failed send") {
-                        Ok(f) if f.kind == Kind::Abort => MigrateError::Aborted(o.to.to_string(), f.text()),
-                        _ => e,
-                    }
-                }
-                _ => e,
-            };
+            let e = their_reason(&mut link, o.to, e);
             give_up(&mut link, "the source stopped the move");
             held.resume()?;
             return Err(e);
@@ -146,7 +191,14 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
             if let Err(e) = state.note_departure(&rec.name, o.to) {
                 tracing::warn!(pod = %rec.name, "{e}");
             }
-            Ok(SendReport { bytes, stopped, total: t0.elapsed(), remote: f.text() })
+            Ok(SendReport {
+                bytes: bytes + rounds.iter().map(|r| r.bytes).sum::<u64>(),
+                memory: summary.memory_bytes,
+                rounds,
+                stopped,
+                total: t0.elapsed(),
+                remote: f.text(),
+            })
         }
         Ok(f) if f.kind == Kind::Abort => {
             held.resume()?;
@@ -168,4 +220,96 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
             )))
         }
     }
+}
+
+/// Pre-copy rounds while the pod runs, until what is left should go
+/// within `o.max_downtime`, stops shrinking, or `MAX_ROUNDS` were sent.
+fn precopy(
+    link: &mut Link<TcpStream>,
+    state: &StateDir,
+    rec: &PodRecord,
+    o: &SendOptions,
+    (tracker, tmp): (&Mutex<Tracker>, &TempImage),
+    rounds: &mut Vec<RoundReport>,
+    progress: Progress,
+) -> Result<()> {
+    for k in 0..MAX_ROUNDS {
+        let t = Instant::now();
+        let head = ImageHead { round: k, last: false };
+        let dir = tmp.named(&head.name());
+        let base = match k {
+            0 => None,
+            k => Some(base_on(tmp, k)?),
+        };
+        let copts = PodCheckpointOptions {
+            name: rec.name.clone(),
+            dir: dir.clone(),
+            leave_running: true,
+            threads: o.threads,
+            compress: o.compress,
+            exclude_dontdump: false,
+            base: base.as_ref(),
+            tracker: Some(tracker),
+            key: None,
+            hold: false,
+            precopy: true,
+        };
+        let s = cryopod_pod::snapshot::checkpoint(state, &copts, progress)?;
+        {
+            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+            // Processes new since the last round are tracked from now on
+            // (the next round reads them whole).
+            t.arm_pending()?;
+            t.set_since(ImageDir::open(&dir)?.manifest_hash());
+        }
+        let t_send = Instant::now();
+        let bytes = send_image(link, &dir, head)?;
+        let sending = t_send.elapsed();
+        let read = s.chunks.tracked.map_or(s.memory_bytes, |(read, _)| read);
+        rounds.push(RoundReport { bytes, read, frozen: s.frozen, took: t.elapsed() });
+        tracing::info!(round = k, bytes, read, frozen_ms = s.frozen.as_secs_f64() * 1e3, "pre-copy round sent");
+        fault("migrate-after-round")?;
+        // What the next round would read was written while this one ran;
+        // the last round reads it with the pod stopped.
+        let rate = bytes as f64 / sending.as_secs_f64().max(1e-6);
+        let fits = read as f64 <= rate * o.max_downtime.as_secs_f64() / 2.0;
+        let shrinking = match rounds.len() {
+            1 => true,
+            n => read * 10 < rounds[n - 2].read * 9,
+        };
+        if k > 0 && (fits || !shrinking) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The destination may have stopped first and said why: that is the
+/// error to report, when ours is only the broken pipe.
+fn their_reason(link: &mut Link<TcpStream>, to: &str, e: MigrateError) -> MigrateError {
+    match &e {
+        MigrateError::Io { .. } | MigrateError::Image(_) => match read_frame(link, "after a failed send") {
+            Ok(f) if f.kind == Kind::Abort => MigrateError::Aborted(to.to_string(), f.text()),
+            _ => e,
+        },
+        _ => e,
+    }
+}
+
+/// The base of round `k`'s image: round `k - 1`'s, its sibling.
+fn base_on(tmp: &TempImage, k: u32) -> Result<Base> {
+    let dir = tmp.named(&ImageHead { round: k, last: false }.name());
+    let parent = tmp.named(&ImageHead { round: k - 1, last: false }.name());
+    let mut base = Base::open(&dir, ImageOwner::current(), (Some(&parent), None), None)?;
+    base.link_as_sibling(&dir)?;
+    Ok(base)
+}
+
+/// Send the image at `dir` (its own files: its parents went before).
+fn send_image(link: &mut Link<TcpStream>, dir: &Path, head: ImageHead) -> Result<u64> {
+    send_frame(link, Kind::Image, &head.encode())?;
+    let img = ImageDir::open(dir)?;
+    let mut w = DataWriter::new(link);
+    cryopod_image::stream::export_as(&img, &mut w, Carry::OwnFiles)?;
+    w.finish()
 }

@@ -86,6 +86,10 @@ pub struct PodCheckpointOptions<'a> {
     /// Keep the pod frozen with its network locked afterwards (a
     /// migration's source: see [`checkpoint_held`]).
     pub hold: bool,
+    /// A live migration's pre-copy round: the pod runs again as soon as
+    /// its state is taken, its pages are read while it runs (see
+    /// `cryopod_engine::CheckpointOptions::precopy`).
+    pub precopy: bool,
 }
 
 /// Checkpoint pod `o.name` into `o.dir` and keep it frozen, its network
@@ -305,6 +309,7 @@ fn checkpoint_frozen(
         exclude_dontdump: o.exclude_dontdump,
         base: o.base,
         tracker: o.tracker,
+        precopy: o.precopy,
         pod: Some(PodCheckpoint {
             root,
             external,

@@ -234,6 +234,7 @@ fn tree_options(
         armed: None,
         base: None,
         tracker: None,
+        precopy: false,
     }
 }
 
