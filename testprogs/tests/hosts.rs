@@ -416,6 +416,41 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
     advances(Node::B, "mover", &first);
 }
 
+/// Live migration of a pod whose memory is rewritten all the time
+/// (`tp-rewrite`: 96 MiB swept page after page, one progress word): the
+/// pre-copy rounds read pages while the pod writes them, so only the
+/// tracking of what was written since each round makes the arriving
+/// memory that of one instant; told `go` at B, the program checks every
+/// page against its word. The dirty set never shrinks here: the rounds
+/// stop for that, and the last one carries what is left.
+#[test]
+fn live_migration_of_memory_rewritten_all_the_time_is_exact() {
+    let h = TwoHosts::new("h11", "10.77.119");
+    let key = h.state(Node::A).join("key");
+    std::fs::write(&key, [0x21u8; 32]).unwrap();
+    let key_s = key.to_str().unwrap();
+    let dest = format!("{}:7070", h.addr(Node::B));
+    // (Killed and reaped when `h` goes.)
+    let _serve = h.spawn_cryopod(Node::B, &["serve", "--listen", &dest, "--key", key_s, "--timeout", "60"]).id();
+    let work = h.state(Node::A).join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = env!("CARGO_BIN_EXE_tp-rewrite");
+    let o = h.cryopod(
+        Node::A,
+        &["run", "-d", "--name", "rw", "--ip", "10.77.118.20/24", "--", bin, work.to_str().unwrap(), "96", "solo"],
+    );
+    assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
+    h.wait_log(Node::A, "rw", "READY", |l| l == "READY");
+    let o = once_listening(|| h.cryopod(Node::A, &["migrate", "rw", "--to", &dest, "--key", key_s, "--mode", "live"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "migrate: {err}");
+    eprintln!("{err}");
+    assert!(err.contains("pre-copy round 1:"), "fewer than two pre-copy rounds: {err}");
+    std::fs::write(work.join("go"), b"go").unwrap();
+    let log = h.wait_log(Node::B, "rw", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
+    assert!(log.contains("PASS"), "{log}");
+}
+
 /// Two hosts with uplink bridges (br0 holding eth0), a key file, and host
 /// B serving migrations onto its br0; returns them with the key file and
 /// B's ADDR:PORT.

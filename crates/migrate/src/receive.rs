@@ -101,7 +101,7 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             let why = match other {
                 Ok(f) if f.kind == Kind::Abort => format!("the source gave up: {}", f.text()),
                 Ok(f) => format!("a {:?} frame where Commit was due", f.kind),
-                Err(e) => e.to_string(),
+                Err(e) => cryopod_engine::chain(&e),
             };
             held.undo(state)?;
             // (The source, if it still listens, lets its copy run again.)

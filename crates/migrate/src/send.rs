@@ -209,7 +209,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         other => {
             let why = match other {
                 Ok(f) => format!("a {:?} frame", f.kind),
-                Err(e) => e.to_string(),
+                Err(e) => cryopod_engine::chain(&e),
             };
             let name = held.name().to_string();
             held.abandon();
@@ -285,13 +285,17 @@ fn precopy(
 }
 
 /// The destination may have stopped first and said why: that is the
-/// error to report, when ours is only the broken pipe.
+/// error to report, when ours is only the broken pipe. (Waited for
+/// briefly: a destination that said nothing has nothing to say.)
 fn their_reason(link: &mut Link<TcpStream>, to: &str, e: MigrateError) -> MigrateError {
     match &e {
-        MigrateError::Io { .. } | MigrateError::Image(_) => match read_frame(link, "after a failed send") {
-            Ok(f) if f.kind == Kind::Abort => MigrateError::Aborted(to.to_string(), f.text()),
-            _ => e,
-        },
+        MigrateError::Io { .. } | MigrateError::Image(_) => {
+            let _ = link.get_ref().set_read_timeout(Some(Duration::from_secs(2)));
+            match read_frame(link, "after a failed send") {
+                Ok(f) if f.kind == Kind::Abort => MigrateError::Aborted(to.to_string(), f.text()),
+                _ => e,
+            }
+        }
         _ => e,
     }
 }

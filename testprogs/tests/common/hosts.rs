@@ -244,6 +244,20 @@ impl TwoHosts {
         output_within(&mut c, RUN_TIMEOUT)
     }
 
+    /// Wait (20 s at most) until the log of pod `pod` on host `node` has a
+    /// line `pred` accepts (`what` names it in the panic); returns the log.
+    pub fn wait_log(&self, node: Node, pod: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let t = std::time::Instant::now();
+        loop {
+            let log = String::from_utf8_lossy(&self.cryopod(node, &["logs", pod]).stdout).into_owned();
+            if log.lines().any(&pred) {
+                return log;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "pod {pod} on {node:?}: no {what} in its log:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The command running `cryopod ARGS` as host `node`, stdin from
     /// /dev/null, stdout piped.
     fn cryopod_command(&self, node: Node, args: &[&str]) -> Command {
