@@ -451,6 +451,35 @@ fn live_migration_of_memory_rewritten_all_the_time_is_exact() {
     assert!(log.contains("PASS"), "{log}");
 }
 
+/// Pages used while they are still being filled at the destination (the
+/// live mode's lazy restore): right after the move, `tp-postcopy` forks a
+/// child that reads 192 MiB, drops an area with MADV_DONTNEED (zeros, not
+/// the image's data) and moves another with mremap (its pages follow),
+/// all while the filler may still be pushing them.
+#[test]
+fn memory_used_while_it_is_filled_after_a_live_move_is_exact() {
+    let h = TwoHosts::new("h12", "10.77.116");
+    let key = h.state(Node::A).join("key");
+    std::fs::write(&key, [0x22u8; 32]).unwrap();
+    let key_s = key.to_str().unwrap();
+    let dest = format!("{}:7070", h.addr(Node::B));
+    // (Killed and reaped when `h` goes.)
+    let _serve = h.spawn_cryopod(Node::B, &["serve", "--listen", &dest, "--key", key_s, "--timeout", "60"]).id();
+    let work = h.state(Node::A).join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = env!("CARGO_BIN_EXE_tp-postcopy");
+    let o = h.cryopod(Node::A, &["run", "-d", "--name", "pc", "--", bin, work.to_str().unwrap()]);
+    assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
+    h.wait_log(Node::A, "pc", "READY", |l| l == "READY");
+    let o = once_listening(|| h.cryopod(Node::A, &["migrate", "pc", "--to", &dest, "--key", key_s, "--mode", "live"]));
+    // At once: the filler is still at work (192 MiB in a debug build).
+    std::fs::write(work.join("go"), b"go").unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "migrate: {err}");
+    let log = h.wait_log(Node::B, "pc", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
+    assert!(log.contains("PASS"), "{log}");
+}
+
 /// Two hosts with uplink bridges (br0 holding eth0), a key file, and host
 /// B serving migrations onto its br0; returns them with the key file and
 /// B's ADDR:PORT.

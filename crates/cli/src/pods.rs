@@ -131,6 +131,8 @@ pub fn restore(
         threads: crate::cpus(),
         hold: false,
         bridge,
+        lazy: false,
+        known: None,
     };
     let bar = crate::progress::Bar::new("restore");
     let (rec, o) = cryopod_pod::snapshot::restore(state, &o, &|phase, d, t| bar.update(phase, d, t))

@@ -22,6 +22,7 @@ pub mod incremental;
 pub mod inet;
 pub mod injection;
 pub mod inotify;
+pub mod lazy;
 pub mod mm;
 pub mod nsjoin;
 pub mod outdir;

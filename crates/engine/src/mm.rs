@@ -422,6 +422,9 @@ pub struct AreaCtx<'a> {
     pub shmem_home: &'a mut HashMap<u32, (i32, u64, u64)>,
     /// memfds and deleted files, by object: fd numbers every stub inherited.
     pub object_fds: &'a HashMap<u32, cryopod_sys::TargetFd>,
+    /// Private anonymous memory is filled after the process runs, by this
+    /// (see [`crate::lazy`]).
+    pub lazy: Option<&'a crate::lazy::LazyPages>,
 }
 
 /// Files opened in the task for mappings, reused across its areas: by
@@ -440,6 +443,9 @@ struct Pending {
     forced: Vec<crate::pages::FillJob>,
     fill: Vec<crate::pages::FillJob>,
     protect: Vec<(u64, u64, u64)>,
+    /// Left to the lazy filler: its runs, and the areas to register.
+    lazy: Vec<crate::pages::FillJob>,
+    lazy_areas: Vec<(u64, u64)>,
 }
 
 /// Map every area of `p` into the stub, then fill all their pages at once
@@ -459,6 +465,17 @@ pub fn restore_areas(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()
         r.call("close", nr::CLOSE, &[fd])?;
     }
     res?;
+    if let Some(lazy) = cx.lazy.filter(|_| !pending.lazy_areas.is_empty()) {
+        match lazy_uffd(r, &pending.lazy_areas) {
+            Ok(u) => lazy.add(r.pid, u, std::mem::take(&mut pending.lazy))?,
+            // (A pod in its own user namespace may not make one.)
+            Err(e) => {
+                tracing::info!(pid = r.pid, "memory filled before the process runs: no userfaultfd ({e})");
+                pending.fill.append(&mut pending.lazy);
+                pending.fill.sort_unstable_by_key(|j| j.addr);
+            }
+        }
+    }
     let t = std::time::Instant::now();
     crate::pages::fill(r.pid, &pending.fill, cx.m, cx.reader, cx.threads)
         .map_err(EngineError::during(format!("pid {} memory contents", p.pid)))?;
@@ -479,6 +496,26 @@ pub fn restore_areas(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()
         r.call("mprotect", nr::MPROTECT, &[start, len, prot])?;
     }
     Ok(())
+}
+
+/// A userfaultfd of the task's, taken, with `areas` registered for
+/// missing pages (see [`crate::lazy`]).
+fn lazy_uffd(r: &mut Remote, areas: &[(u64, u64)]) -> Result<cryopod_sys::uffd::Uffd> {
+    use cryopod_sys::uffd;
+    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+    let fd = r.call("userfaultfd", uffd::NR_USERFAULTFD, &[flags])?;
+    let taken = cryopod_sys::pidfd::pidfd_open(r.pid)
+        .and_then(|p| cryopod_sys::pidfd::pidfd_getfd(&p, r.pid, cryopod_sys::TargetFd(fd as i32)));
+    r.call("close(userfaultfd)", nr::CLOSE, &[fd])?;
+    let u = uffd::Uffd::from_fd(taken?);
+    let got = u.api(crate::lazy::FEATURES)?;
+    if got & crate::lazy::FEATURES != crate::lazy::FEATURES {
+        return Err(EngineError::Other(format!("userfaultfd features {got:#x} lack some of the events needed")));
+    }
+    for &(start, len) in areas {
+        u.register_missing(start, len)?;
+    }
+    Ok(u)
 }
 
 fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles, pending: &mut Pending) -> Result<()> {
@@ -521,7 +558,13 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
             }
             r.call("mmap", nr::MMAP, &[v.start, len, prot | w, flags, u64::MAX, 0])?;
             apply_madvise(r, v)?;
-            queue(pending, &v.runs, 0);
+            match cx.lazy.is_some() && !v.shared {
+                true => {
+                    pending.lazy.extend(v.runs.iter().filter_map(|run| crate::pages::FillJob::of(run, 0)));
+                    pending.lazy_areas.push((v.start, len));
+                }
+                false => queue(pending, &v.runs, 0),
+            }
         }
         VmaKind::Object { object, pgoff } if cx.object_fds.contains_key(&object) => {
             // A memfd or deleted file, re-created by the restorer.

@@ -62,6 +62,10 @@ pub struct PodRestore<'a> {
     /// freezes the pod's cgroup here, so that nothing of it runs before
     /// the source has let its copy go).
     pub before_resume: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
+    /// Private anonymous memory is left to this filler, which goes on
+    /// after the restore returns (see [`crate::lazy`]); its processes are
+    /// added to it as they are made, and it is sealed by the caller.
+    pub lazy: Option<&'a crate::lazy::LazyPages>,
 }
 
 #[derive(Debug)]
@@ -124,11 +128,22 @@ fn own_vdso_hash() -> Result<[u8; 32]> {
 /// Open the packs of `image` and check every chunk (its hash; sealed,
 /// its authenticity).
 pub fn verified_packs(image: &crate::trust::CheckedImage, threads: usize, progress: Progress) -> Result<PackReader> {
+    verified_packs_but(image, threads, &Default::default(), progress)
+}
+
+/// [`verified_packs`], but for the chunks `known` holds (checked when an
+/// earlier image of the same packs arrived).
+pub fn verified_packs_but(
+    image: &crate::trust::CheckedImage,
+    threads: usize,
+    known: &cryopod_image::store::KnownChunks,
+    progress: Progress,
+) -> Result<PackReader> {
     let m = image.manifest();
     let reader = image.dir().packs(m)?;
     progress("verify", 0, 1);
     let t_verify = Instant::now();
-    reader.verify_all(m, threads)?;
+    reader.verify_unknown(m, threads, known)?;
     debug!(ms = t_verify.elapsed().as_secs_f64() * 1e3, "page hashes verified");
     Ok(reader)
 }
@@ -269,6 +284,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             wait_zombies(m, &pids)?;
             let b = Build {
                 m,
+                lazy: o.pod.as_ref().and_then(|p| p.lazy),
                 reader,
                 threads: o.threads,
                 object_fds: &object_fds,
@@ -427,6 +443,8 @@ fn seize_stub(pid: i32) -> Result<()> {
 /// What turning stubs into processes needs.
 struct Build<'a> {
     m: &'a Manifest,
+    /// See [`PodRestore::lazy`].
+    lazy: Option<&'a crate::lazy::LazyPages>,
     reader: &'a PackReader,
     /// Threads for filling memory.
     threads: usize,
@@ -484,7 +502,8 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64], pids: &mut HostP
     let mut all_threads: Vec<(i32, bool)> = Vec::new();
     for p in order {
         let r = remotes.get_mut(&p.pid).ok_or_else(|| EngineError::Other("lost a stub".into()))?;
-        let mut cx = AreaCtx { m, reader, threads, shmem_home: &mut shmem_home, object_fds: b.object_fds };
+        let mut cx =
+            AreaCtx { m, reader, threads, shmem_home: &mut shmem_home, object_fds: b.object_fds, lazy: b.lazy };
         build_process(b, r, p, &mut cx, pids).map_err(EngineError::during(format!("process {}", p.pid)))?;
         for t in &p.threads {
             all_threads.push((pids.host(t.tid)?, p.stopped && t.tid == p.pid));

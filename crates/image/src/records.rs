@@ -107,7 +107,7 @@ pub struct Chunk {
 }
 
 /// How a chunk's bytes are stored in its pack.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub enum Codec {
     Raw,
     /// One zstd frame, smaller than the data.
@@ -506,7 +506,9 @@ impl Manifest {
         if self.parent.as_ref().is_some_and(|l| !abs(&l.path) && !sibling(&l.path))
             || self.store.as_ref().is_some_and(|l| !abs(&l.path))
         {
-            return Err(bad("a parent path is neither absolute nor a sibling's, or a store path is not absolute".into()));
+            return Err(bad(
+                "a parent path is neither absolute nor a sibling's, or a store path is not absolute".into()
+            ));
         }
         let mut pids = std::collections::HashSet::new();
         for p in &self.processes {

@@ -174,6 +174,13 @@ impl Damage {
     }
 }
 
+/// A chunk as checked: its pack (the path it was opened at), offset,
+/// stored size, codec and hash.
+pub type ChunkKey = (String, u64, u32, crate::Codec, [u8; 32]);
+
+/// Chunks checked already (see [`PackReader::verify_unknown`]).
+pub type KnownChunks = std::collections::HashSet<ChunkKey>;
+
 /// Read access to the packs of an image.
 pub struct PackReader {
     files: Vec<File>,
@@ -230,24 +237,37 @@ impl PackReader {
     /// Check the hash of every chunk, using `threads` threads; the first
     /// damaged chunk is the error.
     pub fn verify_all(&self, m: &Manifest, threads: usize) -> Result<()> {
-        match self.scan(m, threads, false).into_iter().next() {
+        self.verify_unknown(m, threads, &Default::default())
+    }
+
+    /// [`Self::verify_all`], but for the chunks `known` holds: checked
+    /// already, as records of an earlier image of the same packs (a live
+    /// migration's rounds, each checked as it arrived).
+    pub fn verify_unknown(&self, m: &Manifest, threads: usize, known: &KnownChunks) -> Result<()> {
+        let order: Vec<usize> =
+            (0..m.chunks.len()).filter(|&i| known.is_empty() || !known.contains(&self.key(&m.chunks[i]))).collect();
+        match self.scan(m, order, threads, false).into_iter().next() {
             Some(d) => Err(d.into_error()),
             None => Ok(()),
         }
     }
 
+    /// What identifies chunk `c` as checked (see [`KnownChunks`]).
+    pub fn key(&self, c: &Chunk) -> ChunkKey {
+        (self.name(c.pack).to_string(), c.offset, c.stored, c.codec, c.hash)
+    }
+
     /// Every damaged chunk, in chunk order (inspect and check report them all).
     pub fn damage(&self, m: &Manifest, threads: usize) -> Vec<Damage> {
-        let mut all = self.scan(m, threads, true);
+        let mut all = self.scan(m, (0..m.chunks.len()).collect(), threads, true);
         all.sort_by_key(|d| d.chunk);
         all
     }
 
-    fn scan(&self, m: &Manifest, threads: usize, all: bool) -> Vec<Damage> {
-        let mut order: Vec<usize> = (0..m.chunks.len()).collect();
+    fn scan(&self, m: &Manifest, mut order: Vec<usize>, threads: usize, all: bool) -> Vec<Damage> {
         order.sort_by_key(|&i| (m.chunks[i].pack, m.chunks[i].offset));
         // Threads pay off only for more than a few MiB.
-        let total: u64 = m.chunks.iter().map(|c| u64::from(c.stored)).sum();
+        let total: u64 = order.iter().map(|&i| u64::from(m.chunks[i].stored)).sum();
         let threads = if total < 16 << 20 { 1 } else { threads.max(1) };
         if threads == 1 {
             return self.scan_part(m, &order, all);

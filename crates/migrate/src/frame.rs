@@ -67,8 +67,12 @@ impl ImageHead {
 
     pub fn decode(body: &[u8]) -> Result<ImageHead> {
         match body {
-            [a, b, c, d, last @ (0 | 1)] => Ok(ImageHead { round: u32::from_be_bytes([*a, *b, *c, *d]), last: *last == 1 }),
-            _ => Err(MigrateError::Protocol(format!("an Image frame body of {} bytes that does not decode", body.len()))),
+            [a, b, c, d, last @ (0 | 1)] => {
+                Ok(ImageHead { round: u32::from_be_bytes([*a, *b, *c, *d]), last: *last == 1 })
+            }
+            _ => {
+                Err(MigrateError::Protocol(format!("an Image frame body of {} bytes that does not decode", body.len())))
+            }
         }
     }
 

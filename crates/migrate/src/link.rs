@@ -39,13 +39,17 @@ const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// A Noise message's largest size, and its authentication tag.
 const MAX_MESSAGE: usize = 65535;
 const TAG: usize = 16;
+/// Bytes read from the stream at a time.
+const READ_BUF: usize = 256 << 10;
 /// Plain bytes per message at most.
 pub const MAX_PLAIN: usize = MAX_MESSAGE - TAG;
 
 /// An open link over `S`. Writes are buffered into messages of up to
 /// [`MAX_PLAIN`] bytes: `flush` sends what is buffered.
 pub struct Link<S: Read + Write> {
-    io: S,
+    /// Read in large pieces (a message's length and body would otherwise
+    /// cost a call each).
+    io: std::io::BufReader<S>,
     noise: snow::TransportState,
     /// Decrypted bytes not yet read, from `rpos`.
     rbuf: Vec<u8>,
@@ -112,8 +116,10 @@ impl<S: Read + Write> Link<S> {
             send_message(&mut io, &msg[..n], &peer)?;
         }
         let noise = hs.into_transport_mode().map_err(crypto)?;
+        // (Room for a message's length before it.)
+        msg.resize(MAX_MESSAGE + 2, 0);
         Ok(Link {
-            io,
+            io: std::io::BufReader::with_capacity(READ_BUF, io),
             noise,
             rbuf: Vec::with_capacity(MAX_MESSAGE),
             rpos: 0,
@@ -130,7 +136,7 @@ impl<S: Read + Write> Link<S> {
 
     /// The stream underneath (e.g. to set a timeout on it).
     pub fn get_ref(&self) -> &S {
-        &self.io
+        self.io.get_ref()
     }
 
     /// Encrypt and send what is buffered as one message.
@@ -140,12 +146,12 @@ impl<S: Read + Write> Link<S> {
         }
         let n = self
             .noise
-            .write_message(&self.wbuf, &mut self.msg)
+            .write_message(&self.wbuf, &mut self.msg[2..])
             .map_err(|e| std::io::Error::other(format!("encrypting a message: {e}")))?;
         self.wbuf.clear();
-        let len = (n as u16).to_be_bytes();
-        self.io.write_all(&len)?;
-        self.io.write_all(&self.msg[..n])
+        // Length and message in one write (one segment with TCP_NODELAY).
+        self.msg[..2].copy_from_slice(&(n as u16).to_be_bytes());
+        self.io.get_mut().write_all(&self.msg[..n + 2])
     }
 }
 
@@ -162,7 +168,7 @@ impl<S: Read + Write> Write for Link<S> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.send_buffered()?;
-        self.io.flush()
+        self.io.get_mut().flush()
     }
 }
 

@@ -5,13 +5,14 @@
 //! Any failure removes what was made here.
 
 use crate::frame::{give_up, read_frame, send_frame, DataReader, ImageHead, Kind};
-use crate::send::MAX_ROUNDS;
-use cryopod_image::stream::Carry;
 use crate::link::Link;
 use crate::offer::{Mode, Offer};
+use crate::send::MAX_ROUNDS;
 use crate::{fault, MigrateError, Result};
 use cryopod_engine::outdir::TempImage;
 use cryopod_engine::{CheckedImage, Progress};
+use cryopod_image::store::KnownChunks;
+use cryopod_image::stream::Carry;
 use cryopod_image::ImageKey;
 use cryopod_pod::snapshot::PodRestoreOptions;
 use cryopod_pod::{PodError, StateDir};
@@ -61,7 +62,8 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     let tmp = TempImage::new_in(std::path::Path::new("/dev/shm"))?;
     let made = (|| -> Result<_> {
         fault("serve-after-accept")?;
-        let last = receive_images(&mut link, &tmp, offer.mode)?;
+        let mut known = KnownChunks::new();
+        let last = receive_images(&mut link, &tmp, offer.mode, (&mut known, o.threads))?;
         let img = CheckedImage::open(&last, None)?;
         if img.manifest().pod.as_ref().map(|p| p.name.as_str()) != Some(offer.pod.as_str()) {
             return Err(MigrateError::Protocol(format!("the image is not of the pod offered ({})", offer.pod)));
@@ -74,6 +76,10 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             threads: o.threads,
             hold: true,
             bridge: o.bridge.clone(),
+            // Live: the pod runs again before its memory is all in; the
+            // pages follow from the images here.
+            lazy: offer.mode == Mode::Live,
+            known: Some(&known),
         };
         let held = cryopod_pod::snapshot::restore_held(state, &ro, progress)?;
         if let Err(e) = fault("serve-after-restore") {
@@ -111,9 +117,26 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     }
     let name = held.record().name.clone();
     match held.commit(state) {
-        Ok(rec) => {
+        Ok((rec, fill)) => {
             let line = format!("pod {} arrived from {peer} and runs here (host pid {})", rec.name, rec.init_pid);
-            send_frame(&mut link, Kind::Done, line.as_bytes())?;
+            let sent = send_frame(&mut link, Kind::Done, line.as_bytes());
+            // Again, for a switch that missed the first.
+            cryopod_pod::held::announce(&rec, 2);
+            // The pod runs; its memory comes in behind it (the source's
+            // copy is gone, whatever happened to the link).
+            let line = match fill.map(|f| f.finish()).transpose() {
+                Ok(None) => line,
+                Ok(Some(s)) => format!(
+                    "{line}; its memory filled in {:.0} ms ({} ahead, {} on {} faults, the longest {:.2} ms)",
+                    s.elapsed.as_secs_f64() * 1e3,
+                    s.pushed,
+                    s.faulted,
+                    s.faults,
+                    s.worst_fault.as_secs_f64() * 1e3
+                ),
+                Err(e) => return Err(e.into()),
+            };
+            sent?;
             Ok(line)
         }
         Err(e) => {
@@ -126,8 +149,16 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
 }
 
 /// Take the images of a move into `tmp` up to the last one (a live move's
-/// rounds first, each a child of the one before); returns its path.
-fn receive_images(link: &mut Link<TcpStream>, tmp: &TempImage, mode: Mode) -> Result<std::path::PathBuf> {
+/// rounds first, each a child of the one before); returns its path. Each
+/// round's chunks are checked as it arrives (`known`: while the pod still
+/// runs at the source), so that the last image's restore checks only its
+/// own.
+fn receive_images(
+    link: &mut Link<TcpStream>,
+    tmp: &TempImage,
+    mode: Mode,
+    (known, threads): (&mut KnownChunks, usize),
+) -> Result<std::path::PathBuf> {
     for round in 0..=MAX_ROUNDS {
         let f = read_frame(link, "while waiting for an image")?;
         let head = match f.kind {
@@ -147,6 +178,11 @@ fn receive_images(link: &mut Link<TcpStream>, tmp: &TempImage, mode: Mode) -> Re
         if head.last {
             return Ok(dir);
         }
+        let img = CheckedImage::open(&dir, None)?;
+        let m = img.manifest();
+        let packs = img.dir().packs(m)?;
+        packs.verify_unknown(m, threads, known)?;
+        known.extend(m.chunks.iter().map(|c| packs.key(c)));
     }
     Err(MigrateError::Protocol(format!("more than {MAX_ROUNDS} pre-copy rounds")))
 }

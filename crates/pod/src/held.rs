@@ -93,15 +93,47 @@ fn end_frozen(state: &StateDir, rec: &PodRecord, guard: &Guard) -> Result<()> {
     lifecycle::cleanup(state, rec)
 }
 
+/// Tell the pod's segment where its address is now: `times` gratuitous
+/// ARP frames from its eth0, 50 ms apart (a failure is only logged: the
+/// segment then learns it from the pod's next frame).
+pub fn announce(rec: &PodRecord, times: u32) {
+    if let Some(ip) = rec.spec.ip {
+        // (In a thread: a lazy restore's filler runs beside, so no fork.)
+        let send = move || Ok(cryopod_sys::arp::announce("eth0", ip.addr.octets(), times)?);
+        if let Err(e) = crate::join::in_net_of(rec.init_pid, send) {
+            tracing::warn!(pod = %rec.name, "announcing the pod's address: {e}");
+        }
+    }
+}
+
 /// A restored pod kept frozen and unattached at the destination.
 pub struct HeldRestore {
     rec: PodRecord,
     guard: Guard,
+    /// Its private memory, still being filled (a lazy restore).
+    lazy: Option<cryopod_engine::lazy::LazyPages>,
+}
+
+/// A pod let go while its memory is still being filled: until
+/// [`LazyFill::finish`], should we die, the guardian kills it (the kernel
+/// would fill what is missing with zeros).
+pub struct LazyFill {
+    lazy: cryopod_engine::lazy::LazyPages,
+    guard: Guard,
+}
+
+impl LazyFill {
+    /// Wait for the last page. On failure the filler has killed the pod.
+    pub fn finish(self) -> Result<cryopod_engine::lazy::LazyStats> {
+        let stats = self.lazy.finish().map_err(crate::snapshot::engine_err)?;
+        self.guard.disarm();
+        Ok(stats)
+    }
 }
 
 impl HeldRestore {
-    pub(crate) fn new(rec: PodRecord, guard: Guard) -> HeldRestore {
-        HeldRestore { rec, guard }
+    pub(crate) fn new(rec: PodRecord, guard: Guard, lazy: Option<cryopod_engine::lazy::LazyPages>) -> HeldRestore {
+        HeldRestore { rec, guard, lazy }
     }
 
     pub fn record(&self) -> &PodRecord {
@@ -109,23 +141,24 @@ impl HeldRestore {
     }
 
     /// Hand the pod over: its veth joins the bridge (the world reaches it
-    /// again), it is thawed, and it is the host's like any other.
-    pub fn commit(self, state: &StateDir) -> Result<PodRecord> {
+    /// again), it is thawed, and it is the host's like any other; with its
+    /// memory still being filled, if it was restored lazily.
+    pub fn commit(self, state: &StateDir) -> Result<(PodRecord, Option<LazyFill>)> {
         if let Some(v) = &self.rec.veth {
             net::attach(v, self.rec.spec.bridge.as_deref())?;
         }
         Cgroup::of(state, &self.rec.name).thaw()?;
-        // Its segment learns at once where its hardware address is now.
-        if let Some(ip) = self.rec.spec.ip {
-            let announce = || Ok(cryopod_sys::arp::announce("eth0", ip.addr.octets(), 3)?);
-            let what = "announcing the pod's address";
-            if let Err(e) = crate::join::read_inside(self.rec.init_pid, libc::CLONE_NEWNET, what, announce) {
-                tracing::warn!(pod = %self.rec.name, "{e}");
+        // Its segment learns at once where its hardware address is now
+        // (the caller repeats it once it has told the source).
+        announce(&self.rec, 1);
+        let _ = std::fs::remove_file(state.dir(&self.rec.name).join(CREATOR));
+        match self.lazy {
+            Some(lazy) => Ok((self.rec, Some(LazyFill { lazy, guard: self.guard }))),
+            None => {
+                self.guard.disarm();
+                Ok((self.rec, None))
             }
         }
-        self.guard.disarm();
-        let _ = std::fs::remove_file(state.dir(&self.rec.name).join(CREATOR));
-        Ok(self.rec)
     }
 
     /// Remove the pod: every process killed, everything of it removed.

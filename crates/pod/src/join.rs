@@ -1,6 +1,8 @@
 //! Reading what only a process inside a pod's namespaces sees (its host
 //! name, network, IPC objects): a forked helper joins them, runs the
 //! reader, and sends the result back as JSON; we never join them ourselves.
+//! A pod's network alone can also be joined by a thread of ours made for
+//! it ([`in_net_of`]): no fork, so it works beside other threads.
 
 use crate::{PodError, Result};
 use cryopod_sys::clone::{fork_with_pid, Forked};
@@ -9,6 +11,19 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::Read;
 use std::os::fd::AsFd;
+
+/// Run `f` in a thread of ours that joined the network namespace of
+/// `init` (a thread's own: the rest of the process stays where it is, and
+/// the thread ends with `f`).
+pub fn in_net_of<T: Send + 'static>(init: i32, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let pfd = pidfd::pidfd_open(init)?;
+    std::thread::spawn(move || {
+        ns::enter(pfd.as_fd(), init, libc::CLONE_NEWNET)?;
+        f()
+    })
+    .join()
+    .map_err(|_| PodError::Invalid("a thread in the pod's network failed".into()))?
+}
 
 /// Run `read` in a child that joined the `flags` namespaces of `init`;
 /// `what` names the result in errors.

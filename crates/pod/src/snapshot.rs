@@ -19,6 +19,7 @@ use crate::state::{IpConfig, PodRecord, PodSpec, StateDir};
 use crate::{net, PodError, Result};
 use cryopod_engine::checkpoint::PodCheckpoint;
 use cryopod_engine::guard::{Guard, Outcome};
+use cryopod_engine::lazy::{LazyPages, Source};
 use cryopod_engine::outdir::OutDir;
 use cryopod_engine::restore::PodRestore;
 use cryopod_engine::{
@@ -39,7 +40,7 @@ const ARCHIVE: &str = "tmpfs.tar";
 const LOG_COPY: &str = cryopod_image::stream::POD_LOG;
 
 /// An engine error; the pod says itself whether it was left running.
-fn engine_err(e: EngineError) -> PodError {
+pub(crate) fn engine_err(e: EngineError) -> PodError {
     match e {
         EngineError::LeftRunning(inner) => PodError::Engine(*inner),
         e => PodError::Engine(e),
@@ -450,6 +451,11 @@ pub struct PodRestoreOptions<'a> {
     /// The host's bridge for the pod's veth (`--bridge`; see
     /// `PodSpec::bridge`).
     pub bridge: Option<String>,
+    /// With `hold`: fill the pod's private memory after it runs again (see
+    /// `cryopod_engine::lazy` and `crate::held::LazyFill`).
+    pub lazy: bool,
+    /// Chunks checked already, as they arrived (a live migration's rounds).
+    pub known: Option<&'a cryopod_image::store::KnownChunks>,
 }
 
 /// Restore the pod in `o.image` as a new pod; returns its record. (A
@@ -457,7 +463,10 @@ pub struct PodRestoreOptions<'a> {
 /// pod's record asks for mounts, a root file system, IPC objects and
 /// addresses that only root may set up.)
 pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> Result<(PodRecord, RestoreOutcome)> {
-    let (rec, outcome, guard) = restore_guarded(state, o, progress)?;
+    if o.lazy {
+        return Err(PodError::Invalid("a lazy restore is asked with hold".into()));
+    }
+    let (rec, outcome, guard, _) = restore_guarded(state, o, progress)?;
     // The pod is recorded: handed over. Only then does the note that we
     // were making it go (a restore cut short between the two leaves a pod
     // the guardian killed, which the next command removes).
@@ -477,8 +486,8 @@ pub fn restore_held(
     if !o.hold {
         return Err(PodError::Invalid("a held restore is asked with hold".into()));
     }
-    let (rec, outcome, guard) = restore_guarded(state, o, progress)?;
-    Ok((crate::held::HeldRestore::new(rec, guard), outcome))
+    let (rec, outcome, guard, lazy) = restore_guarded(state, o, progress)?;
+    Ok((crate::held::HeldRestore::new(rec, guard, lazy), outcome))
 }
 
 /// A restore, with the guardian that kills the pod's processes should we
@@ -487,7 +496,7 @@ fn restore_guarded(
     state: &StateDir,
     o: &PodRestoreOptions,
     progress: Progress,
-) -> Result<(PodRecord, RestoreOutcome, Guard)> {
+) -> Result<(PodRecord, RestoreOutcome, Guard, Option<LazyPages>)> {
     let m = o.image.manifest();
     let pod = m.pod.clone().ok_or_else(|| PodError::Invalid("the image holds a process tree, not a pod".into()))?;
     // Before the pod's namespaces are made: a CPU without what the image's
@@ -522,23 +531,31 @@ fn restore_guarded(
         bridge: o.bridge.clone(),
     };
     // Every chunk checked (sealed: authenticated) before anything is made.
-    let packs = cryopod_engine::restore::verified_packs(o.image, o.threads, progress).map_err(engine_err)?;
+    let none = Default::default();
+    let known = o.known.unwrap_or(&none);
+    let packs = cryopod_engine::restore::verified_packs_but(o.image, o.threads, known, progress).map_err(engine_err)?;
+    let packs = std::sync::Arc::new(packs);
+    // Its thread starts with the first process filled, after every fork.
+    let mut lazy = o.lazy.then(|| LazyPages::new(Source { chunks: m.chunks.clone(), reader: packs.clone() }));
     // Should we die before the pod is recorded, every process made for it
     // dies (the next cryopod command removes what else is left of it).
     let guard = Guard::start(Outcome::Kill).map_err(engine_err)?;
     crate::create::reserve(state, &name, &spec)?;
-    let res = restore_reserved(state, o, (&name, &pod, spec), (&guard, &packs), progress);
+    let res = restore_reserved(state, o, (&name, &pod, spec), (&guard, &packs, lazy.as_ref()), progress);
     if res.is_err() {
         state.release(&name);
     }
-    res.map(|(rec, outcome)| (rec, outcome, guard))
+    if let Some(l) = lazy.as_mut() {
+        l.sealed();
+    }
+    res.map(|(rec, outcome)| (rec, outcome, guard, lazy))
 }
 
 fn restore_reserved(
     state: &StateDir,
     o: &PodRestoreOptions,
     (name, pod, spec): (&str, &PodImage, PodSpec),
-    (guard, packs): (&Guard, &cryopod_image::store::PackReader),
+    (guard, packs, lazy): (&Guard, &cryopod_image::store::PackReader, Option<&LazyPages>),
     progress: Progress,
 ) -> Result<(PodRecord, RestoreOutcome)> {
     let img = o.image.dir();
@@ -605,6 +622,7 @@ fn restore_reserved(
         tcp_closed_at,
         packs,
         before_resume: o.hold.then_some(&freeze_before_resume as _),
+        lazy,
     };
     let opts =
         RestoreOptions { image: o.image, threads: o.threads, pod: Some(pod_restore), guard: Some(guard.clone()) };

@@ -28,6 +28,7 @@ pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
 /// with no message: what the pages scan then reports as written.
 pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
 
+const REGISTER_MODE_MISSING: u64 = 1 << 0;
 const REGISTER_MODE_WP: u64 = 1 << 1;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 
@@ -48,6 +49,8 @@ const fn iowr(nr: u64, size: u64) -> u64 {
 const UFFDIO_API: u64 = iowr(0x3F, 24);
 const UFFDIO_REGISTER: u64 = iowr(0x00, 32);
 const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, 24);
+const UFFDIO_COPY: u64 = iowr(0x03, 40);
+const UFFDIO_ZEROPAGE: u64 = iowr(0x04, 32);
 /// `_IOR(0xAA, 0x02, struct uffdio_range)`.
 const UFFDIO_WAKE: u64 = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x02;
 
@@ -71,6 +74,38 @@ struct WriteProtectArg {
     start: u64,
     len: u64,
     mode: u64,
+}
+
+#[repr(C)]
+struct CopyArg {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    /// Bytes copied, or a negative errno.
+    copy: i64,
+}
+
+#[repr(C)]
+struct ZeroPageArg {
+    start: u64,
+    len: u64,
+    mode: u64,
+    zeropage: i64,
+}
+
+/// How far a fill ([`Uffd::copy`], [`Uffd::zeropage`]) went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// All of it.
+    All,
+    /// This many bytes, then a page that was there already (EEXIST).
+    UpToPresent(u64),
+    /// An event waits to be read first (EAGAIN): try again after it.
+    Retry(u64),
+    /// The range is no longer mapped, or the address space is gone
+    /// (ENOENT, ESRCH): nothing to fill there.
+    Gone,
 }
 
 /// `struct uffd_msg`: 32 bytes.
@@ -150,6 +185,46 @@ impl Uffd {
         let mut a = ApiArg { api: UFFD_API, features, ioctls: 0 };
         ioctl(self.0.as_fd(), UFFDIO_API, &mut a, "UFFDIO_API")?;
         Ok(a.features)
+    }
+
+    /// Register `[start, start+len)` (whole areas) for missing-page faults:
+    /// a page not there yet waits, on access, until it is filled.
+    pub fn register_missing(&self, start: u64, len: u64) -> SysResult<()> {
+        let mut a = RegisterArg { start, len, mode: REGISTER_MODE_MISSING, ioctls: 0 };
+        ioctl(self.0.as_fd(), UFFDIO_REGISTER, &mut a, "UFFDIO_REGISTER")
+    }
+
+    /// Fill the missing pages at `dst` with `src` (whole pages) and wake
+    /// the tasks waiting on them.
+    pub fn copy(&self, dst: u64, src: &[u8]) -> SysResult<Filled> {
+        let mut a = CopyArg { dst, src: src.as_ptr() as u64, len: src.len() as u64, mode: 0, copy: 0 };
+        // SAFETY: `a` is the repr(C) uffdio_copy; the kernel reads `len`
+        // bytes from `src`, a live slice of that length.
+        let r = unsafe { libc::ioctl(self.0.as_raw_fd(), UFFDIO_COPY as libc::c_ulong, &mut a as *mut CopyArg) };
+        Self::filled(r, a.copy, "UFFDIO_COPY")
+    }
+
+    /// Map the zero page at the missing pages of `[start, start+len)`.
+    pub fn zeropage(&self, start: u64, len: u64) -> SysResult<Filled> {
+        let mut a = ZeroPageArg { start, len, mode: 0, zeropage: 0 };
+        let r =
+            // SAFETY: `a` is the repr(C) uffdio_zeropage the request names.
+            unsafe { libc::ioctl(self.0.as_raw_fd(), UFFDIO_ZEROPAGE as libc::c_ulong, &mut a as *mut ZeroPageArg) };
+        Self::filled(r, a.zeropage, "UFFDIO_ZEROPAGE")
+    }
+
+    fn filled(r: i32, done: i64, what: &'static str) -> SysResult<Filled> {
+        if r == 0 {
+            return Ok(Filled::All);
+        }
+        let e = Errno::last();
+        let done = u64::try_from(done).unwrap_or(0);
+        match e.0 {
+            libc::EEXIST => Ok(Filled::UpToPresent(done)),
+            libc::EAGAIN => Ok(Filled::Retry(done)),
+            libc::ENOENT | libc::ESRCH => Ok(Filled::Gone),
+            _ => Err(SysError::new(what, 0, e)),
+        }
     }
 
     /// Register `[start, start+len)` (whole areas) for write-protect faults.
