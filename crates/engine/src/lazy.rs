@@ -36,6 +36,16 @@ use std::time::{Duration, Instant};
 pub const FEATURES: u64 =
     uffd::FEATURE_EVENT_FORK | uffd::FEATURE_EVENT_REMAP | uffd::FEATURE_EVENT_REMOVE | uffd::FEATURE_EVENT_UNMAP;
 
+/// Can this kernel do it (a userfaultfd with every event asked)? Tried on
+/// a uffd of our own.
+pub fn probe() -> Result<()> {
+    let got = Uffd::own()?.api(FEATURES)?;
+    match got & FEATURES == FEATURES {
+        true => Ok(()),
+        false => Err(EngineError::Other(format!("userfaultfd lacks events: features {got:#x}"))),
+    }
+}
+
 /// Runs pushed between two looks at the uffds (a fault waits at most for
 /// these: 4 runs of up to 64 KiB).
 const PUSH_BATCH: usize = 4;

@@ -35,6 +35,9 @@ pub struct Offer {
     /// Its root file system's path, if it has one (the same path must
     /// hold the same files at the destination).
     pub rootfs: Option<String>,
+    /// The source's CPU (what the pod may be using of it) and kernel.
+    pub cpu: cryopod_image::cpu::CpuImage,
+    pub kernel: String,
 }
 
 fn options() -> impl Options {

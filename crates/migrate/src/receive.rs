@@ -213,5 +213,12 @@ fn preflight(state: &StateDir, offer: &Offer) -> std::result::Result<(), String>
             return Err(format!("the pod's root file system {root} is not here"));
         }
     }
+    // What the pod's code may use of the source's CPU must be here too.
+    cryopod_engine::cpu::check_image(&offer.cpu).map_err(|e| format!("this host's CPU cannot run it: {e}"))?;
+    // Live: its memory is filled after it runs, through userfaultfd.
+    if offer.mode == Mode::Live {
+        cryopod_engine::lazy::probe()
+            .map_err(|e| format!("this kernel cannot fill memory behind a running pod (live mode): {e}"))?;
+    }
     Ok(())
 }

@@ -91,6 +91,8 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         mode: o.mode,
         ip: rec.spec.ip.map(|i| format!("{}/{}", i.addr, i.prefix)),
         rootfs: rec.spec.rootfs.as_ref().map(|p| p.display().to_string()),
+        cpu: cryopod_engine::cpu::record(),
+        kernel: cryopod_sys::ns::kernel_release(),
     };
     send_frame(&mut link, Kind::Offer, &offer.encode()?)?;
     let answer = read_frame(&mut link, "while waiting for an answer to the offer")?;

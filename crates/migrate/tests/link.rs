@@ -206,3 +206,41 @@ fn a_stream_cut_short_or_aborted_is_never_taken_as_whole() {
     let e = DataReader::new(&mut &wire[..]).read_to_end(&mut Vec::new()).unwrap_err();
     assert!(e.to_string().contains("the peer gave up: the source pod ended"), "{e}");
 }
+
+/// Preflight: an offer of a pod that used CPU features this host lacks is
+/// refused, in one sentence, before any state moves (nothing is made in
+/// the destination's state directory).
+#[test]
+fn an_offer_needing_cpu_features_this_host_lacks_is_refused_first() {
+    use cryopod_migrate::offer::{Mode, Offer};
+    let dir = std::env::temp_dir().join(format!("cryopod-preflight-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = cryopod_pod::StateDir::new(&dir);
+    let (a, b) = pair();
+    let server = std::thread::spawn(move || {
+        let o = cryopod_migrate::receive::ServeOptions {
+            key: &key(9),
+            threads: 1,
+            timeout: Duration::from_secs(10),
+            bridge: None,
+        };
+        cryopod_migrate::receive::receive(b, "source", &state, &o, &|_, _, _| {})
+    });
+    let mut cpu = cryopod_engine::cpu::record();
+    // Every instruction set there is: none has them all.
+    cpu.features.leaf7_ebx = u32::MAX;
+    cpu.features.leaf7_ecx = u32::MAX;
+    cpu.features.leaf7_edx = u32::MAX;
+    let offer = Offer { pod: "web".into(), mode: Mode::Live, ip: None, rootfs: None, cpu, kernel: "6.18.0".into() };
+    let mut l = Link::connect(a, &key(9), "server").unwrap();
+    write_frame(&mut l, Kind::Offer, &offer.encode().unwrap()).unwrap();
+    l.flush().unwrap();
+    let f = read_frame(&mut l, "waiting for the answer").unwrap();
+    assert_eq!(f.kind, Kind::Refuse, "{}", f.text());
+    assert!(f.text().contains("CPU"), "{}", f.text());
+    let e = server.join().unwrap().unwrap_err();
+    assert!(matches!(e, MigrateError::Refused(..)), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "the destination made {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

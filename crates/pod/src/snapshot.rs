@@ -162,9 +162,17 @@ fn checkpoint_once(
         false => None,
     };
     // The network is locked from before the freeze until the pod runs again
-    // (or, checkpointed, until it is gone).
+    // (or, checkpointed, until it is gone). Not for a pre-copy round: its
+    // image is never restored, so its connections need not hold still,
+    // and the pod's peers lose nothing (their segments wait in the
+    // sockets' queues while it is frozen, rather than be dropped and sent
+    // again only after a retransmission timeout).
     let since = std::time::Instant::now();
-    let res = lock_network(&rec, &guard).and_then(|_| cg.freeze(Duration::from_secs(10))).and_then(|_| {
+    let locked = match o.precopy {
+        true => Ok(()),
+        false => lock_network(&rec, &guard),
+    };
+    let res = locked.and_then(|_| cg.freeze(Duration::from_secs(10))).and_then(|_| {
         checkpoint_frozen(
             state,
             &rec,

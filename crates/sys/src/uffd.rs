@@ -170,6 +170,18 @@ fn ioctl<T>(fd: BorrowedFd, req: u64, arg: &mut T, what: &'static str) -> SysRes
 }
 
 impl Uffd {
+    /// A uffd of our own address space (to probe what the kernel offers).
+    pub fn own() -> SysResult<Uffd> {
+        let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+        // SAFETY: userfaultfd(2) takes flags and returns a new descriptor.
+        let fd = unsafe { libc::syscall(NR_USERFAULTFD, flags) };
+        if fd < 0 {
+            return Err(SysError::last("userfaultfd", 0));
+        }
+        // SAFETY: a descriptor the kernel just gave us, owned from here.
+        Ok(Uffd(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }))
+    }
+
     /// Take a uffd (as returned by `pidfd_getfd`).
     pub fn from_fd(fd: OwnedFd) -> Uffd {
         Uffd(fd)
