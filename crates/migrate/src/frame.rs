@@ -44,6 +44,40 @@ pub enum Kind {
     /// An image stream follows (Data frames up to End); the body says
     /// which (see [`ImageHead`]).
     Image = 10,
+    /// Ethernet frames that reached the pod at the source while it was
+    /// held, to be delivered to it at the destination (body: each frame
+    /// as a u16 length and its bytes).
+    Frames = 11,
+}
+
+/// Pack `frames` into `Frames` bodies of at most `MAX_CONTROL` bytes.
+pub fn pack_frames(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for f in frames.iter().filter(|f| f.len() + 2 <= MAX_CONTROL as usize) {
+        if out.last().is_none_or(|b| b.len() + 2 + f.len() > MAX_CONTROL as usize) {
+            out.push(Vec::new());
+        }
+        if let Some(b) = out.last_mut() {
+            b.extend_from_slice(&(f.len() as u16).to_be_bytes());
+            b.extend_from_slice(f);
+        }
+    }
+    out
+}
+
+/// The frames of a `Frames` body, appended to `out`.
+pub fn unpack_frames(body: &[u8], out: &mut Vec<Vec<u8>>) -> Result<()> {
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (len, tail) = match rest {
+            [a, b, tail @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), tail),
+            _ => return Err(MigrateError::Protocol("a Frames body cut inside a length".into())),
+        };
+        let f = tail.get(..len).ok_or_else(|| MigrateError::Protocol("a Frames body cut inside a frame".into()))?;
+        out.push(f.to_vec());
+        rest = &tail[len..];
+    }
+    Ok(())
 }
 
 /// The body of an `Image` frame: the round it is (0, 1, ...: each round's
@@ -95,6 +129,7 @@ impl Kind {
             8 => Kind::Ready,
             9 => Kind::Commit,
             10 => Kind::Image,
+            11 => Kind::Frames,
             _ => return None,
         })
     }

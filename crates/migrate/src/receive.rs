@@ -98,8 +98,15 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
         }
     };
     let ready = format!("restored {} processes, held", outcome.processes);
-    let go = send_frame(&mut link, Kind::Ready, ready.as_bytes())
-        .and_then(|_| read_frame(&mut link, "while waiting for the source to let its copy go"));
+    let mut caught = Vec::new();
+    let go = send_frame(&mut link, Kind::Ready, ready.as_bytes()).and_then(|_| loop {
+        let f = read_frame(&mut link, "while waiting for the source to let its copy go")?;
+        match f.kind {
+            Kind::Frames if caught.len() < MAX_FRAMES => crate::frame::unpack_frames(&f.body, &mut caught)?,
+            Kind::Frames => {}
+            _ => break Ok(f),
+        }
+    });
     let go = go.and_then(|f| fault("serve-after-commit").map(|_| f));
     match go {
         Ok(f) if f.kind == Kind::Commit => {}
@@ -118,7 +125,19 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     let name = held.record().name.clone();
     match held.commit(state) {
         Ok((rec, fill)) => {
-            let line = format!("pod {} arrived from {peer} and runs here (host pid {})", rec.name, rec.init_pid);
+            // What reached it at the source while it moved.
+            if let (Some(v), false) = (&rec.veth, caught.is_empty()) {
+                if let Err(e) = cryopod_sys::packet::send_frames(v, &caught) {
+                    tracing::info!(pod = %rec.name, "the frames that reached the pod while it moved are lost: {e}");
+                }
+            }
+            let line = format!(
+                "pod {} arrived from {peer} and runs here (host pid {}; {} frames delivered that reached it while it \
+                 moved)",
+                rec.name,
+                rec.init_pid,
+                caught.len()
+            );
             let sent = send_frame(&mut link, Kind::Done, line.as_bytes());
             // Again, for a switch that missed the first.
             cryopod_pod::held::announce(&rec, 2);
@@ -147,6 +166,10 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
         }
     }
 }
+
+/// Frames delivered to a pod that reached it at the source while it
+/// moved, at most (each at most 64 KiB).
+const MAX_FRAMES: usize = 4096;
 
 /// Take the images of a move into `tmp` up to the last one (a live move's
 /// rounds first, each a child of the one before); returns its path. Each

@@ -23,6 +23,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Bytes of frames caught for the pod while it moves, at most.
+const MAX_CAUGHT: usize = 4 << 20;
+
 /// Pre-copy rounds at most, the last (frozen) one not counted.
 pub const MAX_ROUNDS: u32 = 8;
 
@@ -150,6 +153,20 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         hold: true,
         precopy: false,
     };
+    // What reaches the pod here from now until the destination has it is
+    // caught, to be delivered there (its peers then need not wait for
+    // their retransmission timeouts).
+    let catcher = cryopod_pod::held::hw_addr(&rec)
+        .map_err(|e| e.to_string())
+        .and_then(|mac| cryopod_sys::packet::Catcher::new(mac).map_err(|e| e.to_string()))
+        .map_err(|e| tracing::info!("frames that reach the pod while it moves are lost: {e}"))
+        .ok();
+    // (Those caught until now reached it: only what comes from about its
+    // lock on is kept. The few that may still come in between reach it
+    // twice, which TCP ignores and UDP allows.)
+    if let Some(c) = &catcher {
+        let _ = c.take(&mut Vec::new(), 0);
+    }
     let (summary, held) = match cryopod_pod::snapshot::checkpoint_held(state, &copts, progress) {
         Ok(h) => h,
         Err(e) => {
@@ -183,9 +200,18 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         }
     };
     // The pod's address here answers nothing (locked): let the
-    // destination's copy run.
-    let done =
-        send_frame(&mut link, Kind::Commit, &[]).and_then(|_| read_frame(&mut link, "after the pod was handed over"));
+    // destination's copy run, with what reached it here meanwhile.
+    let mut caught = Vec::new();
+    if let Some(c) = &catcher {
+        if let Err(e) = c.take(&mut caught, MAX_CAUGHT) {
+            tracing::info!("frames that reached the pod while it moved are lost: {e}");
+        }
+    }
+    let done = crate::frame::pack_frames(&caught)
+        .iter()
+        .try_for_each(|b| crate::frame::write_frame(&mut link, Kind::Frames, b))
+        .and_then(|_| send_frame(&mut link, Kind::Commit, &[]))
+        .and_then(|_| read_frame(&mut link, "after the pod was handed over"));
     match done {
         Ok(f) if f.kind == Kind::Done => {
             let stopped = t_stop.elapsed();

@@ -106,6 +106,14 @@ pub fn announce(rec: &PodRecord, times: u32) {
     }
 }
 
+/// The hardware address of the pod's eth0.
+pub fn hw_addr(rec: &PodRecord) -> Result<[u8; 6]> {
+    crate::join::in_net_of(rec.init_pid, || {
+        let sock = cryopod_sys::packet::socket(0)?;
+        Ok(cryopod_sys::packet::hw_addr(&sock, "eth0")?)
+    })
+}
+
 /// A restored pod kept frozen and unattached at the destination.
 pub struct HeldRestore {
     rec: PodRecord,

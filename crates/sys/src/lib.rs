@@ -23,6 +23,7 @@ pub mod io;
 pub mod ipc;
 pub mod mem;
 pub mod ns;
+pub mod packet;
 pub mod pagemap;
 pub mod pidfd;
 pub mod pipe;
