@@ -48,6 +48,10 @@ pub enum Kind {
     /// held, to be delivered to it at the destination (body: each frame
     /// as a u16 length and its bytes).
     Frames = 11,
+    /// Ethernet frames the pod sent at the source while it was held (a
+    /// locked port dropped them), to be sent on at the destination, on its
+    /// bridge (the same body).
+    FramesOut = 12,
 }
 
 /// Pack `frames` into `Frames` bodies of at most `MAX_CONTROL` bytes.
@@ -130,6 +134,7 @@ impl Kind {
             9 => Kind::Commit,
             10 => Kind::Image,
             11 => Kind::Frames,
+            12 => Kind::FramesOut,
             _ => return None,
         })
     }

@@ -98,12 +98,15 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
         }
     };
     let ready = format!("restored {} processes, held", outcome.processes);
-    let mut caught = Vec::new();
+    let mut caught = cryopod_sys::packet::Caught::default();
     let go = send_frame(&mut link, Kind::Ready, ready.as_bytes()).and_then(|_| loop {
         let f = read_frame(&mut link, "while waiting for the source to let its copy go")?;
         match f.kind {
-            Kind::Frames if caught.len() < MAX_FRAMES => crate::frame::unpack_frames(&f.body, &mut caught)?,
-            Kind::Frames => {}
+            Kind::Frames if caught.to.len() < MAX_FRAMES => crate::frame::unpack_frames(&f.body, &mut caught.to)?,
+            Kind::FramesOut if caught.from.len() < MAX_FRAMES => {
+                crate::frame::unpack_frames(&f.body, &mut caught.from)?
+            }
+            Kind::Frames | Kind::FramesOut => {}
             _ => break Ok(f),
         }
     });
@@ -125,18 +128,24 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     let name = held.record().name.clone();
     match held.commit(state) {
         Ok((rec, fill)) => {
-            // What reached it at the source while it moved.
-            if let (Some(v), false) = (&rec.veth, caught.is_empty()) {
-                if let Err(e) = cryopod_sys::packet::send_frames(v, &caught) {
-                    tracing::info!(pod = %rec.name, "the frames that reached the pod while it moved are lost: {e}");
-                }
+            // What reached it at the source while it moved, and what it
+            // sent there that a locked port dropped: on their way now.
+            let bridge = rec.spec.bridge.as_deref().unwrap_or(cryopod_pod::net::BRIDGE);
+            let sent = match &rec.veth {
+                Some(v) => cryopod_sys::packet::send_frames(v, &caught.to)
+                    .and_then(|_| cryopod_sys::packet::send_frames(bridge, &caught.from)),
+                None => Ok(()),
+            };
+            if let Err(e) = sent {
+                tracing::info!(pod = %rec.name, "the frames caught while the pod moved are lost: {e}");
             }
             let line = format!(
-                "pod {} arrived from {peer} and runs here (host pid {}; {} frames delivered that reached it while it \
-                 moved)",
+                "pod {} arrived from {peer} and runs here (host pid {}; frames caught while it moved: {} to it, {} \
+                 from it)",
                 rec.name,
                 rec.init_pid,
-                caught.len()
+                caught.to.len(),
+                caught.from.len()
             );
             let sent = send_frame(&mut link, Kind::Done, line.as_bytes());
             // Again, for a switch that missed the first.

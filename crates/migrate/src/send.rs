@@ -165,7 +165,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     // lock on is kept. The few that may still come in between reach it
     // twice, which TCP ignores and UDP allows.)
     if let Some(c) = &catcher {
-        let _ = c.take(&mut Vec::new(), 0);
+        let _ = c.take(&mut Default::default(), 0);
     }
     let (summary, held) = match cryopod_pod::snapshot::checkpoint_held(state, &copts, progress) {
         Ok(h) => h,
@@ -201,15 +201,18 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     };
     // The pod's address here answers nothing (locked): let the
     // destination's copy run, with what reached it here meanwhile.
-    let mut caught = Vec::new();
+    let mut caught = cryopod_sys::packet::Caught::default();
     if let Some(c) = &catcher {
         if let Err(e) = c.take(&mut caught, MAX_CAUGHT) {
             tracing::info!("frames that reached the pod while it moved are lost: {e}");
         }
     }
-    let done = crate::frame::pack_frames(&caught)
+    let bodies: Vec<(Kind, Vec<u8>)> = (crate::frame::pack_frames(&caught.to).into_iter().map(|b| (Kind::Frames, b)))
+        .chain(crate::frame::pack_frames(&caught.from).into_iter().map(|b| (Kind::FramesOut, b)))
+        .collect();
+    let done = bodies
         .iter()
-        .try_for_each(|b| crate::frame::write_frame(&mut link, Kind::Frames, b))
+        .try_for_each(|(k, b)| crate::frame::write_frame(&mut link, *k, b))
         .and_then(|_| send_frame(&mut link, Kind::Commit, &[]))
         .and_then(|_| read_frame(&mut link, "after the pod was handed over"));
     match done {

@@ -96,9 +96,27 @@ pub fn send_frames(name: &str, frames: &[Vec<u8>]) -> SysResult<()> {
 }
 
 /// Catches the frames arriving on any interface of the calling thread's
-/// network namespace for one hardware address, from its creation on.
+/// network namespace to or from one hardware address, from its creation
+/// on (a frame from it is seen as it comes out of its veth: before a
+/// locked bridge port drops it).
 pub struct Catcher {
     sock: OwnedFd,
+    mac: [u8; 6],
+}
+
+/// Frames caught, by direction.
+#[derive(Debug, Default)]
+pub struct Caught {
+    /// Sent to the address.
+    pub to: Vec<Vec<u8>>,
+    /// Sent from it.
+    pub from: Vec<Vec<u8>>,
+}
+
+impl Caught {
+    pub fn bytes(&self) -> usize {
+        self.to.iter().chain(&self.from).map(Vec::len).sum()
+    }
 }
 
 impl Catcher {
@@ -108,11 +126,16 @@ impl Catcher {
         let a = u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]);
         let b = u32::from(u16::from_be_bytes([mac[4], mac[5]]));
         let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter { code: code as u16, jt, jf, k };
-        // Destination address (bytes 0..6) equal to `mac`: take the frame.
+        // Destination (bytes 0..6) or source (6..12) address equal to
+        // `mac`: take the frame.
         let prog = [
             op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
-            op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 3, a),
+            op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 2, a),
             op(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 0, 0, 4),
+            op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 4, 0, b),
+            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 6),
+            op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 3, a),
+            op(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 0, 0, 10),
             op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, b),
             op(libc::BPF_RET | libc::BPF_K, 0, 0, MAX_FRAME as u32),
             op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
@@ -137,13 +160,13 @@ impl Catcher {
         if r < 0 {
             return Err(SysError::last("bind(AF_PACKET)", 0));
         }
-        Ok(Catcher { sock })
+        Ok(Catcher { sock, mac })
     }
 
-    /// The frames caught so far that arrived from elsewhere (not sent from
-    /// here), appended to `out` until it holds `max_bytes`.
-    pub fn take(&self, out: &mut Vec<Vec<u8>>, max_bytes: usize) -> SysResult<()> {
-        let mut held: usize = out.iter().map(Vec::len).sum();
+    /// The frames caught so far as they arrived on an interface (not as
+    /// one sent them on), appended to `out` until it holds `max_bytes`.
+    pub fn take(&self, out: &mut Caught, max_bytes: usize) -> SysResult<()> {
+        let mut held = out.bytes();
         let mut buf = vec![0u8; MAX_FRAME];
         loop {
             // SAFETY: sockaddr_ll is plain data, filled by the kernel.
@@ -173,9 +196,77 @@ impl Catcher {
                 continue;
             }
             held += n;
-            out.push(buf[..n].to_vec());
+            let mut f = buf[..n].to_vec();
+            // Caught between veths, a segment's checksum may be left to a
+            // device that never computes it: sent again, it would be dropped.
+            fill_checksum(&mut f);
+            match f.get(6..12) == Some(&self.mac[..]) {
+                true => out.from.push(f),
+                false => out.to.push(f),
+            }
         }
     }
+}
+
+/// Compute the TCP or UDP checksum of an IPv4 or IPv6 frame (with no IPv6
+/// extension header) in place; other frames are left as they are.
+pub fn fill_checksum(f: &mut [u8]) {
+    let Some(&[e0, e1]) = f.get(12..14) else { return };
+    let (l4, proto, pseudo) = match u16::from_be_bytes([e0, e1]) {
+        0x0800 => {
+            let Some(&vihl) = f.get(14) else { return };
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            let Some(ip) = f.get(14..14 + ihl.max(20)) else { return };
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let (proto, frag) = (ip[9], u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff);
+            if frag != 0 || total < ihl || 14 + total > f.len() {
+                return;
+            }
+            let mut sum = sum16(&ip[12..20]);
+            sum += u32::from(proto) + (total - ihl) as u32;
+            (14 + ihl..14 + total, proto, sum)
+        }
+        0x86dd => {
+            let Some(ip) = f.get(14..54) else { return };
+            let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if 54 + len > f.len() {
+                return;
+            }
+            let proto = ip[6];
+            let sum = sum16(&ip[8..40]) + u32::from(proto) + len as u32;
+            (54..54 + len, proto, sum)
+        }
+        _ => return,
+    };
+    let at = match proto {
+        6 => 16,
+        17 => 6,
+        _ => return,
+    };
+    let seg = &mut f[l4];
+    if seg.len() < at + 2 {
+        return;
+    }
+    seg[at..at + 2].fill(0);
+    let mut sum = pseudo + sum16(seg);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut c = !(sum as u16);
+    if proto == 17 && c == 0 {
+        c = 0xffff;
+    }
+    seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The ones' complement sum of `b` as 16-bit words (odd end padded).
+fn sum16(b: &[u8]) -> u32 {
+    let mut s: u32 = 0;
+    for w in b.chunks(2) {
+        s += u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)]));
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s
 }
 
 fn setsockopt<T>(sock: &OwnedFd, level: i32, name: i32, value: &T, what: &str) -> SysResult<()> {
@@ -187,4 +278,69 @@ fn setsockopt<T>(sock: &OwnedFd, level: i32, name: i32, value: &T, what: &str) -
         return Err(SysError::last(what, 0));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A UDP/IPv4 frame's checksum is filled in, whatever was there: the
+    /// ones' complement sum over the pseudo header and the segment then
+    /// comes to 0xffff.
+    #[test]
+    fn a_udp_checksum_is_filled_in() {
+        // 10.0.0.1:1000 -> 10.0.0.2:2000, payload "hi".
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&[8, 0]);
+        let ip = [0x45, 0, 0, 30, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[0x03, 0xe8, 0x07, 0xd0, 0, 10, 0xde, 0xad, b'h', b'i']);
+        fill_checksum(&mut f);
+        // The sum over pseudo header and segment, checksum included, is 0xffff.
+        let mut s = sum16(&f[26..34]) + 17 + 10 + sum16(&f[34..]);
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        assert_eq!(s, 0xffff);
+        assert_ne!(&f[40..42], &[0xde, 0xad]);
+    }
+
+    /// A frame to the address and one from it are caught, each once, in
+    /// its direction; another is not (over loopback in a namespace of
+    /// this test's own: frames sent there come back as arriving).
+    #[test]
+    fn frames_to_and_from_the_address_are_caught_and_no_other() {
+        // A network namespace of our own, for this thread only.
+        let t = std::thread::spawn(|| {
+            // SAFETY: unshare for this thread (a new network namespace).
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status();
+            if !up.is_ok_and(|s| s.success()) {
+                return None;
+            }
+            let mac = [2, 0x11, 0x22, 0x33, 0x44, 0x55];
+            let c = Catcher::new(mac).ok()?;
+            let frame = |dst: [u8; 6], src: [u8; 6]| {
+                let mut f = vec![0u8; 60];
+                f[..6].copy_from_slice(&dst);
+                f[6..12].copy_from_slice(&src);
+                f[12..14].copy_from_slice(&[0x88, 0xb5]);
+                f
+            };
+            let other = [2, 9, 9, 9, 9, 9];
+            send_frames("lo", &[frame(mac, other), frame(other, mac), frame(other, other)]).ok()?;
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut got = Caught::default();
+            c.take(&mut got, 1 << 20).ok()?;
+            Some(got)
+        });
+        let Some(got) = t.join().unwrap() else {
+            eprintln!("no network namespace of our own here: not run");
+            return;
+        };
+        assert_eq!(got.to.len(), 1, "{got:?}");
+        assert_eq!(got.from.len(), 1, "{got:?}");
+    }
 }
