@@ -416,6 +416,22 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
     advances(Node::B, "mover", &first);
 }
 
+/// Two hosts, a key file, host B serving migrations (its pods on its own
+/// bridge), and a work directory for a test program on A; returns them
+/// with B's ADDR:PORT.
+fn serving_hosts(tag: &str, subnet: &str) -> (TwoHosts, PathBuf, String, PathBuf) {
+    let h = TwoHosts::new(tag, subnet);
+    let key = h.state(Node::A).join("key");
+    std::fs::write(&key, [0x21u8; 32]).unwrap();
+    let dest = format!("{}:7070", h.addr(Node::B));
+    let serve = ["serve", "--listen", &dest, "--key", key.to_str().unwrap(), "--timeout", "60"];
+    // (Killed and reaped when `h` goes.)
+    let _serve = h.spawn_cryopod(Node::B, &serve).id();
+    let work = h.state(Node::A).join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    (h, key, dest, work)
+}
+
 /// Live migration of a pod whose memory is rewritten all the time
 /// (`tp-rewrite`: 96 MiB swept page after page, one progress word): the
 /// pre-copy rounds read pages while the pod writes them, so only the
@@ -425,15 +441,8 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
 /// stop for that, and the last one carries what is left.
 #[test]
 fn live_migration_of_memory_rewritten_all_the_time_is_exact() {
-    let h = TwoHosts::new("h11", "10.77.119");
-    let key = h.state(Node::A).join("key");
-    std::fs::write(&key, [0x21u8; 32]).unwrap();
+    let (h, key, dest, work) = serving_hosts("h11", "10.77.119");
     let key_s = key.to_str().unwrap();
-    let dest = format!("{}:7070", h.addr(Node::B));
-    // (Killed and reaped when `h` goes.)
-    let _serve = h.spawn_cryopod(Node::B, &["serve", "--listen", &dest, "--key", key_s, "--timeout", "60"]).id();
-    let work = h.state(Node::A).join("work");
-    std::fs::create_dir_all(&work).unwrap();
     let bin = env!("CARGO_BIN_EXE_tp-rewrite");
     let o = h.cryopod(
         Node::A,
@@ -458,15 +467,8 @@ fn live_migration_of_memory_rewritten_all_the_time_is_exact() {
 /// all while the filler may still be pushing them.
 #[test]
 fn memory_used_while_it_is_filled_after_a_live_move_is_exact() {
-    let h = TwoHosts::new("h12", "10.77.116");
-    let key = h.state(Node::A).join("key");
-    std::fs::write(&key, [0x22u8; 32]).unwrap();
+    let (h, key, dest, work) = serving_hosts("h12", "10.77.116");
     let key_s = key.to_str().unwrap();
-    let dest = format!("{}:7070", h.addr(Node::B));
-    // (Killed and reaped when `h` goes.)
-    let _serve = h.spawn_cryopod(Node::B, &["serve", "--listen", &dest, "--key", key_s, "--timeout", "60"]).id();
-    let work = h.state(Node::A).join("work");
-    std::fs::create_dir_all(&work).unwrap();
     let bin = env!("CARGO_BIN_EXE_tp-postcopy");
     let o = h.cryopod(Node::A, &["run", "-d", "--name", "pc", "--", bin, work.to_str().unwrap()]);
     assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
@@ -577,6 +579,75 @@ print('PASS', want, 'longest gap ms', int(gap * 1000))
     assert!(out.starts_with("PASS"), "the client: {out}");
     let n: u64 = out.split_whitespace().nth(1).and_then(|w| w.parse().ok()).unwrap_or(0);
     assert!(n > 600, "the stream went on after the move ({n} lines in 12 s)");
+}
+
+/// redis in a pod on the hosts' uplink bridges, under redis-benchmark
+/// from the client's namespace (reads: the data set stays as it is),
+/// migrated to B live and back to A live: the benchmark never fails (it
+/// stops at its first error), and DEBUG DIGEST and DBSIZE are those from
+/// before.
+#[test]
+fn redis_under_redis_benchmark_goes_there_and_back() {
+    let (h, key, dest) = bridged_hosts("h13", "10.77.114");
+    let key_s = key.to_str().unwrap();
+    let home = format!("{}:7070", h.addr(Node::A));
+    let serve_a = ["serve", "--listen", &home, "--key", key_s, "--bridge", "br0", "--timeout", "60"];
+    // (Killed and reaped when `h` goes.)
+    let _serve_a = h.spawn_cryopod(Node::A, &serve_a).id();
+    let ip = "10.77.114.30";
+    let redis = [
+        "redis-server",
+        "--bind",
+        "0.0.0.0",
+        "--port",
+        "6379",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "yes",
+    ];
+    let mut run = vec!["run", "-d", "--name", "redis", "--ip", "10.77.114.30/24", "--bridge", "br0", "--"];
+    run.extend_from_slice(&redis);
+    let o = h.cryopod(Node::A, &run);
+    assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
+    let cli = |args: &[&str]| -> String {
+        let o = h.run_in(Node::Client, Command::new("redis-cli").args(["-h", ip, "-p", "6379"]).args(args));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let t = Instant::now();
+    while cli(&["PING"]) != "PONG" {
+        assert!(t.elapsed() < Duration::from_secs(20), "redis never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cli(&["DEBUG", "POPULATE", "20000", "key", "100"]), "OK");
+    let before = (cli(&["DEBUG", "DIGEST"]), cli(&["DBSIZE"]));
+    let out = h.state(Node::A).join("redis-benchmark.out");
+    let bench = format!(
+        "exec redis-benchmark -h {ip} -p 6379 -c 8 -n 100000000 -r 20000 -t get,ping -l -q > {} 2>&1",
+        out.display()
+    );
+    let mut load = h.spawn_in(Node::Client, Command::new("sh").args(["-c", &bench]));
+    std::thread::sleep(Duration::from_secs(2));
+    for (from, to) in [(Node::A, &dest), (Node::B, &home)] {
+        let o = once_listening(|| h.cryopod(from, &["migrate", "redis", "--to", to, "--key", key_s]));
+        assert!(o.status.success(), "migrate from {from:?}: {}", String::from_utf8_lossy(&o.stderr));
+        std::thread::sleep(Duration::from_secs(2));
+        let log = std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(load.try_wait().unwrap().is_none(), "redis-benchmark stopped after the move from {from:?}: {log}");
+    }
+    let _ = load.kill();
+    let _ = load.wait();
+    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(!log.contains("Error") && !log.contains("error"), "redis-benchmark: {log}");
+    assert!(log.contains("GET") || log.contains("PING"), "redis-benchmark did no work: {log}");
+    let after = (cli(&["DEBUG", "DIGEST"]), cli(&["DBSIZE"]));
+    assert_eq!(before, after, "DEBUG DIGEST and DBSIZE before the moves and after");
+    let ps_a = String::from_utf8_lossy(&h.cryopod(Node::A, &["ps"]).stdout).into_owned();
+    assert!(ps_a.lines().any(|l| l.starts_with("redis ") && l.contains("running")), "{ps_a}");
 }
 
 /// A pod that speaks only when spoken to (an echo server), migrated while
