@@ -67,12 +67,24 @@ impl Frozen {
     }
 }
 
-/// Seize a thread (false: it exited meanwhile).
+/// Seize a thread (false: it exited meanwhile). A thread already on its
+/// way out (the kernel refuses to trace it: EPERM) counts as exited: a
+/// task in exit goes on even in a frozen cgroup, into a zombie, which the
+/// rescan records as one.
 fn seize(tid: i32) -> Result<bool> {
     match ptrace::seize(tid, ptrace::OPTS_DUMP) {
         Ok(()) => Ok(true),
         Err(e) if e.errno.0 == libc::ESRCH => Ok(false),
+        Err(e) if e.errno.0 == libc::EPERM && exiting(tid) => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Is thread `tid` gone, a zombie, or dead?
+fn exiting(tid: i32) -> bool {
+    match procfs::stat(tid) {
+        Ok(s) => matches!(s.state, 'Z' | 'X' | 'x'),
+        Err(_) => true,
     }
 }
 

@@ -139,6 +139,25 @@ impl<S: Read + Write> Link<S> {
         self.io.get_ref()
     }
 
+    /// The raw stream, to drop what a peer still sends after we gave up
+    /// (see `receive`); nothing read through it is decrypted.
+    pub fn get_mut_io(&mut self) -> &mut std::io::BufReader<S> {
+        &mut self.io
+    }
+
+    /// Has the peer sent something not read yet? (Without waiting.)
+    pub fn pending(&self) -> bool
+    where
+        S: std::os::fd::AsFd,
+    {
+        if !self.io.buffer().is_empty() || self.rpos < self.rbuf.len() {
+            return true;
+        }
+        let mut p = [rustix::event::PollFd::new(self.io.get_ref(), rustix::event::PollFlags::IN)];
+        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        matches!(rustix::event::poll(&mut p, Some(&zero)), Ok(n) if n > 0)
+    }
+
     /// Encrypt and send what is buffered as one message.
     fn send_buffered(&mut self) -> std::io::Result<()> {
         if self.wbuf.is_empty() {

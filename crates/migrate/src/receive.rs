@@ -94,6 +94,7 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
         Err(e) => {
             let why = cryopod_engine::chain(&e);
             give_up(&mut link, &format!("the destination failed: {why}"));
+            linger(link);
             return Err(e);
         }
     };
@@ -172,6 +173,25 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             let _ = cryopod_pod::lifecycle::stop(state, &name, Duration::from_secs(5));
             give_up(&mut link, &format!("letting the pod run failed: {why}"));
             Err(e.into())
+        }
+    }
+}
+
+/// After an `Abort`: read and drop what the source still sends, until it
+/// closes or for 2 s at most, so that our close does not reset the
+/// connection (a reset can discard the `Abort` before the source reads
+/// it, and with it the reason).
+fn linger(mut link: Link<TcpStream>) {
+    let _ = link.get_ref().shutdown(std::net::Shutdown::Write);
+    let _ = link.get_ref().set_read_timeout(Some(Duration::from_millis(200)));
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    let mut buf = vec![0u8; 64 << 10];
+    while std::time::Instant::now() < until {
+        match std::io::Read::read(link.get_mut_io(), &mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
         }
     }
 }

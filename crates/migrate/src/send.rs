@@ -296,6 +296,14 @@ fn precopy(
         let t_send = Instant::now();
         let bytes = send_image(link, &dir, head)?;
         let sending = t_send.elapsed();
+        // The destination says nothing during the rounds unless it gives up.
+        if link.pending() {
+            let f = read_frame(link, "between pre-copy rounds")?;
+            return Err(match f.kind {
+                Kind::Abort => MigrateError::Aborted(o.to.to_string(), f.text()),
+                k => MigrateError::Protocol(format!("a {k:?} frame between pre-copy rounds")),
+            });
+        }
         let read = s.chunks.tracked.map_or(s.memory_bytes, |(read, _)| read);
         rounds.push(RoundReport { bytes, read, frozen: s.frozen, took: t.elapsed() });
         tracing::info!(round = k, bytes, read, frozen_ms = s.frozen.as_secs_f64() * 1e3, "pre-copy round sent");
