@@ -14,6 +14,7 @@
 pub mod frame;
 pub mod link;
 pub mod offer;
+pub mod pipe;
 pub mod receive;
 pub mod send;
 

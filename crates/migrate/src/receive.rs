@@ -4,7 +4,7 @@
 //! held (frozen, not attached) and let go only on the source's `Commit`.
 //! Any failure removes what was made here.
 
-use crate::frame::{give_up, read_frame, send_frame, DataReader, ImageHead, Kind};
+use crate::frame::{give_up, read_frame, send_frame, ImageHead, Kind};
 use crate::link::Link;
 use crate::offer::{Mode, Offer};
 use crate::send::MAX_ROUNDS;
@@ -222,11 +222,10 @@ fn receive_images(
             return Err(MigrateError::Protocol(format!("image {} came where {round} was due", head.name())));
         }
         let dir = tmp.named(&head.name());
-        let mut r = DataReader::new(&mut *link);
-        cryopod_engine::outdir::import_stream_as(&dir, &mut r, Carry::OwnFiles)?;
-        if !r.ended() {
-            return Err(MigrateError::Closed("before the end of an image".into()));
-        }
+        crate::pipe::receive_stream(&mut *link, |r| {
+            cryopod_engine::outdir::import_stream_as(&dir, r, Carry::OwnFiles)?;
+            Ok(())
+        })?;
         if head.last {
             return Ok(dir);
         }

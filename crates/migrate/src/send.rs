@@ -6,7 +6,7 @@
 //! destination runs it. Every failure before the destination's `Ready`
 //! lets the pod run here again.
 
-use crate::frame::{give_up, read_frame, send_frame, DataWriter, ImageHead, Kind};
+use crate::frame::{give_up, read_frame, send_frame, ImageHead, Kind};
 use crate::link::Link;
 use crate::offer::{Mode, Offer};
 use crate::{fault, MigrateError, Result};
@@ -352,7 +352,8 @@ fn base_on(tmp: &TempImage, k: u32) -> Result<Base> {
 fn send_image(link: &mut Link<TcpStream>, dir: &Path, head: ImageHead) -> Result<u64> {
     send_frame(link, Kind::Image, &head.encode())?;
     let img = ImageDir::open(dir)?;
-    let mut w = DataWriter::new(link);
-    cryopod_image::stream::export_as(&img, &mut w, Carry::OwnFiles)?;
-    w.finish()
+    crate::pipe::send_stream(link, |w| {
+        cryopod_image::stream::export_as(&img, &mut { w }, Carry::OwnFiles)?;
+        Ok(())
+    })
 }

@@ -244,3 +244,41 @@ fn an_offer_needing_cpu_features_this_host_lacks_is_refused_first() {
     assert!(left.is_empty(), "the destination made {left:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stream sent and received with the link's work on a second thread on
+/// each side arrives whole; one whose producer fails halfway never ends
+/// (no `End`), and the receiver says so.
+#[test]
+fn streams_through_a_second_thread_arrive_whole_or_not_at_all() {
+    use cryopod_migrate::pipe::{receive_stream, send_stream};
+    let (a, b) = pair();
+    let data = noise(5 * MAX_DATA as usize + 77);
+    let sent = data.clone();
+    let server = std::thread::spawn(move || {
+        let mut l = Link::accept(b, &key(5), "client").unwrap();
+        let whole = receive_stream(&mut l, |r| {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).map_err(|e| MigrateError::io("reading", e))?;
+            Ok(got)
+        })
+        .unwrap();
+        assert_eq!(whole, sent);
+        let cut = receive_stream(&mut l, |r| {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).map_err(|e| MigrateError::io("reading", e))?;
+            Ok(got)
+        });
+        assert!(cut.is_err(), "a stream without End was taken as whole");
+    });
+    let mut l = Link::connect(a, &key(5), "server").unwrap();
+    let n = send_stream(&mut l, |w| w.write_all(&data).map_err(|e| MigrateError::io("writing", e))).unwrap();
+    assert_eq!(n, data.len() as u64);
+    let failed = send_stream(&mut l, |w| {
+        w.write_all(&data[..3 * MAX_DATA as usize]).map_err(|e| MigrateError::io("writing", e))?;
+        Err(MigrateError::Protocol("the producer failed".into()))
+    });
+    assert!(failed.is_err());
+    // (The receiver, waiting for more, sees the link close.)
+    drop(l);
+    server.join().unwrap();
+}
