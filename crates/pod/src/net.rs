@@ -83,6 +83,17 @@ async fn set_up(h: &Handle, index: u32) -> Result<()> {
     h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(nerr("link up"))
 }
 
+/// The host-side veth's hardware address: locally administered, and
+/// above any a bridge port is likely to have (`fe:` first), so that
+/// joining a bridge never makes it the bridge's own address; the rest
+/// from the pod's name and a random part.
+fn host_side_mac(pod: &str) -> [u8; 6] {
+    let mut r = [0u8; 3];
+    let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
+    let h = pod.bytes().fold(0u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
+    [0xfe, 0xcb, h, r[0], r[1], r[2]]
+}
+
 /// Host and pod-side names of a pod's veth (at most 15 bytes each).
 pub fn veth_names(pod: &str) -> (String, String) {
     // FNV-1a: short, stable names that do not collide in practice.
@@ -160,7 +171,11 @@ pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32, attach: bool, bridge: O
                 .await
                 .map_err(nerr("moving the veth into the pod"))?;
             let hi = must_index(&h, &host).await?;
-            let link = LinkUnspec::new_with_index(hi).up();
+            // A bridge takes the lowest hardware address of its ports
+            // unless one was set on it: a pod's veth with a lower one
+            // would change the host's own (an uplink bridge's), and its
+            // neighbours would send to an address gone with the pod.
+            let link = LinkUnspec::new_with_index(hi).address(host_side_mac(pod).to_vec()).up();
             let link = if attach { link.controller(br) } else { link };
             h.link().set(link.build()).execute().await.map_err(nerr("attaching the veth to the bridge"))
         }
