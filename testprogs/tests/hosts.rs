@@ -432,6 +432,69 @@ fn serving_hosts(tag: &str, subnet: &str) -> (TwoHosts, PathBuf, String, PathBuf
     (h, key, dest, work)
 }
 
+/// Preflight of the files a pod maps: host B has another program at the
+/// path of the pod's (the hosts share this machine's files, so B's
+/// `serve` runs in a mount namespace of its own where another file is
+/// mounted over that path). The move is refused in one sentence before any
+/// state moves, and the pod runs on at A.
+#[test]
+fn a_move_to_a_host_whose_mapped_file_differs_is_refused_first() {
+    let h = TwoHosts::new("h14", "10.77.113");
+    let key = h.state(Node::A).join("key");
+    std::fs::write(&key, [0x23u8; 32]).unwrap();
+    let key_s = key.to_str().unwrap();
+    let work = h.state(Node::A).join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let prog = work.join("napper");
+    std::fs::copy("/bin/sleep", &prog).unwrap();
+    let other = work.join("other");
+    std::fs::copy("/bin/true", &other).unwrap();
+    let dest = format!("{}:7070", h.addr(Node::B));
+    // B's view: `other` over `napper`, in a mount namespace of its own.
+    let serve = format!(
+        "mount --bind {} {} && exec nsenter --net={} {} serve --listen {dest} --key {key_s} --timeout 60",
+        other.display(),
+        prog.display(),
+        h.ns_path(Node::B).display(),
+        common::cryopod_bin().display()
+    );
+    let mut b = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &serve])
+        .env("CRYOPOD_STATE_DIR", h.state(Node::B))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // (Ended by its PID whatever happens.)
+    struct Ends(std::process::Child);
+    impl Drop for Ends {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let t = Instant::now();
+    while !String::from_utf8_lossy(
+        &Command::new("ip").args(["netns", "exec", &h.ns_name(Node::B), "ss", "-ltn"]).output().unwrap().stdout,
+    )
+    .contains(":7070")
+    {
+        assert!(b.try_wait().unwrap().is_none(), "serve on B ended");
+        assert!(t.elapsed() < Duration::from_secs(20), "serve on B never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _b = Ends(b);
+    let o = h.cryopod(Node::A, &["run", "-d", "--name", "nap", "--", prog.to_str().unwrap(), "1000"]);
+    assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
+    let o = h.cryopod(Node::A, &["migrate", "nap", "--to", &dest, "--key", key_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the move should be refused: {err}");
+    assert!(err.contains("refused the pod") && err.contains("napper here is not the file the pod maps"), "{err}");
+    let ps_a = String::from_utf8_lossy(&h.cryopod(Node::A, &["ps"]).stdout).into_owned();
+    assert!(ps_a.lines().any(|l| l.starts_with("nap ") && l.contains("running")), "{ps_a}");
+    let ps_b = String::from_utf8_lossy(&h.cryopod(Node::B, &["ps"]).stdout).into_owned();
+    assert!(!ps_b.contains("nap "), "B made {ps_b}");
+}
+
 /// Live migration of a pod whose memory is rewritten all the time
 /// (`tp-rewrite`: 96 MiB swept page after page, one progress word): the
 /// pre-copy rounds read pages while the pod writes them, so only the

@@ -16,6 +16,8 @@ pub const HEADER: usize = 5;
 /// The largest body of a data frame, and of any other frame.
 pub const MAX_DATA: u32 = 1 << 20;
 pub const MAX_CONTROL: u32 = 64 << 10;
+/// An offer lists the files the pod maps: up to `files::MAX_FILES` paths.
+pub const MAX_OFFER: u32 = 1 << 20;
 
 /// Every kind of frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +145,7 @@ impl Kind {
     pub fn max_len(self) -> u32 {
         match self {
             Kind::Data => MAX_DATA,
+            Kind::Offer => MAX_OFFER,
             Kind::End | Kind::Commit => 0,
             Kind::Image => ImageHead::LEN as u32,
             _ => MAX_CONTROL,

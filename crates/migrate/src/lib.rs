@@ -11,6 +11,7 @@
 //! (`cryopod migrate`), [`receive`] the destination's (`cryopod serve`).
 #![forbid(unsafe_code)]
 
+pub mod files;
 pub mod frame;
 pub mod link;
 pub mod offer;

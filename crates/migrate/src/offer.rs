@@ -38,13 +38,15 @@ pub struct Offer {
     /// The source's CPU (what the pod may be using of it) and kernel.
     pub cpu: cryopod_image::cpu::CpuImage,
     pub kernel: String,
+    /// The files its processes map (see [`crate::files`]).
+    pub files: Vec<crate::files::FileCheck>,
 }
 
 fn options() -> impl Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .with_little_endian()
-        .with_limit(u64::from(crate::frame::MAX_CONTROL))
+        .with_limit(u64::from(crate::frame::MAX_OFFER))
         .reject_trailing_bytes()
 }
 

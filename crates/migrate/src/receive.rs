@@ -264,6 +264,9 @@ fn preflight(state: &StateDir, offer: &Offer) -> std::result::Result<(), String>
             return Err(format!("the pod's root file system {root} is not here"));
         }
     }
+    // The files it maps, as it maps them, under its root here.
+    let root = offer.rootfs.as_deref().unwrap_or("/");
+    crate::files::check(std::path::Path::new(root), &offer.files)?;
     // What the pod's code may use of the source's CPU must be here too.
     cryopod_engine::cpu::check_image(&offer.cpu).map_err(|e| format!("this host's CPU cannot run it: {e}"))?;
     // Live: its memory is filled after it runs, through userfaultfd.

@@ -96,6 +96,8 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         rootfs: rec.spec.rootfs.as_ref().map(|p| p.display().to_string()),
         cpu: cryopod_engine::cpu::record(),
         kernel: cryopod_sys::ns::kernel_release(),
+        files: crate::files::mapped(&cryopod_pod::Cgroup::of(state, &rec.name).procs()?)
+            .map_err(|e| MigrateError::Protocol(format!("cannot list the files pod {} maps: {e}", rec.name)))?,
     };
     send_frame(&mut link, Kind::Offer, &offer.encode()?)?;
     let answer = read_frame(&mut link, "while waiting for an answer to the offer")?;

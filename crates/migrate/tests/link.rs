@@ -231,7 +231,15 @@ fn an_offer_needing_cpu_features_this_host_lacks_is_refused_first() {
     cpu.features.leaf7_ebx = u32::MAX;
     cpu.features.leaf7_ecx = u32::MAX;
     cpu.features.leaf7_edx = u32::MAX;
-    let offer = Offer { pod: "web".into(), mode: Mode::Live, ip: None, rootfs: None, cpu, kernel: "6.18.0".into() };
+    let offer = Offer {
+        pod: "web".into(),
+        mode: Mode::Live,
+        ip: None,
+        rootfs: None,
+        cpu,
+        kernel: "6.18.0".into(),
+        files: Vec::new(),
+    };
     let mut l = Link::connect(a, &key(9), "server").unwrap();
     write_frame(&mut l, Kind::Offer, &offer.encode().unwrap()).unwrap();
     l.flush().unwrap();
