@@ -66,15 +66,19 @@ pub fn mapped(pids: &[i32]) -> std::result::Result<Vec<FileCheck>, String> {
 }
 
 /// Does this host have `files` under `root` as the pod maps them? One
-/// sentence for the first that differs.
+/// sentence for the first that differs. Paths are resolved inside `root`
+/// (its symbolic links as the pod would follow them, never out of it).
 pub fn check(root: &Path, files: &[FileCheck]) -> std::result::Result<(), String> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| format!("the pod's root {} cannot be opened here: {e}", root.display()))?;
     for f in files {
         let rel = f.path.trim_start_matches('/');
-        if rel.split('/').any(|c| c == "..") {
-            return Err(format!("the offer names a file outside the pod's root: {}", f.path));
-        }
-        let here = root.join(rel);
-        let meta = std::fs::metadata(&here).map_err(|e| format!("the pod maps {}, which is not here ({e})", f.path))?;
+        let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        let fd = rustix::fs::openat2(&dir, rel, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), how)
+            .map_err(|e| format!("the pod maps {}, which is not here ({e})", f.path))?;
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata().map_err(|e| format!("{}: {e}", f.path))?;
         let mtime = (meta.mtime(), meta.mtime_nsec());
         if meta.len() != f.size || mtime != f.mtime {
             return Err(format!(
@@ -89,7 +93,7 @@ pub fn check(root: &Path, files: &[FileCheck]) -> std::result::Result<(), String
             ));
         }
         if let Some(want) = f.hash {
-            let got = hash_file(&here).map_err(|e| format!("reading {}: {e}", f.path))?;
+            let got = hash_reader(&file).map_err(|e| format!("reading {}: {e}", f.path))?;
             if got != want {
                 return Err(format!("{} here holds other code than the file the pod maps", f.path));
             }
@@ -99,7 +103,11 @@ pub fn check(root: &Path, files: &[FileCheck]) -> std::result::Result<(), String
 }
 
 fn hash_file(p: &Path) -> std::io::Result<[u8; 32]> {
+    hash_reader(&std::fs::File::open(p)?)
+}
+
+fn hash_reader(mut f: &std::fs::File) -> std::io::Result<[u8; 32]> {
     let mut h = blake3::Hasher::new();
-    h.update_reader(std::fs::File::open(p)?)?;
+    h.update_reader(&mut f)?;
     Ok(*h.finalize().as_bytes())
 }
