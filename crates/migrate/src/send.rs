@@ -63,7 +63,8 @@ pub struct SendReport {
     /// The memory of the pod (bytes), for the ratio.
     pub memory: u64,
     pub rounds: Vec<RoundReport>,
-    /// From the last freeze until the destination said the pod runs there.
+    /// From the start of the last checkpoint (the pod frozen a few ms
+    /// into it) until the destination said the pod runs there.
     pub stopped: Duration,
     pub total: Duration,
     /// The destination's own words.
@@ -131,7 +132,6 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     };
     let head = ImageHead { round: rounds.len() as u32, last: true };
     let dir = tmp.named(&head.name());
-    let t_stop = Instant::now();
     let base = match rounds.len() {
         0 => None,
         k => match base_on(&tmp, k as u32) {
@@ -169,6 +169,9 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     if let Some(c) = &catcher {
         let _ = c.take(&mut Default::default(), 0);
     }
+    // (What came before ran beside the pod: the base opened, the catcher
+    // set; the pod stops inside this call.)
+    let t_stop = Instant::now();
     let (summary, held) = match cryopod_pod::snapshot::checkpoint_held(state, &copts, progress) {
         Ok(h) => h,
         Err(e) => {
