@@ -281,11 +281,17 @@ pub struct DataReader<'a, R: Read> {
     pos: usize,
     ended: bool,
     received: u64,
+    aborted: Option<String>,
 }
 
 impl<'a, R: Read> DataReader<'a, R> {
     pub fn new(r: &'a mut R) -> Self {
-        DataReader { r, frame: Vec::new(), pos: 0, ended: false, received: 0 }
+        DataReader { r, frame: Vec::new(), pos: 0, ended: false, received: 0, aborted: None }
+    }
+
+    /// The peer's reason, if it gave up (an `Abort`) inside the stream.
+    pub fn aborted(&self) -> Option<&str> {
+        self.aborted.as_deref()
     }
 
     /// Whether `End` came (all of the stream was read).
@@ -319,7 +325,10 @@ impl<R: Read> Read for DataReader<'_, R> {
                 }
                 Kind::End => self.ended = true,
                 Kind::Abort => {
-                    return Err(std::io::Error::other(format!("the peer gave up: {}", f.text())));
+                    let why = f.text();
+                    let e = std::io::Error::other(format!("the peer gave up: {why}"));
+                    self.aborted = Some(why);
+                    return Err(e);
                 }
                 k => return Err(std::io::Error::other(format!("protocol error: a {k:?} frame inside a data stream"))),
             }

@@ -4,11 +4,12 @@
 //! One thread did both, one after the other, and a move's stop waited on
 //! the sum.
 //!
-//! Only whole streams end with `End`: a producer that fails leaves the
-//! stream without it (the receiver then never takes it as whole), and a
+//! The framing itself is [`DataWriter`]'s and [`DataReader`]'s: only
+//! whole streams end with `End` (a producer that fails leaves the stream
+//! without it, and the receiver then never takes it as whole), and a
 //! consumer is told of the end only once `End` came.
 
-use crate::frame::{read_frame, write_frame, Kind, MAX_DATA};
+use crate::frame::{DataReader, DataWriter, MAX_DATA};
 use crate::{MigrateError, Result};
 use std::io::{Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -27,22 +28,15 @@ pub fn send_stream<L: Write + Send>(link: &mut L, produce: impl FnOnce(&mut dyn 
     std::thread::scope(|s| {
         let (tx, rx) = sync_channel::<Piece>(DEPTH);
         let sender = s.spawn(move || -> Result<u64> {
-            let mut n = 0u64;
+            let mut w = DataWriter::new(link);
             for p in rx {
                 match p {
-                    Piece::Data(b) => {
-                        write_frame(link, Kind::Data, &b)?;
-                        n += b.len() as u64;
-                    }
-                    Piece::End => {
-                        write_frame(link, Kind::End, &[])?;
-                        link.flush().map_err(|e| MigrateError::io("sending data", e))?;
-                        return Ok(n);
-                    }
+                    Piece::Data(b) => w.write_all(&b).map_err(|e| MigrateError::io("sending data", e))?,
+                    Piece::End => return w.finish(),
                 }
             }
-            // Given up before its end: no End goes out.
-            Ok(n)
+            // Given up before its end: dropped unfinished, no End goes out.
+            Ok(0)
         });
         let mut w = ChannelWriter { tx, buf: Vec::with_capacity(MAX_DATA as usize) };
         let produced = produce(&mut w).and_then(|_| w.end());
@@ -99,26 +93,19 @@ pub fn receive_stream<L: Read + Send, T>(link: &mut L, consume: impl FnOnce(&mut
     std::thread::scope(|s| {
         let (tx, rx) = sync_channel::<std::result::Result<Piece, String>>(DEPTH);
         let reader = s.spawn(move || -> Result<()> {
+            let mut d = DataReader::new(link);
+            let mut buf = vec![0u8; MAX_DATA as usize];
             loop {
-                let f = match read_frame(link, "in the middle of a data stream") {
-                    Ok(f) => f,
+                let piece = match d.read(&mut buf) {
+                    // (Only after End.)
+                    Ok(0) => Piece::End,
+                    Ok(n) => Piece::Data(buf[..n].to_vec()),
                     Err(e) => {
-                        let _ = tx.send(Err(cryopod_engine::chain(&e)));
-                        return Err(e);
-                    }
-                };
-                let piece = match f.kind {
-                    Kind::Data => Piece::Data(f.body),
-                    Kind::End => Piece::End,
-                    Kind::Abort => {
-                        let why = f.text();
-                        let _ = tx.send(Err(format!("the peer gave up: {why}")));
-                        return Err(MigrateError::Aborted("the source".into(), why));
-                    }
-                    k => {
-                        let e = MigrateError::Protocol(format!("a {k:?} frame inside a data stream"));
                         let _ = tx.send(Err(e.to_string()));
-                        return Err(e);
+                        return Err(match d.aborted() {
+                            Some(why) => MigrateError::Aborted("the source".into(), why.to_string()),
+                            None => MigrateError::io("receiving a data stream", e),
+                        });
                     }
                 };
                 let end = matches!(piece, Piece::End);
