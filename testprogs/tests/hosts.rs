@@ -658,23 +658,8 @@ fn redis_under_redis_benchmark_goes_there_and_back() {
     // (Killed and reaped when `h` goes.)
     let _serve_a = h.spawn_cryopod(Node::A, &serve_a).id();
     let ip = "10.77.114.30";
-    let redis = [
-        "redis-server",
-        "--bind",
-        "0.0.0.0",
-        "--port",
-        "6379",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--enable-debug-command",
-        "yes",
-    ];
     let mut run = vec!["run", "-d", "--name", "redis", "--ip", "10.77.114.30/24", "--bridge", "br0", "--"];
-    run.extend_from_slice(&redis);
+    run.extend_from_slice(&common::servers::REDIS_SERVER);
     let o = h.cryopod(Node::A, &run);
     assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
     let cli = |args: &[&str]| -> String {

@@ -65,23 +65,9 @@ fn redis_under_redis_benchmark() {
     let mut s = ServerEnv::new("srv-redis", "redis", "10.77.80");
     let data = s.path("redis");
     std::fs::create_dir_all(&data).unwrap();
-    s.run(&[
-        "redis-server",
-        "--bind",
-        "0.0.0.0",
-        "--port",
-        "6379",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        &data,
-        "--enable-debug-command",
-        "yes",
-    ]);
+    let mut redis = REDIS_SERVER.to_vec();
+    redis.extend(["--dir", &data]);
+    s.run(&redis);
     s.wait_port(6379, 20);
     assert_eq!(redis_cli(&s, &["DEBUG", "POPULATE", "20000", "key", "100"]), "OK");
     let stream = Stream::start(Redis::connect(s.addr(6379)));

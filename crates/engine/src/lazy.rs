@@ -111,16 +111,18 @@ impl LazyPages {
         let jobs = jobs.into_iter().map(|j| (j.addr, j)).collect();
         let space = Space { pid: Some(pid), uffd, jobs, urgent: Vec::new() };
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Filler::NotStarted(_) = &*st {
-            let Filler::NotStarted(source) = std::mem::replace(&mut *st, Filler::Done) else { unreachable!() };
-            let (tx, rx) = std::sync::mpsc::channel();
-            let stop = self.abandon.clone();
-            let thread = std::thread::Builder::new()
-                .name("lazy-pages".into())
-                .spawn(move || serve(source, rx, &stop))
-                .map_err(|e| EngineError::Other(format!("cannot start the page filler: {e}")))?;
-            *st = Filler::Running { tx: Some(tx), thread };
-        }
+        *st = match std::mem::replace(&mut *st, Filler::Done) {
+            Filler::NotStarted(source) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let stop = self.abandon.clone();
+                let thread = std::thread::Builder::new()
+                    .name("lazy-pages".into())
+                    .spawn(move || serve(source, rx, &stop))
+                    .map_err(|e| EngineError::Other(format!("cannot start the page filler: {e}")))?;
+                Filler::Running { tx: Some(tx), thread }
+            }
+            other => other,
+        };
         match &*st {
             Filler::Running { tx: Some(tx), .. } => tx.send(space).ok(),
             _ => None,

@@ -390,6 +390,24 @@ impl Drop for Bg {
     }
 }
 
+/// redis-server as the tests run it in a pod: on every address, port 6379,
+/// no persistence, DEBUG allowed (POPULATE, DIGEST).
+pub const REDIS_SERVER: [&str; 13] = [
+    "redis-server",
+    "--bind",
+    "0.0.0.0",
+    "--port",
+    "6379",
+    "--protected-mode",
+    "no",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--enable-debug-command",
+    "yes",
+];
+
 /// Load generators on the host.
 #[derive(Clone, Copy)]
 pub enum Tool {
