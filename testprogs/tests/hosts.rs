@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::hosts::{Node, TwoHosts, GUARD_METRIC};
+use common::hosts::{once_listening, serving_hosts, Node, TwoHosts, GUARD_METRIC};
 use std::io::BufRead;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -321,20 +321,6 @@ fn two_hosts_run_pods_of_the_same_name_side_by_side() {
     }
 }
 
-/// Run `cmd` (a cryopod command that connects to a `serve` just started)
-/// until the server listens: again while it says "Connection refused", for
-/// up to 20 s.
-fn once_listening(cmd: impl Fn() -> Output) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = cmd();
-        if !String::from_utf8_lossy(&o.stderr).contains("Connection refused") || Instant::now() > deadline {
-            return o;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// `cryopod migrate` (live, the default) from host A to host B (`cryopod
 /// serve`): the pod arrives with its name, address and state (a counter
 /// goes on from where it was), and is gone from A; then back to A with
@@ -414,22 +400,6 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
     assert!(!o.status.success() && err.contains("a pod named mover exists here"), "{err}");
     advances(Node::A, "mover", &second);
     advances(Node::B, "mover", &first);
-}
-
-/// Two hosts, a key file, host B serving migrations (its pods on its own
-/// bridge), and a work directory for a test program on A; returns them
-/// with B's ADDR:PORT.
-fn serving_hosts(tag: &str, subnet: &str) -> (TwoHosts, PathBuf, String, PathBuf) {
-    let h = TwoHosts::new(tag, subnet);
-    let key = h.state(Node::A).join("key");
-    std::fs::write(&key, [0x21u8; 32]).unwrap();
-    let dest = format!("{}:7070", h.addr(Node::B));
-    let serve = ["serve", "--listen", &dest, "--key", key.to_str().unwrap(), "--timeout", "60"];
-    // (Killed and reaped when `h` goes.)
-    let _serve = h.spawn_cryopod(Node::B, &serve).id();
-    let work = h.state(Node::A).join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    (h, key, dest, work)
 }
 
 /// Preflight of the files a pod maps: host B has another program at the

@@ -83,6 +83,7 @@ pub fn run(state: &cryopod_pod::StateDir, a: CheckpointArgs) -> Result<i32> {
                 key: key.as_deref(),
                 hold: false,
                 precopy: false,
+                leave_private: false,
             };
             cryopod_pod::snapshot::checkpoint(state, &opts, &progress)
                 .with_context(|| format!("checkpoint of pod {name} failed"))?
@@ -103,6 +104,7 @@ pub fn run(state: &cryopod_pod::StateDir, a: CheckpointArgs) -> Result<i32> {
                 base: base.as_ref(),
                 tracker: tracker.as_ref(),
                 precopy: false,
+                leave_private: false,
             };
             cryopod_engine::checkpoint(&opts, &progress).with_context(|| format!("checkpoint of pid {root} failed"))?
         }

@@ -19,14 +19,19 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
     /// live: send memory while the pod runs, in rounds of what it wrote
-    /// since, then stop it briefly for the rest; stop: freeze, send,
-    /// restore (lazy is not implemented yet).
+    /// since, then stop it briefly for the rest; lazy: stop it briefly,
+    /// let it run at once at the destination and send its memory after
+    /// (what it touches first, first); stop: freeze, send, restore.
     #[arg(long, default_value = "live", value_parser = ["stop", "live", "lazy"])]
     pub mode: String,
     /// Live mode: pre-copy rounds go on until what is left should take at
     /// most this long to send (milliseconds).
     #[arg(long, value_name = "MS", default_value_t = 100)]
     pub max_downtime: u64,
+    /// Pre-copy rounds at most (default: up to 8 in live mode, none in
+    /// lazy mode, where pages sent in rounds need not follow later).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub rounds: Option<u32>,
     /// Seconds the other host may stay silent at any step.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -65,6 +70,7 @@ pub fn migrate(state: &cryopod_pod::StateDir, a: MigrateArgs) -> Result<i32> {
         key: &key,
         mode: mode(&a.mode),
         max_downtime: Duration::from_millis(a.max_downtime),
+        rounds: a.rounds,
         threads: crate::cpus(),
         compress: cryopod_image::Compression::default(),
         timeout: Duration::from_secs(a.timeout.max(1)),
@@ -93,6 +99,14 @@ pub fn migrate(state: &cryopod_pod::StateDir, a: MigrateArgs) -> Result<i32> {
         r.rounds.len(),
         r.remote
     );
+    if let Some(p) = &r.postcopy {
+        eprintln!(
+            "after it ran there: {} pushed, {} sent again or first for {} faults",
+            crate::human(p.pushed),
+            crate::human(p.wanted),
+            p.wants
+        );
+    }
     Ok(0)
 }
 
@@ -124,6 +138,7 @@ pub fn drain(state: &cryopod_pod::StateDir, a: DrainArgs) -> Result<i32> {
             key: a.key.clone(),
             mode: a.mode.clone(),
             max_downtime: 100,
+            rounds: None,
             timeout: a.timeout,
         };
         if let Err(e) = migrate(state, m) {

@@ -10,7 +10,7 @@ use crate::injection::{self, GadgetCache};
 use crate::mm::MemCollector;
 use crate::outdir::OutDir;
 use crate::{fault, ident, pages, procfs, signals, threads, EngineError, Progress, Result};
-use cryopod_image::{Manifest, PodImage, Process};
+use cryopod_image::{Manifest, PodImage, Process, PAGE};
 use cryopod_sys::uffd::Uffd;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -61,6 +61,13 @@ pub struct CheckpointOptions<'a> {
     /// child image (read frozen, at the end) is consistent. Never restored
     /// alone.
     pub precopy: bool,
+    /// A lazy migration's last image: the private anonymous pages it would
+    /// read are not read; they are left out of the image (no run at all,
+    /// not even zeros) and listed in the summary's `left`, to be fetched
+    /// from the tree, held frozen, once it runs elsewhere (see
+    /// [`crate::lazy`]). Such an image is only ever restored lazily, with
+    /// that list.
+    pub leave_private: bool,
 }
 
 /// What the checkpoint of a pod adds to that of a tree.
@@ -114,12 +121,18 @@ pub struct CheckpointSummary {
     pub chunks: pages::ChunkStats,
     /// Which path the checkpoint took with its base (None: a full image).
     pub base: Option<String>,
+    /// With `leave_private`: the pages left out of the image.
+    pub left: Vec<crate::lazy::LeftRun>,
 }
 
 pub fn checkpoint(o: &CheckpointOptions, progress: Progress) -> Result<CheckpointSummary> {
     crate::target::check(o.pid)?;
     if o.precopy && (o.tracker.is_none() || !o.leave_running) {
         return Err(EngineError::Other("a pre-copy round needs dirty tracking and a tree left running".into()));
+    }
+    // Pages left out must still be there to fetch: only from a held pod.
+    if o.leave_private && !o.pod.as_ref().is_some_and(|p| p.hold) {
+        return Err(EngineError::Other("pages are left out of an image only for a pod held frozen".into()));
     }
     let t0 = Instant::now();
     // A pod is frozen already: its command prepared this before.
@@ -193,7 +206,7 @@ fn checkpoint_once(
         collect_and_write(o, cow, armed, out, &mut run, (&guard, flags), progress)
     });
     match res {
-        Ok((m, repaired, (cow_stats, chunks))) => {
+        Ok((m, repaired, (cow_stats, chunks, left))) => {
             if o.leave_running {
                 // Nothing of ours is left in the tree: the guardian goes
                 // before the tree runs again.
@@ -239,6 +252,7 @@ fn checkpoint_once(
                         chunks.reused_chunks
                     )
                 }),
+                left,
             })
         }
         Err(e) => {
@@ -317,6 +331,11 @@ fn guard_tree(guard: &Guard, fr: &Frozen) -> Result<()> {
 
 /// Returns the manifest written and our copies of the tree's TCP
 /// connections.
+/// What a checkpoint wrote: its manifest, its repaired connections, and
+/// what its pages did (read while running; chunks; left out).
+type Written =
+    (Manifest, crate::inet::Repaired, (Option<crate::cow::CowStats>, pages::ChunkStats, Vec<crate::lazy::LeftRun>));
+
 fn collect_and_write(
     o: &CheckpointOptions,
     cow: bool,
@@ -325,7 +344,7 @@ fn collect_and_write(
     run: &mut Resume,
     (guard, flags): (&Guard, &crate::vmflags::Source),
     progress: Progress,
-) -> Result<(Manifest, crate::inet::Repaired, (Option<crate::cow::CowStats>, pages::ChunkStats))> {
+) -> Result<Written> {
     let fr: &Frozen = run.fr;
     fault::check("after-freeze")?;
     // What was written since the parent's freeze, as of this freeze: only
@@ -431,9 +450,21 @@ fn collect_and_write(
         }
         _ => None,
     };
-    let excluded = excluded_pieces(o, &procs, &mem);
+    let mut excluded = excluded_pieces(o, &procs, &mem);
+    let left = left_pieces(o, &procs, &mem);
+    for (x, _) in excluded.iter_mut().zip(&left).filter(|(_, l)| **l) {
+        *x = true;
+    }
     let reused = selection.as_ref().map(|s| &s.reused[..]).unwrap_or(&[]);
-    let (out, cow_stats) = write_pages(o, outdir, &procs, &mem, (uffds, late), (run, &excluded, reused), progress)?;
+    let (mut out, cow_stats) = write_pages(o, outdir, &procs, &mem, (uffds, late), (run, &excluded, reused), progress)?;
+    // Left for later: no run at all (a zero run would be restored as zeros).
+    let mut left_runs = Vec::new();
+    for (i, _) in left.iter().enumerate().filter(|(_, l)| **l) {
+        out.chunk_of[i].clear();
+        if let (pages::Src::Mem { pid, addr }, crate::mm::Dest::Vma { proc, .. }) = (&mem.pieces[i].src, mem.dests[i]) {
+            left_runs.push((proc, *pid, *addr, mem.pieces[i].pages));
+        }
+    }
     let mut chunk_stats = out.stats;
     chunk_stats.tracked = selection.as_ref().map(|s| (s.read_bytes, s.reused_bytes));
     apply_flags(run, &mut procs)?;
@@ -465,11 +496,16 @@ fn collect_and_write(
         }
     }
     m.validate()?;
+    // (Named as the image names its processes: in a pod, their pod PIDs.)
+    let left = left_runs
+        .into_iter()
+        .map(|(proc, host, addr, pages)| crate::lazy::LeftRun { pid: m.processes[proc].pid, host, addr, pages })
+        .collect();
     tracing::debug!(ms = t_collect.elapsed().as_secs_f64() * 1e3, "manifest made");
     fault::check("before-manifest")?;
     outdir.commit_manifest(&m, o.key)?;
     tracing::debug!(ms = t_collect.elapsed().as_secs_f64() * 1e3, "manifest written");
-    Ok((m, std::mem::take(&mut files.unix.repaired), (cow_stats, chunk_stats)))
+    Ok((m, std::mem::take(&mut files.unix.repaired), (cow_stats, chunk_stats, left)))
 }
 
 /// Write every piece: all of them frozen; or, given uffds, the pieces that
@@ -594,6 +630,42 @@ fn excluded_pieces(o: &CheckpointOptions, procs: &[Process], mem: &MemCollector)
                 .get(proc)
                 .and_then(|p| p.vmas.get(vma))
                 .is_some_and(|v| v.madv & cryopod_image::vma_flags::DONTDUMP != 0),
+            _ => false,
+        })
+        .collect()
+}
+
+/// Per piece: whether it is left to be fetched later (`leave_private`):
+/// the pages of a process's private anonymous areas, which a lazy restore
+/// fills through userfaultfd (other memory is filled before the tree runs)
+/// — but not those the restore itself makes the kernel write before
+/// anything can be fetched: just below each thread's stack pointer (its
+/// frames), and each thread's rseq area (written at every return to user
+/// space once registered).
+fn left_pieces(o: &CheckpointOptions, procs: &[Process], mem: &MemCollector) -> Vec<bool> {
+    if !o.leave_private {
+        return vec![false; mem.pieces.len()];
+    }
+    /// Kept below a stack pointer (a signal frame with the largest
+    /// extended state fits many times).
+    const BELOW: u64 = 64 << 10;
+    let near_stack = |p: &Process, start: u64, end: u64| {
+        p.threads.iter().any(|t| {
+            let sp = crate::threads::stack_pointer(t);
+            let rseq = t.rseq.is_some_and(|(at, len, _)| start < at + u64::from(len) && at < end);
+            rseq || (start < sp + PAGE && sp.saturating_sub(BELOW) < end)
+        })
+    };
+    mem.dests
+        .iter()
+        .zip(&mem.pieces)
+        .map(|(d, piece)| match (*d, &piece.src) {
+            (crate::mm::Dest::Vma { proc, vma, .. }, pages::Src::Mem { addr, .. }) => {
+                procs.get(proc).is_some_and(|p| {
+                    let private = p.vmas.get(vma).is_some_and(|v| v.kind == cryopod_image::VmaKind::Anon && !v.shared);
+                    private && !near_stack(p, *addr, addr + u64::from(piece.pages) * PAGE)
+                })
+            }
             _ => false,
         })
         .collect()

@@ -467,7 +467,14 @@ pub fn restore_areas(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()
     res?;
     if let Some(lazy) = cx.lazy.filter(|_| !pending.lazy_areas.is_empty()) {
         match lazy_uffd(r, &pending.lazy_areas) {
-            Ok(u) => lazy.add(r.pid, u, std::mem::take(&mut pending.lazy))?,
+            Ok(u) => lazy.add(r.pid, p.pid, u, std::mem::take(&mut pending.lazy))?,
+            // Its pages at the source come only through a uffd.
+            Err(e) if lazy.fetches(p.pid) => {
+                return Err(EngineError::Other(format!(
+                    "pid {}: its memory cannot come from the source after it runs (no userfaultfd: {e})",
+                    p.pid
+                )))
+            }
             // (A pod in its own user namespace may not make one.)
             Err(e) => {
                 tracing::info!(pid = r.pid, "memory filled before the process runs: no userfaultfd ({e})");

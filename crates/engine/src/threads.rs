@@ -257,6 +257,11 @@ pub fn check_seccomp_restorable(pid: Pid, tid: Pid) -> Result<()> {
     }
 }
 
+/// A thread's stack pointer, as saved (rsp in its user_regs_struct).
+pub(crate) fn stack_pointer(t: &Thread) -> u64 {
+    t.regs.get(19).copied().unwrap_or(0)
+}
+
 /// Install a thread's seccomp filters, oldest first, as its very last
 /// injected syscalls (nothing of ours goes through them afterwards). The
 /// program is written just below the red zone under the thread's stack
@@ -266,7 +271,7 @@ pub fn install_seccomp(pid: Pid, tid: Pid, t: &Thread, site: u64, vmas: &[cryopo
     if t.seccomp.is_empty() {
         return Ok(());
     }
-    let rsp = t.regs.get(19).copied().unwrap_or(0);
+    let rsp = stack_pointer(t);
     let largest = t.seccomp.iter().map(|(_, p)| p.len()).max().unwrap_or(0) as u64 + 16;
     let at = rsp.saturating_sub(128 + largest) & !15;
     let writable = vmas.iter().any(|v| v.start <= at && at + largest <= v.end && v.prot & libc::PROT_WRITE as u32 != 0);

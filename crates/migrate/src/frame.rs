@@ -54,6 +54,18 @@ pub enum Kind {
     /// locked port dropped them), to be sent on at the destination, on its
     /// bridge (the same body).
     FramesOut = 12,
+    /// A lazy move's list of the pages its last image left out follows,
+    /// as a stream (Data frames up to End; see `crate::postcopy`).
+    Left = 13,
+    /// Pages from the source, after the commit of a lazy move (body: the
+    /// process as the image names it, where they were, the bytes).
+    Pages = 14,
+    /// Pages a fault waits on at the destination (body: process, address,
+    /// pages; repeated).
+    Want = 15,
+    /// The destination has every page; the source may end its copy (body:
+    /// a report).
+    Filled = 16,
 }
 
 /// Pack `frames` into `Frames` bodies of at most `MAX_CONTROL` bytes.
@@ -137,6 +149,10 @@ impl Kind {
             10 => Kind::Image,
             11 => Kind::Frames,
             12 => Kind::FramesOut,
+            13 => Kind::Left,
+            14 => Kind::Pages,
+            15 => Kind::Want,
+            16 => Kind::Filled,
             _ => return None,
         })
     }
@@ -144,9 +160,9 @@ impl Kind {
     /// The largest body a frame of this kind may have.
     pub fn max_len(self) -> u32 {
         match self {
-            Kind::Data => MAX_DATA,
+            Kind::Data | Kind::Pages => MAX_DATA,
             Kind::Offer => MAX_OFFER,
-            Kind::End | Kind::Commit => 0,
+            Kind::End | Kind::Commit | Kind::Left => 0,
             Kind::Image => ImageHead::LEN as u32,
             _ => MAX_CONTROL,
         }

@@ -16,6 +16,7 @@ pub mod frame;
 pub mod link;
 pub mod offer;
 pub mod pipe;
+pub mod postcopy;
 pub mod receive;
 pub mod send;
 

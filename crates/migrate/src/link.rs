@@ -33,8 +33,9 @@ use std::io::{Read, Write};
 /// Magic of the clear preamble.
 pub const MAGIC: [u8; 8] = *b"CRYOPODM";
 /// The link and frame protocol version this cryopod speaks (2: each image
-/// stream follows an `Image` frame, so that live rounds can be sent).
-pub const VERSION: u16 = 2;
+/// stream follows an `Image` frame, so that live rounds can be sent; 3:
+/// lazy moves, with `Left`, `Pages`, `Want` and `Filled`).
+pub const VERSION: u16 = 3;
 const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// A Noise message's largest size, and its authentication tag.
 const MAX_MESSAGE: usize = 65535;

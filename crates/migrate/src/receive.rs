@@ -10,7 +10,7 @@ use crate::offer::{Mode, Offer};
 use crate::send::MAX_ROUNDS;
 use crate::{fault, MigrateError, Result};
 use cryopod_engine::outdir::TempImage;
-use cryopod_engine::{CheckedImage, Progress};
+use cryopod_engine::{lazy, CheckedImage, Progress};
 use cryopod_image::store::KnownChunks;
 use cryopod_image::stream::Carry;
 use cryopod_image::ImageKey;
@@ -63,7 +63,22 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     let made = (|| -> Result<_> {
         fault("serve-after-accept")?;
         let mut known = KnownChunks::new();
-        let last = receive_images(&mut link, &tmp, offer.mode, (&mut known, o.threads))?;
+        let last = receive_images(&mut link, &tmp, (&mut known, o.threads))?;
+        // Lazy: what its last image left out, to fetch once it runs.
+        let remote = match offer.mode {
+            Mode::Lazy => {
+                let f = read_frame(&mut link, "while waiting for the list of pages left at the source")?;
+                if f.kind != Kind::Left {
+                    return Err(MigrateError::Protocol(format!("a {:?} frame where Left was due", f.kind)));
+                }
+                let left = crate::postcopy::receive_left(&mut link)?;
+                let (r, end) = lazy::remote::remote(&left)
+                    .map_err(|e| MigrateError::io("making the channels of the page filler", e))?;
+                Some((r, end))
+            }
+            _ => None,
+        };
+        let (remote, end) = remote.unzip();
         let img = CheckedImage::open(&last, None)?;
         if img.manifest().pod.as_ref().map(|p| p.name.as_str()) != Some(offer.pod.as_str()) {
             return Err(MigrateError::Protocol(format!("the image is not of the pod offered ({})", offer.pod)));
@@ -76,20 +91,21 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             threads: o.threads,
             hold: true,
             bridge: o.bridge.clone(),
-            // Live: the pod runs again before its memory is all in; the
-            // pages follow from the images here.
-            lazy: offer.mode == Mode::Live,
+            // Live and lazy: the pod runs again before its memory is all
+            // in; the pages follow from the images here (and lazy, from
+            // the source).
+            lazy: offer.mode != Mode::Stop,
             known: Some(&known),
         };
-        let held = cryopod_pod::snapshot::restore_held(state, &ro, progress)?;
+        let held = cryopod_pod::snapshot::restore_held(state, &ro, remote, progress)?;
         if let Err(e) = fault("serve-after-restore") {
             held.0.undo(state)?;
             return Err(e);
         }
-        Ok(held)
+        Ok((held, end))
     })();
     drop(tmp);
-    let (held, outcome) = match made {
+    let ((held, outcome), end) = match made {
         Ok(m) => m,
         Err(e) => {
             let why = cryopod_engine::chain(&e);
@@ -151,19 +167,27 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             let sent = send_frame(&mut link, Kind::Done, line.as_bytes());
             // Again, for a switch that missed the first.
             cryopod_pod::held::announce(&rec, 2);
-            // The pod runs; its memory comes in behind it (the source's
-            // copy is gone, whatever happened to the link).
-            let line = match fill.map(|f| f.finish()).transpose() {
+            // The pod runs; its memory comes in behind it (live: the
+            // source's copy is gone, whatever happened to the link; lazy:
+            // from the source too, which keeps its copy until then).
+            let filled = match (fill, end) {
+                (Some(fill), Some(end)) => fill_from_source(&mut link, fill, &end, o.timeout),
+                (fill, _) => fill.map(|f| f.finish()).transpose().map_err(MigrateError::from),
+            };
+            let line = match filled {
                 Ok(None) => line,
-                Ok(Some(s)) => format!(
-                    "{line}; its memory filled in {:.0} ms ({} ahead, {} on {} faults, the longest {:.2} ms)",
-                    s.elapsed.as_secs_f64() * 1e3,
-                    s.pushed,
-                    s.faulted,
-                    s.faults,
-                    s.worst_fault.as_secs_f64() * 1e3
-                ),
-                Err(e) => return Err(e.into()),
+                Ok(Some(s)) => format!("{line}; {}", describe(&s)),
+                Err(e) => {
+                    // (Its processes missing pages were killed first.)
+                    let _ = cryopod_pod::lifecycle::stop(state, &name, Duration::from_secs(5));
+                    let why = format!(
+                        "pod {name} was killed here: its memory could not all be filled ({})",
+                        cryopod_engine::chain(&e)
+                    );
+                    give_up(&mut link, &why);
+                    linger(link);
+                    return Err(MigrateError::Protocol(why));
+                }
             };
             sent?;
             Ok(line)
@@ -174,6 +198,57 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             give_up(&mut link, &format!("letting the pod run failed: {why}"));
             Err(e.into())
         }
+    }
+}
+
+/// What the filling of a pod's memory did, in words.
+fn describe(s: &lazy::LazyStats) -> String {
+    format!(
+        "its memory filled in {:.0} ms ({} bytes ahead, {} on {} faults, the longest {:.2} ms; {} bytes filled \
+         from what the source sent, {} faults waited for it)",
+        s.elapsed.as_secs_f64() * 1e3,
+        s.pushed,
+        s.faulted,
+        s.faults,
+        s.worst_fault.as_secs_f64() * 1e3,
+        s.fetched,
+        s.fetch_faults
+    )
+}
+
+/// A lazy move's memory: the filler fills from the images here and from
+/// what the source sends, while this thread carries the link (see
+/// `crate::postcopy`); the source hears `Filled` once every page is in.
+fn fill_from_source(
+    link: &mut Link<TcpStream>,
+    fill: cryopod_pod::held::LazyFill,
+    end: &lazy::RemoteEnd,
+    timeout: Duration,
+) -> Result<Option<lazy::LazyStats>> {
+    let finished = lazy::Bell::new().map_err(|e| MigrateError::io("making the filler's bell", e))?;
+    let outcome: std::sync::Mutex<Option<std::result::Result<lazy::LazyStats, String>>> = Default::default();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let r = fill.finish().map_err(|e| cryopod_engine::chain(&e));
+            *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            finished.ring();
+        });
+        let done = || {
+            let o = outcome.lock().unwrap_or_else(|p| p.into_inner());
+            o.as_ref().map(|r| r.as_ref().map(describe).map_err(Clone::clone))
+        };
+        let carried = crate::postcopy::fetch(link, end, (&finished, &done), timeout);
+        if let Err(e) = &carried {
+            // The filler kills what still misses pages, and stops.
+            end.deliver(lazy::Arrival::Lost(cryopod_engine::chain(e)));
+        }
+        carried
+    })?;
+    let o = outcome.into_inner().unwrap_or_else(|p| p.into_inner());
+    match o {
+        Some(Ok(s)) => Ok(Some(s)),
+        Some(Err(why)) => Err(MigrateError::Protocol(why)),
+        None => Err(MigrateError::Protocol("the page filler ended without a word".into())),
     }
 }
 
@@ -208,7 +283,6 @@ const MAX_FRAMES: usize = 4096;
 fn receive_images(
     link: &mut Link<TcpStream>,
     tmp: &TempImage,
-    mode: Mode,
     (known, threads): (&mut KnownChunks, usize),
 ) -> Result<std::path::PathBuf> {
     for round in 0..=MAX_ROUNDS {
@@ -218,7 +292,7 @@ fn receive_images(
             Kind::Abort => return Err(MigrateError::Aborted("the source".into(), f.text())),
             k => return Err(MigrateError::Protocol(format!("a {k:?} frame where an image was due"))),
         };
-        if head.round != round || (mode != Mode::Live && !head.last) {
+        if head.round != round {
             return Err(MigrateError::Protocol(format!("image {} came where {round} was due", head.name())));
         }
         let dir = tmp.named(&head.name());
@@ -240,9 +314,6 @@ fn receive_images(
 
 /// Can this host take the pod? One sentence if not.
 fn preflight(state: &StateDir, offer: &Offer) -> std::result::Result<(), String> {
-    if offer.mode == Mode::Lazy {
-        return Err(format!("--mode {} is not implemented yet", offer.mode.name()));
-    }
     cryopod_pod::state::check_name(&offer.pod).map_err(|e| e.to_string())?;
     match state.load(&offer.pod) {
         Err(PodError::Unknown(_)) => {}
@@ -269,8 +340,9 @@ fn preflight(state: &StateDir, offer: &Offer) -> std::result::Result<(), String>
     crate::files::check(std::path::Path::new(root), &offer.files)?;
     // What the pod's code may use of the source's CPU must be here too.
     cryopod_engine::cpu::check_image(&offer.cpu).map_err(|e| format!("this host's CPU cannot run it: {e}"))?;
-    // Live: its memory is filled after it runs, through userfaultfd.
-    if offer.mode == Mode::Live {
+    // Live and lazy: its memory is filled after it runs, through
+    // userfaultfd.
+    if offer.mode != Mode::Stop {
         cryopod_engine::lazy::probe()
             .map_err(|e| format!("this kernel cannot fill memory behind a running pod (live mode): {e}"))?;
     }

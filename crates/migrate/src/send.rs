@@ -37,6 +37,9 @@ pub struct SendOptions<'a> {
     pub mode: Mode,
     /// Live mode: pre-copy ends once what is left should go in this long.
     pub max_downtime: Duration,
+    /// Pre-copy rounds at most (None: the mode's own, `MAX_ROUNDS` live,
+    /// none lazy; never more than `MAX_ROUNDS`; stop mode has none).
+    pub rounds: Option<u32>,
     pub threads: usize,
     pub compress: cryopod_image::Compression,
     /// How long the destination may stay silent at any step.
@@ -69,14 +72,19 @@ pub struct SendReport {
     pub total: Duration,
     /// The destination's own words.
     pub remote: String,
+    /// Lazy: what was sent after the commit (the pages left out).
+    pub postcopy: Option<crate::postcopy::Served>,
 }
 
 /// Move pod `o.pod` of `state` to the host at `o.to`.
 pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<SendReport> {
     let t0 = Instant::now();
-    if o.mode == Mode::Lazy {
-        return Err(MigrateError::Protocol("--mode lazy is not implemented yet: use --mode live or stop".into()));
+    let max_rounds = match o.mode {
+        Mode::Stop => 0,
+        Mode::Live => o.rounds.unwrap_or(MAX_ROUNDS),
+        Mode::Lazy => o.rounds.unwrap_or(0),
     }
+    .min(MAX_ROUNDS);
     let rec = state.load(o.pod)?;
     let addr =
         o.to.to_socket_addrs()
@@ -116,10 +124,13 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     // Live: rounds while the pod runs, each reading what was written since
     // the one before; their bytes are what the last one need not send.
     let mut rounds = Vec::new();
-    let tracker = match o.mode {
-        Mode::Live => {
+    let tracker = match max_rounds {
+        1.. => {
             let armed = Tracker::arm(rec.init_pid).map(Mutex::new).map_err(MigrateError::from);
-            match armed.and_then(|t| precopy(&mut link, state, &rec, o, (&t, &tmp), &mut rounds, progress).map(|_| t)) {
+            let sent = |t: Mutex<Tracker>| {
+                precopy(&mut link, state, &rec, (o, max_rounds), (&t, &tmp), &mut rounds, progress).map(|_| t)
+            };
+            match armed.and_then(sent) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     let e = their_reason(&mut link, o.to, e);
@@ -128,7 +139,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
                 }
             }
         }
-        _ => None,
+        0 => None,
     };
     let head = ImageHead { round: rounds.len() as u32, last: true };
     let dir = tmp.named(&head.name());
@@ -154,6 +165,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         key: None,
         hold: true,
         precopy: false,
+        leave_private: o.mode == Mode::Lazy,
     };
     // What reaches the pod here from now until the destination has it is
     // caught, to be delivered there (its peers then need not wait for
@@ -185,7 +197,10 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     // From here until Ready, any failure lets the pod run here again.
     let sent = (|| -> Result<u64> {
         fault("migrate-after-hold")?;
-        let bytes = send_image(&mut link, &dir, head)?;
+        let mut bytes = send_image(&mut link, &dir, head)?;
+        if o.mode == Mode::Lazy {
+            bytes += crate::postcopy::send_left(&mut link, &summary.left)?;
+        }
         drop(tmp);
         fault("migrate-after-stream")?;
         let f = read_frame(&mut link, "while the destination restored the pod")?;
@@ -223,17 +238,38 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     match done {
         Ok(f) if f.kind == Kind::Done => {
             let stopped = t_stop.elapsed();
+            // Lazy: it runs there; its pages left out go from here, until
+            // every one is in.
+            let postcopy = match o.mode {
+                Mode::Lazy => match crate::postcopy::serve(&mut link, &summary.left, o.timeout) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        let why = cryopod_engine::chain(&their_reason(&mut link, o.to, e));
+                        let name = held.name().to_string();
+                        held.abandon();
+                        return Err(MigrateError::Protocol(format!(
+                            "pod {name} runs at {}, but its memory could not all be sent there ({why}); {} kills \
+                             it if it missed pages; the copy here is kept frozen with its network locked, so \
+                             that it never runs twice: check {} and then stop one of the two copies",
+                            o.to, o.to, o.to
+                        )));
+                    }
+                },
+                _ => None,
+            };
             held.end(state)?;
             if let Err(e) = state.note_departure(&rec.name, o.to) {
                 tracing::warn!(pod = %rec.name, "{e}");
             }
+            let after = postcopy.as_ref().map_or(0, |p| p.pushed + p.wanted);
             Ok(SendReport {
-                bytes: bytes + rounds.iter().map(|r| r.bytes).sum::<u64>(),
+                bytes: bytes + after + rounds.iter().map(|r| r.bytes).sum::<u64>(),
                 memory: summary.memory_bytes,
                 rounds,
                 stopped,
                 total: t0.elapsed(),
-                remote: f.text(),
+                remote: postcopy.as_ref().map_or_else(|| f.text(), |p| format!("{}; {}", f.text(), p.report)),
+                postcopy,
             })
         }
         Ok(f) if f.kind == Kind::Abort => {
@@ -259,17 +295,17 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
 }
 
 /// Pre-copy rounds while the pod runs, until what is left should go
-/// within `o.max_downtime`, stops shrinking, or `MAX_ROUNDS` were sent.
+/// within `o.max_downtime`, stops shrinking, or `max_rounds` were sent.
 fn precopy(
     link: &mut Link<TcpStream>,
     state: &StateDir,
     rec: &PodRecord,
-    o: &SendOptions,
+    (o, max_rounds): (&SendOptions, u32),
     (tracker, tmp): (&Mutex<Tracker>, &TempImage),
     rounds: &mut Vec<RoundReport>,
     progress: Progress,
 ) -> Result<()> {
-    for k in 0..MAX_ROUNDS {
+    for k in 0..max_rounds {
         let t = Instant::now();
         let head = ImageHead { round: k, last: false };
         let dir = tmp.named(&head.name());
@@ -289,6 +325,7 @@ fn precopy(
             key: None,
             hold: false,
             precopy: true,
+            leave_private: false,
         };
         let s = cryopod_pod::snapshot::checkpoint(state, &copts, progress)?;
         {
@@ -335,10 +372,16 @@ fn their_reason(link: &mut Link<TcpStream>, to: &str, e: MigrateError) -> Migrat
     match &e {
         MigrateError::Io { .. } | MigrateError::Image(_) => {
             let _ = link.get_ref().set_read_timeout(Some(Duration::from_secs(2)));
-            match read_frame(link, "after a failed send") {
-                Ok(f) if f.kind == Kind::Abort => MigrateError::Aborted(to.to_string(), f.text()),
-                _ => e,
+            // (Behind what it said before: a lazy move's wants.)
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                match read_frame(link, "after a failed send") {
+                    Ok(f) if f.kind == Kind::Abort => return MigrateError::Aborted(to.to_string(), f.text()),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
             }
+            e
         }
         _ => e,
     }

@@ -290,3 +290,54 @@ fn streams_through_a_second_thread_arrive_whole_or_not_at_all() {
     drop(l);
     server.join().unwrap();
 }
+
+#[test]
+fn a_list_of_left_pages_crosses_whole_and_a_run_that_does_not_hold_is_refused() {
+    use cryopod_engine::lazy::LeftRun;
+    use cryopod_migrate::frame::{read_frame, send_frame, DataWriter, Kind};
+    use cryopod_migrate::postcopy::{receive_left, send_left};
+    let (a, b) = pair();
+    let left: Vec<LeftRun> = (0..5000u64)
+        .map(|i| LeftRun { pid: 1 + (i % 3) as i32, host: 777, addr: 0x7f00_0000_0000 + i * 0x10000, pages: 16 })
+        .collect();
+    let sent = left.clone();
+    let server = std::thread::spawn(move || {
+        let mut l = Link::accept(b, &key(6), "client").unwrap();
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            assert_eq!(read_frame(&mut l, "test").unwrap().kind, Kind::Left);
+            let r = receive_left(&mut l).map_err(|e| e.to_string());
+            if r.is_err() {
+                // (The stream's End, unread behind the run refused.)
+                assert_eq!(read_frame(&mut l, "test").unwrap().kind, Kind::End);
+            }
+            got.push(r);
+        }
+        got
+    });
+    let mut l = Link::connect(a, &key(6), "server").unwrap();
+    send_left(&mut l, &left).unwrap();
+    // Runs that do not hold: no pages, more than a fetch may carry, an
+    // address not on a page, one that wraps.
+    for (pages, addr) in [(0u32, 0x1000u64), (1000, 0x1000), (1, 0x1001), (16, u64::MAX - 0xfff)] {
+        send_frame(&mut l, Kind::Left, &[]).unwrap();
+        let mut w = DataWriter::new(&mut l);
+        let mut b = Vec::new();
+        b.extend_from_slice(&1i32.to_be_bytes());
+        b.extend_from_slice(&pages.to_be_bytes());
+        b.extend_from_slice(&addr.to_be_bytes());
+        std::io::Write::write_all(&mut w, &b).unwrap();
+        w.finish().unwrap();
+    }
+    let got = server.join().unwrap();
+    let whole = got[0].as_ref().unwrap();
+    // (The source's host PIDs stay at the source.)
+    assert_eq!(whole.len(), sent.len());
+    assert!(whole
+        .iter()
+        .zip(&sent)
+        .all(|(g, s)| g.pid == s.pid && g.addr == s.addr && g.pages == s.pages && g.host == 0));
+    for bad in &got[1..] {
+        assert!(bad.as_ref().is_err_and(|e| e.contains("does not hold")), "{bad:?}");
+    }
+}

@@ -91,6 +91,10 @@ pub struct PodCheckpointOptions<'a> {
     /// its state is taken, its pages are read while it runs (see
     /// `cryopod_engine::CheckpointOptions::precopy`).
     pub precopy: bool,
+    /// With `hold`: its private anonymous pages are not read but listed,
+    /// to be fetched once it runs elsewhere (a lazy migration: see
+    /// `cryopod_engine::CheckpointOptions::leave_private`).
+    pub leave_private: bool,
 }
 
 /// Checkpoint pod `o.name` into `o.dir` and keep it frozen, its network
@@ -319,6 +323,7 @@ fn checkpoint_frozen(
         base: o.base,
         tracker: o.tracker,
         precopy: o.precopy,
+        leave_private: o.leave_private,
         pod: Some(PodCheckpoint {
             root,
             external,
@@ -474,7 +479,7 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
     if o.lazy {
         return Err(PodError::Invalid("a lazy restore is asked with hold".into()));
     }
-    let (rec, outcome, guard, _) = restore_guarded(state, o, progress)?;
+    let (rec, outcome, guard, _) = restore_guarded(state, o, None, progress)?;
     // The pod is recorded: handed over. Only then does the note that we
     // were making it go (a restore cut short between the two leaves a pod
     // the guardian killed, which the next command removes).
@@ -486,15 +491,19 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
 /// Restore the pod in `o.image` (with `o.hold`) and keep it frozen, its
 /// network not attached, until it is let go or undone (see
 /// `crate::held`).
+///
+/// `remote` (with `o.lazy`): the pages the image left out, fetched from
+/// the source (a lazy migration: see `cryopod_engine::lazy::remote`).
 pub fn restore_held(
     state: &StateDir,
     o: &PodRestoreOptions,
+    remote: Option<cryopod_engine::lazy::Remote>,
     progress: Progress,
 ) -> Result<(crate::held::HeldRestore, RestoreOutcome)> {
-    if !o.hold {
-        return Err(PodError::Invalid("a held restore is asked with hold".into()));
+    if !o.hold || (remote.is_some() && !o.lazy) {
+        return Err(PodError::Invalid("a held restore is asked with hold (and pages from the source, lazy)".into()));
     }
-    let (rec, outcome, guard, lazy) = restore_guarded(state, o, progress)?;
+    let (rec, outcome, guard, lazy) = restore_guarded(state, o, remote, progress)?;
     Ok((crate::held::HeldRestore::new(rec, guard, lazy), outcome))
 }
 
@@ -503,6 +512,7 @@ pub fn restore_held(
 fn restore_guarded(
     state: &StateDir,
     o: &PodRestoreOptions,
+    remote: Option<cryopod_engine::lazy::Remote>,
     progress: Progress,
 ) -> Result<(PodRecord, RestoreOutcome, Guard, Option<LazyPages>)> {
     let m = o.image.manifest();
@@ -544,7 +554,7 @@ fn restore_guarded(
     let packs = cryopod_engine::restore::verified_packs_but(o.image, o.threads, known, progress).map_err(engine_err)?;
     let packs = std::sync::Arc::new(packs);
     // Its thread starts with the first process filled, after every fork.
-    let mut lazy = o.lazy.then(|| LazyPages::new(Source { chunks: m.chunks.clone(), reader: packs.clone() }));
+    let mut lazy = o.lazy.then(|| LazyPages::new(Source { chunks: m.chunks.clone(), reader: packs.clone(), remote }));
     // Should we die before the pod is recorded, every process made for it
     // dies (the next cryopod command removes what else is left of it).
     let guard = Guard::start(Outcome::Kill).map_err(engine_err)?;

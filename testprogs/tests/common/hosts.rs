@@ -638,3 +638,33 @@ fn output_within(cmd: &mut Command, limit: Duration) -> Output {
     let stderr = collect(err);
     Output { status, stdout, stderr }
 }
+
+/// Run `cmd` (a cryopod command that connects to a `serve` just started)
+/// until the server listens: again while it says "Connection refused", for
+/// up to 20 s.
+pub fn once_listening(cmd: impl Fn() -> Output) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = cmd();
+        if !String::from_utf8_lossy(&o.stderr).contains("Connection refused") || Instant::now() > deadline {
+            return o;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Two hosts, a key file, host B serving migrations (its pods on its own
+/// bridge), and a work directory for a test program on A; returns them
+/// with B's ADDR:PORT.
+pub fn serving_hosts(tag: &str, subnet: &str) -> (TwoHosts, PathBuf, String, PathBuf) {
+    let h = TwoHosts::new(tag, subnet);
+    let key = h.state(Node::A).join("key");
+    std::fs::write(&key, [0x21u8; 32]).unwrap();
+    let dest = format!("{}:7070", h.addr(Node::B));
+    let serve = ["serve", "--listen", &dest, "--key", key.to_str().unwrap(), "--timeout", "60"];
+    // (Killed and reaped when `h` goes.)
+    let _serve = h.spawn_cryopod(Node::B, &serve).id();
+    let work = h.state(Node::A).join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    (h, key, dest, work)
+}

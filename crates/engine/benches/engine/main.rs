@@ -235,6 +235,7 @@ fn tree_options(
         base: None,
         tracker: None,
         precopy: false,
+        leave_private: false,
     }
 }
 
