@@ -11,7 +11,9 @@
 //!
 //! `CRYOPOD_BENCH_ROUNDS` (default 3) runs per mode; `CRYOPOD_BENCH_MIB`
 //! (default 1024) and `CRYOPOD_BENCH_MBPS` (default 50) the pod;
-//! `CRYOPOD_BENCH_MODES` (default stop,live,lazy) the modes.
+//! `CRYOPOD_BENCH_MODES` (default stop,live,lazy) the modes;
+//! `CRYOPOD_BENCH_VERBOSE` set prints each move's report (with
+//! `RUST_LOG=debug`, where its time went).
 //!
 //!     cargo build --release --workspace    # the cryopod it runs
 //!     cargo bench -p cryopod-testprogs --bench migrate
@@ -114,6 +116,9 @@ fn one(h: &TwoHosts, mode: &str, (mib, mbps): (&str, &str), key: &str, dest: &st
         let args = ["migrate", "migrant", "--to", dest, "--key", key, "--mode", mode];
         let o = h.cryopod(Node::A, &args);
         let report = String::from_utf8_lossy(&o.stderr).into_owned();
+        if std::env::var_os("CRYOPOD_BENCH_VERBOSE").is_some() {
+            println!("{report}");
+        }
         std::thread::sleep(Duration::from_secs(2));
         std::fs::write(&stop, b"").map_err(|e| e.to_string())?;
         let mut rest = String::new();

@@ -222,7 +222,9 @@ fn checkpoint_once(
                 fr.kill(o.pod.is_some());
                 drop(repaired);
             }
+            // (Pages left out are the tree's memory too.)
             let (mem, _) = m.memory_bytes();
+            let mem = mem + left.iter().map(|r| u64::from(r.pages) * PAGE).sum::<u64>();
             let meta_len = out.manifest_len();
             Ok(CheckpointSummary {
                 processes: m.processes.len(),

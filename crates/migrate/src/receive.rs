@@ -97,14 +97,15 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             lazy: offer.mode != Mode::Stop,
             known: Some(&known),
         };
+        tracing::debug!("images in; restoring");
         let held = cryopod_pod::snapshot::restore_held(state, &ro, remote, progress)?;
+        tracing::debug!("restored, held");
         if let Err(e) = fault("serve-after-restore") {
             held.0.undo(state)?;
             return Err(e);
         }
         Ok((held, end))
     })();
-    drop(tmp);
     let ((held, outcome), end) = match made {
         Ok(m) => m,
         Err(e) => {
@@ -114,6 +115,18 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             return Err(e);
         }
     };
+    // Made now: closing packet sockets takes a while, so they close only
+    // after the commit, aside (see `cryopod_sys::packet::Sender`).
+    let rec = held.record();
+    let bridge = rec.spec.bridge.as_deref().unwrap_or(cryopod_pod::net::BRIDGE);
+    let senders = rec.veth.as_deref().map(|v| {
+        let open = |name: &str| {
+            cryopod_sys::packet::Sender::new(name)
+                .map_err(|e| tracing::info!(pod = %rec.name, "the frames caught while the pod moved are lost: {e}"))
+                .ok()
+        };
+        (open(v), open(bridge))
+    });
     let ready = format!("restored {} processes, held", outcome.processes);
     let mut caught = cryopod_sys::packet::Caught::default();
     let go = send_frame(&mut link, Kind::Ready, ready.as_bytes()).and_then(|_| loop {
@@ -127,6 +140,7 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             _ => break Ok(f),
         }
     });
+    tracing::debug!("the source's word came");
     let go = go.and_then(|f| fault("serve-after-commit").map(|_| f));
     match go {
         Ok(f) if f.kind == Kind::Commit => {}
@@ -143,19 +157,23 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
         }
     }
     let name = held.record().name.clone();
-    match held.commit(state) {
-        Ok((rec, fill)) => {
-            // What reached it at the source while it moved, and what it
-            // sent there that a locked port dropped: on their way now.
-            let bridge = rec.spec.bridge.as_deref().unwrap_or(cryopod_pod::net::BRIDGE);
-            let sent = match &rec.veth {
-                Some(v) => cryopod_sys::packet::send_frames(v, &caught.to)
-                    .and_then(|_| cryopod_sys::packet::send_frames(bridge, &caught.from)),
-                None => Ok(()),
-            };
-            if let Err(e) = sent {
-                tracing::info!(pod = %rec.name, "the frames caught while the pod moved are lost: {e}");
-            }
+    // What reached it at the source while it moved, and what it sent
+    // there that a locked port dropped: on their way before it runs.
+    let deliver = |rec: &cryopod_pod::PodRecord| {
+        let (to, from) = match &senders {
+            Some((Some(to), Some(from))) => (to, from),
+            _ => return,
+        };
+        if let Err(e) = to.send_all(&caught.to).and_then(|_| from.send_all(&caught.from)) {
+            tracing::info!(pod = %rec.name, "the frames caught while the pod moved are lost: {e}");
+        }
+    };
+    let committed = held.commit(state, deliver);
+    for s in senders.into_iter().flat_map(|(a, b)| [a, b]).flatten() {
+        s.close_aside();
+    }
+    match committed {
+        Ok(cryopod_pod::held::Committed { rec, fill, arp }) => {
             let line = format!(
                 "pod {} arrived from {peer} and runs here (host pid {}; frames caught while it moved: {} to it, {} \
                  from it)",
@@ -165,8 +183,18 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
                 caught.from.len()
             );
             let sent = send_frame(&mut link, Kind::Done, line.as_bytes());
-            // Again, for a switch that missed the first.
-            cryopod_pod::held::announce(&rec, 2);
+            // (Only now: removing them may take tens of milliseconds.)
+            drop(tmp);
+            tracing::debug!("Done sent");
+            // Again, for a switch that missed the first (aside: the
+            // frames go 50 ms apart, and a lazy move's pages wait).
+            if let Some(a) = arp {
+                let r = rec.clone();
+                let _ = std::thread::Builder::new().name("announce".into()).spawn(move || {
+                    cryopod_pod::held::announce(&r, Some(&a), 2);
+                    a.close_aside();
+                });
+            }
             // The pod runs; its memory comes in behind it (live: the
             // source's copy is gone, whatever happened to the link; lazy:
             // from the source too, which keeps its copy until then).

@@ -198,14 +198,19 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     let sent = (|| -> Result<u64> {
         fault("migrate-after-hold")?;
         let mut bytes = send_image(&mut link, &dir, head)?;
+        tracing::debug!(ms = t_stop.elapsed().as_secs_f64() * 1e3, bytes, "last image sent");
         if o.mode == Mode::Lazy {
             bytes += crate::postcopy::send_left(&mut link, &summary.left)?;
         }
-        drop(tmp);
+        // (The images here go only at the end: freeing a gigabyte of
+        // tmpfs takes tens of milliseconds, which the pod would wait.)
         fault("migrate-after-stream")?;
         let f = read_frame(&mut link, "while the destination restored the pod")?;
         match f.kind {
-            Kind::Ready => fault("migrate-after-ready").map(|_| bytes),
+            Kind::Ready => {
+                tracing::debug!(ms = t_stop.elapsed().as_secs_f64() * 1e3, "the destination holds the pod");
+                fault("migrate-after-ready").map(|_| bytes)
+            }
             Kind::Abort => Err(MigrateError::Aborted(o.to.to_string(), f.text())),
             k => Err(MigrateError::Protocol(format!("a {k:?} frame in answer to the image"))),
         }

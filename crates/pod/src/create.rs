@@ -71,6 +71,7 @@ impl Holder {
     /// Create the cgroup, the namespaces and the network of pod `name`.
     pub fn create(state: &StateDir, name: &str, spec: &PodSpec, extra: &Extra) -> Result<Holder> {
         let cgroup = Cgroup::of(state, name);
+        let t = std::time::Instant::now();
         cgroup.create(&Limits { memory: spec.memory, pids: spec.pids, cpus: spec.cpus })?;
         let (status_r, status_w) = pipe::pipe()?;
         let (cmd_r, cmd_w) = pipe::pipe()?;
@@ -108,10 +109,12 @@ impl Holder {
                 h.command("M")?;
             }
             expect_ready(&status_r, "creating the pod's namespaces")?;
+            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "pod: cgroup and namespaces made");
             if let Some(ip) = &spec.ip {
                 h.veth = Some(net::host_setup(name, ip, pid, !extra.attach_later, spec.bridge.as_deref())?);
                 h.command("N")?;
                 expect_ready(&status_r, "configuring the pod's network")?;
+                tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "pod: network made");
             }
             Ok(())
         })();

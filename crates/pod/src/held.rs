@@ -93,16 +93,23 @@ fn end_frozen(state: &StateDir, rec: &PodRecord, guard: &Guard) -> Result<()> {
     lifecycle::cleanup(state, rec)
 }
 
-/// Tell the pod's segment where its address is now: `times` gratuitous
-/// ARP frames from its eth0, 50 ms apart (a failure is only logged: the
-/// segment then learns it from the pod's next frame).
-pub fn announce(rec: &PodRecord, times: u32) {
-    if let Some(ip) = rec.spec.ip {
-        // (In a thread: a lazy restore's filler runs beside, so no fork.)
-        let send = move || Ok(cryopod_sys::arp::announce("eth0", ip.addr.octets(), times)?);
-        if let Err(e) = crate::join::in_net_of(rec.init_pid, send) {
-            tracing::warn!(pod = %rec.name, "announcing the pod's address: {e}");
-        }
+/// What tells the pod's segment where its address is now (gratuitous ARP
+/// from its eth0), made ahead inside its network; None for a pod without
+/// an address, or where it cannot be made (logged: the segment then
+/// learns it from the pod's next frame).
+pub fn announcer(rec: &PodRecord) -> Option<cryopod_sys::arp::Announcer> {
+    let ip = rec.spec.ip?;
+    // (In a thread: a lazy restore's filler runs beside, so no fork.)
+    let make = move || Ok(cryopod_sys::arp::Announcer::new("eth0", ip.addr.octets())?);
+    crate::join::in_net_of(rec.init_pid, make)
+        .map_err(|e| tracing::warn!(pod = %rec.name, "announcing the pod's address: {e}"))
+        .ok()
+}
+
+/// Announce `times` times (a failure is only logged).
+pub fn announce(rec: &PodRecord, arp: Option<&cryopod_sys::arp::Announcer>, times: u32) {
+    if let Some(Err(e)) = arp.map(|a| a.announce(times)) {
+        tracing::warn!(pod = %rec.name, "announcing the pod's address: {e}");
     }
 }
 
@@ -120,6 +127,17 @@ pub struct HeldRestore {
     guard: Guard,
     /// Its private memory, still being filled (a lazy restore).
     lazy: Option<cryopod_engine::lazy::LazyPages>,
+    /// Made ahead: it announces the pod's address at the commit.
+    arp: Option<cryopod_sys::arp::Announcer>,
+}
+
+/// A pod handed over (see [`HeldRestore::commit`]).
+pub struct Committed {
+    pub rec: PodRecord,
+    /// Its memory still being filled (a lazy restore).
+    pub fill: Option<LazyFill>,
+    /// To announce its address again (see [`announce`]); closed aside.
+    pub arp: Option<cryopod_sys::arp::Announcer>,
 }
 
 /// A pod let go while its memory is still being filled: until
@@ -141,7 +159,8 @@ impl LazyFill {
 
 impl HeldRestore {
     pub(crate) fn new(rec: PodRecord, guard: Guard, lazy: Option<cryopod_engine::lazy::LazyPages>) -> HeldRestore {
-        HeldRestore { rec, guard, lazy }
+        let arp = announcer(&rec);
+        HeldRestore { rec, guard, lazy, arp }
     }
 
     pub fn record(&self) -> &PodRecord {
@@ -149,28 +168,38 @@ impl HeldRestore {
     }
 
     /// Hand the pod over: its veth joins the bridge (the world reaches it
-    /// again), it is thawed, and it is the host's like any other; with its
-    /// memory still being filled, if it was restored lazily.
-    pub fn commit(self, state: &StateDir) -> Result<(PodRecord, Option<LazyFill>)> {
+    /// again), its segment is told where its address is now, `deliver`
+    /// hands it what its peers sent meanwhile (while it is still frozen: its
+    /// kernel takes them in without competing with it), and it is thawed:
+    /// the host's like any other, with its memory still being filled if it
+    /// was restored lazily.
+    pub fn commit(self, state: &StateDir, deliver: impl FnOnce(&PodRecord)) -> Result<Committed> {
+        let t = std::time::Instant::now();
         if let Some(v) = &self.rec.veth {
             net::attach(v, self.rec.spec.bridge.as_deref())?;
         }
+        // (The caller repeats it once it has told the source.)
+        announce(&self.rec, self.arp.as_ref(), 1);
+        deliver(&self.rec);
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "commit: attached, announced, frames delivered");
         Cgroup::of(state, &self.rec.name).thaw()?;
-        // Its segment learns at once where its hardware address is now
-        // (the caller repeats it once it has told the source).
-        announce(&self.rec, 1);
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "commit: thawed");
         let _ = std::fs::remove_file(state.dir(&self.rec.name).join(CREATOR));
-        match self.lazy {
-            Some(lazy) => Ok((self.rec, Some(LazyFill { lazy, guard: self.guard }))),
+        let fill = match self.lazy {
+            Some(lazy) => Some(LazyFill { lazy, guard: self.guard }),
             None => {
                 self.guard.disarm();
-                Ok((self.rec, None))
+                None
             }
-        }
+        };
+        Ok(Committed { rec: self.rec, fill, arp: self.arp })
     }
 
     /// Remove the pod: every process killed, everything of it removed.
     pub fn undo(self, state: &StateDir) -> Result<()> {
+        if let Some(a) = self.arp {
+            a.close_aside();
+        }
         end_frozen(state, &self.rec, &self.guard)
     }
 }

@@ -10,9 +10,9 @@ use crate::{PodError, Result};
 use cryopod_image::pod::{PodLink, PodRoute};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -162,14 +162,14 @@ pub fn host_setup(pod: &str, ip: &IpConfig, ns_pid: i32, attach: bool, bridge: O
         if index_of(&h, &host).await?.is_some() {
             return Err(PodError::Net(format!("interface {host} already exists (left over by a pod named {pod}?)")));
         }
-        h.link().add(LinkVeth::new(&host, &peer).build()).execute().await.map_err(nerr("creating the veth pair"))?;
+        // The pod's end is made inside its network at once: moving it there
+        // afterwards waits for an RCU grace period (~15 ms here).
+        let inside = LinkMessageBuilder::<LinkUnspec>::new().name(peer.clone()).setns_by_pid(ns_pid as u32).build();
+        let pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.clone())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(inside)));
+        h.link().add(pair.build()).execute().await.map_err(nerr("creating the veth pair"))?;
         let res = async {
-            let pi = must_index(&h, &peer).await?;
-            h.link()
-                .set(LinkUnspec::new_with_index(pi).setns_by_pid(ns_pid as u32).build())
-                .execute()
-                .await
-                .map_err(nerr("moving the veth into the pod"))?;
             let hi = must_index(&h, &host).await?;
             // A bridge takes the lowest hardware address of its ports
             // unless one was set on it: a pod's veth with a lower one

@@ -554,7 +554,8 @@ fn restore_guarded(
     let packs = cryopod_engine::restore::verified_packs_but(o.image, o.threads, known, progress).map_err(engine_err)?;
     let packs = std::sync::Arc::new(packs);
     // Its thread starts with the first process filled, after every fork.
-    let mut lazy = o.lazy.then(|| LazyPages::new(Source { chunks: m.chunks.clone(), reader: packs.clone(), remote }));
+    let source = Source { chunks: m.chunks.clone(), reader: packs.clone(), remote };
+    let mut lazy = o.lazy.then(|| LazyPages::new(source)).transpose().map_err(engine_err)?;
     // Should we die before the pod is recorded, every process made for it
     // dies (the next cryopod command removes what else is left of it).
     let guard = Guard::start(Outcome::Kill).map_err(engine_err)?;

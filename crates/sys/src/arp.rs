@@ -24,20 +24,38 @@ pub fn frame(mac: [u8; 6], ip: [u8; 4]) -> [u8; 42] {
     f
 }
 
-/// Announce `ip` on interface `ifname` of the calling thread's network
-/// namespace, `times` times 50 ms apart (a frame can meet a bridge port
-/// still coming up).
-pub fn announce(ifname: &str, ip: [u8; 4], times: u32) -> SysResult<()> {
-    let sock = crate::packet::socket(ETH_P_ARP)?;
-    let index = crate::packet::if_index(ifname)?;
-    let f = frame(crate::packet::hw_addr(&sock, ifname)?, ip);
-    for i in 0..times {
-        if i > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        crate::packet::send(&sock, index, &f)?;
+/// Announces one address from one interface; made ahead (see
+/// [`crate::packet::Sender`]), usable from any thread once made.
+pub struct Announcer {
+    out: crate::packet::Sender,
+    frame: [u8; 42],
+}
+
+impl Announcer {
+    /// For `ip` on interface `ifname` of the calling thread's network
+    /// namespace.
+    pub fn new(ifname: &str, ip: [u8; 4]) -> SysResult<Announcer> {
+        let out = crate::packet::Sender::new(ifname)?;
+        let frame = frame(out.hw_addr()?, ip);
+        Ok(Announcer { out, frame })
     }
-    Ok(())
+
+    /// Announce it `times` times 50 ms apart (a frame can meet a bridge
+    /// port still coming up).
+    pub fn announce(&self, times: u32) -> SysResult<()> {
+        for i in 0..times {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            self.out.send(&self.frame)?;
+        }
+        Ok(())
+    }
+
+    /// See [`crate::packet::Sender::close_aside`].
+    pub fn close_aside(self) {
+        self.out.close_aside();
+    }
 }
 
 #[cfg(test)]

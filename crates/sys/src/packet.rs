@@ -2,7 +2,7 @@
 //! caught as they arrive. A moving pod's gratuitous ARP is sent this way
 //! (see [`crate::arp`]), and so are the frames that reach a pod's old host
 //! while it moves: caught there ([`Catcher`]), carried over, and sent into
-//! the pod at its new host ([`send_frames`]), so that its peers' segments
+//! the pod at its new host ([`Sender`]), so that its peers' segments
 //! are delivered rather than lost and sent again only after their
 //! retransmission timeout.
 
@@ -87,12 +87,41 @@ pub fn send(sock: &OwnedFd, index: u32, frame: &[u8]) -> SysResult<()> {
     Ok(())
 }
 
-/// Send `frames` out of interface `name` (a pod's host-side veth: into
-/// the pod).
-pub fn send_frames(name: &str, frames: &[Vec<u8>]) -> SysResult<()> {
-    let sock = socket(0)?;
-    let index = if_index(name)?;
-    frames.iter().try_for_each(|f| send(&sock, index, f))
+/// A packet socket that sends out of one interface, made ahead and kept:
+/// closing a packet socket waits for an RCU grace period
+/// (`synchronize_net`: 8-16 ms each on this machine), which must not fall
+/// inside a pod's downtime. [`Sender::close_aside`] closes it on a thread
+/// of its own.
+pub struct Sender {
+    sock: OwnedFd,
+    index: u32,
+    name: String,
+}
+
+impl Sender {
+    /// For interface `name` of the calling thread's network namespace.
+    pub fn new(name: &str) -> SysResult<Sender> {
+        Ok(Sender { sock: socket(0)?, index: if_index(name)?, name: name.to_string() })
+    }
+
+    pub fn send(&self, frame: &[u8]) -> SysResult<()> {
+        send(&self.sock, self.index, frame)
+    }
+
+    /// Send `frames` (e.g. into a pod, out of its host-side veth).
+    pub fn send_all(&self, frames: &[Vec<u8>]) -> SysResult<()> {
+        frames.iter().try_for_each(|f| self.send(f))
+    }
+
+    /// The interface's hardware address.
+    pub fn hw_addr(&self) -> SysResult<[u8; 6]> {
+        hw_addr(&self.sock, &self.name)
+    }
+
+    /// Close it without waiting for the grace period.
+    pub fn close_aside(self) {
+        let _ = std::thread::Builder::new().name("close-packet".into()).spawn(move || drop(self));
+    }
 }
 
 /// Catches the frames arriving on any interface of the calling thread's
@@ -330,7 +359,7 @@ mod tests {
                 f
             };
             let other = [2, 9, 9, 9, 9, 9];
-            send_frames("lo", &[frame(mac, other), frame(other, mac), frame(other, other)]).ok()?;
+            Sender::new("lo").ok()?.send_all(&[frame(mac, other), frame(other, mac), frame(other, other)]).ok()?;
             std::thread::sleep(std::time::Duration::from_millis(50));
             let mut got = Caught::default();
             c.take(&mut got, 1 << 20).ok()?;

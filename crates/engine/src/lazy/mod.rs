@@ -122,6 +122,9 @@ impl Space {
 pub struct LazyPages {
     state: Mutex<Filler>,
     abandon: Arc<AtomicBool>,
+    /// Rung with each process added (the filler may be waiting on the
+    /// others' uffds).
+    added: Arc<Bell>,
     /// Processes with pages at the source.
     fetching: HashSet<i32>,
 }
@@ -133,9 +136,15 @@ enum Filler {
 }
 
 impl LazyPages {
-    pub fn new(source: Source) -> LazyPages {
+    pub fn new(source: Source) -> Result<LazyPages> {
         let fetching = source.remote.as_ref().map(|r| r.left.keys().copied().collect()).unwrap_or_default();
-        LazyPages { state: Mutex::new(Filler::NotStarted(source)), abandon: Arc::new(AtomicBool::new(false)), fetching }
+        let added = Bell::new().map_err(|e| EngineError::Other(format!("cannot make the page filler's bell: {e}")))?;
+        Ok(LazyPages {
+            state: Mutex::new(Filler::NotStarted(source)),
+            abandon: Arc::new(AtomicBool::new(false)),
+            added: Arc::new(added),
+            fetching,
+        })
     }
 
     /// Does process `image_pid` (as the image names it) have pages at the
@@ -163,19 +172,21 @@ impl LazyPages {
             Filler::NotStarted(source) => {
                 let (tx, rx) = std::sync::mpsc::channel();
                 let stop = self.abandon.clone();
+                let added = self.added.clone();
                 let thread = std::thread::Builder::new()
                     .name("lazy-pages".into())
-                    .spawn(move || serve(source, rx, &stop))
+                    .spawn(move || serve(source, (rx, &added), &stop))
                     .map_err(|e| EngineError::Other(format!("cannot start the page filler: {e}")))?;
                 Filler::Running { tx: Some(tx), thread }
             }
             other => other,
         };
-        match &*st {
+        let sent = match &*st {
             Filler::Running { tx: Some(tx), .. } => tx.send(space).ok(),
             _ => None,
-        }
-        .ok_or_else(|| EngineError::Other("the page filler has stopped".into()))
+        };
+        self.added.ring();
+        sent.ok_or_else(|| EngineError::Other("the page filler has stopped".into()))
     }
 
     /// No more processes will be added.
@@ -224,7 +235,7 @@ struct Local {
 type Deferred = Vec<(i32, u64, Vec<u8>)>;
 
 /// The filling thread.
-fn serve(source: Source, rx: Receiver<Space>, abandon: &AtomicBool) -> Result<LazyStats> {
+fn serve(source: Source, (rx, added_bell): (Receiver<Space>, &Bell), abandon: &AtomicBool) -> Result<LazyStats> {
     let t0 = Instant::now();
     let mut spaces: Vec<Space> = Vec::new();
     let mut stats = LazyStats::default();
@@ -239,6 +250,7 @@ fn serve(source: Source, rx: Receiver<Space>, abandon: &AtomicBool) -> Result<La
                 return Err(EngineError::Other("the page filler was stopped before every page was in".into()));
             }
             let mut added = Vec::new();
+            added_bell.quiet();
             loop {
                 match rx.try_recv() {
                     Ok(s) => added.push(s),
@@ -278,6 +290,7 @@ fn serve(source: Source, rx: Receiver<Space>, abandon: &AtomicBool) -> Result<La
             let busy = !deferred.is_empty() || spaces.iter().any(|s| !s.jobs.is_empty());
             let ready = {
                 let mut fds: Vec<_> = spaces.iter().map(|s| s.uffd.as_fd()).collect();
+                fds.push(added_bell.fd());
                 if let Some(r) = &remote {
                     fds.push(r.bell.fd());
                 }
