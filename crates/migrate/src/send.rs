@@ -86,6 +86,14 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     }
     .min(MAX_ROUNDS);
     let rec = state.load(o.pod)?;
+    // Its processes could not take a userfaultfd for what stays here.
+    if o.mode == Mode::Lazy && rec.spec.userns {
+        return Err(MigrateError::Protocol(format!(
+            "pod {} has a user namespace of its own (--userns), whose processes may not get the userfaultfd a lazy \
+             move fills their memory through: move it with --mode live or stop",
+            rec.name
+        )));
+    }
     let addr =
         o.to.to_socket_addrs()
             .map_err(|e| MigrateError::io(format!("resolving {}", o.to), e))?
