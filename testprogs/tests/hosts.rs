@@ -539,8 +539,20 @@ fn bridged_hosts(tag: &str, subnet: &str) -> (TwoHosts, PathBuf, String) {
 /// that moves the pod's hardware address to B's port on the segment).
 #[test]
 fn a_client_stays_connected_while_the_pod_migrates() {
-    let (h, key, dest) = bridged_hosts("h7", "10.77.126");
+    client_stays_connected("live", ("h7", "10.77.126"));
+}
+
+/// The same in lazy mode: the pod streams on at B while all its memory
+/// (python's) is still coming from A.
+#[test]
+fn a_client_stays_connected_while_the_pod_migrates_lazily() {
+    client_stays_connected("lazy", ("h19", "10.77.108"));
+}
+
+fn client_stays_connected(mode: &str, (tag, subnet): (&str, &str)) {
+    let (h, key, dest) = bridged_hosts(tag, subnet);
     let key_s = key.to_str().unwrap();
+    let pod_ip = format!("{subnet}.10");
     let server = r#"
 import socket, time
 s = socket.socket()
@@ -562,7 +574,7 @@ while True:
             "--name",
             "streamer",
             "--ip",
-            "10.77.126.10/24",
+            &format!("{pod_ip}/24"),
             "--bridge",
             "br0",
             "--",
@@ -577,7 +589,7 @@ while True:
 import socket, time, sys
 for _ in range(100):
     try:
-        c = socket.create_connection(('10.77.126.10', 9000), timeout=1)
+        c = socket.create_connection((sys.argv[1], 9000), timeout=1)
         break
     except OSError:
         time.sleep(0.1)
@@ -598,9 +610,9 @@ while time.time() < end:
     want += 1
 print('PASS', want, 'longest gap ms', int(gap * 1000))
 "#;
-    let mut reader = h.spawn_in(Node::Client, Command::new("python3").args(["-c", client]));
+    let mut reader = h.spawn_in(Node::Client, Command::new("python3").args(["-c", client, &pod_ip]));
     std::thread::sleep(Duration::from_secs(3));
-    let o = h.cryopod(Node::A, &["migrate", "streamer", "--to", &dest, "--key", key_s]);
+    let o = h.cryopod(Node::A, &["migrate", "streamer", "--to", &dest, "--key", key_s, "--mode", mode]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "migrate: {err}");
     let ps_b = String::from_utf8_lossy(&h.cryopod(Node::B, &["ps"]).stdout).into_owned();

@@ -28,6 +28,9 @@ const PUSH_BYTES: u64 = 256 << 10;
 const PAGES_HEAD: usize = 12;
 /// Bytes of one want.
 const WANT_LEN: usize = 16;
+/// Wants waiting at the source at most (a destination asks once per run
+/// a fault waits on: far fewer).
+const MAX_WANTS: usize = 1 << 16;
 /// Bytes of pages sent or received before a failure injected at
 /// `migrate-during-postcopy` or `serve-during-postcopy` (the tests).
 const FAULT_AFTER: u64 = 4 << 20;
@@ -157,6 +160,9 @@ fn take(
                 let addr = u64::from_be_bytes([w[8], w[9], w[10], w[11], w[12], w[13], w[14], w[15]]);
                 if pages == 0 || pages > MAX_FETCH_PAGES || !addr.is_multiple_of(PAGE) {
                     return Err(MigrateError::Protocol(format!("a want that does not hold: {pid} {addr:#x} {pages}")));
+                }
+                if wants.len() == MAX_WANTS {
+                    return Err(MigrateError::Protocol(format!("more than {MAX_WANTS} wants waiting")));
                 }
                 served.wants += 1;
                 wants.push_back((pid, addr, pages));

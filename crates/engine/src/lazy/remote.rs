@@ -11,7 +11,11 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+
+/// Arrivals waiting for the filler at most (each at most a frame's
+/// pages): the carrier then waits, and with it the link.
+const ARRIVALS_IN_FLIGHT: usize = 64;
 
 /// Pages left out of an image, still in the source's memory: a run of a
 /// process, as the image names it (`pid`; in a pod, its pod PID), and its
@@ -88,12 +92,13 @@ pub struct RemoteEnd {
     pub wants: Receiver<Want>,
     /// Rung with each want.
     pub asked: std::sync::Arc<Bell>,
-    arrivals: Sender<Arrival>,
+    arrivals: SyncSender<Arrival>,
     bell: std::sync::Arc<Bell>,
 }
 
 impl RemoteEnd {
-    /// Hand over what arrived; false once the filler is gone.
+    /// Hand over what arrived (waiting while the filler has
+    /// `ARRIVALS_IN_FLIGHT` to go); false once the filler is gone.
     pub fn deliver(&self, a: Arrival) -> bool {
         let ok = self.arrivals.send(a).is_ok();
         self.bell.ring();
@@ -108,7 +113,7 @@ pub fn remote(left: &[LeftRun]) -> std::io::Result<(Remote, RemoteEnd)> {
         by_pid.entry(r.pid).or_default().push((r.addr, r.pages));
     }
     let (ask, wants) = channel();
-    let (tx, arrivals) = channel();
+    let (tx, arrivals) = sync_channel(ARRIVALS_IN_FLIGHT);
     let asked = std::sync::Arc::new(Bell::new()?);
     let bell = std::sync::Arc::new(Bell::new()?);
     Ok((
