@@ -183,8 +183,6 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
                 caught.from.len()
             );
             let sent = send_frame(&mut link, Kind::Done, line.as_bytes());
-            // (Only now: removing them may take tens of milliseconds.)
-            drop(tmp);
             tracing::debug!("Done sent");
             // Again, for a switch that missed the first (aside: the
             // frames go 50 ms apart, and a lazy move's pages wait).
@@ -195,6 +193,8 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
                     a.close_aside();
                 });
             }
+            // (Only now: removing them may take tens of milliseconds.)
+            drop(tmp);
             // The pod runs; its memory comes in behind it (live: the
             // source's copy is gone, whatever happened to the link; lazy:
             // from the source too, which keeps its copy until then).
