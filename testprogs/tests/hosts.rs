@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::hosts::{once_listening, serving_hosts, Node, TwoHosts, GUARD_METRIC};
+use common::hosts::{keyed_hosts, once_listening, serving_hosts, Node, TwoHosts, GUARD_METRIC};
 use std::io::BufRead;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -409,12 +409,8 @@ fn a_pod_migrates_between_hosts_and_a_failed_move_leaves_it_running() {
 /// state moves, and the pod runs on at A.
 #[test]
 fn a_move_to_a_host_whose_mapped_file_differs_is_refused_first() {
-    let h = TwoHosts::new("h14", "10.77.113");
-    let key = h.state(Node::A).join("key");
-    std::fs::write(&key, [0x23u8; 32]).unwrap();
+    let (h, key, work) = keyed_hosts("h14", "10.77.113");
     let key_s = key.to_str().unwrap();
-    let work = h.state(Node::A).join("work");
-    std::fs::create_dir_all(&work).unwrap();
     let prog = work.join("napper");
     std::fs::copy("/bin/sleep", &prog).unwrap();
     let other = work.join("other");

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::hosts::{once_listening, serving_hosts, Node, TwoHosts};
+use common::hosts::{keyed_hosts, once_listening, serving_hosts, Node, TwoHosts};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -116,12 +116,8 @@ fn a_lazy_move_of_memory_rewritten_all_the_time_is_exact() {
 /// never running twice.
 #[test]
 fn a_lazy_move_cut_before_the_last_page_kills_the_pod_at_the_destination() {
-    let h = TwoHosts::new("h18", "10.77.109");
-    let key = h.state(Node::A).join("key");
-    std::fs::write(&key, [0x18u8; 32]).unwrap();
+    let (h, key, work) = keyed_hosts("h18", "10.77.109");
     let key_s = key.to_str().unwrap();
-    let work = h.state(Node::A).join("work");
-    std::fs::create_dir_all(&work).unwrap();
     let bin = env!("CARGO_BIN_EXE_tp-postcopy");
     for (i, point) in ["migrate-during-postcopy", "serve-during-postcopy"].into_iter().enumerate() {
         let name = format!("cut{i}");

@@ -94,6 +94,27 @@ impl TempImage {
     }
 }
 
+/// Remove the temporary image directories in `parent` left by cryopod
+/// processes that are gone (killed before they could: a migration's
+/// images in /dev/shm would hold memory until the next boot). Those of
+/// live processes stay. Returns how many went.
+pub fn remove_stale_in(parent: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(parent) else { return 0 };
+    let stale = |name: &str| {
+        let pid = name.strip_prefix("cryopod-stream-")?.split('-').next()?.parse::<u32>().ok()?;
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if stale(&name).is_some() && std::fs::remove_dir_all(e.path()).is_ok() {
+            tracing::info!(dir = %e.path().display(), "removed the images a killed cryopod left");
+            removed += 1;
+        }
+    }
+    removed
+}
+
 impl Drop for TempImage {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.root);
@@ -347,4 +368,26 @@ fn take_over(dir: &OwnedFd, shown: &str) -> Result<()> {
         .map_err(io_err(format!("{shown}/{INCOMPLETE_MARKER}")))?;
     tracing::info!(dir = shown, files = names.len() - 1, "removed what an interrupted checkpoint left");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_images_of_gone_processes_are_removed() {
+        let parent = std::env::temp_dir().join(format!("cryopod-stale-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        // A process that has ended (and was reaped): its PID is free.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let names =
+            [format!("cryopod-stream-{gone}-1"), format!("cryopod-stream-{}-2", std::process::id()), "other".into()];
+        for n in &names {
+            std::fs::create_dir_all(parent.join(n).join("image")).unwrap();
+        }
+        assert_eq!(super::remove_stale_in(&parent), 1);
+        assert!(!parent.join(&names[0]).exists());
+        assert!(parent.join(&names[1]).exists() && parent.join(&names[2]).exists());
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
 }

@@ -31,6 +31,8 @@ pub struct ServeOptions<'a> {
 /// Serve migrations on `listener` until it fails; `report` hears one line
 /// per peer (what arrived, or why not).
 pub fn serve(listener: &TcpListener, state: &StateDir, o: &ServeOptions, report: &dyn Fn(&str)) -> Result<()> {
+    // (A killed `serve` or `migrate` could not remove its images.)
+    cryopod_engine::outdir::remove_stale_in(std::path::Path::new("/dev/shm"));
     loop {
         let (tcp, peer) = listener.accept().map_err(|e| MigrateError::io("accepting a connection", e))?;
         let peer = peer.to_string();

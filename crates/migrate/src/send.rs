@@ -127,7 +127,9 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         give_up(&mut link, "the source stopped the move");
         return Err(e);
     }
-    // The images live in memory (a tmpfs) only as long as the move.
+    // The images live in memory (a tmpfs) only as long as the move (and
+    // those of a killed cryopod go now).
+    cryopod_engine::outdir::remove_stale_in(Path::new("/dev/shm"));
     let tmp = TempImage::new_in(Path::new("/dev/shm"))?;
     // Live: rounds while the pod runs, each reading what was written since
     // the one before; their bytes are what the last one need not send.

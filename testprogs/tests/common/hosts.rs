@@ -657,14 +657,20 @@ pub fn once_listening(cmd: impl Fn() -> Output) -> Output {
 /// bridge), and a work directory for a test program on A; returns them
 /// with B's ADDR:PORT.
 pub fn serving_hosts(tag: &str, subnet: &str) -> (TwoHosts, PathBuf, String, PathBuf) {
-    let h = TwoHosts::new(tag, subnet);
-    let key = h.state(Node::A).join("key");
-    std::fs::write(&key, [0x21u8; 32]).unwrap();
+    let (h, key, work) = keyed_hosts(tag, subnet);
     let dest = format!("{}:7070", h.addr(Node::B));
     let serve = ["serve", "--listen", &dest, "--key", key.to_str().unwrap(), "--timeout", "60"];
     // (Killed and reaped when `h` goes.)
     let _serve = h.spawn_cryopod(Node::B, &serve).id();
+    (h, key, dest, work)
+}
+
+/// Two hosts, a key file, and a work directory for a test program on A.
+pub fn keyed_hosts(tag: &str, subnet: &str) -> (TwoHosts, PathBuf, PathBuf) {
+    let h = TwoHosts::new(tag, subnet);
+    let key = h.state(Node::A).join("key");
+    std::fs::write(&key, [0x21u8; 32]).unwrap();
     let work = h.state(Node::A).join("work");
     std::fs::create_dir_all(&work).unwrap();
-    (h, key, dest, work)
+    (h, key, work)
 }
