@@ -97,6 +97,10 @@ pub struct Served {
 /// frozen processes), wants first, until the destination says `Filled`.
 pub fn serve(link: &mut Link<TcpStream>, left: &[LeftRun], timeout: Duration) -> Result<Served> {
     let hosts: HashMap<i32, i32> = left.iter().map(|r| (r.pid, r.host)).collect();
+    // Each run sent once: a want for a run pushed already is on its way;
+    // a run sent for a want is not pushed again.
+    let index: HashMap<(i32, u64), usize> = left.iter().enumerate().map(|(i, r)| ((r.pid, r.addr), i)).collect();
+    let mut sent = vec![false; left.len()];
     let mut wants: VecDeque<(i32, u64, u32)> = VecDeque::new();
     let mut served = Served::default();
     let mut next = 0usize;
@@ -110,20 +114,32 @@ pub fn serve(link: &mut Link<TcpStream>, left: &[LeftRun], timeout: Duration) ->
             }
         }
         if let Some((pid, addr, pages)) = wants.pop_front() {
+            // (A want may name part of a run, or a run moved: sent as asked.)
+            let whole = index.get(&(pid, addr)).copied().filter(|&i| left[i].pages <= pages);
+            if let Some(i) = whole {
+                if std::mem::replace(&mut sent[i], true) {
+                    continue;
+                }
+            }
             served.wanted += send_pages(link, &hosts, (pid, addr, pages), &mut buf)?;
             continue;
+        }
+        while next < left.len() && sent[next] {
+            next += 1;
         }
         if next < left.len() {
             // Runs that follow each other, into one frame.
             let first = left[next];
             let mut pages = first.pages;
+            sent[next] = true;
             next += 1;
-            while let Some(r) = left.get(next) {
+            while let Some(r) = left.get(next).filter(|_| !sent[next]) {
                 let end = first.addr + u64::from(pages) * PAGE;
                 if r.pid != first.pid || r.addr != end || u64::from(pages + r.pages) * PAGE > PUSH_BYTES {
                     break;
                 }
                 pages += r.pages;
+                sent[next] = true;
                 next += 1;
             }
             let before = served.pushed;
