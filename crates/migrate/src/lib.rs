@@ -45,6 +45,10 @@ pub enum MigrateError {
     /// A side gave up during the move (who, its sentence).
     #[error("{0} gave up: {1}")]
     Aborted(String, String),
+    /// A move that failed after the pod ran at the destination, so that
+    /// it could not be undone (what became of the pod, in words).
+    #[error("{0}")]
+    Unfinished(String),
     #[error(transparent)]
     Pod(#[from] cryopod_pod::PodError),
     #[error(transparent)]

@@ -216,7 +216,7 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
                     );
                     give_up(&mut link, &why);
                     linger(link);
-                    return Err(MigrateError::Protocol(why));
+                    return Err(MigrateError::Unfinished(why));
                 }
             };
             sent?;

@@ -262,7 +262,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
                         let why = cryopod_engine::chain(&their_reason(&mut link, o.to, e));
                         let name = held.name().to_string();
                         held.abandon();
-                        return Err(MigrateError::Protocol(format!(
+                        return Err(MigrateError::Unfinished(format!(
                             "pod {name} runs at {}, but its memory could not all be sent there ({why}); {} kills \
                              it if it missed pages; the copy here is kept frozen with its network locked, so \
                              that it never runs twice: check {} and then stop one of the two copies",
