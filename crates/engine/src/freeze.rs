@@ -67,6 +67,11 @@ impl Frozen {
     }
 }
 
+/// `PF_EXITING` in /proc/PID/stat's flags: the task is in exit.
+const PF_EXITING: u64 = 0x4;
+/// How long a freeze waits for a process in exit to become a zombie.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Seize a thread (false: it exited meanwhile). A thread already on its
 /// way out (the kernel refuses to trace it: EPERM) counts as exited: a
 /// task in exit goes on even in a frozen cgroup, into a zombie, which the
@@ -240,6 +245,7 @@ fn freeze_into(root: i32, fr: &mut Frozen) -> Result<()> {
     if st.state == 'Z' {
         return Err(crate::EngineError::Other(format!("pid {root} is a zombie; nothing to checkpoint")));
     }
+    let t0 = Instant::now();
     loop {
         let mut changed = false;
         let mut queue = vec![root];
@@ -252,6 +258,17 @@ fn freeze_into(root: i32, fr: &mut Frozen) -> Result<()> {
                     fr.zombies.push(pid);
                     changed = true;
                 }
+                continue;
+            }
+            // On its way out (its memory may be gone already, and ptrace
+            // does not refuse it yet): looked at again until it is a
+            // zombie, which exit becomes even in a frozen cgroup.
+            if st.field(9) & PF_EXITING != 0 && pid != root && !fr.procs.contains_key(&pid) {
+                if t0.elapsed() > EXIT_WAIT {
+                    return Err(crate::EngineError::Busy(pid));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                changed = true;
                 continue;
             }
             if st.state == 'T' && !fr.procs.contains_key(&pid) && !fr.stopped.contains(&pid) {
