@@ -93,10 +93,11 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             threads: o.threads,
             hold: true,
             bridge: o.bridge.clone(),
-            // Live and lazy: the pod runs again before its memory is all
-            // in; the pages follow from the images here (and lazy, from
-            // the source).
-            lazy: offer.mode != Mode::Stop,
+            // The pod runs again before its memory is all in; the pages
+            // follow from the images here (and lazy, from the source).
+            // Stop mode too, where this kernel can (else it is filled
+            // first, as live and lazy moves are refused without it).
+            lazy: offer.mode != Mode::Stop || lazy::probe().is_ok(),
             known: Some(&known),
         };
         tracing::debug!("images in; restoring");
