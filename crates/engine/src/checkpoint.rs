@@ -331,13 +331,13 @@ fn guard_tree(guard: &Guard, fr: &Frozen) -> Result<()> {
     Ok(())
 }
 
-/// Returns the manifest written and our copies of the tree's TCP
-/// connections.
 /// What a checkpoint wrote: its manifest, its repaired connections, and
 /// what its pages did (read while running; chunks; left out).
 type Written =
     (Manifest, crate::inet::Repaired, (Option<crate::cow::CowStats>, pages::ChunkStats, Vec<crate::lazy::LeftRun>));
 
+/// Returns the manifest written and our copies of the tree's TCP
+/// connections.
 fn collect_and_write(
     o: &CheckpointOptions,
     cow: bool,

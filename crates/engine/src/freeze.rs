@@ -70,7 +70,7 @@ impl Frozen {
 /// `PF_EXITING` in /proc/PID/stat's flags: the task is in exit.
 const PF_EXITING: u64 = 0x4;
 /// How long a freeze waits for a process in exit to become a zombie.
-const EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const EXIT_WAIT: Duration = Duration::from_millis(500);
 
 /// Seize a thread (false: it exited meanwhile). A thread already on its
 /// way out (the kernel refuses to trace it: EPERM) counts as exited: a
@@ -267,7 +267,7 @@ fn freeze_into(root: i32, fr: &mut Frozen) -> Result<()> {
                 if t0.elapsed() > EXIT_WAIT {
                     return Err(crate::EngineError::Busy(pid));
                 }
-                std::thread::sleep(std::time::Duration::from_millis(1));
+                std::thread::sleep(Duration::from_millis(1));
                 changed = true;
                 continue;
             }

@@ -62,12 +62,20 @@ impl TempImage {
         Self::new_in(&std::env::temp_dir())
     }
 
-    /// The same under `parent` (e.g. /dev/shm: memory, not a disk).
+    /// The same in memory (/dev/shm), not on a disk (a migration's
+    /// images); first removing those a killed cryopod left there.
+    pub fn in_memory() -> Result<TempImage> {
+        let shm = Path::new("/dev/shm");
+        remove_stale_in(shm);
+        Self::new_in(shm)
+    }
+
+    /// The same under `parent`.
     pub fn new_in(parent: &Path) -> Result<TempImage> {
         use std::os::unix::fs::DirBuilderExt;
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let root = parent.join(format!("cryopod-stream-{}-{nanos}", std::process::id()));
+        let root = parent.join(format!("{TEMP_PREFIX}{}-{nanos}", std::process::id()));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&root)
@@ -94,6 +102,10 @@ impl TempImage {
     }
 }
 
+/// How a temporary image directory's name starts (then the PID of the
+/// cryopod that made it).
+const TEMP_PREFIX: &str = "cryopod-stream-";
+
 /// Remove the temporary image directories in `parent` left by cryopod
 /// processes that are gone (killed before they could: a migration's
 /// images in /dev/shm would hold memory until the next boot). Those of
@@ -101,7 +113,7 @@ impl TempImage {
 pub fn remove_stale_in(parent: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(parent) else { return 0 };
     let stale = |name: &str| {
-        let pid = name.strip_prefix("cryopod-stream-")?.split('-').next()?.parse::<u32>().ok()?;
+        let pid = name.strip_prefix(TEMP_PREFIX)?.split('-').next()?.parse::<u32>().ok()?;
         (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
     };
     let mut removed = 0;

@@ -45,8 +45,9 @@ pub enum MigrateError {
     /// A side gave up during the move (who, its sentence).
     #[error("{0} gave up: {1}")]
     Aborted(String, String),
-    /// A move that failed after the pod ran at the destination, so that
-    /// it could not be undone (what became of the pod, in words).
+    /// A move that failed once the pod was handed over (it runs, or may
+    /// run, at the destination), so that it could not be undone (what
+    /// became of the pod, in words).
     #[error("{0}")]
     Unfinished(String),
     #[error(transparent)]

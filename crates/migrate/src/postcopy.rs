@@ -18,16 +18,15 @@ use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-/// Bytes of one left run in the list.
-const LEFT_LEN: usize = 16;
+/// Bytes of one run of pages, in the list of left pages and in a want:
+/// pid (i32), pages (u32), address (u64), big-endian.
+const RUN_LEN: usize = 16;
 /// Runs in a list at most (4 GiB of list would be 256 Ti of memory).
 pub const MAX_LEFT: usize = 1 << 24;
 /// Bytes of pages in one `Pages` frame at most.
 const PUSH_BYTES: u64 = 256 << 10;
 /// Bytes of a `Pages` frame's head.
 const PAGES_HEAD: usize = 12;
-/// Bytes of one want.
-const WANT_LEN: usize = 16;
 /// Wants waiting at the source at most (a destination asks once per run
 /// a fault waits on: far fewer).
 const MAX_WANTS: usize = 1 << 16;
@@ -40,10 +39,7 @@ pub fn send_left(link: &mut Link<TcpStream>, left: &[LeftRun]) -> Result<u64> {
     send_frame(link, Kind::Left, &[])?;
     let mut w = DataWriter::new(link);
     for r in left {
-        let mut b = [0u8; LEFT_LEN];
-        b[..4].copy_from_slice(&r.pid.to_be_bytes());
-        b[4..8].copy_from_slice(&r.pages.to_be_bytes());
-        b[8..].copy_from_slice(&r.addr.to_be_bytes());
+        let b = encode_run(r.pid, r.pages, r.addr);
         w.write_all(&b).map_err(|e| MigrateError::io("sending the list of left pages", e))?;
     }
     w.finish()
@@ -55,7 +51,7 @@ pub fn send_left(link: &mut Link<TcpStream>, left: &[LeftRun]) -> Result<u64> {
 pub fn receive_left(link: &mut Link<TcpStream>) -> Result<Vec<LeftRun>> {
     let mut r = DataReader::new(link);
     let mut out = Vec::new();
-    let mut b = [0u8; LEFT_LEN];
+    let mut b = [0u8; RUN_LEN];
     loop {
         match r.read(&mut b[..1]) {
             Ok(0) => break,
@@ -66,20 +62,33 @@ pub fn receive_left(link: &mut Link<TcpStream>) -> Result<Vec<LeftRun>> {
         if out.len() == MAX_LEFT {
             return Err(MigrateError::Protocol(format!("more than {MAX_LEFT} runs of pages left at the source")));
         }
-        out.push(decode_left(&b)?);
+        let (pid, pages, addr) = decode_run(&b, "a run of left pages")?;
+        out.push(LeftRun { pid, host: 0, addr, pages });
     }
     Ok(out)
 }
 
-fn decode_left(b: &[u8; LEFT_LEN]) -> Result<LeftRun> {
+fn encode_run(pid: i32, pages: u32, addr: u64) -> [u8; RUN_LEN] {
+    let mut b = [0u8; RUN_LEN];
+    b[..4].copy_from_slice(&pid.to_be_bytes());
+    b[4..8].copy_from_slice(&pages.to_be_bytes());
+    b[8..].copy_from_slice(&addr.to_be_bytes());
+    b
+}
+
+/// A run of pages (pid, pages, address), checked: a pid, 1 to
+/// `MAX_FETCH_PAGES` pages, page-aligned, not wrapping (`what` names it in
+/// the error).
+fn decode_run(b: &[u8], what: &str) -> Result<(i32, u32, u64)> {
+    let b: &[u8; RUN_LEN] = b.try_into().map_err(|_| MigrateError::Protocol(format!("{what} of {} bytes", b.len())))?;
     let pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     let pages = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
     let addr = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
     let fits = addr.checked_add(u64::from(pages) * PAGE).is_some();
     if pid <= 0 || pages == 0 || pages > MAX_FETCH_PAGES || !addr.is_multiple_of(PAGE) || !fits {
-        return Err(MigrateError::Protocol(format!("a run of left pages that does not hold: {pid} {addr:#x} {pages}")));
+        return Err(MigrateError::Protocol(format!("{what} that does not hold: {pid} {addr:#x} {pages}")));
     }
-    Ok(LeftRun { pid, host: 0, addr, pages })
+    Ok((pid, pages, addr))
 }
 
 /// What the source sent after the commit.
@@ -167,16 +176,11 @@ fn take(
     let f = read_frame(link, when)?;
     match f.kind {
         Kind::Want => {
-            if f.body.len() % WANT_LEN != 0 {
+            if f.body.len() % RUN_LEN != 0 {
                 return Err(MigrateError::Protocol(format!("a Want frame of {} bytes", f.body.len())));
             }
-            for w in f.body.chunks_exact(WANT_LEN) {
-                let pid = i32::from_be_bytes([w[0], w[1], w[2], w[3]]);
-                let pages = u32::from_be_bytes([w[4], w[5], w[6], w[7]]);
-                let addr = u64::from_be_bytes([w[8], w[9], w[10], w[11], w[12], w[13], w[14], w[15]]);
-                if pages == 0 || pages > MAX_FETCH_PAGES || !addr.is_multiple_of(PAGE) {
-                    return Err(MigrateError::Protocol(format!("a want that does not hold: {pid} {addr:#x} {pages}")));
-                }
+            for w in f.body.chunks_exact(RUN_LEN) {
+                let (pid, pages, addr) = decode_run(w, "a want")?;
                 if wants.len() == MAX_WANTS {
                     return Err(MigrateError::Protocol(format!("more than {MAX_WANTS} wants waiting")));
                 }
@@ -240,10 +244,8 @@ pub fn fetch(
         }
         let mut body = Vec::new();
         while let Ok(w) = end.wants.try_recv() {
-            body.extend_from_slice(&w.pid.to_be_bytes());
-            body.extend_from_slice(&w.pages.to_be_bytes());
-            body.extend_from_slice(&w.addr.to_be_bytes());
-            if body.len() + WANT_LEN > crate::frame::MAX_CONTROL as usize {
+            body.extend_from_slice(&encode_run(w.pid, w.pages, w.addr));
+            if body.len() + RUN_LEN > crate::frame::MAX_CONTROL as usize {
                 send_frame(link, Kind::Want, &body)?;
                 body.clear();
             }

@@ -31,8 +31,6 @@ pub struct ServeOptions<'a> {
 /// Serve migrations on `listener` until it fails; `report` hears one line
 /// per peer (what arrived, or why not).
 pub fn serve(listener: &TcpListener, state: &StateDir, o: &ServeOptions, report: &dyn Fn(&str)) -> Result<()> {
-    // (A killed `serve` or `migrate` could not remove its images.)
-    cryopod_engine::outdir::remove_stale_in(std::path::Path::new("/dev/shm"));
     loop {
         let (tcp, peer) = listener.accept().map_err(|e| MigrateError::io("accepting a connection", e))?;
         let peer = peer.to_string();
@@ -60,8 +58,8 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
         return Err(MigrateError::Refused("this host".into(), why));
     }
     send_frame(&mut link, Kind::Accept, &[])?;
-    // The images live in memory (a tmpfs) only until the pod is made.
-    let tmp = TempImage::new_in(std::path::Path::new("/dev/shm"))?;
+    // The images live in memory (a tmpfs) only as long as the move.
+    let tmp = TempImage::in_memory()?;
     let made = (|| -> Result<_> {
         fault("serve-after-accept")?;
         let mut known = KnownChunks::new();
@@ -374,8 +372,9 @@ fn preflight(state: &StateDir, offer: &Offer) -> std::result::Result<(), String>
     // Live and lazy: its memory is filled after it runs, through
     // userfaultfd.
     if offer.mode != Mode::Stop {
-        cryopod_engine::lazy::probe()
-            .map_err(|e| format!("this kernel cannot fill memory behind a running pod (live mode): {e}"))?;
+        cryopod_engine::lazy::probe().map_err(|e| {
+            format!("this kernel cannot fill memory behind a running pod ({} mode): {e}", offer.mode.name())
+        })?;
     }
     Ok(())
 }

@@ -88,11 +88,11 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     let rec = state.load(o.pod)?;
     // Its processes could not take a userfaultfd for what stays here.
     if o.mode == Mode::Lazy && rec.spec.userns {
-        return Err(MigrateError::Protocol(format!(
+        return Err(MigrateError::Pod(cryopod_pod::PodError::Invalid(format!(
             "pod {} has a user namespace of its own (--userns), whose processes may not get the userfaultfd a lazy \
              move fills their memory through: move it with --mode live or stop",
             rec.name
-        )));
+        ))));
     }
     let addr =
         o.to.to_socket_addrs()
@@ -127,10 +127,8 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         give_up(&mut link, "the source stopped the move");
         return Err(e);
     }
-    // The images live in memory (a tmpfs) only as long as the move (and
-    // those of a killed cryopod go now).
-    cryopod_engine::outdir::remove_stale_in(Path::new("/dev/shm"));
-    let tmp = TempImage::new_in(Path::new("/dev/shm"))?;
+    // The images live in memory (a tmpfs) only as long as the move.
+    let tmp = TempImage::in_memory()?;
     // Live: rounds while the pod runs, each reading what was written since
     // the one before; their bytes are what the last one need not send.
     let mut rounds = Vec::new();
@@ -260,14 +258,14 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
                     Ok(s) => Some(s),
                     Err(e) => {
                         let why = cryopod_engine::chain(&their_reason(&mut link, o.to, e));
-                        let name = held.name().to_string();
-                        held.abandon();
-                        return Err(MigrateError::Unfinished(format!(
-                            "pod {name} runs at {}, but its memory could not all be sent there ({why}); {} kills \
-                             it if it missed pages; the copy here is kept frozen with its network locked, so \
-                             that it never runs twice: check {} and then stop one of the two copies",
-                            o.to, o.to, o.to
-                        )));
+                        let what = format!(
+                            "pod {} runs at {}, but its memory could not all be sent there ({why}); {} kills it if \
+                             it missed pages",
+                            held.name(),
+                            o.to,
+                            o.to
+                        );
+                        return Err(kept_frozen(held, o.to, &what));
                     }
                 },
                 _ => None,
@@ -298,15 +296,22 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
                 Ok(f) => format!("a {:?} frame", f.kind),
                 Err(e) => cryopod_engine::chain(&e),
             };
-            let name = held.name().to_string();
-            held.abandon();
-            Err(MigrateError::Protocol(format!(
-                "after the pod was handed over, {} did not confirm it runs ({why}): pod {name} is kept here, frozen \
-                 with its network locked, so that it never runs twice; check {} and then stop one of the two copies",
-                o.to, o.to
-            )))
+            let what = format!("after the pod was handed over, {} did not confirm it runs ({why})", o.to);
+            Err(kept_frozen(held, o.to, &what))
         }
     }
+}
+
+/// A move that failed once the destination may run the pod (`what`
+/// happened): the copy here is kept frozen and locked, never resumed on
+/// our own, and the error says so.
+fn kept_frozen(held: cryopod_pod::held::HeldPod, to: &str, what: &str) -> MigrateError {
+    let name = held.name().to_string();
+    held.abandon();
+    MigrateError::Unfinished(format!(
+        "{what}: pod {name} is kept here, frozen with its network locked, so that it never runs twice; check {to} \
+         and then stop one of the two copies"
+    ))
 }
 
 /// Pre-copy rounds while the pod runs, until what is left should go
