@@ -511,6 +511,63 @@ fn memory_used_while_it_is_filled_after_a_live_move_is_exact() {
     assert!(log.contains("PASS"), "{log}");
 }
 
+/// Bytes in a size as the CLI prints it ("12.3 MiB", "512 B").
+fn bytes_of(s: &str) -> f64 {
+    let (v, unit) = s.trim().split_once(' ').unwrap_or((s, "B"));
+    let k = ["B", "KiB", "MiB", "GiB", "TiB"].iter().position(|u| *u == unit).unwrap_or(0);
+    v.parse::<f64>().unwrap_or(f64::NAN) * 1024f64.powi(k as i32)
+}
+
+/// Chunks the destination's store holds are not sent (`serve --store`):
+/// B's store holds a checkpoint of the pod taken just before (it kept
+/// running); the live move, rounds and last image, names those chunks
+/// instead of sending them, B reads them from its store, and the program
+/// checks all of its 224 MiB there. A gc of the store right after the
+/// move (the seed image gone, so that none of its chunks is kept) waits
+/// for the pod's memory to be in and takes nothing from it.
+#[test]
+fn chunks_the_destination_holds_are_not_sent() {
+    let (h, key, work) = keyed_hosts("h20", "10.77.107");
+    let key_s = key.to_str().unwrap();
+    let store = h.state(Node::B).join("store");
+    let seed = h.state(Node::B).join("seed");
+    let (store_s, seed_s) = (store.to_str().unwrap(), seed.to_str().unwrap());
+    let bin = env!("CARGO_BIN_EXE_tp-postcopy");
+    let o = h.cryopod(Node::A, &["run", "-d", "--name", "held", "--", bin, work.to_str().unwrap()]);
+    assert!(o.status.success(), "run: {}", String::from_utf8_lossy(&o.stderr));
+    h.wait_log(Node::A, "held", "READY", |l| l == "READY");
+    let o = h.cryopod(Node::A, &["checkpoint", "held", "-o", seed_s, "--store", store_s, "--leave-running"]);
+    assert!(o.status.success(), "seed checkpoint: {}", String::from_utf8_lossy(&o.stderr));
+    let dest = format!("{}:7070", h.addr(Node::B));
+    let serve = ["serve", "--listen", &dest, "--key", key_s, "--timeout", "60", "--store", store_s];
+    let _serve = h.spawn_cryopod(Node::B, &serve).id();
+    let o =
+        once_listening(|| h.cryopod(Node::A, &["migrate", "held", "--to", &dest, "--key", key_s, "--mode", "live"]));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "migrate: {err}");
+    eprintln!("{err}");
+    assert!(err.contains("pre-copy round 1:"), "fewer than two pre-copy rounds: {err}");
+    let held = err
+        .lines()
+        .find_map(|l| l.strip_suffix(" of its memory was in the destination's store already: not sent"))
+        .map(bytes_of)
+        .unwrap_or_else(|| panic!("nothing was held at the destination: {err}"));
+    let line = err.lines().find(|l| l.starts_with("migrated pod held")).expect("the report");
+    let (sent, memory) = line
+        .split_once(" sent for ")
+        .and_then(|(a, b)| Some((a.rsplit_once(", ")?.1, b.split_once(" of memory")?.0)))
+        .map(|(a, b)| (bytes_of(a), bytes_of(b)))
+        .expect("sent and memory in the report");
+    assert!(held >= 224.0 * 1048576.0, "only {held} bytes held: {err}");
+    assert!(sent < memory / 4.0, "{sent} bytes sent for {memory} of memory: {err}");
+    std::fs::remove_dir_all(&seed).unwrap();
+    let o = h.cryopod(Node::B, &["gc", "--store", store_s]);
+    assert!(o.status.success(), "gc: {}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(work.join("go"), b"go").unwrap();
+    let log = h.wait_log(Node::B, "held", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
+    assert!(log.contains("PASS"), "{log}");
+}
+
 /// Two hosts with uplink bridges (br0 holding eth0), a key file, and host
 /// B serving migrations onto its br0; returns them with the key file and
 /// B's ADDR:PORT.

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// `run --bridge`); default: cryopod's own.
     #[arg(long, value_name = "BR")]
     pub bridge: Option<String>,
+    /// A chunk store of this host (see `checkpoint --store`; made if
+    /// missing): the chunks of a pod's memory it holds already are not
+    /// sent by the source, but read from it here.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
 }
 
 fn mode(name: &str) -> Mode {
@@ -99,6 +104,9 @@ pub fn migrate(state: &cryopod_pod::StateDir, a: MigrateArgs) -> Result<i32> {
         r.rounds.len(),
         r.remote
     );
+    if r.held > 0 {
+        eprintln!("{} of its memory was in the destination's store already: not sent", crate::human(r.held));
+    }
     if let Some(p) = &r.postcopy {
         eprintln!(
             "after it ran there: {} pushed, {} sent again or first for {} faults",
@@ -159,6 +167,7 @@ pub fn serve(state: &cryopod_pod::StateDir, a: ServeArgs) -> Result<i32> {
         threads: crate::cpus(),
         timeout: Duration::from_secs(a.timeout.max(1)),
         bridge: a.bridge,
+        store: a.store.as_deref().map(std::path::absolute).transpose().context("the store's path")?,
     };
     cryopod_migrate::receive::serve(&listener, state, &o, &|line| eprintln!("{line}"))?;
     Ok(0)

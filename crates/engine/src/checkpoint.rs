@@ -488,7 +488,7 @@ fn collect_and_write(
         chunks: out.chunks,
         pod: o.pod.as_ref().map(|p| p.image.clone()),
         parent: o.base.and_then(|b| b.parent.clone()),
-        store: o.base.and_then(|b| b.store.as_ref().map(|(_, l)| l.clone())),
+        store: o.base.and_then(|b| b.store_link().cloned()),
     };
     crate::mm::attach_runs(&mut m, &mem, &out.chunk_of, &out.reused);
     if let Some(map) = &pod_pids {

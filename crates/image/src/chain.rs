@@ -131,11 +131,54 @@ fn same_owner(what: &str, theirs: ImageOwner, owner: ImageOwner, whose: &str) ->
     }
 }
 
+/// The chunks a store at a migration's destination holds, as that host
+/// described them (`cryopod serve --store`): what the source's checkpoint
+/// need not send. Untrusted like any peer input: a record that names a
+/// pack not listed fails the checkpoint, and the destination checks every
+/// chunk's hash as it reads it.
+#[derive(Debug, Clone, Default)]
+pub struct FarStore {
+    /// The store's absolute path and identity there.
+    pub path: String,
+    pub store_id: [u8; 16],
+    /// Its packs (homed in the store).
+    pub packs: Vec<Pack>,
+    /// Its chunks by hash (`pack` indexes `packs`).
+    pub known: std::sync::Arc<DigestMap<Chunk>>,
+}
+
+/// Open `p`, the parent of a new image made by `owner` (sealed under
+/// `key`, or plain), and if `whole`, check it is (every pack there and
+/// long enough: its chunks will be the child's; their contents are
+/// checked at every restore, since hashing gigabytes here would cost each
+/// incremental checkpoint what it saves); returns it, its manifest and
+/// the link to record.
+fn open_parent(
+    p: &Path,
+    owner: ImageOwner,
+    key: Option<&std::sync::Arc<crate::ImageKey>>,
+    whole: bool,
+) -> Result<(ImageDir, Manifest, ParentLink)> {
+    let dir = ImageDir::open(p)?.with_key(key.cloned());
+    same_owner(&format!("parent image {}", p.display()), dir.owner(), owner, "the new image")?;
+    let m = dir.manifest()?;
+    if whole {
+        drop(open_packs(&dir, &m)?);
+    }
+    let path = std::fs::canonicalize(p).map_err(|e| ImageError::io(p.display(), e))?;
+    let path = path.to_str().ok_or_else(|| ImageError::Corrupt("parent path is not UTF-8".into()))?;
+    let link = ParentLink { path: path.to_string(), manifest_hash: dir.manifest_hash() };
+    Ok((dir, m, link))
+}
+
 /// What a new checkpoint builds on: the chunks its parent chain and its
 /// store hold, known by hash, and the links to record.
 pub struct Base {
     pub parent: Option<ParentLink>,
     pub store: Option<(Store, StoreLink)>,
+    /// A store at a migration's destination ([`FarStore`]): named, not
+    /// opened here, never written.
+    pub far: Option<StoreLink>,
     /// Packs the known chunks live in (homed as the new image sees them).
     pub packs: Vec<Pack>,
     /// The parent's manifest (what a tracked checkpoint takes pages from).
@@ -164,26 +207,15 @@ impl Base {
         let mut base = Base {
             parent: None,
             store: None,
+            far: None,
             packs: Vec::new(),
             known: Default::default(),
             parent_manifest: None,
             parent_chunks: Vec::new(),
         };
-        let mut parent_img = None;
-        if let Some(p) = parent {
-            let dir = ImageDir::open(p)?.with_key(key.cloned());
-            same_owner(&format!("parent image {}", p.display()), dir.owner(), owner, "the new image")?;
-            let m = dir.manifest()?;
-            // Whole (every pack there and long enough): its chunks will be
-            // the child's. Their contents are checked at every restore;
-            // hashing gigabytes here would cost each incremental
-            // checkpoint what it saves.
-            drop(open_packs(&dir, &m)?);
-            let path = std::fs::canonicalize(p).map_err(|e| ImageError::io(p.display(), e))?;
-            let path = path.to_str().ok_or_else(|| ImageError::Corrupt("parent path is not UTF-8".into()))?;
-            base.parent = Some(ParentLink { path: path.to_string(), manifest_hash: dir.manifest_hash() });
-            parent_img = Some((dir, m));
-        }
+        let parent_img = parent.map(|p| open_parent(p, owner, key, true)).transpose()?;
+        base.parent = parent_img.as_ref().map(|(_, _, l)| l.clone());
+        let parent_img = parent_img.map(|(d, m, _)| (d, m));
         let inherited = parent_img.as_ref().and_then(|(_, m)| m.store.clone());
         let store_path = match (store, &inherited) {
             (Some(s), _) => Some(abs(s)?),
@@ -219,6 +251,48 @@ impl Base {
             base.parent_manifest = Some(m);
         }
         Ok(base)
+    }
+
+    /// For a checkpoint into `image` (made by `owner`, on the image
+    /// `parent` if there is one) whose chunks `far` holds already, at the
+    /// destination of a migration: they are named in the new image, never
+    /// written; the others go in its own packs. Plain images only (a
+    /// migration's are sealed by its link, not by a key).
+    pub fn far(owner: ImageOwner, parent: Option<&Path>, far: &FarStore) -> Result<Base> {
+        let mut base = Base {
+            parent: None,
+            store: None,
+            far: Some(StoreLink {
+                path: far.path.clone(),
+                store_id: far.store_id,
+                image_id: crate::shared::random_id()?,
+            }),
+            packs: far.packs.clone(),
+            known: far.known.clone(),
+            parent_manifest: None,
+            parent_chunks: Vec::new(),
+        };
+        if let Some(p) = parent {
+            // (Made here just before, by this move: its store's packs are
+            // at the destination, not here to be looked at.)
+            let (_, m, link) = open_parent(p, owner, None, false)?;
+            if m.store.as_ref().is_some_and(|s| s.store_id != far.store_id) {
+                return Err(ImageError::Unsafe(format!(
+                    "the parent image {} keeps its chunks in another store than the destination's",
+                    p.display()
+                )));
+            }
+            base.parent = Some(link);
+            base.add_parent_chunks(&m)?;
+            base.parent_manifest = Some(m);
+        }
+        Ok(base)
+    }
+
+    /// The store the new image names, here or at a migration's
+    /// destination.
+    pub fn store_link(&self) -> Option<&StoreLink> {
+        self.store.as_ref().map(|(_, l)| l).or(self.far.as_ref())
     }
 
     /// The parent's chunks, as its child sees their packs; a store's copy

@@ -48,18 +48,24 @@ pub enum Carry {
     Whole,
     /// An image's own files; it may take chunks from its parent chain,
     /// which the reader holds already (a live migration's rounds, each a
-    /// child of the one before: see `chain::Base::link_as_sibling`). Never
-    /// chunks of a store.
-    OwnFiles,
+    /// child of the one before: see `chain::Base::link_as_sibling`), and
+    /// from the one store `store` names by its identity, if any: the
+    /// reader's own (a migration to a host that described its store, see
+    /// `chain::FarStore`). Never chunks of another store.
+    OwnFiles { store: Option<[u8; 16]> },
 }
 
 fn carried(o: &Outline, what: &str, carry: Carry) -> Result<()> {
     match carry {
         Carry::Whole => whole(o, what),
-        Carry::OwnFiles if o.store.is_some() => Err(ImageError::Unsafe(format!(
-            "{what} keeps chunks in a store: a stream carries an image's own files and those of its parents only"
-        ))),
-        Carry::OwnFiles => Ok(()),
+        Carry::OwnFiles { store } => match &o.store {
+            Some(s) if Some(s.store_id) != store => Err(ImageError::Unsafe(format!(
+                "{what} keeps chunks in store {}, which is not the reader's: a stream carries an image's own files, \
+                 those of its parents and the reader's own chunks only",
+                s.path
+            ))),
+            _ => Ok(()),
+        },
     }
 }
 

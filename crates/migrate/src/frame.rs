@@ -66,6 +66,9 @@ pub enum Kind {
     /// The destination has every page; the source may end its copy (body:
     /// a report).
     Filled = 16,
+    /// What the destination holds already follows, as a stream (Data
+    /// frames up to End; empty: nothing; see `crate::holds`).
+    Holds = 17,
 }
 
 /// Pack `frames` into `Frames` bodies of at most `MAX_CONTROL` bytes.
@@ -153,6 +156,7 @@ impl Kind {
             14 => Kind::Pages,
             15 => Kind::Want,
             16 => Kind::Filled,
+            17 => Kind::Holds,
             _ => return None,
         })
     }
@@ -162,7 +166,7 @@ impl Kind {
         match self {
             Kind::Data | Kind::Pages => MAX_DATA,
             Kind::Offer => MAX_OFFER,
-            Kind::End | Kind::Commit | Kind::Left => 0,
+            Kind::End | Kind::Commit | Kind::Left | Kind::Holds => 0,
             Kind::Image => ImageHead::LEN as u32,
             _ => MAX_CONTROL,
         }

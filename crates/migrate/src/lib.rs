@@ -13,6 +13,7 @@
 
 pub mod files;
 pub mod frame;
+pub mod holds;
 pub mod link;
 pub mod offer;
 pub mod pipe;

@@ -34,8 +34,9 @@ use std::io::{Read, Write};
 pub const MAGIC: [u8; 8] = *b"CRYOPODM";
 /// The link and frame protocol version this cryopod speaks (2: each image
 /// stream follows an `Image` frame, so that live rounds can be sent; 3:
-/// lazy moves, with `Left`, `Pages`, `Want` and `Filled`).
-pub const VERSION: u16 = 3;
+/// lazy moves, with `Left`, `Pages`, `Want` and `Filled`; 4: `Holds`,
+/// what the destination's store holds, after `Accept`).
+pub const VERSION: u16 = 4;
 const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// A Noise message's largest size, and its authentication tag.
 const MAX_MESSAGE: usize = 65535;

@@ -11,6 +11,7 @@ use crate::send::MAX_ROUNDS;
 use crate::{fault, MigrateError, Result};
 use cryopod_engine::outdir::TempImage;
 use cryopod_engine::{lazy, CheckedImage, Progress};
+use cryopod_image::shared::{Lock, Store};
 use cryopod_image::store::KnownChunks;
 use cryopod_image::stream::Carry;
 use cryopod_image::ImageKey;
@@ -26,6 +27,9 @@ pub struct ServeOptions<'a> {
     pub timeout: Duration,
     /// The bridge for the veths of pods that arrive (None: cryopod's own).
     pub bridge: Option<String>,
+    /// A chunk store (`--store DIR`, absolute) whose chunks the source
+    /// need not send (see [`crate::holds`]).
+    pub store: Option<std::path::PathBuf>,
 }
 
 /// Serve migrations on `listener` until it fails; `report` hears one line
@@ -58,12 +62,22 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
         return Err(MigrateError::Refused("this host".into(), why));
     }
     send_frame(&mut link, Kind::Accept, &[])?;
+    // What the store holds, and its lock (shared) until the pod's memory is
+    // all in: its gc frees nothing the source counts on.
+    let store = match described(&mut link, o) {
+        Ok(s) => s,
+        Err(e) => {
+            give_up(&mut link, &format!("the destination failed: {}", cryopod_engine::chain(&e)));
+            return Err(e);
+        }
+    };
+    let store_id = store.as_ref().map(|s| s.id());
     // The images live in memory (a tmpfs) only as long as the move.
     let tmp = TempImage::in_memory()?;
     let made = (|| -> Result<_> {
         fault("serve-after-accept")?;
         let mut known = KnownChunks::new();
-        let last = receive_images(&mut link, &tmp, (&mut known, o.threads))?;
+        let last = receive_images(&mut link, &tmp, (&mut known, o.threads), store_id)?;
         // Lazy: what its last image left out, to fetch once it runs.
         let remote = match offer.mode {
             Mode::Lazy => {
@@ -313,6 +327,7 @@ fn receive_images(
     link: &mut Link<TcpStream>,
     tmp: &TempImage,
     (known, threads): (&mut KnownChunks, usize),
+    store: Option<[u8; 16]>,
 ) -> Result<std::path::PathBuf> {
     for round in 0..=MAX_ROUNDS {
         let f = read_frame(link, "while waiting for an image")?;
@@ -326,7 +341,7 @@ fn receive_images(
         }
         let dir = tmp.named(&head.name());
         crate::pipe::receive_stream(&mut *link, |r| {
-            cryopod_engine::outdir::import_stream_as(&dir, r, Carry::OwnFiles)?;
+            cryopod_engine::outdir::import_stream_as(&dir, r, Carry::OwnFiles { store })?;
             Ok(())
         })?;
         if head.last {
@@ -339,6 +354,20 @@ fn receive_images(
         known.extend(m.chunks.iter().map(|c| packs.key(c)));
     }
     Err(MigrateError::Protocol(format!("more than {MAX_ROUNDS} pre-copy rounds")))
+}
+
+/// Describe this host's store to the source, if it has one (opened, and
+/// returned, holding its lock shared).
+fn described(link: &mut Link<TcpStream>, o: &ServeOptions) -> Result<Option<Store>> {
+    let store = match &o.store {
+        Some(p) => Some(Store::open(p, true, Lock::Shared)?),
+        None => None,
+    };
+    let n = crate::holds::send_holds(link, store.as_ref())?;
+    if let Some(s) = &store {
+        tracing::debug!(chunks = n, store = %s.path().display(), "store described");
+    }
+    Ok(store)
 }
 
 /// Can this host take the pod? One sentence if not.

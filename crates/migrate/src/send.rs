@@ -13,7 +13,7 @@ use crate::{fault, MigrateError, Result};
 use cryopod_engine::outdir::TempImage;
 use cryopod_engine::track::Tracker;
 use cryopod_engine::Progress;
-use cryopod_image::chain::Base;
+use cryopod_image::chain::{Base, FarStore};
 use cryopod_image::stream::Carry;
 use cryopod_image::{ImageDir, ImageKey, ImageOwner};
 use cryopod_pod::snapshot::PodCheckpointOptions;
@@ -74,6 +74,9 @@ pub struct SendReport {
     pub remote: String,
     /// Lazy: what was sent after the commit (the pages left out).
     pub postcopy: Option<crate::postcopy::Served>,
+    /// Bytes of the pod's memory (as its last image has it) that the
+    /// destination's store held, so that they were not sent.
+    pub held: u64,
 }
 
 /// Move pod `o.pod` of `state` to the host at `o.to`.
@@ -123,10 +126,15 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         Kind::Refuse => return Err(MigrateError::Refused(o.to.to_string(), answer.text())),
         k => return Err(MigrateError::Protocol(format!("a {k:?} frame in answer to an offer"))),
     }
-    if let Err(e) = fault("migrate-after-accept") {
-        give_up(&mut link, "the source stopped the move");
-        return Err(e);
-    }
+    // What the destination holds already: named, not sent.
+    let far = match fault("migrate-after-accept").and_then(|_| crate::holds::receive_holds(&mut link)) {
+        Ok(f) => f,
+        Err(e) => {
+            give_up(&mut link, &format!("the source stopped the move: {e}"));
+            return Err(e);
+        }
+    };
+    let far = far.as_ref();
     // The images live in memory (a tmpfs) only as long as the move.
     let tmp = TempImage::in_memory()?;
     // Live: rounds while the pod runs, each reading what was written since
@@ -136,7 +144,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         1.. => {
             let armed = Tracker::arm(rec.init_pid).map(Mutex::new).map_err(MigrateError::from);
             let sent = |t: Mutex<Tracker>| {
-                precopy(&mut link, state, &rec, (o, max_rounds), (&t, &tmp), &mut rounds, progress).map(|_| t)
+                precopy(&mut link, state, &rec, (o, max_rounds), (&t, &tmp, far), &mut rounds, progress).map(|_| t)
             };
             match armed.and_then(sent) {
                 Ok(t) => Some(t),
@@ -151,15 +159,12 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     };
     let head = ImageHead { round: rounds.len() as u32, last: true };
     let dir = tmp.named(&head.name());
-    let base = match rounds.len() {
-        0 => None,
-        k => match base_on(&tmp, k as u32) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                give_up(&mut link, &format!("the source stopped the move: {e}"));
-                return Err(e);
-            }
-        },
+    let base = match base_on(&tmp, rounds.len() as u32, far) {
+        Ok(b) => b,
+        Err(e) => {
+            give_up(&mut link, &format!("the source stopped the move: {e}"));
+            return Err(e);
+        }
     };
     let copts = PodCheckpointOptions {
         name: rec.name.clone(),
@@ -205,7 +210,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     // From here until Ready, any failure lets the pod run here again.
     let sent = (|| -> Result<u64> {
         fault("migrate-after-hold")?;
-        let mut bytes = send_image(&mut link, &dir, head)?;
+        let mut bytes = send_image(&mut link, &dir, head, far)?;
         tracing::debug!(ms = t_stop.elapsed().as_secs_f64() * 1e3, bytes, "last image sent");
         if o.mode == Mode::Lazy {
             bytes += crate::postcopy::send_left(&mut link, &summary.left)?;
@@ -275,6 +280,13 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
                 tracing::warn!(pod = %rec.name, "{e}");
             }
             let after = postcopy.as_ref().map_or(0, |p| p.pushed + p.wanted);
+            let held_bytes = match far {
+                Some(_) => in_store(&dir).unwrap_or_else(|e| {
+                    tracing::info!("cannot tell what the destination held: {e}");
+                    0
+                }),
+                None => 0,
+            };
             Ok(SendReport {
                 bytes: bytes + after + rounds.iter().map(|r| r.bytes).sum::<u64>(),
                 memory: summary.memory_bytes,
@@ -283,6 +295,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
                 total: t0.elapsed(),
                 remote: postcopy.as_ref().map_or_else(|| f.text(), |p| format!("{}; {}", f.text(), p.report)),
                 postcopy,
+                held: held_bytes,
             })
         }
         Ok(f) if f.kind == Kind::Abort => {
@@ -321,7 +334,7 @@ fn precopy(
     state: &StateDir,
     rec: &PodRecord,
     (o, max_rounds): (&SendOptions, u32),
-    (tracker, tmp): (&Mutex<Tracker>, &TempImage),
+    (tracker, tmp, far): (&Mutex<Tracker>, &TempImage, Option<&FarStore>),
     rounds: &mut Vec<RoundReport>,
     progress: Progress,
 ) -> Result<()> {
@@ -329,10 +342,7 @@ fn precopy(
         let t = Instant::now();
         let head = ImageHead { round: k, last: false };
         let dir = tmp.named(&head.name());
-        let base = match k {
-            0 => None,
-            k => Some(base_on(tmp, k)?),
-        };
+        let base = base_on(tmp, k, far)?;
         let copts = PodCheckpointOptions {
             name: rec.name.clone(),
             dir: dir.clone(),
@@ -356,7 +366,7 @@ fn precopy(
             t.set_since(ImageDir::open(&dir)?.manifest_hash());
         }
         let t_send = Instant::now();
-        let bytes = send_image(link, &dir, head)?;
+        let bytes = send_image(link, &dir, head, far)?;
         let sending = t_send.elapsed();
         // The destination says nothing during the rounds unless it gives up.
         if link.pending() {
@@ -407,21 +417,37 @@ fn their_reason(link: &mut Link<TcpStream>, to: &str, e: MigrateError) -> Migrat
     }
 }
 
-/// The base of round `k`'s image: round `k - 1`'s, its sibling.
-fn base_on(tmp: &TempImage, k: u32) -> Result<Base> {
+/// The base of round `k`'s image: round `k - 1`'s, its sibling (none for
+/// the first), and what the destination's store holds (`far`).
+fn base_on(tmp: &TempImage, k: u32, far: Option<&FarStore>) -> Result<Option<Base>> {
     let dir = tmp.named(&ImageHead { round: k, last: false }.name());
-    let parent = tmp.named(&ImageHead { round: k - 1, last: false }.name());
-    let mut base = Base::open(&dir, ImageOwner::current(), (Some(&parent), None), None)?;
+    let parent = k.checked_sub(1).map(|p| tmp.named(&ImageHead { round: p, last: false }.name()));
+    let mut base = match (far, &parent) {
+        (Some(f), parent) => Base::far(ImageOwner::current(), parent.as_deref(), f)?,
+        (None, Some(parent)) => Base::open(&dir, ImageOwner::current(), (Some(parent), None), None)?,
+        (None, None) => return Ok(None),
+    };
     base.link_as_sibling(&dir)?;
-    Ok(base)
+    Ok(Some(base))
 }
 
-/// Send the image at `dir` (its own files: its parents went before).
-fn send_image(link: &mut Link<TcpStream>, dir: &Path, head: ImageHead) -> Result<u64> {
+/// Bytes of memory the image at `dir` names in its store.
+fn in_store(dir: &Path) -> Result<u64> {
+    let m = ImageDir::open(dir)?.manifest()?;
+    let homed = |c: &&cryopod_image::Chunk| {
+        m.packs.get(c.pack as usize).is_some_and(|p| p.home == cryopod_image::PackHome::Store)
+    };
+    Ok(m.chunks.iter().filter(homed).map(|c| u64::from(c.len)).sum())
+}
+
+/// Send the image at `dir` (its own files: its parents went before, and
+/// the chunks it names in the destination's store `far` are there).
+fn send_image(link: &mut Link<TcpStream>, dir: &Path, head: ImageHead, far: Option<&FarStore>) -> Result<u64> {
     send_frame(link, Kind::Image, &head.encode())?;
     let img = ImageDir::open(dir)?;
+    let carry = Carry::OwnFiles { store: far.map(|f| f.store_id) };
     crate::pipe::send_stream(link, |w| {
-        cryopod_image::stream::export_as(&img, &mut { w }, Carry::OwnFiles)?;
+        cryopod_image::stream::export_as(&img, &mut { w }, carry)?;
         Ok(())
     })
 }

@@ -223,6 +223,7 @@ fn an_offer_needing_cpu_features_this_host_lacks_is_refused_first() {
             threads: 1,
             timeout: Duration::from_secs(10),
             bridge: None,
+            store: None,
         };
         cryopod_migrate::receive::receive(b, "source", &state, &o, &|_, _, _| {})
     });
