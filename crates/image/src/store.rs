@@ -174,12 +174,60 @@ impl Damage {
     }
 }
 
-/// A chunk as checked: its pack (the path it was opened at), offset,
+/// A chunk as checked: its pack (by its id in [`KnownChunks`]), offset,
 /// stored size, codec and hash.
-pub type ChunkKey = (String, u64, u32, crate::Codec, [u8; 32]);
+type ChunkKey = (u32, u64, u32, crate::Codec, [u8; 32]);
 
-/// Chunks checked already (see [`PackReader::verify_unknown`]).
-pub type KnownChunks = std::collections::HashSet<ChunkKey>;
+/// Chunks checked already (see [`PackReader::verify_unknown`]), each by
+/// the path its pack was opened at, where it is and what it holds. Pack
+/// paths are numbered once per image, so that a look-up costs no
+/// allocation (tens of thousands per image: a live migration's last
+/// image, looked up inside the pod's stop).
+#[derive(Default)]
+pub struct KnownChunks {
+    packs: HashMap<String, u32>,
+    chunks: std::collections::HashSet<ChunkKey, foldhash::fast::RandomState>,
+}
+
+impl KnownChunks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Every chunk of `m`, read through `packs`, as checked.
+    pub fn add_all(&mut self, packs: &PackReader, m: &Manifest) {
+        let ids: Vec<u32> = packs
+            .names
+            .iter()
+            .map(|n| {
+                let next = self.packs.len() as u32;
+                *self.packs.entry(n.clone()).or_insert(next)
+            })
+            .collect();
+        self.chunks.reserve(m.chunks.len());
+        for c in &m.chunks {
+            if let Some(&id) = ids.get(c.pack as usize) {
+                self.chunks.insert((id, c.offset, c.stored, c.codec, c.hash));
+            }
+        }
+    }
+
+    /// The ids of `packs`' packs (None: none of its chunks is known).
+    fn ids(&self, packs: &PackReader) -> Vec<Option<u32>> {
+        packs.names.iter().map(|n| self.packs.get(n).copied()).collect()
+    }
+
+    fn contains(&self, ids: &[Option<u32>], c: &Chunk) -> bool {
+        match ids.get(c.pack as usize).copied().flatten() {
+            Some(id) => self.chunks.contains(&(id, c.offset, c.stored, c.codec, c.hash)),
+            None => false,
+        }
+    }
+}
 
 /// Read access to the packs of an image.
 pub struct PackReader {
@@ -244,17 +292,13 @@ impl PackReader {
     /// already, as records of an earlier image of the same packs (a live
     /// migration's rounds, each checked as it arrived).
     pub fn verify_unknown(&self, m: &Manifest, threads: usize, known: &KnownChunks) -> Result<()> {
+        let ids = known.ids(self);
         let order: Vec<usize> =
-            (0..m.chunks.len()).filter(|&i| known.is_empty() || !known.contains(&self.key(&m.chunks[i]))).collect();
+            (0..m.chunks.len()).filter(|&i| known.is_empty() || !known.contains(&ids, &m.chunks[i])).collect();
         match self.scan(m, order, threads, false).into_iter().next() {
             Some(d) => Err(d.into_error()),
             None => Ok(()),
         }
-    }
-
-    /// What identifies chunk `c` as checked (see [`KnownChunks`]).
-    pub fn key(&self, c: &Chunk) -> ChunkKey {
-        (self.name(c.pack).to_string(), c.offset, c.stored, c.codec, c.hash)
     }
 
     /// Every damaged chunk, in chunk order (inspect and check report them all).

@@ -268,6 +268,17 @@ impl<'a, W: Write> DataWriter<'a, W> {
         Ok(())
     }
 
+    /// Send `body` (at most `MAX_DATA` bytes) as one `Data` frame, after
+    /// what is buffered: a whole buffer is not copied again.
+    pub fn write_body(&mut self, body: &[u8]) -> std::io::Result<()> {
+        self.send()?;
+        if !body.is_empty() {
+            write_frame(self.w, Kind::Data, body).map_err(std::io::Error::other)?;
+            self.sent += body.len() as u64;
+        }
+        Ok(())
+    }
+
     /// Send the rest and `End`, flushed; returns the bytes carried.
     pub fn finish(mut self) -> Result<u64> {
         self.send().map_err(|e| MigrateError::io("sending data", e))?;
@@ -324,11 +335,31 @@ impl<'a, R: Read> DataReader<'a, R> {
     }
 }
 
-impl<R: Read> Read for DataReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl<R: Read> DataReader<'_, R> {
+    /// The next `Data` frame's body, whole (what `read` has not taken of
+    /// the current one first); None once `End` came.
+    pub fn next_body(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        if self.pos < self.frame.len() {
+            let rest = self.frame.split_off(self.pos);
+            self.frame.clear();
+            self.pos = 0;
+            return Ok(Some(rest));
+        }
+        self.fill()?;
+        match self.ended {
+            true => Ok(None),
+            false => {
+                self.pos = 0;
+                Ok(Some(std::mem::take(&mut self.frame)))
+            }
+        }
+    }
+
+    /// Read frames until one with data, or `End`.
+    fn fill(&mut self) -> std::io::Result<()> {
         while self.pos == self.frame.len() {
             if self.ended {
-                return Ok(0);
+                return Ok(());
             }
             let f = read_frame(self.r, "in the middle of a data stream").map_err(|e| match e {
                 MigrateError::Closed(_) => std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e.to_string()),
@@ -352,6 +383,16 @@ impl<R: Read> Read for DataReader<'_, R> {
                 }
                 k => return Err(std::io::Error::other(format!("protocol error: a {k:?} frame inside a data stream"))),
             }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for DataReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.fill()?;
+        if self.ended && self.pos == self.frame.len() {
+            return Ok(0);
         }
         let n = buf.len().min(self.frame.len() - self.pos);
         buf[..n].copy_from_slice(&self.frame[self.pos..self.pos + n]);

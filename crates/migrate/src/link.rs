@@ -165,11 +165,20 @@ impl<S: Read + Write> Link<S> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
+        let wbuf = std::mem::take(&mut self.wbuf);
+        let sent = self.send_message(&wbuf);
+        self.wbuf = wbuf;
+        self.wbuf.clear();
+        sent
+    }
+
+    /// Encrypt `plain` (at most `MAX_PLAIN` bytes) and send it as one
+    /// message.
+    fn send_message(&mut self, plain: &[u8]) -> std::io::Result<()> {
         let n = self
             .noise
-            .write_message(&self.wbuf, &mut self.msg[2..])
+            .write_message(plain, &mut self.msg[2..])
             .map_err(|e| std::io::Error::other(format!("encrypting a message: {e}")))?;
-        self.wbuf.clear();
         // Length and message in one write (one segment with TCP_NODELAY).
         self.msg[..2].copy_from_slice(&(n as u16).to_be_bytes());
         self.io.get_mut().write_all(&self.msg[..n + 2])
@@ -178,6 +187,12 @@ impl<S: Read + Write> Link<S> {
 
 impl<S: Read + Write> Write for Link<S> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A whole message's worth, nothing buffered: encrypted from where
+        // it is (an image stream's megabytes are not copied once more).
+        if self.wbuf.is_empty() && buf.len() >= MAX_PLAIN {
+            self.send_message(&buf[..MAX_PLAIN])?;
+            return Ok(MAX_PLAIN);
+        }
         let room = MAX_PLAIN - self.wbuf.len();
         let n = buf.len().min(room);
         self.wbuf.extend_from_slice(&buf[..n]);
@@ -204,13 +219,21 @@ impl<S: Read + Write> Read for Link<S> {
                 Err(MigrateError::Io { source, .. }) => return Err(source),
                 Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e.to_string())),
             };
-            self.rbuf.resize(MAX_MESSAGE, 0);
-            let n = self.noise.read_message(&self.msg[..got], &mut self.rbuf).map_err(|_| {
+            let unauthentic = |_| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("a message from {} fails authentication: it was altered, dropped or replayed", self.peer),
                 )
-            })?;
+            };
+            // Room for all of it: decrypted where it goes, not copied.
+            if buf.len() >= got {
+                match self.noise.read_message(&self.msg[..got], buf).map_err(unauthentic)? {
+                    0 => continue,
+                    n => return Ok(n),
+                }
+            }
+            self.rbuf.resize(MAX_MESSAGE, 0);
+            let n = self.noise.read_message(&self.msg[..got], &mut self.rbuf).map_err(unauthentic)?;
             self.rbuf.truncate(n);
             self.rpos = 0;
         }

@@ -31,7 +31,7 @@ pub fn send_stream<L: Write + Send>(link: &mut L, produce: impl FnOnce(&mut dyn 
             let mut w = DataWriter::new(link);
             for p in rx {
                 match p {
-                    Piece::Data(b) => w.write_all(&b).map_err(|e| MigrateError::io("sending data", e))?,
+                    Piece::Data(b) => w.write_body(&b).map_err(|e| MigrateError::io("sending data", e))?,
                     Piece::End => return w.finish(),
                 }
             }
@@ -94,12 +94,11 @@ pub fn receive_stream<L: Read + Send, T>(link: &mut L, consume: impl FnOnce(&mut
         let (tx, rx) = sync_channel::<std::result::Result<Piece, String>>(DEPTH);
         let reader = s.spawn(move || -> Result<()> {
             let mut d = DataReader::new(link);
-            let mut buf = vec![0u8; MAX_DATA as usize];
             loop {
-                let piece = match d.read(&mut buf) {
-                    // (Only after End.)
-                    Ok(0) => Piece::End,
-                    Ok(n) => Piece::Data(buf[..n].to_vec()),
+                // (Each frame's body as it came: not copied again.)
+                let piece = match d.next_body() {
+                    Ok(None) => Piece::End,
+                    Ok(Some(b)) => Piece::Data(b),
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
                         return Err(match d.aborted() {

@@ -74,10 +74,12 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
     let store_id = store.as_ref().map(|s| s.id());
     // The images live in memory (a tmpfs) only as long as the move.
     let tmp = TempImage::in_memory()?;
+    // (Out here: dropping its tens of thousands of entries would cost the
+    // pod's stop tens of milliseconds; it goes after the move.)
+    let mut known = KnownChunks::new();
     let made = (|| -> Result<_> {
         fault("serve-after-accept")?;
-        let mut known = KnownChunks::new();
-        let last = receive_images(&mut link, &tmp, (&mut known, o.threads), store_id)?;
+        let (last, warmth) = receive_images(&mut link, &tmp, (&mut known, o.threads), store_id)?;
         // Lazy: what its last image left out, to fetch once it runs.
         let remote = match offer.mode {
             Mode::Lazy => {
@@ -113,7 +115,7 @@ pub fn receive(tcp: TcpStream, peer: &str, state: &StateDir, o: &ServeOptions, p
             known: Some(&known),
         };
         tracing::debug!("images in; restoring");
-        let held = cryopod_pod::snapshot::restore_held(state, &ro, remote, progress)?;
+        let held = cryopod_pod::snapshot::restore_held(state, &ro, remote, Some(warmth), progress)?;
         tracing::debug!("restored, held");
         if let Err(e) = fault("serve-after-restore") {
             held.0.undo(state)?;
@@ -319,7 +321,9 @@ fn linger(mut link: Link<TcpStream>) {
 const MAX_FRAMES: usize = 4096;
 
 /// Take the images of a move into `tmp` up to the last one (a live move's
-/// rounds first, each a child of the one before); returns its path. Each
+/// rounds first, each a child of the one before); returns its path, and
+/// cheap cgroup moves from its head on (the source sends it as the pod
+/// stops: see [`cryopod_pod::cgroup::Warmth`]) until the restore. Each
 /// round's chunks are checked as it arrives (`known`: while the pod still
 /// runs at the source), so that the last image's restore checks only its
 /// own.
@@ -328,7 +332,7 @@ fn receive_images(
     tmp: &TempImage,
     (known, threads): (&mut KnownChunks, usize),
     store: Option<[u8; 16]>,
-) -> Result<std::path::PathBuf> {
+) -> Result<(std::path::PathBuf, cryopod_pod::cgroup::Warmth)> {
     for round in 0..=MAX_ROUNDS {
         let f = read_frame(link, "while waiting for an image")?;
         let head = match f.kind {
@@ -340,18 +344,19 @@ fn receive_images(
             return Err(MigrateError::Protocol(format!("image {} came where {round} was due", head.name())));
         }
         let dir = tmp.named(&head.name());
+        let warmth = head.last.then(cryopod_pod::Cgroup::keep_warm);
         crate::pipe::receive_stream(&mut *link, |r| {
             cryopod_engine::outdir::import_stream_as(&dir, r, Carry::OwnFiles { store })?;
             Ok(())
         })?;
-        if head.last {
-            return Ok(dir);
+        if let Some(w) = warmth {
+            return Ok((dir, w));
         }
         let img = CheckedImage::open(&dir, None)?;
         let m = img.manifest();
         let packs = img.dir().packs(m)?;
         packs.verify_unknown(m, threads, known)?;
-        known.extend(m.chunks.iter().map(|c| packs.key(c)));
+        known.add_all(&packs, m);
     }
     Err(MigrateError::Protocol(format!("more than {MAX_ROUNDS} pre-copy rounds")))
 }

@@ -195,8 +195,13 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
         let _ = c.take(&mut Default::default(), 0);
     }
     // (What came before ran beside the pod: the base opened, the catcher
-    // set; the pod stops inside this call.)
+    // set; the pod stops inside this call.) The last image's head goes
+    // first: the destination readies itself while the pod is checkpointed.
     let t_stop = Instant::now();
+    if let Err(e) = send_frame(&mut link, Kind::Image, &head.encode()) {
+        give_up(&mut link, &format!("the source stopped the move: {e}"));
+        return Err(e);
+    }
     let (summary, held) = match cryopod_pod::snapshot::checkpoint_held(state, &copts, progress) {
         Ok(h) => h,
         Err(e) => {
@@ -210,7 +215,7 @@ pub fn migrate(state: &StateDir, o: &SendOptions, progress: Progress) -> Result<
     // From here until Ready, any failure lets the pod run here again.
     let sent = (|| -> Result<u64> {
         fault("migrate-after-hold")?;
-        let mut bytes = send_image(&mut link, &dir, head, far)?;
+        let mut bytes = send_image_files(&mut link, &dir, far)?;
         tracing::debug!(ms = t_stop.elapsed().as_secs_f64() * 1e3, bytes, "last image sent");
         if o.mode == Mode::Lazy {
             bytes += crate::postcopy::send_left(&mut link, &summary.left)?;
@@ -366,7 +371,8 @@ fn precopy(
             t.set_since(ImageDir::open(&dir)?.manifest_hash());
         }
         let t_send = Instant::now();
-        let bytes = send_image(link, &dir, head, far)?;
+        send_frame(link, Kind::Image, &head.encode())?;
+        let bytes = send_image_files(link, &dir, far)?;
         let sending = t_send.elapsed();
         // The destination says nothing during the rounds unless it gives up.
         if link.pending() {
@@ -441,9 +447,9 @@ fn in_store(dir: &Path) -> Result<u64> {
 }
 
 /// Send the image at `dir` (its own files: its parents went before, and
-/// the chunks it names in the destination's store `far` are there).
-fn send_image(link: &mut Link<TcpStream>, dir: &Path, head: ImageHead, far: Option<&FarStore>) -> Result<u64> {
-    send_frame(link, Kind::Image, &head.encode())?;
+/// the chunks it names in the destination's store `far` are there), its
+/// `Image` head sent already.
+fn send_image_files(link: &mut Link<TcpStream>, dir: &Path, far: Option<&FarStore>) -> Result<u64> {
     let img = ImageDir::open(dir)?;
     let carry = Carry::OwnFiles { store: far.map(|f| f.store_id) };
     crate::pipe::send_stream(link, |w| {

@@ -479,7 +479,7 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
     if o.lazy {
         return Err(PodError::Invalid("a lazy restore is asked with hold".into()));
     }
-    let (rec, outcome, guard, _) = restore_guarded(state, o, None, progress)?;
+    let (rec, outcome, guard, _) = restore_guarded(state, o, (None, None), progress)?;
     // The pod is recorded: handed over. Only then does the note that we
     // were making it go (a restore cut short between the two leaves a pod
     // the guardian killed, which the next command removes).
@@ -494,16 +494,20 @@ pub fn restore(state: &StateDir, o: &PodRestoreOptions, progress: Progress) -> R
 ///
 /// `remote` (with `o.lazy`): the pages the image left out, fetched from
 /// the source (a lazy migration: see `cryopod_engine::lazy::remote`).
+/// `warmth`, kept until the pod's processes are about to be forked (a
+/// fork needs this process single-threaded), makes their cgroup moves
+/// cheap (see [`crate::cgroup::Warmth`]).
 pub fn restore_held(
     state: &StateDir,
     o: &PodRestoreOptions,
     remote: Option<cryopod_engine::lazy::Remote>,
+    warmth: Option<crate::cgroup::Warmth>,
     progress: Progress,
 ) -> Result<(crate::held::HeldRestore, RestoreOutcome)> {
     if !o.hold || (remote.is_some() && !o.lazy) {
         return Err(PodError::Invalid("a held restore is asked with hold (and pages from the source, lazy)".into()));
     }
-    let (rec, outcome, guard, lazy) = restore_guarded(state, o, remote, progress)?;
+    let (rec, outcome, guard, lazy) = restore_guarded(state, o, (remote, warmth), progress)?;
     Ok((crate::held::HeldRestore::new(rec, guard, lazy), outcome))
 }
 
@@ -512,7 +516,7 @@ pub fn restore_held(
 fn restore_guarded(
     state: &StateDir,
     o: &PodRestoreOptions,
-    remote: Option<cryopod_engine::lazy::Remote>,
+    (remote, warmth): (Option<cryopod_engine::lazy::Remote>, Option<crate::cgroup::Warmth>),
     progress: Progress,
 ) -> Result<(PodRecord, RestoreOutcome, Guard, Option<LazyPages>)> {
     let m = o.image.manifest();
@@ -556,6 +560,10 @@ fn restore_guarded(
     // Its thread starts with the first process filled, after every fork.
     let source = Source { chunks: m.chunks.clone(), reader: packs.clone(), remote };
     let mut lazy = o.lazy.then(|| LazyPages::new(source)).transpose().map_err(engine_err)?;
+    // (Its thread goes just before the forks, the guardian's first: the
+    // holder's move into the cgroup, and PID 1's after it, follow its last
+    // move within a few milliseconds.)
+    drop(warmth);
     // Should we die before the pod is recorded, every process made for it
     // dies (the next cryopod command removes what else is left of it).
     let guard = Guard::start(Outcome::Kill).map_err(engine_err)?;
