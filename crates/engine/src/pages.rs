@@ -66,6 +66,8 @@ pub struct ChunkStats {
 }
 
 const BATCH_BYTES: u64 = 4 << 20;
+/// The smallest batch made to spread a little data over the threads.
+const MIN_BATCH: u64 = 256 << 10;
 static ZERO: [u8; (CHUNK_PAGES * PAGE) as usize] = [0; (CHUNK_PAGES * PAGE) as usize];
 
 /// Split `[start, end)` into pieces that never cross a 64 KiB boundary.
@@ -213,13 +215,16 @@ impl<'a> Dumper<'a> {
     /// Read, hash, dedupe and store pieces `sel` (ascending indexes into
     /// `pieces`) through `reader`.
     pub fn run(&mut self, pieces: &[Piece], sel: &[usize], reader: &dyn BatchReader, progress: Progress) -> Result<()> {
-        // Batches: consecutive pieces up to BATCH_BYTES.
+        // Batches: consecutive pieces up to BATCH_BYTES, or less, so that
+        // a few MiB still go on every thread (a frozen pod waits on them).
+        let total: u64 = sel.iter().map(|&i| u64::from(pieces[i].pages) * PAGE).sum();
+        let limit = total.div_ceil(self.threads as u64).clamp(MIN_BATCH, BATCH_BYTES);
         let mut batches: Vec<(usize, usize)> = Vec::new();
         let mut start = 0;
         let mut bytes = 0u64;
         for (k, &i) in sel.iter().enumerate() {
             let b = u64::from(pieces[i].pages) * PAGE;
-            if bytes + b > BATCH_BYTES && k > start {
+            if bytes + b > limit && k > start {
                 batches.push((start, k));
                 start = k;
                 bytes = 0;
@@ -232,7 +237,6 @@ impl<'a> Dumper<'a> {
         if batches.is_empty() {
             return Ok(());
         }
-        let total: u64 = sel.iter().map(|&i| u64::from(pieces[i].pages) * PAGE).sum();
         let n = self.threads.min(batches.len());
         while self.workers.len() < n {
             let pack = self.new_pack(self.workers.len())?;
