@@ -208,7 +208,8 @@ fn attr_view(pid: i32) -> Vec<String> {
         "environ",
         "cmdline",
         "loginuid",
-        "sessionid",
+        // (Not "sessionid": the kernel gives a new audit session to every
+        // login uid set, and no process can choose it.)
         "comm",
     ] {
         let s = std::fs::read(format!("/proc/{pid}/{f}")).map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -223,10 +224,11 @@ fn attr_view(pid: i32) -> Vec<String> {
 }
 
 /// Attributes set away from their defaults (per thread: alternate stack
-/// off, mask, parent-death signal, timer slack, nice, name; per process:
-/// dumpable, subreaper, THP off, core dump filter, umask) are the same
-/// after a restore, as the program reads them itself and as /proc shows
-/// them.
+/// off, mask, parent-death signal, timer slack, nice, name, scheduling
+/// policy, I/O priority, memory policy; per process: dumpable, subreaper,
+/// THP off, core dump filter, umask, OOM score adjustment, login uid,
+/// membarrier registrations) are the same after a restore, as the program
+/// reads them itself and as /proc shows them.
 #[test]
 fn no_stub_state_leaks() {
     let mut run = Run::testprog("attrs", env!("CARGO_BIN_EXE_tp-attrs"));

@@ -18,11 +18,17 @@ use std::time::Duration;
 /// unprivileged user a restored program runs as).
 const PY: &str = "/usr/bin/python3";
 
-/// Sets its open-files soft limit to 1000, drops to uid/gid 65534, and
-/// after the restore checks it still has those ids and limits.
+/// Sets its open-files soft limit to 1000 (and, asked, as root still, a
+/// login uid or real-time scheduling), drops to uid/gid 65534, and after
+/// the restore checks it still has those ids and limits.
 const USER_PROGRAM: &str = r#"
 import os, resource, sys, time
 d = sys.argv[1]
+extra = sys.argv[2] if len(sys.argv) > 2 else ''
+if extra == 'loginuid':
+    open('/proc/self/loginuid', 'w').write('4242')
+if extra == 'fifo':
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 resource.setrlimit(resource.RLIMIT_NOFILE, (1000, hard))
 os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
@@ -37,8 +43,14 @@ print('PASS' if got == want else 'FAIL (%r, want %r)' % (got, want), flush=True)
 /// Start the user program (its output files are the user's, since a
 /// restore opens them as the image's owner).
 fn start_user_program(name: &str) -> Run {
+    start_user_program_with(name, "")
+}
+
+/// [`start_user_program`], set up first as `extra` asks (see
+/// `USER_PROGRAM`).
+fn start_user_program_with(name: &str, extra: &str) -> Run {
     let d = format!("/tmp/cryopod-test-{name}-{}", std::process::id());
-    let run = Run::start(name, PY, &["-c", USER_PROGRAM, &d]);
+    let run = Run::start(name, PY, &["-c", USER_PROGRAM, &d, extra]);
     for f in ["out", "err"] {
         std::os::unix::fs::chown(run.dir.join(f), Some(65534), Some(65534)).unwrap();
     }
@@ -247,6 +259,25 @@ fn check_names_missing_privileges_and_what_a_user_image_may_not_ask() {
     assert!(code != 0 && err.contains("owned by uid 1000 asks for pid"), "{err}");
     chown_tree(&img, 65534, 65534);
     run.restore_and_verify();
+}
+
+/// A user's image may not ask for what its user could not set: another
+/// login uid, real-time scheduling (the restorer would set them with its
+/// own privilege); refused naming the process and what it asks. Root's
+/// own image of the same program is restored with them.
+#[test]
+fn a_user_image_may_not_ask_for_a_login_uid_or_real_time() {
+    for (extra, want) in [("loginuid", "with login uid 4242"), ("fifo", "with real-time scheduling (policy 1)")] {
+        let mut run = start_user_program_with(&format!("ask-{extra}"), extra);
+        run.checkpoint(&[]);
+        let img = run.image.clone();
+        let s = img.to_str().unwrap();
+        chown_tree(&img, 65534, 65534);
+        let (code, _, err) = cryopod_within(&["check", "--image", s]);
+        assert!(code != 0 && err.contains("owned by uid 65534 asks for pid") && err.contains(want), "{extra}: {err}");
+        chown_tree(&img, 0, 0);
+        run.restore_and_verify();
+    }
 }
 
 /// A user's image gets at most the restorer's hard limits (refused naming

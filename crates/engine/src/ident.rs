@@ -242,13 +242,96 @@ pub fn collect_attrs(r: &mut Remote) -> Result<ProcAttrs> {
         .ok()
         .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
         .unwrap_or(0x33);
-    Ok(ProcAttrs { dumpable, child_subreaper, thp_disable, coredump_filter })
+    let num = |what: &str| procfs::read(r.pid, what).ok().and_then(|s| s.trim().parse::<i64>().ok());
+    let oom_score_adj = num("oom_score_adj").unwrap_or(0) as i32;
+    let loginuid = num("loginuid").map_or(u32::MAX, |v| v as u32);
+    // Registrations are kept in the address space, readable only from
+    // inside it (Linux 6.3); an older kernel cannot tell them.
+    let membarrier = match r.raw(nr::MEMBARRIER, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0])? {
+        m if m >= 0 => m as u32 & MEMBARRIER_REGISTRATIONS,
+        e => {
+            tracing::debug!(pid = r.pid, errno = -e, "membarrier registrations cannot be read");
+            0
+        }
+    };
+    Ok(ProcAttrs { dumpable, child_subreaper, thp_disable, coredump_filter, oom_score_adj, loginuid, membarrier })
 }
 
-/// Child subreaper, THP disable and core dump filter: what the stub has
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+/// REGISTER_GLOBAL_EXPEDITED, REGISTER_PRIVATE_EXPEDITED and its
+/// SYNC_CORE and RSEQ variants: the commands that register.
+const MEMBARRIER_REGISTRATIONS: u32 = (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8);
+
+/// Can this process give a restored process its OOM score adjustment?
+/// Raising one is free; lowering it below the restorer's floor needs
+/// CAP_SYS_RESOURCE: tried on ourselves first (and undone), so that an
+/// image asking for it is refused before anything is made.
+pub fn check_oom_scores(m: &cryopod_image::Manifest) -> Result<()> {
+    match m.processes.iter().filter(|p| p.zombie_status.is_none()).min_by_key(|p| p.attrs.oom_score_adj) {
+        Some(p) => oom_score_settable(p.pid, p.attrs.oom_score_adj),
+        None => Ok(()),
+    }
+}
+
+/// Can we give process `pid` the OOM score adjustment `low`? (See
+/// [`check_oom_scores`].)
+fn oom_score_settable(pid: i32, low: i32) -> Result<()> {
+    let own = procfs::read(std::process::id() as i32, "oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    if low >= own {
+        return Ok(());
+    }
+    let f = "/proc/self/oom_score_adj";
+    match std::fs::write(f, low.to_string()) {
+        Ok(()) => {
+            let _ = std::fs::write(f, own.to_string());
+            Ok(())
+        }
+        Err(e) => Err(crate::EngineError::Unsupported {
+            pid,
+            what: format!(
+                "an OOM score adjustment of {low}, below this cryopod's {own}: setting it needs CAP_SYS_RESOURCE ({e})"
+            ),
+        }),
+    }
+}
+
+/// The process's login uid, which only the process itself may write
+/// (and with CAP_AUDIT_CONTROL): before its root or credentials change.
+pub fn restore_loginuid(r: &mut Remote, a: &ProcAttrs) -> Result<()> {
+    let now = procfs::read(r.pid, "loginuid").ok().and_then(|s| s.trim().parse::<u32>().ok());
+    if now.is_none_or(|n| n == a.loginuid) {
+        return Ok(());
+    }
+    let path = r.put_str(0, "/proc/self/loginuid")?;
+    let fd =
+        r.call("open(/proc/self/loginuid)", nr::OPENAT, &[libc::AT_FDCWD as u64, path, libc::O_WRONLY as u64, 0])?;
+    let text = a.loginuid.to_string();
+    let buf = r.put(256, text.as_bytes())?;
+    let wrote = r.raw(nr::WRITE, &[fd, buf, text.len() as u64]);
+    r.raw(nr::CLOSE, &[fd])?;
+    match wrote? {
+        n if n >= 0 => Ok(()),
+        e => Err(crate::EngineError::Other(format!(
+            "cannot set the login uid {} (errno {}): it needs CAP_AUDIT_CONTROL",
+            a.loginuid, -e
+        ))),
+    }
+}
+
+/// Child subreaper, membarrier registrations, OOM score adjustment, THP
+/// disable and core dump filter: what the stub has
 /// from the restorer is replaced by the image's (any time before the end).
 pub fn restore_attrs(r: &mut Remote, a: &ProcAttrs) -> Result<()> {
     r.call("prctl(PR_SET_CHILD_SUBREAPER)", nr::PRCTL, &[PR_SET_CHILD_SUBREAPER, u64::from(a.child_subreaper)])?;
+    for bit in (0..32).map(|b| 1u32 << b).filter(|b| a.membarrier & MEMBARRIER_REGISTRATIONS & b != 0) {
+        r.call(&format!("membarrier(register {bit:#x})"), nr::MEMBARRIER, &[u64::from(bit), 0, 0])?;
+    }
+    let oom = format!("/proc/{}/oom_score_adj", r.pid);
+    std::fs::write(&oom, a.oom_score_adj.to_string())
+        .map_err(|e| crate::EngineError::Other(format!("{oom}: setting {}: {e}", a.oom_score_adj)))?;
     r.call("prctl(PR_SET_THP_DISABLE)", nr::PRCTL, &[PR_SET_THP_DISABLE, u64::from(a.thp_disable), 0, 0, 0])?;
     std::fs::write(format!("/proc/{}/coredump_filter", r.pid), format!("{:#x}", a.coredump_filter))
         .map_err(|e| crate::EngineError::Other(format!("coredump_filter {:#x}: {e}", a.coredump_filter)))?;
@@ -281,5 +364,23 @@ mod tests {
             assert_eq!(l[i], want, "resource {i}");
         }
         assert!(parse_limits("Limit  x\nMax cpu time              1 2 seconds\n").is_none(), "a short list was taken");
+    }
+
+    /// An OOM score adjustment below ours is refused unless we may set it
+    /// (CAP_SYS_RESOURCE, which this machine's root lacks), and asking
+    /// leaves our own as it was.
+    #[test]
+    fn a_lower_oom_score_is_refused_without_the_capability() {
+        let own = || std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().to_string();
+        let before = own();
+        match oom_score_settable(7, -999) {
+            Ok(()) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("CAP_SYS_RESOURCE") && msg.contains("-999"), "{msg}");
+            }
+        }
+        assert_eq!(own(), before);
+        assert!(oom_score_settable(7, 1000).is_ok(), "raising it was refused");
     }
 }

@@ -8,6 +8,10 @@ use cryopod_sys::{mem, Pid};
 /// Syscall numbers (x86_64) used by injection.
 pub mod nr {
     pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const SET_MEMPOLICY: i64 = 238;
+    pub const GET_MEMPOLICY: i64 = 239;
+    pub const MEMBARRIER: i64 = 324;
     pub const CLOSE: i64 = 3;
     pub const MMAP: i64 = 9;
     pub const MPROTECT: i64 = 10;

@@ -84,6 +84,7 @@ pub struct RestoreOutcome {
 /// `root` is where the image's paths are found ("" for a plain tree).
 pub fn preflight(m: &Manifest, root: &str) -> Result<()> {
     crate::cpu::check_image(&m.cpu)?;
+    ident::check_oom_scores(m)?;
     let vdso = own_vdso_hash()?;
     if vdso != m.vdso_hash {
         return Err(EngineError::Other(format!(
@@ -572,6 +573,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     debug!(pid = p.pid, "process environment");
     // A user's image gets its resource limits only once it runs as the
     // user (below), set by the task itself: never above what it may set.
+    ident::restore_loginuid(r, &p.attrs)?;
     ident::restore_process_env(r, p, b.owner.is_none())?;
     ident::restore_attrs(r, &p.attrs)?;
     // Threads: create the others with their TIDs, then per-thread state.

@@ -6,7 +6,7 @@
 
 use crate::remote::{nr, words, Remote};
 use crate::Result;
-use cryopod_image::{Thread, ThreadAttrs};
+use cryopod_image::{SchedParams, Thread, ThreadAttrs};
 use cryopod_sys::ptrace::{self, Regs, Stop};
 use cryopod_sys::Pid;
 
@@ -104,8 +104,34 @@ fn collect_attrs(r: &mut Remote) -> Result<ThreadAttrs> {
     let timer_slack_ns = r.call("prctl(PR_GET_TIMERSLACK)", nr::PRCTL, &[PR_GET_TIMERSLACK])?;
     // The raw syscall returns 20 - nice (1..=40).
     let prio = r.call("getpriority", nr::GETPRIORITY, &[PRIO_PROCESS, 0])?;
-    Ok(ThreadAttrs { pdeathsig, timer_slack_ns, nice: 20 - prio as i32 })
+    let tid = r.tid();
+    let s = cryopod_sys::sched::get_sched(tid)?;
+    let sched = SchedParams {
+        policy: s.policy,
+        flags: s.flags & SCHED_FLAGS_KEPT,
+        priority: s.priority,
+        runtime: s.runtime,
+        deadline: s.deadline,
+        period: s.period,
+    };
+    let ioprio = cryopod_sys::sched::get_ioprio(tid)?;
+    // The thread's own memory policy, which only it can read (nodes up to
+    // 63: a machine with more fails here, in one sentence).
+    r.call("get_mempolicy", nr::GET_MEMPOLICY, &[r.data, r.data + 8, MAX_NODES, 0, 0])?;
+    let b = r.get(0, 16)?;
+    let mode = i32::from_ne_bytes(b[0..4].try_into().unwrap_or_default());
+    let nodes = u64::from_ne_bytes(b[8..16].try_into().unwrap_or_default());
+    Ok(ThreadAttrs { pdeathsig, timer_slack_ns, nice: 20 - prio as i32, sched, ioprio, mempolicy: (mode, nodes) })
 }
+
+/// The scheduling flags a thread keeps: reset-on-fork, reclaim and
+/// deadline overrun (not the per-call ones such as the utilisation
+/// clamps' "keep" flags).
+const SCHED_FLAGS_KEPT: u64 = 0x7;
+/// Bits of a memory policy's node mask (get_mempolicy's maxnode).
+const MAX_NODES: u64 = 64;
+const SCHED_OTHER: u32 = 0;
+const MPOL_DEFAULT: i32 = 0;
 
 /// Create thread `tid` from the stopped leader `r`; returns once the new
 /// thread is stopped and traced.
@@ -161,6 +187,16 @@ pub fn restore_state(r: &mut Remote, t: &Thread) -> Result<()> {
     name.push(0);
     let a = r.put(0, &name)?;
     r.call("prctl(PR_SET_NAME)", nr::PRCTL, &[libc::PR_SET_NAME as u64, a])?;
+    let (mode, nodes) = t.attrs.mempolicy;
+    if mode != MPOL_DEFAULT {
+        let a = r.put(0, &nodes.to_ne_bytes())?;
+        // (set_mempolicy reads maxnode - 1 bits.)
+        r.call(
+            &format!("set_mempolicy({mode:#x}, {nodes:#x})"),
+            nr::SET_MEMPOLICY,
+            &[mode as u32 as u64, a, MAX_NODES + 1],
+        )?;
+    }
     Ok(())
 }
 
@@ -217,6 +253,23 @@ pub fn set_final(tid: Pid, t: &Thread, cpu: &cryopod_image::CpuImage) -> Result<
         if cryopod_sys::sched::set_affinity(tid, &t.affinity).is_err() {
             tracing::warn!(tid, "cannot restore CPU affinity {:?}", t.affinity);
         }
+    }
+    if t.attrs.ioprio != 0 {
+        cryopod_sys::sched::set_ioprio(tid, t.attrs.ioprio)?;
+    }
+    // Last: a real-time thread would outrun the restorer once let go.
+    let s = t.attrs.sched;
+    if s.policy != SCHED_OTHER || s.flags != 0 {
+        let attr = cryopod_sys::sched::SchedAttr {
+            policy: s.policy,
+            flags: s.flags,
+            nice: t.attrs.nice,
+            priority: s.priority,
+            runtime: s.runtime,
+            deadline: s.deadline,
+            period: s.period,
+        };
+        cryopod_sys::sched::set_sched(tid, &attr)?;
     }
     let base = ptrace::get_regs(tid)?;
     ptrace::set_regs(tid, &resume_regs(t, &base))?;

@@ -157,8 +157,14 @@ pub fn own_hard_limit(res: usize) -> Option<u64> {
 
 /// Refuse a user's image that asks for more than its owner has: other
 /// ids, groups or capabilities, hard resource limits above the
-/// restorer's, or a pod.
+/// restorer's, real-time scheduling or I/O, another login uid, an OOM
+/// score adjustment below the restorer's, or a pod.
 pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
+    let own_num = |what: &str| {
+        std::fs::read_to_string(format!("/proc/self/{what}")).ok().and_then(|s| s.trim().parse::<i64>().ok())
+    };
+    let own_loginuid = own_num("loginuid").map_or(u32::MAX, |v| v as u32);
+    let own_oom = own_num("oom_score_adj").unwrap_or(0) as i32;
     if let Some(p) = &m.pod {
         return Err(EngineError::Other(format!(
             "the image of pod {} is owned by uid {}: a pod image must be owned by root to be restored",
@@ -181,6 +187,24 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
         }
         if c.cap_eff | c.cap_prm | c.cap_inh | c.cap_amb != 0 {
             return refuse("with capabilities".into());
+        }
+        if p.attrs.loginuid != own_loginuid {
+            return refuse(format!("with login uid {} (the restorer's is {own_loginuid})", p.attrs.loginuid));
+        }
+        if p.attrs.oom_score_adj < own_oom {
+            return refuse(format!(
+                "with an OOM score adjustment of {}, below the restorer's {own_oom}",
+                p.attrs.oom_score_adj
+            ));
+        }
+        for t in &p.threads {
+            // SCHED_FIFO, SCHED_RR, SCHED_DEADLINE; IOPRIO_CLASS_RT.
+            if matches!(t.attrs.sched.policy, 1 | 2 | 6) {
+                return refuse(format!("thread {} with real-time scheduling (policy {})", t.tid, t.attrs.sched.policy));
+            }
+            if t.attrs.ioprio >> 13 == 1 {
+                return refuse(format!("thread {} with real-time I/O priority", t.tid));
+            }
         }
         for (res, &(_, hard)) in p.rlimits.iter().enumerate() {
             let ours = own_hard_limit(res).unwrap_or(0);

@@ -209,6 +209,14 @@ pub struct ProcAttrs {
     pub thp_disable: bool,
     /// /proc/PID/coredump_filter.
     pub coredump_filter: u32,
+    /// /proc/PID/oom_score_adj, -1000..=1000.
+    pub oom_score_adj: i32,
+    /// /proc/PID/loginuid (u32::MAX: never set).
+    pub loginuid: u32,
+    /// The membarrier registrations of its address space
+    /// (MEMBARRIER_CMD_GET_REGISTRATIONS: a mask of the REGISTER_*
+    /// commands issued).
+    pub membarrier: u32,
 }
 
 /// Per-thread attributes that a fork or clone inherits, restored
@@ -221,6 +229,26 @@ pub struct ThreadAttrs {
     pub timer_slack_ns: u64,
     /// Nice value, -20..=19.
     pub nice: i32,
+    /// Scheduling policy (SCHED_*: 0 other, 1 FIFO, 2 RR, 3 batch, 5
+    /// idle, 6 deadline), its flags (reset-on-fork...) and parameters.
+    pub sched: SchedParams,
+    /// I/O priority as ioprio_get reports it (0: none set, it follows the
+    /// nice value).
+    pub ioprio: u32,
+    /// Memory policy: mode (with its MPOL_F_* flags) and nodes (bit n:
+    /// node n; nodes 64 and above are refused at checkpoint).
+    pub mempolicy: (i32, u64),
+}
+
+/// A thread's scheduling parameters beyond its nice value.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SchedParams {
+    pub policy: u32,
+    pub flags: u64,
+    pub priority: u32,
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

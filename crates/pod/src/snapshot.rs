@@ -524,6 +524,7 @@ fn restore_guarded(
     // Before the pod's namespaces are made: a CPU without what the image's
     // CPU had is refused with nothing set up.
     cryopod_engine::cpu::check_image(&m.cpu).map_err(engine_err)?;
+    cryopod_engine::ident::check_oom_scores(m).map_err(engine_err)?;
     let name = o.name.clone().unwrap_or_else(|| pod.name.clone());
     let moved_from = pod.ip.map(|(a, _)| std::net::Ipv4Addr::from(a)).filter(|&old| !spec_ip_same(Some(old), o.ip));
     if let (Some(old), false) = (moved_from, o.tcp_close) {

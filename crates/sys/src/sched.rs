@@ -1,7 +1,8 @@
-//! CPU affinity of threads: saved and restored with each thread, and used
-//! to keep the restorer and its stubs on one CPU while it injects (a ptrace
-//! round trip across CPUs costs several times more). Masks are 64-bit words
-//! (bit n of word w = CPU 64w + n), as the image records them.
+//! What the scheduler keeps of a thread, read and set from outside it: its
+//! CPU affinity (also used to keep the restorer and its stubs on one CPU
+//! while it injects: a ptrace round trip across CPUs costs several times
+//! more), its scheduling policy and its I/O priority. Masks are 64-bit
+//! words (bit n of word w = CPU 64w + n), as the image records them.
 
 use crate::{Pid, SysError, SysResult};
 use rustix::thread::CpuSet;
@@ -49,4 +50,101 @@ pub fn one_cpu(cpu: usize) -> Vec<u64> {
     let mut m = vec![0u64; cpu / 64 + 1];
     m[cpu / 64] |= 1 << (cpu % 64);
     m
+}
+
+/// A thread's scheduling policy and its parameters (`sched_getattr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SchedAttr {
+    pub policy: u32,
+    pub flags: u64,
+    pub nice: i32,
+    pub priority: u32,
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
+}
+
+/// `struct sched_attr` as the kernel has it (its first version with the
+/// utilisation clamps: 56 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct RawSchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+    util_min: u32,
+    util_max: u32,
+}
+
+/// The scheduling policy and parameters of thread `tid` (any thread).
+pub fn get_sched(tid: Pid) -> SysResult<SchedAttr> {
+    let mut a = RawSchedAttr::default();
+    let size = std::mem::size_of::<RawSchedAttr>() as u32;
+    // SAFETY: sched_getattr writes at most `size` bytes into `a`, a
+    // sched_attr of that size.
+    let r = unsafe { libc::syscall(libc::SYS_sched_getattr, tid, &mut a as *mut RawSchedAttr, size, 0u32) };
+    if r < 0 {
+        return Err(SysError::last("sched_getattr", tid));
+    }
+    Ok(SchedAttr {
+        policy: a.policy,
+        flags: a.flags,
+        nice: a.nice,
+        priority: a.priority,
+        runtime: a.runtime,
+        deadline: a.deadline,
+        period: a.period,
+    })
+}
+
+/// Set the scheduling policy and parameters of thread `tid` (utilisation
+/// clamps left as they are).
+pub fn set_sched(tid: Pid, s: &SchedAttr) -> SysResult<()> {
+    let a = RawSchedAttr {
+        size: std::mem::size_of::<RawSchedAttr>() as u32,
+        policy: s.policy,
+        flags: s.flags,
+        nice: s.nice,
+        priority: s.priority,
+        runtime: s.runtime,
+        deadline: s.deadline,
+        period: s.period,
+        util_min: 0,
+        util_max: 0,
+    };
+    // SAFETY: sched_setattr reads the sched_attr `a`, whose size field
+    // says how large it is.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &a as *const RawSchedAttr, 0u32) };
+    if r < 0 {
+        return Err(SysError::last(format!("sched_setattr(policy {}, priority {})", s.policy, s.priority), tid));
+    }
+    Ok(())
+}
+
+const IOPRIO_WHO_PROCESS: i32 = 1;
+
+/// The I/O priority of thread `tid` as `ioprio_get` reports it (0: none
+/// set, it follows the nice value).
+pub fn get_ioprio(tid: Pid) -> SysResult<u32> {
+    // SAFETY: ioprio_get with integer arguments only.
+    let r = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) };
+    if r < 0 {
+        return Err(SysError::last("ioprio_get", tid));
+    }
+    Ok(r as u32)
+}
+
+/// Set the I/O priority of thread `tid`.
+pub fn set_ioprio(tid: Pid, prio: u32) -> SysResult<()> {
+    // SAFETY: ioprio_set with integer arguments only.
+    let r = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, prio as i32) };
+    if r < 0 {
+        return Err(SysError::last(format!("ioprio_set({prio:#x})"), tid));
+    }
+    Ok(())
 }

@@ -1,10 +1,13 @@
 //! Attributes a restored process could carry over from the stub it was
 //! made from (a fork of the restorer): per thread its alternate signal
 //! stack, signal mask, parent-death signal, timer slack, nice value, name,
-//! CPU affinity, clear_child_tid, robust list and FS base; per process
+//! CPU affinity, clear_child_tid, robust list, FS base, scheduling policy
+//! (batch with reset-on-fork, FIFO, idle), I/O priority (best effort, idle,
+//! real time) and memory policy (preferred, bind, interleave); per process
 //! dumpable, child subreaper, THP disable, core dump filter, umask,
-//! personality, rlimits, cwd, dispositions, pending signals, securebits and
-//! no_new_privs. Each is set away from its default, read before the
+//! personality, rlimits, cwd, dispositions, pending signals, securebits,
+//! no_new_privs, OOM score adjustment, login uid and membarrier
+//! registrations. Each is set away from its default, read before the
 //! checkpoint and compared after the restore, thread by thread.
 
 use cryopod_testprogs::*;
@@ -47,6 +50,14 @@ fn thread_view() -> Vec<String> {
         v.push(format!("no_new_privs {}", libc::prctl(libc::PR_GET_NO_NEW_PRIVS)));
         v.push(format!("securebits {}", libc::prctl(libc::PR_GET_SECUREBITS)));
         v.push(format!("keepcaps {}", libc::prctl(libc::PR_GET_KEEPCAPS)));
+        let mut attr = [0u32; 14];
+        libc::syscall(libc::SYS_sched_getattr, 0, attr.as_mut_ptr(), 56u32, 0u32);
+        // size, policy, flags (2 words), nice, priority.
+        v.push(format!("sched policy {} flags {:#x} priority {}", attr[1], attr[2], attr[5]));
+        v.push(format!("ioprio {:#x}", libc::syscall(libc::SYS_ioprio_get, 1, 0)));
+        let (mut mode, mut nodes): (i32, u64) = (-1, 0);
+        libc::syscall(libc::SYS_get_mempolicy, &mut mode as *mut i32, &mut nodes as *mut u64, 64u64, 0usize, 0u64);
+        v.push(format!("mempolicy {mode:#x} {nodes:#x}"));
         v
     }
 }
@@ -83,8 +94,17 @@ fn process_view() -> Vec<String> {
         libc::sigpending(&mut set);
         let pend: Vec<i32> = (1..=64).filter(|&s| libc::sigismember(&set, s) == 1).collect();
         v.push(format!("pending {pend:?}"));
+        v.push(format!("oom_score_adj {}", read("/proc/self/oom_score_adj").trim()));
+        v.push(format!("loginuid {}", read("/proc/self/loginuid").trim()));
+        v.push(format!("membarrier {:#x}", libc::syscall(libc::SYS_membarrier, 1 << 9, 0, 0)));
         v
     }
+}
+
+/// A setting the test needs could not be made: the test cannot pass.
+fn setup_failed(what: &str) {
+    println!("FAIL (setup: {what})");
+    std::process::exit(1);
 }
 
 /// Set this thread's attributes away from their defaults (`k` varies them).
@@ -102,6 +122,28 @@ fn set_thread(k: i32, pdeathsig: i32) {
         libc::sigemptyset(&mut mask);
         libc::sigaddset(&mut mask, libc::SIGRTMIN() + k);
         libc::pthread_sigmask(libc::SIG_BLOCK, &mask, std::ptr::null_mut());
+        // Policy (batch with reset-on-fork, FIFO 1, idle), I/O priority
+        // (best effort 2, idle, real time 4), memory policy (preferred,
+        // bind, interleave; node 0, the one every machine has).
+        let (policy, flags, priority) = [(3u32, 1u64, 0u32), (1, 0, 1), (5, 0, 0)][k as usize % 3];
+        let mut attr = [0u32; 14];
+        attr[0] = 56;
+        attr[1] = policy;
+        attr[2] = flags as u32;
+        attr[4] = (2 + k) as u32;
+        attr[5] = priority;
+        if libc::syscall(libc::SYS_sched_setattr, 0, attr.as_ptr(), 0u32) != 0 {
+            setup_failed(&format!("sched_setattr({policy}): {}", std::io::Error::last_os_error()));
+        }
+        let ioprio = [(2 << 13) | 2, 3 << 13, (1 << 13) | 4][k as usize % 3];
+        if libc::syscall(libc::SYS_ioprio_set, 1, 0, ioprio) != 0 {
+            setup_failed(&format!("ioprio_set({ioprio:#x}): {}", std::io::Error::last_os_error()));
+        }
+        let mode = [1i32, 2, 3][k as usize % 3];
+        let nodes: u64 = 1;
+        if libc::syscall(libc::SYS_set_mempolicy, mode, &nodes as *const u64, 65u64) != 0 {
+            setup_failed(&format!("set_mempolicy({mode}): {}", std::io::Error::last_os_error()));
+        }
     }
 }
 
@@ -116,6 +158,19 @@ fn main() {
         libc::umask(0o027);
     }
     let _ = std::fs::write("/proc/self/coredump_filter", "0x13");
+    for (f, v) in [("/proc/self/oom_score_adj", "321"), ("/proc/self/loginuid", "4242")] {
+        if let Err(e) = std::fs::write(f, v) {
+            setup_failed(&format!("{f}: {e}"));
+        }
+    }
+    // SAFETY: membarrier registrations with integer arguments only.
+    unsafe {
+        for cmd in [1 << 2, 1 << 4] {
+            if libc::syscall(libc::SYS_membarrier, cmd, 0, 0) != 0 {
+                setup_failed(&format!("membarrier({cmd:#x}): {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
     set_thread(0, libc::SIGWINCH);
     let mut workers = Vec::new();
     for k in 1..3 {
