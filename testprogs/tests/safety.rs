@@ -153,6 +153,21 @@ fn seccomp_filters_that_cannot_come_back_are_refused() {
     run.go_and_expect_pass();
 }
 
+/// seccomp across a checkpoint (`tp-seccomp`): a filter that kills the
+/// process on prctl and rt_sigaction (which a checkpoint injects) leaves
+/// it alive, since the checkpoint suspends seccomp while it traces; the
+/// filter its two threads shared is shared again (a TSYNC install after
+/// the restore succeeds); a thread in strict mode is in strict mode again,
+/// and answers.
+#[test]
+fn seccomp_tsync_and_strict_mode_come_back() {
+    for mode in ["tsync", "strict"] {
+        let mut run = Run::testprog_with(&format!("seccomp-{mode}"), env!("CARGO_BIN_EXE_tp-seccomp"), &[mode]);
+        run.checkpoint(&[]);
+        run.restore_and_verify();
+    }
+}
+
 #[test]
 fn user_owned_images_grant_nothing_more() {
     // A process that opened a root-only file, then dropped to uid 1000.

@@ -77,12 +77,37 @@ const EXIT_WAIT: Duration = Duration::from_millis(500);
 /// task in exit goes on even in a frozen cgroup, into a zombie, which the
 /// rescan records as one.
 fn seize(tid: i32) -> Result<bool> {
+    // The syscalls a checkpoint injects must not meet the program's seccomp
+    // filters or strict mode (a filter may kill the process for a syscall
+    // it never makes itself): suspended while we trace, where we may
+    // (CAP_SYS_ADMIN); otherwise a thread under seccomp gets no injection
+    // its filters would refuse (see `checkpoint::has_seccomp`).
+    if SUSPEND_SECCOMP.load(std::sync::atomic::Ordering::Relaxed) {
+        match ptrace::seize(tid, ptrace::OPTS_DUMP | ptrace::OPT_SUSPEND_SECCOMP) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.errno.0 == libc::EPERM && !exiting(tid) => {
+                tracing::debug!("seccomp cannot be suspended while tracing (no CAP_SYS_ADMIN?)");
+                SUSPEND_SECCOMP.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) if e.errno.0 == libc::ESRCH => return Ok(false),
+            Err(e) if e.errno.0 == libc::EPERM => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
     match ptrace::seize(tid, ptrace::OPTS_DUMP) {
         Ok(()) => Ok(true),
         Err(e) if e.errno.0 == libc::ESRCH => Ok(false),
         Err(e) if e.errno.0 == libc::EPERM && exiting(tid) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether seccomp may be suspended while we trace (until refused once).
+static SUSPEND_SECCOMP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Is a thread's seccomp suspended while this process traces it?
+pub fn seccomp_suspended() -> bool {
+    SUSPEND_SECCOMP.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Is thread `tid` gone, a zombie, or dead?

@@ -631,12 +631,10 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     debug!(pid = p.pid, "pending signals queued; unmapping the scratch area");
     r.call("munmap(scratch)", nr::MUNMAP, &[scratch, scratch_len])?;
     // Seccomp filters last of all, through the vDSO's syscall instruction.
-    if p.threads.iter().any(|t| !t.seccomp.is_empty()) {
+    if p.threads.iter().any(|t| !t.seccomp.is_empty() || t.attrs.seccomp_strict) {
         let site = mm::vdso_syscall_site(host, &p.vmas)?;
-        for t in &p.threads {
-            threads::install_seccomp(host, pids.host(t.tid)?, t, site, &p.vmas)
-                .map_err(EngineError::during(format!("seccomp filters of thread {}", t.tid)))?;
-        }
+        let hosts = p.threads.iter().map(|t| Ok((pids.host(t.tid)?, t))).collect::<Result<Vec<_>>>()?;
+        threads::install_seccomp(host, &hosts, site, &p.vmas)?;
     }
     for t in &p.threads {
         threads::set_final(pids.host(t.tid)?, t, &b.m.cpu)

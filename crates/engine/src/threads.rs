@@ -121,7 +121,17 @@ fn collect_attrs(r: &mut Remote) -> Result<ThreadAttrs> {
     let b = r.get(0, 16)?;
     let mode = i32::from_ne_bytes(b[0..4].try_into().unwrap_or_default());
     let nodes = u64::from_ne_bytes(b[8..16].try_into().unwrap_or_default());
-    Ok(ThreadAttrs { pdeathsig, timer_slack_ns, nice: 20 - prio as i32, sched, ioprio, mempolicy: (mode, nodes) })
+    let status = crate::procfs::read(r.pid, &format!("task/{tid}/status"))?;
+    let seccomp_strict = crate::procfs::status_field(&status, "Seccomp").as_deref() == Some("1");
+    Ok(ThreadAttrs {
+        pdeathsig,
+        timer_slack_ns,
+        nice: 20 - prio as i32,
+        sched,
+        ioprio,
+        mempolicy: (mode, nodes),
+        seccomp_strict,
+    })
 }
 
 /// The scheduling flags a thread keeps: reset-on-fork, reclaim and
@@ -277,7 +287,9 @@ pub fn set_final(tid: Pid, t: &Thread, cpu: &cryopod_image::CpuImage) -> Result<
     Ok(())
 }
 
+const SECCOMP_SET_MODE_STRICT: u64 = 0;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
+const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 const SECCOMP_FILTER_FLAG_LOG: u64 = 2;
 const SECCOMP_FILTER_FLAG_SPEC_ALLOW: u64 = 4;
 const CAP_SYS_ADMIN: u64 = 21;
@@ -293,7 +305,11 @@ pub fn check_seccomp_restorable(pid: Pid, tid: Pid) -> Result<()> {
         |why: &str| Err(crate::EngineError::Unsupported { pid, what: format!("thread {tid} under seccomp: {why}") });
     match mode.as_str() {
         "" | "0" => Ok(()),
-        "1" => refuse("strict mode cannot be entered again"),
+        "1" if crate::freeze::seccomp_suspended() => Ok(()),
+        "1" => refuse(
+            "in strict mode its state cannot be read without syscalls the mode forbids (suspending seccomp while \
+             tracing needs CAP_SYS_ADMIN)",
+        ),
         _ => {
             let nnp = crate::procfs::status_field(&status, "NoNewPrivs").as_deref() == Some("1");
             let admin = crate::procfs::status_hex(&status, "CapEff") & (1 << CAP_SYS_ADMIN) != 0;
@@ -315,17 +331,55 @@ pub(crate) fn stack_pointer(t: &Thread) -> u64 {
     t.regs.get(19).copied().unwrap_or(0)
 }
 
-/// Install a thread's seccomp filters, oldest first, as its very last
-/// injected syscalls (nothing of ours goes through them afterwards). The
-/// program is written just below the red zone under the thread's stack
-/// pointer, and those bytes are put back afterwards. `site` is a `syscall`
+/// Install the seccomp state of the threads of process `pid` (each with
+/// its host TID) as their very last injected syscalls (nothing of ours
+/// goes through it afterwards): the filters every thread has at the start
+/// of its list (installed before the threads were made, or with TSYNC:
+/// shared) are installed once, from the first thread, with
+/// SECCOMP_FILTER_FLAG_TSYNC, so that the threads share them again (a
+/// later TSYNC of the program's own needs it); then the rest thread by
+/// thread, oldest first; strict mode last. `site` is a `syscall`
 /// instruction in the task (its vDSO), `vmas` its memory map.
-pub fn install_seccomp(pid: Pid, tid: Pid, t: &Thread, site: u64, vmas: &[cryopod_image::Vma]) -> Result<()> {
-    if t.seccomp.is_empty() {
+pub fn install_seccomp(pid: Pid, threads: &[(Pid, &Thread)], site: u64, vmas: &[cryopod_image::Vma]) -> Result<()> {
+    let common = match threads {
+        [] | [_] => 0,
+        [(_, first), rest @ ..] => (0..first.seccomp.len())
+            .take_while(|&i| rest.iter().all(|(_, t)| t.seccomp.get(i) == first.seccomp.get(i)))
+            .count(),
+    };
+    if let Some(&(tid, t)) = threads.first().filter(|_| common > 0) {
+        install_filters(pid, (tid, t), &t.seccomp[..common], SECCOMP_FILTER_FLAG_TSYNC, site, vmas)
+            .map_err(crate::EngineError::during(format!("seccomp filters of thread {} (shared)", t.tid)))?;
+    }
+    for &(tid, t) in threads {
+        install_filters(pid, (tid, t), &t.seccomp[common..], 0, site, vmas)
+            .map_err(crate::EngineError::during(format!("seccomp filters of thread {}", t.tid)))?;
+    }
+    for &(tid, t) in threads.iter().filter(|(_, t)| t.attrs.seccomp_strict) {
+        let mut inj = cryopod_sys::inject::Injector::new(tid, site)?;
+        inj.call("seccomp(SET_MODE_STRICT)", NR_SECCOMP, &[SECCOMP_SET_MODE_STRICT, 0, 0])
+            .map_err(crate::EngineError::from)
+            .map_err(crate::EngineError::during(format!("strict mode of thread {}", t.tid)))?;
+    }
+    Ok(())
+}
+
+/// Install `filters` in thread `tid` (`t` as the image has it), with
+/// `extra` flags. The program is written just below the red zone under
+/// the thread's stack pointer, and those bytes are put back afterwards.
+fn install_filters(
+    pid: Pid,
+    (tid, t): (Pid, &Thread),
+    filters: &[(u64, Vec<u8>)],
+    extra: u64,
+    site: u64,
+    vmas: &[cryopod_image::Vma],
+) -> Result<()> {
+    if filters.is_empty() {
         return Ok(());
     }
     let rsp = stack_pointer(t);
-    let largest = t.seccomp.iter().map(|(_, p)| p.len()).max().unwrap_or(0) as u64 + 16;
+    let largest = filters.iter().map(|(_, p)| p.len()).max().unwrap_or(0) as u64 + 16;
     let at = rsp.saturating_sub(128 + largest) & !15;
     let writable = vmas.iter().any(|v| v.start <= at && at + largest <= v.end && v.prot & libc::PROT_WRITE as u32 != 0);
     if !writable {
@@ -338,7 +392,7 @@ pub fn install_seccomp(pid: Pid, tid: Pid, t: &Thread, site: u64, vmas: &[cryopo
     cryopod_sys::mem::read(pid, at, &mut saved)?;
     let mut inj = cryopod_sys::inject::Injector::new(tid, site)?;
     let mut res = Ok(());
-    for (flags, prog) in &t.seccomp {
+    for (flags, prog) in filters {
         // struct sock_fprog { u16 len; u64 filter } followed by the program.
         let mut blob = Vec::with_capacity(16 + prog.len());
         blob.extend_from_slice(&((prog.len() / 8) as u16).to_ne_bytes());
@@ -346,9 +400,15 @@ pub fn install_seccomp(pid: Pid, tid: Pid, t: &Thread, site: u64, vmas: &[cryopo
         blob.extend_from_slice(&(at + 16).to_ne_bytes());
         blob.extend_from_slice(prog);
         res = cryopod_sys::mem::write(pid, at, &blob)
-            .and_then(|_| inj.call("seccomp(SET_MODE_FILTER)", NR_SECCOMP, &[SECCOMP_SET_MODE_FILTER, *flags, at]))
-            .map(|_| ())
-            .map_err(crate::EngineError::from);
+            .and_then(|_| {
+                inj.call("seccomp(SET_MODE_FILTER)", NR_SECCOMP, &[SECCOMP_SET_MODE_FILTER, *flags | extra, at])
+            })
+            .map_err(crate::EngineError::from)
+            // With TSYNC, a thread that could not follow is named (its TID).
+            .and_then(|r| match r {
+                0 => Ok(()),
+                tid => Err(crate::EngineError::Other(format!("thread {tid} could not share the filters (TSYNC)"))),
+            });
         if res.is_err() {
             break;
         }

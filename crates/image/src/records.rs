@@ -238,6 +238,8 @@ pub struct ThreadAttrs {
     /// Memory policy: mode (with its MPOL_F_* flags) and nodes (bit n:
     /// node n; nodes 64 and above are refused at checkpoint).
     pub mempolicy: (i32, u64),
+    /// In seccomp strict mode (entered again last of all).
+    pub seccomp_strict: bool,
 }
 
 /// A thread's scheduling parameters beyond its nice value.

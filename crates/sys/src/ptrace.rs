@@ -8,6 +8,9 @@ pub use libc::user_regs_struct as Regs;
 
 /// Options we always set on seize.
 pub const OPTS_DUMP: i32 = libc::PTRACE_O_TRACESYSGOOD;
+/// While we trace a task, its seccomp filters (or strict mode) do not
+/// apply: what we inject is ours, not the program's (needs CAP_SYS_ADMIN).
+pub const OPT_SUSPEND_SECCOMP: i32 = 1 << 21;
 /// On restore we also follow clones, so threads we create start traced,
 /// and every stub dies with us until the tree is handed over (a restore cut
 /// short leaves nothing).
