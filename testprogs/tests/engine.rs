@@ -246,3 +246,15 @@ fn no_stub_state_leaks() {
         assert!(diff.is_empty(), "differences:\n{}", diff.join("\n"));
     });
 }
+
+/// File locks (`tp-locks`): POSIX read and write locks on ranges, an open
+/// file description lock, a lease, a child's flock, and the child waiting
+/// in F_SETLKW for a range its parent holds: all held again after the
+/// restore, as the same processes' (another description sees them so), and
+/// the wait ends when the parent lets go.
+#[test]
+fn file_locks_come_back() {
+    let mut run = Run::testprog("locks", env!("CARGO_BIN_EXE_tp-locks"));
+    run.checkpoint(&[]);
+    run.restore_and_verify();
+}

@@ -706,6 +706,7 @@ fn empty_process(pid: i32, st: &procfs::Stat) -> Process {
         vmas: Vec::new(),
         mm: Default::default(),
         fds: Vec::new(),
+        locks: Vec::new(),
         sigactions: Vec::new(),
         shared_pending: Vec::new(),
         creds: Default::default(),
@@ -742,7 +743,7 @@ fn collect_process(
     let st = procfs::stat(pid)?;
     let mut p = empty_process(pid, &st);
     p.vmas = vmas;
-    p.fds = files.collect_fds(pid, mem)?;
+    (p.fds, p.locks) = files.collect_fds(pid, mem)?;
     ident::collect_process_env(pid, &mut p)?;
     p.shared_pending = cryopod_sys::ptrace::peek_siginfo(pid, true)?.into_iter().map(|s| s.to_vec()).collect();
     let g = gadgets.find(pid)?;

@@ -7,7 +7,7 @@
 
 use crate::procfs;
 use crate::{EngineError, Result};
-use cryopod_image::{Fd, FileKind, Manifest, ObjectOrigin, OpenFile};
+use cryopod_image::{Fd, FileKind, FileLock, LockKind, Manifest, ObjectOrigin, OpenFile};
 use cryopod_sys::{events, fd as fds, TargetFd};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -45,6 +45,9 @@ pub struct FileTable {
     pub external: Vec<(u64, u64, String)>,
     /// Unix sockets seen through sock_diag.
     pub unix: crate::unix::UnixTable,
+    /// Open file descriptions whose locks (flock, OFD, lease) are recorded
+    /// already (by the first process seen with them).
+    locked: std::collections::HashSet<u32>,
 }
 
 /// Prefix a path of the tree with where its root is seen from here.
@@ -87,12 +90,18 @@ impl FileTable {
 
     /// Every fd of `pid`. Memfds and deleted files become memory objects of
     /// `mem` (shared with the areas that map them).
-    pub fn collect_fds(&mut self, pid: i32, mem: &mut crate::mm::MemCollector) -> Result<Vec<Fd>> {
+    /// The descriptors of process `pid`, and the file locks it holds
+    /// through them (see [`crate::locks`]).
+    pub fn collect_fds(&mut self, pid: i32, mem: &mut crate::mm::MemCollector) -> Result<(Vec<Fd>, Vec<FileLock>)> {
         let mut out = Vec::new();
+        let mut locks: Vec<FileLock> = Vec::new();
+        // POSIX locks are the process's, listed under each of its
+        // descriptors of the file: (dev, inode, the lock) once.
+        let mut posix = std::collections::HashSet::new();
         for fd in procfs::fds(pid)? {
             let link = format!("/proc/{pid}/fd/{fd}");
             let target = procfs::readlink(&link)?;
-            let (pos, flags) = procfs::fdinfo(pid, fd)?;
+            let (pos, flags, lock_lines) = procfs::fdinfo(pid, fd)?;
             let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
             let md =
                 std::fs::metadata(&link).map_err(|e| EngineError::Proc { path: link.clone(), msg: e.to_string() })?;
@@ -115,8 +124,25 @@ impl FileTable {
                 }
             };
             out.push(Fd { fd, file: idx, cloexec });
+            let what = format!("fd {fd} ({target})");
+            let mut own_taken = false;
+            for line in &lock_lines {
+                let Some(l) = crate::locks::parse(line, (pid, fd), &what)? else { continue };
+                match l.kind {
+                    LockKind::Posix if posix.insert((md.dev(), md.ino(), l.write, l.start, l.end)) => locks.push(l),
+                    LockKind::Posix => {}
+                    _ if !self.locked.contains(&idx) => {
+                        own_taken = true;
+                        locks.push(l);
+                    }
+                    _ => {}
+                }
+            }
+            if own_taken {
+                self.locked.insert(idx);
+            }
         }
-        Ok(out)
+        Ok((out, locks))
     }
 
     fn kind_of(

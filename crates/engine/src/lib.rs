@@ -23,6 +23,7 @@ pub mod inet;
 pub mod injection;
 pub mod inotify;
 pub mod lazy;
+pub mod locks;
 pub mod mm;
 pub mod nsjoin;
 pub mod outdir;

@@ -178,12 +178,13 @@ pub fn maps(pid: i32) -> Result<Vec<MapEntry>> {
 }
 
 /// `pos:` and `flags:` of /proc/pid/fdinfo/N.
-pub fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32)> {
+pub fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32, Vec<String>)> {
     let what = format!("fdinfo/{fd}");
     let s = read(pid, &what)?;
     let pos = status_field(&s, "pos").and_then(|v| v.parse().ok()).unwrap_or(0);
     let flags = status_field(&s, "flags").and_then(|v| u32::from_str_radix(&v, 8).ok()).unwrap_or(0);
-    Ok((pos, flags))
+    let locks = s.lines().filter_map(|l| l.strip_prefix("lock:")).map(|l| l.trim().to_string()).collect();
+    Ok((pos, flags, locks))
 }
 
 /// Open fds of a process, sorted.

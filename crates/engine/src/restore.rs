@@ -576,6 +576,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     ident::restore_loginuid(r, &p.attrs)?;
     ident::restore_process_env(r, p, b.owner.is_none())?;
     ident::restore_attrs(r, &p.attrs)?;
+    crate::locks::take(r, &p.locks)?;
     // Threads: create the others with their TIDs, then per-thread state.
     let leader = p.threads.first().ok_or_else(|| EngineError::Other("no leader thread".into()))?;
     let mut others: Vec<Remote> = Vec::new();

@@ -175,6 +175,8 @@ pub struct Process {
     pub vmas: Vec<Vma>,
     pub mm: MmInfo,
     pub fds: Vec<Fd>,
+    /// The file locks it takes again at restore (see [`FileLock`]).
+    pub locks: Vec<FileLock>,
     /// Signal dispositions for signals 1..=64 (index 0 is signal 1).
     pub sigactions: Vec<SigAction>,
     /// Process-wide pending signals (raw siginfo).
@@ -430,6 +432,31 @@ pub struct Fd {
     pub fd: i32,
     pub file: u32,
     pub cloexec: bool,
+}
+
+/// A lock on a file, taken again through descriptor `fd` of the process
+/// that records it: a POSIX record lock by the process that owns it; a
+/// flock, an open file description (OFD) lock or a lease, which belong to
+/// an open file description, once, by the first process (in the image's
+/// order) that has that description.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileLock {
+    pub fd: i32,
+    pub kind: LockKind,
+    /// A write (exclusive) lock, else read (shared).
+    pub write: bool,
+    /// First byte, and last (None: to the end of the file, however far it
+    /// grows); a flock or a lease covers the whole file.
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum LockKind {
+    Posix,
+    Flock,
+    Ofd,
+    Lease,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

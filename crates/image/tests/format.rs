@@ -72,6 +72,7 @@ fn sample() -> Manifest {
             vmas: vec![vma],
             mm: MmInfo::default(),
             fds: vec![Fd { fd: 0, file: 0, cloexec: false }],
+            locks: vec![],
             sigactions: vec![SigAction::default(); 64],
             shared_pending: vec![],
             creds: Creds::default(),

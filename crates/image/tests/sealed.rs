@@ -82,6 +82,7 @@ fn sample(chunk: Chunk) -> Manifest {
             vmas: vec![vma],
             mm: MmInfo::default(),
             fds: vec![Fd { fd: 0, file: 0, cloexec: false }],
+            locks: vec![],
             sigactions: vec![SigAction::default(); 64],
             shared_pending: vec![],
             creds: Creds::default(),
