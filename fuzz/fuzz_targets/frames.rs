@@ -1,7 +1,8 @@
 //! Fuzz what a migration peer can send once the link is open: frames read
 //! from any bytes, as control frames and as a data stream, give frames
 //! within their kind's bound or an error, never a panic or an allocation
-//! larger than a data frame.
+//! larger than a data frame; a destination's store description (`Holds`)
+//! decodes into records that each name a listed pack, or is refused.
 #![no_main]
 
 use cryopod_migrate::frame::{read_frame, DataReader, Kind, MAX_DATA};
@@ -22,4 +23,10 @@ fuzz_target!(|data: &[u8]| {
     // A stream is whole only after End, and never longer than its input.
     assert!(n.is_err() || d.ended());
     assert!(out.len() <= data.len());
+    if let Ok(far) = cryopod_migrate::holds::decode(data) {
+        for c in far.known.values() {
+            let p = &far.packs[c.pack as usize];
+            assert!(c.offset + u64::from(c.stored) <= p.size);
+        }
+    }
 });

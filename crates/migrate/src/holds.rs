@@ -111,7 +111,7 @@ pub fn receive_holds(link: &mut Link<TcpStream>) -> Result<Option<FarStore>> {
 
 /// A description, checked: an absolute path, plain pack names, each chunk
 /// in a listed pack, of 1 to `CHUNK_PAGES` whole pages, stored plain.
-fn decode(body: &[u8]) -> Result<FarStore> {
+pub fn decode(body: &[u8]) -> Result<FarStore> {
     let bad = |what: String| MigrateError::Protocol(format!("the destination's store description: {what}"));
     let d: Described = options().deserialize(body).map_err(|e| bad(format!("it does not decode ({e})")))?;
     if !d.path.starts_with('/') || d.path.contains('\0') {
