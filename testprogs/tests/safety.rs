@@ -168,6 +168,23 @@ fn seccomp_tsync_and_strict_mode_come_back() {
     }
 }
 
+/// A cryopod without CAP_SYS_ADMIN can neither read a thread's seccomp
+/// filters nor suspend them while it injects: it refuses the tree in one
+/// sentence naming the capability, before anything is changed, and the
+/// program goes on unharmed (its filter would kill it for the syscalls a
+/// checkpoint injects).
+#[test]
+fn seccomp_without_cap_sys_admin_is_refused_first() {
+    let mut run = Run::testprog_with("seccomp-nocap", env!("CARGO_BIN_EXE_tp-seccomp"), &["tsync"]);
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--inh-caps=-sys_admin", "--bounding-set=-sys_admin", cryopod_bin().to_str().unwrap()]);
+    cmd.args(["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()]);
+    let (code, _, err) = run_within(cmd, 30);
+    assert!(code != 0 && err.contains("under seccomp") && err.contains("CAP_SYS_ADMIN"), "{err}");
+    assert!(!run.image.join("manifest").exists(), "an image was written");
+    run.go_and_expect_pass();
+}
+
 #[test]
 fn user_owned_images_grant_nothing_more() {
     // A process that opened a root-only file, then dropped to uid 1000.

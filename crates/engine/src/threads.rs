@@ -316,7 +316,16 @@ pub fn check_seccomp_restorable(pid: Pid, tid: Pid) -> Result<()> {
             if !nnp && !admin {
                 return refuse("its filters could not be installed again (no no_new_privs, no CAP_SYS_ADMIN)");
             }
-            for (flags, _) in ptrace::get_seccomp_filters(tid)? {
+            let filters = ptrace::get_seccomp_filters(tid).map_err(|e| match e.errno.0 {
+                libc::EPERM | libc::EACCES => crate::EngineError::Unsupported {
+                    pid,
+                    what: format!(
+                        "thread {tid} under seccomp: reading its filters needs CAP_SYS_ADMIN, which this cryopod lacks"
+                    ),
+                },
+                _ => e.into(),
+            })?;
+            for (flags, _) in filters {
                 if flags & !(SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW) != 0 {
                     return refuse(&format!("filter flags {flags:#x} (a user-space listener) are not supported"));
                 }
