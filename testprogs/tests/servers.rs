@@ -108,6 +108,11 @@ fn nginx_two_workers_under_wrk() {
     s.run(&["nginx", "-p", &p, "-c", &format!("{p}/nginx.conf")]);
     s.wait_port(80, 20);
     let workers = |s: &ServerEnv| pod_commands(s).iter().filter(|c| *c == "nginx").count();
+    // (The master listens before it has forked both workers.)
+    let t = std::time::Instant::now();
+    while workers(&s) < 3 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(workers(&s), 3, "expected nginx's master and 2 workers: {:?}", pod_commands(&s));
     let stream = Stream::start(Http::connect(s.addr(80), format!("{p}/logs/seq.log").into()));
     s.leave_running_under(start_load(&s, Tool::Wrk(80, "/"), "wrk1"));
