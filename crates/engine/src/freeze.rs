@@ -110,6 +110,13 @@ pub fn seccomp_suspended() -> bool {
     SUSPEND_SECCOMP.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Has process `pid` no vDSO mapped, where this one has one (a process is
+/// then in the middle of an exec or an exit)?
+fn between_programs(pid: i32) -> bool {
+    let has = |p: &str| std::fs::read_to_string(format!("/proc/{p}/maps")).map(|m| m.contains("[vdso]"));
+    matches!((has("self"), has(&pid.to_string())), (Ok(true), Ok(false)))
+}
+
 /// Is thread `tid` gone, a zombie, or dead?
 fn exiting(tid: i32) -> bool {
     match procfs::stat(tid) {
@@ -317,6 +324,14 @@ fn freeze_into(root: i32, fr: &mut Frozen) -> Result<()> {
         // Forget processes that vanished.
         fr.procs.retain(|p, _| seen.contains(p));
         if !changed {
+            // A process caught inside an exec (its new memory map without
+            // its vDSO yet: the exec sleeps reading its interpreter, and a
+            // frozen cgroup holds it there) or an exit (its map gone): let
+            // go and try again (seen once a few hundred moves of a shell
+            // loop: "a process without a vDSO").
+            if let Some(&pid) = fr.procs.keys().find(|&&p| between_programs(p)) {
+                return Err(crate::EngineError::Busy(pid));
+            }
             return Ok(());
         }
     }

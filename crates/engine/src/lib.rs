@@ -82,7 +82,10 @@ pub enum EngineError {
     /// An error of the caller's (a pod's callbacks), with its own chain.
     #[error(transparent)]
     Caller(Box<dyn std::error::Error + Send + Sync>),
-    #[error("pid {0} did not stop (a process waiting for its vfork child cannot); tried again and gave up")]
+    #[error(
+        "pid {0} did not stop (a process waiting for its vfork child cannot), or was caught between two programs (in \
+         an exec or an exit); tried again and gave up"
+    )]
     Busy(i32),
     /// A running checkpoint's image would not be exact (the tree changed
     /// its memory in a way write-protection cannot follow).
