@@ -136,7 +136,7 @@ fn same_owner(what: &str, theirs: ImageOwner, owner: ImageOwner, whose: &str) ->
 /// need not send. Untrusted like any peer input: a record that names a
 /// pack not listed fails the checkpoint, and the destination checks every
 /// chunk's hash as it reads it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FarStore {
     /// The store's absolute path and identity there.
     pub path: String,
@@ -253,10 +253,10 @@ impl Base {
         Ok(base)
     }
 
-    /// For a checkpoint into `image` (made by `owner`, on the image
-    /// `parent` if there is one) whose chunks `far` holds already, at the
-    /// destination of a migration: they are named in the new image, never
-    /// written; the others go in its own packs. Plain images only (a
+    /// For a checkpoint made by `owner` (on the image `parent` if there is
+    /// one) whose chunks `far` holds already, at the destination of a
+    /// migration: they are named in the new image, never written; the
+    /// others go in its own packs. Plain images only (a
     /// migration's are sealed by its link, not by a key).
     pub fn far(owner: ImageOwner, parent: Option<&Path>, far: &FarStore) -> Result<Base> {
         let mut base = Base {

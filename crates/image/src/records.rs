@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 pub const PAGE: u64 = 4096;
 /// Pages per chunk at most: chunks cover aligned 64 KiB windows.
 pub const CHUNK_PAGES: u64 = 16;
+
+/// Can a chunk hold `len` bytes of data: 1 to `CHUNK_PAGES` whole pages?
+pub fn chunk_len_ok(len: u32) -> bool {
+    len != 0 && u64::from(len) % PAGE == 0 && u64::from(len) <= CHUNK_PAGES * PAGE
+}
 /// Number of x86_64 general registers in `user_regs_struct`.
 pub const NREGS: usize = 27;
 
@@ -533,7 +538,7 @@ impl Manifest {
         for (i, c) in self.chunks.iter().enumerate() {
             let pack =
                 self.packs.get(c.pack as usize).ok_or_else(|| bad(format!("chunk {i}: pack {} missing", c.pack)))?;
-            if c.len == 0 || u64::from(c.len) % PAGE != 0 || u64::from(c.len) > CHUNK_PAGES * PAGE {
+            if !chunk_len_ok(c.len) {
                 return Err(bad(format!("chunk {i}: length {} is not 1..=16 pages", c.len)));
             }
             if !c.codec.stored_ok(c.len, c.stored) {

@@ -34,7 +34,7 @@
 //! sealed like its own.
 
 use crate::dir::{check_writable, facts, open_in, ImageFile, ImageOwner};
-use crate::{Chunk, Codec, ImageDir, ImageError, PackHome, Result, CHUNK_PAGES, PAGE};
+use crate::{Chunk, Codec, ImageDir, ImageError, PackHome, Result};
 use bincode::Options;
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
@@ -100,12 +100,11 @@ impl PackIndex {
 
     fn validate(&self, name: &str) -> Result<()> {
         let bad = |why: String| Err(ImageError::Corrupt(format!("store index {name}: {why}")));
-        if !plain(&self.pack) || !self.pack.ends_with(".pack") {
+        if !pack_name_ok(&self.pack) {
             return bad(format!("pack name {:?} is not a plain .pack name", self.pack));
         }
         for e in &self.entries {
-            let stored_ok = e.codec.stored_ok(e.len, e.stored);
-            if e.len == 0 || u64::from(e.len) % PAGE != 0 || u64::from(e.len) > CHUNK_PAGES * PAGE || !stored_ok {
+            if !crate::chunk_len_ok(e.len) || !e.codec.stored_ok(e.len, e.stored) {
                 return bad(format!("a chunk of {} bytes stored in {}", e.len, e.stored));
             }
             if e.offset.checked_add(u64::from(e.stored)).is_none_or(|end| end > self.size) {
@@ -169,6 +168,11 @@ pub fn random_id() -> Result<[u8; 16]> {
             .map_err(|e| ImageError::io("getrandom", e.into()))?;
     }
     Ok(id)
+}
+
+/// Is `name` the plain name of a store's pack (`ID-W.pack`, in `packs/`)?
+pub fn pack_name_ok(name: &str) -> bool {
+    plain(name) && name.ends_with(".pack")
 }
 
 fn plain(name: &str) -> bool {

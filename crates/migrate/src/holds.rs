@@ -18,7 +18,7 @@ use bincode::Options;
 use cryopod_image::chain::FarStore;
 use cryopod_image::shared::Store;
 use cryopod_image::store::DigestMap;
-use cryopod_image::{Chunk, Pack, PackHome, CHUNK_PAGES, PAGE};
+use cryopod_image::{chunk_len_ok, Chunk, Pack, PackHome};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -87,21 +87,14 @@ pub fn receive_holds(link: &mut Link<TcpStream>) -> Result<Option<FarStore>> {
         Kind::Abort => return Err(MigrateError::Aborted("the destination".into(), f.text())),
         k => return Err(MigrateError::Protocol(format!("a {k:?} frame where Holds was due"))),
     }
-    let mut r = DataReader::new(link);
     let mut body = Vec::new();
-    (&mut r)
+    DataReader::new(link)
         .take(MAX_BYTES + 1)
         .read_to_end(&mut body)
         .map_err(|e| MigrateError::io("receiving what the destination holds", e))?;
+    // (Within the bound, the read stopped at the stream's End.)
     if body.len() as u64 > MAX_BYTES {
         return Err(MigrateError::Protocol(format!("a store description over {MAX_BYTES} bytes")));
-    }
-    if !r.ended() {
-        // (Drain to End: the stream is bounded, but its End must come.)
-        let mut rest = [0u8; 1];
-        if r.read(&mut rest).map_err(|e| MigrateError::io("receiving what the destination holds", e))? != 0 {
-            return Err(MigrateError::Protocol(format!("a store description over {MAX_BYTES} bytes")));
-        }
     }
     match body.is_empty() {
         true => Ok(None),
@@ -109,8 +102,10 @@ pub fn receive_holds(link: &mut Link<TcpStream>) -> Result<Option<FarStore>> {
     }
 }
 
-/// A description, checked: an absolute path, plain pack names, each chunk
-/// in a listed pack, of 1 to `CHUNK_PAGES` whole pages, stored plain.
+/// A description, checked as the destination's own store checks its index
+/// (`shared::pack_name_ok`, `chunk_len_ok`, `Codec::stored_ok`): an
+/// absolute path, plain pack names, each chunk within a listed pack, of 1
+/// to 16 whole pages, stored plain.
 pub fn decode(body: &[u8]) -> Result<FarStore> {
     let bad = |what: String| MigrateError::Protocol(format!("the destination's store description: {what}"));
     let d: Described = options().deserialize(body).map_err(|e| bad(format!("it does not decode ({e})")))?;
@@ -122,7 +117,7 @@ pub fn decode(body: &[u8]) -> Result<FarStore> {
     }
     let mut packs = Vec::with_capacity(d.packs.len());
     for (name, size) in d.packs {
-        if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
+        if !cryopod_image::shared::pack_name_ok(&name) {
             return Err(bad(format!("{name:?} is not a pack name")));
         }
         packs.push(Pack { name, size, home: PackHome::Store });
@@ -130,17 +125,10 @@ pub fn decode(body: &[u8]) -> Result<FarStore> {
     let mut known: DigestMap<Chunk> = DigestMap::default();
     known.reserve(d.chunks.len());
     for c in d.chunks {
-        let len = u64::from(c.len);
         let fits = packs
             .get(c.pack as usize)
             .is_some_and(|p| c.offset.checked_add(u64::from(c.stored)).is_some_and(|e| e <= p.size));
-        if !fits
-            || len == 0
-            || len % PAGE != 0
-            || len > CHUNK_PAGES * PAGE
-            || c.codec.is_sealed()
-            || !c.codec.stored_ok(c.len, c.stored)
-        {
+        if !fits || !chunk_len_ok(c.len) || c.codec.is_sealed() || !c.codec.stored_ok(c.len, c.stored) {
             return Err(bad(format!("a chunk record that does not hold ({c:?})")));
         }
         known.insert(c.hash, c);
