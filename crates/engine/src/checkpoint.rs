@@ -737,8 +737,11 @@ fn collect_process(
 ) -> Result<Process> {
     // Seccomp: a process that could not get its filters back must not be
     // checkpointed (restoring it without them would grant privilege).
+    let mut strict = Vec::new();
     for &tid in tids {
-        crate::threads::check_seccomp_restorable(pid, tid)?;
+        if crate::threads::check_seccomp_restorable(pid, tid)? {
+            strict.push(tid);
+        }
     }
     let st = procfs::stat(pid)?;
     let mut p = empty_process(pid, &st);
@@ -789,6 +792,9 @@ fn collect_process(
         Ok(())
     })();
     leader.release(&g, deferred, res)?;
+    for t in p.threads.iter_mut() {
+        t.attrs.seccomp_strict = strict.contains(&t.tid);
+    }
     Ok(p)
 }
 

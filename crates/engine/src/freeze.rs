@@ -110,11 +110,11 @@ pub fn seccomp_suspended() -> bool {
     SUSPEND_SECCOMP.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Has process `pid` no vDSO mapped, where this one has one (a process is
-/// then in the middle of an exec or an exit)?
-fn between_programs(pid: i32) -> bool {
-    let has = |p: &str| std::fs::read_to_string(format!("/proc/{p}/maps")).map(|m| m.contains("[vdso]"));
-    matches!((has("self"), has(&pid.to_string())), (Ok(true), Ok(false)))
+/// Has process `pid` ("self" for this one) a vDSO mapped? (None: its map
+/// cannot be read.) Where this process has one, a process without is in
+/// the middle of an exec or an exit.
+fn has_vdso(pid: &str) -> Option<bool> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).ok().map(|m| m.contains("[vdso]"))
 }
 
 /// Is thread `tid` gone, a zombie, or dead?
@@ -329,8 +329,10 @@ fn freeze_into(root: i32, fr: &mut Frozen) -> Result<()> {
             // frozen cgroup holds it there) or an exit (its map gone): let
             // go and try again (seen once a few hundred moves of a shell
             // loop: "a process without a vDSO").
-            if let Some(&pid) = fr.procs.keys().find(|&&p| between_programs(p)) {
-                return Err(crate::EngineError::Busy(pid));
+            if has_vdso("self") == Some(true) {
+                if let Some(&pid) = fr.procs.keys().find(|&&p| has_vdso(&p.to_string()) == Some(false)) {
+                    return Err(crate::EngineError::Busy(pid));
+                }
             }
             return Ok(());
         }

@@ -242,9 +242,8 @@ pub fn collect_attrs(r: &mut Remote) -> Result<ProcAttrs> {
         .ok()
         .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
         .unwrap_or(0x33);
-    let num = |what: &str| procfs::read(r.pid, what).ok().and_then(|s| s.trim().parse::<i64>().ok());
-    let oom_score_adj = num("oom_score_adj").unwrap_or(0) as i32;
-    let loginuid = num("loginuid").map_or(u32::MAX, |v| v as u32);
+    let oom_score_adj = procfs::number(r.pid, "oom_score_adj").unwrap_or(0) as i32;
+    let loginuid = procfs::number(r.pid, "loginuid").map_or(u32::MAX, |v| v as u32);
     // Registrations are kept in the address space, readable only from
     // inside it (Linux 6.3); an older kernel cannot tell them.
     let membarrier = match r.raw(nr::MEMBARRIER, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0])? {
@@ -276,10 +275,7 @@ pub fn check_oom_scores(m: &cryopod_image::Manifest) -> Result<()> {
 /// Can we give process `pid` the OOM score adjustment `low`? (See
 /// [`check_oom_scores`].)
 fn oom_score_settable(pid: i32, low: i32) -> Result<()> {
-    let own = procfs::read(std::process::id() as i32, "oom_score_adj")
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .unwrap_or(0);
+    let own = procfs::own_number("oom_score_adj").unwrap_or(0) as i32;
     if low >= own {
         return Ok(());
     }
@@ -301,7 +297,7 @@ fn oom_score_settable(pid: i32, low: i32) -> Result<()> {
 /// The process's login uid, which only the process itself may write
 /// (and with CAP_AUDIT_CONTROL): before its root or credentials change.
 pub fn restore_loginuid(r: &mut Remote, a: &ProcAttrs) -> Result<()> {
-    let now = procfs::read(r.pid, "loginuid").ok().and_then(|s| s.trim().parse::<u32>().ok());
+    let now = procfs::number(r.pid, "loginuid").map(|v| v as u32);
     if now.is_none_or(|n| n == a.loginuid) {
         return Ok(());
     }

@@ -10,6 +10,17 @@ pub fn read(pid: i32, what: &str) -> Result<String> {
     std::fs::read_to_string(&p).map_err(|e| EngineError::Proc { path: p, msg: e.to_string() })
 }
 
+/// The one number `/proc/<pid>/<what>` holds (oom_score_adj, loginuid...),
+/// if it can be read.
+pub fn number(pid: i32, what: &str) -> Option<i64> {
+    read(pid, what).ok().and_then(|s| s.trim().parse().ok())
+}
+
+/// [`number`] for this process.
+pub fn own_number(what: &str) -> Option<i64> {
+    number(std::process::id() as i32, what)
+}
+
 fn perr(pid: i32, what: &str, msg: impl Into<String>) -> EngineError {
     EngineError::Proc { path: format!("/proc/{pid}/{what}"), msg: msg.into() }
 }

@@ -106,14 +106,7 @@ fn collect_attrs(r: &mut Remote) -> Result<ThreadAttrs> {
     let prio = r.call("getpriority", nr::GETPRIORITY, &[PRIO_PROCESS, 0])?;
     let tid = r.tid();
     let s = cryopod_sys::sched::get_sched(tid)?;
-    let sched = SchedParams {
-        policy: s.policy,
-        flags: s.flags & SCHED_FLAGS_KEPT,
-        priority: s.priority,
-        runtime: s.runtime,
-        deadline: s.deadline,
-        period: s.period,
-    };
+    let sched = SchedParams { flags: s.flags & SCHED_FLAGS_KEPT, ..s };
     let ioprio = cryopod_sys::sched::get_ioprio(tid)?;
     // The thread's own memory policy, which only it can read (nodes up to
     // 63: a machine with more fails here, in one sentence).
@@ -121,8 +114,8 @@ fn collect_attrs(r: &mut Remote) -> Result<ThreadAttrs> {
     let b = r.get(0, 16)?;
     let mode = i32::from_ne_bytes(b[0..4].try_into().unwrap_or_default());
     let nodes = u64::from_ne_bytes(b[8..16].try_into().unwrap_or_default());
-    let status = crate::procfs::read(r.pid, &format!("task/{tid}/status"))?;
-    let seccomp_strict = crate::procfs::status_field(&status, "Seccomp").as_deref() == Some("1");
+    // (Strict mode: from the seccomp check of the checkpoint, which reads
+    // the thread's status already.)
     Ok(ThreadAttrs {
         pdeathsig,
         timer_slack_ns,
@@ -130,7 +123,7 @@ fn collect_attrs(r: &mut Remote) -> Result<ThreadAttrs> {
         sched,
         ioprio,
         mempolicy: (mode, nodes),
-        seccomp_strict,
+        seccomp_strict: false,
     })
 }
 
@@ -270,16 +263,7 @@ pub fn set_final(tid: Pid, t: &Thread, cpu: &cryopod_image::CpuImage) -> Result<
     // Last: a real-time thread would outrun the restorer once let go.
     let s = t.attrs.sched;
     if s.policy != SCHED_OTHER || s.flags != 0 {
-        let attr = cryopod_sys::sched::SchedAttr {
-            policy: s.policy,
-            flags: s.flags,
-            nice: t.attrs.nice,
-            priority: s.priority,
-            runtime: s.runtime,
-            deadline: s.deadline,
-            period: s.period,
-        };
-        cryopod_sys::sched::set_sched(tid, &attr)?;
+        cryopod_sys::sched::set_sched(tid, &s, t.attrs.nice)?;
     }
     let base = ptrace::get_regs(tid)?;
     ptrace::set_regs(tid, &resume_regs(t, &base))?;
@@ -296,16 +280,18 @@ const CAP_SYS_ADMIN: u64 = 21;
 const NR_SECCOMP: i64 = 317;
 
 /// Refuse a thread whose seccomp state cannot be restored exactly: strict
-/// mode, filters with a user-space listener, or filters in a thread that
-/// could not install them again (neither no_new_privs nor CAP_SYS_ADMIN).
-pub fn check_seccomp_restorable(pid: Pid, tid: Pid) -> Result<()> {
+/// mode where seccomp cannot be suspended while we trace, filters with a
+/// user-space listener, or filters in a thread that could not install
+/// them again (neither no_new_privs nor CAP_SYS_ADMIN). Returns whether
+/// the thread is in strict mode.
+pub fn check_seccomp_restorable(pid: Pid, tid: Pid) -> Result<bool> {
     let status = crate::procfs::read(pid, &format!("task/{tid}/status"))?;
     let mode = crate::procfs::status_field(&status, "Seccomp").unwrap_or_default();
     let refuse =
         |why: &str| Err(crate::EngineError::Unsupported { pid, what: format!("thread {tid} under seccomp: {why}") });
     match mode.as_str() {
-        "" | "0" => Ok(()),
-        "1" if crate::freeze::seccomp_suspended() => Ok(()),
+        "" | "0" => Ok(false),
+        "1" if crate::freeze::seccomp_suspended() => Ok(true),
         "1" => refuse(
             "in strict mode its state cannot be read without syscalls the mode forbids (suspending seccomp while \
              tracing needs CAP_SYS_ADMIN)",
@@ -316,21 +302,19 @@ pub fn check_seccomp_restorable(pid: Pid, tid: Pid) -> Result<()> {
             if !nnp && !admin {
                 return refuse("its filters could not be installed again (no no_new_privs, no CAP_SYS_ADMIN)");
             }
-            let filters = ptrace::get_seccomp_filters(tid).map_err(|e| match e.errno.0 {
-                libc::EPERM | libc::EACCES => crate::EngineError::Unsupported {
-                    pid,
-                    what: format!(
-                        "thread {tid} under seccomp: reading its filters needs CAP_SYS_ADMIN, which this cryopod lacks"
-                    ),
-                },
-                _ => e.into(),
-            })?;
+            let filters = match ptrace::get_seccomp_filters(tid) {
+                Ok(f) => f,
+                Err(e) if matches!(e.errno.0, libc::EPERM | libc::EACCES) => {
+                    return refuse("reading its filters needs CAP_SYS_ADMIN, which this cryopod lacks");
+                }
+                Err(e) => return Err(e.into()),
+            };
             for (flags, _) in filters {
                 if flags & !(SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW) != 0 {
                     return refuse(&format!("filter flags {flags:#x} (a user-space listener) are not supported"));
                 }
             }
-            Ok(())
+            Ok(false)
         }
     }
 }

@@ -160,11 +160,8 @@ pub fn own_hard_limit(res: usize) -> Option<u64> {
 /// restorer's, real-time scheduling or I/O, another login uid, an OOM
 /// score adjustment below the restorer's, or a pod.
 pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
-    let own_num = |what: &str| {
-        std::fs::read_to_string(format!("/proc/self/{what}")).ok().and_then(|s| s.trim().parse::<i64>().ok())
-    };
-    let own_loginuid = own_num("loginuid").map_or(u32::MAX, |v| v as u32);
-    let own_oom = own_num("oom_score_adj").unwrap_or(0) as i32;
+    let own_loginuid = crate::procfs::own_number("loginuid").map_or(u32::MAX, |v| v as u32);
+    let own_oom = crate::procfs::own_number("oom_score_adj").unwrap_or(0) as i32;
     if let Some(p) = &m.pod {
         return Err(EngineError::Other(format!(
             "the image of pod {} is owned by uid {}: a pod image must be owned by root to be restored",

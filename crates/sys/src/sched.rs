@@ -5,6 +5,7 @@
 //! words (bit n of word w = CPU 64w + n), as the image records them.
 
 use crate::{Pid, SysError, SysResult};
+use cryopod_image::SchedParams;
 use rustix::thread::CpuSet;
 
 fn thread(tid: Pid) -> Option<rustix::process::Pid> {
@@ -52,18 +53,6 @@ pub fn one_cpu(cpu: usize) -> Vec<u64> {
     m
 }
 
-/// A thread's scheduling policy and its parameters (`sched_getattr`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SchedAttr {
-    pub policy: u32,
-    pub flags: u64,
-    pub nice: i32,
-    pub priority: u32,
-    pub runtime: u64,
-    pub deadline: u64,
-    pub period: u64,
-}
-
 /// `struct sched_attr` as the kernel has it (its first version with the
 /// utilisation clamps: 56 bytes).
 #[repr(C)]
@@ -81,8 +70,9 @@ struct RawSchedAttr {
     util_max: u32,
 }
 
-/// The scheduling policy and parameters of thread `tid` (any thread).
-pub fn get_sched(tid: Pid) -> SysResult<SchedAttr> {
+/// The scheduling policy and parameters of thread `tid` (any thread), as
+/// the image records them (its nice value is recorded on its own).
+pub fn get_sched(tid: Pid) -> SysResult<SchedParams> {
     let mut a = RawSchedAttr::default();
     let size = std::mem::size_of::<RawSchedAttr>() as u32;
     // SAFETY: sched_getattr writes at most `size` bytes into `a`, a
@@ -91,10 +81,9 @@ pub fn get_sched(tid: Pid) -> SysResult<SchedAttr> {
     if r < 0 {
         return Err(SysError::last("sched_getattr", tid));
     }
-    Ok(SchedAttr {
+    Ok(SchedParams {
         policy: a.policy,
         flags: a.flags,
-        nice: a.nice,
         priority: a.priority,
         runtime: a.runtime,
         deadline: a.deadline,
@@ -102,14 +91,14 @@ pub fn get_sched(tid: Pid) -> SysResult<SchedAttr> {
     })
 }
 
-/// Set the scheduling policy and parameters of thread `tid` (utilisation
-/// clamps left as they are).
-pub fn set_sched(tid: Pid, s: &SchedAttr) -> SysResult<()> {
+/// Set the scheduling policy and parameters of thread `tid`, with `nice`
+/// for a fair policy (utilisation clamps left as they are).
+pub fn set_sched(tid: Pid, s: &SchedParams, nice: i32) -> SysResult<()> {
     let a = RawSchedAttr {
         size: std::mem::size_of::<RawSchedAttr>() as u32,
         policy: s.policy,
         flags: s.flags,
-        nice: s.nice,
+        nice,
         priority: s.priority,
         runtime: s.runtime,
         deadline: s.deadline,
