@@ -51,14 +51,7 @@ fn size_after(text: &str, word: &str) -> Option<f64> {
     let mut w = text[i..].split_whitespace();
     let n: f64 = w.next()?.parse().ok()?;
     let unit = w.next()?;
-    let m = match unit.trim_end_matches([',', ')']) {
-        "B" => 1.0,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    Some(n * m)
+    Some(n * common::unit_bytes(unit.trim_end_matches([',', ')']))?)
 }
 
 fn one(h: &TwoHosts, mode: &str, (mib, mbps): (&str, &str), key: &str, dest: &str, k: usize) -> Result<Run, String> {

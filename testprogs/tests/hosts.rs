@@ -511,11 +511,11 @@ fn memory_used_while_it_is_filled_after_a_live_move_is_exact() {
     assert!(log.contains("PASS"), "{log}");
 }
 
-/// Bytes in a size as the CLI prints it ("12.3 MiB", "512 B").
+/// Bytes in a size as the CLI prints it ("12.3 MiB", "512 B"; NaN, which
+/// no comparison accepts, for anything else).
 fn bytes_of(s: &str) -> f64 {
     let (v, unit) = s.trim().split_once(' ').unwrap_or((s, "B"));
-    let k = ["B", "KiB", "MiB", "GiB", "TiB"].iter().position(|u| *u == unit).unwrap_or(0);
-    v.parse::<f64>().unwrap_or(f64::NAN) * 1024f64.powi(k as i32)
+    v.parse::<f64>().unwrap_or(f64::NAN) * common::unit_bytes(unit).unwrap_or(f64::NAN)
 }
 
 /// Chunks the destination's store holds are not sent (`serve --store`):

@@ -20,13 +20,7 @@ fn bytes_before(text: &str, label: &str) -> u64 {
         [.., n, unit] => (n.parse::<f64>().unwrap_or_else(|_| panic!("{n:?} in {text}")), *unit),
         _ => panic!("no size before {label:?} in {text}"),
     };
-    let scale = match unit {
-        "B" => 1.0,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        u => panic!("unit {u:?} in {text}"),
-    };
+    let scale = common::unit_bytes(unit).unwrap_or_else(|| panic!("unit {unit:?} in {text}"));
     (n * scale) as u64
 }
 

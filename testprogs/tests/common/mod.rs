@@ -13,6 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Bytes in one unit of the sizes cryopod prints ("12.3 MiB": `unit` is
+/// "MiB"), None for another word.
+pub fn unit_bytes(unit: &str) -> Option<f64> {
+    let k = ["B", "KiB", "MiB", "GiB", "TiB"].iter().position(|u| *u == unit)?;
+    Some(1024f64.powi(k as i32))
+}
+
 /// The cryopod binary built next to this test's own executable.
 pub fn cryopod_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
