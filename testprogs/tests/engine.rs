@@ -258,3 +258,15 @@ fn file_locks_come_back() {
     run.checkpoint(&[]);
     run.restore_and_verify();
 }
+
+/// Pseudo-terminal pairs (`tp-tty`): a session on a pair whose master the
+/// tree holds, with its settings, window, exclusive mode, foreground job
+/// and a line its master had not read; a second pair locked in packet
+/// mode. Each comes back at its index, the session with its controlling
+/// terminal, the unread line once and as it was, and a round trip works.
+#[test]
+fn pseudo_terminals_come_back() {
+    let mut run = Run::testprog("tty", env!("CARGO_BIN_EXE_tp-tty"));
+    run.checkpoint(&[]);
+    run.restore_and_verify();
+}

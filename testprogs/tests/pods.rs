@@ -372,6 +372,35 @@ fn pod_ipc_namespace_survives_checkpoint() {
     assert_eq!(env.leftovers("ipc"), Vec::<String>::new());
 }
 
+/// Pseudo-terminals in a pod (`tp-tty`), made again inside the pod's mount
+/// namespace (a pod without a root file system of its own shares the
+/// host's devpts): each pair at its index, the session with its
+/// controlling terminal and foreground job. A restore that finds an index
+/// taken refuses in one sentence and leaves nothing.
+#[test]
+fn pod_pseudo_terminals_come_back() {
+    let env = PodEnv::new("pod-tty");
+    let ptmx = || std::fs::OpenOptions::new().read(true).write(true).open("/dev/ptmx").unwrap();
+    let work = env.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    env.ok(&["run", "-d", "--name", "tty", "--", env!("CARGO_BIN_EXE_tp-tty"), work.to_str().unwrap()]);
+    env.wait_log("tty", "READY", |l| l == "READY");
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "tty", "-o", image.to_str().unwrap()]);
+    // The pod's first pair's index, free again: taken here for a while.
+    let taken = ptmx();
+    let err = env.fails(&["restore", image.to_str().unwrap(), "--detach"]);
+    assert!(err.contains("is in use here") && err.trim().lines().count() == 1, "{err}");
+    assert_eq!(env.leftovers("tty"), Vec::<String>::new());
+    drop(taken);
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    std::fs::write(work.join("go"), b"go").unwrap();
+    let log = env.wait_log("tty", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
+    assert!(log.contains("PASS"), "{log}");
+    env.ok(&["stop", "tty"]);
+    assert_eq!(env.leftovers("tty"), Vec::<String>::new());
+}
+
 /// PostgreSQL's way with memory, in a pod: MAP_SHARED|MAP_ANONYMOUS memory
 /// inherited by a forked child (opened again through the pod's own /proc
 /// at restore) and a shm_open file on the pod's /dev/shm.

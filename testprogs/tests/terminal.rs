@@ -19,6 +19,11 @@ fn openpty() -> (std::fs::File, OwnedFd, String) {
     // SAFETY: both fds were just created for us.
     let (m, s) = unsafe { (std::fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
     unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&m), libc::F_SETFL, libc::O_NONBLOCK) };
+    // (Neither end leaks into the job: its terminal's master is ours,
+    // outside the tree.)
+    for fd in [std::os::fd::AsRawFd::as_raw_fd(&m), std::os::fd::AsRawFd::as_raw_fd(&s)] {
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
     (m, s, name)
 }

@@ -407,6 +407,7 @@ fn collect_and_write(
         procs.push(p);
     }
     files.unix.check_links(&files.files)?;
+    crate::tty::finish(&mut files, &mut procs)?;
     for f in &files.files {
         if let cryopod_image::FileKind::Pidfd { pid } = f.kind {
             if !procs.iter().any(|p: &Process| p.pid == pid && p.zombie_status.is_none()) {
@@ -720,6 +721,7 @@ fn empty_process(pid: i32, st: &procfs::Stat) -> Process {
         zombie_status: None,
         stopped: false,
         attrs: Default::default(),
+        ctty: None,
     }
 }
 

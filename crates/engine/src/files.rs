@@ -48,6 +48,9 @@ pub struct FileTable {
     /// Open file descriptions whose locks (flock, OFD, lease) are recorded
     /// already (by the first process seen with them).
     locked: std::collections::HashSet<u32>,
+    /// Pseudo-terminal descriptions, linked once all are seen
+    /// ([`crate::tty::finish`]).
+    pub ptys: Vec<crate::tty::Seen>,
 }
 
 /// Prefix a path of the tree with where its root is seen from here.
@@ -190,6 +193,16 @@ impl FileTable {
             }
             libc::S_IFCHR => {
                 let major = cryopod_sys::fs::major(md.rdev());
+                let file = self.files.len() as u32;
+                if (major, cryopod_sys::fs::minor(md.rdev())) == (5, 2) {
+                    let (kind, seen) = crate::tty::master(pid, fd, file)?;
+                    self.ptys.push(seen);
+                    return Ok(kind);
+                }
+                if let Some(index) = crate::tty::pts_index(md.rdev()) {
+                    let seen = crate::tty::Seen { file, holder: (pid, fd), devpts: md.dev(), index, master: false };
+                    self.ptys.push(seen);
+                }
                 if (136..=143).contains(&major) || major == 4 || (major == 5 && md.rdev() & 0xff != 2) {
                     Ok(FileKind::Terminal { path: target.to_string() })
                 } else {
@@ -291,9 +304,8 @@ fn open_with(path: &str, flags: u32) -> Result<OwnedFd> {
     Ok(f.into())
 }
 
-/// Open, in the restorer, every description that some fd refers to. Returns
-/// one fd per `m.files` entry (None for mapping-only entries), each moved to
-/// a number >= `base`.
+/// Open, in the restorer, every description that some fd refers to, each
+/// moved to a number >= `base` (see [`Opened`]).
 /// Paths are opened under `root` (see [`under`]); external files come from
 /// `inherit` (name, fd of ours). TCP connections whose local address is
 /// `closed_at` are given back reset (see [`cryopod_sys::tcp::reset_connection`]).
@@ -305,7 +317,7 @@ pub fn open_all(
     inherit: &[(String, BorrowedFd<'_>)],
     ns_of: Option<i32>,
     closed_at: Option<&[u8]>,
-) -> Result<(Vec<Option<OwnedFd>>, Vec<Connection>)> {
+) -> Result<Opened> {
     let mut used = vec![false; m.files.len()];
     for p in &m.processes {
         for f in &p.fds {
@@ -316,6 +328,7 @@ pub fn open_all(
     let mut fifo_holders = Vec::new();
     let mut out = Vec::new();
     let mut tcp = Vec::new();
+    let pairs = crate::tty::make_pairs(m, ns_of)?;
     for (i, f) in m.files.iter().enumerate() {
         // Unix sockets are made by the stubs themselves (see unix::plan);
         // TCP connections after everything else (listeners first).
@@ -326,11 +339,15 @@ pub fn open_all(
             out.push(None);
             continue;
         }
-        let fd = open_one(f, &mut pipes, &mut fifo_holders, objects, root, inherit, ns_of)
-            .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
+        let fd = match f.kind {
+            FileKind::PtyMaster { .. } | FileKind::PtySlave { .. } => crate::tty::open_end(f, &pairs),
+            _ => open_one(f, &mut pipes, &mut fifo_holders, objects, root, inherit, ns_of),
+        }
+        .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
         out.push(Some(fds::dup_at_least(&fd, base)?));
     }
     drop(fifo_holders);
+    crate::tty::seal_pairs(m, &pairs)?;
     // Both ends of a connection inside the checkpoint exist before either
     // leaves repair mode (or the first would meet no one and be reset).
     let mut made = Vec::new();
@@ -356,7 +373,17 @@ pub fn open_all(
             conns.push(Connection { fd, file: i });
         }
     }
-    Ok((out, conns))
+    Ok(Opened { srcs: out, conns, pairs })
+}
+
+/// What [`open_all`] made: one fd per `m.files` entry (None for
+/// mapping-only entries and what the stubs make), the TCP connections
+/// still in repair mode, and the pseudo-terminal pairs (whose terminal
+/// ends session leaders take as their controlling terminals).
+pub struct Opened {
+    pub srcs: Vec<Option<OwnedFd>>,
+    pub conns: Vec<Connection>,
+    pub pairs: std::collections::BTreeMap<u32, crate::tty::Pair>,
 }
 
 /// A restored TCP connection, still in repair mode until the tree is
@@ -429,6 +456,8 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
             u.queued.len()
         ),
         FileKind::Terminal { path } => format!("{path} (terminal)"),
+        FileKind::PtyMaster { index, .. } => format!("master of /dev/pts/{index}"),
+        FileKind::PtySlave { index } => format!("/dev/pts/{index} (its master in the tree)"),
         FileKind::Pipe { pipe, write, queued, .. } => {
             format!("pipe:[{pipe}] {} end, {} bytes queued", if *write { "write" } else { "read" }, queued.len())
         }
@@ -475,6 +504,9 @@ fn open_one(
         FileKind::CharDev { path, .. } => open_with(&under(root, path), flags | libc::O_NOCTTY as u32)?,
         FileKind::Unix(_) | FileKind::Tcp(_) | FileKind::Pidfd { .. } => {
             return Err(EngineError::Other("made apart (unix sockets and pidfds by the stubs, TCP last)".into()))
+        }
+        FileKind::PtyMaster { .. } | FileKind::PtySlave { .. } => {
+            return Err(EngineError::Other("made apart (pseudo-terminal pairs first)".into()))
         }
         FileKind::Mqueue { name } => {
             let pid = ns_of.ok_or_else(|| EngineError::Other("a message queue outside a pod".into()))?;

@@ -39,6 +39,7 @@ pub mod threads;
 pub mod track;
 pub mod tree;
 pub mod trust;
+pub mod tty;
 pub mod unix;
 pub mod vmflags;
 

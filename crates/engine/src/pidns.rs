@@ -46,6 +46,10 @@ pub fn to_pod(m: &mut Manifest, map: &HashMap<i32, i32>) -> Result<()> {
         for t in &mut p.threads {
             t.tid = tr("thread", host, t.tid)?;
         }
+        // A foreground group with no process left is not set again.
+        if let Some(c) = &mut p.ctty {
+            c.foreground = map.get(&c.foreground).copied().unwrap_or(0);
+        }
         for t in &mut p.posix_timers {
             if t.notify_tid != 0 {
                 t.notify_tid = tr("timer's target thread", host, t.notify_tid)?;

@@ -13,6 +13,7 @@ pub mod nr {
     pub const GET_MEMPOLICY: i64 = 239;
     pub const MEMBARRIER: i64 = 324;
     pub const CLOSE: i64 = 3;
+    pub const IOCTL: i64 = 16;
     pub const MMAP: i64 = 9;
     pub const MPROTECT: i64 = 10;
     pub const MUNMAP: i64 = 11;

@@ -199,12 +199,12 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
             o.pod.as_ref().map(|p| p.ns_of),
             o.pod.as_ref().and_then(|p| p.tcp_closed_at.as_deref()),
         )
-        .map(|(srcs, conns)| (objects, srcs, conns))
+        .map(|opened| (objects, opened))
     });
     if let Some((u, g)) = old_fs {
         cryopod_sys::creds::set_fs_ids(u, g);
     }
-    let (objects, srcs, conns) = opened?;
+    let (objects, files::Opened { srcs, conns, pairs }) = opened?;
     // The numbers every stub inherits them at (closed in each by injection).
     let object_fds: HashMap<u32, TargetFd> = objects.iter().map(|(&k, v)| (k, TargetFd::of(v))).collect();
     let (ready_r, ready_w) = pipe::pipe()?;
@@ -262,6 +262,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         before_pid_ns: o.pod.as_ref().and_then(|p| p.before_pid_ns),
         unix: (!unix.steps.is_empty()).then_some(&unix),
         cmd: cmd_r.iter().map(|(&p, f)| (p, f.as_fd())).collect(),
+        ctty: m.processes.iter().filter_map(|p| crate::tty::ctty_source(p, &pairs).map(|fd| (p.pid, fd))).collect(),
     };
     debug!("forking the stub tree");
     let root = tree::spawn(&plan)?;
@@ -577,6 +578,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     ident::restore_process_env(r, p, b.owner.is_none())?;
     ident::restore_attrs(r, &p.attrs)?;
     crate::locks::take(r, &p.locks)?;
+    crate::tty::set_foreground(r, p, cx.m)?;
     // Threads: create the others with their TIDs, then per-thread state.
     let leader = p.threads.first().ok_or_else(|| EngineError::Other("no leader thread".into()))?;
     let mut others: Vec<Remote> = Vec::new();

@@ -48,6 +48,9 @@ pub struct StubPlan<'a> {
     /// of the pipe that brings the requests (step numbers, then "Q").
     pub unix: Option<&'a crate::unix::plan::Plan>,
     pub cmd: BTreeMap<i32, BorrowedFd<'a>>,
+    /// Per session leader with a pair of the image as its controlling
+    /// terminal: that pair's terminal end, taken before it forks.
+    pub ctty: BTreeMap<i32, BorrowedFd<'a>>,
 }
 
 /// Children of each process, from ppid links.
@@ -147,6 +150,11 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
         .ok_or_else(|| crate::EngineError::Other(format!("no record for pid {pid}")))?;
     if p.sid == pid {
         process::new_session()?;
+        // Before forking: members get the terminal by inheriting it.
+        if let Some(t) = plan.ctty.get(&pid) {
+            cryopod_sys::tty::make_controlling(t)
+                .map_err(|e| crate::EngineError::context("its controlling terminal".to_string())(e.into()))?;
+        }
     }
     for &c in plan.children.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
         if let Forked::Child = fork_with_pid(c)? {

@@ -201,6 +201,9 @@ pub struct Process {
     /// Process-wide attributes a restored stub would otherwise keep from
     /// the restorer.
     pub attrs: ProcAttrs,
+    /// For a session leader whose controlling terminal is a pair of the
+    /// image: that terminal (its session's processes inherit it).
+    pub ctty: Option<Ctty>,
 }
 
 /// Process-wide attributes that a fork inherits (or cryopod's own work
@@ -504,6 +507,11 @@ pub enum FileKind {
     /// The restoring shell's terminal: attach to whatever terminal `cryopod
     /// restore` runs in.
     Terminal { path: String },
+    /// The master of a pseudo-terminal pair, whose terminal end is
+    /// /dev/pts/`index` of the tree's devpts, made again at that index.
+    PtyMaster { index: u32, tty: Box<PtyState> },
+    /// The terminal end of a pair whose master is in the image.
+    PtySlave { index: u32 },
     /// One end of a pipe (`pipe` groups both ends; `write` says which).
     Pipe { pipe: u64, write: bool, capacity: i32, queued: Vec<u8> },
     /// A FIFO opened by path.
@@ -519,6 +527,46 @@ pub enum FileKind {
     /// `owner` under its fd numbers: (fd, events, data).
     Epoll { owner: i32, entries: Vec<(i32, u32, u64)> },
 }
+
+/// A pseudo-terminal pair's state, read from its master.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PtyState {
+    pub termios: TermiosRec,
+    /// Rows, columns, width and height in pixels.
+    pub winsize: [u16; 4],
+    /// Packet mode (TIOCPKT).
+    pub packet: bool,
+    /// The terminal end may not be opened (TIOCSPTLCK).
+    pub locked: bool,
+    /// Exclusive mode (TIOCEXCL).
+    pub exclusive: bool,
+    /// What the terminal end wrote that the master has not read yet.
+    pub unread: Vec<u8>,
+}
+
+/// A terminal's settings (struct termios2), field by field.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TermiosRec {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub line: u8,
+    pub cc: [u8; 19],
+    pub ispeed: u32,
+    pub ospeed: u32,
+}
+
+/// The controlling terminal of a session, kept on its leader: a pair of
+/// the image (`index`) and its foreground process group.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ctty {
+    pub index: u32,
+    pub foreground: i32,
+}
+
+/// The most a pair may hold unread (the kernel buffers 64 KiB at most).
+pub const PTY_UNREAD_MAX: usize = 1 << 20;
 
 fn bad(what: String) -> ImageError {
     ImageError::Corrupt(what)
@@ -572,12 +620,29 @@ impl Manifest {
                 "a parent path is neither absolute nor a sibling's, or a store path is not absolute".into()
             ));
         }
+        // Pseudo-terminal pairs: one master each.
+        let mut masters = std::collections::HashSet::new();
+        for (i, f) in self.files.iter().enumerate() {
+            if let FileKind::PtyMaster { index, tty } = &f.kind {
+                if !masters.insert(*index) || tty.unread.len() > PTY_UNREAD_MAX {
+                    return Err(bad(format!(
+                        "file {i}: a second master of pseudo-terminal {index}, or too much unread"
+                    )));
+                }
+            }
+        }
         let mut pids = std::collections::HashSet::new();
         for p in &self.processes {
             if p.pid <= 0 || !pids.insert(p.pid) {
                 return Err(bad(format!("pid {} is invalid or repeated", p.pid)));
             }
             self.validate_process(p)?;
+            if p.ctty.is_some_and(|c| p.sid != p.pid || !masters.contains(&c.index)) {
+                return Err(bad(format!(
+                    "process {}: a controlling terminal of no pair, or not a session leader",
+                    p.pid
+                )));
+            }
         }
         for (i, s) in self.objects.iter().enumerate() {
             if s.origin == ObjectOrigin::SharedAnon && s.size % PAGE != 0 {
@@ -606,6 +671,9 @@ impl Manifest {
                 if u.name.len() > 108 || ![1, 2, 5].contains(&u.kind) {
                     return Err(bad(format!("file {i}: unix socket with a bad name or type")));
                 }
+            }
+            if matches!(f.kind, FileKind::PtySlave { index } if !masters.contains(&index)) {
+                return Err(bad(format!("file {i}: a pseudo-terminal whose master is not in the image")));
             }
         }
         Ok(())

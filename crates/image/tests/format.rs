@@ -86,6 +86,7 @@ fn sample() -> Manifest {
             zombie_status: None,
             stopped: false,
             attrs: Default::default(),
+            ctty: None,
         }],
         files: vec![OpenFile { flags: 0, pos: 0, kind: FileKind::CharDev { path: "/dev/null".into(), rdev: 0x103 } }],
         objects: vec![],
@@ -175,6 +176,22 @@ fn hostile_lengths_do_not_allocate() {
     assert!(decode_manifest(&b).unwrap_err().to_string().contains("limit"));
 }
 
+fn pty_file(kind: FileKind) -> OpenFile {
+    OpenFile { flags: 2, pos: 0, kind }
+}
+
+fn pty_master(index: u32, unread: usize) -> OpenFile {
+    let tty = PtyState {
+        termios: TermiosRec::default(),
+        winsize: [24, 80, 0, 0],
+        packet: false,
+        locked: false,
+        exclusive: false,
+        unread: vec![b'x'; unread],
+    };
+    pty_file(FileKind::PtyMaster { index, tty: Box::new(tty) })
+}
+
 #[test]
 fn structural_errors_are_caught() {
     type Damage = Box<dyn Fn(&mut Manifest)>;
@@ -197,6 +214,18 @@ fn structural_errors_are_caught() {
         ("component not in XCR0", Box::new(|m| m.cpu.xcr0 = 0x67)),
         ("huge XSAVE area", Box::new(|m| m.cpu.xsave_size = 1 << 20)),
         ("no SSE state", Box::new(|m| m.cpu.xcr0 = 0xe5)),
+        ("terminal end of no pair", Box::new(|m| m.files.push(pty_file(FileKind::PtySlave { index: 3 })))),
+        ("two masters of a pair", Box::new(|m| m.files.extend([pty_master(2, 0), pty_master(2, 0)]))),
+        ("too much unread", Box::new(|m| m.files.push(pty_master(2, PTY_UNREAD_MAX + 1)))),
+        ("controlling terminal of no pair", Box::new(|m| m.processes[0].ctty = Some(Ctty { index: 1, foreground: 1 }))),
+        (
+            "controlling terminal of a process that leads no session",
+            Box::new(|m| {
+                m.files.push(pty_master(1, 0));
+                m.processes[0].sid = 77;
+                m.processes[0].ctty = Some(Ctty { index: 1, foreground: 1 });
+            }),
+        ),
     ];
     for (what, f) in cases {
         let mut m = sample();

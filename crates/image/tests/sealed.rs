@@ -96,6 +96,7 @@ fn sample(chunk: Chunk) -> Manifest {
             zombie_status: None,
             stopped: false,
             attrs: Default::default(),
+            ctty: None,
         }],
         files: vec![OpenFile { flags: 0, pos: 0, kind: pipe }],
         objects: vec![],

@@ -16,6 +16,15 @@ pub fn major(rdev: u64) -> u32 {
     rustix::fs::major(rdev)
 }
 
+/// The device of the file system `fd` is on (st_dev).
+pub fn fstat_dev(fd: impl AsFd) -> SysResult<u64> {
+    rustix::fs::fstat(fd).map(|s| s.st_dev).map_err(|e| SysError::new("fstat", 0, e.into()))
+}
+
+pub fn minor(rdev: u64) -> u32 {
+    rustix::fs::minor(rdev)
+}
+
 /// open_by_handle_at(mount_fd, {type, bytes}, O_PATH): the file a handle
 /// names, on the file system `mount_fd` is on.
 pub fn open_by_handle(mount_fd: impl AsFd, handle_type: i32, handle: &[u8]) -> SysResult<OwnedFd> {

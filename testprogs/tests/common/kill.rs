@@ -431,7 +431,13 @@ pub fn restore_trials(bin: &str, n: usize) -> Counts {
         // Whatever the kernel or the guardian kills may take a moment.
         let t = Instant::now();
         let alive = || pids.iter().filter(|p| live(**p)).count();
-        while alive() != 0 && alive() != pids.len() && t.elapsed() < Duration::from_secs(2) {
+        // (All alive but some still stopped: the kill of a restore whose
+        // tracees die with it is on its way.)
+        let settled = || match alive() {
+            0 => true,
+            k => k == pids.len() && not_running(&pids).is_empty(),
+        };
+        while !settled() && t.elapsed() < Duration::from_secs(2) {
             reap_all();
             std::thread::sleep(Duration::from_millis(2));
         }
