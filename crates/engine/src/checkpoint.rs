@@ -408,6 +408,7 @@ fn collect_and_write(
     }
     files.unix.check_links(&files.files)?;
     crate::tty::finish(&mut files, &mut procs)?;
+    crate::events::check_epolls(&mut files.files, &procs)?;
     for f in &files.files {
         if let cryopod_image::FileKind::Pidfd { pid } = f.kind {
             if !procs.iter().any(|p: &Process| p.pid == pid && p.zombie_status.is_none()) {

@@ -53,7 +53,7 @@ pub fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
                     let tfd = w[0].parse().unwrap_or(-1);
                     let events = u32::from_str_radix(w[2], 16).unwrap_or(0);
                     let data = u64::from_str_radix(w[4], 16).unwrap_or(0);
-                    entries.push((tfd, events, data));
+                    entries.push(cryopod_image::EpollEntry { fd: tfd, events, data, file_at: None });
                 }
             }
             Ok(FileKind::Epoll { owner: pid, entries })
@@ -84,5 +84,59 @@ pub fn restore_timerfd(fd: impl AsFd, clock: i32, interval_ns: u64, value_ns: u6
     let back = ticks.saturating_mul(interval_ns);
     let first = (now + value_ns).saturating_sub(back).max(1);
     timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, interval_ns, first)?;
+    Ok(())
+}
+
+/// Check each epoll entry against the file the owner has at its number
+/// (kcmp): an entry outlives the closing of its number as long as its
+/// file lives on. If the owner holds that file at another number, the
+/// entry is registered through it at restore (`file_at`); if no process
+/// of the tree holds it, the entry goes with the file's last holder (ours
+/// or outside) and is left out; if another process holds it, the
+/// checkpoint is refused.
+pub fn check_epolls(files: &mut [cryopod_image::OpenFile], procs: &[cryopod_image::Process]) -> Result<()> {
+    use cryopod_sys::events::epoll_watches;
+    let live = || procs.iter().filter(|p| p.zombie_status.is_none());
+    for p in live() {
+        for efd in &p.fds {
+            let Some(f) = files.get_mut(efd.file as usize) else { continue };
+            let FileKind::Epoll { owner, entries } = &mut f.kind else { continue };
+            if *owner != p.pid {
+                continue;
+            }
+            let (pid, e) = (p.pid, TargetFd(efd.fd));
+            let mut seen: std::collections::HashMap<i32, u32> = Default::default();
+            let mut keep = Vec::with_capacity(entries.len());
+            for en in entries.iter() {
+                let toff = seen.entry(en.fd).and_modify(|n| *n += 1).or_insert(0);
+                if epoll_watches(pid, TargetFd(en.fd), pid, e, en.fd, *toff) {
+                    keep.push(*en);
+                    continue;
+                }
+                let holder = live()
+                    .flat_map(|q| q.fds.iter().map(move |fd| (q.pid, fd.fd)))
+                    .find(|&(q, fd)| epoll_watches(q, TargetFd(fd), pid, e, en.fd, *toff));
+                match holder {
+                    Some((q, at)) if q == pid => keep.push(cryopod_image::EpollEntry { file_at: Some(at), ..*en }),
+                    Some((q, at)) => {
+                        return Err(EngineError::Unsupported {
+                            pid,
+                            what: format!(
+                                "epoll fd {} watches as fd {} a file it does not hold there, but process {q} holds as fd {at}",
+                                efd.fd, en.fd
+                            ),
+                        })
+                    }
+                    None => tracing::info!(
+                        pid,
+                        epoll = efd.fd,
+                        fd = en.fd,
+                        "an epoll entry whose file no process of the tree holds any more: left out"
+                    ),
+                }
+            }
+            *entries = keep;
+        }
+    }
     Ok(())
 }

@@ -230,8 +230,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         for f in &p.fds {
             if let cryopod_image::FileKind::Epoll { owner, entries } = &m.files[f.file as usize].kind {
                 if *owner == p.pid && seen_epolls.insert(f.file) {
-                    let entries = entries.iter().map(|&(fd, events, data)| (TargetFd(fd), events, data)).collect();
-                    epolls.entry(p.pid).or_default().push((TargetFd(f.fd), entries));
+                    epolls.entry(p.pid).or_default().push((TargetFd(f.fd), entries.clone()));
                 }
             }
         }

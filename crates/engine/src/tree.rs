@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
 
 /// An epoll instance to fill: its fd number in the owner, and the interest
-/// list as (fd number, events, data).
-pub type EpollSetup = (TargetFd, Vec<(TargetFd, u32, u64)>);
+/// list.
+pub type EpollSetup = (TargetFd, Vec<cryopod_image::EpollEntry>);
 
 /// What every stub needs to know, built by the restorer before forking.
 pub struct StubPlan<'a> {
@@ -195,9 +195,13 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
 /// Fill this process's epoll instances, each through its own fd number.
 fn register_epolls(plan: &StubPlan, pid: i32) -> Result<()> {
     for (epfd, entries) in plan.epolls.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
-        for &(target, mask, data) in entries {
-            events::epoll_add_at(pid, *epfd, target, mask, data)
-                .map_err(|e| crate::EngineError::context(format!("epoll fd {epfd}"))(e.into()))?;
+        for e in entries {
+            let (target, at) = (TargetFd(e.fd), e.file_at.map(TargetFd));
+            let r = match at {
+                None => events::epoll_add_at(pid, *epfd, target, e.events, e.data),
+                Some(at) => events::epoll_add_through(pid, *epfd, target, at, e.events, e.data),
+            };
+            r.map_err(|e| crate::EngineError::context(format!("epoll fd {epfd}"))(e.into()))?;
         }
     }
     Ok(())

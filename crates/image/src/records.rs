@@ -524,8 +524,20 @@ pub enum FileKind {
     /// not yet read.
     TimerFd { clock: i32, interval_ns: u64, value_ns: u64, ticks: u64 },
     /// An epoll instance and its interest list, registered by process
-    /// `owner` under its fd numbers: (fd, events, data).
-    Epoll { owner: i32, entries: Vec<(i32, u32, u64)> },
+    /// `owner` under its fd numbers.
+    Epoll { owner: i32, entries: Vec<EpollEntry> },
+}
+
+/// A file an epoll instance watches: registered under fd number `fd` of
+/// the owner, with its events and data. `file_at`: the owner closed `fd`
+/// (or put another file there) but holds the watched file at this number
+/// (the entry lives as long as the file does).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EpollEntry {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
+    pub file_at: Option<i32>,
 }
 
 /// A pseudo-terminal pair's state, read from its master.
@@ -670,6 +682,11 @@ impl Manifest {
             if let FileKind::Unix(u) = &f.kind {
                 if u.name.len() > 108 || ![1, 2, 5].contains(&u.kind) {
                     return Err(bad(format!("file {i}: unix socket with a bad name or type")));
+                }
+            }
+            if let FileKind::Epoll { entries, .. } = &f.kind {
+                if entries.iter().any(|e| e.fd < 0 || e.file_at.is_some_and(|a| a < 0 || a == e.fd)) {
+                    return Err(bad(format!("file {i}: an epoll entry with a bad fd number")));
                 }
             }
             if matches!(f.kind, FileKind::PtySlave { index } if !masters.contains(&index)) {

@@ -130,6 +130,65 @@ pub fn epoll_add_at(pid: Pid, epfd: TargetFd, fd: TargetFd, events: u32, data: u
     Ok(())
 }
 
+/// Register the file at number `at` of the calling process's table under
+/// number `fd` (which the process closed, or gave to another file, since
+/// it registered it): the file is put at `fd` for the call, and whatever
+/// `fd` held (with its close-on-exec flag) is put back after.
+pub fn epoll_add_through(
+    pid: Pid,
+    epfd: TargetFd,
+    fd: TargetFd,
+    at: TargetFd,
+    events: u32,
+    data: u64,
+) -> SysResult<()> {
+    // SAFETY: fcntl, dup3 and close on numbers of our own table; the slots
+    // are the stub's, which owns no handle to them.
+    unsafe {
+        let saved = libc::fcntl(fd.0, libc::F_DUPFD_CLOEXEC, 1024);
+        let flags = if saved >= 0 { libc::fcntl(fd.0, libc::F_GETFD) } else { 0 };
+        if libc::dup3(at.0, fd.0, 0) < 0 {
+            if saved >= 0 {
+                libc::close(saved);
+            }
+            return Err(SysError::last(format!("dup3({at}, {fd})"), pid));
+        }
+        let r = epoll_add_at(pid, epfd, fd, events, data);
+        let back = if saved >= 0 {
+            let cloexec = if flags & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
+            let b = libc::dup3(saved, fd.0, cloexec);
+            let e = SysError::last(format!("dup3({saved}, {fd})"), pid);
+            libc::close(saved);
+            if b < 0 {
+                Err(e)
+            } else {
+                Ok(())
+            }
+        } else {
+            libc::close(fd.0);
+            Ok(())
+        };
+        r.and(back)
+    }
+}
+
+/// kcmp(KCMP_EPOLL_TFD): is fd `fd1` of `pid1` the file that epoll `efd`
+/// of `pid2` watches under number `tfd` (its `toff`-th entry with that
+/// number)? Errors (`fd1` not open, no such entry) are "no".
+pub fn epoll_watches(pid1: Pid, fd1: TargetFd, pid2: Pid, efd: TargetFd, tfd: i32, toff: u32) -> bool {
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    const KCMP_EPOLL_TFD: i32 = 7;
+    let slot = Slot { efd: efd.0 as u32, tfd: tfd as u32, toff };
+    // SAFETY: kcmp reads one kcmp_epoll_slot from a live struct.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_EPOLL_TFD, fd1.0 as u64, &slot as *const Slot) };
+    r == 0
+}
+
 /// inotify_init1(flags).
 pub fn inotify_init(flags: i32) -> SysResult<OwnedFd> {
     rustix::fs::inotify::init(rustix::fs::inotify::CreateFlags::from_bits_retain(flags as u32))

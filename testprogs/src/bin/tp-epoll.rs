@@ -5,8 +5,11 @@
 //! datagram and seqpacket socketpair ends, a TCP listener, a pipe
 //! (EPOLLONESHOT, already fired: it must stay disarmed), an eventfd
 //! (EPOLLET), a timerfd, a signalfd, an inotify instance and a second epoll.
-//! Each entry has its own data word. After restore, every event must come
-//! with its data, and the disarmed one-shot entry only once re-armed.
+//! Each entry has its own data word. Two entries outlive their numbers: a
+//! socket watched as fd N, moved to another number (dup, then close N),
+//! and one whose number now holds another file. After restore, every
+//! event must come with its data, and the disarmed one-shot entry only
+//! once re-armed.
 
 use cryopod_testprogs::*;
 use std::collections::BTreeSet;
@@ -24,6 +27,8 @@ const TIMER: u64 = 0x9999;
 const SIGNALFD: u64 = 0xaaaa;
 const INOTIFY: u64 = 0xbbbb;
 const CHILD_PAIR: u64 = 0xc1c1;
+const MOVED: u64 = 0xd1d1;
+const REUSED: u64 = 0xe1e1;
 
 fn add(ep: i32, fd: i32, events: u32, data: u64) {
     let mut ev = libc::epoll_event { events, u64: data };
@@ -161,6 +166,21 @@ fn main() {
         add(ep, tfd, libc::EPOLLIN as u32, TIMER);
         add(ep, sfd, libc::EPOLLIN as u32, SIGNALFD);
         add(ep, ino, libc::EPOLLIN as u32, INOTIFY);
+        // Watched under numbers the program no longer holds them at.
+        let (m0, m1) = pair(libc::SOCK_STREAM);
+        let (r0, r1) = pair(libc::SOCK_STREAM);
+        add(ep, m0, libc::EPOLLIN as u32, MOVED);
+        add(ep, r0, libc::EPOLLIN as u32, REUSED);
+        let moved = libc::fcntl(m0, libc::F_DUPFD, 200);
+        libc::close(m0);
+        let reused = libc::fcntl(r0, libc::F_DUPFD, 210);
+        libc::dup2(pfd[1], r0);
+        let fdinfo = || std::fs::read_to_string(format!("/proc/self/fdinfo/{ep}")).unwrap_or_default();
+        let under = |n: i32| fdinfo().lines().filter(|l| l.starts_with(&format!("tfd: {n:>8} "))).count();
+        if moved < 0 || reused < 0 || under(m0) != 1 || under(r0) != 1 {
+            println!("FAIL (setup: entries outliving their numbers: {})", fdinfo());
+            std::process::exit(1);
+        }
         // The one-shot entry fires and is disarmed (data stays in the pipe).
         libc::write(pfd[1], b"xy".as_ptr().cast(), 2);
         let first = events(ep, 50);
@@ -227,6 +247,15 @@ fn main() {
         let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32, u64: PIPE };
         libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, pfd[0], &mut ev);
         c.check("one-shot entry re-armed", wait_for(ep, PIPE), "no event");
+        c.eq("entries under their old numbers", (under(m0), under(r0)), (1, 1));
+        send(m1, b"m");
+        c.check("a socket watched under a number it left", wait_for(ep, MOVED) && recv(moved) == b"m", "no event");
+        send(r1, b"r");
+        c.check(
+            "a socket watched under a number another file took",
+            wait_for(ep, REUSED) && recv(reused) == b"r",
+            "no event",
+        );
     }
     c.finish();
 }
