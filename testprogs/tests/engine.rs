@@ -259,6 +259,18 @@ fn file_locks_come_back() {
     run.restore_and_verify();
 }
 
+/// Files that are gone (`tp-gone`): a FIFO with bytes queued and a directory, both removed
+/// while open, a file renamed over, O_PATH descriptors (a file, a
+/// directory, a symbolic link itself) and a child whose working directory
+/// was removed all come back as they were, and no name made for the
+/// restore is left.
+#[test]
+fn files_that_are_gone_come_back() {
+    let mut run = Run::testprog("gone", env!("CARGO_BIN_EXE_tp-gone"));
+    run.checkpoint(&[]);
+    run.restore_and_verify();
+}
+
 /// Pseudo-terminal pairs (`tp-tty`): a session on a pair whose master the
 /// tree holds, with its settings, window, exclusive mode, foreground job
 /// and a line its master had not read; a second pair locked in packet

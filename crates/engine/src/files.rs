@@ -159,11 +159,18 @@ impl FileTable {
     ) -> Result<FileKind> {
         let ft = md.mode() & libc::S_IFMT;
         let unsupported = |what: &str| EngineError::Unsupported { pid, what: format!("fd {fd} ({target}, {what})") };
+        if flags & libc::O_PATH as u32 != 0 {
+            return self.opath(target, md).map_err(&unsupported);
+        }
         match ft {
             libc::S_IFREG | libc::S_IFDIR => {
-                if target.ends_with(" (deleted)") || target.starts_with("/memfd:") {
+                if target.ends_with(crate::gone::DELETED) || target.starts_with("/memfd:") {
                     if ft == libc::S_IFDIR {
-                        return Err(unsupported("deleted directory"));
+                        let path = target.trim_end_matches(crate::gone::DELETED);
+                        if !path.starts_with('/') {
+                            return Err(unsupported("not reachable by path"));
+                        }
+                        return Ok(FileKind::GoneDir { path: path.to_string(), mode: md.mode() & 0o7777 });
                     }
                     let link = format!("/proc/{pid}/fd/{fd}");
                     let origin = crate::mm::object_origin(target, &link)?;
@@ -218,7 +225,10 @@ impl FileTable {
                     let write = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
                     Ok(FileKind::Pipe { pipe: ino, write, capacity, queued })
                 } else {
-                    Ok(FileKind::Fifo { path: target.to_string(), pipe: ino, queued })
+                    let path = target.strip_suffix(crate::gone::DELETED);
+                    let deleted = path.is_some();
+                    let path = path.unwrap_or(target).to_string();
+                    Ok(FileKind::Fifo { path, pipe: ino, queued, deleted })
                 }
             }
             libc::S_IFSOCK => self.unix.collect(pid, fd, md.ino()),
@@ -234,6 +244,22 @@ impl FileTable {
             }
             _ => Err(unsupported("this kind of file")),
         }
+    }
+}
+
+impl FileTable {
+    /// An O_PATH descriptor: its path must still name that very file (in
+    /// a pod, inside its root).
+    fn opath(&self, target: &str, md: &std::fs::Metadata) -> std::result::Result<FileKind, &'static str> {
+        if target.ends_with(crate::gone::DELETED) || !target.starts_with('/') {
+            return Err("an O_PATH descriptor of a file whose name is gone");
+        }
+        let here = std::fs::symlink_metadata(under(&self.root, target))
+            .map_err(|_| "an O_PATH descriptor not reachable by its path")?;
+        if (here.dev(), here.ino()) != (md.dev(), md.ino()) {
+            return Err("an O_PATH descriptor whose path now names another file, or lies outside the pod's root");
+        }
+        Ok(FileKind::OPath { path: target.to_string(), mode: md.mode() })
     }
 }
 
@@ -324,11 +350,11 @@ pub fn open_all(
             used[f.file as usize] = true;
         }
     }
-    let mut pipes: HashMap<u64, (OwnedFd, OwnedFd)> = HashMap::new();
-    let mut fifo_holders = Vec::new();
+    let mut opening = Opening::default();
     let mut out = Vec::new();
     let mut tcp = Vec::new();
     let pairs = crate::tty::make_pairs(m, ns_of)?;
+    let mut gone = crate::gone::Made { ghosts: Default::default(), root: root.to_string() };
     for (i, f) in m.files.iter().enumerate() {
         // Unix sockets are made by the stubs themselves (see unix::plan);
         // TCP connections after everything else (listeners first).
@@ -341,13 +367,14 @@ pub fn open_all(
         }
         let fd = match f.kind {
             FileKind::PtyMaster { .. } | FileKind::PtySlave { .. } => crate::tty::open_end(f, &pairs),
-            _ => open_one(f, &mut pipes, &mut fifo_holders, objects, root, inherit, ns_of),
+            _ => open_one(f, &mut opening, objects, root, inherit, ns_of, &mut gone.ghosts),
         }
         .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
         out.push(Some(fds::dup_at_least(&fd, base)?));
     }
-    drop(fifo_holders);
+    drop(opening);
     crate::tty::seal_pairs(m, &pairs)?;
+    let cwds = crate::gone::make_cwds(m, &mut gone)?;
     // Both ends of a connection inside the checkpoint exist before either
     // leaves repair mode (or the first would meet no one and be reset).
     let mut made = Vec::new();
@@ -373,7 +400,7 @@ pub fn open_all(
             conns.push(Connection { fd, file: i });
         }
     }
-    Ok(Opened { srcs: out, conns, pairs })
+    Ok(Opened { srcs: out, conns, pairs, gone, cwds })
 }
 
 /// What [`open_all`] made: one fd per `m.files` entry (None for
@@ -384,6 +411,11 @@ pub struct Opened {
     pub srcs: Vec<Option<OwnedFd>>,
     pub conns: Vec<Connection>,
     pub pairs: std::collections::BTreeMap<u32, crate::tty::Pair>,
+    /// Names made again for files whose names were gone (removed when
+    /// this is dropped, after the tree holds them), and the working
+    /// directories to enter for removed ones (see [`crate::gone`]).
+    pub gone: crate::gone::Made,
+    pub cwds: HashMap<String, String>,
 }
 
 /// A restored TCP connection, still in repair mode until the tree is
@@ -461,7 +493,11 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::Pipe { pipe, write, queued, .. } => {
             format!("pipe:[{pipe}] {} end, {} bytes queued", if *write { "write" } else { "read" }, queued.len())
         }
-        FileKind::Fifo { path, queued, .. } => format!("fifo {path}, {} bytes queued", queued.len()),
+        FileKind::Fifo { path, queued, deleted, .. } => {
+            format!("fifo {path}{}, {} bytes queued", if *deleted { crate::gone::DELETED } else { "" }, queued.len())
+        }
+        FileKind::GoneDir { path, .. } => format!("{path}{}", crate::gone::DELETED),
+        FileKind::OPath { path, .. } => format!("{path} (O_PATH)"),
         FileKind::EventFd { count, .. } => format!("eventfd (count {count})"),
         FileKind::SignalFd { mask } => format!("signalfd (mask {mask:#x})"),
         FileKind::TimerFd { interval_ns, value_ns, ticks, .. } => {
@@ -471,14 +507,24 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
     }
 }
 
+/// What opening one description after another keeps: each pipe's two
+/// ends by inode (a FIFO's: its holder, twice), and a holder per FIFO,
+/// open for both directions so that neither end's open blocks or sees the
+/// other gone.
+#[derive(Default)]
+struct Opening {
+    pipes: HashMap<u64, (OwnedFd, OwnedFd)>,
+    fifo_holders: Vec<OwnedFd>,
+}
+
 fn open_one(
     f: &OpenFile,
-    pipes: &mut HashMap<u64, (OwnedFd, OwnedFd)>,
-    holders: &mut Vec<OwnedFd>,
+    opening: &mut Opening,
     objects: &HashMap<u32, OwnedFd>,
     root: &str,
     inherit: &[(String, BorrowedFd<'_>)],
     ns_of: Option<i32>,
+    ghosts: &mut crate::gone::Ghosts,
 ) -> Result<OwnedFd> {
     let flags = f.flags;
     let status = (flags & !(libc::O_ACCMODE as u32)) as i32;
@@ -544,6 +590,7 @@ fn open_one(
             open_with(&p, flags | libc::O_NOCTTY as u32)?
         }
         FileKind::Pipe { pipe, write, capacity, queued } => {
+            let pipes = &mut opening.pipes;
             let (r, w) = match pipes.get(pipe) {
                 Some(e) => (e.0.try_clone().map_err(open_err("pipe"))?, e.1.try_clone().map_err(open_err("pipe"))?),
                 None => {
@@ -582,14 +629,38 @@ fn open_one(
             // own fd numbers (see tree.rs).
             events::epoll_create(0)?
         }
-        FileKind::Fifo { path, pipe, queued } => {
-            let path = &under(root, path);
-            if !pipes.contains_key(pipe) {
+        FileKind::GoneDir { path, mode } => {
+            let at = ghosts.make(root, path, crate::gone::Kind::Dir { mode: *mode })?;
+            let fd = open_with(&under(root, &at), libc::O_RDONLY as u32 | libc::O_DIRECTORY as u32)?;
+            fds::set_status_flags(&fd, status)?;
+            fd
+        }
+        FileKind::OPath { path, mode } => {
+            let nofollow = if mode & libc::S_IFMT == libc::S_IFLNK { libc::O_NOFOLLOW } else { 0 };
+            let fd = open_with(&under(root, path), (libc::O_PATH | nofollow) as u32)?;
+            let now = cryopod_sys::fs::fstat_mode(&fd)?;
+            if now & libc::S_IFMT != mode & libc::S_IFMT {
+                return Err(EngineError::Other(format!(
+                    "{path} is another kind of file now (mode {now:o}, was {mode:o})"
+                )));
+            }
+            fd
+        }
+        FileKind::Fifo { path, pipe, queued, deleted } => {
+            let made;
+            let path = match deleted {
+                true => {
+                    made = ghosts.make(root, path, crate::gone::Kind::Fifo)?;
+                    &under(root, &made)
+                }
+                false => &under(root, path),
+            };
+            if !opening.pipes.contains_key(pipe) {
                 let holder = open_with(path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
                 fill_pipe(&holder, 0, queued)?;
                 let c = holder.try_clone().map_err(open_err(path))?;
-                pipes.insert(*pipe, (c, holder.try_clone().map_err(open_err(path))?));
-                holders.push(holder);
+                opening.pipes.insert(*pipe, (c, holder.try_clone().map_err(open_err(path))?));
+                opening.fifo_holders.push(holder);
             }
             let fd = open_with(path, flags | libc::O_NONBLOCK as u32)?;
             fds::set_status_flags(&fd, status)?;

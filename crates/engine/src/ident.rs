@@ -157,6 +157,12 @@ pub fn restore_mm(r: &mut Remote, mm: &MmInfo) -> Result<()> {
 pub fn collect_process_env(pid: i32, p: &mut Process) -> Result<()> {
     p.cwd = procfs::readlink(&format!("/proc/{pid}/cwd"))?;
     p.root = procfs::readlink(&format!("/proc/{pid}/root"))?;
+    if p.root.ends_with(crate::gone::DELETED) {
+        return Err(crate::EngineError::Unsupported {
+            pid,
+            what: format!("its root directory {} was removed", p.root),
+        });
+    }
     let st = procfs::read(pid, "status")?;
     p.umask = procfs::status_field(&st, "Umask").and_then(|v| u32::from_str_radix(&v, 8).ok()).unwrap_or(0o022);
     p.personality = u32::from_str_radix(procfs::read(pid, "personality")?.trim(), 16).unwrap_or(0);
@@ -202,15 +208,17 @@ fn parse_limits(text: &str) -> Option<Vec<(u64, u64)>> {
 
 /// umask, personality, root, cwd and (with `rlimits`) the resource limits,
 /// set from outside with our privilege.
-pub fn restore_process_env(r: &mut Remote, p: &Process, rlimits: bool) -> Result<()> {
+/// `cwd`: where to enter (a removed working directory was made again,
+/// see [`crate::gone`]).
+pub fn restore_process_env(r: &mut Remote, p: &Process, cwd: &str, rlimits: bool) -> Result<()> {
     r.call("umask", nr::UMASK, &[u64::from(p.umask)])?;
     r.call("personality", nr::PERSONALITY, &[u64::from(p.personality)])?;
     if p.root != "/" {
         let a = r.put_str(0, &p.root)?;
         r.call(&format!("chroot({})", p.root), nr::CHROOT, &[a])?;
     }
-    let a = r.put_str(0, &p.cwd)?;
-    r.call(&format!("chdir({})", p.cwd), nr::CHDIR, &[a])?;
+    let a = r.put_str(0, cwd)?;
+    r.call(&format!("chdir({cwd})"), nr::CHDIR, &[a])?;
     if rlimits {
         for (res, &(soft, hard)) in p.rlimits.iter().enumerate() {
             cryopod_sys::process::set_rlimit(r.pid, res as i32, soft, hard)

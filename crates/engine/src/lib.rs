@@ -16,6 +16,7 @@ pub mod events;
 pub mod fault;
 pub mod files;
 pub mod freeze;
+pub mod gone;
 pub mod guard;
 pub mod ident;
 pub mod incremental;

@@ -204,7 +204,9 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     if let Some((u, g)) = old_fs {
         cryopod_sys::creds::set_fs_ids(u, g);
     }
-    let (objects, files::Opened { srcs, conns, pairs }) = opened?;
+    // `_gone` removes the names made again for files whose names were gone
+    // when the restore ends, however it ends.
+    let (objects, files::Opened { srcs, conns, pairs, gone: _gone, cwds }) = opened?;
     // The numbers every stub inherits them at (closed in each by injection).
     let object_fds: HashMap<u32, TargetFd> = objects.iter().map(|(&k, v)| (k, TargetFd::of(v))).collect();
     let (ready_r, ready_w) = pipe::pipe()?;
@@ -294,6 +296,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
                 guard: &guard,
                 conns: &conns,
                 cmd_fds: &cmd_fds,
+                cwds: &cwds,
                 owner: owner.as_ref(),
                 before_resume: o.pod.as_ref().and_then(|p| p.before_resume),
                 progress,
@@ -459,6 +462,8 @@ struct Build<'a> {
     conns: &'a [files::Connection],
     /// Each stub's end of its socket request pipe (closed the same way).
     cmd_fds: &'a BTreeMap<i32, TargetFd>,
+    /// Working directories made again, by the cwd the image records.
+    cwds: &'a HashMap<String, String>,
     /// memfds and deleted files re-created by the restorer, inherited by
     /// every stub at these fd numbers.
     object_fds: &'a HashMap<u32, TargetFd>,
@@ -574,7 +579,8 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     // A user's image gets its resource limits only once it runs as the
     // user (below), set by the task itself: never above what it may set.
     ident::restore_loginuid(r, &p.attrs)?;
-    ident::restore_process_env(r, p, b.owner.is_none())?;
+    let cwd = b.cwds.get(&p.cwd).map(String::as_str).unwrap_or(&p.cwd);
+    ident::restore_process_env(r, p, cwd, b.owner.is_none())?;
     ident::restore_attrs(r, &p.attrs)?;
     crate::locks::take(r, &p.locks)?;
     crate::tty::set_foreground(r, p, cx.m)?;

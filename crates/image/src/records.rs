@@ -514,8 +514,16 @@ pub enum FileKind {
     PtySlave { index: u32 },
     /// One end of a pipe (`pipe` groups both ends; `write` says which).
     Pipe { pipe: u64, write: bool, capacity: i32, queued: Vec<u8> },
-    /// A FIFO opened by path.
-    Fifo { path: String, pipe: u64, queued: Vec<u8> },
+    /// A FIFO opened by path; `deleted`: its name was removed while it was
+    /// open (it is made again, opened, and its name removed again).
+    Fifo { path: String, pipe: u64, queued: Vec<u8>, deleted: bool },
+    /// A directory removed while open (so empty): made again under its
+    /// name, opened, and removed again.
+    GoneDir { path: String, mode: u32 },
+    /// An O_PATH descriptor: a place in the file tree, not an open file
+    /// (`mode`: its file's type and permissions; a symbolic link itself
+    /// when opened with O_NOFOLLOW).
+    OPath { path: String, mode: u32 },
     /// An eventfd and its counter.
     EventFd { count: u64, semaphore: bool },
     /// A signalfd and its signal mask (bit n-1 = signal n).

@@ -16,6 +16,18 @@ pub fn major(rdev: u64) -> u32 {
     rustix::fs::major(rdev)
 }
 
+/// mkfifo(path, mode).
+pub fn mkfifo(path: &str, mode: u32) -> SysResult<()> {
+    use rustix::fs::{FileType, Mode, CWD};
+    rustix::fs::mknodat(CWD, path, FileType::Fifo, Mode::from_raw_mode(mode), 0)
+        .map_err(|e| SysError::new(format!("mkfifo({path})"), 0, e.into()))
+}
+
+/// The type and permission bits of the file on `fd` (st_mode).
+pub fn fstat_mode(fd: impl AsFd) -> SysResult<u32> {
+    rustix::fs::fstat(fd).map(|s| s.st_mode).map_err(|e| SysError::new("fstat", 0, e.into()))
+}
+
 /// The device of the file system `fd` is on (st_dev).
 pub fn fstat_dev(fd: impl AsFd) -> SysResult<u64> {
     rustix::fs::fstat(fd).map(|s| s.st_dev).map_err(|e| SysError::new("fstat", 0, e.into()))
