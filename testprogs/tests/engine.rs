@@ -259,6 +259,18 @@ fn file_locks_come_back() {
     run.restore_and_verify();
 }
 
+/// Descriptors on /proc of the tree itself (`tp-procfd`): a process's
+/// own stat and environ (shared with its child, with an offset), its
+/// child's status, fd directory and task comm, the child's view of its
+/// parent's cmdline: opened again once those processes exist, naming the
+/// same processes, offsets kept.
+#[test]
+fn proc_files_of_the_tree_come_back() {
+    let mut run = Run::testprog("procfd", env!("CARGO_BIN_EXE_tp-procfd"));
+    run.checkpoint(&[]);
+    run.restore_and_verify();
+}
+
 /// Files that are gone (`tp-gone`): a FIFO with bytes queued and a directory, both removed
 /// while open, a file renamed over, O_PATH descriptors (a file, a
 /// directory, a symbolic link itself) and a child whose working directory

@@ -409,6 +409,14 @@ fn collect_and_write(
     files.unix.check_links(&files.files)?;
     crate::tty::finish(&mut files, &mut procs)?;
     crate::events::check_epolls(&mut files.files, &procs)?;
+    // /proc files name processes as the tree's /proc does: a pod's by the
+    // pod's own PIDs.
+    let live = procs.iter().filter(|p| p.zombie_status.is_none()).map(|p| p.pid);
+    let tree_pids: std::collections::HashSet<i32> = match &o.pod {
+        Some(_) => live.map(|p| crate::pidns::ns_pid(p, p)).collect::<Result<_>>()?,
+        None => live.collect(),
+    };
+    files.link_proc_files(&tree_pids, o.pod.is_some())?;
     for f in &files.files {
         if let cryopod_image::FileKind::Pidfd { pid } = f.kind {
             if !procs.iter().any(|p: &Process| p.pid == pid && p.zombie_status.is_none()) {

@@ -159,6 +159,14 @@ impl FileTable {
     ) -> Result<FileKind> {
         let ft = md.mode() & libc::S_IFMT;
         let unsupported = |what: &str| EngineError::Unsupported { pid, what: format!("fd {fd} ({target}, {what})") };
+        const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+        if let Some((of, rest)) = procfs::split_pid_path(target) {
+            if cryopod_sys::fs::fs_magic(&format!("/proc/{pid}/fd/{fd}")).ok() == Some(PROC_SUPER_MAGIC) {
+                // Whether that process is in the tree is known once all are
+                // collected (`link_proc_files`).
+                return Ok(FileKind::ProcOf { pid: of, rest: rest.to_string() });
+            }
+        }
         if flags & libc::O_PATH as u32 != 0 {
             return self.opath(target, md).map_err(&unsupported);
         }
@@ -248,6 +256,29 @@ impl FileTable {
 }
 
 impl FileTable {
+    /// Once every process is collected: a /proc file of a process of the
+    /// tree (`pids`: as the tree's /proc numbers them) is opened again by a
+    /// stub at restore; of another process, a plain tree's is reopened by
+    /// path, a pod's is refused (its /proc shows the pod's processes only,
+    /// unless the pod uses the host's).
+    pub fn link_proc_files(&mut self, pids: &std::collections::HashSet<i32>, pod: bool) -> Result<()> {
+        for f in self.files.iter_mut() {
+            let FileKind::ProcOf { pid, rest } = &f.kind else { continue };
+            if pids.contains(pid) {
+                continue;
+            }
+            let path = if rest.is_empty() { format!("/proc/{pid}") } else { format!("/proc/{pid}/{rest}") };
+            if pod {
+                return Err(EngineError::Unsupported {
+                    pid: *pid,
+                    what: format!("{path} is open in the pod: a /proc file of a process outside it"),
+                });
+            }
+            f.kind = path_kind(&self.root, &path)?;
+        }
+        Ok(())
+    }
+
     /// An O_PATH descriptor: its path must still name that very file (in
     /// a pod, inside its root).
     fn opath(&self, target: &str, md: &std::fs::Metadata) -> std::result::Result<FileKind, &'static str> {
@@ -358,7 +389,9 @@ pub fn open_all(
     for (i, f) in m.files.iter().enumerate() {
         // Unix sockets are made by the stubs themselves (see unix::plan);
         // TCP connections after everything else (listeners first).
-        if !used[i] || matches!(f.kind, FileKind::Unix(_) | FileKind::Tcp(_) | FileKind::Pidfd { .. }) {
+        if !used[i]
+            || matches!(f.kind, FileKind::Unix(_) | FileKind::Tcp(_) | FileKind::Pidfd { .. } | FileKind::ProcOf { .. })
+        {
             if used[i] && matches!(f.kind, FileKind::Tcp(_)) {
                 tcp.push(i);
             }
@@ -498,6 +531,7 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         }
         FileKind::GoneDir { path, .. } => format!("{path}{}", crate::gone::DELETED),
         FileKind::OPath { path, .. } => format!("{path} (O_PATH)"),
+        FileKind::ProcOf { pid, rest } => format!("/proc/{pid}/{rest} (of a process of the tree)"),
         FileKind::EventFd { count, .. } => format!("eventfd (count {count})"),
         FileKind::SignalFd { mask } => format!("signalfd (mask {mask:#x})"),
         FileKind::TimerFd { interval_ns, value_ns, ticks, .. } => {
@@ -548,8 +582,10 @@ fn open_one(
             fd
         }
         FileKind::CharDev { path, .. } => open_with(&under(root, path), flags | libc::O_NOCTTY as u32)?,
-        FileKind::Unix(_) | FileKind::Tcp(_) | FileKind::Pidfd { .. } => {
-            return Err(EngineError::Other("made apart (unix sockets and pidfds by the stubs, TCP last)".into()))
+        FileKind::Unix(_) | FileKind::Tcp(_) | FileKind::Pidfd { .. } | FileKind::ProcOf { .. } => {
+            return Err(EngineError::Other(
+                "made apart (unix sockets, pidfds, /proc files by the stubs, TCP last)".into(),
+            ))
         }
         FileKind::PtyMaster { .. } | FileKind::PtySlave { .. } => {
             return Err(EngineError::Other("made apart (pseudo-terminal pairs first)".into()))

@@ -275,3 +275,32 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
     }
     out
 }
+
+/// `/proc/PID/REST` as (PID, REST) (REST empty for the directory itself),
+/// if `path` is a process's place under /proc.
+pub fn split_pid_path(path: &str) -> Option<(i32, &str)> {
+    let rest = path.strip_prefix("/proc/")?;
+    let (num, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let pid: i32 = num.parse().ok().filter(|&p| p > 0)?;
+    (!tail.split('/').any(|c| c == ".." || c == ".")).then_some((pid, tail))
+}
+
+/// Open `/proc/PID/REST` again as the tree held it (status flags, offset):
+/// run by a stub once every process exists.
+pub fn open_of(pid: i32, rest: &str, flags: u32, pos: u64) -> Result<std::os::fd::OwnedFd> {
+    use std::io::Seek;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = if rest.is_empty() { format!("/proc/{pid}") } else { format!("/proc/{pid}/{rest}") };
+    let acc = flags & libc::O_ACCMODE as u32;
+    let mut f = std::fs::OpenOptions::new()
+        .read(acc != libc::O_WRONLY as u32)
+        .write(acc != libc::O_RDONLY as u32)
+        .custom_flags((flags & !(libc::O_ACCMODE as u32)) as i32)
+        .open(&path)
+        .map_err(|e| EngineError::Proc { path: path.clone(), msg: e.to_string() })?;
+    if pos > 0 {
+        f.seek(std::io::SeekFrom::Start(pos))
+            .map_err(|e| EngineError::Proc { path, msg: format!("seek to {pos}: {e}") })?;
+    }
+    Ok(f.into())
+}

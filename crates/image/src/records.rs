@@ -520,6 +520,10 @@ pub enum FileKind {
     /// A directory removed while open (so empty): made again under its
     /// name, opened, and removed again.
     GoneDir { path: String, mode: u32 },
+    /// A file or directory under /proc/`pid` of a process in the tree
+    /// (`rest`: the path below it, empty for the directory itself), opened
+    /// again once that process exists.
+    ProcOf { pid: i32, rest: String },
     /// An O_PATH descriptor: a place in the file tree, not an open file
     /// (`mode`: its file's type and permissions; a symbolic link itself
     /// when opened with O_NOFOLLOW).
@@ -690,6 +694,12 @@ impl Manifest {
             if let FileKind::Unix(u) = &f.kind {
                 if u.name.len() > 108 || ![1, 2, 5].contains(&u.kind) {
                     return Err(bad(format!("file {i}: unix socket with a bad name or type")));
+                }
+            }
+            if let FileKind::ProcOf { pid, rest } = &f.kind {
+                let in_tree = self.processes.iter().any(|p| p.pid == *pid && p.zombie_status.is_none());
+                if !in_tree || rest.starts_with('/') || rest.split('/').any(|c| c == ".." || c == ".") {
+                    return Err(bad(format!("file {i}: a /proc file of no process of the image, or a bad path")));
                 }
             }
             if let FileKind::Epoll { entries, .. } = &f.kind {

@@ -1,3 +1,6 @@
+//! What the stubs make themselves, once every process of the tree exists:
+//! unix sockets, pidfds, and files under /proc/PID of the tree's processes.
+//!
 //! Restoring unix sockets: a list of steps, each run by one stub in its
 //! own process (so that SO_PEERCRED names the right PID and credentials,
 //! and names resolve in the tree's own mount and network namespaces), in
@@ -58,6 +61,9 @@ pub enum Op {
     Close { files: Vec<u32> },
     /// A pidfd of process `target` at fd number `fd`.
     Pidfd { fd: TargetFd, target: i32, nonblock: bool, cloexec: bool },
+    /// Open a /proc file of a process of the tree (it exists now), at the
+    /// file's staging fd.
+    ProcFile { file: u32 },
 }
 
 #[derive(Debug, Clone)]
@@ -154,7 +160,10 @@ impl Plan {
             .filter_map(|f| sock_of(m, f).map(|u| (u.ino, f)))
             .filter(|(_, f)| holders.contains_key(f))
             .collect();
-        if by_ino.is_empty() {
+        let proc_files: Vec<u32> = (0..m.files.len() as u32)
+            .filter(|f| matches!(m.files[*f as usize].kind, FileKind::ProcOf { .. }) && holders.contains_key(f))
+            .collect();
+        if by_ino.is_empty() && proc_files.is_empty() {
             pidfd_steps(m, &mut p)?;
             return Ok(p);
         }
@@ -276,6 +285,10 @@ impl Plan {
         }
         for &f in &files {
             p.steps.push(Step { pid: creator[&f], op: Op::Finish { file: f } });
+        }
+        for &f in &proc_files {
+            creator.insert(f, first_holder(f));
+            p.steps.push(Step { pid: first_holder(f), op: Op::ProcFile { file: f } });
         }
         // Every holder takes its sockets; then creators drop staging fds.
         for pr in &live {
@@ -456,8 +469,14 @@ impl Plan {
                     if creator == me {
                         fd::dup_to(staged.get(self.staging(file))?, at, cloexec)?;
                     } else {
-                        let pfd = cryopod_sys::pidfd::pidfd_open(creator)?;
-                        let got = cryopod_sys::pidfd::pidfd_getfd(&pfd, creator, self.staging(file))?;
+                        // The pidfd is closed before the copy is placed: it
+                        // took the lowest free number, which may be `at`
+                        // itself (dropped after, it closed the very fd just
+                        // placed there).
+                        let got = {
+                            let pfd = cryopod_sys::pidfd::pidfd_open(creator)?;
+                            cryopod_sys::pidfd::pidfd_getfd(&pfd, creator, self.staging(file))?
+                        };
                         fd::place(got, at, cloexec)?;
                     }
                 }
@@ -468,6 +487,14 @@ impl Plan {
                     staged.close(self.staging(f));
                 }
                 Ok(())
+            }
+            Op::ProcFile { file } => {
+                let f = &m.files[*file as usize];
+                let FileKind::ProcOf { pid, rest } = &f.kind else {
+                    return Err(EngineError::Other(format!("file {file} is not a /proc file")));
+                };
+                let fd = crate::procfs::open_of(*pid, rest, f.flags, f.pos)?;
+                staged.park(fd, self.staging(*file))
             }
             Op::Pidfd { fd: at, target, nonblock, cloexec } => {
                 let got = cryopod_sys::pidfd::pidfd_open_flags(*target, if *nonblock { libc::O_NONBLOCK } else { 0 })?;
