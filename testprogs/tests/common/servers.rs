@@ -9,6 +9,7 @@
 use super::pod::PodEnv;
 use super::run_within;
 use super::streams::connect;
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -163,7 +164,14 @@ impl ServerEnv {
     pub fn checkpoint_and_restore(&mut self) {
         self.settle_sockets();
         let image = self.checkpoint(false);
+        let want = image_fds(&self.env, &image);
         self.restore(&image);
+        // Every descriptor of every process comes back at its number (the
+        // servers are idle here: none opens or closes one meanwhile).
+        let got = pod_fds(self);
+        if got != want {
+            self.fail(format!("descriptors after the restore (pod PID: fds) {got:?}, in the image {want:?}"));
+        }
     }
 
     /// Wait (up to 15 s) until every TCP socket of the pod listens or is
@@ -544,6 +552,46 @@ pub fn http_get(s: &ServerEnv, port: u16, path: &str) -> String {
 }
 
 /// The commands of the pod's processes, from its cgroup.
+/// Per pod PID, the fd numbers of each process of image `image` (those
+/// with any).
+fn image_fds(env: &PodEnv, image: &Path) -> BTreeMap<i64, Vec<i64>> {
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "--json", image.to_str().unwrap()])).unwrap();
+    let mut out = BTreeMap::new();
+    for p in v["processes"].as_array().cloned().unwrap_or_default() {
+        let mut fds: Vec<i64> =
+            p["fds"].as_array().cloned().unwrap_or_default().iter().filter_map(|f| f["fd"].as_i64()).collect();
+        fds.sort_unstable();
+        if !fds.is_empty() {
+            out.insert(p["pid"].as_i64().unwrap_or(0), fds);
+        }
+    }
+    out
+}
+
+/// Per pod PID, the fd numbers of each process of the pod now.
+fn pod_fds(s: &ServerEnv) -> BTreeMap<i64, Vec<i64>> {
+    let procs = format!("/sys/fs/cgroup/pids/{}/{}/cgroup.procs", s.env.cgroup_parent(), s.name);
+    let mut out = BTreeMap::new();
+    for host in std::fs::read_to_string(procs).unwrap_or_default().split_whitespace() {
+        let status = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap_or_default();
+        let Some(pid) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().last()?.parse().ok())
+        else {
+            continue;
+        };
+        let mut fds: Vec<i64> = std::fs::read_dir(format!("/proc/{host}/fd"))
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        fds.sort_unstable();
+        if !fds.is_empty() {
+            out.insert(pid, fds);
+        }
+    }
+    out
+}
+
 pub fn pod_commands(s: &ServerEnv) -> Vec<String> {
     let procs = format!("/sys/fs/cgroup/pids/{}/{}/cgroup.procs", s.env.cgroup_parent(), s.name);
     let procs = std::fs::read_to_string(procs).unwrap_or_default();
