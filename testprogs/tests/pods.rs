@@ -401,6 +401,63 @@ fn pod_pseudo_terminals_come_back() {
     assert_eq!(env.leftovers("tty"), Vec::<String>::new());
 }
 
+/// cgroups of its own in a pod (`tp-cgroup`): a process moved into cgroups
+/// below the pod's (memory with a limit, pids with a maximum, cpu with
+/// shares) comes back in the same cgroups with the same settings, and
+/// stopping the pod removes them with it.
+#[test]
+fn pod_processes_keep_their_own_cgroups() {
+    let env = PodEnv::new("pod-cg");
+    let work = env.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    env.ok(&["run", "-d", "--name", "cg", "--", env!("CARGO_BIN_EXE_tp-cgroup"), work.to_str().unwrap()]);
+    let log = env.wait_log("cg", "the child's PID", |l| l.starts_with("CHILD "));
+    let child: i64 = log.lines().find_map(|l| l.strip_prefix("CHILD ")?.trim().parse().ok()).unwrap();
+    let pod_dir = |c: &str| format!("/sys/fs/cgroup/{c}/{}/cg", env.cgroup_parent());
+    let host_of = |pid: i64| -> i32 {
+        let procs = std::fs::read_to_string(format!("{}/cgroup.procs", pod_dir("pids"))).unwrap_or_default()
+            + &std::fs::read_to_string(format!("{}/job/cgroup.procs", pod_dir("pids"))).unwrap_or_default();
+        procs
+            .split_whitespace()
+            .filter_map(|h| h.parse::<i32>().ok())
+            .find(|h| {
+                let st = std::fs::read_to_string(format!("/proc/{h}/status")).unwrap_or_default();
+                st.lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|v| v.split_whitespace().last()?.parse().ok())
+                    == Some(pid)
+            })
+            .expect("the child in the pod")
+    };
+    let settings =
+        [("memory", "memory.limit_in_bytes", "67108864"), ("pids", "pids.max", "33"), ("cpu", "cpu.shares", "512")];
+    let h = host_of(child);
+    for (c, file, value) in settings {
+        let d = format!("{}/job", pod_dir(c));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(format!("{d}/{file}"), value).unwrap();
+        std::fs::write(format!("{d}/cgroup.procs"), h.to_string()).unwrap();
+    }
+    std::fs::write(work.join("moved"), b"").unwrap();
+    env.wait_log("cg", "READY", |l| l == "READY");
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "cg", "-o", image.to_str().unwrap()]);
+    assert_eq!(env.leftovers("cg"), Vec::<String>::new());
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    let h = host_of(child);
+    for (c, file, value) in settings {
+        let d = format!("{}/job", pod_dir(c));
+        let procs = std::fs::read_to_string(format!("{d}/cgroup.procs")).unwrap_or_default();
+        assert!(procs.split_whitespace().any(|p| p == h.to_string()), "{c}: the child ({h}) is not in {d}: {procs:?}");
+        assert_eq!(std::fs::read_to_string(format!("{d}/{file}")).unwrap_or_default().trim(), value, "{d}/{file}");
+    }
+    std::fs::write(work.join("go"), b"go").unwrap();
+    let log = env.wait_log("cg", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
+    assert!(log.contains("PASS"), "{log}");
+    env.ok(&["stop", "cg"]);
+    assert_eq!(env.leftovers("cg"), Vec::<String>::new());
+}
+
 /// PostgreSQL's way with memory, in a pod: MAP_SHARED|MAP_ANONYMOUS memory
 /// inherited by a forked child (opened again through the pod's own /proc
 /// at restore) and a shm_open file on the pod's /dev/shm.

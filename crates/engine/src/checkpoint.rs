@@ -408,6 +408,7 @@ fn collect_and_write(
     }
     files.unix.check_links(&files.files)?;
     crate::tty::finish(&mut files, &mut procs)?;
+    let cgroups = crate::cgroups::collect(&mut procs, o.pid)?;
     crate::events::check_epolls(&mut files.files, &procs)?;
     // /proc files name processes as the tree's /proc does: a pod's by the
     // pod's own PIDs.
@@ -499,6 +500,7 @@ fn collect_and_write(
         pod: o.pod.as_ref().map(|p| p.image.clone()),
         parent: o.base.and_then(|b| b.parent.clone()),
         store: o.base.and_then(|b| b.store_link().cloned()),
+        cgroups,
     };
     crate::mm::attach_runs(&mut m, &mem, &out.chunk_of, &out.reused);
     if let Some(map) = &pod_pids {
@@ -731,6 +733,7 @@ fn empty_process(pid: i32, st: &procfs::Stat) -> Process {
         stopped: false,
         attrs: Default::default(),
         ctty: None,
+        cgroups: Vec::new(),
     }
 }
 

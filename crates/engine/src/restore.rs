@@ -279,12 +279,16 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
     drop(life_r);
     drop(cmd_r);
     let created: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
+    // Declared before the result: dropped (removed, on failure) after the
+    // tree is killed and collected.
+    let mut cgroups = crate::cgroups::Made::default();
     let res = wait_ready(m, &ready_r)
         .and_then(|placed| run_unix_steps(&unix, &cmd_w, &ready_r).map(|_| placed))
         .and_then(|placed| wait_placed(m, &ready_r, placed))
         .and_then(|_| {
             let mut pids = if m.pod.is_some() { HostPids::of_tree(root)? } else { HostPids::plain() };
             wait_zombies(m, &pids)?;
+            cgroups.make(m, root)?;
             let b = Build {
                 m,
                 lazy: o.pod.as_ref().and_then(|p| p.lazy),
@@ -297,6 +301,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
                 conns: &conns,
                 cmd_fds: &cmd_fds,
                 cwds: &cwds,
+                cgroups: &cgroups,
                 owner: owner.as_ref(),
                 before_resume: o.pod.as_ref().and_then(|p| p.before_resume),
                 progress,
@@ -305,6 +310,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         });
     match res {
         Ok(()) => {
+            cgroups.keep();
             let (mem, _) = m.memory_bytes();
             let root_rec = m.processes.iter().find(|p| p.pid == m.root_pid);
             Ok(RestoreOutcome {
@@ -464,6 +470,8 @@ struct Build<'a> {
     cmd_fds: &'a BTreeMap<i32, TargetFd>,
     /// Working directories made again, by the cwd the image records.
     cwds: &'a HashMap<String, String>,
+    /// The tree's own cgroups, made (processes move in once seized).
+    cgroups: &'a crate::cgroups::Made,
     /// memfds and deleted files re-created by the restorer, inherited by
     /// every stub at these fd numbers.
     object_fds: &'a HashMap<u32, TargetFd>,
@@ -502,6 +510,9 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64], pids: &mut HostP
     }
     debug!("all stubs seized");
     tree::join_groups(m, &mut remotes)?;
+    for p in order {
+        b.cgroups.move_in(p, pids.host(p.pid)?)?;
+    }
     let mut shmem_home = HashMap::new();
     let total: u64 = m.memory_bytes().0;
     let mut done = 0u64;

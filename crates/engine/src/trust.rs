@@ -158,7 +158,7 @@ pub fn own_hard_limit(res: usize) -> Option<u64> {
 /// Refuse a user's image that asks for more than its owner has: other
 /// ids, groups or capabilities, hard resource limits above the
 /// restorer's, real-time scheduling or I/O, another login uid, an OOM
-/// score adjustment below the restorer's, or a pod.
+/// score adjustment below the restorer's, cgroups of its own, or a pod.
 pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
     let own_loginuid = crate::procfs::own_number("loginuid").map_or(u32::MAX, |v| v as u32);
     let own_oom = crate::procfs::own_number("oom_score_adj").unwrap_or(0) as i32;
@@ -184,6 +184,9 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
         }
         if c.cap_eff | c.cap_prm | c.cap_inh | c.cap_amb != 0 {
             return refuse("with capabilities".into());
+        }
+        if let Some((c, d)) = p.cgroups.first() {
+            return refuse(format!("in a {c} cgroup of its own ({d}), with its settings"));
         }
         if p.attrs.loginuid != own_loginuid {
             return refuse(format!("with login uid {} (the restorer's is {own_loginuid})", p.attrs.loginuid));

@@ -47,6 +47,48 @@ pub struct Manifest {
     pub parent: Option<ParentLink>,
     /// The shared store holding packs homed [`PackHome::Store`] (`--store`).
     pub store: Option<StoreLink>,
+    /// cgroups below the root process's that processes of the tree are in,
+    /// with their settings, parents first.
+    pub cgroups: Vec<CgroupDir>,
+}
+
+/// The cgroup v1 controllers whose places and settings are kept.
+pub const CGROUP_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+
+/// The settings kept of a cgroup: (controller, file).
+pub const CGROUP_SETTINGS: [(&str, &str); 6] = [
+    ("memory", "memory.limit_in_bytes"),
+    ("memory", "memory.soft_limit_in_bytes"),
+    ("pids", "pids.max"),
+    ("cpu", "cpu.shares"),
+    ("cpu", "cpu.cfs_period_us"),
+    ("cpu", "cpu.cfs_quota_us"),
+];
+
+/// A cgroup below the tree root's, in one controller's hierarchy: its
+/// path relative to the root's (components without "." or ".."), and the
+/// values of its settings (see [`CGROUP_SETTINGS`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CgroupDir {
+    pub controller: String,
+    pub path: String,
+    pub settings: Vec<(String, String)>,
+}
+
+impl CgroupDir {
+    /// A controller of [`CGROUP_CONTROLLERS`], a relative path of plain
+    /// names, settings of that controller with short plain values.
+    pub fn is_valid(&self) -> bool {
+        let plain = |c: &str| !c.is_empty() && c != "." && c != ".." && !c.contains('\0');
+        CGROUP_CONTROLLERS.contains(&self.controller.as_str())
+            && self.path.len() <= 4096
+            && self.path.split('/').all(plain)
+            && self.settings.iter().all(|(f, v)| {
+                CGROUP_SETTINGS.contains(&(self.controller.as_str(), f.as_str()))
+                    && v.len() <= 32
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    }
 }
 
 /// Longest chain of parent images one image may read through.
@@ -204,6 +246,9 @@ pub struct Process {
     /// For a session leader whose controlling terminal is a pair of the
     /// image: that terminal (its session's processes inherit it).
     pub ctty: Option<Ctty>,
+    /// (controller, path) of each cgroup of [`Manifest::cgroups`] it is in
+    /// (in the others, the root's).
+    pub cgroups: Vec<(String, String)>,
 }
 
 /// Process-wide attributes that a fork inherits (or cryopod's own work
@@ -643,6 +688,20 @@ impl Manifest {
             return Err(bad(
                 "a parent path is neither absolute nor a sibling's, or a store path is not absolute".into()
             ));
+        }
+        let mut cgroups = std::collections::HashSet::new();
+        for (i, c) in self.cgroups.iter().enumerate() {
+            // Parents first: a cgroup's parent (if not the root's) is listed before it.
+            let parent_listed =
+                c.path.rsplit_once('/').is_none_or(|(parent, _)| cgroups.contains(&(c.controller.as_str(), parent)));
+            if !c.is_valid() || !parent_listed || !cgroups.insert((c.controller.as_str(), c.path.as_str())) {
+                return Err(bad(format!("cgroup {i}: bad, repeated, or listed before its parent")));
+            }
+        }
+        if let Some(p) =
+            self.processes.iter().find(|p| p.cgroups.iter().any(|(c, d)| !cgroups.contains(&(c.as_str(), d.as_str()))))
+        {
+            return Err(bad(format!("process {}: in a cgroup the image does not list", p.pid)));
         }
         // Pseudo-terminal pairs: one master each.
         let mut masters = std::collections::HashSet::new();

@@ -87,6 +87,7 @@ fn sample() -> Manifest {
             stopped: false,
             attrs: Default::default(),
             ctty: None,
+            cgroups: Vec::new(),
         }],
         files: vec![OpenFile { flags: 0, pos: 0, kind: FileKind::CharDev { path: "/dev/null".into(), rdev: 0x103 } }],
         objects: vec![],
@@ -116,6 +117,7 @@ fn sample() -> Manifest {
         }),
         parent: None,
         store: None,
+        cgroups: Vec::new(),
     }
 }
 
@@ -176,6 +178,10 @@ fn hostile_lengths_do_not_allocate() {
     assert!(decode_manifest(&b).unwrap_err().to_string().contains("limit"));
 }
 
+fn cg(controller: &str, path: &str) -> CgroupDir {
+    CgroupDir { controller: controller.into(), path: path.into(), settings: vec![] }
+}
+
 fn pty_file(kind: FileKind) -> OpenFile {
     OpenFile { flags: 2, pos: 0, kind }
 }
@@ -218,6 +224,18 @@ fn structural_errors_are_caught() {
         ("two masters of a pair", Box::new(|m| m.files.extend([pty_master(2, 0), pty_master(2, 0)]))),
         ("too much unread", Box::new(|m| m.files.push(pty_master(2, PTY_UNREAD_MAX + 1)))),
         ("controlling terminal of no pair", Box::new(|m| m.processes[0].ctty = Some(Ctty { index: 1, foreground: 1 }))),
+        ("cgroup of another controller", Box::new(|m| m.cgroups.push(cg("devices", "a")))),
+        ("cgroup path climbing out", Box::new(|m| m.cgroups.push(cg("memory", "../a")))),
+        ("cgroup before its parent", Box::new(|m| m.cgroups.push(cg("memory", "a/b")))),
+        (
+            "cgroup setting of another controller",
+            Box::new(|m| {
+                let mut c = cg("memory", "a");
+                c.settings.push(("pids.max".into(), "3".into()));
+                m.cgroups.push(c);
+            }),
+        ),
+        ("process in a cgroup not listed", Box::new(|m| m.processes[0].cgroups.push(("pids".into(), "x".into())))),
         (
             "controlling terminal of a process that leads no session",
             Box::new(|m| {

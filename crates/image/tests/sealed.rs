@@ -97,6 +97,7 @@ fn sample(chunk: Chunk) -> Manifest {
             stopped: false,
             attrs: Default::default(),
             ctty: None,
+            cgroups: Vec::new(),
         }],
         files: vec![OpenFile { flags: 0, pos: 0, kind: pipe }],
         objects: vec![],
@@ -105,6 +106,7 @@ fn sample(chunk: Chunk) -> Manifest {
         pod: None,
         parent: None,
         store: None,
+        cgroups: Vec::new(),
     }
 }
 

@@ -190,21 +190,34 @@ impl Cgroup {
         write(&self.dir("freezer").join("freezer.state"), "THAWED")
     }
 
-    /// Remove the cgroup from every controller; waits (up to `timeout`) for
-    /// exiting tasks to leave it. The host's parent goes too once
+    /// Remove the cgroup (and those below it) from every controller; waits
+    /// (up to `timeout`) for exiting tasks to leave them. The host's parent goes too once
     /// no pod uses it.
     pub fn remove(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         for c in CONTROLLERS {
-            let d = self.dir(c);
-            loop {
-                match std::fs::remove_dir(&d) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) if Instant::now() > deadline => return Err(PodError::io(&d)(e)),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            let top = self.dir(c);
+            // Cgroups the pod's processes were put in below its own
+            // (restored with them), deepest first.
+            let mut dirs = vec![top.clone()];
+            let mut i = 0;
+            while i < dirs.len() {
+                if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
+                    dirs.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+                }
+                i += 1;
+            }
+            for d in dirs.iter().rev() {
+                loop {
+                    match std::fs::remove_dir(d) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                        Err(e) if Instant::now() > deadline => return Err(PodError::io(d)(e)),
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
                 }
             }
+            let d = top;
             if let Some(parent) = d.parent() {
                 let _ = std::fs::remove_dir(parent);
             }
