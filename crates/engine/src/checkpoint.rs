@@ -420,7 +420,7 @@ fn collect_and_write(
     files.link_proc_files(&tree_pids, o.pod.is_some())?;
     for f in &files.files {
         if let cryopod_image::FileKind::Pidfd { pid } = f.kind {
-            if !procs.iter().any(|p: &Process| p.pid == pid && p.zombie_status.is_none()) {
+            if pid != -1 && !procs.iter().any(|p: &Process| p.pid == pid && p.zombie_status.is_none()) {
                 return Err(EngineError::Unsupported {
                     pid,
                     what: "a pidfd of a process outside the checkpoint".into(),

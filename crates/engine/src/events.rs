@@ -37,11 +37,12 @@ pub fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
         }
         "anon_inode:[pidfd]" => {
             // "Pid:" as our PID namespace numbers it (-1: it has ended).
-            let pid: i32 = field(&info()?, "Pid").trim().parse().unwrap_or(-1);
-            if pid <= 0 {
-                return Err(EngineError::Other("a pidfd of a process that has ended".into()));
+            let pid: i32 = field(&info()?, "Pid").trim().parse().unwrap_or(0);
+            if pid == 0 {
+                return Err(EngineError::Other("a pidfd of a process outside our PID namespace".into()));
             }
-            Ok(FileKind::Pidfd { pid })
+            // (-1: of a process that has ended.)
+            Ok(FileKind::Pidfd { pid: pid.max(-1) })
         }
         "anon_inode:[eventpoll]" => {
             let mut entries = Vec::new();
@@ -58,7 +59,22 @@ pub fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
             }
             Ok(FileKind::Epoll { owner: pid, entries })
         }
-        other => Err(EngineError::Other(format!("{other} is not supported yet"))),
+        other => Err(EngineError::Other(
+            match other {
+                "anon_inode:[io_uring]" => {
+                    "an io_uring instance: its rings, registered buffers and requests in flight cannot be read or made again from outside"
+                }
+                "anon_inode:[userfaultfd]" => {
+                    "a userfaultfd of the program's own: its registered ranges and waiting faults cannot be read back"
+                }
+                "anon_inode:[fanotify]" => "a fanotify group: its marks are not carried",
+                "anon_inode:bpf-map" => "a BPF map: its contents are not carried",
+                "anon_inode:bpf-prog" | "anon_inode:bpf_link" => "a BPF program: not carried",
+                "anon_inode:[perf_event]" => "a perf event: not carried",
+                _ => "a file of this kind",
+            }
+            .into(),
+        )),
     }
 }
 

@@ -159,6 +159,12 @@ impl FileTable {
     ) -> Result<FileKind> {
         let ft = md.mode() & libc::S_IFMT;
         let unsupported = |what: &str| EngineError::Unsupported { pid, what: format!("fd {fd} ({target}, {what})") };
+        if let Some((ns, _)) = target.split_once(":[").filter(|_| target.ends_with(']')) {
+            const NSFS_MAGIC: i64 = 0x6e73_6673;
+            if cryopod_sys::fs::fs_magic(&format!("/proc/{pid}/fd/{fd}")).ok() == Some(NSFS_MAGIC) {
+                return own_ns(pid, ns, md.ino()).map_err(&unsupported);
+            }
+        }
         const PROC_SUPER_MAGIC: i64 = 0x9fa0;
         if let Some((of, rest)) = procfs::split_pid_path(target) {
             if cryopod_sys::fs::fs_magic(&format!("/proc/{pid}/fd/{fd}")).ok() == Some(PROC_SUPER_MAGIC) {
@@ -252,6 +258,24 @@ impl FileTable {
             }
             _ => Err(unsupported("this kind of file")),
         }
+    }
+}
+
+/// A namespace file: of a namespace process `pid` is in (the kind `ns`
+/// as the file's link names it), by its name under /proc/PID/ns.
+fn own_ns(pid: i32, ns: &str, ino: u64) -> std::result::Result<FileKind, &'static str> {
+    let names: &[&str] = match ns {
+        "pid" => &["pid", "pid_for_children"],
+        "time" => &["time", "time_for_children"],
+        n => &[n][..],
+    };
+    let own = names.iter().find(|n| {
+        cryopod_image::NS_NAMES.contains(n)
+            && std::fs::metadata(format!("/proc/{pid}/ns/{n}")).is_ok_and(|m| m.ino() == ino)
+    });
+    match own {
+        Some(n) => Ok(FileKind::OwnNs { ns: n.to_string() }),
+        None => Err("a namespace file of a namespace the process is not in (only its own are carried)"),
     }
 }
 
@@ -390,7 +414,14 @@ pub fn open_all(
         // Unix sockets are made by the stubs themselves (see unix::plan);
         // TCP connections after everything else (listeners first).
         if !used[i]
-            || matches!(f.kind, FileKind::Unix(_) | FileKind::Tcp(_) | FileKind::Pidfd { .. } | FileKind::ProcOf { .. })
+            || matches!(
+                f.kind,
+                FileKind::Unix(_)
+                    | FileKind::Tcp(_)
+                    | FileKind::Pidfd { .. }
+                    | FileKind::ProcOf { .. }
+                    | FileKind::OwnNs { .. }
+            )
         {
             if used[i] && matches!(f.kind, FileKind::Tcp(_)) {
                 tcp.push(i);
@@ -532,6 +563,7 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::GoneDir { path, .. } => format!("{path}{}", crate::gone::DELETED),
         FileKind::OPath { path, .. } => format!("{path} (O_PATH)"),
         FileKind::ProcOf { pid, rest } => format!("/proc/{pid}/{rest} (of a process of the tree)"),
+        FileKind::OwnNs { ns } => format!("its own {ns} namespace"),
         FileKind::EventFd { count, .. } => format!("eventfd (count {count})"),
         FileKind::SignalFd { mask } => format!("signalfd (mask {mask:#x})"),
         FileKind::TimerFd { interval_ns, value_ns, ticks, .. } => {
@@ -582,7 +614,11 @@ fn open_one(
             fd
         }
         FileKind::CharDev { path, .. } => open_with(&under(root, path), flags | libc::O_NOCTTY as u32)?,
-        FileKind::Unix(_) | FileKind::Tcp(_) | FileKind::Pidfd { .. } | FileKind::ProcOf { .. } => {
+        FileKind::Unix(_)
+        | FileKind::Tcp(_)
+        | FileKind::Pidfd { .. }
+        | FileKind::ProcOf { .. }
+        | FileKind::OwnNs { .. } => {
             return Err(EngineError::Other(
                 "made apart (unix sockets, pidfds, /proc files by the stubs, TCP last)".into(),
             ))

@@ -304,3 +304,9 @@ pub fn open_of(pid: i32, rest: &str, flags: u32, pos: u64) -> Result<std::os::fd
     }
     Ok(f.into())
 }
+
+/// /proc/self/ns/`ns` of the caller (a stub, in the tree's namespaces).
+pub fn open_own_ns(ns: &str) -> Result<std::os::fd::OwnedFd> {
+    let path = format!("/proc/self/ns/{ns}");
+    std::fs::File::open(&path).map(Into::into).map_err(|e| EngineError::Proc { path, msg: e.to_string() })
+}

@@ -52,6 +52,10 @@ pub struct Manifest {
     pub cgroups: Vec<CgroupDir>,
 }
 
+/// The namespace files under /proc/PID/ns.
+pub const NS_NAMES: [&str; 10] =
+    ["net", "uts", "ipc", "pid", "pid_for_children", "mnt", "cgroup", "user", "time", "time_for_children"];
+
 /// The cgroup v1 controllers whose places and settings are kept.
 pub const CGROUP_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
 
@@ -538,6 +542,10 @@ pub enum FileKind {
     Tcp(TcpConn),
     /// A pidfd naming process `pid` of the checkpoint.
     Pidfd { pid: i32 },
+    /// A namespace file (nsfs) of a namespace its first holder is in, as
+    /// /proc/self/ns/`ns` names it there (net, uts, ipc, pid,
+    /// pid_for_children, mnt, cgroup, user, time, time_for_children).
+    OwnNs { ns: String },
     /// An inotify instance and its watches (queued events are not kept).
     Inotify { watches: Vec<InotifyWatch> },
     /// A UDP socket: bound address, default peer if connected. Datagrams
@@ -753,6 +761,11 @@ impl Manifest {
             if let FileKind::Unix(u) = &f.kind {
                 if u.name.len() > 108 || ![1, 2, 5].contains(&u.kind) {
                     return Err(bad(format!("file {i}: unix socket with a bad name or type")));
+                }
+            }
+            if let FileKind::OwnNs { ns } = &f.kind {
+                if !NS_NAMES.contains(&ns.as_str()) {
+                    return Err(bad(format!("file {i}: a namespace file of no known kind")));
                 }
             }
             if let FileKind::ProcOf { pid, rest } = &f.kind {

@@ -14,6 +14,19 @@ pub fn pidfd_open_flags(pid: Pid, flags: i32) -> SysResult<OwnedFd> {
         .map_err(|e| SysError::new("pidfd_open", pid, e.into()))
 }
 
+/// A pidfd of a process that has ended: of a child made for it, which
+/// exits at once and is reaped (its number is used up meanwhile).
+pub fn ended_pidfd(flags: i32) -> SysResult<OwnedFd> {
+    match crate::clone::fork_with(0, 0)? {
+        crate::clone::Forked::Child => crate::process::exit_now(0),
+        crate::clone::Forked::Parent(child) => {
+            let fd = pidfd_open_flags(child, flags);
+            crate::process::waitpid(child, 0)?;
+            fd
+        }
+    }
+}
+
 pub fn pidfd_open(pid: Pid) -> SysResult<OwnedFd> {
     pidfd_open_flags(pid, 0)
 }

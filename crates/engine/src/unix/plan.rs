@@ -61,8 +61,8 @@ pub enum Op {
     Close { files: Vec<u32> },
     /// A pidfd of process `target` at fd number `fd`.
     Pidfd { fd: TargetFd, target: i32, nonblock: bool, cloexec: bool },
-    /// Open a /proc file of a process of the tree (it exists now), at the
-    /// file's staging fd.
+    /// Open a /proc file of a process of the tree (it exists now), or a
+    /// namespace file of the stub's own, at the file's staging fd.
     ProcFile { file: u32 },
 }
 
@@ -161,7 +161,8 @@ impl Plan {
             .filter(|(_, f)| holders.contains_key(f))
             .collect();
         let proc_files: Vec<u32> = (0..m.files.len() as u32)
-            .filter(|f| matches!(m.files[*f as usize].kind, FileKind::ProcOf { .. }) && holders.contains_key(f))
+            .filter(|f| matches!(m.files[*f as usize].kind, FileKind::ProcOf { .. } | FileKind::OwnNs { .. }))
+            .filter(|f| holders.contains_key(f))
             .collect();
         if by_ino.is_empty() && proc_files.is_empty() {
             pidfd_steps(m, &mut p)?;
@@ -323,7 +324,7 @@ fn pidfd_steps(m: &Manifest, p: &mut Plan) -> Result<()> {
         for fd in &pr.fds {
             let Some(f) = m.files.get(fd.file as usize) else { continue };
             if let FileKind::Pidfd { pid } = f.kind {
-                if !m.processes.iter().any(|t| t.pid == pid && t.zombie_status.is_none()) {
+                if pid != -1 && !m.processes.iter().any(|t| t.pid == pid && t.zombie_status.is_none()) {
                     return Err(EngineError::Other(format!("pidfd {} of process {} names no process", fd.fd, pr.pid)));
                 }
                 let nonblock = f.flags & libc::O_NONBLOCK as u32 != 0;
@@ -490,14 +491,19 @@ impl Plan {
             }
             Op::ProcFile { file } => {
                 let f = &m.files[*file as usize];
-                let FileKind::ProcOf { pid, rest } = &f.kind else {
-                    return Err(EngineError::Other(format!("file {file} is not a /proc file")));
+                let fd = match &f.kind {
+                    FileKind::ProcOf { pid, rest } => crate::procfs::open_of(*pid, rest, f.flags, f.pos)?,
+                    FileKind::OwnNs { ns } => crate::procfs::open_own_ns(ns)?,
+                    _ => return Err(EngineError::Other(format!("file {file} is not a /proc file"))),
                 };
-                let fd = crate::procfs::open_of(*pid, rest, f.flags, f.pos)?;
                 staged.park(fd, self.staging(*file))
             }
             Op::Pidfd { fd: at, target, nonblock, cloexec } => {
-                let got = cryopod_sys::pidfd::pidfd_open_flags(*target, if *nonblock { libc::O_NONBLOCK } else { 0 })?;
+                let flags = if *nonblock { libc::O_NONBLOCK } else { 0 };
+                let got = match *target {
+                    -1 => cryopod_sys::pidfd::ended_pidfd(flags)?,
+                    t => cryopod_sys::pidfd::pidfd_open_flags(t, flags)?,
+                };
                 Ok(fd::place(got, *at, *cloexec)?)
             }
         }
