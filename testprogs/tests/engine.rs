@@ -271,6 +271,28 @@ fn proc_files_of_the_tree_come_back() {
     run.restore_and_verify();
 }
 
+/// Socket options (`tp-sockopts`): a TCP listener, both ends of a
+/// loopback connection and a UDP socket with options away from their
+/// defaults (reuse, keepalive and its timings, no delay, cork, linger,
+/// priority, mark, TOS, TTL, timeouts, user timeout, deferred accept,
+/// congestion control, low-water mark, buffer sizes) read back the same;
+/// buffer sizes the program did not set stay the kernel's to tune.
+#[test]
+fn socket_options_come_back() {
+    let mut run = Run::testprog("sockopts", env!("CARGO_BIN_EXE_tp-sockopts"));
+    run.checkpoint(&[]);
+    run.restore_and_verify();
+}
+
+/// And a running checkpoint leaves them as they were in the program
+/// itself (reading a connection in repair mode clears SO_REUSEADDR).
+#[test]
+fn socket_options_survive_a_running_checkpoint() {
+    let mut run = Run::testprog("sockopts-lr", env!("CARGO_BIN_EXE_tp-sockopts"));
+    run.checkpoint(&["--leave-running"]);
+    run.go_and_expect_pass();
+}
+
 /// Files that are gone (`tp-gone`): a FIFO with bytes queued and a directory, both removed
 /// while open, a file renamed over, O_PATH descriptors (a file, a
 /// directory, a symbolic link itself) and a child whose working directory

@@ -1,5 +1,6 @@
 //! Internet sockets: TCP listeners with no connection waiting (address,
-//! port, backlog, options), established TCP connections (TCP_REPAIR:
+//! port, backlog, options: those that differ from a new socket's, see
+//! `cryopod_image::SOCK_OPTS`), established TCP connections (TCP_REPAIR:
 //! sequence numbers, queues, options, window), UDP sockets (address,
 //! default peer; queued datagrams are dropped, as UDP allows). Restore makes them again in
 //! the tree's network namespace (see `files`). A connection is in repair
@@ -44,7 +45,8 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
     if inet && kind == libc::SOCK_DGRAM {
         let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
         let local = sock::inet_name(copy_fd)?;
-        return Ok(FileKind::Udp { family, local, peer: sock::inet_peer(copy_fd), reuseaddr, v6only });
+        let opts = sock::inet_changed_options(copy_fd, family, kind)?;
+        return Ok(FileKind::Udp { family, local, peer: sock::inet_peer(copy_fd), reuseaddr, v6only, opts });
     }
     if !inet || kind != libc::SOCK_STREAM {
         return Err(EngineError::Other(format!(
@@ -63,6 +65,9 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
         let st = cryopod_sys::tcp::dump(copy_fd, family);
         let stall = crate::fault::check("during-tcp-read");
         cryopod_sys::tcp::set_repair(copy_fd, false)?;
+        if let Ok(st) = &st {
+            cryopod_sys::tcp::keep_reuse(copy_fd, st)?;
+        }
         stall?;
         repaired.fds.push(copy);
         return Ok(FileKind::Tcp(st?));
@@ -79,7 +84,8 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
     }
     let (addr, port) = sock::inet_name(copy_fd)?;
     let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
-    Ok(FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only })
+    let opts = sock::inet_changed_options(copy_fd, family, kind)?;
+    Ok(FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only, opts })
 }
 
 /// Make a UDP socket or TCP listener of the image again, in the network
@@ -87,16 +93,16 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
 pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
     use cryopod_sys::sock;
     match kind.clone() {
-        FileKind::Udp { family, local, peer, reuseaddr, v6only } => crate::nsjoin::in_net(ns_of, move || {
-            let fd = sock::inet_socket(libc::SOCK_DGRAM, family, &local.0, local.1, reuseaddr, v6only)?;
+        FileKind::Udp { family, local, peer, reuseaddr, v6only, opts } => crate::nsjoin::in_net(ns_of, move || {
+            let fd = sock::inet_socket(libc::SOCK_DGRAM, family, (&local.0, local.1), (reuseaddr, v6only), &opts)?;
             if let Some((a, port)) = &peer {
                 sock::inet_connect(&fd, family, a, *port)?;
             }
             Ok(fd)
         }),
-        FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only } => {
+        FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only, opts } => {
             crate::nsjoin::in_net(ns_of, move || {
-                Ok(sock::tcp_listen(family, &addr, port, backlog as i32, reuseaddr, v6only)?)
+                Ok(sock::tcp_listen(family, (&addr, port), backlog as i32, (reuseaddr, v6only), &opts)?)
             })
         }
         _ => Err(EngineError::Other("not an internet socket".into())),

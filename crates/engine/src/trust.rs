@@ -168,6 +168,25 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
             p.name, owner.uid
         )));
     }
+    // Socket options only privilege may set (the restorer makes the sockets).
+    for f in &m.files {
+        let opts = f.kind.sock_opts();
+        let int = |o: &cryopod_image::SockOpt| {
+            i32::from_ne_bytes(o.value.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]))
+        };
+        let privileged = opts.iter().find(|o| {
+            (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_MARK)
+                || ((o.level, o.name) == (libc::SOL_SOCKET, libc::SO_PRIORITY) && !(0..=6).contains(&int(o)))
+        });
+        if let Some(o) = privileged {
+            return Err(EngineError::Other(format!(
+                "image owned by uid {} asks for a socket with option {} set to {}; only root-owned images may do that",
+                owner.uid,
+                if o.name == libc::SO_MARK { "SO_MARK" } else { "SO_PRIORITY" },
+                int(o)
+            )));
+        }
+    }
     for p in m.processes.iter().filter(|p| p.zombie_status.is_none()) {
         let c = &p.creds;
         let refuse = |what: String| {

@@ -537,7 +537,7 @@ pub enum FileKind {
     /// A unix domain socket.
     Unix(UnixSock),
     /// A listening TCP socket (IPv4 or IPv6) with no connection waiting.
-    TcpListen { family: i32, addr: Vec<u8>, port: u16, backlog: u32, reuseaddr: bool, v6only: bool },
+    TcpListen { family: i32, addr: Vec<u8>, port: u16, backlog: u32, reuseaddr: bool, v6only: bool, opts: Vec<SockOpt> },
     /// An established TCP connection (TCP_REPAIR state).
     Tcp(TcpConn),
     /// A pidfd naming process `pid` of the checkpoint.
@@ -550,7 +550,14 @@ pub enum FileKind {
     Inotify { watches: Vec<InotifyWatch> },
     /// A UDP socket: bound address, default peer if connected. Datagrams
     /// queued for it are not kept (UDP may lose them anyway).
-    Udp { family: i32, local: (Vec<u8>, u16), peer: Option<(Vec<u8>, u16)>, reuseaddr: bool, v6only: bool },
+    Udp {
+        family: i32,
+        local: (Vec<u8>, u16),
+        peer: Option<(Vec<u8>, u16)>,
+        reuseaddr: bool,
+        v6only: bool,
+        opts: Vec<SockOpt>,
+    },
     /// A POSIX message queue descriptor of a pod (the queue is part of the
     /// pod's IPC record); `name` without the leading '/'.
     Mqueue { name: String },
@@ -763,6 +770,9 @@ impl Manifest {
                     return Err(bad(format!("file {i}: unix socket with a bad name or type")));
                 }
             }
+            if !f.kind.sock_opts().iter().all(sock_opt_ok) {
+                return Err(bad(format!("file {i}: a socket option not kept, or too long")));
+            }
             if let FileKind::OwnNs { ns } = &f.kind {
                 if !NS_NAMES.contains(&ns.as_str()) {
                     return Err(bad(format!("file {i}: a namespace file of no known kind")));
@@ -973,6 +983,69 @@ pub struct TcpConn {
     pub timestamp: u32,
     pub window: [u32; 5],
     pub nodelay: bool,
+    pub opts: Vec<SockOpt>,
+}
+
+/// A socket option that differs from a new socket's (see [`SOCK_OPTS`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SockOpt {
+    pub level: i32,
+    pub name: i32,
+    pub value: Vec<u8>,
+}
+
+/// The socket options kept, in the order they are set again: (level,
+/// option, most bytes of its value). The send and receive buffer sizes
+/// only where the program set them (the SO_BUF_LOCK bits), which come
+/// last.
+pub const SOCK_OPTS: [(i32, i32, usize); 32] = [
+    (1, 25, 16), // SO_BINDTODEVICE (before bind)
+    (1, 2, 4),   // SO_REUSEADDR (before bind; an accepted socket's)
+    (1, 15, 4),  // SO_REUSEPORT (before bind)
+    (0, 15, 4),  // IP_FREEBIND (before bind)
+    (1, 6, 4),   // SO_BROADCAST
+    (1, 9, 4),   // SO_KEEPALIVE
+    (1, 13, 8),  // SO_LINGER
+    (1, 36, 4),  // SO_MARK
+    (1, 18, 4),  // SO_RCVLOWAT
+    (1, 10, 4),  // SO_OOBINLINE
+    (1, 20, 16), // SO_RCVTIMEO
+    (1, 21, 16), // SO_SNDTIMEO
+    (1, 29, 4),  // SO_TIMESTAMP
+    (6, 1, 4),   // TCP_NODELAY
+    (6, 3, 4),   // TCP_CORK
+    (6, 4, 4),   // TCP_KEEPIDLE
+    (6, 5, 4),   // TCP_KEEPINTVL
+    (6, 6, 4),   // TCP_KEEPCNT
+    (6, 9, 4),   // TCP_DEFER_ACCEPT
+    (6, 18, 4),  // TCP_USER_TIMEOUT
+    (6, 13, 16), // TCP_CONGESTION
+    (6, 25, 4),  // TCP_NOTSENT_LOWAT
+    (0, 1, 4),   // IP_TOS
+    (0, 2, 4),   // IP_TTL
+    (0, 33, 4),  // IP_MULTICAST_TTL
+    (0, 34, 4),  // IP_MULTICAST_LOOP
+    (41, 16, 4), // IPV6_UNICAST_HOPS
+    (41, 67, 4), // IPV6_TCLASS
+    (1, 12, 4),  // SO_PRIORITY (always, after the TOS, which sets it too)
+    (1, 7, 4),   // SO_SNDBUF (if locked)
+    (1, 8, 4),   // SO_RCVBUF (if locked)
+    (1, 72, 4),  // SO_BUF_LOCK
+];
+
+impl FileKind {
+    /// The options of an internet socket (none for other files).
+    pub fn sock_opts(&self) -> &[SockOpt] {
+        match self {
+            FileKind::Udp { opts, .. } | FileKind::TcpListen { opts, .. } | FileKind::Tcp(TcpConn { opts, .. }) => opts,
+            _ => &[],
+        }
+    }
+}
+
+/// Is `o` one of [`SOCK_OPTS`], with a value no longer than it may be?
+pub fn sock_opt_ok(o: &SockOpt) -> bool {
+    SOCK_OPTS.iter().any(|&(l, n, max)| (l, n) == (o.level, o.name) && !o.value.is_empty() && o.value.len() <= max)
 }
 
 /// One inotify watch: its descriptor, mask, and the watched file as a

@@ -313,6 +313,98 @@ pub fn inet_options(fd: impl AsFd, family: i32) -> SysResult<(bool, bool)> {
     Ok((reuse, v6only))
 }
 
+/// The options of [`cryopod_image::SOCK_OPTS`] on which an IPv4 or IPv6
+/// socket differs from a new one of its family and type (the buffer sizes
+/// only where the program set them: SO_BUF_LOCK).
+pub fn inet_changed_options(fd: impl AsFd, family: i32, kind: i32) -> SysResult<Vec<cryopod_image::SockOpt>> {
+    let fd = fd.as_fd();
+    let applies = |level: i32, name: i32| match level {
+        libc::IPPROTO_TCP => kind == libc::SOCK_STREAM,
+        libc::IPPROTO_IP if name == libc::IP_MULTICAST_TTL || name == libc::IP_MULTICAST_LOOP => {
+            family == libc::AF_INET && kind == libc::SOCK_DGRAM
+        }
+        libc::IPPROTO_IP => family == libc::AF_INET,
+        libc::IPPROTO_IPV6 => family == libc::AF_INET6,
+        _ => true,
+    };
+    let read = |f: BorrowedFd<'_>, level: i32, name: i32, max: usize| -> Option<Vec<u8>> {
+        let mut b = vec![0u8; max];
+        let n = get_opt(f, level, name, &mut b, "getsockopt").ok()?;
+        b.truncate(n);
+        Some(b)
+    };
+    // A new socket's values, read once per family and type.
+    static DEFAULTS: std::sync::Mutex<Vec<Defaults>> = std::sync::Mutex::new(Vec::new());
+    let defaults = {
+        let mut d = DEFAULTS.lock().unwrap_or_else(|p| p.into_inner());
+        match d.iter().find(|(k, _)| *k == (family, kind)) {
+            Some((_, v)) => v.clone(),
+            None => {
+                let fresh = inet_raw_socket(family, kind, "socket (for its defaults)")?;
+                let v: Vec<Option<Vec<u8>>> = cryopod_image::SOCK_OPTS
+                    .iter()
+                    .map(|&(level, name, max)| read(fresh.as_fd(), level, name, max))
+                    .collect();
+                d.push(((family, kind), v.clone()));
+                v
+            }
+        }
+    };
+    let locks = read(fd, libc::SOL_SOCKET, SO_BUF_LOCK, 4).map(|b| b.first().copied().unwrap_or(0)).unwrap_or(0);
+    let mut out = Vec::new();
+    for (i, &(level, name, max)) in cryopod_image::SOCK_OPTS.iter().enumerate() {
+        if !applies(level, name) {
+            continue;
+        }
+        let Some(value) = read(fd, level, name, max) else { continue };
+        let locked = match name {
+            libc::SO_SNDBUF if level == libc::SOL_SOCKET => Some(locks & 1 != 0),
+            libc::SO_RCVBUF if level == libc::SOL_SOCKET => Some(locks & 2 != 0),
+            _ => None,
+        };
+        let keep = match locked {
+            Some(l) => l,
+            // The type of service sets the priority too: set it after.
+            None if (level, name) == (libc::SOL_SOCKET, libc::SO_PRIORITY) => true,
+            None => defaults.get(i).and_then(|d| d.as_ref()).is_none_or(|d| *d != value),
+        };
+        if keep && !value.is_empty() {
+            out.push(cryopod_image::SockOpt { level, name, value });
+        }
+    }
+    Ok(out)
+}
+
+/// A new socket's value of each of [`cryopod_image::SOCK_OPTS`], for a
+/// (family, type).
+type Defaults = ((i32, i32), Vec<Option<Vec<u8>>>);
+
+/// SO_BUF_LOCK (Linux 5.14): which buffer sizes the program set.
+const SO_BUF_LOCK: i32 = 72;
+
+/// Set options read by [`inet_changed_options`], in their order (those
+/// that must come before bind first). A buffer size read back is twice
+/// what was asked (the kernel's bookkeeping): half of it is set.
+pub fn set_options(fd: impl AsFd, opts: &[cryopod_image::SockOpt]) -> SysResult<()> {
+    let fd = fd.as_fd();
+    for o in opts {
+        let what = format!("setsockopt({}, {})", o.level, o.name);
+        match (o.level, o.name) {
+            (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_RCVBUF) => {
+                let v = i32::from_ne_bytes(o.value.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+                set_opt(fd, o.level, o.name, &(v / 2).to_ne_bytes(), &what)?
+            }
+            (libc::SOL_SOCKET, libc::SO_BINDTODEVICE) | (libc::IPPROTO_TCP, libc::TCP_CONGESTION) => {
+                // Strings: without the NUL the kernel returned.
+                let end = o.value.iter().position(|&b| b == 0).unwrap_or(o.value.len());
+                set_opt(fd, o.level, o.name, &o.value[..end], &what)?
+            }
+            _ => set_opt(fd, o.level, o.name, &o.value, &what)?,
+        }
+    }
+    Ok(())
+}
+
 /// An IPv4 or IPv6 socket of `kind` (SOCK_STREAM, SOCK_DGRAM) and
 /// `family`, close-on-exec.
 pub(crate) fn inet_raw_socket(family: i32, kind: i32, what: impl Into<String>) -> SysResult<OwnedFd> {
@@ -326,11 +418,19 @@ pub(crate) fn inet_raw_socket(family: i32, kind: i32, what: impl Into<String>) -
 }
 
 /// An IPv4 or IPv6 socket of `kind` (SOCK_STREAM, SOCK_DGRAM), close-on-
-/// exec, with SO_REUSEADDR and IPV6_V6ONLY as given, bound to (address,
-/// port) unless the port is 0 and the address unspecified.
-pub fn inet_socket(kind: i32, family: i32, addr: &[u8], port: u16, reuse: bool, v6only: bool) -> SysResult<OwnedFd> {
+/// exec, with SO_REUSEADDR and IPV6_V6ONLY as given and options `opts`,
+/// bound to (address, port) unless the port is 0 and the address
+/// unspecified.
+pub fn inet_socket(
+    kind: i32,
+    family: i32,
+    (addr, port): (&[u8], u16),
+    (reuse, v6only): (bool, bool),
+    opts: &[cryopod_image::SockOpt],
+) -> SysResult<OwnedFd> {
     let what = format!("socket on port {port}");
     let fd = inet_raw_socket(family, kind, what.as_str())?;
+    set_options(&fd, opts)?;
     sockopt::set_socket_reuseaddr(&fd, reuse)
         .map_err(|e| SysError::new(format!("setsockopt({})", libc::SO_REUSEADDR), 0, e.into()))?;
     if family == libc::AF_INET6 {
@@ -344,8 +444,14 @@ pub fn inet_socket(kind: i32, family: i32, addr: &[u8], port: u16, reuse: bool, 
 }
 
 /// A listening TCP socket on (address, port), close-on-exec.
-pub fn tcp_listen(family: i32, addr: &[u8], port: u16, backlog: i32, reuse: bool, v6only: bool) -> SysResult<OwnedFd> {
-    let fd = inet_socket(libc::SOCK_STREAM, family, addr, port, reuse, v6only)?;
+pub fn tcp_listen(
+    family: i32,
+    (addr, port): (&[u8], u16),
+    backlog: i32,
+    flags: (bool, bool),
+    opts: &[cryopod_image::SockOpt],
+) -> SysResult<OwnedFd> {
+    let fd = inet_socket(libc::SOCK_STREAM, family, (addr, port), flags, opts)?;
     rustix::net::listen(&fd, backlog).map_err(|e| SysError::new(format!("listen on port {port}"), 0, e.into()))?;
     Ok(fd)
 }

@@ -62,12 +62,15 @@ fn peek(fd: BorrowedFd<'_>, len: usize, what: &str) -> SysResult<Vec<u8>> {
 /// peer; [`set_repair`] off hands it back unchanged.
 pub fn dump(fd: impl AsFd, family: i32) -> SysResult<TcpState> {
     let fd = fd.as_fd();
+    // Options first: repair mode forces SO_REUSEADDR while it lasts.
+    let opts = crate::sock::inet_changed_options(fd, family, libc::SOCK_STREAM)?;
     set_repair(fd, true)?;
     let r = (|| {
         let mut st = TcpState {
             family,
             local: crate::sock::inet_name(fd)?,
             remote: crate::sock::inet_name_of_peer(fd)?,
+            opts,
             ..Default::default()
         };
         let outq = ioctl_int(fd, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")?;
@@ -121,6 +124,7 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     let family = st.family;
     let sock = crate::sock::inet_raw_socket(family, libc::SOCK_STREAM, "socket(TCP)")?;
     let fd = sock.as_fd();
+    crate::sock::set_options(fd, &st.opts)?;
     set_repair(fd, true)?;
     let q = |which: i32| set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, which, "TCP_REPAIR_QUEUE");
     // The sequence numbers read are those after the queued data; putting
@@ -174,10 +178,25 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
 
 /// Leave repair mode (without a window probe) and send what had not been
 /// sent yet.
+/// Leaving repair mode clears SO_REUSEADDR (the kernel's repair mode
+/// forces address reuse, and turning it off drops it): set it again where
+/// the connection had it.
+pub fn keep_reuse(fd: impl AsFd, st: &TcpState) -> SysResult<()> {
+    let reuse = st
+        .opts
+        .iter()
+        .any(|o| (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR) && o.value.first() == Some(&1));
+    if reuse {
+        set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1, "setsockopt(SO_REUSEADDR)")?;
+    }
+    Ok(())
+}
+
 pub fn finish(fd: impl AsFd, st: &TcpState) -> SysResult<()> {
     let fd = fd.as_fd();
     // TCP_REPAIR_OFF_NO_WP
     set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, -1, "setsockopt(TCP_REPAIR, off)")?;
+    keep_reuse(fd, st)?;
     let sent = st.send_queue.len().saturating_sub(st.unsent as usize);
     send_all(fd, &st.send_queue[sent..], "the unsent data")
 }
@@ -190,7 +209,7 @@ pub fn finish(fd: impl AsFd, st: &TcpState) -> SysResult<()> {
 pub fn reset_connection(family: i32) -> SysResult<OwnedFd> {
     let lo: &[u8] =
         if family == libc::AF_INET6 { &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] } else { &[127, 0, 0, 1] };
-    let listener = crate::sock::tcp_listen(family, lo, 0, 1, false, true)?;
+    let listener = crate::sock::tcp_listen(family, (lo, 0), 1, (false, true), &[])?;
     let (_, port) = crate::sock::inet_name(&listener)?;
     let client = crate::sock::inet_raw_socket(family, libc::SOCK_STREAM, "socket(TCP)")?;
     crate::sock::inet_connect(&client, family, lo, port)?;

@@ -1,0 +1,191 @@
+//! Socket options across a checkpoint (issue 11, class 2). `tp-sockopts
+//! DIR`: a TCP listener, a connection to it over loopback (both ends), and
+//! a UDP socket, each with options set away from their defaults: address
+//! and port reuse, broadcast, keepalive with its idle time, interval and
+//! count, no delay, cork, linger, priority, mark, type of service, time
+//! to live, user timeout, deferred accept, congestion control, receive
+//! low-water mark, timeouts, and buffer sizes the program chose. After the
+//! restore every option reads back as it did, a buffer size the program
+//! did not choose is still the kernel's to tune, and the connection
+//! carries data both ways. PASS only if all of that holds.
+
+use cryopod_testprogs::*;
+
+type Opt = (i32, i32, &'static str);
+
+const COMMON: [Opt; 8] = [
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR, "SO_REUSEADDR"),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT, "SO_REUSEPORT"),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, "SO_KEEPALIVE"),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY, "SO_PRIORITY"),
+    (libc::SOL_SOCKET, libc::SO_MARK, "SO_MARK"),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT, "SO_RCVLOWAT"),
+    (libc::IPPROTO_IP, libc::IP_TOS, "IP_TOS"),
+    (libc::IPPROTO_IP, libc::IP_TTL, "IP_TTL"),
+];
+
+const TCP: [Opt; 7] = [
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY, "TCP_NODELAY"),
+    (libc::IPPROTO_TCP, libc::TCP_CORK, "TCP_CORK"),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE"),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT"),
+    (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, "TCP_DEFER_ACCEPT"),
+];
+
+fn setup_failed(what: &str) -> ! {
+    println!("FAIL (setup: {what}: {})", std::io::Error::last_os_error());
+    std::process::exit(1)
+}
+
+fn set(fd: i32, level: i32, name: i32, v: &[u8], what: &str) {
+    // SAFETY: setsockopt from a live buffer of its length.
+    if unsafe { libc::setsockopt(fd, level, name, v.as_ptr().cast(), v.len() as u32) } != 0 {
+        setup_failed(what);
+    }
+}
+
+fn set_int(fd: i32, level: i32, name: i32, v: i32, what: &str) {
+    set(fd, level, name, &v.to_ne_bytes(), what)
+}
+
+fn get(fd: i32, level: i32, name: i32) -> Vec<u8> {
+    let mut b = vec![0u8; 32];
+    let mut len = b.len() as u32;
+    // SAFETY: getsockopt into a live buffer; `len` in/out.
+    if unsafe { libc::getsockopt(fd, level, name, b.as_mut_ptr().cast(), &mut len) } != 0 {
+        return vec![];
+    }
+    b.truncate(len as usize);
+    b
+}
+
+/// Every option of `opts` plus linger, timeouts and congestion control.
+fn snapshot(fd: i32, opts: &[Opt]) -> Vec<(&'static str, Vec<u8>)> {
+    let mut out: Vec<(&'static str, Vec<u8>)> = opts.iter().map(|&(l, n, name)| (name, get(fd, l, n))).collect();
+    out.push(("SO_LINGER", get(fd, libc::SOL_SOCKET, libc::SO_LINGER)));
+    out.push(("SO_RCVTIMEO", get(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO)));
+    out.push(("SO_SNDTIMEO", get(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO)));
+    out
+}
+
+fn tune(fd: i32, what: &str) {
+    set_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1, what);
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PRIORITY, 5, what);
+    set_int(fd, libc::SOL_SOCKET, libc::SO_MARK, 42, what);
+    set_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 3, what);
+    set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, 0x10, what);
+    set_int(fd, libc::IPPROTO_IP, libc::IP_TTL, 33, what);
+    let linger = libc::linger { l_onoff: 1, l_linger: 7 };
+    // SAFETY: reads the bytes of a plain struct.
+    let lb = unsafe { std::slice::from_raw_parts((&linger as *const libc::linger).cast::<u8>(), 8) };
+    set(fd, libc::SOL_SOCKET, libc::SO_LINGER, lb, what);
+    let tv = libc::timeval { tv_sec: 3, tv_usec: 250_000 };
+    // SAFETY: as above.
+    let tb = unsafe { std::slice::from_raw_parts((&tv as *const libc::timeval).cast::<u8>(), 16) };
+    set(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tb, what);
+}
+
+fn tune_tcp(fd: i32, what: &str) {
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1, what);
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77, what);
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 11, what);
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 5, what);
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 12345, what);
+    set(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, b"reno", what);
+}
+
+fn congestion(fd: i32) -> String {
+    let b = get(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION);
+    String::from_utf8_lossy(&b).trim_end_matches('\0').to_string()
+}
+
+fn main() {
+    let dir = work_dir();
+    let mut c = Checks::new();
+    // SAFETY (whole block): socket calls on descriptors this program owns,
+    // with live buffers.
+    unsafe {
+        let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        set_int(l, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1, "listener");
+        set_int(l, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1, "listener");
+        set_int(l, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 3, "listener");
+        set_int(l, libc::SOL_SOCKET, libc::SO_RCVBUF, 100_000, "listener");
+        tune(l, "listener");
+        tune_tcp(l, "listener");
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as u16;
+        sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        libc::bind(l, (&sin as *const libc::sockaddr_in).cast(), 16);
+        libc::listen(l, 8);
+        let mut slen = 16u32;
+        libc::getsockname(l, (&mut sin as *mut libc::sockaddr_in).cast(), &mut slen);
+        let client = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        set_int(client, libc::SOL_SOCKET, libc::SO_SNDBUF, 50_000, "client");
+        tune(client, "client");
+        tune_tcp(client, "client");
+        set_int(client, libc::IPPROTO_TCP, libc::TCP_CORK, 1, "client");
+        if libc::connect(client, (&sin as *const libc::sockaddr_in).cast(), 16) != 0 {
+            setup_failed("connect");
+        }
+        libc::send(client, b"x".as_ptr().cast(), 1, 0);
+        let server = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
+        if server < 0 {
+            setup_failed("accept");
+        }
+        set_int(client, libc::IPPROTO_TCP, libc::TCP_CORK, 0, "client");
+        let mut one = [0u8; 1];
+        libc::recv(server, one.as_mut_ptr().cast(), 1, 0);
+        set_int(client, libc::IPPROTO_TCP, libc::TCP_CORK, 1, "client");
+        let u = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        set_int(u, libc::SOL_SOCKET, libc::SO_BROADCAST, 1, "udp");
+        tune(u, "udp");
+        let tcp_opts: Vec<Opt> = COMMON.iter().chain(TCP.iter()).copied().collect();
+        let before =
+            [snapshot(l, &tcp_opts), snapshot(client, &tcp_opts), snapshot(server, &tcp_opts), snapshot(u, &COMMON)];
+        let udp_broadcast = get(u, libc::SOL_SOCKET, libc::SO_BROADCAST);
+        let locks = |fd: i32| get(fd, libc::SOL_SOCKET, 72).first().copied().unwrap_or(9);
+        let locks_before = [locks(l), locks(client), locks(server)];
+        let set_sizes = || [get(l, libc::SOL_SOCKET, libc::SO_RCVBUF), get(client, libc::SOL_SOCKET, libc::SO_SNDBUF)];
+        let sizes_before = set_sizes();
+        if locks_before[..2] != [2, 1] {
+            println!("FAIL (setup: buffer locks {locks_before:?})");
+            std::process::exit(1);
+        }
+        let cong = [congestion(l), congestion(client)];
+        if cong != ["reno", "reno"] || udp_broadcast.first() != Some(&1) {
+            println!("FAIL (setup: congestion {cong:?}, broadcast {udp_broadcast:?})");
+            std::process::exit(1);
+        }
+        ready_and_wait(&dir);
+
+        let after =
+            [snapshot(l, &tcp_opts), snapshot(client, &tcp_opts), snapshot(server, &tcp_opts), snapshot(u, &COMMON)];
+        for (which, (b, a)) in ["listener", "client", "server", "udp"].iter().zip(before.iter().zip(after.iter())) {
+            let diff: Vec<String> = b
+                .iter()
+                .zip(a.iter())
+                .filter(|(x, y)| x.1 != y.1)
+                .map(|(x, y)| format!("{} {:?} -> {:?}", x.0, x.1, y.1))
+                .collect();
+            c.check(&format!("{which}: every option as it was"), diff.is_empty(), diff.join(", "));
+        }
+        c.eq("congestion control", [congestion(l), congestion(client)], cong);
+        c.eq("UDP broadcast", get(u, libc::SOL_SOCKET, libc::SO_BROADCAST), udp_broadcast);
+        // Buffer sizes: those the program set (SO_BUF_LOCK's bits) are the
+        // same; the others the kernel goes on tuning.
+        c.eq("which buffer sizes the program set", [locks(l), locks(client), locks(server)], locks_before);
+        c.eq("the sizes it set", set_sizes(), sizes_before);
+        // Data both ways (the client is corked: uncork to send).
+        set_int(client, libc::IPPROTO_TCP, libc::TCP_CORK, 0, "client");
+        libc::send(client, b"ping".as_ptr().cast(), 4, 0);
+        let mut b = [0u8; 16];
+        let n = libc::recv(server, b.as_mut_ptr().cast(), 16, 0);
+        c.eq("client to server", b.get(..n.max(0) as usize).unwrap_or(&[]).to_vec(), b"ping".to_vec());
+        libc::send(server, b"pong".as_ptr().cast(), 4, 0);
+        let n = libc::recv(client, b.as_mut_ptr().cast(), 16, 0);
+        c.eq("server to client", b.get(..n.max(0) as usize).unwrap_or(&[]).to_vec(), b"pong".to_vec());
+    }
+    c.finish()
+}
