@@ -105,11 +105,11 @@ pub fn restore_timerfd(fd: impl AsFd, clock: i32, interval_ns: u64, value_ns: u6
 
 /// Check each epoll entry against the file the owner has at its number
 /// (kcmp): an entry outlives the closing of its number as long as its
-/// file lives on. If the owner holds that file at another number, the
-/// entry is registered through it at restore (`file_at`); if no process
-/// of the tree holds it, the entry goes with the file's last holder (ours
-/// or outside) and is left out; if another process holds it, the
-/// checkpoint is refused.
+/// file lives on, and a process sharing the instance registers under its
+/// own numbers. Where the file is not the owner's at that number but some
+/// process of the tree holds it, the entry is registered through that
+/// process's fd at restore (`file_at`); if none holds it, the entry goes
+/// with the file's last holder (ours or outside) and is left out.
 pub fn check_epolls(files: &mut [cryopod_image::OpenFile], procs: &[cryopod_image::Process]) -> Result<()> {
     use cryopod_sys::events::epoll_watches;
     let live = || procs.iter().filter(|p| p.zombie_status.is_none());
@@ -133,16 +133,7 @@ pub fn check_epolls(files: &mut [cryopod_image::OpenFile], procs: &[cryopod_imag
                     .flat_map(|q| q.fds.iter().map(move |fd| (q.pid, fd.fd)))
                     .find(|&(q, fd)| epoll_watches(q, TargetFd(fd), pid, e, en.fd, *toff));
                 match holder {
-                    Some((q, at)) if q == pid => keep.push(cryopod_image::EpollEntry { file_at: Some(at), ..*en }),
-                    Some((q, at)) => {
-                        return Err(EngineError::Unsupported {
-                            pid,
-                            what: format!(
-                                "epoll fd {} watches as fd {} a file it does not hold there, but process {q} holds as fd {at}",
-                                efd.fd, en.fd
-                            ),
-                        })
-                    }
+                    Some(at) => keep.push(cryopod_image::EpollEntry { file_at: Some(at), ..*en }),
                     None => tracing::info!(
                         pid,
                         epoll = efd.fd,

@@ -58,7 +58,14 @@ pub fn to_pod(m: &mut Manifest, map: &HashMap<i32, i32>) -> Result<()> {
     }
     for f in &mut m.files {
         match &mut f.kind {
-            FileKind::Epoll { owner, .. } => *owner = tr("epoll owner", *owner, *owner)?,
+            FileKind::Epoll { owner, entries } => {
+                *owner = tr("epoll owner", *owner, *owner)?;
+                for e in entries.iter_mut() {
+                    if let Some((q, _)) = &mut e.file_at {
+                        *q = tr("epoll entry's holder", *q, *q)?;
+                    }
+                }
+            }
             FileKind::Pidfd { pid } if *pid != -1 => *pid = tr("pidfd's process", *pid, *pid)?,
             // A peer that is not in the pod (or gone) shows as PID 0 there.
             FileKind::Unix(u) => u.peer_cred.0 = map.get(&u.peer_cred.0).copied().unwrap_or(0),

@@ -196,10 +196,21 @@ fn stub_setup(plan: &StubPlan, pid: i32) -> Result<()> {
 fn register_epolls(plan: &StubPlan, pid: i32) -> Result<()> {
     for (epfd, entries) in plan.epolls.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
         for e in entries {
-            let (target, at) = (TargetFd(e.fd), e.file_at.map(TargetFd));
-            let r = match at {
+            let target = TargetFd(e.fd);
+            let r = match e.file_at {
                 None => events::epoll_add_at(pid, *epfd, target, e.events, e.data),
-                Some(at) => events::epoll_add_through(pid, *epfd, target, at, e.events, e.data),
+                Some((q, at)) if q == pid => {
+                    events::epoll_add_through(pid, *epfd, target, TargetFd(at), e.events, e.data)
+                }
+                // Another process's file (every fd of the tree is in place
+                // by now): a copy of it for the while.
+                Some((q, at)) => cryopod_sys::pidfd::pidfd_open(q)
+                    .and_then(|pfd| cryopod_sys::pidfd::pidfd_getfd(&pfd, q, TargetFd(at)))
+                    .and_then(|copy| match TargetFd::of(&copy) == target {
+                        // The number is free here: the copy is at it already.
+                        true => events::epoll_add_at(pid, *epfd, target, e.events, e.data),
+                        false => events::epoll_add_through(pid, *epfd, target, TargetFd::of(&copy), e.events, e.data),
+                    }),
             };
             r.map_err(|e| crate::EngineError::context(format!("epoll fd {epfd}"))(e.into()))?;
         }

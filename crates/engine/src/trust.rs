@@ -16,7 +16,7 @@
 //! is made.
 
 use crate::{EngineError, Result};
-use cryopod_image::{ImageDir, ImageOwner, Manifest};
+use cryopod_image::{FileKind, ImageDir, ImageOwner, Manifest};
 use std::path::Path;
 
 /// Who may be restored from a user's image: the owner's uid, primary gid
@@ -167,6 +167,19 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
             "the image of pod {} is owned by uid {}: a pod image must be owned by root to be restored",
             p.name, owner.uid
         )));
+    }
+    // Socket files of other owners.
+    for f in &m.files {
+        if let FileKind::Unix(u) = &f.kind {
+            if let Some((_, uid, _)) = u.file.filter(|&(_, uid, gid)| uid != owner.uid || !owner.groups.contains(&gid))
+            {
+                return Err(EngineError::Other(format!(
+                    "image owned by uid {} asks for a socket file {} owned by uid {uid}; only root-owned images may do that",
+                    owner.uid,
+                    String::from_utf8_lossy(&u.name)
+                )));
+            }
+        }
     }
     // Socket options only privilege may set (the restorer makes the sockets).
     for f in &m.files {

@@ -601,15 +601,16 @@ pub enum FileKind {
 }
 
 /// A file an epoll instance watches: registered under fd number `fd` of
-/// the owner, with its events and data. `file_at`: the owner closed `fd`
-/// (or put another file there) but holds the watched file at this number
-/// (the entry lives as long as the file does).
+/// the owner, with its events and data. `file_at`: the watched file is
+/// not the owner's fd `fd` (closed, given to another file, or the entry was
+/// registered by another process sharing the instance) but (process, fd)
+/// holds it (the entry lives as long as the file does).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EpollEntry {
     pub fd: i32,
     pub events: u32,
     pub data: u64,
-    pub file_at: Option<i32>,
+    pub file_at: Option<(i32, i32)>,
 }
 
 /// A pseudo-terminal pair's state, read from its master.
@@ -784,8 +785,11 @@ impl Manifest {
                     return Err(bad(format!("file {i}: a /proc file of no process of the image, or a bad path")));
                 }
             }
-            if let FileKind::Epoll { entries, .. } = &f.kind {
-                if entries.iter().any(|e| e.fd < 0 || e.file_at.is_some_and(|a| a < 0 || a == e.fd)) {
+            if let FileKind::Epoll { owner, entries } = &f.kind {
+                let live = |pid: i32| self.processes.iter().any(|p| p.pid == pid && p.zombie_status.is_none());
+                let bad_at =
+                    |(pid, fd): (i32, i32), e: &EpollEntry| fd < 0 || !live(pid) || (pid, fd) == (*owner, e.fd);
+                if entries.iter().any(|e| e.fd < 0 || e.file_at.is_some_and(|a| bad_at(a, e))) {
                     return Err(bad(format!("file {i}: an epoll entry with a bad fd number")));
                 }
             }
@@ -960,6 +964,9 @@ pub struct UnixSock {
     /// pid 0 when it is outside the checkpoint.
     pub peer_cred: (i32, u32, u32),
     pub passcred: bool,
+    /// The socket file a bound listener or datagram socket made: (mode
+    /// bits, uid, gid), set again after bind.
+    pub file: Option<(u32, u32, u32)>,
 }
 
 /// An established TCP connection as TCP_REPAIR reads it.

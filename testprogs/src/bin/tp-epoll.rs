@@ -5,7 +5,10 @@
 //! datagram and seqpacket socketpair ends, a TCP listener, a pipe
 //! (EPOLLONESHOT, already fired: it must stay disarmed), an eventfd
 //! (EPOLLET), a timerfd, a signalfd, an inotify instance and a second epoll.
-//! Each entry has its own data word. Two entries outlive their numbers: a
+//! Each entry has its own data word. The child also registers a pipe of its
+//! own in the parent's epoll, which it inherited (an instance shared by
+//! two processes, with an entry under the child's number 150, which the
+//! parent does not have). Two entries outlive their numbers: a
 //! socket watched as fd N, moved to another number (dup, then close N),
 //! and one whose number now holds another file. After restore, every
 //! event must come with its data, and the disarmed one-shot entry only
@@ -28,6 +31,7 @@ const SIGNALFD: u64 = 0xaaaa;
 const INOTIFY: u64 = 0xbbbb;
 const CHILD_PAIR: u64 = 0xc1c1;
 const MOVED: u64 = 0xd1d1;
+const CHILD_SHARED: u64 = 0xf1f1;
 const REUSED: u64 = 0xe1e1;
 
 fn add(ep: i32, fd: i32, events: u32, data: u64) {
@@ -195,7 +199,13 @@ fn main() {
             // The child: its end of the stream pair, watched by its own epoll.
             let cep = libc::epoll_create1(0);
             add(cep, p1, libc::EPOLLIN as u32, CHILD_PAIR);
+            let mut cp = [0i32; 2];
+            libc::pipe(cp.as_mut_ptr());
+            libc::dup2(cp[0], 150);
+            libc::close(cp[0]);
+            add(ep, 150, libc::EPOLLIN as u32, CHILD_SHARED);
             let started = wait_for_long(cep, CHILD_PAIR) && recv(p1) == b"start";
+            libc::write(cp[1], b"s".as_ptr().cast(), 1);
             send(p1, b"ping");
             let ok = started && wait_for(cep, CHILD_PAIR) && recv(p1) == b"pong";
             libc::_exit(if ok { 0 } else { 3 });
@@ -212,6 +222,7 @@ fn main() {
         c.check("waiting connection accepted", acc >= 0 && send(waiting, b"w") == 1, "accept failed");
         send(p0, b"start");
         c.check("child's ping on the shared pair", wait_for(ep, PAIR) && recv(p0) == b"ping", "no PAIR event");
+        c.check("the child's entry in our epoll", wait_for(ep, CHILD_SHARED), "no event");
         send(p0, b"pong");
         let mut st = 0;
         libc::waitpid(child, &mut st, 0);

@@ -1,5 +1,6 @@
 //! Unix domain sockets across checkpoint/restore, between a server process
-//! and its child client: a stream listener on a path (backlog 7, shared
+//! and its child client: a stream listener on a path (its socket file's
+//! mode and group changed after the bind; backlog 7, shared
 //! with the child) with one accepted connection (data queued both ways)
 //! and one connection not yet accepted; a seqpacket listener on an abstract
 //! name with an accepted connection (message boundaries kept); a stream
@@ -124,6 +125,15 @@ fn main() {
         let l1 = sock(libc::SOCK_STREAM);
         assert_eq!(bind(l1, &path), 0, "bind {}", std::io::Error::last_os_error());
         libc::listen(l1, 7);
+        // Its socket file: another mode and group than the bind gave it.
+        let spath = std::path::PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked(&path));
+        std::fs::set_permissions(&spath, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        std::os::unix::fs::lchown(&spath, None, Some(4242)).unwrap();
+        let file_of = |p: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::symlink_metadata(p).map(|m| (m.mode() & 0o7777, m.uid(), m.gid())).unwrap_or_default()
+        };
+        let file_before = file_of(&spath);
         let l2 = sock(libc::SOCK_SEQPACKET);
         assert_eq!(bind(l2, &seq_name), 0);
         libc::listen(l2, 5);
@@ -210,6 +220,7 @@ fn main() {
         c.eq("a1 peer is the child", peer_pid(a1), child);
         c.eq("a1 queued", s(&recv(a1)), "hello from client".into());
         c.eq("listener path", sockname(l1), path.clone());
+        c.eq("its socket file's mode and owner", file_of(&spath), file_before);
         c.eq("seqpacket listener abstract name", sockname(l2), seq_name.clone());
         c.eq("accepted socket has the listener's name", sockname(a1), path.clone());
         c.eq("seqpacket message 1", s(&recv(a3)), "m1".into());

@@ -15,6 +15,7 @@ use cryopod_image::{FileKind, OpenFile, UnixSock};
 use cryopod_sys::{pidfd, TargetFd};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 
 /// TCP_LISTEN and TCP_ESTABLISHED, as unix sockets use them.
@@ -88,7 +89,25 @@ impl UnixTable {
         if d.state != LISTEN {
             self.outq.insert(ino32, d.rqlen.1);
         }
+        // The socket file a bound listener or datagram socket made (an
+        // accepted socket carries its listener's name, not a file).
+        let file = match d.name.first() {
+            Some(&b) if b != 0 && (d.state == LISTEN || d.kind == libc::SOCK_DGRAM) => {
+                let name = String::from_utf8_lossy(&d.name).into_owned();
+                let at = if name.starts_with('/') {
+                    format!("/proc/{pid}/root{name}")
+                } else {
+                    format!("/proc/{pid}/cwd/{name}")
+                };
+                std::fs::symlink_metadata(at)
+                    .ok()
+                    .filter(|m| m.file_type().is_socket())
+                    .map(|m| (m.mode() & 0o7777, m.uid(), m.gid()))
+            }
+            _ => None,
+        };
         Ok(FileKind::Unix(UnixSock {
+            file,
             ino: ino32,
             kind: d.kind,
             state: d.state,

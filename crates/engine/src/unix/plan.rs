@@ -123,6 +123,7 @@ static NO_SOCK: UnixSock = UnixSock {
     shutdown: 0,
     peer_cred: (0, 0, 0),
     passcred: false,
+    file: None,
 };
 
 fn sock_of(m: &Manifest, f: u32) -> Option<&UnixSock> {
@@ -358,6 +359,27 @@ fn bind_name(fd: BorrowedFd, name: &[u8]) -> Result<()> {
     }
 }
 
+/// The socket file a bind made gets its mode back (umask took some).
+fn set_file_mode(u: &UnixSock) -> std::io::Result<()> {
+    match (u.file, u.name.first()) {
+        (Some((mode, _, _)), Some(&b)) if b != 0 => {
+            use std::os::unix::fs::PermissionsExt;
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&u.name));
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn set_file_owner(u: &UnixSock) -> std::io::Result<()> {
+    match (u.file, u.name.first()) {
+        (Some((_, uid, gid)), Some(&b)) if b != 0 => {
+            std::os::unix::fs::lchown(std::ffi::OsStr::from_bytes(&u.name), Some(uid), Some(gid))
+        }
+        _ => Ok(()),
+    }
+}
+
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 
@@ -377,6 +399,15 @@ impl Plan {
         if switch {
             cryopod_sys::creds::set_effective_ids(0, 0)?;
         }
+        // A socket file given to another owner since its bind: as it was
+        // (a user's image may not ask for that: see trust).
+        if let (Ok(()), Op::Listen { file } | Op::Datagram { file }) = (&r, &step.op) {
+            if let Some(u) =
+                sock_of(m, *file).filter(|u| u.file.is_some_and(|(_, uid, gid)| (uid, gid) != (euid, egid)))
+            {
+                set_file_owner(u).map_err(|e| err("chown", *file, e))?;
+            }
+        }
         r
     }
 
@@ -387,6 +418,7 @@ impl Plan {
                 let u = s(*file)?;
                 let fd = sock::socket(u.kind)?;
                 bind_name(fd.as_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
+                set_file_mode(u).map_err(|e| err("chmod", *file, e))?;
                 sock::listen(&fd, u.backlog as i32).map_err(|e| err("listen", *file, e))?;
                 staged.park(fd, self.staging(*file))
             }
@@ -416,6 +448,7 @@ impl Plan {
                 let fd = sock::socket(u.kind)?;
                 if !u.name.is_empty() {
                     bind_name(fd.as_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
+                    set_file_mode(u).map_err(|e| err("chmod", *file, e))?;
                 }
                 staged.park(fd, self.staging(*file))
             }
