@@ -293,6 +293,16 @@ fn socket_options_survive_a_running_checkpoint() {
     run.go_and_expect_pass();
 }
 
+/// Locked memory and access advice (`tp-mlock`): areas locked with mlock
+/// and mlock2(MLOCK_ONFAULT), advised sequential and random, come back
+/// with their flags, as much memory locked, their contents intact.
+#[test]
+fn locked_and_advised_memory_comes_back() {
+    let mut run = Run::testprog("mlock", env!("CARGO_BIN_EXE_tp-mlock"));
+    run.checkpoint(&[]);
+    run.restore_and_verify();
+}
+
 /// Files that are gone (`tp-gone`): a FIFO with bytes queued and a directory, both removed
 /// while open, a file renamed over, O_PATH descriptors (a file, a
 /// directory, a symbolic link itself) and a child whose working directory

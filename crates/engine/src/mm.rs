@@ -647,10 +647,27 @@ fn apply_madvise(r: &mut Remote, v: &Vma) -> Result<()> {
         (vma_flags::DONTFORK, libc::MADV_DONTFORK),
         (vma_flags::WIPEONFORK, libc::MADV_WIPEONFORK),
         (vma_flags::DONTDUMP, libc::MADV_DONTDUMP),
+        (vma_flags::SEQUENTIAL, libc::MADV_SEQUENTIAL),
+        (vma_flags::RANDOM, libc::MADV_RANDOM),
     ] {
         if v.madv & bit != 0 {
             r.call("madvise", nr::MADVISE, &[v.start, v.end - v.start, advice as u64])?;
         }
+    }
+    Ok(())
+}
+
+/// Lock the areas the process had locked (mlock, or mlock2 with
+/// MLOCK_ONFAULT), once their memory is there: locking populates them. A
+/// lazily restored process has its pages still to come: locked as they
+/// arrive (on fault), not fetched all at once here.
+pub fn lock_areas(r: &mut Remote, p: &Process, lazy: bool) -> Result<()> {
+    const MLOCK2: i64 = 325;
+    const MLOCK_ONFAULT: u64 = 1;
+    for v in p.vmas.iter().filter(|v| v.madv & vma_flags::LOCKED != 0) {
+        let onfault = v.madv & vma_flags::LOCKONFAULT != 0 || lazy;
+        let flags = if onfault { MLOCK_ONFAULT } else { 0 };
+        r.call(&format!("mlock2({:#x})", v.start), MLOCK2, &[v.start, v.end - v.start, flags])?;
     }
     Ok(())
 }

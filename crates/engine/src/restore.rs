@@ -567,6 +567,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     mm::clear_stub(r, &stub, (scratch, scratch + scratch_len), p, &target)?;
     debug!(pid = p.pid, "mapping and filling memory");
     mm::restore_areas(r, p, cx)?;
+    mm::lock_areas(r, p, cx.lazy.is_some())?;
     // The inherited object fds: mapped now; the process's own fds to them
     // were reopened separately.
     for fd in cx.object_fds.values() {

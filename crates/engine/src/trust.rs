@@ -217,6 +217,14 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
         if c.cap_eff | c.cap_prm | c.cap_inh | c.cap_amb != 0 {
             return refuse("with capabilities".into());
         }
+        // Locked at restore by us, before its limits apply: no more than
+        // they let it lock.
+        let locked: u64 =
+            p.vmas.iter().filter(|v| v.madv & cryopod_image::vma_flags::LOCKED != 0).map(|v| v.end - v.start).sum();
+        let memlock = p.rlimits.get(libc::RLIMIT_MEMLOCK as usize).map_or(0, |l| l.0);
+        if locked > memlock {
+            return refuse(format!("with {locked} bytes locked in memory, above its RLIMIT_MEMLOCK of {memlock}"));
+        }
         if let Some((c, d)) = p.cgroups.first() {
             return refuse(format!("in a {c} cgroup of its own ({d}), with its settings"));
         }

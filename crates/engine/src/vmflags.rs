@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 /// Each flag: its name in smaps, its kernel bit, its image bit.
-const FLAGS: [(&str, u64, u32); 7] = [
+const FLAGS: [(&str, u64, u32); 10] = [
     ("hg", vm::HUGEPAGE, vma_flags::HUGEPAGE),
     ("nh", vm::NOHUGEPAGE, vma_flags::NOHUGEPAGE),
     ("dc", vm::DONTCOPY, vma_flags::DONTFORK),
@@ -27,6 +27,9 @@ const FLAGS: [(&str, u64, u32); 7] = [
     ("dd", vm::DONTDUMP, vma_flags::DONTDUMP),
     ("gd", vm::GROWSDOWN, vma_flags::GROWSDOWN),
     ("lo", vm::LOCKED, vma_flags::LOCKED),
+    ("lf", vm::LOCKONFAULT, vma_flags::LOCKONFAULT),
+    ("sr", vm::SEQ_READ, vma_flags::SEQUENTIAL),
+    ("rr", vm::RAND_READ, vma_flags::RANDOM),
 ];
 
 fn from_smaps(m: &MapEntry) -> u32 {

@@ -442,6 +442,10 @@ pub mod vma_flags {
     pub const DONTDUMP: u32 = 16;
     pub const GROWSDOWN: u32 = 32;
     pub const LOCKED: u32 = 64;
+    /// mlock2(MLOCK_ONFAULT): pages locked as they are touched.
+    pub const LOCKONFAULT: u32 = 128;
+    pub const SEQUENTIAL: u32 = 256;
+    pub const RANDOM: u32 = 512;
 }
 
 /// A run of pages: zero pages (nothing stored) or data of one chunk: its

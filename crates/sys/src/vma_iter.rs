@@ -21,6 +21,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 pub mod vm {
     pub const GROWSDOWN: u64 = 0x0000_0100;
     pub const LOCKED: u64 = 0x0000_2000;
+    pub const SEQ_READ: u64 = 0x0000_8000;
+    pub const RAND_READ: u64 = 0x0001_0000;
+    pub const LOCKONFAULT: u64 = 0x0008_0000;
     pub const DONTCOPY: u64 = 0x0002_0000;
     pub const WIPEONFORK: u64 = 0x0200_0000;
     pub const DONTDUMP: u64 = 0x0400_0000;

@@ -1,0 +1,115 @@
+//! Locked memory and access advice across a checkpoint (issue 11, class
+//! 4). `tp-mlock DIR`: an area locked with mlock, one locked with
+//! mlock2(MLOCK_ONFAULT) of which three pages were touched, one advised
+//! MADV_SEQUENTIAL and one MADV_RANDOM, each with a pattern in it. After
+//! the restore each area has its flags again (smaps VmFlags lo, lf, sr,
+//! rr), as much memory is locked as before (VmLck), and every pattern is
+//! there. PASS only if all of that holds.
+
+use cryopod_testprogs::*;
+
+const PAGE: usize = 4096;
+const PAGES: usize = 16;
+
+fn setup_failed(what: &str) -> ! {
+    println!("FAIL (setup: {what}: {})", std::io::Error::last_os_error());
+    std::process::exit(1)
+}
+
+fn area() -> *mut u8 {
+    // SAFETY: a fresh private anonymous mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGES * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        setup_failed("mmap");
+    }
+    p.cast()
+}
+
+/// The VmFlags of the area starting at `start`.
+fn vm_flags(start: usize) -> Vec<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((a, _)) = range.split_once('-') {
+                if a.chars().all(|c| c.is_ascii_hexdigit()) && !a.is_empty() {
+                    inside = usize::from_str_radix(a, 16).ok() == Some(start);
+                    continue;
+                }
+            }
+        }
+        if inside {
+            if let Some(f) = line.strip_prefix("VmFlags:") {
+                return f.split_whitespace().map(String::from).collect();
+            }
+        }
+    }
+    Vec::new()
+}
+
+fn fill(p: *mut u8, seed: u64, pages: usize) {
+    let data = pattern(seed, pages * PAGE);
+    // SAFETY: `p` maps at least `pages` pages of ours.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+}
+
+fn same(p: *mut u8, seed: u64, pages: usize) -> bool {
+    // SAFETY: as above, read only.
+    let now = unsafe { std::slice::from_raw_parts(p, pages * PAGE) };
+    now == pattern(seed, pages * PAGE).as_slice()
+}
+
+fn main() {
+    let dir = work_dir();
+    let mut c = Checks::new();
+    let (locked, onfault, seq, rand) = (area(), area(), area(), area());
+    fill(locked, 1, PAGES);
+    fill(onfault, 2, 3);
+    fill(seq, 3, PAGES);
+    fill(rand, 4, PAGES);
+    // SAFETY: calls on our own mappings.
+    unsafe {
+        if libc::mlock(locked.cast(), PAGES * PAGE) != 0
+            || libc::mlock2(onfault.cast(), PAGES * PAGE, libc::MLOCK_ONFAULT) != 0
+            || libc::madvise(seq.cast(), PAGES * PAGE, libc::MADV_SEQUENTIAL) != 0
+            || libc::madvise(rand.cast(), PAGES * PAGE, libc::MADV_RANDOM) != 0
+        {
+            setup_failed("mlock, madvise");
+        }
+    }
+    let has = |p: *mut u8, f: &str| vm_flags(p as usize).iter().any(|x| x == f);
+    let flags = |p: *mut u8| (has(p, "lo"), has(p, "lf"), has(p, "sr"), has(p, "rr"));
+    let before = [flags(locked), flags(onfault), flags(seq), flags(rand)];
+    let vmlck = || status("VmLck");
+    let lck_before = vmlck();
+    if before
+        != [
+            (true, false, false, false),
+            (true, true, false, false),
+            (false, false, true, false),
+            (false, false, false, true),
+        ]
+    {
+        println!("FAIL (setup: flags {before:?})");
+        std::process::exit(1);
+    }
+    ready_and_wait(&dir);
+
+    c.eq("each area's flags (lo, lf, sr, rr)", [flags(locked), flags(onfault), flags(seq), flags(rand)], before);
+    c.eq("locked memory (VmLck)", vmlck(), lck_before);
+    c.check(
+        "the patterns",
+        same(locked, 1, PAGES) && same(onfault, 2, 3) && same(seq, 3, PAGES) && same(rand, 4, PAGES),
+        "changed",
+    );
+    c.finish()
+}
