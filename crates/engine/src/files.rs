@@ -526,6 +526,9 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::TcpListen { family, addr, port, .. } => {
             format!("TCP listener {}", crate::inet::show(*family, addr, *port))
         }
+        FileKind::TcpClosed { family, local, .. } => {
+            format!("TCP socket never connected, at {}", crate::inet::show(*family, &local.0, local.1))
+        }
         FileKind::Inotify { watches } => format!("inotify ({} watches)", watches.len()),
         FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
         FileKind::Udp { family, local, peer, .. } => format!(
@@ -639,7 +642,7 @@ fn open_one(
             fds::set_status_flags(&fd, status)?;
             fd
         }
-        FileKind::Udp { .. } | FileKind::TcpListen { .. } => {
+        FileKind::Udp { .. } | FileKind::TcpListen { .. } | FileKind::TcpClosed { .. } => {
             let fd = crate::inet::make(&f.kind, ns_of)?;
             fds::set_status_flags(&fd, status)?;
             fd

@@ -1,4 +1,5 @@
-//! Internet sockets: TCP listeners with no connection waiting (address,
+//! Internet sockets: TCP sockets never connected (made, maybe bound), TCP
+//! listeners with no connection waiting (address,
 //! port, backlog, options: those that differ from a new socket's, see
 //! `cryopod_image::SOCK_OPTS`), established TCP connections (TCP_REPAIR:
 //! sequence numbers, queues, options, window), UDP sockets (address,
@@ -33,6 +34,8 @@ impl Repaired {
 }
 
 pub const ESTABLISHED: u8 = 1;
+/// TCP_CLOSE: made and not connected, or closed.
+pub const CLOSE: u8 = 7;
 
 /// A socket that sock_diag does not know as a unix one.
 pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>) -> Result<FileKind> {
@@ -72,9 +75,15 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
         repaired.fds.push(copy);
         return Ok(FileKind::Tcp(st?));
     }
+    if state == CLOSE && sock::tcp_never_connected(copy_fd)? {
+        let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
+        let opts = sock::inet_changed_options(copy_fd, family, kind)?;
+        let local = sock::inet_name(copy_fd)?;
+        return Ok(FileKind::TcpClosed { family, local, reuseaddr, v6only, opts });
+    }
     if state != LISTEN {
         return Err(EngineError::Other(format!(
-            "is a TCP socket in state {state}: only listeners and established connections can be checkpointed"
+            "is a TCP socket in state {state}: only listeners, established connections and sockets never connected can be checkpointed"
         )));
     }
     if waiting > 0 {
@@ -105,6 +114,9 @@ pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
                 Ok(sock::tcp_listen(family, (&addr, port), backlog as i32, (reuseaddr, v6only), &opts)?)
             })
         }
+        FileKind::TcpClosed { family, local, reuseaddr, v6only, opts } => crate::nsjoin::in_net(ns_of, move || {
+            Ok(sock::inet_socket(libc::SOCK_STREAM, family, (&local.0, local.1), (reuseaddr, v6only), &opts)?)
+        }),
         _ => Err(EngineError::Other("not an internet socket".into())),
     }
 }

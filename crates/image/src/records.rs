@@ -542,6 +542,9 @@ pub enum FileKind {
     Unix(UnixSock),
     /// A listening TCP socket (IPv4 or IPv6) with no connection waiting.
     TcpListen { family: i32, addr: Vec<u8>, port: u16, backlog: u32, reuseaddr: bool, v6only: bool, opts: Vec<SockOpt> },
+    /// A TCP socket made (and maybe bound) but never connected nor
+    /// listening: `local` its address, all zero when unbound.
+    TcpClosed { family: i32, local: (Vec<u8>, u16), reuseaddr: bool, v6only: bool, opts: Vec<SockOpt> },
     /// An established TCP connection (TCP_REPAIR state).
     Tcp(TcpConn),
     /// A pidfd naming process `pid` of the checkpoint.
@@ -1048,7 +1051,10 @@ impl FileKind {
     /// The options of an internet socket (none for other files).
     pub fn sock_opts(&self) -> &[SockOpt] {
         match self {
-            FileKind::Udp { opts, .. } | FileKind::TcpListen { opts, .. } | FileKind::Tcp(TcpConn { opts, .. }) => opts,
+            FileKind::Udp { opts, .. }
+            | FileKind::TcpListen { opts, .. }
+            | FileKind::TcpClosed { opts, .. }
+            | FileKind::Tcp(TcpConn { opts, .. }) => opts,
             _ => &[],
         }
     }

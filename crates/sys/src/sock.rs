@@ -257,6 +257,16 @@ pub fn tcp_state(fd: impl AsFd) -> SysResult<(u8, u32, u32)> {
     ))
 }
 
+/// A TCP socket in the CLOSE state that never sent or received a segment
+/// (made, maybe bound, never connected): TCP_INFO's tcpi_segs_out and
+/// tcpi_segs_in (offsets 136 and 140 of the kernel's struct, past libc's)
+/// are both 0. False where the kernel does not say.
+pub fn tcp_never_connected(fd: impl AsFd) -> SysResult<bool> {
+    let mut b = [0u8; 256];
+    let n = get_opt(fd.as_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut b, "getsockopt(TCP_INFO)")?;
+    Ok(n >= 144 && b[136..144].iter().all(|&x| x == 0))
+}
+
 /// TCP_INFO as the bytes of a `struct tcp_info` (zero where the kernel's
 /// is shorter).
 pub(crate) fn tcp_info(fd: BorrowedFd<'_>, what: &str) -> SysResult<[u8; std::mem::size_of::<libc::tcp_info>()]> {

@@ -7,7 +7,11 @@
 //! low-water mark, timeouts, and buffer sizes the program chose. After the
 //! restore every option reads back as it did, a buffer size the program
 //! did not choose is still the kernel's to tune, and the connection
-//! carries data both ways. PASS only if all of that holds.
+//! carries data both ways. Beside them (issue 11, class 1): two TCP
+//! sockets never connected, one bound to a port and one not, with
+//! options: after the restore the bound one is at its port with its
+//! options and can listen and accept, the other can connect. PASS only if
+//! all of that holds.
 
 use cryopod_testprogs::*;
 
@@ -141,7 +145,22 @@ fn main() {
         let u = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
         set_int(u, libc::SOL_SOCKET, libc::SO_BROADCAST, 1, "udp");
         tune(u, "udp");
+        // Never connected: one bound (to a port of its own), one not.
+        let bound = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        set_int(bound, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1, "bound");
+        tune_tcp(bound, "bound");
+        let mut bin: libc::sockaddr_in = std::mem::zeroed();
+        bin.sin_family = libc::AF_INET as u16;
+        bin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        if libc::bind(bound, (&bin as *const libc::sockaddr_in).cast(), 16) != 0 {
+            setup_failed("bind");
+        }
+        let mut blen = 16u32;
+        libc::getsockname(bound, (&mut bin as *mut libc::sockaddr_in).cast(), &mut blen);
+        let unbound = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        set_int(unbound, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1, "unbound");
         let tcp_opts: Vec<Opt> = COMMON.iter().chain(TCP.iter()).copied().collect();
+        let fresh_before = [snapshot(bound, &tcp_opts), snapshot(unbound, &tcp_opts)];
         let before =
             [snapshot(l, &tcp_opts), snapshot(client, &tcp_opts), snapshot(server, &tcp_opts), snapshot(u, &COMMON)];
         let udp_broadcast = get(u, libc::SOL_SOCKET, libc::SO_BROADCAST);
@@ -172,6 +191,23 @@ fn main() {
             c.check(&format!("{which}: every option as it was"), diff.is_empty(), diff.join(", "));
         }
         c.eq("congestion control", [congestion(l), congestion(client)], cong);
+        c.check(
+            "sockets never connected: their options",
+            [snapshot(bound, &tcp_opts), snapshot(unbound, &tcp_opts)] == fresh_before,
+            "changed",
+        );
+        let mut now: libc::sockaddr_in = std::mem::zeroed();
+        let mut nlen = 16u32;
+        libc::getsockname(bound, (&mut now as *mut libc::sockaddr_in).cast(), &mut nlen);
+        c.eq("the bound one's port", now.sin_port, bin.sin_port);
+        let listened = libc::listen(bound, 4) == 0;
+        let connected = libc::connect(unbound, (&bin as *const libc::sockaddr_in).cast(), 16) == 0;
+        let accepted = libc::accept(bound, std::ptr::null_mut(), std::ptr::null_mut()) >= 0;
+        c.eq(
+            "the bound one listens and accepts what the other connects",
+            (listened, connected, accepted),
+            (true, true, true),
+        );
         c.eq("UDP broadcast", get(u, libc::SOL_SOCKET, libc::SO_BROADCAST), udp_broadcast);
         // Buffer sizes: those the program set (SO_BUF_LOCK's bits) are the
         // same; the others the kernel goes on tuning.
