@@ -303,6 +303,16 @@ fn locked_and_advised_memory_comes_back() {
     run.restore_and_verify();
 }
 
+/// A listener with connections waiting to be accepted at the checkpoint
+/// (`tp-accept`): the checkpoint lets the tree go on until they are
+/// accepted, then takes it; after the restore the server has them all.
+#[test]
+fn connections_waiting_at_a_listener_are_accepted_first() {
+    let mut run = Run::testprog("accept", env!("CARGO_BIN_EXE_tp-accept"));
+    run.checkpoint(&[]);
+    run.restore_and_verify();
+}
+
 /// Files that are gone (`tp-gone`): a FIFO with bytes queued and a directory, both removed
 /// while open, a file renamed over, O_PATH descriptors (a file, a
 /// directory, a symbolic link itself) and a child whose working directory

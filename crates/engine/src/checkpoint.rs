@@ -298,18 +298,40 @@ impl Resume<'_> {
 }
 
 /// Freeze the tree; a thread that cannot stop now (it waits for its vfork
-/// child) makes us let go and try again a little later.
+/// child), or a listener of the tree with connections waiting to be
+/// accepted, makes us let go and try again a little later (the program
+/// accepts them meanwhile; a pod's network lock keeps new ones out).
 fn freeze_retrying(o: &CheckpointOptions) -> Result<Frozen> {
+    const ATTEMPTS: u64 = 10;
     let mut attempt = 0;
     loop {
         let r = match &o.pod {
             Some(pod) => freeze::freeze_pod(o.pid, pod.thaw),
             None => freeze::freeze(o.pid),
         };
+        let r = match r {
+            Ok(mut fr) if attempt < ATTEMPTS => match crate::inet::listener_waiting(o.pid, &fr) {
+                Ok(Some((pid, n))) => {
+                    tracing::info!(pid, n, "a listener has connections waiting to be accepted");
+                    fr.thaw();
+                    Err(EngineError::Busy(pid))
+                }
+                Ok(None) => Ok(fr),
+                Err(e) => {
+                    fr.thaw();
+                    Err(e)
+                }
+            },
+            r => r,
+        };
         match r {
-            Err(EngineError::Busy(tid)) if attempt < 10 => {
+            Err(EngineError::Busy(tid)) if attempt < ATTEMPTS => {
                 attempt += 1;
-                tracing::info!(tid, attempt, "a thread did not stop (vfork?); trying again");
+                tracing::info!(
+                    tid,
+                    attempt,
+                    "a thread did not stop (vfork?) or a listener has connections waiting; trying again"
+                );
                 std::thread::sleep(Duration::from_millis(10 * attempt));
                 if let Some(pod) = &o.pod {
                     (pod.refreeze)()?;

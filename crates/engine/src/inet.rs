@@ -139,3 +139,35 @@ pub fn show(family: i32, addr: &[u8], port: u16) -> String {
         _ => format!("?:{port}"),
     }
 }
+
+/// A TCP listener of the frozen tree with connections waiting to be
+/// accepted (which no checkpoint can carry: nothing reaches them but an
+/// accept): (its process, how many), if there is one. One sock_diag dump
+/// of the tree's network namespace; the tree's fds are looked at only when
+/// some listener there has connections waiting.
+pub fn listener_waiting(root: i32, fr: &crate::freeze::Frozen) -> Result<Option<(i32, u32)>> {
+    let waiting = if crate::unix::netns_of(root)? == crate::unix::netns_of(std::process::id() as i32)? {
+        crate::sockdiag::tcp_listeners_waiting()?
+    } else {
+        let pfd = pidfd::pidfd_open(root)?;
+        std::thread::spawn(move || -> Result<Vec<(u32, u32)>> {
+            cryopod_sys::ns::enter(pfd.as_fd(), root, libc::CLONE_NEWNET)?;
+            crate::sockdiag::tcp_listeners_waiting()
+        })
+        .join()
+        .map_err(|_| EngineError::Other("sock_diag thread panicked".into()))??
+    };
+    if waiting.is_empty() {
+        return Ok(None);
+    }
+    for &pid in fr.procs.keys() {
+        for fd in crate::procfs::fds(pid)? {
+            let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else { continue };
+            let ino = link.to_str().and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u32>().ok());
+            if let Some(&(_, n)) = ino.and_then(|i| waiting.iter().find(|(w, _)| *w == i)) {
+                return Ok(Some((pid, n)));
+            }
+        }
+    }
+    Ok(None)
+}

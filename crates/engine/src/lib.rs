@@ -36,6 +36,7 @@ pub mod procfs;
 pub mod remote;
 pub mod restore;
 pub mod signals;
+pub mod sockdiag;
 pub mod target;
 pub mod threads;
 pub mod track;

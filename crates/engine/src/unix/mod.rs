@@ -34,7 +34,7 @@ pub struct UnixTable {
     pub guard: Option<crate::guard::Guard>,
 }
 
-fn netns_of(pid: i32) -> Result<u64> {
+pub fn netns_of(pid: i32) -> Result<u64> {
     let p = format!("/proc/{pid}/ns/net");
     std::fs::metadata(&p).map(|m| m.ino()).map_err(|e| EngineError::Proc { path: p, msg: e.to_string() })
 }
