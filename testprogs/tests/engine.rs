@@ -254,9 +254,7 @@ fn no_stub_state_leaks() {
 /// the wait ends when the parent lets go.
 #[test]
 fn file_locks_come_back() {
-    let mut run = Run::testprog("locks", env!("CARGO_BIN_EXE_tp-locks"));
-    run.checkpoint(&[]);
-    run.restore_and_verify();
+    roundtrip("locks", env!("CARGO_BIN_EXE_tp-locks"));
 }
 
 /// Descriptors on /proc of the tree itself (`tp-procfd`): a process's
@@ -266,9 +264,7 @@ fn file_locks_come_back() {
 /// same processes, offsets kept.
 #[test]
 fn proc_files_of_the_tree_come_back() {
-    let mut run = Run::testprog("procfd", env!("CARGO_BIN_EXE_tp-procfd"));
-    run.checkpoint(&[]);
-    run.restore_and_verify();
+    roundtrip("procfd", env!("CARGO_BIN_EXE_tp-procfd"));
 }
 
 /// Socket options (`tp-sockopts`): a TCP listener, both ends of a
@@ -279,9 +275,7 @@ fn proc_files_of_the_tree_come_back() {
 /// buffer sizes the program did not set stay the kernel's to tune.
 #[test]
 fn socket_options_come_back() {
-    let mut run = Run::testprog("sockopts", env!("CARGO_BIN_EXE_tp-sockopts"));
-    run.checkpoint(&[]);
-    run.restore_and_verify();
+    roundtrip("sockopts", env!("CARGO_BIN_EXE_tp-sockopts"));
 }
 
 /// And a running checkpoint leaves them as they were in the program
@@ -298,9 +292,7 @@ fn socket_options_survive_a_running_checkpoint() {
 /// with their flags, as much memory locked, their contents intact.
 #[test]
 fn locked_and_advised_memory_comes_back() {
-    let mut run = Run::testprog("mlock", env!("CARGO_BIN_EXE_tp-mlock"));
-    run.checkpoint(&[]);
-    run.restore_and_verify();
+    roundtrip("mlock", env!("CARGO_BIN_EXE_tp-mlock"));
 }
 
 /// A listener with connections waiting to be accepted at the checkpoint
@@ -308,6 +300,8 @@ fn locked_and_advised_memory_comes_back() {
 /// accepted, then takes it; after the restore the server has them all.
 #[test]
 fn connections_waiting_at_a_listener_are_accepted_first() {
+    // (Not `roundtrip`: the server accepts during the checkpoint, so its
+    // fds at READY are not those it has after the restore.)
     let mut run = Run::testprog("accept", env!("CARGO_BIN_EXE_tp-accept"));
     run.checkpoint(&[]);
     run.restore_and_verify();
@@ -320,6 +314,8 @@ fn connections_waiting_at_a_listener_are_accepted_first() {
 /// restore is left.
 #[test]
 fn files_that_are_gone_come_back() {
+    // (Not `roundtrip`: the replaced file's link names the place beside
+    // its old name where it was made again.)
     let mut run = Run::testprog("gone", env!("CARGO_BIN_EXE_tp-gone"));
     run.checkpoint(&[]);
     run.restore_and_verify();
@@ -332,7 +328,5 @@ fn files_that_are_gone_come_back() {
 /// terminal, the unread line once and as it was, and a round trip works.
 #[test]
 fn pseudo_terminals_come_back() {
-    let mut run = Run::testprog("tty", env!("CARGO_BIN_EXE_tp-tty"));
-    run.checkpoint(&[]);
-    run.restore_and_verify();
+    roundtrip("tty", env!("CARGO_BIN_EXE_tp-tty"));
 }
