@@ -310,7 +310,7 @@ fn freeze_retrying(o: &CheckpointOptions) -> Result<Frozen> {
             None => freeze::freeze(o.pid),
         };
         let r = match r {
-            Ok(mut fr) if attempt < ATTEMPTS => match crate::inet::listener_waiting(o.pid, &fr) {
+            Ok(mut fr) if attempt < ATTEMPTS => match timed("accept queues looked at", || crate::inet::listener_waiting(o.pid, &fr)) {
                 Ok(Some((pid, n))) => {
                     tracing::info!(pid, n, "a listener has connections waiting to be accepted");
                     fr.thaw();
@@ -340,6 +340,14 @@ fn freeze_retrying(o: &CheckpointOptions) -> Result<Frozen> {
             r => return r,
         }
     }
+}
+
+/// `f`, its time logged (debug) as `what`.
+fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "{what}");
+    r
 }
 
 /// Tell the guardian every process of the tree, to be killed should we die
