@@ -51,7 +51,7 @@ fn dir(controller: &str, abs: &str) -> PathBuf {
 /// PID), and those cgroups with their settings, parents first.
 pub fn collect(procs: &mut [Process], root: i32) -> Result<Vec<CgroupDir>> {
     let base = paths_of(root)?;
-    let mut dirs: BTreeMap<(String, String), ()> = BTreeMap::new();
+    let mut dirs: std::collections::BTreeSet<(String, String)> = Default::default();
     for p in procs.iter_mut().filter(|p| p.zombie_status.is_none()) {
         for (c, path) in paths_of(p.pid)? {
             let Some(b) = base.get(c) else { continue };
@@ -66,14 +66,14 @@ pub fn collect(procs: &mut [Process], root: i32) -> Result<Vec<CgroupDir>> {
             let mut acc = String::new();
             for part in rel.split('/') {
                 acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
-                dirs.insert((c.to_string(), acc.clone()), ());
+                dirs.insert((c.to_string(), acc.clone()));
             }
             p.cgroups.push((c.to_string(), rel.to_string()));
         }
     }
     // Parents sort before their children within a controller.
     let mut out = Vec::new();
-    for (c, rel) in dirs.into_keys() {
+    for (c, rel) in dirs {
         let b = &base[c.as_str()];
         let d = dir(&c, &format!("{b}/{rel}"));
         let mut settings = Vec::new();

@@ -310,18 +310,20 @@ fn freeze_retrying(o: &CheckpointOptions) -> Result<Frozen> {
             None => freeze::freeze(o.pid),
         };
         let r = match r {
-            Ok(mut fr) if attempt < ATTEMPTS => match timed("accept queues looked at", || crate::inet::listener_waiting(o.pid, &fr)) {
-                Ok(Some((pid, n))) => {
-                    tracing::info!(pid, n, "a listener has connections waiting to be accepted");
-                    fr.thaw();
-                    Err(EngineError::Busy(pid))
+            Ok(mut fr) if attempt < ATTEMPTS => {
+                match timed("accept queues looked at", || crate::inet::listener_waiting(o.pid, &fr)) {
+                    Ok(Some((pid, n))) => {
+                        tracing::info!(pid, n, "a listener has connections waiting to be accepted");
+                        fr.thaw();
+                        Err(EngineError::Busy(pid))
+                    }
+                    Ok(None) => Ok(fr),
+                    Err(e) => {
+                        fr.thaw();
+                        Err(e)
+                    }
                 }
-                Ok(None) => Ok(fr),
-                Err(e) => {
-                    fr.thaw();
-                    Err(e)
-                }
-            },
+            }
             r => r,
         };
         match r {
