@@ -84,7 +84,8 @@ print("PASS", flush=True)
 }
 
 /// Killed while a TCP connection is read in repair mode: the guardian
-/// takes it out of repair mode, and the program's connection goes on.
+/// takes it out of repair mode (and gives it back SO_REUSEADDR, which
+/// that clears), and the program's connection goes on.
 #[test]
 fn checkpoint_killed_while_reading_a_connection_leaves_it_working() {
     let script = r#"
@@ -92,11 +93,14 @@ import os, socket, sys, time
 d = sys.argv[1]
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
 c = socket.create_connection(l.getsockname()); s, _ = l.accept()
+for x in (c, s):
+    x.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 c.sendall(b"queued")
 print("READY", flush=True)
 while not os.path.exists(os.path.join(d, "go")):
     time.sleep(0.01)
 try:
+    assert [x.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) for x in (c, s)] == [1, 1], "SO_REUSEADDR lost"
     assert s.recv(6) == b"queued"
     for i in range(20):
         c.sendall(b"%d;" % i)

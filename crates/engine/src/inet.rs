@@ -63,6 +63,10 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
         // repair mode (the tree goes on), or leaves it in (the tree dies).
         if let Some(g) = guard {
             g.sockopt_on_abort(Outcome::Resume, copy.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 0)?;
+            // (Leaving repair mode clears SO_REUSEADDR: then set it again.)
+            if sock::inet_options(copy_fd, family)?.0 {
+                g.sockopt_on_abort(Outcome::Resume, copy.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+            }
             g.sockopt_on_abort(Outcome::Kill, copy.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 1)?;
         }
         let st = cryopod_sys::tcp::dump(copy_fd, family);
