@@ -307,6 +307,14 @@ fn connections_waiting_at_a_listener_are_accepted_first() {
     run.restore_and_verify();
 }
 
+/// IPv4-mapped IPv6 (`tp-mapped`): a dual-stack listener's IPv4 client,
+/// whose server end is an IPv6 socket with mapped addresses, and an IPv6
+/// UDP socket's traffic class and hop limit.
+#[test]
+fn ipv4_mapped_connections_and_ipv6_options_come_back() {
+    roundtrip("mapped", env!("CARGO_BIN_EXE_tp-mapped"));
+}
+
 /// Files that are gone (`tp-gone`): a FIFO with bytes queued and a directory, both removed
 /// while open, a file renamed over, O_PATH descriptors (a file, a
 /// directory, a symbolic link itself) and a child whose working directory
