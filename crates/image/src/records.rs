@@ -974,6 +974,10 @@ pub struct UnixSock {
     /// The socket file a bound listener or datagram socket made: (mode
     /// bits, uid, gid), set again after bind.
     pub file: Option<(u32, u32, u32)>,
+    /// For a name relative to the binder's working directory: that
+    /// directory (a path of the tree), where the name is bound and
+    /// reached again; empty otherwise.
+    pub rel_dir: String,
 }
 
 /// An established TCP connection as TCP_REPAIR reads it.

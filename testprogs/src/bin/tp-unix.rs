@@ -1,5 +1,6 @@
 //! Unix domain sockets across checkpoint/restore, between a server process
-//! and its child client: a stream listener on a path (its socket file's
+//! and its child client: a datagram socket bound to a name relative to
+//! the working directory; a stream listener on a path (its socket file's
 //! mode and group changed after the bind; backlog 7, shared
 //! with the child) with one accepted connection (data queued both ways)
 //! and one connection not yet accepted; a seqpacket listener on an abstract
@@ -213,9 +214,20 @@ fn main() {
         send(dp[0], b"");
         libc::fcntl(dp[1], libc::F_SETFL, libc::O_NONBLOCK);
         sync_read(to_p[0]);
+        // A datagram socket bound to a name relative to the working
+        // directory.
+        std::env::set_current_dir(&dir).unwrap();
+        let rel = sock(libc::SOCK_DGRAM);
+        assert_eq!(bind(rel, b"rel.sock"), 0, "bind rel.sock {}", std::io::Error::last_os_error());
         // Let the datagrams land.
         std::thread::sleep(Duration::from_millis(50));
         ready_and_wait(&dir);
+
+        c.eq("the relative name", sockname(rel), b"rel.sock".to_vec());
+        c.check("its file where it was bound", dir.join("rel.sock").exists(), "no rel.sock in the work dir");
+        let to_rel = sock(libc::SOCK_DGRAM);
+        sendto(to_rel, b"by relative name", b"rel.sock");
+        c.eq("a datagram to it by that name", recv(rel), Some(b"by relative name".to_vec()));
 
         c.eq("a1 peer is the child", peer_pid(a1), child);
         c.eq("a1 queued", s(&recv(a1)), "hello from client".into());

@@ -89,6 +89,24 @@ impl UnixTable {
         if d.state != LISTEN {
             self.outq.insert(ino32, d.rqlen.1);
         }
+        // A name relative to the binder's working directory: bound there,
+        // as far as can be told (its file is a socket there now).
+        let binder = d.state == LISTEN || d.kind == libc::SOCK_DGRAM;
+        let relative = d.name.first().is_some_and(|&b| b != 0 && b != b'/');
+        let rel_dir = if relative && binder {
+            let cwd = crate::procfs::readlink(&format!("/proc/{pid}/cwd"))?;
+            let here = format!("/proc/{pid}/cwd/{}", String::from_utf8_lossy(&d.name));
+            let is_sock = std::fs::symlink_metadata(here).is_ok_and(|m| m.file_type().is_socket());
+            if !is_sock || cwd.ends_with(crate::gone::DELETED) {
+                return Err(unsupported(format!(
+                    "is bound to the relative name {:?}, which is not a socket in the process's working directory (where it was bound cannot be told)",
+                    String::from_utf8_lossy(&d.name)
+                )));
+            }
+            cwd
+        } else {
+            String::new()
+        };
         // The socket file a bound listener or datagram socket made (an
         // accepted socket carries its listener's name, not a file).
         let file = match d.name.first() {
@@ -108,6 +126,7 @@ impl UnixTable {
         };
         Ok(FileKind::Unix(UnixSock {
             file,
+            rel_dir,
             ino: ino32,
             kind: d.kind,
             state: d.state,

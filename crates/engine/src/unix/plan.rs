@@ -124,6 +124,7 @@ static NO_SOCK: UnixSock = UnixSock {
     peer_cred: (0, 0, 0),
     passcred: false,
     file: None,
+    rel_dir: String::new(),
 };
 
 fn sock_of(m: &Manifest, f: u32) -> Option<&UnixSock> {
@@ -359,6 +360,15 @@ fn bind_name(fd: BorrowedFd, name: &[u8]) -> Result<()> {
     }
 }
 
+/// A name relative to a directory is bound and reached from there (the
+/// stub's working directory is its own until its process's is set).
+fn enter_dir_of(u: &UnixSock) -> std::io::Result<()> {
+    match u.rel_dir.is_empty() {
+        true => Ok(()),
+        false => std::env::set_current_dir(&u.rel_dir),
+    }
+}
+
 /// The socket file a bind made gets its mode back (umask took some).
 fn set_file_mode(u: &UnixSock) -> std::io::Result<()> {
     match (u.file, u.name.first()) {
@@ -416,6 +426,7 @@ impl Plan {
         match op {
             Op::Listen { file } => {
                 let u = s(*file)?;
+                enter_dir_of(u).map_err(|e| err("chdir", *file, e))?;
                 let fd = sock::socket(u.kind)?;
                 bind_name(fd.as_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
                 set_file_mode(u).map_err(|e| err("chmod", *file, e))?;
@@ -424,6 +435,7 @@ impl Plan {
             }
             Op::Connect { file, listener } => {
                 let (u, l) = (s(*file)?, s(*listener)?);
+                enter_dir_of(l).map_err(|e| err("chdir", *listener, e))?;
                 let fd = sock::socket(u.kind)?;
                 if !u.name.is_empty() && u.name != l.name {
                     bind_name(fd.as_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
@@ -445,6 +457,7 @@ impl Plan {
             }
             Op::Datagram { file } => {
                 let u = s(*file)?;
+                enter_dir_of(u).map_err(|e| err("chdir", *file, e))?;
                 let fd = sock::socket(u.kind)?;
                 if !u.name.is_empty() {
                     bind_name(fd.as_fd(), &u.name).map_err(|e| err("bind", *file, e))?;
@@ -453,6 +466,7 @@ impl Plan {
                 staged.park(fd, self.staging(*file))
             }
             Op::ConnectDatagram { file, peer } => {
+                enter_dir_of(s(*peer)?).map_err(|e| err("chdir", *peer, e))?;
                 sock::connect(staged.get(self.staging(*file))?, &s(*peer)?.name)
                     .map_err(|e| err("connect", *file, e))?;
                 Ok(())
@@ -466,6 +480,7 @@ impl Plan {
             }
             Op::SendTo { to, from, msgs } => {
                 let u = s(*to)?;
+                enter_dir_of(u).map_err(|e| err("chdir", *to, e))?;
                 let tmp;
                 let fd = match from {
                     Some(f) => staged.get(self.staging(*f))?,
