@@ -442,13 +442,24 @@ fn collect_and_write(
     crate::tty::finish(&mut files, &mut procs)?;
     let cgroups = crate::cgroups::collect(&mut procs, o.pid)?;
     crate::events::check_epolls(&mut files.files, &procs)?;
+    // Read while frozen: a running checkpoint lets the tree go before the
+    // manifest is made, and its tasks may be gone by then.
+    let pod_pids = match o.pod.is_some() {
+        true => {
+            let tasks =
+                fr.procs.iter().map(|(p, t)| (*p, t.clone())).chain(fr.zombies.iter().map(|&z| (z, Vec::new())));
+            Some(crate::pidns::pod_pids(tasks)?)
+        }
+        false => None,
+    };
     // /proc files name processes as the tree's /proc does: a pod's by the
     // pod's own PIDs.
-    let live = procs.iter().filter(|p| p.zombie_status.is_none()).map(|p| p.pid);
-    let tree_pids: std::collections::HashSet<i32> = match &o.pod {
-        Some(_) => live.map(|p| crate::pidns::ns_pid(p, p)).collect::<Result<_>>()?,
-        None => live.collect(),
-    };
+    let tree_pids: std::collections::HashSet<i32> = procs
+        .iter()
+        .filter(|p| p.zombie_status.is_none())
+        .map(|p| pod_pids.as_ref().map_or(Some(p.pid), |m| m.get(&p.pid).copied()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| EngineError::Other("a process of the pod has no PID in it".into()))?;
     files.link_proc_files(&tree_pids, o.pod.is_some())?;
     for f in &files.files {
         if let cryopod_image::FileKind::Pidfd { pid } = f.kind {
@@ -462,16 +473,6 @@ fn collect_and_write(
     }
     fault::check("after-collect")?;
     tracing::info!(ms = t_collect.elapsed().as_secs_f64() * 1e3, pieces = mem.pieces.len(), "state collected");
-    // Read while frozen: a running checkpoint lets the tree go before the
-    // manifest is made, and its tasks may be gone by then.
-    let pod_pids = match o.pod.is_some() {
-        true => {
-            let tasks =
-                fr.procs.iter().map(|(p, t)| (*p, t.clone())).chain(fr.zombies.iter().map(|&z| (z, Vec::new())));
-            Some(crate::pidns::pod_pids(tasks)?)
-        }
-        false => None,
-    };
     // Armed: the handler stops; what it let go while frozen is protected
     // again with the rest.
     let t_finish = Instant::now();

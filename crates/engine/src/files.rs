@@ -220,11 +220,12 @@ impl FileTable {
                     self.ptys.push(seen);
                     return Ok(kind);
                 }
-                if let Some(index) = crate::tty::pts_index(md.rdev()) {
+                let pts = crate::tty::pts_index(md.rdev());
+                if let Some(index) = pts {
                     let seen = crate::tty::Seen { file, holder: (pid, fd), devpts: md.dev(), index, master: false };
                     self.ptys.push(seen);
                 }
-                if (136..=143).contains(&major) || major == 4 || (major == 5 && md.rdev() & 0xff != 2) {
+                if pts.is_some() || major == 4 || (major == 5 && md.rdev() & 0xff != 2) {
                     Ok(FileKind::Terminal { path: target.to_string() })
                 } else {
                     Ok(FileKind::CharDev { path: target.to_string(), rdev: md.rdev() })
@@ -632,7 +633,7 @@ fn open_one(
         FileKind::Mqueue { name } => {
             let pid = ns_of.ok_or_else(|| EngineError::Other("a message queue outside a pod".into()))?;
             let flags = (f.flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32) as i32;
-            crate::nsjoin::make_in(pid, libc::CLONE_NEWIPC, {
+            crate::nsjoin::run_in(pid, libc::CLONE_NEWIPC, {
                 let name = name.clone();
                 move || Ok(cryopod_sys::ipc::mq_open_fd(&name, flags)?)
             })?

@@ -153,13 +153,7 @@ pub fn listener_waiting(root: i32, fr: &crate::freeze::Frozen) -> Result<Option<
     let waiting = if crate::unix::netns_of(root)? == crate::unix::netns_of(std::process::id() as i32)? {
         crate::sockdiag::tcp_listeners_waiting()?
     } else {
-        let pfd = pidfd::pidfd_open(root)?;
-        std::thread::spawn(move || -> Result<Vec<(u32, u32)>> {
-            cryopod_sys::ns::enter(pfd.as_fd(), root, libc::CLONE_NEWNET)?;
-            crate::sockdiag::tcp_listeners_waiting()
-        })
-        .join()
-        .map_err(|_| EngineError::Other("sock_diag thread panicked".into()))??
+        crate::nsjoin::run_in(root, libc::CLONE_NEWNET, crate::sockdiag::tcp_listeners_waiting)?
     };
     if waiting.is_empty() {
         return Ok(None);

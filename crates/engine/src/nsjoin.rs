@@ -1,16 +1,16 @@
-//! Making an fd inside another process's IPC, network or mount namespace
-//! (a pod's message queue, socket or connection, its pseudo-terminals):
-//! from a thread that joins it, since only the calling thread changes
-//! namespace; the fd stays valid after.
+//! Work inside another process's IPC, network or mount namespace (making
+//! a pod's message queue, socket, connection or pseudo-terminal; dumping
+//! its sockets with sock_diag): from a thread that joins it, since only the
+//! calling thread changes namespace; an fd made there stays valid after.
 
 use crate::{EngineError, Result};
 use std::os::fd::OwnedFd;
 
-/// Run `make` in a thread inside the `ns` namespace (CLONE_NEWIPC,
+/// Run `work` in a thread inside the `ns` namespace (CLONE_NEWIPC,
 /// CLONE_NEWNET, CLONE_NEWNS) of process `pid`.
-pub fn make_in(pid: i32, ns: i32, make: impl FnOnce() -> Result<OwnedFd> + Send + 'static) -> Result<OwnedFd> {
+pub fn run_in<T: Send + 'static>(pid: i32, ns: i32, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     let pfd = cryopod_sys::pidfd::pidfd_open(pid)?;
-    std::thread::spawn(move || -> Result<OwnedFd> {
+    std::thread::spawn(move || -> Result<T> {
         use std::os::fd::AsFd;
         // A thread joins a mount namespace only with a root and working
         // directory of its own.
@@ -18,7 +18,7 @@ pub fn make_in(pid: i32, ns: i32, make: impl FnOnce() -> Result<OwnedFd> + Send 
             cryopod_sys::ns::unshare(libc::CLONE_FS)?;
         }
         cryopod_sys::ns::enter(pfd.as_fd(), pid, ns)?;
-        make()
+        work()
     })
     .join()
     .map_err(|_| EngineError::Other("namespace thread panicked".into()))?
@@ -27,7 +27,7 @@ pub fn make_in(pid: i32, ns: i32, make: impl FnOnce() -> Result<OwnedFd> + Send 
 /// `make` in the network namespace of `pid`, or here without one.
 pub fn in_net(pid: Option<i32>, make: impl FnOnce() -> Result<OwnedFd> + Send + 'static) -> Result<OwnedFd> {
     match pid {
-        Some(pid) => make_in(pid, libc::CLONE_NEWNET, make),
+        Some(pid) => run_in(pid, libc::CLONE_NEWNET, make),
         None => make(),
     }
 }

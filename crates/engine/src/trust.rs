@@ -168,7 +168,8 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
             p.name, owner.uid
         )));
     }
-    // Socket files of other owners.
+    // Socket files of other owners, and socket options only privilege may
+    // set (the restorer makes the sockets).
     for f in &m.files {
         if let FileKind::Unix(u) = &f.kind {
             if let Some((_, uid, _)) = u.file.filter(|&(_, uid, gid)| uid != owner.uid || !owner.groups.contains(&gid))
@@ -180,9 +181,6 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
                 )));
             }
         }
-    }
-    // Socket options only privilege may set (the restorer makes the sockets).
-    for f in &m.files {
         let opts = f.kind.sock_opts();
         let int = |o: &cryopod_image::SockOpt| {
             i32::from_ne_bytes(o.value.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]))

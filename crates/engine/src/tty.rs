@@ -38,8 +38,11 @@ pub struct Seen {
 
 /// The index of /dev/pts/N from its device number, if it is one.
 pub fn pts_index(rdev: u64) -> Option<u32> {
-    let major = cryopod_sys::fs::major(rdev);
-    PTS_MAJORS.contains(&major).then(|| (major - 136) * 256 + cryopod_sys::fs::minor(rdev))
+    index_of(cryopod_sys::fs::major(rdev), cryopod_sys::fs::minor(rdev))
+}
+
+fn index_of(major: u32, minor: u32) -> Option<u32> {
+    PTS_MAJORS.contains(&major).then(|| (major - 136) * 256 + minor)
 }
 
 fn copy(pid: i32, fd: i32) -> Result<OwnedFd> {
@@ -147,7 +150,7 @@ pub fn finish(files: &mut FileTable, procs: &mut [Process]) -> Result<()> {
 fn tty_index(tty_nr: u64) -> Option<u32> {
     let major = ((tty_nr >> 8) & 0xfff) as u32;
     let minor = ((tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00)) as u32;
-    PTS_MAJORS.contains(&major).then(|| (major - 136) * 256 + minor)
+    index_of(major, minor)
 }
 
 /// Take the bytes the master has to read, and write them back through the
@@ -227,7 +230,7 @@ fn open_ptmx(ns_of: Option<i32>) -> Result<OwnedFd> {
         Ok(f.map_err(|e| EngineError::Other(format!("cannot open /dev/ptmx: {e}")))?.into())
     };
     match ns_of {
-        Some(pid) => crate::nsjoin::make_in(pid, libc::CLONE_NEWNS, open),
+        Some(pid) => crate::nsjoin::run_in(pid, libc::CLONE_NEWNS, open),
         None => open(),
     }
 }

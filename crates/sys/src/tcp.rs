@@ -176,8 +176,6 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     Ok(sock)
 }
 
-/// Leave repair mode (without a window probe) and send what had not been
-/// sent yet.
 /// Leaving repair mode clears SO_REUSEADDR (the kernel's repair mode
 /// forces address reuse, and turning it off drops it): set it again where
 /// the connection had it.
@@ -192,6 +190,8 @@ pub fn keep_reuse(fd: impl AsFd, st: &TcpState) -> SysResult<()> {
     Ok(())
 }
 
+/// Leave repair mode (without a window probe) and send what had not been
+/// sent yet.
 pub fn finish(fd: impl AsFd, st: &TcpState) -> SysResult<()> {
     let fd = fd.as_fd();
     // TCP_REPAIR_OFF_NO_WP

@@ -43,14 +43,7 @@ impl UnixTable {
     fn lookup(&mut self, pid: i32, ino: u32) -> Result<Option<diag::Diag>> {
         let ns = netns_of(pid)?;
         if let std::collections::hash_map::Entry::Vacant(slot) = self.tables.entry(ns) {
-            let pfd = pidfd::pidfd_open(pid)?;
-            // Only the calling thread changes network namespace.
-            let t = std::thread::spawn(move || -> Result<HashMap<u32, diag::Diag>> {
-                cryopod_sys::ns::enter(pfd.as_fd(), pid, libc::CLONE_NEWNET)?;
-                diag::dump()
-            });
-            let table = t.join().map_err(|_| EngineError::Other("sock_diag thread panicked".into()))??;
-            slot.insert(table);
+            slot.insert(crate::nsjoin::run_in(pid, libc::CLONE_NEWNET, diag::dump)?);
         }
         Ok(self.tables.get(&ns).and_then(|t| t.get(&ino)).cloned())
     }
@@ -91,13 +84,18 @@ impl UnixTable {
         }
         // A name relative to the binder's working directory: bound there,
         // as far as can be told (its file is a socket there now).
+        // The socket file a bound listener or datagram socket made (an
+        // accepted socket carries its listener's name, not a file).
         let binder = d.state == LISTEN || d.kind == libc::SOCK_DGRAM;
-        let relative = d.name.first().is_some_and(|&b| b != 0 && b != b'/');
-        let rel_dir = if relative && binder {
+        let path = d.name.first().filter(|&&b| b != 0 && binder).map(|_| String::from_utf8_lossy(&d.name));
+        let relative = path.as_ref().is_some_and(|n| !n.starts_with('/'));
+        let sock_file = path.and_then(|n| {
+            let at = if relative { format!("/proc/{pid}/cwd/{n}") } else { format!("/proc/{pid}/root{n}") };
+            std::fs::symlink_metadata(at).ok().filter(|m| m.file_type().is_socket())
+        });
+        let rel_dir = if relative {
             let cwd = crate::procfs::readlink(&format!("/proc/{pid}/cwd"))?;
-            let here = format!("/proc/{pid}/cwd/{}", String::from_utf8_lossy(&d.name));
-            let is_sock = std::fs::symlink_metadata(here).is_ok_and(|m| m.file_type().is_socket());
-            if !is_sock || cwd.ends_with(crate::gone::DELETED) {
+            if sock_file.is_none() || cwd.ends_with(crate::gone::DELETED) {
                 return Err(unsupported(format!(
                     "is bound to the relative name {:?}, which is not a socket in the process's working directory (where it was bound cannot be told)",
                     String::from_utf8_lossy(&d.name)
@@ -107,23 +105,7 @@ impl UnixTable {
         } else {
             String::new()
         };
-        // The socket file a bound listener or datagram socket made (an
-        // accepted socket carries its listener's name, not a file).
-        let file = match d.name.first() {
-            Some(&b) if b != 0 && (d.state == LISTEN || d.kind == libc::SOCK_DGRAM) => {
-                let name = String::from_utf8_lossy(&d.name).into_owned();
-                let at = if name.starts_with('/') {
-                    format!("/proc/{pid}/root{name}")
-                } else {
-                    format!("/proc/{pid}/cwd/{name}")
-                };
-                std::fs::symlink_metadata(at)
-                    .ok()
-                    .filter(|m| m.file_type().is_socket())
-                    .map(|m| (m.mode() & 0o7777, m.uid(), m.gid()))
-            }
-            _ => None,
-        };
+        let file = sock_file.map(|m| (m.mode() & 0o7777, m.uid(), m.gid()));
         Ok(FileKind::Unix(UnixSock {
             file,
             rel_dir,
