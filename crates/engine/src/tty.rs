@@ -169,7 +169,7 @@ fn take_unread(s: &Seen, state: &mut PtyState, slave: Option<&OwnedFd>) -> Resul
         }
     }
     let m = copy(s.holder.0, s.holder.1)?;
-    let n = tty::readable(&m)?;
+    let mut n = tty::readable(&m)?;
     if n == 0 {
         return Ok(());
     }
@@ -185,15 +185,29 @@ fn take_unread(s: &Seen, state: &mut PtyState, slave: Option<&OwnedFd>) -> Resul
             s.index
         )));
     }
-    let mut buf = vec![0u8; n.min(cryopod_image::PTY_UNREAD_MAX)];
-    let mut got = 0;
-    while got < buf.len() {
-        match cryopod_sys::io::read_some(&m, &mut buf[got..])? {
-            0 => break,
-            k => got += k,
+    // What was readable, then again until nothing is: the first look may
+    // not count bytes still on their way through the flip buffer.
+    let mut buf = Vec::new();
+    while n > 0 {
+        let Some(room) = cryopod_image::PTY_UNREAD_MAX.checked_sub(buf.len()).filter(|r| *r > 0) else {
+            return Err(refuse(format!(
+                "pseudo-terminal {} holds more than {} bytes its master has not read",
+                s.index,
+                cryopod_image::PTY_UNREAD_MAX
+            )));
+        };
+        let start = buf.len();
+        buf.resize(start + n.min(room), 0);
+        let mut got = start;
+        while got < buf.len() {
+            match cryopod_sys::io::read_some(&m, &mut buf[got..])? {
+                0 => break,
+                k => got += k,
+            }
         }
+        buf.truncate(got);
+        n = tty::readable(&m)?;
     }
-    buf.truncate(got);
     write_raw(sl, &state.termios, &buf)?;
     state.unread = buf;
     Ok(())

@@ -145,8 +145,16 @@ pub fn set_exclusive(fd: impl AsFd, on: bool) -> SysResult<()> {
 }
 
 /// Bytes waiting to be read on `fd` (FIONREAD; for a terminal in
-/// canonical mode, up to the last complete line).
+/// canonical mode, up to the last complete line), counting what the other
+/// end wrote that the line discipline has not taken yet: a write to one
+/// end reaches the other through a flip buffer pushed by a kernel worker,
+/// and a poll that finds nothing readable waits for that worker first
+/// (n_tty_poll). Bytes already readable skip that wait, so a caller that
+/// must see everything reads what this says and asks again until 0.
 pub fn readable(fd: impl AsFd) -> SysResult<usize> {
+    let mut p = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    rustix::event::poll(&mut p, Some(&zero)).map_err(|e| SysError::new("poll (terminal input)", 0, e.into()))?;
     Ok(get_int(fd, libc::FIONREAD, "ioctl(FIONREAD)")?.max(0) as usize)
 }
 

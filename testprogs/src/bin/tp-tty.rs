@@ -201,7 +201,16 @@ fn main() {
     }
     let job = ctty_of(leader).1 as i32;
     let before = (termios_of(ma), winsize_of(ma), ctty_of(leader), ctty_of(job));
-    let unread_before = get_int(ma, libc::FIONREAD);
+    // The leader's line reaches the master through the kernel's flip
+    // buffer, pushed by a worker after its write returned: wait for it.
+    let t = Instant::now();
+    let mut unread_before = get_int(ma, libc::FIONREAD);
+    while unread_before < 15 && t.elapsed() < Duration::from_secs(5) {
+        let mut p = libc::pollfd { fd: ma, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut p, 1, 10) };
+        unread_before = get_int(ma, libc::FIONREAD);
+    }
     if before.1 != (37, 101, 5, 6) || job <= leader || before.2 .0 == 0 || unread_before != 15 {
         println!("FAIL (setup: window {:?}, job {job}, ctty {:?}, unread {unread_before})", before.1, before.2);
         std::process::exit(1);
