@@ -105,6 +105,29 @@ fn unix_sockets() {
     assert!(out.contains("ok a2 answer") && out.contains("ok orphan then EOF"), "{out}");
 }
 
+/// Files in flight and credentials in queued messages (`tp-fdpass`): a
+/// file the sender keeps, a pipe, a socket, a memfd with /dev/null and an
+/// accepted TCP connection that only the messages hold, and credentials
+/// the sender chose, all as they were; the numbers that carried the
+/// files nobody held are closed again (the outside comparison).
+#[test]
+fn files_in_flight_and_credentials() {
+    roundtrip("fdpass", env!("CARGO_BIN_EXE_tp-fdpass"));
+}
+
+/// A message whose sender has exited, read with SO_PASSCRED: no restore
+/// could give it that PID again, so the checkpoint refuses in one
+/// sentence and the program goes on with the message as it was.
+#[test]
+fn a_message_from_a_process_gone_is_refused_when_credentials_show() {
+    let mut run = Run::testprog_with("fdpass-gone", env!("CARGO_BIN_EXE_tp-fdpass"), &["gone"]);
+    let (code, _, err) =
+        cryopod(&["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a process of the checkpoint") && err.trim().lines().count() == 1, "{err}");
+    run.go_and_expect_pass();
+}
+
 #[test]
 fn inotify() {
     roundtrip("inotify", env!("CARGO_BIN_EXE_tp-inotify"));

@@ -401,6 +401,26 @@ fn pod_pseudo_terminals_come_back() {
     assert_eq!(env.leftovers("tty"), Vec::<String>::new());
 }
 
+/// Files in flight and credentials in queued messages in a pod
+/// (`tp-fdpass`): the senders' PIDs as the pod numbers them, their ids as
+/// its user namespace does, the accepted connection in the pod's network.
+#[test]
+fn pod_files_in_flight_and_credentials() {
+    let env = PodEnv::new("pod-fdpass");
+    let work = env.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    env.ok(&["run", "-d", "--name", "fdp", "--", env!("CARGO_BIN_EXE_tp-fdpass"), work.to_str().unwrap()]);
+    env.wait_log("fdp", "READY", |l| l == "READY");
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "fdp", "-o", image.to_str().unwrap()]);
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    std::fs::write(work.join("go"), b"go").unwrap();
+    let log = env.wait_log("fdp", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
+    assert!(log.contains("PASS"), "{log}");
+    env.ok(&["stop", "fdp"]);
+    assert_eq!(env.leftovers("fdp"), Vec::<String>::new());
+}
+
 /// cgroups of its own in a pod (`tp-cgroup`): a process moved into cgroups
 /// below the pod's (memory with a limit, pids with a maximum, cpu with
 /// shares) comes back in the same cgroups with the same settings, and

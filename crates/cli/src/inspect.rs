@@ -213,8 +213,12 @@ pub fn text(m: &Manifest, img: &ImageDir) -> String {
         }
         let _ = writeln!(s, "  fds:");
         for f in &p.fds {
-            let _ =
-                writeln!(s, "    {:>4}{} {}", f.fd, if f.cloexec { " (cloexec)" } else { "" }, file_desc(m, f.file));
+            let what = match (p.carried.contains(&f.fd), f.cloexec) {
+                (true, _) => " (only in a queued message: carried for it)",
+                (false, true) => " (cloexec)",
+                (false, false) => "",
+            };
+            let _ = writeln!(s, "    {:>4}{what} {}", f.fd, file_desc(m, f.file));
         }
     }
     s

@@ -438,10 +438,15 @@ fn collect_and_write(
         };
         procs.push(p);
     }
-    files.unix.check_links(&files.files)?;
+    let carried = files.link_in_flight(&mut mem)?;
+    let live_pids: std::collections::HashSet<i32> =
+        procs.iter().filter(|p| p.zombie_status.is_none()).map(|p| p.pid).collect();
+    files.unix.check_links(&files.files, &live_pids)?;
     crate::tty::finish(&mut files, &mut procs)?;
     let cgroups = crate::cgroups::collect(&mut procs, o.pid)?;
     crate::events::check_epolls(&mut files.files, &procs)?;
+    // (After the checks that look at the processes' real fds.)
+    crate::unix::in_flight::add_carriers(&mut procs, &carried)?;
     // Read while frozen: a running checkpoint lets the tree go before the
     // manifest is made, and its tasks may be gone by then.
     let pod_pids = match o.pod.is_some() {
@@ -767,6 +772,7 @@ fn empty_process(pid: i32, st: &procfs::Stat) -> Process {
         attrs: Default::default(),
         ctty: None,
         cgroups: Vec::new(),
+        carried: Vec::new(),
     }
 }
 

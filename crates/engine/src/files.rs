@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 
 /// fdinfo flag bits that describe the open file, kept on restore.
-const KEEP_FLAGS: u32 = (libc::O_ACCMODE
+pub(crate) const KEEP_FLAGS: u32 = (libc::O_ACCMODE
     | libc::O_APPEND
     | libc::O_NONBLOCK
     | libc::O_DIRECT
@@ -34,7 +34,7 @@ pub struct FileTable {
     pub files: Vec<OpenFile>,
     mapped: HashMap<String, u32>,
     /// (pid, fd, file index, dev, ino) of every description seen so far.
-    seen: Vec<(i32, i32, u32, u64, u64)>,
+    pub(crate) seen: Vec<(i32, i32, u32, u64, u64)>,
     pipes_with_data: std::collections::HashSet<u64>,
     /// Where the tree's root directory is seen from here: "" for a plain
     /// tree, `/proc/<pod init>/root` for a pod (its paths are relative to
@@ -119,7 +119,7 @@ impl FileTable {
             let idx = match found {
                 Some(i) => i,
                 None => {
-                    let kind = self.kind_of(pid, fd, &target, &md, flags, mem)?;
+                    let kind = self.kind_of((pid, fd), pid, &target, &md, flags, mem)?;
                     let i = self.files.len() as u32;
                     self.files.push(OpenFile { flags: flags & KEEP_FLAGS, pos, kind });
                     self.seen.push((pid, fd, i, md.dev(), md.ino()));
@@ -148,10 +148,13 @@ impl FileTable {
         Ok((out, locks))
     }
 
-    fn kind_of(
+    /// What fd `fd` of `pid` is, seen from process `ctx` of the tree (its
+    /// namespaces and working directory: `pid` itself, but for a file in
+    /// flight, which we hold; see [`crate::unix::in_flight`]).
+    pub(crate) fn kind_of(
         &mut self,
-        pid: i32,
-        fd: i32,
+        (pid, fd): (i32, i32),
+        ctx: i32,
         target: &str,
         md: &std::fs::Metadata,
         flags: u32,
@@ -162,7 +165,7 @@ impl FileTable {
         if let Some((ns, _)) = target.split_once(":[").filter(|_| target.ends_with(']')) {
             const NSFS_MAGIC: i64 = 0x6e73_6673;
             if cryopod_sys::fs::fs_magic(&format!("/proc/{pid}/fd/{fd}")).ok() == Some(NSFS_MAGIC) {
-                return own_ns(pid, ns, md.ino()).map_err(&unsupported);
+                return own_ns(ctx, ns, md.ino()).map_err(&unsupported);
             }
         }
         const PROC_SUPER_MAGIC: i64 = 0x9fa0;
@@ -246,7 +249,7 @@ impl FileTable {
                     Ok(FileKind::Fifo { path, pipe: ino, queued, deleted })
                 }
             }
-            libc::S_IFSOCK => self.unix.collect(pid, fd, md.ino()),
+            libc::S_IFSOCK => self.unix.collect((pid, fd), ctx, md.ino()),
             _ if target == "anon_inode:inotify" => crate::inotify::collect(pid, fd, &self.root).map_err(|e| match e {
                 EngineError::Other(why) => unsupported(&why),
                 e => e,
@@ -545,7 +548,7 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
             c.recv_queue.len()
         ),
         FileKind::Unix(u) => format!(
-            "unix socket:[{}] {} {}, {} messages queued",
+            "unix socket:[{}] {} {}, {} messages queued{}{}",
             u.ino,
             match u.kind {
                 libc::SOCK_STREAM => "stream",
@@ -553,7 +556,12 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
                 _ => "seqpacket",
             },
             crate::unix::plan::show_name(&u.name),
-            u.queued.len()
+            u.queued.len(),
+            match u.queued_fds.iter().map(Vec::len).sum::<usize>() {
+                0 => String::new(),
+                n => format!(" carrying {n} files"),
+            },
+            if u.queued_creds.is_empty() { "" } else { " with their senders' credentials" }
         ),
         FileKind::Terminal { path } => format!("{path} (terminal)"),
         FileKind::PtyMaster { index, .. } => format!("master of /dev/pts/{index}"),

@@ -68,7 +68,12 @@ pub fn to_pod(m: &mut Manifest, map: &HashMap<i32, i32>) -> Result<()> {
             }
             FileKind::Pidfd { pid } if *pid != -1 => *pid = tr("pidfd's process", *pid, *pid)?,
             // A peer that is not in the pod (or gone) shows as PID 0 there.
-            FileKind::Unix(u) => u.peer_cred.0 = map.get(&u.peer_cred.0).copied().unwrap_or(0),
+            FileKind::Unix(u) => {
+                u.peer_cred.0 = map.get(&u.peer_cred.0).copied().unwrap_or(0);
+                for c in u.queued_creds.iter_mut() {
+                    c.0 = tr("queued message's sender", c.0, c.0)?;
+                }
+            }
             _ => {}
         }
     }
@@ -102,6 +107,9 @@ pub fn ids_to_pod(m: &mut Manifest, (base, count): (u32, u32)) -> Result<()> {
             // A peer outside the pod shows as the overflow id there.
             u.peer_cred.1 = tr(0, u.peer_cred.1).unwrap_or(65534);
             u.peer_cred.2 = tr(0, u.peer_cred.2).unwrap_or(65534);
+            for c in u.queued_creds.iter_mut() {
+                (c.1, c.2) = (tr(c.0, c.1)?, tr(c.0, c.2)?);
+            }
         }
     }
     Ok(())

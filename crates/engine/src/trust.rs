@@ -172,6 +172,14 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
     // set (the restorer makes the sockets).
     for f in &m.files {
         if let FileKind::Unix(u) = &f.kind {
+            if let Some(&(_, uid, gid)) =
+                u.queued_creds.iter().find(|&&(_, uid, gid)| uid != owner.uid || !owner.groups.contains(&gid))
+            {
+                return Err(EngineError::Other(format!(
+                    "image owned by uid {} asks for a queued message from uid {uid}, gid {gid}; only root-owned images may do that",
+                    owner.uid
+                )));
+            }
             if let Some((_, uid, _)) = u.file.filter(|&(_, uid, gid)| uid != owner.uid || !owner.groups.contains(&gid))
             {
                 return Err(EngineError::Other(format!(

@@ -253,6 +253,10 @@ pub struct Process {
     /// (controller, path) of each cgroup of [`Manifest::cgroups`] it is in
     /// (in the others, the root's).
     pub cgroups: Vec<(String, String)>,
+    /// Numbers among `fds` that hold a file only so that a queued message
+    /// can carry it again (it was in flight and nowhere else): closed once
+    /// the queues are refilled.
+    pub carried: Vec<i32>,
 }
 
 /// Process-wide attributes that a fork inherits (or cryopod's own work
@@ -657,6 +661,9 @@ pub struct Ctty {
     pub foreground: i32,
 }
 
+/// The most files one queued message carries (the kernel's SCM_MAX_FD).
+pub const MSG_FDS_MAX: usize = 253;
+
 /// The most a pair may hold unread (the kernel buffers 64 KiB at most).
 pub const PTY_UNREAD_MAX: usize = 1 << 20;
 
@@ -777,6 +784,7 @@ impl Manifest {
                 if u.name.len() > 108 || ![1, 2, 5].contains(&u.kind) {
                     return Err(bad(format!("file {i}: unix socket with a bad name or type")));
                 }
+                self.validate_in_flight(u).map_err(|why| bad(format!("file {i}: {why}")))?;
             }
             if !f.kind.sock_opts().iter().all(sock_opt_ok) {
                 return Err(bad(format!("file {i}: a socket option not kept, or too long")));
@@ -862,6 +870,29 @@ impl Manifest {
             if f.fd < 0 || f.file as usize >= self.files.len() {
                 return Err(bad(format!("{who}: fd {} names file {}", f.fd, f.file)));
             }
+        }
+        if let Some(c) = p.carried.iter().find(|&&c| !p.fds.iter().any(|f| f.fd == c)) {
+            return Err(bad(format!("{who}: fd {c} carried for a queued message is not among its fds")));
+        }
+        Ok(())
+    }
+
+    /// What a unix socket's queued messages carry: one list per message
+    /// (or none), each within what one message can carry and naming files
+    /// of the image; credentials naming a live process of the image (the
+    /// kernel refuses a PID that names none).
+    fn validate_in_flight(&self, u: &UnixSock) -> std::result::Result<(), String> {
+        let per_message = |n: usize| n == 0 || n == u.queued.len();
+        if !per_message(u.queued_fds.len()) || !per_message(u.queued_creds.len()) {
+            return Err("files or credentials of queued messages that are not one per message".into());
+        }
+        let files = self.files.len();
+        if u.queued_fds.iter().any(|m| m.len() > MSG_FDS_MAX || m.iter().any(|&f| f as usize >= files)) {
+            return Err("a queued message carrying too many files, or files not in the image".into());
+        }
+        let live = |pid: i32| self.processes.iter().any(|p| p.pid == pid && p.zombie_status.is_none());
+        if let Some(c) = u.queued_creds.iter().find(|c| !live(c.0)) {
+            return Err(format!("a queued message's credentials name PID {}, no process of the image", c.0));
         }
         Ok(())
     }
@@ -965,6 +996,12 @@ pub struct UnixSock {
     pub queued: Vec<Vec<u8>>,
     /// For each queued datagram, its sender's address (empty: unnamed).
     pub queued_from: Vec<Vec<u8>>,
+    /// For each queued message, the files it carries (SCM_RIGHTS: indices
+    /// into the manifest's files, in order); empty when none carries any.
+    pub queued_fds: Vec<Vec<u32>>,
+    /// For each queued message, its sender's (pid, uid, gid), recorded
+    /// when the socket receives credentials (SO_PASSCRED); else empty.
+    pub queued_creds: Vec<(i32, u32, u32)>,
     /// RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2) bits.
     pub shutdown: u8,
     /// SO_PEERCRED: the process that connected or listened, (pid, uid, gid);

@@ -88,6 +88,7 @@ fn sample() -> Manifest {
             attrs: Default::default(),
             ctty: None,
             cgroups: Vec::new(),
+            carried: Vec::new(),
         }],
         files: vec![OpenFile { flags: 0, pos: 0, kind: FileKind::CharDev { path: "/dev/null".into(), rdev: 0x103 } }],
         objects: vec![],
@@ -186,6 +187,14 @@ fn pty_file(kind: FileKind) -> OpenFile {
     OpenFile { flags: 2, pos: 0, kind }
 }
 
+/// A unix socket with one queued message carrying `fds` (files of the
+/// image), sent with `creds` (if any).
+fn queued(fds: Vec<Vec<u32>>, creds: Vec<(i32, u32, u32)>) -> OpenFile {
+    let u =
+        UnixSock { kind: 1, queued: vec![b"m".to_vec()], queued_fds: fds, queued_creds: creds, ..Default::default() };
+    OpenFile { flags: 2, pos: 0, kind: FileKind::Unix(u) }
+}
+
 fn pty_master(index: u32, unread: usize) -> OpenFile {
     let tty = PtyState {
         termios: TermiosRec::default(),
@@ -236,6 +245,14 @@ fn structural_errors_are_caught() {
             }),
         ),
         ("process in a cgroup not listed", Box::new(|m| m.processes[0].cgroups.push(("pids".into(), "x".into())))),
+        (
+            "files of queued messages, not one list per message",
+            Box::new(|m| m.files.push(queued(vec![vec![], vec![]], vec![]))),
+        ),
+        ("a queued message carrying no file of the image", Box::new(|m| m.files.push(queued(vec![vec![99]], vec![])))),
+        ("a queued message carrying too many files", Box::new(|m| m.files.push(queued(vec![vec![0; 254]], vec![])))),
+        ("a queued message from no process", Box::new(|m| m.files.push(queued(vec![], vec![(4242, 0, 0)])))),
+        ("a carried number among no fds", Box::new(|m| m.processes[0].carried.push(77))),
         (
             "controlling terminal of a process that leads no session",
             Box::new(|m| {

@@ -98,6 +98,7 @@ fn sample(chunk: Chunk) -> Manifest {
             attrs: Default::default(),
             ctty: None,
             cgroups: Vec::new(),
+            carried: Vec::new(),
         }],
         files: vec![OpenFile { flags: 0, pos: 0, kind: pipe }],
         objects: vec![],

@@ -36,6 +36,7 @@ pub mod sock;
 pub mod tcp;
 pub mod tty;
 pub mod uffd;
+pub mod unix_queue;
 pub mod vma_iter;
 
 pub use error::{Errno, SysError, SysResult};

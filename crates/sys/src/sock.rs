@@ -1,17 +1,14 @@
 //! Sockets: unix ones created, bound, listening, connected and accepted
-//! with raw names (path or abstract), socket pairs, sending without
-//! blocking, shutdown, peer credentials, and copying a socket's queued
-//! messages without consuming them (SO_PEEK_OFF); internet ones with their
+//! with raw names (path or abstract), socket pairs, shutdown, peer
+//! credentials and the peek offset (their queued messages are
+//! [`crate::unix_queue`]'s); internet ones with their
 //! addresses and options. Typed calls are rustix's; the options rustix does
 //! not name (SO_PEEK_OFF, TCP_INFO, the TCP_REPAIR family) go through the
 //! raw get/set below, and so does SO_PEERCRED, which rustix reads into a
 //! non-zero PID that an unconnected socket's 0 would break.
 
 use crate::{Errno, Pid, SysError, SysResult};
-use rustix::net::{
-    sockopt, AddressFamily, RecvAncillaryBuffer, RecvFlags, ReturnFlags, SendFlags, Shutdown, SocketAddrAny,
-    SocketAddrUnix, SocketFlags, SocketType,
-};
+use rustix::net::{sockopt, AddressFamily, Shutdown, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -32,19 +29,6 @@ fn unix_addr(name: &[u8]) -> SysResult<SocketAddrUnix> {
         rustix::io::Errno::NAMETOOLONG => SysError::new("unix socket name too long", 0, Errno(libc::ENAMETOOLONG)),
         e => SysError::new(format!("unix socket name {}", show(name)), 0, e.into()),
     })
-}
-
-/// A unix address's name as [`unix_addr`] takes it.
-fn unix_name(a: &SocketAddrUnix) -> Vec<u8> {
-    if let Some(p) = a.path_bytes() {
-        // A path name may come with its terminating NUL.
-        let end = p.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        p[..end].to_vec()
-    } else if let Some(n) = a.abstract_name() {
-        [&[0u8][..], n].concat()
-    } else {
-        Vec::new()
-    }
 }
 
 fn show(name: &[u8]) -> String {
@@ -81,24 +65,6 @@ pub fn connect(fd: impl AsFd, name: &[u8]) -> SysResult<()> {
 
 pub fn accept(fd: impl AsFd) -> SysResult<OwnedFd> {
     rustix::net::accept_with(fd, SocketFlags::CLOEXEC).map_err(err("accept"))
-}
-
-/// Send one message without blocking (to `name` if given).
-pub fn send(fd: impl AsFd, data: &[u8], name: Option<&[u8]>) -> SysResult<()> {
-    let what = || format!("send of {} queued bytes", data.len());
-    let r = match name {
-        None => rustix::net::send(fd, data, SendFlags::DONTWAIT),
-        Some(n) => rustix::net::sendto(fd, data, SendFlags::DONTWAIT, &unix_addr(n)?),
-    };
-    let n = r.map_err(|e| SysError::new(what(), 0, e.into()))?;
-    if n != data.len() {
-        return Err(SysError::new(
-            format!("send of {} queued bytes (only {n} fit)", data.len()),
-            0,
-            Errno(libc::EAGAIN),
-        ));
-    }
-    Ok(())
 }
 
 /// shutdown(fd, how) with how SHUT_RD, SHUT_WR or SHUT_RDWR.
@@ -153,7 +119,7 @@ pub fn peek_offset(fd: impl AsFd) -> SysResult<i32> {
     Ok(get_u32(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, &format!("getsockopt({})", libc::SO_PEEK_OFF))? as i32)
 }
 
-fn set_peek_offset(fd: BorrowedFd<'_>, v: i32) -> SysResult<()> {
+pub(crate) fn set_peek_offset(fd: BorrowedFd<'_>, v: i32) -> SysResult<()> {
     set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, v, &format!("setsockopt({})", libc::SO_PEEK_OFF))
 }
 
@@ -177,63 +143,10 @@ pub fn peer_cred(fd: impl AsFd) -> SysResult<(Pid, u32, u32)> {
 }
 
 /// SO_TYPE of a socket, as the raw number.
-fn kind_of(fd: BorrowedFd<'_>) -> SysResult<i32> {
+pub(crate) fn kind_of(fd: BorrowedFd<'_>) -> SysResult<i32> {
     sockopt::socket_type(fd)
         .map(|t| t.as_raw() as i32)
         .map_err(|e| SysError::new(format!("getsockopt({})", libc::SO_TYPE), 0, e.into()))
-}
-
-/// Every message queued for reading on `fd`, copied without consuming
-/// them (for a stream socket, possibly several chunks), each with its
-/// sender's address (empty: unnamed). Refuses when a message carries file
-/// descriptors or other control data.
-pub fn peek_queue(fd: impl AsFd, bytes_hint: usize) -> SysResult<Vec<(Vec<u8>, Vec<u8>)>> {
-    let fd = fd.as_fd();
-    let old = peek_offset(fd)?;
-    set_peek_offset(fd, 0)?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; bytes_hint.clamp(4096, 16 << 20) + 1];
-    let res = loop {
-        // No room for control data: a message that has some says so (CTRUNC).
-        let mut control = RecvAncillaryBuffer::new(&mut []);
-        let r = rustix::net::recvmsg(
-            fd,
-            &mut [std::io::IoSliceMut::new(&mut buf)],
-            &mut control,
-            RecvFlags::PEEK | RecvFlags::DONTWAIT,
-        );
-        let msg = match r {
-            Ok(m) => m,
-            Err(rustix::io::Errno::AGAIN) => break Ok(()),
-            Err(e) => break Err(SysError::new("recvmsg(MSG_PEEK)", 0, e.into())),
-        };
-        if msg.flags.contains(ReturnFlags::CTRUNC) {
-            break Err(SysError::new(
-                "queued message carries file descriptors or credentials",
-                0,
-                Errno(libc::ENOTSUP),
-            ));
-        }
-        if msg.flags.contains(ReturnFlags::TRUNC) {
-            break Err(SysError::new("queued message larger than the peek buffer", 0, Errno(libc::EMSGSIZE)));
-        }
-        if out.len() >= 1 << 20 {
-            break Err(SysError::new("too many queued messages", 0, Errno(libc::E2BIG)));
-        }
-        let n = msg.bytes;
-        if n == 0 {
-            // An empty datagram is a message too; a stream at its end is not.
-            if kind_of(fd).ok() == Some(libc::SOCK_STREAM) {
-                break Ok(());
-            }
-        }
-        let name = msg.address.and_then(|a| SocketAddrUnix::try_from(a).ok()).map(|a| unix_name(&a));
-        out.push((buf[..n].to_vec(), name.unwrap_or_default()));
-    };
-    let restored = set_peek_offset(fd, old);
-    res?;
-    restored?;
-    Ok(out)
 }
 
 /// SO_DOMAIN and SO_TYPE of a socket.

@@ -8,6 +8,7 @@
 //! and the PIDs in peer credentials come back as they were.
 
 mod diag;
+pub mod in_flight;
 pub mod plan;
 
 use crate::{EngineError, Result};
@@ -32,6 +33,11 @@ pub struct UnixTable {
     pub repaired: crate::inet::Repaired,
     /// Told about every socket option we change, should we die meanwhile.
     pub guard: Option<crate::guard::Guard>,
+    /// Files queued messages carry, not yet linked to the image's files.
+    pub in_flight: Vec<in_flight::InFlight>,
+    /// Our copies of the files in flight, open until the checkpoint ends
+    /// (kcmp compares the next ones with them).
+    pub kept: Vec<std::os::fd::OwnedFd>,
 }
 
 pub fn netns_of(pid: i32) -> Result<u64> {
@@ -48,12 +54,14 @@ impl UnixTable {
         Ok(self.tables.get(&ns).and_then(|t| t.get(&ino)).cloned())
     }
 
-    /// Describe the socket behind fd `fd` of `pid` (inode `ino`).
-    pub fn collect(&mut self, pid: i32, fd: i32, ino: u64) -> Result<FileKind> {
+    /// Describe the socket behind fd `fd` of `pid` (inode `ino`), seen
+    /// from process `ctx` of the tree (its network namespace and working
+    /// directory; `pid` itself, but for a file in flight, which we hold).
+    pub fn collect(&mut self, (pid, fd): (i32, i32), ctx: i32, ino: u64) -> Result<FileKind> {
         let unsupported =
-            |what: String| EngineError::Unsupported { pid, what: format!("fd {fd} (socket:[{ino}]) {what}") };
+            |what: String| EngineError::Unsupported { pid: ctx, what: format!("fd {fd} (socket:[{ino}]) {what}") };
         let ino32 = u32::try_from(ino).map_err(|_| unsupported("has an inode beyond 32 bits".into()))?;
-        let Some(d) = self.lookup(pid, ino32)? else {
+        let Some(d) = self.lookup(ctx, ino32)? else {
             return crate::inet::collect(pid, fd, &mut self.repaired, self.guard.as_ref()).map_err(|e| match e {
                 EngineError::Other(why) => EngineError::Other(format!("fd {fd} (socket:[{ino}]) {why}")),
                 e => e,
@@ -69,16 +77,26 @@ impl UnixTable {
                 let (sol, opt) = (libc::SOL_SOCKET, libc::SO_PEEK_OFF);
                 g.sockopt_on_abort(crate::guard::Outcome::Resume, copy.as_fd(), sol, opt, old)?;
             }
-            cryopod_sys::sock::peek_queue(&copy, d.rqlen.0 as usize)
+            cryopod_sys::unix_queue::peek_queue(&copy, d.rqlen.0 as usize)
                 .map_err(|e| unsupported(format!("has unread data that cannot be saved: {}", e.op)))?
         } else {
             Vec::new()
         };
-        let (queued, queued_from): (Vec<Vec<u8>>, Vec<Vec<u8>>) = if d.kind == libc::SOCK_DGRAM {
-            peeked.into_iter().unzip()
-        } else {
-            (peeked.into_iter().map(|(data, _)| data).collect(), Vec::new())
+        let passcred = cryopod_sys::sock::passcred(&copy).unwrap_or(false);
+        let queued_creds = match passcred {
+            true => peeked.iter().map(|m| m.creds).collect::<Option<Vec<_>>>().unwrap_or_default(),
+            false => Vec::new(),
         };
+        let (mut queued, mut queued_from) = (Vec::new(), Vec::new());
+        for (msg, m) in peeked.into_iter().enumerate() {
+            if !m.fds.is_empty() {
+                self.in_flight.push(in_flight::InFlight { ino: ino32, msg, fds: m.fds, holder: ctx });
+            }
+            queued.push(m.data);
+            if d.kind == libc::SOCK_DGRAM {
+                queued_from.push(m.from);
+            }
+        }
         if d.state != LISTEN {
             self.outq.insert(ino32, d.rqlen.1);
         }
@@ -90,11 +108,11 @@ impl UnixTable {
         let path = d.name.first().filter(|&&b| b != 0 && binder).map(|_| String::from_utf8_lossy(&d.name));
         let relative = path.as_ref().is_some_and(|n| !n.starts_with('/'));
         let sock_file = path.and_then(|n| {
-            let at = if relative { format!("/proc/{pid}/cwd/{n}") } else { format!("/proc/{pid}/root{n}") };
+            let at = if relative { format!("/proc/{ctx}/cwd/{n}") } else { format!("/proc/{ctx}/root{n}") };
             std::fs::symlink_metadata(at).ok().filter(|m| m.file_type().is_socket())
         });
         let rel_dir = if relative {
-            let cwd = crate::procfs::readlink(&format!("/proc/{pid}/cwd"))?;
+            let cwd = crate::procfs::readlink(&format!("/proc/{ctx}/cwd"))?;
             if sock_file.is_none() || cwd.ends_with(crate::gone::DELETED) {
                 return Err(unsupported(format!(
                     "is bound to the relative name {:?}, which is not a socket in the process's working directory (where it was bound cannot be told)",
@@ -118,16 +136,21 @@ impl UnixTable {
             pending: d.pending,
             queued,
             queued_from,
+            // Linked to the image's files once all are seen (`in_flight`).
+            queued_fds: Vec::new(),
+            queued_creds,
             shutdown: d.shutdown,
             peer_cred: cryopod_sys::sock::peer_cred(&copy).unwrap_or((0, 0, 0)),
-            passcred: cryopod_sys::sock::passcred(&copy).unwrap_or(false),
+            passcred,
         }))
     }
 
     /// Every connection must be restorable from what the checkpoint holds:
     /// peers and pending clients inside it, no data waiting in a connection
-    /// not yet accepted (it sits where no fd reaches).
-    pub fn check_links(&self, files: &[OpenFile]) -> Result<()> {
+    /// not yet accepted (it sits where no fd reaches), and each queued
+    /// message's sender, when the receiver sees credentials, a process of
+    /// the tree (`live`) that can send it again.
+    pub fn check_links(&self, files: &[OpenFile], live: &std::collections::HashSet<i32>) -> Result<()> {
         let socks: HashMap<u32, &UnixSock> = files
             .iter()
             .filter_map(|f| match &f.kind {
@@ -163,6 +186,13 @@ impl UnixTable {
                         u.ino, u.peer
                     )));
                 }
+            }
+            if let Some(c) = u.queued_creds.iter().find(|c| !live.contains(&c.0)) {
+                return Err(bad(format!(
+                    "socket:[{}] receives credentials and holds a message from PID {}, which is not a process of the checkpoint \
+                     (no restore could send it with that PID again)",
+                    u.ino, c.0
+                )));
             }
             if u.kind == libc::SOCK_DGRAM && u.peer == 0 && !u.queued.is_empty() && u.name.is_empty() {
                 return Err(bad(format!("socket:[{}] has datagrams queued but no name to receive them again", u.ino)));

@@ -9,11 +9,14 @@
 //! their shutdown state, every holder puts it at its fd numbers (taking it
 //! from the creator with pidfd_getfd when it is another process).
 //!
-//! Order: listeners; for each listener its accepted connections (connect
-//! by the connecting process, then accept), then its pending ones (connect
-//! only, in queue order); socket pairs (by their creator); datagram sockets
-//! bound and connected; queued data sent from the peer; shutdown and flags;
-//! fds placed; staging fds closed.
+//! Order: pidfds; listeners; for each listener its accepted connections
+//! (connect by the connecting process, then accept), then its pending ones
+//! (connect only, in queue order); socket pairs (by their creator);
+//! datagram sockets bound and connected; /proc files; queued data sent
+//! from the peer, with the files each message carries (taken from where
+//! they are by then: a creator's staging fd, or a holder's fd) and its
+//! sender's credentials; shutdown and flags; fds placed; staging fds
+//! closed; the numbers that only carried files in flight closed.
 
 use crate::unix::{CONNECTED, LISTEN};
 use crate::{EngineError, Result};
@@ -47,7 +50,8 @@ pub enum Op {
     /// Connect a datagram socket to its peer's name.
     ConnectDatagram { file: u32, peer: u32 },
     /// Send `to`'s queued messages from `from`'s staging fd (`spare`: from
-    /// the spare end of an orphan pair).
+    /// the spare end of an orphan pair), each with the files it carries
+    /// (see [`Plan::sources`]) and its credentials.
     Send { to: u32, from: u32, spare: bool },
     /// Send some of `to`'s queued datagrams (by index) to its name: from
     /// the socket that sent them, if it is in the image (so the receiver
@@ -59,6 +63,8 @@ pub enum Op {
     Place { fds: Vec<(TargetFd, u32, i32, bool)> },
     /// Close the staging fds of these files.
     Close { files: Vec<u32> },
+    /// Close numbers that only carried files in flight.
+    Uncarry { fds: Vec<TargetFd> },
     /// A pidfd of process `target` at fd number `fd`.
     Pidfd { fd: TargetFd, target: i32, nonblock: bool, cloexec: bool },
     /// Open a /proc file of a process of the tree (it exists now), or a
@@ -81,6 +87,18 @@ pub struct Plan {
     /// `stage + files + f`.
     pub stage: TargetFd,
     pub nfiles: i32,
+    /// Where each file a queued message carries is when the messages are
+    /// sent, taken from there with pidfd_getfd.
+    pub sources: HashMap<u32, Source>,
+}
+
+/// Where a file is when the queued messages are sent.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    /// At its staging fd in this process, which made it.
+    Staged(i32),
+    /// At this fd number of this process.
+    Held(i32, TargetFd),
 }
 
 /// The sockets one stub made, each at its staging number (where other
@@ -120,6 +138,8 @@ static NO_SOCK: UnixSock = UnixSock {
     pending: Vec::new(),
     queued: Vec::new(),
     queued_from: Vec::new(),
+    queued_fds: Vec::new(),
+    queued_creds: Vec::new(),
     shutdown: 0,
     peer_cred: (0, 0, 0),
     passcred: false,
@@ -146,7 +166,8 @@ impl Plan {
     /// The steps for every unix socket of `m` (empty if there are none).
     /// `stage`: first staging fd, above every fd the tree uses.
     pub fn build(m: &Manifest, stage: TargetFd) -> Result<Plan> {
-        let mut p = Plan { steps: Vec::new(), stage, nfiles: m.files.len() as i32 };
+        let mut p = Plan { steps: Vec::new(), stage, nfiles: m.files.len() as i32, sources: HashMap::new() };
+        pidfd_steps(m, &mut p)?;
         let live: Vec<&Process> = m.processes.iter().filter(|p| p.zombie_status.is_none()).collect();
         // Holders of each file, in tree order, and socket files by inode.
         let mut holders: HashMap<u32, Vec<i32>> = HashMap::new();
@@ -167,7 +188,6 @@ impl Plan {
             .filter(|f| holders.contains_key(f))
             .collect();
         if by_ino.is_empty() && proc_files.is_empty() {
-            pidfd_steps(m, &mut p)?;
             return Ok(p);
         }
         let is_live = |pid: i32| pid > 0 && live.iter().any(|pr| pr.pid == pid);
@@ -252,6 +272,24 @@ impl Plan {
                 p.steps.push(Step { pid: creator[&f], op: Op::ConnectDatagram { file: f, peer } });
             }
         }
+        for &f in &proc_files {
+            creator.insert(f, first_holder(f));
+            p.steps.push(Step { pid: first_holder(f), op: Op::ProcFile { file: f } });
+        }
+        // The files queued messages carry: made by a stub by now, or held
+        // (pidfds are placed first; every other file since the fork).
+        for g in files.iter().flat_map(|&f| u(f).queued_fds.iter().flatten().copied()) {
+            let held = || {
+                let at = |pr: &&Process| {
+                    pr.fds.iter().find(|fd| fd.file == g).map(|fd| Source::Held(pr.pid, TargetFd(fd.fd)))
+                };
+                live.iter().find_map(at)
+            };
+            let src = creator.get(&g).map(|&c| Source::Staged(c)).or_else(held).ok_or_else(|| {
+                EngineError::Other(format!("file {g}, which a queued message carries, is held by no process"))
+            })?;
+            p.sources.insert(g, src);
+        }
         // Queued data, from the peer's end (or by name).
         for &f in &files {
             let fu = u(f);
@@ -289,10 +327,6 @@ impl Plan {
         for &f in &files {
             p.steps.push(Step { pid: creator[&f], op: Op::Finish { file: f } });
         }
-        for &f in &proc_files {
-            creator.insert(f, first_holder(f));
-            p.steps.push(Step { pid: first_holder(f), op: Op::ProcFile { file: f } });
-        }
         // Every holder takes its sockets; then creators drop staging fds.
         for pr in &live {
             let fds: Vec<(TargetFd, u32, i32, bool)> = pr
@@ -314,7 +348,10 @@ impl Plan {
         for (c, files) in cs {
             p.steps.push(Step { pid: c, op: Op::Close { files } });
         }
-        pidfd_steps(m, &mut p)?;
+        for pr in live.iter().filter(|pr| !pr.carried.is_empty()) {
+            let fds = pr.carried.iter().map(|&fd| TargetFd(fd)).collect();
+            p.steps.push(Step { pid: pr.pid, op: Op::Uncarry { fds } });
+        }
         Ok(p)
     }
 }
@@ -338,6 +375,25 @@ fn pidfd_steps(m: &Manifest, p: &mut Plan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Send message `i` of `u`'s queue on `fd` (to `name`), with the files it
+/// carries and its credentials.
+fn send_queued(
+    fd: BorrowedFd,
+    u: &UnixSock,
+    i: usize,
+    name: Option<&[u8]>,
+    carried: &HashMap<u32, OwnedFd>,
+) -> std::result::Result<(), String> {
+    let msg = u.queued.get(i).ok_or("no such message")?;
+    let files = u.queued_fds.get(i).map(Vec::as_slice).unwrap_or_default();
+    let fds = files
+        .iter()
+        .map(|g| carried.get(g).map(|f| f.as_fd()).ok_or(format!("file {g} not at hand")))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let creds = u.queued_creds.get(i).copied();
+    cryopod_sys::unix_queue::send(fd, msg, name, &fds, creds).map_err(|e| e.to_string())
 }
 
 fn err(op: &str, f: u32, e: impl std::fmt::Display) -> EngineError {
@@ -400,13 +456,23 @@ impl Plan {
         let step = self.steps.get(i).ok_or_else(|| EngineError::Other(format!("no socket step {i}")))?;
         let euid = p.creds.uids[1];
         let egid = p.creds.gids[1];
-        let switch =
-            (euid, egid) != (0, 0) && !matches!(step.op, Op::Place { .. } | Op::Close { .. } | Op::Pidfd { .. });
-        if switch {
+        // The files the messages carry, taken while still privileged.
+        let carried = self.carried_by(m, &step.op)?;
+        // Sends keep the privilege to give messages their credentials: a
+        // send to a name checks the socket file as the process would (by
+        // its file system ids); a connected send checks nothing.
+        let switch = (euid, egid) != (0, 0)
+            && !matches!(step.op, Op::Place { .. } | Op::Close { .. } | Op::Pidfd { .. } | Op::Send { .. });
+        let by_fs = matches!(step.op, Op::SendTo { .. });
+        if switch && by_fs {
+            cryopod_sys::creds::set_fs_ids(euid, egid);
+        } else if switch {
             cryopod_sys::creds::set_effective_ids(euid, egid)?;
         }
-        let r = self.run_op(m, &step.op, staged);
-        if switch {
+        let r = self.run_op(m, &step.op, staged, &carried);
+        if switch && by_fs {
+            cryopod_sys::creds::set_fs_ids(0, 0);
+        } else if switch {
             cryopod_sys::creds::set_effective_ids(0, 0)?;
         }
         // A socket file given to another owner since its bind: as it was
@@ -421,7 +487,32 @@ impl Plan {
         r
     }
 
-    fn run_op(&self, m: &Manifest, op: &Op, staged: &mut Staged) -> Result<()> {
+    /// Copies of the files `op`'s messages carry, by file.
+    fn carried_by(&self, m: &Manifest, op: &Op) -> Result<HashMap<u32, OwnedFd>> {
+        let to = match op {
+            Op::Send { to, .. } | Op::SendTo { to, .. } => *to,
+            _ => return Ok(HashMap::new()),
+        };
+        let mut got = HashMap::new();
+        for &g in sock_of(m, to).iter().flat_map(|u| u.queued_fds.iter().flatten()) {
+            if got.contains_key(&g) {
+                continue;
+            }
+            let (pid, at) = match self
+                .sources
+                .get(&g)
+                .ok_or_else(|| err("refill", to, format!("no source for file {g} it carries")))?
+            {
+                Source::Staged(c) => (*c, self.staging(g)),
+                Source::Held(pid, at) => (*pid, *at),
+            };
+            let pfd = cryopod_sys::pidfd::pidfd_open(pid)?;
+            got.insert(g, cryopod_sys::pidfd::pidfd_getfd(&pfd, pid, at)?);
+        }
+        Ok(got)
+    }
+
+    fn run_op(&self, m: &Manifest, op: &Op, staged: &mut Staged, carried: &HashMap<u32, OwnedFd>) -> Result<()> {
         let s = |f: u32| sock_of(m, f).ok_or_else(|| EngineError::Other(format!("file {f} is not a unix socket")));
         match op {
             Op::Listen { file } => {
@@ -473,8 +564,9 @@ impl Plan {
             }
             Op::Send { to, from, spare } => {
                 let fd = staged.get(if *spare { self.spare(*from) } else { self.staging(*from) })?;
-                for msg in &s(*to)?.queued {
-                    sock::send(fd, msg, None).map_err(|e| err("refill", *to, e))?;
+                let u = s(*to)?;
+                for i in 0..u.queued.len() {
+                    send_queued(fd, u, i, None, carried).map_err(|e| err("refill", *to, e))?;
                 }
                 Ok(())
             }
@@ -490,8 +582,7 @@ impl Plan {
                     }
                 };
                 for &i in msgs {
-                    let msg = u.queued.get(i).ok_or_else(|| err("refill", *to, "no such message"))?;
-                    sock::send(fd, msg, Some(&u.name)).map_err(|e| err("refill", *to, e))?;
+                    send_queued(fd, u, i, Some(&u.name), carried).map_err(|e| err("refill", *to, e))?;
                 }
                 Ok(())
             }
@@ -534,6 +625,12 @@ impl Plan {
             Op::Close { files } => {
                 for &f in files {
                     staged.close(self.staging(f));
+                }
+                Ok(())
+            }
+            Op::Uncarry { fds } => {
+                for &at in fds {
+                    fd::close_at(at);
                 }
                 Ok(())
             }
