@@ -128,6 +128,77 @@ fn a_message_from_a_process_gone_is_refused_when_credentials_show() {
     run.go_and_expect_pass();
 }
 
+/// Unix sockets connected to peers outside the tree (`tp-external`): a
+/// datagram socket connected to a "log" and a stream to a "service", both
+/// this test's. Refused in one sentence naming `--external-unix` without
+/// it; with it, connected again by name at restore (the service sees a
+/// new client, which it greets); a restore whose peer is gone is refused
+/// before any process exists.
+#[test]
+fn peers_outside_are_connected_again_on_request() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+    use std::time::Duration;
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let d = Dir(std::path::PathBuf::from(format!("/tmp/cryopod-test-outside-peers-{}", std::process::id())));
+    std::fs::create_dir_all(&d.0).unwrap();
+    let (log_path, svc_path) = (d.0.join("log"), d.0.join("svc"));
+    let log = UnixDatagram::bind(&log_path).unwrap();
+    log.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let svc = UnixListener::bind(&svc_path).unwrap();
+    let (lp, sp) = (log_path.to_str().unwrap(), svc_path.to_str().unwrap());
+    let mut run = Run::testprog_with("peers", env!("CARGO_BIN_EXE_tp-external"), &[lp, sp]);
+    let mut buf = [0u8; 64];
+    let line = |c: &std::os::unix::net::UnixStream| {
+        let mut l = String::new();
+        std::io::BufReader::new(c).read_line(&mut l).map(|_| l)
+    };
+    let (first, _) = svc.accept().unwrap();
+    assert_eq!(line(&first).unwrap(), "hello-before\n");
+    let got = |buf: &mut [u8; 64]| log.recv(buf).map(|n| buf[..n].to_vec()).unwrap();
+    assert_eq!(got(&mut buf), b"before");
+
+    let image = run.image.to_str().unwrap().to_string();
+    let (code, _, err) = cryopod(&["checkpoint", "--pid", &run.pid.to_string(), "-o", &image], &[]);
+    assert!(code != 0 && err.contains("--external-unix") && err.trim().lines().count() == 1, "{err}");
+    run.checkpoint(&["--external-unix"]);
+
+    // The service gone at restore: refused before any process exists.
+    let away = d.0.join("svc.away");
+    std::fs::rename(&svc_path, &away).unwrap();
+    let (code, _, err) = cryopod(&["restore", &image, "--detach"], &[]);
+    assert!(code != 0 && err.contains("no socket there now") && err.trim().lines().count() == 1, "{err}");
+    assert!(!std::path::Path::new(&format!("/proc/{}", run.pid)).exists(), "a process of the image was left");
+    std::fs::rename(&away, &svc_path).unwrap();
+
+    let o = cryopod(&["restore", &image, "--detach"], &[]);
+    assert!(o.0 == 0, "restore failed: {}", o.2);
+    svc.set_nonblocking(true).unwrap();
+    let service = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let c = loop {
+            match svc.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("no new client: {e}"),
+            }
+        };
+        c.set_nonblocking(false).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let l = line(&c).unwrap();
+        (&c).write_all(b"welcome\n").unwrap();
+        l
+    });
+    run.go_and_expect_pass();
+    assert_eq!(service.join().unwrap(), "hello-after\n");
+    assert_eq!(got(&mut buf), b"after");
+}
+
 #[test]
 fn inotify() {
     roundtrip("inotify", env!("CARGO_BIN_EXE_tp-inotify"));

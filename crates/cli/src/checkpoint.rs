@@ -33,6 +33,14 @@ pub struct CheckpointArgs {
     /// data need not be in a core dump, not that it is dead.
     #[arg(long)]
     pub exclude_dontdump: bool,
+    /// Keep unix sockets connected to peers outside the checkpoint (a
+    /// daemon's /dev/log, a service's socket): recorded by the peer's name
+    /// and connected to it again at restore, which needs the peer there.
+    /// A stream comes back as a new connection, so the peer sees a new
+    /// client: only for peers that take that (logging, stateless
+    /// services). Refused otherwise.
+    #[arg(long)]
+    pub external_unix: bool,
     /// Incremental: store only the chunks the image PREV (and its own
     /// parents) does not hold; the new image needs PREV to restore.
     #[arg(long, value_name = "PREV")]
@@ -78,6 +86,7 @@ pub fn run(state: &cryopod_pod::StateDir, a: CheckpointArgs) -> Result<i32> {
                 threads,
                 compress: a.compress,
                 exclude_dontdump: a.exclude_dontdump,
+                external_unix: a.external_unix,
                 base: base.as_ref(),
                 tracker: tracker.as_ref(),
                 key: key.as_deref(),
@@ -98,6 +107,7 @@ pub fn run(state: &cryopod_pod::StateDir, a: CheckpointArgs) -> Result<i32> {
                 compress: a.compress,
                 key: key.as_deref(),
                 exclude_dontdump: a.exclude_dontdump,
+                external_unix: a.external_unix,
                 pod: None,
                 guard: None,
                 armed: None,

@@ -37,6 +37,10 @@ pub struct CheckpointOptions<'a> {
     /// zero-filled (the program said they need not be saved; not that they
     /// are dead, hence off by default).
     pub exclude_dontdump: bool,
+    /// Record connections of unix sockets to peers outside the tree by
+    /// the peer's name, connected to again at restore (`--external-unix`);
+    /// refused otherwise.
+    pub external_unix: bool,
     /// Set for the checkpoint of a pod.
     pub pod: Option<PodCheckpoint<'a>>,
     /// A guardian started by the caller (a pod's, which knows its frozen
@@ -398,6 +402,7 @@ fn collect_and_write(
     let t_collect = Instant::now();
     let mut files = FileTable::default();
     files.unix.guard = Some(guard.clone());
+    files.unix.external_ok = o.external_unix;
     if let Some(pod) = &o.pod {
         files.root = pod.root.clone();
         files.external = pod.external.clone();
@@ -439,6 +444,7 @@ fn collect_and_write(
         procs.push(p);
     }
     let carried = files.link_in_flight(&mut mem)?;
+    files.unix.link_external(&mut files.files)?;
     let live_pids: std::collections::HashSet<i32> =
         procs.iter().filter(|p| p.zombie_status.is_none()).map(|p| p.pid).collect();
     files.unix.check_links(&files.files, &live_pids)?;

@@ -111,7 +111,8 @@ pub fn preflight(m: &Manifest, root: &str) -> Result<()> {
             }
         }
     }
-    files::check_mapped_files(m, root)
+    files::check_mapped_files(m, root)?;
+    crate::unix::check_external_peers(m, root)
 }
 
 fn own_vdso_hash() -> Result<[u8; 32]> {

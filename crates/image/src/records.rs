@@ -785,6 +785,15 @@ impl Manifest {
                     return Err(bad(format!("file {i}: unix socket with a bad name or type")));
                 }
                 self.validate_in_flight(u).map_err(|why| bad(format!("file {i}: {why}")))?;
+                let external_ok = match u.external.first() {
+                    None => true,
+                    Some(&0) => u.external.len() <= 108,
+                    Some(&b'/') => u.external.len() <= 108 && !u.external.contains(&0),
+                    Some(_) => false,
+                };
+                if !external_ok {
+                    return Err(bad(format!("file {i}: a unix socket's outside peer with a bad name")));
+                }
             }
             if !f.kind.sock_opts().iter().all(sock_opt_ok) {
                 return Err(bad(format!("file {i}: a socket option not kept, or too long")));
@@ -1015,6 +1024,11 @@ pub struct UnixSock {
     /// directory (a path of the tree), where the name is bound and
     /// reached again; empty otherwise.
     pub rel_dir: String,
+    /// For a socket connected to a peer outside the checkpoint, recorded
+    /// on request (`--external-unix`): the peer's name (a path or an
+    /// abstract name; a stream's peer carries its listener's), connected
+    /// to again at restore. Empty otherwise.
+    pub external: Vec<u8>,
 }
 
 /// An established TCP connection as TCP_REPAIR reads it.

@@ -254,6 +254,16 @@ fn structural_errors_are_caught() {
         ("a queued message from no process", Box::new(|m| m.files.push(queued(vec![], vec![(4242, 0, 0)])))),
         ("a carried number among no fds", Box::new(|m| m.processes[0].carried.push(77))),
         (
+            "an outside peer with a relative name",
+            Box::new(|m| {
+                let mut f = queued(vec![], vec![]);
+                if let FileKind::Unix(u) = &mut f.kind {
+                    u.external = b"dev/log".to_vec();
+                }
+                m.files.push(f);
+            }),
+        ),
+        (
             "controlling terminal of a process that leads no session",
             Box::new(|m| {
                 m.files.push(pty_master(1, 0));

@@ -77,6 +77,9 @@ pub struct PodCheckpointOptions<'a> {
     pub threads: usize,
     pub compress: cryopod_image::Compression,
     pub exclude_dontdump: bool,
+    /// Connections to unix peers outside the pod (its host's /dev/log, a
+    /// daemon's socket) kept by name (`--external-unix`).
+    pub external_unix: bool,
     /// What the image builds on (`--parent`, `--store`).
     pub base: Option<&'a cryopod_image::chain::Base>,
     /// Dirty tracking of the pod's tree (`--track`): the pod is then read
@@ -320,6 +323,7 @@ fn checkpoint_frozen(
         compress: o.compress,
         key: o.key,
         exclude_dontdump: o.exclude_dontdump,
+        external_unix: o.external_unix,
         base: o.base,
         tracker: o.tracker,
         precopy: o.precopy,

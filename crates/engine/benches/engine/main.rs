@@ -229,6 +229,7 @@ fn tree_options(
         compress,
         key: None,
         exclude_dontdump: false,
+        external_unix: false,
         pod: None,
         guard: None,
         armed: None,

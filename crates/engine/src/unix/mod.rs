@@ -38,11 +38,36 @@ pub struct UnixTable {
     /// Our copies of the files in flight, open until the checkpoint ends
     /// (kcmp compares the next ones with them).
     pub kept: Vec<std::os::fd::OwnedFd>,
+    /// `--external-unix`: a connection to a peer outside the checkpoint is
+    /// recorded by the peer's name, to connect to again at restore.
+    pub external_ok: bool,
 }
 
 pub fn netns_of(pid: i32) -> Result<u64> {
     let p = format!("/proc/{pid}/ns/net");
     std::fs::metadata(&p).map(|m| m.ino()).map_err(|e| EngineError::Proc { path: p, msg: e.to_string() })
+}
+
+/// Before any process exists: each peer outside the checkpoint that a
+/// socket connects to again by path (`--external-unix`) is a socket there
+/// (`root`: where the image's paths are found). An abstract name can only
+/// be tried by connecting, which the restore does.
+pub fn check_external_peers(m: &cryopod_image::Manifest, root: &str) -> Result<()> {
+    for f in &m.files {
+        let FileKind::Unix(u) = &f.kind else { continue };
+        if u.external.first() != Some(&b'/') {
+            continue;
+        }
+        let path = crate::files::under(root, &String::from_utf8_lossy(&u.external));
+        if !std::fs::metadata(&path).is_ok_and(|md| md.file_type().is_socket()) {
+            return Err(EngineError::Other(format!(
+                "socket:[{}] was connected to {} outside the checkpoint, and there is no socket there now",
+                u.ino,
+                plan::show_name(&u.external)
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl UnixTable {
@@ -127,6 +152,7 @@ impl UnixTable {
         Ok(FileKind::Unix(UnixSock {
             file,
             rel_dir,
+            external: Vec::new(),
             ino: ino32,
             kind: d.kind,
             state: d.state,
@@ -143,6 +169,70 @@ impl UnixTable {
             peer_cred: cryopod_sys::sock::peer_cred(&copy).unwrap_or((0, 0, 0)),
             passcred,
         }))
+    }
+
+    /// With `--external-unix`: each socket connected to a peer outside the
+    /// checkpoint is given that peer's name (looked for in the tree's
+    /// network namespaces, then in ours, where a pod's host daemons are),
+    /// if it has one to connect to again and nothing queued from it.
+    pub fn link_external(&mut self, files: &mut [OpenFile]) -> Result<()> {
+        if !self.external_ok {
+            return Ok(());
+        }
+        let inside: std::collections::HashSet<u32> = files
+            .iter()
+            .filter_map(|f| match &f.kind {
+                FileKind::Unix(u) => Some(u.ino),
+                _ => None,
+            })
+            .collect();
+        let pending: std::collections::HashSet<u32> = files
+            .iter()
+            .filter_map(|f| match &f.kind {
+                FileKind::Unix(u) => Some(u.pending.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        for f in files.iter_mut() {
+            let FileKind::Unix(u) = &mut f.kind else { continue };
+            let orphan = u.kind != libc::SOCK_DGRAM && u.shutdown == 3;
+            if u.state != CONNECTED || inside.contains(&u.peer) || pending.contains(&u.ino) || orphan {
+                continue;
+            }
+            let refuse = |why: String| EngineError::Unsupported {
+                pid: 0,
+                what: format!("socket:[{}] is connected to socket:[{}] outside the checkpoint, {why}", u.ino, u.peer),
+            };
+            let name = self.outside_name(u.peer)?.ok_or_else(|| refuse("which cannot be found".into()))?;
+            if name.first().is_none_or(|&b| b != 0 && b != b'/') {
+                return Err(refuse(format!(
+                    "whose name {:?} is not one to connect to again (none, or relative)",
+                    plan::show_name(&name)
+                )));
+            }
+            if !u.queued.is_empty() {
+                return Err(refuse(format!(
+                    "{}, and holds {} messages from it that only it could send again",
+                    plan::show_name(&name),
+                    u.queued.len()
+                )));
+            }
+            u.external = name;
+        }
+        Ok(())
+    }
+
+    /// The name of socket `ino`, outside the checkpoint.
+    fn outside_name(&mut self, ino: u32) -> Result<Option<Vec<u8>>> {
+        if let Some(d) = self.tables.values().find_map(|t| t.get(&ino)) {
+            return Ok(Some(d.name.clone()));
+        }
+        let ours = netns_of(std::process::id() as i32)?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.tables.entry(ours) {
+            slot.insert(diag::dump()?);
+        }
+        Ok(self.tables.get(&ours).and_then(|t| t.get(&ino)).map(|d| d.name.clone()))
     }
 
     /// Every connection must be restorable from what the checkpoint holds:
@@ -178,11 +268,11 @@ impl UnixTable {
                 continue;
             }
             let pending = socks.values().any(|l| l.pending.contains(&u.ino));
-            if u.state == CONNECTED && !socks.contains_key(&u.peer) && !pending {
+            if u.state == CONNECTED && !socks.contains_key(&u.peer) && !pending && u.external.is_empty() {
                 let orphan = u.kind != libc::SOCK_DGRAM && u.shutdown == 3;
                 if !orphan {
                     return Err(bad(format!(
-                        "socket:[{}] is connected to socket:[{}] outside the checkpoint",
+                        "socket:[{}], connected to socket:[{}] outside the checkpoint without `--external-unix` (which connects it again by name at restore),",
                         u.ino, u.peer
                     )));
                 }

@@ -49,6 +49,8 @@ pub enum Op {
     Datagram { file: u32 },
     /// Connect a datagram socket to its peer's name.
     ConnectDatagram { file: u32, peer: u32 },
+    /// Connect a socket to its peer outside the checkpoint, by name.
+    ConnectExternal { file: u32 },
     /// Send `to`'s queued messages from `from`'s staging fd (`spare`: from
     /// the spare end of an orphan pair), each with the files it carries
     /// (see [`Plan::sources`]) and its credentials.
@@ -145,6 +147,7 @@ static NO_SOCK: UnixSock = UnixSock {
     passcred: false,
     file: None,
     rel_dir: String::new(),
+    external: Vec::new(),
 };
 
 fn sock_of(m: &Manifest, f: u32) -> Option<&UnixSock> {
@@ -242,7 +245,10 @@ impl Plan {
             let peer = by_ino.get(&au.peer).copied().filter(|&b| u(b).peer == au.ino && !done.contains(&b));
             // A connection whose other end was closed (the kernel may not
             // even name the dead peer any more).
-            let orphan = au.kind != libc::SOCK_DGRAM && au.state == CONNECTED && !by_ino.contains_key(&au.peer);
+            let orphan = au.kind != libc::SOCK_DGRAM
+                && au.state == CONNECTED
+                && !by_ino.contains_key(&au.peer)
+                && au.external.is_empty();
             if peer.is_none() && !orphan {
                 continue;
             }
@@ -262,6 +268,10 @@ impl Plan {
             p.steps.push(Step { pid: first_holder(f), op: Op::Datagram { file: f } });
         }
         for &f in &dgrams {
+            if !u(f).external.is_empty() {
+                p.steps.push(Step { pid: creator[&f], op: Op::ConnectExternal { file: f } });
+                continue;
+            }
             if let Some(&peer) = by_ino.get(&u(f).peer) {
                 if u(peer).name.is_empty() {
                     return Err(EngineError::Other(format!(
@@ -569,6 +579,16 @@ impl Plan {
                     send_queued(fd, u, i, None, carried).map_err(|e| err("refill", *to, e))?;
                 }
                 Ok(())
+            }
+            Op::ConnectExternal { file } => {
+                let u = s(*file)?;
+                sock::connect(staged.get(self.staging(*file))?, &u.external).map_err(|e| {
+                    EngineError::Other(format!(
+                        "the peer outside the checkpoint that socket:[{}] was connected to, {}, cannot be reached: {e}",
+                        u.ino,
+                        show_name(&u.external)
+                    ))
+                })
             }
             Op::SendTo { to, from, msgs } => {
                 let u = s(*to)?;
