@@ -199,6 +199,40 @@ fn peers_outside_are_connected_again_on_request() {
     assert_eq!(got(&mut buf), b"after");
 }
 
+/// Half-closed TCP connections and big queues (`tp-tcpstates`): FIN_WAIT2
+/// and CLOSE_WAIT ends of one connection, a FIN_WAIT1 end whose FIN waits
+/// behind megabytes its peer has not read; all in their states, every
+/// byte and each end of stream where it was.
+///
+/// And a connection from a client outside the tree (this test), which
+/// sent a line and shut its side: the program reads the line and the end
+/// after the restore (the peer's FIN handed over again), and its reply
+/// reaches the client, then its end.
+#[test]
+fn half_closed_connections_and_big_queues_come_back() {
+    use std::io::{Read, Write};
+    let out = format!("/tmp/cryopod-test-tcpstates-{}/out", std::process::id());
+    let client = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let port = loop {
+            let s = std::fs::read_to_string(&out).unwrap_or_default();
+            if let Some(p) = s.lines().find_map(|l| l.strip_prefix("PORT ")?.trim().parse::<u16>().ok()) {
+                break p;
+            }
+            assert!(t.elapsed() < std::time::Duration::from_secs(20), "no PORT from tp-tcpstates");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"outside-line\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).map(|_| reply)
+    });
+    roundtrip("tcpstates", env!("CARGO_BIN_EXE_tp-tcpstates"));
+    assert_eq!(client.join().unwrap().unwrap(), "outside-reply\n");
+}
+
 #[test]
 fn inotify() {
     roundtrip("inotify", env!("CARGO_BIN_EXE_tp-inotify"));

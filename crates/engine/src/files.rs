@@ -450,22 +450,30 @@ pub fn open_all(
         let f = &m.files[i];
         let FileKind::Tcp(c) = &f.kind else { continue };
         let closed = closed_at.is_some_and(|a| c.local.0 == a);
+        let during = || EngineError::during(format!("file {}", describe(m, f)));
         let fd = if closed {
             let family = c.family;
             crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::tcp::reset_connection(family)?))
         } else {
             crate::inet::make_connection(c, ns_of)
         }
-        .map_err(EngineError::during(format!("file {}", describe(m, f))))?;
-        made.push((i, fd, closed));
+        .map_err(during())?;
+        let raw = match !closed && cryopod_sys::tcp::fin_received(c.state) {
+            true => {
+                let st = c.clone();
+                Some(crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::tcp_fin::sender(&st)?)).map_err(during())?)
+            }
+            false => None,
+        };
+        made.push((i, fd, closed, raw));
     }
     let mut conns = Vec::new();
-    for (i, fd, closed) in made {
+    for (i, fd, closed, raw) in made {
         let f = &m.files[i];
         fds::set_status_flags(&fd, (f.flags & !(libc::O_ACCMODE as u32)) as i32)?;
         out[i] = Some(fds::dup_at_least(&fd, base)?);
         if !closed {
-            conns.push(Connection { fd, file: i });
+            conns.push(Connection { fd, file: i, raw });
         }
     }
     Ok(Opened { srcs: out, conns, pairs, gone, cwds })
@@ -494,6 +502,9 @@ pub struct Connection {
     pub fd: OwnedFd,
     /// Its file in the image.
     pub file: usize,
+    /// For a connection that had received its peer's FIN: a raw socket in
+    /// its network namespace to hand it over (`cryopod_sys::tcp_fin`).
+    pub raw: Option<OwnedFd>,
 }
 
 /// Let every restored connection out of repair mode (and send what it had
@@ -508,7 +519,7 @@ pub fn finish_connections(m: &Manifest, conns: &[Connection], guard: &crate::gua
     for c in conns {
         let f = &m.files[c.file];
         if let FileKind::Tcp(conn) = &f.kind {
-            cryopod_sys::tcp::finish(&c.fd, conn)
+            cryopod_sys::tcp::finish(&c.fd, conn, c.raw.as_ref())
                 .map_err(|e| EngineError::during(format!("file {}", describe(m, f)))(e.into()))?;
         }
     }

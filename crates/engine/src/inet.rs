@@ -58,7 +58,8 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
     }
     // TCP_LISTEN is 10 here too.
     let (state, waiting, backlog) = sock::tcp_state(copy_fd)?;
-    if state == ESTABLISHED {
+    let half_closed = cryopod_sys::tcp::fin_sent(state) || cryopod_sys::tcp::fin_received(state);
+    if state == ESTABLISHED || half_closed {
         // Should we die while it is read, the guardian takes it out of
         // repair mode (the tree goes on), or leaves it in (the tree dies).
         if let Some(g) = guard {
@@ -69,7 +70,7 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
             }
             g.sockopt_on_abort(Outcome::Kill, copy.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 1)?;
         }
-        let st = cryopod_sys::tcp::dump(copy_fd, family);
+        let st = cryopod_sys::tcp::dump(copy_fd, family, state);
         let stall = crate::fault::check("during-tcp-read");
         cryopod_sys::tcp::set_repair(copy_fd, false)?;
         if let Ok(st) = &st {
@@ -87,7 +88,7 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
     }
     if state != LISTEN {
         return Err(EngineError::Other(format!(
-            "is a TCP socket in state {state}: only listeners, established connections and sockets never connected can be checkpointed"
+            "is a TCP socket in state {state}: only listeners, established and half-closed connections and sockets never connected can be checkpointed"
         )));
     }
     if waiting > 0 {

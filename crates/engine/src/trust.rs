@@ -193,15 +193,30 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
         let int = |o: &cryopod_image::SockOpt| {
             i32::from_ne_bytes(o.value.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]))
         };
+        // Buffer sizes beyond the system's maximum (read back doubled).
+        let max = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        let beyond = |o: &cryopod_image::SockOpt, sysctl: &str| i64::from(int(o)) > 2 * max(sysctl);
         let privileged = opts.iter().find(|o| {
             (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_MARK)
                 || ((o.level, o.name) == (libc::SOL_SOCKET, libc::SO_PRIORITY) && !(0..=6).contains(&int(o)))
+                || ((o.level, o.name) == (libc::SOL_SOCKET, libc::SO_SNDBUF) && beyond(o, "wmem_max"))
+                || ((o.level, o.name) == (libc::SOL_SOCKET, libc::SO_RCVBUF) && beyond(o, "rmem_max"))
         });
         if let Some(o) = privileged {
             return Err(EngineError::Other(format!(
                 "image owned by uid {} asks for a socket with option {} set to {}; only root-owned images may do that",
                 owner.uid,
-                if o.name == libc::SO_MARK { "SO_MARK" } else { "SO_PRIORITY" },
+                match o.name {
+                    libc::SO_MARK => "SO_MARK",
+                    libc::SO_SNDBUF => "SO_SNDBUF (beyond net.core.wmem_max)",
+                    libc::SO_RCVBUF => "SO_RCVBUF (beyond net.core.rmem_max)",
+                    _ => "SO_PRIORITY",
+                },
                 int(o)
             )));
         }

@@ -1031,7 +1031,9 @@ pub struct UnixSock {
     pub external: Vec<u8>,
 }
 
-/// An established TCP connection as TCP_REPAIR reads it.
+/// A TCP connection as TCP_REPAIR reads it: established, or half-closed
+/// (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING: one or both ends sent
+/// their FIN, and the socket is still open).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct TcpConn {
     /// AF_INET or AF_INET6.
@@ -1039,8 +1041,12 @@ pub struct TcpConn {
     /// (address bytes, port) of both ends.
     pub local: (Vec<u8>, u16),
     pub remote: (Vec<u8>, u16),
+    /// The sequence numbers after the queued data (a FIN not counted).
     pub snd_seq: u32,
     pub rcv_seq: u32,
+    /// The state it was in (TCP_ESTABLISHED, TCP_FIN_WAIT1, ...): whether
+    /// this end sent its FIN, and whether it received the peer's.
+    pub state: u8,
     /// Sent but not acknowledged, then `unsent` bytes not yet sent.
     pub send_queue: Vec<u8>,
     pub unsent: u32,

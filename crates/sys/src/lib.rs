@@ -34,6 +34,7 @@ pub mod sigframe;
 pub mod signal;
 pub mod sock;
 pub mod tcp;
+pub mod tcp_fin;
 pub mod tty;
 pub mod uffd;
 pub mod unix_queue;

@@ -307,7 +307,10 @@ const SO_BUF_LOCK: i32 = 72;
 
 /// Set options read by [`inet_changed_options`], in their order (those
 /// that must come before bind first). A buffer size read back is twice
-/// what was asked (the kernel's bookkeeping): half of it is set.
+/// what was asked (the kernel's bookkeeping): half of it is set; one
+/// above the system's maximum (net.core.wmem_max, rmem_max), which only
+/// privilege could set, is forced (SO_SNDBUFFORCE, SO_RCVBUFFORCE: a
+/// user's image may not ask for one, see the engine's trust checks).
 pub fn set_options(fd: impl AsFd, opts: &[cryopod_image::SockOpt]) -> SysResult<()> {
     let fd = fd.as_fd();
     for o in opts {
@@ -315,7 +318,11 @@ pub fn set_options(fd: impl AsFd, opts: &[cryopod_image::SockOpt]) -> SysResult<
         match (o.level, o.name) {
             (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_RCVBUF) => {
                 let v = i32::from_ne_bytes(o.value.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
-                set_opt(fd, o.level, o.name, &(v / 2).to_ne_bytes(), &what)?
+                set_opt(fd, o.level, o.name, &(v / 2).to_ne_bytes(), &what)?;
+                if (get_u32(fd, o.level, o.name, &what)? as i32) < v {
+                    let force = if o.name == libc::SO_SNDBUF { libc::SO_SNDBUFFORCE } else { libc::SO_RCVBUFFORCE };
+                    set_opt(fd, o.level, force, &(v / 2).to_ne_bytes(), &what)?;
+                }
             }
             (libc::SOL_SOCKET, libc::SO_BINDTODEVICE) | (libc::IPPROTO_TCP, libc::TCP_CONGESTION) => {
                 // Strings: without the NUL the kernel returned.

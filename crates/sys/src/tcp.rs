@@ -1,9 +1,15 @@
-//! TCP_REPAIR: reading an established connection's sequence numbers,
-//! queues, negotiated options and window without the peer noticing, and
-//! making a socket that is that connection again (no handshake). rustix
-//! names none of the repair options nor SIOCOUTQ/SIOCOUTQNSD, so those go
-//! through `sock`'s raw get/set and one ioctl here; sockets, addresses and
-//! plain sends are rustix's.
+//! TCP_REPAIR: reading an established or half-closed connection's
+//! sequence numbers, queues, negotiated options and window without the
+//! peer noticing, and making a socket that is that connection again (no
+//! handshake). rustix names none of the repair options nor
+//! SIOCOUTQ/SIOCOUTQNSD, so those go through `sock`'s raw get/set and one
+//! ioctl here; sockets, addresses and plain sends are rustix's.
+//!
+//! A half-closed connection comes back established, then closes as it
+//! had: its own FIN by shutdown(SHUT_WR) once out of repair mode (the
+//! peer, which had it already, acknowledges it again), the peer's FIN by
+//! a segment we hand the socket over loopback from a raw socket, as the
+//! peer had sent it (see [`crate::tcp_fin`]).
 
 use crate::{SysError, SysResult};
 use rustix::net::{RecvFlags, SendFlags};
@@ -57,10 +63,29 @@ fn peek(fd: BorrowedFd<'_>, len: usize, what: &str) -> SysResult<Vec<u8>> {
     Ok(b)
 }
 
-/// Read connection `fd` (a copy of the owner's; its owner is stopped). The
-/// socket is left in repair mode: closing it then sends nothing to the
-/// peer; [`set_repair`] off hands it back unchanged.
-pub fn dump(fd: impl AsFd, family: i32) -> SysResult<TcpState> {
+/// TCP states of connections that [`dump`] reads.
+pub const ESTABLISHED: u8 = 1;
+pub const FIN_WAIT1: u8 = 4;
+pub const FIN_WAIT2: u8 = 5;
+pub const CLOSE_WAIT: u8 = 8;
+pub const LAST_ACK: u8 = 9;
+pub const CLOSING: u8 = 11;
+
+/// Whether this end sent its FIN in `state`.
+pub fn fin_sent(state: u8) -> bool {
+    matches!(state, FIN_WAIT1 | FIN_WAIT2 | LAST_ACK | CLOSING)
+}
+
+/// Whether this end received the peer's FIN in `state`.
+pub fn fin_received(state: u8) -> bool {
+    matches!(state, CLOSE_WAIT | LAST_ACK | CLOSING)
+}
+
+/// Read connection `fd` (a copy of the owner's; its owner is stopped), in
+/// TCP state `state` (established or half-closed). The socket is left in
+/// repair mode: closing it then sends nothing to the peer; [`set_repair`]
+/// off hands it back unchanged.
+pub fn dump(fd: impl AsFd, family: i32, state: u8) -> SysResult<TcpState> {
     let fd = fd.as_fd();
     // Options first: repair mode forces SO_REUSEADDR while it lasts.
     let opts = crate::sock::inet_changed_options(fd, family, libc::SOCK_STREAM)?;
@@ -71,6 +96,7 @@ pub fn dump(fd: impl AsFd, family: i32) -> SysResult<TcpState> {
             local: crate::sock::inet_name(fd)?,
             remote: crate::sock::inet_name_of_peer(fd)?,
             opts,
+            state,
             ..Default::default()
         };
         let outq = ioctl_int(fd, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")?;
@@ -100,6 +126,22 @@ pub fn dump(fd: impl AsFd, family: i32) -> SysResult<TcpState> {
             st.window[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
         }
         st.nodelay = get_u32(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, "TCP_NODELAY")? != 0;
+        // A FIN takes a sequence number: the sequences read count it, the
+        // queues' bytes do not (nor does SIOCINQ); SIOCOUTQNSD counts it
+        // while it waits behind data not sent yet.
+        if fin_sent(state) {
+            st.snd_seq = st.snd_seq.wrapping_sub(1);
+            st.unsent = st.unsent.saturating_sub(1);
+        }
+        if fin_received(state) {
+            st.rcv_seq = st.rcv_seq.wrapping_sub(1);
+            // The window was last advertised past the FIN, which the
+            // connection comes back without (TCP_REPAIR_WINDOW refuses a
+            // rcv_wup after rcv_nxt): from before it.
+            if (st.window[4].wrapping_sub(st.rcv_seq) as i32) > 0 {
+                st.window[4] = st.rcv_seq;
+            }
+        }
         Ok(st)
     })();
     if r.is_err() {
@@ -125,6 +167,7 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     let sock = crate::sock::inet_raw_socket(family, libc::SOCK_STREAM, "socket(TCP)")?;
     let fd = sock.as_fd();
     crate::sock::set_options(fd, &st.opts)?;
+    make_room(fd, st)?;
     set_repair(fd, true)?;
     let q = |which: i32| set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, which, "TCP_REPAIR_QUEUE");
     // The sequence numbers read are those after the queued data; putting
@@ -176,6 +219,49 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     Ok(sock)
 }
 
+/// Buffer sizes that hold the queues of `st` (send, receive), where a
+/// new socket's might not: queues are put back whole, not as the peer
+/// and the program would drain them.
+fn room_needed(st: &TcpState) -> [(i32, usize); 2] {
+    const SO_SNDBUFFORCE: i32 = 32;
+    const SO_RCVBUFFORCE: i32 = 33;
+    // Twice the bytes (the kernel counts its bookkeeping against the
+    // size), and some more.
+    let room = |len: usize| if len > 16 << 10 { len.saturating_mul(2).saturating_add(256 << 10) } else { 0 };
+    [(SO_SNDBUFFORCE, room(st.send_queue.len())), (SO_RCVBUFFORCE, room(st.recv_queue.len()))]
+}
+
+/// Make the buffers hold the queues (see [`room_needed`]).
+fn make_room(fd: BorrowedFd<'_>, st: &TcpState) -> SysResult<()> {
+    for (opt, room) in room_needed(st) {
+        if room > 0 {
+            let v = i32::try_from(room / 2).unwrap_or(i32::MAX / 2);
+            set_int(fd, libc::SOL_SOCKET, opt, v, "setsockopt(SO_SNDBUFFORCE/SO_RCVBUFFORCE)")?;
+        }
+    }
+    Ok(())
+}
+
+/// Once the queues are back: the buffer sizes the program had set, and
+/// the kernel's tuning of the others (SO_BUF_LOCK as it was).
+fn give_back_room(fd: BorrowedFd<'_>, st: &TcpState) -> SysResult<()> {
+    if room_needed(st).iter().all(|&(_, room)| room == 0) {
+        return Ok(());
+    }
+    const SO_BUF_LOCK: i32 = 72;
+    let sizes: Vec<cryopod_image::SockOpt> = st
+        .opts
+        .iter()
+        .filter(|o| o.level == libc::SOL_SOCKET && [libc::SO_SNDBUF, libc::SO_RCVBUF, SO_BUF_LOCK].contains(&o.name))
+        .cloned()
+        .collect();
+    crate::sock::set_options(fd, &sizes)?;
+    if !sizes.iter().any(|o| o.name == SO_BUF_LOCK) {
+        set_int(fd, libc::SOL_SOCKET, SO_BUF_LOCK, 0, "setsockopt(SO_BUF_LOCK)")?;
+    }
+    Ok(())
+}
+
 /// Leaving repair mode clears SO_REUSEADDR (the kernel's repair mode
 /// forces address reuse, and turning it off drops it): set it again where
 /// the connection had it.
@@ -190,15 +276,31 @@ pub fn keep_reuse(fd: impl AsFd, st: &TcpState) -> SysResult<()> {
     Ok(())
 }
 
-/// Leave repair mode (without a window probe) and send what had not been
-/// sent yet.
-pub fn finish(fd: impl AsFd, st: &TcpState) -> SysResult<()> {
+/// Leave repair mode (without a window probe), send what had not been
+/// sent yet, and close as the connection had: its own FIN sent again, the
+/// peer's handed over through `raw` (from [`crate::tcp_fin::sender`], made
+/// in the connection's network namespace), in the order of `st.state`.
+pub fn finish(fd: impl AsFd, st: &TcpState, raw: Option<&OwnedFd>) -> SysResult<()> {
     let fd = fd.as_fd();
     // TCP_REPAIR_OFF_NO_WP
     set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, -1, "setsockopt(TCP_REPAIR, off)")?;
     keep_reuse(fd, st)?;
     let sent = st.send_queue.len().saturating_sub(st.unsent as usize);
-    send_all(fd, &st.send_queue[sent..], "the unsent data")
+    send_all(fd, &st.send_queue[sent..], "the unsent data")?;
+    give_back_room(fd, st)?;
+    let own_fin = || crate::sock::shutdown(fd, libc::SHUT_WR);
+    let peer_fin = || match raw {
+        Some(r) => crate::tcp_fin::hand_over(r, st),
+        None => Err(SysError::new("the peer's FIN (no raw socket)", 0, crate::Errno(libc::EINVAL))),
+    };
+    match (fin_sent(st.state), fin_received(st.state)) {
+        (false, false) => Ok(()),
+        (true, false) => own_fin(),
+        (false, true) => peer_fin(),
+        // Both FINs: the order they crossed in.
+        (true, true) if st.state == CLOSING => own_fin().and_then(|_| peer_fin()),
+        (true, true) => peer_fin().and_then(|_| own_fin()),
+    }
 }
 
 /// A TCP socket whose connection was reset by its peer, in the caller's

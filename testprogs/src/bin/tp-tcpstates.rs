@@ -1,0 +1,239 @@
+//! Half-closed TCP connections and big queues across checkpoint/restore
+//! (issue 11, class 1), both ends in this program, over loopback:
+//! - A: the client sent a line and shut its writing side (FIN_WAIT2); the
+//!   server has the line unread and the end of the stream after it
+//!   (CLOSE_WAIT). After the restore the server reads the line, then the
+//!   end; it can still write (half-shut), and the client reads that and
+//!   then the end once the server shuts too.
+//! - B: the server never read; the client wrote until nothing more fit
+//!   (megabytes: the server's receive queue full, its own send queue full
+//!   and not yet sent), then shut its writing side: its FIN waits behind
+//!   the data (FIN_WAIT1). After the restore the server reads every byte,
+//!   in order, then the end; the client is in FIN_WAIT2.
+//! - D: as B, with buffer sizes the program set (6 MiB each way, so
+//!   more than 8 MiB wait): they come back as set, every byte in order.
+//! - C: a client outside the tree (the test) connected to a listener of
+//!   ours (its port printed as `PORT n`), sent a line and shut its writing
+//!   side (CLOSE_WAIT here). After the restore the line and the end are
+//!   read (the FIN came from outside: only the restore can hand it over
+//!   again), and the reply reaches the client, then our end.
+
+use cryopod_testprogs::*;
+use std::time::{Duration, Instant};
+
+fn state(fd: i32) -> u8 {
+    // SAFETY: tcp_info is plain data, filled by getsockopt.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as u32;
+    unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+    };
+    info.tcpi_state
+}
+
+/// A loopback listener: (fd, port).
+unsafe fn listener() -> Option<(i32, u16)> {
+    let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+    let mut a: libc::sockaddr_in = std::mem::zeroed();
+    a.sin_family = libc::AF_INET as u16;
+    a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    let ap = (&mut a as *mut libc::sockaddr_in).cast();
+    if libc::bind(l, ap, len) != 0 || libc::listen(l, 1) != 0 || libc::getsockname(l, ap, &mut len) != 0 {
+        return None;
+    }
+    Some((l, u16::from_be(a.sin_port)))
+}
+
+/// A loopback connection: (client, server end).
+unsafe fn pair() -> Option<(i32, i32)> {
+    let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+    let mut a: libc::sockaddr_in = std::mem::zeroed();
+    a.sin_family = libc::AF_INET as u16;
+    a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    let ap = (&mut a as *mut libc::sockaddr_in).cast();
+    if libc::bind(l, ap, len) != 0 || libc::listen(l, 1) != 0 || libc::getsockname(l, ap, &mut len) != 0 {
+        return None;
+    }
+    let c = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+    if libc::connect(c, ap, len) != 0 {
+        return None;
+    }
+    let s = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
+    libc::close(l);
+    (s >= 0).then_some((c, s))
+}
+
+/// Read up to `max` bytes until the end of the stream or 10 s; (bytes,
+/// whether the end came).
+unsafe fn read_to_end(fd: i32, max: usize) -> (Vec<u8>, bool) {
+    let t = Instant::now();
+    let mut acc = Vec::new();
+    let mut b = vec![0u8; 1 << 16];
+    while acc.len() <= max && t.elapsed() < Duration::from_secs(10) {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        if libc::poll(&mut p, 1, 100) != 1 {
+            continue;
+        }
+        let n = libc::read(fd, b.as_mut_ptr().cast(), b.len());
+        if n == 0 {
+            return (acc, true);
+        }
+        if n < 0 {
+            break;
+        }
+        acc.extend_from_slice(&b[..n as usize]);
+    }
+    (acc, false)
+}
+
+/// Write B's stream on non-blocking `fd` until nothing more fits; the
+/// bytes written.
+unsafe fn fill(fd: i32) -> usize {
+    libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+    let mut sent = 0usize;
+    let t = Instant::now();
+    let mut idle = 0;
+    while idle < 20 && t.elapsed() < Duration::from_secs(10) {
+        let buf: Vec<u8> = (sent..sent + (1 << 16)).map(b_byte).collect();
+        let n = libc::write(fd, buf.as_ptr().cast(), buf.len());
+        if n > 0 {
+            sent += n as usize;
+            idle = 0;
+        } else {
+            idle += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    sent
+}
+
+fn get_int(fd: i32, opt: i32) -> i32 {
+    let mut v = 0i32;
+    let mut len = 4u32;
+    // SAFETY: the option writes one int.
+    unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut i32).cast(), &mut len) };
+    v
+}
+
+/// Read exactly `want` bytes or until 10 s pass (no end of stream here).
+unsafe fn read_to_end_or(fd: i32, want: usize) -> (Vec<u8>, bool) {
+    let t = Instant::now();
+    let mut acc = Vec::with_capacity(want);
+    let mut b = vec![0u8; 1 << 16];
+    while acc.len() < want && t.elapsed() < Duration::from_secs(10) {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        if libc::poll(&mut p, 1, 100) != 1 {
+            continue;
+        }
+        let n = libc::read(fd, b.as_mut_ptr().cast(), b.len().min(want - acc.len()));
+        if n <= 0 {
+            break;
+        }
+        acc.extend_from_slice(&b[..n as usize]);
+    }
+    (acc, false)
+}
+
+/// The byte at offset `i` of B's stream.
+fn b_byte(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 9)) as u8
+}
+
+fn main() {
+    let dir = work_dir();
+    let mut c = Checks::new();
+    // SAFETY: plain libc calls on this program's own descriptors.
+    unsafe {
+        let (Some((ac, asrv)), Some((bc, bsrv))) = (pair(), pair()) else {
+            println!("FAIL (setup: loopback connections)");
+            std::process::exit(1);
+        };
+        libc::write(ac, b"a-line\n".as_ptr().cast(), 7);
+        libc::shutdown(ac, libc::SHUT_WR);
+        // B: fill everything without blocking, then shut.
+        libc::fcntl(bc, libc::F_SETFL, libc::O_NONBLOCK);
+        let sent = fill(bc);
+        libc::shutdown(bc, libc::SHUT_WR);
+        // D: the same, with the buffer sizes set by the program.
+        let Some((dc, dsrv)) = pair() else {
+            println!("FAIL (setup: loopback connection D)");
+            std::process::exit(1);
+        };
+        let big = 6i32 << 20;
+        libc::setsockopt(dc, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (&big as *const i32).cast(), 4);
+        libc::setsockopt(dsrv, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&big as *const i32).cast(), 4);
+        let d_bufs = (get_int(dc, libc::SO_SNDBUF), get_int(dsrv, libc::SO_RCVBUF));
+        let d_sent = fill(dc);
+        std::thread::sleep(Duration::from_millis(50));
+        let before = [state(ac), state(asrv), state(bc), state(bsrv)];
+        // FIN_WAIT2, CLOSE_WAIT, FIN_WAIT1, ESTABLISHED.
+        if before != [5, 8, 4, 1] || sent < 1 << 20 || d_sent < 8 << 20 {
+            println!("FAIL (setup: states {before:?}, {sent} and {d_sent} bytes sent)");
+            std::process::exit(1);
+        }
+        println!("B holds {sent} bytes, D {d_sent}");
+        // C: the outside client.
+        let Some((l, port)) = listener() else {
+            println!("FAIL (setup: listener)");
+            std::process::exit(1);
+        };
+        println!("PORT {port}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let csrv = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
+        libc::close(l);
+        let t = Instant::now();
+        while state(csrv) != 8 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if state(csrv) != 8 {
+            println!("FAIL (setup: the outside client did not shut its side: state {})", state(csrv));
+            std::process::exit(1);
+        }
+        ready_and_wait(&dir);
+
+        c.eq("the states, as they were", [state(ac), state(asrv), state(bc), state(bsrv)], before);
+        let (line, end) = read_to_end(asrv, 64);
+        c.eq(
+            "A: the server reads the line, then the end",
+            (String::from_utf8_lossy(&line).into_owned(), end),
+            ("a-line\n".into(), true),
+        );
+        libc::write(asrv, b"a-reply\n".as_ptr().cast(), 8);
+        libc::shutdown(asrv, libc::SHUT_WR);
+        let (reply, end) = read_to_end(ac, 64);
+        c.eq(
+            "A: the half-shut client reads the reply, then the end",
+            (String::from_utf8_lossy(&reply).into_owned(), end),
+            ("a-reply\n".into(), true),
+        );
+
+        let (got, end) = read_to_end(bsrv, sent);
+        let first_bad = got.iter().enumerate().position(|(i, &v)| v != b_byte(i));
+        c.eq("B: every byte, in order, then the end", (got.len(), first_bad, end), (sent, None, true));
+        let t = Instant::now();
+        while state(bc) != 5 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        c.eq("B: the client's FIN acknowledged (FIN_WAIT2)", state(bc), 5);
+
+        c.eq("D: the buffer sizes set", (get_int(dc, libc::SO_SNDBUF), get_int(dsrv, libc::SO_RCVBUF)), d_bufs);
+        let (got, _) = read_to_end_or(dsrv, d_sent);
+        let first_bad = got.iter().enumerate().position(|(i, &v)| v != b_byte(i));
+        c.eq("D: every byte, in order", (got.len(), first_bad), (d_sent, None));
+
+        c.eq("C: in CLOSE_WAIT", state(csrv), 8);
+        let (line, end) = read_to_end(csrv, 64);
+        c.eq(
+            "C: the outside client's line, then the end",
+            (String::from_utf8_lossy(&line).into_owned(), end),
+            ("outside-line\n".into(), true),
+        );
+        let sent = libc::write(csrv, b"outside-reply\n".as_ptr().cast(), 14);
+        c.eq("C: the reply goes out", sent, 14);
+        libc::shutdown(csrv, libc::SHUT_WR);
+    }
+    c.finish()
+}
