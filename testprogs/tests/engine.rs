@@ -233,6 +233,23 @@ fn half_closed_connections_and_big_queues_come_back() {
     assert_eq!(client.join().unwrap().unwrap(), "outside-reply\n");
 }
 
+/// Netlink sockets (`tp-netlink`): port ids (the kernel's and the
+/// program's), groups joined at bind and after, flags; answers come back
+/// to the same port ids.
+#[test]
+fn netlink_sockets_come_back() {
+    roundtrip("netlink", env!("CARGO_BIN_EXE_tp-netlink"));
+    // An answer unread: refused in one sentence, and the program goes on.
+    let mut run = Run::testprog_with("netlink-unread", env!("CARGO_BIN_EXE_tp-netlink"), &["unread"]);
+    let (code, _, err) =
+        cryopod(&["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()], &[]);
+    assert!(
+        code != 0 && err.contains("netlink socket with messages unread") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    run.go_and_expect_pass();
+}
+
 #[test]
 fn inotify() {
     roundtrip("inotify", env!("CARGO_BIN_EXE_tp-inotify"));

@@ -546,6 +546,12 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         }
         FileKind::Inotify { watches } => format!("inotify ({} watches)", watches.len()),
         FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
+        FileKind::Netlink(n) => format!(
+            "netlink socket (protocol {}, port id {}, {} groups)",
+            n.protocol,
+            n.portid,
+            n.groups.iter().map(|w| w.count_ones()).sum::<u32>()
+        ),
         FileKind::Udp { family, local, peer, .. } => format!(
             "UDP socket {}{}",
             crate::inet::show(*family, &local.0, local.1),
@@ -664,6 +670,12 @@ fn open_one(
         }
         FileKind::Udp { .. } | FileKind::TcpListen { .. } | FileKind::TcpClosed { .. } => {
             let fd = crate::inet::make(&f.kind, ns_of)?;
+            fds::set_status_flags(&fd, status)?;
+            fd
+        }
+        FileKind::Netlink(n) => {
+            let n = n.clone();
+            let fd = crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::netlink::make(&n)?))?;
             fds::set_status_flags(&fd, status)?;
             fd
         }

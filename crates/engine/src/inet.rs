@@ -44,6 +44,15 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
     let copy = pidfd::pidfd_getfd(&pfd, pid, TargetFd(fd))?;
     let copy_fd = copy.as_fd();
     let (family, kind) = sock::domain_and_type(copy_fd)?;
+    if family == libc::AF_NETLINK {
+        let n = cryopod_sys::netlink::queued(copy_fd)?;
+        if n > 0 {
+            return Err(EngineError::Other(format!(
+                "is a netlink socket with messages unread ({n} bytes the first; only the kernel could send them again)"
+            )));
+        }
+        return Ok(FileKind::Netlink(cryopod_sys::netlink::read(copy_fd)?));
+    }
     let inet = family == libc::AF_INET || family == libc::AF_INET6;
     if inet && kind == libc::SOCK_DGRAM {
         let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
@@ -53,7 +62,7 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
     }
     if !inet || kind != libc::SOCK_STREAM {
         return Err(EngineError::Other(format!(
-            "is a socket of family {family}, type {kind}: only unix, TCP and UDP sockets can be checkpointed yet"
+            "is a socket of family {family}, type {kind}: only unix, TCP, UDP and netlink sockets can be checkpointed yet"
         )));
     }
     // TCP_LISTEN is 10 here too.

@@ -189,6 +189,14 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
                 )));
             }
         }
+        if let FileKind::Netlink(n) = &f.kind {
+            if n.groups.iter().any(|&w| w != 0) {
+                return Err(EngineError::Other(format!(
+                    "image owned by uid {} asks for a netlink socket in multicast groups (protocol {}); only root-owned images may do that",
+                    owner.uid, n.protocol
+                )));
+            }
+        }
         let opts = f.kind.sock_opts();
         let int = |o: &cryopod_image::SockOpt| {
             i32::from_ne_bytes(o.value.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]))

@@ -569,6 +569,8 @@ pub enum FileKind {
         v6only: bool,
         opts: Vec<SockOpt>,
     },
+    /// A netlink socket (see [`NetlinkSock`]).
+    Netlink(NetlinkSock),
     /// A POSIX message queue descriptor of a pod (the queue is part of the
     /// pod's IPC record); `name` without the leading '/'.
     Mqueue { name: String },
@@ -797,6 +799,15 @@ impl Manifest {
             }
             if !f.kind.sock_opts().iter().all(sock_opt_ok) {
                 return Err(bad(format!("file {i}: a socket option not kept, or too long")));
+            }
+            if let FileKind::Netlink(n) = &f.kind {
+                let ok = [2, 3].contains(&n.kind)
+                    && (0..32).contains(&n.protocol)
+                    && n.groups.len() <= NETLINK_GROUP_WORDS_MAX
+                    && n.flags.iter().all(|f| NETLINK_FLAGS.contains(f));
+                if !ok {
+                    return Err(bad(format!("file {i}: a netlink socket of a bad type, protocol, groups or flags")));
+                }
             }
             if let FileKind::OwnNs { ns } = &f.kind {
                 if !NS_NAMES.contains(&ns.as_str()) {
@@ -1107,6 +1118,35 @@ pub const SOCK_OPTS: [(i32, i32, usize); 32] = [
     (1, 8, 4),   // SO_RCVBUF (if locked)
     (1, 72, 4),  // SO_BUF_LOCK
 ];
+
+/// A netlink socket: its protocol and type, the port id it is bound to,
+/// the multicast groups it joined, where it is connected, and its
+/// SOL_NETLINK flags. Its unread messages are not carried (only the
+/// kernel could send them again, and a program tells its messages by
+/// their sender): one with messages waiting is refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct NetlinkSock {
+    /// NETLINK_ROUTE, NETLINK_GENERIC, NETLINK_KOBJECT_UEVENT, ...
+    pub protocol: i32,
+    /// SOCK_RAW or SOCK_DGRAM.
+    pub kind: i32,
+    /// The port id (0: never bound nor used).
+    pub portid: u32,
+    /// The groups joined, as NETLINK_LIST_MEMBERSHIPS gives them: bit
+    /// `g - 1` of the words for group `g`.
+    pub groups: Vec<u32>,
+    /// connect()'s destination: (port id, group).
+    pub peer: (u32, u32),
+    /// SOL_NETLINK flags that are on (see [`NETLINK_FLAGS`]).
+    pub flags: Vec<i32>,
+}
+
+/// The SOL_NETLINK flags kept: PKTINFO, BROADCAST_ERROR, NO_ENOBUFS,
+/// LISTEN_ALL_NSID, CAP_ACK, EXT_ACK, GET_STRICT_CHK.
+pub const NETLINK_FLAGS: [i32; 7] = [3, 4, 5, 8, 10, 11, 12];
+
+/// The most words of netlink group bits an image may hold (32768 groups).
+pub const NETLINK_GROUP_WORDS_MAX: usize = 1024;
 
 impl FileKind {
     /// The options of an internet socket (none for other files).

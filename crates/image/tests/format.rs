@@ -254,6 +254,23 @@ fn structural_errors_are_caught() {
         ("a queued message from no process", Box::new(|m| m.files.push(queued(vec![], vec![(4242, 0, 0)])))),
         ("a carried number among no fds", Box::new(|m| m.processes[0].carried.push(77))),
         (
+            "a netlink socket of a bad type",
+            Box::new(|m| {
+                m.files.push(OpenFile {
+                    flags: 2,
+                    pos: 0,
+                    kind: FileKind::Netlink(NetlinkSock { kind: 1, ..Default::default() }),
+                })
+            }),
+        ),
+        (
+            "a netlink flag not kept",
+            Box::new(|m| {
+                let n = NetlinkSock { kind: 3, flags: vec![1], ..Default::default() };
+                m.files.push(OpenFile { flags: 2, pos: 0, kind: FileKind::Netlink(n) })
+            }),
+        ),
+        (
             "an outside peer with a relative name",
             Box::new(|m| {
                 let mut f = queued(vec![], vec![]);

@@ -22,6 +22,7 @@ pub mod inject;
 pub mod io;
 pub mod ipc;
 pub mod mem;
+pub mod netlink;
 pub mod ns;
 pub mod packet;
 pub mod pagemap;
