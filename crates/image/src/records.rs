@@ -1084,7 +1084,7 @@ pub struct SockOpt {
 /// option, most bytes of its value). The send and receive buffer sizes
 /// only where the program set them (the SO_BUF_LOCK bits), which come
 /// last.
-pub const SOCK_OPTS: [(i32, i32, usize); 32] = [
+pub const SOCK_OPTS: [(i32, i32, usize); 34] = [
     (1, 25, 16), // SO_BINDTODEVICE (before bind)
     (1, 2, 4),   // SO_REUSEADDR (before bind; an accepted socket's)
     (1, 15, 4),  // SO_REUSEPORT (before bind)
@@ -1117,6 +1117,10 @@ pub const SOCK_OPTS: [(i32, i32, usize); 32] = [
     (1, 7, 4),   // SO_SNDBUF (if locked)
     (1, 8, 4),   // SO_RCVBUF (if locked)
     (1, 72, 4),  // SO_BUF_LOCK
+    // A classic BPF filter, as SO_GET_FILTER reads it (struct sock_filter
+    // instructions, BPF_MAXINSNS at most), then its lock.
+    (1, 26, 4096 * 8), // SO_ATTACH_FILTER
+    (1, 44, 4),        // SO_LOCK_FILTER
 ];
 
 /// A netlink socket: its protocol and type, the port id it is bound to,

@@ -279,7 +279,12 @@ pub fn inet_changed_options(fd: impl AsFd, family: i32, kind: i32) -> SysResult<
         if !applies(level, name) {
             continue;
         }
-        let Some(value) = read(fd, level, name, max) else { continue };
+        let value = if (level, name) == (libc::SOL_SOCKET, libc::SO_ATTACH_FILTER) {
+            classic_filter(fd)?
+        } else {
+            read(fd, level, name, max)
+        };
+        let Some(value) = value else { continue };
         let locked = match name {
             libc::SO_SNDBUF if level == libc::SOL_SOCKET => Some(locks & 1 != 0),
             libc::SO_RCVBUF if level == libc::SOL_SOCKET => Some(locks & 2 != 0),
@@ -305,6 +310,53 @@ type Defaults = ((i32, i32), Vec<Option<Vec<u8>>>);
 /// SO_BUF_LOCK (Linux 5.14): which buffer sizes the program set.
 const SO_BUF_LOCK: i32 = 72;
 
+/// The most instructions of a classic BPF program (BPF_MAXINSNS).
+const BPF_MAXINSNS: usize = 4096;
+
+/// The classic BPF filter attached to `fd` (its instructions; None: no
+/// filter). SO_GET_FILTER counts in instructions, not bytes. An eBPF
+/// program (SO_ATTACH_BPF) cannot be read back: refused.
+fn classic_filter(fd: BorrowedFd<'_>) -> SysResult<Option<Vec<u8>>> {
+    let mut b = vec![0u8; BPF_MAXINSNS * 8];
+    let mut len = BPF_MAXINSNS as libc::socklen_t;
+    // SAFETY: `b` holds BPF_MAXINSNS instructions, which `len` says.
+    let r = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_GET_FILTER, b.as_mut_ptr().cast(), &mut len)
+    };
+    if r < 0 {
+        let e = Errno::last();
+        return Err(match e.0 {
+            libc::EACCES => SysError::new("an eBPF socket filter (which cannot be read back)", 0, e),
+            _ => SysError::new("getsockopt(SO_GET_FILTER)", 0, e),
+        });
+    }
+    let n = (len as usize).min(BPF_MAXINSNS) * 8;
+    Ok((n > 0).then(|| b[..n].to_vec()))
+}
+
+/// Attach the classic BPF program `insns` (struct sock_filter array).
+fn attach_filter(fd: BorrowedFd<'_>, insns: &[u8]) -> SysResult<()> {
+    if insns.is_empty() || !insns.len().is_multiple_of(8) || insns.len() > BPF_MAXINSNS * 8 {
+        return Err(SysError::new("setsockopt(SO_ATTACH_FILTER): not whole instructions", 0, Errno(libc::EINVAL)));
+    }
+    let prog = libc::sock_fprog { len: (insns.len() / 8) as u16, filter: insns.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `prog` points at `insns`, alive for the call; the kernel
+    // copies the instructions (reads unaligned-safe: it copies bytes).
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(SysError::last("setsockopt(SO_ATTACH_FILTER)", 0));
+    }
+    Ok(())
+}
+
 /// Set options read by [`inet_changed_options`], in their order (those
 /// that must come before bind first). A buffer size read back is twice
 /// what was asked (the kernel's bookkeeping): half of it is set; one
@@ -324,6 +376,7 @@ pub fn set_options(fd: impl AsFd, opts: &[cryopod_image::SockOpt]) -> SysResult<
                     set_opt(fd, o.level, force, &(v / 2).to_ne_bytes(), &what)?;
                 }
             }
+            (libc::SOL_SOCKET, libc::SO_ATTACH_FILTER) => attach_filter(fd, &o.value)?,
             (libc::SOL_SOCKET, libc::SO_BINDTODEVICE) | (libc::IPPROTO_TCP, libc::TCP_CONGESTION) => {
                 // Strings: without the NUL the kernel returned.
                 let end = o.value.iter().position(|&b| b == 0).unwrap_or(o.value.len());

@@ -10,8 +10,11 @@
 //! carries data both ways. Beside them (issue 11, class 1): two TCP
 //! sockets never connected, one bound to a port and one not, with
 //! options: after the restore the bound one is at its port with its
-//! options and can listen and accept, the other can connect. PASS only if
-//! all of that holds.
+//! options and can listen and accept, the other can connect. And a bound
+//! UDP socket with a classic BPF filter (only datagrams of more than 20
+//! bytes), locked: after the restore the same program is attached, still
+//! locked, and a short datagram is dropped while a long one arrives. PASS
+//! only if all of that holds.
 
 use cryopod_testprogs::*;
 
@@ -105,6 +108,51 @@ fn congestion(fd: i32) -> String {
     String::from_utf8_lossy(&b).trim_end_matches('\0').to_string()
 }
 
+/// The classic BPF program attached to `fd` (SO_GET_FILTER counts
+/// instructions, not bytes).
+fn filter_of(fd: i32) -> Vec<u8> {
+    let mut b = vec![0u8; 64 * 8];
+    let mut len = 64u32;
+    // SAFETY: getsockopt into a buffer of 64 instructions, which `len` says.
+    if unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER, b.as_mut_ptr().cast(), &mut len) } != 0 {
+        return vec![];
+    }
+    b.truncate(len as usize * 8);
+    b
+}
+
+/// A UDP socket bound on loopback with a locked classic BPF filter that
+/// passes only packets longer than 20 bytes; and its address.
+unsafe fn filtered_udp() -> (i32, libc::sockaddr_in) {
+    let f = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+    let mut a: libc::sockaddr_in = std::mem::zeroed();
+    a.sin_family = libc::AF_INET as u16;
+    a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    let mut len = 16u32;
+    let insns = [
+        libc::sock_filter { code: 0x80, jt: 0, jf: 0, k: 0 },  // ld len
+        libc::sock_filter { code: 0x25, jt: 0, jf: 1, k: 20 }, // jgt 20
+        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0xffff },
+        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 },
+    ];
+    let prog = libc::sock_fprog { len: 4, filter: insns.as_ptr() as *mut libc::sock_filter };
+    let plen = std::mem::size_of::<libc::sock_fprog>() as u32;
+    let ok = libc::bind(f, (&a as *const libc::sockaddr_in).cast(), 16) == 0
+        && libc::getsockname(f, (&mut a as *mut libc::sockaddr_in).cast(), &mut len) == 0
+        && libc::setsockopt(
+            f,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            plen,
+        ) == 0;
+    set_int(f, libc::SOL_SOCKET, libc::SO_LOCK_FILTER, 1, "filtered");
+    if !ok {
+        setup_failed("the filtered UDP socket");
+    }
+    (f, a)
+}
+
 fn main() {
     let dir = work_dir();
     let mut c = Checks::new();
@@ -145,6 +193,11 @@ fn main() {
         let u = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
         set_int(u, libc::SOL_SOCKET, libc::SO_BROADCAST, 1, "udp");
         tune(u, "udp");
+        let (filtered, faddr) = filtered_udp();
+        let filter_before = filter_of(filtered);
+        if filter_before.len() != 32 {
+            setup_failed("SO_GET_FILTER");
+        }
         // Never connected: one bound (to a port of its own), one not.
         let bound = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         set_int(bound, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1, "bound");
@@ -209,6 +262,31 @@ fn main() {
             (true, true, true),
         );
         c.eq("UDP broadcast", get(u, libc::SOL_SOCKET, libc::SO_BROADCAST), udp_broadcast);
+        c.eq("the filter's program", filter_of(filtered), filter_before);
+        c.eq(
+            "the filter still locked",
+            get(filtered, libc::SOL_SOCKET, libc::SO_LOCK_FILTER),
+            1i32.to_ne_bytes().to_vec(),
+        );
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        for d in [&b"short"[..], &b"a-long-enough-datagram"[..]] {
+            libc::sendto(s, d.as_ptr().cast(), d.len(), 0, (&faddr as *const libc::sockaddr_in).cast(), 16);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut got = Vec::new();
+        let mut b = [0u8; 64];
+        loop {
+            let n = libc::recv(filtered, b.as_mut_ptr().cast(), 64, libc::MSG_DONTWAIT);
+            if n < 0 {
+                break;
+            }
+            got.push(String::from_utf8_lossy(&b[..n as usize]).into_owned());
+        }
+        c.eq(
+            "the filter drops the short datagram, passes the long one",
+            got,
+            vec!["a-long-enough-datagram".to_string()],
+        );
         // Buffer sizes: those the program set (SO_BUF_LOCK's bits) are the
         // same; the others the kernel goes on tuning.
         c.eq("which buffer sizes the program set", [locks(l), locks(client), locks(server)], locks_before);
