@@ -250,6 +250,14 @@ fn netlink_sockets_come_back() {
     run.go_and_expect_pass();
 }
 
+/// Raw and packet sockets (`tp-rawsock`): a raw ICMP socket's filter, a
+/// raw socket's IP_HDRINCL and peer, a packet socket's interface and
+/// option, each working again on loopback.
+#[test]
+fn raw_and_packet_sockets_come_back() {
+    roundtrip("rawsock", env!("CARGO_BIN_EXE_tp-rawsock"));
+}
+
 #[test]
 fn inotify() {
     roundtrip("inotify", env!("CARGO_BIN_EXE_tp-inotify"));

@@ -546,6 +546,14 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         }
         FileKind::Inotify { watches } => format!("inotify ({} watches)", watches.len()),
         FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
+        FileKind::RawIp { family, protocol, local, .. } => {
+            format!("raw socket of protocol {protocol} at {}", crate::inet::show(*family, local, 0))
+        }
+        FileKind::Packet { protocol, ifname, .. } => format!(
+            "packet socket for protocol {:#06x} on {}",
+            u16::from_be(*protocol),
+            if ifname.is_empty() { "every interface" } else { ifname }
+        ),
         FileKind::Netlink(n) => format!(
             "netlink socket (protocol {}, port id {}, {} groups)",
             n.protocol,
@@ -668,7 +676,11 @@ fn open_one(
             fds::set_status_flags(&fd, status)?;
             fd
         }
-        FileKind::Udp { .. } | FileKind::TcpListen { .. } | FileKind::TcpClosed { .. } => {
+        FileKind::Udp { .. }
+        | FileKind::TcpListen { .. }
+        | FileKind::TcpClosed { .. }
+        | FileKind::RawIp { .. }
+        | FileKind::Packet { .. } => {
             let fd = crate::inet::make(&f.kind, ns_of)?;
             fds::set_status_flags(&fd, status)?;
             fd

@@ -54,6 +54,21 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
         return Ok(FileKind::Netlink(cryopod_sys::netlink::read(copy_fd)?));
     }
     let inet = family == libc::AF_INET || family == libc::AF_INET6;
+    let protocol = sock::protocol(copy_fd)?;
+    if family == libc::AF_PACKET {
+        return packet(pid, copy_fd, kind, protocol);
+    }
+    if inet && kind == libc::SOCK_RAW {
+        let (local, _) = sock::inet_name(copy_fd)?;
+        let peer = raw_peer(pid, family, copy_fd)?;
+        let opts = sock::changed_options(copy_fd, family, kind, protocol)?;
+        return Ok(FileKind::RawIp { family, protocol, local, peer, opts });
+    }
+    if inet && kind == libc::SOCK_DGRAM && protocol != libc::IPPROTO_UDP {
+        return Err(EngineError::Other(format!(
+            "is a datagram socket of protocol {protocol} (ICMP \"ping\" sockets and UDP-Lite are not carried yet)"
+        )));
+    }
     if inet && kind == libc::SOCK_DGRAM {
         let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
         let local = sock::inet_name(copy_fd)?;
@@ -111,6 +126,54 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
     Ok(FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only, opts })
 }
 
+/// The peer a raw socket is connected to (getpeername says ENOTCONN for
+/// raw sockets, which have no port): from /proc/PID/net/raw or raw6, by
+/// the socket's inode, where a connected one is in state 1.
+fn raw_peer(pid: i32, family: i32, fd: std::os::fd::BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
+    let ino = rustix::fs::fstat(fd).map_err(|e| EngineError::Other(format!("fstat of a raw socket: {e}")))?.st_ino;
+    let path = format!("/proc/{pid}/net/{}", if family == libc::AF_INET6 { "raw6" } else { "raw" });
+    let table =
+        std::fs::read_to_string(&path).map_err(|e| EngineError::Proc { path: path.clone(), msg: e.to_string() })?;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(9).and_then(|i| i.parse::<u64>().ok()) != Some(ino) {
+            continue;
+        }
+        if f.get(3) != Some(&"01") {
+            return Ok(None);
+        }
+        // The address as the kernel holds it, printed one 32-bit word at
+        // a time in this machine's byte order.
+        let hex = f.get(2).and_then(|r| r.split(':').next()).unwrap_or("");
+        let words: Option<Vec<u32>> =
+            (0..hex.len() / 8).map(|i| u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()).collect();
+        let bytes: Vec<u8> = words.unwrap_or_default().iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let want = if family == libc::AF_INET6 { 16 } else { 4 };
+        return Ok((bytes.len() == want).then_some(bytes));
+    }
+    Ok(None)
+}
+
+/// A packet socket: what it is bound to, its interface by name (seen from
+/// `pid`'s network namespace); one with a ring or in a fanout group is
+/// refused.
+fn packet(pid: i32, fd: std::os::fd::BorrowedFd<'_>, kind: i32, protocol: i32) -> Result<FileKind> {
+    const SOL_PACKET: i32 = 263;
+    const PACKET_FANOUT: i32 = 18;
+    let mut fanout = [0u8; 4];
+    if cryopod_sys::sock::get_raw(fd, SOL_PACKET, PACKET_FANOUT, &mut fanout)? > 0 && fanout != [0; 4] {
+        return Err(EngineError::Other("is a packet socket in a fanout group: not carried yet".into()));
+    }
+    let (bound, index) = cryopod_sys::packet::binding(fd)?;
+    let ifname = match index {
+        0 => String::new(),
+        i => crate::nsjoin::run_in(pid, libc::CLONE_NEWNET, move || Ok(cryopod_sys::packet::if_name(i)?))?,
+    };
+    let protocol = if bound != 0 { bound } else { protocol as u16 };
+    let opts = cryopod_sys::sock::changed_options(fd, libc::AF_PACKET, kind, i32::from(protocol))?;
+    Ok(FileKind::Packet { kind, protocol, ifname, opts })
+}
+
 /// Make a UDP socket or TCP listener of the image again, in the network
 /// namespace of `ns_of` (a pod) or here.
 pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
@@ -131,6 +194,12 @@ pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
         FileKind::TcpClosed { family, local, reuseaddr, v6only, opts } => crate::nsjoin::in_net(ns_of, move || {
             Ok(sock::inet_socket(libc::SOCK_STREAM, family, (&local.0, local.1), (reuseaddr, v6only), &opts)?)
         }),
+        FileKind::RawIp { family, protocol, local, peer, opts } => {
+            crate::nsjoin::in_net(ns_of, move || Ok(sock::raw_ip(family, protocol, &local, peer.as_deref(), &opts)?))
+        }
+        FileKind::Packet { kind, protocol, ifname, opts } => {
+            crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::packet::remake(kind, protocol, &ifname, &opts)?))
+        }
         _ => Err(EngineError::Other("not an internet socket".into())),
     }
 }

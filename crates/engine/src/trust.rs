@@ -189,6 +189,13 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
                 )));
             }
         }
+        if matches!(f.kind, FileKind::RawIp { .. } | FileKind::Packet { .. }) {
+            return Err(EngineError::Other(format!(
+                "image owned by uid {} asks for a {}, which needs CAP_NET_RAW; only root-owned images may do that",
+                owner.uid,
+                crate::files::describe(m, f)
+            )));
+        }
         if let FileKind::Netlink(n) = &f.kind {
             if n.groups.iter().any(|&w| w != 0) {
                 return Err(EngineError::Other(format!(

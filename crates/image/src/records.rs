@@ -571,6 +571,15 @@ pub enum FileKind {
     },
     /// A netlink socket (see [`NetlinkSock`]).
     Netlink(NetlinkSock),
+    /// A raw IP socket (SOCK_RAW) of `protocol`: bound address (all zero
+    /// when unbound), connected peer. Packets queued for it are not kept
+    /// (as for UDP).
+    RawIp { family: i32, protocol: i32, local: Vec<u8>, peer: Option<Vec<u8>>, opts: Vec<SockOpt> },
+    /// A packet socket (AF_PACKET, SOCK_RAW or SOCK_DGRAM) for `protocol`
+    /// (network byte order), bound to the interface `ifname` (empty: all).
+    /// Packets queued for it are not kept; its memberships (promiscuous
+    /// mode, multicast) cannot be read back and are not carried.
+    Packet { kind: i32, protocol: u16, ifname: String, opts: Vec<SockOpt> },
     /// A POSIX message queue descriptor of a pod (the queue is part of the
     /// pod's IPC record); `name` without the leading '/'.
     Mqueue { name: String },
@@ -1084,7 +1093,7 @@ pub struct SockOpt {
 /// option, most bytes of its value). The send and receive buffer sizes
 /// only where the program set them (the SO_BUF_LOCK bits), which come
 /// last.
-pub const SOCK_OPTS: [(i32, i32, usize); 34] = [
+pub const SOCK_OPTS: [(i32, i32, usize); 43] = [
     (1, 25, 16), // SO_BINDTODEVICE (before bind)
     (1, 2, 4),   // SO_REUSEADDR (before bind; an accepted socket's)
     (1, 15, 4),  // SO_REUSEPORT (before bind)
@@ -1121,6 +1130,17 @@ pub const SOCK_OPTS: [(i32, i32, usize); 34] = [
     // instructions, BPF_MAXINSNS at most), then its lock.
     (1, 26, 4096 * 8), // SO_ATTACH_FILTER
     (1, 44, 4),        // SO_LOCK_FILTER
+    // Raw IP sockets.
+    (0, 3, 4),   // IP_HDRINCL
+    (255, 1, 4), // ICMP_FILTER (SOL_RAW)
+    (58, 1, 32), // ICMP6_FILTER
+    (41, 7, 4),  // IPV6_CHECKSUM
+    // Packet sockets.
+    (263, 10, 4), // PACKET_VERSION
+    (263, 8, 4),  // PACKET_AUXDATA
+    (263, 9, 4),  // PACKET_ORIGDEV
+    (263, 12, 4), // PACKET_RESERVE
+    (263, 23, 4), // PACKET_IGNORE_OUTGOING
 ];
 
 /// A netlink socket: its protocol and type, the port id it is bound to,
@@ -1159,7 +1179,9 @@ impl FileKind {
             FileKind::Udp { opts, .. }
             | FileKind::TcpListen { opts, .. }
             | FileKind::TcpClosed { opts, .. }
-            | FileKind::Tcp(TcpConn { opts, .. }) => opts,
+            | FileKind::Tcp(TcpConn { opts, .. })
+            | FileKind::RawIp { opts, .. }
+            | FileKind::Packet { opts, .. } => opts,
             _ => &[],
         }
     }

@@ -4,7 +4,8 @@
 //! while it moves: caught there ([`Catcher`]), carried over, and sent into
 //! the pod at its new host ([`Sender`]), so that its peers' segments
 //! are delivered rather than lost and sent again only after their
-//! retransmission timeout.
+//! retransmission timeout. A program's own packet sockets are read
+//! ([`binding`]) and made again ([`remake`]) by checkpoints.
 
 use crate::{Errno, SysError, SysResult};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -25,6 +26,54 @@ pub fn socket(protocol: u16) -> SysResult<OwnedFd> {
     }
     // SAFETY: `raw` is a new descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// What a packet socket is bound to: (protocol in network byte order, as
+/// `socket` took it, and interface index; 0: all interfaces).
+pub fn binding(fd: impl std::os::fd::AsFd) -> SysResult<(u16, i32)> {
+    // SAFETY: sockaddr_ll is plain data; getsockname writes at most `len`
+    // bytes into it.
+    let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: as above.
+    let r = unsafe { libc::getsockname(fd.as_fd().as_raw_fd(), (&mut a as *mut libc::sockaddr_ll).cast(), &mut len) };
+    if r != 0 {
+        return Err(SysError::last("getsockname (packet socket)", 0));
+    }
+    Ok((a.sll_protocol, a.sll_ifindex))
+}
+
+/// The name of interface `index` in the calling thread's namespace.
+pub fn if_name(index: i32) -> SysResult<String> {
+    let mut b = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `b` holds IF_NAMESIZE bytes, as if_indextoname needs.
+    let p = unsafe { libc::if_indextoname(index as u32, b.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return Err(SysError::last(format!("if_indextoname({index})"), 0));
+    }
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    Ok(String::from_utf8_lossy(&b[..end]).into_owned())
+}
+
+/// A program's packet socket made again in the calling thread's network
+/// namespace: `kind` (SOCK_RAW, SOCK_DGRAM), `protocol` as [`binding`]
+/// read it, its options, bound to interface `ifname` if one.
+pub fn remake(kind: i32, protocol: u16, ifname: &str, opts: &[cryopod_image::SockOpt]) -> SysResult<OwnedFd> {
+    let sock = crate::sock::any_socket(libc::AF_PACKET, kind, i32::from(protocol), "socket(AF_PACKET)")?;
+    crate::sock::set_options(&sock, opts)?;
+    if !ifname.is_empty() {
+        // SAFETY: sockaddr_ll is plain data; all zero is valid.
+        let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        a.sll_family = libc::AF_PACKET as u16;
+        a.sll_protocol = protocol;
+        a.sll_ifindex = if_index(ifname)? as i32;
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `a` is a valid sockaddr_ll of `len` bytes.
+        if unsafe { libc::bind(sock.as_raw_fd(), (&a as *const libc::sockaddr_ll).cast(), len) } != 0 {
+            return Err(SysError::last(format!("bind (packet socket, interface {ifname})"), 0));
+        }
+    }
+    Ok(sock)
 }
 
 /// The index of interface `name` in the calling thread's namespace.

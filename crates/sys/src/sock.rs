@@ -149,6 +149,16 @@ pub(crate) fn kind_of(fd: BorrowedFd<'_>) -> SysResult<i32> {
         .map_err(|e| SysError::new(format!("getsockopt({})", libc::SO_TYPE), 0, e.into()))
 }
 
+/// SO_PROTOCOL of a socket.
+pub fn protocol(fd: impl AsFd) -> SysResult<i32> {
+    Ok(get_u32(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL, "getsockopt(SO_PROTOCOL)")? as i32)
+}
+
+/// getsockopt into `out` for options named by number: the bytes written.
+pub fn get_raw(fd: impl AsFd, level: i32, opt: i32, out: &mut [u8]) -> SysResult<usize> {
+    get_opt(fd.as_fd(), level, opt, out, &format!("getsockopt({level}, {opt})"))
+}
+
 /// SO_DOMAIN and SO_TYPE of a socket.
 pub fn domain_and_type(fd: impl AsFd) -> SysResult<(i32, i32)> {
     let fd = fd.as_fd();
@@ -240,8 +250,21 @@ pub fn inet_options(fd: impl AsFd, family: i32) -> SysResult<(bool, bool)> {
 /// socket differs from a new one of its family and type (the buffer sizes
 /// only where the program set them: SO_BUF_LOCK).
 pub fn inet_changed_options(fd: impl AsFd, family: i32, kind: i32) -> SysResult<Vec<cryopod_image::SockOpt>> {
+    changed_options(fd, family, kind, 0)
+}
+
+/// [`inet_changed_options`] of a socket of any family, type and protocol
+/// (raw and packet sockets need theirs to be made).
+pub fn changed_options(fd: impl AsFd, family: i32, kind: i32, protocol: i32) -> SysResult<Vec<cryopod_image::SockOpt>> {
     let fd = fd.as_fd();
+    let raw = kind == libc::SOCK_RAW && family != libc::AF_PACKET;
     let applies = |level: i32, name: i32| match level {
+        _ if family == libc::AF_PACKET => level == libc::SOL_SOCKET || level == SOL_PACKET,
+        SOL_PACKET => false,
+        libc::IPPROTO_IP if name == libc::IP_HDRINCL => raw && family == libc::AF_INET,
+        SOL_RAW => raw && family == libc::AF_INET && protocol == libc::IPPROTO_ICMP,
+        libc::IPPROTO_ICMPV6 => raw && family == libc::AF_INET6 && protocol == libc::IPPROTO_ICMPV6,
+        libc::IPPROTO_IPV6 if name == libc::IPV6_CHECKSUM => raw && family == libc::AF_INET6,
         libc::IPPROTO_TCP => kind == libc::SOCK_STREAM,
         libc::IPPROTO_IP if name == libc::IP_MULTICAST_TTL || name == libc::IP_MULTICAST_LOOP => {
             family == libc::AF_INET && kind == libc::SOCK_DGRAM
@@ -260,15 +283,15 @@ pub fn inet_changed_options(fd: impl AsFd, family: i32, kind: i32) -> SysResult<
     static DEFAULTS: std::sync::Mutex<Vec<Defaults>> = std::sync::Mutex::new(Vec::new());
     let defaults = {
         let mut d = DEFAULTS.lock().unwrap_or_else(|p| p.into_inner());
-        match d.iter().find(|(k, _)| *k == (family, kind)) {
+        match d.iter().find(|(k, _)| *k == (family, kind, protocol)) {
             Some((_, v)) => v.clone(),
             None => {
-                let fresh = inet_raw_socket(family, kind, "socket (for its defaults)")?;
+                let fresh = any_socket(family, kind, protocol, "socket (for its defaults)")?;
                 let v: Vec<Option<Vec<u8>>> = cryopod_image::SOCK_OPTS
                     .iter()
                     .map(|&(level, name, max)| read(fresh.as_fd(), level, name, max))
                     .collect();
-                d.push(((family, kind), v.clone()));
+                d.push(((family, kind, protocol), v.clone()));
                 v
             }
         }
@@ -304,8 +327,23 @@ pub fn inet_changed_options(fd: impl AsFd, family: i32, kind: i32) -> SysResult<
 }
 
 /// A new socket's value of each of [`cryopod_image::SOCK_OPTS`], for a
-/// (family, type).
-type Defaults = ((i32, i32), Vec<Option<Vec<u8>>>);
+/// (family, type, protocol).
+type Defaults = ((i32, i32, i32), Vec<Option<Vec<u8>>>);
+
+const SOL_PACKET: i32 = 263;
+const SOL_RAW: i32 = 255;
+
+/// A socket of `family`, `kind` and `protocol` (0: the type's own),
+/// close-on-exec.
+pub fn any_socket(family: i32, kind: i32, protocol: i32, what: impl Into<String>) -> SysResult<OwnedFd> {
+    rustix::net::socket_with(
+        AddressFamily::from_raw(family as u16),
+        SocketType::from_raw(kind as u32),
+        SocketFlags::CLOEXEC,
+        rustix::net::RawProtocol::new(protocol as u32).map(rustix::net::Protocol::from_raw),
+    )
+    .map_err(err(what))
+}
 
 /// SO_BUF_LOCK (Linux 5.14): which buffer sizes the program set.
 const SO_BUF_LOCK: i32 = 72;
@@ -422,6 +460,26 @@ pub fn inet_socket(
     if port != 0 || addr.iter().any(|&b| b != 0) {
         let a = inet_sockaddr(family, addr, port)?;
         rustix::net::bind(&fd, &a).map_err(|e| SysError::new(format!("bind of the {what}"), 0, e.into()))?;
+    }
+    Ok(fd)
+}
+
+/// A raw IP socket of `protocol` made again: its options, bound to `local`
+/// (if not all zero), connected to `peer` (if any).
+pub fn raw_ip(
+    family: i32,
+    protocol: i32,
+    local: &[u8],
+    peer: Option<&[u8]>,
+    opts: &[cryopod_image::SockOpt],
+) -> SysResult<OwnedFd> {
+    let fd = any_socket(family, libc::SOCK_RAW, protocol, format!("socket(SOCK_RAW, {protocol})"))?;
+    set_options(&fd, opts)?;
+    if local.iter().any(|&b| b != 0) {
+        rustix::net::bind(&fd, &inet_sockaddr(family, local, 0)?).map_err(err("bind (raw socket)"))?;
+    }
+    if let Some(p) = peer {
+        inet_connect(&fd, family, p, 0)?;
     }
     Ok(fd)
 }
