@@ -802,7 +802,7 @@ impl Manifest {
                     Some(&b'/') => u.external.len() <= 108 && !u.external.contains(&0),
                     Some(_) => false,
                 };
-                if !external_ok {
+                if !external_ok || !filter_ok(&u.filter.0) {
                     return Err(bad(format!("file {i}: a unix socket's outside peer with a bad name")));
                 }
             }
@@ -813,7 +813,8 @@ impl Manifest {
                 let ok = [2, 3].contains(&n.kind)
                     && (0..32).contains(&n.protocol)
                     && n.groups.len() <= NETLINK_GROUP_WORDS_MAX
-                    && n.flags.iter().all(|f| NETLINK_FLAGS.contains(f));
+                    && n.flags.iter().all(|f| NETLINK_FLAGS.contains(f))
+                    && filter_ok(&n.filter.0);
                 if !ok {
                     return Err(bad(format!("file {i}: a netlink socket of a bad type, protocol, groups or flags")));
                 }
@@ -1049,6 +1050,9 @@ pub struct UnixSock {
     /// abstract name; a stream's peer carries its listener's), connected
     /// to again at restore. Empty otherwise.
     pub external: Vec<u8>,
+    /// A classic BPF filter (struct sock_filter instructions; empty:
+    /// none), and whether it is locked.
+    pub filter: (Vec<u8>, bool),
 }
 
 /// A TCP connection as TCP_REPAIR reads it: established, or half-closed
@@ -1163,6 +1167,15 @@ pub struct NetlinkSock {
     pub peer: (u32, u32),
     /// SOL_NETLINK flags that are on (see [`NETLINK_FLAGS`]).
     pub flags: Vec<i32>,
+    /// A classic BPF filter (struct sock_filter instructions; empty:
+    /// none), and whether it is locked.
+    pub filter: (Vec<u8>, bool),
+}
+
+/// Is `f` a classic BPF program an image may hold (whole instructions,
+/// BPF_MAXINSNS at most)?
+pub fn filter_ok(f: &[u8]) -> bool {
+    f.len().is_multiple_of(8) && f.len() <= 4096 * 8
 }
 
 /// The SOL_NETLINK flags kept: PKTINFO, BROADCAST_ERROR, NO_ENOBUFS,

@@ -54,7 +54,8 @@ pub fn read(fd: impl AsFd) -> SysResult<NetlinkSock> {
             flags.push(f);
         }
     }
-    Ok(NetlinkSock { protocol, kind, portid, groups, peer, flags })
+    let filter = crate::sock::filter_and_lock(fd)?;
+    Ok(NetlinkSock { protocol, kind, portid, groups, peer, flags, filter })
 }
 
 /// Make netlink socket `n` again (close-on-exec): its flags, bound to its
@@ -71,6 +72,7 @@ pub fn make(n: &NetlinkSock) -> SysResult<OwnedFd> {
     for &f in &n.flags {
         set_int(fd, SOL_NETLINK, f, 1, &format!("setsockopt(SOL_NETLINK, {f})"))?;
     }
+    crate::sock::set_filter_and_lock(fd, (&n.filter.0, n.filter.1))?;
     let sockaddr = |pid: u32, groups: u32| {
         // SAFETY: sockaddr_nl is plain data; all zero is valid.
         let mut a: libc::sockaddr_nl = unsafe { std::mem::zeroed() };

@@ -354,7 +354,7 @@ const BPF_MAXINSNS: usize = 4096;
 /// The classic BPF filter attached to `fd` (its instructions; None: no
 /// filter). SO_GET_FILTER counts in instructions, not bytes. An eBPF
 /// program (SO_ATTACH_BPF) cannot be read back: refused.
-fn classic_filter(fd: BorrowedFd<'_>) -> SysResult<Option<Vec<u8>>> {
+pub fn classic_filter(fd: BorrowedFd<'_>) -> SysResult<Option<Vec<u8>>> {
     let mut b = vec![0u8; BPF_MAXINSNS * 8];
     let mut len = BPF_MAXINSNS as libc::socklen_t;
     // SAFETY: `b` holds BPF_MAXINSNS instructions, which `len` says.
@@ -372,8 +372,31 @@ fn classic_filter(fd: BorrowedFd<'_>) -> SysResult<Option<Vec<u8>>> {
     Ok((n > 0).then(|| b[..n].to_vec()))
 }
 
+/// A socket's classic filter and whether it is locked (for sockets
+/// without an option list: unix and netlink ones); empty: none.
+pub fn filter_and_lock(fd: impl AsFd) -> SysResult<(Vec<u8>, bool)> {
+    let fd = fd.as_fd();
+    let filter = classic_filter(fd)?.unwrap_or_default();
+    let locked =
+        !filter.is_empty() && get_u32(fd, libc::SOL_SOCKET, libc::SO_LOCK_FILTER, "getsockopt(SO_LOCK_FILTER)")? != 0;
+    Ok((filter, locked))
+}
+
+/// Attach `filter` (if any) to `fd`, then lock it if `locked`.
+pub fn set_filter_and_lock(fd: impl AsFd, (filter, locked): (&[u8], bool)) -> SysResult<()> {
+    let fd = fd.as_fd();
+    if filter.is_empty() {
+        return Ok(());
+    }
+    attach_filter(fd, filter)?;
+    if locked {
+        set_int(fd, libc::SOL_SOCKET, libc::SO_LOCK_FILTER, 1, "setsockopt(SO_LOCK_FILTER)")?;
+    }
+    Ok(())
+}
+
 /// Attach the classic BPF program `insns` (struct sock_filter array).
-fn attach_filter(fd: BorrowedFd<'_>, insns: &[u8]) -> SysResult<()> {
+pub fn attach_filter(fd: BorrowedFd<'_>, insns: &[u8]) -> SysResult<()> {
     if insns.is_empty() || !insns.len().is_multiple_of(8) || insns.len() > BPF_MAXINSNS * 8 {
         return Err(SysError::new("setsockopt(SO_ATTACH_FILTER): not whole instructions", 0, Errno(libc::EINVAL)));
     }

@@ -15,6 +15,22 @@
 use cryopod_testprogs::*;
 use std::time::Duration;
 
+/// The classic filter on `fd` and whether it is locked.
+fn filter_of(fd: i32) -> (Vec<u8>, i32) {
+    let mut b = vec![0u8; 64 * 8];
+    let mut len = 64u32;
+    let mut lock = 0i32;
+    let mut ll = 4u32;
+    // SAFETY: getsockopt into live buffers whose sizes the lengths say
+    // (SO_GET_FILTER counts instructions).
+    unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER, b.as_mut_ptr().cast(), &mut len);
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_LOCK_FILTER, (&mut lock as *mut i32).cast(), &mut ll);
+    }
+    b.truncate(len as usize * 8);
+    (b, lock)
+}
+
 unsafe fn sock(kind: i32) -> i32 {
     libc::socket(libc::AF_UNIX, kind, 0)
 }
@@ -213,6 +229,30 @@ fn main() {
         send(dp[0], b"d2");
         send(dp[0], b"");
         libc::fcntl(dp[1], libc::F_SETFL, libc::O_NONBLOCK);
+        // Then a locked filter that passes only datagrams of more than 3
+        // bytes (those queued already passed nothing).
+        let insns = [
+            libc::sock_filter { code: 0x80, jt: 0, jf: 0, k: 0 },
+            libc::sock_filter { code: 0x25, jt: 0, jf: 1, k: 3 },
+            libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0xffff },
+            libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 },
+        ];
+        let prog = libc::sock_fprog { len: 4, filter: insns.as_ptr() as *mut libc::sock_filter };
+        let plen = std::mem::size_of::<libc::sock_fprog>() as u32;
+        let one = 1i32;
+        if libc::setsockopt(
+            dp[1],
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            plen,
+        ) != 0
+            || libc::setsockopt(dp[1], libc::SOL_SOCKET, libc::SO_LOCK_FILTER, (&one as *const i32).cast(), 4) != 0
+        {
+            println!("FAIL (setup: filter)");
+            std::process::exit(1);
+        }
+        let filter_before = filter_of(dp[1]);
         sync_read(to_p[0]);
         // A datagram socket bound to a name relative to the working
         // directory.
@@ -244,6 +284,10 @@ fn main() {
         let mut b = [0u8; 8];
         let r = libc::recv(dp[1], b.as_mut_ptr().cast(), 8, 0);
         c.check("dgram pair then empty", r < 0, format!("read {r}"));
+        c.eq("dgram pair's filter", filter_of(dp[1]), filter_before);
+        send(dp[0], b"ab");
+        send(dp[0], b"long-one");
+        c.eq("dgram pair's filter drops the short one", s(&recv(dp[1])), "long-one".into());
         for (i, want) in ["dg1", "dg2"].iter().enumerate() {
             let (got, from) = recvfrom(d);
             c.eq(&format!("bound dgram {}", i + 1), s(&got), want.to_string());

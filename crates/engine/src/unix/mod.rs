@@ -153,6 +153,7 @@ impl UnixTable {
             file,
             rel_dir,
             external: Vec::new(),
+            filter: cryopod_sys::sock::filter_and_lock(&copy)?,
             ino: ino32,
             kind: d.kind,
             state: d.state,

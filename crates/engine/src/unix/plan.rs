@@ -148,6 +148,7 @@ static NO_SOCK: UnixSock = UnixSock {
     file: None,
     rel_dir: String::new(),
     external: Vec::new(),
+    filter: (Vec::new(), false),
 };
 
 fn sock_of(m: &Manifest, f: u32) -> Option<&UnixSock> {
@@ -612,6 +613,7 @@ impl Plan {
                 if u.passcred {
                     sock::set_passcred(fd, true)?;
                 }
+                sock::set_filter_and_lock(fd, (&u.filter.0, u.filter.1)).map_err(|e| err("filter", *file, e))?;
                 if u.shutdown & 2 != 0 {
                     sock::shutdown(fd, libc::SHUT_WR).map_err(|e| err("shutdown", *file, e))?;
                 }
