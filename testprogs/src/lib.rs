@@ -10,6 +10,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub mod net;
+
 pub struct Checks {
     failed: usize,
     total: usize,

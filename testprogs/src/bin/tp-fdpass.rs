@@ -128,26 +128,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A loopback TCP connection: (client end, accepted end).
-unsafe fn tcp_pair() -> Option<(i32, i32)> {
-    let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-    let mut a: libc::sockaddr_in = std::mem::zeroed();
-    a.sin_family = libc::AF_INET as u16;
-    a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-    let ap = (&mut a as *mut libc::sockaddr_in).cast();
-    if libc::bind(l, ap, len) != 0 || libc::listen(l, 1) != 0 || libc::getsockname(l, ap, &mut len) != 0 {
-        return None;
-    }
-    let c = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-    if libc::connect(c, ap, len) != 0 {
-        return None;
-    }
-    let s = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
-    libc::close(l);
-    (s >= 0).then_some((c, s))
-}
-
 /// The child: sends the six messages, says so on `done`, and after the
 /// restore plays the other end of the pipe, the socketpair and the TCP
 /// connection.
@@ -174,7 +154,7 @@ unsafe fn child(dir: &std::path::Path, s: i32, done: i32) -> ! {
     if mfd < 0 || null < 0 || !write_all(mfd, b"memfd-content") {
         fail("the memfd, /dev/null");
     }
-    let Some((client, accepted)) = tcp_pair() else { fail("the TCP connection") };
+    let Some((client, accepted)) = net::loopback_pair() else { fail("the TCP connection") };
     if !write_all(client, b"tcp-early") {
         fail("the TCP connection's early bytes");
     }

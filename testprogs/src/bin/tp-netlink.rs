@@ -60,22 +60,6 @@ fn flags(s: i32) -> Vec<i32> {
         .collect()
 }
 
-/// The classic filter on `fd` and whether it is locked.
-fn filter_of(fd: i32) -> (Vec<u8>, i32) {
-    let mut b = vec![0u8; 64 * 8];
-    let mut len = 64u32;
-    let mut lock = 0i32;
-    let mut ll = 4u32;
-    // SAFETY: getsockopt into live buffers whose sizes the lengths say
-    // (SO_GET_FILTER counts instructions).
-    unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER, b.as_mut_ptr().cast(), &mut len);
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_LOCK_FILTER, (&mut lock as *mut i32).cast(), &mut ll);
-    }
-    b.truncate(len as usize * 8);
-    (b, lock)
-}
-
 fn view(s: i32) -> (u32, Vec<u32>, Vec<i32>) {
     (portid(s), memberships(s), flags(s))
 }
@@ -175,7 +159,7 @@ fn main() {
             println!("FAIL (setup: filter)");
             std::process::exit(1);
         }
-        let generic_filter = filter_of(generic);
+        let generic_filter = net::socket_filter(generic);
         let before = [view(route), view(mine), view(generic)];
         if before[0].1.get(1) != Some(&1) || before[2].0 != 0 {
             println!("FAIL (setup: {before:?})");
@@ -186,7 +170,7 @@ fn main() {
         c.eq("the route socket: port id, groups, flags", view(route), before[0].clone());
         c.eq("the socket bound by the program", view(mine), before[1].clone());
         c.eq("the generic socket, never used", view(generic), before[2].clone());
-        c.eq("the generic socket's locked filter", filter_of(generic), generic_filter);
+        c.eq("the generic socket's locked filter", net::socket_filter(generic), generic_filter);
         c.eq("the route socket's answer", link_dump(route, 7), Some((libc::RTM_NEWLINK, 7, before[0].0)));
         c.eq("the bound socket's answer", link_dump(mine, 8), Some((libc::RTM_NEWLINK, 8, 0x7ff0_1234)));
     }

@@ -108,19 +108,6 @@ fn congestion(fd: i32) -> String {
     String::from_utf8_lossy(&b).trim_end_matches('\0').to_string()
 }
 
-/// The classic BPF program attached to `fd` (SO_GET_FILTER counts
-/// instructions, not bytes).
-fn filter_of(fd: i32) -> Vec<u8> {
-    let mut b = vec![0u8; 64 * 8];
-    let mut len = 64u32;
-    // SAFETY: getsockopt into a buffer of 64 instructions, which `len` says.
-    if unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER, b.as_mut_ptr().cast(), &mut len) } != 0 {
-        return vec![];
-    }
-    b.truncate(len as usize * 8);
-    b
-}
-
 /// A UDP socket bound on loopback with a locked classic BPF filter that
 /// passes only packets longer than 20 bytes; and its address.
 unsafe fn filtered_udp() -> (i32, libc::sockaddr_in) {
@@ -194,7 +181,7 @@ fn main() {
         set_int(u, libc::SOL_SOCKET, libc::SO_BROADCAST, 1, "udp");
         tune(u, "udp");
         let (filtered, faddr) = filtered_udp();
-        let filter_before = filter_of(filtered);
+        let filter_before = net::socket_filter(filtered).0;
         if filter_before.len() != 32 {
             setup_failed("SO_GET_FILTER");
         }
@@ -262,7 +249,7 @@ fn main() {
             (true, true, true),
         );
         c.eq("UDP broadcast", get(u, libc::SOL_SOCKET, libc::SO_BROADCAST), udp_broadcast);
-        c.eq("the filter's program", filter_of(filtered), filter_before);
+        c.eq("the filter's program", net::socket_filter(filtered).0, filter_before);
         c.eq(
             "the filter still locked",
             get(filtered, libc::SOL_SOCKET, libc::SO_LOCK_FILTER),

@@ -31,40 +31,6 @@ fn state(fd: i32) -> u8 {
     info.tcpi_state
 }
 
-/// A loopback listener: (fd, port).
-unsafe fn listener() -> Option<(i32, u16)> {
-    let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-    let mut a: libc::sockaddr_in = std::mem::zeroed();
-    a.sin_family = libc::AF_INET as u16;
-    a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-    let ap = (&mut a as *mut libc::sockaddr_in).cast();
-    if libc::bind(l, ap, len) != 0 || libc::listen(l, 1) != 0 || libc::getsockname(l, ap, &mut len) != 0 {
-        return None;
-    }
-    Some((l, u16::from_be(a.sin_port)))
-}
-
-/// A loopback connection: (client, server end).
-unsafe fn pair() -> Option<(i32, i32)> {
-    let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-    let mut a: libc::sockaddr_in = std::mem::zeroed();
-    a.sin_family = libc::AF_INET as u16;
-    a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-    let ap = (&mut a as *mut libc::sockaddr_in).cast();
-    if libc::bind(l, ap, len) != 0 || libc::listen(l, 1) != 0 || libc::getsockname(l, ap, &mut len) != 0 {
-        return None;
-    }
-    let c = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-    if libc::connect(c, ap, len) != 0 {
-        return None;
-    }
-    let s = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
-    libc::close(l);
-    (s >= 0).then_some((c, s))
-}
-
 /// Read up to `max` bytes until the end of the stream or 10 s; (bytes,
 /// whether the end came).
 unsafe fn read_to_end(fd: i32, max: usize) -> (Vec<u8>, bool) {
@@ -146,7 +112,7 @@ fn main() {
     let mut c = Checks::new();
     // SAFETY: plain libc calls on this program's own descriptors.
     unsafe {
-        let (Some((ac, asrv)), Some((bc, bsrv))) = (pair(), pair()) else {
+        let (Some((ac, asrv)), Some((bc, bsrv))) = (net::loopback_pair(), net::loopback_pair()) else {
             println!("FAIL (setup: loopback connections)");
             std::process::exit(1);
         };
@@ -157,7 +123,7 @@ fn main() {
         let sent = fill(bc);
         libc::shutdown(bc, libc::SHUT_WR);
         // D: the same, with the buffer sizes set by the program.
-        let Some((dc, dsrv)) = pair() else {
+        let Some((dc, dsrv)) = net::loopback_pair() else {
             println!("FAIL (setup: loopback connection D)");
             std::process::exit(1);
         };
@@ -175,7 +141,7 @@ fn main() {
         }
         println!("B holds {sent} bytes, D {d_sent}");
         // C: the outside client.
-        let Some((l, port)) = listener() else {
+        let Some((l, port)) = net::loopback_listener(1).map(|(l, a)| (l, u16::from_be(a.sin_port))) else {
             println!("FAIL (setup: listener)");
             std::process::exit(1);
         };

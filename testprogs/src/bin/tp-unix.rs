@@ -15,22 +15,6 @@
 use cryopod_testprogs::*;
 use std::time::Duration;
 
-/// The classic filter on `fd` and whether it is locked.
-fn filter_of(fd: i32) -> (Vec<u8>, i32) {
-    let mut b = vec![0u8; 64 * 8];
-    let mut len = 64u32;
-    let mut lock = 0i32;
-    let mut ll = 4u32;
-    // SAFETY: getsockopt into live buffers whose sizes the lengths say
-    // (SO_GET_FILTER counts instructions).
-    unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER, b.as_mut_ptr().cast(), &mut len);
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_LOCK_FILTER, (&mut lock as *mut i32).cast(), &mut ll);
-    }
-    b.truncate(len as usize * 8);
-    (b, lock)
-}
-
 unsafe fn sock(kind: i32) -> i32 {
     libc::socket(libc::AF_UNIX, kind, 0)
 }
@@ -252,7 +236,7 @@ fn main() {
             println!("FAIL (setup: filter)");
             std::process::exit(1);
         }
-        let filter_before = filter_of(dp[1]);
+        let filter_before = net::socket_filter(dp[1]);
         sync_read(to_p[0]);
         // A datagram socket bound to a name relative to the working
         // directory.
@@ -284,7 +268,7 @@ fn main() {
         let mut b = [0u8; 8];
         let r = libc::recv(dp[1], b.as_mut_ptr().cast(), 8, 0);
         c.check("dgram pair then empty", r < 0, format!("read {r}"));
-        c.eq("dgram pair's filter", filter_of(dp[1]), filter_before);
+        c.eq("dgram pair's filter", net::socket_filter(dp[1]), filter_before);
         send(dp[0], b"ab");
         send(dp[0], b"long-one");
         c.eq("dgram pair's filter drops the short one", s(&recv(dp[1])), "long-one".into());

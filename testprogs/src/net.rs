@@ -1,0 +1,57 @@
+//! Socket helpers the test programs share: loopback TCP listeners and
+//! connections, and reading a socket's classic BPF filter.
+
+/// A TCP listener on 127.0.0.1 at a port the kernel chose: (fd, its
+/// address).
+pub fn loopback_listener(backlog: i32) -> Option<(i32, libc::sockaddr_in)> {
+    // SAFETY: socket calls on a new descriptor with a live sockaddr_in.
+    unsafe {
+        let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as u16;
+        a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        let ap = (&mut a as *mut libc::sockaddr_in).cast();
+        if l < 0
+            || libc::bind(l, ap, len) != 0
+            || libc::listen(l, backlog) != 0
+            || libc::getsockname(l, ap, &mut len) != 0
+        {
+            return None;
+        }
+        Some((l, a))
+    }
+}
+
+/// A TCP connection over loopback: (client end, accepted end); the
+/// listener is closed.
+pub fn loopback_pair() -> Option<(i32, i32)> {
+    let (l, a) = loopback_listener(1)?;
+    // SAFETY: socket calls on our descriptors with a live sockaddr_in.
+    unsafe {
+        let c = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        if libc::connect(c, (&a as *const libc::sockaddr_in).cast(), len) != 0 {
+            return None;
+        }
+        let s = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
+        libc::close(l);
+        (s >= 0).then_some((c, s))
+    }
+}
+
+/// The classic BPF filter on `fd` (its instructions; SO_GET_FILTER
+/// counts them, not bytes) and whether it is locked.
+pub fn socket_filter(fd: i32) -> (Vec<u8>, i32) {
+    let mut b = vec![0u8; 64 * 8];
+    let mut len = 64u32;
+    let mut lock = 0i32;
+    let mut ll = 4u32;
+    // SAFETY: getsockopt into live buffers whose sizes the lengths say.
+    unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER, b.as_mut_ptr().cast(), &mut len);
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_LOCK_FILTER, (&mut lock as *mut i32).cast(), &mut ll);
+    }
+    b.truncate(len as usize * 8);
+    (b, lock)
+}
