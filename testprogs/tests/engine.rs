@@ -258,6 +258,35 @@ fn raw_and_packet_sockets_come_back() {
     roundtrip("rawsock", env!("CARGO_BIN_EXE_tp-rawsock"));
 }
 
+/// A TCP connect in progress (`tp-connecting`): the test's listener has
+/// its accept queue full, so the program's SYN goes unanswered. After the
+/// restore the test makes room, and the connection completes from the
+/// same local port; its line arrives.
+#[test]
+fn a_connect_in_progress_completes_after_restore() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Backlog 0: one connection waiting fills the queue.
+    // SAFETY: listen on our own listener's descriptor.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 0) };
+    let filler = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut run = Run::testprog_with("connecting", env!("CARGO_BIN_EXE_tp-connecting"), &[&port.to_string()]);
+    run.checkpoint(&[]);
+    let o = cryopod(&["restore", run.image.to_str().unwrap(), "--detach"], &[]);
+    assert!(o.0 == 0, "restore failed: {}", o.2);
+    let taken = listener.accept().unwrap();
+    drop((taken, filler));
+    let reader = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut b = [0u8; 10];
+        c.read_exact(&mut b).map(|_| b.to_vec())
+    });
+    run.go_and_expect_pass();
+    assert_eq!(reader.join().unwrap().unwrap(), b"connected\n");
+}
+
 #[test]
 fn inotify() {
     roundtrip("inotify", env!("CARGO_BIN_EXE_tp-inotify"));

@@ -541,6 +541,11 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::TcpListen { family, addr, port, .. } => {
             format!("TCP listener {}", crate::inet::show(*family, addr, *port))
         }
+        FileKind::TcpConnecting { family, local, remote, .. } => format!(
+            "TCP socket connecting from {} to {}",
+            crate::inet::show(*family, &local.0, local.1),
+            crate::inet::show(*family, &remote.0, remote.1)
+        ),
         FileKind::TcpClosed { family, local, .. } => {
             format!("TCP socket never connected, at {}", crate::inet::show(*family, &local.0, local.1))
         }
@@ -679,6 +684,7 @@ fn open_one(
         FileKind::Udp { .. }
         | FileKind::TcpListen { .. }
         | FileKind::TcpClosed { .. }
+        | FileKind::TcpConnecting { .. }
         | FileKind::RawIp { .. }
         | FileKind::Packet { .. } => {
             let fd = crate::inet::make(&f.kind, ns_of)?;

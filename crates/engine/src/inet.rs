@@ -34,6 +34,8 @@ impl Repaired {
 }
 
 pub const ESTABLISHED: u8 = 1;
+/// TCP_SYN_SENT: connecting, no answer yet.
+pub const SYN_SENT: u8 = 2;
 /// TCP_CLOSE: made and not connected, or closed.
 pub const CLOSE: u8 = 7;
 
@@ -60,7 +62,7 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
     }
     if inet && kind == libc::SOCK_RAW {
         let (local, _) = sock::inet_name(copy_fd)?;
-        let peer = raw_peer(pid, family, copy_fd)?;
+        let peer = proc_net_peer(pid, family, copy_fd, ("raw", "01"))?.map(|(a, _)| a);
         let opts = sock::changed_options(copy_fd, family, kind, protocol)?;
         return Ok(FileKind::RawIp { family, protocol, local, peer, opts });
     }
@@ -110,6 +112,15 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
         let local = sock::inet_name(copy_fd)?;
         return Ok(FileKind::TcpClosed { family, local, reuseaddr, v6only, opts });
     }
+    if state == SYN_SENT {
+        let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
+        let opts = sock::inet_changed_options(copy_fd, family, kind)?;
+        let local = sock::inet_name(copy_fd)?;
+        let remote = proc_net_peer(pid, family, copy_fd, ("tcp", "02"))?.ok_or_else(|| {
+            EngineError::Other("is a TCP socket connecting to an address that cannot be found".into())
+        })?;
+        return Ok(FileKind::TcpConnecting { family, local, remote, reuseaddr, v6only, opts });
+    }
     if state != LISTEN {
         return Err(EngineError::Other(format!(
             "is a TCP socket in state {state}: only listeners, established and half-closed connections and sockets never connected can be checkpointed"
@@ -126,12 +137,18 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
     Ok(FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only, opts })
 }
 
-/// The peer a raw socket is connected to (getpeername says ENOTCONN for
-/// raw sockets, which have no port): from /proc/PID/net/raw or raw6, by
-/// the socket's inode, where a connected one is in state 1.
-fn raw_peer(pid: i32, family: i32, fd: std::os::fd::BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
+/// The peer of socket `fd` when getpeername cannot say (ENOTCONN for a
+/// raw socket, which has no port, and for a TCP socket still in
+/// SYN_SENT): from /proc/PID/net/`table` (or its IPv6 twin), by the
+/// socket's inode, if it is in `state` there (hex, as the table shows).
+fn proc_net_peer(
+    pid: i32,
+    family: i32,
+    fd: std::os::fd::BorrowedFd<'_>,
+    (table, state): (&str, &str),
+) -> Result<Option<(Vec<u8>, u16)>> {
     let ino = rustix::fs::fstat(fd).map_err(|e| EngineError::Other(format!("fstat of a raw socket: {e}")))?.st_ino;
-    let path = format!("/proc/{pid}/net/{}", if family == libc::AF_INET6 { "raw6" } else { "raw" });
+    let path = format!("/proc/{pid}/net/{table}{}", if family == libc::AF_INET6 { "6" } else { "" });
     let table =
         std::fs::read_to_string(&path).map_err(|e| EngineError::Proc { path: path.clone(), msg: e.to_string() })?;
     for line in table.lines().skip(1) {
@@ -139,17 +156,18 @@ fn raw_peer(pid: i32, family: i32, fd: std::os::fd::BorrowedFd<'_>) -> Result<Op
         if f.get(9).and_then(|i| i.parse::<u64>().ok()) != Some(ino) {
             continue;
         }
-        if f.get(3) != Some(&"01") {
+        if f.get(3) != Some(&state) {
             return Ok(None);
         }
         // The address as the kernel holds it, printed one 32-bit word at
-        // a time in this machine's byte order.
-        let hex = f.get(2).and_then(|r| r.split(':').next()).unwrap_or("");
+        // a time in this machine's byte order; the port in hex.
+        let (hex, port) = f.get(2).and_then(|r| r.split_once(':')).unwrap_or(("", ""));
         let words: Option<Vec<u32>> =
             (0..hex.len() / 8).map(|i| u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()).collect();
         let bytes: Vec<u8> = words.unwrap_or_default().iter().flat_map(|w| w.to_ne_bytes()).collect();
         let want = if family == libc::AF_INET6 { 16 } else { 4 };
-        return Ok((bytes.len() == want).then_some(bytes));
+        let port = u16::from_str_radix(port, 16).unwrap_or(0);
+        return Ok((bytes.len() == want).then_some((bytes, port)));
     }
     Ok(None)
 }
@@ -194,6 +212,14 @@ pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
         FileKind::TcpClosed { family, local, reuseaddr, v6only, opts } => crate::nsjoin::in_net(ns_of, move || {
             Ok(sock::inet_socket(libc::SOCK_STREAM, family, (&local.0, local.1), (reuseaddr, v6only), &opts)?)
         }),
+        FileKind::TcpConnecting { family, local, remote, reuseaddr, v6only, opts } => {
+            crate::nsjoin::in_net(ns_of, move || {
+                let fd = sock::inet_socket(libc::SOCK_STREAM, family, (&local.0, local.1), (reuseaddr, v6only), &opts)?;
+                cryopod_sys::fd::set_status_flags(&fd, libc::O_NONBLOCK)?;
+                sock::inet_connect_start(&fd, family, &remote.0, remote.1)?;
+                Ok(fd)
+            })
+        }
         FileKind::RawIp { family, protocol, local, peer, opts } => {
             crate::nsjoin::in_net(ns_of, move || Ok(sock::raw_ip(family, protocol, &local, peer.as_deref(), &opts)?))
         }

@@ -549,6 +549,17 @@ pub enum FileKind {
     /// A TCP socket made (and maybe bound) but never connected nor
     /// listening: `local` its address, all zero when unbound.
     TcpClosed { family: i32, local: (Vec<u8>, u16), reuseaddr: bool, v6only: bool, opts: Vec<SockOpt> },
+    /// A TCP socket whose connect is in progress (SYN_SENT): made again,
+    /// bound to `local`, and connecting to `remote` anew (the peer had
+    /// answered nothing; a new SYN is what a retransmission would be).
+    TcpConnecting {
+        family: i32,
+        local: (Vec<u8>, u16),
+        remote: (Vec<u8>, u16),
+        reuseaddr: bool,
+        v6only: bool,
+        opts: Vec<SockOpt>,
+    },
     /// An established TCP connection (TCP_REPAIR state).
     Tcp(TcpConn),
     /// A pidfd naming process `pid` of the checkpoint.
@@ -1192,6 +1203,7 @@ impl FileKind {
             FileKind::Udp { opts, .. }
             | FileKind::TcpListen { opts, .. }
             | FileKind::TcpClosed { opts, .. }
+            | FileKind::TcpConnecting { opts, .. }
             | FileKind::Tcp(TcpConn { opts, .. })
             | FileKind::RawIp { opts, .. }
             | FileKind::Packet { opts, .. } => opts,

@@ -521,6 +521,16 @@ pub fn tcp_listen(
 }
 
 /// Connect an IPv4 or IPv6 socket (a datagram socket's default peer).
+/// Start connecting non-blocking `fd` to (address, port): in progress
+/// (EINPROGRESS) is success.
+pub fn inet_connect_start(fd: impl AsFd, family: i32, addr: &[u8], port: u16) -> SysResult<()> {
+    let a = inet_sockaddr(family, addr, port)?;
+    match rustix::net::connect(fd, &a) {
+        Ok(()) | Err(rustix::io::Errno::INPROGRESS) => Ok(()),
+        Err(e) => Err(SysError::new(format!("connect to port {port}"), 0, e.into())),
+    }
+}
+
 pub fn inet_connect(fd: impl AsFd, family: i32, addr: &[u8], port: u16) -> SysResult<()> {
     let a = inet_sockaddr(family, addr, port)?;
     rustix::net::connect(fd, &a).map_err(|e| SysError::new(format!("connect to port {port}"), 0, e.into()))
