@@ -2,7 +2,10 @@
 //! private and kept open, a deleted file mapped like a replaced library
 //! (private, one CoW'd page), and a deleted file both open and mapped
 //! shared. Contents, names, offsets and sharing (writes through the fd show
-//! in the shared mapping) must all come back.
+//! in the shared mapping) must all come back. And (issue 11, class 4) a
+//! memfd of 3 pages mapped over 4 (the last page past its end) and a file
+//! mapped in part (2 pages from its fourth): the object keeps its size,
+//! the area its length, and the pages their contents.
 
 use cryopod_testprogs::*;
 use std::ffi::CString;
@@ -60,6 +63,25 @@ fn main() {
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
         libc::fcntl(sealed, libc::F_ADD_SEALS, seals);
         let plain_seals = libc::fcntl(mfd, libc::F_GET_SEALS);
+        // Past its end, and in part.
+        let short = libc::memfd_create(c"cryo-short".as_ptr(), 0);
+        libc::ftruncate(short, 3 * 4096);
+        let past = libc::mmap(std::ptr::null_mut(), 4 * 4096, rw, libc::MAP_SHARED, short, 0) as *mut u8;
+        let part_file = dir.join("part");
+        let pf = libc::open(
+            CString::new(part_file.to_str().unwrap()).unwrap().as_ptr(),
+            libc::O_RDWR | libc::O_CREAT,
+            0o600,
+        );
+        libc::ftruncate(pf, 8 * 4096);
+        let part = libc::mmap(std::ptr::null_mut(), 2 * 4096, rw, libc::MAP_SHARED, pf, 3 * 4096) as *mut u8;
+        if past == libc::MAP_FAILED as *mut u8 || part == libc::MAP_FAILED as *mut u8 {
+            println!("FAIL (setup: mappings past an end, in part)");
+            std::process::exit(1);
+        }
+        *past = 1;
+        *past.add(2 * 4096 + 7) = 3;
+        *part.add(4096 + 9) = 4;
         let links = (link(mfd), link(sfd));
         let maps_before = maps();
 
@@ -86,6 +108,13 @@ fn main() {
         let mut b = [0u8; 6];
         libc::pread(sealed, b.as_mut_ptr().cast(), 6, 0);
         c.eq("sealed memfd contents", &b, b"frozen");
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(short, &mut st);
+        c.eq("the memfd mapped past its end keeps its size", st.st_size, 3 * 4096);
+        c.eq("its pages", (*past, *past.add(2 * 4096 + 7)), (1, 3));
+        let mut b = [0u8; 1];
+        libc::pread(pf, b.as_mut_ptr().cast(), 1, 4 * 4096 + 9);
+        c.eq("the file mapped in part: its page, through the file", b[0], 4);
         let after = maps();
         let missing: Vec<&String> =
             maps_before.iter().filter(|l| !l.ends_with("[heap]") && !after.contains(l)).collect();
