@@ -23,6 +23,8 @@ const PR_SET_CHILD_SUBREAPER: u64 = 36;
 const PR_GET_CHILD_SUBREAPER: u64 = 37;
 const PR_SET_THP_DISABLE: u64 = 41;
 const PR_GET_THP_DISABLE: u64 = 42;
+const PR_SET_MEMORY_MERGE: u64 = 67;
+const PR_GET_MEMORY_MERGE: u64 = 68;
 const CAP_VERSION_3: u32 = 0x2008_0522;
 const SECBIT_KEEP_CAPS: u32 = 1 << 4;
 
@@ -246,6 +248,8 @@ pub fn collect_attrs(r: &mut Remote) -> Result<ProcAttrs> {
     r.call("prctl(PR_GET_CHILD_SUBREAPER)", nr::PRCTL, &[PR_GET_CHILD_SUBREAPER, r.data])?;
     let child_subreaper = r.get(0, 4)?.iter().any(|&b| b != 0);
     let thp_disable = r.call("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, &[PR_GET_THP_DISABLE])? != 0;
+    // (A kernel without KSM says EINVAL: nothing merges there.)
+    let memory_merge = r.raw(nr::PRCTL, &[PR_GET_MEMORY_MERGE, 0, 0, 0, 0])? == 1;
     let coredump_filter = procfs::read(r.pid, "coredump_filter")
         .ok()
         .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
@@ -261,7 +265,16 @@ pub fn collect_attrs(r: &mut Remote) -> Result<ProcAttrs> {
             0
         }
     };
-    Ok(ProcAttrs { dumpable, child_subreaper, thp_disable, coredump_filter, oom_score_adj, loginuid, membarrier })
+    Ok(ProcAttrs {
+        dumpable,
+        child_subreaper,
+        thp_disable,
+        memory_merge,
+        coredump_filter,
+        oom_score_adj,
+        loginuid,
+        membarrier,
+    })
 }
 
 const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
@@ -337,6 +350,9 @@ pub fn restore_attrs(r: &mut Remote, a: &ProcAttrs) -> Result<()> {
     std::fs::write(&oom, a.oom_score_adj.to_string())
         .map_err(|e| crate::EngineError::Other(format!("{oom}: setting {}: {e}", a.oom_score_adj)))?;
     r.call("prctl(PR_SET_THP_DISABLE)", nr::PRCTL, &[PR_SET_THP_DISABLE, u64::from(a.thp_disable), 0, 0, 0])?;
+    if a.memory_merge {
+        r.call("prctl(PR_SET_MEMORY_MERGE)", nr::PRCTL, &[PR_SET_MEMORY_MERGE, 1, 0, 0, 0])?;
+    }
     std::fs::write(format!("/proc/{}/coredump_filter", r.pid), format!("{:#x}", a.coredump_filter))
         .map_err(|e| crate::EngineError::Other(format!("coredump_filter {:#x}: {e}", a.coredump_filter)))?;
     Ok(())

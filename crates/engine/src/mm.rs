@@ -649,6 +649,7 @@ fn apply_madvise(r: &mut Remote, v: &Vma) -> Result<()> {
         (vma_flags::DONTDUMP, libc::MADV_DONTDUMP),
         (vma_flags::SEQUENTIAL, libc::MADV_SEQUENTIAL),
         (vma_flags::RANDOM, libc::MADV_RANDOM),
+        (vma_flags::MERGEABLE, libc::MADV_MERGEABLE),
     ] {
         if v.madv & bit != 0 {
             r.call("madvise", nr::MADVISE, &[v.start, v.end - v.start, advice as u64])?;

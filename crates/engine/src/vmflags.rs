@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 /// Each flag: its name in smaps, its kernel bit, its image bit.
-const FLAGS: [(&str, u64, u32); 10] = [
+const FLAGS: [(&str, u64, u32); 11] = [
     ("hg", vm::HUGEPAGE, vma_flags::HUGEPAGE),
     ("nh", vm::NOHUGEPAGE, vma_flags::NOHUGEPAGE),
     ("dc", vm::DONTCOPY, vma_flags::DONTFORK),
@@ -30,6 +30,7 @@ const FLAGS: [(&str, u64, u32); 10] = [
     ("lf", vm::LOCKONFAULT, vma_flags::LOCKONFAULT),
     ("sr", vm::SEQ_READ, vma_flags::SEQUENTIAL),
     ("rr", vm::RAND_READ, vma_flags::RANDOM),
+    ("mg", vm::MERGEABLE, vma_flags::MERGEABLE),
 ];
 
 fn from_smaps(m: &MapEntry) -> u32 {

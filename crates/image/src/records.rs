@@ -276,6 +276,9 @@ pub struct ProcAttrs {
     pub oom_score_adj: i32,
     /// /proc/PID/loginuid (u32::MAX: never set).
     pub loginuid: u32,
+    /// PR_SET_MEMORY_MERGE: every area of the process offered to KSM,
+    /// those it maps later too.
+    pub memory_merge: bool,
     /// The membarrier registrations of its address space
     /// (MEMBARRIER_CMD_GET_REGISTRATIONS: a mask of the REGISTER_*
     /// commands issued).
@@ -450,6 +453,8 @@ pub mod vma_flags {
     pub const LOCKONFAULT: u32 = 128;
     pub const SEQUENTIAL: u32 = 256;
     pub const RANDOM: u32 = 512;
+    /// MADV_MERGEABLE: offered to KSM.
+    pub const MERGEABLE: u32 = 1024;
 }
 
 /// A run of pages: zero pages (nothing stored) or data of one chunk: its

@@ -29,6 +29,7 @@ pub mod vm {
     pub const DONTDUMP: u64 = 0x0400_0000;
     pub const HUGEPAGE: u64 = 0x2000_0000;
     pub const NOHUGEPAGE: u64 = 0x4000_0000;
+    pub const MERGEABLE: u64 = 0x8000_0000;
 }
 
 /// One area as the kernel holds it.
@@ -350,7 +351,7 @@ impl Probes {
     pub fn map() -> SysResult<Probes> {
         let mut p = Probes { areas: Vec::new() };
         let len = 2 * crate::PAGE_SIZE as usize;
-        for name in ["hg", "nh", "dc", "wf", "dd", "lo", "gd"] {
+        for name in ["hg", "nh", "dc", "wf", "dd", "lo", "gd", "mg"] {
             let grows = if name == "gd" { libc::MAP_GROWSDOWN } else { 0 };
             // SAFETY: a new private anonymous mapping at an address of the
             // kernel's choice: no existing memory is touched.
@@ -374,6 +375,7 @@ impl Probes {
                 "dc" => Some(libc::MADV_DONTFORK),
                 "wf" => Some(libc::MADV_WIPEONFORK),
                 "dd" => Some(libc::MADV_DONTDUMP),
+                "mg" => Some(libc::MADV_MERGEABLE),
                 _ => None,
             };
             // SAFETY: the calls change only the flags of the mapping made
@@ -386,7 +388,7 @@ impl Probes {
                 }
             };
             if r != 0 {
-                // A kernel without the feature (no THP): the flag is never
+                // A kernel without the feature (no THP, no KSM): the flag is never
                 // set there, so it needs no probe.
                 p.areas.pop();
                 // SAFETY: unmaps the mapping made above, used by nothing.

@@ -4,7 +4,10 @@
 //! MADV_SEQUENTIAL and one MADV_RANDOM, each with a pattern in it. After
 //! the restore each area has its flags again (smaps VmFlags lo, lf, sr,
 //! rr), as much memory is locked as before (VmLck), and every pattern is
-//! there. PASS only if all of that holds.
+//! there. Also one area offered to KSM (MADV_MERGEABLE: VmFlags mg), and
+//! a child that offered its whole memory (PR_SET_MEMORY_MERGE): after the
+//! restore it still has (ksm_merge_any), so an area it maps then is
+//! mergeable too. PASS only if all of that holds.
 
 use cryopod_testprogs::*;
 
@@ -71,7 +74,7 @@ fn same(p: *mut u8, seed: u64, pages: usize) -> bool {
 fn main() {
     let dir = work_dir();
     let mut c = Checks::new();
-    let (locked, onfault, seq, rand) = (area(), area(), area(), area());
+    let (locked, onfault, seq, rand, merge) = (area(), area(), area(), area(), area());
     fill(locked, 1, PAGES);
     fill(onfault, 2, 3);
     fill(seq, 3, PAGES);
@@ -82,29 +85,59 @@ fn main() {
             || libc::mlock2(onfault.cast(), PAGES * PAGE, libc::MLOCK_ONFAULT) != 0
             || libc::madvise(seq.cast(), PAGES * PAGE, libc::MADV_SEQUENTIAL) != 0
             || libc::madvise(rand.cast(), PAGES * PAGE, libc::MADV_RANDOM) != 0
+            || libc::madvise(merge.cast(), PAGES * PAGE, libc::MADV_MERGEABLE) != 0
         {
             setup_failed("mlock, madvise");
         }
     }
     let has = |p: *mut u8, f: &str| vm_flags(p as usize).iter().any(|x| x == f);
-    let flags = |p: *mut u8| (has(p, "lo"), has(p, "lf"), has(p, "sr"), has(p, "rr"));
-    let before = [flags(locked), flags(onfault), flags(seq), flags(rand)];
+    let flags = |p: *mut u8| (has(p, "lo"), has(p, "lf"), has(p, "sr"), has(p, "rr"), has(p, "mg"));
+    let before = [flags(locked), flags(onfault), flags(seq), flags(rand), flags(merge)];
     let vmlck = || status("VmLck");
     let lck_before = vmlck();
     if before
         != [
-            (true, false, false, false),
-            (true, true, false, false),
-            (false, false, true, false),
-            (false, false, false, true),
+            (true, false, false, false, false),
+            (true, true, false, false, false),
+            (false, false, true, false, false),
+            (false, false, false, true, false),
+            (false, false, false, false, true),
         ]
     {
         println!("FAIL (setup: flags {before:?})");
         std::process::exit(1);
     }
+    let merging = || {
+        std::fs::read_to_string("/proc/self/ksm_stat").unwrap_or_default().lines().any(|l| l == "ksm_merge_any: yes")
+    };
+    // SAFETY: the child runs to its _exit below.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: prctl with integer arguments; then this process's own
+        // mapping; _exit ends it.
+        unsafe {
+            let on = libc::prctl(67, 1, 0, 0, 0) == 0 && merging();
+            wait_go(&dir);
+            let later = area();
+            let ok = on && merging() && has(later, "mg");
+            libc::_exit(if ok { 0 } else { 3 });
+        }
+    }
     ready_and_wait(&dir);
 
-    c.eq("each area's flags (lo, lf, sr, rr)", [flags(locked), flags(onfault), flags(seq), flags(rand)], before);
+    let mut st = 0;
+    // SAFETY: waits for our child.
+    unsafe { libc::waitpid(child, &mut st, 0) };
+    c.check(
+        "the child still offers all its memory to KSM (and an area it maps now)",
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        format!("status {st:#x}"),
+    );
+    c.eq(
+        "each area's flags (lo, lf, sr, rr, mg)",
+        [flags(locked), flags(onfault), flags(seq), flags(rand), flags(merge)],
+        before,
+    );
     c.eq("locked memory (VmLck)", vmlck(), lck_before);
     c.check(
         "the patterns",
