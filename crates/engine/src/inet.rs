@@ -75,7 +75,16 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
         let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
         let local = sock::inet_name(copy_fd)?;
         let opts = sock::inet_changed_options(copy_fd, family, kind)?;
-        return Ok(FileKind::Udp { family, local, peer: sock::inet_peer(copy_fd), reuseaddr, v6only, opts });
+        let ino =
+            rustix::fs::fstat(copy_fd).map_err(|e| EngineError::Other(format!("fstat of a UDP socket: {e}")))?.st_ino;
+        let ino = u32::try_from(ino).unwrap_or(0);
+        // sock_diag lists bound sockets only; a poll shows the reading
+        // side of any.
+        let listed =
+            crate::nsjoin::run_in(pid, libc::CLONE_NEWNET, move || crate::sockdiag::udp_shutdown(family, ino))?;
+        let shutdown = listed | sock::polled_shutdown(copy_fd)?;
+        let peer = sock::inet_peer(copy_fd);
+        return Ok(FileKind::Udp { family, local, peer, reuseaddr, v6only, opts, shutdown });
     }
     if !inet || kind != libc::SOCK_STREAM {
         return Err(EngineError::Other(format!(
@@ -197,13 +206,16 @@ fn packet(pid: i32, fd: std::os::fd::BorrowedFd<'_>, kind: i32, protocol: i32) -
 pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
     use cryopod_sys::sock;
     match kind.clone() {
-        FileKind::Udp { family, local, peer, reuseaddr, v6only, opts } => crate::nsjoin::in_net(ns_of, move || {
-            let fd = sock::inet_socket(libc::SOCK_DGRAM, family, (&local.0, local.1), (reuseaddr, v6only), &opts)?;
-            if let Some((a, port)) = &peer {
-                sock::inet_connect(&fd, family, a, *port)?;
-            }
-            Ok(fd)
-        }),
+        FileKind::Udp { family, local, peer, reuseaddr, v6only, opts, shutdown } => {
+            crate::nsjoin::in_net(ns_of, move || {
+                let fd = sock::inet_socket(libc::SOCK_DGRAM, family, (&local.0, local.1), (reuseaddr, v6only), &opts)?;
+                if let Some((a, port)) = &peer {
+                    sock::inet_connect(&fd, family, a, *port)?;
+                }
+                sock::shutdown_bits(&fd, shutdown)?;
+                Ok(fd)
+            })
+        }
         FileKind::TcpListen { family, addr, port, backlog, reuseaddr, v6only, opts } => {
             crate::nsjoin::in_net(ns_of, move || {
                 Ok(sock::tcp_listen(family, (&addr, port), backlog as i32, (reuseaddr, v6only), &opts)?)

@@ -1,6 +1,7 @@
 //! One sock_diag exchange (a dump request, its answers until Done) in the
 //! calling thread's network namespace, for the unix table
-//! (`unix::diag`) and for TCP listeners with connections waiting.
+//! (`unix::diag`), for TCP listeners with connections waiting and for the
+//! shutdown state of UDP sockets.
 
 use crate::{EngineError, Result};
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
@@ -43,6 +44,30 @@ pub fn dump(req: SockDiagMessage, mut each: impl FnMut(SockDiagMessage)) -> Resu
             off += len;
         }
     }
+}
+
+/// The shutdown bits (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2) of the UDP socket
+/// of `family` with inode `ino` in the calling thread's network namespace
+/// (0 if it is not there).
+pub fn udp_shutdown(family: i32, ino: u32) -> Result<u8> {
+    use netlink_packet_sock_diag::inet::nlas::Nla;
+    let id = if family == libc::AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() };
+    let req = InetRequest {
+        family: family as u8,
+        protocol: libc::IPPROTO_UDP as u8,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::all(),
+        socket_id: id,
+    };
+    let mut bits = 0;
+    dump(SockDiagMessage::InetRequest(req), |m| {
+        if let SockDiagMessage::InetResponse(r) = m {
+            if r.header.inode == ino {
+                bits = r.nlas.iter().find_map(|n| if let Nla::Shutdown(s) = n { Some(*s) } else { None }).unwrap_or(0);
+            }
+        }
+    })?;
+    Ok(bits)
 }
 
 /// TCP listeners (IPv4 and IPv6) of the calling thread's network namespace

@@ -584,6 +584,8 @@ pub enum FileKind {
         reuseaddr: bool,
         v6only: bool,
         opts: Vec<SockOpt>,
+        /// shutdown(2) bits: 1 reading, 2 writing.
+        shutdown: u8,
     },
     /// A netlink socket (see [`NetlinkSock`]).
     Netlink(NetlinkSock),

@@ -78,6 +78,39 @@ pub fn shutdown(fd: impl AsFd, how: i32) -> SysResult<()> {
     rustix::net::shutdown(fd, how).map_err(err("shutdown"))
 }
 
+/// The shutdown bits a poll shows of a datagram socket (1 reading, 3
+/// both; writing alone shows nothing), without changing anything.
+pub fn polled_shutdown(fd: impl AsFd) -> SysResult<u8> {
+    use rustix::event::{PollFd, PollFlags};
+    let mut p = [PollFd::new(&fd, PollFlags::IN | PollFlags::RDHUP)];
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    rustix::event::poll(&mut p, Some(&zero)).map_err(err("poll (shutdown)"))?;
+    let r = p[0].revents();
+    Ok(if r.contains(PollFlags::HUP) {
+        3
+    } else if r.contains(PollFlags::RDHUP) {
+        1
+    } else {
+        0
+    })
+}
+
+/// Shut a datagram socket as it was: `bits` 1 reading, 2 writing. An
+/// unconnected one says ENOTCONN but is shut all the same (the kernel
+/// sets the bits first).
+pub fn shutdown_bits(fd: impl AsFd, bits: u8) -> SysResult<()> {
+    let how = match bits & 3 {
+        0 => return Ok(()),
+        1 => Shutdown::Read,
+        2 => Shutdown::Write,
+        _ => Shutdown::Both,
+    };
+    match rustix::net::shutdown(fd, how) {
+        Ok(()) | Err(rustix::io::Errno::NOTCONN) => Ok(()),
+        Err(e) => Err(SysError::new("shutdown", 0, e.into())),
+    }
+}
+
 /// setsockopt(level, opt) from a byte buffer, for options rustix does not
 /// name.
 pub(crate) fn set_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, v: &[u8], what: &str) -> SysResult<()> {

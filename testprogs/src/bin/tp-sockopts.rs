@@ -13,8 +13,10 @@
 //! options and can listen and accept, the other can connect. And a bound
 //! UDP socket with a classic BPF filter (only datagrams of more than 20
 //! bytes), locked: after the restore the same program is attached, still
-//! locked, and a short datagram is dropped while a long one arrives. PASS
-//! only if all of that holds.
+//! locked, and a short datagram is dropped while a long one arrives. And
+//! two shut UDP sockets: one shut for reading polls hung up, one
+//! connected and shut for writing cannot send. PASS only if all of that
+//! holds.
 
 use cryopod_testprogs::*;
 
@@ -181,6 +183,11 @@ fn main() {
         set_int(u, libc::SOL_SOCKET, libc::SO_BROADCAST, 1, "udp");
         tune(u, "udp");
         let (filtered, faddr) = filtered_udp();
+        let shut_rd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        let shut_wr = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        libc::connect(shut_wr, (&faddr as *const libc::sockaddr_in).cast(), 16);
+        libc::shutdown(shut_rd, libc::SHUT_RD);
+        libc::shutdown(shut_wr, libc::SHUT_WR);
         let filter_before = net::socket_filter(filtered).0;
         if filter_before.len() != 32 {
             setup_failed("SO_GET_FILTER");
@@ -249,6 +256,12 @@ fn main() {
             (true, true, true),
         );
         c.eq("UDP broadcast", get(u, libc::SOL_SOCKET, libc::SO_BROADCAST), udp_broadcast);
+        let mut p = libc::pollfd { fd: shut_rd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
+        libc::poll(&mut p, 1, 0);
+        c.eq("a UDP socket shut for reading polls hung up", p.revents & libc::POLLRDHUP, libc::POLLRDHUP);
+        let w = libc::send(shut_wr, b"x".as_ptr().cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+        let e = std::io::Error::last_os_error().raw_os_error();
+        c.eq("a UDP socket shut for writing cannot send", (w, e), (-1, Some(libc::EPIPE)));
         c.eq("the filter's program", net::socket_filter(filtered).0, filter_before);
         c.eq(
             "the filter still locked",
