@@ -80,8 +80,7 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
         let ino = u32::try_from(ino).unwrap_or(0);
         // sock_diag lists bound sockets only; a poll shows the reading
         // side of any.
-        let listed =
-            crate::nsjoin::run_in(pid, libc::CLONE_NEWNET, move || crate::sockdiag::udp_shutdown(family, ino))?;
+        let listed = crate::nsjoin::in_net_of(pid, move || crate::sockdiag::udp_shutdown(family, ino))?;
         let shutdown = listed | sock::polled_shutdown(copy_fd)?;
         let peer = sock::inet_peer(copy_fd);
         return Ok(FileKind::Udp { family, local, peer, reuseaddr, v6only, opts, shutdown });
@@ -194,7 +193,7 @@ fn packet(pid: i32, fd: std::os::fd::BorrowedFd<'_>, kind: i32, protocol: i32) -
     let (bound, index) = cryopod_sys::packet::binding(fd)?;
     let ifname = match index {
         0 => String::new(),
-        i => crate::nsjoin::run_in(pid, libc::CLONE_NEWNET, move || Ok(cryopod_sys::packet::if_name(i)?))?,
+        i => crate::nsjoin::in_net_of(pid, move || Ok(cryopod_sys::packet::if_name(i)?))?,
     };
     let protocol = if bound != 0 { bound } else { protocol as u16 };
     let opts = cryopod_sys::sock::changed_options(fd, libc::AF_PACKET, kind, i32::from(protocol))?;
@@ -267,11 +266,7 @@ pub fn show(family: i32, addr: &[u8], port: u16) -> String {
 /// of the tree's network namespace; the tree's fds are looked at only when
 /// some listener there has connections waiting.
 pub fn listener_waiting(root: i32, fr: &crate::freeze::Frozen) -> Result<Option<(i32, u32)>> {
-    let waiting = if crate::unix::netns_of(root)? == crate::unix::netns_of(std::process::id() as i32)? {
-        crate::sockdiag::tcp_listeners_waiting()?
-    } else {
-        crate::nsjoin::run_in(root, libc::CLONE_NEWNET, crate::sockdiag::tcp_listeners_waiting)?
-    };
+    let waiting = crate::nsjoin::in_net_of(root, crate::sockdiag::tcp_listeners_waiting)?;
     if waiting.is_empty() {
         return Ok(None);
     }

@@ -24,6 +24,15 @@ pub fn run_in<T: Send + 'static>(pid: i32, ns: i32, work: impl FnOnce() -> Resul
     .map_err(|_| EngineError::Other("namespace thread panicked".into()))?
 }
 
+/// `work` in the network namespace of process `pid`: here when it is ours
+/// (a plain tree's: no thread to start), else from a thread that joins it.
+pub fn in_net_of<T: Send + 'static>(pid: i32, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    if crate::unix::netns_of(pid)? == crate::unix::netns_of(std::process::id() as i32)? {
+        return work();
+    }
+    run_in(pid, libc::CLONE_NEWNET, work)
+}
+
 /// `make` in the network namespace of `pid`, or here without one.
 pub fn in_net(pid: Option<i32>, make: impl FnOnce() -> Result<OwnedFd> + Send + 'static) -> Result<OwnedFd> {
     match pid {
