@@ -287,6 +287,13 @@ fn a_connect_in_progress_completes_after_restore() {
     assert_eq!(reader.join().unwrap().unwrap(), b"connected\n");
 }
 
+/// A fanotify group (`tp-fanotify`): inode, directory, ignored and mount
+/// marks come back as fdinfo showed them, and report as they did.
+#[test]
+fn fanotify_groups_come_back() {
+    roundtrip("fanotify", env!("CARGO_BIN_EXE_tp-fanotify"));
+}
+
 #[test]
 fn inotify() {
     roundtrip("inotify", env!("CARGO_BIN_EXE_tp-inotify"));

@@ -250,6 +250,12 @@ impl FileTable {
                 }
             }
             libc::S_IFSOCK => self.unix.collect((pid, fd), ctx, md.ino()),
+            _ if target == "anon_inode:[fanotify]" => {
+                crate::fanotify::collect(pid, fd, &self.root).map_err(|e| match e {
+                    EngineError::Other(why) => unsupported(&why),
+                    e => e,
+                })
+            }
             _ if target == "anon_inode:inotify" => crate::inotify::collect(pid, fd, &self.root).map_err(|e| match e {
                 EngineError::Other(why) => unsupported(&why),
                 e => e,
@@ -550,6 +556,7 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
             format!("TCP socket never connected, at {}", crate::inet::show(*family, &local.0, local.1))
         }
         FileKind::Inotify { watches } => format!("inotify ({} watches)", watches.len()),
+        FileKind::Fanotify { marks, .. } => format!("fanotify group ({} marks)", marks.len()),
         FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
         FileKind::RawIp { family, protocol, local, .. } => {
             format!("raw socket of protocol {protocol} at {}", crate::inet::show(*family, local, 0))
@@ -678,6 +685,11 @@ fn open_one(
         }
         FileKind::Inotify { watches } => {
             let fd = crate::inotify::restore(watches, root)?;
+            fds::set_status_flags(&fd, status)?;
+            fd
+        }
+        FileKind::Fanotify { flags, event_flags, marks } => {
+            let fd = crate::fanotify::restore(*flags, *event_flags, marks, root)?;
             fds::set_status_flags(&fd, status)?;
             fd
         }

@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod cow;
 pub mod cpu;
 pub mod events;
+pub mod fanotify;
 pub mod fault;
 pub mod files;
 pub mod freeze;

@@ -225,6 +225,8 @@ pub fn auxv(pid: i32) -> Result<Vec<u64>> {
 /// One line of /proc/PID/mountinfo.
 #[derive(Debug, Clone)]
 pub struct MountInfo {
+    /// The mount's id (as fdinfo names mounts).
+    pub id: u32,
     /// The file system's device, "major:minor".
     pub dev: String,
     pub root: String,
@@ -264,6 +266,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
             continue;
         }
         out.push(MountInfo {
+            id: l[0].parse().unwrap_or(0),
             dev: l[2].to_string(),
             root: unescape(l[3]),
             target: unescape(l[4]),

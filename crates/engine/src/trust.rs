@@ -189,9 +189,9 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
                 )));
             }
         }
-        if matches!(f.kind, FileKind::RawIp { .. } | FileKind::Packet { .. }) {
+        if matches!(f.kind, FileKind::RawIp { .. } | FileKind::Packet { .. } | FileKind::Fanotify { .. }) {
             return Err(EngineError::Other(format!(
-                "image owned by uid {} asks for a {}, which needs CAP_NET_RAW; only root-owned images may do that",
+                "image owned by uid {} asks for a {}, which needs privilege (CAP_NET_RAW, CAP_SYS_ADMIN); only root-owned images may do that",
                 owner.uid,
                 crate::files::describe(m, f)
             )));

@@ -575,6 +575,10 @@ pub enum FileKind {
     OwnNs { ns: String },
     /// An inotify instance and its watches (queued events are not kept).
     Inotify { watches: Vec<InotifyWatch> },
+    /// A fanotify group: fanotify_init's flags and event file flags, and
+    /// its marks. Events
+    /// queued at checkpoint are not kept.
+    Fanotify { flags: u32, event_flags: u32, marks: Vec<FanMark> },
     /// A UDP socket: bound address, default peer if connected. Datagrams
     /// queued for it are not kept (UDP may lose them anyway).
     Udp {
@@ -1233,6 +1237,29 @@ pub struct InotifyWatch {
     pub mount: String,
     pub handle_type: i32,
     pub handle: Vec<u8>,
+}
+
+/// One fanotify mark: what it is on, its flags as fdinfo shows them
+/// (FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE, FAN_MARK_IGNORE),
+/// its mask and its ignored mask.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FanMark {
+    pub on: FanTarget,
+    pub mflags: u32,
+    pub mask: u64,
+    pub ignored: u64,
+}
+
+/// What a fanotify mark is on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum FanTarget {
+    /// A file or directory, by file handle on the file system mounted at
+    /// `mount` (a path of the tree), as for inotify.
+    Inode { mount: String, handle_type: i32, handle: Vec<u8> },
+    /// The mount at `path` (a path of the tree).
+    Mount { path: String },
+    /// The file system mounted at `mount`.
+    Filesystem { mount: String },
 }
 
 /// A chunk digest encoded as four little-endian u64 words: under the fixed

@@ -8,7 +8,7 @@ use crate::error::fail;
 use crate::fd::TargetFd;
 use crate::{Errno, Pid, SysError, SysResult};
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdTimerFlags, Timespec};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 /// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING). Sealing allowed:
 /// the seals a restored memfd had are added afterwards.
@@ -187,6 +187,31 @@ pub fn epoll_watches(pid1: Pid, fd1: TargetFd, pid2: Pid, efd: TargetFd, tfd: i3
     // SAFETY: kcmp reads one kcmp_epoll_slot from a live struct.
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_EPOLL_TFD, fd1.0 as u64, &slot as *const Slot) };
     r == 0
+}
+
+/// fanotify_init(flags, event_f_flags).
+pub fn fanotify_init(flags: u32, event_flags: u32) -> SysResult<OwnedFd> {
+    // SAFETY: integer arguments; the fd is ours on success.
+    let fd = unsafe { libc::fanotify_init(flags, event_flags) };
+    if fd < 0 {
+        return Err(SysError::last(format!("fanotify_init({flags:#x}, {event_flags:#x})"), 0));
+    }
+    // SAFETY: a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// fanotify_mark(fd, flags, mask, AT_FDCWD, path): a mark on the file at
+/// `path` (an inode, or the mount or file system it is on, as `flags`
+/// say). A descriptor opened with O_PATH (as file handles are) is named
+/// by its /proc/self/fd link: fanotify takes no O_PATH descriptor itself.
+pub fn fanotify_mark(fd: impl AsFd, flags: u32, mask: u64, path: &str) -> SysResult<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| SysError::new("fanotify_mark (path)", 0, Errno(libc::EINVAL)))?;
+    // SAFETY: a descriptor, integers and a NUL-terminated path.
+    let r = unsafe { libc::fanotify_mark(fd.as_fd().as_raw_fd(), flags, mask, libc::AT_FDCWD, c.as_ptr()) };
+    if r != 0 {
+        return Err(SysError::last(format!("fanotify_mark({flags:#x}, {mask:#x})"), 0));
+    }
+    Ok(())
 }
 
 /// inotify_init1(flags).
