@@ -17,6 +17,22 @@ use cryopod_image::FileKind;
 use cryopod_sys::{pidfd, TargetFd};
 use std::os::fd::{AsFd, OwnedFd};
 
+/// The shutdown bits of UDP sockets, one sock_diag dump per network
+/// namespace and family for a whole checkpoint.
+#[derive(Default)]
+pub struct UdpShutdowns(std::collections::HashMap<(u64, i32), std::collections::HashMap<u32, u8>>);
+
+impl UdpShutdowns {
+    /// Socket `ino` of `family`, in the network namespace of `pid`.
+    fn bits(&mut self, pid: i32, family: i32, ino: u32) -> Result<u8> {
+        let key = (crate::unix::netns_of(pid)?, family);
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.0.entry(key) {
+            slot.insert(crate::nsjoin::in_net_of(pid, move || crate::sockdiag::udp_shutdowns(family))?);
+        }
+        Ok(self.0.get(&key).and_then(|t| t.get(&ino)).copied().unwrap_or(0))
+    }
+}
+
 /// Our copies of the tree's connections, for the length of a checkpoint.
 #[derive(Default)]
 pub struct Repaired {
@@ -40,7 +56,12 @@ pub const SYN_SENT: u8 = 2;
 pub const CLOSE: u8 = 7;
 
 /// A socket that sock_diag does not know as a unix one.
-pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>) -> Result<FileKind> {
+pub fn collect(
+    pid: i32,
+    fd: i32,
+    (repaired, udp): (&mut Repaired, &mut UdpShutdowns),
+    guard: Option<&Guard>,
+) -> Result<FileKind> {
     use cryopod_sys::sock;
     let pfd = pidfd::pidfd_open(pid)?;
     let copy = pidfd::pidfd_getfd(&pfd, pid, TargetFd(fd))?;
@@ -80,8 +101,7 @@ pub fn collect(pid: i32, fd: i32, repaired: &mut Repaired, guard: Option<&Guard>
         let ino = u32::try_from(ino).unwrap_or(0);
         // sock_diag lists bound sockets only; a poll shows the reading
         // side of any.
-        let listed = crate::nsjoin::in_net_of(pid, move || crate::sockdiag::udp_shutdown(family, ino))?;
-        let shutdown = listed | sock::polled_shutdown(copy_fd)?;
+        let shutdown = udp.bits(pid, family, ino)? | sock::polled_shutdown(copy_fd)?;
         let peer = sock::inet_peer(copy_fd);
         return Ok(FileKind::Udp { family, local, peer, reuseaddr, v6only, opts, shutdown });
     }

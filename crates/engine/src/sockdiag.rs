@@ -46,10 +46,10 @@ pub fn dump(req: SockDiagMessage, mut each: impl FnMut(SockDiagMessage)) -> Resu
     }
 }
 
-/// The shutdown bits (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2) of the UDP socket
-/// of `family` with inode `ino` in the calling thread's network namespace
-/// (0 if it is not there).
-pub fn udp_shutdown(family: i32, ino: u32) -> Result<u8> {
+/// The shutdown bits (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2) of every UDP socket
+/// of `family` in the calling thread's network namespace that has some,
+/// by inode (bound sockets only: an unbound one is in no table).
+pub fn udp_shutdowns(family: i32) -> Result<std::collections::HashMap<u32, u8>> {
     use netlink_packet_sock_diag::inet::nlas::Nla;
     let id = if family == libc::AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() };
     let req = InetRequest {
@@ -59,15 +59,16 @@ pub fn udp_shutdown(family: i32, ino: u32) -> Result<u8> {
         states: StateFlags::all(),
         socket_id: id,
     };
-    let mut bits = 0;
+    let mut out = std::collections::HashMap::new();
     dump(SockDiagMessage::InetRequest(req), |m| {
         if let SockDiagMessage::InetResponse(r) = m {
-            if r.header.inode == ino {
-                bits = r.nlas.iter().find_map(|n| if let Nla::Shutdown(s) = n { Some(*s) } else { None }).unwrap_or(0);
+            let bits = r.nlas.iter().find_map(|n| if let Nla::Shutdown(s) = n { Some(*s) } else { None });
+            if let Some(b) = bits.filter(|&b| b != 0) {
+                out.insert(r.header.inode, b);
             }
         }
     })?;
-    Ok(bits)
+    Ok(out)
 }
 
 /// TCP listeners (IPv4 and IPv6) of the calling thread's network namespace

@@ -31,6 +31,8 @@ pub struct UnixTable {
     outq: HashMap<u32, u32>,
     /// Our copies of TCP connections (see `inet`).
     pub repaired: crate::inet::Repaired,
+    /// UDP sockets' shutdown bits (see `inet`).
+    pub udp: crate::inet::UdpShutdowns,
     /// Told about every socket option we change, should we die meanwhile.
     pub guard: Option<crate::guard::Guard>,
     /// Files queued messages carry, not yet linked to the image's files.
@@ -87,7 +89,8 @@ impl UnixTable {
             |what: String| EngineError::Unsupported { pid: ctx, what: format!("fd {fd} (socket:[{ino}]) {what}") };
         let ino32 = u32::try_from(ino).map_err(|_| unsupported("has an inode beyond 32 bits".into()))?;
         let Some(d) = self.lookup(ctx, ino32)? else {
-            return crate::inet::collect(pid, fd, &mut self.repaired, self.guard.as_ref()).map_err(|e| match e {
+            let seen = (&mut self.repaired, &mut self.udp);
+            return crate::inet::collect(pid, fd, seen, self.guard.as_ref()).map_err(|e| match e {
                 EngineError::Other(why) => EngineError::Other(format!("fd {fd} (socket:[{ino}]) {why}")),
                 e => e,
             });
