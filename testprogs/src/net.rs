@@ -1,5 +1,6 @@
 //! Socket helpers the test programs share: loopback TCP listeners and
-//! connections, and reading a socket's classic BPF filter.
+//! connections, a TCP socket's state, and reading a socket's classic BPF
+//! filter.
 
 /// A TCP listener on 127.0.0.1 at a port the kernel chose: (fd, its
 /// address).
@@ -54,4 +55,16 @@ pub fn socket_filter(fd: i32) -> (Vec<u8>, i32) {
     }
     b.truncate(len as usize * 8);
     (b, lock)
+}
+
+/// The TCP state of `fd` (TCP_INFO's tcpi_state: 1 established, 2
+/// SYN_SENT, 4 FIN_WAIT1, ...).
+pub fn tcp_state(fd: i32) -> u8 {
+    // SAFETY: tcp_info is plain data, filled by getsockopt up to `len`.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as u32;
+    unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+    };
+    info.tcpi_state
 }

@@ -8,16 +8,6 @@
 use cryopod_testprogs::*;
 use std::time::{Duration, Instant};
 
-fn state(fd: i32) -> u8 {
-    // SAFETY: tcp_info is plain data, filled by getsockopt.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as u32;
-    unsafe {
-        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
-    };
-    info.tcpi_state
-}
-
 fn local_port(fd: i32) -> u16 {
     // SAFETY: sockaddr_in is plain data, filled by getsockname.
     let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -40,21 +30,25 @@ fn main() {
         let r = libc::connect(s, (&a as *const libc::sockaddr_in).cast(), 16);
         let e = std::io::Error::last_os_error().raw_os_error();
         std::thread::sleep(Duration::from_millis(200));
-        if r == 0 || e != Some(libc::EINPROGRESS) || state(s) != 2 {
-            println!("FAIL (setup: connect {r} {e:?}, state {})", state(s));
+        if r == 0 || e != Some(libc::EINPROGRESS) || net::tcp_state(s) != 2 {
+            println!("FAIL (setup: connect {r} {e:?}, state {})", net::tcp_state(s));
             std::process::exit(1);
         }
         let port_before = local_port(s);
         ready_and_wait(&dir);
 
-        c.eq("still connecting, from the same port", (state(s), local_port(s)), (2, port_before));
+        c.eq("still connecting, from the same port", (net::tcp_state(s), local_port(s)), (2, port_before));
         let t = Instant::now();
         let mut p = libc::pollfd { fd: s, events: libc::POLLOUT, revents: 0 };
         while libc::poll(&mut p, 1, 100) != 1 && t.elapsed() < Duration::from_secs(20) {}
         let mut err = -1i32;
         let mut len = 4u32;
         libc::getsockopt(s, libc::SOL_SOCKET, libc::SO_ERROR, (&mut err as *mut i32).cast(), &mut len);
-        c.eq("the connection completes without error", (p.revents & libc::POLLOUT != 0, err, state(s)), (true, 0, 1));
+        c.eq(
+            "the connection completes without error",
+            (p.revents & libc::POLLOUT != 0, err, net::tcp_state(s)),
+            (true, 0, 1),
+        );
         let sent = libc::send(s, b"connected\n".as_ptr().cast(), 10, 0);
         c.eq("a line goes out", sent, 10);
     }

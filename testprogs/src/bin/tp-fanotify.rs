@@ -22,15 +22,23 @@ fn cpath(p: &std::path::Path) -> CString {
     CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default()
 }
 
-/// Read the group's events for up to 2 s: (mask, path) of each; every
-/// event's fd is closed.
-unsafe fn events(g: i32, until: impl Fn(&[(u64, String)]) -> bool) -> Vec<(u64, String)> {
+/// Read the group's events until `until` holds, `quiet` passes with none,
+/// or `limit` is over: (mask, path) of each; every event's fd is closed.
+unsafe fn events(
+    g: i32,
+    (limit, quiet): (Duration, Option<Duration>),
+    until: impl Fn(&[(u64, String)]) -> bool,
+) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let t = Instant::now();
     let mut buf = vec![0u8; 8192];
-    while t.elapsed() < Duration::from_secs(2) && !until(&out) {
+    let wait = quiet.map_or(50, |q| q.as_millis() as i32);
+    while t.elapsed() < limit && !until(&out) {
         let mut p = libc::pollfd { fd: g, events: libc::POLLIN, revents: 0 };
-        if libc::poll(&mut p, 1, 50) != 1 {
+        if libc::poll(&mut p, 1, wait) != 1 {
+            if quiet.is_some() {
+                break;
+            }
             continue;
         }
         let n = libc::read(g, buf.as_mut_ptr().cast(), buf.len());
@@ -51,29 +59,11 @@ unsafe fn events(g: i32, until: impl Fn(&[(u64, String)]) -> bool) -> Vec<(u64, 
     out
 }
 
-/// Drop the events queued so far: for 300 ms at most (the mount mark
-/// reports other processes' reads on the mount, which go on).
+/// Drop the events queued so far: until none comes for 50 ms, for 300 ms
+/// at most (the mount mark reports other processes' reads on the mount,
+/// which go on).
 unsafe fn drain(g: i32) {
-    let mut buf = vec![0u8; 8192];
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(300) {
-        let mut p = libc::pollfd { fd: g, events: libc::POLLIN, revents: 0 };
-        if libc::poll(&mut p, 1, 50) != 1 {
-            return;
-        }
-        let n = libc::read(g, buf.as_mut_ptr().cast(), buf.len());
-        let mut off = 0;
-        while n > 0 && off + std::mem::size_of::<libc::fanotify_event_metadata>() <= n as usize {
-            let m = buf.as_ptr().add(off).cast::<libc::fanotify_event_metadata>().read_unaligned();
-            if m.fd >= 0 {
-                libc::close(m.fd);
-            }
-            if m.event_len == 0 {
-                break;
-            }
-            off += m.event_len as usize;
-        }
-    }
+    events(g, (Duration::from_millis(300), Some(Duration::from_millis(50))), |_| false);
 }
 
 fn main() {
@@ -114,7 +104,9 @@ fn main() {
         std::fs::write(&file, b"written").unwrap_or_default();
         let _ = std::fs::read(&loud);
         let name = |p: &std::path::Path| p.display().to_string();
-        let got = events(g, |e| e.iter().any(|(m, p)| m & libc::FAN_OPEN != 0 && *p == name(&loud)));
+        let got = events(g, (Duration::from_secs(2), None), |e| {
+            e.iter().any(|(m, p)| m & libc::FAN_OPEN != 0 && *p == name(&loud))
+        });
         let seen = |mask: u64, p: &std::path::Path| got.iter().any(|(m, q)| m & mask != 0 && *q == name(p));
         c.check("a write to the marked file is reported", seen(libc::FAN_MODIFY, &file), format!("{got:?}"));
         c.check("an open of a child of the directory is reported", seen(libc::FAN_OPEN, &loud), format!("{got:?}"));

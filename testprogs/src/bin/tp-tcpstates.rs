@@ -21,16 +21,6 @@
 use cryopod_testprogs::*;
 use std::time::{Duration, Instant};
 
-fn state(fd: i32) -> u8 {
-    // SAFETY: tcp_info is plain data, filled by getsockopt.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as u32;
-    unsafe {
-        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
-    };
-    info.tcpi_state
-}
-
 /// Read up to `max` bytes until the end of the stream or 10 s; (bytes,
 /// whether the end came).
 unsafe fn read_to_end(fd: i32, max: usize) -> (Vec<u8>, bool) {
@@ -133,7 +123,7 @@ fn main() {
         let d_bufs = (get_int(dc, libc::SO_SNDBUF), get_int(dsrv, libc::SO_RCVBUF));
         let d_sent = fill(dc);
         std::thread::sleep(Duration::from_millis(50));
-        let before = [state(ac), state(asrv), state(bc), state(bsrv)];
+        let before = [net::tcp_state(ac), net::tcp_state(asrv), net::tcp_state(bc), net::tcp_state(bsrv)];
         // FIN_WAIT2, CLOSE_WAIT, FIN_WAIT1, ESTABLISHED.
         if before != [5, 8, 4, 1] || sent < 1 << 20 || d_sent < 8 << 20 {
             println!("FAIL (setup: states {before:?}, {sent} and {d_sent} bytes sent)");
@@ -151,16 +141,20 @@ fn main() {
         let csrv = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
         libc::close(l);
         let t = Instant::now();
-        while state(csrv) != 8 && t.elapsed() < Duration::from_secs(10) {
+        while net::tcp_state(csrv) != 8 && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if state(csrv) != 8 {
-            println!("FAIL (setup: the outside client did not shut its side: state {})", state(csrv));
+        if net::tcp_state(csrv) != 8 {
+            println!("FAIL (setup: the outside client did not shut its side: state {})", net::tcp_state(csrv));
             std::process::exit(1);
         }
         ready_and_wait(&dir);
 
-        c.eq("the states, as they were", [state(ac), state(asrv), state(bc), state(bsrv)], before);
+        c.eq(
+            "the states, as they were",
+            [net::tcp_state(ac), net::tcp_state(asrv), net::tcp_state(bc), net::tcp_state(bsrv)],
+            before,
+        );
         let (line, end) = read_to_end(asrv, 64);
         c.eq(
             "A: the server reads the line, then the end",
@@ -180,17 +174,17 @@ fn main() {
         let first_bad = got.iter().enumerate().position(|(i, &v)| v != b_byte(i));
         c.eq("B: every byte, in order, then the end", (got.len(), first_bad, end), (sent, None, true));
         let t = Instant::now();
-        while state(bc) != 5 && t.elapsed() < Duration::from_secs(5) {
+        while net::tcp_state(bc) != 5 && t.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        c.eq("B: the client's FIN acknowledged (FIN_WAIT2)", state(bc), 5);
+        c.eq("B: the client's FIN acknowledged (FIN_WAIT2)", net::tcp_state(bc), 5);
 
         c.eq("D: the buffer sizes set", (get_int(dc, libc::SO_SNDBUF), get_int(dsrv, libc::SO_RCVBUF)), d_bufs);
         let (got, _) = read_to_end_or(dsrv, d_sent);
         let first_bad = got.iter().enumerate().position(|(i, &v)| v != b_byte(i));
         c.eq("D: every byte, in order", (got.len(), first_bad), (d_sent, None));
 
-        c.eq("C: in CLOSE_WAIT", state(csrv), 8);
+        c.eq("C: in CLOSE_WAIT", net::tcp_state(csrv), 8);
         let (line, end) = read_to_end(csrv, 64);
         c.eq(
             "C: the outside client's line, then the end",
