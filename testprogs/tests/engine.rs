@@ -294,6 +294,13 @@ fn fanotify_groups_come_back() {
     roundtrip("fanotify", env!("CARGO_BIN_EXE_tp-fanotify"));
 }
 
+/// BPF maps (`tp-bpfmap`): array (frozen), hash (with a read-only
+/// descriptor of the same map) and per-CPU array, with every entry.
+#[test]
+fn bpf_maps_come_back() {
+    roundtrip("bpfmap", env!("CARGO_BIN_EXE_tp-bpfmap"));
+}
+
 #[test]
 fn inotify() {
     roundtrip("inotify", env!("CARGO_BIN_EXE_tp-inotify"));

@@ -67,7 +67,6 @@ pub fn anon_inode_kind(pid: i32, fd: i32, target: &str) -> Result<FileKind> {
                 "anon_inode:[userfaultfd]" => {
                     "a userfaultfd of the program's own: its registered ranges and waiting faults cannot be read back"
                 }
-                "anon_inode:bpf-map" => "a BPF map: its contents are not carried",
                 "anon_inode:bpf-prog" | "anon_inode:bpf_link" => "a BPF program: not carried",
                 "anon_inode:[perf_event]" => "a perf event: not carried",
                 _ => "a file of this kind",

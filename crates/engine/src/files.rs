@@ -250,6 +250,10 @@ impl FileTable {
                 }
             }
             libc::S_IFSOCK => self.unix.collect((pid, fd), ctx, md.ino()),
+            _ if target == "anon_inode:bpf-map" => crate::bpfmap::collect(pid, fd).map_err(|e| match e {
+                EngineError::Other(why) => unsupported(&why),
+                e => e,
+            }),
             _ if target == "anon_inode:[fanotify]" => {
                 crate::fanotify::collect(pid, fd, &self.root).map_err(|e| match e {
                     EngineError::Other(why) => unsupported(&why),
@@ -557,6 +561,13 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         }
         FileKind::Inotify { watches } => format!("inotify ({} watches)", watches.len()),
         FileKind::Fanotify { marks, .. } => format!("fanotify group ({} marks)", marks.len()),
+        FileKind::BpfMap(b) => format!(
+            "BPF map {:?} of type {} ({} entries{})",
+            String::from_utf8_lossy(&b.name),
+            b.map_type,
+            b.entries.len(),
+            if b.frozen { ", frozen" } else { "" }
+        ),
         FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
         FileKind::RawIp { family, protocol, local, .. } => {
             format!("raw socket of protocol {protocol} at {}", crate::inet::show(*family, local, 0))
@@ -630,6 +641,8 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
 struct Opening {
     pipes: HashMap<u64, (OwnedFd, OwnedFd)>,
     fifo_holders: Vec<OwnedFd>,
+    /// BPF maps made: their ids at checkpoint, then now.
+    bpf_maps: HashMap<u32, u32>,
 }
 
 fn open_one(
@@ -685,6 +698,11 @@ fn open_one(
         }
         FileKind::Inotify { watches } => {
             let fd = crate::inotify::restore(watches, root)?;
+            fds::set_status_flags(&fd, status)?;
+            fd
+        }
+        FileKind::BpfMap(b) => {
+            let fd = crate::bpfmap::restore(b, flags, &mut opening.bpf_maps)?;
             fds::set_status_flags(&fd, status)?;
             fd
         }

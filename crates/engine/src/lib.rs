@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod arm;
+pub mod bpfmap;
 pub mod cgroups;
 pub mod checkpoint;
 pub mod cow;

@@ -189,9 +189,12 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
                 )));
             }
         }
-        if matches!(f.kind, FileKind::RawIp { .. } | FileKind::Packet { .. } | FileKind::Fanotify { .. }) {
+        if matches!(
+            f.kind,
+            FileKind::RawIp { .. } | FileKind::Packet { .. } | FileKind::Fanotify { .. } | FileKind::BpfMap(_)
+        ) {
             return Err(EngineError::Other(format!(
-                "image owned by uid {} asks for a {}, which needs privilege (CAP_NET_RAW, CAP_SYS_ADMIN); only root-owned images may do that",
+                "image owned by uid {} asks for a {}, which needs privilege (CAP_NET_RAW, CAP_SYS_ADMIN, CAP_BPF); only root-owned images may do that",
                 owner.uid,
                 crate::files::describe(m, f)
             )));

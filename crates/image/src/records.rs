@@ -575,6 +575,8 @@ pub enum FileKind {
     OwnNs { ns: String },
     /// An inotify instance and its watches (queued events are not kept).
     Inotify { watches: Vec<InotifyWatch> },
+    /// A BPF map and its contents (see [`BpfMapRec`]).
+    BpfMap(Box<BpfMapRec>),
     /// A fanotify group: fanotify_init's flags and event file flags, and
     /// its marks. Events
     /// queued at checkpoint are not kept.
@@ -839,6 +841,11 @@ impl Manifest {
                     && filter_ok(&n.filter.0);
                 if !ok {
                     return Err(bad(format!("file {i}: a netlink socket of a bad type, protocol, groups or flags")));
+                }
+            }
+            if let FileKind::BpfMap(b) = &f.kind {
+                if !b.is_consistent() {
+                    return Err(bad(format!("file {i}: a BPF map of a bad type, sizes or entries")));
                 }
             }
             if let FileKind::OwnNs { ns } = &f.kind {
@@ -1237,6 +1244,55 @@ pub struct InotifyWatch {
     pub mount: String,
     pub handle_type: i32,
     pub handle: Vec<u8>,
+}
+
+/// A BPF map of a kind whose contents can be read and written from user
+/// space (hash, array, their per-CPU and LRU kinds): what it was made
+/// with, whether it was frozen, and every entry. A per-CPU map's values
+/// hold one 8-byte-aligned slot per possible CPU (`cpus` of them).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct BpfMapRec {
+    /// The map's id at checkpoint: descriptions of one map (another fd
+    /// opened by id, with other access) are one map again.
+    pub id: u32,
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub map_extra: u64,
+    pub name: Vec<u8>,
+    pub frozen: bool,
+    /// Possible CPUs for a per-CPU map; 0 otherwise.
+    pub cpus: u32,
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The map types carried: hash, array, per-CPU hash and array, LRU hash
+/// and LRU per-CPU hash.
+pub const BPF_MAP_TYPES: [u32; 6] = [1, 2, 5, 6, 9, 10];
+
+impl BpfMapRec {
+    /// The bytes of one value as lookups give them.
+    pub fn value_bytes(&self) -> usize {
+        match self.cpus {
+            0 => self.value_size as usize,
+            n => (self.value_size as usize).next_multiple_of(8) * n as usize,
+        }
+    }
+
+    /// Sizes and entries that a map of its kind can hold.
+    pub fn is_consistent(&self) -> bool {
+        let percpu = matches!(self.map_type, 5 | 6 | 10);
+        BPF_MAP_TYPES.contains(&self.map_type)
+            && (1..=512).contains(&self.key_size)
+            && (1..=(1 << 20)).contains(&self.value_size)
+            && (percpu == (self.cpus > 0))
+            && self.cpus <= 8192
+            && self.name.len() < 16
+            && self.entries.len() <= self.max_entries as usize
+            && self.entries.iter().all(|(k, v)| k.len() == self.key_size as usize && v.len() == self.value_bytes())
+    }
 }
 
 /// One fanotify mark: what it is on, its flags as fdinfo shows them

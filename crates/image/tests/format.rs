@@ -254,6 +254,27 @@ fn structural_errors_are_caught() {
         ("a queued message from no process", Box::new(|m| m.files.push(queued(vec![], vec![(4242, 0, 0)])))),
         ("a carried number among no fds", Box::new(|m| m.processes[0].carried.push(77))),
         (
+            "a BPF map entry of the wrong size",
+            Box::new(|m| {
+                let b = BpfMapRec {
+                    map_type: 1,
+                    key_size: 4,
+                    value_size: 8,
+                    max_entries: 4,
+                    entries: vec![(vec![0; 4], vec![0; 7])],
+                    ..Default::default()
+                };
+                m.files.push(OpenFile { flags: 2, pos: 0, kind: FileKind::BpfMap(Box::new(b)) })
+            }),
+        ),
+        (
+            "a BPF map of a kind not carried",
+            Box::new(|m| {
+                let b = BpfMapRec { map_type: 3, key_size: 4, value_size: 4, max_entries: 4, ..Default::default() };
+                m.files.push(OpenFile { flags: 2, pos: 0, kind: FileKind::BpfMap(Box::new(b)) })
+            }),
+        ),
+        (
             "a netlink socket of a bad type",
             Box::new(|m| {
                 m.files.push(OpenFile {

@@ -9,6 +9,7 @@
 //! `#![forbid(unsafe_code)]`.
 
 pub mod arp;
+pub mod bpf_map;
 pub mod clone;
 pub mod cpu;
 pub mod creds;
