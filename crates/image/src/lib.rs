@@ -18,23 +18,27 @@ pub mod chain;
 pub mod codec;
 pub mod cpu;
 pub mod dir;
+pub mod kernel_objects;
 pub mod manifest;
 pub mod pod;
 pub mod records;
 pub mod seal;
 pub mod shared;
+pub mod sockets;
 pub mod store;
 pub mod stream;
 
 pub use codec::Compression;
 pub use cpu::{CpuFeatures, CpuImage, XComponent};
 pub use dir::{ImageDir, ImageFile, ImageOwner, INCOMPLETE_MARKER};
+pub use kernel_objects::*;
 pub use manifest::{
     decode_manifest, decode_manifest_keyed, encode_manifest, encode_manifest_keyed, seal, MANIFEST_FILE,
 };
 pub use pod::PodImage;
 pub use records::*;
 pub use seal::{ImageKey, SealError};
+pub use sockets::*;
 
 /// Anything wrong with an image, with the object or file it concerns.
 #[derive(Debug, thiserror::Error)]
