@@ -207,7 +207,9 @@ fn peers_outside_are_connected_again_on_request() {
 /// And a connection from a client outside the tree (this test), which
 /// sent a line and shut its side: the program reads the line and the end
 /// after the restore (the peer's FIN handed over again), and its reply
-/// reaches the client, then its end.
+/// reaches the client, then its end. A second one, shut and then given a
+/// filter that drops every segment (it acknowledges nothing), leaves the
+/// program's end in LAST_ACK, which it is in again after the restore.
 #[test]
 fn half_closed_connections_and_big_queues_come_back() {
     use std::io::{Read, Write};
@@ -225,9 +227,31 @@ fn half_closed_connections_and_big_queues_come_back() {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         c.write_all(b"outside-line\n").unwrap();
         c.shutdown(std::net::Shutdown::Write).unwrap();
+        let e = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        e.shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // A filter that drops every segment: this end acknowledges nothing.
+        let drop_all = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }];
+        let prog = libc::sock_fprog { len: 1, filter: drop_all.as_ptr() as *mut libc::sock_filter };
+        let len = std::mem::size_of::<libc::sock_fprog>() as u32;
+        // SAFETY: setsockopt on our own socket with a live program.
+        let r = unsafe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&e);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&prog as *const libc::sock_fprog).cast(),
+                len,
+            )
+        };
+        assert_eq!(r, 0, "a filter on the test's end: {}", std::io::Error::last_os_error());
+        std::fs::write(std::path::Path::new(&out).with_file_name("repaired"), b"").unwrap();
         c.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
         let mut reply = String::new();
-        c.read_to_string(&mut reply).map(|_| reply)
+        let r = c.read_to_string(&mut reply).map(|_| reply);
+        drop(e);
+        r
     });
     roundtrip("tcpstates", env!("CARGO_BIN_EXE_tp-tcpstates"));
     assert_eq!(client.join().unwrap().unwrap(), "outside-reply\n");

@@ -17,6 +17,10 @@
 //!   side (CLOSE_WAIT here). After the restore the line and the end are
 //!   read (the FIN came from outside: only the restore can hand it over
 //!   again), and the reply reaches the client, then our end.
+//! - E: a second outside connection, which the test shut for writing and
+//!   then gave a filter that drops every segment (it acknowledges nothing
+//!   any more), before this end shut too: LAST_ACK, its FIN never acknowledged. After the
+//!   restore it is in LAST_ACK again.
 
 use cryopod_testprogs::*;
 use std::time::{Duration, Instant};
@@ -139,13 +143,18 @@ fn main() {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let csrv = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
+        let esrv = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
         libc::close(l);
         let t = Instant::now();
-        while net::tcp_state(csrv) != 8 && t.elapsed() < Duration::from_secs(10) {
+        let closing = || net::tcp_state(csrv) == 8 && net::tcp_state(esrv) == 8;
+        while !(closing() && dir.join("repaired").exists()) && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if net::tcp_state(csrv) != 8 {
-            println!("FAIL (setup: the outside client did not shut its side: state {})", net::tcp_state(csrv));
+        libc::shutdown(esrv, libc::SHUT_WR);
+        std::thread::sleep(Duration::from_millis(50));
+        if net::tcp_state(csrv) != 8 || net::tcp_state(esrv) != 9 {
+            let states = (net::tcp_state(csrv), net::tcp_state(esrv));
+            println!("FAIL (setup: the outside connections are in states {states:?}, not (8, 9))");
             std::process::exit(1);
         }
         ready_and_wait(&dir);
@@ -184,6 +193,7 @@ fn main() {
         let first_bad = got.iter().enumerate().position(|(i, &v)| v != b_byte(i));
         c.eq("D: every byte, in order", (got.len(), first_bad), (d_sent, None));
 
+        c.eq("E: in LAST_ACK, its FIN not acknowledged", net::tcp_state(esrv), 9);
         c.eq("C: in CLOSE_WAIT", net::tcp_state(csrv), 8);
         let (line, end) = read_to_end(csrv, 64);
         c.eq(
