@@ -255,6 +255,13 @@ fn half_closed_connections_and_big_queues_come_back() {
     });
     roundtrip("tcpstates", env!("CARGO_BIN_EXE_tp-tcpstates"));
     assert_eq!(client.join().unwrap().unwrap(), "outside-reply\n");
+    // A reset whose error the program has not read: refused in one
+    // sentence, the error left for the program.
+    let mut run = Run::testprog_with("tcpstates-reset", env!("CARGO_BIN_EXE_tp-tcpstates"), &["reset"]);
+    let (code, _, err) =
+        cryopod(&["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()], &[]);
+    assert!(code != 0 && err.contains("error its program has not read") && err.trim().lines().count() == 1, "{err}");
+    run.go_and_expect_pass();
 }
 
 /// Netlink sockets (`tp-netlink`): port ids (the kernel's and the

@@ -551,6 +551,9 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::TcpListen { family, addr, port, .. } => {
             format!("TCP listener {}", crate::inet::show(*family, addr, *port))
         }
+        FileKind::TcpEnded { unread, .. } => {
+            format!("TCP socket whose connection ended, {} bytes unread", unread.len())
+        }
         FileKind::TcpConnecting { family, local, remote, .. } => format!(
             "TCP socket connecting from {} to {}",
             crate::inet::show(*family, &local.0, local.1),
@@ -715,6 +718,7 @@ fn open_one(
         | FileKind::TcpListen { .. }
         | FileKind::TcpClosed { .. }
         | FileKind::TcpConnecting { .. }
+        | FileKind::TcpEnded { .. }
         | FileKind::RawIp { .. }
         | FileKind::Packet { .. } => {
             let fd = crate::inet::make(&f.kind, ns_of)?;

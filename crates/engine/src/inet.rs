@@ -140,6 +140,17 @@ pub fn collect(
         let local = sock::inet_name(copy_fd)?;
         return Ok(FileKind::TcpClosed { family, local, reuseaddr, v6only, opts });
     }
+    if state == CLOSE && !sock::tcp_never_connected(copy_fd)? {
+        if sock::error_pending(copy_fd)? {
+            return Err(EngineError::Other(
+                "is a TCP socket whose connection ended with an error its program has not read yet (reading it would clear it)"
+                    .into(),
+            ));
+        }
+        let unread = sock::peek_unread(copy_fd)?;
+        let opts = sock::inet_changed_options(copy_fd, family, kind)?;
+        return Ok(FileKind::TcpEnded { family, unread, opts });
+    }
     if state == SYN_SENT {
         let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
         let opts = sock::inet_changed_options(copy_fd, family, kind)?;
@@ -243,6 +254,9 @@ pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
         FileKind::TcpClosed { family, local, reuseaddr, v6only, opts } => crate::nsjoin::in_net(ns_of, move || {
             Ok(sock::inet_socket(libc::SOCK_STREAM, family, (&local.0, local.1), (reuseaddr, v6only), &opts)?)
         }),
+        FileKind::TcpEnded { family, unread, opts } => {
+            crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::tcp::ended_connection(family, &unread, &opts)?))
+        }
         FileKind::TcpConnecting { family, local, remote, reuseaddr, v6only, opts } => {
             crate::nsjoin::in_net(ns_of, move || {
                 let fd = sock::inet_socket(libc::SOCK_STREAM, family, (&local.0, local.1), (reuseaddr, v6only), &opts)?;

@@ -197,6 +197,7 @@ impl FileKind {
             | FileKind::TcpListen { opts, .. }
             | FileKind::TcpClosed { opts, .. }
             | FileKind::TcpConnecting { opts, .. }
+            | FileKind::TcpEnded { opts, .. }
             | FileKind::Tcp(TcpConn { opts, .. })
             | FileKind::RawIp { opts, .. }
             | FileKind::Packet { opts, .. } => opts,

@@ -223,6 +223,30 @@ pub fn tcp_never_connected(fd: impl AsFd) -> SysResult<bool> {
     Ok(n >= 144 && b[136..144].iter().all(|&x| x == 0))
 }
 
+/// Whether an error is pending on `fd`, seen by a poll (reading SO_ERROR
+/// would clear it).
+pub fn error_pending(fd: impl AsFd) -> SysResult<bool> {
+    use rustix::event::{PollFd, PollFlags};
+    let mut p = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    rustix::event::poll(&mut p, Some(&zero)).map_err(err("poll (error)"))?;
+    Ok(p[0].revents().contains(PollFlags::ERR))
+}
+
+/// The bytes waiting to be read on `fd`, peeked (not consumed).
+pub fn peek_unread(fd: impl AsFd) -> SysResult<Vec<u8>> {
+    let fd = fd.as_fd();
+    let n = rustix::io::ioctl_fionread(fd).map_err(err("ioctl(FIONREAD)"))? as usize;
+    let mut b = vec![0u8; n];
+    if n > 0 {
+        let (got, _) =
+            rustix::net::recv(fd, &mut b[..], rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT)
+                .map_err(err("recv(MSG_PEEK)"))?;
+        b.truncate(got);
+    }
+    Ok(b)
+}
+
 /// TCP_INFO as the bytes of a `struct tcp_info` (zero where the kernel's
 /// is shorter).
 pub(crate) fn tcp_info(fd: BorrowedFd<'_>, what: &str) -> SysResult<[u8; std::mem::size_of::<libc::tcp_info>()]> {

@@ -303,6 +303,49 @@ pub fn finish(fd: impl AsFd, st: &TcpState, raw: Option<&OwnedFd>) -> SysResult<
     }
 }
 
+/// A TCP socket whose connection has ended without an error pending, in
+/// the caller's network namespace: `unread` waits to be read, then the
+/// end of the stream; writes fail (EPIPE). Made over loopback with a
+/// listener of our own: the peer sends `unread` and closes, this end
+/// shuts down too, and the peer's acknowledgment ends it (LAST_ACK, then
+/// CLOSE). No packet leaves the namespace.
+pub fn ended_connection(family: i32, unread: &[u8], opts: &[cryopod_image::SockOpt]) -> SysResult<OwnedFd> {
+    let lo: &[u8] =
+        if family == libc::AF_INET6 { &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] } else { &[127, 0, 0, 1] };
+    let listener = crate::sock::tcp_listen(family, (lo, 0), 1, (false, true), &[])?;
+    let (_, port) = crate::sock::inet_name(&listener)?;
+    let client = crate::sock::inet_raw_socket(family, libc::SOCK_STREAM, "socket(TCP)")?;
+    crate::sock::set_options(&client, opts)?;
+    // Room for all of it at once (the peer sends it before closing).
+    if unread.len() > 16 << 10 {
+        let room = i32::try_from(unread.len().saturating_mul(2)).unwrap_or(i32::MAX / 2);
+        set_int(&client, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, room, "setsockopt(SO_RCVBUFFORCE)")?;
+    }
+    crate::sock::inet_connect(&client, family, lo, port)?;
+    let peer = rustix::net::accept(&listener).map_err(failed("accept (loopback)"))?;
+    drop(listener);
+    let mut off = 0;
+    while off < unread.len() {
+        off += rustix::net::send(&peer, &unread[off..], SendFlags::empty()).map_err(failed("send (loopback)"))?;
+    }
+    drop(peer);
+    crate::sock::shutdown(&client, libc::SHUT_WR)?;
+    // The peer's FIN and its acknowledgment of ours cross loopback at
+    // once; wait (a second at most) for the end.
+    let t = std::time::Instant::now();
+    while crate::sock::tcp_state(&client)?.0 != 7 && t.elapsed() < std::time::Duration::from_secs(1) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    if crate::sock::tcp_state(&client)?.0 != 7 {
+        return Err(SysError::new(
+            "an ended connection (loopback): not closed in time",
+            0,
+            crate::Errno(libc::ETIMEDOUT),
+        ));
+    }
+    Ok(client)
+}
+
 /// A TCP socket whose connection was reset by its peer, in the caller's
 /// network namespace: what a connection the restore cannot give back
 /// becomes (its owner's next read says ECONNRESET, then end of file). Made

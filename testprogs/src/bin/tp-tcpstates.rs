@@ -17,6 +17,10 @@
 //!   side (CLOSE_WAIT here). After the restore the line and the end are
 //!   read (the FIN came from outside: only the restore can hand it over
 //!   again), and the reply reaches the client, then our end.
+//! - F: connections that have ended but stay open: one closed both ways
+//!   with a line unread, one reset by its peer whose error the program
+//!   read. After the restore both are closed, the first gives its line and
+//!   then the end, the second the end, and writes fail (EPIPE).
 //! - E: a second outside connection, which the test shut for writing and
 //!   then gave a filter that drops every segment (it acknowledges nothing
 //!   any more), before this end shut too: LAST_ACK, its FIN never acknowledged. After the
@@ -101,9 +105,33 @@ fn b_byte(i: usize) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 9)) as u8
 }
 
+/// `reset`: a connection reset by its peer, the error not read yet. A
+/// checkpoint must refuse (reading the error would clear it) and leave
+/// it pending: the program reads ECONNRESET after.
+unsafe fn reset_unread(dir: &std::path::Path, c: &mut Checks) {
+    let Some((client, server)) = net::loopback_pair() else {
+        println!("FAIL (setup: loopback connection)");
+        std::process::exit(1);
+    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    libc::setsockopt(client, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), 8);
+    libc::close(client);
+    std::thread::sleep(Duration::from_millis(20));
+    ready_and_wait(dir);
+    let mut b = [0u8; 1];
+    let r = libc::read(server, b.as_mut_ptr().cast(), 1);
+    let e = std::io::Error::last_os_error().raw_os_error();
+    c.eq("the reset is still there to read", (r, e), (-1, Some(libc::ECONNRESET)));
+}
+
 fn main() {
     let dir = work_dir();
     let mut c = Checks::new();
+    if std::env::args().nth(2).as_deref() == Some("reset") {
+        // SAFETY: plain libc calls on this program's own descriptors.
+        unsafe { reset_unread(&dir, &mut c) };
+        c.finish()
+    }
     // SAFETY: plain libc calls on this program's own descriptors.
     unsafe {
         let (Some((ac, asrv)), Some((bc, bsrv))) = (net::loopback_pair(), net::loopback_pair()) else {
@@ -134,6 +162,27 @@ fn main() {
             std::process::exit(1);
         }
         println!("B holds {sent} bytes, D {d_sent}");
+        // F: ended connections.
+        let (Some((fc, fs)), Some((gc, gs))) = (net::loopback_pair(), net::loopback_pair()) else {
+            println!("FAIL (setup: loopback connections F)");
+            std::process::exit(1);
+        };
+        libc::write(fc, b"f-line\n".as_ptr().cast(), 7);
+        libc::close(fc);
+        std::thread::sleep(Duration::from_millis(20));
+        libc::shutdown(fs, libc::SHUT_WR);
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        libc::setsockopt(gc, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), 8);
+        libc::close(gc);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut b1 = [0u8; 1];
+        let r = libc::read(gs, b1.as_mut_ptr().cast(), 1);
+        let e = std::io::Error::last_os_error().raw_os_error();
+        if (net::tcp_state(fs), net::tcp_state(gs), r, e) != (7, 7, -1, Some(libc::ECONNRESET)) {
+            let got = (net::tcp_state(fs), net::tcp_state(gs), r, e);
+            println!("FAIL (setup: ended connections {got:?})");
+            std::process::exit(1);
+        }
         // C: the outside client.
         let Some((l, port)) = net::loopback_listener(1).map(|(l, a)| (l, u16::from_be(a.sin_port))) else {
             println!("FAIL (setup: listener)");
@@ -194,6 +243,18 @@ fn main() {
         c.eq("D: every byte, in order", (got.len(), first_bad), (d_sent, None));
 
         c.eq("E: in LAST_ACK, its FIN not acknowledged", net::tcp_state(esrv), 9);
+        c.eq("F: both ended connections closed", (net::tcp_state(fs), net::tcp_state(gs)), (7, 7));
+        let (line, end) = read_to_end(fs, 64);
+        c.eq(
+            "F: the line left unread, then the end",
+            (String::from_utf8_lossy(&line).into_owned(), end),
+            ("f-line\n".into(), true),
+        );
+        let (rest, end) = read_to_end(gs, 64);
+        c.eq("F: the reset one reads the end (its error was read before)", (rest.len(), end), (0, true));
+        let w = libc::send(fs, b"x".as_ptr().cast(), 1, libc::MSG_NOSIGNAL);
+        let e = std::io::Error::last_os_error().raw_os_error();
+        c.eq("F: writes fail", (w, e), (-1, Some(libc::EPIPE)));
         c.eq("C: in CLOSE_WAIT", net::tcp_state(csrv), 8);
         let (line, end) = read_to_end(csrv, 64);
         c.eq(
