@@ -209,7 +209,9 @@ fn peers_outside_are_connected_again_on_request() {
 /// after the restore (the peer's FIN handed over again), and its reply
 /// reaches the client, then its end. A second one, shut and then given a
 /// filter that drops every segment (it acknowledges nothing), leaves the
-/// program's end in LAST_ACK, which it is in again after the restore.
+/// program's end in LAST_ACK, which it is in again after the restore; a
+/// third, dropping everything from the start and shut after the program,
+/// leaves it in CLOSING, and CLOSING it is again.
 #[test]
 fn half_closed_connections_and_big_queues_come_back() {
     use std::io::{Read, Write};
@@ -247,10 +249,32 @@ fn half_closed_connections_and_big_queues_come_back() {
         };
         assert_eq!(r, 0, "a filter on the test's end: {}", std::io::Error::last_os_error());
         std::fs::write(std::path::Path::new(&out).with_file_name("repaired"), b"").unwrap();
+        // The third: dropping everything from the start; shut once the
+        // program has shut its end.
+        let g = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // SAFETY: as above.
+        let r = unsafe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&g);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&prog as *const libc::sock_fprog).cast(),
+                len,
+            )
+        };
+        assert_eq!(r, 0, "a filter on the test's third end: {}", std::io::Error::last_os_error());
+        std::fs::write(std::path::Path::new(&out).with_file_name("g-filtered"), b"").unwrap();
+        let shut = std::path::Path::new(&out).with_file_name("g-shut");
+        let t = std::time::Instant::now();
+        while !shut.exists() && t.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        g.shutdown(std::net::Shutdown::Write).unwrap();
         c.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
         let mut reply = String::new();
         let r = c.read_to_string(&mut reply).map(|_| reply);
-        drop(e);
+        drop((e, g));
         r
     });
     roundtrip("tcpstates", env!("CARGO_BIN_EXE_tp-tcpstates"));

@@ -216,6 +216,13 @@ pub fn restore(st: &TcpState) -> SysResult<OwnedFd> {
     let w: Vec<u8> = st.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
     set(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &w, "TCP_REPAIR_WINDOW")?;
     set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, i32::from(st.nodelay), "TCP_NODELAY")?;
+    // CLOSING: our FIN went first. Shut now, in repair mode (the FIN is
+    // marked as sent, and goes again when its timer fires), so that a
+    // FIN the peer sends again meanwhile finds FIN_WAIT1, not an
+    // established socket (which would end in LAST_ACK).
+    if st.state == CLOSING && st.unsent == 0 {
+        crate::sock::shutdown(fd, libc::SHUT_WR)?;
+    }
     Ok(sock)
 }
 
@@ -298,6 +305,7 @@ pub fn finish(fd: impl AsFd, st: &TcpState, raw: Option<&OwnedFd>) -> SysResult<
         (true, false) => own_fin(),
         (false, true) => peer_fin(),
         // Both FINs: the order they crossed in.
+        (true, true) if st.state == CLOSING && st.unsent == 0 => peer_fin(),
         (true, true) if st.state == CLOSING => own_fin().and_then(|_| peer_fin()),
         (true, true) => peer_fin().and_then(|_| own_fin()),
     }

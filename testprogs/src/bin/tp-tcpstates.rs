@@ -21,6 +21,10 @@
 //!   with a line unread, one reset by its peer whose error the program
 //!   read. After the restore both are closed, the first gives its line and
 //!   then the end, the second the end, and writes fail (EPIPE).
+//! - G: a third outside connection, whose test end drops every segment:
+//!   this end shut first (its FIN never acknowledged), then the test shut
+//!   too: both FINs crossed, CLOSING. After the restore it is CLOSING
+//!   again (the test's FIN, never acknowledged, is sent again meanwhile).
 //! - E: a second outside connection, which the test shut for writing and
 //!   then gave a filter that drops every segment (it acknowledges nothing
 //!   any more), before this end shut too: LAST_ACK, its FIN never acknowledged. After the
@@ -193,6 +197,7 @@ fn main() {
         let _ = std::io::stdout().flush();
         let csrv = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
         let esrv = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
+        let gsrv = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
         libc::close(l);
         let t = Instant::now();
         let closing = || net::tcp_state(csrv) == 8 && net::tcp_state(esrv) == 8;
@@ -201,9 +206,18 @@ fn main() {
         }
         libc::shutdown(esrv, libc::SHUT_WR);
         std::thread::sleep(Duration::from_millis(50));
-        if net::tcp_state(csrv) != 8 || net::tcp_state(esrv) != 9 {
-            let states = (net::tcp_state(csrv), net::tcp_state(esrv));
-            println!("FAIL (setup: the outside connections are in states {states:?}, not (8, 9))");
+        // G: shut here first, once the test's end drops everything.
+        while !dir.join("g-filtered").exists() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        libc::shutdown(gsrv, libc::SHUT_WR);
+        std::fs::write(dir.join("g-shut"), b"").unwrap_or_default();
+        while net::tcp_state(gsrv) != 11 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if (net::tcp_state(csrv), net::tcp_state(esrv), net::tcp_state(gsrv)) != (8, 9, 11) {
+            let states = (net::tcp_state(csrv), net::tcp_state(esrv), net::tcp_state(gsrv));
+            println!("FAIL (setup: the outside connections are in states {states:?}, not (8, 9, 11))");
             std::process::exit(1);
         }
         ready_and_wait(&dir);
@@ -243,6 +257,7 @@ fn main() {
         c.eq("D: every byte, in order", (got.len(), first_bad), (d_sent, None));
 
         c.eq("E: in LAST_ACK, its FIN not acknowledged", net::tcp_state(esrv), 9);
+        c.eq("G: in CLOSING, both FINs crossed", net::tcp_state(gsrv), 11);
         c.eq("F: both ended connections closed", (net::tcp_state(fs), net::tcp_state(gs)), (7, 7));
         let (line, end) = read_to_end(fs, 64);
         c.eq(
