@@ -108,15 +108,7 @@ impl FileTable {
             let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
             let md =
                 std::fs::metadata(&link).map_err(|e| EngineError::Proc { path: link.clone(), msg: e.to_string() })?;
-            // Same open file description as one seen before?
-            let mut found = None;
-            for &(p2, fd2, idx, dev, ino) in &self.seen {
-                if dev == md.dev() && ino == md.ino() && fds::same_open_file(pid, TargetFd(fd), p2, TargetFd(fd2))? {
-                    found = Some(idx);
-                    break;
-                }
-            }
-            let idx = match found {
+            let idx = match self.seen_before(pid, fd, &md)? {
                 Some(i) => i,
                 None => {
                     let kind = self.kind_of((pid, fd), pid, &target, &md, flags, mem)?;
@@ -146,6 +138,17 @@ impl FileTable {
             }
         }
         Ok((out, locks))
+    }
+
+    /// The file of the image that fd `fd` of `pid` (of file `md`) is the
+    /// same open file description as, if one was seen before (kcmp).
+    pub(crate) fn seen_before(&self, pid: i32, fd: i32, md: &std::fs::Metadata) -> Result<Option<u32>> {
+        for &(p2, fd2, idx, dev, ino) in &self.seen {
+            if (dev, ino) == (md.dev(), md.ino()) && fds::same_open_file(pid, TargetFd(fd), p2, TargetFd(fd2))? {
+                return Ok(Some(idx));
+            }
+        }
+        Ok(None)
     }
 
     /// What fd `fd` of `pid` is, seen from process `ctx` of the tree (its

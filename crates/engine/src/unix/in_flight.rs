@@ -11,7 +11,6 @@
 use crate::files::{FileTable, KEEP_FLAGS};
 use crate::{EngineError, Result};
 use cryopod_image::{Fd, FileKind, OpenFile, Process};
-use cryopod_sys::TargetFd;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
@@ -81,12 +80,8 @@ impl FileTable {
         let raw = fd.as_raw_fd();
         let link = format!("/proc/self/fd/{raw}");
         let md = std::fs::metadata(&link).map_err(|e| EngineError::Proc { path: link.clone(), msg: e.to_string() })?;
-        for &(p2, fd2, idx, dev, ino) in &self.seen {
-            if (dev, ino) == (md.dev(), md.ino())
-                && cryopod_sys::fd::same_open_file(me, TargetFd(raw), p2, TargetFd(fd2))?
-            {
-                return Ok((idx, false));
-            }
+        if let Some(idx) = self.seen_before(me, raw, &md)? {
+            return Ok((idx, false));
         }
         let target = crate::procfs::readlink(&link)?;
         let (pos, flags, locks) = crate::procfs::fdinfo(me, raw)?;
