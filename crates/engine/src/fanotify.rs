@@ -6,9 +6,10 @@
 //! group and adds the marks again. Events queued at checkpoint are not
 //! kept (a permission event's waiter is let go when the group closes).
 
+use crate::inotify::{handle_of, hex, mount_of_device, open_handle};
 use crate::{procfs, EngineError, Result};
 use cryopod_image::{FanMark, FanTarget, FileKind};
-use cryopod_sys::{events, fs};
+use cryopod_sys::events;
 use std::os::fd::OwnedFd;
 
 const FAN_MARK_ADD: u32 = 0x1;
@@ -19,20 +20,11 @@ const FAN_MARK_FILESYSTEM: u32 = 0x100;
 const FAN_MARK_EVICTABLE: u32 = 0x200;
 const FAN_MARK_IGNORE: u32 = 0x400;
 
-fn hex(s: &str) -> u64 {
-    u64::from_str_radix(s, 16).unwrap_or(0)
-}
-
 /// The group behind fanotify fd `fd` of `pid`; `root` as in `files`.
 pub fn collect(pid: i32, fd: i32, root: &str) -> Result<FileKind> {
     let info = procfs::read(pid, &format!("fdinfo/{fd}"))?;
     let mounts = procfs::parse_mountinfo(&procfs::read(pid, "mountinfo")?);
-    let mount_of_dev = |sdev: u64| {
-        let dev = format!("{}:{}", sdev >> 20, sdev & 0xfffff);
-        mounts.iter().find(|m| m.dev == dev).map(|m| m.target.clone()).ok_or_else(|| {
-            EngineError::Other(format!("a fanotify mark on device {dev}, which is not mounted in the process's view"))
-        })
-    };
+    let mount_of_dev = |sdev: u64| mount_of_device(&mounts, sdev, "a fanotify mark");
     let (mut flags, mut event_flags, mut marks) = (0, 0, Vec::new());
     for line in info.lines().filter_map(|l| l.strip_prefix("fanotify ")) {
         let kv: std::collections::HashMap<&str, &str> =
@@ -44,12 +36,7 @@ pub fn collect(pid: i32, fd: i32, root: &str) -> Result<FileKind> {
             continue;
         }
         let on = if kv.contains_key("ino") {
-            let handle: Vec<u8> = get("f_handle")
-                .as_bytes()
-                .chunks(2)
-                .filter_map(|c| std::str::from_utf8(c).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
-                .collect();
-            let handle_type = i32::from_str_radix(get("fhandle-type"), 16).unwrap_or(0);
+            let (handle_type, handle) = handle_of(get);
             FanTarget::Inode { mount: mount_of_dev(hex(get("sdev")))?, handle_type, handle }
         } else if kv.contains_key("mnt_id") {
             let id = hex(get("mnt_id")) as u32;
@@ -82,8 +69,9 @@ fn open_target(root: &str, t: &FanTarget) -> Result<OwnedFd> {
             .map_err(|e| EngineError::Other(format!("fanotify mark: {path}: {e}")))
     };
     match t {
-        FanTarget::Inode { mount, handle_type, handle } => fs::open_by_handle(open(mount)?, *handle_type, handle)
-            .map_err(|e| EngineError::Other(format!("fanotify mark: the marked file: {e}"))),
+        FanTarget::Inode { mount, handle_type, handle } => {
+            open_handle(root, mount, (*handle_type, handle), "fanotify mark")
+        }
         FanTarget::Mount { path } => open(path),
         FanTarget::Filesystem { mount } => open(mount),
     }

@@ -11,16 +11,44 @@ use cryopod_image::{FileKind, InotifyWatch};
 use cryopod_sys::{events, fs, io};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-fn hex(s: &str) -> Option<u64> {
-    u64::from_str_radix(s, 16).ok()
+/// A hexadecimal field of fdinfo (0 if it is not one).
+pub(crate) fn hex(s: &str) -> u64 {
+    u64::from_str_radix(s, 16).unwrap_or(0)
+}
+
+/// The file handle an fdinfo line names (inotify watches and fanotify
+/// inode marks print it alike): its type and bytes, both in hexadecimal.
+pub(crate) fn handle_of<'a>(get: impl Fn(&str) -> &'a str) -> (i32, Vec<u8>) {
+    let bytes = get("f_handle")
+        .as_bytes()
+        .chunks(2)
+        .filter_map(|c| std::str::from_utf8(c).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    (hex(get("fhandle-type")) as i32, bytes)
+}
+
+/// A mount point of device `sdev` (as fdinfo prints it: major << 20 |
+/// minor), as the process sees its mounts; `what` names the object in
+/// the error.
+pub(crate) fn mount_of_device(mounts: &[procfs::MountInfo], sdev: u64, what: &str) -> Result<String> {
+    let dev = format!("{}:{}", sdev >> 20, sdev & 0xfffff);
+    mounts.iter().find(|m| m.dev == dev).map(|m| m.target.clone()).ok_or_else(|| {
+        EngineError::Other(format!("{what} on device {dev}, which is not mounted in the process's view"))
+    })
+}
+
+/// Open the file that a handle names on the file system mounted at
+/// `mount`, under `root` (where the tree's root is seen); `what` names the
+/// object in errors.
+pub(crate) fn open_handle(root: &str, mount: &str, (handle_type, handle): (i32, &[u8]), what: &str) -> Result<OwnedFd> {
+    let mnt = format!("{root}{mount}");
+    let m = std::fs::File::open(&mnt).map_err(|e| EngineError::Other(format!("{what}: {mnt}: {e}")))?;
+    fs::open_by_handle(&m, handle_type, handle).map_err(|e| EngineError::Other(format!("{what}: the file: {e}")))
 }
 
 /// Open the file a watch names, under `root` (where the tree's root is seen).
 fn open_watched(root: &str, w: &InotifyWatch) -> Result<OwnedFd> {
-    let mnt = format!("{root}{}", w.mount);
-    let m = std::fs::File::open(&mnt).map_err(|e| EngineError::Other(format!("inotify watch {}: {mnt}: {e}", w.wd)))?;
-    fs::open_by_handle(&m, w.handle_type, &w.handle)
-        .map_err(|e| EngineError::Other(format!("inotify watch {}: the watched file: {e}", w.wd)))
+    open_handle(root, &w.mount, (w.handle_type, &w.handle), &format!("inotify watch {}", w.wd))
 }
 
 /// The watches of inotify fd `fd` of `pid`; `root` as in `files`.
@@ -32,23 +60,13 @@ pub fn collect(pid: i32, fd: i32, root: &str) -> Result<FileKind> {
         let kv: std::collections::HashMap<&str, &str> =
             line.split_whitespace().filter_map(|f| f.split_once(':')).collect();
         let get = |k: &str| kv.get(k).copied().unwrap_or("");
-        let sdev = hex(get("sdev")).unwrap_or(0);
-        let dev = format!("{}:{}", sdev >> 20, sdev & 0xfffff);
-        // A mount point of that device, as the process sees its mounts.
-        let mount =
-            mounts.iter().find(|m| m.dev == dev).map(|m| m.target.clone()).ok_or_else(|| {
-                EngineError::Other(format!("inotify watch on device {dev}, which is not mounted here"))
-            })?;
-        let handle: Vec<u8> = get("f_handle")
-            .as_bytes()
-            .chunks(2)
-            .filter_map(|c| std::str::from_utf8(c).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect();
+        let mount = mount_of_device(&mounts, hex(get("sdev")), "an inotify watch")?;
+        let (handle_type, handle) = handle_of(get);
         let w = InotifyWatch {
             wd: get("wd").parse().unwrap_or(0),
-            mask: hex(get("mask")).unwrap_or(0) as u32,
+            mask: hex(get("mask")) as u32,
             mount,
-            handle_type: get("fhandle-type").parse().unwrap_or(0),
+            handle_type,
             handle,
         };
         // The watched file must still be reachable, or restore could not add it.
