@@ -69,3 +69,11 @@ pub fn wait_while_open(fd: BorrowedFd<'_>) -> ! {
         }
     }
 }
+
+/// The events a poll of `fd` for `events` reports now, without waiting.
+pub fn poll_now(fd: impl AsFd, events: rustix::event::PollFlags, what: &str) -> SysResult<rustix::event::PollFlags> {
+    let mut p = [rustix::event::PollFd::new(&fd, events)];
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    rustix::event::poll(&mut p, Some(&zero)).map_err(|e| SysError::new(what, 0, Errno(e.raw_os_error())))?;
+    Ok(p[0].revents())
+}

@@ -81,11 +81,8 @@ pub fn shutdown(fd: impl AsFd, how: i32) -> SysResult<()> {
 /// The shutdown bits a poll shows of a datagram socket (1 reading, 3
 /// both; writing alone shows nothing), without changing anything.
 pub fn polled_shutdown(fd: impl AsFd) -> SysResult<u8> {
-    use rustix::event::{PollFd, PollFlags};
-    let mut p = [PollFd::new(&fd, PollFlags::IN | PollFlags::RDHUP)];
-    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
-    rustix::event::poll(&mut p, Some(&zero)).map_err(err("poll (shutdown)"))?;
-    let r = p[0].revents();
+    use rustix::event::PollFlags;
+    let r = crate::io::poll_now(fd, PollFlags::IN | PollFlags::RDHUP, "poll (shutdown)")?;
     Ok(if r.contains(PollFlags::HUP) {
         3
     } else if r.contains(PollFlags::RDHUP) {
@@ -226,25 +223,15 @@ pub fn tcp_never_connected(fd: impl AsFd) -> SysResult<bool> {
 /// Whether an error is pending on `fd`, seen by a poll (reading SO_ERROR
 /// would clear it).
 pub fn error_pending(fd: impl AsFd) -> SysResult<bool> {
-    use rustix::event::{PollFd, PollFlags};
-    let mut p = [PollFd::new(&fd, PollFlags::IN)];
-    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
-    rustix::event::poll(&mut p, Some(&zero)).map_err(err("poll (error)"))?;
-    Ok(p[0].revents().contains(PollFlags::ERR))
+    use rustix::event::PollFlags;
+    Ok(crate::io::poll_now(fd, PollFlags::IN, "poll (error)")?.contains(PollFlags::ERR))
 }
 
 /// The bytes waiting to be read on `fd`, peeked (not consumed).
 pub fn peek_unread(fd: impl AsFd) -> SysResult<Vec<u8>> {
     let fd = fd.as_fd();
     let n = rustix::io::ioctl_fionread(fd).map_err(err("ioctl(FIONREAD)"))? as usize;
-    let mut b = vec![0u8; n];
-    if n > 0 {
-        let (got, _) =
-            rustix::net::recv(fd, &mut b[..], rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT)
-                .map_err(err("recv(MSG_PEEK)"))?;
-        b.truncate(got);
-    }
-    Ok(b)
+    crate::tcp::peek(fd, n, "recv(MSG_PEEK)")
 }
 
 /// TCP_INFO as the bytes of a `struct tcp_info` (zero where the kernel's

@@ -53,7 +53,8 @@ fn ioctl_int(fd: BorrowedFd<'_>, req: u64, what: &str) -> SysResult<u32> {
     Ok(v as u32)
 }
 
-fn peek(fd: BorrowedFd<'_>, len: usize, what: &str) -> SysResult<Vec<u8>> {
+/// Up to `len` bytes waiting on `fd`, copied without consuming them.
+pub(crate) fn peek(fd: BorrowedFd<'_>, len: usize, what: &str) -> SysResult<Vec<u8>> {
     let mut b = vec![0u8; len];
     if len == 0 {
         return Ok(b);

@@ -152,9 +152,7 @@ pub fn set_exclusive(fd: impl AsFd, on: bool) -> SysResult<()> {
 /// (n_tty_poll). Bytes already readable skip that wait, so a caller that
 /// must see everything reads what this says and asks again until 0.
 pub fn readable(fd: impl AsFd) -> SysResult<usize> {
-    let mut p = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
-    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
-    rustix::event::poll(&mut p, Some(&zero)).map_err(|e| SysError::new("poll (terminal input)", 0, e.into()))?;
+    crate::io::poll_now(&fd, rustix::event::PollFlags::IN, "poll (terminal input)")?;
     Ok(get_int(fd, libc::FIONREAD, "ioctl(FIONREAD)")?.max(0) as usize)
 }
 
