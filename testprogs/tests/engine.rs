@@ -121,10 +121,7 @@ fn files_in_flight_and_credentials() {
 #[test]
 fn a_message_from_a_process_gone_is_refused_when_credentials_show() {
     let mut run = Run::testprog_with("fdpass-gone", env!("CARGO_BIN_EXE_tp-fdpass"), &["gone"]);
-    let (code, _, err) =
-        cryopod(&["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()], &[]);
-    assert_ne!(code, 0);
-    assert!(err.contains("not a process of the checkpoint") && err.trim().lines().count() == 1, "{err}");
+    run.checkpoint_refused("not a process of the checkpoint");
     run.go_and_expect_pass();
 }
 
@@ -164,8 +161,7 @@ fn peers_outside_are_connected_again_on_request() {
     assert_eq!(got(&mut buf), b"before");
 
     let image = run.image.to_str().unwrap().to_string();
-    let (code, _, err) = cryopod(&["checkpoint", "--pid", &run.pid.to_string(), "-o", &image], &[]);
-    assert!(code != 0 && err.contains("--external-unix") && err.trim().lines().count() == 1, "{err}");
+    run.checkpoint_refused("--external-unix");
     run.checkpoint(&["--external-unix"]);
 
     // The service gone at restore: refused before any process exists.
@@ -282,9 +278,7 @@ fn half_closed_connections_and_big_queues_come_back() {
     // A reset whose error the program has not read: refused in one
     // sentence, the error left for the program.
     let mut run = Run::testprog_with("tcpstates-reset", env!("CARGO_BIN_EXE_tp-tcpstates"), &["reset"]);
-    let (code, _, err) =
-        cryopod(&["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()], &[]);
-    assert!(code != 0 && err.contains("error its program has not read") && err.trim().lines().count() == 1, "{err}");
+    run.checkpoint_refused("error its program has not read");
     run.go_and_expect_pass();
 }
 
@@ -296,12 +290,7 @@ fn netlink_sockets_come_back() {
     roundtrip("netlink", env!("CARGO_BIN_EXE_tp-netlink"));
     // An answer unread: refused in one sentence, and the program goes on.
     let mut run = Run::testprog_with("netlink-unread", env!("CARGO_BIN_EXE_tp-netlink"), &["unread"]);
-    let (code, _, err) =
-        cryopod(&["checkpoint", "--pid", &run.pid.to_string(), "-o", run.image.to_str().unwrap()], &[]);
-    assert!(
-        code != 0 && err.contains("netlink socket with messages unread") && err.trim().lines().count() == 1,
-        "{err}"
-    );
+    run.checkpoint_refused("netlink socket with messages unread");
     run.go_and_expect_pass();
 }
 

@@ -209,6 +209,14 @@ impl Run {
         o.2
     }
 
+    /// `cryopod checkpoint --pid PID -o image` must fail with one line of
+    /// stderr that contains `needle` (the tree is left running).
+    pub fn checkpoint_refused(&self, needle: &str) {
+        let (code, _, err) =
+            cryopod(&["checkpoint", "--pid", &self.pid.to_string(), "-o", self.image.to_str().unwrap()], &[]);
+        assert!(code != 0 && err.contains(needle) && err.trim().lines().count() == 1, "{err}");
+    }
+
     /// Every pid in the image (from `cryopod inspect --json`); all become
     /// ours to end once restored.
     pub fn image_pids(&mut self) -> Vec<i32> {
