@@ -529,7 +529,9 @@ fn socket_options_survive_a_running_checkpoint() {
 
 /// Locked memory and access advice (`tp-mlock`): areas locked with mlock
 /// and mlock2(MLOCK_ONFAULT), advised sequential and random, come back
-/// with their flags, as much memory locked, their contents intact.
+/// with their flags, as much memory locked, their contents intact; so do
+/// mlockall(MCL_FUTURE) and its MCL_ONFAULT form (areas mapped later are
+/// locked).
 #[test]
 fn locked_and_advised_memory_comes_back() {
     roundtrip("mlock", env!("CARGO_BIN_EXE_tp-mlock"));

@@ -265,16 +265,76 @@ pub fn collect_attrs(r: &mut Remote) -> Result<ProcAttrs> {
             0
         }
     };
+    let lock_future = collect_lock_future(r)?;
     Ok(ProcAttrs {
         dumpable,
         child_subreaper,
         thp_disable,
         memory_merge,
+        lock_future,
         coredump_filter,
         oom_score_adj,
         loginuid,
         membarrier,
     })
+}
+
+/// mlockall(MCL_FUTURE) leaves its mark only in the address space's
+/// default area flags (mm->def_flags), which /proc does not show: the
+/// flags of an area mapped now do. A one-page area is mapped, looked at and
+/// unmapped at once; it is shared (its own shmem object), so it merges with
+/// none of the process's areas and leaves their boundaries as they were.
+/// Locked, it counts in VmLck; locked but not on fault (MCL_ONFAULT), it
+/// is populated at once (mincore).
+fn collect_lock_future(r: &mut Remote) -> Result<u32> {
+    let page = cryopod_sys::PAGE_SIZE;
+    let before = locked_kib(r.pid)?;
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+    let addr = r.raw(nr::MMAP, &[0, page, prot, flags, u64::MAX, 0])?;
+    if addr == -i64::from(libc::EAGAIN) {
+        // Only a locked mapping over RLIMIT_MEMLOCK fails so.
+        return Err(crate::EngineError::Unsupported {
+            pid: r.pid,
+            what: "mlockall(MCL_FUTURE) at its RLIMIT_MEMLOCK: whether areas are locked on fault cannot be told".into(),
+        });
+    }
+    if addr < 0 {
+        return Err(crate::EngineError::Other(format!(
+            "pid {}: mapping a page to read its default area flags: errno {}",
+            r.pid, -addr
+        )));
+    }
+    let addr = addr as u64;
+    let seen = (|| -> Result<(u64, bool)> {
+        let after = locked_kib(r.pid)?;
+        r.call("mincore(probe)", nr::MINCORE, &[addr, page, r.data])?;
+        Ok((after, r.get(0, 1)?.first().is_some_and(|b| b & 1 != 0)))
+    })();
+    r.call("munmap(probe)", nr::MUNMAP, &[addr, page])?;
+    let (after, resident) = seen?;
+    Ok(match (after > before, resident) {
+        (false, _) => 0,
+        (true, true) => libc::MCL_FUTURE as u32,
+        (true, false) => (libc::MCL_FUTURE | libc::MCL_ONFAULT) as u32,
+    })
+}
+
+/// VmLck of process `pid`, in KiB.
+fn locked_kib(pid: i32) -> Result<u64> {
+    let status = procfs::read(pid, "status")?;
+    procfs::status_field(&status, "VmLck")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| crate::EngineError::Proc { path: format!("/proc/{pid}/status"), msg: "no VmLck".into() })
+}
+
+/// Areas mapped from now on locked again, as mlockall(MCL_FUTURE) had
+/// them: called once the restore maps nothing more in the process.
+pub fn restore_lock_future(r: &mut Remote, a: &ProcAttrs) -> Result<()> {
+    if a.lock_future != 0 {
+        r.call("mlockall(MCL_FUTURE)", nr::MLOCKALL, &[u64::from(a.lock_future)])?;
+    }
+    Ok(())
 }
 
 const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;

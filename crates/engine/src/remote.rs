@@ -22,6 +22,8 @@ pub mod nr {
     pub const RT_SIGACTION: i64 = 13;
     pub const MREMAP: i64 = 25;
     pub const MADVISE: i64 = 28;
+    pub const MINCORE: i64 = 27;
+    pub const MLOCKALL: i64 = 151;
     pub const GETITIMER: i64 = 36;
     pub const SETITIMER: i64 = 38;
     pub const PREADV: i64 = 295;

@@ -650,6 +650,9 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
         }
     }
     debug!(pid = p.pid, "pending signals queued; unmapping the scratch area");
+    // (After the process's last mapping: later ones would be locked. The
+    // scratch area holds the syscall used to inject: unmapped after.)
+    ident::restore_lock_future(r, &p.attrs)?;
     r.call("munmap(scratch)", nr::MUNMAP, &[scratch, scratch_len])?;
     // Seccomp filters last of all, through the vDSO's syscall instruction.
     if p.threads.iter().any(|t| !t.seccomp.is_empty() || t.attrs.seccomp_strict) {

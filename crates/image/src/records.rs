@@ -283,6 +283,10 @@ pub struct ProcAttrs {
     /// PR_SET_MEMORY_MERGE: every area of the process offered to KSM,
     /// those it maps later too.
     pub memory_merge: bool,
+    /// mlockall(MCL_FUTURE): the mlockall flags that make areas mapped
+    /// later locked (MCL_FUTURE, with MCL_ONFAULT if locked on fault); 0
+    /// when they are not.
+    pub lock_future: u32,
     /// The membarrier registrations of its address space
     /// (MEMBARRIER_CMD_GET_REGISTRATIONS: a mask of the REGISTER_*
     /// commands issued).

@@ -7,7 +7,10 @@
 //! there. Also one area offered to KSM (MADV_MERGEABLE: VmFlags mg), and
 //! a child that offered its whole memory (PR_SET_MEMORY_MERGE): after the
 //! restore it still has (ksm_merge_any), so an area it maps then is
-//! mergeable too. PASS only if all of that holds.
+//! mergeable too. Two more children called mlockall(MCL_FUTURE), one of
+//! them with MCL_ONFAULT: an area either maps after the restore is locked
+//! as before (lo; lo and lf), while one the parent maps is not. PASS only
+//! if all of that holds.
 
 use cryopod_testprogs::*;
 
@@ -123,8 +126,45 @@ fn main() {
             libc::_exit(if ok { 0 } else { 3 });
         }
     }
+    // Each checks, after the restore, that an area it maps then is locked
+    // as mlockall made it (before the checkpoint too, for the setup).
+    let mut future = Vec::new();
+    for (flags, want) in [(libc::MCL_FUTURE, (true, false)), (libc::MCL_FUTURE | libc::MCL_ONFAULT, (true, true))] {
+        // SAFETY: the child runs to its _exit below.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: mlockall with flags; then mappings of this process's
+            // own; _exit ends it.
+            unsafe {
+                let locks = |p: *mut u8| (has(p, "lo"), has(p, "lf"));
+                let set = libc::mlockall(flags) == 0 && locks(area()) == want;
+                wait_go(&dir);
+                let ok = set && locks(area()) == want;
+                libc::_exit(if !set {
+                    4
+                } else if ok {
+                    0
+                } else {
+                    3
+                });
+            }
+        }
+        future.push((flags, pid));
+    }
     ready_and_wait(&dir);
 
+    for (flags, pid) in future {
+        let mut st = 0;
+        // SAFETY: waits for our child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        c.check(
+            &format!("an area mapped after the restore is locked as mlockall({flags:#x}) said"),
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            format!("status {st:#x}"),
+        );
+    }
+    let later = area();
+    c.eq("an area the parent maps now is not locked", (has(later, "lo"), has(later, "lf")), (false, false));
     let mut st = 0;
     // SAFETY: waits for our child.
     unsafe { libc::waitpid(child, &mut st, 0) };
