@@ -275,11 +275,15 @@ fn half_closed_connections_and_big_queues_come_back() {
     });
     roundtrip("tcpstates", env!("CARGO_BIN_EXE_tp-tcpstates"));
     assert_eq!(client.join().unwrap().unwrap(), "outside-reply\n");
-    // A reset whose error the program has not read: refused in one
-    // sentence, the error left for the program.
-    let mut run = Run::testprog_with("tcpstates-reset", env!("CARGO_BIN_EXE_tp-tcpstates"), &["reset"]);
-    run.checkpoint_refused("error its program has not read");
-    run.go_and_expect_pass();
+}
+
+/// Connections that ended with an error the program has not read yet
+/// (`tp-tcpstates errors`): reset, reset after the peer's FIN (EPIPE), a
+/// refused connect and a time-out each give their error after the
+/// restore, once, after their unread line.
+#[test]
+fn connections_ended_by_an_error_not_read_come_back() {
+    roundtrip_with("tcpstates-errors", env!("CARGO_BIN_EXE_tp-tcpstates"), &["errors"]);
 }
 
 /// Netlink sockets (`tp-netlink`): port ids (the kernel's and the

@@ -554,9 +554,14 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::TcpListen { family, addr, port, .. } => {
             format!("TCP listener {}", crate::inet::show(*family, addr, *port))
         }
-        FileKind::TcpEnded { unread, .. } => {
+        FileKind::TcpEnded { unread, error: 0, .. } => {
             format!("TCP socket whose connection ended, {} bytes unread", unread.len())
         }
+        FileKind::TcpEnded { unread, error, .. } => format!(
+            "TCP socket whose connection ended with {} not yet read, {} bytes unread",
+            cryopod_sys::Errno(*error),
+            unread.len()
+        ),
         FileKind::TcpConnecting { family, local, remote, .. } => format!(
             "TCP socket connecting from {} to {}",
             crate::inet::show(*family, &local.0, local.1),

@@ -141,15 +141,10 @@ pub fn collect(
         return Ok(FileKind::TcpClosed { family, local, reuseaddr, v6only, opts });
     }
     if state == CLOSE && !sock::tcp_never_connected(copy_fd)? {
-        if sock::error_pending(copy_fd)? {
-            return Err(EngineError::Other(
-                "is a TCP socket whose connection ended with an error its program has not read yet (reading it would clear it)"
-                    .into(),
-            ));
-        }
+        let error = if sock::error_pending(copy_fd)? { pending_error(&copy)? } else { 0 };
         let unread = sock::peek_unread(copy_fd)?;
         let opts = sock::inet_changed_options(copy_fd, family, kind)?;
-        return Ok(FileKind::TcpEnded { family, unread, opts });
+        return Ok(FileKind::TcpEnded { family, unread, error, opts });
     }
     if state == SYN_SENT {
         let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
@@ -180,6 +175,33 @@ pub fn collect(
 /// raw socket, which has no port, and for a TCP socket still in
 /// SYN_SENT): from /proc/PID/net/`table` (or its IPv6 twin), by the
 /// socket's inode, if it is in `state` there (hex, as the table shows).
+/// The errors a restore can leave pending on an ended connection (see
+/// `cryopod_sys::tcp::ended_connection`).
+pub const ENDED_ERRORS: [i32; 4] = [libc::ECONNRESET, libc::EPIPE, libc::ECONNREFUSED, libc::ETIMEDOUT];
+
+/// The error pending on TCP socket `copy` (ours, a copy of the program's),
+/// read without clearing it (`cryopod_sys::sock_errors`): the program
+/// still reads it, before and after the restore.
+fn pending_error(copy: &OwnedFd) -> Result<i32> {
+    use std::os::fd::AsRawFd;
+    let refuse = |why: String| {
+        EngineError::Other(format!(
+            "is a TCP socket whose connection ended with an error its program has not read yet: {why}"
+        ))
+    };
+    let it = cryopod_sys::sock_errors::SockErrors::load()
+        .map_err(|e| refuse(format!("it cannot be read without clearing it here ({e})")))?;
+    let errors = it.of(std::process::id() as i32)?;
+    let error = errors.get(&copy.as_raw_fd()).copied().unwrap_or(0);
+    if !ENDED_ERRORS.contains(&error) {
+        return Err(refuse(format!(
+            "{}, which cannot be made again (only a reset, a refused connect and a time-out can)",
+            cryopod_sys::Errno(error)
+        )));
+    }
+    Ok(error)
+}
+
 fn proc_net_peer(
     pid: i32,
     family: i32,
@@ -254,8 +276,8 @@ pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
         FileKind::TcpClosed { family, local, reuseaddr, v6only, opts } => crate::nsjoin::in_net(ns_of, move || {
             Ok(sock::inet_socket(libc::SOCK_STREAM, family, (&local.0, local.1), (reuseaddr, v6only), &opts)?)
         }),
-        FileKind::TcpEnded { family, unread, opts } => {
-            crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::tcp::ended_connection(family, &unread, &opts)?))
+        FileKind::TcpEnded { family, unread, error, opts } => {
+            crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::tcp::ended_connection(family, &unread, error, &opts)?))
         }
         FileKind::TcpConnecting { family, local, remote, reuseaddr, v6only, opts } => {
             crate::nsjoin::in_net(ns_of, move || {

@@ -563,10 +563,11 @@ pub enum FileKind {
     /// listening: `local` its address, all zero when unbound.
     TcpClosed { family: i32, local: (Vec<u8>, u16), reuseaddr: bool, v6only: bool, opts: Vec<SockOpt> },
     /// A TCP socket whose connection has ended (CLOSE after a connection:
-    /// closed both ways, or reset and the error already read): reads give
-    /// `unread`, then the end of the stream; writes fail. No error is
-    /// pending (one that is cannot be read without clearing it: refused).
-    TcpEnded { family: i32, unread: Vec<u8>, opts: Vec<SockOpt> },
+    /// closed both ways, reset, refused or timed out): reads give
+    /// `unread`, then `error` if not 0 (the error pending, not yet read:
+    /// ECONNRESET, EPIPE, ECONNREFUSED or ETIMEDOUT), then the end of the
+    /// stream; writes fail.
+    TcpEnded { family: i32, unread: Vec<u8>, error: i32, opts: Vec<SockOpt> },
     /// A TCP socket whose connect is in progress (SYN_SENT): made again,
     /// bound to `local`, and connecting to `remote` anew (the peer had
     /// answered nothing; a new SYN is what a retransmission would be).

@@ -9,6 +9,7 @@
 //! `#![forbid(unsafe_code)]`.
 
 pub mod arp;
+pub mod bpf_iter;
 pub mod bpf_map;
 pub mod clone;
 pub mod cpu;
@@ -35,6 +36,7 @@ pub mod sched;
 pub mod sigframe;
 pub mod signal;
 pub mod sock;
+pub mod sock_errors;
 pub mod tcp;
 pub mod tcp_fin;
 pub mod tty;

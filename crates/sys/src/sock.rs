@@ -564,7 +564,6 @@ pub fn tcp_listen(
     Ok(fd)
 }
 
-/// Connect an IPv4 or IPv6 socket (a datagram socket's default peer).
 /// Start connecting non-blocking `fd` to (address, port): in progress
 /// (EINPROGRESS) is success.
 pub fn inet_connect_start(fd: impl AsFd, family: i32, addr: &[u8], port: u16) -> SysResult<()> {
@@ -575,6 +574,7 @@ pub fn inet_connect_start(fd: impl AsFd, family: i32, addr: &[u8], port: u16) ->
     }
 }
 
+/// Connect an IPv4 or IPv6 socket (a datagram socket's default peer).
 pub fn inet_connect(fd: impl AsFd, family: i32, addr: &[u8], port: u16) -> SysResult<()> {
     let a = inet_sockaddr(family, addr, port)?;
     rustix::net::connect(fd, &a).map_err(|e| SysError::new(format!("connect to port {port}"), 0, e.into()))

@@ -68,6 +68,7 @@ pub(crate) fn peek(fd: BorrowedFd<'_>, len: usize, what: &str) -> SysResult<Vec<
 pub const ESTABLISHED: u8 = 1;
 pub const FIN_WAIT1: u8 = 4;
 pub const FIN_WAIT2: u8 = 5;
+pub const CLOSE: u8 = 7;
 pub const CLOSE_WAIT: u8 = 8;
 pub const LAST_ACK: u8 = 9;
 pub const CLOSING: u8 = 11;
@@ -312,19 +313,41 @@ pub fn finish(fd: impl AsFd, st: &TcpState, raw: Option<&OwnedFd>) -> SysResult<
     }
 }
 
-/// A TCP socket whose connection has ended without an error pending, in
-/// the caller's network namespace: `unread` waits to be read, then the
+/// A TCP socket whose connection has ended, in the caller's network
+/// namespace: `unread` waits to be read, then `error` if not 0, then the
 /// end of the stream; writes fail (EPIPE). Made over loopback with a
-/// listener of our own: the peer sends `unread` and closes, this end
-/// shuts down too, and the peer's acknowledgment ends it (LAST_ACK, then
-/// CLOSE). No packet leaves the namespace.
-pub fn ended_connection(family: i32, unread: &[u8], opts: &[cryopod_image::SockOpt]) -> SysResult<OwnedFd> {
+/// listener of our own, ending as the original did:
+/// - no error: the peer sends `unread` and closes, this end shuts down
+///   too, and the peer's acknowledgment ends it (LAST_ACK, then CLOSE);
+/// - ECONNRESET: the peer sends `unread` and resets;
+/// - EPIPE: the peer sends `unread` and its FIN, then resets (a reset in
+///   CLOSE_WAIT);
+/// - ECONNREFUSED: a connect to a port of ours that nothing listens on;
+/// - ETIMEDOUT: the peer sends `unread`, then drops everything, and this
+///   end's one byte times out (TCP_USER_TIMEOUT 1 ms: after the first
+///   retransmission, a fifth of a second).
+///
+/// No packet leaves the namespace.
+pub fn ended_connection(family: i32, unread: &[u8], error: i32, opts: &[cryopod_image::SockOpt]) -> SysResult<OwnedFd> {
     let lo: &[u8] =
         if family == libc::AF_INET6 { &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] } else { &[127, 0, 0, 1] };
-    let listener = crate::sock::tcp_listen(family, (lo, 0), 1, (false, true), &[])?;
-    let (_, port) = crate::sock::inet_name(&listener)?;
+    let einval = |what: &str| SysError::new(format!("an ended connection: {what}"), 0, crate::Errno(libc::EINVAL));
     let client = crate::sock::inet_raw_socket(family, libc::SOCK_STREAM, "socket(TCP)")?;
     crate::sock::set_options(&client, opts)?;
+    if error == libc::ECONNREFUSED {
+        if !unread.is_empty() {
+            return Err(einval("a refused connect with bytes to read"));
+        }
+        // Bound, not listening: a SYN to it is answered with a reset.
+        let closed = crate::sock::inet_socket(libc::SOCK_STREAM, family, (lo, 0), (false, true), &[])?;
+        let (_, port) = crate::sock::inet_name(&closed)?;
+        crate::fd::set_status_flags(&client, libc::O_NONBLOCK)?;
+        crate::sock::inet_connect_start(&client, family, lo, port)?;
+        wait_closed(&client)?;
+        return Ok(client);
+    }
+    let listener = crate::sock::tcp_listen(family, (lo, 0), 1, (false, true), &[])?;
+    let (_, port) = crate::sock::inet_name(&listener)?;
     // Room for all of it at once (the peer sends it before closing).
     if unread.len() > 16 << 10 {
         let room = i32::try_from(unread.len().saturating_mul(2)).unwrap_or(i32::MAX / 2);
@@ -337,22 +360,64 @@ pub fn ended_connection(family: i32, unread: &[u8], opts: &[cryopod_image::SockO
     while off < unread.len() {
         off += rustix::net::send(&peer, &unread[off..], SendFlags::empty()).map_err(failed("send (loopback)"))?;
     }
-    drop(peer);
-    crate::sock::shutdown(&client, libc::SHUT_WR)?;
-    // The peer's FIN and its acknowledgment of ours cross loopback at
-    // once; wait (a second at most) for the end.
+    // A reset overtakes data the receiver has not taken in yet.
+    if error != 0 {
+        wait_for(&client, "the unread bytes", |c| {
+            Ok(rustix::io::ioctl_fionread(c).map_err(failed("ioctl(FIONREAD)"))? as usize >= unread.len())
+        })?;
+    }
+    let reset = |peer: OwnedFd| -> SysResult<()> {
+        // Linger 0: closing sends a reset rather than a FIN.
+        rustix::net::sockopt::set_socket_linger(&peer, Some(std::time::Duration::ZERO))
+            .map_err(failed("setsockopt(SO_LINGER)"))?;
+        drop(peer);
+        Ok(())
+    };
+    match error {
+        0 => {
+            drop(peer);
+            crate::sock::shutdown(&client, libc::SHUT_WR)?;
+        }
+        libc::ECONNRESET => reset(peer)?,
+        libc::EPIPE => {
+            crate::sock::shutdown(&peer, libc::SHUT_WR)?;
+            wait_for(&client, "CLOSE_WAIT", |c| Ok(crate::sock::tcp_state(c)?.0 == CLOSE_WAIT))?;
+            reset(peer)?;
+        }
+        libc::ETIMEDOUT => {
+            // Return 0: every segment to the peer is dropped.
+            crate::sock::attach_filter(peer.as_fd(), &[6, 0, 0, 0, 0, 0, 0, 0])?;
+            set_int(&client, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 1, "setsockopt(TCP_USER_TIMEOUT)")?;
+            rustix::net::send(&client, b"\0", SendFlags::empty()).map_err(failed("send (loopback)"))?;
+            wait_closed(&client)?;
+            set_int(&client, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 0, "setsockopt(TCP_USER_TIMEOUT)")?;
+            drop(peer);
+        }
+        _ => return Err(einval(&format!("error {error} cannot be made again"))),
+    }
+    wait_closed(&client)?;
+    Ok(client)
+}
+
+/// Wait (a few seconds at most) until `cond` holds on `fd`.
+fn wait_for(fd: &OwnedFd, what: &str, cond: impl Fn(&OwnedFd) -> SysResult<bool>) -> SysResult<()> {
     let t = std::time::Instant::now();
-    while crate::sock::tcp_state(&client)?.0 != 7 && t.elapsed() < std::time::Duration::from_secs(1) {
+    while !cond(fd)? {
+        if t.elapsed() > std::time::Duration::from_secs(3) {
+            return Err(SysError::new(
+                format!("an ended connection (loopback): {what} not there in time"),
+                0,
+                crate::Errno(libc::ETIMEDOUT),
+            ));
+        }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    if crate::sock::tcp_state(&client)?.0 != 7 {
-        return Err(SysError::new(
-            "an ended connection (loopback): not closed in time",
-            0,
-            crate::Errno(libc::ETIMEDOUT),
-        ));
-    }
-    Ok(client)
+    Ok(())
+}
+
+/// Wait until the connection of `fd` is closed (CLOSE).
+fn wait_closed(fd: &OwnedFd) -> SysResult<()> {
+    wait_for(fd, "the end", |c| Ok(crate::sock::tcp_state(c)?.0 == CLOSE))
 }
 
 /// A TCP socket whose connection was reset by its peer, in the caller's

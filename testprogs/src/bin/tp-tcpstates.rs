@@ -29,6 +29,9 @@
 //!   then gave a filter that drops every segment (it acknowledges nothing
 //!   any more), before this end shut too: LAST_ACK, its FIN never acknowledged. After the
 //!   restore it is in LAST_ACK again.
+//!
+//! With `errors`, connections that ended with an error not read yet
+//! instead (see `errors_unread`).
 
 use cryopod_testprogs::*;
 use std::time::{Duration, Instant};
@@ -109,31 +112,132 @@ fn b_byte(i: usize) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 9)) as u8
 }
 
-/// `reset`: a connection reset by its peer, the error not read yet. A
-/// checkpoint must refuse (reading the error would clear it) and leave
-/// it pending: the program reads ECONNRESET after.
-unsafe fn reset_unread(dir: &std::path::Path, c: &mut Checks) {
-    let Some((client, server)) = net::loopback_pair() else {
-        println!("FAIL (setup: loopback connection)");
-        std::process::exit(1);
+/// `errors`: connections that ended with an error the program has not
+/// read yet, each a kind the kernel reports differently:
+/// - reset by the peer with a line unread: reads give the line, then
+///   ECONNRESET, then the end;
+/// - reset by the peer after its FIN, with a line unread (a reset in
+///   CLOSE_WAIT): reads give the line, then the end; SO_ERROR says EPIPE;
+/// - a non-blocking connect refused: SO_ERROR says ECONNREFUSED;
+/// - timed out (TCP_USER_TIMEOUT, the peer dropping every segment) with a
+///   line unread: the line, then ETIMEDOUT, then the end.
+///
+/// Each is closed and shows an error to poll before the checkpoint and
+/// after the restore, and each gives its error after the restore, once.
+unsafe fn errors_unread(dir: &std::path::Path, c: &mut Checks) {
+    let pair = || {
+        net::loopback_pair().unwrap_or_else(|| {
+            println!("FAIL (setup: loopback connection)");
+            std::process::exit(1)
+        })
     };
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    libc::setsockopt(client, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), 8);
-    libc::close(client);
+    let send = |fd: i32, line: &[u8]| libc::send(fd, line.as_ptr().cast(), line.len(), 0) == line.len() as isize;
+    let linger0 = |fd: i32| {
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), 8);
+        libc::close(fd);
+    };
+    // Reset, a line unread.
+    let (peer, reset) = pair();
+    let mut ok = send(peer, b"line-r\n");
     std::thread::sleep(Duration::from_millis(20));
+    linger0(peer);
+    // Reset in CLOSE_WAIT.
+    let (peer, pipe) = pair();
+    ok &= send(peer, b"line-p\n") && libc::shutdown(peer, libc::SHUT_WR) == 0;
+    std::thread::sleep(Duration::from_millis(20));
+    linger0(peer);
+    // Refused: a port of ours that nothing listens on.
+    let Some((holder, addr)) = net::loopback_listener(1) else {
+        println!("FAIL (setup: loopback port)");
+        std::process::exit(1)
+    };
+    let refused = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+    libc::close(holder);
+    let held = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    ok &= libc::bind(held, (&addr as *const libc::sockaddr_in).cast(), len) == 0;
+    libc::connect(refused, (&addr as *const libc::sockaddr_in).cast(), len);
+    // Timed out.
+    let (timed, peer) = pair();
+    ok &= send(peer, b"line-t\n");
+    let drop_all = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }];
+    let prog = libc::sock_fprog { len: 1, filter: drop_all.as_ptr() as *mut libc::sock_filter };
+    let plen = std::mem::size_of::<libc::sock_fprog>() as u32;
+    std::thread::sleep(Duration::from_millis(20));
+    ok &= libc::setsockopt(
+        peer,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_FILTER,
+        (&prog as *const libc::sock_fprog).cast(),
+        plen,
+    ) == 0;
+    let one = 1i32;
+    ok &= libc::setsockopt(timed, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, (&one as *const i32).cast(), 4) == 0;
+    ok &= send(timed, b"x");
+    let fds = [reset, pipe, refused, timed];
+    let ended = || {
+        fds.iter()
+            .map(|&fd| {
+                let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                libc::poll(&mut p, 1, 0);
+                (net::tcp_state(fd), p.revents & libc::POLLERR != 0)
+            })
+            .collect::<Vec<_>>()
+    };
+    let t = Instant::now();
+    while ended() != vec![(7, true); 4] && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !ok || ended() != vec![(7, true); 4] {
+        println!("FAIL (setup: {ok}, (state, error pending) {:?})", ended());
+        std::process::exit(1);
+    }
+    libc::close(held);
+    libc::close(peer);
     ready_and_wait(dir);
-    let mut b = [0u8; 1];
-    let r = libc::read(server, b.as_mut_ptr().cast(), 1);
+    c.eq("closed, each with an error to poll", ended(), vec![(7, true); 4]);
+    let read = |fd: i32| {
+        let mut b = [0u8; 64];
+        let n = libc::read(fd, b.as_mut_ptr().cast(), b.len());
+        match n {
+            n if n < 0 => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+            n => Ok(b[..n as usize].to_vec()),
+        }
+    };
+    let so_error = |fd: i32| {
+        let mut v = 0i32;
+        let mut l = 4u32;
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&mut v as *mut i32).cast(), &mut l);
+        v
+    };
+    c.eq(
+        "reset: the line, ECONNRESET, the end",
+        (read(reset), read(reset), read(reset)),
+        (Ok(b"line-r\n".to_vec()), Err(libc::ECONNRESET), Ok(Vec::new())),
+    );
+    c.eq(
+        "reset after the peer's FIN: the line, the end, EPIPE pending",
+        (read(pipe), read(pipe), so_error(pipe), so_error(pipe)),
+        (Ok(b"line-p\n".to_vec()), Ok(Vec::new()), libc::EPIPE, 0),
+    );
+    c.eq("refused connect: ECONNREFUSED pending", (so_error(refused), so_error(refused)), (libc::ECONNREFUSED, 0));
+    c.eq(
+        "timed out: the line, ETIMEDOUT, the end",
+        (read(timed), read(timed), read(timed)),
+        (Ok(b"line-t\n".to_vec()), Err(libc::ETIMEDOUT), Ok(Vec::new())),
+    );
+    let w = libc::send(reset, b"w".as_ptr().cast(), 1, libc::MSG_NOSIGNAL);
     let e = std::io::Error::last_os_error().raw_os_error();
-    c.eq("the reset is still there to read", (r, e), (-1, Some(libc::ECONNRESET)));
+    c.eq("writes fail", (w, e), (-1, Some(libc::EPIPE)));
 }
 
 fn main() {
     let dir = work_dir();
     let mut c = Checks::new();
-    if std::env::args().nth(2).as_deref() == Some("reset") {
+    if std::env::args().nth(2).as_deref() == Some("errors") {
         // SAFETY: plain libc calls on this program's own descriptors.
-        unsafe { reset_unread(&dir, &mut c) };
+        unsafe { errors_unread(&dir, &mut c) };
         c.finish()
     }
     // SAFETY: plain libc calls on this program's own descriptors.

@@ -175,9 +175,10 @@ impl ServerEnv {
     }
 
     /// Wait (up to 15 s) until every TCP socket of the pod listens or is
-    /// established: connections a load generator closed or reset must be
-    /// closed by the server first (sockets in other TCP states cannot be
-    /// checkpointed yet, a refusal the load phases run into on their own).
+    /// established: connections a load generator closed or reset are
+    /// closed by the server first, so that the descriptors compared after
+    /// the restore stay as they were in the image (the load phases
+    /// checkpoint sockets in every other state on their own).
     pub fn settle_sockets(&self) {
         let pid = self.env.ps().iter().find(|p| p["name"] == self.name.as_str()).and_then(|p| p["init_pid"].as_i64());
         let Some(pid) = pid else { return };
