@@ -541,6 +541,15 @@ fn locked_and_advised_memory_comes_back() {
     roundtrip("mlock", env!("CARGO_BIN_EXE_tp-mlock"));
 }
 
+/// Copy-on-write sharing between a parent and its forked children
+/// (`tp-cowshare`): 32 MiB a parent filled before forking two children
+/// (one with a child of its own) stays shared by all four after the
+/// restore, but for the pages each changed, which come back as they were.
+#[test]
+fn memory_shared_since_a_fork_stays_shared() {
+    roundtrip("cowshare", env!("CARGO_BIN_EXE_tp-cowshare"));
+}
+
 /// A listener with connections waiting to be accepted at the checkpoint
 /// (`tp-accept`): the checkpoint lets the tree go on until they are
 /// accepted, then takes it; after the restore the server has them all.

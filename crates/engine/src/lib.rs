@@ -18,6 +18,7 @@ pub mod events;
 pub mod fanotify;
 pub mod fault;
 pub mod files;
+pub mod forked_memory;
 pub mod freeze;
 pub mod gone;
 pub mod guard;

@@ -345,16 +345,19 @@ pub fn map_scratch(r: &mut Remote, stub: &StubLayout, p: &Process) -> Result<u64
     Ok(got)
 }
 
-/// Remove the stub's own memory (all but scratch and the vDSO) and move the
-/// vDSO trio to where the image had it.
+/// Remove the stub's own memory (all but scratch, the vDSO and the
+/// `templates` the process takes) and move the vDSO trio to where the
+/// image had it.
 pub fn clear_stub(
     r: &mut Remote,
     stub: &StubLayout,
     scratch: (u64, u64),
     p: &Process,
     used_target: &[(u64, u64)],
+    templates: &[(u64, u64)],
 ) -> Result<()> {
     let mut keep: Vec<(u64, u64)> = vec![scratch];
+    keep.extend(templates.iter().copied());
     keep.extend(stub.vdso_trio.iter().copied());
     keep.sort_unstable();
     let mut lo = 0u64;
@@ -425,6 +428,9 @@ pub struct AreaCtx<'a> {
     /// Private anonymous memory is filled after the process runs, by this
     /// (see [`crate::lazy`]).
     pub lazy: Option<&'a crate::lazy::LazyPages>,
+    /// Areas that forked processes share, inherited by every stub (see
+    /// [`crate::forked_memory`]).
+    pub templates: &'a crate::forked_memory::Templates,
 }
 
 /// Files opened in the task for mappings, reused across its areas: by
@@ -557,6 +563,19 @@ fn restore_area(r: &mut Remote, v: &Vma, cx: &mut AreaCtx, files: &mut OpenFiles
             }
             apply_madvise(r, v)?;
             return Ok(());
+        }
+        VmaKind::Anon if cx.templates.of(v).is_some() && cx.lazy.is_none() => {
+            let t = cx.templates.of(v).ok_or_else(|| EngineError::Other("a template lost".into()))?;
+            r.call("mremap(template)", nr::MREMAP, &[t.at, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, v.start])?;
+            if prot | w != (libc::PROT_READ | libc::PROT_WRITE) as u64 {
+                r.call("mprotect(template)", nr::MPROTECT, &[v.start, len, prot | w])?;
+            }
+            apply_madvise(r, v)?;
+            let (writes, drops) = t.differences(&v.runs);
+            for (start, len) in drops {
+                r.call("madvise(DONTNEED)", nr::MADVISE, &[start, len, libc::MADV_DONTNEED as u64])?;
+            }
+            pending.fill.extend(writes);
         }
         VmaKind::Anon => {
             let mut flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;

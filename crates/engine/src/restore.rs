@@ -266,8 +266,17 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
         cmd: cmd_r.iter().map(|(&p, f)| (p, f.as_fd())).collect(),
         ctty: m.processes.iter().filter_map(|p| crate::tty::ctty_source(p, &pairs).map(|fd| (p.pid, fd))).collect(),
     };
+    // Memory that forked processes share: made once, here, for every stub
+    // to inherit (a lazy restore's pages come later).
+    let lazy = o.pod.as_ref().and_then(|p| p.lazy).is_some();
+    let mut templates = match lazy {
+        true => Default::default(),
+        false => crate::forked_memory::Templates::prepare(m, reader, o.threads)?,
+    };
     debug!("forking the stub tree");
-    let root = tree::spawn(&plan)?;
+    let root = tree::spawn(&plan);
+    templates.release_own();
+    let root = root?;
     // From here on these are numbers in the stubs' tables, which the
     // stubs inherited ours at.
     let stub_ready_w = TargetFd::of(plan.ready_w);
@@ -304,6 +313,7 @@ pub fn restore(o: &RestoreOptions, progress: Progress) -> Result<RestoreOutcome>
                 cwds: &cwds,
                 cgroups: &cgroups,
                 owner: owner.as_ref(),
+                templates: &templates,
                 before_resume: o.pod.as_ref().and_then(|p| p.before_resume),
                 progress,
             };
@@ -478,6 +488,8 @@ struct Build<'a> {
     object_fds: &'a HashMap<u32, TargetFd>,
     /// Owner of a non-root image: files are opened with their permissions.
     owner: Option<&'a crate::trust::Owner>,
+    /// Memory that forked processes share, inherited by every stub.
+    templates: &'a crate::forked_memory::Templates,
     /// See [`PodRestore::before_resume`].
     before_resume: Option<&'a (dyn Fn() -> std::result::Result<(), String> + Sync)>,
     progress: Progress<'a>,
@@ -520,8 +532,15 @@ fn build_all_pinned(b: &Build, order: &[&Process], cpu: &[u64], pids: &mut HostP
     let mut all_threads: Vec<(i32, bool)> = Vec::new();
     for p in order {
         let r = remotes.get_mut(&p.pid).ok_or_else(|| EngineError::Other("lost a stub".into()))?;
-        let mut cx =
-            AreaCtx { m, reader, threads, shmem_home: &mut shmem_home, object_fds: b.object_fds, lazy: b.lazy };
+        let mut cx = AreaCtx {
+            m,
+            reader,
+            threads,
+            shmem_home: &mut shmem_home,
+            object_fds: b.object_fds,
+            lazy: b.lazy,
+            templates: b.templates,
+        };
         build_process(b, r, p, &mut cx, pids).map_err(EngineError::during(format!("process {}", p.pid)))?;
         for t in &p.threads {
             all_threads.push((pids.host(t.tid)?, p.stopped && t.tid == p.pid));
@@ -565,7 +584,7 @@ fn build_process(b: &Build, r: &mut Remote, p: &Process, cx: &mut AreaCtx, pids:
     let scratch_len = PAGE_SIZE + SCRATCH_DATA;
     let target: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
     debug!(pid = p.pid, "clearing the stub's memory");
-    mm::clear_stub(r, &stub, (scratch, scratch + scratch_len), p, &target)?;
+    mm::clear_stub(r, &stub, (scratch, scratch + scratch_len), p, &target, &b.templates.taken_by(p))?;
     debug!(pid = p.pid, "mapping and filling memory");
     mm::restore_areas(r, p, cx)?;
     mm::lock_areas(r, p, cx.lazy.is_some())?;

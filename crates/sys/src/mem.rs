@@ -138,3 +138,52 @@ impl ProcMem {
         })
     }
 }
+
+/// A private anonymous read-write area of this process, mapped at a
+/// chosen address (never over an existing mapping) and unmapped when
+/// dropped. Children forked while it lives inherit it, copy-on-write.
+pub struct FixedArea {
+    addr: u64,
+    len: usize,
+}
+
+impl FixedArea {
+    /// Map `len` bytes at `addr` (MAP_FIXED_NOREPLACE: EEXIST if anything
+    /// is mapped there).
+    pub fn map(addr: u64, len: usize) -> SysResult<FixedArea> {
+        // SAFETY: a new private anonymous mapping at an address nothing
+        // of ours uses (the kernel refuses if something does): no memory
+        // of ours is touched.
+        let got = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if got == libc::MAP_FAILED {
+            return Err(SysError::last(format!("mmap at {addr:#x}"), 0));
+        }
+        let area = FixedArea { addr: got as u64, len };
+        if area.addr != addr {
+            // An old kernel without MAP_FIXED_NOREPLACE took it as a hint.
+            return Err(SysError::new(format!("mmap at {addr:#x}"), 0, Errno(libc::EEXIST)));
+        }
+        Ok(area)
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
+impl Drop for FixedArea {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made by `map`, which nothing refers to by
+        // reference (it is written only through process_vm_writev).
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
