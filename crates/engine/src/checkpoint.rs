@@ -671,7 +671,8 @@ fn apply_flags(run: &mut Resume, procs: &mut [Process]) -> Result<()> {
         let areas = flags.take()?;
         for p in procs.iter_mut() {
             if let Some(a) = areas.get(&p.pid) {
-                crate::vmflags::apply(p.pid, &mut p.vmas, a)?;
+                let task = p.threads.first().map_or((0, 0), |t| t.attrs.mempolicy);
+                crate::vmflags::apply(p.pid, &mut p.vmas, a, task)?;
             }
         }
     }

@@ -146,6 +146,7 @@ impl MemCollector {
                 kind,
                 name,
                 madv: 0,
+                policy: None,
                 runs: Vec::new(),
             });
         }
@@ -471,6 +472,21 @@ pub fn restore_areas(r: &mut Remote, p: &Process, cx: &mut AreaCtx) -> Result<()
         r.call("close", nr::CLOSE, &[fd])?;
     }
     res?;
+    // Their own memory policies, before their pages come in.
+    for v in &p.vmas {
+        if let Some((mode, nodes)) = v.policy {
+            let (mask, maxnode) = match nodes {
+                0 => (0, 0),
+                // (mbind reads maxnode - 1 bits.)
+                n => (r.put(0, &n.to_ne_bytes())?, 65),
+            };
+            r.call(
+                &format!("mbind({:#x}, {mode:#x}, {nodes:#x})", v.start),
+                nr::MBIND,
+                &[v.start, v.end - v.start, mode as u32 as u64, mask, maxnode, 0],
+            )?;
+        }
+    }
     if let Some(lazy) = cx.lazy.filter(|_| !pending.lazy_areas.is_empty()) {
         match lazy_uffd(r, &pending.lazy_areas) {
             Ok(u) => lazy.add(r.pid, p.pid, u, std::mem::take(&mut pending.lazy))?,

@@ -23,6 +23,7 @@ pub mod nr {
     pub const MREMAP: i64 = 25;
     pub const MADVISE: i64 = 28;
     pub const MINCORE: i64 = 27;
+    pub const MBIND: i64 = 237;
     pub const MLOCKALL: i64 = 151;
     pub const GETITIMER: i64 = 36;
     pub const SETITIMER: i64 = 38;

@@ -1,5 +1,6 @@
 //! The flags of memory areas that a restore must set again (madvise
-//! behaviours, mlock, grows-down), read while the tree is frozen.
+//! behaviours, mlock, grows-down) and their own memory policies (mbind),
+//! read while the tree is frozen.
 //!
 //! Only two places show them: `/proc/<pid>/smaps`, which walks every
 //! page-table entry on the way (about 50 ms for a 4 GiB heap, the longest
@@ -41,8 +42,80 @@ fn from_kernel(flags: u64) -> u32 {
     FLAGS.iter().filter(|(_, k, _)| flags & k != 0).fold(0, |f, (_, _, bit)| f | bit)
 }
 
-/// Each area of one process: (start, end, image flags), in address order.
-type Areas = Vec<(u64, u64, u32)>;
+/// A memory policy: mode (with its MPOL_F_* flags) and nodes (bit n: node
+/// n), as get_mempolicy gives them.
+pub type Policy = (i32, u64);
+
+/// What was read of one process's areas.
+#[derive(Default)]
+pub struct Areas {
+    /// (start, end, image flags, whether the area has a memory policy of
+    /// its own: None where that is not known), in address order.
+    flags: Vec<(u64, u64, u32, Option<bool>)>,
+    /// The policy numa_maps shows for each area, by start: its own, or
+    /// else the process's. Read only where an area may have its own (the
+    /// file walks every page, as smaps does).
+    numa: HashMap<u64, Policy>,
+}
+
+/// Memory policy modes and flags (`include/uapi/linux/mempolicy.h`).
+const MPOL_MODES: [(&str, i32); 7] = [
+    // Longest first: a name may begin another.
+    ("weighted interleave", 6),
+    ("prefer (many)", 5),
+    ("interleave", 3),
+    ("default", 0),
+    ("prefer", 1),
+    ("local", 4),
+    ("bind", 2),
+];
+const MPOL_F_STATIC_NODES: i32 = 1 << 15;
+const MPOL_F_RELATIVE_NODES: i32 = 1 << 14;
+const MPOL_F_NUMA_BALANCING: i32 = 1 << 13;
+
+/// The policy of one line of numa_maps (`mpol_to_str`: a mode name, then
+/// `=` and its flags, then `:` and the nodes, as `0-3,5`), by the area's
+/// start. None for a line it cannot read, or nodes above 63.
+fn numa_line(line: &str) -> Option<(u64, Policy)> {
+    let (addr, rest) = line.split_once(' ')?;
+    let start = u64::from_str_radix(addr, 16).ok()?;
+    let &(name, mut mode) = MPOL_MODES.iter().find(|(n, _)| rest.starts_with(n))?;
+    let text = rest[name.len()..].split(' ').next().unwrap_or("");
+    let (flags, nodes) = match text.split_once(':') {
+        Some((f, n)) => (f, n),
+        None => (text, ""),
+    };
+    for f in flags.trim_start_matches('=').split('|').filter(|f| !f.is_empty()) {
+        mode |= match f {
+            "static" => MPOL_F_STATIC_NODES,
+            "relative" => MPOL_F_RELATIVE_NODES,
+            "balancing" => MPOL_F_NUMA_BALANCING,
+            _ => return None,
+        };
+    }
+    let mut mask = 0u64;
+    for part in nodes.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+        for n in a..=b {
+            mask |= 1u64.checked_shl(n).filter(|_| n < 64)?;
+        }
+    }
+    Some((start, (mode, mask)))
+}
+
+/// Each area's policy in numa_maps of `pid`, by start.
+fn numa_maps(pid: i32) -> Result<HashMap<u64, Policy>> {
+    let text = procfs::read(pid, "numa_maps")?;
+    text.lines()
+        .map(|l| {
+            numa_line(l).ok_or_else(|| EngineError::Proc {
+                path: format!("/proc/{pid}/numa_maps"),
+                msg: format!("a line not understood (or nodes above 63): {l}"),
+            })
+        })
+        .collect()
+}
 
 /// The kernel's layout, once it was seen to give the flags smaps gives.
 static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
@@ -141,8 +214,8 @@ fn agrees(it: &VmaIter, probes: &Probes) -> Result<()> {
     Ok(())
 }
 
-fn iter_areas(it: &VmaIter, pid: i32) -> Result<Areas> {
-    Ok(it.areas(pid)?.iter().map(|a| (a.start, a.end, from_kernel(a.flags))).collect())
+fn iter_areas(it: &VmaIter, pid: i32) -> Result<Vec<(u64, u64, u32, Option<bool>)>> {
+    Ok(it.areas(pid)?.iter().map(|a| (a.start, a.end, from_kernel(a.flags), Some(a.policy))).collect())
 }
 
 /// The vsyscall page: listed by maps, not an area of the process.
@@ -151,18 +224,40 @@ fn is_gate(start: u64) -> bool {
 }
 
 fn read(pid: i32, source: &Source) -> Result<Areas> {
-    if let Some(it) = &source.0 {
-        return iter_areas(it, pid);
-    }
-    Ok(procfs::smaps(pid)?.iter().map(|m| (m.start, m.end, from_smaps(m))).collect())
+    let flags = match &source.0 {
+        Some(it) => iter_areas(it, pid)?,
+        None => procfs::smaps(pid)?.iter().map(|m| (m.start, m.end, from_smaps(m), None)).collect(),
+    };
+    // (A kernel without NUMA has no numa_maps, and no policies.)
+    let numa = match flags.iter().any(|a| a.3 != Some(false)) {
+        true if std::path::Path::new(&format!("/proc/{pid}/numa_maps")).exists() => numa_maps(pid)?,
+        _ => HashMap::new(),
+    };
+    Ok(Areas { flags, numa })
 }
 
-/// Give the areas of `pid` collected from its maps their flags, read
-/// while the tree was frozen (so the same areas).
-pub fn apply(pid: i32, vmas: &mut [Vma], areas: &Areas) -> Result<()> {
+/// Give the areas of `pid` collected from its maps their flags and memory
+/// policies, read while the tree was frozen (so the same areas). `task`:
+/// the process's own policy (its main thread's), which numa_maps shows
+/// for an area without one of its own; where the iterator could not tell,
+/// an area showing it is taken to have none.
+pub fn apply(pid: i32, vmas: &mut [Vma], areas: &Areas, task: Policy) -> Result<()> {
+    let flags = &areas.flags;
     for v in vmas.iter_mut() {
-        match areas.binary_search_by_key(&v.start, |a| a.0) {
-            Ok(i) if areas[i].1 == v.end => v.madv = areas[i].2,
+        let own = |known: Option<bool>| match (known, areas.numa.get(&v.start)) {
+            (Some(false), _) | (None, None) => Ok(None),
+            (Some(true), Some(&p)) => Ok(Some(p)),
+            (None, Some(&p)) => Ok((p != task).then_some(p)),
+            (Some(true), None) => Err(EngineError::Other(format!(
+                "pid {pid}: area {:#x}-{:#x} has a memory policy of its own that numa_maps does not show",
+                v.start, v.end
+            ))),
+        };
+        match flags.binary_search_by_key(&v.start, |a| a.0) {
+            Ok(i) if flags[i].1 == v.end => {
+                v.madv = flags[i].2;
+                v.policy = own(flags[i].3)?;
+            }
             _ if is_gate(v.start) => v.madv = 0,
             _ => {
                 return Err(EngineError::Other(format!(
@@ -231,6 +326,24 @@ mod tests {
             }
         }
         assert_eq!(from_kernel(vm::LOCKED | vm::DONTDUMP), vma_flags::LOCKED | vma_flags::DONTDUMP);
+    }
+
+    #[test]
+    fn numa_maps_policies_are_read() {
+        let line = |l: &str| numa_line(l).map(|(a, p)| (a, p.0, p.1));
+        assert_eq!(line("7f00 default anon=1 dirty=1 N0=1"), Some((0x7f00, 0, 0)));
+        assert_eq!(line("1000 bind:0-2,5 anon=3"), Some((0x1000, 2, 0b10_0111)));
+        assert_eq!(line("1000 interleave=static:1 file=/x"), Some((0x1000, 3 | MPOL_F_STATIC_NODES, 2)));
+        assert_eq!(line("1000 prefer (many)=relative|balancing:3"), Some((0x1000, 5 | (3 << 13), 8)));
+        assert_eq!(line("1000 weighted interleave:0"), Some((0x1000, 6, 1)));
+        assert_eq!(line("1000 prefer:1 heap"), Some((0x1000, 1, 2)));
+        assert_eq!(line("1000 local"), Some((0x1000, 4, 0)));
+        assert_eq!(line("1000 bind:64"), None, "nodes above 63");
+        assert_eq!(line("1000 bind=odd:0"), None);
+        assert_eq!(line("1000 whatever"), None);
+        // This process's own, as the kernel writes them.
+        let own = numa_maps(std::process::id() as i32).expect("numa_maps");
+        assert!(!own.is_empty());
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub const MAGIC: [u8; 8] = *b"CRYOPOD\0";
 /// 6: packs have a home (own, parent chain, store); parent and store links.
 /// 7: scheduling policy, I/O priority and memory policy of threads;
 /// oom_score_adj, loginuid and membarrier registrations of processes.
-/// 10: mlockall(MCL_FUTURE) of processes; a TCP socket's pending error.
+/// 10: mlockall(MCL_FUTURE) of processes; a TCP socket's pending error;
+/// memory areas' own policies.
 pub const FORMAT_VERSION: u32 = 10;
 /// Largest manifest body accepted (bounds every allocation while decoding).
 pub const MAX_BODY: u64 = 256 << 20;

@@ -444,6 +444,9 @@ pub struct Vma {
     pub name: String,
     /// madvise-relevant flags (`MADV_*` behaviour bits, see `vma_flags`).
     pub madv: u32,
+    /// Its own memory policy (mbind): mode with its MPOL_F_* flags, and
+    /// nodes (bit n: node n); None when it follows the process's.
+    pub policy: Option<(i32, u64)>,
     /// Pages saved for this area (private anon, or CoW'd file pages).
     pub runs: Vec<Run>,
 }

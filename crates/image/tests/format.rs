@@ -51,6 +51,7 @@ fn sample() -> Manifest {
         kind: VmaKind::Anon,
         name: String::new(),
         madv: 0,
+        policy: None,
         runs: vec![
             Run { addr: 0x10000, pages: 16, chunk: Some(0), from: 0 },
             Run { addr: 0x20000, pages: 2, chunk: None, from: 0 },

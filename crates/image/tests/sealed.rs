@@ -63,6 +63,7 @@ fn sample(chunk: Chunk) -> Manifest {
         kind: VmaKind::Anon,
         name: String::new(),
         madv: 0,
+        policy: None,
         runs: vec![Run { addr: 0x10000, pages: 16, chunk: Some(0), from: 0 }],
     };
     let pipe = FileKind::Pipe { pipe: 1, write: false, capacity: 65536, queued: SECRET.to_vec() };

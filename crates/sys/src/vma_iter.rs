@@ -5,8 +5,9 @@
 //! the longest step of a frozen checkpoint of a large heap. The iterator
 //! visits the areas alone, in microseconds.
 //!
-//! The program is sixteen instructions, built here rather than compiled
-//! (see `bpf_iter`): for each area it writes `(start, end, flags)` to the
+//! The program is eighteen instructions, built here rather than compiled
+//! (see `bpf_iter`): for each area it writes `(start, end, flags, memory
+//! policy)` (the policy's address: whether it has one) to the
 //! iterator's output. The offsets of those fields in `struct
 //! vm_area_struct` come from the running kernel's BTF, and the verifier
 //! checks every load against it. The flag bits are the kernel's own `VM_*` values, not
@@ -39,6 +40,9 @@ pub struct Area {
     pub start: u64,
     pub end: u64,
     pub flags: u64,
+    /// Whether the area has a memory policy of its own (mbind); always
+    /// false on a kernel without NUMA.
+    pub policy: bool,
 }
 
 /// A loaded iterator program, ready to list any process's areas. Its
@@ -63,29 +67,36 @@ impl Layout {
     }
 }
 
-/// Where the three fields sit in `struct vm_area_struct`, in bytes.
+/// Where the fields sit in `struct vm_area_struct`, in bytes (no
+/// `vm_policy` without NUMA).
 #[derive(Clone, Copy)]
 struct Offsets {
     start: i16,
     end: i16,
     flags: i16,
+    policy: Option<i16>,
 }
 
 fn program(o: &Offsets) -> Vec<Insn> {
     let mut p = vec![
         load(6, 1, 16), // r6 = ctx->vma (NULL at the end)
-        if_zero(6, 12), // if r6 == 0 goto out
+        if_zero(6, 14), // if r6 == 0 goto out
         load(7, 1, 0),  // r7 = ctx->meta
         load(2, 6, o.start),
-        store(10, -24, 2),
+        store(10, -32, 2),
         load(2, 6, o.end),
-        store(10, -16, 2),
+        store(10, -24, 2),
         load(2, 6, o.flags),
+        store(10, -16, 2),
+        match o.policy {
+            Some(off) => load(2, 6, off),
+            None => mov_imm(2, 0),
+        },
         store(10, -8, 2),
         load(1, 7, 0),   // r1 = meta->seq
         mov(2, 10),      // r2 = r10
-        add_imm(2, -24), // r2 -= 24
-        mov_imm(3, 24),  // r3 = 24
+        add_imm(2, -32), // r2 -= 32
+        mov_imm(3, 32),  // r3 = 32
         call(FUNC_SEQ_WRITE),
     ];
     p.extend(exit_zero()); // out:
@@ -96,7 +107,8 @@ fn offsets(btf: &Btf) -> SysResult<(u32, Offsets)> {
     let func_id = func_id(btf, "bpf_iter_task_vma")?;
     let vma = struct_type(btf, "vm_area_struct")?;
     let f = |name| field(btf, &vma, "vm_area_struct", name);
-    Ok((func_id, Offsets { start: f("vm_start")?, end: f("vm_end")?, flags: f("vm_flags")? }))
+    let policy = f("vm_policy").ok();
+    Ok((func_id, Offsets { start: f("vm_start")?, end: f("vm_end")?, flags: f("vm_flags")?, policy }))
 }
 
 impl VmaIter {
@@ -125,7 +137,7 @@ impl VmaIter {
             pending.extend_from_slice(&buf[..n]);
             let whole = pending.len() / RECORD * RECORD;
             for c in pending[..whole].chunks_exact(RECORD) {
-                let area = Area { start: word(c, 0), end: word(c, 1), flags: word(c, 2) };
+                let area = Area { start: word(c, 0), end: word(c, 1), flags: word(c, 2), policy: word(c, 3) != 0 };
                 // A thread-filtered iterator whose output took more than
                 // one read starts over from its last break instead of
                 // ending (kernel/bpf/task_iter.c, up to 6.18 at least):
@@ -222,7 +234,7 @@ impl Drop for Probes {
 }
 
 /// Bytes the program writes per area.
-const RECORD: usize = 24;
+const RECORD: usize = 32;
 /// More than `vm.max_map_count` allows (65530 by default).
 const MAX_AREAS: usize = 1 << 22;
 

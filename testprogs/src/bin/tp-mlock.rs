@@ -9,7 +9,12 @@
 //! restore it still has (ksm_merge_any), so an area it maps then is
 //! mergeable too. Two more children called mlockall(MCL_FUTURE), one of
 //! them with MCL_ONFAULT: an area either maps after the restore is locked
-//! as before (lo; lo and lf), while one the parent maps is not. PASS only
+//! as before (lo; lo and lf), while one the parent maps is not. Areas
+//! with memory policies of their own (mbind: bind, interleave with static
+//! nodes, preferred) have them again, one without has none, and so in a
+//! child whose own policy binds it (its area without one still has none).
+//! With `big`, 160 MiB more are written first, so that the checkpoint
+//! reads the areas through its BPF iterator rather than smaps. PASS only
 //! if all of that holds.
 
 use cryopod_testprogs::*;
@@ -74,9 +79,47 @@ fn same(p: *mut u8, seed: u64, pages: usize) -> bool {
     now == pattern(seed, pages * PAGE).as_slice()
 }
 
+const MPOL_PREFERRED: i32 = 1;
+const MPOL_BIND: i32 = 2;
+const MPOL_INTERLEAVE: i32 = 3;
+const MPOL_F_STATIC_NODES: i32 = 1 << 15;
+const MPOL_F_ADDR: u64 = 2;
+
+/// mbind(`p`, whole area, `mode`, node 0).
+fn bind(p: *mut u8, mode: i32) -> bool {
+    let nodes = 1u64;
+    // SAFETY: mbind on our own area with a live one-word node mask.
+    unsafe { libc::syscall(libc::SYS_mbind, p, PAGES * PAGE, mode, &nodes as *const u64, 65, 0) == 0 }
+}
+
+/// get_mempolicy of the area at `p` (Some) or of this thread (None).
+fn policy(p: Option<*mut u8>) -> (i32, u64) {
+    let (mut mode, mut nodes) = (-1i32, 0u64);
+    let (addr, flags) = p.map_or((std::ptr::null_mut(), 0), |p| (p, MPOL_F_ADDR));
+    // SAFETY: get_mempolicy writes one int and one word of nodes.
+    unsafe { libc::syscall(libc::SYS_get_mempolicy, &mut mode as *mut i32, &mut nodes as *mut u64, 65, addr, flags) };
+    (mode, nodes)
+}
+
 fn main() {
     let dir = work_dir();
     let mut c = Checks::new();
+    if std::env::args().nth(2).as_deref() == Some("big") {
+        let big = pattern(9, 160 << 20);
+        std::mem::forget(big);
+    }
+    let (bound, inter, pref) = (area(), area(), area());
+    if !bind(bound, MPOL_BIND) || !bind(inter, MPOL_INTERLEAVE | MPOL_F_STATIC_NODES) || !bind(pref, MPOL_PREFERRED) {
+        setup_failed("mbind");
+    }
+    fill(bound, 5, PAGES);
+    fill(inter, 6, PAGES);
+    let policies = || [policy(Some(bound)), policy(Some(inter)), policy(Some(pref))];
+    let policies_before = policies();
+    if policies_before != [(MPOL_BIND, 1), (MPOL_INTERLEAVE | MPOL_F_STATIC_NODES, 1), (MPOL_PREFERRED, 1)] {
+        println!("FAIL (setup: policies {policies_before:?})");
+        std::process::exit(1);
+    }
     let (locked, onfault, seq, rand, merge) = (area(), area(), area(), area(), area());
     fill(locked, 1, PAGES);
     fill(onfault, 2, 3);
@@ -151,8 +194,45 @@ fn main() {
         }
         future.push((flags, pid));
     }
+    // A child bound as a whole: its area without a policy of its own has
+    // none after the restore either, one with its own keeps it.
+    // SAFETY: the child runs to its _exit below.
+    let bound_child = unsafe { libc::fork() };
+    if bound_child == 0 {
+        let (plain, own) = (area(), area());
+        let nodes = 1u64;
+        // SAFETY: set_mempolicy with a live one-word node mask.
+        let set = unsafe { libc::syscall(libc::SYS_set_mempolicy, MPOL_BIND, &nodes as *const u64, 65) } == 0
+            && bind(own, MPOL_PREFERRED);
+        let all = || (policy(None), policy(Some(plain)), policy(Some(own)));
+        let want = ((MPOL_BIND, 1), (0, 0), (MPOL_PREFERRED, 1));
+        let set = set && all() == want;
+        wait_go(&dir);
+        let ok = set && all() == want;
+        // SAFETY: ends the child.
+        unsafe {
+            libc::_exit(if !set {
+                4
+            } else if ok {
+                0
+            } else {
+                3
+            })
+        };
+    }
     ready_and_wait(&dir);
 
+    let mut st = 0;
+    // SAFETY: waits for our child.
+    unsafe { libc::waitpid(bound_child, &mut st, 0) };
+    c.check(
+        "a child bound as a whole: its areas' policies as before",
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        format!("status {st:#x}"),
+    );
+    c.eq("the areas' own memory policies", policies(), policies_before);
+    c.eq("an area without one has none", policy(Some(seq)), (0, 0));
+    c.check("the bound areas' patterns", same(bound, 5, PAGES) && same(inter, 6, PAGES), "changed");
     for (flags, pid) in future {
         let mut st = 0;
         // SAFETY: waits for our child.
