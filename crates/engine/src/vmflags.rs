@@ -49,14 +49,17 @@ pub type Policy = (i32, u64);
 /// What was read of one process's areas.
 #[derive(Default)]
 pub struct Areas {
-    /// (start, end, image flags, whether the area has a memory policy of
-    /// its own: None where that is not known), in address order.
-    flags: Vec<(u64, u64, u32, Option<bool>)>,
+    /// In address order.
+    flags: Vec<AreaFlags>,
     /// The policy numa_maps shows for each area, by start: its own, or
     /// else the process's. Read only where an area may have its own (the
     /// file walks every page, as smaps does).
     numa: HashMap<u64, Policy>,
 }
+
+/// One area: (start, end, image flags, whether it has a memory policy of
+/// its own: None where that is not known).
+type AreaFlags = (u64, u64, u32, Option<bool>);
 
 /// Memory policy modes and flags (`include/uapi/linux/mempolicy.h`).
 const MPOL_MODES: [(&str, i32); 7] = [
@@ -214,7 +217,7 @@ fn agrees(it: &VmaIter, probes: &Probes) -> Result<()> {
     Ok(())
 }
 
-fn iter_areas(it: &VmaIter, pid: i32) -> Result<Vec<(u64, u64, u32, Option<bool>)>> {
+fn iter_areas(it: &VmaIter, pid: i32) -> Result<Vec<AreaFlags>> {
     Ok(it.areas(pid)?.iter().map(|a| (a.start, a.end, from_kernel(a.flags), Some(a.policy))).collect())
 }
 
