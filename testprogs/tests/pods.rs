@@ -421,6 +421,27 @@ fn pod_files_in_flight_and_credentials() {
     assert_eq!(env.leftovers("fdp"), Vec::<String>::new());
 }
 
+/// ICMP "ping" sockets in a pod (`tp-ping`): the pod lets group 100
+/// alone make them (net.ipv4.ping_group_range, carried with the pod, so
+/// the restore makes them as that group); their identifiers, peer and TTL
+/// come back, and each gets replies again.
+#[test]
+fn pod_ping_sockets_come_back() {
+    let env = PodEnv::new("pod-ping");
+    let work = env.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    env.ok(&["run", "-d", "--name", "png", "--", env!("CARGO_BIN_EXE_tp-ping"), work.to_str().unwrap()]);
+    env.wait_log("png", "READY", |l| l == "READY" || l.starts_with("FAIL"));
+    let image = env.dir.join("image");
+    env.ok(&["checkpoint", "png", "-o", image.to_str().unwrap()]);
+    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+    std::fs::write(work.join("go"), b"go").unwrap();
+    let log = env.wait_log("png", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL"));
+    assert!(log.contains("PASS"), "{log}");
+    env.ok(&["stop", "png"]);
+    assert_eq!(env.leftovers("png"), Vec::<String>::new());
+}
+
 /// cgroups of its own in a pod (`tp-cgroup`): a process moved into cgroups
 /// below the pod's (memory with a limit, pids with a maximum, cpu with
 /// shares) comes back in the same cgroups with the same settings, and

@@ -583,6 +583,9 @@ pub fn describe(m: &Manifest, f: &OpenFile) -> String {
         FileKind::RawIp { family, protocol, local, .. } => {
             format!("raw socket of protocol {protocol} at {}", crate::inet::show(*family, local, 0))
         }
+        FileKind::Ping { family, local, .. } => {
+            format!("ICMP socket {} (identifier {})", crate::inet::show(*family, &local.0, 0), local.1)
+        }
         FileKind::Packet { protocol, ifname, .. } => format!(
             "packet socket for protocol {:#06x} on {}",
             u16::from_be(*protocol),
@@ -728,6 +731,7 @@ fn open_one(
         | FileKind::TcpConnecting { .. }
         | FileKind::TcpEnded { .. }
         | FileKind::RawIp { .. }
+        | FileKind::Ping { .. }
         | FileKind::Packet { .. } => {
             let fd = crate::inet::make(&f.kind, ns_of)?;
             fds::set_status_flags(&fd, status)?;

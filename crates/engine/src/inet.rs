@@ -87,9 +87,17 @@ pub fn collect(
         let opts = sock::changed_options(copy_fd, family, kind, protocol)?;
         return Ok(FileKind::RawIp { family, protocol, local, peer, opts });
     }
+    let icmp = if family == libc::AF_INET6 { libc::IPPROTO_ICMPV6 } else { libc::IPPROTO_ICMP };
+    if inet && kind == libc::SOCK_DGRAM && protocol == icmp {
+        let local = sock::inet_name(copy_fd)?;
+        // (getpeername says ENOTCONN for ping sockets: no port.)
+        let peer = proc_net_peer(pid, family, copy_fd, ("icmp", "01"))?.map(|(a, _)| a);
+        let opts = sock::inet_changed_options(copy_fd, family, kind)?;
+        return Ok(FileKind::Ping { family, local, peer, opts });
+    }
     if inet && kind == libc::SOCK_DGRAM && protocol != libc::IPPROTO_UDP {
         return Err(EngineError::Other(format!(
-            "is a datagram socket of protocol {protocol} (ICMP \"ping\" sockets and UDP-Lite are not carried yet)"
+            "is a datagram socket of protocol {protocol} (UDP-Lite is not carried yet)"
         )));
     }
     if inet && kind == libc::SOCK_DGRAM {
@@ -208,7 +216,7 @@ fn proc_net_peer(
     fd: std::os::fd::BorrowedFd<'_>,
     (table, state): (&str, &str),
 ) -> Result<Option<(Vec<u8>, u16)>> {
-    let ino = rustix::fs::fstat(fd).map_err(|e| EngineError::Other(format!("fstat of a raw socket: {e}")))?.st_ino;
+    let ino = rustix::fs::fstat(fd).map_err(|e| EngineError::Other(format!("fstat of a socket: {e}")))?.st_ino;
     let path = format!("/proc/{pid}/net/{table}{}", if family == libc::AF_INET6 { "6" } else { "" });
     let table =
         std::fs::read_to_string(&path).map_err(|e| EngineError::Proc { path: path.clone(), msg: e.to_string() })?;
@@ -286,6 +294,9 @@ pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
                 sock::inet_connect_start(&fd, family, &remote.0, remote.1)?;
                 Ok(fd)
             })
+        }
+        FileKind::Ping { family, local, peer, opts } => {
+            crate::nsjoin::in_net(ns_of, move || Ok(sock::ping(family, (&local.0, local.1), peer.as_deref(), &opts)?))
         }
         FileKind::RawIp { family, protocol, local, peer, opts } => {
             crate::nsjoin::in_net(ns_of, move || Ok(sock::raw_ip(family, protocol, &local, peer.as_deref(), &opts)?))

@@ -189,6 +189,13 @@ pub fn check(m: &Manifest, owner: &Owner) -> Result<()> {
                 )));
             }
         }
+        if matches!(f.kind, FileKind::Ping { .. }) {
+            return Err(EngineError::Other(format!(
+                "image owned by uid {} asks for an {}, which the restore may make only as a group of net.ipv4.ping_group_range; only root-owned images may do that",
+                owner.uid,
+                crate::files::describe(m, f)
+            )));
+        }
         if matches!(
             f.kind,
             FileKind::RawIp { .. } | FileKind::Packet { .. } | FileKind::Fanotify { .. } | FileKind::BpfMap(_)

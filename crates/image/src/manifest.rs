@@ -18,7 +18,7 @@ pub const MAGIC: [u8; 8] = *b"CRYOPOD\0";
 /// 7: scheduling policy, I/O priority and memory policy of threads;
 /// oom_score_adj, loginuid and membarrier registrations of processes.
 /// 10: mlockall(MCL_FUTURE) of processes; a TCP socket's pending error;
-/// memory areas' own policies.
+/// memory areas' own policies; ping sockets; a pod's network settings.
 pub const FORMAT_VERSION: u32 = 10;
 /// Largest manifest body accepted (bounds every allocation while decoding).
 pub const MAX_BODY: u64 = 256 << 20;

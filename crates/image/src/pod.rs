@@ -24,6 +24,8 @@ pub struct PodImage {
     pub links: Vec<PodLink>,
     /// IPv4 routes of the main table.
     pub routes: Vec<PodRoute>,
+    /// Settings of its network namespace: (path under /proc/sys, value).
+    pub net_sysctls: Vec<(String, String)>,
     /// Mounts the pod made beyond the standard ones, parents first.
     pub mounts: Vec<PodMount>,
     /// Archive (tar) of every tmpfs mount's files, if any: file name in the

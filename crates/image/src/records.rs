@@ -612,6 +612,11 @@ pub enum FileKind {
     },
     /// A netlink socket (see [`NetlinkSock`]).
     Netlink(NetlinkSock),
+    /// An ICMP "ping" socket (SOCK_DGRAM, IPPROTO_ICMP or ICMPV6): bound
+    /// address and identifier (`local`: the identifier is the port, 0 when
+    /// none was taken yet), connected peer. Replies queued for it are not
+    /// kept (as for UDP).
+    Ping { family: i32, local: (Vec<u8>, u16), peer: Option<Vec<u8>>, opts: Vec<SockOpt> },
     /// A raw IP socket (SOCK_RAW) of `protocol`: bound address (all zero
     /// when unbound), connected peer. Packets queued for it are not kept
     /// (as for UDP).

@@ -200,6 +200,7 @@ impl FileKind {
             | FileKind::TcpEnded { opts, .. }
             | FileKind::Tcp(TcpConn { opts, .. })
             | FileKind::RawIp { opts, .. }
+            | FileKind::Ping { opts, .. }
             | FileKind::Packet { opts, .. } => opts,
             _ => &[],
         }

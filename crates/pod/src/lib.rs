@@ -22,6 +22,7 @@ pub mod mounts;
 pub mod net;
 pub mod snapshot;
 pub mod state;
+pub mod sysctls;
 
 pub use cgroup::Cgroup;
 pub use state::{PodRecord, PodSpec, StateDir};

@@ -30,6 +30,8 @@ pub const GUARD_METRIC: u32 = 4242;
 pub struct NetConfig {
     pub links: Vec<PodLink>,
     pub routes: Vec<PodRoute>,
+    /// Its settings (see [`crate::sysctls`]).
+    pub sysctls: Vec<(String, String)>,
 }
 
 fn nerr(what: &str) -> impl FnOnce(rtnetlink::Error) -> PodError + '_ {
@@ -234,11 +236,12 @@ pub fn pod_setup(pod: &str, ip: Option<&IpConfig>, mac: Option<&[u8]>, gateway: 
     })
 }
 
-/// Pod side, on restore: the addresses and routes the pod had added
-/// itself (beyond loopback's, its own address and what the kernel derives
+/// Pod side, on restore: its settings, and the addresses and routes the
+/// pod had added itself (beyond loopback's, its own address and what the kernel derives
 /// from addresses). `old` is the address it had. What cannot be added again
 /// (a gateway outside a new address's network) is reported, not fatal.
 pub fn apply_extra(cfg: &NetConfig, old: Option<Ipv4Addr>) -> Result<()> {
+    crate::sysctls::write(&cfg.sysctls)?;
     let in_net = |a: u32, p: u8, d: u32| {
         let m = if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
         a & m == d & m
@@ -313,7 +316,7 @@ pub fn link_exists(name: &str) -> Result<bool> {
 /// of the main table.
 pub fn dump() -> Result<NetConfig> {
     with_handle(async |h| {
-        let mut cfg = NetConfig::default();
+        let mut cfg = NetConfig { sysctls: crate::sysctls::read(), ..Default::default() };
         let mut names = std::collections::BTreeMap::new();
         let mut s = h.link().get().execute();
         while let Some(l) = s.try_next().await.map_err(nerr("listing links"))? {

@@ -275,6 +275,7 @@ fn checkpoint_frozen(
         detached: rec.detached,
         links: info.net.links,
         routes: info.net.routes,
+        net_sysctls: info.net.sysctls,
         mounts: pod_mounts,
         tmpfs_archive,
         ipc,
@@ -601,7 +602,8 @@ fn restore_reserved(
         log = Some(f);
     }
     let inherit: Vec<(String, BorrowedFd)> = log.iter().map(|f| ("log".to_string(), f.as_fd())).collect();
-    let net_cfg = net::NetConfig { links: pod.links.clone(), routes: pod.routes.clone() };
+    let net_cfg =
+        net::NetConfig { links: pod.links.clone(), routes: pod.routes.clone(), sysctls: pod.net_sysctls.clone() };
     let old_ip = pod.ip.map(|(a, _)| std::net::Ipv4Addr::from(a));
     let extra = Extra {
         mounts: pod.mounts.clone(),

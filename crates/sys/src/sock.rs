@@ -551,6 +551,66 @@ pub fn raw_ip(
     Ok(fd)
 }
 
+/// An ICMP "ping" socket made again, in the caller's network namespace:
+/// its options, bound to (address, identifier) unless both are zero,
+/// connected to `peer` if any.
+pub fn ping(
+    family: i32,
+    (addr, ident): (&[u8], u16),
+    peer: Option<&[u8]>,
+    opts: &[cryopod_image::SockOpt],
+) -> SysResult<OwnedFd> {
+    let protocol = if family == libc::AF_INET6 { libc::IPPROTO_ICMPV6 } else { libc::IPPROTO_ICMP };
+    let fd = match any_socket(family, libc::SOCK_DGRAM, protocol, "socket(SOCK_DGRAM, ICMP)") {
+        Err(e) if e.errno.0 == libc::EACCES => ping_as_group(family, protocol)?,
+        r => r?,
+    };
+    set_options(&fd, opts)?;
+    if ident != 0 || addr.iter().any(|&b| b != 0) {
+        rustix::net::bind(&fd, &inet_sockaddr(family, addr, ident)?)
+            .map_err(|e| SysError::new(format!("bind of the ICMP socket (identifier {ident})"), 0, e.into()))?;
+    }
+    if let Some(p) = peer {
+        inet_connect(&fd, family, p, 0)?;
+    }
+    Ok(fd)
+}
+
+/// An ICMP socket made by a thread of ours whose effective group is the
+/// first of the network namespace's `net.ipv4.ping_group_range`: the
+/// kernel lets a task make one only if one of its groups is in that range
+/// (root's too), and the restorer's need not be.
+fn ping_as_group(family: i32, protocol: i32) -> SysResult<OwnedFd> {
+    let path = "/proc/sys/net/ipv4/ping_group_range";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SysError::new(format!("reading {path}"), 0, Errno(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<u32>().ok());
+    let (Some(Some(low)), Some(Some(high))) = (it.next(), it.next()) else {
+        return Err(SysError::new(format!("{path}: {text:?} not understood"), 0, Errno(libc::EINVAL)));
+    };
+    if low > high {
+        return Err(SysError::new(
+            format!("an ICMP socket: no group may make one in this network namespace ({path} is {low} {high})"),
+            0,
+            Errno(libc::EACCES),
+        ));
+    }
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: the raw system call changes this thread's effective
+            // group only (glibc's setresgid would change every thread's),
+            // and the thread ends right after making the socket.
+            let r = unsafe { libc::syscall(libc::SYS_setresgid, u32::MAX, low, u32::MAX) };
+            if r != 0 {
+                return Err(SysError::last(format!("setresgid(-1, {low}, -1) for an ICMP socket"), 0));
+            }
+            any_socket(family, libc::SOCK_DGRAM, protocol, format!("socket(SOCK_DGRAM, ICMP) as group {low}"))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(SysError::new("making an ICMP socket: the thread panicked", 0, Errno(libc::EIO))))
+    })
+}
+
 /// A listening TCP socket on (address, port), close-on-exec.
 pub fn tcp_listen(
     family: i32,
