@@ -300,10 +300,16 @@ fn netlink_sockets_come_back() {
 
 /// Raw and packet sockets (`tp-rawsock`): a raw ICMP socket's filter, a
 /// raw socket's IP_HDRINCL and peer, a packet socket's interface and
-/// option, each working again on loopback.
+/// option, each working again on loopback; a multicast membership joined
+/// twice and a fanout group. A packet socket with a ring is refused.
 #[test]
 fn raw_and_packet_sockets_come_back() {
     roundtrip("rawsock", env!("CARGO_BIN_EXE_tp-rawsock"));
+    // A packet socket with a ring: refused in one sentence, the program
+    // goes on.
+    let mut run = Run::testprog_with("rawsock-ring", env!("CARGO_BIN_EXE_tp-rawsock"), &["ring"]);
+    run.checkpoint_refused("packet socket with a ring");
+    run.go_and_expect_pass();
 }
 
 /// A TCP connect in progress (`tp-connecting`): the test's listener has

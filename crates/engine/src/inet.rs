@@ -247,18 +247,48 @@ fn proc_net_peer(
 fn packet(pid: i32, fd: std::os::fd::BorrowedFd<'_>, kind: i32, protocol: i32) -> Result<FileKind> {
     const SOL_PACKET: i32 = 263;
     const PACKET_FANOUT: i32 = 18;
-    let mut fanout = [0u8; 4];
-    if cryopod_sys::sock::get_raw(fd, SOL_PACKET, PACKET_FANOUT, &mut fanout)? > 0 && fanout != [0; 4] {
-        return Err(EngineError::Other("is a packet socket in a fanout group: not carried yet".into()));
+    const PACKET_FANOUT_CBPF: u32 = 6;
+    const PACKET_FANOUT_EBPF: u32 = 7;
+    let mut word = [0u8; 4];
+    cryopod_sys::sock::get_raw(fd, SOL_PACKET, PACKET_FANOUT, &mut word)?;
+    // id | type << 16 | flags << 24, as setsockopt takes it again.
+    let fanout = u32::from_ne_bytes(word);
+    if fanout != 0 && [PACKET_FANOUT_CBPF, PACKET_FANOUT_EBPF].contains(&((fanout >> 16) & 0xff)) {
+        return Err(EngineError::Other(
+            "is a packet socket in a fanout group steered by a BPF program (it cannot be read back)".into(),
+        ));
     }
     let (bound, index) = cryopod_sys::packet::binding(fd)?;
-    let ifname = match index {
-        0 => String::new(),
-        i => crate::nsjoin::in_net_of(pid, move || Ok(cryopod_sys::packet::if_name(i)?))?,
-    };
+    let ino = rustix::fs::fstat(fd).map_err(|e| EngineError::Other(format!("fstat of a socket: {e}")))?.st_ino;
+    let ino = u32::try_from(ino).map_err(|_| EngineError::Other(format!("socket inode {ino} out of range")))?;
+    let (ifname, diag, names) = crate::nsjoin::in_net_of(pid, move || {
+        let ifname = match index {
+            0 => String::new(),
+            i => cryopod_sys::packet::if_name(i)?,
+        };
+        let diag = crate::sockdiag::packet(ino)?;
+        let names =
+            diag.memberships.iter().map(|m| Ok(cryopod_sys::packet::if_name(m.0)?)).collect::<Result<Vec<String>>>()?;
+        Ok((ifname, diag, names))
+    })?;
+    if diag.ring {
+        return Err(EngineError::Other(
+            "is a packet socket with a ring (PACKET_RX_RING or TX_RING): not carried yet".into(),
+        ));
+    }
+    let mut memberships = Vec::new();
+    for ((_, kind, count, addr), ifname) in diag.memberships.into_iter().zip(names) {
+        if addr.len() > 8 {
+            return Err(EngineError::Other(format!(
+                "is a packet socket with a membership of a {}-byte address",
+                addr.len()
+            )));
+        }
+        memberships.push(cryopod_image::PacketMembership { ifname, kind, count, addr });
+    }
     let protocol = if bound != 0 { bound } else { protocol as u16 };
     let opts = cryopod_sys::sock::changed_options(fd, libc::AF_PACKET, kind, i32::from(protocol))?;
-    Ok(FileKind::Packet { kind, protocol, ifname, opts })
+    Ok(FileKind::Packet { kind, protocol, ifname, opts, memberships, fanout })
 }
 
 /// Make a UDP socket or TCP listener of the image again, in the network
@@ -301,8 +331,10 @@ pub fn make(kind: &FileKind, ns_of: Option<i32>) -> Result<OwnedFd> {
         FileKind::RawIp { family, protocol, local, peer, opts } => {
             crate::nsjoin::in_net(ns_of, move || Ok(sock::raw_ip(family, protocol, &local, peer.as_deref(), &opts)?))
         }
-        FileKind::Packet { kind, protocol, ifname, opts } => {
-            crate::nsjoin::in_net(ns_of, move || Ok(cryopod_sys::packet::remake(kind, protocol, &ifname, &opts)?))
+        FileKind::Packet { kind, protocol, ifname, opts, memberships, fanout } => {
+            crate::nsjoin::in_net(ns_of, move || {
+                Ok(cryopod_sys::packet::remake(kind, protocol, &ifname, &opts, &memberships, fanout)?)
+            })
         }
         _ => Err(EngineError::Other("not an internet socket".into())),
     }

@@ -623,9 +623,17 @@ pub enum FileKind {
     RawIp { family: i32, protocol: i32, local: Vec<u8>, peer: Option<Vec<u8>>, opts: Vec<SockOpt> },
     /// A packet socket (AF_PACKET, SOCK_RAW or SOCK_DGRAM) for `protocol`
     /// (network byte order), bound to the interface `ifname` (empty: all).
-    /// Packets queued for it are not kept; its memberships (promiscuous
-    /// mode, multicast) cannot be read back and are not carried.
-    Packet { kind: i32, protocol: u16, ifname: String, opts: Vec<SockOpt> },
+    /// Packets queued for it are not kept. Its memberships (promiscuous
+    /// mode, multicast...) and its fanout group (PACKET_FANOUT's value:
+    /// id, type and flags; 0 for none) are carried.
+    Packet {
+        kind: i32,
+        protocol: u16,
+        ifname: String,
+        opts: Vec<SockOpt>,
+        memberships: Vec<crate::sockets::PacketMembership>,
+        fanout: u32,
+    },
     /// A POSIX message queue descriptor of a pod (the queue is part of the
     /// pod's IPC record); `name` without the leading '/'.
     Mqueue { name: String },

@@ -211,3 +211,14 @@ impl FileKind {
 pub fn sock_opt_ok(o: &SockOpt) -> bool {
     SOCK_OPTS.iter().any(|&(l, n, max)| (l, n) == (o.level, o.name) && !o.value.is_empty() && o.value.len() <= max)
 }
+
+/// One membership of a packet socket (PACKET_ADD_MEMBERSHIP), added
+/// `count` times: on interface `ifname`, of type `kind` (PACKET_MR_*),
+/// with link-layer address `addr` (at most 8 bytes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PacketMembership {
+    pub ifname: String,
+    pub kind: u16,
+    pub count: u32,
+    pub addr: Vec<u8>,
+}

@@ -57,8 +57,17 @@ pub fn if_name(index: i32) -> SysResult<String> {
 
 /// A program's packet socket made again in the calling thread's network
 /// namespace: `kind` (SOCK_RAW, SOCK_DGRAM), `protocol` as [`binding`]
-/// read it, its options, bound to interface `ifname` if one.
-pub fn remake(kind: i32, protocol: u16, ifname: &str, opts: &[cryopod_image::SockOpt]) -> SysResult<OwnedFd> {
+/// read it, its options, bound to interface `ifname` if one, then its
+/// memberships added (each as many times as it had been) and its fanout
+/// group joined (`fanout`: PACKET_FANOUT's value; 0: none).
+pub fn remake(
+    kind: i32,
+    protocol: u16,
+    ifname: &str,
+    opts: &[cryopod_image::SockOpt],
+    memberships: &[cryopod_image::PacketMembership],
+    fanout: u32,
+) -> SysResult<OwnedFd> {
     let sock = crate::sock::any_socket(libc::AF_PACKET, kind, i32::from(protocol), "socket(AF_PACKET)")?;
     crate::sock::set_options(&sock, opts)?;
     if !ifname.is_empty() {
@@ -72,6 +81,31 @@ pub fn remake(kind: i32, protocol: u16, ifname: &str, opts: &[cryopod_image::Soc
         if unsafe { libc::bind(sock.as_raw_fd(), (&a as *const libc::sockaddr_ll).cast(), len) } != 0 {
             return Err(SysError::last(format!("bind (packet socket, interface {ifname})"), 0));
         }
+    }
+    const SOL_PACKET: i32 = 263;
+    const PACKET_ADD_MEMBERSHIP: i32 = 1;
+    const PACKET_FANOUT: i32 = 18;
+    for m in memberships {
+        // SAFETY: packet_mreq is plain data; all zero is valid.
+        let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+        mreq.mr_ifindex = if_index(&m.ifname)? as i32;
+        mreq.mr_type = m.kind;
+        let n = m.addr.len().min(mreq.mr_address.len());
+        mreq.mr_alen = n as u16;
+        mreq.mr_address[..n].copy_from_slice(&m.addr[..n]);
+        if m.count > 1024 {
+            return Err(SysError::new(format!("a packet membership added {} times", m.count), 0, Errno(libc::EINVAL)));
+        }
+        for _ in 0..m.count {
+            let what = format!("setsockopt(PACKET_ADD_MEMBERSHIP, type {}, on {})", m.kind, m.ifname);
+            setsockopt(&sock, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq, &what)?;
+        }
+    }
+    if fanout != 0 {
+        // The group's id as it was: a unique one the kernel chose is asked
+        // for by number (PACKET_FANOUT_FLAG_UNIQUEID would choose anew).
+        const UNIQUEID: u32 = 0x20 << 24;
+        setsockopt(&sock, SOL_PACKET, PACKET_FANOUT, &(fanout & !UNIQUEID), "setsockopt(PACKET_FANOUT)")?;
     }
     Ok(sock)
 }

@@ -7,7 +7,16 @@
 //!   127.0.0.1: it sends a whole IP packet of its protocol and reads it
 //!   back;
 //! - a packet socket (SOCK_DGRAM, IPv4) bound to `lo` with PACKET_AUXDATA:
-//!   bound to `lo` again, the option on, and it sees loopback's packets.
+//!   bound to `lo` again, the option on, and it sees loopback's packets;
+//!   it joined multicast address 01:00:5e:7f:12:34 on `lo` twice: after
+//!   the restore the address is on `lo` (/proc/net/dev_mcast), still
+//!   after one drop, gone after the second;
+//! - two packet sockets in fanout group 0x77 (hash, with rollover): after
+//!   the restore each says so, and the group is there (joining it as
+//!   another type is refused).
+//!
+//! With `ring`: a packet socket with a receive ring (PACKET_RX_RING), not
+//! carried: the checkpoint must refuse it, and the program goes on.
 
 use cryopod_testprogs::*;
 use std::time::{Duration, Instant};
@@ -16,6 +25,46 @@ const ICMP_FILTER: i32 = 1;
 const SOL_RAW: i32 = 255;
 const SOL_PACKET: i32 = 263;
 const PACKET_AUXDATA: i32 = 8;
+const PACKET_ADD_MEMBERSHIP: i32 = 1;
+const PACKET_DROP_MEMBERSHIP: i32 = 2;
+const PACKET_MR_MULTICAST: u16 = 0;
+const PACKET_FANOUT: i32 = 18;
+/// Group 0x77, hash, with the rollover flag.
+const FANOUT: u32 = 0x77 | (0x1000 << 16);
+const GROUP: [u8; 6] = [0x01, 0x00, 0x5e, 0x7f, 0x12, 0x34];
+
+/// Is the multicast address GROUP on `lo`?
+fn lo_has_group() -> bool {
+    std::fs::read_to_string("/proc/net/dev_mcast")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("lo") && l.ends_with("01005e7f1234"))
+}
+
+/// Add (or drop) GROUP on `lo` for packet socket `fd`.
+fn membership(fd: i32, index: i32, add: bool) -> bool {
+    // SAFETY: packet_mreq is plain data; setsockopt reads it whole.
+    unsafe {
+        let mut m: libc::packet_mreq = std::mem::zeroed();
+        m.mr_ifindex = index;
+        m.mr_type = PACKET_MR_MULTICAST;
+        m.mr_alen = 6;
+        m.mr_address[..6].copy_from_slice(&GROUP);
+        let opt = if add { PACKET_ADD_MEMBERSHIP } else { PACKET_DROP_MEMBERSHIP };
+        let len = std::mem::size_of::<libc::packet_mreq>() as u32;
+        libc::setsockopt(fd, SOL_PACKET, opt, (&m as *const libc::packet_mreq).cast(), len) == 0
+    }
+}
+
+/// A packet socket for every IPv4 frame, joining fanout `value`.
+fn fanout_socket(value: u32) -> (i32, bool) {
+    // SAFETY: socket and setsockopt with a live int.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from((libc::ETH_P_IP as u16).to_be()));
+        let ok = fd >= 0 && libc::setsockopt(fd, SOL_PACKET, PACKET_FANOUT, (&value as *const u32).cast(), 4) == 0;
+        (fd, ok)
+    }
+}
 
 fn get_int(fd: i32, level: i32, opt: i32) -> i32 {
     let mut v = -1i32;
@@ -59,9 +108,32 @@ unsafe fn receive(fd: i32, until: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
     None
 }
 
+/// `ring`: a packet socket with a receive ring of 4 frames; the ring is
+/// still set up after the (refused) checkpoint.
+fn ring(dir: &std::path::Path, c: &mut Checks) {
+    const PACKET_RX_RING: i32 = 5;
+    // SAFETY: socket and setsockopt with a live tpacket_req.
+    let ok = unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from((libc::ETH_P_IP as u16).to_be()));
+        let req = libc::tpacket_req { tp_block_size: 4096, tp_block_nr: 4, tp_frame_size: 2048, tp_frame_nr: 8 };
+        let len = std::mem::size_of::<libc::tpacket_req>() as u32;
+        fd >= 0 && libc::setsockopt(fd, SOL_PACKET, PACKET_RX_RING, (&req as *const libc::tpacket_req).cast(), len) == 0
+    };
+    if !ok {
+        println!("FAIL (setup: ring: {})", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    ready_and_wait(dir);
+    c.check("still running", true, "");
+}
+
 fn main() {
     let dir = work_dir();
     let mut c = Checks::new();
+    if std::env::args().nth(2).as_deref() == Some("ring") {
+        ring(&dir, &mut c);
+        c.finish()
+    }
     // SAFETY: plain libc calls on this program's own descriptors.
     unsafe {
         let a = lo();
@@ -90,8 +162,26 @@ fn main() {
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             ) == 0
             && libc::setsockopt(pkt, SOL_PACKET, PACKET_AUXDATA, (&on as *const i32).cast(), 4) == 0;
-        if !ok {
-            println!("FAIL (setup: {})", std::io::Error::last_os_error());
+        let fresh = !lo_has_group();
+        let joined = membership(pkt, lo_index, true) && membership(pkt, lo_index, true) && lo_has_group();
+        let (fan_a, fan_a_ok) = fanout_socket(FANOUT);
+        let (fan_b, fan_b_ok) = fanout_socket(FANOUT);
+        let fanouts =
+            || (get_int(fan_a, SOL_PACKET, PACKET_FANOUT) as u32, get_int(fan_b, SOL_PACKET, PACKET_FANOUT) as u32);
+        // Joining group 0x77 as another type (load balance) is refused
+        // while the group is there.
+        let group_there = || {
+            let (fd, ok) = fanout_socket(0x77 | (1 << 16));
+            libc::close(fd);
+            !ok
+        };
+        if !ok || !fresh || !joined || !fan_a_ok || !fan_b_ok || !group_there() || fanouts() != (FANOUT, FANOUT) {
+            println!(
+                "FAIL (setup: {} {fresh} {joined} {fan_a_ok} {fan_b_ok} {:x?}: {})",
+                ok,
+                fanouts(),
+                std::io::Error::last_os_error()
+            );
             std::process::exit(1);
         }
         let filter_of = |fd: i32| get_int(fd, SOL_RAW, ICMP_FILTER) as u32;
@@ -133,6 +223,12 @@ fn main() {
             receive(pkt, |p| p.len() >= 20 && p[0] >> 4 == 4).is_some(),
             "nothing",
         );
+        c.eq("the fanout group of both", fanouts(), (FANOUT, FANOUT));
+        c.check("the fanout group is there", group_there(), "joined as another type");
+        let there = lo_has_group();
+        let after_one = membership(pkt, lo_index, false) && lo_has_group();
+        let after_two = membership(pkt, lo_index, false) && !lo_has_group();
+        c.eq("the multicast membership, joined twice", (there, after_one, after_two), (true, true, true));
 
         // A whole packet of protocol 253, header ours.
         let mut ip = [0u8; 27];
