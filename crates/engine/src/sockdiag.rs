@@ -125,7 +125,7 @@ pub fn packet(ino: u32) -> Result<PacketDiag> {
     let mut req = Vec::with_capacity(36);
     req.extend_from_slice(&36u32.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((NLM_F_REQUEST | NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     req.extend_from_slice(&[0; 8]);
     req.extend_from_slice(&[libc::AF_PACKET as u8, 0, 0, 0]);
     req.extend_from_slice(&ino.to_ne_bytes());
