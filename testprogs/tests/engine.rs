@@ -561,11 +561,17 @@ fn memory_shared_since_a_fork_stays_shared() {
 /// A listener with connections waiting to be accepted at the checkpoint
 /// (`tp-accept`): the checkpoint lets the tree go on until they are
 /// accepted, then takes it; after the restore the server has them all.
+/// The same for a unix listener whose clients sent data before.
 #[test]
 fn connections_waiting_at_a_listener_are_accepted_first() {
     // (Not `roundtrip`: the server accepts during the checkpoint, so its
     // fds at READY are not those it has after the restore.)
     let mut run = Run::testprog("accept", env!("CARGO_BIN_EXE_tp-accept"));
+    run.checkpoint(&[]);
+    run.restore_and_verify();
+    drop(run);
+    // A unix listener whose waiting clients sent their greetings already.
+    let mut run = Run::testprog_with("accept-unix", env!("CARGO_BIN_EXE_tp-accept"), &["unix"]);
     run.checkpoint(&[]);
     run.restore_and_verify();
 }

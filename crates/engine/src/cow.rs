@@ -169,29 +169,15 @@ pub struct Session<'a> {
 /// its syscalls), or when the process is not covered by a frame to return
 /// to by itself.
 pub fn take_uffd(r: &mut crate::remote::Remote) -> Result<Option<OwnedFd>> {
-    use cryopod_sys::sigframe;
-    let Some(sp) = r.inj.frame_sp() else { return Ok(None) };
-    let mut head = vec![0u8; sigframe::FRAME_LEN as usize];
-    cryopod_sys::mem::read(r.pid, sp, &mut head)?;
-    // No rt_sigreturn in its return slot: the task would not find its way
-    // back without us.
-    if head[..8] == [0; 8] || r.data_len < sigframe::FRAME_LEN {
-        return Ok(None);
-    }
     // The descriptor it will get: the lowest free one (every thread of the
     // tree is stopped, none can take it first).
     let open = crate::procfs::fds(r.pid)?;
     let next = (0..).find(|n| open.binary_search(n).is_err()).unwrap_or(0);
-    let mut regs = *r.inj.saved_regs();
-    regs.rip = r.inj.site;
-    regs.rsp = sp;
-    regs.rax = crate::remote::nr::CLOSE as u64;
-    regs.rdi = next as u64;
-    let Some(chain) = sigframe::chained(&head, &regs) else { return Ok(None) };
-    // In the scratch area, above the cover's frame (put back with it).
-    cryopod_sys::mem::write(r.pid, r.data, &chain)?;
+    let Some((sp, _)) = crate::injection::undo_on_death(r, crate::remote::nr::CLOSE, &[next as u64])? else {
+        return Ok(None);
+    };
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-    let fd = r.inj.raw_via(r.data, uffd::NR_USERFAULTFD, &[flags])?;
+    let fd = r.inj.raw_via(sp, uffd::NR_USERFAULTFD, &[flags])?;
     if fd >= 0 && fd != i64::from(next) {
         tracing::warn!(pid = r.pid, fd, expected = next, "userfaultfd got another descriptor than foreseen");
     }

@@ -281,17 +281,27 @@ pub fn collect_attrs(r: &mut Remote) -> Result<ProcAttrs> {
 
 /// mlockall(MCL_FUTURE) leaves its mark only in the address space's
 /// default area flags (mm->def_flags), which /proc does not show: the
-/// flags of an area mapped now do. A one-page area is mapped, looked at and
-/// unmapped at once; it is shared (its own shmem object), so it merges with
-/// none of the process's areas and leaves their boundaries as they were.
-/// Locked, it counts in VmLck; locked but not on fault (MCL_ONFAULT), it
-/// is populated at once (mincore).
+/// flags of an area mapped now do. A one-page area is mapped at a hole,
+/// looked at and unmapped at once; it is shared (its own shmem object), so
+/// it merges with none of the process's areas and leaves their boundaries
+/// as they were. Should we die meanwhile, the task unmaps it on its way
+/// back to its own code (see `injection::undo_on_death`); a task that
+/// could not do that by itself is not probed (logged). Locked, the page
+/// counts in VmLck; locked but not on fault (MCL_ONFAULT), it is populated
+/// at once (mincore).
 fn collect_lock_future(r: &mut Remote) -> Result<u32> {
     let page = cryopod_sys::PAGE_SIZE;
+    let used: Vec<(u64, u64)> = procfs::maps(r.pid)?.iter().map(|m| (m.start, m.end)).collect();
+    let at = crate::mm::find_hole(&used, page)
+        .ok_or_else(|| crate::EngineError::Other(format!("pid {}: no room for a one-page probe", r.pid)))?;
+    let Some((sp, taken)) = crate::injection::undo_on_death(r, nr::MUNMAP, &[at, page])? else {
+        tracing::warn!(pid = r.pid, "mlockall(MCL_FUTURE) not looked for: the task cannot undo a probe by itself");
+        return Ok(0);
+    };
     let before = locked_kib(r.pid)?;
     let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-    let addr = r.raw(nr::MMAP, &[0, page, prot, flags, u64::MAX, 0])?;
+    let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    let addr = r.inj.raw_via(sp, nr::MMAP, &[at, page, prot, flags, u64::MAX, 0])?;
     if addr == -i64::from(libc::EAGAIN) {
         // Only a locked mapping over RLIMIT_MEMLOCK fails so.
         return Err(crate::EngineError::Unsupported {
@@ -299,19 +309,22 @@ fn collect_lock_future(r: &mut Remote) -> Result<u32> {
             what: "mlockall(MCL_FUTURE) at its RLIMIT_MEMLOCK: whether areas are locked on fault cannot be told".into(),
         });
     }
-    if addr < 0 {
+    if addr < 0 || addr as u64 != at {
         return Err(crate::EngineError::Other(format!(
-            "pid {}: mapping a page to read its default area flags: errno {}",
-            r.pid, -addr
+            "pid {}: mapping a page at {at:#x} to read its default area flags: {}",
+            r.pid,
+            if addr < 0 { format!("errno {}", -addr) } else { format!("got {addr:#x}") }
         )));
     }
-    let addr = addr as u64;
     let seen = (|| -> Result<(u64, bool)> {
         let after = locked_kib(r.pid)?;
-        r.call("mincore(probe)", nr::MINCORE, &[addr, page, r.data])?;
-        Ok((after, r.get(0, 1)?.first().is_some_and(|b| b & 1 != 0)))
+        let got = r.inj.raw_via(sp, nr::MINCORE, &[at, page, r.data + taken])?;
+        if got < 0 {
+            return Err(crate::EngineError::Other(format!("pid {}: mincore of the probe: errno {}", r.pid, -got)));
+        }
+        Ok((after, r.get(taken, 1)?.first().is_some_and(|b| b & 1 != 0)))
     })();
-    r.call("munmap(probe)", nr::MUNMAP, &[addr, page])?;
+    r.call("munmap(probe)", nr::MUNMAP, &[at, page])?;
     let (after, resident) = seen?;
     Ok(match (after > before, resident) {
         (false, _) => 0,

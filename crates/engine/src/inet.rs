@@ -360,12 +360,27 @@ pub fn show(family: i32, addr: &[u8], port: u16) -> String {
 }
 
 /// A TCP listener of the frozen tree with connections waiting to be
-/// accepted (which no checkpoint can carry: nothing reaches them but an
-/// accept): (its process, how many), if there is one. One sock_diag dump
+/// accepted, or a unix listener with a waiting client that sent data
+/// (which no checkpoint can carry: nothing reaches them but an accept):
+/// (its process, how many), if there is one. One sock_diag dump
 /// of the tree's network namespace; the tree's fds are looked at only when
 /// some listener there has connections waiting.
 pub fn listener_waiting(root: i32, fr: &crate::freeze::Frozen) -> Result<Option<(i32, u32)>> {
-    let waiting = crate::nsjoin::in_net_of(root, crate::sockdiag::tcp_listeners_waiting)?;
+    let mut waiting = crate::nsjoin::in_net_of(root, crate::sockdiag::tcp_listeners_waiting)?;
+    // A unix listener whose waiting client sent data already: the data is
+    // where no fd reaches until the program accepts it. (The listeners
+    // alone first: every socket only if one has clients waiting.)
+    let listen = 1u32 << crate::unix::LISTEN;
+    let listeners = crate::nsjoin::in_net_of(root, move || crate::unix::diag::dump_states(listen))?;
+    if listeners.values().any(|d| !d.pending.is_empty()) {
+        let all = crate::nsjoin::in_net_of(root, crate::unix::diag::dump)?;
+        for (&ino, d) in &listeners {
+            let with_data = d.pending.iter().filter(|c| all.get(c).is_some_and(|c| c.rqlen.1 > 0)).count();
+            if with_data > 0 {
+                waiting.push((ino, with_data as u32));
+            }
+        }
+    }
     if waiting.is_empty() {
         return Ok(None);
     }

@@ -302,3 +302,34 @@ impl Covered {
         requeue.map_err(|e| EngineError::Other(format!("pid {pid}: a signal that arrived during the checkpoint: {e}")))
     }
 }
+
+/// Make the next injected calls undo themselves should we die: a frame
+/// chained before the cover's, written at the start of the scratch area,
+/// that runs `nr(args)` on its way back into the cover's frame. Calls made
+/// with `raw_via` at the returned stack pointer return through it; a task
+/// we leave stopped after such a call runs the undo call before its own
+/// code. Returns the stack pointer and the frame's length (the scratch
+/// area's first bytes are taken), or None when the task is not covered by
+/// a frame it could return through by itself.
+pub fn undo_on_death(r: &mut Remote, nr: i64, args: &[u64]) -> Result<Option<(u64, u64)>> {
+    let Some(sp) = r.inj.frame_sp() else { return Ok(None) };
+    let mut head = vec![0u8; sigframe::FRAME_LEN as usize];
+    mem::read(r.pid, sp, &mut head)?;
+    // No rt_sigreturn in its return slot: the task would not find its way
+    // back without us.
+    if head[..8] == [0; 8] || r.data_len < sigframe::FRAME_LEN {
+        return Ok(None);
+    }
+    let mut regs = *r.inj.saved_regs();
+    regs.rip = r.inj.site;
+    regs.rsp = sp;
+    regs.rax = nr as u64;
+    let slots: [&mut u64; 6] = [&mut regs.rdi, &mut regs.rsi, &mut regs.rdx, &mut regs.r10, &mut regs.r8, &mut regs.r9];
+    for (slot, v) in slots.into_iter().zip(args.iter().copied().chain(std::iter::repeat(0))) {
+        *slot = v;
+    }
+    let Some(chain) = sigframe::chained(&head, &regs) else { return Ok(None) };
+    // In the scratch area, above the cover's frame (put back with it).
+    mem::write(r.pid, r.data, &chain)?;
+    Ok(Some((r.data, chain.len() as u64)))
+}

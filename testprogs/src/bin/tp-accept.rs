@@ -6,25 +6,76 @@
 //! checkpoint lets the tree go on until the server has accepted them, and
 //! takes it then. After the restore the server has all three, with their
 //! greetings, and answers each; every client gets its answer. PASS only if
-//! all of that holds.
+//! all of that holds. With `unix`, the same over a unix stream listener
+//! (`DIR/sock`): data sent before the accept waits where no fd reaches.
 
 use cryopod_testprogs::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
+
+/// A connection, whichever its family.
+trait Conn: Read + Write {
+    fn blocking_with_timeout(&mut self, secs: u64);
+}
+
+impl Conn for TcpStream {
+    fn blocking_with_timeout(&mut self, secs: u64) {
+        let _ = self.set_nonblocking(false);
+        let _ = self.set_read_timeout(Some(Duration::from_secs(secs)));
+    }
+}
+
+impl Conn for UnixStream {
+    fn blocking_with_timeout(&mut self, secs: u64) {
+        let _ = self.set_nonblocking(false);
+        let _ = self.set_read_timeout(Some(Duration::from_secs(secs)));
+    }
+}
+
+/// The listener and a way to connect a client to it.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    fn accept(&self) -> Option<Box<dyn Conn>> {
+        match self {
+            Listener::Tcp(l) => l.accept().ok().map(|(s, _)| Box::new(s) as Box<dyn Conn>),
+            Listener::Unix(l) => l.accept().ok().map(|(s, _)| Box::new(s) as Box<dyn Conn>),
+        }
+    }
+
+    fn connect(&self, dir: &std::path::Path) -> Option<Box<dyn Conn>> {
+        match self {
+            Listener::Tcp(l) => Some(Box::new(TcpStream::connect(l.local_addr().ok()?).ok()?)),
+            Listener::Unix(_) => Some(Box::new(UnixStream::connect(dir.join("sock")).ok()?)),
+        }
+    }
+}
 
 fn main() {
     let dir = work_dir();
     let mut c = Checks::new();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| {
+    let l = match std::env::args().nth(2).as_deref() {
+        Some("unix") => UnixListener::bind(dir.join("sock")).map(|l| {
+            let _ = l.set_nonblocking(true);
+            Listener::Unix(l)
+        }),
+        _ => TcpListener::bind("127.0.0.1:0").map(|l| {
+            let _ = l.set_nonblocking(true);
+            Listener::Tcp(l)
+        }),
+    }
+    .unwrap_or_else(|e| {
         println!("FAIL (setup: bind: {e})");
         std::process::exit(1)
     });
-    l.set_nonblocking(true).unwrap_or_default();
-    let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let mut accepted: Vec<TcpStream> = Vec::new();
-    let sweep = |l: &TcpListener, into: &mut Vec<TcpStream>| {
-        while let Ok((s, _)) = l.accept() {
+    let mut accepted: Vec<Box<dyn Conn>> = Vec::new();
+    let sweep = |l: &Listener, into: &mut Vec<Box<dyn Conn>>| {
+        while let Some(s) = l.accept() {
             into.push(s);
         }
     };
@@ -37,9 +88,9 @@ fn main() {
         libc::fork()
     };
     if child == 0 {
-        let mut clients: Vec<TcpStream> = (0..3)
+        let mut clients: Vec<Box<dyn Conn>> = (0..3)
             .filter_map(|i| {
-                let mut s = TcpStream::connect(&addr).ok()?;
+                let mut s = l.connect(&dir)?;
                 s.write_all(format!("hello {i}\n").as_bytes()).ok()?;
                 Some(s)
             })
@@ -49,7 +100,7 @@ fn main() {
         wait_go(&dir);
         let mut ok = clients.len() == 3;
         for (i, s) in clients.iter_mut().enumerate() {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            s.blocking_with_timeout(10);
             let mut b = [0u8; 32];
             let n = s.read(&mut b).unwrap_or(0);
             ok &= b[..n] == *format!("answer {i}\n").as_bytes();
@@ -81,8 +132,7 @@ fn main() {
     let mut greetings: Vec<String> = accepted
         .iter_mut()
         .map(|s| {
-            let _ = s.set_nonblocking(false);
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            s.blocking_with_timeout(5);
             let mut b = [0u8; 32];
             let n = s.read(&mut b).unwrap_or(0);
             String::from_utf8_lossy(&b[..n]).into_owned()

@@ -25,8 +25,14 @@ pub struct Diag {
 
 /// Dump every unix socket of the calling thread's network namespace.
 pub fn dump() -> Result<HashMap<u32, Diag>> {
+    dump_states(u32::MAX)
+}
+
+/// Dump the unix sockets of the calling thread's network namespace whose
+/// state's bit is in `states` (1 << TCP_LISTEN: the listeners).
+pub fn dump_states(states: u32) -> Result<HashMap<u32, Diag>> {
     let req = UnixRequest {
-        state_flags: StateFlags::from_bits_retain(u32::MAX),
+        state_flags: StateFlags::from_bits_retain(states),
         inode: 0,
         show_flags: ShowFlags::NAME | ShowFlags::PEER | ShowFlags::ICONS | ShowFlags::RQLEN,
         cookie: [0xff; 8],

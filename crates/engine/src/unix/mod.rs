@@ -7,7 +7,7 @@
 //! pairs, in an order the restorer drives, so that names, backlogs, queues
 //! and the PIDs in peer credentials come back as they were.
 
-mod diag;
+pub(crate) mod diag;
 pub mod in_flight;
 pub mod plan;
 
