@@ -8,7 +8,8 @@
 //! socketpair split between the two processes; a datagram socketpair with
 //! three queued messages (one empty) and O_NONBLOCK; a bound datagram
 //! socket with datagrams from the child queued; a pair whose other end shut
-//! down writing, and one whose other end was closed (data, then EOF); peer
+//! down writing, and one whose other end was closed (data, then EOF); a
+//! datagram pair whose other end sent two messages and was closed; peer
 //! credentials naming the right processes. After restore every connection
 //! is used again in both directions.
 
@@ -150,6 +151,13 @@ fn main() {
         libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, orph.as_mut_ptr());
         send(orph[1], b"orphan data");
         libc::close(orph[1]);
+        // A datagram pair whose other end sent two messages and was
+        // closed: they wait, and a send says ECONNREFUSED.
+        let mut dorph = [0i32; 2];
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, dorph.as_mut_ptr());
+        send(dorph[1], b"last-1");
+        send(dorph[1], b"last-2");
+        libc::close(dorph[1]);
         let d = sock(libc::SOCK_DGRAM);
         assert_eq!(bind(d, &dg_name), 0);
         let mut to_p = [0i32; 2];
@@ -283,6 +291,14 @@ fn main() {
         c.eq("shut down pair then EOF", s(&recv(sh[0])), "".into());
         c.eq("orphan data", s(&recv(orph[0])), "orphan data".into());
         c.eq("orphan then EOF", s(&recv(orph[0])), "".into());
+        c.eq(
+            "datagram orphan's messages",
+            (s(&recv(dorph[0])), s(&recv(dorph[0]))),
+            ("last-1".into(), "last-2".into()),
+        );
+        let r = libc::send(dorph[0], b"x".as_ptr().cast(), 1, libc::MSG_DONTWAIT);
+        let e = std::io::Error::last_os_error().raw_os_error();
+        c.eq("datagram orphan: its peer is gone", (r, e), (-1, Some(libc::ECONNREFUSED)));
         // The pending connection is accepted now.
         let a2 = libc::accept(l1, std::ptr::null_mut(), std::ptr::null_mut());
         c.check("pending connection accepted", a2 >= 0, std::io::Error::last_os_error());

@@ -273,7 +273,9 @@ impl UnixTable {
             }
             let pending = socks.values().any(|l| l.pending.contains(&u.ino));
             if u.state == CONNECTED && !socks.contains_key(&u.peer) && !pending && u.external.is_empty() {
-                let orphan = u.kind != libc::SOCK_DGRAM && u.shutdown == 3;
+                // (A datagram socket's dead peer is named 0.)
+                let orphan =
+                    (u.kind != libc::SOCK_DGRAM && u.shutdown == 3) || (u.kind == libc::SOCK_DGRAM && u.peer == 0);
                 if !orphan {
                     return Err(bad(format!(
                         "socket:[{}], connected to socket:[{}] outside the checkpoint without `--external-unix` (which connects it again by name at restore),",
@@ -288,7 +290,7 @@ impl UnixTable {
                     u.ino, c.0
                 )));
             }
-            if u.kind == libc::SOCK_DGRAM && u.peer == 0 && !u.queued.is_empty() && u.name.is_empty() {
+            if u.kind == libc::SOCK_DGRAM && u.state != CONNECTED && !u.queued.is_empty() && u.name.is_empty() {
                 return Err(bad(format!("socket:[{}] has datagrams queued but no name to receive them again", u.ino)));
             }
         }

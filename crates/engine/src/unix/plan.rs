@@ -245,11 +245,13 @@ impl Plan {
             let au = u(a);
             let peer = by_ino.get(&au.peer).copied().filter(|&b| u(b).peer == au.ino && !done.contains(&b));
             // A connection whose other end was closed (the kernel may not
-            // even name the dead peer any more).
-            let orphan = au.kind != libc::SOCK_DGRAM
-                && au.state == CONNECTED
+            // even name the dead peer any more); an unnamed datagram socket
+            // whose connected peer was closed (only a pair's end can have
+            // sent it what it holds).
+            let orphan = au.state == CONNECTED
                 && !by_ino.contains_key(&au.peer)
-                && au.external.is_empty();
+                && au.external.is_empty()
+                && (au.kind != libc::SOCK_DGRAM || (au.peer == 0 && au.name.is_empty()));
             if peer.is_none() && !orphan {
                 continue;
             }
@@ -311,7 +313,9 @@ impl Plan {
                 Some(&from) if u(from).peer == fu.ino => {
                     p.steps.push(Step { pid: creator[&from], op: Op::Send { to: f, from, spare: false } })
                 }
-                None if fu.kind != libc::SOCK_DGRAM && fu.state == CONNECTED => {
+                None if fu.state == CONNECTED
+                    && (fu.kind != libc::SOCK_DGRAM || (fu.peer == 0 && fu.name.is_empty())) =>
+                {
                     p.steps.push(Step { pid: creator[&f], op: Op::Send { to: f, from: f, spare: true } })
                 }
                 _ => {
