@@ -352,10 +352,7 @@ while True:
 #[test]
 fn pod_ipc_namespace_survives_checkpoint() {
     let env = PodEnv::new("pod-ipc");
-    let work = env.dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    env.ok(&["run", "-d", "--name", "ipc", "--", env!("CARGO_BIN_EXE_tp-ipc"), work.to_str().unwrap()]);
-    env.wait_log("ipc", "READY", |l| l == "READY");
+    let work = env.start_testprog("ipc", env!("CARGO_BIN_EXE_tp-ipc"));
     let host_shm = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
     assert!(!host_shm.lines().any(|l| l.split_whitespace().next() == Some("4660")), "pod segment seen on the host");
     let image = env.dir.join("image");
@@ -365,11 +362,7 @@ fn pod_ipc_namespace_survives_checkpoint() {
     assert_eq!(v["pod"]["posix_mqueues"][0], "tp-mq");
     assert_eq!(v["pod"]["sysv_shm"].as_array().map(|a| a.len()), Some(2));
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
-    std::fs::write(work.join("go"), b"go").unwrap();
-    let log = env.wait_log("ipc", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
-    assert!(log.contains("PASS"), "{log}");
-    env.ok(&["stop", "ipc"]);
-    assert_eq!(env.leftovers("ipc"), Vec::<String>::new());
+    env.go_and_expect_pass("ipc", &work);
 }
 
 /// Pseudo-terminals in a pod (`tp-tty`), made again inside the pod's mount
@@ -381,10 +374,7 @@ fn pod_ipc_namespace_survives_checkpoint() {
 fn pod_pseudo_terminals_come_back() {
     let env = PodEnv::new("pod-tty");
     let ptmx = || std::fs::OpenOptions::new().read(true).write(true).open("/dev/ptmx").unwrap();
-    let work = env.dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    env.ok(&["run", "-d", "--name", "tty", "--", env!("CARGO_BIN_EXE_tp-tty"), work.to_str().unwrap()]);
-    env.wait_log("tty", "READY", |l| l == "READY");
+    let work = env.start_testprog("tty", env!("CARGO_BIN_EXE_tp-tty"));
     let image = env.dir.join("image");
     env.ok(&["checkpoint", "tty", "-o", image.to_str().unwrap()]);
     // The pod's first pair's index, free again: taken here for a while.
@@ -394,11 +384,7 @@ fn pod_pseudo_terminals_come_back() {
     assert_eq!(env.leftovers("tty"), Vec::<String>::new());
     drop(taken);
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
-    std::fs::write(work.join("go"), b"go").unwrap();
-    let log = env.wait_log("tty", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
-    assert!(log.contains("PASS"), "{log}");
-    env.ok(&["stop", "tty"]);
-    assert_eq!(env.leftovers("tty"), Vec::<String>::new());
+    env.go_and_expect_pass("tty", &work);
 }
 
 /// Files in flight and credentials in queued messages in a pod
@@ -407,18 +393,11 @@ fn pod_pseudo_terminals_come_back() {
 #[test]
 fn pod_files_in_flight_and_credentials() {
     let env = PodEnv::new("pod-fdpass");
-    let work = env.dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    env.ok(&["run", "-d", "--name", "fdp", "--", env!("CARGO_BIN_EXE_tp-fdpass"), work.to_str().unwrap()]);
-    env.wait_log("fdp", "READY", |l| l == "READY");
+    let work = env.start_testprog("fdp", env!("CARGO_BIN_EXE_tp-fdpass"));
     let image = env.dir.join("image");
     env.ok(&["checkpoint", "fdp", "-o", image.to_str().unwrap()]);
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
-    std::fs::write(work.join("go"), b"go").unwrap();
-    let log = env.wait_log("fdp", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
-    assert!(log.contains("PASS"), "{log}");
-    env.ok(&["stop", "fdp"]);
-    assert_eq!(env.leftovers("fdp"), Vec::<String>::new());
+    env.go_and_expect_pass("fdp", &work);
 }
 
 /// ICMP "ping" sockets in a pod (`tp-ping`): the pod lets group 100
@@ -428,18 +407,11 @@ fn pod_files_in_flight_and_credentials() {
 #[test]
 fn pod_ping_sockets_come_back() {
     let env = PodEnv::new("pod-ping");
-    let work = env.dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    env.ok(&["run", "-d", "--name", "png", "--", env!("CARGO_BIN_EXE_tp-ping"), work.to_str().unwrap()]);
-    env.wait_log("png", "READY", |l| l == "READY" || l.starts_with("FAIL"));
+    let work = env.start_testprog("png", env!("CARGO_BIN_EXE_tp-ping"));
     let image = env.dir.join("image");
     env.ok(&["checkpoint", "png", "-o", image.to_str().unwrap()]);
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
-    std::fs::write(work.join("go"), b"go").unwrap();
-    let log = env.wait_log("png", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL"));
-    assert!(log.contains("PASS"), "{log}");
-    env.ok(&["stop", "png"]);
-    assert_eq!(env.leftovers("png"), Vec::<String>::new());
+    env.go_and_expect_pass("png", &work);
 }
 
 /// cgroups of its own in a pod (`tp-cgroup`): a process moved into cgroups
@@ -505,10 +477,7 @@ fn pod_processes_keep_their_own_cgroups() {
 #[test]
 fn pod_shared_memory_and_dev_shm_survive() {
     let env = PodEnv::new("pod-shm");
-    let work = env.dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    env.ok(&["run", "-d", "--name", "shm", "--", env!("CARGO_BIN_EXE_tp-shm"), work.to_str().unwrap()]);
-    env.wait_log("shm", "READY", |l| l == "READY");
+    let work = env.start_testprog("shm", env!("CARGO_BIN_EXE_tp-shm"));
     // The pod's /dev/shm is its own (its PID 2 made the file).
     assert!(!std::path::Path::new("/dev/shm/cryopod-tp-shm-2").exists(), "the pod's /dev/shm file is on the host's");
     let image = env.dir.join("image");
@@ -525,11 +494,7 @@ fn pod_shared_memory_and_dev_shm_survive() {
     }
     assert_eq!(env.leftovers("shm"), Vec::<String>::new());
     env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
-    std::fs::write(work.join("go"), b"go").unwrap();
-    let log = env.wait_log("shm", "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
-    assert!(log.contains("PASS"), "{log}");
-    env.ok(&["stop", "shm"]);
-    assert_eq!(env.leftovers("shm"), Vec::<String>::new());
+    env.go_and_expect_pass("shm", &work);
 }
 
 /// `--userns`: root in the pod is uid 100000 on the host, with no power

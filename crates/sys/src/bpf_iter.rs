@@ -267,6 +267,41 @@ pub fn start(prog: &OwnedFd, task: Option<&IterTask>, what: &str, pid: Pid) -> S
     Ok(std::fs::File::from(iter))
 }
 
+/// Read an iteration's output whole: records of `len` bytes whose first
+/// word increases (an address, a descriptor number), laid end to end. A
+/// thread-filtered iterator whose output took more than one read starts
+/// over from its last break instead of ending (kernel/bpf/task_iter.c, up
+/// to 6.18 at least): a record whose first word does not increase means
+/// done. More than `max` records is an error (E2BIG).
+pub fn ordered_records(mut file: std::fs::File, len: usize, max: usize, what: &str, pid: Pid) -> SysResult<Vec<u8>> {
+    let read_err =
+        |e: std::io::Error| SysError::new(format!("reading {what}"), pid, Errno(e.raw_os_error().unwrap_or(0)));
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut last: Option<u64> = None;
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(read_err)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let whole = pending.len() / len * len;
+        for c in pending[..whole].chunks_exact(len) {
+            let key = word(c, 0);
+            if last.is_some_and(|l| key <= l) {
+                return Ok(out);
+            }
+            if out.len() / len >= max {
+                return Err(SysError::new(format!("{what}: more records than there can be"), pid, Errno(libc::E2BIG)));
+            }
+            last = Some(key);
+            out.extend_from_slice(c);
+        }
+        pending.drain(..whole);
+    }
+}
+
 /// The `i`th native-endian u64 of `record`.
 pub fn word(record: &[u8], i: usize) -> u64 {
     let mut w = [0u8; 8];

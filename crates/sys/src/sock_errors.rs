@@ -87,42 +87,16 @@ impl SockErrors {
     /// (a socket with none is not listed).
     pub fn of(&self, pid: Pid) -> SysResult<BTreeMap<i32, i32>> {
         let task = IterTask { tid: pid as u32, ..Default::default() };
-        let mut file = start(&self.prog, Some(&task), "the socket errors iterator", pid)?;
-        let read_err = |e: std::io::Error| {
-            SysError::new("reading the socket errors iterator", pid, Errno(e.raw_os_error().unwrap_or(0)))
-        };
-        let mut buf = vec![0u8; 16 << 10];
-        let mut pending: Vec<u8> = Vec::new();
-        let mut out = BTreeMap::new();
-        loop {
-            let n = std::io::Read::read(&mut file, &mut buf).map_err(read_err)?;
-            if n == 0 {
-                return Ok(out);
-            }
-            pending.extend_from_slice(&buf[..n]);
-            let whole = pending.len() / RECORD * RECORD;
-            for c in pending[..whole].chunks_exact(RECORD) {
-                let (fd, err) = (word(c, 0), word(c, 1));
-                let (Ok(fd), Ok(err)) = (i32::try_from(fd), i32::try_from(err)) else {
-                    return Err(SysError::new(
-                        "the socket errors iterator: a record out of range",
-                        pid,
-                        Errno(libc::ERANGE),
-                    ));
-                };
-                // Descriptors come in order; a thread-filtered iterator may
-                // start over after a break (see `vma_iter`): going back
-                // means done.
-                if out.last_key_value().is_some_and(|(&last, _)| fd <= last) {
-                    return Ok(out);
-                }
-                if out.len() >= MAX_FDS {
-                    return Err(SysError::new("the socket errors iterator: too many", pid, Errno(libc::E2BIG)));
-                }
-                out.insert(fd, err);
-            }
-            pending.drain(..whole);
-        }
+        let what = "the socket errors iterator";
+        let file = start(&self.prog, Some(&task), what, pid)?;
+        let records = ordered_records(file, RECORD, MAX_FDS, what, pid)?;
+        records
+            .chunks_exact(RECORD)
+            .map(|c| match (i32::try_from(word(c, 0)), i32::try_from(word(c, 1))) {
+                (Ok(fd), Ok(err)) => Ok((fd, err)),
+                _ => Err(SysError::new(format!("{what}: a record out of range"), pid, Errno(libc::ERANGE))),
+            })
+            .collect()
     }
 }
 

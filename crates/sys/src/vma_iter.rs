@@ -15,7 +15,7 @@
 //! `mm::flags`) before trusting them.
 
 use crate::bpf_iter::*;
-use crate::{Errno, Pid, SysError, SysResult};
+use crate::{Pid, SysError, SysResult};
 use btf_rs::Btf;
 use std::os::fd::OwnedFd;
 
@@ -122,40 +122,13 @@ impl VmaIter {
     /// address order.
     pub fn areas(&self, pid: Pid) -> SysResult<Vec<Area>> {
         let task = IterTask { tid: pid as u32, ..Default::default() };
-        let mut file = start(&self.prog, Some(&task), "the task_vma iterator", pid)?;
-        let read_err = |e: std::io::Error| {
-            SysError::new("reading the task_vma iterator", pid, Errno(e.raw_os_error().unwrap_or(0)))
-        };
-        let mut buf = vec![0u8; 64 << 10];
-        let mut pending: Vec<u8> = Vec::new();
-        let mut out: Vec<Area> = Vec::new();
-        loop {
-            let n = std::io::Read::read(&mut file, &mut buf).map_err(read_err)?;
-            if n == 0 {
-                return Ok(out);
-            }
-            pending.extend_from_slice(&buf[..n]);
-            let whole = pending.len() / RECORD * RECORD;
-            for c in pending[..whole].chunks_exact(RECORD) {
-                let area = Area { start: word(c, 0), end: word(c, 1), flags: word(c, 2), policy: word(c, 3) != 0 };
-                // A thread-filtered iterator whose output took more than
-                // one read starts over from its last break instead of
-                // ending (kernel/bpf/task_iter.c, up to 6.18 at least):
-                // areas come in address order, so going back means done.
-                if out.last().is_some_and(|last| area.start <= last.start) {
-                    return Ok(out);
-                }
-                if out.len() >= MAX_AREAS {
-                    return Err(SysError::new(
-                        "the task_vma iterator: more areas than a process may have",
-                        pid,
-                        Errno(libc::E2BIG),
-                    ));
-                }
-                out.push(area);
-            }
-            pending.drain(..whole);
-        }
+        let what = "the task_vma iterator";
+        let file = start(&self.prog, Some(&task), what, pid)?;
+        let records = ordered_records(file, RECORD, MAX_AREAS, what, pid)?;
+        Ok(records
+            .chunks_exact(RECORD)
+            .map(|c| Area { start: word(c, 0), end: word(c, 1), flags: word(c, 2), policy: word(c, 3) != 0 })
+            .collect())
     }
 }
 

@@ -110,6 +110,28 @@ impl PodEnv {
         }
     }
 
+    /// Run test program `bin` in detached pod `pod`, its work directory
+    /// made here, and wait for it to say READY (or FAIL in its setup).
+    /// Returns the work directory.
+    pub fn start_testprog(&self, pod: &str, bin: &str) -> PathBuf {
+        let work = self.dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        self.ok(&["run", "-d", "--name", pod, "--", bin, work.to_str().unwrap()]);
+        self.wait_log(pod, "READY", |l| l == "READY" || l.starts_with("FAIL ("));
+        work
+    }
+
+    /// Let the restored test program of pod `pod` go (through `work`), wait
+    /// for its verdict, which must be PASS, stop the pod and check that
+    /// nothing of it is left.
+    pub fn go_and_expect_pass(&self, pod: &str, work: &Path) {
+        std::fs::write(work.join("go"), b"go").unwrap();
+        let log = self.wait_log(pod, "verdict", |l| l.starts_with("PASS") || l.starts_with("FAIL ("));
+        assert!(log.contains("PASS"), "{log}");
+        self.ok(&["stop", pod]);
+        assert_eq!(self.leftovers(pod), Vec::<String>::new());
+    }
+
     /// The directory of this state directory's pod cgroups (as cryopod
     /// names it).
     pub fn cgroup_parent(&self) -> String {
