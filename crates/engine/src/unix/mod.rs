@@ -273,9 +273,10 @@ impl UnixTable {
             }
             let pending = socks.values().any(|l| l.pending.contains(&u.ino));
             if u.state == CONNECTED && !socks.contains_key(&u.peer) && !pending && u.external.is_empty() {
-                // (A datagram socket's dead peer is named 0.)
-                let orphan =
-                    (u.kind != libc::SOCK_DGRAM && u.shutdown == 3) || (u.kind == libc::SOCK_DGRAM && u.peer == 0);
+                // (A datagram socket's dead peer is named 0; only an
+                // unnamed one is made again as a pair's end, see `plan`.)
+                let orphan = (u.kind != libc::SOCK_DGRAM && u.shutdown == 3)
+                    || (u.kind == libc::SOCK_DGRAM && u.peer == 0 && u.name.is_empty());
                 if !orphan {
                     return Err(bad(format!(
                         "socket:[{}], connected to socket:[{}] outside the checkpoint without `--external-unix` (which connects it again by name at restore),",
