@@ -9,7 +9,8 @@
 //! three queued messages (one empty) and O_NONBLOCK; a bound datagram
 //! socket with datagrams from the child queued; a pair whose other end shut
 //! down writing, and one whose other end was closed (data, then EOF); a
-//! datagram pair whose other end sent two messages and was closed; peer
+//! datagram pair whose other end sent two messages and was closed, and
+//! one whose ends were bound to abstract names; peer
 //! credentials naming the right processes. After restore every connection
 //! is used again in both directions.
 
@@ -158,6 +159,18 @@ fn main() {
         send(dorph[1], b"last-1");
         send(dorph[1], b"last-2");
         libc::close(dorph[1]);
+        // The same with both ends bound to abstract names.
+        let mut norph = [0i32; 2];
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, norph.as_mut_ptr());
+        let nd_name = format!("\0tp-unix-nd-{}", std::process::id()).into_bytes();
+        let np_name = format!("\0tp-unix-np-{}", std::process::id()).into_bytes();
+        if bind(norph[0], &nd_name) != 0 || bind(norph[1], &np_name) != 0 {
+            println!("FAIL (setup: abstract names: {})", std::io::Error::last_os_error());
+            std::process::exit(1);
+        }
+        send(norph[1], b"from-np-1");
+        send(norph[1], b"from-np-2");
+        libc::close(norph[1]);
         let d = sock(libc::SOCK_DGRAM);
         assert_eq!(bind(d, &dg_name), 0);
         let mut to_p = [0i32; 2];
@@ -299,6 +312,18 @@ fn main() {
         let r = libc::send(dorph[0], b"x".as_ptr().cast(), 1, libc::MSG_DONTWAIT);
         let e = std::io::Error::last_os_error().raw_os_error();
         c.eq("datagram orphan: its peer is gone", (r, e), (-1, Some(libc::ECONNREFUSED)));
+        c.eq("named datagram orphan's name", sockname(norph[0]), nd_name.clone());
+        for want in ["from-np-1", "from-np-2"] {
+            let (got, from) = recvfrom(norph[0]);
+            c.eq(
+                &format!("named datagram orphan's {want} and its sender"),
+                (s(&got), from),
+                (want.to_string(), np_name.clone()),
+            );
+        }
+        let r = libc::send(norph[0], b"x".as_ptr().cast(), 1, libc::MSG_DONTWAIT);
+        let e = std::io::Error::last_os_error().raw_os_error();
+        c.eq("named datagram orphan: its peer is gone", (r, e), (-1, Some(libc::ECONNREFUSED)));
         // The pending connection is accepted now.
         let a2 = libc::accept(l1, std::ptr::null_mut(), std::ptr::null_mut());
         c.check("pending connection accepted", a2 >= 0, std::io::Error::last_os_error());

@@ -273,10 +273,23 @@ impl UnixTable {
             }
             let pending = socks.values().any(|l| l.pending.contains(&u.ino));
             if u.state == CONNECTED && !socks.contains_key(&u.peer) && !pending && u.external.is_empty() {
-                // (A datagram socket's dead peer is named 0; only an
-                // unnamed one is made again as a pair's end, see `plan`.)
-                let orphan = (u.kind != libc::SOCK_DGRAM && u.shutdown == 3)
-                    || (u.kind == libc::SOCK_DGRAM && u.peer == 0 && u.name.is_empty());
+                // (A datagram socket's dead peer is named 0.)
+                let orphan =
+                    (u.kind != libc::SOCK_DGRAM && u.shutdown == 3) || (u.kind == libc::SOCK_DGRAM && u.peer == 0);
+                // Made again as a pair's end whose spare end, bound to the
+                // dead peer's name, sends its messages: one sender, with no
+                // name or an abstract one (a path would leave a file).
+                if orphan && u.kind == libc::SOCK_DGRAM {
+                    let first = u.queued_from.first().cloned().unwrap_or_default();
+                    let several = u.queued_from.iter().any(|n| *n != first);
+                    if several || first.first().is_some_and(|&b| b != 0) {
+                        let from = if several { "several senders".to_string() } else { plan::show_name(&first) };
+                        return Err(bad(format!(
+                            "datagram socket:[{}], whose peer is gone, holds messages from {from} (only messages from its peer, named in the abstract namespace or not at all, can be sent again)",
+                            u.ino
+                        )));
+                    }
+                }
                 if !orphan {
                     return Err(bad(format!(
                         "socket:[{}], connected to socket:[{}] outside the checkpoint without `--external-unix` (which connects it again by name at restore),",

@@ -245,13 +245,13 @@ impl Plan {
             let au = u(a);
             let peer = by_ino.get(&au.peer).copied().filter(|&b| u(b).peer == au.ino && !done.contains(&b));
             // A connection whose other end was closed (the kernel may not
-            // even name the dead peer any more); an unnamed datagram socket
-            // whose connected peer was closed (only a pair's end can have
-            // sent it what it holds).
+            // even name the dead peer any more); a datagram socket whose
+            // connected peer was closed (made as a pair's end, bound to its
+            // name, its messages sent from the spare end, bound to theirs).
             let orphan = au.state == CONNECTED
                 && !by_ino.contains_key(&au.peer)
                 && au.external.is_empty()
-                && (au.kind != libc::SOCK_DGRAM || (au.peer == 0 && au.name.is_empty()));
+                && (au.kind != libc::SOCK_DGRAM || au.peer == 0);
             if peer.is_none() && !orphan {
                 continue;
             }
@@ -313,9 +313,7 @@ impl Plan {
                 Some(&from) if u(from).peer == fu.ino => {
                     p.steps.push(Step { pid: creator[&from], op: Op::Send { to: f, from, spare: false } })
                 }
-                None if fu.state == CONNECTED
-                    && (fu.kind != libc::SOCK_DGRAM || (fu.peer == 0 && fu.name.is_empty())) =>
-                {
+                None if fu.state == CONNECTED && (fu.kind != libc::SOCK_DGRAM || fu.peer == 0) => {
                     p.steps.push(Step { pid: creator[&f], op: Op::Send { to: f, from: f, spare: true } })
                 }
                 _ => {
@@ -554,7 +552,20 @@ impl Plan {
                 staged.park(fd, self.staging(*file))
             }
             Op::Pair { a, b } => {
-                let (x, y) = sock::socketpair(s(*a)?.kind)?;
+                let u = s(*a)?;
+                let (x, y) = sock::socketpair(u.kind)?;
+                // An orphan datagram socket's name, and its dead peer's on
+                // the spare end (an abstract one: checked at checkpoint).
+                if b.is_none() && u.kind == libc::SOCK_DGRAM {
+                    if !u.name.is_empty() {
+                        enter_dir_of(u).map_err(|e| err("chdir", *a, e))?;
+                        bind_name(x.as_fd(), &u.name).map_err(|e| err("bind", *a, e))?;
+                        set_file_mode(u).map_err(|e| err("chmod", *a, e))?;
+                    }
+                    if let Some(from) = u.queued_from.first().filter(|n| !n.is_empty()) {
+                        bind_name(y.as_fd(), from).map_err(|e| err("bind of its dead peer's name", *a, e))?;
+                    }
+                }
                 staged.park(x, self.staging(*a))?;
                 match b {
                     Some(b) => staged.park(y, self.staging(*b)),
