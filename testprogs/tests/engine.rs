@@ -103,6 +103,11 @@ fn unix_sockets() {
     let out = roundtrip("unix", env!("CARGO_BIN_EXE_tp-unix"));
     assert!(out.contains("ok pending connection accepted"), "{out}");
     assert!(out.contains("ok a2 answer") && out.contains("ok orphan then EOF"), "{out}");
+    // A datagram socket whose dead peer had a path name: refused in one
+    // sentence, the program goes on.
+    let mut run = Run::testprog_with("unix-dead-path", env!("CARGO_BIN_EXE_tp-unix"), &["dead-path"]);
+    run.checkpoint_refused("whose peer is gone, holds messages from");
+    run.go_and_expect_pass();
 }
 
 /// Files in flight and credentials in queued messages (`tp-fdpass`): a

@@ -116,9 +116,33 @@ fn s(v: &Option<Vec<u8>>) -> String {
     v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_else(|| "(nothing)".into())
 }
 
+/// `dead-path`: a datagram socket whose peer, bound to a path, sent two
+/// messages and was closed. Not carried (binding the dead peer's path
+/// again would leave a file): the checkpoint must refuse, and the
+/// program still reads both.
+unsafe fn dead_path(dir: &std::path::Path, c: &mut Checks) {
+    let mut p = [0i32; 2];
+    libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, p.as_mut_ptr());
+    let from = dir.join("gone.sock").as_os_str().as_encoded_bytes().to_vec();
+    if bind(p[1], &from) != 0 {
+        println!("FAIL (setup: bind: {})", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    send(p[1], b"one");
+    send(p[1], b"two");
+    libc::close(p[1]);
+    ready_and_wait(dir);
+    c.eq("both messages, still there", (s(&recv(p[0])), s(&recv(p[0]))), ("one".into(), "two".into()));
+}
+
 fn main() {
     let dir = work_dir();
     let mut c = Checks::new();
+    if std::env::args().nth(2).as_deref() == Some("dead-path") {
+        // SAFETY: plain libc calls on this program's own descriptors.
+        unsafe { dead_path(&dir, &mut c) };
+        c.finish()
+    }
     let me = std::process::id();
     let path = dir.join("srv.sock").as_os_str().as_encoded_bytes().to_vec();
     let seq_name = [b"\0cryopod-tp-seq-".as_slice(), me.to_string().as_bytes()].concat();
