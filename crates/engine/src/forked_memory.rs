@@ -52,9 +52,14 @@ enum Page {
 }
 
 /// Can this area have a template? Private anonymous, not growing down
-/// (mremap cannot give an area MAP_GROWSDOWN).
+/// (mremap cannot give an area MAP_GROWSDOWN), with data to share: an
+/// area without (a PROT_NONE reservation, often huge) would only be
+/// charged to the restorer's memory commitment for nothing.
 fn candidate(v: &Vma) -> bool {
-    v.kind == VmaKind::Anon && !v.shared && v.madv & cryopod_image::vma_flags::GROWSDOWN == 0
+    v.kind == VmaKind::Anon
+        && !v.shared
+        && v.madv & cryopod_image::vma_flags::GROWSDOWN == 0
+        && v.runs.iter().any(|r| r.chunk.is_some())
 }
 
 fn sorted(runs: &[Run]) -> Vec<Run> {
