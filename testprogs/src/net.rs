@@ -41,6 +41,19 @@ pub fn loopback_pair() -> Option<(i32, i32)> {
     }
 }
 
+/// Give `fd` a classic BPF filter that drops every packet (return 0):
+/// nothing reaches the socket any more, so it acknowledges nothing.
+pub fn drop_everything(fd: i32) -> bool {
+    let drop_all = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }];
+    let prog = libc::sock_fprog { len: 1, filter: drop_all.as_ptr() as *mut libc::sock_filter };
+    let len = std::mem::size_of::<libc::sock_fprog>() as u32;
+    // SAFETY: setsockopt on a descriptor of ours with a live program.
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, (&prog as *const libc::sock_fprog).cast(), len)
+            == 0
+    }
+}
+
 /// The classic BPF filter on `fd` (its instructions; SO_GET_FILTER
 /// counts them, not bytes) and whether it is locked.
 pub fn socket_filter(fd: i32) -> (Vec<u8>, i32) {

@@ -234,37 +234,18 @@ fn half_closed_connections_and_big_queues_come_back() {
         e.shutdown(std::net::Shutdown::Write).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         // A filter that drops every segment: this end acknowledges nothing.
-        let drop_all = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }];
-        let prog = libc::sock_fprog { len: 1, filter: drop_all.as_ptr() as *mut libc::sock_filter };
-        let len = std::mem::size_of::<libc::sock_fprog>() as u32;
-        // SAFETY: setsockopt on our own socket with a live program.
-        let r = unsafe {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&e);
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&prog as *const libc::sock_fprog).cast(),
-                len,
-            )
-        };
-        assert_eq!(r, 0, "a filter on the test's end: {}", std::io::Error::last_os_error());
+        use cryopod_testprogs::net::drop_everything;
+        use std::os::fd::AsRawFd;
+        assert!(drop_everything(e.as_raw_fd()), "a filter on the test's end: {}", std::io::Error::last_os_error());
         std::fs::write(std::path::Path::new(&out).with_file_name("repaired"), b"").unwrap();
         // The third: dropping everything from the start; shut once the
         // program has shut its end.
         let g = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        // SAFETY: as above.
-        let r = unsafe {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&g);
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&prog as *const libc::sock_fprog).cast(),
-                len,
-            )
-        };
-        assert_eq!(r, 0, "a filter on the test's third end: {}", std::io::Error::last_os_error());
+        assert!(
+            drop_everything(g.as_raw_fd()),
+            "a filter on the test's third end: {}",
+            std::io::Error::last_os_error()
+        );
         std::fs::write(std::path::Path::new(&out).with_file_name("g-filtered"), b"").unwrap();
         let shut = std::path::Path::new(&out).with_file_name("g-shut");
         let t = std::time::Instant::now();
