@@ -826,7 +826,7 @@ fn collect_process(
         p.creds = ident::collect_creds(r)?;
         p.rlimits = ident::collect_rlimits(r)?;
         p.mm = ident::collect_mm(r)?;
-        p.attrs = ident::collect_attrs(r)?;
+        p.attrs = ident::collect_attrs(r, &p.vmas)?;
         // A filter could kill the process for a syscall it never makes.
         if let Some((v, armed)) = uffds.filter(|_| !has_seccomp(pid)) {
             let taken = match armed.and_then(|a| a.take(pid)) {

@@ -242,8 +242,9 @@ pub fn restore_rlimits_as_task(r: &mut Remote, rlimits: &[(u64, u64)]) -> Result
 }
 
 /// Process-wide attributes a fork inherits: dumpable, child subreaper,
-/// THP disabled, core dump filter.
-pub fn collect_attrs(r: &mut Remote) -> Result<ProcAttrs> {
+/// THP disabled, core dump filter. `areas`: the process's areas, as
+/// collected while it is frozen (a probe is mapped where none is).
+pub fn collect_attrs(r: &mut Remote, areas: &[cryopod_image::Vma]) -> Result<ProcAttrs> {
     let dumpable = r.call("prctl(PR_GET_DUMPABLE)", nr::PRCTL, &[PR_GET_DUMPABLE])? as u32;
     r.call("prctl(PR_GET_CHILD_SUBREAPER)", nr::PRCTL, &[PR_GET_CHILD_SUBREAPER, r.data])?;
     let child_subreaper = r.get(0, 4)?.iter().any(|&b| b != 0);
@@ -265,7 +266,7 @@ pub fn collect_attrs(r: &mut Remote) -> Result<ProcAttrs> {
             0
         }
     };
-    let lock_future = collect_lock_future(r)?;
+    let lock_future = collect_lock_future(r, areas)?;
     Ok(ProcAttrs {
         dumpable,
         child_subreaper,
@@ -289,9 +290,9 @@ pub fn collect_attrs(r: &mut Remote) -> Result<ProcAttrs> {
 /// could not do that by itself is not probed (logged). Locked, the page
 /// counts in VmLck; locked but not on fault (MCL_ONFAULT), it is populated
 /// at once (mincore).
-fn collect_lock_future(r: &mut Remote) -> Result<u32> {
+fn collect_lock_future(r: &mut Remote, areas: &[cryopod_image::Vma]) -> Result<u32> {
     let page = cryopod_sys::PAGE_SIZE;
-    let used: Vec<(u64, u64)> = procfs::maps(r.pid)?.iter().map(|m| (m.start, m.end)).collect();
+    let used: Vec<(u64, u64)> = areas.iter().map(|v| (v.start, v.end)).collect();
     let at = crate::mm::find_hole(&used, page)
         .ok_or_else(|| crate::EngineError::Other(format!("pid {}: no room for a one-page probe", r.pid)))?;
     let Some((sp, taken)) = crate::injection::undo_on_death(r, nr::MUNMAP, &[at, page])? else {
