@@ -104,9 +104,7 @@ pub fn collect(
         let (reuseaddr, v6only) = sock::inet_options(copy_fd, family)?;
         let local = sock::inet_name(copy_fd)?;
         let opts = sock::inet_changed_options(copy_fd, family, kind)?;
-        let ino =
-            rustix::fs::fstat(copy_fd).map_err(|e| EngineError::Other(format!("fstat of a UDP socket: {e}")))?.st_ino;
-        let ino = u32::try_from(ino).unwrap_or(0);
+        let ino = u32::try_from(inode(copy_fd)?).unwrap_or(0);
         // sock_diag lists bound sockets only; a poll shows the reading
         // side of any.
         let shutdown = udp.bits(pid, family, ino)? | sock::polled_shutdown(copy_fd)?;
@@ -183,6 +181,11 @@ pub fn collect(
 /// raw socket, which has no port, and for a TCP socket still in
 /// SYN_SENT): from /proc/PID/net/`table` (or its IPv6 twin), by the
 /// socket's inode, if it is in `state` there (hex, as the table shows).
+/// The inode of socket `fd` (the number /proc and sock_diag name it by).
+fn inode(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
+    Ok(rustix::fs::fstat(fd).map_err(|e| EngineError::Other(format!("fstat of a socket: {e}")))?.st_ino)
+}
+
 /// The errors a restore can leave pending on an ended connection (see
 /// `cryopod_sys::tcp::ended_connection`).
 pub const ENDED_ERRORS: [i32; 4] = [libc::ECONNRESET, libc::EPIPE, libc::ECONNREFUSED, libc::ETIMEDOUT];
@@ -216,7 +219,7 @@ fn proc_net_peer(
     fd: std::os::fd::BorrowedFd<'_>,
     (table, state): (&str, &str),
 ) -> Result<Option<(Vec<u8>, u16)>> {
-    let ino = rustix::fs::fstat(fd).map_err(|e| EngineError::Other(format!("fstat of a socket: {e}")))?.st_ino;
+    let ino = inode(fd)?;
     let path = format!("/proc/{pid}/net/{table}{}", if family == libc::AF_INET6 { "6" } else { "" });
     let table =
         std::fs::read_to_string(&path).map_err(|e| EngineError::Proc { path: path.clone(), msg: e.to_string() })?;
@@ -259,7 +262,7 @@ fn packet(pid: i32, fd: std::os::fd::BorrowedFd<'_>, kind: i32, protocol: i32) -
         ));
     }
     let (bound, index) = cryopod_sys::packet::binding(fd)?;
-    let ino = rustix::fs::fstat(fd).map_err(|e| EngineError::Other(format!("fstat of a socket: {e}")))?.st_ino;
+    let ino = inode(fd)?;
     let ino = u32::try_from(ino).map_err(|_| EngineError::Other(format!("socket inode {ino} out of range")))?;
     let (ifname, diag, names) = crate::nsjoin::in_net_of(pid, move || {
         let ifname = match index {
