@@ -392,12 +392,7 @@ fn pod_pseudo_terminals_come_back() {
 /// its user namespace does, the accepted connection in the pod's network.
 #[test]
 fn pod_files_in_flight_and_credentials() {
-    let env = PodEnv::new("pod-fdpass");
-    let work = env.start_testprog("fdp", env!("CARGO_BIN_EXE_tp-fdpass"));
-    let image = env.dir.join("image");
-    env.ok(&["checkpoint", "fdp", "-o", image.to_str().unwrap()]);
-    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
-    env.go_and_expect_pass("fdp", &work);
+    PodEnv::new("pod-fdpass").round_trip("fdp", env!("CARGO_BIN_EXE_tp-fdpass"));
 }
 
 /// ICMP "ping" sockets in a pod (`tp-ping`): the pod lets group 100
@@ -406,12 +401,7 @@ fn pod_files_in_flight_and_credentials() {
 /// come back, and each gets replies again.
 #[test]
 fn pod_ping_sockets_come_back() {
-    let env = PodEnv::new("pod-ping");
-    let work = env.start_testprog("png", env!("CARGO_BIN_EXE_tp-ping"));
-    let image = env.dir.join("image");
-    env.ok(&["checkpoint", "png", "-o", image.to_str().unwrap()]);
-    env.ok(&["restore", image.to_str().unwrap(), "--detach"]);
-    env.go_and_expect_pass("png", &work);
+    PodEnv::new("pod-ping").round_trip("png", env!("CARGO_BIN_EXE_tp-ping"));
 }
 
 /// cgroups of its own in a pod (`tp-cgroup`): a process moved into cgroups

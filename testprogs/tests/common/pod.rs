@@ -121,6 +121,16 @@ impl PodEnv {
         work
     }
 
+    /// The whole round trip of test program `bin` in pod `pod`: started,
+    /// checkpointed, restored, let go, PASS, stopped, nothing left.
+    pub fn round_trip(&self, pod: &str, bin: &str) {
+        let work = self.start_testprog(pod, bin);
+        let image = self.dir.join("image");
+        self.ok(&["checkpoint", pod, "-o", image.to_str().unwrap()]);
+        self.ok(&["restore", image.to_str().unwrap(), "--detach"]);
+        self.go_and_expect_pass(pod, &work);
+    }
+
     /// Let the restored test program of pod `pod` go (through `work`), wait
     /// for its verdict, which must be PASS, stop the pod and check that
     /// nothing of it is left.
